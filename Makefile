@@ -1,0 +1,47 @@
+# Two commands: `make run` serves examples/ over HTTP and HTTPS; `make test` runs the suite.
+# Both set up everything they need on a fresh machine (virtualenv, install, Node.js, a dev
+# certificate for examples/).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+CERT := examples/certs/cert.pem
+
+.PHONY: run test bench check system-deps clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+# Node.js runs the functions; openssl makes the dev certificate. Installed only where missing.
+system-deps:
+	@command -v node >/dev/null && command -v npm >/dev/null || { \
+	  echo "installing Node.js"; apt-get update -qq && apt-get install -y -qq nodejs npm; }
+	@command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl; }
+
+$(CERT):
+	mkdir -p examples/certs
+	openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 825 \
+	  -keyout examples/certs/key.pem -out examples/certs/cert.pem -subj "/CN=localhost" \
+	  -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" 2>/dev/null
+	@echo "dev certificate: $(CERT) (self-signed; curl --cacert $(CERT) https://localhost:8443/...)"
+
+run: system-deps $(STAMP) $(CERT)
+	$(BIN)/sora-supervisor start --config examples/host-config.yaml
+
+check: $(STAMP)
+	$(BIN)/sora-supervisor check --config examples/host-config.yaml
+
+test: system-deps $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# Benchmarks need wrk (load generator); installed where missing.
+bench: system-deps $(STAMP)
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) examples/.sora examples/certs examples/*/node_modules

@@ -1,0 +1,437 @@
+"""host-config.yaml and sora.yaml: one schema, validated at load, with clear errors.
+
+Every setting is declared once below (name, validator, default, description), in the manner of
+gunicorn's config.py. The declarations are the reference documentation (`docs/configuration.md`
+is generated from them by `python -m sora.config --markdown`), so a setting cannot exist without
+being documented and validated.
+
+Every error names the file, the field and what was expected. A broken function folder is not
+fatal for the host: `load_host_config` returns it in `HostConfig.broken` with its reason and the
+other functions still load.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import yaml
+
+FUNCTION_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+HANDLER_RE = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$]*(\.[A-Za-z_$][A-Za-z0-9_$]*)*$")
+FUNCTION_FILE = "sora.yaml"
+LANGUAGES = ("nodejs",)
+# Environment variables a function may see from the host even though the host's environment is
+# otherwise kept out (the issue and Lambda both give the function a PATH and a HOME).
+HOST_ENV_PASSTHROUGH = ("PATH", "HOME")
+
+
+class ConfigError(Exception):
+    """One or more problems in one config file; each names the field and what was expected."""
+
+    def __init__(self, path: str, problems: list[str]):
+        self.path = path
+        self.problems = problems
+        super().__init__("\n".join(f"{path}: {p}" for p in problems))
+
+
+class _Invalid(Exception):
+    """A validator's complaint: what was expected (the field and file are added by the caller)."""
+
+
+_MISSING = object()
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# --- validators: each returns the normalized value or raises _Invalid(expected) ---------------
+
+def _int_range(lo: int, hi: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise _Invalid(f"an integer from {lo} to {hi}")
+        return value
+    return check
+
+
+def _number_range(lo: float, hi: float) -> Callable[[Any], float]:
+    def check(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo < value <= hi:
+            raise _Invalid(f"a number of seconds greater than {lo:g} and at most {hi:g}")
+        return float(value)
+    return check
+
+
+def _port(value: Any) -> int:
+    return _int_range(1, 65535)(value)
+
+
+def _nonempty_str(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _Invalid("a non-empty string")
+    return value
+
+
+def _function_name(value: Any) -> str:
+    if not isinstance(value, str) or not FUNCTION_NAME_RE.match(value):
+        raise _Invalid("a name of lower-case letters, digits and dashes, starting and ending "
+                       "with a letter or digit, at most 63 characters")
+    return value
+
+
+def _language(value: Any) -> str:
+    if value not in LANGUAGES:
+        raise _Invalid("one of: " + ", ".join(LANGUAGES))
+    return value
+
+
+def _relative_file(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _Invalid("a path to a file inside the function folder")
+    norm = os.path.normpath(value)
+    if os.path.isabs(value) or norm == ".." or norm.startswith(".." + os.sep):
+        raise _Invalid("a path inside the function folder (not absolute, no '..')")
+    return norm
+
+
+def _handler(value: Any) -> str:
+    if not isinstance(value, str) or not HANDLER_RE.match(value):
+        raise _Invalid("the name of an exported function, such as 'handler' (dots reach into "
+                       "nested exports)")
+    return value
+
+
+def _str_list(value: Any) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise _Invalid("a list of shell commands (strings)")
+    return list(value)
+
+
+def _path_list(value: Any) -> list[str]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise _Invalid("a non-empty list of folder paths")
+    return list(value)
+
+
+def _trigger(value: Any) -> list[str]:
+    items = value if isinstance(value, list) else [value]
+    if not items or any(item != "http" for item in items):
+        raise _Invalid("'http' or a list holding 'http' (cron and file triggers are not "
+                       "supported yet)")
+    return ["http"]
+
+
+def _env(value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _Invalid("a map of variable names to values")
+    out = {}
+    for key, val in value.items():
+        if not isinstance(key, str) or not ENV_NAME_RE.match(key):
+            raise _Invalid(f"variable names of letters, digits and '_' (bad name {_show(key)})")
+        if isinstance(val, (dict, list)) or val is None:
+            raise _Invalid(f"a string, number or boolean for {key}")
+        out[key] = str(val).lower() if isinstance(val, bool) else str(val)
+    return out
+
+
+def _mapping(value: Any) -> dict:
+    if not isinstance(value, dict):
+        raise _Invalid("a mapping of settings")
+    return value
+
+
+def _path(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise _Invalid("a file or folder path")
+    return value
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    validate: Callable[[Any], Any]
+    default: Any
+    doc: str
+
+
+def _settings(*items: Setting) -> dict[str, Setting]:
+    return {s.name: s for s in items}
+
+
+REQUIRED = _MISSING
+
+SERVER_SETTINGS = _settings(
+    Setting("httpPort", _port, None, "Port for plain HTTP. Optional if `httpsPort` is set."),
+    Setting("httpsPort", _port, None, "Port for HTTPS (TLS 1.2 minimum). Needs `sslCertPath` "
+            "and `sslKeyPath`."),
+    Setting("sslCertPath", _path, None, "PEM certificate (chain) for HTTPS, relative to the "
+            "config file's folder."),
+    Setting("sslKeyPath", _path, None, "PEM private key for HTTPS, relative to the config "
+            "file's folder."),
+    Setting("bind", _nonempty_str, "0.0.0.0", "Address both listeners bind to."),
+    Setting("gatewayWorkers", _int_range(1, 64), None, "gunicorn worker processes per listener. "
+            "Default: the number of CPU cores."),
+    Setting("maxBodyBytes", _int_range(1, 1 << 30), 6 * 1024 * 1024, "Largest request body "
+            "accepted; a larger one gets 413. Default 6 MiB, Lambda's synchronous payload limit."),
+    Setting("gracefulTimeout", _number_range(0, 3600), 30.0, "Seconds a stop waits for "
+            "in-flight invocations before processes are killed."),
+)
+
+HOST_SETTINGS = _settings(
+    Setting("functionPaths", _path_list, REQUIRED, "Folders that each hold a `sora.yaml`, "
+            "relative to the config file's folder."),
+    Setting("server", _mapping, REQUIRED, "Listener settings (below)."),
+    Setting("stateDir", _path, "./.sora", "Folder for sockets, logs and the setup cache, "
+            "relative to the config file's folder."),
+)
+
+FUNCTION_SETTINGS = _settings(
+    Setting("name", _function_name, REQUIRED, "Function name, used in URLs: lower-case letters, "
+            "digits and dashes, at most 63 characters."),
+    Setting("language", _language, REQUIRED, "Runtime language: `nodejs`."),
+    Setting("entrypoint", _relative_file, REQUIRED, "File holding the handler, relative to the "
+            "function folder (`.js`, `.cjs` or `.mjs`)."),
+    Setting("handler", _handler, "handler", "Name of the exported handler function."),
+    Setting("setup", _str_list, [], "Shell commands run in the function folder before it "
+            "serves (e.g. `npm install`). Skipped when the folder is unchanged since the last "
+            "successful setup."),
+    Setting("setupTimeout", _number_range(0, 24 * 3600), 600.0, "Seconds each setup command "
+            "may run before it is killed and the function is marked failed."),
+    Setting("trigger", _trigger, ["http"], "How the function is invoked: `http`."),
+    Setting("timeout", _number_range(0, 900), 30.0, "Seconds an invocation may run; past it "
+            "the caller gets 504 `Sora.Timeout` and the instance is replaced."),
+    Setting("memory", _int_range(64, 10240), 256, "Memory in MB; reported to the function as "
+            "`memoryLimitInMB` and used as the runtime's heap limit."),
+    Setting("env", _env, {}, "Environment variables for the function. The host's environment "
+            "does not reach the function, except `PATH` and `HOME`."),
+    Setting("instances", _int_range(1, 256), 1, "Warm runtime instances kept per function; "
+            "each runs one invocation at a time."),
+    Setting("maxQueued", _int_range(0, 100000), 1000, "Invocations that may wait for a free "
+            "instance; past it callers get 503 with Retry-After."),
+)
+
+
+def _validate_mapping(data: Any, settings: dict[str, Setting], prefix: str,
+                      problems: list[str]) -> dict[str, Any]:
+    """Validate a mapping against its settings, appending readable problems; return values."""
+    if not isinstance(data, dict):
+        problems.append(f"{prefix or 'top level'}: expected a mapping of settings, "
+                        f"got {_show(data)}")
+        return {}
+    values: dict[str, Any] = {}
+    for key in data:
+        if key not in settings:
+            guess = difflib.get_close_matches(str(key), list(settings), n=1, cutoff=0.6)
+            hint = f"; did you mean '{guess[0]}'?" if guess else \
+                f"; known fields: {', '.join(settings)}"
+            problems.append(f"{prefix}{key}: unknown field{hint}")
+    for name, setting in settings.items():
+        if name not in data or data[name] is None and setting.default is not REQUIRED:
+            if setting.default is REQUIRED:
+                problems.append(f"{prefix}{name}: required field is missing "
+                                f"({setting.doc.split('.')[0].lower()})")
+            else:
+                values[name] = setting.default
+            continue
+        try:
+            values[name] = setting.validate(data[name])
+        except _Invalid as exc:
+            problems.append(f"{prefix}{name}: expected {exc}, got {_show(data[name])}")
+    return values
+
+
+def _read_yaml(path: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise ConfigError(path, ["file not found"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, [f"not UTF-8 text ({exc.reason})"]) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(path, [f"{where}invalid YAML: {problem}"]) from None
+
+
+@dataclass(frozen=True)
+class FunctionConfig:
+    name: str
+    directory: str
+    language: str
+    entrypoint: str
+    handler: str
+    setup: list[str]
+    setupTimeout: float
+    trigger: list[str]
+    timeout: float
+    memory: int
+    env: dict[str, str]
+    instances: int
+    maxQueued: int
+
+    @property
+    def source(self) -> str:
+        return os.path.join(self.directory, FUNCTION_FILE)
+
+    @property
+    def entrypoint_path(self) -> str:
+        return os.path.join(self.directory, self.entrypoint)
+
+
+@dataclass(frozen=True)
+class BrokenFunction:
+    """A function folder that could not be loaded: reported and skipped, the others serve."""
+    name: str          # its declared name where readable, else the folder's name
+    directory: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    httpPort: int | None
+    httpsPort: int | None
+    sslCertPath: str | None
+    sslKeyPath: str | None
+    bind: str
+    gatewayWorkers: int
+    maxBodyBytes: int
+    gracefulTimeout: float
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    path: str
+    server: ServerConfig
+    stateDir: str
+    functions: list[FunctionConfig] = field(default_factory=list)
+    broken: list[BrokenFunction] = field(default_factory=list)
+
+    def function(self, name: str) -> FunctionConfig | None:
+        return next((f for f in self.functions if f.name == name), None)
+
+
+def load_function_config(directory: str) -> FunctionConfig:
+    """Load and validate one function folder's sora.yaml; raise ConfigError if broken."""
+    directory = os.path.abspath(directory)
+    path = os.path.join(directory, FUNCTION_FILE)
+    if not os.path.isdir(directory):
+        raise ConfigError(path, ["function folder does not exist"])
+    data = _read_yaml(path)
+    problems: list[str] = []
+    values = _validate_mapping(data, FUNCTION_SETTINGS, "", problems)
+    if "entrypoint" in values and not problems:
+        entry = os.path.join(directory, values["entrypoint"])
+        if not os.path.isfile(entry):
+            problems.append(f"entrypoint: expected an existing file in {directory}, "
+                            f"got {_show(values['entrypoint'])} (not found)")
+        elif not entry.endswith((".js", ".cjs", ".mjs")):
+            problems.append(f"entrypoint: expected a .js, .cjs or .mjs file for language "
+                            f"nodejs, got {_show(values['entrypoint'])}")
+    if problems:
+        raise ConfigError(path, problems)
+    return FunctionConfig(directory=directory, **values)
+
+
+def _resolve(base: str, path: str) -> str:
+    return os.path.normpath(os.path.join(base, os.path.expanduser(path)))
+
+
+def load_host_config(path: str) -> HostConfig:
+    """Load host-config.yaml and every function it lists.
+
+    Raises ConfigError for problems in the host config itself; broken function folders are
+    returned in `broken` so the host can serve the rest.
+    """
+    path = os.path.abspath(path)
+    base = os.path.dirname(path)
+    data = _read_yaml(path)
+    problems: list[str] = []
+    values = _validate_mapping(data, HOST_SETTINGS, "", problems)
+    server_values = _validate_mapping(values.get("server", {}), SERVER_SETTINGS, "server.",
+                                      problems) if "server" in values else {}
+    if server_values and not problems:
+        if server_values["httpPort"] is None and server_values["httpsPort"] is None:
+            problems.append("server: expected at least one of httpPort and httpsPort")
+        if server_values["httpsPort"] is not None:
+            for key in ("sslCertPath", "sslKeyPath"):
+                if server_values[key] is None:
+                    problems.append(f"server.{key}: required when httpsPort is set (expected a "
+                                    "PEM file path)")
+                else:
+                    server_values[key] = _resolve(base, server_values[key])
+                    if not os.path.isfile(server_values[key]):
+                        problems.append(f"server.{key}: expected an existing PEM file, got "
+                                        f"{server_values[key]} (not found)")
+        if server_values["httpPort"] is not None and \
+                server_values["httpPort"] == server_values["httpsPort"]:
+            problems.append("server.httpsPort: expected a port other than httpPort")
+        if server_values["gatewayWorkers"] is None:
+            server_values["gatewayWorkers"] = max(1, os.cpu_count() or 1)
+    if problems:
+        raise ConfigError(path, problems)
+
+    functions: list[FunctionConfig] = []
+    broken: list[BrokenFunction] = []
+    seen: dict[str, str] = {}
+    for entry in values["functionPaths"]:
+        directory = _resolve(base, entry)
+        try:
+            fn = load_function_config(directory)
+        except ConfigError as exc:
+            broken.append(BrokenFunction(_declared_name(directory), directory, str(exc)))
+            continue
+        if fn.name in seen:
+            broken.append(BrokenFunction(fn.name, directory, (
+                f"{fn.source}: name: expected a name unique on this host, got {fn.name!r} "
+                f"(already used by {seen[fn.name]})")))
+            continue
+        seen[fn.name] = fn.source
+        functions.append(fn)
+    return HostConfig(path=path, server=ServerConfig(**server_values),
+                      stateDir=_resolve(base, values["stateDir"]),
+                      functions=functions, broken=broken)
+
+
+def _declared_name(directory: str) -> str:
+    """Best-effort name of a broken function, so health can report it under its own name."""
+    try:
+        with open(os.path.join(directory, FUNCTION_FILE), encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+        if isinstance(data, dict) and isinstance(data.get("name"), str):
+            return data["name"]
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        pass
+    return os.path.basename(directory.rstrip(os.sep)) or directory
+
+
+def settings_markdown() -> str:
+    """The configuration reference, generated from the declarations above."""
+    out = []
+    for title, settings in (("host-config.yaml", HOST_SETTINGS),
+                            ("host-config.yaml `server:`", SERVER_SETTINGS),
+                            ("sora.yaml", FUNCTION_SETTINGS)):
+        out += [f"## {title}", "", "| field | default | description |", "|---|---|---|"]
+        for s in settings.values():
+            default = "required" if s.default is REQUIRED else (
+                "—" if s.default is None else f"`{s.default!r}`")
+            out.append(f"| `{s.name}` | {default} | {s.doc} |")
+        out.append("")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":  # pragma: no cover - documentation generator
+    import sys
+    if sys.argv[1:] == ["--markdown"]:
+        print(settings_markdown())

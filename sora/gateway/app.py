@@ -1,0 +1,181 @@
+"""The gateway: a Falcon ASGI app, served by gunicorn's native `asgi` worker class.
+
+`create_app()` builds it from the host config named in $SORA_CONFIG (or from the objects given,
+for tests). Resources get their dependencies in `__init__`; errors become JSON
+`{"errorType", "errorMessage"}` with the status of protocol.HTTP_STATUS.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+
+import falcon
+import falcon.asgi
+
+from .. import protocol as p
+from ..config import FUNCTION_NAME_RE, HostConfig, load_host_config
+from .client import BrokerClient, BrokerTimeout
+from .function_url import BadFunctionResponse, build_event, map_result
+
+REQUEST_ID_HEADER = "X-Sora-Request-Id"
+# How long past the function's own timeout the gateway waits for the broker: the invocation may
+# first queue for up to the timeout, then run for up to the timeout.
+_BROKER_SLACK = 10.0
+_RETRY_AFTER = "1"
+
+
+class SoraError(Exception):
+    """An error the gateway answers itself, as JSON."""
+
+    def __init__(self, status: int, error_type: str, message: str, headers=None):
+        super().__init__(message)
+        self.status = status
+        self.error_type = error_type
+        self.headers = headers or {}
+
+
+def _request_id(req: falcon.asgi.Request) -> str:
+    rid = req.context.get("request_id")
+    if rid is None:
+        rid = req.context.request_id = str(uuid.uuid4())
+    return rid
+
+
+def _send_error(req, resp, status: int, body: bytes, headers=None) -> None:
+    resp.status = status
+    resp.content_type = "application/json"
+    resp.data = body
+    resp.set_header(REQUEST_ID_HEADER, _request_id(req))
+    for name, value in (headers or {}).items():
+        resp.set_header(name, value)
+
+
+async def handle_sora_error(req, resp, ex: SoraError, params) -> None:
+    _send_error(req, resp, ex.status, p.error_body(ex.error_type, str(ex)), ex.headers)
+
+
+async def handle_http_error(req, resp, ex: falcon.HTTPError, params) -> None:
+    # Falcon's own errors (unknown route, bad method, ...) in Sora's JSON shape.
+    error_type = {404: "Sora.NotFound", 405: "Sora.MethodNotAllowed",
+                  413: "Sora.RequestTooLarge"}.get(ex.status_code, f"Sora.HTTP{ex.status_code}")
+    message = ex.description or ex.title
+    _send_error(req, resp, ex.status_code, p.error_body(error_type, message),
+                dict(ex.headers or {}))
+
+
+async def handle_unexpected(req, resp, ex: Exception, params) -> None:
+    _send_error(req, resp, 500, p.error_body("Sora.InternalError",
+                                             f"The gateway failed: {type(ex).__name__}"))
+
+
+class FunctionUrlResource:
+    """`ANY /functions/{name}` and `ANY /functions/{name}/{path}`: the HTTP trigger."""
+
+    def __init__(self, client: BrokerClient, config: HostConfig):
+        self.client = client
+        self.max_body = config.server.maxBodyBytes
+        self.waits = {fn.name: fn.timeout * 2 + _BROKER_SLACK for fn in config.functions}
+
+    async def _read_body(self, req: falcon.asgi.Request) -> bytes:
+        length = req.content_length
+        if length is not None and length > self.max_body:
+            raise SoraError(413, "Sora.RequestTooLarge",
+                            f"The request body is {length} bytes; the limit is {self.max_body}")
+        if length == 0:
+            return b""
+        chunks = []
+        size = 0
+        async for chunk in req.stream:
+            size += len(chunk)
+            if size > self.max_body:
+                raise SoraError(413, "Sora.RequestTooLarge",
+                                f"The request body exceeds the limit of {self.max_body} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def handle(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, name: str,
+                     path: str = "") -> None:
+        if not FUNCTION_NAME_RE.match(name):
+            raise SoraError(404, "ResourceNotFoundException", f"Function not found: {name}")
+        request_id = _request_id(req)
+        body = await self._read_body(req)
+        scope = req.scope
+        client = scope.get("client")
+        event = build_event(
+            method=req.method, raw_path="/" + path, query_string=scope.get("query_string",
+                                                                           b"").decode("latin-1"),
+            raw_headers=scope["headers"], body=body, source_ip=client[0] if client else "",
+            http_version=scope.get("http_version", "1.1"), request_id=request_id,
+            function=name)
+        try:
+            status, result = await self.client.invoke(name, request_id.encode(), event,
+                                                      self.waits.get(name, _BROKER_SLACK))
+        except BrokerTimeout:
+            raise SoraError(504, "Sora.GatewayTimeout",
+                            "No answer from the broker in time") from None
+        resp.set_header(REQUEST_ID_HEADER, request_id)
+        if status != p.OK:
+            headers = {}
+            if status == p.NO_CAPACITY:
+                headers["Retry-After"] = _RETRY_AFTER
+            elif status in (p.FUNCTION_ERROR, p.INIT_ERROR):
+                headers["X-Amz-Function-Error"] = "Unhandled"
+            _send_error(req, resp, p.HTTP_STATUS[status], result, headers)
+            return
+        try:
+            mapped = map_result(result)
+        except BadFunctionResponse as exc:
+            raise SoraError(502, "Sora.InvalidResponse", str(exc)) from None
+        resp.status = mapped.status
+        for header, value in mapped.headers:
+            resp.append_header(header, value)
+        if mapped.content_type:
+            resp.content_type = mapped.content_type
+        resp.data = mapped.body
+
+
+for _method in falcon.constants.COMBINED_METHODS:
+    setattr(FunctionUrlResource, f"on_{_method.lower()}", FunctionUrlResource.handle)
+
+
+class HealthResource:
+    def __init__(self, client: BrokerClient):
+        self.client = client
+
+    async def on_get(self, req, resp) -> None:
+        request_id = _request_id(req)
+        try:
+            body = await self.client.status(request_id.encode())
+        except BrokerTimeout:
+            raise SoraError(503, "Sora.BrokerUnavailable",
+                            "The supervisor's broker did not answer") from None
+        resp.set_header(REQUEST_ID_HEADER, request_id)
+        resp.content_type = "application/json"
+        resp.data = body
+
+
+class RequestIdHeader:
+    """Every response carries X-Sora-Request-Id, including Falcon's own errors."""
+
+    async def process_response(self, req, resp, resource, req_succeeded) -> None:
+        if REQUEST_ID_HEADER.lower() not in resp.headers:
+            resp.set_header(REQUEST_ID_HEADER, _request_id(req))
+
+
+def create_app(config: HostConfig | None = None,
+               client: BrokerClient | None = None) -> falcon.asgi.App:
+    if config is None:
+        config = load_host_config(os.environ["SORA_CONFIG"])
+    if client is None:
+        client = BrokerClient(p.gateway_endpoint(config.stateDir))
+    app = falcon.asgi.App(middleware=[RequestIdHeader()])
+    app.req_options.strip_url_path_trailing_slash = False
+    functions = FunctionUrlResource(client, config)
+    app.add_route("/functions/{name}", functions)
+    app.add_route("/functions/{name}/{path:path}", functions)
+    app.add_route("/healthz", HealthResource(client))
+    app.add_error_handler(Exception, handle_unexpected)
+    app.add_error_handler(falcon.HTTPError, handle_http_error)
+    app.add_error_handler(SoraError, handle_sora_error)
+    return app
+

@@ -1,0 +1,83 @@
+"""The gateway's connection to the broker: one DEALER per gateway process, many requests in
+flight, matched to their callers by request id.
+
+The ZeroMQ socket's file descriptor is watched by the event loop directly and every ready reply
+is drained per wake-up; there is one future per request and one timer handle, nothing else on
+the hot path. (ZeroMQ's fd is edge-triggered, so after each send the socket is checked for
+replies that arrived meanwhile.)
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+
+import zmq
+
+from .. import protocol as p
+
+
+class BrokerTimeout(Exception):
+    pass
+
+
+class BrokerClient:
+    def __init__(self, endpoint: str):
+        self.endpoint = endpoint
+        self._pid = -1
+        self._sock: zmq.Socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending: dict[bytes, asyncio.Future] = {}
+
+    def _connect(self) -> None:
+        # After a fork (gunicorn workers) the parent's context must not be used: make our own.
+        self._pid = os.getpid()
+        self._loop = asyncio.get_running_loop()
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 100_000)
+        sock.setsockopt(zmq.RCVHWM, 100_000)
+        sock.connect(self.endpoint)
+        self._sock = sock
+        self._loop.add_reader(sock.getsockopt(zmq.FD), self._drain)
+
+    def _drain(self) -> None:
+        sock = self._sock
+        pending = self._pending
+        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            frames = sock.recv_multipart(zmq.NOBLOCK)
+            if len(frames) == 4 and frames[0] == p.REPLY:
+                fut = pending.pop(frames[1], None)
+                if fut is not None and not fut.done():
+                    fut.set_result((frames[2], frames[3]))
+
+    async def _call(self, frames: list[bytes], request_id: bytes, timeout: float):
+        if self._pid != os.getpid():
+            self._connect()
+        loop = self._loop
+        fut = loop.create_future()
+        self._pending[request_id] = fut
+        self._sock.send_multipart(frames, copy=False)
+        if self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            loop.call_soon(self._drain)
+        timer = loop.call_later(timeout, self._expire, request_id)
+        try:
+            return await fut
+        finally:
+            timer.cancel()
+            self._pending.pop(request_id, None)
+
+    def _expire(self, request_id: bytes) -> None:
+        fut = self._pending.pop(request_id, None)
+        if fut is not None and not fut.done():
+            fut.set_exception(BrokerTimeout())
+
+    async def invoke(self, function: str, request_id: bytes, payload: bytes,
+                     timeout: float) -> tuple[bytes, bytes]:
+        """Send one invocation; return (status, body) from protocol.py."""
+        return await self._call([p.REQUEST, request_id, function.encode(), payload],
+                                request_id, timeout)
+
+    async def status(self, request_id: bytes, timeout: float = 3.0) -> bytes:
+        _, body = await self._call([p.STATUS, request_id], request_id, timeout)
+        return body

@@ -1,0 +1,167 @@
+"""The AWS Lambda function URL format (payload format 2.0): HTTP request -> event, and the
+function's result -> HTTP response, following AWS's rules for function URLs, so that web
+framework adapters written for Lambda (serverless-http, @vendia/serverless-express, Mangum,
+aws-lambda-web-adapter, ...) work unchanged.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import time
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl
+
+# Bodies of these types go to the function as text; anything else is base64 (as on AWS).
+_TEXT_TYPES = ("text/", "application/json", "application/javascript", "application/xml",
+               "application/x-www-form-urlencoded", "application/graphql", "+json", "+xml")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def _is_text(content_type: str) -> bool:
+    ct = content_type.split(";", 1)[0].strip().lower()
+    return any(ct.startswith(t) if t.endswith("/") else (ct == t or ct.endswith(t))
+               for t in _TEXT_TYPES)
+
+
+def _clf_time(epoch: float) -> str:
+    t = time.gmtime(epoch)
+    return (f"{t.tm_mday:02d}/{_MONTHS[t.tm_mon - 1]}/{t.tm_year}:"
+            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} +0000")
+
+
+def build_event(*, method: str, raw_path: str, query_string: str,
+                raw_headers: list[tuple[bytes, bytes]], body: bytes, source_ip: str,
+                http_version: str, request_id: str, function: str) -> bytes:
+    """The event JSON for one HTTP request. `raw_path` is the path below the function's own
+    prefix, as the function would see it behind its own URL."""
+    headers: dict[str, str] = {}
+    cookies: list[str] = []
+    for name_b, value_b in raw_headers:
+        name = name_b.decode("latin-1").lower()
+        value = value_b.decode("latin-1")
+        if name == "cookie":
+            cookies.extend(c.strip() for c in value.split(";") if c.strip())
+            continue
+        headers[name] = f"{headers[name]},{value}" if name in headers else value
+    now = time.time()
+    host = headers.get("host", "localhost").split(":", 1)[0]
+    event: dict = {
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": raw_path,
+        "rawQueryString": query_string,
+        "headers": headers,
+    }
+    if cookies:
+        event["cookies"] = cookies
+    if query_string:
+        params: dict[str, str] = {}
+        for key, value in parse_qsl(query_string, keep_blank_values=True):
+            params[key] = f"{params[key]},{value}" if key in params else value
+        event["queryStringParameters"] = params
+    event["requestContext"] = {
+        "accountId": "anonymous",
+        "apiId": function,
+        "domainName": host,
+        "domainPrefix": host.split(".", 1)[0],
+        "http": {
+            "method": method,
+            "path": raw_path,
+            "protocol": f"HTTP/{http_version}",
+            "sourceIp": source_ip,
+            "userAgent": headers.get("user-agent", ""),
+        },
+        "requestId": request_id,
+        "routeKey": "$default",
+        "stage": "$default",
+        "time": _clf_time(now),
+        "timeEpoch": int(now * 1000),
+    }
+    if body:
+        text = None
+        content_type = headers.get("content-type", "")
+        if not content_type or _is_text(content_type):
+            try:
+                text = body.decode("utf-8")
+            except UnicodeDecodeError:
+                text = None
+        if text is None:
+            event["body"] = base64.b64encode(body).decode("ascii")
+            event["isBase64Encoded"] = True
+        else:
+            event["body"] = text
+            event["isBase64Encoded"] = False
+    else:
+        event["isBase64Encoded"] = False
+    return json.dumps(event, separators=(",", ":")).encode()
+
+
+@dataclass
+class HttpResult:
+    status: int = 200
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+    content_type: str | None = "application/json"
+
+
+class BadFunctionResponse(ValueError):
+    """The function returned a response object that cannot become an HTTP response."""
+
+
+def map_result(result: bytes) -> HttpResult:
+    """Map the function's result JSON to an HTTP response the way function URLs do: an object
+    with `statusCode` describes the response; any other value is the JSON body of a 200."""
+    if b'"statusCode"' not in result:
+        return HttpResult(body=result)  # passed through untouched, no re-encoding
+    try:
+        value = json.loads(result)
+    except ValueError:
+        return HttpResult(body=result)
+    if not isinstance(value, dict) or "statusCode" not in value:
+        return HttpResult(body=result)
+    status = value["statusCode"]
+    if isinstance(status, str) and status.isdigit():
+        status = int(status)
+    if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+        raise BadFunctionResponse(f"statusCode must be an HTTP status from 100 to 599, "
+                                  f"got {status!r}")
+    out = HttpResult(status=status, content_type=None)
+    headers = value.get("headers")
+    headers = {} if headers is None else headers
+    if not isinstance(headers, dict):
+        raise BadFunctionResponse("headers must be an object of header names to values")
+    has_type = False
+    for name, val in headers.items():
+        if val is None:
+            continue
+        name = str(name)
+        if name.lower() == "content-type":
+            has_type = True
+        out.headers.append((name, val if isinstance(val, str) else
+                            json.dumps(val) if isinstance(val, (dict, list)) else
+                            str(val).lower() if isinstance(val, bool) else str(val)))
+    for name, vals in (value.get("multiValueHeaders") or {}).items():
+        for val in vals if isinstance(vals, list) else [vals]:
+            out.headers.append((str(name), str(val)))
+    cookies = value.get("cookies")
+    cookies = [] if cookies is None else cookies
+    if not isinstance(cookies, list):
+        raise BadFunctionResponse("cookies must be a list of Set-Cookie values")
+    out.headers.extend(("Set-Cookie", str(c)) for c in cookies)
+    body = value.get("body")
+    if body is None:
+        out.body = b""
+    elif isinstance(body, str):
+        if value.get("isBase64Encoded"):
+            try:
+                out.body = base64.b64decode(body, validate=True)
+            except ValueError as exc:
+                raise BadFunctionResponse(f"isBase64Encoded is true but body is not base64: "
+                                          f"{exc}") from None
+        else:
+            out.body = body.encode("utf-8")
+    else:
+        out.body = json.dumps(body, separators=(",", ":")).encode()
+    if not has_type:
+        out.content_type = "application/json"
+    return out

@@ -1,0 +1,47 @@
+"""gunicorn settings for one Sora listener, from the host config.
+
+The supervisor runs one gunicorn master per listener (plain HTTP and HTTPS), because gunicorn
+applies TLS to every socket it binds. Each reads $SORA_CONFIG (the host config) and
+$SORA_LISTENER (`http` or `https`). `deploy/gunicorn.conf.py` imports this module, so running
+the gateway by hand uses the same settings:
+
+    SORA_CONFIG=host-config.yaml SORA_LISTENER=https \\
+        gunicorn -c deploy/gunicorn.conf.py 'sora.gateway.app:create_app()'
+"""
+import os
+import ssl
+
+from sora.config import load_host_config
+
+_config = load_host_config(os.environ["SORA_CONFIG"])
+_server = _config.server
+_listener = os.environ.get("SORA_LISTENER", "https" if _server.httpPort is None else "http")
+_port = _server.httpsPort if _listener == "https" else _server.httpPort
+if _port is None:
+    raise SystemExit(f"{_config.path}: server.{_listener}Port is not set")
+_host = f"[{_server.bind}]" if ":" in _server.bind else _server.bind
+
+wsgi_app = "sora.gateway.app:create_app()"
+worker_class = "asgi"
+workers = _server.gatewayWorkers
+bind = [f"{_host}:{_port}"]
+proc_name = f"sora-gateway-{_listener}"
+graceful_timeout = max(1, round(_server.gracefulTimeout))
+# Idle keep-alive connections hold up a graceful stop until they time out: keep it short.
+keepalive = 2
+backlog = 2048
+accesslog = None
+errorlog = "-"
+loglevel = "warning"
+
+if _listener == "https":
+    certfile = _server.sslCertPath
+    keyfile = _server.sslKeyPath
+
+
+def ssl_context(conf, default_ssl_context_factory):
+    """TLS 1.2 minimum; forward-secret AEAD suites only (TLS 1.3's are all AEAD)."""
+    context = default_ssl_context_factory()
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers("ECDHE+AESGCM:ECDHE+CHACHA20")
+    return context

@@ -1,0 +1,106 @@
+"""Frames and message types shared by the gateway, the broker and the workers.
+
+All messages are ZeroMQ multipart messages whose first frame is a one-byte command (Paranoid
+Pirate style). Payloads travel as opaque bytes: the event JSON made by the gateway is parsed only
+by the runtime, and the result JSON made by the runtime is passed back untouched.
+
+    gateway -> broker (DEALER -> ROUTER, the ROUTER prepends the gateway's identity)
+        [REQUEST, request_id, function, payload]
+        [STATUS, request_id]
+    broker -> gateway
+        [REPLY, request_id, status, body]
+    worker -> broker (DEALER -> ROUTER, identity b"<function>/<pid>")
+        [READY, function, capacity]         announces the worker and its free slots (credits)
+        [REPLY, client, request_id, status, body]   returns one credit
+        [HEARTBEAT]
+        [DISCONNECT]                        the worker is leaving; it has nothing in flight
+    broker -> worker
+        [REQUEST, client, request_id, payload]
+        [HEARTBEAT]
+        [DISCONNECT]                        the broker is stopping
+"""
+from __future__ import annotations
+
+import json
+import os
+
+REQUEST = b"\x01"
+REPLY = b"\x02"
+READY = b"\x03"
+HEARTBEAT = b"\x04"
+DISCONNECT = b"\x05"
+STATUS = b"\x06"
+
+# Heartbeats both ways; a peer silent for LIVENESS intervals is forgotten.
+HEARTBEAT_INTERVAL = 1.0
+HEARTBEAT_LIVENESS = 3
+
+# Reply status: one byte, mapped to an HTTP status by the gateway.
+OK = b"0"
+FUNCTION_ERROR = b"1"     # the handler threw or rejected
+TIMEOUT = b"2"            # the handler ran past the function's timeout
+NO_CAPACITY = b"3"        # the function's queue is full, or nothing freed up in time
+NOT_FOUND = b"4"          # no function of that name
+UNAVAILABLE = b"5"        # the function exists but cannot serve (setup failed, FATAL)
+RUNTIME_EXITED = b"6"     # the runtime process died while serving the invocation
+WORKER_LOST = b"7"        # the worker died or fell silent while holding the invocation
+INIT_ERROR = b"8"         # the function's module failed to load
+BAD_REQUEST = b"9"        # the event could not be delivered as given
+
+HTTP_STATUS = {
+    OK: 200,
+    FUNCTION_ERROR: 502,
+    TIMEOUT: 504,
+    NO_CAPACITY: 503,
+    NOT_FOUND: 404,
+    UNAVAILABLE: 503,
+    RUNTIME_EXITED: 502,
+    WORKER_LOST: 502,
+    INIT_ERROR: 502,
+    BAD_REQUEST: 400,
+}
+
+
+def error_body(error_type: str, message: str, **extra) -> bytes:
+    """The JSON error every failed invocation returns: {"errorType", "errorMessage", ...}."""
+    return json.dumps({"errorType": error_type, "errorMessage": message, **extra},
+                      separators=(",", ":")).encode()
+
+
+def timeout_message(seconds: float) -> str:
+    return f"Task timed out after {seconds:.2f} seconds"
+
+
+def worker_identity(function: str, pid: int) -> bytes:
+    return f"{function}/{pid}".encode()
+
+
+def identity_pid(identity: bytes) -> int | None:
+    try:
+        return int(identity.rsplit(b"/", 1)[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def run_dir(state_dir: str) -> str:
+    return os.path.join(state_dir, "run")
+
+
+def gateway_endpoint(state_dir: str) -> str:
+    """Where gateways connect (the broker's frontend ROUTER)."""
+    return "ipc://" + os.path.join(run_dir(state_dir), "gateway.sock")
+
+
+def worker_endpoint(state_dir: str) -> str:
+    """Where workers connect (the broker's backend ROUTER)."""
+    return "ipc://" + os.path.join(run_dir(state_dir), "workers.sock")
+
+
+# A worker that cannot boot its function (the module fails to load) exits with this code after
+# writing its reason to `boot_error_path`; the supervisor backs off and, after repeated failures,
+# parks the function as FATAL with that reason instead of restarting it forever.
+EXIT_BOOT_ERROR = 3
+
+
+def boot_error_path(state_dir: str, function: str) -> str:
+    return os.path.join(run_dir(state_dir), f"worker-{function}.boot-error")

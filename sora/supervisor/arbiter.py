@@ -1,0 +1,400 @@
+"""The arbiter: the supervisor's main loop (after gunicorn's arbiter).
+
+It runs each function's setup, spawns one worker per function and one gunicorn master per
+listener (HTTP, HTTPS), restarts what exits with backoff, parks what keeps failing as FATAL, and
+stops everything cleanly. Signal handlers only queue the signal; the loop wakes on a pipe
+(signal.set_wakeup_fd), handles queued signals by name, reaps children, then manages the rest.
+
+The supervisor is a child subreaper: a process that a dying worker or runtime leaves behind is
+re-parented here, and the loop kills and reaps it, so nothing outlives its function.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import sys
+import time
+
+import psutil
+
+from .. import protocol as p
+from ..config import FunctionConfig, HostConfig
+from .broker import Broker
+from .child import Launch, State, Supervised, describe_exit
+from .setup import SetupRun
+
+log = logging.getLogger("sora.supervisor")
+
+_PR_SET_CHILD_SUBREAPER = 36
+WORKER_START_RETRIES = 3
+GATEWAY_START_RETRIES = 3
+EXIT_GATEWAY_FATAL = 1
+
+
+class Arbiter:
+    def __init__(self, config: HostConfig):
+        self.config = config
+        self.state_dir = config.stateDir
+        self.signals: list[int] = []
+        self._wake_r, self._wake_w = os.pipe()
+        for fd in (self._wake_r, self._wake_w):
+            os.set_blocking(fd, False)
+        self.workers: dict[str, Supervised] = {}
+        self.setups: dict[str, SetupRun] = {}
+        self.gateways: dict[str, Supervised] = {}
+        self.stopping = False
+        self.stop_phase = ""
+        self.exit_code = 0
+        self.broker: Broker | None = None
+        self._last_status = b""
+        self._announced = False
+
+    # --- signals: handlers only queue -----------------------------------------------------------
+    def _on_signal(self, signum, _frame) -> None:
+        self.signals.append(signum)
+
+    def wakeup(self) -> None:
+        try:
+            os.write(self._wake_w, b"\0")
+        except BlockingIOError:
+            pass  # the pipe is full, so the loop is due to wake anyway
+
+    def install_signals(self) -> None:
+        signal.set_wakeup_fd(self._wake_w)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD):
+            signal.signal(sig, self._on_signal)
+
+    def handle_signals(self) -> None:
+        while self.signals:
+            signum = self.signals.pop(0)
+            name = signal.Signals(signum).name.lower()
+            handler = getattr(self, f"handle_{name}", None)
+            if handler:
+                handler()
+
+    def handle_sigterm(self) -> None:
+        self.begin_stop("SIGTERM")
+
+    def handle_sigint(self) -> None:
+        self.begin_stop("SIGINT")
+
+    def handle_sigquit(self) -> None:
+        self.begin_stop("SIGQUIT")
+
+    def handle_sigchld(self) -> None:
+        pass  # it woke the loop; reap_children does the work
+
+    # --- children -------------------------------------------------------------------------------
+    def worker_launch(self, fn: FunctionConfig) -> Launch:
+        argv = [sys.executable, "-m", "sora.worker", "--name", fn.name,
+                "--function-dir", fn.directory, "--state-dir", self.state_dir]
+        return Launch(argv, dict(os.environ), start_timeout=max(30.0, fn.timeout) + 15,
+                      start_retries=WORKER_START_RETRIES)
+
+    def gateway_launch(self, listener: str) -> Launch:
+        argv = [sys.executable, "-m", "gunicorn", "--config", "python:sora.gateway.gunicorn_conf",
+                "sora.gateway.app:create_app()"]
+        env = dict(os.environ, SORA_CONFIG=self.config.path, SORA_LISTENER=listener)
+        return Launch(argv, env, start_timeout=30.0, start_retries=GATEWAY_START_RETRIES)
+
+    def listeners(self) -> dict[str, int]:
+        server = self.config.server
+        out = {}
+        if server.httpPort is not None:
+            out["http"] = server.httpPort
+        if server.httpsPort is not None:
+            out["https"] = server.httpsPort
+        return out
+
+    def all_children(self) -> list[Supervised]:
+        return [*self.gateways.values(), *self.workers.values()]
+
+    def reap_children(self, now: float) -> bool:
+        exited = False
+        for child in self.all_children():
+            code = child.poll_exit()
+            if code is None:
+                continue
+            exited = True
+            why = f"pid {child.proc.pid} {describe_exit(code)}"
+            if child.kind == "worker":
+                self.broker.control.forget_worker(p.worker_identity(child.name, child.proc.pid))
+                if code == p.EXIT_BOOT_ERROR:
+                    why = f"cannot boot: {self._boot_error(child.name)}"
+            child.on_exit(code, now, why)
+            if child.kind == "gateway" and child.state is State.FATAL and not self.stopping:
+                log.error("the %s listener cannot start (%s); stopping the host", child.name,
+                          child.reason)
+                self.exit_code = EXIT_GATEWAY_FATAL
+                self.begin_stop(f"{child.name} listener failed")
+        return exited
+
+    def _boot_error(self, name: str) -> str:
+        path = p.boot_error_path(self.state_dir, name)
+        try:
+            with open(path, "rb") as fh:
+                body = json.loads(fh.read())
+            os.unlink(path)
+            return f"{body.get('errorType')}: {body.get('errorMessage')}"
+        except (OSError, ValueError, AttributeError):
+            return "the worker exited with a boot error"
+
+    def reap_orphans(self) -> None:
+        """Kill and reap processes that were re-parented to us (we are a subreaper)."""
+        known = {c.proc.pid for c in self.all_children() if c.proc is not None}
+        known |= {s.proc.pid for s in self.setups.values() if s.proc is not None}
+        own_group = os.getpgid(0)
+        try:
+            children = psutil.Process().children()
+        except psutil.Error:
+            return
+        for proc in children:
+            if proc.pid in known:
+                continue
+            try:
+                group = os.getpgid(proc.pid)
+                if group != own_group:
+                    os.killpg(group, signal.SIGKILL)
+                os.kill(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            try:
+                os.waitpid(proc.pid, 0)
+                log.info("reaped orphaned process %d (%s)", proc.pid, _name_of(proc))
+            except ChildProcessError:
+                pass
+
+    # --- managing -------------------------------------------------------------------------------
+    def start_functions(self) -> None:
+        for fn in self.config.functions:
+            run = SetupRun(fn, self.state_dir)
+            self.setups[fn.name] = run
+            self.workers[fn.name] = Supervised(fn.name, "worker", self.worker_launch(fn),
+                                               state=State.SETUP)
+            try:
+                run.start()
+            except OSError as exc:
+                run.outcome = None
+                self.workers[fn.name].to(State.FATAL, f"setup could not start: {exc}")
+
+    def manage(self, now: float) -> None:
+        for name, run in list(self.setups.items()):
+            worker = self.workers[name]
+            if worker.state is not State.SETUP:
+                continue
+            outcome = run.poll()
+            if outcome is None:
+                continue
+            del self.setups[name]
+            if outcome.ok:
+                log.info("function %s: setup %s", name, "unchanged, skipped" if outcome.skipped
+                         else "done")
+                worker.spawn(now)
+            else:
+                worker.to(State.FATAL, outcome.reason)
+        for child in self.all_children():
+            if child.due(now):
+                child.spawn(now)
+            elif child.start_overdue(now):
+                log.error("%s %s: not ready after %.0fs; killing it", child.kind, child.name,
+                          child.launch.start_timeout)
+                child.signal(signal.SIGKILL)
+        for name, gateway in self.gateways.items():
+            if gateway.state is State.STARTING and gateway.pid and \
+                    self._port_open(self.listeners()[name]):
+                gateway.mark_ready(now)
+        if not self._announced and self.gateways and \
+                all(g.state is State.RUNNING for g in self.gateways.values()):
+            self._announced = True
+            self.announce()
+
+    def _port_open(self, port: int) -> bool:
+        host = self.config.server.bind
+        host = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return True
+        except OSError:
+            return False
+
+    def announce(self) -> None:
+        host = self.config.server.bind
+        shown = "localhost" if host in ("0.0.0.0", "::", "127.0.0.1") else host
+        lines = []
+        for listener, port in self.listeners().items():
+            for fn in self.config.functions:
+                lines.append(f"  {listener}://{shown}:{port}/functions/{fn.name}")
+            lines.append(f"  {listener}://{shown}:{port}/healthz")
+        log.info("Sora is serving:\n%s", "\n".join(lines))
+
+    def handle_broker_events(self, now: float) -> None:
+        while not self.broker.events.empty():
+            event, identity = self.broker.events.get_nowait()
+            name = identity.rsplit(b"/", 1)[0].decode()
+            worker = self.workers.get(name)
+            if worker is None or worker.pid != p.identity_pid(identity):
+                continue
+            if event == "ready":
+                worker.mark_ready(now)
+            elif event == "silent":
+                log.error("worker %s fell silent; killing it", identity.decode())
+                worker.signal(signal.SIGKILL)
+
+    def function_table(self) -> dict[str, dict]:
+        table = {}
+        for fn in self.config.functions:
+            worker = self.workers[fn.name]
+            table[fn.name] = {"maxQueued": fn.maxQueued, "maxWait": fn.timeout,
+                              "available": worker.state is not State.FATAL,
+                              "reason": worker.reason}
+        for broken in self.config.broken:
+            table.setdefault(broken.name, {"maxQueued": 0, "maxWait": 1.0, "available": False,
+                                           "reason": broken.reason})
+        return table
+
+    def status(self) -> dict:
+        functions = {}
+        for fn in self.config.functions:
+            info = self.workers[fn.name].describe()
+            info.update(language=fn.language, instances=fn.instances, timeout=fn.timeout)
+            functions[fn.name] = info
+        for broken in self.config.broken:
+            functions.setdefault(broken.name, {"kind": "worker", "state": State.FATAL.value,
+                                               "reason": broken.reason, "pid": None,
+                                               "restarts": 0, "since": None})
+        gateways = {name: g.describe() for name, g in self.gateways.items()}
+        healthy = all(f["state"] == State.RUNNING.value for f in functions.values())
+        return {"status": "stopping" if self.stopping else ("ok" if healthy else "degraded"),
+                "functions": functions, "gateways": gateways}
+
+    def publish(self) -> None:
+        """Tell the broker about function availability and health, when either changed."""
+        table = self.function_table()
+        status = self.status()
+        blob = json.dumps([table, status], sort_keys=True, default=str).encode()
+        if blob != self._last_status:
+            self._last_status = blob
+            self.broker.control.set_functions(table)
+            self.broker.control.set_status(status)
+
+    # --- stopping -------------------------------------------------------------------------------
+    def begin_stop(self, why: str) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        log.info("stopping (%s): gateways first, then workers", why)
+        for run in self.setups.values():
+            run.kill()
+        for child in self.all_children():
+            if child.state in (State.SETUP, State.BACKOFF):
+                child.to(State.STOPPED, why)
+        self._stop_group(self.gateways.values())
+        self.stop_phase = "gateways"
+
+    def _stop_group(self, children) -> None:
+        deadline = time.monotonic() + self.config.server.gracefulTimeout
+        for child in children:
+            if child.pid is not None and child.state in (State.STARTING, State.RUNNING):
+                child.to(State.STOPPING, "host stopping")
+                child.stop_deadline = deadline
+                # The child's own process only: it stops its children itself, gracefully.
+                try:
+                    os.kill(child.proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+
+    def step_stop(self, now: float) -> bool:
+        """Advance the stop; True once everything has exited."""
+        group = self.gateways.values() if self.stop_phase == "gateways" else self.workers.values()
+        alive = [c for c in group if c.pid is not None]
+        for child in alive:
+            if now >= child.stop_deadline:
+                log.warning("%s %s did not stop within %.0fs; killing it", child.kind,
+                            child.name, self.config.server.gracefulTimeout)
+                child.signal(signal.SIGKILL)
+        if alive:
+            return False
+        if self.stop_phase == "gateways":
+            self.stop_phase = "workers"
+            self._stop_group(self.workers.values())
+            return False
+        return True
+
+    # --- main loop ------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        os.makedirs(p.run_dir(self.state_dir), exist_ok=True)
+        ctypes.CDLL(None).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        self.install_signals()
+        self.broker = Broker(p.gateway_endpoint(self.state_dir),
+                             p.worker_endpoint(self.state_dir), wake=self.wakeup)
+        self.broker.start()
+
+    def run(self) -> int:
+        self.prepare()
+        for broken in self.config.broken:
+            log.error("function %s is broken and skipped: %s", broken.name, broken.reason)
+        self.start_functions()
+        now = time.monotonic()
+        for listener in self.listeners():
+            self.gateways[listener] = Supervised(listener, "gateway",
+                                                 self.gateway_launch(listener))
+            self.gateways[listener].spawn(now)
+        last_sweep = now
+        try:
+            while True:
+                busy = self.setups or any(c.state is State.STARTING
+                                          for c in self.all_children())
+                self.sleep(0.1 if busy or self.stopping else 1.0)
+                self.handle_signals()
+                now = time.monotonic()
+                self.handle_broker_events(now)
+                exited = self.reap_children(now)
+                if exited or now - last_sweep > 2.0:
+                    self.reap_orphans()
+                    last_sweep = now
+                if self.stopping:
+                    if self.step_stop(now):
+                        break
+                else:
+                    self.manage(now)
+                self.publish()
+        finally:
+            self.shutdown()
+        return self.exit_code
+
+    def sleep(self, timeout: float) -> None:
+        try:
+            ready, _, _ = select.select([self._wake_r], [], [], timeout)
+        except InterruptedError:
+            return
+        if ready:
+            try:
+                while os.read(self._wake_r, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+
+    def shutdown(self) -> None:
+        for child in self.all_children():
+            child.signal(signal.SIGKILL)
+            if child.proc is not None and child.proc.returncode is None:
+                child.proc.wait()
+        for run in self.setups.values():
+            run.kill()
+        self.reap_orphans()
+        if self.broker is not None:
+            self.broker.control.stop()
+            self.broker.join(timeout=5)
+        log.info("stopped")
+
+
+def _name_of(proc: psutil.Process) -> str:
+    try:
+        return proc.name()
+    except psutil.Error:
+        return "?"

@@ -1,0 +1,189 @@
+"""One runtime instance: a long-lived child process that runs one invocation at a time.
+
+The protocol is the same for every runtime (OpenWhisk ActionLoop style):
+- the worker writes one request per line on the child's stdin:
+  `{"id": "<request id>", "deadline": <epoch ms>, "event": <event JSON>}`
+- the child answers on a dedicated pipe whose fd number it finds in SORA_CONTROL_FD:
+  `READY`, `INIT <error JSON>`, `R <result JSON>`, `E <error JSON>`, one per line, or
+  `X <error JSON>`: an uncaught error ended the invocation and the child is exiting;
+- stdout and stderr are only logs; a line `\\0SORA-END <request id>` closes the lines an
+  invocation printed on that stream.
+"""
+from __future__ import annotations
+
+import ctypes
+import enum
+import os
+import signal
+import subprocess
+import time
+
+from ..config import FunctionConfig
+from .logs import FunctionLog
+from .runtimes import Runtime
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_PR_SET_PDEATHSIG = 1
+MARKER = b"\x00SORA-END "
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    # If the worker dies, even by SIGKILL, the kernel kills the instance: no orphaned runtimes.
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+class State(enum.Enum):
+    BOOTING = "booting"
+    IDLE = "idle"
+    BUSY = "busy"
+    DEAD = "dead"
+
+
+class Instance:
+    def __init__(self, runtime: Runtime, fn: FunctionConfig, index: int, log: FunctionLog):
+        self.runtime = runtime
+        self.fn = fn
+        self.index = index
+        self.log = log
+        self.state = State.BOOTING
+        self.proc: subprocess.Popen | None = None
+        self.control_fd = -1
+        self.started = 0.0
+        self.init_error: bytes | None = None
+        # The invocation in progress: (client, request id, monotonic deadline, start).
+        self.current: tuple[bytes, bytes, float, float] | None = None
+        self._control_buf = b""
+        self._log_bufs: dict[int, bytes] = {}
+        self._pending_lines: dict[int, list[bytes]] = {}
+        self.invocations = 0
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> None:
+        read_fd, write_fd = os.pipe()
+        try:
+            env = self.runtime.environment(self.fn)
+            env["SORA_CONTROL_FD"] = str(write_fd)
+            self.proc = subprocess.Popen(
+                self.runtime.argv(self.fn), cwd=self.fn.directory, env=env,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                pass_fds=(write_fd,), start_new_session=True, preexec_fn=_die_with_parent)
+        finally:
+            os.close(write_fd)
+        self.control_fd = read_fd
+        os.set_blocking(read_fd, False)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            os.set_blocking(stream.fileno(), False)
+            self._log_bufs[stream.fileno()] = b""
+            self._pending_lines[stream.fileno()] = []
+        self.started = time.monotonic()
+        self.state = State.BOOTING
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid if self.proc else -1
+
+    @property
+    def log_fds(self) -> tuple[int, int]:
+        return self.proc.stdout.fileno(), self.proc.stderr.fileno()
+
+    def kill(self) -> None:
+        """Kill the instance and everything it started (its own process group), then reap."""
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # pragma: no cover - a stuck kernel task
+            pass
+        self.close()
+
+    def close(self) -> None:
+        """Release the pipes of an instance that has ended; keep its exit status."""
+        self.drain_logs(final=True)
+        for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            try:
+                f.close()
+            except OSError:
+                pass
+        if self.control_fd >= 0:
+            os.close(self.control_fd)
+            self.control_fd = -1
+        self.state = State.DEAD
+
+    def exit_description(self) -> str:
+        code = self.proc.poll() if self.proc else None
+        if code is None:
+            return "still running"
+        if code < 0:
+            try:
+                return f"killed by signal {signal.Signals(-code).name}"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exit status {code}"
+
+    # --- invocations ----------------------------------------------------------------------------
+    def send(self, client: bytes, request_id: bytes, payload: bytes) -> None:
+        """Hand one invocation to the idle instance. Raises OSError if the child is gone."""
+        now = time.monotonic()
+        deadline_ms = int((time.time() + self.fn.timeout) * 1000)
+        if b"\n" in payload:
+            # A raw newline in valid JSON can only be whitespace between tokens.
+            payload = payload.replace(b"\r\n", b" ").replace(b"\n", b" ")
+        line = b'{"id":"%s","deadline":%d,"event":%s}\n' % (request_id, deadline_ms,
+                                                            payload or b"null")
+        self.current = (client, request_id, now + self.fn.timeout, now)
+        self.state = State.BUSY
+        self.invocations += 1
+        stdin = self.proc.stdin
+        stdin.write(line)
+        stdin.flush()
+
+    def read_control(self) -> list[bytes] | None:
+        """Complete control lines that have arrived; None once the child closed the pipe."""
+        try:
+            chunk = os.read(self.control_fd, 1 << 20)
+        except BlockingIOError:
+            return []
+        if not chunk:
+            return None
+        data = self._control_buf + chunk
+        *lines, self._control_buf = data.split(b"\n")
+        return lines
+
+    def drain_logs(self, fd: int | None = None, final: bool = False) -> None:
+        """Read what the child printed and write it to the function log, tied to invocations."""
+        fds = [fd] if fd is not None else list(self._log_bufs)
+        for f in fds:
+            stream = "stdout" if self.proc and f == self.proc.stdout.fileno() else "stderr"
+            while True:
+                try:
+                    chunk = os.read(f, 1 << 16)
+                except (BlockingIOError, OSError):
+                    break
+                if not chunk:
+                    break
+                data = self._log_bufs[f] + chunk
+                *lines, self._log_bufs[f] = data.split(b"\n")
+                for line in lines:
+                    if line.startswith(MARKER):
+                        self._flush_lines(f, stream, line[len(MARKER):])
+                    else:
+                        self._pending_lines[f].append(line)
+                if len(chunk) < 1 << 16:
+                    break
+            if final or self.state in (State.IDLE, State.BOOTING):
+                # Nothing will close these lines with a marker: tie them to what ran last.
+                if final and self._log_bufs[f]:
+                    self._pending_lines[f].append(self._log_bufs[f])
+                    self._log_bufs[f] = b""
+                if self._pending_lines[f] and (final or self.state == State.BOOTING):
+                    self._flush_lines(f, stream, self.current[1] if self.current else b"-")
+
+    def _flush_lines(self, fd: int, stream: str, request_id: bytes) -> None:
+        lines = self._pending_lines[fd]
+        if lines:
+            self.log.write(request_id.decode("ascii", "replace"), stream, lines)
+            self._pending_lines[fd] = []

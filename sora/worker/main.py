@@ -1,0 +1,370 @@
+"""The worker: one Python process per function, keeping a pool of warm runtime instances.
+
+It connects to the broker with a DEALER socket, announces how many invocations it can take
+(credits), and runs each invocation on an idle instance. It is a single-threaded poll loop over
+the broker socket and every instance's control and log pipes; signal handlers only queue.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections import deque
+
+import zmq
+
+from .. import protocol as p
+from ..config import ConfigError, FunctionConfig, load_function_config
+from .instance import Instance, State
+from .logs import FunctionLog
+from .runtimes import runtime_for
+
+log = logging.getLogger("sora.worker")
+
+# The worker takes this many invocations per instance from the broker, so the next one is
+# already here when an instance finishes: no broker round trip between two invocations.
+CREDITS_PER_INSTANCE = 2
+# An instance that dies this many times in a row before becoming ready means the function cannot
+# boot; the worker then exits with EXIT_BOOT_ERROR and the supervisor decides what follows.
+MAX_INIT_FAILURES = 3
+RECONNECT_MIN, RECONNECT_MAX = 1.0, 32.0
+
+
+class Worker:
+    def __init__(self, fn: FunctionConfig, state_dir: str, endpoint: str):
+        self.fn = fn
+        self.state_dir = state_dir
+        self.endpoint = endpoint
+        self.runtime = runtime_for(fn.language)
+        self.log = FunctionLog(state_dir, fn.name)
+        self.identity = p.worker_identity(fn.name, os.getpid())
+        self.ctx = zmq.Context.instance()
+        self.poller = zmq.Poller()
+        self.sock: zmq.Socket | None = None
+        self.instances: list[Instance] = []
+        self.idle: list[Instance] = []
+        self.pending: deque[tuple[bytes, bytes, bytes]] = deque()  # (client, id, payload)
+        self.fd_owner: dict[int, tuple[Instance, str]] = {}
+        self.init_failures = 0
+        self.last_init_error = b""
+        self.stopping = False
+        self.parent = os.getppid()
+        self.last_heard = self.last_sent = time.monotonic()
+        self.reconnect_delay = RECONNECT_MIN
+        self.signals: list[int] = []
+        self._wake_r, self._wake_w = os.pipe()
+
+    # --- signals: the handler only queues ------------------------------------------------------
+    def _on_signal(self, signum, _frame) -> None:
+        self.signals.append(signum)
+
+    def install_signals(self) -> None:
+        os.set_blocking(self._wake_w, False)
+        os.set_blocking(self._wake_r, False)
+        signal.set_wakeup_fd(self._wake_w)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        self.poller.register(self._wake_r, zmq.POLLIN)
+
+    # --- instances ------------------------------------------------------------------------------
+    def spawn_instance(self, index: int) -> Instance:
+        inst = Instance(self.runtime, self.fn, index, self.log)
+        inst.start()
+        self.instances.append(inst)
+        for fd, kind in ((inst.control_fd, "control"), (inst.log_fds[0], "log"),
+                         (inst.log_fds[1], "log")):
+            self.fd_owner[fd] = (inst, kind)
+            self.poller.register(fd, zmq.POLLIN)
+        return inst
+
+    def retire_instance(self, inst: Instance, kill: bool) -> None:
+        for fd in (inst.control_fd, *inst.log_fds):
+            if fd in self.fd_owner:
+                self.poller.unregister(fd)
+                del self.fd_owner[fd]
+        if kill:
+            inst.kill()
+        else:
+            try:
+                inst.proc.wait(timeout=5)
+            except Exception:
+                inst.kill()
+            inst.close()
+        self.instances.remove(inst)
+        if inst in self.idle:
+            self.idle.remove(inst)
+
+    def replace_instance(self, inst: Instance, kill: bool) -> None:
+        """Retire a dead or hung instance and start a fresh one in its place."""
+        booting = inst.state == State.BOOTING
+        current, inst.current = inst.current, None
+        self.retire_instance(inst, kill)  # reaps it, so its exit status is known below
+        if current is not None:
+            self.reply(current[0], current[1], p.RUNTIME_EXITED, p.error_body(
+                "Sora.RuntimeExited",
+                f"Runtime exited with {inst.exit_description()} while handling request "
+                f"{current[1].decode()}"))
+        if booting:
+            self.init_failures += 1
+            if inst.init_error is None:
+                self.last_init_error = p.error_body(
+                    "Runtime.ExitError",
+                    f"Runtime exited with {inst.exit_description()} before it was ready")
+            else:
+                self.last_init_error = inst.init_error
+            if self.init_failures >= MAX_INIT_FAILURES:
+                raise BootError(self.last_init_error)
+        if not self.stopping:
+            self.spawn_instance(inst.index)
+
+    # --- broker connection ----------------------------------------------------------------------
+    def connect(self) -> None:
+        if self.sock is not None:
+            self.poller.unregister(self.sock)
+            self.sock.close(linger=0)
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.IDENTITY, self.identity)
+        self.sock.setsockopt(zmq.LINGER, 1000)
+        self.sock.connect(self.endpoint)
+        self.poller.register(self.sock, zmq.POLLIN)
+        held = sum(1 for i in self.instances if i.current) + len(self.pending)
+        capacity = max(0, self.fn.instances * CREDITS_PER_INSTANCE - held)
+        self.send([p.READY, self.fn.name.encode(), str(capacity).encode()])
+        self.last_heard = time.monotonic()
+
+    def send(self, frames: list[bytes]) -> None:
+        self.sock.send_multipart(frames, copy=False)
+        self.last_sent = time.monotonic()
+
+    def reply(self, client: bytes, request_id: bytes, status: bytes, body: bytes) -> None:
+        self.send([p.REPLY, client, request_id, status, body])
+
+    def handle_broker(self) -> None:
+        sock = self.sock
+        while True:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            self.last_heard = time.monotonic()
+            self.reconnect_delay = RECONNECT_MIN
+            cmd = frames[0]
+            if cmd == p.REQUEST:
+                self.pending.append((frames[1], frames[2], frames[3]))
+            elif cmd == p.DISCONNECT:
+                self.begin_stop()
+        self.dispatch()
+
+    def dispatch(self) -> None:
+        while self.pending and self.idle:
+            inst = self.idle.pop()
+            client, request_id, payload = self.pending.popleft()
+            try:
+                inst.send(client, request_id, payload)
+            except OSError:
+                # The instance died between its last answer and now: the request goes to the
+                # front again and the instance is replaced once its pipe reports the end.
+                inst.current = None
+                self.pending.appendleft((client, request_id, payload))
+
+    # --- instance events ------------------------------------------------------------------------
+    def handle_control(self, inst: Instance) -> None:
+        while inst.state is not State.DEAD:
+            lines = inst.read_control()
+            if lines is None:
+                inst.drain_logs()
+                self.replace_instance(inst, kill=False)
+                return
+            if not lines:
+                return
+            for line in lines:
+                self.handle_control_line(inst, line)
+
+    def handle_control_line(self, inst: Instance, line: bytes) -> None:
+        kind = line[:2]
+        if kind == b"R " or kind == b"E " or kind == b"X ":
+            current = inst.current
+            if current is None:
+                return  # an answer after a kill, or an uncaught error between invocations
+            inst.current = None
+            if kind != b"X ":
+                inst.state = State.IDLE
+                self.idle.append(inst)
+            # else: the child is exiting; it is replaced once its control pipe closes.
+            self.reply(current[0], current[1], p.OK if kind == b"R " else p.FUNCTION_ERROR,
+                       line[2:])
+        elif line == b"READY":
+            inst.state = State.IDLE
+            inst.drain_logs()
+            self.idle.append(inst)
+            self.init_failures = 0
+        elif line.startswith(b"INIT "):
+            inst.init_error = line[5:]
+
+    def check_deadlines(self, now: float) -> float:
+        """Kill instances past their deadline; return seconds until the next deadline."""
+        nearest = p.HEARTBEAT_INTERVAL
+        for inst in list(self.instances):
+            if inst.current is None:
+                continue
+            left = inst.current[2] - now
+            if left <= 0:
+                client, request_id = inst.current[0], inst.current[1]
+                inst.current = None
+                inst.drain_logs()
+                self.reply(client, request_id, p.TIMEOUT, p.error_body(
+                    "Sora.Timeout", p.timeout_message(self.fn.timeout)))
+                log.warning("%s: request %s timed out after %.2fs; replacing instance %d",
+                            self.fn.name, request_id.decode(), self.fn.timeout, inst.pid)
+                self.replace_instance(inst, kill=True)
+            else:
+                nearest = min(nearest, left)
+        return nearest
+
+    # --- main loop ------------------------------------------------------------------------------
+    def begin_stop(self) -> None:
+        if not self.stopping:
+            self.stopping = True
+            log.info("%s: stopping; finishing %d in-flight invocations", self.fn.name,
+                     sum(1 for i in self.instances if i.current) + len(self.pending))
+            if self.sock is not None:
+                self.send([p.DISCONNECT])
+
+    def boot(self) -> None:
+        """Start the instances and wait until each is ready (or the function cannot boot)."""
+        for index in range(self.fn.instances):
+            self.spawn_instance(index)
+        deadline = time.monotonic() + max(30.0, self.fn.timeout)
+        while any(i.state is State.BOOTING for i in self.instances):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BootError(p.error_body("Runtime.InitTimeout", (
+                    f"The runtime did not become ready within {max(30.0, self.fn.timeout):.0f} "
+                    "seconds")))
+            self.poll_once(left)
+            if self.signals:
+                raise SystemExit(0)
+
+    def poll_once(self, timeout: float) -> None:
+        events = self.poller.poll(max(0, int(timeout * 1000)) if timeout else 0)
+        for item, _ in events:
+            if item is self.sock:
+                self.handle_broker()
+            elif item == self._wake_r:
+                try:
+                    while os.read(self._wake_r, 512):
+                        pass
+                except BlockingIOError:
+                    pass
+            else:
+                owner = self.fd_owner.get(item)
+                if owner is None:
+                    continue
+                inst, kind = owner
+                if kind == "control":
+                    self.handle_control(inst)
+                else:
+                    inst.drain_logs(item)
+        if self.idle and self.pending:
+            self.dispatch()
+        self.log.flush()
+
+    def run(self) -> int:
+        self.install_signals()
+        try:
+            self.boot()
+            self.connect()
+            log.info("%s: worker %d ready with %d instance(s)", self.fn.name, os.getpid(),
+                     len(self.instances))
+            timeout = 0.0
+            while True:
+                self.poll_once(timeout)
+                if self.signals:
+                    self.signals.clear()
+                    self.begin_stop()
+                now = time.monotonic()
+                timeout = self.check_deadlines(now)
+                if self.stopping:
+                    if not self.pending and not any(i.current for i in self.instances):
+                        break
+                    continue
+                if now - self.last_sent >= p.HEARTBEAT_INTERVAL:
+                    self.send([p.HEARTBEAT])
+                if os.getppid() != self.parent:
+                    log.error("%s: supervisor is gone; exiting", self.fn.name)
+                    break
+                if now - self.last_heard > p.HEARTBEAT_INTERVAL * p.HEARTBEAT_LIVENESS:
+                    log.warning("%s: broker silent; reconnecting in %.0fs", self.fn.name,
+                                self.reconnect_delay)
+                    self.wait_quietly(self.reconnect_delay)
+                    self.reconnect_delay = min(self.reconnect_delay * 2, RECONNECT_MAX)
+                    self.connect()
+                timeout = min(timeout, max(0.0, p.HEARTBEAT_INTERVAL - (now - self.last_sent)))
+        except BootError as exc:
+            self.fail_pending(exc.body)
+            path = p.boot_error_path(self.state_dir, self.fn.name)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as fh:
+                fh.write(exc.body)
+            log.error("%s: cannot boot: %s", self.fn.name, exc.body.decode(errors="replace"))
+            return p.EXIT_BOOT_ERROR
+        finally:
+            self.shutdown()
+        return 0
+
+    def wait_quietly(self, seconds: float) -> None:
+        """Keep serving instance events (but not the broker) while waiting to reconnect."""
+        deadline = time.monotonic() + seconds
+        while not self.signals and (left := deadline - time.monotonic()) > 0:
+            self.poll_once(min(left, 0.2))
+            self.check_deadlines(time.monotonic())
+
+    def fail_pending(self, body: bytes) -> None:
+        while self.pending and self.sock is not None:
+            client, request_id, _ = self.pending.popleft()
+            self.reply(client, request_id, p.INIT_ERROR, body)
+
+    def shutdown(self) -> None:
+        for inst in list(self.instances):
+            self.retire_instance(inst, kill=True)
+        self.log.flush()
+        self.log.close()
+        if self.sock is not None:
+            self.sock.close(linger=1000)
+        self.ctx.term()
+
+
+class BootError(Exception):
+    def __init__(self, body: bytes):
+        super().__init__(body.decode(errors="replace"))
+        self.body = body
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sora.worker")
+    parser.add_argument("--name", required=True, help="the function's name")
+    parser.add_argument("--function-dir", required=True)
+    parser.add_argument("--state-dir", required=True)
+    parser.add_argument("--broker", help="broker endpoint (default: the state dir's socket)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s [worker %(process)d] %(levelname)s %(message)s")
+    try:
+        fn = load_function_config(args.function_dir)
+        if fn.name != args.name:
+            raise ConfigError(fn.source, [f"name: expected {args.name!r} as when the host "
+                                          f"started, got {fn.name!r}"])
+    except ConfigError as exc:
+        path = p.boot_error_path(args.state_dir, args.name)
+        log.error("%s", exc)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as fh:
+            fh.write(p.error_body("Sora.ConfigError", str(exc)))
+        return p.EXIT_BOOT_ERROR
+    worker = Worker(fn, os.path.abspath(args.state_dir),
+                    args.broker or p.worker_endpoint(os.path.abspath(args.state_dir)))
+    return worker.run()

@@ -1,0 +1,234 @@
+'use strict';
+// Sora's Node.js runtime shim: one long-lived process per instance, one invocation at a time.
+//
+// The worker writes one request per line on stdin:
+//   {"id": "<request id>", "deadline": <epoch ms>, "event": <event JSON>}
+// and this shim answers on file descriptor 3 (never stdout, so whatever the function prints is
+// only log output):
+//   "READY\n"             the module loaded and the handler was found
+//   "INIT <error JSON>\n" the module failed to load; the process exits after it
+//   "R <result JSON>\n"   the handler's result
+//   "E <error JSON>\n"    the handler threw, rejected or called back with an error
+//   "X <error JSON>\n"    an uncaught error: the invocation failed and this process is exiting
+// After an invocation that printed, a marker line naming it closes its lines on that stream, so
+// the worker can tie log lines to the invocation that printed them (as OpenWhisk ActionLoop does).
+const fs = require('fs');
+const path = require('path');
+const { pathToFileURL } = require('url');
+
+const CONTROL_FD = Number(process.env.SORA_CONTROL_FD || 3);
+// Marker closing an invocation's log lines on a stream: NUL, the tag, the request id, newline.
+const markerFor = (id) => '\u0000SORA-END ' + id + '\n';
+const entry = process.env.SORA_ENTRYPOINT;
+const handlerName = process.env._HANDLER_EXPORT || 'handler';
+const functionName = process.env.AWS_LAMBDA_FUNCTION_NAME;
+const region = process.env.AWS_REGION || 'us-east-1';
+// The shim's own variables are not the function's business.
+delete process.env.SORA_ENTRYPOINT;
+delete process.env._HANDLER_EXPORT;
+delete process.env.SORA_CONTROL_FD;
+
+function writeControl(line) {
+  const buf = Buffer.from(line, 'utf8');
+  let off = 0;
+  while (off < buf.length) {
+    try {
+      off += fs.writeSync(CONTROL_FD, buf, off, buf.length - off);
+    } catch (err) {
+      if (err.code !== 'EAGAIN') throw err;
+    }
+  }
+}
+
+function errorPayload(err) {
+  if (err instanceof Error) {
+    const errorType = err.name && err.name !== 'Error' ? err.name
+      : (err.constructor && err.constructor.name) || 'Error';
+    return {
+      errorType,
+      errorMessage: err.message,
+      trace: typeof err.stack === 'string' ? err.stack.split('\n') : [],
+    };
+  }
+  if (err !== null && typeof err === 'object') {
+    return { errorType: 'object', errorMessage: safeStringify(err) || String(err), trace: [] };
+  }
+  return { errorType: typeof err, errorMessage: String(err), trace: [] };
+}
+
+function safeStringify(value) {
+  try {
+    const text = JSON.stringify(value);
+    return text === undefined ? 'null' : text;
+  } catch (err) {
+    return null;
+  }
+}
+
+async function loadModule(file) {
+  try {
+    return require(file);
+  } catch (err) {
+    // ES modules (.mjs, or "type": "module"): fall back to import(), as Lambda's runtime does.
+    if (err && (err.code === 'ERR_REQUIRE_ESM' || err.code === 'ERR_REQUIRE_ASYNC_MODULE')) {
+      return import(pathToFileURL(file).href);
+    }
+    throw err;
+  }
+}
+
+function resolveHandler(mod) {
+  let target = mod;
+  for (const part of handlerName.split('.')) {
+    target = target == null ? undefined : target[part];
+  }
+  if (typeof target !== 'function' && mod && mod.default && mod.default !== mod) {
+    target = mod.default;
+    for (const part of handlerName.split('.')) {
+      target = target == null ? undefined : target[part];
+    }
+  }
+  return target;
+}
+
+let current = null;   // the invocation in progress: {id, finish}
+
+function makeContext(id, deadline) {
+  const context = {
+    awsRequestId: id,
+    functionName,
+    functionVersion: process.env.AWS_LAMBDA_FUNCTION_VERSION || '$LATEST',
+    memoryLimitInMB: process.env.AWS_LAMBDA_FUNCTION_MEMORY_SIZE,
+    invokedFunctionArn: `arn:aws:lambda:${region}:000000000000:function:${functionName}`,
+    logGroupName: process.env.AWS_LAMBDA_LOG_GROUP_NAME,
+    logStreamName: process.env.AWS_LAMBDA_LOG_STREAM_NAME,
+    callbackWaitsForEmptyEventLoop: true,
+    getRemainingTimeInMillis: () => Math.max(0, deadline - Date.now()),
+  };
+  return context;
+}
+
+// Ends an invocation: closes its log lines with the marker, then sends its outcome.
+function answer(err, result, errorType, exiting) {
+  // Close the invocation's log lines, but only on a stream it wrote to: a quiet invocation costs
+  // no extra writes.
+  if (current) {
+    if (process.stdout.bytesWritten !== current.stdoutMark) process.stdout.write(markerFor(current.id));
+    if (process.stderr.bytesWritten !== current.stderrMark) process.stderr.write(markerFor(current.id));
+  }
+  current = null;
+  if (err !== null && err !== undefined) {
+    const payload = errorPayload(err);
+    if (errorType) payload.errorType = errorType;
+    writeControl((exiting ? 'X ' : 'E ') + JSON.stringify(payload) + '\n');
+    return;
+  }
+  const text = safeStringify(result);
+  if (text === null) {
+    writeControl('E ' + JSON.stringify({
+      errorType: 'Runtime.ResponseSerializationError',
+      errorMessage: 'The handler returned a value that cannot be serialized to JSON',
+      trace: [],
+    }) + '\n');
+  } else {
+    writeControl('R ' + text + '\n');
+  }
+}
+
+function invoke(handler, request) {
+  const { id, deadline, event } = request;
+  let done = false;
+  const finish = (err, result, errorType, exiting) => {
+    if (done) return;
+    done = true;
+    answer(err, result, errorType, exiting);
+  };
+  current = {
+    id, finish, stdoutMark: process.stdout.bytesWritten, stderrMark: process.stderr.bytesWritten,
+  };
+  const context = makeContext(id, deadline);
+  // Legacy context methods that older Lambda code still calls.
+  context.done = (err, result) => finish(err, result);
+  context.succeed = (result) => finish(null, result);
+  context.fail = (err) => finish(err === undefined ? new Error('handled') : err);
+  const callback = (err, result) => finish(err, result);
+  let returned;
+  try {
+    returned = handler(event, context, callback);
+  } catch (err) {
+    finish(err);
+    return;
+  }
+  if (returned && typeof returned.then === 'function') {
+    returned.then((value) => finish(null, value),
+      (err) => finish(err === undefined || err === null ? new Error('Promise rejected') : err));
+  } else if (handler.length < 3) {
+    // A synchronous handler that takes no callback: its return value is the result.
+    finish(null, returned);
+  }
+  // Otherwise the handler answers through the callback (or context.done/succeed/fail).
+}
+
+function failCurrent(err, errorType) {
+  if (current) current.finish(err, undefined, errorType, true);
+  else writeControl('X ' + JSON.stringify(errorPayload(err)) + '\n');
+}
+
+async function main() {
+  let handler;
+  try {
+    const mod = await loadModule(path.resolve(entry));
+    handler = resolveHandler(mod);
+    if (typeof handler !== 'function') {
+      const err = new Error(`${path.basename(entry)}.${handlerName} is undefined or not exported`);
+      err.name = 'Runtime.HandlerNotFound';
+      throw err;
+    }
+  } catch (err) {
+    const payload = errorPayload(err);
+    if (payload.errorType !== 'Runtime.HandlerNotFound') {
+      payload.errorMessage = `${payload.errorType}: ${payload.errorMessage}`;
+      payload.errorType = err && err.code === 'MODULE_NOT_FOUND'
+        ? 'Runtime.ImportModuleError' : 'Runtime.UserCodeSyntaxError';
+      if (!(err instanceof SyntaxError)) payload.errorType = 'Runtime.ImportModuleError';
+    }
+    writeControl('INIT ' + JSON.stringify(payload) + '\n');
+    process.exit(1);
+  }
+
+  // An uncaught error ends the instance, as on Lambda; the invocation it broke gets the error.
+  process.on('uncaughtException', (err) => {
+    failCurrent(err, null);
+    process.exit(1);
+  });
+  process.on('unhandledRejection', (reason) => {
+    failCurrent(reason, 'Runtime.UnhandledPromiseRejection');
+    process.exit(1);
+  });
+
+  let buffered = '';
+  process.stdin.setEncoding('utf8');
+  process.stdin.on('data', (chunk) => {
+    buffered += chunk;
+    let nl;
+    while ((nl = buffered.indexOf('\n')) >= 0) {
+      const line = buffered.slice(0, nl);
+      buffered = buffered.slice(nl + 1);
+      if (!line) continue;
+      let request;
+      try {
+        request = JSON.parse(line);
+      } catch (err) {
+        const bad = new Error('The event is not valid JSON: ' + err.message);
+        answer(bad, undefined, 'Runtime.InvalidEvent');
+        continue;
+      }
+      invoke(handler, request);
+    }
+  });
+  // The worker closing our stdin means it is gone or done with us: leave.
+  process.stdin.on('end', () => process.exit(0));
+  writeControl('READY\n');
+}
+
+main();

@@ -1,0 +1,187 @@
+"""Helpers for integration tests: a real `sora-supervisor start` on free ports in a temp dir.
+
+Like circus's tests/support.py: start the real thing, poll for the expected state with a
+deadline (never a bare sleep), and on teardown check that nothing was left behind.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import requests
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):
+    """Poll `predicate` until it returns something truthy, or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last_exc = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - the predicate may fail until it holds
+            last_exc = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}"
+                         + (f" (last error: {last_exc!r})" if last_exc else ""))
+
+
+def make_cert(directory: Path) -> tuple[Path, Path]:
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256", "-days", "2",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        check=True, capture_output=True)
+    return cert, key
+
+
+def write_function(base: Path, folder: str, files: dict[str, str], **config) -> Path:
+    """A function folder with a sora.yaml built from `config` and the given files."""
+    directory = base / folder
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (directory / name).parent.mkdir(parents=True, exist_ok=True)
+        (directory / name).write_text(textwrap.dedent(text))
+    if config:
+        spec = {"language": "nodejs", "entrypoint": "index.js", "handler": "handler",
+                "trigger": "http", **config}
+        (directory / "sora.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    return directory
+
+
+class SoraHost:
+    """A running supervisor with its gateways and workers."""
+
+    def __init__(self, base: Path, function_dirs: list[Path], https: bool = True,
+                 server: dict | None = None, env: dict | None = None):
+        self.base = base
+        self.http_port = free_port()
+        self.https_port = free_port() if https else None
+        server_cfg = {"httpPort": self.http_port, "bind": "127.0.0.1", "gatewayWorkers": 1,
+                      "gracefulTimeout": 10}
+        if https:
+            self.cert, key = make_cert(base)
+            server_cfg.update(httpsPort=self.https_port, sslCertPath=str(self.cert),
+                              sslKeyPath=str(key))
+        server_cfg.update(server or {})
+        self.config_path = base / "host-config.yaml"
+        self.config_path.write_text(yaml.safe_dump({
+            "functionPaths": [str(d) for d in function_dirs],
+            "server": server_cfg,
+            "stateDir": str(base / "state"),
+        }))
+        self.env = dict(os.environ, **(env or {}))
+        self.proc: subprocess.Popen | None = None
+        self.log_path = base / "supervisor.log"
+        self.session = requests.Session()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def https_url(self) -> str:
+        return f"https://localhost:{self.https_port}"
+
+    def start(self, wait_functions: list[str] | None = None, timeout: float = 60) -> "SoraHost":
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sora.supervisor.cli", "start", "--config",
+             str(self.config_path)], stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
+            start_new_session=True)
+        self.wait_healthy(wait_functions, timeout)
+        return self
+
+    def health(self) -> dict:
+        return self.session.get(self.url + "/healthz", timeout=5).json()
+
+    def wait_healthy(self, functions: list[str] | None = None, timeout: float = 60) -> dict:
+        def ready():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"supervisor exited early:\n{self.log()}")
+            h = self.health()
+            names = functions if functions is not None else list(h["functions"])
+            return h if all(h["functions"].get(n, {}).get("state") == "RUNNING"
+                            for n in names) else None
+        try:
+            return wait_for(ready, timeout, 0.1, "functions to be RUNNING")
+        except AssertionError:
+            raise AssertionError(f"host not healthy; log:\n{self.log()}") from None
+
+    def function_state(self, name: str) -> dict:
+        return self.health()["functions"][name]
+
+    def invoke(self, name: str, path: str = "", method: str = "GET", **kwargs):
+        kwargs.setdefault("timeout", 30)
+        return self.session.request(method, f"{self.url}/functions/{name}{path}", **kwargs)
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-8000:]
+        except OSError:
+            return ""
+
+    def descendants(self) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def stop(self, timeout: float = 40) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.session.close()  # idle keep-alive connections would hold up the graceful stop
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            raise AssertionError(f"supervisor did not stop in {timeout}s:\n{self.log()}")
+        finally:
+            self._log.close()
+
+    def leftovers(self) -> list[str]:
+        """Processes still running that belong to this host (cwd or command line in base)."""
+        found = []
+        for proc in psutil.process_iter(["pid", "cmdline", "cwd", "status"]):
+            try:
+                if proc.info["status"] == psutil.STATUS_ZOMBIE:
+                    continue
+                cmd = " ".join(proc.info["cmdline"] or [])
+                cwd = proc.info["cwd"] or ""
+                if str(self.base) in cmd or cwd.startswith(str(self.base)):
+                    found.append(f"{proc.pid} {cmd}")
+            except psutil.Error:
+                continue
+        return found
+
+
+def json_of(response) -> dict:
+    try:
+        return response.json()
+    except ValueError:
+        raise AssertionError(f"not JSON ({response.status_code}): {response.text[:500]}")
+
+
+__all__ = ["SoraHost", "free_port", "wait_for", "write_function", "make_cert", "json_of",
+           "ROOT", "json"]

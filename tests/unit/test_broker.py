@@ -1,0 +1,110 @@
+"""The broker thread with real ZeroMQ sockets over ipc in a temp dir (no other processes)."""
+import json
+import time
+
+import pytest
+import zmq
+
+from sora import protocol as p
+from sora.supervisor.broker import Broker
+
+
+@pytest.fixture
+def broker(tmp_path, monkeypatch):
+    monkeypatch.setattr(p, "HEARTBEAT_INTERVAL", 0.05)
+    front, back = f"ipc://{tmp_path}/g.sock", f"ipc://{tmp_path}/w.sock"
+    b = Broker(front, back)
+    b.control.set_functions({
+        "fn": {"maxQueued": 2, "maxWait": 5.0, "available": True},
+        "broken": {"maxQueued": 0, "maxWait": 1.0, "available": False, "reason": "setup failed"},
+    })
+    b.start()
+    ctx = zmq.Context.instance()
+    gw = ctx.socket(zmq.DEALER)
+    gw.connect(front)
+    yield b, gw, back
+    b.control.stop()
+    b.join(5)
+    gw.close(0)
+
+
+def worker(back, name=b"fn/1", credits=1):
+    s = zmq.Context.instance().socket(zmq.DEALER)
+    s.setsockopt(zmq.IDENTITY, name)
+    s.connect(back)
+    s.send_multipart([p.READY, b"fn", str(credits).encode()])
+    return s
+
+
+def recv(sock, timeout=3.0):
+    assert sock.poll(int(timeout * 1000)), "no message"
+    return sock.recv_multipart()
+
+
+def request(gw, rid, fn=b"fn"):
+    gw.send_multipart([p.REQUEST, rid, fn, b'{"x":1}'])
+
+
+def test_unknown_and_unavailable_functions(broker):
+    _, gw, _ = broker
+    request(gw, b"r1", b"nope")
+    assert recv(gw)[:3] == [p.REPLY, b"r1", p.NOT_FOUND]
+    request(gw, b"r2", b"broken")
+    frames = recv(gw)
+    assert frames[2] == p.UNAVAILABLE and b"setup failed" in frames[3]
+
+
+def test_requests_queue_until_a_worker_has_credit_and_replies_flow_back(broker):
+    _, gw, back = broker
+    request(gw, b"r1")
+    time.sleep(0.05)
+    w = worker(back)
+    frames = recv(w)
+    while frames[0] == p.HEARTBEAT:
+        frames = recv(w)
+    assert frames == [p.REQUEST, frames[1], b"r1", b'{"x":1}']
+    w.send_multipart([p.REPLY, frames[1], b"r1", p.OK, b"42"])
+    assert recv(gw) == [p.REPLY, b"r1", p.OK, b"42"]
+    w.close(0)
+
+
+def test_full_queue_answers_no_capacity(broker):
+    _, gw, back = broker
+    w = worker(back, credits=1)
+    time.sleep(0.1)
+    for i in range(4):  # 1 to the worker, 2 queued, 1 rejected
+        request(gw, f"r{i}".encode())
+    frames = recv(gw)
+    assert frames[1] == b"r3" and frames[2] == p.NO_CAPACITY
+    assert json.loads(frames[3])["errorType"] == "Sora.NoCapacity"
+    w.close(0)
+
+
+def test_forgotten_worker_fails_its_in_flight_requests_at_once(broker):
+    b, gw, back = broker
+    w = worker(back, credits=2)
+    time.sleep(0.1)
+    request(gw, b"a")
+    request(gw, b"b")
+    got = set()
+    while len(got) < 2:
+        frames = recv(w)
+        if frames[0] == p.REQUEST:
+            got.add(frames[2])
+    b.control.forget_worker(b"fn/1")
+    replies = {recv(gw)[1]: None for _ in range(2)}
+    assert set(replies) == {b"a", b"b"}
+    w.close(0)
+
+
+def test_silent_worker_is_forgotten(broker):
+    b, gw, back = broker
+    w = worker(back, credits=1)
+    time.sleep(0.05)
+    request(gw, b"a")
+    # The worker never answers nor heartbeats: after 3 intervals the broker gives up on it.
+    frames = recv(gw, timeout=3)
+    assert frames[1] == b"a" and frames[2] == p.WORKER_LOST
+    assert b.events.get(timeout=1) == ("ready", b"fn/1")
+    assert b.events.get(timeout=1) == ("silent", b"fn/1")
+    w.close(0)

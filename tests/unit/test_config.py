@@ -1,0 +1,147 @@
+import textwrap
+
+import pytest
+
+from sora.config import ConfigError, load_function_config, load_host_config, settings_markdown
+
+
+def write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def make_fn(base, folder="fn", extra="", entry="index.js"):
+    write(base / folder / "index.js", "exports.handler = async () => 1;")
+    lines = [f"name: {folder}", "language: nodejs", f"entrypoint: {entry}", "handler: handler",
+             "setup: [npm install]", "trigger: http", extra]
+    path = base / folder / "sora.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path.parent
+
+
+def test_valid_function_gets_defaults(tmp_path):
+    fn = load_function_config(make_fn(tmp_path))
+    assert fn.timeout == 30.0 and fn.memory == 256 and fn.instances == 1 and fn.env == {}
+    assert fn.setup == ["npm install"] and fn.trigger == ["http"]
+
+
+def test_unknown_field_suggests_the_closest(tmp_path):
+    with pytest.raises(ConfigError) as exc:
+        load_function_config(make_fn(tmp_path, extra="timout: 3"))
+    assert "sora.yaml: timout: unknown field; did you mean 'timeout'?" in str(exc.value)
+
+
+def test_every_problem_names_file_field_and_expectation(tmp_path):
+    with pytest.raises(ConfigError) as exc:
+        load_function_config(make_fn(tmp_path, extra="timeout: -1\nmemory: lots\nenv: [1]"))
+    text = str(exc.value)
+    path = tmp_path / "fn" / "sora.yaml"
+    assert f"{path}: timeout: expected a number of seconds greater than 0" in text
+    assert f"{path}: memory: expected an integer from 64 to 10240, got 'lots'" in text
+    assert f"{path}: env: expected a map of variable names to values" in text
+
+
+def test_missing_required_field(tmp_path):
+    d = make_fn(tmp_path)
+    (d / "sora.yaml").write_text("name: fn\nentrypoint: index.js\n")
+    with pytest.raises(ConfigError, match="language: required field is missing"):
+        load_function_config(d)
+
+
+def test_missing_entrypoint_file(tmp_path):
+    with pytest.raises(ConfigError, match="entrypoint: expected an existing file"):
+        load_function_config(make_fn(tmp_path, entry="nope.js"))
+
+
+def test_entrypoint_cannot_leave_the_folder(tmp_path):
+    with pytest.raises(ConfigError, match="not absolute, no '..'"):
+        load_function_config(make_fn(tmp_path, entry="../index.js"))
+
+
+@pytest.mark.parametrize("name", ["Hello", "-x", "a_b", "x" * 64, "a/b"])
+def test_bad_names(tmp_path, name):
+    d = make_fn(tmp_path)
+    text = (d / "sora.yaml").read_text().replace("name: fn", f"name: '{name}'")
+    (d / "sora.yaml").write_text(text)
+    with pytest.raises(ConfigError, match="name: expected a name of lower-case letters"):
+        load_function_config(d)
+
+
+def test_yaml_syntax_error_has_line_and_column(tmp_path):
+    d = make_fn(tmp_path)
+    (d / "sora.yaml").write_text("name: fn\nlanguage: [nodejs\n")
+    with pytest.raises(ConfigError, match=r"line 3, column 1: invalid YAML"):
+        load_function_config(d)
+
+
+def test_unsupported_trigger(tmp_path):
+    with pytest.raises(ConfigError, match="trigger: expected 'http'"):
+        load_function_config(_with(tmp_path, "trigger: http", "trigger: {cron: '* * * * *'}"))
+
+
+def _with(tmp_path, old, new):
+    d = make_fn(tmp_path)
+    (d / "sora.yaml").write_text((d / "sora.yaml").read_text().replace(old, new))
+    return d
+
+
+def host(tmp_path, body):
+    return write(tmp_path / "host-config.yaml", body)
+
+
+def test_host_config_resolves_paths_and_skips_broken_functions(tmp_path):
+    make_fn(tmp_path, "good")
+    make_fn(tmp_path, "bad", extra="memory: 1")
+    write(tmp_path / "certs" / "c.pem", "x")
+    write(tmp_path / "certs" / "k.pem", "x")
+    cfg = load_host_config(host(tmp_path, """\
+        functionPaths: [./good/, ./bad/, ./absent/]
+        server: {httpPort: 8080, httpsPort: 8443, sslCertPath: certs/c.pem,
+                 sslKeyPath: certs/k.pem}
+        """))
+    assert [f.name for f in cfg.functions] == ["good"]
+    assert {b.name for b in cfg.broken} == {"bad", "absent"}
+    assert cfg.server.sslCertPath == str(tmp_path / "certs" / "c.pem")
+    assert cfg.stateDir == str(tmp_path / ".sora")
+    assert cfg.server.bind == "0.0.0.0" and cfg.server.maxBodyBytes == 6 * 1024 * 1024
+
+
+def test_duplicate_names_are_an_error(tmp_path):
+    make_fn(tmp_path, "one")
+    d = make_fn(tmp_path, "two")
+    (d / "sora.yaml").write_text((d / "sora.yaml").read_text().replace("name: two", "name: one"))
+    cfg = load_host_config(host(tmp_path, "functionPaths: [one, two]\nserver: {httpPort: 1}\n"))
+    assert [f.name for f in cfg.functions] == ["one"]
+    assert "already used by" in cfg.broken[0].reason
+
+
+def test_https_needs_cert_and_key(tmp_path):
+    with pytest.raises(ConfigError) as exc:
+        load_host_config(host(tmp_path, "functionPaths: [a]\nserver: {httpsPort: 8443}\n"))
+    assert "server.sslCertPath: required when httpsPort is set" in str(exc.value)
+    assert "server.sslKeyPath: required when httpsPort is set" in str(exc.value)
+
+
+def test_a_listener_is_required(tmp_path):
+    with pytest.raises(ConfigError, match="at least one of httpPort and httpsPort"):
+        load_host_config(host(tmp_path, "functionPaths: [a]\nserver: {bind: 127.0.0.1}\n"))
+
+
+def test_host_unknown_field(tmp_path):
+    with pytest.raises(ConfigError, match="functionPath: unknown field; did you mean "
+                                          "'functionPaths'"):
+        load_host_config(host(tmp_path, "functionPath: [a]\nserver: {httpPort: 1}\n"))
+
+
+def test_reference_docs_list_every_setting():
+    text = settings_markdown()
+    for field in ("functionPaths", "httpsPort", "sslKeyPath", "entrypoint", "instances",
+                  "maxQueued", "setupTimeout"):
+        assert f"`{field}`" in text
+
+
+def test_configuration_reference_is_up_to_date():
+    from pathlib import Path
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    assert settings_markdown() in doc, "regenerate: python -m sora.config --markdown"

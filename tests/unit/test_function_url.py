@@ -1,0 +1,76 @@
+import base64
+import json
+
+import pytest
+
+from sora.gateway.function_url import BadFunctionResponse, build_event, map_result
+
+
+def event(**kw):
+    args = dict(method="GET", raw_path="/", query_string="", raw_headers=[], body=b"",
+                source_ip="10.0.0.1", http_version="1.1", request_id="rid", function="fn")
+    args.update(kw)
+    return json.loads(build_event(**args))
+
+
+def test_headers_are_lower_cased_and_repeated_ones_joined():
+    e = event(raw_headers=[(b"X-A", b"1"), (b"x-a", b"2"), (b"Host", b"example.com:8443")])
+    assert e["headers"] == {"x-a": "1,2", "host": "example.com:8443"}
+    assert e["requestContext"]["domainName"] == "example.com"
+    assert e["requestContext"]["domainPrefix"] == "example"
+
+
+def test_cookies_are_split_out_of_headers():
+    e = event(raw_headers=[(b"cookie", b"a=1; b=2"), (b"cookie", b"c=3")])
+    assert e["cookies"] == ["a=1", "b=2", "c=3"] and "cookie" not in e["headers"]
+
+
+def test_text_and_binary_bodies():
+    assert event(body=b"hi", raw_headers=[(b"content-type", b"text/plain")])["body"] == "hi"
+    e = event(body=b"\xff\x00", raw_headers=[(b"content-type", b"text/plain")])
+    assert e["isBase64Encoded"] and base64.b64decode(e["body"]) == b"\xff\x00"
+    e = event(body=b"abc", raw_headers=[(b"content-type", b"image/png")])
+    assert e["isBase64Encoded"] and base64.b64decode(e["body"]) == b"abc"
+    e = event(body=b'{"a":1}', raw_headers=[(b"content-type", b"application/vnd.api+json")])
+    assert e["body"] == '{"a":1}' and not e["isBase64Encoded"]
+
+
+def test_query_parameters():
+    e = event(query_string="a=1&a=2&b=x%20y&c")
+    assert e["queryStringParameters"] == {"a": "1,2", "b": "x y", "c": ""}
+    assert e["rawQueryString"] == "a=1&a=2&b=x%20y&c"
+
+
+def test_plain_values_pass_through_untouched():
+    raw = b'{"message":"hi"}'
+    out = map_result(raw)
+    assert out.status == 200 and out.body is raw and out.content_type == "application/json"
+
+
+def test_structured_response():
+    out = map_result(json.dumps({"statusCode": 302, "headers": {"Location": "/x", "n": 1},
+                                 "cookies": ["a=1"], "body": ""}).encode())
+    assert out.status == 302
+    assert ("Location", "/x") in out.headers and ("n", "1") in out.headers
+    assert ("Set-Cookie", "a=1") in out.headers
+    assert out.content_type == "application/json"
+
+
+def test_structured_response_with_content_type_and_base64():
+    out = map_result(json.dumps({"statusCode": 200, "headers": {"Content-Type": "image/gif"},
+                                 "body": base64.b64encode(b"GIF").decode(),
+                                 "isBase64Encoded": True}).encode())
+    assert out.body == b"GIF" and out.content_type is None
+
+
+def test_nested_status_code_is_not_a_response():
+    raw = json.dumps({"data": {"statusCode": 500}}).encode()
+    assert map_result(raw).status == 200 and map_result(raw).body == raw
+
+
+@pytest.mark.parametrize("bad", [{"statusCode": "x"}, {"statusCode": 99},
+                                 {"statusCode": 200, "headers": []},
+                                 {"statusCode": 200, "body": "%%", "isBase64Encoded": True}])
+def test_bad_structured_responses(bad):
+    with pytest.raises(BadFunctionResponse):
+        map_result(json.dumps(bad).encode())
