@@ -214,3 +214,18 @@ def test_graceful_stop_finishes_in_flight_work_and_leaves_nothing(tmp_path):
     assert r.status_code == 200 and json_of(r)["slept"] == 1500
     assert not any(alive(pid) for pid in everything + [grandchild])
     assert not host.leftovers(), host.leftovers()
+
+
+def test_stop_during_setup_leaves_no_setup_processes(tmp_path):
+    fns = tmp_path / "fns"
+    slow_setup = write_function(fns, "slow-setup", {"index.js": F.PROMISE}, name="slow-setup",
+                                setup=["sh -c 'sleep 97' & sleep 98"])
+    good = write_function(fns, "good", {"index.js": F.PROMISE}, name="good")
+    host = SoraHost(tmp_path, [slow_setup, good], https=False)
+    host.start(wait_functions=["good"])
+    assert host.function_state("slow-setup")["state"] == "SETUP"
+    sleepers = wait_for(lambda: [p.pid for p in host.descendants()
+                                 if p.name() == "sleep"], what="setup commands")
+    assert host.stop() == 0
+    assert not any(alive(pid) for pid in sleepers)
+    assert not host.leftovers(), host.leftovers()
