@@ -23,10 +23,17 @@ def _is_text(content_type: str) -> bool:
                for t in _TEXT_TYPES)
 
 
+_clf_cache: list = [-1, ""]
+
+
 def _clf_time(epoch: float) -> str:
-    t = time.gmtime(epoch)
-    return (f"{t.tm_mday:02d}/{_MONTHS[t.tm_mon - 1]}/{t.tm_year}:"
-            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} +0000")
+    """`12/Mar/2020:19:03:58 +0000`, formatted once per second."""
+    second = int(epoch)
+    if _clf_cache[0] != second:
+        t = time.gmtime(second)
+        _clf_cache[:] = [second, f"{t.tm_mday:02d}/{_MONTHS[t.tm_mon - 1]}/{t.tm_year}:"
+                                 f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} +0000"]
+    return _clf_cache[1]
 
 
 def build_event(*, method: str, raw_path: str, query_string: str,

@@ -70,6 +70,7 @@ class Instance:
         finally:
             os.close(write_fd)
         self.control_fd = read_fd
+        self.stdin_fd = self.proc.stdin.fileno()
         os.set_blocking(read_fd, False)
         for stream in (self.proc.stdout, self.proc.stderr):
             os.set_blocking(stream.fileno(), False)
@@ -137,9 +138,10 @@ class Instance:
         self.current = (client, request_id, now + self.fn.timeout, now)
         self.state = State.BUSY
         self.invocations += 1
-        stdin = self.proc.stdin
-        stdin.write(line)
-        stdin.flush()
+        fd = self.stdin_fd
+        written = os.write(fd, line)
+        while written < len(line):  # a large event: the pipe takes it in pieces
+            written += os.write(fd, line[written:])
 
     def read_control(self) -> list[bytes] | None:
         """Complete control lines that have arrived; None once the child closed the pipe."""

@@ -27,7 +27,7 @@ log = logging.getLogger("sora.worker")
 
 # The worker takes this many invocations per instance from the broker, so the next one is
 # already here when an instance finishes: no broker round trip between two invocations.
-CREDITS_PER_INSTANCE = 2
+CREDITS_PER_INSTANCE = 4
 # An instance that dies this many times in a row before becoming ready means the function cannot
 # boot; the worker then exits with EXIT_BOOT_ERROR and the supervisor decides what follows.
 MAX_INIT_FAILURES = 3
@@ -294,9 +294,9 @@ class Worker:
                     continue
                 if now - self.last_sent >= p.HEARTBEAT_INTERVAL:
                     self.send([p.HEARTBEAT])
-                if os.getppid() != self.parent:
-                    log.error("%s: supervisor is gone; exiting", self.fn.name)
-                    break
+                    if os.getppid() != self.parent:
+                        log.error("%s: supervisor is gone; exiting", self.fn.name)
+                        break
                 if now - self.last_heard > p.HEARTBEAT_INTERVAL * p.HEARTBEAT_LIVENESS:
                     log.warning("%s: broker silent; reconnecting in %.0fs", self.fn.name,
                                 self.reconnect_delay)
