@@ -1,11 +1,13 @@
 """Benchmark: hello-world through Sora vs the same handler behind a plain Node `http` server.
 
-Both run in one invocation of this script, on free loopback ports, measured with wrk:
+Both run in one invocation of this script, side by side on free loopback ports, measured with
+wrk in alternating rounds (this machine's timing noise is several percent from one run to the
+next, so each figure is the median over the rounds):
   - concurrency 1: p50 / p99 latency (the overhead Sora adds per invocation)
   - concurrency 64: requests per second (what the whole chain sustains)
 and the ratios are printed. Run with `make bench` (installs wrk where missing), or:
 
-    .venv/bin/python bench/run.py [--duration 10] [--gateway-workers 2] [--instances 1]
+    .venv/bin/python bench/run.py [--rounds 3] [--duration 5] [--gateway-workers 2]
 """
 from __future__ import annotations
 
@@ -69,7 +71,6 @@ def wrk(url: str, connections: int, duration: int, threads: int) -> dict:
 
 
 def measure(name: str, url: str, duration: int) -> dict:
-    wrk(url, 8, 2, 1)  # warm-up
     c1 = wrk(url, 1, duration, 1)
     c64 = wrk(url, 64, duration, 2)
     row = {"target": name, "p50_ms": c1["p50_ms"], "p99_ms": c1["p99_ms"], "rps_c64": c64["rps"],
@@ -77,6 +78,14 @@ def measure(name: str, url: str, duration: int) -> dict:
     print(f"  {name:<12} p50 {row['p50_ms']:.3f} ms  p99 {row['p99_ms']:.3f} ms  "
           f"{row['rps_c64']:>9.0f} req/s at c=64  errors {row['errors']}", flush=True)
     return row
+
+
+def _median(name: str, results: list[dict]) -> dict:
+    def mid(key):
+        values = sorted(r[key] for r in results)
+        return values[len(values) // 2]
+    return {"target": name, "p50_ms": mid("p50_ms"), "p99_ms": mid("p99_ms"),
+            "rps_c64": mid("rps_c64"), "errors": sum(r["errors"] for r in results)}
 
 
 def start_node(port: int) -> subprocess.Popen:
@@ -112,7 +121,8 @@ def stop(proc: subprocess.Popen) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--duration", type=int, default=10, help="seconds per measurement")
+    parser.add_argument("--duration", type=int, default=5, help="seconds per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (median)")
     parser.add_argument("--gateway-workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--instances", type=int, default=1)
     parser.add_argument("--json", help="also write the results to this file")
@@ -121,27 +131,34 @@ def main() -> int:
         raise SystemExit("wrk is needed: apt-get install wrk (or `make bench`)")
     print(f"hello-world, {args.duration}s per point, {os.cpu_count()} cores; Sora with "
           f"{args.gateway_workers} gateway worker(s), {args.instances} instance(s)", flush=True)
-    rows = []
-    node_port = free_port()
-    node = start_node(node_port)
-    try:
-        wait_http(f"http://127.0.0.1:{node_port}/")
-        rows.append(measure("plain node", f"http://127.0.0.1:{node_port}/", args.duration))
-    finally:
-        stop(node)
+    node_port, port = free_port(), free_port()
+    node_url = f"http://127.0.0.1:{node_port}/"
+    sora_url = f"http://127.0.0.1:{port}/functions/hello"
+    rounds: dict[str, list[dict]] = {"plain node": [], "sora": []}
     with tempfile.TemporaryDirectory(prefix="sora-bench-") as tmp:
-        port = free_port()
+        node = start_node(node_port)
         sora = start_sora(Path(tmp), port, args.gateway_workers, args.instances)
         try:
-            wait_http(f"http://127.0.0.1:{port}/functions/hello")
-            rows.append(measure("sora", f"http://127.0.0.1:{port}/functions/hello",
-                                args.duration))
+            wait_http(node_url)
+            wait_http(sora_url)
+            for url in (node_url, sora_url):
+                wrk(url, 64, 3, 2)  # warm-up: JIT, and Sora's worker learns the function is fast
+            for i in range(args.rounds):
+                print(f"round {i + 1}/{args.rounds}", flush=True)
+                rounds["plain node"].append(measure("plain node", node_url, args.duration))
+                rounds["sora"].append(measure("sora", sora_url, args.duration))
         finally:
+            stop(node)
             stop(sora)
+    rows = [_median(name, results) for name, results in rounds.items()]
     node_row, sora_row = rows
     ratio = sora_row["rps_c64"] / node_row["rps_c64"]
     overhead = sora_row["p50_ms"] - node_row["p50_ms"]
-    print(f"\nsora / plain node throughput at c=64: {ratio:.1%}")
+    print(f"\nmedians over {args.rounds} round(s):")
+    for row in rows:
+        print(f"  {row['target']:<12} p50 {row['p50_ms']:.3f} ms  p99 {row['p99_ms']:.3f} ms  "
+              f"{row['rps_c64']:>9.0f} req/s at c=64")
+    print(f"sora / plain node throughput at c=64: {ratio:.1%}")
     print(f"sora p50 overhead at c=1: {overhead:.3f} ms "
           f"(p99 {sora_row['p99_ms'] - node_row['p99_ms']:+.3f} ms)")
     if args.json:

@@ -12,6 +12,7 @@ by the runtime, and the result JSON made by the runtime is passed back untouched
     worker -> broker (DEALER -> ROUTER, identity b"<function>/<pid>")
         [READY, function, capacity]         announces the worker and its free slots (credits)
         [REPLY, client, request_id, status, body]   returns one credit
+        [CREDIT, delta]                     grants (or, negative, takes back) credits
         [HEARTBEAT]
         [DISCONNECT]                        the worker is leaving; it has nothing in flight
     broker -> worker
@@ -30,6 +31,7 @@ READY = b"\x03"
 HEARTBEAT = b"\x04"
 DISCONNECT = b"\x05"
 STATUS = b"\x06"
+CREDIT = b"\x07"
 
 # Heartbeats both ways; a peer silent for LIVENESS intervals is forgotten.
 HEARTBEAT_INTERVAL = 1.0

@@ -27,7 +27,7 @@ class BrokerClient:
         self._sock: zmq.Socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: dict[bytes, asyncio.Future] = {}
-        self._outbox: list[list[bytes]] = []
+        self._check_scheduled = False
 
     def _connect(self) -> None:
         # After a fork (gunicorn workers) the parent's context must not be used: make our own.
@@ -52,13 +52,10 @@ class BrokerClient:
                 if fut is not None and not fut.done():
                     fut.set_result((frames[2], frames[3]))
 
-    def _flush(self) -> None:
-        """Send every message queued during this loop turn back to back, then look for replies
-        (ZeroMQ's fd is edge-triggered: a send may consume the readiness of a reply)."""
-        outbox, self._outbox = self._outbox, []
-        send = self._sock.send_multipart
-        for frames in outbox:
-            send(frames, copy=False)
+    def _check(self) -> None:
+        """Look for replies once per loop turn after sends: ZeroMQ's fd is edge-triggered, and
+        a send may consume the readiness of a reply that arrived meanwhile."""
+        self._check_scheduled = False
         self._drain()
 
     async def _call(self, frames: list[bytes], request_id: bytes, timeout: float):
@@ -67,9 +64,10 @@ class BrokerClient:
         loop = self._loop
         fut = loop.create_future()
         self._pending[request_id] = fut
-        if not self._outbox:
-            loop.call_soon(self._flush)
-        self._outbox.append(frames)
+        self._sock.send_multipart(frames, copy=False)
+        if not self._check_scheduled:
+            self._check_scheduled = True
+            loop.call_soon(self._check)
         timer = loop.call_later(timeout, self._expire, request_id)
         try:
             return await fut

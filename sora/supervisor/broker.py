@@ -202,6 +202,13 @@ class Broker(threading.Thread):
                         self.drain_queue(fq)
                     if worker.draining and not worker.inflight:
                         self.forget(identity, "drained")
+            elif cmd == p.CREDIT and worker is not None and len(frames) == 3:
+                # Credits may go below zero when taken back: nothing is dispatched until the
+                # replies bring them up again.
+                worker.credits += int(frames[2])
+                fq = self.functions.get(worker.function)
+                if fq is not None and fq.waiting:
+                    self.drain_queue(fq)
             elif cmd == p.READY and len(frames) == 4:
                 self.register(identity, frames[2].decode(), int(frames[3]), now)
             elif cmd == p.DISCONNECT and worker is not None:

@@ -2,7 +2,10 @@
 
 The protocol is the same for every runtime (OpenWhisk ActionLoop style):
 - the worker writes one request per line on the child's stdin:
-  `{"id": "<request id>", "deadline": <epoch ms>, "event": <event JSON>}`
+  `{"id": "<request id>", "timeoutMs": <ms>, "event": <event JSON>}`; the child runs them one
+  at a time, in order (the worker may write the next line while one runs: that saves a round
+  trip between invocations, and a line not yet started is handed to another instance if this
+  one dies)
 - the child answers on a dedicated pipe whose fd number it finds in SORA_CONTROL_FD:
   `READY`, `INIT <error JSON>`, `R <result JSON>`, `E <error JSON>`, one per line, or
   `X <error JSON>`: an uncaught error ended the invocation and the child is exiting;
@@ -17,6 +20,7 @@ import os
 import signal
 import subprocess
 import time
+from collections import deque
 
 from ..config import FunctionConfig
 from .logs import FunctionLog
@@ -36,6 +40,7 @@ class State(enum.Enum):
     BOOTING = "booting"
     IDLE = "idle"
     BUSY = "busy"
+    EXITING = "exiting"   # said it is ending (uncaught error) or refused input: takes no work
     DEAD = "dead"
 
 
@@ -52,6 +57,8 @@ class Instance:
         self.init_error: bytes | None = None
         # The invocation in progress: (client, request id, monotonic deadline, start).
         self.current: tuple[bytes, bytes, float, float] | None = None
+        # Invocations written to the child that have not started yet: (client, id, payload).
+        self.queued: deque[tuple[bytes, bytes, bytes]] = deque()
         self._control_buf = b""
         self._log_bufs: dict[int, bytes] = {}
         self._pending_lines: dict[int, list[bytes]] = {}
@@ -126,22 +133,43 @@ class Instance:
         return f"exit status {code}"
 
     # --- invocations ----------------------------------------------------------------------------
+    @property
+    def depth(self) -> int:
+        """Invocations this instance holds: the one running and those queued behind it."""
+        return (self.current is not None) + len(self.queued)
+
     def send(self, client: bytes, request_id: bytes, payload: bytes) -> None:
-        """Hand one invocation to the idle instance. Raises OSError if the child is gone."""
-        now = time.monotonic()
-        deadline_ms = int((time.time() + self.fn.timeout) * 1000)
+        """Hand one invocation to the instance; it starts when the one before it ends.
+        Raises OSError if the child is gone."""
         if b"\n" in payload:
             # A raw newline in valid JSON can only be whitespace between tokens.
             payload = payload.replace(b"\r\n", b" ").replace(b"\n", b" ")
-        line = b'{"id":"%s","deadline":%d,"event":%s}\n' % (request_id, deadline_ms,
-                                                            payload or b"null")
-        self.current = (client, request_id, now + self.fn.timeout, now)
-        self.state = State.BUSY
-        self.invocations += 1
+        line = b'{"id":"%s","timeoutMs":%d,"event":%s}\n' % (
+            request_id, int(self.fn.timeout * 1000), payload or b"null")
         fd = self.stdin_fd
         written = os.write(fd, line)
         while written < len(line):  # a large event: the pipe takes it in pieces
             written += os.write(fd, line[written:])
+        self.invocations += 1
+        if self.current is None:
+            now = time.monotonic()
+            self.current = (client, request_id, now + self.fn.timeout, now)
+            self.state = State.BUSY
+        else:
+            self.queued.append((client, request_id, payload))
+
+    def advance(self) -> None:
+        """The running invocation ended: the next queued one (if any) is now running."""
+        self.current = None
+        if self.queued:
+            client, request_id, _ = self.queued.popleft()
+            now = time.monotonic()
+            self.current = (client, request_id, now + self.fn.timeout, now)
+
+    def take_queued(self) -> list[tuple[bytes, bytes, bytes]]:
+        """Invocations that never started, for another instance to run."""
+        queued, self.queued = list(self.queued), deque()
+        return queued
 
     def read_control(self) -> list[bytes] | None:
         """Complete control lines that have arrived; None once the child closed the pipe."""

@@ -25,9 +25,17 @@ from .runtimes import runtime_for
 
 log = logging.getLogger("sora.worker")
 
-# The worker takes this many invocations per instance from the broker, so the next one is
-# already here when an instance finishes: no broker round trip between two invocations.
-CREDITS_PER_INSTANCE = 4
+# Credits: how many invocations per instance the worker takes from the broker. Two for any
+# function, so the next invocation is already here when an instance finishes. A fast function
+# (invocations averaging under FAST seconds) gets more, and each of its instances may hold
+# several: one running, the rest written to its stdin, so it starts the next one without a
+# round trip through the worker, and results come back in batches. A function that turns slow
+# (over SLOW seconds) gives the extra credits back, so long invocations never queue behind
+# each other inside an instance while another instance could take them.
+CREDITS_SLOW = 2
+CREDITS_FAST = 16
+PIPELINE_DEPTH_FAST = 8
+FAST, SLOW = 0.002, 0.010
 # An instance that dies this many times in a row before becoming ready means the function cannot
 # boot; the worker then exits with EXIT_BOOT_ERROR and the supervisor decides what follows.
 MAX_INIT_FAILURES = 3
@@ -55,6 +63,8 @@ class Worker:
         self.parent = os.getppid()
         self.last_heard = self.last_sent = time.monotonic()
         self.reconnect_delay = RECONNECT_MIN
+        self.avg_duration = SLOW  # EWMA of invocation durations; slow until shown otherwise
+        self.credits_per_instance = CREDITS_SLOW
         self.signals: list[int] = []
         self._wake_r, self._wake_w = os.pipe()
 
@@ -102,6 +112,7 @@ class Worker:
         """Retire a dead or hung instance and start a fresh one in its place."""
         booting = inst.state == State.BOOTING
         current, inst.current = inst.current, None
+        self.requeue(inst)
         self.retire_instance(inst, kill)  # reaps it, so its exit status is known below
         if current is not None:
             self.reply(current[0], current[1], p.RUNTIME_EXITED, p.error_body(
@@ -131,8 +142,8 @@ class Worker:
         self.sock.setsockopt(zmq.LINGER, 1000)
         self.sock.connect(self.endpoint)
         self.poller.register(self.sock, zmq.POLLIN)
-        held = sum(1 for i in self.instances if i.current) + len(self.pending)
-        capacity = max(0, self.fn.instances * CREDITS_PER_INSTANCE - held)
+        held = sum(i.depth for i in self.instances) + len(self.pending)
+        capacity = max(0, self.fn.instances * self.credits_per_instance - held)
         self.send([p.READY, self.fn.name.encode(), str(capacity).encode()])
         self.last_heard = time.monotonic()
 
@@ -160,16 +171,43 @@ class Worker:
         self.dispatch()
 
     def dispatch(self) -> None:
+        """Idle instances first; for a fast function, then behind running ones."""
         while self.pending and self.idle:
-            inst = self.idle.pop()
-            client, request_id, payload = self.pending.popleft()
-            try:
-                inst.send(client, request_id, payload)
-            except OSError:
-                # The instance died between its last answer and now: the request goes to the
-                # front again and the instance is replaced once its pipe reports the end.
-                inst.current = None
-                self.pending.appendleft((client, request_id, payload))
+            self._hand(self.idle.pop())
+        if self.pending and self.credits_per_instance == CREDITS_FAST:
+            for inst in self.instances:
+                while self.pending and inst.state is State.BUSY and \
+                        inst.depth < PIPELINE_DEPTH_FAST:
+                    self._hand(inst)
+
+    def track_duration(self, seconds: float) -> None:
+        """Follow how long invocations take; grant or take back credits when that changes."""
+        self.avg_duration += (seconds - self.avg_duration) * 0.1
+        if self.credits_per_instance == CREDITS_SLOW and self.avg_duration < FAST:
+            target = CREDITS_FAST
+        elif self.credits_per_instance == CREDITS_FAST and self.avg_duration > SLOW:
+            target = CREDITS_SLOW
+        else:
+            return
+        delta = (target - self.credits_per_instance) * self.fn.instances
+        self.credits_per_instance = target
+        if self.sock is not None:
+            self.send([p.CREDIT, str(delta).encode()])
+
+    def _hand(self, inst: Instance) -> None:
+        client, request_id, payload = self.pending.popleft()
+        try:
+            inst.send(client, request_id, payload)
+        except OSError:
+            # The instance died since its last answer: the request goes back to the front and
+            # the instance is replaced once its control pipe reports the end.
+            self.pending.appendleft((client, request_id, payload))
+            inst.state = State.EXITING  # replaced once its control pipe reports the end
+
+    def requeue(self, inst: Instance) -> None:
+        """Give the invocations an instance never started back to the worker's queue."""
+        for item in reversed(inst.take_queued()):
+            self.pending.appendleft(item)
 
     # --- instance events ------------------------------------------------------------------------
     def handle_control(self, inst: Instance) -> None:
@@ -190,13 +228,20 @@ class Worker:
             current = inst.current
             if current is None:
                 return  # an answer after a kill, or an uncaught error between invocations
-            inst.current = None
-            if kind != b"X ":
-                inst.state = State.IDLE
-                self.idle.append(inst)
-            # else: the child is exiting; it is replaced once its control pipe closes.
             self.reply(current[0], current[1], p.OK if kind == b"R " else p.FUNCTION_ERROR,
                        line[2:])
+            self.track_duration(time.monotonic() - current[3])
+            if kind == b"X ":
+                # The child is exiting: what it had not started goes to other instances, and
+                # it is replaced once its control pipe closes.
+                inst.current = None
+                inst.state = State.EXITING
+                self.requeue(inst)
+                return
+            inst.advance()
+            if inst.current is None:
+                inst.state = State.IDLE
+                self.idle.append(inst)
         elif line == b"READY":
             inst.state = State.IDLE
             inst.drain_logs()
@@ -215,6 +260,7 @@ class Worker:
             if left <= 0:
                 client, request_id = inst.current[0], inst.current[1]
                 inst.current = None
+                self.requeue(inst)
                 inst.drain_logs()
                 self.reply(client, request_id, p.TIMEOUT, p.error_body(
                     "Sora.Timeout", p.timeout_message(self.fn.timeout)))
@@ -230,7 +276,7 @@ class Worker:
         if not self.stopping:
             self.stopping = True
             log.info("%s: stopping; finishing %d in-flight invocations", self.fn.name,
-                     sum(1 for i in self.instances if i.current) + len(self.pending))
+                     sum(i.depth for i in self.instances) + len(self.pending))
             if self.sock is not None:
                 self.send([p.DISCONNECT])
 

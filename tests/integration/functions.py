@@ -117,3 +117,9 @@ exports.handler = async () => {
 LOAD_THROWS = """
 throw new Error('cannot start: missing DATABASE_URL');
 """
+
+COUNTER = """
+let calls = 0;                     // module state lives as long as the instance
+const loadedAt = Date.now();
+exports.handler = async () => ({ calls: ++calls, loadedAt, pid: process.pid });
+"""

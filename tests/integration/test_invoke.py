@@ -38,6 +38,8 @@ def host(tmp_path_factory):
         write_function(fns, "slow", {"index.js": F.SLOW}, name="slow", timeout=1, instances=2),
         write_function(fns, "crash", {"index.js": F.CRASH}, name="crash", timeout=2),
         write_function(fns, "printer", {"index.js": F.PRINTER}, name="printer"),
+        write_function(fns, "counter", {"index.js": F.COUNTER}, name="counter"),
+        write_function(fns, "fast-crash", {"index.js": F.CRASH}, name="fast-crash"),
     ]
     h = SoraHost(base, dirs, server={"maxBodyBytes": 64 * 1024, "gatewayWorkers": 2},
                  env={"SORA_TEST_HOST_SECRET": "must-not-leak"})
@@ -107,6 +109,12 @@ def test_handler_forms(host, name, expected):
     r = host.invoke(name)
     assert r.status_code == 200, r.text
     assert json_of(r)["via"] == expected
+
+
+def test_module_is_loaded_once_per_instance(host):
+    first, second, third = (json_of(host.invoke("counter")) for _ in range(3))
+    assert [first["calls"], second["calls"], third["calls"]] == [1, 2, 3]
+    assert first["loadedAt"] == third["loadedAt"] and first["pid"] == third["pid"]
 
 
 def test_thrown_error_is_502_with_class_name_and_trace(host):
@@ -316,3 +324,20 @@ def test_request_ids_are_unique(host):
     ids = {host.invoke("echo").headers["X-Sora-Request-Id"] for _ in range(20)}
     assert len(ids) == 20
     json.dumps(list(ids))
+
+
+def test_invocations_queued_behind_a_crash_are_not_lost(host):
+    # A fast function's instance holds several invocations (one running, the rest waiting in
+    # its input). When the running one kills the process, the waiting ones run elsewhere.
+    for _ in range(80):
+        assert host.invoke("fast-crash").status_code == 200
+    with ThreadPoolExecutor(24) as pool:
+        calls = [pool.submit(host.invoke, "fast-crash", params={"i": str(i)})
+                 for i in range(10)]
+        crash = pool.submit(host.invoke, "fast-crash", params={"exit": "9"})
+        calls += [pool.submit(host.invoke, "fast-crash", params={"i": str(i)})
+                  for i in range(10, 40)]
+        results = [c.result(timeout=20) for c in calls]
+        crashed = crash.result(timeout=20)
+    assert crashed.status_code == 502 and json_of(crashed)["errorType"] == "Sora.RuntimeExited"
+    assert [r.status_code for r in results] == [200] * 40

@@ -152,7 +152,7 @@ def test_kill_9_of_a_worker_mid_load(tmp_path):
         node_pids = [c.pid for c in psutil.Process(worker_pid).children()]
         with ThreadPoolExecutor(4) as pool:
             calls = [pool.submit(host.invoke, "slow", params={"ms": "10000"}) for _ in range(4)]
-            wait_for(lambda: host.function_state("slow")["inFlight"] >= 2, what="load")
+            wait_for(lambda: host.function_state("slow")["inFlight"] == 4, what="load")
             started = time.monotonic()
             os.kill(worker_pid, signal.SIGKILL)
             results = [c.result(timeout=15) for c in calls]

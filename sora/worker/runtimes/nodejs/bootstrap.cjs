@@ -2,7 +2,8 @@
 // Sora's Node.js runtime shim: one long-lived process per instance, one invocation at a time.
 //
 // The worker writes one request per line on stdin:
-//   {"id": "<request id>", "deadline": <epoch ms>, "event": <event JSON>}
+//   {"id": "<request id>", "timeoutMs": <ms>, "event": <event JSON>}
+// Requests run one at a time, in the order they came; one may arrive while another runs.
 // and this shim answers on file descriptor 3 (never stdout, so whatever the function prints is
 // only log output):
 //   "READY\n"             the module loaded and the handler was found
@@ -117,6 +118,7 @@ function answer(err, result, errorType, exiting) {
     if (process.stderr.bytesWritten !== current.stderrMark) process.stderr.write(markerFor(current.id));
   }
   current = null;
+  if (waiting.length) setImmediate(runNext);
   if (err !== null && err !== undefined) {
     const payload = errorPayload(err);
     if (errorType) payload.errorType = errorType;
@@ -135,8 +137,11 @@ function answer(err, result, errorType, exiting) {
   }
 }
 
+const waiting = [];   // requests that arrived while another one ran
+
 function invoke(handler, request) {
-  const { id, deadline, event } = request;
+  const { id, timeoutMs, event } = request;
+  const deadline = Date.now() + timeoutMs;
   let done = false;
   const finish = (err, result, errorType, exiting) => {
     if (done) return;
@@ -146,6 +151,10 @@ function invoke(handler, request) {
   current = {
     id, finish, stdoutMark: process.stdout.bytesWritten, stderrMark: process.stderr.bytesWritten,
   };
+  if (request.bad) {
+    finish(new Error(request.bad), undefined, 'Runtime.InvalidEvent');
+    return;
+  }
   const context = makeContext(id, deadline);
   // Legacy context methods that older Lambda code still calls.
   context.done = (err, result) => finish(err, result);
@@ -174,8 +183,14 @@ function failCurrent(err, errorType) {
   else writeControl('X ' + JSON.stringify(errorPayload(err)) + '\n');
 }
 
+let handler;
+
+function runNext() {
+  if (current || !waiting.length) return;
+  invoke(handler, waiting.shift());
+}
+
 async function main() {
-  let handler;
   try {
     const mod = await loadModule(path.resolve(entry));
     handler = resolveHandler(mod);
@@ -219,12 +234,11 @@ async function main() {
       try {
         request = JSON.parse(line);
       } catch (err) {
-        const bad = new Error('The event is not valid JSON: ' + err.message);
-        answer(bad, undefined, 'Runtime.InvalidEvent');
-        continue;
+        request = { id: null, timeoutMs: 0, bad: 'The event is not valid JSON: ' + err.message };
       }
-      invoke(handler, request);
+      waiting.push(request);
     }
+    if (!current) runNext();
   });
   // The worker closing our stdin means it is gone or done with us: leave.
   process.stdin.on('end', () => process.exit(0));
