@@ -2,8 +2,8 @@
 flight, matched to their callers by request id.
 
 The ZeroMQ socket's file descriptor is watched by the event loop directly and every ready reply
-is drained per wake-up; there is one future per request and one timer handle, nothing else on
-the hot path. (ZeroMQ's fd is edge-triggered, so after each send the socket is checked for
+is drained per wake-up; there is one future per request and nothing else on the hot path
+(deadlines are checked by one sweep every half second, not a timer per request). (ZeroMQ's fd is edge-triggered, so after each send the socket is checked for
 replies that arrived meanwhile.)
 """
 from __future__ import annotations
@@ -14,6 +14,9 @@ import os
 import zmq
 
 from .. import protocol as p
+
+
+_SWEEP_INTERVAL = 0.5
 
 
 class BrokerTimeout(Exception):
@@ -27,6 +30,8 @@ class BrokerClient:
         self._sock: zmq.Socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: dict[bytes, asyncio.Future] = {}
+        self._deadlines: dict[bytes, float] = {}
+        self._sweeping = False
         self._check_scheduled = False
 
     def _connect(self) -> None:
@@ -64,21 +69,33 @@ class BrokerClient:
         loop = self._loop
         fut = loop.create_future()
         self._pending[request_id] = fut
+        self._deadlines[request_id] = loop.time() + timeout
         self._sock.send_multipart(frames, copy=False)
         if not self._check_scheduled:
             self._check_scheduled = True
             loop.call_soon(self._check)
-        timer = loop.call_later(timeout, self._expire, request_id)
+        if not self._sweeping:
+            self._sweeping = True
+            loop.call_later(_SWEEP_INTERVAL, self._sweep)
         try:
             return await fut
         finally:
-            timer.cancel()
             self._pending.pop(request_id, None)
+            self._deadlines.pop(request_id, None)
 
-    def _expire(self, request_id: bytes) -> None:
-        fut = self._pending.pop(request_id, None)
-        if fut is not None and not fut.done():
-            fut.set_exception(BrokerTimeout())
+    def _sweep(self) -> None:
+        """Fail the requests whose deadline has passed; run again while any are pending."""
+        now = self._loop.time()
+        for request_id, deadline in list(self._deadlines.items()):
+            if deadline <= now:
+                del self._deadlines[request_id]
+                fut = self._pending.pop(request_id, None)
+                if fut is not None and not fut.done():
+                    fut.set_exception(BrokerTimeout())
+        if self._deadlines:
+            self._loop.call_later(_SWEEP_INTERVAL, self._sweep)
+        else:
+            self._sweeping = False
 
     async def invoke(self, function: str, request_id: bytes, payload: bytes,
                      timeout: float) -> tuple[bytes, bytes]:

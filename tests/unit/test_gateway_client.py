@@ -1,0 +1,50 @@
+"""The gateway's broker client against a real ROUTER socket in this process."""
+import asyncio
+import re
+import time
+
+import zmq
+
+from sora import protocol as p
+from sora.gateway.app import new_request_id
+from sora.gateway.client import BrokerClient, BrokerTimeout
+
+
+def test_request_ids_are_version_4_uuids():
+    ids = {new_request_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    pattern = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+    assert all(pattern.match(i) for i in ids)
+
+
+def test_replies_are_matched_by_request_id_and_silence_times_out(tmp_path):
+    endpoint = f"ipc://{tmp_path}/b.sock"
+    router = zmq.Context.instance().socket(zmq.ROUTER)
+    router.bind(endpoint)
+
+    async def scenario():
+        client = BrokerClient(endpoint)
+        calls = [asyncio.ensure_future(client.invoke("fn", f"r{i}".encode(), b"{}", 5))
+                 for i in range(3)]
+        received = []
+        while len(received) < 3:
+            await asyncio.sleep(0.01)
+            while router.poll(0):
+                received.append(router.recv_multipart())
+        # Answer out of order: each caller still gets its own reply.
+        for ident, _, rid, fn, payload in reversed(received):
+            router.send_multipart([ident, p.REPLY, rid, p.OK, rid + b"-done"])
+        results = await asyncio.gather(*calls)
+        assert results == [(p.OK, b"r0-done"), (p.OK, b"r1-done"), (p.OK, b"r2-done")]
+        started = time.monotonic()
+        try:
+            await client.invoke("fn", b"lost", b"{}", 0.2)
+        except BrokerTimeout:
+            waited = time.monotonic() - started
+        else:
+            raise AssertionError("no timeout")
+        assert 0.2 <= waited < 2.0
+        assert not client._pending and not client._deadlines
+
+    asyncio.run(scenario())
+    router.close(0)
