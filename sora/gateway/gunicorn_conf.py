@@ -12,6 +12,7 @@ import os
 import ssl
 
 from sora.config import load_host_config
+from sora.hotpath import quiet_gc
 
 _config = load_host_config(os.environ["SORA_CONFIG"])
 _server = _config.server
@@ -45,3 +46,7 @@ def ssl_context(conf, default_ssl_context_factory):
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_ciphers("ECDHE+AESGCM:ECDHE+CHACHA20")
     return context
+
+
+def post_worker_init(worker):
+    quiet_gc()

@@ -24,6 +24,7 @@ import psutil
 
 from .. import protocol as p
 from ..config import FunctionConfig, HostConfig
+from ..hotpath import quiet_gc
 from .broker import Broker
 from .child import Launch, State, Supervised, describe_exit
 from .setup import SetupRun
@@ -330,6 +331,7 @@ class Arbiter:
         os.makedirs(p.run_dir(self.state_dir), exist_ok=True)
         ctypes.CDLL(None).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         self.install_signals()
+        quiet_gc()  # the broker thread shares this process
         self.broker = Broker(p.gateway_endpoint(self.state_dir),
                              p.worker_endpoint(self.state_dir), wake=self.wakeup)
         self.broker.start()

@@ -18,6 +18,7 @@ from collections import deque
 import zmq
 
 from .. import protocol as p
+from ..hotpath import quiet_gc
 from ..config import ConfigError, FunctionConfig, load_function_config
 from .instance import Instance, State
 from .logs import FunctionLog
@@ -323,6 +324,7 @@ class Worker:
         self.install_signals()
         try:
             self.boot()
+            quiet_gc()
             self.connect()
             log.info("%s: worker %d ready with %d instance(s)", self.fn.name, os.getpid(),
                      len(self.instances))
