@@ -49,6 +49,7 @@ class Arbiter:
         self.setups: dict[str, SetupRun] = {}
         self.gateways: dict[str, Supervised] = {}
         self.stopping = False
+        self.hurry = False   # a second stop signal: no more waiting for in-flight work
         self.stop_phase = ""
         self.exit_code = 0
         self.broker: Broker | None = None
@@ -286,6 +287,11 @@ class Arbiter:
     # --- stopping -------------------------------------------------------------------------------
     def begin_stop(self, why: str) -> None:
         if self.stopping:
+            # Asked twice (a second Ctrl-C): stop waiting for in-flight work.
+            log.warning("%s again: killing everything now", why)
+            self.hurry = True
+            for child in self.all_children():
+                child.stop_deadline = 0.0
             return
         self.stopping = True
         log.info("stopping (%s): gateways first, then workers", why)
@@ -298,7 +304,7 @@ class Arbiter:
         self.stop_phase = "gateways"
 
     def _stop_group(self, children) -> None:
-        deadline = time.monotonic() + self.config.server.gracefulTimeout
+        deadline = time.monotonic() + (0.0 if self.hurry else self.config.server.gracefulTimeout)
         for child in children:
             if child.pid is not None and child.state in (State.STARTING, State.RUNNING):
                 child.to(State.STOPPING, "host stopping")

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import psutil
 import pytest
+import requests
 
 from tests.integration import functions as F
 from tests.support import SoraHost, json_of, wait_for, write_function
@@ -228,4 +229,29 @@ def test_stop_during_setup_leaves_no_setup_processes(tmp_path):
                                  if p.name() == "sleep"], what="setup commands")
     assert host.stop() == 0
     assert not any(alive(pid) for pid in sleepers)
+    assert not host.leftovers(), host.leftovers()
+
+
+def test_a_second_stop_signal_stops_at_once(tmp_path):
+    fns = tmp_path / "fns"
+    slow = write_function(fns, "slow", {"index.js": F.SLOW}, name="slow", timeout=60)
+    host = SoraHost(tmp_path, [slow], https=False, server={"gracefulTimeout": 60})
+    host.start()
+    everything = [p.pid for p in host.descendants()]
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(host.invoke, "slow", params={"ms": "30000"})
+        wait_for(lambda: host.function_state("slow")["inFlight"] == 1, what="in flight")
+        started = time.monotonic()
+        host.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: "gateways first" in host.log(), what="graceful stop to begin")
+        host.proc.send_signal(signal.SIGTERM)
+        host.proc.wait(timeout=15)
+        took = time.monotonic() - started
+        try:
+            pending.result(timeout=15)  # answered or cut off: either way it ends, not hangs
+        except requests.ConnectionError:
+            pass
+    host._log.close()
+    assert took < 15, "the second signal must not wait the 60 s graceful timeout"
+    assert not any(alive(pid) for pid in everything)
     assert not host.leftovers(), host.leftovers()
