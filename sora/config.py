@@ -379,6 +379,14 @@ def load_host_config(path: str) -> HostConfig:
             problems.append("server.httpsPort: expected a port other than httpPort")
         if server_values["gatewayWorkers"] is None:
             server_values["gatewayWorkers"] = max(1, os.cpu_count() or 1)
+    if not problems:
+        # ZeroMQ's ipc sockets live in <stateDir>/run/; a Unix socket path has at most 107 bytes.
+        longest = os.path.join(_resolve(base, values["stateDir"]), "run", "workers.sock")
+        if len(longest.encode()) > 107:
+            problems.append(f"stateDir: expected a folder whose path is at most "
+                            f"{107 - len(longest) + len(_resolve(base, values['stateDir']))} "
+                            f"characters long (sockets are made in it), got "
+                            f"{_resolve(base, values['stateDir'])}")
     if problems:
         raise ConfigError(path, problems)
 

@@ -69,6 +69,7 @@ def build_event(*, method: str, raw_path: str, query_string: str,
     event["requestContext"] = {
         "accountId": "anonymous",
         "apiId": function,
+        "authentication": None,
         "domainName": host,
         "domainPrefix": host.split(".", 1)[0],
         "http": {
@@ -100,6 +101,9 @@ def build_event(*, method: str, raw_path: str, query_string: str,
             event["isBase64Encoded"] = False
     else:
         event["isBase64Encoded"] = False
+    # As in AWS's published function URL example: present, and null.
+    event["pathParameters"] = None
+    event["stageVariables"] = None
     return json.dumps(event, separators=(",", ":")).encode()
 
 

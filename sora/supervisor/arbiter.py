@@ -11,6 +11,7 @@ re-parented here, and the loop kills and reaps it, so nothing outlives its funct
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import json
 import logging
 import os
@@ -35,6 +36,10 @@ _PR_SET_CHILD_SUBREAPER = 36
 WORKER_START_RETRIES = 3
 GATEWAY_START_RETRIES = 3
 EXIT_GATEWAY_FATAL = 1
+
+
+class StateDirBusy(Exception):
+    """Another supervisor holds the state dir."""
 
 
 class Arbiter:
@@ -333,8 +338,26 @@ class Arbiter:
         return True
 
     # --- main loop ------------------------------------------------------------------------------
+    def lock_state_dir(self) -> None:
+        """One supervisor per state dir: a second one would take over the broker's sockets."""
+        path = os.path.join(p.run_dir(self.state_dir), "supervisor.lock")
+        self._lock = open(path, "a+")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.seek(0)
+            owner = self._lock.read().strip() or "?"
+            raise StateDirBusy(f"{self.config.path}: stateDir: expected a folder no other "
+                               f"supervisor uses, but {self.state_dir} is in use by pid "
+                               f"{owner}") from None
+        self._lock.seek(0)
+        self._lock.truncate()
+        self._lock.write(str(os.getpid()))
+        self._lock.flush()
+
     def prepare(self) -> None:
         os.makedirs(p.run_dir(self.state_dir), exist_ok=True)
+        self.lock_state_dir()
         ctypes.CDLL(None).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         self.install_signals()
         quiet_gc()  # the broker thread shares this process

@@ -34,12 +34,16 @@ def check(args: argparse.Namespace) -> int:
 
 
 def start(args: argparse.Namespace) -> int:
-    from .arbiter import Arbiter  # imported late: `check` needs none of it
+    from .arbiter import Arbiter, StateDirBusy  # imported late: `check` needs none of it
 
     config = _load(args.config)
     if config is None:
         return EXIT_CONFIG_ERROR
-    return Arbiter(config).run()
+    try:
+        return Arbiter(config).run()
+    except StateDirBusy as exc:
+        print(f"sora: {exc}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
 
 
 def main(argv: list[str] | None = None) -> int:

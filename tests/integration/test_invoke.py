@@ -160,8 +160,9 @@ def test_event_has_function_url_shape(host):
                           "userAgent": event["headers"]["user-agent"]}
     assert rc["requestId"] == r.headers["X-Sora-Request-Id"]
     for field in ("accountId", "apiId", "domainName", "domainPrefix", "stage", "time",
-                  "timeEpoch", "routeKey"):
+                  "timeEpoch", "routeKey", "authentication"):
         assert field in rc
+    assert event["pathParameters"] is None and event["stageVariables"] is None
 
 
 def test_event_without_query_or_body(host):

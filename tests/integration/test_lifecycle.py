@@ -255,3 +255,18 @@ def test_a_second_stop_signal_stops_at_once(tmp_path):
     assert took < 15, "the second signal must not wait the 60 s graceful timeout"
     assert not any(alive(pid) for pid in everything)
     assert not host.leftovers(), host.leftovers()
+
+
+def test_a_second_supervisor_on_the_same_state_dir_is_refused(tmp_path):
+    fn = write_function(tmp_path / "fns", "good", {"index.js": F.PROMISE}, name="good")
+    host = SoraHost(tmp_path, [fn], https=False)
+    host.start()
+    try:
+        second = subprocess.run([sys.executable, "-m", "sora.supervisor.cli", "start",
+                                 "--config", str(host.config_path)],
+                                capture_output=True, text=True, timeout=30)
+        assert second.returncode == 2
+        assert f"is in use by pid {host.proc.pid}" in second.stderr
+        assert host.invoke("good").status_code == 200  # the first one is untouched
+    finally:
+        assert host.stop() == 0

@@ -145,3 +145,9 @@ def test_configuration_reference_is_up_to_date():
     from pathlib import Path
     doc = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
     assert settings_markdown() in doc, "regenerate: python -m sora.config --markdown"
+
+
+def test_state_dir_too_long_for_sockets(tmp_path):
+    with pytest.raises(ConfigError, match="stateDir: expected a folder whose path is at most"):
+        load_host_config(host(tmp_path, "functionPaths: [a]\nserver: {httpPort: 1}\n"
+                              f"stateDir: /{'x' * 120}\n"))
