@@ -1,4 +1,6 @@
-"""Benchmark: hello-world through Sora vs the same handler behind a plain Node `http` server.
+"""Benchmark: hello-world through Sora vs the same handler behind a plain Node `http` server,
+and on serverless-offline (the usual local Lambda emulator; bench/peer/, installed with npm on
+first use, runs offline).
 
 Both run in one invocation of this script, side by side on free loopback ports, measured with
 wrk in alternating rounds (this machine's timing noise is several percent from one run to the
@@ -80,6 +82,27 @@ def measure(name: str, url: str, duration: int) -> dict:
     return row
 
 
+PEER = ROOT / "bench" / "peer"
+PEER_ENV = {"SLS_TELEMETRY_DISABLED": "1", "SLS_NOTIFICATIONS_MODE": "off",
+            "SLS_DEPRECATION_DISABLE": "*", "SERVERLESS_PLATFORM_VENDOR": "aws"}
+
+
+def start_peer(port: int) -> subprocess.Popen | None:
+    """serverless-offline on the same handler, or None (with a reason) if it cannot run."""
+    binary = PEER / "node_modules" / ".bin" / "serverless"
+    if not binary.exists():
+        print("installing serverless-offline for the peer measurement (npm)...", flush=True)
+        done = subprocess.run(["npm", "install", "--no-audit", "--no-fund"], cwd=PEER,
+                              capture_output=True, text=True)
+        if done.returncode != 0 or not binary.exists():
+            print(f"peer skipped: npm install failed:\n{done.stderr[-2000:]}", flush=True)
+            return None
+    return subprocess.Popen([str(binary), "offline", "start", "--httpPort", str(port),
+                             "--lambdaPort", str(free_port())], cwd=PEER,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, env=dict(os.environ, **PEER_ENV))
+
+
 def _median(name: str, results: list[dict]) -> dict:
     def mid(key):
         values = sorted(r[key] for r in results)
@@ -126,32 +149,40 @@ def main() -> int:
     parser.add_argument("--gateway-workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--instances", type=int, default=1)
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--no-peer", dest="peer", action="store_false",
+                        help="skip serverless-offline")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is needed: apt-get install wrk (or `make bench`)")
     print(f"hello-world, {args.duration}s per point, {os.cpu_count()} cores; Sora with "
           f"{args.gateway_workers} gateway worker(s), {args.instances} instance(s)", flush=True)
-    node_port, port = free_port(), free_port()
-    node_url = f"http://127.0.0.1:{node_port}/"
-    sora_url = f"http://127.0.0.1:{port}/functions/hello"
-    rounds: dict[str, list[dict]] = {"plain node": [], "sora": []}
+    node_port, port, peer_port = free_port(), free_port(), free_port()
+    urls = {"plain node": f"http://127.0.0.1:{node_port}/",
+            "sora": f"http://127.0.0.1:{port}/functions/hello",
+            "sls-offline": f"http://127.0.0.1:{peer_port}/hello"}
+    rounds: dict[str, list[dict]] = {name: [] for name in urls}
     with tempfile.TemporaryDirectory(prefix="sora-bench-") as tmp:
-        node = start_node(node_port)
-        sora = start_sora(Path(tmp), port, args.gateway_workers, args.instances)
+        procs = {"plain node": start_node(node_port),
+                 "sora": start_sora(Path(tmp), port, args.gateway_workers, args.instances),
+                 "sls-offline": start_peer(peer_port) if args.peer else None}
         try:
-            wait_http(node_url)
-            wait_http(sora_url)
-            for url in (node_url, sora_url):
-                wrk(url, 64, 3, 2)  # warm-up: JIT, and Sora's worker learns the function is fast
+            for name, proc in list(procs.items()):
+                if proc is None:
+                    del urls[name], rounds[name]
+                    continue
+                wait_http(urls[name])
+                wrk(urls[name], 64, 3, 2)  # warm-up: JIT; Sora's worker learns it is fast
             for i in range(args.rounds):
                 print(f"round {i + 1}/{args.rounds}", flush=True)
-                rounds["plain node"].append(measure("plain node", node_url, args.duration))
-                rounds["sora"].append(measure("sora", sora_url, args.duration))
+                for name, url in urls.items():
+                    rounds[name].append(measure(name, url, args.duration))
         finally:
-            stop(node)
-            stop(sora)
+            for proc in procs.values():
+                if proc is not None:
+                    stop(proc)
     rows = [_median(name, results) for name, results in rounds.items()]
-    node_row, sora_row = rows
+    by_name = {row["target"]: row for row in rows}
+    node_row, sora_row = by_name["plain node"], by_name["sora"]
     ratio = sora_row["rps_c64"] / node_row["rps_c64"]
     overhead = sora_row["p50_ms"] - node_row["p50_ms"]
     print(f"\nmedians over {args.rounds} round(s):")
@@ -161,6 +192,11 @@ def main() -> int:
     print(f"sora / plain node throughput at c=64: {ratio:.1%}")
     print(f"sora p50 overhead at c=1: {overhead:.3f} ms "
           f"(p99 {sora_row['p99_ms'] - node_row['p99_ms']:+.3f} ms)")
+    if "sls-offline" in by_name:
+        peer = by_name["sls-offline"]
+        print(f"sora / serverless-offline throughput at c=64: "
+              f"{sora_row['rps_c64'] / peer['rps_c64']:.2f}x; p50 at c=1: "
+              f"{sora_row['p50_ms']:.3f} vs {peer['p50_ms']:.3f} ms")
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "throughput_ratio": ratio,
                                                "p50_overhead_ms": overhead}, indent=2))
