@@ -12,6 +12,7 @@ the arbiter about workers becoming ready or silent through a queue plus a wake-u
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import queue
@@ -27,8 +28,8 @@ from .. import protocol as p
 
 log = logging.getLogger("sora.broker")
 
-_CONTROL_ENDPOINT = "inproc://sora-broker-control"
 _HWM = 200_000
+_broker_numbers = itertools.count()
 
 
 @dataclass
@@ -79,10 +80,12 @@ class Broker(threading.Thread):
         self.ctx = zmq.Context.instance()
         self.frontend = self._router(gateway_endpoint)
         self.backend = self._router(worker_endpoint)
+        # One endpoint per broker: a closing broker's inproc name may linger a moment.
+        control_endpoint = f"inproc://sora-broker-control-{next(_broker_numbers)}"
         self._control = self.ctx.socket(zmq.PAIR)
-        self._control.bind(_CONTROL_ENDPOINT)
+        self._control.bind(control_endpoint)
         arbiter_end = self.ctx.socket(zmq.PAIR)
-        arbiter_end.connect(_CONTROL_ENDPOINT)
+        arbiter_end.connect(control_endpoint)
         self.events: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self.control = BrokerControl(arbiter_end, self.events)
         self._wake = wake
