@@ -47,6 +47,17 @@ class BrokerClient:
         self._sock = sock
         self._loop.add_reader(sock.getsockopt(zmq.FD), self._drain)
 
+    def close(self) -> None:
+        """Close the socket and its context (a context with an open socket cannot end)."""
+        if self._sock is not None:
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_reader(self._sock.getsockopt(zmq.FD))
+            ctx = self._sock.context
+            self._sock.close(linger=0)
+            ctx.term()
+            self._sock = None
+            self._pid = -1
+
     def _drain(self) -> None:
         sock = self._sock
         pending = self._pending

@@ -421,6 +421,7 @@ class Arbiter:
         if self.broker is not None:
             self.broker.control.stop()
             self.broker.join(timeout=5)
+            self.broker.control.close()
         log.info("stopped")
 
 

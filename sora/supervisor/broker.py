@@ -72,6 +72,9 @@ class BrokerControl:
     def stop(self) -> None:
         self._sock.send_multipart([b"stop"])
 
+    def close(self) -> None:
+        self._sock.close(linger=0)
+
 
 class Broker(threading.Thread):
     def __init__(self, gateway_endpoint: str, worker_endpoint: str,

@@ -25,6 +25,7 @@ def broker(tmp_path, monkeypatch):
     yield b, gw, back
     b.control.stop()
     b.join(5)
+    b.control.close()
     gw.close(0)
 
 

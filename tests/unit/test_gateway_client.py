@@ -45,6 +45,7 @@ def test_replies_are_matched_by_request_id_and_silence_times_out(tmp_path):
             raise AssertionError("no timeout")
         assert 0.2 <= waited < 2.0
         assert not client._pending and not client._deadlines
+        client.close()
 
     asyncio.run(scenario())
     router.close(0)
