@@ -381,12 +381,12 @@ def load_host_config(path: str) -> HostConfig:
             server_values["gatewayWorkers"] = max(1, os.cpu_count() or 1)
     if not problems:
         # ZeroMQ's ipc sockets live in <stateDir>/run/; a Unix socket path has at most 107 bytes.
-        longest = os.path.join(_resolve(base, values["stateDir"]), "run", "workers.sock")
-        if len(longest.encode()) > 107:
-            problems.append(f"stateDir: expected a folder whose path is at most "
-                            f"{107 - len(longest) + len(_resolve(base, values['stateDir']))} "
-                            f"characters long (sockets are made in it), got "
-                            f"{_resolve(base, values['stateDir'])}")
+        state_dir = _resolve(base, values["stateDir"])
+        longest_suffix = os.path.join("", "run", "workers.sock")
+        room = 107 - len(os.sep + longest_suffix)
+        if len(state_dir.encode()) > room:
+            problems.append(f"stateDir: expected a folder whose path is at most {room} "
+                            f"characters long (sockets are made in it), got {state_dir}")
     if problems:
         raise ConfigError(path, problems)
 

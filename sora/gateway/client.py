@@ -3,8 +3,9 @@ flight, matched to their callers by request id.
 
 The ZeroMQ socket's file descriptor is watched by the event loop directly and every ready reply
 is drained per wake-up; there is one future per request and nothing else on the hot path
-(deadlines are checked by one sweep every half second, not a timer per request). (ZeroMQ's fd is edge-triggered, so after each send the socket is checked for
-replies that arrived meanwhile.)
+(deadlines are checked by one sweep every half second, not a timer per request). ZeroMQ's fd is
+edge-triggered, so once per loop turn after sends the socket is checked for replies that
+arrived meanwhile.
 """
 from __future__ import annotations
 

@@ -143,10 +143,13 @@ class Worker:
         self.sock.setsockopt(zmq.LINGER, 1000)
         self.sock.connect(self.endpoint)
         self.poller.register(self.sock, zmq.POLLIN)
-        held = sum(i.depth for i in self.instances) + len(self.pending)
-        capacity = max(0, self.fn.instances * self.credits_per_instance - held)
+        capacity = max(0, self.fn.instances * self.credits_per_instance - self.held())
         self.send([p.READY, self.fn.name.encode(), str(capacity).encode()])
         self.last_heard = time.monotonic()
+
+    def held(self) -> int:
+        """Invocations this worker holds: in its instances and waiting for one."""
+        return sum(i.depth for i in self.instances) + len(self.pending)
 
     def send(self, frames: list[bytes]) -> None:
         self.sock.send_multipart(frames, copy=False)
@@ -203,7 +206,7 @@ class Worker:
             # The instance died since its last answer: the request goes back to the front and
             # the instance is replaced once its control pipe reports the end.
             self.pending.appendleft((client, request_id, payload))
-            inst.state = State.EXITING  # replaced once its control pipe reports the end
+            inst.state = State.EXITING
 
     def requeue(self, inst: Instance) -> None:
         """Give the invocations an instance never started back to the worker's queue."""
@@ -277,7 +280,7 @@ class Worker:
         if not self.stopping:
             self.stopping = True
             log.info("%s: stopping; finishing %d in-flight invocations", self.fn.name,
-                     sum(i.depth for i in self.instances) + len(self.pending))
+                     self.held())
             if self.sock is not None:
                 self.send([p.DISCONNECT])
 
