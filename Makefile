@@ -16,11 +16,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
-# Node.js runs the functions; openssl makes the dev certificate. Installed only where missing.
+# Node.js runs the functions; openssl makes the dev certificate; curl is what the shell-script
+# `bootstrap` examples talk to the Runtime API with. Installed only where missing.
 system-deps:
 	@command -v node >/dev/null && command -v npm >/dev/null || { \
 	  echo "installing Node.js"; apt-get update -qq && apt-get install -y -qq nodejs npm; }
 	@command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl; }
+	@command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl; }
 
 $(CERT):
 	mkdir -p examples/certs

@@ -23,7 +23,14 @@ FUNCTION_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 HANDLER_RE = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$]*(\.[A-Za-z_$][A-Za-z0-9_$]*)*$")
 FUNCTION_FILE = "sora.yaml"
-LANGUAGES = ("nodejs",)
+# Each language and the file extensions its `entrypoint` may have (None: an executable file).
+LANGUAGES: dict[str, tuple[str, ...] | None] = {
+    "nodejs": (".js", ".cjs", ".mjs"),
+    "python": (".py",),
+    "provided": None,
+}
+# What a `provided` function runs when it names no entrypoint, as on Lambda.
+PROVIDED_DEFAULT_ENTRYPOINT = "bootstrap"
 # Environment variables a function may see from the host even though the host's environment is
 # otherwise kept out (the issue and Lambda both give the function a PATH and a HOME).
 HOST_ENV_PASSTHROUGH = ("PATH", "HOME")
@@ -101,9 +108,15 @@ def _relative_file(value: Any) -> str:
 
 
 def _handler(value: Any) -> str:
-    if not isinstance(value, str) or not HANDLER_RE.match(value):
-        raise _Invalid("the name of an exported function, such as 'handler' (dots reach into "
-                       "nested exports)")
+    # Checked against the language once the whole file is read (see _check_language).
+    if not isinstance(value, str) or not value or any(c.isspace() for c in value):
+        raise _Invalid("a handler name without spaces, such as 'handler'")
+    return value
+
+
+def _runtime(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip() or "\n" in value:
+        raise _Invalid("an interpreter: a command name such as 'python3.12' or a path")
     return value
 
 
@@ -198,10 +211,19 @@ HOST_SETTINGS = _settings(
 FUNCTION_SETTINGS = _settings(
     Setting("name", _function_name, REQUIRED, "Function name, used in URLs: lower-case letters, "
             "digits and dashes, at most 63 characters."),
-    Setting("language", _language, REQUIRED, "Runtime language: `nodejs`."),
-    Setting("entrypoint", _relative_file, REQUIRED, "File holding the handler, relative to the "
-            "function folder (`.js`, `.cjs` or `.mjs`)."),
-    Setting("handler", _handler, "handler", "Name of the exported handler function."),
+    Setting("language", _language, REQUIRED, "Runtime language: `nodejs`, `python`, or "
+            "`provided` (any language, through the AWS Lambda Runtime API)."),
+    Setting("entrypoint", _relative_file, None, "File holding the handler, relative to the "
+            "function folder: `.js`, `.cjs` or `.mjs` for nodejs and `.py` for python "
+            "(required for both); for provided, the executable to run (default `bootstrap`; "
+            "it may be built by `setup`)."),
+    Setting("handler", _handler, "handler", "Name of the handler function in the entrypoint "
+            "(dots reach into nested exports). For provided it is passed as-is in `_HANDLER`."),
+    Setting("runtime", _runtime, None, "Interpreter for nodejs or python: a command looked up "
+            "on PATH (`python3.12`, `node`) or a path, relative to the function folder (such "
+            "as a virtualenv made by `setup`: `.venv/bin/python`) or absolute. Default: the "
+            "Python Sora runs on (its base interpreter, never Sora's own virtualenv), or "
+            "`$SORA_NODE`, else `node` on PATH. Not used by provided."),
     Setting("setup", _str_list, [], "Shell commands run in the function folder before it "
             "serves (e.g. `npm install`). Skipped when the folder is unchanged since the last "
             "successful setup."),
@@ -272,6 +294,7 @@ class FunctionConfig:
     language: str
     entrypoint: str
     handler: str
+    runtime: str | None
     setup: list[str]
     setupTimeout: float
     trigger: list[str]
@@ -331,17 +354,37 @@ def load_function_config(directory: str) -> FunctionConfig:
     data = _read_yaml(path)
     problems: list[str] = []
     values = _validate_mapping(data, FUNCTION_SETTINGS, "", problems)
-    if "entrypoint" in values and not problems:
-        entry = os.path.join(directory, values["entrypoint"])
-        if not os.path.isfile(entry):
-            problems.append(f"entrypoint: expected an existing file in {directory}, "
-                            f"got {_show(values['entrypoint'])} (not found)")
-        elif not entry.endswith((".js", ".cjs", ".mjs")):
-            problems.append(f"entrypoint: expected a .js, .cjs or .mjs file for language "
-                            f"nodejs, got {_show(values['entrypoint'])}")
+    if not problems:
+        _check_language(directory, values, problems)
     if problems:
         raise ConfigError(path, problems)
     return FunctionConfig(directory=directory, **values)
+
+
+def _check_language(directory: str, values: dict[str, Any], problems: list[str]) -> None:
+    """The checks that depend on the language: entrypoint, handler and runtime."""
+    language = values["language"]
+    extensions = LANGUAGES[language]
+    if extensions is None:  # provided: the executable may be built by setup, checked at start
+        values["entrypoint"] = values["entrypoint"] or PROVIDED_DEFAULT_ENTRYPOINT
+        if values["runtime"] is not None:
+            problems.append(f"runtime: expected no runtime for language provided (it runs "
+                            f"its entrypoint), got {_show(values['runtime'])}")
+        return
+    entrypoint = values["entrypoint"]
+    if entrypoint is None:
+        problems.append(f"entrypoint: required field is missing for language {language} "
+                        f"(a {', '.join(extensions)} file)")
+    elif not os.path.isfile(os.path.join(directory, entrypoint)):
+        problems.append(f"entrypoint: expected an existing file in {directory}, "
+                        f"got {_show(entrypoint)} (not found)")
+    elif not entrypoint.endswith(extensions):
+        problems.append(f"entrypoint: expected a {', '.join(extensions)} file for language "
+                        f"{language}, got {_show(entrypoint)}")
+    if not HANDLER_RE.match(values["handler"]):
+        problems.append(f"handler: expected the name of a function in the entrypoint, such as "
+                        f"'handler' (dots reach into nested exports), got "
+                        f"{_show(values['handler'])}")
 
 
 def _resolve(base: str, path: str) -> str:

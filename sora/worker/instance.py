@@ -108,6 +108,21 @@ class Instance:
             pass
         self.close()
 
+    def end(self, grace: float = 5.0) -> None:
+        """The instance is ending by itself (its control pipe closed): let it exit, then kill
+        whatever it left behind in its process group (a grandchild of a shell `bootstrap`,
+        a child the function spawned) and reap it. The group is killed before the leader is
+        reaped, so its id cannot have been reused yet."""
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            try:
+                if os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):
+                    break
+            except ChildProcessError:
+                break
+            time.sleep(0.005)
+        self.kill()
+
     def close(self) -> None:
         """Release the pipes of an instance that has ended; keep its exit status."""
         self.drain_logs(final=True)

@@ -22,7 +22,7 @@ from ..hotpath import quiet_gc
 from ..config import ConfigError, FunctionConfig, load_function_config
 from .instance import Instance, State
 from .logs import FunctionLog
-from .runtimes import runtime_for
+from .runtimes import Runtime, runtime_for
 
 log = logging.getLogger("sora.worker")
 
@@ -44,11 +44,11 @@ RECONNECT_MIN, RECONNECT_MAX = 1.0, 32.0
 
 
 class Worker:
-    def __init__(self, fn: FunctionConfig, state_dir: str, endpoint: str):
+    def __init__(self, fn: FunctionConfig, runtime: Runtime, state_dir: str, endpoint: str):
         self.fn = fn
         self.state_dir = state_dir
         self.endpoint = endpoint
-        self.runtime = runtime_for(fn.language)
+        self.runtime = runtime
         self.log = FunctionLog(state_dir, fn.name)
         self.identity = p.worker_identity(fn.name, os.getpid())
         self.ctx = zmq.Context.instance()
@@ -100,11 +100,7 @@ class Worker:
         if kill:
             inst.kill()
         else:
-            try:
-                inst.proc.wait(timeout=5)
-            except Exception:
-                inst.kill()
-            inst.close()
+            inst.end()
         self.instances.remove(inst)
         if inst in self.idle:
             self.idle.remove(inst)
@@ -409,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
         if fn.name != args.name:
             raise ConfigError(fn.source, [f"name: expected {args.name!r} as when the host "
                                           f"started, got {fn.name!r}"])
+        runtime = runtime_for(fn.language)
+        runtime.prepare(fn)
     except ConfigError as exc:
         path = p.boot_error_path(args.state_dir, args.name)
         log.error("%s", exc)
@@ -416,6 +414,6 @@ def main(argv: list[str] | None = None) -> int:
         with open(path, "wb") as fh:
             fh.write(p.error_body("Sora.ConfigError", str(exc)))
         return p.EXIT_BOOT_ERROR
-    worker = Worker(fn, os.path.abspath(args.state_dir),
+    worker = Worker(fn, runtime, os.path.abspath(args.state_dir),
                     args.broker or p.worker_endpoint(os.path.abspath(args.state_dir)))
     return worker.run()

@@ -123,3 +123,169 @@ let calls = 0;                     // module state lives as long as the instance
 const loadedAt = Date.now();
 exports.handler = async () => ({ calls: ++calls, loadedAt, pid: process.pid });
 """
+
+
+# --- Python functions ----------------------------------------------------------------------------
+
+PY_ECHO = """
+import os
+import sys
+import time
+
+loaded_at = time.time()   # module state lives as long as the instance
+calls = 0
+
+
+def handler(event, context):
+    global calls
+    calls += 1
+    try:
+        import falcon  # Sora's own dependency: must not be importable by a function
+        sora_packages = True
+    except ImportError:
+        sora_packages = False
+    return {
+        "event": event,
+        "context": {
+            "aws_request_id": context.aws_request_id,
+            "function_name": context.function_name,
+            "function_version": context.function_version,
+            "memory_limit_in_mb": context.memory_limit_in_mb,
+            "invoked_function_arn": context.invoked_function_arn,
+            "remaining": context.get_remaining_time_in_millis(),
+        },
+        "env": dict(os.environ),
+        "calls": calls,
+        "loaded_at": loaded_at,
+        "pid": os.getpid(),
+        "executable": sys.executable,
+        "path0": sys.path[0],
+        "sora_packages": sora_packages,
+    }
+"""
+
+PY_ERRORS = """
+class ValidationError(Exception):
+    pass
+
+
+def handler(event, context):
+    kind = (event.get("queryStringParameters") or {}).get("kind")
+    if kind == "unserializable":
+        return {"when": object()}
+    if kind == "decimal":
+        from decimal import Decimal
+        return {"price": Decimal("9.50"), "count": Decimal("3")}
+    raise ValidationError("name is required")
+"""
+
+PY_LOGS = """
+import logging
+import sys
+
+logger = logging.getLogger(__name__)
+logger.setLevel(logging.INFO)
+
+
+def handler(event, context):
+    print("printed for", context.aws_request_id)
+    print("to stderr for", context.aws_request_id, file=sys.stderr)
+    logger.info("logged for %s", context.aws_request_id)
+    stolen = sys.stdin.read()   # the request pipe is not the function's stdin
+    print('{"statusCode": 500}')  # looks like a result; must stay a log line
+    return {"ok": True, "stdin": stolen}
+"""
+
+PY_IMPORT_ERROR = """
+import a_module_that_is_not_installed
+
+
+def handler(event, context):
+    return 1
+"""
+
+# One function per runtime with the same behaviours, for the tests that every runtime must pass
+# alike: ?ms=N sleeps, ?forever never answers, ?exit=N ends the process, ?fail=1 reports an error.
+SHARED_NODE = """
+exports.handler = async (event) => {
+  const q = event.queryStringParameters || {};
+  if (q.exit) process.exit(Number(q.exit));
+  if (q.fail) { const e = new Error('failed on purpose'); e.name = 'PurposeError'; throw e; }
+  if (q.forever) return new Promise(() => {});
+  await new Promise((r) => setTimeout(r, Number(q.ms || 0)));
+  console.log('shared log line');
+  return { pid: process.pid };
+};
+"""
+
+SHARED_PYTHON = """
+import os
+import time
+
+
+class PurposeError(Exception):
+    pass
+
+
+def handler(event, context):
+    q = event.get("queryStringParameters") or {}
+    if "exit" in q:
+        os._exit(int(q["exit"]))
+    if "fail" in q:
+        raise PurposeError("failed on purpose")
+    if "forever" in q:
+        while True:
+            time.sleep(1)
+    time.sleep(int(q.get("ms", 0)) / 1000)
+    print("shared log line")
+    return {"pid": os.getpid()}
+"""
+
+# A Runtime API client in plain sh and curl, as in AWS's custom runtime tutorial.
+SHARED_PROVIDED = r"""#!/bin/sh
+set -eu
+API="http://${AWS_LAMBDA_RUNTIME_API}/2018-06-01/runtime"
+HEADERS="$(mktemp)"
+trap 'rm -f "$HEADERS"' EXIT
+while true; do
+  EVENT=$(curl -sS -D "$HEADERS" "$API/invocation/next")
+  ID=$(grep -i '^Lambda-Runtime-Aws-Request-Id:' "$HEADERS" | cut -d' ' -f2 | tr -d '\r\n')
+  case "$EVENT" in
+    *'"rawQueryString":"exit='*) exit 3 ;;
+    *'"rawQueryString":"forever='*) sleep 600 ;;
+    *'"rawQueryString":"fail='*)
+      curl -sS -o /dev/null -H 'Lambda-Runtime-Function-Error-Type: PurposeError' \
+        "$API/invocation/$ID/error" -d '{"errorMessage":"failed on purpose","errorType":"PurposeError"}'
+      continue ;;
+    *'"rawQueryString":"ms='*) sleep 0.2 ;;
+  esac
+  echo "shared log line"
+  curl -sS -o /dev/null "$API/invocation/$ID/response" -d "{\"pid\": $$}"
+done
+"""
+
+PROVIDED_ECHO = r"""#!/bin/sh
+set -eu
+API="http://${AWS_LAMBDA_RUNTIME_API}/2018-06-01/runtime"
+HEADERS="$(mktemp)"
+trap 'rm -f "$HEADERS"' EXIT
+while true; do
+  EVENT=$(curl -sS -D "$HEADERS" "$API/invocation/next")
+  ID=$(grep -i '^Lambda-Runtime-Aws-Request-Id:' "$HEADERS" | cut -d' ' -f2 | tr -d '\r\n')
+  DEADLINE=$(grep -i '^Lambda-Runtime-Deadline-Ms:' "$HEADERS" | cut -d' ' -f2 | tr -d '\r\n')
+  ARN=$(grep -i '^Lambda-Runtime-Invoked-Function-Arn:' "$HEADERS" | cut -d' ' -f2 | tr -d '\r\n')
+  BODY=$(cat <<JSON
+{"event": $EVENT, "id": "$ID", "deadline": $DEADLINE, "arn": "$ARN", "handler": "$_HANDLER",
+ "task_root": "$LAMBDA_TASK_ROOT", "name": "$AWS_LAMBDA_FUNCTION_NAME", "pwd": "$(pwd)"}
+JSON
+)
+  curl -sS -o /dev/null "$API/invocation/$ID/response" --data-binary "$BODY"
+done
+"""
+
+PROVIDED_INIT_ERROR = r"""#!/bin/sh
+curl -sS -o /dev/null "http://${AWS_LAMBDA_RUNTIME_API}/2018-06-01/runtime/init/error" \
+  -H 'Lambda-Runtime-Function-Error-Type: Runtime.ConfigMissing' \
+  -d '{"errorMessage": "DATABASE_URL is not set", "errorType": "Runtime.ConfigMissing"}'
+sleep 30
+"""

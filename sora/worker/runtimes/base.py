@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 
-from ...config import HOST_ENV_PASSTHROUGH, FunctionConfig
+from ...config import HOST_ENV_PASSTHROUGH, ConfigError, FunctionConfig
 
 DEFAULT_REGION = "us-east-1"
 
@@ -14,6 +16,10 @@ class Runtime:
     `sora.worker.instance` (its fd number is given in SORA_CONTROL_FD)."""
 
     name = "base"
+
+    def prepare(self, fn: FunctionConfig) -> None:
+        """Check, once setup has run, what the instances need (the interpreter, the
+        executable); raise ConfigError naming the field otherwise."""
 
     def argv(self, fn: FunctionConfig) -> list[str]:
         raise NotImplementedError
@@ -40,3 +46,24 @@ class Runtime:
             "_HANDLER": f"{os.path.splitext(fn.entrypoint)[0]}.{fn.handler}",
         })
         return env
+
+
+def find_interpreter(fn: FunctionConfig, default: str | None, what: str) -> str:
+    """The interpreter named by the function's `runtime` (a command on PATH or a path relative
+    to the function folder), else `default`. Sora's own virtualenv is never searched, so a
+    function cannot pick up Sora's packages by accident."""
+    wanted = fn.runtime or default
+    found = None
+    if wanted and os.sep in wanted:
+        path = os.path.join(fn.directory, os.path.expanduser(wanted))
+        found = path if os.path.isfile(path) and os.access(path, os.X_OK) else None
+    elif wanted:
+        own_bin = os.path.join(sys.prefix, "bin") if sys.prefix != sys.base_prefix else None
+        search = os.pathsep.join(d for d in os.environ.get("PATH", os.defpath).split(os.pathsep)
+                                 if d and os.path.abspath(d) != own_bin)
+        found = shutil.which(wanted, path=search)
+    if found is None:
+        raise ConfigError(fn.source, [
+            f"runtime: expected {what}: a command on PATH or an executable path (relative to "
+            f"{fn.directory} or absolute), got {wanted!r} (not found)"])
+    return os.path.abspath(found)
