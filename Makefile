@@ -17,12 +17,20 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Node.js runs the functions; openssl makes the dev certificate; curl is what the shell-script
-# `bootstrap` examples talk to the Runtime API with. Installed only where missing.
+# `bootstrap` examples talk to the Runtime API with; Go builds the Go example; the C toolchain
+# and autotools build aws-lambda-ric's native part (the node-ric example). Installed only where
+# missing.
+BUILD_TOOLS := autoreconf automake libtoolize cmake g++ make
 system-deps:
 	@command -v node >/dev/null && command -v npm >/dev/null || { \
 	  echo "installing Node.js"; apt-get update -qq && apt-get install -y -qq nodejs npm; }
 	@command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl; }
 	@command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl; }
+	@command -v go >/dev/null || { echo "installing Go"; apt-get update -qq && \
+	  apt-get install -y -qq golang-go; }
+	@for tool in $(BUILD_TOOLS); do command -v $$tool >/dev/null || missing=1; done; \
+	  [ -z "$$missing" ] || { echo "installing build tools"; apt-get update -qq && \
+	  apt-get install -y -qq autoconf automake libtool cmake g++ make; }
 
 $(CERT):
 	mkdir -p examples/certs
@@ -46,4 +54,5 @@ bench: system-deps $(STAMP)
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) examples/.sora examples/certs examples/*/node_modules
+	rm -rf $(VENV) examples/.sora examples/certs examples/*/node_modules examples/*/.venv \
+	  examples/go-hello/bootstrap

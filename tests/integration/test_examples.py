@@ -1,8 +1,11 @@
-"""The shipped examples, including real npm dependencies installed by `setup`, and an Express
-app behind the serverless-http adapter (the way such apps run behind Lambda function URLs)."""
+"""The shipped examples, each started from a copy by a real host: npm and pip dependencies
+installed by `setup`, an Express app behind serverless-http, Python on its own virtualenv, and
+`provided` functions in sh, Go, and AWS's own Node.js and Python runtime interface clients."""
 from __future__ import annotations
 
+import os
 import shutil
+import sys
 
 import pytest
 import requests
@@ -11,17 +14,30 @@ from tests.support import ROOT, SoraHost, json_of
 
 pytestmark = pytest.mark.integration
 
+EXAMPLES = ("hello", "uuid-npm", "express-api", "hello-python", "python-deps", "python-venv",
+            "shell-bootstrap", "go-hello", "python-ric", "node-ric")
+
+
+def test_every_example_is_served_by_make_run():
+    config = (ROOT / "examples" / "host-config.yaml").read_text()
+    listed = {line.strip()[2:].strip("./") for line in config.splitlines()
+              if line.strip().startswith("- ./")}
+    on_disk = {d.name for d in (ROOT / "examples").iterdir() if (d / "sora.yaml").is_file()}
+    assert listed == on_disk == set(EXAMPLES)
+
 
 @pytest.fixture(scope="module")
 def host(tmp_path_factory):
     base = tmp_path_factory.mktemp("examples")
     dirs = []
-    for name in ("hello", "uuid-npm", "express-api"):
+    for name in EXAMPLES:
         dirs.append(base / name)
         shutil.copytree(ROOT / "examples" / name, base / name,
-                        ignore=shutil.ignore_patterns("node_modules", "package-lock.json"))
+                        ignore=shutil.ignore_patterns("node_modules", "package-lock.json",
+                                                      ".venv", "__pycache__"))
     h = SoraHost(base, dirs)
-    h.start(timeout=180)  # npm install runs first
+    # Setup runs first: npm and pip installs, a Go build, aws-lambda-ric's native build.
+    h.start(timeout=600)
     yield h
     assert h.stop() == 0
     assert not h.leftovers(), h.leftovers()
@@ -67,3 +83,60 @@ def test_express_redirect_and_root(host):
     r = host.invoke("express-api", "/redirect", allow_redirects=False)
     assert r.status_code == 302 and r.headers["Location"] == "/users/7"
     assert json_of(host.invoke("express-api"))["hello"] == "express"
+
+
+def test_python_hello_keeps_module_state(host):
+    first = json_of(host.invoke("hello-python", params={"name": "Sora"}))
+    second = json_of(host.invoke("hello-python"))
+    assert first["message"] == "Hello, Sora!" and second["message"] == "Hello, world!"
+    assert second["invocationsOfThisInstance"] == first["invocationsOfThisInstance"] + 1
+    log = (host.base / "state" / "logs" / "hello-python.log").read_text()
+    assert f"[INFO]" in log and f"{first['requestId']}\tgreeting Sora" in log
+
+
+def test_python_dependency_pinned_apart_from_soras_own(host):
+    import yaml as soras_yaml
+    r = host.invoke("python-deps", method="POST", data="a: [1, 2]\n")
+    body = json_of(r)
+    assert body["parsed"] == {"a": [1, 2]}
+    assert body["yamlVersion"] == "6.0.1" != soras_yaml.__version__
+    assert body["yamlFile"].startswith(str(host.base / "python-deps"))
+
+
+def test_python_on_its_own_virtualenv(host):
+    import falcon as soras_falcon
+    body = json_of(host.invoke("python-venv"))
+    assert body["falconVersion"] == "3.1.3" != soras_falcon.__version__
+    assert body["prefix"] == str(host.base / "python-venv" / ".venv")
+    assert sys.prefix != body["prefix"]
+
+
+def test_shell_bootstrap(host):
+    r = host.invoke("shell-bootstrap", method="POST", data="x" * 10)
+    assert json_of(r) == {"message": "Hello from sh", "shell": os.path.basename(
+        os.path.realpath("/bin/sh"))}
+    log = (host.base / "state" / "logs" / "shell-bootstrap.log").read_text()
+    assert f"{r.headers['X-Sora-Request-Id']} stderr handling an event of" in log
+
+
+def test_go_function(host):
+    r = host.invoke("go-hello", "/path", params={"name": "Gopher"})
+    body = json_of(r)
+    assert body["message"] == "Hello from Go, Gopher!" and body["path"] == "/path"
+    assert body["requestId"] == r.headers["X-Sora-Request-Id"]
+    assert 0 < body["remainingMs"] <= 10_000
+    err = host.invoke("go-hello", params={"name": "error"})
+    assert err.status_code == 502
+    assert json_of(err) == {"errorMessage": 'no greeting for "error"', "errorType": "GoError",
+                            "stackTrace": []}
+
+
+@pytest.mark.parametrize("name", ["python-ric", "node-ric"])
+def test_aws_runtime_interface_clients_work_unchanged(host, name):
+    r = host.invoke(name)
+    assert r.status_code == 200, r.text
+    body = json_of(r)
+    assert body["requestId"] == r.headers["X-Sora-Request-Id"]
+    assert 0 < body["remainingMs"] <= 10_000
+    log = (host.base / "state" / "logs" / f"{name}.log").read_text()
+    assert r.headers["X-Sora-Request-Id"] in log
