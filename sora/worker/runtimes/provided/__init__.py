@@ -33,7 +33,7 @@ class ProvidedRuntime(Runtime):
             f"shipped), got {fn.entrypoint!r} ({problem})"])
 
     def argv(self, fn: FunctionConfig) -> list[str]:
-        # -I: the adapter needs only the standard library, and nothing of the function's.
+        # -I: the adapter sees Sora's own packages (httptools) and nothing of the function's.
         return [sys.executable, "-I", RUNTIME_API]
 
     def environment(self, fn: FunctionConfig) -> dict[str, str]:

@@ -16,31 +16,43 @@ Like Lambda, it cannot see which lines of the executable's output belong to whic
 so it closes both log streams with a marker after each one (lines printed before the result was
 posted belong to that invocation).
 
-Standard library only: it runs on the Python that runs Sora, with nothing imported from Sora.
+One thread and one selector loop over stdin, the listening socket, the runtime's connections and
+a pidfd of the executable; httptools (the C HTTP/1.1 parser uvicorn uses) reads the requests.
+The runtime is the only client and reads every response, so responses are written blocking.
 """
 import ctypes
 import json
 import os
-import queue
 import re
+import selectors
 import signal
+import socket
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections import deque
 
-API = "/2018-06-01/runtime"
-INVOCATION_PATH = re.compile(r"^%s/invocation/([^/]+)/(response|error)$" % API)
+import httptools
+
+API = b"/2018-06-01/runtime"
+NEXT_PATH = API + b"/invocation/next"
+INIT_ERROR_PATH = API + b"/init/error"
+INVOCATION_PATH = re.compile(rb"^%s/invocation/([^/?]+)/(response|error)$" % re.escape(API))
+# The worker writes every request line as {"id":"<id>","timeoutMs":<n>,"event":<event>}; the
+# event is passed on as it came, not parsed and encoded again.
+REQUEST_LINE = re.compile(rb'^\{"id":"([^"\\]+)","timeoutMs":(\d+),"event":(.*)\}\s*$', re.S)
 MARKER = b"\x00SORA-END %s\n"
+ERROR_TYPE_HEADER = b"lambda-runtime-function-error-type"
 CONTROL_FD = int(os.environ.pop("SORA_CONTROL_FD", "3"))
 EXECUTABLE = os.environ.pop("SORA_ENTRYPOINT")
+FUNCTION_ARN = "arn:aws:lambda:%s:000000000000:function:%s" % (
+    os.environ.get("AWS_REGION", "us-east-1"), os.environ.get("AWS_LAMBDA_FUNCTION_NAME"))
 
 
-def write_control(data):
+def write_all(fd, data):
     view = memoryview(data)
     while view:
-        view = view[os.write(CONTROL_FD, view):]
+        view = view[os.write(fd, view):]
 
 
 def one_line(body):
@@ -55,7 +67,7 @@ def one_line(body):
     return body.replace(b"\r", b" ").replace(b"\n", b" ")
 
 
-def error_line(body, header_type):
+def error_line(body, error_type):
     """An error the runtime posted, in Lambda's shape whatever the runtime sent."""
     try:
         error = json.loads(body) if body else {}
@@ -63,147 +75,201 @@ def error_line(body, header_type):
         error = {"errorMessage": body.decode("utf-8", "replace")}
     if not isinstance(error, dict):
         error = {"errorMessage": json.dumps(error)}
-    error.setdefault("errorType", header_type or "Runtime.Unknown")
+    error.setdefault("errorType", error_type or "Runtime.Unknown")
     error.setdefault("errorMessage", "The runtime reported an error without a message")
     error.setdefault("stackTrace", [])
     return json.dumps(error, separators=(",", ":")).encode()
 
 
-class Invocations:
-    """The hand-over between the worker's lines on stdin and the runtime's HTTP calls."""
+def http_response(status, body, headers=b""):
+    reason = {200: b"OK", 202: b"Accepted", 400: b"Bad Request", 404: b"Not Found"}[status]
+    return b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n%s" % (
+        status, reason, len(body), headers, body)
 
+
+class Connection:
+    """One connection from the runtime; httptools calls back as a request is parsed."""
+
+    def __init__(self, server, sock):
+        self.server = server
+        self.sock = sock
+        self.parser = httptools.HttpRequestParser(self)
+        self.url = b""
+        self.body = []
+        self.error_type = None
+
+    def on_message_begin(self):
+        self.url, self.body, self.error_type = b"", [], None
+
+    def on_url(self, url):
+        self.url += url
+
+    def on_header(self, name, value):
+        if name.lower() == ERROR_TYPE_HEADER:
+            self.error_type = value.decode("latin-1")
+
+    def on_body(self, body):
+        self.body.append(body)
+
+    def on_message_complete(self):
+        self.server.handle(self, self.parser.get_method(), self.url, b"".join(self.body))
+
+    def send(self, data):
+        try:
+            self.sock.sendall(data)
+        except OSError:
+            self.server.drop(self)
+
+
+class RuntimeApi:
     def __init__(self):
-        self.waiting = queue.Queue()
-        self.lock = threading.Lock()
-        self.current = None       # request id the runtime is working on
-        self.child = None         # the function's executable (subprocess.Popen)
+        self.selector = selectors.DefaultSelector()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.setblocking(False)
+        self.selector.register(self.listener, selectors.EVENT_READ, "accept")
+        self.requests = deque()        # (id, timeout ms, event) not yet handed out
+        self.stdin_buf = b""
+        self.waiting = None            # a connection whose GET .../next is parked
+        self.current = None            # request id the runtime is working on
         self.ready = False
-        self.function_arn = "arn:aws:lambda:%s:000000000000:function:%s" % (
-            os.environ.get("AWS_REGION", "us-east-1"), os.environ.get("AWS_LAMBDA_FUNCTION_NAME"))
+        self.child = None
+        self.ended = False
 
-    def read_requests(self, stream):
-        for line in stream:
+    @property
+    def address(self):
+        return "127.0.0.1:%d" % self.listener.getsockname()[1]
+
+    # --- the worker's side -------------------------------------------------------------------
+    def read_stdin(self):
+        chunk = os.read(0, 1 << 20)
+        if not chunk:
+            # The worker closed our stdin: it is done with this instance (or gone).
+            self.selector.unregister(0)
+            self.child.terminate()
+            return
+        data = self.stdin_buf + chunk
+        *lines, self.stdin_buf = data.split(b"\n")
+        for line in lines:
             if line.strip():
-                self.waiting.put(line)
-        # The worker closed our stdin: it is done with this instance (or gone).
-        self.waiting.put(None)
-        self.child.terminate()
+                self.requests.append(line)
+        self.hand_out()
 
-    def next(self):
-        """Block until there is an invocation; return (id, deadline ms, event bytes)."""
-        with self.lock:
+    def hand_out(self):
+        while self.waiting is not None and self.requests:
+            line = self.requests.popleft()
+            match = REQUEST_LINE.match(line)
+            if match is None:
+                # Answered here; the runtime never sees a request it could not parse.
+                self.control(b"E " + error_line(b'{"errorType": "Runtime.InvalidEvent", '
+                                                b'"errorMessage": "Malformed request line"}',
+                                                None))
+                continue
+            request_id, timeout_ms, event = match.groups()
+            conn, self.waiting = self.waiting, None
+            self.current = request_id
+            deadline = int(time.time() * 1000) + int(timeout_ms)
+            conn.send(http_response(200, event, b"".join((
+                b"Lambda-Runtime-Aws-Request-Id: %s\r\n" % request_id,
+                b"Lambda-Runtime-Deadline-Ms: %d\r\n" % deadline,
+                b"Lambda-Runtime-Invoked-Function-Arn: %s\r\n" % FUNCTION_ARN.encode(),
+                b"Lambda-Runtime-Trace-Id: Root=1-%08x-%s;Sampled=0\r\n" % (
+                    int(time.time()), request_id.replace(b"-", b"")[:24])))))
+
+    def control(self, line):
+        write_all(CONTROL_FD, line + b"\n")
+
+    # --- the runtime's side ------------------------------------------------------------------
+    def accept(self):
+        try:
+            sock, _ = self.listener.accept()
+        except BlockingIOError:
+            return
+        sock.setblocking(True)
+        # Small responses and requests: send each at once rather than wait for ACKs.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.selector.register(sock, selectors.EVENT_READ, Connection(self, sock))
+
+    def read(self, conn):
+        try:
+            data = conn.sock.recv(1 << 16)
+        except OSError:
+            data = b""
+        if not data:
+            self.drop(conn)
+            return
+        try:
+            conn.parser.feed_data(data)
+        except httptools.HttpParserError:
+            conn.send(http_response(400, b'{"errorType":"BadRequest","errorMessage":'
+                                         b'"malformed HTTP request"}'))
+            self.drop(conn)
+
+    def drop(self, conn):
+        if self.waiting is conn:
+            self.waiting = None
+        try:
+            self.selector.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+        conn.sock.close()
+
+    def handle(self, conn, method, url, body):
+        if method == b"GET" and url == NEXT_PATH:
             if not self.ready:
                 self.ready = True
-                write_control(b"READY\n")
-        line = self.waiting.get()
-        if line is None:
-            self.waiting.put(None)
-            return None
-        try:
-            request = json.loads(line)
-            request_id = request["id"]
-            event = json.dumps(request["event"], separators=(",", ":"), ensure_ascii=False)
-        except (ValueError, KeyError, TypeError) as exc:
-            # Answered here; the runtime never sees an event it could not parse.
-            write_control(b"E " + error_line(json.dumps({
-                "errorType": "Runtime.InvalidEvent",
-                "errorMessage": "The event is not valid JSON: %s" % exc}).encode(), "") + b"\n")
-            return self.next()
-        with self.lock:
-            self.current = request_id
-        deadline = int(time.time() * 1000 + request["timeoutMs"])
-        return request_id, deadline, event.encode("utf-8")
-
-    def finish(self, request_id, line):
-        with self.lock:
-            if request_id != self.current:
-                return False
-            self.current = None
-        # The runtime printed this invocation's lines before it posted the outcome.
-        marker = MARKER % request_id.encode()
-        os.write(1, marker)
-        os.write(2, marker)
-        write_control(line + b"\n")
-        return True
-
-
-class RuntimeApiHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"   # keep-alive, as the runtime interface clients expect
-    server_version = "Sora-RuntimeAPI"
-    # Headers and body go out in separate writes: without TCP_NODELAY, Nagle's algorithm and
-    # the client's delayed ACK hold the body back some 40 ms.
-    disable_nagle_algorithm = True
-    invocations = None              # set on the class before serving
-
-    def log_message(self, format, *args):  # the runtime's logs are its own output only
-        pass
-
-    def reply(self, status, payload, headers=()):
-        body = json.dumps(payload).encode() if not isinstance(payload, bytes) else payload
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in headers:
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(body)
-
-    def read_body(self):
-        length = self.headers.get("Content-Length")
-        if length is not None:
-            return self.rfile.read(int(length))
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            chunks = []
-            while True:
-                size = int(self.rfile.readline().split(b";")[0], 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    return b"".join(chunks)
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-        return b""
-
-    def do_GET(self):
-        if self.path != API + "/invocation/next":
-            self.reply(404, {"errorType": "NotFound", "errorMessage": "no route " + self.path})
+                self.control(b"READY")  # initialisation is over, as on Lambda
+            self.waiting = conn
+            self.hand_out()
             return
-        item = self.invocations.next()
-        if item is None:
-            self.reply(410, {"errorType": "ShuttingDown", "errorMessage": "instance is ending"})
-            return
-        request_id, deadline, event = item
-        self.reply(200, event, (
-            ("Lambda-Runtime-Aws-Request-Id", request_id),
-            ("Lambda-Runtime-Deadline-Ms", str(deadline)),
-            ("Lambda-Runtime-Invoked-Function-Arn", self.invocations.function_arn),
-            ("Lambda-Runtime-Trace-Id", "Root=1-%08x-%s;Sampled=0" % (
-                int(time.time()), request_id.replace("-", "")[:24])),
-        ))
-
-    def do_POST(self):
-        body = self.read_body()
-        if self.path == API + "/init/error":
-            write_control(b"INIT " + error_line(
-                body, self.headers.get("Lambda-Runtime-Function-Error-Type")) + b"\n")
-            self.reply(202, {"status": "OK"})
+        if method == b"POST" and url == INIT_ERROR_PATH:
+            self.control(b"INIT " + error_line(body, conn.error_type))
+            conn.send(http_response(202, b'{"status":"OK"}'))
             # As on Lambda, a runtime that failed to initialise is not given work: end it.
-            self.invocations.child.kill()
+            self.child.kill()
             return
-        match = INVOCATION_PATH.match(self.path)
-        if not match:
-            self.reply(404, {"errorType": "NotFound", "errorMessage": "no route " + self.path})
+        match = INVOCATION_PATH.match(url) if method == b"POST" else None
+        if match is None:
+            route = json.dumps("no route %s %s" % (method.decode(), url.decode("latin-1")))
+            conn.send(http_response(404, b'{"errorType":"NotFound","errorMessage":%s}'
+                                    % route.encode()))
             return
         request_id, kind = match.groups()
-        if kind == "response":
-            line = b"R " + one_line(body)
-        else:
-            line = b"E " + error_line(body, self.headers.get("Lambda-Runtime-Function-Error-Type"))
-        if not self.invocations.finish(request_id, line):
-            self.reply(400, {"errorType": "InvalidRequestID",
-                             "errorMessage": "%s is not the invocation in progress" % request_id})
+        if request_id != self.current:
+            conn.send(http_response(400, b'{"errorType":"InvalidRequestID","errorMessage":'
+                                         b'"not the invocation in progress"}'))
             return
-        self.reply(202, {"status": "OK"})
+        self.current = None
+        # The runtime printed this invocation's lines before it posted the outcome.
+        marker = MARKER % request_id
+        os.write(1, marker)
+        os.write(2, marker)
+        if kind == b"response":
+            self.control(b"R " + one_line(body))
+        else:
+            self.control(b"E " + error_line(body, conn.error_type))
+        conn.send(http_response(202, b'{"status":"OK"}'))
+
+    # --- the loop ----------------------------------------------------------------------------
+    def run(self, child):
+        self.child = child
+        pidfd = os.pidfd_open(child.pid)
+        self.selector.register(pidfd, selectors.EVENT_READ, "exit")
+        os.set_blocking(0, False)
+        self.selector.register(0, selectors.EVENT_READ, "stdin")
+        while True:
+            for key, _ in self.selector.select():
+                what = key.data
+                if what == "exit":
+                    return child.wait()
+                if what == "stdin":
+                    try:
+                        self.read_stdin()
+                    except BlockingIOError:
+                        pass
+                elif what == "accept":
+                    self.accept()
+                else:
+                    self.read(what)
 
 
 def die_with_parent():  # in the executable's process, between fork and exec
@@ -211,27 +277,19 @@ def die_with_parent():  # in the executable's process, between fork and exec
 
 
 def main():
-    invocations = Invocations()
-    RuntimeApiHandler.invocations = invocations
-    server = ThreadingHTTPServer(("127.0.0.1", 0), RuntimeApiHandler)
-    server.daemon_threads = True
+    api = RuntimeApi()
     env = dict(os.environ)
-    env["AWS_LAMBDA_RUNTIME_API"] = "127.0.0.1:%d" % server.server_address[1]
-    # The worker's request lines stay here; the executable's stdin is empty.
-    requests = os.fdopen(os.dup(0), "rb")
+    env["AWS_LAMBDA_RUNTIME_API"] = api.address
     try:
+        # The worker's request lines stay here: the executable's stdin is empty.
         child = subprocess.Popen([EXECUTABLE], env=env, stdin=subprocess.DEVNULL,
                                  preexec_fn=die_with_parent)
     except OSError as exc:
-        write_control(b"INIT " + error_line(json.dumps({
+        api.control(b"INIT " + error_line(json.dumps({
             "errorType": "Runtime.InvalidEntrypoint",
-            "errorMessage": "Cannot run %s: %s" % (EXECUTABLE, exc.strerror)}).encode(), "")
-            + b"\n")
+            "errorMessage": "Cannot run %s: %s" % (EXECUTABLE, exc.strerror)}).encode(), None))
         return 1
-    invocations.child = child
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    threading.Thread(target=invocations.read_requests, args=(requests,), daemon=True).start()
-    code = child.wait()
+    code = api.run(child)
     if code < 0:
         # Die of the same signal, so the worker reports what really ended the runtime.
         signal.signal(-code, signal.SIG_DFL)
