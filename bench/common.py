@@ -144,3 +144,24 @@ def stop(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def run_rounds(urls: dict[str, str], procs: list, rounds: int, duration: int,
+               ready_timeout: float = 60.0) -> dict[str, list[dict]]:
+    """Warm every target up, then measure them in alternating rounds; stop `procs` at the end
+    whatever happens."""
+    results: dict[str, list[dict]] = {name: [] for name in urls}
+    try:
+        for url in urls.values():
+            wait_http(url, timeout=ready_timeout)
+            wrk(url, 64, 3, 2)  # warm-up: JIT; Sora's worker learns the function is fast
+        for i in range(rounds):
+            print(f"round {i + 1}/{rounds}", flush=True)
+            for name, url in urls.items():
+                results[name].append(measure(name, url, duration))
+    finally:
+        for proc in procs:
+            if proc is not None:
+                stop(proc)
+    return results
+

@@ -21,8 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import (median, free_port, measure, start_node, start_peer, start_sora, stop,
-                    wait_http, wrk)
+from common import free_port, median, run_rounds, start_node, start_peer, start_sora
 
 def main() -> int:
     parser = argparse.ArgumentParser()
@@ -42,26 +41,14 @@ def main() -> int:
     urls = {"plain node": f"http://127.0.0.1:{node_port}/",
             "sora": f"http://127.0.0.1:{port}/functions/hello",
             "sls-offline": f"http://127.0.0.1:{peer_port}/hello"}
-    rounds: dict[str, list[dict]] = {name: [] for name in urls}
     with tempfile.TemporaryDirectory(prefix="sora-bench-") as tmp:
         procs = {"plain node": start_node(node_port),
                  "sora": start_sora(Path(tmp), port, args.gateway_workers, args.instances),
                  "sls-offline": start_peer(peer_port) if args.peer else None}
-        try:
-            for name, proc in list(procs.items()):
-                if proc is None:
-                    del urls[name], rounds[name]
-                    continue
-                wait_http(urls[name])
-                wrk(urls[name], 64, 3, 2)  # warm-up: JIT; Sora's worker learns it is fast
-            for i in range(args.rounds):
-                print(f"round {i + 1}/{args.rounds}", flush=True)
-                for name, url in urls.items():
-                    rounds[name].append(measure(name, url, args.duration))
-        finally:
-            for proc in procs.values():
-                if proc is not None:
-                    stop(proc)
+        for name, proc in procs.items():
+            if proc is None:
+                del urls[name]
+        rounds = run_rounds(urls, list(procs.values()), args.rounds, args.duration)
     rows = [median(name, results) for name, results in rounds.items()]
     by_name = {row["target"]: row for row in rows}
     node_row, sora_row = by_name["plain node"], by_name["sora"]

@@ -24,8 +24,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import (HELLO, ROOT, copy_function, free_port, measure, median, start_host,
-                    start_node, start_peer, stop, wait_http, wrk)
+from common import (HELLO, ROOT, copy_function, free_port, median, run_rounds, start_host,
+                    start_node, start_peer)
 
 EXAMPLES = ROOT / "examples"
 PEER_HELLO_PY = ROOT / "bench" / "peer" / "hello.py"
@@ -82,19 +82,8 @@ def main() -> int:
         print(f"warm hello-world per runtime, {args.duration}s per point, {os.cpu_count()} "
               f"cores, one instance per function; setup (Go build, pip, npm) runs first",
               flush=True)
-        rounds: dict[str, list[dict]] = {name: [] for name in urls}
-        try:
-            for name, url in urls.items():
-                wait_http(url, timeout=600)
-                wrk(url, 64, 3, 2)  # warm-up
-            for i in range(args.rounds):
-                print(f"round {i + 1}/{args.rounds}", flush=True)
-                for name, url in urls.items():
-                    rounds[name].append(measure(name, url, args.duration))
-        finally:
-            for proc in procs.values():
-                if proc is not None:
-                    stop(proc)
+        rounds = run_rounds(urls, list(procs.values()), args.rounds, args.duration,
+                            ready_timeout=600)
     rows = {name: median(name, results) for name, results in rounds.items()}
     base = rows["sora nodejs"]
     print(f"\nmedians over {args.rounds} round(s); ratios against Sora's nodejs runtime:")

@@ -7,7 +7,6 @@ the broker socket and every instance's control and log pipes; signal handlers on
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal

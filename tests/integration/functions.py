@@ -241,8 +241,9 @@ def handler(event, context):
     return {"pid": os.getpid()}
 """
 
-# A Runtime API client in plain sh and curl, as in AWS's custom runtime tutorial.
-SHARED_PROVIDED = r"""#!/bin/sh
+# Runtime API clients in plain sh and curl, as in AWS's custom runtime tutorial: the loop's
+# head (wait for the next invocation, read its id), then what each does with it.
+PROVIDED_LOOP = r"""#!/bin/sh
 set -eu
 API="http://${AWS_LAMBDA_RUNTIME_API}/2018-06-01/runtime"
 HEADERS="$(mktemp)"
@@ -250,7 +251,9 @@ trap 'rm -f "$HEADERS"' EXIT
 while true; do
   EVENT=$(curl -sS -D "$HEADERS" "$API/invocation/next")
   ID=$(grep -i '^Lambda-Runtime-Aws-Request-Id:' "$HEADERS" | cut -d' ' -f2 | tr -d '\r\n')
-  case "$EVENT" in
+"""
+
+SHARED_PROVIDED = PROVIDED_LOOP + r"""  case "$EVENT" in
     *'"rawQueryString":"exit='*) exit 3 ;;
     *'"rawQueryString":"forever='*) sleep 600 ;;
     *'"rawQueryString":"fail='*)
@@ -264,15 +267,7 @@ while true; do
 done
 """
 
-PROVIDED_ECHO = r"""#!/bin/sh
-set -eu
-API="http://${AWS_LAMBDA_RUNTIME_API}/2018-06-01/runtime"
-HEADERS="$(mktemp)"
-trap 'rm -f "$HEADERS"' EXIT
-while true; do
-  EVENT=$(curl -sS -D "$HEADERS" "$API/invocation/next")
-  ID=$(grep -i '^Lambda-Runtime-Aws-Request-Id:' "$HEADERS" | cut -d' ' -f2 | tr -d '\r\n')
-  DEADLINE=$(grep -i '^Lambda-Runtime-Deadline-Ms:' "$HEADERS" | cut -d' ' -f2 | tr -d '\r\n')
+PROVIDED_ECHO = PROVIDED_LOOP + r"""  DEADLINE=$(grep -i '^Lambda-Runtime-Deadline-Ms:' "$HEADERS" | cut -d' ' -f2 | tr -d '\r\n')
   ARN=$(grep -i '^Lambda-Runtime-Invoked-Function-Arn:' "$HEADERS" | cut -d' ' -f2 | tr -d '\r\n')
   BODY=$(cat <<JSON
 {"event": $EVENT, "id": "$ID", "deadline": $DEADLINE, "arn": "$ARN", "handler": "$_HANDLER",

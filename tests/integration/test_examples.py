@@ -91,7 +91,7 @@ def test_python_hello_keeps_module_state(host):
     assert first["message"] == "Hello, Sora!" and second["message"] == "Hello, world!"
     assert second["invocationsOfThisInstance"] == first["invocationsOfThisInstance"] + 1
     log = (host.base / "state" / "logs" / "hello-python.log").read_text()
-    assert f"[INFO]" in log and f"{first['requestId']}\tgreeting Sora" in log
+    assert "[INFO]" in log and f"{first['requestId']}\tgreeting Sora" in log
 
 
 def test_python_dependency_pinned_apart_from_soras_own(host):

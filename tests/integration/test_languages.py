@@ -132,7 +132,7 @@ def test_python_print_and_logging_are_logs_never_protocol(host):
     lines = log_lines(host, "py-logs", rid, count=4)
     assert any(" stdout " in line and line.endswith(f"printed for {rid}") for line in lines)
     assert any(" stderr " in line and line.endswith(f"to stderr for {rid}") for line in lines)
-    assert any(f"[INFO]" in line and f"\t{rid}\tlogged for {rid}" in line for line in lines)
+    assert any("[INFO]" in line and f"\t{rid}\tlogged for {rid}" in line for line in lines)
     assert any('{"statusCode": 500}' in line for line in
                (host.base / "state" / "logs" / "py-logs.log").read_text().splitlines())
 
