@@ -204,8 +204,9 @@ HOST_SETTINGS = _settings(
     Setting("functionPaths", _path_list, REQUIRED, "Folders that each hold a `sora.yaml`, "
             "relative to the config file's folder."),
     Setting("server", _mapping, REQUIRED, "Listener settings (below)."),
-    Setting("stateDir", _path, "./.sora", "Folder for sockets, logs and the setup cache, "
-            "relative to the config file's folder."),
+    Setting("stateDir", _path, "./.sora", "Folder for sockets, logs, the setup cache and the "
+            "store (`sora.db`), relative to the config file's folder."),
+    Setting("records", _mapping, {}, "Retention of invocation records (below)."),
 )
 
 FUNCTION_SETTINGS = _settings(
@@ -240,6 +241,14 @@ FUNCTION_SETTINGS = _settings(
             "each runs one invocation at a time."),
     Setting("maxQueued", _int_range(0, 100000), 1000, "Invocations that may wait for a free "
             "instance; past it callers get 503 with Retry-After."),
+)
+
+
+RECORDS_SETTINGS = _settings(
+    Setting("maxPerFunction", _int_range(1, 10_000_000), 10_000, "Invocation records (with "
+            "their log lines) kept per function; older ones are pruned."),
+    Setting("maxAgeHours", _number_range(0, 24 * 3650), 168.0, "Records older than this are "
+            "pruned (default 7 days)."),
 )
 
 
@@ -334,10 +343,17 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class RecordsConfig:
+    maxPerFunction: int = 10_000
+    maxAgeHours: float = 168.0
+
+
+@dataclass(frozen=True)
 class HostConfig:
     path: str
     server: ServerConfig
     stateDir: str
+    records: RecordsConfig = field(default_factory=RecordsConfig)
     functions: list[FunctionConfig] = field(default_factory=list)
     broken: list[BrokenFunction] = field(default_factory=list)
 
@@ -404,6 +420,8 @@ def load_host_config(path: str) -> HostConfig:
     values = _validate_mapping(data, HOST_SETTINGS, "", problems)
     server_values = _validate_mapping(values.get("server", {}), SERVER_SETTINGS, "server.",
                                       problems) if "server" in values else {}
+    records_values = _validate_mapping(values.get("records") or {}, RECORDS_SETTINGS,
+                                       "records.", problems)
     if server_values and not problems:
         if server_values["httpPort"] is None and server_values["httpsPort"] is None:
             problems.append("server: expected at least one of httpPort and httpsPort")
@@ -452,6 +470,7 @@ def load_host_config(path: str) -> HostConfig:
         functions.append(fn)
     return HostConfig(path=path, server=ServerConfig(**server_values),
                       stateDir=_resolve(base, values["stateDir"]),
+                      records=RecordsConfig(**records_values),
                       functions=functions, broken=broken)
 
 
@@ -472,6 +491,7 @@ def settings_markdown() -> str:
     out = []
     for title, settings in (("host-config.yaml", HOST_SETTINGS),
                             ("host-config.yaml `server:`", SERVER_SETTINGS),
+                            ("host-config.yaml `records:`", RECORDS_SETTINGS),
                             ("sora.yaml", FUNCTION_SETTINGS)):
         out += [f"## {title}", "", "| field | default | description |", "|---|---|---|"]
         for s in settings.values():

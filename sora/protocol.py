@@ -5,20 +5,26 @@ Pirate style). Payloads travel as opaque bytes: the event JSON made by the gatew
 by the runtime, and the result JSON made by the runtime is passed back untouched.
 
     gateway -> broker (DEALER -> ROUTER, the ROUTER prepends the gateway's identity)
-        [REQUEST, request_id, function, payload]
+        [REQUEST, request_id, function, payload, (meta)]
         [STATUS, request_id]
     broker -> gateway
-        [REPLY, request_id, status, body]
+        [REPLY, request_id, status, body, (log tail)]
     worker -> broker (DEALER -> ROUTER, identity b"<function>/<pid>")
         [READY, function, capacity]         announces the worker and its free slots (credits)
-        [REPLY, client, request_id, status, body]   returns one credit
+        [REPLY, client, request_id, status, body, (log tail)]   returns one credit
         [CREDIT, delta]                     grants (or, negative, takes back) credits
         [HEARTBEAT]
         [DISCONNECT]                        the worker is leaving; it has nothing in flight
     broker -> worker
-        [REQUEST, client, request_id, payload]
+        [REQUEST, client, request_id, payload, (meta)]
+
         [HEARTBEAT]
         [DISCONNECT]                        the broker is stopping
+
+`meta` says how the invocation came (`meta()`): its trigger, and whether the caller wants the
+tail of its log back (the Invoke API's `X-Amz-Log-Type: Tail`), which the worker then adds as
+a last frame of its REPLY (base64 of the last 4 KB). A plain function URL request carries no
+meta frame: that is the hot path, and one frame less per hop is measurable.
 """
 from __future__ import annotations
 
@@ -32,6 +38,18 @@ HEARTBEAT = b"\x04"
 DISCONNECT = b"\x05"
 STATUS = b"\x06"
 CREDIT = b"\x07"
+
+# Invocation meta: the trigger, then optional flags after "+".
+TRIGGER_HTTP = b"http"          # the function URL route
+TRIGGER_INVOKE = b"invoke"      # the Lambda Invoke API, RequestResponse
+TRIGGER_EVENT = b"event"        # an asynchronous invocation, run by the dispatcher
+FLAG_TAIL = b"+tail"
+LOG_TAIL_BYTES = 4096
+
+
+def meta(trigger: bytes, tail: bool = False) -> bytes:
+    return trigger + FLAG_TAIL if tail else trigger
+
 
 # Heartbeats both ways; a peer silent for LIVENESS intervals is forgotten.
 HEARTBEAT_INTERVAL = 1.0

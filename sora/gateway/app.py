@@ -14,23 +14,15 @@ import falcon.asgi
 from .. import protocol as p
 from ..config import FUNCTION_NAME_RE, HostConfig, load_host_config
 from .client import BrokerClient, BrokerTimeout
+from .errors import SoraError
 from .function_url import BadFunctionResponse, build_event, map_result
+from .records_api import InvocationListResource, InvocationResource, LogsResource, Store
 
 REQUEST_ID_HEADER = "X-Sora-Request-Id"
 # How long past the function's own timeout the gateway waits for the broker: the invocation may
 # first queue for up to the timeout, then run for up to the timeout.
 _BROKER_SLACK = 10.0
 _RETRY_AFTER = "1"
-
-
-class SoraError(Exception):
-    """An error the gateway answers itself, as JSON."""
-
-    def __init__(self, status: int, error_type: str, message: str, headers=None):
-        super().__init__(message)
-        self.status = status
-        self.error_type = error_type
-        self.headers = headers or {}
 
 
 def new_request_id() -> str:
@@ -179,6 +171,10 @@ def create_app(config: HostConfig | None = None,
     app.add_route("/functions/{name}", functions)
     app.add_route("/functions/{name}/{path:path}", functions)
     app.add_route("/healthz", HealthResource(client))
+    store = Store(config.stateDir)
+    app.add_route("/api/functions/{name}/invocations", InvocationListResource(store, config))
+    app.add_route("/api/functions/{name}/logs", LogsResource(store, config))
+    app.add_route("/api/invocations/{request_id}", InvocationResource(store))
     app.add_error_handler(Exception, handle_unexpected)
     app.add_error_handler(falcon.HTTPError, handle_http_error)
     app.add_error_handler(SoraError, handle_sora_error)

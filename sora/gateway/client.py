@@ -64,10 +64,10 @@ class BrokerClient:
         pending = self._pending
         while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             frames = sock.recv_multipart(zmq.NOBLOCK)
-            if len(frames) == 4 and frames[0] == p.REPLY:
+            if len(frames) >= 4 and frames[0] == p.REPLY:
                 fut = pending.pop(frames[1], None)
                 if fut is not None and not fut.done():
-                    fut.set_result((frames[2], frames[3]))
+                    fut.set_result(frames[2:])
 
     def _check(self) -> None:
         """Look for replies once per loop turn after sends: ZeroMQ's fd is edge-triggered, and
@@ -110,11 +110,22 @@ class BrokerClient:
             self._sweeping = False
 
     async def invoke(self, function: str, request_id: bytes, payload: bytes,
-                     timeout: float) -> tuple[bytes, bytes]:
+                     timeout: float, meta: bytes = p.TRIGGER_HTTP) -> tuple[bytes, bytes]:
         """Send one invocation; return (status, body) from protocol.py."""
-        return await self._call([p.REQUEST, request_id, function.encode(), payload],
-                                request_id, timeout)
+        frames = [p.REQUEST, request_id, function.encode(), payload]
+        if meta != p.TRIGGER_HTTP:
+            frames.append(meta)
+        status, body, *_ = await self._call(frames, request_id, timeout)
+        return status, body
+
+    async def invoke_with_log(self, function: str, request_id: bytes, payload: bytes,
+                              timeout: float, trigger: bytes) -> tuple[bytes, bytes, bytes]:
+        """Like invoke(), and also return the base64 tail of the invocation's log."""
+        status, body, *tail = await self._call(
+            [p.REQUEST, request_id, function.encode(), payload, p.meta(trigger, tail=True)],
+            request_id, timeout)
+        return status, body, (tail[0] if tail else b"")
 
     async def status(self, request_id: bytes, timeout: float = 3.0) -> bytes:
-        _, body = await self._call([p.STATUS, request_id], request_id, timeout)
+        _, body, *_ = await self._call([p.STATUS, request_id], request_id, timeout)
         return body

@@ -26,6 +26,7 @@ import psutil
 from .. import protocol as p
 from ..config import FunctionConfig, HostConfig
 from ..hotpath import quiet_gc
+from ..store.recorder import records_endpoint
 from .broker import Broker
 from .child import Launch, State, Supervised, describe_exit
 from .setup import SetupRun
@@ -58,6 +59,7 @@ class Arbiter:
         self.stop_phase = ""
         self.exit_code = 0
         self.broker: Broker | None = None
+        self.recorder = Supervised("recorder", "recorder", self.recorder_launch())
         self._last_status = b""
         self._announced = False
 
@@ -109,6 +111,14 @@ class Arbiter:
         env = dict(os.environ, SORA_CONFIG=self.config.path, SORA_LISTENER=listener)
         return Launch(argv, env, start_timeout=30.0, start_retries=GATEWAY_START_RETRIES)
 
+    def recorder_launch(self) -> Launch:
+        records = self.config.records
+        argv = [sys.executable, "-m", "sora.store.recorder", "--state-dir", self.state_dir,
+                "--max-per-function", str(records.maxPerFunction),
+                "--max-age-hours", str(records.maxAgeHours)]
+        return Launch(argv, dict(os.environ), start_timeout=30.0,
+                      start_retries=WORKER_START_RETRIES)
+
     def listeners(self) -> dict[str, int]:
         server = self.config.server
         out = {}
@@ -119,7 +129,7 @@ class Arbiter:
         return out
 
     def all_children(self) -> list[Supervised]:
-        return [*self.gateways.values(), *self.workers.values()]
+        return [*self.gateways.values(), *self.workers.values(), self.recorder]
 
     def reap_children(self, now: float) -> bool:
         exited = False
@@ -211,6 +221,9 @@ class Arbiter:
                 log.error("%s %s: not ready after %.0fs; killing it", child.kind, child.name,
                           child.launch.start_timeout)
                 child.signal(signal.SIGKILL)
+        if self.recorder.state is State.STARTING and self.recorder.pid and \
+                os.path.exists(records_endpoint(self.state_dir)[len("ipc://"):]):
+            self.recorder.mark_ready(now)
         for name, gateway in self.gateways.items():
             if gateway.state is State.STARTING and gateway.pid and \
                     self._port_open(self.listeners()[name]):
@@ -277,7 +290,8 @@ class Arbiter:
         gateways = {name: g.describe() for name, g in self.gateways.items()}
         healthy = all(f["state"] == State.RUNNING.value for f in functions.values())
         return {"status": "stopping" if self.stopping else ("ok" if healthy else "degraded"),
-                "functions": functions, "gateways": gateways}
+                "functions": functions, "gateways": gateways,
+                "recorder": self.recorder.describe()}
 
     def publish(self) -> None:
         """Tell the broker about function availability and health, when either changed."""
@@ -322,7 +336,8 @@ class Arbiter:
 
     def step_stop(self, now: float) -> bool:
         """Advance the stop; True once everything has exited."""
-        group = self.gateways.values() if self.stop_phase == "gateways" else self.workers.values()
+        group = {"gateways": self.gateways.values(), "workers": self.workers.values(),
+                 "recorder": [self.recorder]}[self.stop_phase]
         alive = [c for c in group if c.pid is not None]
         for child in alive:
             if now >= child.stop_deadline:
@@ -334,6 +349,11 @@ class Arbiter:
         if self.stop_phase == "gateways":
             self.stop_phase = "workers"
             self._stop_group(self.workers.values())
+            return False
+        if self.stop_phase == "workers":
+            # Last, so it stores what the workers sent on their way out.
+            self.stop_phase = "recorder"
+            self._stop_group([self.recorder])
             return False
         return True
 
@@ -369,8 +389,9 @@ class Arbiter:
         self.prepare()
         for broken in self.config.broken:
             log.error("function %s is broken and skipped: %s", broken.name, broken.reason)
-        self.start_functions()
         now = time.monotonic()
+        self.recorder.spawn(now)
+        self.start_functions()
         for listener in self.listeners():
             self.gateways[listener] = Supervised(listener, "gateway",
                                                  self.gateway_launch(listener))

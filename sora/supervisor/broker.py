@@ -49,7 +49,8 @@ class FunctionQueue:
     max_wait: float
     available: bool = True
     reason: str = ""
-    waiting: deque = field(default_factory=deque)  # (client, request id, payload, expires)
+    # (client, request id, [payload, meta...] as received, expires)
+    waiting: deque = field(default_factory=deque)
     workers: list[WorkerEntry] = field(default_factory=list)
 
 
@@ -112,9 +113,10 @@ class Broker(threading.Thread):
         self._wake()
 
     # --- replies to gateways --------------------------------------------------------------------
-    def _reply(self, client: bytes, request_id: bytes, status: bytes, body: bytes) -> None:
+    def _reply(self, client: bytes, request_id: bytes, status: bytes, body: bytes,
+               extra: list[bytes] = ()) -> None:
         try:
-            self.frontend.send_multipart([client, p.REPLY, request_id, status, body])
+            self.frontend.send_multipart([client, p.REPLY, request_id, status, body, *extra])
         except zmq.ZMQError:
             pass  # the gateway process is gone; nobody waits for this answer
 
@@ -129,12 +131,12 @@ class Broker(threading.Thread):
             if len(frames) < 3:
                 continue
             client, cmd, request_id = frames[0], frames[1], frames[2]
-            if cmd == p.REQUEST and len(frames) == 5:
-                self.route(client, request_id, frames[3].decode("utf-8", "replace"), frames[4])
+            if cmd == p.REQUEST and len(frames) >= 5:
+                self.route(client, request_id, frames[3].decode("utf-8", "replace"), frames[4:])
             elif cmd == p.STATUS:
                 self._reply(client, request_id, p.OK, self.status_body())
 
-    def route(self, client: bytes, request_id: bytes, name: str, payload: bytes) -> None:
+    def route(self, client: bytes, request_id: bytes, name: str, payload: list[bytes]) -> None:
         fq = self.functions.get(name)
         if fq is None:
             self._reply(client, request_id, p.NOT_FOUND, p.error_body(
@@ -163,9 +165,10 @@ class Broker(threading.Thread):
         return best
 
     def _dispatch(self, worker: WorkerEntry, client: bytes, request_id: bytes,
-                  payload: bytes) -> None:
+                  payload: list[bytes]) -> None:
         try:
-            self.backend.send_multipart([worker.identity, p.REQUEST, client, request_id, payload])
+            self.backend.send_multipart([worker.identity, p.REQUEST, client, request_id,
+                                         *payload])
         except zmq.ZMQError:
             # The worker vanished without a word: forget it and put the request back.
             fq = self.functions.get(worker.function)
@@ -198,9 +201,9 @@ class Broker(threading.Thread):
             worker = self.workers.get(identity)
             if worker is not None:
                 worker.last_seen = now
-            if cmd == p.REPLY and len(frames) == 6:
+            if cmd == p.REPLY and len(frames) >= 6:
                 client, request_id = frames[2], frames[3]
-                self._reply(client, request_id, frames[4], frames[5])
+                self._reply(client, request_id, frames[4], frames[5], frames[6:])
                 if worker is not None and worker.inflight.pop((client, request_id), 1) is None:
                     worker.credits += 1
                     fq = self.functions.get(worker.function)

@@ -63,6 +63,7 @@ class Instance:
         self._log_bufs: dict[int, bytes] = {}
         self._pending_lines: dict[int, list[bytes]] = {}
         self.invocations = 0
+        self.completed = 0   # invocations finished: the first one of an instance is cold
 
     # --- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:

@@ -7,6 +7,7 @@ the broker socket and every instance's control and log pipes; signal handlers on
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -19,6 +20,7 @@ import zmq
 from .. import protocol as p
 from ..hotpath import quiet_gc
 from ..config import ConfigError, FunctionConfig, load_function_config
+from ..store.recorder import RecordSender
 from .instance import Instance, State
 from .logs import FunctionLog
 from .runtimes import Runtime, runtime_for
@@ -48,9 +50,12 @@ class Worker:
         self.state_dir = state_dir
         self.endpoint = endpoint
         self.runtime = runtime
-        self.log = FunctionLog(state_dir, fn.name)
-        self.identity = p.worker_identity(fn.name, os.getpid())
         self.ctx = zmq.Context.instance()
+        self.records = RecordSender(state_dir, self.ctx)
+        self.log = FunctionLog(state_dir, fn.name, self.records)
+        self.meta: dict[bytes, bytes] = {}  # request id -> how it came, unless plain http
+        self.fn_name = fn.name.encode()
+        self.identity = p.worker_identity(fn.name, os.getpid())
         self.poller = zmq.Poller()
         self.sock: zmq.Socket | None = None
         self.instances: list[Instance] = []
@@ -111,7 +116,7 @@ class Worker:
         self.requeue(inst)
         self.retire_instance(inst, kill)  # reaps it, so its exit status is known below
         if current is not None:
-            self.reply(current[0], current[1], p.RUNTIME_EXITED, p.error_body(
+            self.finish(inst, current, p.RUNTIME_EXITED, p.error_body(
                 "Sora.RuntimeExited",
                 f"Runtime exited with {inst.exit_description()} while handling request "
                 f"{current[1].decode()}"))
@@ -150,8 +155,28 @@ class Worker:
         self.sock.send_multipart(frames, copy=False)
         self.last_sent = time.monotonic()
 
-    def reply(self, client: bytes, request_id: bytes, status: bytes, body: bytes) -> None:
-        self.send([p.REPLY, client, request_id, status, body])
+    def finish(self, inst: Instance | None, current: tuple, status: bytes,
+               body: bytes) -> None:
+        """Answer an invocation and record it (the record is a formatted line, sent to the
+        recorder with the others of this loop turn)."""
+        client, request_id, _, started = current
+        meta = self.meta.pop(request_id, None) if self.meta else None
+        if meta is not None and meta.endswith(p.FLAG_TAIL):
+            if inst is not None:
+                inst.drain_logs()  # its lines come before its result: read them first
+            self.send([p.REPLY, client, request_id, status, body,
+                       self.log.tail(request_id.decode())])
+        else:
+            self.send([p.REPLY, client, request_id, status, body])
+        now = time.monotonic()
+        took = now - started
+        self.records.record(
+            request_id, self.fn_name, meta.partition(b"+")[0] if meta else p.TRIGGER_HTTP,
+            time.time() - took, took * 1000, RECORD_STATUS.get(status, b"error"),
+            None if status == p.OK else ERROR_TYPES.get(status) or _error_type(body),
+            inst is None or inst.completed == 0)
+        if inst is not None:
+            inst.completed += 1
 
     def handle_broker(self) -> None:
         sock = self.sock
@@ -165,6 +190,10 @@ class Worker:
             cmd = frames[0]
             if cmd == p.REQUEST:
                 self.pending.append((frames[1], frames[2], frames[3]))
+                if len(frames) > 4 and frames[4] != p.TRIGGER_HTTP:
+                    self.meta[frames[2]] = frames[4]
+                    if frames[4].endswith(p.FLAG_TAIL):
+                        self.log.want_tail(frames[2].decode())
             elif cmd == p.DISCONNECT:
                 self.begin_stop()
         self.dispatch()
@@ -227,8 +256,7 @@ class Worker:
             current = inst.current
             if current is None:
                 return  # an answer after a kill, or an uncaught error between invocations
-            self.reply(current[0], current[1], p.OK if kind == b"R " else p.FUNCTION_ERROR,
-                       line[2:])
+            self.finish(inst, current, p.OK if kind == b"R " else p.FUNCTION_ERROR, line[2:])
             self.track_duration(time.monotonic() - current[3])
             if kind == b"X ":
                 # The child is exiting: what it had not started goes to other instances, and
@@ -257,14 +285,13 @@ class Worker:
                 continue
             left = inst.current[2] - now
             if left <= 0:
-                client, request_id = inst.current[0], inst.current[1]
-                inst.current = None
+                current, inst.current = inst.current, None
                 self.requeue(inst)
                 inst.drain_logs()
-                self.reply(client, request_id, p.TIMEOUT, p.error_body(
+                self.finish(inst, current, p.TIMEOUT, p.error_body(
                     "Sora.Timeout", p.timeout_message(self.fn.timeout)))
                 log.warning("%s: request %s timed out after %.2fs; replacing instance %d",
-                            self.fn.name, request_id.decode(), self.fn.timeout, inst.pid)
+                            self.fn.name, current[1].decode(), self.fn.timeout, inst.pid)
                 self.replace_instance(inst, kill=True)
             else:
                 nearest = min(nearest, left)
@@ -317,6 +344,7 @@ class Worker:
         if self.idle and self.pending:
             self.dispatch()
         self.log.flush()
+        self.records.flush()
 
     def run(self) -> int:
         self.install_signals()
@@ -372,16 +400,31 @@ class Worker:
     def fail_pending(self, body: bytes) -> None:
         while self.pending and self.sock is not None:
             client, request_id, _ = self.pending.popleft()
-            self.reply(client, request_id, p.INIT_ERROR, body)
+            self.finish(None, (client, request_id, 0.0, time.monotonic()), p.INIT_ERROR, body)
 
     def shutdown(self) -> None:
         for inst in list(self.instances):
             self.retire_instance(inst, kill=True)
         self.log.flush()
         self.log.close()
+        self.records.close()
         if self.sock is not None:
             self.sock.close(linger=1000)
         self.ctx.term()
+
+
+# How each reply status is recorded.
+RECORD_STATUS = {p.OK: b"ok", p.FUNCTION_ERROR: b"error", p.INIT_ERROR: b"error",
+                 p.TIMEOUT: b"timeout", p.RUNTIME_EXITED: b"crashed"}
+ERROR_TYPES = {p.TIMEOUT: "Sora.Timeout", p.RUNTIME_EXITED: "Sora.RuntimeExited"}
+
+
+def _error_type(body: bytes) -> str:
+    try:
+        value = json.loads(body)
+        return str(value.get("errorType") or "Error") if isinstance(value, dict) else "Error"
+    except ValueError:
+        return "Error"
 
 
 class BootError(Exception):

@@ -284,3 +284,20 @@ curl -sS -o /dev/null "http://${AWS_LAMBDA_RUNTIME_API}/2018-06-01/runtime/init/
   -d '{"errorMessage": "DATABASE_URL is not set", "errorType": "Runtime.ConfigMissing"}'
 sleep 30
 """
+
+# Prints lines naming its own request id, on both streams, several times with pauses between,
+# so that lines of concurrent invocations interleave in time.
+TAGGED_PRINTER = """
+exports.handler = async (event, context) => {
+  const q = event.queryStringParameters || {};
+  for (let i = 0; i < 3; i++) {
+    console.log(`out ${i} of ${context.awsRequestId}`);
+    console.error(`err ${i} of ${context.awsRequestId}`);
+    await new Promise((r) => setTimeout(r, Number(q.ms || 5)));
+  }
+  if (q.fail) throw new TypeError('asked to fail');
+  if (q.forever) return new Promise(() => {});
+  if (q.exit) process.exit(2);
+  return { id: context.awsRequestId };
+};
+"""

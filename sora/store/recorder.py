@@ -1,0 +1,178 @@
+"""The recorder: the one process that writes invocation records and log lines to the store.
+
+Workers PUSH a message per loop turn to `<stateDir>/run/records.sock` (`RecordSender`); the
+recorder PULLs them, commits what gathered every FLUSH_INTERVAL in one transaction, and prunes
+the store to its retention every PRUNE_INTERVAL. Keeping SQLite out of the workers keeps it off
+the invocation path (no write, no lock, no GIL held by a writer thread beside the worker loop).
+
+Wire format: lines joined by "\\n", fields by "\\t" (a log line's text is the last field, so it
+may hold tabs; it never holds a newline):
+    R <request id> <function> <version> <trigger> <start> <duration ms> <status> <error type|-> <cold 0/1>
+    L <function> <request id> <time> <stream> <text>
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sqlite3
+import sys
+import time
+
+import zmq
+
+from .. import protocol as p
+from ..hotpath import quiet_gc
+from .db import connect
+from .records import commit, prune
+
+log = logging.getLogger("sora.recorder")
+FLUSH_INTERVAL = 0.1
+PRUNE_INTERVAL = 60.0
+SEND_HWM = 100_000
+
+
+def records_endpoint(state_dir: str) -> str:
+    return "ipc://" + os.path.join(p.run_dir(state_dir), "records.sock")
+
+
+def _text(value: str) -> bytes:
+    return value.replace("\t", " ").replace("\n", " ").encode("utf-8", "replace")
+
+
+class RecordSender:
+    """The worker's side: gathers records and log lines, sends them once per loop turn."""
+
+    def __init__(self, state_dir: str, ctx: zmq.Context):
+        self.sock = ctx.socket(zmq.PUSH)
+        self.sock.setsockopt(zmq.SNDHWM, SEND_HWM)
+        self.sock.setsockopt(zmq.LINGER, 2000)
+        self.sock.connect(records_endpoint(state_dir))
+        self.batch: list[bytes] = []
+        self.dropped = 0
+
+    def record(self, request_id: bytes, function: bytes, trigger: bytes, start: float,
+               duration_ms: float, status: bytes, error_type: str | None, cold: bool,
+               version: bytes = b"$LATEST") -> None:
+        """One finished invocation (bytes where the worker has bytes: this is per request)."""
+        self.batch.append(b"R\t%s\t%s\t%s\t%s\t%.6f\t%.3f\t%s\t%s\t%d" % (
+            request_id, function, version, trigger, start, duration_ms, status,
+            _text(error_type) if error_type else b"-", cold))
+
+    def lines(self, function: str, request_id: str, stream: str, lines: list[bytes]) -> None:
+        head = b"L\t%s\t%s\t%.6f\t%s\t" % (function.encode(), request_id.encode(), time.time(),
+                                           stream.encode())
+        self.batch.extend(head + line for line in lines)
+
+    def flush(self) -> None:
+        if not self.batch:
+            return
+        try:
+            self.sock.send(b"\n".join(self.batch), zmq.NOBLOCK)
+        except zmq.Again:
+            # The recorder is far behind or gone: records are an account of what ran, not the
+            # work itself, so they are dropped rather than allowed to block invocations.
+            self.dropped += len(self.batch)
+            if self.dropped == len(self.batch) or self.dropped % 10_000 < len(self.batch):
+                log.warning("recorder not keeping up: %d record line(s) dropped", self.dropped)
+        self.batch = []
+
+    def close(self) -> None:
+        self.flush()
+        self.sock.close()
+
+
+def parse(message: bytes, records: list[tuple], lines: list[tuple]) -> None:
+    for item in message.split(b"\n"):
+        kind = item[:2]
+        try:
+            if kind == b"R\t":
+                f = item.decode("utf-8", "replace").split("\t")
+                records.append((f[1], f[2], f[3], f[4], float(f[5]), float(f[6]), f[7],
+                                None if f[8] == "-" else f[8], int(f[9])))
+            elif kind == b"L\t":
+                _, fn, rid, at, stream, text = item.split(b"\t", 5)
+                lines.append((fn.decode(), rid.decode(), float(at), stream.decode(),
+                              text.decode("utf-8", "replace")))
+        except (IndexError, ValueError):
+            log.warning("ignored a malformed record line: %r", item[:200])
+
+
+class Recorder:
+    def __init__(self, state_dir: str, max_per_function: int, max_age_hours: float):
+        self.state_dir = state_dir
+        self.max_per_function = max_per_function
+        self.max_age_seconds = max_age_hours * 3600
+        self.signals: list[int] = []
+
+    def _on_signal(self, signum, _frame) -> None:
+        self.signals.append(signum)  # only queue: the loop acts on it
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        conn = connect(self.state_dir)
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.PULL)
+        sock.setsockopt(zmq.RCVHWM, SEND_HWM)
+        sock.bind(records_endpoint(self.state_dir))
+        quiet_gc()
+        next_prune = time.monotonic()
+        log.info("recorder %d ready", os.getpid())
+        try:
+            while not self.signals:
+                now = time.monotonic()
+                if now >= next_prune:
+                    self.prune(conn)
+                    next_prune = now + PRUNE_INTERVAL
+                # A batching window, not a poll: committing on every message would make a
+                # transaction per worker loop turn. A stop signal is seen within it.
+                time.sleep(FLUSH_INTERVAL)
+                self.drain(sock, conn)
+            # Stopping: what the workers sent before they stopped is still committed.
+            self.drain(sock, conn)
+        finally:
+            sock.close(linger=0)
+            ctx.term()
+            conn.close()
+        return 0
+
+    def drain(self, sock: zmq.Socket, conn: sqlite3.Connection) -> None:
+        records: list[tuple] = []
+        lines: list[tuple] = []
+        while True:
+            try:
+                parse(sock.recv(zmq.NOBLOCK), records, lines)
+            except zmq.Again:
+                break
+        try:
+            commit(conn, records, lines)
+        except sqlite3.Error as exc:
+            log.error("could not store %d record(s) and %d log line(s): %s", len(records),
+                      len(lines), exc)
+
+    def prune(self, conn: sqlite3.Connection) -> None:
+        try:
+            removed = prune(conn, self.max_per_function, self.max_age_seconds)
+        except sqlite3.Error as exc:
+            log.error("could not prune invocation records: %s", exc)
+            return
+        if removed:
+            log.info("pruned %d invocation record(s)", removed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sora.store.recorder")
+    parser.add_argument("--state-dir", required=True)
+    parser.add_argument("--max-per-function", type=int, default=10_000)
+    parser.add_argument("--max-age-hours", type=float, default=168.0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s [recorder %(process)d] %(levelname)s %(message)s")
+    return Recorder(os.path.abspath(args.state_dir), args.max_per_function,
+                    args.max_age_hours).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

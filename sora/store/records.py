@@ -1,0 +1,133 @@
+"""Invocation records: what the store holds, how it is pruned and read back.
+
+Workers do not write SQLite themselves: they send records and log lines to the recorder
+process (`sora.store.recorder`) in one message per loop turn, so the invocation path pays for a
+tuple and a formatted line, never for a database write or a lock.
+"""
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from dataclasses import dataclass
+
+log = logging.getLogger("sora.store")
+STATUSES = ("ok", "error", "timeout", "crashed")
+
+
+@dataclass(frozen=True)
+class Record:
+    request_id: str
+    function: str
+    version: str
+    trigger: str
+    start: float
+    duration_ms: float
+    status: str
+    error_type: str | None
+    cold: bool
+
+    def row(self) -> tuple:
+        return (self.request_id, self.function, self.version, self.trigger, self.start,
+                self.duration_ms, self.status, self.error_type, int(self.cold))
+
+
+# (function, request id, epoch time, stream, line)
+LogLine = tuple
+
+
+def commit(conn: sqlite3.Connection, records: list[tuple], lines: list[LogLine]) -> None:
+    """Write a batch of record rows (`Record.row()`) and log lines in one transaction."""
+    if not records and not lines:
+        return
+    with conn:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany("INSERT INTO log_lines (function, request_id, time, stream, line) "
+                         "VALUES (?, ?, ?, ?, ?)", lines)
+        conn.executemany("INSERT OR REPLACE INTO invocations (request_id, function, version, "
+                         "trigger, start, duration_ms, status, error_type, cold) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", records)
+
+
+def prune(conn: sqlite3.Connection, max_per_function: int, max_age_seconds: float) -> int:
+    """Keep at most `max_per_function` records per function and none older than the age;
+    log lines go with their records, and any line older than the age goes too (lines printed
+    outside an invocation). Returns how many records were removed."""
+    cutoff = time.time() - max_age_seconds
+    doomed = [("start < ?", (cutoff,))]
+    with conn:
+        conn.execute("BEGIN IMMEDIATE")
+        for (function,) in conn.execute("SELECT DISTINCT function FROM invocations").fetchall():
+            row = conn.execute("SELECT id FROM invocations WHERE function = ? ORDER BY id DESC "
+                               "LIMIT 1 OFFSET ?", (function, max_per_function)).fetchone()
+            if row is not None:
+                doomed.append(("function = ? AND id <= ?", (function, row[0])))
+        removed = 0
+        for where, args in doomed:
+            conn.execute("DELETE FROM log_lines WHERE request_id IN "
+                         f"(SELECT request_id FROM invocations WHERE {where})", args)
+            removed += conn.execute(f"DELETE FROM invocations WHERE {where}", args).rowcount
+        conn.execute("DELETE FROM log_lines WHERE time < ?", (cutoff,))
+    return removed
+
+
+def _invocation(row: sqlite3.Row) -> dict:
+    return {"requestId": row["request_id"], "function": row["function"],
+            "version": row["version"], "trigger": row["trigger"], "start": row["start"],
+            "durationMs": round(row["duration_ms"], 3), "status": row["status"],
+            "errorType": row["error_type"], "cold": bool(row["cold"])}
+
+
+def list_invocations(conn: sqlite3.Connection, function: str, status: str | None = None,
+                     since: float | None = None, limit: int = 50,
+                     cursor: int | None = None) -> tuple[list[dict], int | None]:
+    """Newest first; returns the page and the cursor of the next page (None at the end)."""
+    sql = "SELECT * FROM invocations WHERE function = ?"
+    args: list = [function]
+    if status is not None:
+        sql += " AND status = ?"
+        args.append(status)
+    if since is not None:
+        sql += " AND start >= ?"
+        args.append(since)
+    if cursor is not None:
+        sql += " AND id < ?"
+        args.append(cursor)
+    sql += " ORDER BY id DESC LIMIT ?"
+    rows = conn.execute(sql, (*args, limit + 1)).fetchall()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return [_invocation(r) for r in rows], (rows[-1]["id"] if more else None)
+
+
+def get_invocation(conn: sqlite3.Connection, request_id: str) -> dict | None:
+    row = conn.execute("SELECT * FROM invocations WHERE request_id = ?",
+                       (request_id,)).fetchone()
+    if row is None:
+        return None
+    result = _invocation(row)
+    result["logs"] = [_line(r) for r in conn.execute(
+        "SELECT * FROM log_lines WHERE request_id = ? ORDER BY id", (request_id,))]
+    return result
+
+
+def _line(row: sqlite3.Row) -> dict:
+    return {"id": row["id"], "time": row["time"], "requestId": row["request_id"],
+            "stream": row["stream"], "line": row["line"]}
+
+
+def log_lines(conn: sqlite3.Connection, function: str, after: int = 0,
+              request_id: str | None = None, limit: int = 1000) -> list[dict]:
+    """A function's log lines with ids above `after`, oldest first (the follow cursor)."""
+    sql = "SELECT * FROM log_lines WHERE function = ? AND id > ?"
+    args: list = [function, after]
+    if request_id is not None:
+        sql += " AND request_id = ?"
+        args.append(request_id)
+    return [_line(r) for r in conn.execute(sql + " ORDER BY id LIMIT ?", (*args, limit))]
+
+
+def last_log_id(conn: sqlite3.Connection, function: str) -> int:
+    row = conn.execute("SELECT MAX(id) FROM log_lines WHERE function = ?",
+                       (function,)).fetchone()
+    return row[0] or 0
