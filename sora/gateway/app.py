@@ -15,37 +15,24 @@ from .. import protocol as p
 from ..config import FUNCTION_NAME_RE, HostConfig, load_host_config
 from .client import BrokerClient, BrokerTimeout
 from .errors import SoraError
+from .requests import REQUEST_ID_HEADER, read_body, request_id_of
 from .function_url import BadFunctionResponse, build_event, map_result
+from .invoke_api import InvokeApiError, InvokeResource, handle_invoke_api_error
 from .records_api import InvocationListResource, InvocationResource, LogsResource, Store
 
-REQUEST_ID_HEADER = "X-Sora-Request-Id"
 # How long past the function's own timeout the gateway waits for the broker: the invocation may
 # first queue for up to the timeout, then run for up to the timeout.
 _BROKER_SLACK = 10.0
 _RETRY_AFTER = "1"
 
 
-def new_request_id() -> str:
-    """A random (version 4) UUID, formatted without the cost of uuid.UUID()."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40
-    raw[8] = (raw[8] & 0x3F) | 0x80
-    h = raw.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
-def _request_id(req: falcon.asgi.Request) -> str:
-    rid = req.context.get("request_id")
-    if rid is None:
-        rid = req.context.request_id = new_request_id()
-    return rid
 
 
 def _send_error(req, resp, status: int, body: bytes, headers=None) -> None:
     resp.status = status
     resp.content_type = "application/json"
     resp.data = body
-    resp.set_header(REQUEST_ID_HEADER, _request_id(req))
+    resp.set_header(REQUEST_ID_HEADER, request_id_of(req))
     for name, value in (headers or {}).items():
         resp.set_header(name, value)
 
@@ -76,32 +63,12 @@ class FunctionUrlResource:
         self.max_body = config.server.maxBodyBytes
         self.waits = {fn.name: fn.timeout * 2 + _BROKER_SLACK for fn in config.functions}
 
-    async def _read_body(self, req: falcon.asgi.Request) -> bytes:
-        length = req.content_length
-        if length is None and not any(name == b"transfer-encoding"
-                                      for name, _ in req.scope["headers"]):
-            return b""  # HTTP/1.1: no Content-Length and no Transfer-Encoding means no body
-        if length is not None and length > self.max_body:
-            raise SoraError(413, "Sora.RequestTooLarge",
-                            f"The request body is {length} bytes; the limit is {self.max_body}")
-        if length == 0:
-            return b""
-        chunks = []
-        size = 0
-        async for chunk in req.stream:
-            size += len(chunk)
-            if size > self.max_body:
-                raise SoraError(413, "Sora.RequestTooLarge",
-                                f"The request body exceeds the limit of {self.max_body} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
-
     async def handle(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, name: str,
                      path: str = "") -> None:
         if not FUNCTION_NAME_RE.match(name):
             raise SoraError(404, "ResourceNotFoundException", f"Function not found: {name}")
-        request_id = _request_id(req)
-        body = await self._read_body(req)
+        request_id = request_id_of(req)
+        body = await read_body(req, self.max_body)
         scope = req.scope
         client = scope.get("client")
         event = build_event(
@@ -146,7 +113,7 @@ class HealthResource:
         self.client = client
 
     async def on_get(self, req, resp) -> None:
-        request_id = _request_id(req)
+        request_id = request_id_of(req)
         try:
             body = await self.client.status(request_id.encode())
         except BrokerTimeout:
@@ -171,6 +138,7 @@ def create_app(config: HostConfig | None = None,
     app.add_route("/functions/{name}", functions)
     app.add_route("/functions/{name}/{path:path}", functions)
     app.add_route("/healthz", HealthResource(client))
+    app.add_route("/2015-03-31/functions/{name}/invocations", InvokeResource(client, config))
     store = Store(config.stateDir)
     app.add_route("/api/functions/{name}/invocations", InvocationListResource(store, config))
     app.add_route("/api/functions/{name}/logs", LogsResource(store, config))
@@ -178,5 +146,6 @@ def create_app(config: HostConfig | None = None,
     app.add_error_handler(Exception, handle_unexpected)
     app.add_error_handler(falcon.HTTPError, handle_http_error)
     app.add_error_handler(SoraError, handle_sora_error)
+    app.add_error_handler(InvokeApiError, handle_invoke_api_error)
     return app
 

@@ -6,7 +6,7 @@ import time
 import zmq
 
 from sora import protocol as p
-from sora.gateway.app import new_request_id
+from sora.gateway.requests import new_request_id
 from sora.gateway.client import BrokerClient, BrokerTimeout
 
 

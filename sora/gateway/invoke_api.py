@@ -1,0 +1,142 @@
+"""The AWS Lambda Invoke API: `POST /2015-03-31/functions/{name}/invocations`.
+
+Point an AWS SDK or the AWS CLI at Sora (`endpoint_url`) and `invoke` works: the body is the
+event and the response body is the function's result, as on Lambda.
+
+- `X-Amz-Invocation-Type`: `RequestResponse` (default, 200) or `DryRun` (204 once the function
+  is known to exist). `Event` (asynchronous) is refused with a clear error until the durable
+  queue exists.
+- Function errors, timeouts and crashes are 200 with `X-Amz-Function-Error: Unhandled` and the
+  error JSON as the body, as Lambda answers them.
+- `X-Amz-Log-Type: Tail` returns the last 4 KB of the invocation's log, base64, in
+  `X-Amz-Log-Result`.
+- `name`, `name:qualifier`, a function ARN, and `?Qualifier=` are accepted; the only version is
+  `$LATEST`, any other qualifier is 404.
+- Errors of the API itself follow Lambda's: the type in the `x-amzn-ErrorType` header and the
+  body `{"Type": "User", "message": ...}` (with Sora's `errorType`/`errorMessage` beside them).
+"""
+from __future__ import annotations
+
+import json
+import re
+
+import falcon
+
+from .. import protocol as p
+from ..config import FUNCTION_NAME_RE, HostConfig
+from .client import BrokerClient, BrokerTimeout
+from .requests import REQUEST_ID_HEADER, read_body, request_id_of
+
+VERSION = "$LATEST"
+ARN_RE = re.compile(r"^arn:aws[a-z-]*:lambda:[^:]*:[^:]*:function:(?P<rest>.+)$")
+_BROKER_SLACK = 10.0
+
+
+class InvokeApiError(Exception):
+    """An error of the Invoke API itself, in Lambda's error format."""
+
+    def __init__(self, status: int, error_type: str, message: str, headers=None):
+        super().__init__(message)
+        self.status = status
+        self.error_type = error_type
+        self.headers = headers or {}
+
+
+async def handle_invoke_api_error(req, resp, ex: InvokeApiError, params) -> None:
+    resp.status = ex.status
+    resp.content_type = "application/json"
+    resp.set_header("x-amzn-ErrorType", ex.error_type)
+    resp.set_header("x-amzn-RequestId", request_id_of(req))
+    resp.set_header(REQUEST_ID_HEADER, request_id_of(req))
+    for name, value in ex.headers.items():
+        resp.set_header(name, value)
+    resp.data = json.dumps({"Type": "User", "message": str(ex), "errorType": ex.error_type,
+                            "errorMessage": str(ex)}).encode()
+
+
+def parse_function_name(raw: str, qualifier: str | None) -> str:
+    """The function's name from `name`, `name:qualifier` or an ARN; only $LATEST exists."""
+    match = ARN_RE.match(raw)
+    rest = match.group("rest") if match else raw
+    name, _, inline = rest.partition(":")
+    for given in (inline, qualifier):
+        if given and given != VERSION:
+            raise InvokeApiError(404, "ResourceNotFoundException", (
+                f"Function not found: {name}:{given} (Sora has no published versions or "
+                f"aliases yet; only {VERSION} exists)"))
+    if not FUNCTION_NAME_RE.match(name):
+        raise InvokeApiError(404, "ResourceNotFoundException", f"Function not found: {raw}")
+    return name
+
+
+class InvokeResource:
+    def __init__(self, client: BrokerClient, config: HostConfig):
+        self.client = client
+        self.config = config
+        self.max_body = config.server.maxBodyBytes
+        self.waits = {fn.name: fn.timeout * 2 + _BROKER_SLACK for fn in config.functions}
+
+    async def on_post(self, req, resp, name: str) -> None:
+        request_id = request_id_of(req)
+        fn_name = parse_function_name(name, req.get_param("Qualifier"))
+        kind = req.get_header("X-Amz-Invocation-Type") or "RequestResponse"
+        if kind not in ("RequestResponse", "Event", "DryRun"):
+            raise InvokeApiError(400, "InvalidParameterValueException", (
+                f"X-Amz-Invocation-Type: expected RequestResponse, Event or DryRun, "
+                f"got {kind!r}"))
+        if self.config.function(fn_name) is None:
+            broken = next((b for b in self.config.broken if b.name == fn_name), None)
+            if broken is None:
+                raise InvokeApiError(404, "ResourceNotFoundException",
+                                     f"Function not found: {fn_name}")
+        if kind == "Event":
+            raise InvokeApiError(400, "InvalidParameterValueException", (
+                "InvocationType Event (asynchronous invocation) is not available yet on this "
+                "host"))
+        payload = await read_body(req, self.max_body) or b"{}"
+        try:
+            json.loads(payload)
+        except ValueError as exc:
+            raise InvokeApiError(400, "InvalidRequestContentException", (
+                f"Could not parse request body into json: {exc}")) from None
+        resp.set_header(REQUEST_ID_HEADER, request_id)
+        resp.set_header("x-amzn-RequestId", request_id)
+        if kind == "DryRun":
+            resp.status = falcon.HTTP_204
+            return
+        tail = (req.get_header("X-Amz-Log-Type") or "None") == "Tail"
+        wait = self.waits.get(fn_name, _BROKER_SLACK)
+        try:
+            if tail:
+                status, body, log_tail = await self.client.invoke_with_log(
+                    fn_name, request_id.encode(), payload, wait, p.TRIGGER_INVOKE)
+                resp.set_header("X-Amz-Log-Result", log_tail.decode("ascii"))
+            else:
+                status, body = await self.client.invoke(fn_name, request_id.encode(), payload,
+                                                        wait, p.TRIGGER_INVOKE)
+        except BrokerTimeout:
+            raise InvokeApiError(504, "ServiceException",
+                                 "No answer from the broker in time") from None
+        if status == p.NOT_FOUND:
+            raise InvokeApiError(404, "ResourceNotFoundException",
+                                 f"Function not found: {fn_name}")
+        if status == p.NO_CAPACITY:
+            raise InvokeApiError(429, "TooManyRequestsException", _message(body),
+                                 {"Retry-After": "1"})
+        if status == p.UNAVAILABLE:
+            raise InvokeApiError(502, "ResourceNotReadyException", _message(body))
+        if status == p.BAD_REQUEST:
+            raise InvokeApiError(400, "InvalidRequestContentException", _message(body))
+        resp.set_header("X-Amz-Executed-Version", VERSION)
+        if status != p.OK:
+            # The function ran and failed (error, timeout, crash): 200, as Lambda answers.
+            resp.set_header("X-Amz-Function-Error", "Unhandled")
+        resp.content_type = "application/json"
+        resp.data = body
+
+
+def _message(body: bytes) -> str:
+    try:
+        return json.loads(body).get("errorMessage", "")
+    except (ValueError, AttributeError):
+        return body.decode("utf-8", "replace")

@@ -1,0 +1,114 @@
+"""The AWS Lambda Invoke API, driven by the real boto3 client pointed at Sora."""
+from __future__ import annotations
+
+import base64
+import json
+
+import boto3
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from tests.integration import functions as F
+from tests.support import SoraHost, wait_for, write_function
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory):
+    base = tmp_path_factory.mktemp("invoke-api")
+    fns = base / "fns"
+    dirs = [
+        write_function(fns, "echo", {"index.js": F.ECHO}, name="echo"),
+        write_function(fns, "errors", {"index.js": F.ERRORS}, name="errors"),
+        write_function(fns, "py-logs", {"app.py": F.PY_LOGS}, name="py-logs",
+                       language="python", entrypoint="app.py"),
+        write_function(fns, "slow", {"index.js": F.SLOW}, name="slow", timeout=1),
+    ]
+    h = SoraHost(base, dirs, https=False)
+    h.start()
+    yield h
+    assert h.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def lam(host):
+    return boto3.client("lambda", endpoint_url=host.url, region_name="us-east-1",
+                        aws_access_key_id="sora", aws_secret_access_key="sora",
+                        config=Config(retries={"max_attempts": 0}, read_timeout=30))
+
+
+def payload(result) -> dict:
+    return json.loads(result["Payload"].read())
+
+
+def test_request_response_returns_the_result(lam):
+    result = lam.invoke(FunctionName="echo", Payload=json.dumps({"hello": "sora"}))
+    assert result["StatusCode"] == 200 and result["ExecutedVersion"] == "$LATEST"
+    assert "FunctionError" not in result
+    body = payload(result)
+    assert body["event"] == {"hello": "sora"}  # the body is the event, as on Lambda
+    assert body["context"]["awsRequestId"] == \
+        result["ResponseMetadata"]["HTTPHeaders"]["x-amzn-requestid"]
+
+
+def test_function_error_is_200_with_function_error_header(lam):
+    result = lam.invoke(FunctionName="errors", Payload=b"{}")
+    assert result["StatusCode"] == 200 and result["FunctionError"] == "Unhandled"
+    body = payload(result)
+    assert body["errorType"] == "ValidationError"
+    assert body["errorMessage"] == "name is required"
+
+
+def test_timeout_is_reported_as_a_function_error(lam):
+    result = lam.invoke(FunctionName="slow",
+                        Payload=json.dumps({"queryStringParameters": {"forever": "1"}}))
+    assert result["FunctionError"] == "Unhandled"
+    assert payload(result)["errorMessage"] == "Task timed out after 1.00 seconds"
+
+
+def test_log_tail_holds_the_invocations_own_lines(lam):
+    result = lam.invoke(FunctionName="py-logs", LogType="Tail", Payload=b"{}")
+    assert payload(result)["ok"] is True
+    request_id = result["ResponseMetadata"]["HTTPHeaders"]["x-amzn-requestid"]
+    tail = base64.b64decode(result["LogResult"]).decode()
+    assert f"printed for {request_id}" in tail
+    assert f"to stderr for {request_id}" in tail
+
+
+def test_dry_run_is_204(lam):
+    assert lam.invoke(FunctionName="echo", InvocationType="DryRun")["StatusCode"] == 204
+
+
+def test_unknown_function_is_resource_not_found(lam):
+    with pytest.raises(lam.exceptions.ResourceNotFoundException) as exc:
+        lam.invoke(FunctionName="nope", Payload=b"{}")
+    assert "Function not found: nope" in str(exc.value)
+
+
+def test_qualifiers_and_arns(lam):
+    assert payload(lam.invoke(FunctionName="echo:$LATEST", Payload=b"{}"))["event"] == {}
+    arn = "arn:aws:lambda:us-east-1:000000000000:function:echo"
+    assert payload(lam.invoke(FunctionName=arn, Qualifier="$LATEST", Payload=b"{}"))
+    with pytest.raises(lam.exceptions.ResourceNotFoundException) as exc:
+        lam.invoke(FunctionName="echo", Qualifier="7", Payload=b"{}")
+    assert "only $LATEST exists" in str(exc.value)
+
+
+def test_bad_payload_and_unsupported_type_are_clear(lam):
+    with pytest.raises(ClientError) as exc:
+        lam.invoke(FunctionName="echo", Payload=b"{not json")
+    assert exc.value.response["Error"]["Code"] == "InvalidRequestContentException"
+    with pytest.raises(ClientError) as exc:
+        lam.invoke(FunctionName="echo", InvocationType="Event", Payload=b"{}")
+    assert exc.value.response["Error"]["Code"] == "InvalidParameterValueException"
+
+
+def test_invocations_through_the_api_are_recorded_as_invoke(host, lam):
+    result = lam.invoke(FunctionName="echo", Payload=b"{}")
+    request_id = result["ResponseMetadata"]["HTTPHeaders"]["x-amzn-requestid"]
+    rec = wait_for(lambda: (r := host.session.get(f"{host.url}/api/invocations/{request_id}",
+                                                  timeout=5)).status_code == 200 and r.json(),
+                   what="the record")
+    assert rec["trigger"] == "invoke" and rec["status"] == "ok"
