@@ -25,6 +25,7 @@ import falcon
 from .. import protocol as p
 from ..config import FUNCTION_NAME_RE, HostConfig
 from .client import BrokerClient, BrokerTimeout
+from .errors import SoraError
 from .requests import REQUEST_ID_HEADER, read_body, request_id_of
 
 VERSION = "$LATEST"
@@ -32,14 +33,8 @@ ARN_RE = re.compile(r"^arn:aws[a-z-]*:lambda:[^:]*:[^:]*:function:(?P<rest>.+)$"
 _BROKER_SLACK = 10.0
 
 
-class InvokeApiError(Exception):
-    """An error of the Invoke API itself, in Lambda's error format."""
-
-    def __init__(self, status: int, error_type: str, message: str, headers=None):
-        super().__init__(message)
-        self.status = status
-        self.error_type = error_type
-        self.headers = headers or {}
+class InvokeApiError(SoraError):
+    """An error of the Invoke API itself, answered in Lambda's error format."""
 
 
 async def handle_invoke_api_error(req, resp, ex: InvokeApiError, params) -> None:
