@@ -131,9 +131,11 @@ def test_setup_timeout_kills_the_command(tmp_path):
         state = wait_for(lambda: (s := host.function_state("stuck"))["state"] == "FATAL" and s,
                          what="setup timeout")
         assert "timed out after 1s" in state["reason"]
-        assert not [p for p in psutil.process_iter(["cmdline"])
-                    if p.info["cmdline"] and p.info["cmdline"][:2] in (["sleep", "120"],
-                                                                       ["sleep", "121"])]
+        # SIGKILL to the group is delivered asynchronously: poll briefly for it to take.
+        wait_for(lambda: not [p for p in psutil.process_iter(["cmdline", "status"])
+                              if p.info["cmdline"] and p.info["status"] != psutil.STATUS_ZOMBIE
+                              and p.info["cmdline"][:2] in (["sleep", "120"], ["sleep", "121"])],
+                 timeout=5, what="the setup commands to be killed")
     finally:
         assert host.stop() == 0
 
