@@ -360,6 +360,10 @@ class HostConfig:
     def function(self, name: str) -> FunctionConfig | None:
         return next((f for f in self.functions if f.name == name), None)
 
+    def knows(self, name: str) -> bool:
+        """A function of this host, serving or broken."""
+        return self.function(name) is not None or any(b.name == name for b in self.broken)
+
 
 def load_function_config(directory: str) -> FunctionConfig:
     """Load and validate one function folder's sora.yaml; raise ConfigError if broken."""

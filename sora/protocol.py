@@ -42,7 +42,6 @@ CREDIT = b"\x07"
 # Invocation meta: the trigger, then optional flags after "+".
 TRIGGER_HTTP = b"http"          # the function URL route
 TRIGGER_INVOKE = b"invoke"      # the Lambda Invoke API, RequestResponse
-TRIGGER_EVENT = b"event"        # an asynchronous invocation, run by the dispatcher
 FLAG_TAIL = b"+tail"
 LOG_TAIL_BYTES = 4096
 

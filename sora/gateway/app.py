@@ -13,16 +13,13 @@ import falcon.asgi
 
 from .. import protocol as p
 from ..config import FUNCTION_NAME_RE, HostConfig, load_host_config
-from .client import BrokerClient, BrokerTimeout
+from .client import BROKER_SLACK, BrokerClient, BrokerTimeout, broker_waits
 from .errors import SoraError
 from .requests import REQUEST_ID_HEADER, read_body, request_id_of
 from .function_url import BadFunctionResponse, build_event, map_result
 from .invoke_api import InvokeApiError, InvokeResource, handle_invoke_api_error
 from .records_api import InvocationListResource, InvocationResource, LogsResource, Store
 
-# How long past the function's own timeout the gateway waits for the broker: the invocation may
-# first queue for up to the timeout, then run for up to the timeout.
-_BROKER_SLACK = 10.0
 _RETRY_AFTER = "1"
 
 
@@ -61,7 +58,7 @@ class FunctionUrlResource:
     def __init__(self, client: BrokerClient, config: HostConfig):
         self.client = client
         self.max_body = config.server.maxBodyBytes
-        self.waits = {fn.name: fn.timeout * 2 + _BROKER_SLACK for fn in config.functions}
+        self.waits = broker_waits(config)
 
     async def handle(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, name: str,
                      path: str = "") -> None:
@@ -79,7 +76,7 @@ class FunctionUrlResource:
             function=name)
         try:
             status, result = await self.client.invoke(name, request_id.encode(), event,
-                                                      self.waits.get(name, _BROKER_SLACK))
+                                                      self.waits.get(name, BROKER_SLACK))
         except BrokerTimeout:
             raise SoraError(504, "Sora.GatewayTimeout",
                             "No answer from the broker in time") from None

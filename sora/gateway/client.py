@@ -15,9 +15,18 @@ import os
 import zmq
 
 from .. import protocol as p
+from ..config import HostConfig
 
 
 _SWEEP_INTERVAL = 0.5
+# How long past the function's own timeout the gateway waits for the broker: the invocation may
+# first queue for up to the timeout, then run for up to the timeout.
+BROKER_SLACK = 10.0
+
+
+def broker_waits(config: HostConfig) -> dict[str, float]:
+    """Per function, how long a caller waits for the broker's answer."""
+    return {fn.name: fn.timeout * 2 + BROKER_SLACK for fn in config.functions}
 
 
 class BrokerTimeout(Exception):

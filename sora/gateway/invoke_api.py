@@ -24,13 +24,12 @@ import falcon
 
 from .. import protocol as p
 from ..config import FUNCTION_NAME_RE, HostConfig
-from .client import BrokerClient, BrokerTimeout
+from .client import BROKER_SLACK, BrokerClient, BrokerTimeout, broker_waits
 from .errors import SoraError
 from .requests import REQUEST_ID_HEADER, read_body, request_id_of
 
 VERSION = "$LATEST"
 ARN_RE = re.compile(r"^arn:aws[a-z-]*:lambda:[^:]*:[^:]*:function:(?P<rest>.+)$")
-_BROKER_SLACK = 10.0
 
 
 class InvokeApiError(SoraError):
@@ -69,7 +68,7 @@ class InvokeResource:
         self.client = client
         self.config = config
         self.max_body = config.server.maxBodyBytes
-        self.waits = {fn.name: fn.timeout * 2 + _BROKER_SLACK for fn in config.functions}
+        self.waits = broker_waits(config)
 
     async def on_post(self, req, resp, name: str) -> None:
         request_id = request_id_of(req)
@@ -79,11 +78,9 @@ class InvokeResource:
             raise InvokeApiError(400, "InvalidParameterValueException", (
                 f"X-Amz-Invocation-Type: expected RequestResponse, Event or DryRun, "
                 f"got {kind!r}"))
-        if self.config.function(fn_name) is None:
-            broken = next((b for b in self.config.broken if b.name == fn_name), None)
-            if broken is None:
-                raise InvokeApiError(404, "ResourceNotFoundException",
-                                     f"Function not found: {fn_name}")
+        if not self.config.knows(fn_name):
+            raise InvokeApiError(404, "ResourceNotFoundException",
+                                 f"Function not found: {fn_name}")
         if kind == "Event":
             raise InvokeApiError(400, "InvalidParameterValueException", (
                 "InvocationType Event (asynchronous invocation) is not available yet on this "
@@ -100,7 +97,7 @@ class InvokeResource:
             resp.status = falcon.HTTP_204
             return
         tail = (req.get_header("X-Amz-Log-Type") or "None") == "Tail"
-        wait = self.waits.get(fn_name, _BROKER_SLACK)
+        wait = self.waits.get(fn_name, BROKER_SLACK)
         try:
             if tail:
                 status, body, log_tail = await self.client.invoke_with_log(

@@ -85,8 +85,7 @@ class _FunctionRoute:
         self.config = config
 
     def check_function(self, name: str) -> None:
-        if self.config.function(name) is None and \
-                not any(b.name == name for b in self.config.broken):
+        if not self.config.knows(name):
             raise SoraError(404, "ResourceNotFoundException", f"Function not found: {name}")
 
 

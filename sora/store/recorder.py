@@ -33,8 +33,13 @@ PRUNE_INTERVAL = 60.0
 SEND_HWM = 100_000
 
 
+def records_socket(state_dir: str) -> str:
+    """The recorder's socket file: it exists once the recorder listens."""
+    return os.path.join(p.run_dir(state_dir), "records.sock")
+
+
 def records_endpoint(state_dir: str) -> str:
-    return "ipc://" + os.path.join(p.run_dir(state_dir), "records.sock")
+    return "ipc://" + records_socket(state_dir)
 
 
 def _text(value: str) -> bytes:

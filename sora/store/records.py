@@ -6,38 +6,16 @@ tuple and a formatted line, never for a database write or a lock.
 """
 from __future__ import annotations
 
-import logging
 import sqlite3
 import time
-from dataclasses import dataclass
 
-log = logging.getLogger("sora.store")
 STATUSES = ("ok", "error", "timeout", "crashed")
 
 
-@dataclass(frozen=True)
-class Record:
-    request_id: str
-    function: str
-    version: str
-    trigger: str
-    start: float
-    duration_ms: float
-    status: str
-    error_type: str | None
-    cold: bool
-
-    def row(self) -> tuple:
-        return (self.request_id, self.function, self.version, self.trigger, self.start,
-                self.duration_ms, self.status, self.error_type, int(self.cold))
-
-
-# (function, request id, epoch time, stream, line)
-LogLine = tuple
-
-
-def commit(conn: sqlite3.Connection, records: list[tuple], lines: list[LogLine]) -> None:
-    """Write a batch of record rows (`Record.row()`) and log lines in one transaction."""
+def commit(conn: sqlite3.Connection, records: list[tuple], lines: list[tuple]) -> None:
+    """Write a batch in one transaction: record rows (request id, function, version, trigger,
+    start, duration ms, status, error type, cold) and log lines (function, request id, time,
+    stream, text), as `recorder.parse` makes them."""
     if not records and not lines:
         return
     with conn:

@@ -26,7 +26,7 @@ import psutil
 from .. import protocol as p
 from ..config import FunctionConfig, HostConfig
 from ..hotpath import quiet_gc
-from ..store.recorder import records_endpoint
+from ..store.recorder import records_socket
 from .broker import Broker
 from .child import Launch, State, Supervised, describe_exit
 from .setup import SetupRun
@@ -222,7 +222,7 @@ class Arbiter:
                           child.launch.start_timeout)
                 child.signal(signal.SIGKILL)
         if self.recorder.state is State.STARTING and self.recorder.pid and \
-                os.path.exists(records_endpoint(self.state_dir)[len("ipc://"):]):
+                os.path.exists(records_socket(self.state_dir)):
             self.recorder.mark_ready(now)
         for name, gateway in self.gateways.items():
             if gateway.state is State.STARTING and gateway.pid and \

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import enum
 import os
+import select
 import signal
 import subprocess
 import time
@@ -114,14 +115,13 @@ class Instance:
         whatever it left behind in its process group (a grandchild of a shell `bootstrap`,
         a child the function spawned) and reap it. The group is killed before the leader is
         reaped, so its id cannot have been reused yet."""
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            try:
-                if os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):
-                    break
-            except ChildProcessError:
-                break
-            time.sleep(0.005)
+        try:
+            exited = os.pidfd_open(self.proc.pid)  # readable once it exits; reaps nothing
+        except ProcessLookupError:
+            pass
+        else:
+            select.select([exited], [], [], grace)
+            os.close(exited)
         self.kill()
 
     def close(self) -> None:

@@ -6,12 +6,13 @@ import zmq
 from sora.store import records
 from sora.store.db import connect
 from sora.store.recorder import RecordSender, parse, records_endpoint
-from sora.store.records import Record, commit
+from sora.store.records import commit
 
 
 def rec(rid, fn="fn", start=None, status="ok"):
-    return Record(rid, fn, "$LATEST", "http", start or time.time(), 1.5, status,
-                  None if status == "ok" else "Error", False)
+    """A record row as the recorder commits it."""
+    return (rid, fn, "$LATEST", "http", start or time.time(), 1.5, status,
+            None if status == "ok" else "Error", 0)
 
 
 def test_sender_batches_per_turn_and_parse_reads_it_back(tmp_path):
@@ -40,7 +41,7 @@ def test_sender_batches_per_turn_and_parse_reads_it_back(tmp_path):
 
 def test_commit_and_read_back_in_wal(tmp_path):
     conn = connect(str(tmp_path))
-    commit(conn, [rec(f"r{i}").row() for i in range(100)],
+    commit(conn, [rec(f"r{i}") for i in range(100)],
            [("fn", f"r{i}", time.time(), "stdout", f"line {i}") for i in range(100)])
     assert conn.execute("SELECT COUNT(*) FROM invocations").fetchone()[0] == 100
     got = records.get_invocation(conn, "r42")
@@ -51,9 +52,9 @@ def test_commit_and_read_back_in_wal(tmp_path):
 def test_prune_by_age_and_by_count_takes_the_lines_along(tmp_path):
     conn = connect(str(tmp_path))
     old = time.time() - 10 * 3600
-    commit(conn, [rec(f"old{i}", start=old).row() for i in range(3)],
+    commit(conn, [rec(f"old{i}", start=old) for i in range(3)],
            [("fn", f"old{i}", time.time(), "stdout", "old line") for i in range(3)])
-    commit(conn, [rec(f"new{i}", fn="a" if i % 2 else "b").row() for i in range(6)], [])
+    commit(conn, [rec(f"new{i}", fn="a" if i % 2 else "b") for i in range(6)], [])
     removed = records.prune(conn, max_per_function=2, max_age_seconds=3600)
     assert removed == 3 + 1 + 1
     left = {r[0] for r in conn.execute("SELECT request_id FROM invocations")}
@@ -63,7 +64,7 @@ def test_prune_by_age_and_by_count_takes_the_lines_along(tmp_path):
 
 def test_listing_pages_newest_first(tmp_path):
     conn = connect(str(tmp_path))
-    commit(conn, [rec(f"r{i}", status="error" if i == 2 else "ok").row() for i in range(5)], [])
+    commit(conn, [rec(f"r{i}", status="error" if i == 2 else "ok") for i in range(5)], [])
     page, cursor = records.list_invocations(conn, "fn", limit=2)
     assert [p["requestId"] for p in page] == ["r4", "r3"] and cursor is not None
     page, cursor = records.list_invocations(conn, "fn", limit=2, cursor=cursor)
