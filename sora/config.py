@@ -241,6 +241,22 @@ FUNCTION_SETTINGS = _settings(
             "each runs one invocation at a time."),
     Setting("maxQueued", _int_range(0, 100000), 1000, "Invocations that may wait for a free "
             "instance; past it callers get 503 with Retry-After."),
+    Setting("eventInvoke", _mapping, {}, "Asynchronous (`Event`) invocations: retries, event "
+            "age and concurrency (below)."),
+)
+
+EVENT_INVOKE_SETTINGS = _settings(
+    Setting("maximumRetryAttempts", _int_range(0, 10), 2, "Retries after a failed attempt "
+            "(error, timeout, crash), as Lambda's `MaximumRetryAttempts`; then the event goes "
+            "to the dead-letter list."),
+    Setting("maximumEventAgeInSeconds", _number_range(0, 7 * 24 * 3600), 21600.0, "An event "
+            "not run successfully this long after it was accepted goes to the dead-letter "
+            "list, as Lambda's `MaximumEventAgeInSeconds` (default 6 hours)."),
+    Setting("retryDelaySeconds", _number_range(0, 3600), 1.0, "Wait before the first retry; "
+            "it doubles for each further one (at most 5 minutes)."),
+    Setting("maxConcurrency", _int_range(1, 1024), None, "Events of this function run at "
+            "once. Default: `instances`, so queued events never wait behind each other for a "
+            "slot that synchronous calls could use."),
 )
 
 
@@ -297,6 +313,14 @@ def _read_yaml(path: str) -> Any:
 
 
 @dataclass(frozen=True)
+class EventInvokeConfig:
+    maximumRetryAttempts: int = 2
+    maximumEventAgeInSeconds: float = 21600.0
+    retryDelaySeconds: float = 1.0
+    maxConcurrency: int = 1
+
+
+@dataclass(frozen=True)
 class FunctionConfig:
     name: str
     directory: str
@@ -312,6 +336,7 @@ class FunctionConfig:
     env: dict[str, str]
     instances: int
     maxQueued: int
+    eventInvoke: EventInvokeConfig = field(default_factory=EventInvokeConfig)
 
     @property
     def source(self) -> str:
@@ -374,10 +399,15 @@ def load_function_config(directory: str) -> FunctionConfig:
     data = _read_yaml(path)
     problems: list[str] = []
     values = _validate_mapping(data, FUNCTION_SETTINGS, "", problems)
+    event_values = _validate_mapping(values.get("eventInvoke") or {}, EVENT_INVOKE_SETTINGS,
+                                     "eventInvoke.", problems)
     if not problems:
         _check_language(directory, values, problems)
     if problems:
         raise ConfigError(path, problems)
+    if event_values["maxConcurrency"] is None:
+        event_values["maxConcurrency"] = values["instances"]
+    values["eventInvoke"] = EventInvokeConfig(**event_values)
     return FunctionConfig(directory=directory, **values)
 
 
@@ -496,7 +526,8 @@ def settings_markdown() -> str:
     for title, settings in (("host-config.yaml", HOST_SETTINGS),
                             ("host-config.yaml `server:`", SERVER_SETTINGS),
                             ("host-config.yaml `records:`", RECORDS_SETTINGS),
-                            ("sora.yaml", FUNCTION_SETTINGS)):
+                            ("sora.yaml", FUNCTION_SETTINGS),
+                            ("sora.yaml `eventInvoke:`", EVENT_INVOKE_SETTINGS)):
         out += [f"## {title}", "", "| field | default | description |", "|---|---|---|"]
         for s in settings.values():
             default = "required" if s.default is REQUIRED else (

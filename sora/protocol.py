@@ -42,6 +42,7 @@ CREDIT = b"\x07"
 # Invocation meta: the trigger, then optional flags after "+".
 TRIGGER_HTTP = b"http"          # the function URL route
 TRIGGER_INVOKE = b"invoke"      # the Lambda Invoke API, RequestResponse
+TRIGGER_EVENT = b"event"        # an asynchronous event, sent by the dispatcher
 FLAG_TAIL = b"+tail"
 LOG_TAIL_BYTES = 4096
 
@@ -113,6 +114,12 @@ def gateway_endpoint(state_dir: str) -> str:
 def worker_endpoint(state_dir: str) -> str:
     """Where workers connect (the broker's backend ROUTER)."""
     return "ipc://" + os.path.join(run_dir(state_dir), "workers.sock")
+
+
+def events_endpoint(state_dir: str) -> str:
+    """Where gateways nudge the dispatcher after storing an event (its socket file exists
+    once the dispatcher listens)."""
+    return "ipc://" + os.path.join(run_dir(state_dir), "events.sock")
 
 
 # A worker that cannot boot its function (the module fails to load) exits with this code after

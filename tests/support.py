@@ -160,6 +160,26 @@ class SoraHost:
         finally:
             self._log.close()
 
+    def kill9(self) -> None:
+        """SIGKILL the supervisor and every process under it at once, as a power cut would."""
+        procs = [psutil.Process(self.proc.pid), *self.descendants()]
+        for proc in procs:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        self.proc.wait()
+        psutil.wait_procs(procs, timeout=10)
+        self._log.close()
+
+    def restarted(self) -> "SoraHost":
+        """A new host object on the same config and state dir, not yet started."""
+        twin = SoraHost.__new__(SoraHost)
+        twin.__dict__.update(self.__dict__)
+        twin.session = requests.Session()
+        twin.proc = None
+        return twin
+
     def leftovers(self) -> list[str]:
         """Processes still running that belong to this host (cwd or command line in base)."""
         found = []

@@ -13,17 +13,15 @@ import falcon.asgi
 
 from .. import protocol as p
 from ..config import FUNCTION_NAME_RE, HostConfig, load_host_config
+from ..events.intake import EventIntake
 from .client import BROKER_SLACK, BrokerClient, BrokerTimeout, broker_waits
 from .errors import SoraError
+from .event_accept import RETRY_AFTER, accept_event
 from .requests import REQUEST_ID_HEADER, read_body, request_id_of
 from .function_url import BadFunctionResponse, build_event, map_result
 from .invoke_api import InvokeApiError, InvokeResource, handle_invoke_api_error
-from .records_api import InvocationListResource, InvocationResource, LogsResource, Store
-
-_RETRY_AFTER = "1"
-
-
-
+from .records_api import (DeadLetterReplayResource, DeadLetterResource, FunctionListResource,
+                          InvocationListResource, InvocationResource, LogsResource, Store)
 
 def _send_error(req, resp, status: int, body: bytes, headers=None) -> None:
     resp.status = status
@@ -52,11 +50,20 @@ async def handle_unexpected(req, resp, ex: Exception, params) -> None:
                                              f"The gateway failed: {type(ex).__name__}"))
 
 
-class FunctionUrlResource:
-    """`ANY /functions/{name}` and `ANY /functions/{name}/{path}`: the HTTP trigger."""
+INVOCATION_TYPE_HEADER = "X-Sora-Invocation-Type"
 
-    def __init__(self, client: BrokerClient, config: HostConfig):
+
+class FunctionUrlResource:
+    """`ANY /functions/{name}` and `ANY /functions/{name}/{path}`: the HTTP trigger.
+
+    With `X-Sora-Invocation-Type: Event` the request is stored as an asynchronous event and
+    answered 202 `{"requestId": ...}` at once; the function's answer is not returned.
+    """
+
+    def __init__(self, client: BrokerClient, config: HostConfig, intake: EventIntake):
         self.client = client
+        self.config = config
+        self.intake = intake
         self.max_body = config.server.maxBodyBytes
         self.waits = broker_waits(config)
 
@@ -74,6 +81,18 @@ class FunctionUrlResource:
             raw_headers=scope["headers"], body=body, source_ip=client[0] if client else "",
             http_version=scope.get("http_version", "1.1"), request_id=request_id,
             function=name)
+        kind = req.get_header(INVOCATION_TYPE_HEADER)
+        if kind is not None and kind != "RequestResponse":
+            if kind != "Event":
+                raise SoraError(400, "Sora.InvalidInvocationType", (
+                    f"{INVOCATION_TYPE_HEADER}: expected RequestResponse or Event, got "
+                    f"{kind!r}"))
+            await accept_event(self.intake, self.config, name, request_id, "http", event)
+            resp.status = falcon.HTTP_202
+            resp.set_header(REQUEST_ID_HEADER, request_id)
+            resp.content_type = "application/json"
+            resp.data = b'{"requestId":"%s","status":"queued"}' % request_id.encode()
+            return
         try:
             status, result = await self.client.invoke(name, request_id.encode(), event,
                                                       self.waits.get(name, BROKER_SLACK))
@@ -84,7 +103,7 @@ class FunctionUrlResource:
         if status != p.OK:
             headers = {}
             if status == p.NO_CAPACITY:
-                headers["Retry-After"] = _RETRY_AFTER
+                headers["Retry-After"] = RETRY_AFTER
             elif status in (p.FUNCTION_ERROR, p.INIT_ERROR):
                 headers["X-Amz-Function-Error"] = "Unhandled"
             _send_error(req, resp, p.HTTP_STATUS[status], result, headers)
@@ -131,14 +150,19 @@ def create_app(config: HostConfig | None = None,
     # keeps a per-request middleware call off the hot path.
     app = falcon.asgi.App()
     app.req_options.strip_url_path_trailing_slash = False
-    functions = FunctionUrlResource(client, config)
+    intake = EventIntake(config.stateDir)
+    functions = FunctionUrlResource(client, config, intake)
     app.add_route("/functions/{name}", functions)
     app.add_route("/functions/{name}/{path:path}", functions)
     app.add_route("/healthz", HealthResource(client))
-    app.add_route("/2015-03-31/functions/{name}/invocations", InvokeResource(client, config))
+    app.add_route("/2015-03-31/functions/{name}/invocations",
+                  InvokeResource(client, config, intake))
     store = Store(config.stateDir)
+    app.add_route("/api/functions", FunctionListResource(client, store))
     app.add_route("/api/functions/{name}/invocations", InvocationListResource(store, config))
     app.add_route("/api/functions/{name}/logs", LogsResource(store, config))
+    app.add_route("/api/functions/{name}/dlq", DeadLetterResource(store, config))
+    app.add_route("/api/functions/{name}/dlq/replay", DeadLetterReplayResource(store, config))
     app.add_route("/api/invocations/{request_id}", InvocationResource(store))
     app.add_error_handler(Exception, handle_unexpected)
     app.add_error_handler(falcon.HTTPError, handle_http_error)

@@ -3,9 +3,9 @@
 Point an AWS SDK or the AWS CLI at Sora (`endpoint_url`) and `invoke` works: the body is the
 event and the response body is the function's result, as on Lambda.
 
-- `X-Amz-Invocation-Type`: `RequestResponse` (default, 200) or `DryRun` (204 once the function
-  is known to exist). `Event` (asynchronous) is refused with a clear error until the durable
-  queue exists.
+- `X-Amz-Invocation-Type`: `RequestResponse` (default, 200), `Event` (202 once the event is
+  stored durably; it runs later, at least once, see `sora.events`) or `DryRun` (204 once the
+  function is known to exist).
 - Function errors, timeouts and crashes are 200 with `X-Amz-Function-Error: Unhandled` and the
   error JSON as the body, as Lambda answers them.
 - `X-Amz-Log-Type: Tail` returns the last 4 KB of the invocation's log, base64, in
@@ -25,7 +25,9 @@ import falcon
 from .. import protocol as p
 from ..config import FUNCTION_NAME_RE, HostConfig
 from .client import BROKER_SLACK, BrokerClient, BrokerTimeout, broker_waits
+from ..events.intake import EventIntake
 from .errors import SoraError
+from .event_accept import RETRY_AFTER, accept_event
 from .requests import REQUEST_ID_HEADER, read_body, request_id_of
 
 VERSION = "$LATEST"
@@ -64,9 +66,10 @@ def parse_function_name(raw: str, qualifier: str | None) -> str:
 
 
 class InvokeResource:
-    def __init__(self, client: BrokerClient, config: HostConfig):
+    def __init__(self, client: BrokerClient, config: HostConfig, intake: EventIntake):
         self.client = client
         self.config = config
+        self.intake = intake
         self.max_body = config.server.maxBodyBytes
         self.waits = broker_waits(config)
 
@@ -81,10 +84,6 @@ class InvokeResource:
         if not self.config.knows(fn_name):
             raise InvokeApiError(404, "ResourceNotFoundException",
                                  f"Function not found: {fn_name}")
-        if kind == "Event":
-            raise InvokeApiError(400, "InvalidParameterValueException", (
-                "InvocationType Event (asynchronous invocation) is not available yet on this "
-                "host"))
         payload = await read_body(req, self.max_body) or b"{}"
         try:
             json.loads(payload)
@@ -95,6 +94,11 @@ class InvokeResource:
         resp.set_header("x-amzn-RequestId", request_id)
         if kind == "DryRun":
             resp.status = falcon.HTTP_204
+            return
+        if kind == "Event":
+            await accept_event(self.intake, self.config, fn_name, request_id, "invoke",
+                               payload, InvokeApiError)
+            resp.status = falcon.HTTP_202
             return
         tail = (req.get_header("X-Amz-Log-Type") or "None") == "Tail"
         wait = self.waits.get(fn_name, BROKER_SLACK)
@@ -114,7 +118,7 @@ class InvokeResource:
                                  f"Function not found: {fn_name}")
         if status == p.NO_CAPACITY:
             raise InvokeApiError(429, "TooManyRequestsException", _message(body),
-                                 {"Retry-After": "1"})
+                                 {"Retry-After": RETRY_AFTER})
         if status == p.UNAVAILABLE:
             raise InvokeApiError(502, "ResourceNotReadyException", _message(body))
         if status == p.BAD_REQUEST:

@@ -1,12 +1,19 @@
-"""Read APIs over the store: invocation records and function logs, as JSON.
+"""The management APIs over the store, as JSON: records, logs, functions, dead letters.
 
-    GET /api/functions/{name}/invocations   ?status=&since=&limit=&cursor=
-    GET /api/invocations/{request_id}       the record with its log lines
-    GET /api/functions/{name}/logs          ?requestId=&after=&limit=; &follow=true streams
-                                            NDJSON, one log line per line, as they arrive
+    GET  /api/functions                      each function's state, instances and event counts
+    GET  /api/functions/{name}/invocations   ?status=&since=&limit=&cursor=
+    GET  /api/invocations/{request_id}       the record with its log lines; for an event not
+                                             yet done, its place in the queue
+    GET  /api/functions/{name}/logs          ?requestId=&after=&limit=; &follow=true streams
+                                             NDJSON, one log line per line, as they arrive
+    GET  /api/functions/{name}/dlq           ?limit=&cursor=: dead-lettered events, each with
+                                             its payload and every attempt's error
+    POST /api/functions/{name}/dlq/replay    body {"requestIds": [...]} or none (all): queue
+                                             them again, as if just accepted
+    DELETE /api/functions/{name}/dlq         ?requestId= (repeatable) or all: discard them
 
-The store is read through one SQLite connection per gateway process (WAL: reads never wait for
-the workers' writes); these routes are not on the invocation path.
+The store is read through one SQLite connection per file per gateway process (WAL: reads never
+wait for the writers); these routes are not on the invocation path.
 """
 from __future__ import annotations
 
@@ -14,11 +21,14 @@ import asyncio
 import datetime as dt
 import json
 import os
+import time
 
 from ..config import HostConfig
-from ..store import records
-from ..store.db import connect
+from ..store import queue, records
+from ..store.db import connect, connect_queue
+from .client import BrokerClient, BrokerTimeout
 from .errors import SoraError
+from .requests import read_body, request_id_of
 
 FOLLOW_POLL = 0.25
 MAX_LIMIT = 1000
@@ -29,15 +39,26 @@ class Store:
 
     def __init__(self, state_dir: str):
         self.state_dir = state_dir
-        self._conn = None
+        self._conn = self._queue = None
         self._pid = -1
+
+    def _open(self) -> None:
+        if self._pid != os.getpid():
+            self._conn = connect(self.state_dir)
+            self._queue = connect_queue(self.state_dir)
+            self._pid = os.getpid()
 
     @property
     def conn(self):
-        if self._pid != os.getpid():
-            self._conn = connect(self.state_dir)
-            self._pid = os.getpid()
+        """The records store (sora.db)."""
+        self._open()
         return self._conn
+
+    @property
+    def queue(self):
+        """The event queue (queue.db)."""
+        self._open()
+        return self._queue
 
 
 def _bad(message: str) -> SoraError:
@@ -108,11 +129,72 @@ class InvocationResource:
 
     async def on_get(self, req, resp, request_id: str) -> None:
         item = records.get_invocation(self.store.conn, request_id)
-        if item is None:
+        event = queue.find_event(self.store.queue, request_id)
+        if item is None and event is None:
             raise SoraError(404, "ResourceNotFoundException",
                             f"No invocation record {request_id} (it may not have finished, "
                             "or it was pruned)")
+        if item is None:
+            # An event that has not run yet, or only failed so far: its place in the queue.
+            item = {"requestId": request_id, "function": event["function"],
+                    "trigger": "event", "status": event["state"], "logs": records.log_lines(
+                        self.store.conn, event["function"], request_id=request_id)}
+        if event is not None:
+            item["event"] = event
         _json(resp, item)
+
+
+class FunctionListResource:
+    """What `sora ls` shows: the supervisor's view of each function, with its event counts."""
+
+    def __init__(self, client: BrokerClient, store: Store):
+        self.client = client
+        self.store = store
+
+    async def on_get(self, req, resp) -> None:
+        try:
+            health = json.loads(await self.client.status(request_id_of(req).encode()))
+        except BrokerTimeout:
+            raise SoraError(503, "Sora.BrokerUnavailable",
+                            "The supervisor's broker did not answer") from None
+        counts = queue.counts(self.store.queue)
+        functions = []
+        for name, info in sorted(health.get("functions", {}).items()):
+            events = counts.get(name, dict.fromkeys(queue.EVENT_STATES, 0))
+            functions.append({"name": name, **info, "events": events})
+        _json(resp, {"status": health.get("status"), "functions": functions})
+
+
+class DeadLetterResource(_FunctionRoute):
+    async def on_get(self, req, resp, name: str) -> None:
+        self.check_function(name)
+        items, cursor = queue.dead_letters(self.store.queue, name,
+                                           _int_param(req, "limit", 50, 1, MAX_LIMIT),
+                                           _int_param(req, "cursor", None, 1))
+        _json(resp, {"events": items, "nextCursor": cursor})
+
+    async def on_delete(self, req, resp, name: str) -> None:
+        self.check_function(name)
+        ids = req.get_param_as_list("requestId")
+        _json(resp, {"discarded": queue.discard(self.store.queue, name, ids)})
+
+
+class DeadLetterReplayResource(_FunctionRoute):
+    async def on_post(self, req, resp, name: str) -> None:
+        self.check_function(name)
+        body = await read_body(req, 1 << 20)
+        ids = None
+        if body.strip():
+            try:
+                ids = json.loads(body).get("requestIds")
+            except (ValueError, AttributeError):
+                ids = False
+            if ids is not None and (not isinstance(ids, list) or
+                                    not all(isinstance(i, str) for i in ids)):
+                raise _bad('body: expected {"requestIds": ["<request id>", ...]} or no body '
+                           '(replay all)')
+        replayed = queue.replay(self.store.queue, name, ids, time.time())
+        _json(resp, {"replayed": replayed})
 
 
 class LogsResource(_FunctionRoute):

@@ -1,7 +1,10 @@
-"""Opening the store: one SQLite file in the state dir, in WAL mode, shared by processes.
+"""Opening the store: SQLite files in the state dir, in WAL mode, shared by processes.
 
-Workers write records, the supervisor prunes them, gateways read them; WAL lets readers run
-while one writer commits, and `busy_timeout` makes writers wait their turn rather than fail.
+`sora.db` holds invocation records and log lines: the recorder writes them, gateways read them.
+`queue.db` holds accepted asynchronous events: gateways add them, the dispatcher leases and
+acknowledges them. They are two files so that a commit of one never waits for the other's
+lock, and so each has the durability it needs (below). WAL lets readers run while one writer
+commits, and `busy_timeout` makes writers wait their turn rather than fail.
 """
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import os
 import sqlite3
 
 DB_FILE = "sora.db"
+QUEUE_FILE = "queue.db"
 BUSY_TIMEOUT_MS = 5000
 
 SCHEMA = """
@@ -39,20 +43,60 @@ CREATE INDEX IF NOT EXISTS log_lines_by_function ON log_lines (function, id);
 """
 
 
-def db_path(state_dir: str) -> str:
-    return os.path.join(state_dir, DB_FILE)
+QUEUE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id          INTEGER PRIMARY KEY,          -- order of acceptance
+    request_id  TEXT NOT NULL UNIQUE,
+    function    TEXT NOT NULL,
+    trigger     TEXT NOT NULL,                -- invoke | http: the route that accepted it
+    payload     BLOB NOT NULL,                -- the event, as the function receives it
+    accepted    REAL NOT NULL,                -- epoch seconds; the event's age counts from it
+    state       TEXT NOT NULL,                -- queued | leased | dead
+    attempts    INTEGER NOT NULL DEFAULT 0,   -- attempts made since accepted or replayed
+    due         REAL NOT NULL,                -- epoch seconds: not to run before
+    lease_until REAL,                         -- epoch seconds, while leased
+    dead_reason TEXT                          -- why it is in the dead-letter list
+);
+CREATE INDEX IF NOT EXISTS events_due ON events (state, due);
+CREATE INDEX IF NOT EXISTS events_by_function ON events (function, state, id);
+CREATE TABLE IF NOT EXISTS attempts (
+    id            INTEGER PRIMARY KEY,
+    event_id      INTEGER NOT NULL,
+    start         REAL NOT NULL,
+    duration_ms   REAL NOT NULL,
+    error_type    TEXT NOT NULL,
+    error_message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS attempts_by_event ON attempts (event_id, id);
+"""
+
+
+def db_path(state_dir: str, name: str = DB_FILE) -> str:
+    return os.path.join(state_dir, name)
+
+
+def _open(path: str, schema: str, synchronous: str, busy_ms: int) -> sqlite3.Connection:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    conn = sqlite3.connect(path, timeout=busy_ms / 1000, isolation_level=None,
+                           check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    conn.executescript(schema)
+    return conn
 
 
 def connect(state_dir: str) -> sqlite3.Connection:
-    """A connection with the store's settings; creates the file and tables if needed."""
-    os.makedirs(state_dir, exist_ok=True)
-    conn = sqlite3.connect(db_path(state_dir), timeout=BUSY_TIMEOUT_MS / 1000,
-                           isolation_level=None, check_same_thread=False)
-    conn.row_factory = sqlite3.Row
-    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    conn.execute("PRAGMA journal_mode = WAL")
+    """A connection to the records store; creates the file and tables if needed."""
     # Records may lose the last moments before a power cut (never on a process crash): NORMAL
     # is WAL's durable-against-crashes setting and keeps commits off fsync's path.
-    conn.execute("PRAGMA synchronous = NORMAL")
-    conn.executescript(SCHEMA)
-    return conn
+    return _open(db_path(state_dir), SCHEMA, "NORMAL", BUSY_TIMEOUT_MS)
+
+
+def connect_queue(state_dir: str, busy_ms: int = BUSY_TIMEOUT_MS) -> sqlite3.Connection:
+    """A connection to the event queue; creates the file and tables if needed."""
+    # FULL: a commit returns only once the WAL is on disk, so an event answered with 202 is
+    # not lost even by a power cut. Gateways open it with a short busy timeout: an event that
+    # cannot be stored promptly is refused (503), never accepted and dropped.
+    return _open(db_path(state_dir, QUEUE_FILE), QUEUE_SCHEMA, "FULL", busy_ms)

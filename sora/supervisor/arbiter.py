@@ -26,6 +26,7 @@ import psutil
 from .. import protocol as p
 from ..config import FunctionConfig, HostConfig
 from ..hotpath import quiet_gc
+from ..events.dispatcher import events_socket
 from ..store.recorder import records_socket
 from .broker import Broker
 from .child import Launch, State, Supervised, describe_exit
@@ -60,6 +61,7 @@ class Arbiter:
         self.exit_code = 0
         self.broker: Broker | None = None
         self.recorder = Supervised("recorder", "recorder", self.recorder_launch())
+        self.dispatcher = Supervised("dispatcher", "dispatcher", self.dispatcher_launch())
         self._last_status = b""
         self._announced = False
 
@@ -119,6 +121,11 @@ class Arbiter:
         return Launch(argv, dict(os.environ), start_timeout=30.0,
                       start_retries=WORKER_START_RETRIES)
 
+    def dispatcher_launch(self) -> Launch:
+        argv = [sys.executable, "-m", "sora.events.dispatcher", "--config", self.config.path]
+        return Launch(argv, dict(os.environ), start_timeout=30.0,
+                      start_retries=WORKER_START_RETRIES)
+
     def listeners(self) -> dict[str, int]:
         server = self.config.server
         out = {}
@@ -129,7 +136,8 @@ class Arbiter:
         return out
 
     def all_children(self) -> list[Supervised]:
-        return [*self.gateways.values(), *self.workers.values(), self.recorder]
+        return [*self.gateways.values(), self.dispatcher, *self.workers.values(),
+                self.recorder]
 
     def reap_children(self, now: float) -> bool:
         exited = False
@@ -221,9 +229,10 @@ class Arbiter:
                 log.error("%s %s: not ready after %.0fs; killing it", child.kind, child.name,
                           child.launch.start_timeout)
                 child.signal(signal.SIGKILL)
-        if self.recorder.state is State.STARTING and self.recorder.pid and \
-                os.path.exists(records_socket(self.state_dir)):
-            self.recorder.mark_ready(now)
+        for child, socket_file in ((self.recorder, records_socket(self.state_dir)),
+                                   (self.dispatcher, events_socket(self.state_dir))):
+            if child.state is State.STARTING and child.pid and os.path.exists(socket_file):
+                child.mark_ready(now)
         for name, gateway in self.gateways.items():
             if gateway.state is State.STARTING and gateway.pid and \
                     self._port_open(self.listeners()[name]):
@@ -291,7 +300,8 @@ class Arbiter:
         healthy = all(f["state"] == State.RUNNING.value for f in functions.values())
         return {"status": "stopping" if self.stopping else ("ok" if healthy else "degraded"),
                 "functions": functions, "gateways": gateways,
-                "recorder": self.recorder.describe()}
+                "recorder": self.recorder.describe(),
+                "dispatcher": self.dispatcher.describe()}
 
     def publish(self) -> None:
         """Tell the broker about function availability and health, when either changed."""
@@ -313,13 +323,15 @@ class Arbiter:
                 child.stop_deadline = 0.0
             return
         self.stopping = True
-        log.info("stopping (%s): gateways first, then workers", why)
+        log.info("stopping (%s): gateways and the dispatcher first, then workers", why)
         for run in self.setups.values():
             run.kill()
         for child in self.all_children():
             if child.state in (State.SETUP, State.BACKOFF):
                 child.to(State.STOPPED, why)
-        self._stop_group(self.gateways.values())
+        # The dispatcher stops with the gateways: it takes no new events, and the events it
+        # runs finish while the workers still serve.
+        self._stop_group([*self.gateways.values(), self.dispatcher])
         self.stop_phase = "gateways"
 
     def _stop_group(self, children) -> None:
@@ -336,7 +348,8 @@ class Arbiter:
 
     def step_stop(self, now: float) -> bool:
         """Advance the stop; True once everything has exited."""
-        group = {"gateways": self.gateways.values(), "workers": self.workers.values(),
+        group = {"gateways": [*self.gateways.values(), self.dispatcher],
+                 "workers": self.workers.values(),
                  "recorder": [self.recorder]}[self.stop_phase]
         alive = [c for c in group if c.pid is not None]
         for child in alive:
@@ -378,6 +391,12 @@ class Arbiter:
     def prepare(self) -> None:
         os.makedirs(p.run_dir(self.state_dir), exist_ok=True)
         self.lock_state_dir()
+        # Socket files left by a host that was killed: readiness is told by their existence.
+        for socket_file in (records_socket(self.state_dir), events_socket(self.state_dir)):
+            try:
+                os.unlink(socket_file)
+            except FileNotFoundError:
+                pass
         ctypes.CDLL(None).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         self.install_signals()
         quiet_gc()  # the broker thread shares this process
@@ -391,6 +410,7 @@ class Arbiter:
             log.error("function %s is broken and skipped: %s", broken.name, broken.reason)
         now = time.monotonic()
         self.recorder.spawn(now)
+        self.dispatcher.spawn(now)
         self.start_functions()
         for listener in self.listeners():
             self.gateways[listener] = Supervised(listener, "gateway",

@@ -301,3 +301,25 @@ exports.handler = async (event, context) => {
   return { id: context.awsRequestId };
 };
 """
+
+# An asynchronous-event consumer that leaves marks in $MARKS: `<key>.<n>.start` and
+# `<key>.<n>.end` for its n-th attempt at an event (start/end times inside, in ms), and fails
+# while `<key>.fail` exists. `key` is the event's own id, or the HTTP body for function URL
+# events. An event with `sleepMs` holds its instance that long.
+EVENT_SINK = """
+const fs = require('node:fs');
+const path = require('node:path');
+exports.handler = async (event, context) => {
+  const key = event.key || event.body;
+  const marks = process.env.MARKS;
+  const n = fs.readdirSync(marks).filter((f) => f.startsWith(key + '.') && f.endsWith('.start')).length + 1;
+  fs.writeFileSync(path.join(marks, `${key}.${n}.start`), String(Date.now()));
+  console.log(`attempt ${n} of ${key} as ${context.awsRequestId}`);
+  if (event.sleepMs) await new Promise((r) => setTimeout(r, event.sleepMs));
+  fs.writeFileSync(path.join(marks, `${key}.${n}.end`), String(Date.now()));
+  if (fs.existsSync(path.join(marks, `${key}.fail`))) {
+    throw new RangeError(`attempt ${n} of ${key} failed on purpose`);
+  }
+  return { key, attempt: n };
+};
+"""

@@ -101,8 +101,9 @@ def test_bad_payload_and_unsupported_type_are_clear(lam):
         lam.invoke(FunctionName="echo", Payload=b"{not json")
     assert exc.value.response["Error"]["Code"] == "InvalidRequestContentException"
     with pytest.raises(ClientError) as exc:
-        lam.invoke(FunctionName="echo", InvocationType="Event", Payload=b"{}")
+        lam.invoke(FunctionName="echo", InvocationType="Sometime", Payload=b"{}")
     assert exc.value.response["Error"]["Code"] == "InvalidParameterValueException"
+    assert "expected RequestResponse, Event or DryRun" in str(exc.value)
 
 
 def test_invocations_through_the_api_are_recorded_as_invoke(host, lam):

@@ -245,7 +245,7 @@ def test_a_second_stop_signal_stops_at_once(tmp_path):
         wait_for(lambda: host.function_state("slow")["inFlight"] == 1, what="in flight")
         started = time.monotonic()
         host.proc.send_signal(signal.SIGTERM)
-        wait_for(lambda: "gateways first" in host.log(), what="graceful stop to begin")
+        wait_for(lambda: "stopping (SIGTERM)" in host.log(), what="graceful stop to begin")
         host.proc.send_signal(signal.SIGTERM)
         host.proc.wait(timeout=15)
         took = time.monotonic() - started

@@ -162,9 +162,7 @@ def test_retention_prunes_by_count(tmp_path):
     config = yaml.safe_load(h.config_path.read_text())
     config["records"] = {"maxPerFunction": 3}
     h.config_path.write_text(yaml.safe_dump(config))
-    h2 = SoraHost.__new__(SoraHost)
-    h2.__dict__.update(h.__dict__)
-    h2.session = requests.Session()
+    h2 = h.restarted()
     h2.start()
     try:
         items = wait_for(lambda: len(x := api(h2, "/functions/tagged/invocations")[1][

@@ -1,0 +1,1 @@
+"""Asynchronous invocations: accepting events (intake) and running them (dispatcher)."""

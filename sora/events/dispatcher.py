@@ -1,0 +1,230 @@
+"""The dispatcher: runs the accepted asynchronous events, at least once each.
+
+One process per host, supervised like the recorder. It leases due events from the queue
+(`sora.store.queue`), sends each to the broker exactly like a gateway sends a request (same
+client, trigger `event`), and settles it by the answer:
+
+- success: acknowledged (purged);
+- the function failed (error, timeout, crash, lost worker, no answer): the attempt and its error
+  are stored; it is retried after `retryDelaySeconds`, doubling, while retries
+  (`maximumRetryAttempts`) and age (`maximumEventAgeInSeconds`) last, else dead-lettered;
+- the function could not take it (throttled, not ready yet, setup failed): back in the queue
+  without using up an attempt, until its age runs out;
+- no such function, or an event it cannot be given: dead-lettered at once.
+
+At most `maxConcurrency` events of a function run at once. Gateways nudge the dispatcher after
+storing an event (`events.sock`), so it starts at once; it also looks every IDLE_POLL seconds.
+At start it returns every lease to the queue: only a dispatcher that is gone could hold one.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sqlite3
+import sys
+import time
+
+import zmq
+
+from .. import protocol as p
+from ..config import FunctionConfig, HostConfig, load_host_config
+from ..gateway.client import BrokerClient, BrokerTimeout, broker_waits
+from ..hotpath import quiet_gc
+from ..store import queue
+from ..store.db import connect_queue
+
+log = logging.getLogger("sora.dispatcher")
+
+IDLE_POLL = 1.0
+LEASE_MARGIN = 30.0          # a lease outlives the broker wait, so only a lost one expires
+LEASE_SWEEP_INTERVAL = 10.0
+MAX_RETRY_DELAY = 300.0
+THROTTLED_DELAY = 0.5        # the function's queue was full: try again soon
+NOT_READY_DELAY = 2.0        # the function is starting, backing off or failed
+
+# Answers that mean the function did not take the event: not an attempt.
+NOT_TAKEN = {p.NO_CAPACITY: THROTTLED_DELAY, p.UNAVAILABLE: NOT_READY_DELAY}
+# Answers that no retry can change.
+HOPELESS = {p.NOT_FOUND: "FunctionNotFound", p.BAD_REQUEST: "InvalidEvent"}
+
+
+def retry_delay(fn: FunctionConfig, attempts: int) -> float:
+    """The wait after the `attempts`-th failed attempt."""
+    return min(fn.eventInvoke.retryDelaySeconds * 2 ** (attempts - 1), MAX_RETRY_DELAY)
+
+
+def error_of(body: bytes) -> tuple[str, str]:
+    try:
+        err = json.loads(body)
+        return str(err.get("errorType") or "Error"), str(err.get("errorMessage") or "")
+    except (ValueError, AttributeError):
+        return "Error", body[:1000].decode("utf-8", "replace")
+
+
+class Dispatcher:
+    def __init__(self, config: HostConfig):
+        self.config = config
+        self.state_dir = config.stateDir
+        self.functions = {fn.name: fn for fn in config.functions}
+        self.waits = broker_waits(config)
+        self.running: dict[str, int] = {}
+        self.tasks: set[asyncio.Task] = set()
+        self.stopping = False
+        self.wake = asyncio.Event()
+        self.conn: sqlite3.Connection | None = None
+
+    def _on_signal(self) -> None:
+        # Run by the event loop (loop.add_signal_handler), not in signal context: only flag.
+        self.stopping = True
+        self.wake.set()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal)
+        self.conn = connect_queue(self.state_dir)
+        released = queue.release_leases(self.conn, time.time(), expired_only=False)
+        if released:
+            log.info("%d event(s) leased before a crash or stop are queued again", released)
+        client = BrokerClient(p.gateway_endpoint(self.state_dir))
+        ctx = zmq.Context()
+        nudges = ctx.socket(zmq.PULL)
+        nudges.bind(p.events_endpoint(self.state_dir))
+        nudge_fd = nudges.getsockopt(zmq.FD)
+        loop.add_reader(nudge_fd, self._drain_nudges, nudges)
+        quiet_gc()
+        log.info("dispatcher %d ready", os.getpid())
+        try:
+            await self._loop(client)
+            if self.tasks:
+                log.info("stopping: waiting for %d running event(s)", len(self.tasks))
+                await asyncio.wait(self.tasks, timeout=max(
+                    1.0, self.config.server.gracefulTimeout - 1.0))
+        finally:
+            loop.remove_reader(nudge_fd)
+            nudges.close(linger=0)
+            ctx.term()
+            client.close()
+            self.conn.close()
+        return 0
+
+    def _drain_nudges(self, sock: zmq.Socket) -> None:
+        # ZeroMQ's fd is edge-triggered: read until nothing is left.
+        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            sock.recv(zmq.NOBLOCK)
+            self.wake.set()
+
+    async def _loop(self, client: BrokerClient) -> None:
+        next_sweep = time.monotonic() + LEASE_SWEEP_INTERVAL
+        while not self.stopping:
+            self.wake.clear()
+            now = time.time()
+            if time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + LEASE_SWEEP_INTERVAL
+                if queue.release_leases(self.conn, now):
+                    log.warning("event leases ran out without an answer; queued again")
+            for name in queue.queued_functions(self.conn, now):
+                self._start_due(client, name, now)
+            due = queue.next_due(self.conn)
+            timeout = IDLE_POLL if due is None or due <= now else min(due - now, IDLE_POLL)
+            try:
+                await asyncio.wait_for(self.wake.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+
+    def _start_due(self, client: BrokerClient, name: str, now: float) -> None:
+        fn = self.functions.get(name)
+        if fn is None:
+            reason = "FunctionUnavailable" if self.config.knows(name) else "FunctionNotFound"
+            n = queue.bury_expired(self.conn, name, float("inf"), reason)
+            log.error("%d event(s) for %s dead-lettered: %s", n, name, reason)
+            return
+        expired = queue.bury_expired(self.conn, name,
+                                     now - fn.eventInvoke.maximumEventAgeInSeconds,
+                                     "EventAgeExceeded")
+        if expired:
+            log.warning("%d event(s) for %s were older than %.0fs and were dead-lettered",
+                        expired, name, fn.eventInvoke.maximumEventAgeInSeconds)
+        free = fn.eventInvoke.maxConcurrency - self.running.get(name, 0)
+        if free <= 0:
+            return
+        wait = self.waits[name]
+        for event in queue.lease(self.conn, name, free, now, wait + LEASE_MARGIN):
+            self.running[name] = self.running.get(name, 0) + 1
+            task = asyncio.get_running_loop().create_task(self._run(client, fn, event, wait))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _run(self, client: BrokerClient, fn: FunctionConfig, event: queue.Event,
+                   wait: float) -> None:
+        start = time.time()
+        began = time.monotonic()
+        try:
+            try:
+                status, body = await client.invoke(fn.name, event.request_id.encode(),
+                                                   event.payload, wait, p.TRIGGER_EVENT)
+            except BrokerTimeout:
+                status, body = p.WORKER_LOST, p.error_body(
+                    "Sora.NoAnswer", f"No answer from the broker within {wait:.0f}s")
+            self.settle(fn, event, status, body, start, (time.monotonic() - began) * 1000)
+        except sqlite3.Error as exc:
+            # The lease stays: the event runs again once it expires; nothing is lost.
+            log.error("could not settle event %s: %s", event.request_id, exc)
+        finally:
+            self.running[fn.name] -= 1
+            self.wake.set()
+
+    def settle(self, fn: FunctionConfig, event: queue.Event, status: bytes, body: bytes,
+               start: float, duration_ms: float) -> None:
+        if status == p.OK:
+            queue.ack(self.conn, event.id)
+            return
+        error_type, message = error_of(body)
+        attempt = queue.Attempt(start, duration_ms, error_type, message)
+        now = time.time()
+        age_limit = event.accepted + fn.eventInvoke.maximumEventAgeInSeconds
+        if status in HOPELESS:
+            self._bury(event, HOPELESS[status], attempt)
+        elif status in NOT_TAKEN:
+            due = now + NOT_TAKEN[status]
+            if due > age_limit:
+                self._bury(event, "EventAgeExceeded", attempt)
+            else:
+                queue.requeue(self.conn, event.id, due, None, counted=False)
+        elif event.attempts > fn.eventInvoke.maximumRetryAttempts:
+            self._bury(event, "RetriesExhausted", attempt)
+        else:
+            due = now + retry_delay(fn, event.attempts)
+            if due > age_limit:
+                self._bury(event, "EventAgeExceeded", attempt)
+            else:
+                log.info("event %s for %s failed (attempt %d, %s); retrying in %.1fs",
+                         event.request_id, fn.name, event.attempts, error_type, due - now)
+                queue.requeue(self.conn, event.id, due, attempt)
+
+    def _bury(self, event: queue.Event, reason: str, attempt: queue.Attempt) -> None:
+        log.warning("event %s for %s dead-lettered: %s (last error %s: %s)", event.request_id,
+                    event.function, reason, attempt.error_type, attempt.error_message[:200])
+        queue.bury(self.conn, event.id, reason, attempt)
+
+
+def events_socket(state_dir: str) -> str:
+    """The dispatcher's socket file: it exists once the dispatcher listens."""
+    return p.events_endpoint(state_dir)[len("ipc://"):]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sora.events.dispatcher")
+    parser.add_argument("--config", required=True, help="path to host-config.yaml")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s [dispatcher %(process)d] %(levelname)s %(message)s")
+    return asyncio.run(Dispatcher(load_host_config(args.config)).run())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
