@@ -1,0 +1,130 @@
+"""`sora invoke --local DIR`: run a function once, without a host, through the same code.
+
+It runs what a host runs for one function: its `setup` (cached like the host's), the broker
+(`sora.supervisor.broker`), one real worker process with its runtime instance, and the
+gateway's broker client, then stops them all. Only the supervisor's restarts, the gateways and
+the records are left out. State (setup cache, sockets, the function's log) is kept per function
+folder under $XDG_CACHE_HOME/sora/local/ so setup is skipped on the next run.
+"""
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import hashlib
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import time
+
+from .. import protocol as p
+from ..config import ConfigError, FunctionConfig, load_function_config
+from ..gateway.client import BROKER_SLACK, BrokerClient, BrokerTimeout
+from ..supervisor.broker import Broker
+from ..supervisor.child import die_with_parent
+from ..supervisor.setup import SetupRun
+from .host import CliError
+
+READY_TIMEOUT = 60.0
+
+
+def state_dir_for(directory: str) -> str:
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    digest = hashlib.sha256(os.path.abspath(directory).encode()).hexdigest()[:16]
+    return os.path.join(cache, "sora", "local", digest)
+
+
+def _setup(fn: FunctionConfig, state_dir: str) -> None:
+    run = SetupRun(fn, state_dir)
+    run.start()
+    if run.outcome is None:
+        print(f"sora: running setup of {fn.name} ({len(fn.setup)} command(s))...",
+              file=sys.stderr)
+    while (outcome := run.poll()) is None:
+        time.sleep(0.1)  # the setup command's own deadline (setupTimeout) bounds this
+    if not outcome.ok:
+        raise CliError(f"{fn.name}: {outcome.reason}")
+
+
+def _wait_ready(broker: Broker, worker: subprocess.Popen, fn: FunctionConfig,
+                state_dir: str) -> None:
+    deadline = time.monotonic() + max(READY_TIMEOUT, fn.timeout)
+    while time.monotonic() < deadline:
+        try:
+            event, _ = broker.events.get(timeout=0.1)
+            if event == "ready":
+                return
+        except queue.Empty:
+            pass
+        code = worker.poll()
+        if code is not None:
+            raise CliError(f"{fn.name}: the function cannot start: {_boot_error(fn, state_dir, code)}")
+    raise CliError(f"{fn.name}: the function was not ready after {READY_TIMEOUT:.0f}s")
+
+
+def _boot_error(fn: FunctionConfig, state_dir: str, code: int) -> str:
+    try:
+        with open(p.boot_error_path(state_dir, fn.name), "rb") as fh:
+            err = json.loads(fh.read())
+        return f"{err.get('errorType')}: {err.get('errorMessage')}"
+    except (OSError, ValueError, AttributeError):
+        return f"its worker exited with status {code} (log: {_worker_log(state_dir)})"
+
+
+def _worker_log(state_dir: str) -> str:
+    return os.path.join(state_dir, "worker.log")
+
+
+def invoke_local(directory: str, payload: bytes) -> tuple[bytes, bytes, bytes]:
+    """Run the function in `directory` once: (status, body, base64 log tail)."""
+    try:
+        fn = load_function_config(directory)
+    except ConfigError as exc:
+        raise CliError(f"configuration error\n{exc}", exit_code=2) from None
+    state_dir = state_dir_for(fn.directory)
+    os.makedirs(p.run_dir(state_dir), exist_ok=True)
+    with open(os.path.join(p.run_dir(state_dir), "local.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one local run of a folder at a time: same sockets
+        _setup(fn, state_dir)
+        broker = Broker(p.gateway_endpoint(state_dir), p.worker_endpoint(state_dir))
+        broker.start()
+        broker.control.set_functions({fn.name: {"maxQueued": 1, "maxWait": fn.timeout,
+                                                "available": True, "reason": ""}})
+        with open(_worker_log(state_dir), "ab") as log:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "sora.worker", "--name", fn.name, "--function-dir",
+                 fn.directory, "--state-dir", state_dir], stdin=subprocess.DEVNULL,
+                stdout=log, stderr=log, start_new_session=True, preexec_fn=die_with_parent)
+        try:
+            _wait_ready(broker, worker, fn, state_dir)
+            return asyncio.run(_invoke(fn, state_dir, payload))
+        finally:
+            _stop(worker)
+            broker.control.stop()
+            broker.join(timeout=5)
+            broker.control.close()
+
+
+async def _invoke(fn: FunctionConfig, state_dir: str, payload: bytes):
+    client = BrokerClient(p.gateway_endpoint(state_dir))
+    request_id = f"local-{os.urandom(8).hex()}"
+    try:
+        return await client.invoke_with_log(fn.name, request_id.encode(), payload,
+                                            fn.timeout * 2 + BROKER_SLACK, p.TRIGGER_INVOKE)
+    except BrokerTimeout:
+        raise CliError(f"{fn.name}: no answer from its worker in time") from None
+    finally:
+        client.close()
+
+
+def _stop(worker: subprocess.Popen) -> None:
+    # Nothing is left to keep once the answer is in (a graceful stop would only wait for its
+    # records to reach a recorder that a local run does not have): the worker's process group
+    # goes at once, and its runtime instance with it (it dies with its parent).
+    try:
+        os.killpg(worker.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    worker.wait()

@@ -1,0 +1,366 @@
+"""`sora`: drive a Sora host from a terminal.
+
+    sora init NAME --language nodejs|python     a new function folder
+    sora validate [PATH]                        a host config or a function folder
+    sora ls                                     functions, their state, instances, events
+    sora invoke NAME [--data JSON|@FILE|-] [--async] [--log]
+    sora invoke --local DIR [--data ...] [--log]    once, without a host
+    sora logs NAME [--follow] [--request-id ID]
+    sora inspect REQUEST_ID
+    sora dlq NAME [--replay [ID ...]] [--discard [ID ...]]
+
+Tables for people, `--json` for scripts. Exit status: 0 success, 1 the function or the API
+reported an error, 2 bad usage or configuration, 3 the host cannot be reached.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as dt
+import json
+import os
+import sys
+
+from .. import protocol as p
+from ..config import (FUNCTION_FILE, LANGUAGES, ConfigError, load_function_config,
+                      load_host_config)
+from .host import CliError, Host, config_path
+
+INVOKE_PATH = "/2015-03-31/functions/{}/invocations"
+
+
+# --- output ---------------------------------------------------------------------------------
+
+def emit_json(value) -> None:
+    print(json.dumps(value, indent=2))
+
+
+def table(rows: list[list], headers: list[str]) -> None:
+    cells = [[str("-" if c is None else c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h)
+              for i, h in enumerate(headers)]
+    for row in [headers, *cells]:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+def when(epoch: float | None) -> str:
+    if epoch is None:
+        return "-"
+    stamp = dt.datetime.fromtimestamp(epoch, dt.timezone.utc)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
+
+
+def short(text: str | None, width: int = 60) -> str:
+    text = (text or "").replace("\n", " ")
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def log_line(line: dict) -> str:
+    return f"{when(line['time'])}  {line['requestId'][:8]}  {line['stream']:<6}  {line['line']}"
+
+
+# --- commands -------------------------------------------------------------------------------
+
+def cmd_init(args) -> int:
+    from .scaffold import scaffold
+    directory = scaffold(args.name, args.language, args.dir)
+    if args.json:
+        emit_json({"directory": directory, "name": args.name, "language": args.language})
+        return 0
+    print(f"Created {directory}")
+    print(f"  try it:   sora invoke --local {os.path.relpath(directory)} --data "
+          "'{\"name\": \"Sora\"}'")
+    print("  serve it: add the folder to functionPaths in your host-config.yaml")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    path = args.path or config_path(args.config) or "."
+    if os.path.isdir(path):
+        return _validate_function(path, args.json)
+    try:
+        config = load_host_config(path)
+    except ConfigError as exc:
+        return _invalid(exc, args.json)
+    functions = [{"name": f.name, "language": f.language, "directory": f.directory}
+                 for f in config.functions]
+    broken = [{"name": b.name, "directory": b.directory, "reason": b.reason}
+              for b in config.broken]
+    if args.json:
+        emit_json({"valid": not broken, "path": config.path, "functions": functions,
+                   "broken": broken})
+    else:
+        for f in functions:
+            print(f"ok      {f['name']:<24} {f['language']:<8} {f['directory']}")
+        for b in broken:
+            print(f"broken  {b['name']:<24} {b['reason']}")
+        print(f"{config.path}: {len(functions)} function(s) valid, {len(broken)} broken")
+    return 1 if broken else 0
+
+
+def _validate_function(directory: str, as_json: bool) -> int:
+    try:
+        fn = load_function_config(directory)
+    except ConfigError as exc:
+        return _invalid(exc, as_json)
+    if as_json:
+        emit_json({"valid": True, "path": fn.source, "functions": [
+            {"name": fn.name, "language": fn.language, "directory": fn.directory}],
+            "broken": []})
+    else:
+        print(f"ok      {fn.name:<24} {fn.language:<8} {fn.directory}")
+    return 0
+
+
+def _invalid(exc: ConfigError, as_json: bool) -> int:
+    if as_json:
+        emit_json({"valid": False, "path": exc.path, "errors": [
+            f"{exc.path}: {problem}" for problem in exc.problems]})
+    else:
+        print(f"sora: configuration error\n{exc}", file=sys.stderr)
+    return 2
+
+
+def cmd_ls(args) -> int:
+    body = Host.from_args(args).get_json("/api/functions")
+    if args.json:
+        emit_json(body)
+        return 0
+    rows = [[f["name"], f["state"], f.get("instances"), f.get("language"),
+             f["events"]["queued"], f["events"]["leased"], f["events"]["dead"],
+             short(f.get("reason"), 50)] for f in body["functions"]]
+    table(rows, ["NAME", "STATE", "INSTANCES", "LANGUAGE", "QUEUED", "RUNNING", "DEAD",
+                 "REASON"])
+    return 0
+
+
+def read_data(value: str | None) -> bytes:
+    """--data: JSON text, @file, or - for standard input; checked to be JSON."""
+    if value is None:
+        return b"{}"
+    if value == "-":
+        data = sys.stdin.buffer.read()
+    elif value.startswith("@"):
+        try:
+            with open(value[1:], "rb") as fh:
+                data = fh.read()
+        except OSError as exc:
+            raise CliError(f"--data {value}: cannot read the file ({exc.strerror})", 2) \
+                from None
+    else:
+        data = value.encode()
+    try:
+        json.loads(data)
+    except ValueError as exc:
+        raise CliError(f"--data: expected a JSON event, got invalid JSON ({exc})", 2) from None
+    return data
+
+
+def _show_result(request_id: str, status_code: int, function_error: str | None, body: bytes,
+                 log_b64: str | None, as_json: bool) -> int:
+    log_text = base64.b64decode(log_b64).decode("utf-8", "replace") if log_b64 else None
+    try:
+        payload = json.loads(body) if body else None
+        text = json.dumps(payload, indent=2)
+    except ValueError:
+        payload = text = body.decode("utf-8", "replace")
+    if as_json:
+        out = {"requestId": request_id, "statusCode": status_code,
+               "functionError": function_error, "payload": payload}
+        if log_text is not None:
+            out["log"] = log_text
+        emit_json(out)
+    else:
+        if log_text:
+            sys.stderr.write(log_text if log_text.endswith("\n") else log_text + "\n")
+        print(text)
+        if function_error:
+            print(f"sora: the function failed (request {request_id})", file=sys.stderr)
+    return 1 if function_error else 0
+
+
+def cmd_invoke(args) -> int:
+    data = read_data(args.data)
+    if args.local:
+        if args.async_:
+            raise CliError("--local runs the function once, now: it cannot be --async", 2)
+        from .local import invoke_local
+        status, body, tail = invoke_local(args.local, data)
+        failed = None if status == p.OK else "Unhandled"
+        return _show_result("local", 200, failed, body, tail.decode() if args.log else None,
+                            args.json)
+    if not args.name:
+        raise CliError("invoke: expected a function NAME (or --local DIR)", 2)
+    host = Host.from_args(args)
+    headers = {"Content-Type": "application/json",
+               "X-Amz-Invocation-Type": "Event" if args.async_ else "RequestResponse"}
+    if args.log and not args.async_:
+        headers["X-Amz-Log-Type"] = "Tail"
+    resp = host.call("POST", INVOKE_PATH.format(args.name), data, headers)
+    request_id = resp.headers.get("x-amzn-requestid", "")
+    if args.async_:
+        if args.json:
+            emit_json({"requestId": request_id, "status": "queued"})
+        else:
+            print(f"queued {request_id}")
+        return 0
+    return _show_result(request_id, resp.status, resp.headers.get("x-amz-function-error"),
+                        resp.body, resp.headers.get("x-amz-log-result"), args.json)
+
+
+def cmd_logs(args) -> int:
+    host = Host.from_args(args)
+    path = f"/api/functions/{args.name}/logs"
+    params = {"requestId": args.request_id, "limit": args.limit}
+    if not args.follow:
+        lines = host.get_json(path, params)["lines"]
+        for line in lines:
+            print(json.dumps(line) if args.json else log_line(line))
+        return 0
+    with host.open("GET", path, params={**params, "follow": "true"}, timeout=3600) as stream:
+        try:
+            for raw in stream:
+                if raw.strip():
+                    line = json.loads(raw)
+                    print(json.dumps(line) if args.json else log_line(line), flush=True)
+        except KeyboardInterrupt:
+            return 0
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    item = Host.from_args(args).get_json(f"/api/invocations/{args.request_id}")
+    if args.json:
+        emit_json(item)
+        return 0
+    fields = [("request id", item["requestId"]), ("function", item["function"]),
+              ("status", item["status"]), ("trigger", item.get("trigger")),
+              ("version", item.get("version")), ("start", when(item.get("start"))),
+              ("duration", f"{item['durationMs']} ms" if "durationMs" in item else None),
+              ("cold start", item.get("cold")), ("error type", item.get("errorType"))]
+    event = item.get("event")
+    if event:
+        fields += [("event state", event["state"]), ("attempts", event["attempts"]),
+                   ("accepted", when(event["accepted"])),
+                   ("dead-letter reason", event.get("deadReason"))]
+    for label, value in fields:
+        if value is not None:
+            print(f"{label + ':':<20}{value}")
+    for n, error in enumerate((event or {}).get("errors", []), 1):
+        print(f"{'error ' + str(n) + ':':<20}{error['errorType']}: "
+              f"{short(error['errorMessage'], 100)}")
+    if item.get("logs"):
+        print("logs:")
+        for line in item["logs"]:
+            print("  " + log_line(line))
+    return 0
+
+
+def cmd_dlq(args) -> int:
+    host = Host.from_args(args)
+    path = f"/api/functions/{args.name}/dlq"
+    if args.replay is not None:
+        body = json.dumps({"requestIds": args.replay}).encode() if args.replay else None
+        result = host.call("POST", path + "/replay", body,
+                           {"Content-Type": "application/json"}).json()
+        if args.json:
+            emit_json(result)
+        else:
+            print(f"replayed {len(result['replayed'])} event(s)")
+            for rid in result["replayed"]:
+                print(f"  {rid}")
+        return 0
+    if args.discard is not None:
+        result = host.call("DELETE", path, params={"requestId": args.discard or None}).json()
+        if args.json:
+            emit_json(result)
+        else:
+            print(f"discarded {result['discarded']} event(s)")
+        return 0
+    events = host.get_json(path, {"limit": args.limit})["events"]
+    if args.json:
+        emit_json({"events": events})
+        return 0
+    rows = []
+    for e in events:
+        last = e["errors"][-1] if e["errors"] else None
+        rows.append([e["requestId"], when(e["accepted"]), e["attempts"], e["deadReason"],
+                     short(f"{last['errorType']}: {last['errorMessage']}" if last else "", 60)])
+    table(rows, ["REQUEST ID", "ACCEPTED", "ATTEMPTS", "REASON", "LAST ERROR"])
+    return 0
+
+
+# --- parser ---------------------------------------------------------------------------------
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    common.add_argument("--host", help="the host's address, e.g. http://127.0.0.1:8080 "
+                        "(default: $SORA_HOST, else from the host config)")
+    common.add_argument("--config", "-c", help="the host config to find the host in "
+                        "(default: $SORA_CONFIG, else ./host-config.yaml)")
+    common.add_argument("--api-key", help="API key (default: $SORA_API_KEY)")
+    common.add_argument("--cacert", help="CA certificate for an HTTPS host")
+    common.add_argument("--insecure", "-k", action="store_true",
+                        help="do not verify an HTTPS host's certificate")
+    common.add_argument("--timeout", type=float, default=960.0,
+                        help="seconds to wait for the host (default 960)")
+    # The common options belong to each command (`sora ls --json`): on both levels, the
+    # command's defaults would overwrite what was given before it.
+    top = argparse.ArgumentParser(prog="sora", description="Drive a Sora host.")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name, func, text):
+        cmd = sub.add_parser(name, help=text, description=text, parents=[common])
+        cmd.set_defaults(func=func)
+        return cmd
+
+    cmd = command("init", cmd_init, "create a function folder that runs as it is")
+    cmd.add_argument("name")
+    cmd.add_argument("--language", "-l", choices=[k for k in LANGUAGES if k != "provided"],
+                     default="nodejs")
+    cmd.add_argument("--dir", default=".", help="where to create the folder (default .)")
+    cmd = command("validate", cmd_validate,
+                  f"check a host config or a function folder ({FUNCTION_FILE})")
+    cmd.add_argument("path", nargs="?", help="host-config.yaml or a function folder "
+                     "(default: the host config, else .)")
+    command("ls", cmd_ls, "list functions: state, instances, queued and dead events")
+    cmd = command("invoke", cmd_invoke, "invoke a function and print its result")
+    cmd.add_argument("name", nargs="?")
+    cmd.add_argument("--data", "-d", help="the event: JSON, @file, or - for standard input")
+    cmd.add_argument("--async", dest="async_", action="store_true",
+                     help="queue it as an asynchronous event (202) and print its request id")
+    cmd.add_argument("--log", action="store_true",
+                     help="also print the invocation's log (its last 4 KB)")
+    cmd.add_argument("--local", metavar="DIR",
+                     help="run the function in DIR once, without a host")
+    cmd = command("logs", cmd_logs, "print a function's log lines")
+    cmd.add_argument("name")
+    cmd.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
+    cmd.add_argument("--request-id", help="only this invocation's lines")
+    cmd.add_argument("--limit", type=int, default=1000)
+    cmd = command("inspect", cmd_inspect, "show one invocation: its record, event and logs")
+    cmd.add_argument("request_id")
+    cmd = command("dlq", cmd_dlq, "list, replay or discard a function's dead-lettered events")
+    cmd.add_argument("name")
+    cmd.add_argument("--replay", nargs="*", metavar="ID",
+                     help="queue these events again (all when no ID is given)")
+    cmd.add_argument("--discard", nargs="*", metavar="ID",
+                     help="delete these events for good (all when no ID is given)")
+    cmd.add_argument("--limit", type=int, default=50)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CliError as exc:
+        print(f"sora: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
