@@ -7,8 +7,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 CERT := examples/certs/cert.pem
+JS_SDK := tests/sdk/node_modules/.installed-stamp
 
-.PHONY: run test bench bench-runtimes check system-deps clean
+.PHONY: run test bench bench-runtimes bench-events check system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,7 +46,13 @@ run: system-deps $(STAMP) $(CERT)
 check: $(STAMP)
 	$(BIN)/sora-supervisor check --config examples/host-config.yaml
 
-test: system-deps $(STAMP)
+# The AWS SDK for JavaScript, which the Invoke API tests drive Sora with (as boto3 and the AWS
+# CLI, which come with the `test` extra).
+$(JS_SDK): tests/sdk/package.json
+	cd tests/sdk && npm install --no-audit --no-fund --no-package-lock --loglevel=error
+	touch $(JS_SDK)
+
+test: system-deps $(STAMP) $(JS_SDK)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 # Benchmarks need wrk (load generator); installed where missing.
@@ -58,6 +65,11 @@ bench-runtimes: system-deps $(STAMP)
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(BIN)/python bench/runtimes.py
 
+# Asynchronous (Event) invocations: acceptance and dispatch, beside serverless-offline.
+bench-events: system-deps $(STAMP)
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	$(BIN)/python bench/events.py
+
 clean:
 	rm -rf $(VENV) examples/.sora examples/certs examples/*/node_modules examples/*/.venv \
-	  examples/go-hello/bootstrap
+	  examples/go-hello/bootstrap tests/sdk/node_modules

@@ -45,9 +45,13 @@ def _ms(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-def wrk(url: str, connections: int, duration: int, threads: int) -> dict:
+def wrk(url: str, connections: int, duration: int, threads: int,
+        script: str | None = None) -> dict:
+    """One wrk run; `script` is a wrk Lua file (for POST requests with headers)."""
+    extra = ["-s", script] if script else []
     out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s",
-                          "--latency", url], capture_output=True, text=True, check=True).stdout
+                          "--latency", *extra, url], capture_output=True, text=True,
+                         check=True).stdout
     result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}
     for pct in ("50", "99"):
         m = re.search(rf"^\s+{pct}%\s+(\S+)", out, re.M)
@@ -74,8 +78,9 @@ PEER_ENV = {"SLS_TELEMETRY_DISABLED": "1", "SLS_NOTIFICATIONS_MODE": "off",
             "SLS_DEPRECATION_DISABLE": "*", "SERVERLESS_PLATFORM_VENDOR": "aws"}
 
 
-def start_peer(port: int) -> subprocess.Popen | None:
-    """serverless-offline on the same handler, or None (with a reason) if it cannot run."""
+def start_peer(port: int, lambda_port: int | None = None) -> subprocess.Popen | None:
+    """serverless-offline on the same handler, or None (with a reason) if it cannot run; its
+    Lambda Invoke API listens on `lambda_port`."""
     binary = PEER / "node_modules" / ".bin" / "serverless"
     if not binary.exists():
         print("installing serverless-offline for the peer measurement (npm)...", flush=True)
@@ -85,7 +90,7 @@ def start_peer(port: int) -> subprocess.Popen | None:
             print(f"peer skipped: npm install failed:\n{done.stderr[-2000:]}", flush=True)
             return None
     return subprocess.Popen([str(binary), "offline", "start", "--httpPort", str(port),
-                             "--lambdaPort", str(free_port())], cwd=PEER,
+                             "--lambdaPort", str(lambda_port or free_port())], cwd=PEER,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True, env=dict(os.environ, **PEER_ENV))
 

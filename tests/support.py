@@ -196,6 +196,15 @@ class SoraHost:
         return found
 
 
+def lambda_client(url: str):
+    """A real boto3 Lambda client pointed at a Sora host (no retries: each call is one)."""
+    import boto3
+    from botocore.config import Config
+    return boto3.client("lambda", endpoint_url=url, region_name="us-east-1",
+                        aws_access_key_id="sora", aws_secret_access_key="sora",
+                        config=Config(retries={"max_attempts": 0}, read_timeout=30))
+
+
 def json_of(response) -> dict:
     try:
         return response.json()
@@ -204,4 +213,4 @@ def json_of(response) -> dict:
 
 
 __all__ = ["SoraHost", "free_port", "wait_for", "write_function", "make_cert", "json_of",
-           "ROOT", "json"]
+           "lambda_client", "ROOT", "json"]

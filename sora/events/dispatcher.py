@@ -9,8 +9,10 @@ client, trigger `event`), and settles it by the answer:
   are stored; it is retried after `retryDelaySeconds`, doubling, while retries
   (`maximumRetryAttempts`) and age (`maximumEventAgeInSeconds`) last, else dead-lettered;
 - the function could not take it (throttled, not ready yet, setup failed): back in the queue
-  without using up an attempt, until its age runs out;
-- no such function, or an event it cannot be given: dead-lettered at once.
+  without using up an attempt, until its age runs out (checked then, and every
+  LEASE_SWEEP_INTERVAL for events that have waited that long without an attempt);
+- an event it cannot be given: dead-lettered at once; so are the events of a function that is
+  no longer on the host.
 
 At most `maxConcurrency` events of a function run at once. Gateways nudge the dispatcher after
 storing an event (`events.sock`), so it starts at once; it also looks every IDLE_POLL seconds.
@@ -46,10 +48,14 @@ MAX_RETRY_DELAY = 300.0
 THROTTLED_DELAY = 0.5        # the function's queue was full: try again soon
 NOT_READY_DELAY = 2.0        # the function is starting, backing off or failed
 
-# Answers that mean the function did not take the event: not an attempt.
-NOT_TAKEN = {p.NO_CAPACITY: THROTTLED_DELAY, p.UNAVAILABLE: NOT_READY_DELAY}
+# Answers that mean the function did not take the event: not an attempt. NOT_FOUND is one of
+# them: the dispatcher sends only events of functions in its config, so the broker does not
+# know the function yet (the host is starting); a function gone from the config is
+# dead-lettered by the sweep instead.
+NOT_TAKEN = {p.NO_CAPACITY: THROTTLED_DELAY, p.UNAVAILABLE: NOT_READY_DELAY,
+             p.NOT_FOUND: NOT_READY_DELAY}
 # Answers that no retry can change.
-HOPELESS = {p.NOT_FOUND: "FunctionNotFound", p.BAD_REQUEST: "InvalidEvent"}
+HOPELESS = {p.BAD_REQUEST: "InvalidEvent"}
 
 
 def retry_delay(fn: FunctionConfig, attempts: int) -> float:
@@ -86,7 +92,10 @@ class Dispatcher:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal)
-        self.conn = connect_queue(self.state_dir)
+        # NORMAL, not FULL: what the dispatcher commits (leases, acknowledgements, retries)
+        # may be lost by a power cut, never by a crash, and losing one only makes an event run
+        # again; the events themselves were committed with FULL by the gateways.
+        self.conn = connect_queue(self.state_dir, synchronous="NORMAL")
         released = queue.release_leases(self.conn, time.time(), expired_only=False)
         if released:
             log.info("%d event(s) leased before a crash or stop are queued again", released)
@@ -119,7 +128,7 @@ class Dispatcher:
             self.wake.set()
 
     async def _loop(self, client: BrokerClient) -> None:
-        next_sweep = time.monotonic() + LEASE_SWEEP_INTERVAL
+        next_sweep = time.monotonic()
         while not self.stopping:
             self.wake.clear()
             now = time.time()
@@ -127,7 +136,12 @@ class Dispatcher:
                 next_sweep = time.monotonic() + LEASE_SWEEP_INTERVAL
                 if queue.release_leases(self.conn, now):
                     log.warning("event leases ran out without an answer; queued again")
-            for name in queue.queued_functions(self.conn, now):
+                for name in queue.queued_functions(self.conn, now):
+                    if name not in self.functions:  # removed from the host since accepted
+                        self._bury_orphans(name)
+                for fn in self.functions.values():
+                    self._bury_expired(fn, now)
+            for name in self.functions:
                 self._start_due(client, name, now)
             due = queue.next_due(self.conn)
             timeout = IDLE_POLL if due is None or due <= now else min(due - now, IDLE_POLL)
@@ -136,19 +150,22 @@ class Dispatcher:
             except asyncio.TimeoutError:
                 pass
 
-    def _start_due(self, client: BrokerClient, name: str, now: float) -> None:
-        fn = self.functions.get(name)
-        if fn is None:
-            reason = "FunctionUnavailable" if self.config.knows(name) else "FunctionNotFound"
-            n = queue.bury_expired(self.conn, name, float("inf"), reason)
-            log.error("%d event(s) for %s dead-lettered: %s", n, name, reason)
-            return
-        expired = queue.bury_expired(self.conn, name,
-                                     now - fn.eventInvoke.maximumEventAgeInSeconds,
-                                     "EventAgeExceeded")
+    def _bury_orphans(self, name: str) -> None:
+        reason = "FunctionUnavailable" if self.config.knows(name) else "FunctionNotFound"
+        n = queue.bury_expired(self.conn, name, float("inf"), reason)
+        log.error("%d event(s) for %s dead-lettered: %s", n, name, reason)
+
+    def _bury_expired(self, fn: FunctionConfig, now: float) -> None:
+        """Events that waited past their age without a failed attempt (the host was down, the
+        function throttled or not ready); a failed attempt checks the age itself."""
+        max_age = fn.eventInvoke.maximumEventAgeInSeconds
+        expired = queue.bury_expired(self.conn, fn.name, now - max_age, "EventAgeExceeded")
         if expired:
             log.warning("%d event(s) for %s were older than %.0fs and were dead-lettered",
-                        expired, name, fn.eventInvoke.maximumEventAgeInSeconds)
+                        expired, fn.name, max_age)
+
+    def _start_due(self, client: BrokerClient, name: str, now: float) -> None:
+        fn = self.functions[name]
         free = fn.eventInvoke.maxConcurrency - self.running.get(name, 0)
         if free <= 0:
             return

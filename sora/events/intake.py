@@ -87,7 +87,7 @@ class EventIntake:
 
     def _commit(self, events: list[tuple]) -> None:
         if self._conn is None:
-            self._conn = connect_queue(self.state_dir, INTAKE_BUSY_MS)
+            self._conn = connect_queue(self.state_dir, INTAKE_BUSY_MS, checkpoints=False)
         queue.enqueue(self._conn, events)
 
     def close(self) -> None:

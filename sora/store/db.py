@@ -58,7 +58,9 @@ CREATE TABLE IF NOT EXISTS events (
     dead_reason TEXT                          -- why it is in the dead-letter list
 );
 CREATE INDEX IF NOT EXISTS events_due ON events (state, due);
-CREATE INDEX IF NOT EXISTS events_by_function ON events (function, state, id);
+-- Leasing walks a function's queued events in due order and stops at the limit: O(limit),
+-- however long the backlog.
+CREATE INDEX IF NOT EXISTS events_by_function ON events (function, state, due);
 CREATE TABLE IF NOT EXISTS attempts (
     id            INTEGER PRIMARY KEY,
     event_id      INTEGER NOT NULL,
@@ -94,9 +96,17 @@ def connect(state_dir: str) -> sqlite3.Connection:
     return _open(db_path(state_dir), SCHEMA, "NORMAL", BUSY_TIMEOUT_MS)
 
 
-def connect_queue(state_dir: str, busy_ms: int = BUSY_TIMEOUT_MS) -> sqlite3.Connection:
-    """A connection to the event queue; creates the file and tables if needed."""
-    # FULL: a commit returns only once the WAL is on disk, so an event answered with 202 is
-    # not lost even by a power cut. Gateways open it with a short busy timeout: an event that
-    # cannot be stored promptly is refused (503), never accepted and dropped.
-    return _open(db_path(state_dir, QUEUE_FILE), QUEUE_SCHEMA, "FULL", busy_ms)
+def connect_queue(state_dir: str, busy_ms: int = BUSY_TIMEOUT_MS, synchronous: str = "FULL",
+                  checkpoints: bool = True) -> sqlite3.Connection:
+    """A connection to the event queue; creates the file and tables if needed.
+
+    FULL (the default, and what gateways use to accept events): a commit returns only once the
+    WAL is on disk, so an event answered with 202 is not lost even by a power cut. Gateways also
+    open it with a short busy timeout (an event that cannot be stored promptly is refused, never
+    accepted and dropped) and without checkpoints (`checkpoints=False`: the dispatcher's
+    connection folds the WAL back into the database, so no 202 waits for that).
+    """
+    conn = _open(db_path(state_dir, QUEUE_FILE), QUEUE_SCHEMA, synchronous, busy_ms)
+    if not checkpoints:
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
+    return conn

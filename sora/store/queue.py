@@ -61,15 +61,22 @@ def release_leases(conn: sqlite3.Connection, now: float, expired_only: bool = Tr
 
 def lease(conn: sqlite3.Connection, function: str, limit: int, now: float,
           lease_seconds: float) -> list[Event]:
-    """Take up to `limit` due events of a function, oldest first, and count an attempt."""
+    """Take up to `limit` due events of a function, the longest due first, and count an
+    attempt.
+
+    Only the one dispatcher leases, so the due events are found before the write lock is
+    taken: a look that finds none costs no lock (gateways commit new events meanwhile).
+    """
+    rows = conn.execute(
+        "SELECT id, request_id, function, trigger, payload, accepted, attempts FROM events "
+        "WHERE function = ? AND state = 'queued' AND due <= ? ORDER BY due LIMIT ?",
+        (function, now, limit)).fetchall()
+    if not rows:
+        return []
     with conn:
         conn.execute("BEGIN IMMEDIATE")
-        rows = conn.execute(
-            "SELECT id, request_id, function, trigger, payload, accepted, attempts FROM events "
-            "WHERE function = ? AND state = 'queued' AND due <= ? ORDER BY id LIMIT ?",
-            (function, now, limit)).fetchall()
         conn.executemany("UPDATE events SET state = 'leased', attempts = attempts + 1, "
-                         "lease_until = ? WHERE id = ?",
+                         "lease_until = ? WHERE id = ? AND state = 'queued'",
                          [(now + lease_seconds, row["id"]) for row in rows])
     return [Event(row["id"], row["request_id"], row["function"], row["trigger"],
                   bytes(row["payload"]), row["accepted"], row["attempts"] + 1) for row in rows]
@@ -164,18 +171,24 @@ def dead_letters(conn: sqlite3.Connection, function: str, limit: int = 50,
     return [_event(conn, r, payload=True) for r in rows], (rows[-1]["id"] if more else None)
 
 
+def _dead(function: str, request_ids: list[str] | None) -> tuple[str, list]:
+    """The WHERE clause for a function's dead events: all of them, or those named."""
+    where = "function = ? AND state = 'dead'"
+    args: list = [function]
+    if request_ids is not None:
+        where += f" AND request_id IN ({', '.join('?' * len(request_ids))})"
+        args += request_ids
+    return where, args
+
+
 def replay(conn: sqlite3.Connection, function: str, request_ids: list[str] | None,
            now: float) -> list[str]:
     """Dead events (all of the function's, or those named) back to the queue, as if accepted
     now, with their retries restored; earlier attempts' errors are kept. Returns their ids."""
-    sql = "SELECT id, request_id FROM events WHERE function = ? AND state = 'dead'"
-    args: list = [function]
-    if request_ids is not None:
-        sql += f" AND request_id IN ({', '.join('?' * len(request_ids))})"
-        args += request_ids
+    where, args = _dead(function, request_ids)
     with conn:
         conn.execute("BEGIN IMMEDIATE")
-        rows = conn.execute(sql, args).fetchall()
+        rows = conn.execute(f"SELECT id, request_id FROM events WHERE {where}", args).fetchall()
         conn.executemany("UPDATE events SET state = 'queued', attempts = 0, due = ?, "
                          "accepted = ?, dead_reason = NULL WHERE id = ?",
                          [(now, now, r["id"]) for r in rows])
@@ -184,11 +197,7 @@ def replay(conn: sqlite3.Connection, function: str, request_ids: list[str] | Non
 
 def discard(conn: sqlite3.Connection, function: str, request_ids: list[str] | None) -> int:
     """Delete dead events (all of the function's, or those named) for good."""
-    where = "function = ? AND state = 'dead'"
-    args: list = [function]
-    if request_ids is not None:
-        where += f" AND request_id IN ({', '.join('?' * len(request_ids))})"
-        args += request_ids
+    where, args = _dead(function, request_ids)
     with conn:
         conn.execute("BEGIN IMMEDIATE")
         conn.execute(f"DELETE FROM attempts WHERE event_id IN (SELECT id FROM events WHERE "

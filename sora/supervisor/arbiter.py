@@ -409,9 +409,11 @@ class Arbiter:
         for broken in self.config.broken:
             log.error("function %s is broken and skipped: %s", broken.name, broken.reason)
         now = time.monotonic()
+        self.start_functions()
+        # The broker learns the functions before the dispatcher can send it events.
+        self.publish()
         self.recorder.spawn(now)
         self.dispatcher.spawn(now)
-        self.start_functions()
         for listener in self.listeners():
             self.gateways[listener] = Supervised(listener, "gateway",
                                                  self.gateway_launch(listener))

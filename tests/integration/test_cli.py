@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -135,14 +138,29 @@ def test_async_invoke_then_inspect_and_logs(host):
 def test_logs_follow_streams_new_lines(host):
     follow = subprocess.Popen([*SORA, "logs", "tagged", "--follow", "--json", *at(host)],
                               stdout=subprocess.PIPE, text=True)
+    invoked: list[str] = []
+    done = threading.Event()
+
+    def keep_invoking():  # the follow starts from "now": invoke until it has seen one of ours
+        while not done.is_set() and len(invoked) < 100:
+            invoked.append(host.invoke("tagged").headers["X-Sora-Request-Id"])
+            done.wait(0.3)
+
+    invoker = threading.Thread(target=keep_invoking, daemon=True)
+    invoker.start()
     try:
-        # The stream starts from "now": invoke until the follower has seen one of ours.
-        def seen():
-            rid = host.invoke("tagged").headers["X-Sora-Request-Id"]
-            line = follow.stdout.readline()
-            return line and json.loads(line)["requestId"] == rid
-        wait_for(seen, timeout=30, what="a followed line")
+        deadline = time.monotonic() + 30
+        found = None
+        while found is None and time.monotonic() < deadline:
+            if select.select([follow.stdout], [], [], 1)[0]:
+                line = follow.stdout.readline()
+                if line.strip() and json.loads(line)["requestId"] in invoked:
+                    found = json.loads(line)
+        assert found is not None, "no line of ours was followed within 30 s"
+        assert found["line"].split()[0] in ("out", "err")
     finally:
+        done.set()
+        invoker.join(30)
         follow.terminate()
         follow.wait(10)
 

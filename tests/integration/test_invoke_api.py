@@ -1,16 +1,19 @@
-"""The AWS Lambda Invoke API, driven by the real boto3 client pointed at Sora."""
+"""The AWS Lambda Invoke API, driven by real clients pointed at Sora: boto3, the AWS SDK for
+JavaScript (tests/sdk/, installed by `make test`) and the AWS CLI."""
 from __future__ import annotations
 
 import base64
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
-import boto3
 import pytest
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from tests.integration import functions as F
-from tests.support import SoraHost, wait_for, write_function
+from tests.support import SoraHost, lambda_client, wait_for, write_function
 
 pytestmark = pytest.mark.integration
 
@@ -34,9 +37,7 @@ def host(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def lam(host):
-    return boto3.client("lambda", endpoint_url=host.url, region_name="us-east-1",
-                        aws_access_key_id="sora", aws_secret_access_key="sora",
-                        config=Config(retries={"max_attempts": 0}, read_timeout=30))
+    return lambda_client(host.url)
 
 
 def payload(result) -> dict:
@@ -113,3 +114,51 @@ def test_invocations_through_the_api_are_recorded_as_invoke(host, lam):
                                                   timeout=5)).status_code == 200 and r.json(),
                    what="the record")
     assert rec["trigger"] == "invoke" and rec["status"] == "ok"
+
+
+SDK = Path(__file__).resolve().parents[1] / "sdk"
+
+
+def js_sdk(host, function: str, payload: str, kind: str = "RequestResponse",
+           log: str = "None") -> dict:
+    done = subprocess.run(["node", str(SDK / "invoke.mjs"), host.url, function, payload, kind,
+                           log], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_the_javascript_sdk_invokes(host):
+    ok = js_sdk(host, "echo", '{"from": "js"}', log="Tail")
+    assert ok["StatusCode"] == 200 and ok["FunctionError"] is None
+    assert ok["ExecutedVersion"] == "$LATEST" and ok["LogResult"] is not None
+    assert json.loads(ok["Payload"])["event"] == {"from": "js"}
+    failed = js_sdk(host, "errors", "{}")
+    assert failed["StatusCode"] == 200 and failed["FunctionError"] == "Unhandled"
+    assert json.loads(failed["Payload"])["errorType"] == "ValidationError"
+    queued = js_sdk(host, "echo", "{}", kind="Event")
+    assert queued["StatusCode"] == 202 and queued["RequestId"]
+    missing = js_sdk(host, "nope", "{}")
+    assert missing["error"] == "ResourceNotFoundException" and missing["status"] == 404
+
+
+def test_the_aws_cli_invokes(host, tmp_path):
+    # AWS CLI v1 (from PyPI) takes --payload as it is; v2 needs --cli-binary-format
+    # raw-in-base64-out for the same.
+    aws = Path(sys.executable).parent / "aws"
+    env = dict(os.environ, AWS_ACCESS_KEY_ID="sora", AWS_SECRET_ACCESS_KEY="sora",
+               AWS_DEFAULT_REGION="us-east-1", AWS_CONFIG_FILE=str(tmp_path / "none"))
+    out = tmp_path / "out.json"
+    done = subprocess.run([str(aws), "lambda", "invoke", "--endpoint-url", host.url,
+                           "--function-name", "echo", "--payload", '{"from": "cli"}',
+                           "--log-type", "Tail",
+                           str(out)], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    meta = json.loads(done.stdout)
+    assert meta["StatusCode"] == 200 and meta["ExecutedVersion"] == "$LATEST"
+    assert "LogResult" in meta
+    assert json.loads(out.read_text())["event"] == {"from": "cli"}
+    queued = subprocess.run([str(aws), "lambda", "invoke", "--endpoint-url", host.url,
+                             "--function-name", "echo", "--invocation-type", "Event",
+                             str(tmp_path / "event.out")], capture_output=True, text=True,
+                            env=env, timeout=60)
+    assert queued.returncode == 0 and json.loads(queued.stdout)["StatusCode"] == 202

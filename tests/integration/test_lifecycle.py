@@ -132,8 +132,10 @@ def test_setup_timeout_kills_the_command(tmp_path):
                          what="setup timeout")
         assert "timed out after 1s" in state["reason"]
         # SIGKILL to the group is delivered asynchronously: poll briefly for it to take.
-        wait_for(lambda: not [p for p in psutil.process_iter(["cmdline", "status"])
+        # Only this setup's processes (they run in the function folder), not any `sleep 120`.
+        wait_for(lambda: not [p for p in psutil.process_iter(["cmdline", "status", "cwd"])
                               if p.info["cmdline"] and p.info["status"] != psutil.STATUS_ZOMBIE
+                              and p.info["cwd"] == str(fn)
                               and p.info["cmdline"][:2] in (["sleep", "120"], ["sleep", "121"])],
                  timeout=5, what="the setup commands to be killed")
     finally:

@@ -115,8 +115,12 @@ def test_settle_by_answer(dispatcher):
     after = settle(d, fn, p.TIMEOUT, p.error_body("Sora.Timeout", "late"))
     assert after["state"] == "dead" and after["deadReason"] == "RetriesExhausted"
     assert [e["errorType"] for e in after["errors"]] == ["E", "Sora.Timeout"]
-    accept(d.conn, "gone")
-    assert settle(d, fn, p.NOT_FOUND)["deadReason"] == "FunctionNotFound"
+    accept(d.conn, "starting")  # the broker does not know the function yet
+    after = settle(d, fn, p.NOT_FOUND)
+    assert after["state"] == "queued" and after["attempts"] == 0
+    d.conn.execute("DELETE FROM events")
+    accept(d.conn, "bad")
+    assert settle(d, fn, p.BAD_REQUEST)["deadReason"] == "InvalidEvent"
     accept(d.conn, "old", at=time.time() - 95)
     assert settle(d, fn, p.FUNCTION_ERROR)["deadReason"] == "EventAgeExceeded"
 
