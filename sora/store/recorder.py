@@ -1,6 +1,7 @@
 """The recorder: the one process that writes invocation records and log lines to the store.
 
-Workers PUSH a message per loop turn to `<stateDir>/run/records.sock` (`RecordSender`); the
+Workers PUSH a message per loop turn to `<stateDir>/run/records.sock` (`RecordSender`; the
+broker too, for invocations lost with their worker, which cannot record them); the
 recorder PULLs them, commits what gathered every FLUSH_INTERVAL in one transaction, and prunes
 the store to its retention every PRUNE_INTERVAL. Keeping SQLite out of the workers keeps it off
 the invocation path (no write, no lock, no GIL held by a writer thread beside the worker loop).
@@ -83,9 +84,10 @@ class RecordSender:
                 log.warning("recorder not keeping up: %d record line(s) dropped", self.dropped)
         self.batch = []
 
-    def close(self) -> None:
+    def close(self, linger: int | None = None) -> None:
+        """Send what is left, then close (waiting up to the socket's linger, or `linger` ms)."""
         self.flush()
-        self.sock.close()
+        self.sock.close(linger=linger)
 
 
 def parse(message: bytes, records: list[tuple], lines: list[tuple]) -> None:

@@ -401,7 +401,8 @@ class Arbiter:
         self.install_signals()
         quiet_gc()  # the broker thread shares this process
         self.broker = Broker(p.gateway_endpoint(self.state_dir),
-                             p.worker_endpoint(self.state_dir), wake=self.wakeup)
+                             p.worker_endpoint(self.state_dir), wake=self.wakeup,
+                             state_dir=self.state_dir)
         self.broker.start()
 
     def run(self) -> int:

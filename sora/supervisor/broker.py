@@ -25,6 +25,7 @@ from typing import Callable
 import zmq
 
 from .. import protocol as p
+from ..store.recorder import RecordSender
 
 log = logging.getLogger("sora.broker")
 
@@ -39,7 +40,9 @@ class WorkerEntry:
     credits: int
     last_seen: float
     draining: bool = False
-    inflight: dict[tuple[bytes, bytes], None] = field(default_factory=dict)
+    # (client, request id) -> (wall-clock start, meta frame or TRIGGER_HTTP): what a record of
+    # the invocation needs if the worker is lost while it runs.
+    inflight: dict[tuple[bytes, bytes], tuple[float, bytes]] = field(default_factory=dict)
 
 
 @dataclass
@@ -79,7 +82,7 @@ class BrokerControl:
 
 class Broker(threading.Thread):
     def __init__(self, gateway_endpoint: str, worker_endpoint: str,
-                 wake: Callable[[], None] = lambda: None):
+                 wake: Callable[[], None] = lambda: None, state_dir: str | None = None):
         super().__init__(name="sora-broker", daemon=True)
         self.ctx = zmq.Context.instance()
         self.frontend = self._router(gateway_endpoint)
@@ -97,6 +100,10 @@ class Broker(threading.Thread):
         self.workers: dict[bytes, WorkerEntry] = {}
         self.status_snapshot: dict = {}
         self.running = True
+        # Invocations lost with their worker are recorded here (the worker cannot); None
+        # without a recorder (`sora invoke --local`). Made on the broker's thread, in run().
+        self._records_dir = state_dir
+        self.records: RecordSender | None = None
 
     def _router(self, endpoint: str) -> zmq.Socket:
         sock = self.ctx.socket(zmq.ROUTER)
@@ -178,7 +185,8 @@ class Broker(threading.Thread):
                                        time.monotonic() + fq.max_wait))
             return
         worker.credits -= 1
-        worker.inflight[(client, request_id)] = None
+        worker.inflight[(client, request_id)] = (time.time(), payload[1] if len(payload) > 1
+                                                 else p.TRIGGER_HTTP)
 
     def drain_queue(self, fq: FunctionQueue) -> None:
         while fq.waiting:
@@ -204,7 +212,8 @@ class Broker(threading.Thread):
             if cmd == p.REPLY and len(frames) >= 6:
                 client, request_id = frames[2], frames[3]
                 self._reply(client, request_id, frames[4], frames[5], frames[6:])
-                if worker is not None and worker.inflight.pop((client, request_id), 1) is None:
+                if worker is not None and \
+                        worker.inflight.pop((client, request_id), None) is not None:
                     worker.credits += 1
                     fq = self.functions.get(worker.function)
                     if fq is not None and fq.waiting:
@@ -250,10 +259,17 @@ class Broker(threading.Thread):
         fq = self.functions.get(worker.function)
         if fq is not None and worker in fq.workers:
             fq.workers.remove(worker)
-        for client, request_id in worker.inflight:
+        now = time.time()
+        function = worker.function.encode()
+        for (client, request_id), (start, meta) in worker.inflight.items():
             self._reply(client, request_id, p.WORKER_LOST, p.error_body(
                 "Sora.WorkerLost", f"The worker running {worker.function} was lost ({why}) "
                 "while handling this invocation"))
+            if self.records is not None:
+                self.records.record(request_id, function, meta.partition(b"+")[0], start,
+                                    (now - start) * 1000, b"crashed", "Sora.WorkerLost", False)
+        if self.records is not None:
+            self.records.flush()
         if worker.inflight:
             log.warning("forgot worker %s (%s); failed %d in-flight invocation(s)",
                         identity.decode(), why, len(worker.inflight))
@@ -330,6 +346,8 @@ class Broker(threading.Thread):
                 self._send_worker(identity, p.HEARTBEAT)
 
     def run(self) -> None:
+        if self._records_dir is not None:
+            self.records = RecordSender(self._records_dir, self.ctx)
         poller = zmq.Poller()
         for sock in (self.frontend, self.backend, self._control):
             poller.register(sock, zmq.POLLIN)
@@ -361,3 +379,6 @@ class Broker(threading.Thread):
             self.forget(identity, "broker stopped")
         for sock in (self.frontend, self.backend, self._control):
             sock.close(linger=0)
+        if self.records is not None:
+            # The recorder has stopped by now: nothing would take what is left.
+            self.records.close(linger=0)

@@ -126,11 +126,14 @@ def test_async_invoke_then_inspect_and_logs(host):
                       .returncode == 0 and json.loads(r.stdout)["status"] == "ok"
                       and json.loads(r.stdout), what="the event's record")
     assert record["trigger"] == "event"
-    shown = sora("inspect", request_id, *at(host))
-    assert "status:" in shown.stdout and "out 2 of " + request_id in shown.stdout
-    logs = sora("logs", "tagged", *at(host), "--request-id", request_id)
-    assert logs.returncode == 0
-    assert sum(request_id[:8] in line for line in logs.stdout.splitlines()) == 6
+    # Log lines may be stored a moment after the record: poll for them.
+    shown = wait_for(lambda: "out 2 of " + request_id in (x := sora("inspect", request_id,
+                                                                     *at(host))).stdout and x,
+                     what="the event's log lines")
+    assert "status:" in shown.stdout
+    wait_for(lambda: sum(request_id[:8] in line for line in sora(
+        "logs", "tagged", *at(host), "--request-id", request_id).stdout.splitlines()) == 6,
+        what="its six lines from sora logs")
     unknown = sora("inspect", "no-such-request", *at(host))
     assert unknown.returncode == 1 and "ResourceNotFoundException" in unknown.stderr
 

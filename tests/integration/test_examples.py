@@ -10,7 +10,7 @@ import sys
 import pytest
 import requests
 
-from tests.support import ROOT, SoraHost, json_of
+from tests.support import ROOT, SoraHost, json_of, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -90,8 +90,9 @@ def test_python_hello_keeps_module_state(host):
     second = json_of(host.invoke("hello-python"))
     assert first["message"] == "Hello, Sora!" and second["message"] == "Hello, world!"
     assert second["invocationsOfThisInstance"] == first["invocationsOfThisInstance"] + 1
-    log = (host.base / "state" / "logs" / "hello-python.log").read_text()
-    assert "[INFO]" in log and f"{first['requestId']}\tgreeting Sora" in log
+    log_file = host.base / "state" / "logs" / "hello-python.log"
+    wait_for(lambda: "[INFO]" in (log := log_file.read_text()) and
+             f"{first['requestId']}\tgreeting Sora" in log, what="the logged greeting")
 
 
 def test_python_dependency_pinned_apart_from_soras_own(host):
@@ -115,8 +116,9 @@ def test_shell_bootstrap(host):
     r = host.invoke("shell-bootstrap", method="POST", data="x" * 10)
     assert json_of(r) == {"message": "Hello from sh", "shell": os.path.basename(
         os.path.realpath("/bin/sh"))}
-    log = (host.base / "state" / "logs" / "shell-bootstrap.log").read_text()
-    assert f"{r.headers['X-Sora-Request-Id']} stderr handling an event of" in log
+    log_file = host.base / "state" / "logs" / "shell-bootstrap.log"
+    wait_for(lambda: f"{r.headers['X-Sora-Request-Id']} stderr handling an event of" in
+             log_file.read_text(), what="the bootstrap's stderr line")
 
 
 def test_go_function(host):
@@ -138,5 +140,8 @@ def test_aws_runtime_interface_clients_work_unchanged(host, name):
     body = json_of(r)
     assert body["requestId"] == r.headers["X-Sora-Request-Id"]
     assert 0 < body["remainingMs"] <= 10_000
-    log = (host.base / "state" / "logs" / f"{name}.log").read_text()
-    assert r.headers["X-Sora-Request-Id"] in log
+    # The lines reach the log file when their end marker arrives, which may be after the
+    # result: poll for them.
+    log_file = host.base / "state" / "logs" / f"{name}.log"
+    wait_for(lambda: r.headers["X-Sora-Request-Id"] in log_file.read_text(),
+             what=f"{name}'s log line")

@@ -165,6 +165,14 @@ def test_kill_9_of_a_worker_mid_load(tmp_path):
         assert all(r.status_code == 502 for r in results), [r.text for r in results]
         assert {json_of(r)["errorType"] for r in results} == {"Sora.WorkerLost"}
         assert took < 10, "in-flight invocations must fail at once, not after they time out"
+        # Lost with their worker, they are recorded all the same (by the broker).
+        for r in results:
+            rid = r.headers["X-Sora-Request-Id"]
+            rec = wait_for(lambda: (x := host.session.get(f"{host.url}/api/invocations/{rid}",
+                                                          timeout=5)).status_code == 200
+                           and x.json(), what=f"the record of {rid}")
+            assert rec["status"] == "crashed" and rec["errorType"] == "Sora.WorkerLost"
+            assert rec["trigger"] == "http" and rec["durationMs"] > 0
         # The worker is restarted; its old runtimes died with it; the others kept serving.
         assert json_of(host.invoke("other"))["via"] == "promise"
         state = wait_for(lambda: (s := host.function_state("slow"))["state"] == "RUNNING" and
