@@ -196,6 +196,15 @@ class SoraHost:
         return found
 
 
+def served(base: Path, function_dirs: list[Path], **kwargs):
+    """For module fixtures, `yield from served(...)`: a started host, then a check that it
+    stops cleanly."""
+    host = SoraHost(base, function_dirs, **kwargs)
+    host.start()
+    yield host
+    assert host.stop() == 0
+
+
 def lambda_client(url: str):
     """A real boto3 Lambda client pointed at a Sora host (no retries: each call is one)."""
     import boto3
@@ -213,4 +222,4 @@ def json_of(response) -> dict:
 
 
 __all__ = ["SoraHost", "free_port", "wait_for", "write_function", "make_cert", "json_of",
-           "lambda_client", "ROOT", "json"]
+           "lambda_client", "served", "ROOT", "json"]

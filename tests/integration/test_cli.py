@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration import functions as F
-from tests.support import SoraHost, free_port, wait_for, write_function
+from tests.support import free_port, served, wait_for, write_function
 
 pytestmark = pytest.mark.integration
 
@@ -35,10 +35,7 @@ def host(tmp_path_factory):
         write_function(fns, "py-echo", {"app.py": F.PY_ECHO}, name="py-echo",
                        language="python", entrypoint="app.py"),
     ]
-    h = SoraHost(base, dirs, https=True)
-    h.start()
-    yield h
-    assert h.stop() == 0
+    yield from served(base, dirs, https=True)
 
 
 def at(host) -> list[str]:

@@ -9,7 +9,8 @@ import uuid
 import pytest
 
 from tests.integration import functions as F
-from tests.support import SoraHost, json_of, lambda_client, wait_for, write_function
+from tests.support import (SoraHost, json_of, lambda_client, served, wait_for,
+                           write_function)
 
 pytestmark = pytest.mark.integration
 
@@ -34,10 +35,7 @@ def host(tmp_path_factory, marks):
                        env={"MARKS": str(marks)},
                        eventInvoke={"maximumEventAgeInSeconds": 2, "retryDelaySeconds": 5}),
     ]
-    h = SoraHost(base, dirs, https=False)
-    h.start()
-    yield h
-    assert h.stop() == 0
+    yield from served(base, dirs, https=False)
 
 
 @pytest.fixture(scope="module")

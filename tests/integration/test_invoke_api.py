@@ -13,7 +13,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from tests.integration import functions as F
-from tests.support import SoraHost, lambda_client, wait_for, write_function
+from tests.support import lambda_client, served, wait_for, write_function
 
 pytestmark = pytest.mark.integration
 
@@ -29,10 +29,7 @@ def host(tmp_path_factory):
                        language="python", entrypoint="app.py"),
         write_function(fns, "slow", {"index.js": F.SLOW}, name="slow", timeout=1),
     ]
-    h = SoraHost(base, dirs, https=False)
-    h.start()
-    yield h
-    assert h.stop() == 0
+    yield from served(base, dirs, https=False)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import requests
 import yaml
 
 from tests.integration import functions as F
-from tests.support import SoraHost, wait_for, write_function
+from tests.support import SoraHost, served, wait_for, write_function
 
 pytestmark = pytest.mark.integration
 
@@ -26,10 +26,7 @@ def host(tmp_path_factory):
         write_function(fns, "py-logs", {"app.py": F.PY_LOGS}, name="py-logs",
                        language="python", entrypoint="app.py"),
     ]
-    h = SoraHost(base, dirs, https=False)
-    h.start()
-    yield h
-    assert h.stop() == 0
+    yield from served(base, dirs, https=False)
 
 
 def api(host, path, **params):
