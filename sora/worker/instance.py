@@ -220,6 +220,12 @@ class Instance:
                         self._pending_lines[f].append(line)
                 if len(chunk) < 1 << 16:
                     break
+            if self._pending_lines[f] and self.current is not None and not self.queued:
+                # Stored now rather than at the end marker, so they can be followed while the
+                # invocation runs. They are the running invocation's: the pipe is drained (so
+                # an earlier invocation's marker, written before its result, has been read),
+                # and no later invocation has been handed to the instance to print them.
+                self._flush_lines(f, stream, self.current[1])
             if final or self.state in (State.IDLE, State.BOOTING):
                 # Nothing will close these lines with a marker: tie them to what ran last.
                 if final and self._log_bufs[f]:

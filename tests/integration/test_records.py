@@ -25,6 +25,8 @@ def host(tmp_path_factory):
                        instances=3, timeout=1),
         write_function(fns, "py-logs", {"app.py": F.PY_LOGS}, name="py-logs",
                        language="python", entrypoint="app.py"),
+        write_function(fns, "slow-printer", {"index.js": F.TAGGED_PRINTER},
+                       name="slow-printer", timeout=20),
     ]
     yield from served(base, dirs, https=False)
 
@@ -144,6 +146,22 @@ def test_logs_by_request_id_and_follow(host):
             if later and sum(line["requestId"] == later[0] for line in seen) == 6:
                 break
     assert rid not in {line["requestId"] for line in seen}
+
+
+def test_follow_shows_lines_while_the_invocation_runs(host):
+    with requests.get(f"{host.url}/api/functions/slow-printer/logs",
+                      params={"follow": "true"}, stream=True, timeout=10) as stream:
+        with ThreadPoolExecutor(1) as pool:
+            # Three lines, 1.5 s apart: the first is followed long before the call ends.
+            call = pool.submit(host.invoke, "slow-printer", params={"ms": "1500"})
+            for raw in stream.iter_lines():  # each read waits at most the 10 s timeout
+                if raw and json.loads(raw)["line"].startswith("out 0 of "):
+                    break
+            assert not call.done(), "the first line must be followed while the call runs"
+            rid = call.result(timeout=30).headers["X-Sora-Request-Id"]
+    lines = wait_for(lambda: len(x := record(host, rid)["logs"]) == 6 and x, what="six lines")
+    assert sorted(line["line"] for line in lines) == sorted(
+        [f"out {i} of {rid}" for i in range(3)] + [f"err {i} of {rid}" for i in range(3)])
 
 
 def test_retention_prunes_by_count(tmp_path):
