@@ -142,6 +142,15 @@ def _trigger(value: Any) -> list[str]:
     return ["http"]
 
 
+COLD_START_MODES = ("never", "always", "always-setup")
+
+
+def _cold_start(value: Any) -> str:
+    if value not in COLD_START_MODES:
+        raise _Invalid("one of: " + ", ".join(COLD_START_MODES))
+    return value
+
+
 def _env(value: Any) -> dict[str, str]:
     if value is None:
         return {}
@@ -243,6 +252,10 @@ FUNCTION_SETTINGS = _settings(
             "instance; past it callers get 503 with Retry-After."),
     Setting("eventInvoke", _mapping, {}, "Asynchronous (`Event`) invocations: retries, event "
             "age and concurrency (below)."),
+    Setting("coldStart", _cold_start, "never", "Cold-start simulation, to test a function's "
+            "cold path: `always` tears each instance down after its invocation, so every "
+            "invocation runs on a fresh one (its record says cold); `always-setup` also runs "
+            "`setup` again (ignoring its cache) before each fresh instance. Default `never`."),
 )
 
 EVENT_INVOKE_SETTINGS = _settings(
@@ -337,6 +350,7 @@ class FunctionConfig:
     instances: int
     maxQueued: int
     eventInvoke: EventInvokeConfig = field(default_factory=EventInvokeConfig)
+    coldStart: str = "never"
 
     @property
     def source(self) -> str:

@@ -197,7 +197,7 @@ class Arbiter:
     # --- managing -------------------------------------------------------------------------------
     def start_functions(self) -> None:
         for fn in self.config.functions:
-            run = SetupRun(fn, self.state_dir)
+            run = SetupRun(fn, self.state_dir, force=fn.coldStart == "always-setup")
             self.setups[fn.name] = run
             self.workers[fn.name] = Supervised(fn.name, "worker", self.worker_launch(fn),
                                                state=State.SETUP)

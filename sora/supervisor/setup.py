@@ -58,8 +58,9 @@ def content_hash(directory: str, excluded: set[str]) -> str:
 class SetupRun:
     """One function's setup, stepped by the arbiter loop: `poll()` returns None while it runs."""
 
-    def __init__(self, fn: FunctionConfig, state_dir: str):
+    def __init__(self, fn: FunctionConfig, state_dir: str, force: bool = False):
         self.fn = fn
+        self.force = force  # run even if the folder is unchanged since the last success
         directory = os.path.join(state_dir, "setup")
         os.makedirs(directory, exist_ok=True)
         self.cache_path = os.path.join(directory, f"{fn.name}.json")
@@ -84,7 +85,7 @@ class SetupRun:
             return
         cached = self._cached()
         outputs = set(cached.get("outputs", []))
-        if cached.get("hash") and all(os.path.exists(os.path.join(self.fn.directory, o))
+        if not self.force and cached.get("hash") and all(os.path.exists(os.path.join(self.fn.directory, o))
                                       for o in outputs) \
                 and cached["hash"] == content_hash(self.fn.directory, outputs):
             self.outcome = SetupOutcome(ok=True, skipped=True)

@@ -21,6 +21,7 @@ from .. import protocol as p
 from ..hotpath import quiet_gc
 from ..config import ConfigError, FunctionConfig, load_function_config
 from ..store.recorder import RecordSender
+from ..supervisor.setup import SetupRun
 from .instance import Instance, State
 from .logs import FunctionLog
 from .runtimes import Runtime, runtime_for
@@ -72,6 +73,8 @@ class Worker:
         self.credits_per_instance = CREDITS_SLOW
         self.signals: list[int] = []
         self._wake_r, self._wake_w = os.pipe()
+        # coldStart: always-setup: per instance index, the setup run before its fresh instance.
+        self.setups: dict[int, SetupRun] = {}
 
     # --- signals: the handler only queues ------------------------------------------------------
     def _on_signal(self, signum, _frame) -> None:
@@ -132,6 +135,37 @@ class Worker:
                 raise BootError(self.last_init_error)
         if not self.stopping:
             self.spawn_instance(inst.index)
+
+    def renew_instance(self, inst: Instance) -> None:
+        """coldStart: always[-setup]: the instance that has just answered goes, and a fresh one
+        (after a fresh setup) takes its place, so the next invocation runs cold."""
+        inst.current = None
+        self.requeue(inst)
+        inst.drain_logs()
+        self.retire_instance(inst, kill=True)
+        if self.stopping and not self.pending:
+            return
+        if self.fn.coldStart == "always-setup":
+            run = SetupRun(self.fn, self.state_dir, force=True)
+            run.start()
+            self.setups[inst.index] = run
+        else:
+            self.spawn_instance(inst.index)
+
+    def poll_setups(self) -> None:
+        for index, run in list(self.setups.items()):
+            outcome = run.poll()
+            if outcome is None:
+                continue
+            del self.setups[index]
+            if not outcome.ok:
+                # The fresh instance starts all the same: what the setup left decides how the
+                # next invocation goes, which is what a cold-path test wants to see.
+                log.error("%s: setup before a fresh instance failed: %s", self.fn.name,
+                          outcome.reason)
+                self.log.write("-", "stderr", [f"sora: setup failed: {outcome.reason}"
+                                               .encode()])
+            self.spawn_instance(index)
 
     # --- broker connection ----------------------------------------------------------------------
     def connect(self) -> None:
@@ -211,6 +245,8 @@ class Worker:
     def track_duration(self, seconds: float) -> None:
         """Follow how long invocations take; grant or take back credits when that changes."""
         self.avg_duration += (seconds - self.avg_duration) * 0.1
+        if self.fn.coldStart != "never":
+            return  # one invocation per instance: never queue more behind a running one
         if self.credits_per_instance == CREDITS_SLOW and self.avg_duration < FAST:
             target = CREDITS_FAST
         elif self.credits_per_instance == CREDITS_FAST and self.avg_duration > SLOW:
@@ -264,6 +300,9 @@ class Worker:
                 inst.current = None
                 inst.state = State.EXITING
                 self.requeue(inst)
+                return
+            if self.fn.coldStart != "never":
+                self.renew_instance(inst)
                 return
             inst.advance()
             if inst.current is None:
@@ -362,6 +401,9 @@ class Worker:
                     self.begin_stop()
                 now = time.monotonic()
                 timeout = self.check_deadlines(now)
+                if self.setups:
+                    self.poll_setups()
+                    timeout = min(timeout, 0.05)  # setup commands end without a wake-up
                 if self.stopping:
                     if not self.pending and not any(i.current for i in self.instances):
                         break
@@ -403,6 +445,8 @@ class Worker:
             self.finish(None, (client, request_id, 0.0, time.monotonic()), p.INIT_ERROR, body)
 
     def shutdown(self) -> None:
+        for run in self.setups.values():
+            run.kill()
         for inst in list(self.instances):
             self.retire_instance(inst, kill=True)
         self.log.flush()

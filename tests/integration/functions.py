@@ -323,3 +323,13 @@ exports.handler = async (event, context) => {
   return { key, attempt: n };
 };
 """
+
+# Says which process ran it and how many times `setup` has run (each run appends a line).
+SETUP_COUNTER = """
+const fs = require('node:fs');
+exports.handler = async () => ({
+  pid: process.pid,
+  setupRuns: fs.existsSync('setup-runs.txt')
+    ? fs.readFileSync('setup-runs.txt', 'utf8').trim().split('\\n').length : 0,
+});
+"""

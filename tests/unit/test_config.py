@@ -42,6 +42,20 @@ def test_every_problem_names_file_field_and_expectation(tmp_path):
     assert f"{path}: env: expected a map of variable names to values" in text
 
 
+def test_event_invoke_and_cold_start_settings(tmp_path):
+    fn = load_function_config(make_fn(tmp_path, extra="instances: 3\ncoldStart: always"))
+    assert fn.coldStart == "always"
+    assert fn.eventInvoke.maxConcurrency == 3 and fn.eventInvoke.maximumRetryAttempts == 2
+    with pytest.raises(ConfigError) as exc:
+        load_function_config(make_fn(tmp_path, "bad", extra=(
+            "coldStart: sometimes\neventInvoke: {maximumRetryAttempts: 11, retries: 1}")))
+    text = str(exc.value)
+    path = tmp_path / "bad" / "sora.yaml"
+    assert f"{path}: coldStart: expected one of: never, always, always-setup" in text
+    assert f"{path}: eventInvoke.maximumRetryAttempts: expected an integer from 0 to 10" in text
+    assert f"{path}: eventInvoke.retries: unknown field" in text
+
+
 def test_missing_required_field(tmp_path):
     d = make_fn(tmp_path)
     (d / "sora.yaml").write_text("name: fn\nentrypoint: index.js\n")
