@@ -134,6 +134,12 @@ class SoraHost:
         kwargs.setdefault("timeout", 30)
         return self.session.request(method, f"{self.url}/functions/{name}{path}", **kwargs)
 
+    def record(self, request_id: str, timeout: float = 20.0) -> dict:
+        """The invocation's record, once the recorder has stored it."""
+        return wait_for(lambda: (r := self.session.get(
+            f"{self.url}/api/invocations/{request_id}", timeout=5)).status_code == 200
+            and r.json(), timeout, what=f"the record of {request_id}")
+
     def log(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")[-8000:]

@@ -23,16 +23,10 @@ def host(tmp_path_factory):
     yield from served(base, dirs, https=False)
 
 
-def record(host, request_id):
-    return wait_for(lambda: (r := host.session.get(f"{host.url}/api/invocations/{request_id}",
-                                                   timeout=5)).status_code == 200 and r.json(),
-                    what=f"record {request_id}")
-
-
 def invoke(host, name):
     r = host.invoke(name)
     assert r.status_code == 200, r.text
-    return json_of(r), record(host, r.headers["X-Sora-Request-Id"])
+    return json_of(r), host.record(r.headers["X-Sora-Request-Id"])
 
 
 def test_always_runs_every_invocation_on_a_fresh_instance(host):
@@ -56,6 +50,6 @@ def test_always_setup_runs_setup_again_before_each_fresh_instance(host):
 
 
 def test_never_is_the_default_and_keeps_the_instance_warm(host):
-    (first, rec1), (second, rec2) = invoke(host, "warm"), invoke(host, "warm")
+    (first, _), (second, rec2) = invoke(host, "warm"), invoke(host, "warm")
     assert first["pid"] == second["pid"]
     assert rec2["cold"] is False

@@ -36,9 +36,7 @@ def api(host, path, **params):
     return r.status_code, r.json()
 
 
-def record(host, request_id):
-    return wait_for(lambda: (r := api(host, f"/invocations/{request_id}"))[0] == 200 and r[1],
-                    what=f"record {request_id}")
+record = SoraHost.record
 
 
 def test_every_outcome_is_recorded_with_status_type_and_temperature(host):
