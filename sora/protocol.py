@@ -87,6 +87,16 @@ def error_body(error_type: str, message: str, **extra) -> bytes:
                       separators=(",", ":")).encode()
 
 
+def parse_error(body: bytes) -> tuple[str, str]:
+    """(errorType, errorMessage) of an error body, the inverse of error_body(); a body that is
+    not such JSON is ("Error", its first 1,000 characters)."""
+    try:
+        err = json.loads(body)
+        return str(err.get("errorType") or "Error"), str(err.get("errorMessage") or "")
+    except (ValueError, AttributeError):
+        return "Error", body[:1000].decode("utf-8", "replace")
+
+
 def timeout_message(seconds: float) -> str:
     return f"Task timed out after {seconds:.2f} seconds"
 
@@ -130,3 +140,16 @@ EXIT_BOOT_ERROR = 3
 
 def boot_error_path(state_dir: str, function: str) -> str:
     return os.path.join(run_dir(state_dir), f"worker-{function}.boot-error")
+
+
+def take_boot_error(state_dir: str, function: str) -> str | None:
+    """The reason a worker wrote before exiting with EXIT_BOOT_ERROR, as "type: message"
+    (the file is removed: a reason is told once), or None if there is none to read."""
+    path = boot_error_path(state_dir, function)
+    try:
+        with open(path, "rb") as fh:
+            body = json.loads(fh.read())
+        os.unlink(path)
+        return f"{body.get('errorType')}: {body.get('errorMessage')}"
+    except (OSError, ValueError, AttributeError):
+        return None

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import hashlib
-import json
 import os
 import queue
 import signal
@@ -60,17 +59,10 @@ def _wait_ready(broker: Broker, worker: subprocess.Popen, fn: FunctionConfig,
             pass
         code = worker.poll()
         if code is not None:
-            raise CliError(f"{fn.name}: the function cannot start: {_boot_error(fn, state_dir, code)}")
+            reason = p.take_boot_error(state_dir, fn.name) or \
+                f"its worker exited with status {code} (log: {_worker_log(state_dir)})"
+            raise CliError(f"{fn.name}: the function cannot start: {reason}")
     raise CliError(f"{fn.name}: the function was not ready after {READY_TIMEOUT:.0f}s")
-
-
-def _boot_error(fn: FunctionConfig, state_dir: str, code: int) -> str:
-    try:
-        with open(p.boot_error_path(state_dir, fn.name), "rb") as fh:
-            err = json.loads(fh.read())
-        return f"{err.get('errorType')}: {err.get('errorMessage')}"
-    except (OSError, ValueError, AttributeError):
-        return f"its worker exited with status {code} (log: {_worker_log(state_dir)})"
 
 
 def _worker_log(state_dir: str) -> str:
@@ -111,8 +103,10 @@ async def _invoke(fn: FunctionConfig, state_dir: str, payload: bytes):
     client = BrokerClient(p.gateway_endpoint(state_dir))
     request_id = f"local-{os.urandom(8).hex()}"
     try:
-        return await client.invoke_with_log(fn.name, request_id.encode(), payload,
-                                            fn.timeout * 2 + BROKER_SLACK, p.TRIGGER_INVOKE)
+        status, body, *tail = await client.invoke(
+            fn.name, request_id.encode(), payload, fn.timeout * 2 + BROKER_SLACK,
+            p.meta(p.TRIGGER_INVOKE, tail=True))
+        return status, body, (tail or [b""])[0]
     except BrokerTimeout:
         raise CliError(f"{fn.name}: no answer from its worker in time") from None
     finally:

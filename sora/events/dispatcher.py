@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -61,14 +60,6 @@ HOPELESS = {p.BAD_REQUEST: "InvalidEvent"}
 def retry_delay(fn: FunctionConfig, attempts: int) -> float:
     """The wait after the `attempts`-th failed attempt."""
     return min(fn.eventInvoke.retryDelaySeconds * 2 ** (attempts - 1), MAX_RETRY_DELAY)
-
-
-def error_of(body: bytes) -> tuple[str, str]:
-    try:
-        err = json.loads(body)
-        return str(err.get("errorType") or "Error"), str(err.get("errorMessage") or "")
-    except (ValueError, AttributeError):
-        return "Error", body[:1000].decode("utf-8", "replace")
 
 
 class Dispatcher:
@@ -182,8 +173,8 @@ class Dispatcher:
         began = time.monotonic()
         try:
             try:
-                status, body = await client.invoke(fn.name, event.request_id.encode(),
-                                                   event.payload, wait, p.TRIGGER_EVENT)
+                status, body, *_ = await client.invoke(fn.name, event.request_id.encode(),
+                                                       event.payload, wait, p.TRIGGER_EVENT)
             except BrokerTimeout:
                 status, body = p.WORKER_LOST, p.error_body(
                     "Sora.NoAnswer", f"No answer from the broker within {wait:.0f}s")
@@ -200,7 +191,7 @@ class Dispatcher:
         if status == p.OK:
             queue.ack(self.conn, event.id)
             return
-        error_type, message = error_of(body)
+        error_type, message = p.parse_error(body)
         attempt = queue.Attempt(start, duration_ms, error_type, message)
         now = time.time()
         age_limit = event.accepted + fn.eventInvoke.maximumEventAgeInSeconds

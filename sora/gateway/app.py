@@ -14,9 +14,9 @@ import falcon.asgi
 from .. import protocol as p
 from ..config import FUNCTION_NAME_RE, HostConfig, load_host_config
 from ..events.intake import EventIntake
-from .client import BROKER_SLACK, BrokerClient, BrokerTimeout, broker_waits
+from .client import BROKER_SLACK, BrokerClient, BrokerTimeout
 from .errors import SoraError
-from .event_accept import RETRY_AFTER, accept_event
+from .invocation_route import RETRY_AFTER, InvocationRoute
 from .requests import REQUEST_ID_HEADER, read_body, request_id_of
 from .function_url import BadFunctionResponse, build_event, map_result
 from .invoke_api import InvokeApiError, InvokeResource, handle_invoke_api_error
@@ -53,19 +53,12 @@ async def handle_unexpected(req, resp, ex: Exception, params) -> None:
 INVOCATION_TYPE_HEADER = "X-Sora-Invocation-Type"
 
 
-class FunctionUrlResource:
+class FunctionUrlResource(InvocationRoute):
     """`ANY /functions/{name}` and `ANY /functions/{name}/{path}`: the HTTP trigger.
 
     With `X-Sora-Invocation-Type: Event` the request is stored as an asynchronous event and
     answered 202 `{"requestId": ...}` at once; the function's answer is not returned.
     """
-
-    def __init__(self, client: BrokerClient, config: HostConfig, intake: EventIntake):
-        self.client = client
-        self.config = config
-        self.intake = intake
-        self.max_body = config.server.maxBodyBytes
-        self.waits = broker_waits(config)
 
     async def handle(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, name: str,
                      path: str = "") -> None:
@@ -87,15 +80,15 @@ class FunctionUrlResource:
                 raise SoraError(400, "Sora.InvalidInvocationType", (
                     f"{INVOCATION_TYPE_HEADER}: expected RequestResponse or Event, got "
                     f"{kind!r}"))
-            await accept_event(self.intake, self.config, name, request_id, "http", event)
+            await self.accept_event(name, request_id, "http", event)
             resp.status = falcon.HTTP_202
             resp.set_header(REQUEST_ID_HEADER, request_id)
             resp.content_type = "application/json"
             resp.data = b'{"requestId":"%s","status":"queued"}' % request_id.encode()
             return
         try:
-            status, result = await self.client.invoke(name, request_id.encode(), event,
-                                                      self.waits.get(name, BROKER_SLACK))
+            status, result, *_ = await self.client.invoke(
+                name, request_id.encode(), event, self.waits.get(name, BROKER_SLACK))
         except BrokerTimeout:
             raise SoraError(504, "Sora.GatewayTimeout",
                             "No answer from the broker in time") from None

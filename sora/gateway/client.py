@@ -119,21 +119,13 @@ class BrokerClient:
             self._sweeping = False
 
     async def invoke(self, function: str, request_id: bytes, payload: bytes,
-                     timeout: float, meta: bytes = p.TRIGGER_HTTP) -> tuple[bytes, bytes]:
-        """Send one invocation; return (status, body) from protocol.py."""
+                     timeout: float, meta: bytes = p.TRIGGER_HTTP) -> list[bytes]:
+        """Send one invocation; return the reply's frames: status and body (protocol.py),
+        then the base64 tail of its log when `meta` asked for it (`p.meta(..., tail=True)`)."""
         frames = [p.REQUEST, request_id, function.encode(), payload]
         if meta != p.TRIGGER_HTTP:
             frames.append(meta)
-        status, body, *_ = await self._call(frames, request_id, timeout)
-        return status, body
-
-    async def invoke_with_log(self, function: str, request_id: bytes, payload: bytes,
-                              timeout: float, trigger: bytes) -> tuple[bytes, bytes, bytes]:
-        """Like invoke(), and also return the base64 tail of the invocation's log."""
-        status, body, *tail = await self._call(
-            [p.REQUEST, request_id, function.encode(), payload, p.meta(trigger, tail=True)],
-            request_id, timeout)
-        return status, body, (tail[0] if tail else b"")
+        return await self._call(frames, request_id, timeout)
 
     async def status(self, request_id: bytes, timeout: float = 3.0) -> bytes:
         _, body, *_ = await self._call([p.STATUS, request_id], request_id, timeout)

@@ -23,11 +23,10 @@ import re
 import falcon
 
 from .. import protocol as p
-from ..config import FUNCTION_NAME_RE, HostConfig
-from .client import BROKER_SLACK, BrokerClient, BrokerTimeout, broker_waits
-from ..events.intake import EventIntake
+from ..config import FUNCTION_NAME_RE
+from .client import BROKER_SLACK, BrokerTimeout
 from .errors import SoraError
-from .event_accept import RETRY_AFTER, accept_event
+from .invocation_route import RETRY_AFTER, InvocationRoute
 from .requests import REQUEST_ID_HEADER, read_body, request_id_of
 
 VERSION = "$LATEST"
@@ -65,14 +64,7 @@ def parse_function_name(raw: str, qualifier: str | None) -> str:
     return name
 
 
-class InvokeResource:
-    def __init__(self, client: BrokerClient, config: HostConfig, intake: EventIntake):
-        self.client = client
-        self.config = config
-        self.intake = intake
-        self.max_body = config.server.maxBodyBytes
-        self.waits = broker_waits(config)
-
+class InvokeResource(InvocationRoute):
     async def on_post(self, req, resp, name: str) -> None:
         request_id = request_id_of(req)
         fn_name = parse_function_name(name, req.get_param("Qualifier"))
@@ -96,20 +88,14 @@ class InvokeResource:
             resp.status = falcon.HTTP_204
             return
         if kind == "Event":
-            await accept_event(self.intake, self.config, fn_name, request_id, "invoke",
-                               payload, InvokeApiError)
+            await self.accept_event(fn_name, request_id, "invoke", payload, InvokeApiError)
             resp.status = falcon.HTTP_202
             return
         tail = (req.get_header("X-Amz-Log-Type") or "None") == "Tail"
         wait = self.waits.get(fn_name, BROKER_SLACK)
         try:
-            if tail:
-                status, body, log_tail = await self.client.invoke_with_log(
-                    fn_name, request_id.encode(), payload, wait, p.TRIGGER_INVOKE)
-                resp.set_header("X-Amz-Log-Result", log_tail.decode("ascii"))
-            else:
-                status, body = await self.client.invoke(fn_name, request_id.encode(), payload,
-                                                        wait, p.TRIGGER_INVOKE)
+            status, body, *log_tail = await self.client.invoke(
+                fn_name, request_id.encode(), payload, wait, p.meta(p.TRIGGER_INVOKE, tail))
         except BrokerTimeout:
             raise InvokeApiError(504, "ServiceException",
                                  "No answer from the broker in time") from None
@@ -117,12 +103,14 @@ class InvokeResource:
             raise InvokeApiError(404, "ResourceNotFoundException",
                                  f"Function not found: {fn_name}")
         if status == p.NO_CAPACITY:
-            raise InvokeApiError(429, "TooManyRequestsException", _message(body),
+            raise InvokeApiError(429, "TooManyRequestsException", p.parse_error(body)[1],
                                  {"Retry-After": RETRY_AFTER})
         if status == p.UNAVAILABLE:
-            raise InvokeApiError(502, "ResourceNotReadyException", _message(body))
+            raise InvokeApiError(502, "ResourceNotReadyException", p.parse_error(body)[1])
         if status == p.BAD_REQUEST:
-            raise InvokeApiError(400, "InvalidRequestContentException", _message(body))
+            raise InvokeApiError(400, "InvalidRequestContentException", p.parse_error(body)[1])
+        if tail:
+            resp.set_header("X-Amz-Log-Result", (log_tail or [b""])[0].decode("ascii"))
         resp.set_header("X-Amz-Executed-Version", VERSION)
         if status != p.OK:
             # The function ran and failed (error, timeout, crash): 200, as Lambda answers.
@@ -130,9 +118,3 @@ class InvokeResource:
         resp.content_type = "application/json"
         resp.data = body
 
-
-def _message(body: bytes) -> str:
-    try:
-        return json.loads(body).get("errorMessage", "")
-    except (ValueError, AttributeError):
-        return body.decode("utf-8", "replace")

@@ -150,7 +150,8 @@ class Arbiter:
             if child.kind == "worker":
                 self.broker.control.forget_worker(p.worker_identity(child.name, child.proc.pid))
                 if code == p.EXIT_BOOT_ERROR:
-                    why = f"cannot boot: {self._boot_error(child.name)}"
+                    why = "cannot boot: " + (p.take_boot_error(self.state_dir, child.name)
+                                             or "the worker exited with a boot error")
             child.on_exit(code, now, why)
             if child.kind == "gateway" and child.state is State.FATAL and not self.stopping:
                 log.error("the %s listener cannot start (%s); stopping the host", child.name,
@@ -158,16 +159,6 @@ class Arbiter:
                 self.exit_code = EXIT_GATEWAY_FATAL
                 self.begin_stop(f"{child.name} listener failed")
         return exited
-
-    def _boot_error(self, name: str) -> str:
-        path = p.boot_error_path(self.state_dir, name)
-        try:
-            with open(path, "rb") as fh:
-                body = json.loads(fh.read())
-            os.unlink(path)
-            return f"{body.get('errorType')}: {body.get('errorMessage')}"
-        except (OSError, ValueError, AttributeError):
-            return "the worker exited with a boot error"
 
     def reap_orphans(self) -> None:
         """Kill and reap processes that were re-parented to us (we are a subreaper)."""

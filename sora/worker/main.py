@@ -7,7 +7,6 @@ the broker socket and every instance's control and log pipes; signal handlers on
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
@@ -113,7 +112,8 @@ class Worker:
             self.idle.remove(inst)
 
     def replace_instance(self, inst: Instance, kill: bool) -> None:
-        """Retire a dead or hung instance and start a fresh one in its place."""
+        """Retire an instance (dead, hung, or done under coldStart) and start a fresh one in
+        its place; it serves what is still pending even while the worker stops."""
         booting = inst.state == State.BOOTING
         current, inst.current = inst.current, None
         self.requeue(inst)
@@ -133,24 +133,22 @@ class Worker:
                 self.last_init_error = inst.init_error
             if self.init_failures >= MAX_INIT_FAILURES:
                 raise BootError(self.last_init_error)
-        if not self.stopping:
-            self.spawn_instance(inst.index)
-
-    def renew_instance(self, inst: Instance) -> None:
-        """coldStart: always[-setup]: the instance that has just answered goes, and a fresh one
-        (after a fresh setup) takes its place, so the next invocation runs cold."""
-        inst.current = None
-        self.requeue(inst)
-        inst.drain_logs()
-        self.retire_instance(inst, kill=True)
         if self.stopping and not self.pending:
             return
         if self.fn.coldStart == "always-setup":
+            # The fresh instance starts once a fresh setup has run (poll_setups).
             run = SetupRun(self.fn, self.state_dir, force=True)
             run.start()
             self.setups[inst.index] = run
         else:
             self.spawn_instance(inst.index)
+
+    def renew_instance(self, inst: Instance) -> None:
+        """coldStart: always[-setup]: the instance that has just answered is replaced, so the
+        next invocation runs cold."""
+        inst.current = None
+        inst.drain_logs()
+        self.replace_instance(inst, kill=True)
 
     def poll_setups(self) -> None:
         for index, run in list(self.setups.items()):
@@ -207,7 +205,7 @@ class Worker:
         self.records.record(
             request_id, self.fn_name, meta.partition(b"+")[0] if meta else p.TRIGGER_HTTP,
             time.time() - took, took * 1000, RECORD_STATUS.get(status, b"error"),
-            None if status == p.OK else ERROR_TYPES.get(status) or _error_type(body),
+            None if status == p.OK else ERROR_TYPES.get(status) or p.parse_error(body)[0],
             inst is None or inst.completed == 0)
         if inst is not None:
             inst.completed += 1
@@ -461,14 +459,6 @@ class Worker:
 RECORD_STATUS = {p.OK: b"ok", p.FUNCTION_ERROR: b"error", p.INIT_ERROR: b"error",
                  p.TIMEOUT: b"timeout", p.RUNTIME_EXITED: b"crashed"}
 ERROR_TYPES = {p.TIMEOUT: "Sora.Timeout", p.RUNTIME_EXITED: "Sora.RuntimeExited"}
-
-
-def _error_type(body: bytes) -> str:
-    try:
-        value = json.loads(body)
-        return str(value.get("errorType") or "Error") if isinstance(value, dict) else "Error"
-    except ValueError:
-        return "Error"
 
 
 class BootError(Exception):

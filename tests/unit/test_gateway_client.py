@@ -35,7 +35,7 @@ def test_replies_are_matched_by_request_id_and_silence_times_out(tmp_path):
         for ident, _, rid, fn, payload in reversed(received):
             router.send_multipart([ident, p.REPLY, rid, p.OK, rid + b"-done"])
         results = await asyncio.gather(*calls)
-        assert results == [(p.OK, b"r0-done"), (p.OK, b"r1-done"), (p.OK, b"r2-done")]
+        assert results == [[p.OK, b"r0-done"], [p.OK, b"r1-done"], [p.OK, b"r2-done"]]
         started = time.monotonic()
         try:
             await client.invoke("fn", b"lost", b"{}", 0.2)
