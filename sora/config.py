@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import psutil
 import yaml
 
 FUNCTION_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
@@ -216,6 +217,18 @@ HOST_SETTINGS = _settings(
     Setting("stateDir", _path, "./.sora", "Folder for sockets, logs, the setup cache and the "
             "store (`sora.db`), relative to the config file's folder."),
     Setting("records", _mapping, {}, "Retention of invocation records (below)."),
+    Setting("limits", _mapping, {}, "Host-wide limits that autoscaling never exceeds (below)."),
+    Setting("prestartedRuntimes", _int_range(0, 64), 2, "Runtime processes of each kind "
+            "(Node.js, by interpreter) kept started and ready to load any function, so a cold "
+            "start skips the interpreter's own start-up. 0 turns this off."),
+)
+
+LIMITS_SETTINGS = _settings(
+    Setting("maxInstances", _int_range(1, 100000), None, "Runtime instances of all functions "
+            "together. Default: 16 per CPU core."),
+    Setting("maxMemoryMB", _int_range(64, 1 << 30), None, "Memory of all instances together, "
+            "counting each at its function's `memory`. Default: three quarters of the host's "
+            "memory."),
 )
 
 FUNCTION_SETTINGS = _settings(
@@ -246,10 +259,28 @@ FUNCTION_SETTINGS = _settings(
             "`memoryLimitInMB` and used as the runtime's heap limit."),
     Setting("env", _env, {}, "Environment variables for the function. The host's environment "
             "does not reach the function, except `PATH` and `HOME`."),
-    Setting("instances", _int_range(1, 256), 1, "Warm runtime instances kept per function; "
-            "each runs one invocation at a time."),
+    Setting("instances", _int_range(1, 256), None, "Shorthand for a fixed pool: sets both "
+            "`minInstances` and `maxInstances` (not with either of them)."),
+    Setting("minInstances", _int_range(0, 256), 1, "Instances kept running even when idle "
+            "(per worker process). Default 1, so the first call is warm and a function whose "
+            "code cannot load is reported when the host starts; 0 scales an idle function to "
+            "zero, and its next call starts an instance (a cold start, from a pre-started "
+            "runtime where one is ready)."),
+    Setting("maxInstances", _int_range(1, 1024), None, "Most instances the autoscaler runs "
+            "(per worker process); each runs one invocation at a time. Default: 4 per CPU "
+            "core, and no more than half the host's memory holds at `memory` MB each."),
+    Setting("concurrency", _int_range(1, 100000), None, "Hard cap on this function's "
+            "invocations running at once, over all its workers (Lambda's reserved "
+            "concurrency). Calls beyond it wait in the queue (`maxQueued`); past that they "
+            "get 429 with Retry-After. Default: `maxInstances` x `workers`."),
+    Setting("idleTimeout", _number_range(0, 24 * 3600), 300.0, "Seconds an instance may stay "
+            "idle before the autoscaler stops it (never below `minInstances`)."),
+    Setting("workers", _int_range(1, 64), 1, "Worker processes for this function on this "
+            "host; the broker shares its calls among them (more workers spread the Python "
+            "side of a busy function over more cores). Workers on other hosts join the same "
+            "way."),
     Setting("maxQueued", _int_range(0, 100000), 1000, "Invocations that may wait for a free "
-            "instance; past it callers get 503 with Retry-After."),
+            "instance; past it callers get 429 with Retry-After."),
     Setting("eventInvoke", _mapping, {}, "Asynchronous (`Event`) invocations: retries, event "
             "age and concurrency (below)."),
     Setting("coldStart", _cold_start, "never", "Cold-start simulation, to test a function's "
@@ -268,8 +299,7 @@ EVENT_INVOKE_SETTINGS = _settings(
     Setting("retryDelaySeconds", _number_range(0, 3600), 1.0, "Wait before the first retry; "
             "it doubles for each further one (at most 5 minutes)."),
     Setting("maxConcurrency", _int_range(1, 1024), None, "Events of this function run at "
-            "once. Default: `instances`, so queued events never wait behind each other for a "
-            "slot that synchronous calls could use."),
+            "once. Default: the function's `concurrency`."),
 )
 
 
@@ -347,7 +377,11 @@ class FunctionConfig:
     timeout: float
     memory: int
     env: dict[str, str]
-    instances: int
+    minInstances: int
+    maxInstances: int
+    concurrency: int
+    idleTimeout: float
+    workers: int
     maxQueued: int
     eventInvoke: EventInvokeConfig = field(default_factory=EventInvokeConfig)
     coldStart: str = "never"
@@ -388,11 +422,19 @@ class RecordsConfig:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    maxInstances: int
+    maxMemoryMB: int
+
+
+@dataclass(frozen=True)
 class HostConfig:
     path: str
     server: ServerConfig
     stateDir: str
     records: RecordsConfig = field(default_factory=RecordsConfig)
+    limits: LimitsConfig = field(default_factory=lambda: default_limits({}))
+    prestartedRuntimes: int = 2
     functions: list[FunctionConfig] = field(default_factory=list)
     broken: list[BrokenFunction] = field(default_factory=list)
 
@@ -417,12 +459,40 @@ def load_function_config(directory: str) -> FunctionConfig:
                                      "eventInvoke.", problems)
     if not problems:
         _check_language(directory, values, problems)
+    if not problems:
+        _resolve_scaling(data, values, problems)
     if problems:
         raise ConfigError(path, problems)
     if event_values["maxConcurrency"] is None:
-        event_values["maxConcurrency"] = values["instances"]
+        event_values["maxConcurrency"] = min(values["concurrency"], 1024)
     values["eventInvoke"] = EventInvokeConfig(**event_values)
     return FunctionConfig(directory=directory, **values)
+
+
+def default_max_instances(memory_mb: int) -> int:
+    """4 per core (most functions wait on I/O more than they compute), and no more than half
+    the host's memory holds."""
+    by_memory = int(psutil.virtual_memory().total / (1 << 20) / 2 // memory_mb)
+    return max(1, min(4 * (os.cpu_count() or 1), by_memory))
+
+
+def _resolve_scaling(data: dict, values: dict[str, Any], problems: list[str]) -> None:
+    """minInstances / maxInstances / concurrency, from `instances` or their own fields."""
+    fixed = values.pop("instances")
+    if fixed is not None:
+        for name in ("minInstances", "maxInstances"):
+            if data.get(name) is not None:
+                problems.append(f"{name}: expected no {name} beside instances (instances: "
+                                f"{fixed} sets both), got {_show(data[name])}")
+        values["minInstances"] = values["maxInstances"] = fixed
+    if values["maxInstances"] is None:
+        values["maxInstances"] = max(values["minInstances"],
+                                     default_max_instances(values["memory"]))
+    elif values["maxInstances"] < values["minInstances"]:
+        problems.append(f"maxInstances: expected at least minInstances "
+                        f"({values['minInstances']}), got {values['maxInstances']}")
+    if values["concurrency"] is None:
+        values["concurrency"] = values["maxInstances"] * values["workers"]
 
 
 def _check_language(directory: str, values: dict[str, Any], problems: list[str]) -> None:
@@ -470,6 +540,8 @@ def load_host_config(path: str) -> HostConfig:
                                       problems) if "server" in values else {}
     records_values = _validate_mapping(values.get("records") or {}, RECORDS_SETTINGS,
                                        "records.", problems)
+    limits = default_limits(_validate_mapping(values.get("limits") or {}, LIMITS_SETTINGS,
+                                              "limits.", problems))
     if server_values and not problems:
         if server_values["httpPort"] is None and server_values["httpsPort"] is None:
             problems.append("server: expected at least one of httpPort and httpsPort")
@@ -516,10 +588,36 @@ def load_host_config(path: str) -> HostConfig:
             continue
         seen[fn.name] = fn.source
         functions.append(fn)
+    _check_limits(path, limits, functions)
     return HostConfig(path=path, server=ServerConfig(**server_values),
                       stateDir=_resolve(base, values["stateDir"]),
-                      records=RecordsConfig(**records_values),
+                      records=RecordsConfig(**records_values), limits=limits,
+                      prestartedRuntimes=values["prestartedRuntimes"],
                       functions=functions, broken=broken)
+
+
+def default_limits(values: dict[str, Any]) -> LimitsConfig:
+    total_mb = int(psutil.virtual_memory().total / (1 << 20))
+    return LimitsConfig(
+        maxInstances=values.get("maxInstances") or 16 * (os.cpu_count() or 1),
+        maxMemoryMB=values.get("maxMemoryMB") or total_mb * 3 // 4)
+
+
+def _check_limits(path: str, limits: LimitsConfig, functions: list[FunctionConfig]) -> None:
+    """The instances kept even when idle must fit the host-wide limits, or scaling could not
+    keep them."""
+    problems = []
+    kept = sum(f.minInstances * f.workers for f in functions)
+    memory = sum(f.minInstances * f.workers * f.memory for f in functions)
+    if kept > limits.maxInstances:
+        problems.append(f"limits.maxInstances: expected at least {kept} (the functions' "
+                        f"minInstances x workers add up to that), got {limits.maxInstances}")
+    if memory > limits.maxMemoryMB:
+        problems.append(f"limits.maxMemoryMB: expected at least {memory} (the functions' "
+                        f"minInstances x workers x memory add up to that), got "
+                        f"{limits.maxMemoryMB}")
+    if problems:
+        raise ConfigError(path, problems)
 
 
 def _declared_name(directory: str) -> str:
@@ -540,6 +638,7 @@ def settings_markdown() -> str:
     for title, settings in (("host-config.yaml", HOST_SETTINGS),
                             ("host-config.yaml `server:`", SERVER_SETTINGS),
                             ("host-config.yaml `records:`", RECORDS_SETTINGS),
+                            ("host-config.yaml `limits:`", LIMITS_SETTINGS),
                             ("sora.yaml", FUNCTION_SETTINGS),
                             ("sora.yaml `eventInvoke:`", EVENT_INVOKE_SETTINGS)):
         out += [f"## {title}", "", "| field | default | description |", "|---|---|---|"]

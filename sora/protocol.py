@@ -10,13 +10,18 @@ by the runtime, and the result JSON made by the runtime is passed back untouched
     broker -> gateway
         [REPLY, request_id, status, body, (log tail)]
     worker -> broker (DEALER -> ROUTER, identity b"<function>/<pid>")
-        [READY, function, capacity]         announces the worker and its free slots (credits)
+        [READY, function, capacity, instances]  announces the worker, its free slots (credits)
+                                            and the instances it runs
         [REPLY, client, request_id, status, body, (log tail)]   returns one credit
         [CREDIT, delta]                     grants (or, negative, takes back) credits
+        [GROW, n]                           asks to start n more instances (autoscaling)
+        [SHRINK, n]                         has stopped n idle instances
         [HEARTBEAT]
         [DISCONNECT]                        the worker is leaving; it has nothing in flight
     broker -> worker
         [REQUEST, client, request_id, payload, (meta)]
+        [GRANT, k]                          may start k (<= n) instances: the function's
+                                            concurrency and the host's limits allow that many
 
         [HEARTBEAT]
         [DISCONNECT]                        the broker is stopping
@@ -38,6 +43,9 @@ HEARTBEAT = b"\x04"
 DISCONNECT = b"\x05"
 STATUS = b"\x06"
 CREDIT = b"\x07"
+GROW = b"\x08"
+GRANT = b"\x09"
+SHRINK = b"\x0a"
 
 # Invocation meta: the trigger, then optional flags after "+".
 TRIGGER_HTTP = b"http"          # the function URL route
@@ -66,6 +74,7 @@ RUNTIME_EXITED = b"6"     # the runtime process died while serving the invocatio
 WORKER_LOST = b"7"        # the worker died or fell silent while holding the invocation
 INIT_ERROR = b"8"         # the function's module failed to load
 BAD_REQUEST = b"9"        # the event could not be delivered as given
+THROTTLED = b"T"          # the function's queue is full (its concurrency is all in use)
 
 HTTP_STATUS = {
     OK: 200,
@@ -78,6 +87,7 @@ HTTP_STATUS = {
     WORKER_LOST: 502,
     INIT_ERROR: 502,
     BAD_REQUEST: 400,
+    THROTTLED: 429,
 }
 
 

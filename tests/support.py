@@ -72,7 +72,8 @@ class SoraHost:
     """A running supervisor with its gateways and workers."""
 
     def __init__(self, base: Path, function_dirs: list[Path], https: bool = True,
-                 server: dict | None = None, env: dict | None = None):
+                 server: dict | None = None, env: dict | None = None,
+                 extra: dict | None = None):
         self.base = base
         self.http_port = free_port()
         self.https_port = free_port() if https else None
@@ -88,6 +89,7 @@ class SoraHost:
             "functionPaths": [str(d) for d in function_dirs],
             "server": server_cfg,
             "stateDir": str(base / "state"),
+            **(extra or {}),
         }))
         self.env = dict(os.environ, **(env or {}))
         self.proc: subprocess.Popen | None = None
@@ -140,11 +142,12 @@ class SoraHost:
             f"{self.url}/api/invocations/{request_id}", timeout=5)).status_code == 200
             and r.json(), timeout, what=f"the record of {request_id}")
 
-    def log(self) -> str:
+    def log(self, whole: bool = False) -> str:
         try:
-            return self.log_path.read_text(errors="replace")[-8000:]
+            text = self.log_path.read_text(errors="replace")
         except OSError:
             return ""
+        return text if whole else text[-8000:]
 
     def descendants(self) -> list[psutil.Process]:
         try:

@@ -51,7 +51,8 @@ NOT_READY_DELAY = 2.0        # the function is starting, backing off or failed
 # them: the dispatcher sends only events of functions in its config, so the broker does not
 # know the function yet (the host is starting); a function gone from the config is
 # dead-lettered by the sweep instead.
-NOT_TAKEN = {p.NO_CAPACITY: THROTTLED_DELAY, p.UNAVAILABLE: NOT_READY_DELAY,
+NOT_TAKEN = {p.NO_CAPACITY: THROTTLED_DELAY, p.THROTTLED: THROTTLED_DELAY,
+             p.UNAVAILABLE: NOT_READY_DELAY,
              p.NOT_FOUND: NOT_READY_DELAY}
 # Answers that no retry can change.
 HOPELESS = {p.BAD_REQUEST: "InvalidEvent"}

@@ -95,7 +95,7 @@ class FunctionUrlResource(InvocationRoute):
         resp.set_header(REQUEST_ID_HEADER, request_id)
         if status != p.OK:
             headers = {}
-            if status == p.NO_CAPACITY:
+            if status == p.NO_CAPACITY or status == p.THROTTLED:
                 headers["Retry-After"] = RETRY_AFTER
             elif status in (p.FUNCTION_ERROR, p.INIT_ERROR):
                 headers["X-Amz-Function-Error"] = "Unhandled"

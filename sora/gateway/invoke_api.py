@@ -102,7 +102,7 @@ class InvokeResource(InvocationRoute):
         if status == p.NOT_FOUND:
             raise InvokeApiError(404, "ResourceNotFoundException",
                                  f"Function not found: {fn_name}")
-        if status == p.NO_CAPACITY:
+        if status == p.NO_CAPACITY or status == p.THROTTLED:
             raise InvokeApiError(429, "TooManyRequestsException", p.parse_error(body)[1],
                                  {"Retry-After": RETRY_AFTER})
         if status == p.UNAVAILABLE:

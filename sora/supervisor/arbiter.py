@@ -28,8 +28,11 @@ from ..config import FunctionConfig, HostConfig
 from ..hotpath import quiet_gc
 from ..events.dispatcher import events_socket
 from ..store.recorder import records_socket
+from ..config import ConfigError
+from ..worker.runtimes import runtime_for
 from .broker import Broker
 from .child import Launch, State, Supervised, describe_exit
+from .runtime_pool import RuntimePool
 from .setup import SetupRun
 
 log = logging.getLogger("sora.supervisor")
@@ -60,6 +63,7 @@ class Arbiter:
         self.stop_phase = ""
         self.exit_code = 0
         self.broker: Broker | None = None
+        self.runtime_pool: RuntimePool | None = None
         self.recorder = Supervised("recorder", "recorder", self.recorder_launch())
         self.dispatcher = Supervised("dispatcher", "dispatcher", self.dispatcher_launch())
         self._last_status = b""
@@ -162,13 +166,17 @@ class Arbiter:
 
     def reap_orphans(self) -> None:
         """Kill and reap processes that were re-parented to us (we are a subreaper)."""
-        known = {c.proc.pid for c in self.all_children() if c.proc is not None}
-        known |= {s.proc.pid for s in self.setups.values() if s.proc is not None}
         own_group = os.getpgid(0)
         try:
             children = psutil.Process().children()
         except psutil.Error:
             return
+        # Listed after the children: a child started since is not among them, and one the
+        # runtime pool was starting while they were listed is known by the time pids() returns.
+        known = {c.proc.pid for c in self.all_children() if c.proc is not None}
+        known |= {s.proc.pid for s in self.setups.values() if s.proc is not None}
+        if self.runtime_pool is not None:
+            known |= self.runtime_pool.pids()  # the pool reaps its own
         for proc in children:
             if proc.pid in known:
                 continue
@@ -270,6 +278,7 @@ class Arbiter:
         for fn in self.config.functions:
             worker = self.workers[fn.name]
             table[fn.name] = {"maxQueued": fn.maxQueued, "maxWait": fn.timeout,
+                              "concurrency": fn.concurrency, "memory": fn.memory,
                               "available": worker.state is not State.FATAL,
                               "reason": worker.reason}
         for broken in self.config.broken:
@@ -281,7 +290,8 @@ class Arbiter:
         functions = {}
         for fn in self.config.functions:
             info = self.workers[fn.name].describe()
-            info.update(language=fn.language, instances=fn.instances, timeout=fn.timeout)
+            info.update(language=fn.language, timeout=fn.timeout, minInstances=fn.minInstances,
+                        maxInstances=fn.maxInstances, concurrency=fn.concurrency)
             functions[fn.name] = info
         for broken in self.config.broken:
             functions.setdefault(broken.name, {"kind": "worker", "state": State.FATAL.value,
@@ -393,8 +403,31 @@ class Arbiter:
         quiet_gc()  # the broker thread shares this process
         self.broker = Broker(p.gateway_endpoint(self.state_dir),
                              p.worker_endpoint(self.state_dir), wake=self.wakeup,
-                             state_dir=self.state_dir)
+                             state_dir=self.state_dir,
+                             max_instances=self.config.limits.maxInstances,
+                             max_memory_mb=self.config.limits.maxMemoryMB)
         self.broker.start()
+        kinds = self.standby_kinds()
+        if kinds and self.config.prestartedRuntimes:
+            self.runtime_pool = RuntimePool(self.state_dir, self.config.prestartedRuntimes,
+                                            kinds)
+            self.runtime_pool.start()
+
+    def standby_kinds(self) -> list[list[str]]:
+        """The command lines worth pre-starting: one per interpreter and start-up flags that
+        the functions' instances would run."""
+        kinds = []
+        for fn in self.config.functions:
+            runtime = runtime_for(fn.language)
+            if fn.runtime is not None or not runtime.standby(fn):
+                continue  # a runtime of the function's own may be built by its setup
+            try:
+                runtime.prepare(fn)
+            except ConfigError:
+                continue
+            if runtime.argv(fn) not in kinds:
+                kinds.append(runtime.argv(fn))
+        return kinds
 
     def run(self) -> int:
         self.prepare()
@@ -452,6 +485,9 @@ class Arbiter:
                 child.proc.wait()
         for run in self.setups.values():
             run.kill()
+        if self.runtime_pool is not None:
+            self.runtime_pool.stop()
+            self.runtime_pool = None
         self.reap_orphans()
         if self.broker is not None:
             self.broker.control.stop()

@@ -3,8 +3,12 @@ balancing and heartbeats (the zguide's load-balancing broker with Paranoid Pirat
 
 It runs on its own thread inside the supervisor process. Workers announce capacity (credits);
 a request goes to the worker of its function with the most free credits, or waits in the
-function's bounded queue. A full queue, or a wait past the function's timeout, answers
-NO_CAPACITY (503 with Retry-After). A worker that dies (the arbiter says so) or falls silent is
+function's bounded queue. A full queue answers THROTTLED (429 with Retry-After), a wait past
+the function's timeout NO_CAPACITY (503 with Retry-After).
+
+The broker also keeps the instance budget: each worker scales its own pool (sora.worker.
+scaling) but asks here before it grows, and is granted only what the function's `concurrency`
+(over all its workers) and the host's limits (instances, memory) leave. A worker that dies (the arbiter says so) or falls silent is
 forgotten and each invocation it held is answered WORKER_LOST at once.
 
 The arbiter talks to the broker over an inproc PAIR socket (`BrokerControl`); the broker tells
@@ -39,6 +43,7 @@ class WorkerEntry:
     function: str
     credits: int
     last_seen: float
+    instances: int = 0   # running or starting, as granted (or reported at READY)
     draining: bool = False
     # (client, request id) -> (wall-clock start, meta frame or TRIGGER_HTTP): what a record of
     # the invocation needs if the worker is lost while it runs.
@@ -50,6 +55,8 @@ class FunctionQueue:
     name: str
     max_queued: int
     max_wait: float
+    concurrency: int = 1 << 30
+    memory: int = 0
     available: bool = True
     reason: str = ""
     # (client, request id, [payload, meta...] as received, expires)
@@ -82,7 +89,8 @@ class BrokerControl:
 
 class Broker(threading.Thread):
     def __init__(self, gateway_endpoint: str, worker_endpoint: str,
-                 wake: Callable[[], None] = lambda: None, state_dir: str | None = None):
+                 wake: Callable[[], None] = lambda: None, state_dir: str | None = None,
+                 max_instances: int = 1 << 30, max_memory_mb: int = 1 << 40):
         super().__init__(name="sora-broker", daemon=True)
         self.ctx = zmq.Context.instance()
         self.frontend = self._router(gateway_endpoint)
@@ -100,6 +108,7 @@ class Broker(threading.Thread):
         self.workers: dict[bytes, WorkerEntry] = {}
         self.status_snapshot: dict = {}
         self.running = True
+        self.max_instances, self.max_memory_mb = max_instances, max_memory_mb
         # Invocations lost with their worker are recorded here (the worker cannot); None
         # without a recorder (`sora invoke --local`). Made on the broker's thread, in run().
         self._records_dir = state_dir
@@ -159,9 +168,9 @@ class Broker(threading.Thread):
         elif len(fq.waiting) < fq.max_queued:
             fq.waiting.append((client, request_id, payload, time.monotonic() + fq.max_wait))
         else:
-            self._reply(client, request_id, p.NO_CAPACITY, p.error_body(
-                "Sora.NoCapacity", f"Function {name} is at capacity: {fq.max_queued} "
-                "invocations are already waiting"))
+            self._reply(client, request_id, p.THROTTLED, p.error_body(
+                "TooManyRequestsException", f"Rate exceeded: function {name} is at its "
+                f"concurrency and {fq.max_queued} invocations are already waiting"))
 
     @staticmethod
     def _pick(fq: FunctionQueue) -> WorkerEntry | None:
@@ -227,8 +236,15 @@ class Broker(threading.Thread):
                 fq = self.functions.get(worker.function)
                 if fq is not None and fq.waiting:
                     self.drain_queue(fq)
-            elif cmd == p.READY and len(frames) == 4:
+            elif cmd == p.GROW and worker is not None and len(frames) == 3:
+                self._send_worker(identity, p.GRANT, str(self.grant(worker, int(frames[2])))
+                                  .encode())
+            elif cmd == p.SHRINK and worker is not None and len(frames) == 3:
+                worker.instances = max(0, worker.instances - int(frames[2]))
+            elif cmd == p.READY and len(frames) == 5:
                 self.register(identity, frames[2].decode(), int(frames[3]), now)
+                if identity in self.workers:
+                    self.workers[identity].instances = int(frames[4])
             elif cmd == p.DISCONNECT and worker is not None:
                 worker.draining = True
                 if not worker.inflight:
@@ -236,6 +252,24 @@ class Broker(threading.Thread):
             elif worker is None and cmd == p.HEARTBEAT:
                 # A worker we forgot (it fell silent, then came back): it must announce again.
                 self._send_worker(identity, p.DISCONNECT)
+
+    def grant(self, worker: WorkerEntry, wanted: int) -> int:
+        """How many more instances a worker may start (it asked for `wanted`)."""
+        fq = self.functions.get(worker.function)
+        if fq is None or wanted <= 0:
+            return 0
+        function_room = fq.concurrency - sum(w.instances for w in fq.workers)
+        host_instances = host_memory = 0
+        for w in self.workers.values():
+            host_instances += w.instances
+            other = self.functions.get(w.function)
+            host_memory += w.instances * (other.memory if other else 0)
+        room = min(wanted, function_room, self.max_instances - host_instances)
+        if fq.memory:
+            room = min(room, (self.max_memory_mb - host_memory) // fq.memory)
+        room = max(0, room)
+        worker.instances += room
+        return room
 
     def register(self, identity: bytes, function: str, credits: int, now: float) -> None:
         if identity in self.workers:
@@ -275,9 +309,9 @@ class Broker(threading.Thread):
                         identity.decode(), why, len(worker.inflight))
         worker.inflight.clear()
 
-    def _send_worker(self, identity: bytes, cmd: bytes) -> bool:
+    def _send_worker(self, identity: bytes, cmd: bytes, *args: bytes) -> bool:
         try:
-            self.backend.send_multipart([identity, cmd])
+            self.backend.send_multipart([identity, cmd, *args])
             return True
         except zmq.ZMQError:
             return False
@@ -306,6 +340,8 @@ class Broker(threading.Thread):
                 fq = self.functions[name] = FunctionQueue(name, spec["maxQueued"],
                                                           spec["maxWait"])
             fq.max_queued, fq.max_wait = spec["maxQueued"], spec["maxWait"]
+            fq.concurrency = spec.get("concurrency", fq.concurrency)
+            fq.memory = spec.get("memory", fq.memory)
             fq.available, fq.reason = spec["available"], spec.get("reason", "")
             if not fq.available:
                 while fq.waiting:
@@ -321,6 +357,8 @@ class Broker(threading.Thread):
             info["queued"] = len(fq.waiting)
             info["inFlight"] = sum(len(w.inflight) for w in fq.workers)
             info["freeSlots"] = sum(w.credits for w in fq.workers if not w.draining)
+            info["instances"] = sum(w.instances for w in fq.workers)
+            info["workers"] = len(fq.workers)
         return json.dumps({**self.status_snapshot, "functions": functions}).encode()
 
     # --- timers ---------------------------------------------------------------------------------

@@ -14,8 +14,8 @@ The protocol is the same for every runtime (OpenWhisk ActionLoop style):
 """
 from __future__ import annotations
 
-import ctypes
 import enum
+import json
 import os
 import select
 import signal
@@ -24,17 +24,12 @@ import time
 from collections import deque
 
 from ..config import FunctionConfig
+from ..supervisor.child import die_with_parent
+from ..supervisor.runtime_pool import PoolClient
 from .logs import FunctionLog
 from .runtimes import Runtime
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_PR_SET_PDEATHSIG = 1
 MARKER = b"\x00SORA-END "
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    # If the worker dies, even by SIGKILL, the kernel kills the instance: no orphaned runtimes.
-    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 class State(enum.Enum):
@@ -46,8 +41,10 @@ class State(enum.Enum):
 
 
 class Instance:
-    def __init__(self, runtime: Runtime, fn: FunctionConfig, index: int, log: FunctionLog):
+    def __init__(self, runtime: Runtime, fn: FunctionConfig, index: int, log: FunctionLog,
+                 pool: PoolClient | None = None):
         self.runtime = runtime
+        self.pool = pool
         self.fn = fn
         self.index = index
         self.log = log
@@ -65,28 +62,51 @@ class Instance:
         self._pending_lines: dict[int, list[bytes]] = {}
         self.invocations = 0
         self.completed = 0   # invocations finished: the first one of an instance is cold
+        self.idle_since = 0.0  # monotonic time it last became idle (autoscaling stops it later)
 
     # --- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
-        read_fd, write_fd = os.pipe()
-        try:
-            env = self.runtime.environment(self.fn)
-            env["SORA_CONTROL_FD"] = str(write_fd)
-            self.proc = subprocess.Popen(
-                self.runtime.argv(self.fn), cwd=self.fn.directory, env=env,
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                pass_fds=(write_fd,), start_new_session=True, preexec_fn=_die_with_parent)
-        finally:
-            os.close(write_fd)
-        self.control_fd = read_fd
+        """Start the runtime: a pre-started one from the pool where the runtime can load a
+        function into one (sora.supervisor.runtime_pool), else a process of its own."""
+        if not self.adopt():
+            read_fd, write_fd = os.pipe()
+            try:
+                env = self.runtime.environment(self.fn)
+                env["SORA_CONTROL_FD"] = str(write_fd)
+                # Its own process group, killed as one; PDEATHSIG: if the worker dies, even by
+                # SIGKILL, the kernel kills the instance: no orphaned runtimes.
+                self.proc = subprocess.Popen(
+                    self.runtime.argv(self.fn), cwd=self.fn.directory, env=env,
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                    pass_fds=(write_fd,), start_new_session=True, preexec_fn=die_with_parent)
+            finally:
+                os.close(write_fd)
+            self.control_fd = read_fd
         self.stdin_fd = self.proc.stdin.fileno()
-        os.set_blocking(read_fd, False)
+        os.set_blocking(self.control_fd, False)
         for stream in (self.proc.stdout, self.proc.stderr):
             os.set_blocking(stream.fileno(), False)
             self._log_bufs[stream.fileno()] = b""
             self._pending_lines[stream.fileno()] = []
         self.started = time.monotonic()
         self.state = State.BOOTING
+
+    def adopt(self) -> bool:
+        """Take a pre-started runtime and tell it which function to load (its folder and
+        environment: the first line on its stdin)."""
+        if self.pool is None or not self.runtime.standby(self.fn):
+            return False
+        proc = self.pool.take(self.runtime.argv(self.fn))
+        if proc is None:
+            return False
+        line = json.dumps({"cwd": self.fn.directory,
+                           "env": self.runtime.environment(self.fn)}).encode() + b"\n"
+        try:
+            proc.stdin.write(line)
+        except OSError:
+            pass  # it died waiting: the control pipe closes and the worker replaces it
+        self.proc, self.control_fd = proc, proc.control_fd
+        return True
 
     @property
     def pid(self) -> int:

@@ -20,10 +20,12 @@ from .. import protocol as p
 from ..hotpath import quiet_gc
 from ..config import ConfigError, FunctionConfig, load_function_config
 from ..store.recorder import RecordSender
+from ..supervisor.runtime_pool import PoolClient
 from ..supervisor.setup import SetupRun
 from .instance import Instance, State
 from .logs import FunctionLog
 from .runtimes import Runtime, runtime_for
+from .scaling import SCALE_OUT_WAIT, idle_expired, plan_scale_out
 
 log = logging.getLogger("sora.worker")
 
@@ -42,6 +44,11 @@ FAST, SLOW = 0.002, 0.010
 # boot; the worker then exits with EXIT_BOOT_ERROR and the supervisor decides what follows.
 MAX_INIT_FAILURES = 3
 RECONNECT_MIN, RECONNECT_MAX = 1.0, 32.0
+# After the broker granted fewer instances than asked (concurrency or host limits reached),
+# ask again no sooner than this.
+REGROW_AFTER = 1.0
+# How often idle instances are checked against idleTimeout.
+SCALE_IN_INTERVAL = 0.5
 
 
 class Worker:
@@ -52,6 +59,7 @@ class Worker:
         self.runtime = runtime
         self.ctx = zmq.Context.instance()
         self.records = RecordSender(state_dir, self.ctx)
+        self.pool = PoolClient(state_dir)   # pre-started runtimes, for fast cold starts
         self.log = FunctionLog(state_dir, fn.name, self.records)
         self.meta: dict[bytes, bytes] = {}  # request id -> how it came, unless plain http
         self.fn_name = fn.name.encode()
@@ -60,7 +68,8 @@ class Worker:
         self.sock: zmq.Socket | None = None
         self.instances: list[Instance] = []
         self.idle: list[Instance] = []
-        self.pending: deque[tuple[bytes, bytes, bytes]] = deque()  # (client, id, payload)
+        # (client, id, payload, monotonic arrival): invocations waiting for an instance
+        self.pending: deque[tuple[bytes, bytes, bytes, float]] = deque()
         self.fd_owner: dict[int, tuple[Instance, str]] = {}
         self.init_failures = 0
         self.last_init_error = b""
@@ -74,6 +83,14 @@ class Worker:
         self._wake_r, self._wake_w = os.pipe()
         # coldStart: always-setup: per instance index, the setup run before its fresh instance.
         self.setups: dict[int, SetupRun] = {}
+        # Autoscaling (sora.worker.scaling): the most instances this worker may run, the
+        # instances asked of the broker and not yet granted, and when to look again.
+        self.max_instances = min(fn.maxInstances, fn.concurrency)
+        self.next_index = 0
+        self.asking = 0
+        self.regrow_at = 0.0
+        self.next_scale_in = 0.0
+        self.scale_reason = ""
 
     # --- signals: the handler only queues ------------------------------------------------------
     def _on_signal(self, signum, _frame) -> None:
@@ -88,8 +105,10 @@ class Worker:
         self.poller.register(self._wake_r, zmq.POLLIN)
 
     # --- instances ------------------------------------------------------------------------------
-    def spawn_instance(self, index: int) -> Instance:
-        inst = Instance(self.runtime, self.fn, index, self.log)
+    def spawn_instance(self, index: int | None = None) -> Instance:
+        if index is None:
+            index, self.next_index = self.next_index, self.next_index + 1
+        inst = Instance(self.runtime, self.fn, index, self.log, self.pool)
         inst.start()
         self.instances.append(inst)
         for fd, kind in ((inst.control_fd, "control"), (inst.log_fds[0], "log"),
@@ -175,9 +194,15 @@ class Worker:
         self.sock.setsockopt(zmq.LINGER, 1000)
         self.sock.connect(self.endpoint)
         self.poller.register(self.sock, zmq.POLLIN)
-        capacity = max(0, self.fn.instances * self.credits_per_instance - self.held())
-        self.send([p.READY, self.fn.name.encode(), str(capacity).encode()])
+        capacity = max(0, self.max_instances * self.credits_per_instance - self.held())
+        self.asking = 0
+        self.send([p.READY, self.fn.name.encode(), str(capacity).encode(),
+                   str(self.instance_count()).encode()])
         self.last_heard = time.monotonic()
+
+    def instance_count(self) -> int:
+        """Instances running or starting (a fresh setup before one counts as one)."""
+        return len(self.instances) + len(self.setups)
 
     def held(self) -> int:
         """Invocations this worker holds: in its instances and waiting for one."""
@@ -221,11 +246,13 @@ class Worker:
             self.reconnect_delay = RECONNECT_MIN
             cmd = frames[0]
             if cmd == p.REQUEST:
-                self.pending.append((frames[1], frames[2], frames[3]))
+                self.pending.append((frames[1], frames[2], frames[3], self.last_heard))
                 if len(frames) > 4 and frames[4] != p.TRIGGER_HTTP:
                     self.meta[frames[2]] = frames[4]
                     if frames[4].endswith(p.FLAG_TAIL):
                         self.log.want_tail(frames[2].decode())
+            elif cmd == p.GRANT:
+                self.on_grant(int(frames[1]))
             elif cmd == p.DISCONNECT:
                 self.begin_stop()
         self.dispatch()
@@ -251,25 +278,84 @@ class Worker:
             target = CREDITS_SLOW
         else:
             return
-        delta = (target - self.credits_per_instance) * self.fn.instances
+        delta = (target - self.credits_per_instance) * self.max_instances
         self.credits_per_instance = target
         if self.sock is not None:
             self.send([p.CREDIT, str(delta).encode()])
 
     def _hand(self, inst: Instance) -> None:
-        client, request_id, payload = self.pending.popleft()
+        item = self.pending.popleft()
         try:
-            inst.send(client, request_id, payload)
+            inst.send(item[0], item[1], item[2])
         except OSError:
             # The instance died since its last answer: the request goes back to the front and
             # the instance is replaced once its control pipe reports the end.
-            self.pending.appendleft((client, request_id, payload))
+            self.pending.appendleft(item)
             inst.state = State.EXITING
 
     def requeue(self, inst: Instance) -> None:
         """Give the invocations an instance never started back to the worker's queue."""
-        for item in reversed(inst.take_queued()):
-            self.pending.appendleft(item)
+        now = time.monotonic()
+        for client, request_id, payload in reversed(inst.take_queued()):
+            self.pending.appendleft((client, request_id, payload, now))
+
+    # --- autoscaling (the policy is sora.worker.scaling) ----------------------------------------
+    def autoscale(self, now: float) -> float:
+        """Add instances for waiting invocations, stop those idle too long; return seconds
+        until the next look is due."""
+        wait = p.HEARTBEAT_INTERVAL
+        if self.pending and not self.idle and not self.asking and now >= self.regrow_at \
+                and self.sock is not None:
+            oldest = now - self.pending[0][3]
+            plan = plan_scale_out(
+                instances=self.instance_count(), starting=self.starting(),
+                waiting=len(self.pending), oldest_wait=oldest, max_instances=self.max_instances,
+                per_instance=PIPELINE_DEPTH_FAST if self.credits_per_instance == CREDITS_FAST
+                else 1)
+            if plan is not None:
+                self.asking = plan.count
+                self.scale_reason = plan.reason
+                self.send([p.GROW, str(plan.count).encode()])
+            elif oldest < SCALE_OUT_WAIT:
+                wait = SCALE_OUT_WAIT - oldest
+        if now >= self.next_scale_in:
+            self.next_scale_in = now + SCALE_IN_INTERVAL
+            if not self.pending:
+                self.scale_in(now)
+        return min(wait, SCALE_IN_INTERVAL)
+
+    def starting(self) -> int:
+        return len(self.setups) + sum(i.state is State.BOOTING for i in self.instances)
+
+    def on_grant(self, granted: int) -> None:
+        asked, self.asking = self.asking, 0
+        before = self.instance_count()
+        for _ in range(granted):
+            self.spawn_instance()
+        if granted:
+            log.info("%s: scale out %d -> %d instance(s): %s", self.fn.name, before,
+                     before + granted, self.scale_reason)
+        if granted < asked:
+            self.regrow_at = time.monotonic() + REGROW_AFTER
+            log.info("%s: asked for %d more instance(s), granted %d: the function's "
+                     "concurrency (%d) or the host's limits are reached", self.fn.name, asked,
+                     granted, self.fn.concurrency)
+
+    def scale_in(self, now: float) -> None:
+        idle = {inst.index: inst for inst in self.idle}
+        expired = idle_expired({i: inst.idle_since for i, inst in idle.items()}, now=now,
+                               instances=self.instance_count(),
+                               min_instances=self.fn.minInstances,
+                               idle_timeout=self.fn.idleTimeout)
+        for index in expired:
+            inst = idle[index]
+            before = self.instance_count()
+            self.retire_instance(inst, kill=True)
+            log.info("%s: scale in %d -> %d instance(s): instance %d idle for %.1fs "
+                     "(idleTimeout %gs)", self.fn.name, before, before - 1, inst.pid,
+                     now - inst.idle_since, self.fn.idleTimeout)
+        if expired and self.sock is not None:
+            self.send([p.SHRINK, str(len(expired)).encode()])
 
     # --- instance events ------------------------------------------------------------------------
     def handle_control(self, inst: Instance) -> None:
@@ -305,9 +391,11 @@ class Worker:
             inst.advance()
             if inst.current is None:
                 inst.state = State.IDLE
+                inst.idle_since = time.monotonic()
                 self.idle.append(inst)
         elif line == b"READY":
             inst.state = State.IDLE
+            inst.idle_since = time.monotonic()
             inst.drain_logs()
             self.idle.append(inst)
             self.init_failures = 0
@@ -345,8 +433,8 @@ class Worker:
 
     def boot(self) -> None:
         """Start the instances and wait until each is ready (or the function cannot boot)."""
-        for index in range(self.fn.instances):
-            self.spawn_instance(index)
+        for _ in range(self.fn.minInstances):
+            self.spawn_instance()
         deadline = time.monotonic() + max(30.0, self.fn.timeout)
         while any(i.state is State.BOOTING for i in self.instances):
             left = deadline - time.monotonic()
@@ -398,7 +486,7 @@ class Worker:
                     self.signals.clear()
                     self.begin_stop()
                 now = time.monotonic()
-                timeout = self.check_deadlines(now)
+                timeout = min(self.check_deadlines(now), self.autoscale(now))
                 if self.setups:
                     self.poll_setups()
                     timeout = min(timeout, 0.05)  # setup commands end without a wake-up
@@ -439,7 +527,7 @@ class Worker:
 
     def fail_pending(self, body: bytes) -> None:
         while self.pending and self.sock is not None:
-            client, request_id, _ = self.pending.popleft()
+            client, request_id, _, _ = self.pending.popleft()
             self.finish(None, (client, request_id, 0.0, time.monotonic()), p.INIT_ERROR, body)
 
     def shutdown(self) -> None:
@@ -447,6 +535,7 @@ class Worker:
             run.kill()
         for inst in list(self.instances):
             self.retire_instance(inst, kill=True)
+        self.pool.close()
         self.log.flush()
         self.log.close()
         self.records.close()

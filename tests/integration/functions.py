@@ -88,6 +88,16 @@ exports.handler = async (event) => {
 };
 """
 
+# Sleeps `ms` and says when it ran and where (to see scaling and concurrency from outside).
+TIMED = """
+exports.handler = async (event) => {
+  const q = event.queryStringParameters || {};
+  const start = Date.now();
+  await new Promise((r) => setTimeout(r, Number(q.ms || 100)));
+  return { pid: process.pid, start, end: Date.now() };
+};
+"""
+
 CRASH = """
 exports.handler = async (event) => {
   const q = event.queryStringParameters || {};

@@ -186,7 +186,7 @@ def test_kill_9_of_a_worker_mid_load(tmp_path):
     assert not host.leftovers(), host.leftovers()
 
 
-def test_full_queue_answers_503_with_retry_after(tmp_path):
+def test_full_queue_answers_429_with_retry_after(tmp_path):
     fns = tmp_path / "fns"
     slow = write_function(fns, "slow", {"index.js": F.SLOW}, name="slow", instances=1,
                           maxQueued=1, timeout=10)
@@ -197,10 +197,10 @@ def test_full_queue_answers_503_with_retry_after(tmp_path):
             results = list(pool.map(lambda _: host.invoke("slow", params={"ms": "1500"}),
                                     range(8)))
         codes = sorted(r.status_code for r in results)
-        assert 200 in codes and 503 in codes, codes
-        rejected = [r for r in results if r.status_code == 503]
+        assert 200 in codes and 429 in codes, codes
+        rejected = [r for r in results if r.status_code == 429]
         assert all(r.headers["Retry-After"] == "1" for r in rejected)
-        assert {json_of(r)["errorType"] for r in rejected} == {"Sora.NoCapacity"}
+        assert {json_of(r)["errorType"] for r in rejected} == {"TooManyRequestsException"}
         assert all(json_of(r)["slept"] == 1500 for r in results if r.status_code == 200)
     finally:
         assert host.stop() == 0

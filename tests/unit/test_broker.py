@@ -29,12 +29,22 @@ def broker(tmp_path, monkeypatch):
     gw.close(0)
 
 
-def worker(back, name=b"fn/1", credits=1):
+def worker(back, name=b"fn/1", credits=1, function=b"fn", instances=1):
     s = zmq.Context.instance().socket(zmq.DEALER)
     s.setsockopt(zmq.IDENTITY, name)
     s.connect(back)
-    s.send_multipart([p.READY, b"fn", str(credits).encode()])
+    s.send_multipart([p.READY, function, str(credits).encode(), str(instances).encode()])
     return s
+
+
+def grow(w, n):
+    """Ask for n more instances; the broker's answer (heartbeats skipped)."""
+    w.send_multipart([p.GROW, str(n).encode()])
+    frames = recv(w)
+    while frames[0] == p.HEARTBEAT:
+        frames = recv(w)
+    assert frames[0] == p.GRANT
+    return int(frames[1])
 
 
 def recv(sock, timeout=3.0):
@@ -69,16 +79,51 @@ def test_requests_queue_until_a_worker_has_credit_and_replies_flow_back(broker):
     w.close(0)
 
 
-def test_full_queue_answers_no_capacity(broker):
+def test_full_queue_answers_throttled(broker):
     _, gw, back = broker
     w = worker(back, credits=1)
     time.sleep(0.1)
     for i in range(4):  # 1 to the worker, 2 queued, 1 rejected
         request(gw, f"r{i}".encode())
     frames = recv(gw)
-    assert frames[1] == b"r3" and frames[2] == p.NO_CAPACITY
-    assert json.loads(frames[3])["errorType"] == "Sora.NoCapacity"
+    assert frames[1] == b"r3" and frames[2] == p.THROTTLED
+    assert p.HTTP_STATUS[frames[2]] == 429
+    assert json.loads(frames[3])["errorType"] == "TooManyRequestsException"
     w.close(0)
+
+
+def test_grants_respect_function_concurrency_and_host_limits(tmp_path):
+    b = Broker(f"ipc://{tmp_path}/g.sock", f"ipc://{tmp_path}/w.sock", max_instances=6,
+               max_memory_mb=1000)
+    b.control.set_functions({
+        "a": {"maxQueued": 5, "maxWait": 5.0, "available": True, "concurrency": 3,
+              "memory": 100},
+        "b": {"maxQueued": 5, "maxWait": 5.0, "available": True, "concurrency": 100,
+              "memory": 300},
+    })
+    b.start()
+    back = f"ipc://{tmp_path}/w.sock"
+    a1 = worker(back, b"a/1", function=b"a", instances=1)
+    a2 = worker(back, b"a/2", function=b"a", instances=0)
+    bw = worker(back, b"b/1", function=b"b", instances=1)
+    try:
+        assert grow(a1, 5) == 2       # a's concurrency 3 over both its workers: 1 + 2
+        assert grow(a2, 1) == 0
+        a1.send_multipart([p.SHRINK, b"1"])
+        assert grow(a2, 4) == 1       # the one a1 gave back
+        # Memory: a holds 3 x 100, b 1 x 300: 600 of 1000 MB; one more of b fits, not two.
+        assert grow(bw, 2) == 1
+        assert grow(bw, 1) == 0       # 900 MB used: another 300 would pass the limit
+        b.control.forget_worker(b"b/1")   # its 2 instances go back to the host
+        b2 = worker(back, b"b/2", function=b"b", instances=0)
+        assert grow(b2, 5) == 2       # 3 of a + 2 x 300 MB = 900 MB, 5 of 6 instances
+        b2.close(0)
+    finally:
+        for s in (a1, a2, bw):
+            s.close(0)
+        b.control.stop()
+        b.join(5)
+        b.control.close()
 
 
 def test_forgotten_worker_fails_its_in_flight_requests_at_once(broker):

@@ -22,7 +22,9 @@ def make_fn(base, folder="fn", extra="", entry="index.js"):
 
 def test_valid_function_gets_defaults(tmp_path):
     fn = load_function_config(make_fn(tmp_path))
-    assert fn.timeout == 30.0 and fn.memory == 256 and fn.instances == 1 and fn.env == {}
+    assert fn.timeout == 30.0 and fn.memory == 256 and fn.env == {}
+    assert fn.minInstances == 1 and fn.maxInstances >= 1 and fn.workers == 1
+    assert fn.concurrency == fn.maxInstances and fn.idleTimeout == 300.0
     assert fn.setup == ["npm install"] and fn.trigger == ["http"]
 
 
@@ -54,6 +56,42 @@ def test_event_invoke_and_cold_start_settings(tmp_path):
     assert f"{path}: coldStart: expected one of: never, always, always-setup" in text
     assert f"{path}: eventInvoke.maximumRetryAttempts: expected an integer from 0 to 10" in text
     assert f"{path}: eventInvoke.retries: unknown field" in text
+
+
+def test_scaling_settings(tmp_path):
+    fn = load_function_config(make_fn(tmp_path, extra=(
+        "minInstances: 0\nmaxInstances: 16\nidleTimeout: 2.5\nworkers: 2")))
+    assert (fn.minInstances, fn.maxInstances, fn.idleTimeout, fn.workers) == (0, 16, 2.5, 2)
+    assert fn.concurrency == 32 and fn.eventInvoke.maxConcurrency == 32
+    fixed = load_function_config(make_fn(tmp_path, "fixed", extra="instances: 4\n"
+                                                                   "concurrency: 3"))
+    assert (fixed.minInstances, fixed.maxInstances, fixed.concurrency) == (4, 4, 3)
+    with pytest.raises(ConfigError) as exc:
+        load_function_config(make_fn(tmp_path, "bad", extra=(
+            "instances: 2\nmaxInstances: 3\nminInstances: -1\nconcurrency: 0")))
+    text = str(exc.value)
+    path = tmp_path / "bad" / "sora.yaml"
+    assert f"{path}: minInstances: expected an integer from 0 to 256, got -1" in text
+    assert f"{path}: concurrency: expected an integer from 1 to 100000, got 0" in text
+    with pytest.raises(ConfigError, match="maxInstances: expected no maxInstances beside "
+                                          "instances"):
+        load_function_config(make_fn(tmp_path, "both", extra="instances: 2\nmaxInstances: 3"))
+    with pytest.raises(ConfigError, match="maxInstances: expected at least minInstances \\(5\\)"):
+        load_function_config(make_fn(tmp_path, "inv", extra="minInstances: 5\nmaxInstances: 3"))
+
+
+def test_host_limits_must_hold_the_instances_kept_idle(tmp_path):
+    make_fn(tmp_path, "a", extra="minInstances: 2\nworkers: 2\nmemory: 512")
+    make_fn(tmp_path, "b", extra="minInstances: 0")
+    ok = load_host_config(host(tmp_path, "functionPaths: [a, b]\nserver: {httpPort: 1}\n"
+                               "limits: {maxInstances: 4, maxMemoryMB: 2048}\n"))
+    assert ok.limits.maxInstances == 4 and ok.limits.maxMemoryMB == 2048
+    with pytest.raises(ConfigError) as exc:
+        load_host_config(host(tmp_path, "functionPaths: [a, b]\nserver: {httpPort: 1}\n"
+                              "limits: {maxInstances: 3, maxMemoryMB: 2000}\n"))
+    text = str(exc.value)
+    assert "host-config.yaml: limits.maxInstances: expected at least 4" in text
+    assert "host-config.yaml: limits.maxMemoryMB: expected at least 2048" in text
 
 
 def test_missing_required_field(tmp_path):
@@ -151,7 +189,8 @@ def test_host_unknown_field(tmp_path):
 def test_reference_docs_list_every_setting():
     text = settings_markdown()
     for field in ("functionPaths", "httpsPort", "sslKeyPath", "entrypoint", "instances",
-                  "maxQueued", "setupTimeout"):
+                  "maxQueued", "setupTimeout", "minInstances", "maxInstances", "concurrency",
+                  "idleTimeout", "workers", "maxMemoryMB", "prestartedRuntimes"):
         assert f"`{field}`" in text
 
 

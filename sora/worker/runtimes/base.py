@@ -24,6 +24,11 @@ class Runtime:
     def argv(self, fn: FunctionConfig) -> list[str]:
         raise NotImplementedError
 
+    def standby(self, fn: FunctionConfig) -> bool:
+        """Whether a pre-started process of `argv(fn)` can load this function (its bootstrap
+        has a standby mode, and nothing the function sets must be known at process start)."""
+        return False
+
     def environment(self, fn: FunctionConfig) -> dict[str, str]:
         """The Lambda-standard variables plus the function's own `env`; nothing else of the
         host's environment but PATH and HOME."""

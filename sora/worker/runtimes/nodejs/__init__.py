@@ -24,6 +24,10 @@ class NodeRuntime(Runtime):
         # than in the host swapping.
         return [self.node, f"--max-old-space-size={fn.memory}", BOOTSTRAP]
 
+    def standby(self, fn: FunctionConfig) -> bool:
+        # NODE_OPTIONS is read when Node starts; a function that sets it starts its own.
+        return "NODE_OPTIONS" not in fn.env
+
     def environment(self, fn: FunctionConfig) -> dict[str, str]:
         env = super().environment(fn)
         env["SORA_ENTRYPOINT"] = fn.entrypoint_path

@@ -20,6 +20,45 @@ const { pathToFileURL } = require('url');
 const CONTROL_FD = Number(process.env.SORA_CONTROL_FD || 3);
 // Marker closing an invocation's log lines on a stream: NUL, the tag, the request id, newline.
 const markerFor = (id) => '\u0000SORA-END ' + id + '\n';
+
+// Standby (a pre-started runtime, see sora.supervisor.runtime_pool): Node has started, but no
+// function is known yet. The first line on stdin names it: {"cwd": folder, "env": {...}}; the
+// process then takes the function's folder and environment (and nothing else of its own) and
+// carries on as if it had been started for it. Reading is synchronous: there is nothing else
+// to do until then.
+let initialInput = '';
+function awaitAssignment() {
+  const buf = Buffer.alloc(1 << 16);
+  let got = Buffer.alloc(0);
+  for (;;) {
+    let n;
+    try {
+      n = fs.readSync(0, buf, 0, buf.length, null);
+    } catch (err) {
+      if (err.code === 'EAGAIN') { Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1); continue; }
+      if (err.code === 'EOF') process.exit(0);
+      throw err;
+    }
+    if (n === 0) process.exit(0);   // the pool or the worker is gone
+    got = Buffer.concat([got, buf.subarray(0, n)]);
+    const nl = got.indexOf(10);
+    if (nl < 0) continue;
+    const spec = JSON.parse(got.subarray(0, nl).toString('utf8'));
+    initialInput = got.subarray(nl + 1).toString('utf8');
+    process.chdir(spec.cwd);
+    for (const key of Object.keys(process.env)) delete process.env[key];
+    Object.assign(process.env, spec.env);
+    return;
+  }
+}
+if (process.env.SORA_STANDBY === '1') {
+  // Load now what an instance loads after it is assigned (stdin's pipe stream, the usual
+  // modules of handlers), so that costs nothing on the cold path.
+  for (const mod of ['net', 'stream', 'tty', 'util', 'events', 'buffer', 'crypto', 'http',
+    'https', 'os', 'zlib', 'child_process']) require(mod);
+  awaitAssignment();
+}
+
 const entry = process.env.SORA_ENTRYPOINT;
 const handlerName = process.env._HANDLER_EXPORT || 'handler';
 const functionName = process.env.AWS_LAMBDA_FUNCTION_NAME;
@@ -28,6 +67,7 @@ const region = process.env.AWS_REGION || 'us-east-1';
 delete process.env.SORA_ENTRYPOINT;
 delete process.env._HANDLER_EXPORT;
 delete process.env.SORA_CONTROL_FD;
+delete process.env.SORA_STANDBY;
 
 function writeControl(line) {
   const buf = Buffer.from(line, 'utf8');
@@ -221,7 +261,7 @@ async function main() {
     process.exit(1);
   });
 
-  let buffered = '';
+  let buffered = initialInput;
   process.stdin.setEncoding('utf8');
   process.stdin.on('data', (chunk) => {
     buffered += chunk;

@@ -1,0 +1,382 @@
+"""Pre-started runtimes: interpreter processes started ahead of need, ready to load any function.
+
+Most of a cold start is the interpreter starting (a bare `node -e ''` takes tens of
+milliseconds); loading a small handler takes one or two. So the supervisor keeps
+`prestartedRuntimes` processes of each kind already started, running the runtime's bootstrap
+in standby: it waits on stdin for one line naming the function to load (folder, environment),
+then becomes an ordinary instance. A worker that needs an instance takes one over a Unix socket
+(`run/runtimes.sock`) and receives the process's pipes (stdin, stdout, stderr, control) and a
+pidfd by SCM_RIGHTS; from then on it owns the process as if it had started it, and the pool
+starts a replacement.
+
+A kind is the exact command line (interpreter and flags such as the heap limit that must be
+set at start), so a taken process is the one the worker would have started itself.
+
+The processes stay the supervisor's children, so the pool reaps them: a worker asks
+`status <pid>` for the exit status of one it owned. If a worker's connection closes (the worker
+died), the pool kills every process it had handed to it: nothing outlives its function. The
+pool runs on its own thread in the supervisor process, whose lifetime the processes share
+(PR_SET_PDEATHSIG).
+
+Messages (SOCK_SEQPACKET, one per packet):
+    worker -> pool   b"take " + JSON argv        pool -> worker  b"pid <pid>" + 5 fds, or b"none"
+    worker -> pool   b"status <pid>"             pool -> worker  b"running" | b"exit <code>" |
+                                                                 b"signal <n>" | b"unknown"
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+
+from .. import protocol as p
+from .child import die_with_parent
+
+log = logging.getLogger("sora.runtime-pool")
+
+# A kind whose standby processes keep dying young is not refilled for a while.
+QUICK_DEATH = 2.0
+REFILL_PAUSE = 30.0
+# Exit statuses kept for `status` questions, the oldest dropped first.
+KEEP_STATUSES = 1024
+
+
+def pool_socket(state_dir: str) -> str:
+    return os.path.join(p.run_dir(state_dir), "runtimes.sock")
+
+
+def standby_environment(control_fd: int) -> dict[str, str]:
+    """What a standby process starts with; the function's own environment replaces it when
+    the process loads the function."""
+    env = {key: os.environ[key] for key in ("PATH", "HOME") if key in os.environ}
+    env.update(LANG="C.UTF-8", TZ=":UTC", SORA_CONTROL_FD=str(control_fd), SORA_STANDBY="1")
+    return env
+
+
+@dataclass
+class Standby:
+    proc: subprocess.Popen
+    control_fd: int
+    pidfd: int
+    started: float
+
+    def fds(self) -> list[int]:
+        return [self.proc.stdin.fileno(), self.proc.stdout.fileno(), self.proc.stderr.fileno(),
+                self.control_fd, self.pidfd]
+
+    def close_pipes(self) -> None:
+        for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            f.close()
+        os.close(self.control_fd)
+
+
+@dataclass
+class Kind:
+    argv: list[str]
+    ready: list[Standby] = field(default_factory=list)
+    quick_deaths: int = 0
+    paused_until: float = 0.0
+
+
+class RuntimePool(threading.Thread):
+    def __init__(self, state_dir: str, size: int, kinds: list[list[str]]):
+        super().__init__(name="sora-runtime-pool", daemon=True)
+        self.size = size
+        self.kinds = {json.dumps(argv): Kind(argv) for argv in kinds}
+        self.path = pool_socket(state_dir)
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.listener.bind(self.path)
+        self.listener.listen(64)
+        self.conns: dict[int, socket.socket] = {}
+        # pidfd -> (pid, the connection it was handed to, or None for a standby)
+        self.watched: dict[int, tuple[int, int | None]] = {}
+        self.handed: dict[int, int] = {}    # pid -> pidfd, of processes owned by a worker
+        self.statuses: dict[int, int] = {}  # pid -> wait status, once reaped
+        self.standby_of: dict[int, tuple[str, Standby]] = {}  # pidfd -> its kind and itself
+        self._lock = threading.Lock()       # guards the pid sets the arbiter reads
+        self._pids: set[int] = set()
+        self._wake_r, self._wake_w = os.pipe()
+        self.running = True
+
+    # --- for the arbiter (another thread) -------------------------------------------------------
+    def pids(self) -> set[int]:
+        """Every process of the pool's that is not reaped yet."""
+        with self._lock:
+            return set(self._pids)
+
+    def stop(self) -> None:
+        self.running = False
+        os.write(self._wake_w, b"x")
+        self.join(timeout=10)
+
+    # --- standby processes ----------------------------------------------------------------------
+    def refill(self, now: float) -> None:
+        for key, kind in self.kinds.items():
+            while len(kind.ready) < self.size and now >= kind.paused_until:
+                standby = self.spawn(kind.argv)
+                if standby is None:
+                    kind.paused_until = now + REFILL_PAUSE
+                    break
+                kind.ready.append(standby)
+                self.standby_of[standby.pidfd] = (key, standby)
+                self.watched[standby.pidfd] = (standby.proc.pid, None)
+
+    def spawn(self, argv: list[str]) -> Standby | None:
+        read_fd, write_fd = os.pipe()
+        try:
+            # Under the lock until its pid is listed, so the arbiter's orphan sweep never
+            # mistakes it for an orphan.
+            with self._lock:
+                proc = subprocess.Popen(
+                    argv, cwd="/", env=standby_environment(write_fd), stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(write_fd,),
+                    start_new_session=True, preexec_fn=die_with_parent)
+                self._pids.add(proc.pid)
+        except OSError as exc:
+            os.close(read_fd)
+            log.error("cannot pre-start %s: %s", argv[0], exc)
+            return None
+        finally:
+            os.close(write_fd)
+        return Standby(proc, read_fd, os.pidfd_open(proc.pid), time.monotonic())
+
+    def take(self, key: str) -> Standby | None:
+        kind = self.kinds.get(key)
+        if kind is None or not kind.ready:
+            return None
+        standby = kind.ready.pop(0)   # the oldest: the most likely to have finished booting
+        del self.standby_of[standby.pidfd]
+        return standby
+
+    # --- reaping --------------------------------------------------------------------------------
+    def reap(self, pidfd: int) -> None:
+        pid, _ = self.watched.pop(pidfd)
+        self.handed.pop(pid, None)
+        try:
+            _, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            status = None
+        os.close(pidfd)
+        if status is not None:
+            self.remember(pid, status)
+        with self._lock:
+            self._pids.discard(pid)
+        entry = self.standby_of.pop(pidfd, None)
+        if entry is not None:  # a standby died before anyone took it
+            key, standby = entry
+            kind = self.kinds[key]
+            kind.ready.remove(standby)
+            standby.close_pipes()
+            if not self.running:
+                return  # the pool is closing: it killed them
+            young = time.monotonic() - standby.started < QUICK_DEATH
+            kind.quick_deaths = kind.quick_deaths + 1 if young else 0
+            log.warning("pre-started %s (pid %d) exited with status %s", kind.argv[0], pid,
+                        status)
+            if kind.quick_deaths >= 3:
+                kind.paused_until = time.monotonic() + REFILL_PAUSE
+                log.error("pre-started %s keeps exiting at start; not refilling for %.0fs",
+                          kind.argv[0], REFILL_PAUSE)
+
+    def remember(self, pid: int, status: int) -> None:
+        self.statuses[pid] = status
+        while len(self.statuses) > KEEP_STATUSES:
+            del self.statuses[next(iter(self.statuses))]
+
+    def status_of(self, pid: int) -> bytes:
+        pidfd = self.handed.get(pid)
+        if pidfd is not None:
+            if not select.select([pidfd], [], [], 0)[0]:
+                return b"running"
+            self.reap(pidfd)
+        status = self.statuses.get(pid)
+        if status is None:
+            return b"unknown"
+        if os.WIFSIGNALED(status):
+            return b"signal %d" % os.WTERMSIG(status)
+        return b"exit %d" % os.waitstatus_to_exitcode(status)
+
+    # --- workers --------------------------------------------------------------------------------
+    def serve(self, conn: socket.socket) -> None:
+        try:
+            msg = conn.recv(4096)
+        except OSError:
+            msg = b""
+        if not msg:
+            self.drop(conn)
+            return
+        if msg.startswith(b"take "):
+            standby = self.take(msg[5:].decode())
+            if standby is None:
+                conn.send(b"none")
+                return
+            pid = standby.proc.pid
+            try:
+                socket.send_fds(conn, [b"pid %d" % pid], standby.fds())
+            except OSError:
+                os.killpg(pid, signal.SIGKILL)
+            # The worker holds the pipes now; the pool keeps only the pidfd, to reap.
+            standby.close_pipes()
+            self.watched[standby.pidfd] = (pid, conn.fileno())
+            self.handed[pid] = standby.pidfd
+        elif msg.startswith(b"status "):
+            conn.send(self.status_of(int(msg[7:])))
+
+    def drop(self, conn: socket.socket) -> None:
+        """A worker went away: whatever it had taken goes with it."""
+        fd = conn.fileno()
+        for pidfd, (pid, owner) in list(self.watched.items()):
+            if owner == fd:
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                # Reaped when its pidfd turns readable; it no longer belongs to anyone.
+                self.watched[pidfd] = (pid, None)
+        del self.conns[fd]
+        conn.close()
+
+    def run(self) -> None:
+        self.refill(time.monotonic())
+        while self.running:
+            fds = [self.listener.fileno(), self._wake_r, *self.conns, *self.watched]
+            ready, _, _ = select.select(fds, [], [], 1.0)
+            for fd in ready:
+                if fd == self.listener.fileno():
+                    conn, _ = self.listener.accept()
+                    self.conns[conn.fileno()] = conn
+                elif fd == self._wake_r:
+                    os.read(self._wake_r, 64)
+                elif fd in self.conns:
+                    self.serve(self.conns[fd])
+                elif fd in self.watched:
+                    self.reap(fd)
+            if self.running:
+                self.refill(time.monotonic())
+        self.close()
+
+    def close(self) -> None:
+        for pidfd, (pid, _) in list(self.watched.items()):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            select.select([pidfd], [], [], 5.0)
+            self.reap(pidfd)
+        for conn in list(self.conns.values()):
+            conn.close()
+        self.listener.close()
+        for fd in (self._wake_r, self._wake_w):
+            os.close(fd)
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+# --- the worker's side ----------------------------------------------------------------------------
+
+class PoolClient:
+    """A worker's connection to the pool. Any trouble (no pool, a pool that went away) means
+    no pre-started process: the worker starts its own, as it would without a pool."""
+
+    TIMEOUT = 2.0
+
+    def __init__(self, state_dir: str):
+        self.path = pool_socket(state_dir)
+        self.sock: socket.socket | None = None
+        self.retry_at = 0.0
+
+    def _conn(self) -> socket.socket | None:
+        if self.sock is None and time.monotonic() >= self.retry_at:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            sock.settimeout(self.TIMEOUT)
+            try:
+                sock.connect(self.path)
+            except OSError:
+                sock.close()
+                self.retry_at = time.monotonic() + 5.0
+                return None
+            self.sock = sock
+        return self.sock
+
+    def _broken(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def take(self, argv: list[str]) -> "PooledProcess | None":
+        sock = self._conn()
+        if sock is None:
+            return None
+        try:
+            sock.send(b"take " + json.dumps(argv).encode())
+            msg, fds, _, _ = socket.recv_fds(sock, 64, 5)
+        except OSError:
+            self._broken()
+            return None
+        if not msg.startswith(b"pid ") or len(fds) != 5:
+            for fd in fds:
+                os.close(fd)
+            return None
+        return PooledProcess(int(msg[4:]), fds, self)
+
+    def status(self, pid: int) -> bytes:
+        sock = self._conn()
+        if sock is None:
+            return b"unknown"
+        try:
+            sock.send(b"status %d" % pid)
+            return sock.recv(64)
+        except OSError:
+            self._broken()
+            return b"unknown"
+
+    def close(self) -> None:
+        self._broken()
+
+
+class PooledProcess:
+    """A taken process, with the parts of subprocess.Popen's interface an instance uses. Its
+    exit status comes from the pool, which reaps it."""
+
+    def __init__(self, pid: int, fds: list[int], pool: PoolClient):
+        stdin, stdout, stderr, self.control_fd, self.pidfd = fds
+        self.pid = pid
+        self.stdin = os.fdopen(stdin, "wb", buffering=0)
+        self.stdout = os.fdopen(stdout, "rb", buffering=0)
+        self.stderr = os.fdopen(stderr, "rb", buffering=0)
+        self.pool = pool
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None and self.pidfd >= 0 and \
+                select.select([self.pidfd], [], [], 0)[0]:
+            answer = self.pool.status(self.pid)
+            kind, _, number = answer.partition(b" ")
+            if kind in (b"exit", b"signal"):
+                self.returncode = int(number) if kind == b"exit" else -int(number)
+            elif kind == b"unknown":
+                self.returncode = -signal.SIGKILL  # the pool lost track: it ended all the same
+            if self.returncode is not None:
+                os.close(self.pidfd)
+                self.pidfd = -1
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None and self.pidfd >= 0 and \
+                not select.select([self.pidfd], [], [], timeout)[0]:
+            raise subprocess.TimeoutExpired(str(self.pid), timeout)
+        code = self.poll()
+        return code if code is not None else -signal.SIGKILL

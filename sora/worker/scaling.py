@@ -1,0 +1,61 @@
+"""The autoscaling policy of one worker: how many instances to add or stop, and why.
+
+Decisions come from the worker's own queue: how many invocations wait for an instance and how
+long the oldest has waited, not from CPU. It is kept apart from the worker loop (no processes,
+no sockets) so its rules can be tested on their own.
+
+- Out: when invocations wait and the oldest has waited SCALE_OUT_WAIT (or there is no instance
+  at all: a function scaled to zero starts one at once), add one instance per waiting
+  invocation (per PIPELINE of them, for a fast function whose instances take several at a
+  time), less the instances already starting, up to `maxInstances`. The worker then asks the
+  broker, which grants what the function's `concurrency` and the host's limits allow.
+- In: an instance idle for `idleTimeout` seconds is stopped, never below `minInstances` and
+  never while invocations wait. The worker hands work to the most recently idle instance first,
+  so under light load the same few stay busy and the rest age out.
+
+No flapping: adding needs invocations that waited, stopping needs an instance that has had
+nothing to do for a whole `idleTimeout`, and a scale-out counts the instances still starting,
+so a burst is not answered twice.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+# How long the oldest waiting invocation must have waited before instances are added. Short
+# against a cold start, long against the gaps between a fast function's back-to-back calls.
+SCALE_OUT_WAIT = 0.05
+
+
+@dataclass(frozen=True)
+class ScaleOut:
+    count: int
+    reason: str
+
+
+def plan_scale_out(*, instances: int, starting: int, waiting: int, oldest_wait: float,
+                   max_instances: int, per_instance: int = 1) -> ScaleOut | None:
+    """Instances to add, or None. `instances` counts those starting too."""
+    if waiting <= 0 or instances >= max_instances:
+        return None
+    if instances == 0:
+        count = min(max_instances, math.ceil(waiting / per_instance))
+        return ScaleOut(count, f"scaled to zero and {waiting} invocation(s) waiting")
+    if oldest_wait < SCALE_OUT_WAIT:
+        return None
+    count = min(max_instances - instances, math.ceil(waiting / per_instance) - starting)
+    if count <= 0:
+        return None
+    return ScaleOut(count, f"{waiting} invocation(s) waiting, the oldest for "
+                           f"{oldest_wait * 1000:.0f} ms, {starting} instance(s) starting")
+
+
+def idle_expired(idle_since: dict[int, float], *, now: float, instances: int,
+                 min_instances: int, idle_timeout: float) -> list[int]:
+    """Keys (instance ids) of idle instances to stop, the longest idle first."""
+    room = instances - min_instances
+    if room <= 0:
+        return []
+    expired = sorted((since, key) for key, since in idle_since.items()
+                     if now - since >= idle_timeout)
+    return [key for _, key in expired[:room]]

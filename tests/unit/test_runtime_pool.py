@@ -1,0 +1,75 @@
+"""The runtime pool on its own: real processes (a small Python stand-in for a runtime), its
+socket, fd passing, reaping."""
+import json
+import os
+import signal
+import sys
+import time
+
+import pytest
+
+from sora.supervisor.runtime_pool import PoolClient, RuntimePool
+from tests.support import wait_for
+
+# Waits for its assignment line, says READY on the control fd, then exits with the code the
+# line asks for once stdin closes.
+STANDBY = """
+import os, sys, json
+spec = json.loads(sys.stdin.readline())
+os.write(int(os.environ["SORA_CONTROL_FD"]), b"READY " + spec["cwd"].encode() + b"\\n")
+sys.stdin.read()
+sys.exit(spec["env"]["CODE"])
+"""
+
+
+@pytest.fixture
+def pool(tmp_path):
+    (tmp_path / "run").mkdir()
+    argv = [sys.executable, "-c", STANDBY]
+    pool = RuntimePool(str(tmp_path), 2, [argv])
+    pool.start()
+    yield pool, argv, tmp_path
+    pool.stop()
+
+
+def assign(proc, cwd, code):
+    proc.stdin.write(json.dumps({"cwd": cwd, "env": {"CODE": code}}).encode() + b"\n")
+    deadline = time.monotonic() + 10
+    got = b""
+    while not got.endswith(b"\n") and time.monotonic() < deadline:
+        got += os.read(proc.control_fd, 100)
+    return got
+
+
+def test_take_assign_and_exit_status(pool):
+    pool_, argv, tmp = pool
+    wait_for(lambda: len(pool_.pids()) == 2, what="two standby processes")
+    client = PoolClient(str(tmp))
+    proc = client.take(argv)
+    assert proc is not None and proc.pid in pool_.pids()
+    assert assign(proc, "/tmp", 7) == b"READY /tmp\n"
+    proc.stdin.close()
+    assert proc.wait(10) == 7   # reaped by the pool, told to the worker
+    wait_for(lambda: len(pool_.pids()) == 2, what="the pool to refill")
+    killed = client.take(argv)
+    os.killpg(killed.pid, signal.SIGKILL)
+    assert killed.wait(10) == -signal.SIGKILL
+    assert client.take([sys.executable, "-c", "pass"]) is None   # a kind it does not keep
+    client.close()
+
+
+def test_a_workers_processes_die_with_its_connection(pool):
+    pool_, argv, tmp = pool
+    wait_for(lambda: len(pool_.pids()) == 2, what="two standby processes")
+    client = PoolClient(str(tmp))
+    proc = client.take(argv)
+    assert assign(proc, "/", 0).startswith(b"READY")
+    pid = proc.pid
+    client.close()      # as when the worker dies
+    wait_for(lambda: pid not in pool_.pids(), what="the taken process to be killed and reaped")
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_no_pool_means_no_process(tmp_path):
+    assert PoolClient(str(tmp_path)).take(["node"]) is None
