@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 CERT := examples/certs/cert.pem
 JS_SDK := tests/sdk/node_modules/.installed-stamp
 
-.PHONY: run test bench bench-runtimes bench-events check system-deps clean
+.PHONY: run test bench bench-runtimes bench-events bench-scaling check system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +69,10 @@ bench-runtimes: system-deps $(STAMP)
 bench-events: system-deps $(STAMP)
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(BIN)/python bench/events.py
+
+bench-scaling: system-deps $(STAMP)
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	$(BIN)/python bench/scaling.py
 
 clean:
 	rm -rf $(VENV) examples/.sora examples/certs examples/*/node_modules examples/*/.venv \

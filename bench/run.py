@@ -74,7 +74,8 @@ def main() -> int:
             print(f"  sora cold calls (ms): {', '.join(f'{t:.1f}' for t in samples)}")
             wait_http(urls["plain node"])
             idle_mb["plain node"] = tree_rss_mb(procs["plain node"].pid)
-            idle_mb["sora"] = sora_idle_instance_mb(procs["sora"].pid, "hello")
+            idle_mb["sora"] = sora_idle_instance_mb(procs["sora"].pid, "hello",
+                                                    str(functions[0]))
             if "sls-offline" in urls:
                 idle_mb["sls-offline"] = tree_rss_mb(procs["sls-offline"].pid)
         except BaseException:

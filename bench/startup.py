@@ -109,10 +109,21 @@ def tree_rss_mb(pid: int) -> float:
     return total / (1 << 20)
 
 
-def sora_idle_instance_mb(supervisor_pid: int, name: str) -> float:
-    """RSS of the function's worker and its runtime instance(s) (pool processes excluded)."""
-    for proc in psutil.Process(supervisor_pid).children():
-        cmd = proc.cmdline()
-        if "sora.worker" in cmd and "--name" in cmd and cmd[cmd.index("--name") + 1] == name:
-            return tree_rss_mb(proc.pid)
-    raise SystemExit(f"no worker for {name}")
+def sora_idle_instance_mb(supervisor_pid: int, name: str, function_dir: str) -> float:
+    """RSS of the function's worker and its runtime instance(s). An instance taken from the
+    runtime pool is the supervisor's child, not the worker's: instances are found by their
+    working directory (the function's folder)."""
+    worker = None
+    runtimes = []
+    for proc in psutil.Process(supervisor_pid).children(recursive=True):
+        try:
+            cmd = proc.cmdline()
+            if "sora.worker" in cmd and cmd[cmd.index("--name") + 1] == name:
+                worker = proc
+            elif proc.cwd() == function_dir:
+                runtimes.append(proc)
+        except (psutil.Error, ValueError, IndexError):
+            continue
+    if worker is None or not runtimes:
+        raise SystemExit(f"no worker or no instance for {name}")
+    return sum(p.memory_info().rss for p in [worker, *runtimes]) / (1 << 20)

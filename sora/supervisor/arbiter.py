@@ -55,6 +55,8 @@ class Arbiter:
         self._wake_r, self._wake_w = os.pipe()
         for fd in (self._wake_r, self._wake_w):
             os.set_blocking(fd, False)
+        # Worker processes by key: the function's name for its first, "name#2"... for more
+        # (`workers` in sora.yaml); each is supervised on its own.
         self.workers: dict[str, Supervised] = {}
         self.setups: dict[str, SetupRun] = {}
         self.gateways: dict[str, Supervised] = {}
@@ -130,6 +132,9 @@ class Arbiter:
         return Launch(argv, dict(os.environ), start_timeout=30.0,
                       start_retries=WORKER_START_RETRIES)
 
+    def workers_of(self, function: str) -> list[Supervised]:
+        return [w for w in self.workers.values() if function_of(w) == function]
+
     def listeners(self) -> dict[str, int]:
         server = self.config.server
         out = {}
@@ -152,9 +157,10 @@ class Arbiter:
             exited = True
             why = f"pid {child.proc.pid} {describe_exit(code)}"
             if child.kind == "worker":
-                self.broker.control.forget_worker(p.worker_identity(child.name, child.proc.pid))
+                function = function_of(child)
+                self.broker.control.forget_worker(p.worker_identity(function, child.proc.pid))
                 if code == p.EXIT_BOOT_ERROR:
-                    why = "cannot boot: " + (p.take_boot_error(self.state_dir, child.name)
+                    why = "cannot boot: " + (p.take_boot_error(self.state_dir, function)
                                              or "the worker exited with a boot error")
             child.on_exit(code, now, why)
             if child.kind == "gateway" and child.state is State.FATAL and not self.stopping:
@@ -198,18 +204,21 @@ class Arbiter:
         for fn in self.config.functions:
             run = SetupRun(fn, self.state_dir, force=fn.coldStart == "always-setup")
             self.setups[fn.name] = run
-            self.workers[fn.name] = Supervised(fn.name, "worker", self.worker_launch(fn),
+            for number in range(1, fn.workers + 1):
+                key = fn.name if number == 1 else f"{fn.name}#{number}"
+                self.workers[key] = Supervised(key, "worker", self.worker_launch(fn),
                                                state=State.SETUP)
             try:
                 run.start()
             except OSError as exc:
                 run.outcome = None
-                self.workers[fn.name].to(State.FATAL, f"setup could not start: {exc}")
+                for worker in self.workers_of(fn.name):
+                    worker.to(State.FATAL, f"setup could not start: {exc}")
 
     def manage(self, now: float) -> None:
         for name, run in list(self.setups.items()):
-            worker = self.workers[name]
-            if worker.state is not State.SETUP:
+            workers = self.workers_of(name)
+            if workers[0].state is not State.SETUP:
                 continue
             outcome = run.poll()
             if outcome is None:
@@ -218,9 +227,11 @@ class Arbiter:
             if outcome.ok:
                 log.info("function %s: setup %s", name, "unchanged, skipped" if outcome.skipped
                          else "done")
-                worker.spawn(now)
-            else:
-                worker.to(State.FATAL, outcome.reason)
+            for worker in workers:
+                if outcome.ok:
+                    worker.spawn(now)
+                else:
+                    worker.to(State.FATAL, outcome.reason)
         for child in self.all_children():
             if child.due(now):
                 child.spawn(now)
@@ -264,8 +275,9 @@ class Arbiter:
         while not self.broker.events.empty():
             event, identity = self.broker.events.get_nowait()
             name = identity.rsplit(b"/", 1)[0].decode()
-            worker = self.workers.get(name)
-            if worker is None or worker.pid != p.identity_pid(identity):
+            pid = p.identity_pid(identity)
+            worker = next((w for w in self.workers_of(name) if w.pid == pid), None)
+            if worker is None:
                 continue
             if event == "ready":
                 worker.mark_ready(now)
@@ -276,7 +288,7 @@ class Arbiter:
     def function_table(self) -> dict[str, dict]:
         table = {}
         for fn in self.config.functions:
-            worker = self.workers[fn.name]
+            worker = self.workers[fn.name]   # the function's first worker speaks for it
             table[fn.name] = {"maxQueued": fn.maxQueued, "maxWait": fn.timeout,
                               "concurrency": fn.concurrency, "memory": fn.memory,
                               "available": worker.state is not State.FATAL,
@@ -289,7 +301,10 @@ class Arbiter:
     def status(self) -> dict:
         functions = {}
         for fn in self.config.functions:
-            info = self.workers[fn.name].describe()
+            workers = self.workers_of(fn.name)
+            info = workers[0].describe()
+            if len(workers) > 1:
+                info["workerProcesses"] = [w.describe() for w in workers]
             info.update(language=fn.language, timeout=fn.timeout, minInstances=fn.minInstances,
                         maxInstances=fn.maxInstances, concurrency=fn.concurrency)
             functions[fn.name] = info
@@ -494,6 +509,11 @@ class Arbiter:
             self.broker.join(timeout=5)
             self.broker.control.close()
         log.info("stopped")
+
+
+def function_of(worker: Supervised) -> str:
+    """The function a worker serves (its key without the "#n" of a second or later one)."""
+    return worker.name.partition("#")[0]
 
 
 def _name_of(proc: psutil.Process) -> str:

@@ -128,3 +128,32 @@ def test_host_limits_bound_all_functions_together(tmp_path):
         assert "the host's limits are reached" in host.log(whole=True)
     finally:
         assert host.stop() == 0
+
+
+def test_two_workers_share_a_function_and_one_dying_leaves_the_other_serving(tmp_path):
+    import os
+    import signal
+    fn = write_function(tmp_path / "fns", "pair", {"index.js": F.TIMED}, name="pair",
+                        instances=1, workers=2)
+    host = SoraHost(tmp_path, [fn], https=False)
+    host.start()
+    try:
+        wait_for(lambda: host.function_state("pair")["workers"] == 2, what="both workers")
+        state = host.function_state("pair")
+        assert state["instances"] == 2 and len(state["workerProcesses"]) == 2
+        results = burst(host, "pair", 6, 300)
+        assert all(r.status_code == 200 for r in results)
+        assert len({json_of(r)["pid"] for r in results}) == 2   # one instance in each worker
+        assert overlap(results) == 2
+        second = state["workerProcesses"][1]["pid"]
+        os.kill(second, signal.SIGKILL)
+        wait_for(lambda: host.function_state("pair")["workerProcesses"][1]["pid"] != second,
+                 what="the killed worker to be reaped")
+        # The first worker serves on while the second is restarted.
+        assert all(r.status_code == 200 for r in burst(host, "pair", 3, 10))
+        wait_for(lambda: (s := host.function_state("pair"))["workers"] == 2 and
+                 s["workerProcesses"][1]["pid"] not in (None, second),
+                 what="the second worker to be restarted")
+    finally:
+        assert host.stop() == 0
+    assert not host.leftovers(), host.leftovers()
