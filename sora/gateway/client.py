@@ -15,6 +15,7 @@ import os
 import zmq
 
 from .. import protocol as p
+from ..hotpath import recv_ready, send_frames
 from ..config import HostConfig
 
 
@@ -71,8 +72,7 @@ class BrokerClient:
     def _drain(self) -> None:
         sock = self._sock
         pending = self._pending
-        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            frames = sock.recv_multipart(zmq.NOBLOCK)
+        for frames in recv_ready(sock):
             if len(frames) >= 4 and frames[0] == p.REPLY:
                 fut = pending.pop(frames[1], None)
                 if fut is not None and not fut.done():
@@ -91,7 +91,7 @@ class BrokerClient:
         fut = loop.create_future()
         self._pending[request_id] = fut
         self._deadlines[request_id] = loop.time() + timeout
-        self._sock.send_multipart(frames, copy=False)
+        send_frames(self._sock, frames)
         if not self._check_scheduled:
             self._check_scheduled = True
             loop.call_soon(self._check)

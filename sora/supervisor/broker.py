@@ -29,6 +29,7 @@ from typing import Callable
 import zmq
 
 from .. import protocol as p
+from ..hotpath import recv_ready, send_frames
 from ..store.recorder import RecordSender
 
 log = logging.getLogger("sora.broker")
@@ -132,18 +133,13 @@ class Broker(threading.Thread):
     def _reply(self, client: bytes, request_id: bytes, status: bytes, body: bytes,
                extra: list[bytes] = ()) -> None:
         try:
-            self.frontend.send_multipart([client, p.REPLY, request_id, status, body, *extra])
+            send_frames(self.frontend, [client, p.REPLY, request_id, status, body, *extra])
         except zmq.ZMQError:
             pass  # the gateway process is gone; nobody waits for this answer
 
     # --- gateway side ---------------------------------------------------------------------------
     def handle_frontend(self) -> None:
-        sock = self.frontend
-        while True:
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        for frames in recv_ready(self.frontend):
             if len(frames) < 3:
                 continue
             client, cmd, request_id = frames[0], frames[1], frames[2]
@@ -183,8 +179,8 @@ class Broker(threading.Thread):
     def _dispatch(self, worker: WorkerEntry, client: bytes, request_id: bytes,
                   payload: list[bytes]) -> None:
         try:
-            self.backend.send_multipart([worker.identity, p.REQUEST, client, request_id,
-                                         *payload])
+            send_frames(self.backend, [worker.identity, p.REQUEST, client, request_id,
+                                       *payload])
         except zmq.ZMQError:
             # The worker vanished without a word: forget it and put the request back.
             fq = self.functions.get(worker.function)
@@ -207,13 +203,8 @@ class Broker(threading.Thread):
 
     # --- worker side ----------------------------------------------------------------------------
     def handle_backend(self) -> None:
-        sock = self.backend
         now = time.monotonic()
-        while True:
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        for frames in recv_ready(self.backend):
             identity, cmd = frames[0], frames[1]
             worker = self.workers.get(identity)
             if worker is not None:

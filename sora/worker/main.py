@@ -17,7 +17,7 @@ from collections import deque
 import zmq
 
 from .. import protocol as p
-from ..hotpath import quiet_gc
+from ..hotpath import quiet_gc, recv_ready, send_frames
 from ..config import ConfigError, FunctionConfig, load_function_config
 from ..store.recorder import RecordSender
 from ..supervisor.runtime_pool import PoolClient
@@ -209,7 +209,7 @@ class Worker:
         return sum(i.depth for i in self.instances) + len(self.pending)
 
     def send(self, frames: list[bytes]) -> None:
-        self.sock.send_multipart(frames, copy=False)
+        send_frames(self.sock, frames)
         self.last_sent = time.monotonic()
 
     def finish(self, inst: Instance | None, current: tuple, status: bytes,
@@ -236,12 +236,7 @@ class Worker:
             inst.completed += 1
 
     def handle_broker(self) -> None:
-        sock = self.sock
-        while True:
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
+        for frames in recv_ready(self.sock):
             self.last_heard = time.monotonic()
             self.reconnect_delay = RECONNECT_MIN
             cmd = frames[0]
