@@ -7,6 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 CERT := examples/certs/cert.pem
+API_KEY := examples/certs/api-key
 JS_SDK := tests/sdk/node_modules/.installed-stamp
 
 .PHONY: run test bench bench-runtimes bench-events bench-scaling check system-deps clean
@@ -40,10 +41,19 @@ $(CERT):
 	  -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" 2>/dev/null
 	@echo "dev certificate: $(CERT) (self-signed; curl --cacert $(CERT) https://localhost:8443/...)"
 
-run: system-deps $(STAMP) $(CERT)
+# The admin API key of examples/ (host-config.yaml `auth.apiKeys`): made once, printed once.
+$(API_KEY):
+	mkdir -p examples/certs
+	(umask 077; $(PYTHON) -c "import secrets; print('sora_' + secrets.token_urlsafe(32))" \
+	  > $(API_KEY))
+	@echo "API key for examples/ (printed this once; it is kept in $(API_KEY), mode 0600):"
+	@echo "  $$(cat $(API_KEY))"
+	@echo "  export SORA_API_KEY=\$$(cat $(API_KEY))   # for curl -H \"Authorization: Bearer ...\" and sora"
+
+run: system-deps $(STAMP) $(CERT) $(API_KEY)
 	$(BIN)/sora-supervisor start --config examples/host-config.yaml
 
-check: $(STAMP)
+check: $(STAMP) $(API_KEY)
 	$(BIN)/sora-supervisor check --config examples/host-config.yaml
 
 # The AWS SDK for JavaScript, which the Invoke API tests drive Sora with (as boto3 and the AWS

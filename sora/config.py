@@ -12,6 +12,7 @@ other functions still load.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -173,6 +174,19 @@ def _mapping(value: Any) -> dict:
     return value
 
 
+def _mapping_list(value: Any) -> list[dict]:
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise _Invalid("a list of mappings")
+    return value
+
+
+def _auth_mode(value: Any) -> str:
+    if value not in ("apiKey", "none"):
+        raise _Invalid("'apiKey' (callers need a key with an invoke scope) or 'none' (its "
+                       "function URL is public)")
+    return value
+
+
 def _path(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise _Invalid("a file or folder path")
@@ -218,10 +232,25 @@ HOST_SETTINGS = _settings(
             "store (`sora.db`), relative to the config file's folder."),
     Setting("records", _mapping, {}, "Retention of invocation records (below)."),
     Setting("limits", _mapping, {}, "Host-wide limits that autoscaling never exceeds (below)."),
+    Setting("auth", _mapping, {}, "API keys callers must present (below). Without keys, every "
+            "route is open (a host for local development only)."),
     Setting("prestartedRuntimes", _int_range(0, 64), 2, "Runtime processes of each kind "
             "(Node.js, by interpreter) kept started and ready to load any function, so a cold "
             "start skips the interpreter's own start-up. 0 turns this off."),
 )
+
+AUTH_SETTINGS = _settings(
+    Setting("apiKeys", _mapping_list, [], "The keys, each `{name, scopes, key | keyFile | "
+            "keyEnv}`: `name` is what logs show (never the key); `scopes` a list of "
+            "`invoke` (every function), `invoke:<function>`, and `admin` (the records, logs, "
+            "dead-letter and health-detail routes, and every function); the key itself given "
+            "inline (`key`), in a file (`keyFile`, relative to this file) or in a host "
+            "environment variable (`keyEnv`). Callers send it as `Authorization: Bearer <key>` "
+            "or `X-Api-Key: <key>`."),
+)
+
+API_KEY_SCOPE_RE = re.compile(r"^(admin|invoke|invoke:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)$")
+MIN_API_KEY_LENGTH = 16
 
 LIMITS_SETTINGS = _settings(
     Setting("maxInstances", _int_range(1, 100000), None, "Runtime instances of all functions "
@@ -283,6 +312,10 @@ FUNCTION_SETTINGS = _settings(
             "instance; past it callers get 429 with Retry-After."),
     Setting("eventInvoke", _mapping, {}, "Asynchronous (`Event`) invocations: retries, event "
             "age and concurrency (below)."),
+    Setting("auth", _auth_mode, "apiKey", "Who may call the function's URL when the host has "
+            "API keys: `apiKey` (default: a key with an invoke scope for it) or `none` (public, "
+            "like a Lambda function URL with auth type NONE). The Invoke API always needs a "
+            "key."),
     Setting("coldStart", _cold_start, "never", "Cold-start simulation, to test a function's "
             "cold path: `always` tears each instance down after its invocation, so every "
             "invocation runs on a fresh one (its record says cold); `always-setup` also runs "
@@ -385,6 +418,7 @@ class FunctionConfig:
     maxQueued: int
     eventInvoke: EventInvokeConfig = field(default_factory=EventInvokeConfig)
     coldStart: str = "never"
+    auth: str = "apiKey"
 
     @property
     def source(self) -> str:
@@ -422,6 +456,25 @@ class RecordsConfig:
 
 
 @dataclass(frozen=True)
+class ApiKey:
+    """One caller's key: only its SHA-256 is kept, and compared in constant time."""
+    name: str
+    digest: bytes
+    scopes: tuple[str, ...]
+
+    def allows(self, scope: str, function: str | None = None) -> bool:
+        if "admin" in self.scopes:
+            return True
+        if scope == "invoke":
+            return "invoke" in self.scopes or f"invoke:{function}" in self.scopes
+        return False
+
+
+def key_digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+@dataclass(frozen=True)
 class LimitsConfig:
     maxInstances: int
     maxMemoryMB: int
@@ -435,6 +488,7 @@ class HostConfig:
     records: RecordsConfig = field(default_factory=RecordsConfig)
     limits: LimitsConfig = field(default_factory=lambda: default_limits({}))
     prestartedRuntimes: int = 2
+    apiKeys: tuple[ApiKey, ...] = ()
     functions: list[FunctionConfig] = field(default_factory=list)
     broken: list[BrokenFunction] = field(default_factory=list)
 
@@ -542,6 +596,8 @@ def load_host_config(path: str) -> HostConfig:
                                        "records.", problems)
     limits = default_limits(_validate_mapping(values.get("limits") or {}, LIMITS_SETTINGS,
                                               "limits.", problems))
+    auth_values = _validate_mapping(values.get("auth") or {}, AUTH_SETTINGS, "auth.", problems)
+    api_keys = _api_keys(base, auth_values.get("apiKeys") or [], problems)
     if server_values and not problems:
         if server_values["httpPort"] is None and server_values["httpsPort"] is None:
             problems.append("server: expected at least one of httpPort and httpsPort")
@@ -592,8 +648,67 @@ def load_host_config(path: str) -> HostConfig:
     return HostConfig(path=path, server=ServerConfig(**server_values),
                       stateDir=_resolve(base, values["stateDir"]),
                       records=RecordsConfig(**records_values), limits=limits,
-                      prestartedRuntimes=values["prestartedRuntimes"],
+                      prestartedRuntimes=values["prestartedRuntimes"], apiKeys=api_keys,
                       functions=functions, broken=broken)
+
+
+def _api_keys(base: str, entries: list[dict], problems: list[str]) -> tuple[ApiKey, ...]:
+    """Each `auth.apiKeys` entry, its key read and hashed; problems name the entry by index."""
+    keys = []
+    names = set()
+    for i, entry in enumerate(entries):
+        where = f"auth.apiKeys[{i}]"
+        unknown = set(entry) - {"name", "scopes", "key", "keyFile", "keyEnv"}
+        if unknown:
+            problems.append(f"{where}.{sorted(unknown)[0]}: unknown field; known fields: "
+                            "name, scopes, key, keyFile, keyEnv")
+            continue
+        name = entry.get("name")
+        if not isinstance(name, str) or not name.strip() or name in names:
+            problems.append(f"{where}.name: expected a name unique among the keys, got "
+                            f"{_show(name)}")
+            continue
+        names.add(name)
+        scopes = entry.get("scopes")
+        if not isinstance(scopes, list) or not scopes or not all(
+                isinstance(sc, str) and API_KEY_SCOPE_RE.match(sc) for sc in scopes):
+            problems.append(f"{where}.scopes: expected a non-empty list of 'admin', 'invoke' "
+                            f"or 'invoke:<function name>', got {_show(scopes)}")
+            continue
+        sources = [k for k in ("key", "keyFile", "keyEnv") if entry.get(k) is not None]
+        if len(sources) != 1:
+            problems.append(f"{where}: expected exactly one of key, keyFile and keyEnv, got "
+                            f"{', '.join(sources) or 'none'}")
+            continue
+        source = sources[0]
+        value = entry[source]
+        if not isinstance(value, str) or not value:
+            problems.append(f"{where}.{source}: expected a non-empty string")
+            continue
+        if source == "keyFile":
+            path = _resolve(base, value)
+            try:
+                with open(path, encoding="utf-8") as fh:
+                    key = fh.read().strip()
+            except OSError as exc:
+                problems.append(f"{where}.keyFile: expected a readable file holding the key, "
+                                f"got {path} ({exc.strerror})")
+                continue
+        elif source == "keyEnv":
+            key = os.environ.get(value, "")
+            if not key:
+                problems.append(f"{where}.keyEnv: expected the name of a set environment "
+                                f"variable holding the key, got {value!r} (not set)")
+                continue
+        else:
+            key = value
+        if len(key) < MIN_API_KEY_LENGTH or any(c.isspace() for c in key):
+            problems.append(f"{where}.{source}: expected a key of at least "
+                            f"{MIN_API_KEY_LENGTH} characters without spaces (the value is not "
+                            "shown)")
+            continue
+        keys.append(ApiKey(name, key_digest(key), tuple(scopes)))
+    return tuple(keys)
 
 
 def default_limits(values: dict[str, Any]) -> LimitsConfig:
@@ -639,6 +754,7 @@ def settings_markdown() -> str:
                             ("host-config.yaml `server:`", SERVER_SETTINGS),
                             ("host-config.yaml `records:`", RECORDS_SETTINGS),
                             ("host-config.yaml `limits:`", LIMITS_SETTINGS),
+                            ("host-config.yaml `auth:`", AUTH_SETTINGS),
                             ("sora.yaml", FUNCTION_SETTINGS),
                             ("sora.yaml `eventInvoke:`", EVENT_INVOKE_SETTINGS)):
         out += [f"## {title}", "", "| field | default | description |", "|---|---|---|"]

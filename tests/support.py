@@ -73,7 +73,7 @@ class SoraHost:
 
     def __init__(self, base: Path, function_dirs: list[Path], https: bool = True,
                  server: dict | None = None, env: dict | None = None,
-                 extra: dict | None = None):
+                 extra: dict | None = None, api_key: str | None = None):
         self.base = base
         self.http_port = free_port()
         self.https_port = free_port() if https else None
@@ -94,7 +94,14 @@ class SoraHost:
         self.env = dict(os.environ, **(env or {}))
         self.proc: subprocess.Popen | None = None
         self.log_path = base / "supervisor.log"
-        self.session = requests.Session()
+        self.api_key = api_key
+        self.session = self._session()
+
+    def _session(self) -> requests.Session:
+        session = requests.Session()
+        if self.api_key:
+            session.headers["Authorization"] = f"Bearer {self.api_key}"
+        return session
 
     @property
     def url(self) -> str:
@@ -185,7 +192,7 @@ class SoraHost:
         """A new host object on the same config and state dir, not yet started."""
         twin = SoraHost.__new__(SoraHost)
         twin.__dict__.update(self.__dict__)
-        twin.session = requests.Session()
+        twin.session = twin._session()
         twin.proc = None
         return twin
 

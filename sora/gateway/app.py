@@ -6,6 +6,7 @@ for tests). Resources get their dependencies in `__init__`; errors become JSON
 """
 from __future__ import annotations
 
+import json
 import os
 
 import falcon
@@ -14,6 +15,7 @@ import falcon.asgi
 from .. import protocol as p
 from ..config import FUNCTION_NAME_RE, HostConfig, load_host_config
 from ..events.intake import EventIntake
+from .auth import authorizer_for, is_admin
 from .client import BROKER_SLACK, BrokerClient, BrokerTimeout
 from .errors import SoraError
 from .invocation_route import RETRY_AFTER, InvocationRoute
@@ -59,6 +61,9 @@ class FunctionUrlResource(InvocationRoute):
     With `X-Sora-Invocation-Type: Event` the request is stored as an asynchronous event and
     answered 202 `{"requestId": ...}` at once; the function's answer is not returned.
     """
+
+    auth_scope = "invoke"
+    public_urls = True   # a function with `auth: none` is open here (sora.gateway.auth)
 
     async def handle(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, name: str,
                      path: str = "") -> None:
@@ -118,6 +123,11 @@ for _method in falcon.constants.COMBINED_METHODS:
 
 
 class HealthResource:
+    """`GET /healthz`: open to all (probes), but only an admin key (or a host without keys)
+    sees the functions, processes and their reasons."""
+
+    auth_scope = "public"
+
     def __init__(self, client: BrokerClient):
         self.client = client
 
@@ -130,6 +140,8 @@ class HealthResource:
                             "The supervisor's broker did not answer") from None
         resp.set_header(REQUEST_ID_HEADER, request_id)
         resp.content_type = "application/json"
+        if not is_admin(req):
+            body = json.dumps({"status": json.loads(body).get("status")}).encode()
         resp.data = body
 
 
@@ -139,9 +151,11 @@ def create_app(config: HostConfig | None = None,
         config = load_host_config(os.environ["SORA_CONFIG"])
     if client is None:
         client = BrokerClient(p.gateway_endpoint(config.stateDir))
-    # No middleware: every responder and error handler sets X-Sora-Request-Id itself, which
-    # keeps a per-request middleware call off the hot path.
-    app = falcon.asgi.App()
+    # No middleware but API keys, and those only when the host has keys: every responder and
+    # error handler sets X-Sora-Request-Id itself, which keeps a per-request middleware call
+    # off the hot path of an open host.
+    authorizer = authorizer_for(config)
+    app = falcon.asgi.App(middleware=[authorizer] if authorizer else [])
     app.req_options.strip_url_path_trailing_slash = False
     intake = EventIntake(config.stateDir)
     functions = FunctionUrlResource(client, config, intake)

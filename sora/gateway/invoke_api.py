@@ -65,6 +65,16 @@ def parse_function_name(raw: str, qualifier: str | None) -> str:
 
 
 class InvokeResource(InvocationRoute):
+    auth_scope = "invoke"
+
+    @staticmethod
+    def function_of(params: dict) -> str | None:
+        """The function an invoke key must cover (the path may hold an ARN or a qualifier);
+        None when the path names no valid function (its error comes after auth)."""
+        match = ARN_RE.match(params.get("name", ""))
+        name = (match.group("rest") if match else params.get("name", "")).partition(":")[0]
+        return name if FUNCTION_NAME_RE.match(name) else None
+
     async def on_post(self, req, resp, name: str) -> None:
         request_id = request_id_of(req)
         fn_name = parse_function_name(name, req.get_param("Qualifier"))

@@ -204,3 +204,42 @@ def test_state_dir_too_long_for_sockets(tmp_path):
     with pytest.raises(ConfigError, match="stateDir: expected a folder whose path is at most"):
         load_host_config(host(tmp_path, "functionPaths: [a]\nserver: {httpPort: 1}\n"
                               f"stateDir: /{'x' * 120}\n"))
+
+
+def test_api_keys_are_read_hashed_and_checked(tmp_path, monkeypatch):
+    make_fn(tmp_path, "a", extra="auth: none")
+    write(tmp_path / "k.txt", "file-key-0123456789abcdef\n")
+    monkeypatch.setenv("SORA_TEST_KEY", "env-key-0123456789abcdef")
+    cfg = load_host_config(host(tmp_path, (
+        "functionPaths: [a]\nserver: {httpPort: 1}\nauth:\n  apiKeys:\n"
+        "    - {name: ops, key: inline-key-0123456789ab, scopes: [admin]}\n"
+        "    - {name: ci, keyFile: k.txt, scopes: [invoke]}\n"
+        "    - {name: one, keyEnv: SORA_TEST_KEY, scopes: ['invoke:a']}\n")))
+    from sora.config import key_digest
+    keys = {k.name: k for k in cfg.apiKeys}
+    assert keys["ci"].digest == key_digest("file-key-0123456789abcdef")
+    assert keys["one"].digest == key_digest("env-key-0123456789abcdef")
+    assert "file-key" not in repr(cfg) and "inline-key" not in repr(cfg)
+    assert keys["one"].allows("invoke", "a") and not keys["one"].allows("invoke", "b")
+    assert not keys["ci"].allows("admin") and keys["ops"].allows("admin")
+    assert cfg.function("a").auth == "none"
+
+
+def test_api_key_errors_name_the_entry_and_field(tmp_path, monkeypatch):
+    make_fn(tmp_path, "a")
+    monkeypatch.delenv("NOT_SET_KEY", raising=False)
+    with pytest.raises(ConfigError) as exc:
+        load_host_config(host(tmp_path, (
+            "functionPaths: [a]\nserver: {httpPort: 1}\nauth:\n  apiKeys:\n"
+            "    - {name: a, key: short, scopes: [admin]}\n"
+            "    - {name: b, keyFile: missing.txt, scopes: [invoke]}\n"
+            "    - {name: c, keyEnv: NOT_SET_KEY, scopes: [invoke]}\n"
+            "    - {name: d, key: long-enough-key-0123456789, scopes: [write]}\n"
+            "    - {name: e, scopes: [admin]}\n")))
+    text = str(exc.value)
+    assert "auth.apiKeys[0].key: expected a key of at least 16 characters" in text
+    assert "short" not in text
+    assert "auth.apiKeys[1].keyFile: expected a readable file holding the key" in text
+    assert "auth.apiKeys[2].keyEnv: expected the name of a set environment variable" in text
+    assert "auth.apiKeys[3].scopes: expected a non-empty list of 'admin', 'invoke'" in text
+    assert "auth.apiKeys[4]: expected exactly one of key, keyFile and keyEnv" in text
