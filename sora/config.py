@@ -168,6 +168,35 @@ def _env(value: Any) -> dict[str, str]:
     return out
 
 
+@dataclass(frozen=True)
+class SecretSpec:
+    """Where one secret's value comes from (the value itself is read by the worker)."""
+    name: str
+    file: str | None     # a path, relative to the function folder or absolute
+    env: str | None      # a variable of the host's environment
+    asEnv: bool = False  # also offered as an environment variable of that name
+
+
+def _secrets(value: Any) -> tuple[SecretSpec, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        raise _Invalid("a map of secret names to {file: PATH} or {env: VARIABLE}, each "
+                       "optionally with asEnv: true")
+    out = []
+    for name, spec in value.items():
+        if not isinstance(name, str) or not ENV_NAME_RE.match(name):
+            raise _Invalid(f"secret names of letters, digits and '_' (bad name {_show(name)})")
+        if not isinstance(spec, dict) or set(spec) - {"file", "env", "asEnv"} or \
+                (spec.get("file") is None) == (spec.get("env") is None) or \
+                not isinstance(spec.get("file") or spec.get("env"), str) or \
+                not isinstance(spec.get("asEnv", False), bool):
+            raise _Invalid(f"{{file: PATH}} or {{env: VARIABLE}} (exactly one), optionally "
+                           f"with asEnv: true, for {name}")
+        out.append(SecretSpec(name, spec.get("file"), spec.get("env"), spec.get("asEnv", False)))
+    return tuple(out)
+
+
 def _mapping(value: Any) -> dict:
     if not isinstance(value, dict):
         raise _Invalid("a mapping of settings")
@@ -288,6 +317,12 @@ FUNCTION_SETTINGS = _settings(
             "`memoryLimitInMB` and used as the runtime's heap limit."),
     Setting("env", _env, {}, "Environment variables for the function. The host's environment "
             "does not reach the function, except `PATH` and `HOME`."),
+    Setting("secrets", _secrets, (), "Secrets for this function only: `NAME: {file: PATH}` "
+            "(relative to the function folder, or absolute) or `NAME: {env: VARIABLE}` (the "
+            "host's environment), read when its worker starts. Each is a file `NAME` in the "
+            "folder named by `$SORA_SECRETS_DIR` (in memory, readable by the function only), "
+            "and with `asEnv: true` also the variable `NAME`. Their values are replaced by "
+            "`****` in its logs and never stored or shown by the APIs."),
     Setting("instances", _int_range(1, 256), None, "Shorthand for a fixed pool: sets both "
             "`minInstances` and `maxInstances` (not with either of them)."),
     Setting("minInstances", _int_range(0, 256), 1, "Instances kept running even when idle "
@@ -410,6 +445,7 @@ class FunctionConfig:
     timeout: float
     memory: int
     env: dict[str, str]
+    secrets: tuple[SecretSpec, ...]
     minInstances: int
     maxInstances: int
     concurrency: int

@@ -53,6 +53,10 @@ TRIGGER_INVOKE = b"invoke"      # the Lambda Invoke API, RequestResponse
 TRIGGER_EVENT = b"event"        # an asynchronous event, sent by the dispatcher
 FLAG_TAIL = b"+tail"
 LOG_TAIL_BYTES = 4096
+# The largest result a function may return (Lambda's synchronous payload limit); a larger one
+# is answered Sora.ResponseTooLarge. A printed line longer than MAX_LOG_LINE is cut there.
+MAX_RESULT_BYTES = 6 * 1024 * 1024
+MAX_LOG_LINE = 256 * 1024
 
 
 def meta(trigger: bytes, tail: bool = False) -> bytes:

@@ -30,6 +30,7 @@ from ..events.dispatcher import events_socket
 from ..store.recorder import records_socket
 from ..config import ConfigError
 from ..worker.runtimes import runtime_for
+from ..worker.secrets import remove_leftovers as remove_secret_files
 from .broker import Broker
 from .child import Launch, State, Supervised, describe_exit
 from .runtime_pool import RuntimePool
@@ -159,6 +160,7 @@ class Arbiter:
             if child.kind == "worker":
                 function = function_of(child)
                 self.broker.control.forget_worker(p.worker_identity(function, child.proc.pid))
+                remove_secret_files(function, child.proc.pid)
                 if code == p.EXIT_BOOT_ERROR:
                     why = "cannot boot: " + (p.take_boot_error(self.state_dir, function)
                                              or "the worker exited with a boot error")

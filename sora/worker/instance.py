@@ -23,6 +23,7 @@ import subprocess
 import time
 from collections import deque
 
+from .. import protocol as p
 from ..config import FunctionConfig
 from ..supervisor.child import die_with_parent
 from ..supervisor.runtime_pool import PoolClient
@@ -42,9 +43,10 @@ class State(enum.Enum):
 
 class Instance:
     def __init__(self, runtime: Runtime, fn: FunctionConfig, index: int, log: FunctionLog,
-                 pool: PoolClient | None = None):
+                 pool: PoolClient | None = None, extra_env: dict[str, str] | None = None):
         self.runtime = runtime
         self.pool = pool
+        self.extra_env = extra_env or {}   # the function's secrets (sora.worker.secrets)
         self.fn = fn
         self.index = index
         self.log = log
@@ -58,7 +60,9 @@ class Instance:
         # Invocations written to the child that have not started yet: (client, id, payload).
         self.queued: deque[tuple[bytes, bytes, bytes]] = deque()
         self._control_buf = b""
+        self._oversized = 0   # bytes of a result line past the limit, being skipped
         self._log_bufs: dict[int, bytes] = {}
+        self._log_cut: set[int] = set()   # streams inside a line cut at MAX_LOG_LINE
         self._pending_lines: dict[int, list[bytes]] = {}
         self.invocations = 0
         self.completed = 0   # invocations finished: the first one of an instance is cold
@@ -71,7 +75,7 @@ class Instance:
         if not self.adopt():
             read_fd, write_fd = os.pipe()
             try:
-                env = self.runtime.environment(self.fn)
+                env = self.environment()
                 env["SORA_CONTROL_FD"] = str(write_fd)
                 # Its own process group, killed as one; PDEATHSIG: if the worker dies, even by
                 # SIGKILL, the kernel kills the instance: no orphaned runtimes.
@@ -100,13 +104,18 @@ class Instance:
         if proc is None:
             return False
         line = json.dumps({"cwd": self.fn.directory,
-                           "env": self.runtime.environment(self.fn)}).encode() + b"\n"
+                           "env": self.environment()}).encode() + b"\n"
         try:
             proc.stdin.write(line)
         except OSError:
             pass  # it died waiting: the control pipe closes and the worker replaces it
         self.proc, self.control_fd = proc, proc.control_fd
         return True
+
+    def environment(self) -> dict[str, str]:
+        env = self.runtime.environment(self.fn)
+        env.update(self.extra_env)
+        return env
 
     @property
     def pid(self) -> int:
@@ -216,8 +225,27 @@ class Instance:
         if not chunk:
             return None
         data = self._control_buf + chunk
-        *lines, self._control_buf = data.split(b"\n")
+        *lines, rest = data.split(b"\n")
+        if self._oversized:
+            # The rest of a line too large to keep: count it, then answer for it.
+            if not lines:
+                self._oversized += len(rest)
+                self._control_buf = b""
+                return []
+            lines[0] = self._too_large(self._oversized + len(lines[0]))
+            self._oversized = 0
+        limit = p.MAX_RESULT_BYTES + 2   # "R " and the JSON
+        lines = [line if len(line) <= limit else self._too_large(len(line)) for line in lines]
+        if len(rest) > limit:
+            self._oversized, rest = len(rest), b""
+        self._control_buf = rest
         return lines
+
+    @staticmethod
+    def _too_large(size: int) -> bytes:
+        return b"E " + p.error_body("Sora.ResponseTooLarge", (
+            f"The function's response is {size - 2} bytes; the limit is "
+            f"{p.MAX_RESULT_BYTES} bytes"))
 
     def drain_logs(self, fd: int | None = None, final: bool = False) -> None:
         """Read what the child printed and write it to the function log, tied to invocations."""
@@ -232,8 +260,23 @@ class Instance:
                 if not chunk:
                     break
                 data = self._log_bufs[f] + chunk
-                *lines, self._log_bufs[f] = data.split(b"\n")
+                *lines, rest = data.split(b"\n")
+                if f in self._log_cut:
+                    # The rest of a cut line: dropped up to its end.
+                    if not lines:
+                        rest = b""
+                    else:
+                        lines.pop(0)
+                        self._log_cut.discard(f)
+                if len(rest) > p.MAX_LOG_LINE:
+                    lines.append(rest)
+                    rest = b""
+                    self._log_cut.add(f)
+                self._log_bufs[f] = rest
                 for line in lines:
+                    if len(line) > p.MAX_LOG_LINE:
+                        line = line[:p.MAX_LOG_LINE] + b" [sora: line cut at %d bytes]" % \
+                            p.MAX_LOG_LINE
                     if line.startswith(MARKER):
                         self._flush_lines(f, stream, line[len(MARKER):])
                     else:

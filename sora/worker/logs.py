@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import os
 import time
+from typing import Callable
 
 from ..protocol import LOG_TAIL_BYTES
 from ..store.recorder import RecordSender
@@ -15,7 +16,8 @@ class FunctionLog:
 
     Writes are buffered and flushed once per worker loop turn, off the invocation path."""
 
-    def __init__(self, state_dir: str, function: str, records: RecordSender | None = None):
+    def __init__(self, state_dir: str, function: str, records: RecordSender | None = None,
+                 redact: Callable[[bytes], bytes] | None = None):
         directory = os.path.join(state_dir, "logs")
         os.makedirs(directory, exist_ok=True)
         self.function = function
@@ -23,6 +25,7 @@ class FunctionLog:
         self.records = records
         self._file = open(self.path, "ab", buffering=1 << 16)
         self._tails: dict[str, list[bytes]] = {}
+        self.redact = redact   # masks the function's secret values (sora.worker.secrets)
 
     def want_tail(self, request_id: str) -> None:
         """Keep this invocation's lines for `tail()` (the Invoke API's LogType: Tail)."""
@@ -35,6 +38,8 @@ class FunctionLog:
 
     def write(self, request_id: str, stream: str, lines: list[bytes]) -> None:
         lines = [line.rstrip(b"\r") for line in lines]
+        if self.redact is not None:
+            lines = [self.redact(line) for line in lines]
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()).encode()
         head = b"%s %s %s " % (stamp, request_id.encode(), stream.encode())
         self._file.write(b"".join(head + line + b"\n" for line in lines))

@@ -26,6 +26,7 @@ from .instance import Instance, State
 from .logs import FunctionLog
 from .runtimes import Runtime, runtime_for
 from .scaling import SCALE_OUT_WAIT, idle_expired, plan_scale_out
+from .secrets import Secrets, read_secrets
 
 log = logging.getLogger("sora.worker")
 
@@ -52,15 +53,19 @@ SCALE_IN_INTERVAL = 0.5
 
 
 class Worker:
-    def __init__(self, fn: FunctionConfig, runtime: Runtime, state_dir: str, endpoint: str):
+    def __init__(self, fn: FunctionConfig, runtime: Runtime, state_dir: str, endpoint: str,
+                 secrets: Secrets | None = None):
         self.fn = fn
+        self.secrets = secrets or Secrets(fn, {})
+        self.secrets.write_files()
         self.state_dir = state_dir
         self.endpoint = endpoint
         self.runtime = runtime
         self.ctx = zmq.Context.instance()
         self.records = RecordSender(state_dir, self.ctx)
         self.pool = PoolClient(state_dir)   # pre-started runtimes, for fast cold starts
-        self.log = FunctionLog(state_dir, fn.name, self.records)
+        self.log = FunctionLog(state_dir, fn.name, self.records,
+                               self.secrets.redact if self.secrets.values else None)
         self.meta: dict[bytes, bytes] = {}  # request id -> how it came, unless plain http
         self.fn_name = fn.name.encode()
         self.identity = p.worker_identity(fn.name, os.getpid())
@@ -108,7 +113,8 @@ class Worker:
     def spawn_instance(self, index: int | None = None) -> Instance:
         if index is None:
             index, self.next_index = self.next_index, self.next_index + 1
-        inst = Instance(self.runtime, self.fn, index, self.log, self.pool)
+        inst = Instance(self.runtime, self.fn, index, self.log, self.pool,
+                        self.secrets.environment())
         inst.start()
         self.instances.append(inst)
         for fd, kind in ((inst.control_fd, "control"), (inst.log_fds[0], "log"),
@@ -531,6 +537,7 @@ class Worker:
         for inst in list(self.instances):
             self.retire_instance(inst, kill=True)
         self.pool.close()
+        self.secrets.remove()
         self.log.flush()
         self.log.close()
         self.records.close()
@@ -567,6 +574,7 @@ def main(argv: list[str] | None = None) -> int:
                                           f"started, got {fn.name!r}"])
         runtime = runtime_for(fn.language)
         runtime.prepare(fn)
+        secrets = Secrets(fn, read_secrets(fn))
     except ConfigError as exc:
         path = p.boot_error_path(args.state_dir, args.name)
         log.error("%s", exc)
@@ -575,5 +583,5 @@ def main(argv: list[str] | None = None) -> int:
             fh.write(p.error_body("Sora.ConfigError", str(exc)))
         return p.EXIT_BOOT_ERROR
     worker = Worker(fn, runtime, os.path.abspath(args.state_dir),
-                    args.broker or p.worker_endpoint(os.path.abspath(args.state_dir)))
+                    args.broker or p.worker_endpoint(os.path.abspath(args.state_dir)), secrets)
     return worker.run()

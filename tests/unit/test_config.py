@@ -243,3 +243,14 @@ def test_api_key_errors_name_the_entry_and_field(tmp_path, monkeypatch):
     assert "auth.apiKeys[2].keyEnv: expected the name of a set environment variable" in text
     assert "auth.apiKeys[3].scopes: expected a non-empty list of 'admin', 'invoke'" in text
     assert "auth.apiKeys[4]: expected exactly one of key, keyFile and keyEnv" in text
+
+
+def test_secret_specs_are_validated_and_hold_no_values(tmp_path):
+    fn = load_function_config(make_fn(tmp_path, extra=(
+        "secrets:\n  A: {file: a.txt}\n  B: {env: B_VAR, asEnv: true}")))
+    assert [(s.name, s.file, s.env, s.asEnv) for s in fn.secrets] == \
+        [("A", "a.txt", None, False), ("B", None, "B_VAR", True)]
+    for bad in ("secrets: {A: {file: a, env: b}}", "secrets: {A: x}", "secrets: {1A: {env: x}}",
+                "secrets: {A: {env: x, asEnv: maybe}}"):
+        with pytest.raises(ConfigError, match="sora.yaml: secrets: expected"):
+            load_function_config(make_fn(tmp_path, "bad", extra=bad))
