@@ -251,6 +251,8 @@ SERVER_SETTINGS = _settings(
             "accepted; a larger one gets 413. Default 6 MiB, Lambda's synchronous payload limit."),
     Setting("gracefulTimeout", _number_range(0, 3600), 30.0, "Seconds a stop waits for "
             "in-flight invocations before processes are killed."),
+    Setting("headerTimeout", _number_range(0, 3600), 10.0, "Seconds a new connection has to "
+            "send its first request's headers; a slower one is closed (slowloris)."),
 )
 
 HOST_SETTINGS = _settings(
@@ -483,6 +485,7 @@ class ServerConfig:
     gatewayWorkers: int
     maxBodyBytes: int
     gracefulTimeout: float
+    headerTimeout: float = 10.0
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import os
 import ssl
 
 from sora.config import load_host_config
+from sora.gateway.slow_clients import guard_slow_clients
 from sora.hotpath import quiet_gc
 
 _config = load_host_config(os.environ["SORA_CONFIG"])
@@ -30,6 +31,12 @@ proc_name = f"sora-gateway-{_listener}"
 graceful_timeout = max(1, round(_server.gracefulTimeout))
 # Idle keep-alive connections hold up a graceful stop until they time out: keep it short.
 keepalive = 2
+# Request line and headers: at most 100 fields of 8 KiB (431 past either).
+limit_request_line = 8190
+limit_request_fields = 100
+limit_request_field_size = 8190
+# A request body (or a function's answer being written) that stalls this long is dropped.
+timeout = 30
 backlog = 2048
 accesslog = None
 errorlog = "-"
@@ -49,4 +56,5 @@ def ssl_context(conf, default_ssl_context_factory):
 
 
 def post_worker_init(worker):
+    guard_slow_clients(_server.headerTimeout)
     quiet_gc()

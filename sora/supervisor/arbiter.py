@@ -30,6 +30,7 @@ from ..events.dispatcher import events_socket
 from ..store.recorder import records_socket
 from ..config import ConfigError
 from ..worker.runtimes import runtime_for
+from ..worker import cgroups
 from ..worker.secrets import remove_leftovers as remove_secret_files
 from .broker import Broker
 from .child import Launch, State, Supervised, describe_exit
@@ -70,6 +71,8 @@ class Arbiter:
         self.recorder = Supervised("recorder", "recorder", self.recorder_launch())
         self.dispatcher = Supervised("dispatcher", "dispatcher", self.dispatcher_launch())
         self._last_status = b""
+        # The cgroup version whose limits instances run under ("v1", "v2"), or None.
+        self.cgroups = cgroups.detect()
         self._announced = False
 
     # --- signals: handlers only queue -----------------------------------------------------------
@@ -161,6 +164,7 @@ class Arbiter:
                 function = function_of(child)
                 self.broker.control.forget_worker(p.worker_identity(function, child.proc.pid))
                 remove_secret_files(function, child.proc.pid)
+                cgroups.remove_leftovers(function, child.proc.pid)
                 if code == p.EXIT_BOOT_ERROR:
                     why = "cannot boot: " + (p.take_boot_error(self.state_dir, function)
                                              or "the worker exited with a boot error")
@@ -317,7 +321,7 @@ class Arbiter:
         gateways = {name: g.describe() for name, g in self.gateways.items()}
         healthy = all(f["state"] == State.RUNNING.value for f in functions.values())
         return {"status": "stopping" if self.stopping else ("ok" if healthy else "degraded"),
-                "functions": functions, "gateways": gateways,
+                "cgroups": self.cgroups, "functions": functions, "gateways": gateways,
                 "recorder": self.recorder.describe(),
                 "dispatcher": self.dispatcher.describe()}
 

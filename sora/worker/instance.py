@@ -26,6 +26,7 @@ from collections import deque
 from .. import protocol as p
 from ..config import FunctionConfig
 from ..supervisor.child import die_with_parent
+from .cgroups import InstanceGroup, join_in_child
 from ..supervisor.runtime_pool import PoolClient
 from .logs import FunctionLog
 from .runtimes import Runtime
@@ -43,8 +44,10 @@ class State(enum.Enum):
 
 class Instance:
     def __init__(self, runtime: Runtime, fn: FunctionConfig, index: int, log: FunctionLog,
-                 pool: PoolClient | None = None, extra_env: dict[str, str] | None = None):
+                 pool: PoolClient | None = None, extra_env: dict[str, str] | None = None,
+                 cgroup: InstanceGroup | None = None):
         self.runtime = runtime
+        self.cgroup = cgroup   # its memory and pids limits (sora.worker.cgroups), if in force
         self.pool = pool
         self.extra_env = extra_env or {}   # the function's secrets (sora.worker.secrets)
         self.fn = fn
@@ -66,7 +69,8 @@ class Instance:
         self._pending_lines: dict[int, list[bytes]] = {}
         self.invocations = 0
         self.completed = 0   # invocations finished: the first one of an instance is cold
-        self.idle_since = 0.0  # monotonic time it last became idle (autoscaling stops it later)
+        self.idle_since = 0.0
+        self._oom_killed = False  # monotonic time it last became idle (autoscaling stops it later)
 
     # --- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -78,11 +82,18 @@ class Instance:
                 env = self.environment()
                 env["SORA_CONTROL_FD"] = str(write_fd)
                 # Its own process group, killed as one; PDEATHSIG: if the worker dies, even by
-                # SIGKILL, the kernel kills the instance: no orphaned runtimes.
+                # SIGKILL, the kernel kills the instance: no orphaned runtimes. It joins its
+                # cgroup before exec, so nothing it runs escapes the limits.
+                procs = self.cgroup.procs_files() if self.cgroup else []
+
+                def in_child() -> None:
+                    die_with_parent()
+                    join_in_child(procs)
+
                 self.proc = subprocess.Popen(
                     self.runtime.argv(self.fn), cwd=self.fn.directory, env=env,
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                    pass_fds=(write_fd,), start_new_session=True, preexec_fn=die_with_parent)
+                    pass_fds=(write_fd,), start_new_session=True, preexec_fn=in_child)
             finally:
                 os.close(write_fd)
             self.control_fd = read_fd
@@ -103,6 +114,13 @@ class Instance:
         proc = self.pool.take(self.runtime.argv(self.fn))
         if proc is None:
             return False
+        if self.cgroup is not None:
+            try:
+                self.cgroup.join(proc.pid)   # before it loads anything of the function
+            except OSError:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+                return False
         line = json.dumps({"cwd": self.fn.directory,
                            "env": self.environment()}).encode() + b"\n"
         try:
@@ -164,7 +182,16 @@ class Instance:
         if self.control_fd >= 0:
             os.close(self.control_fd)
             self.control_fd = -1
+        if self.cgroup is not None:
+            self._oom_killed = self.cgroup.oom_kills() > 0   # read before the group goes
+            self.cgroup.remove()
         self.state = State.DEAD
+
+    def oom_killed(self) -> bool:
+        """Whether its memory limit killed a process of it (the cgroup's own counter)."""
+        if self.state is State.DEAD or self.cgroup is None:
+            return self._oom_killed
+        return self.cgroup.oom_kills() > 0
 
     def exit_description(self) -> str:
         code = self.proc.poll() if self.proc else None

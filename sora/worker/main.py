@@ -25,6 +25,8 @@ from ..supervisor.setup import SetupRun
 from .instance import Instance, State
 from .logs import FunctionLog
 from .runtimes import Runtime, runtime_for
+from . import cgroups
+from .cgroups import InstanceGroup
 from .scaling import SCALE_OUT_WAIT, idle_expired, plan_scale_out
 from .secrets import Secrets, read_secrets
 
@@ -96,6 +98,8 @@ class Worker:
         self.regrow_at = 0.0
         self.next_scale_in = 0.0
         self.scale_reason = ""
+        self.cgroups = cgroups.detect()   # "v1", "v2" or None: limits per instance
+        self.cgroup_serial = 0
 
     # --- signals: the handler only queues ------------------------------------------------------
     def _on_signal(self, signum, _frame) -> None:
@@ -114,7 +118,7 @@ class Worker:
         if index is None:
             index, self.next_index = self.next_index, self.next_index + 1
         inst = Instance(self.runtime, self.fn, index, self.log, self.pool,
-                        self.secrets.environment())
+                        self.secrets.environment(), self.new_cgroup())
         inst.start()
         self.instances.append(inst)
         for fd, kind in ((inst.control_fd, "control"), (inst.log_fds[0], "log"),
@@ -122,6 +126,19 @@ class Worker:
             self.fd_owner[fd] = (inst, kind)
             self.poller.register(fd, zmq.POLLIN)
         return inst
+
+    def new_cgroup(self) -> InstanceGroup | None:
+        if self.cgroups is None:
+            return None
+        self.cgroup_serial += 1
+        try:
+            return InstanceGroup(self.cgroups, f"{self.fn.name}-{os.getpid()}-"
+                                               f"{self.cgroup_serial}", self.fn.memory)
+        except OSError as exc:
+            log.error("%s: cannot make a cgroup (%s); limits are off for this worker",
+                      self.fn.name, exc)
+            self.cgroups = None
+            return None
 
     def retire_instance(self, inst: Instance, kill: bool) -> None:
         for fd in (inst.control_fd, *inst.log_fds):
@@ -144,10 +161,15 @@ class Worker:
         self.requeue(inst)
         self.retire_instance(inst, kill)  # reaps it, so its exit status is known below
         if current is not None:
-            self.finish(inst, current, p.RUNTIME_EXITED, p.error_body(
-                "Sora.RuntimeExited",
-                f"Runtime exited with {inst.exit_description()} while handling request "
-                f"{current[1].decode()}"))
+            if inst.oom_killed():
+                body = p.error_body("Sora.OutOfMemory", (
+                    f"The function used more than its memory ({self.fn.memory} MB) and was "
+                    f"killed while handling request {current[1].decode()}"))
+            else:
+                body = p.error_body("Sora.RuntimeExited", (
+                    f"Runtime exited with {inst.exit_description()} while handling request "
+                    f"{current[1].decode()}"))
+            self.finish(inst, current, p.RUNTIME_EXITED, body)
         if booting:
             self.init_failures += 1
             if inst.init_error is None:
@@ -549,7 +571,7 @@ class Worker:
 # How each reply status is recorded.
 RECORD_STATUS = {p.OK: b"ok", p.FUNCTION_ERROR: b"error", p.INIT_ERROR: b"error",
                  p.TIMEOUT: b"timeout", p.RUNTIME_EXITED: b"crashed"}
-ERROR_TYPES = {p.TIMEOUT: "Sora.Timeout", p.RUNTIME_EXITED: "Sora.RuntimeExited"}
+ERROR_TYPES = {p.TIMEOUT: "Sora.Timeout"}   # others: the errorType of the answer's body
 
 
 class BootError(Exception):

@@ -1,0 +1,127 @@
+"""Resource limits per instance with cgroups: memory (the function's `memory`) and a pids limit.
+
+Both cgroup versions are supported: v2 (one unified hierarchy, most current distributions) and
+v1 (one hierarchy per controller, as on the machines Sora is developed on). Which one is in
+force is reported by `/healthz` (`cgroups`). Each instance gets its own group,
+`<root>/sora/<function>-<worker pid>-<n>`, made before it starts and removed once it is dead;
+the instance's process joins it between fork and exec (or, for a pre-started runtime, right
+after the worker takes it, before it loads anything), so everything it starts is counted too.
+
+A memory-limit kill is told from any other death by the group's own OOM-kill counter
+(`memory.events` on v2, `memory.oom_control` on v1), so the caller gets Sora.OutOfMemory only
+when the limit killed it. Without a usable hierarchy (no cgroup filesystem, no permission),
+limits are off and `/healthz` says so; nothing else changes.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger("sora.worker")
+
+ROOT = "/sys/fs/cgroup"
+# Processes and threads an instance may have. Idle Node already runs 7 threads and a busy one
+# more (libuv's pool, GC); a too-low limit makes Node hang, so this only stops fork bombs.
+PIDS_MAX = 512
+
+
+def detect(root: str = ROOT) -> str | None:
+    """"v2", "v1" or None: the cgroup version whose memory controller Sora can use."""
+    if os.path.exists(os.path.join(root, "cgroup.controllers")):
+        try:
+            with open(os.path.join(root, "cgroup.controllers")) as fh:
+                if "memory" in fh.read().split():
+                    return "v2" if os.access(root, os.W_OK) else None
+        except OSError:
+            return None
+    memory = os.path.join(root, "memory")
+    if os.path.isdir(memory) and os.path.exists(os.path.join(memory, "memory.limit_in_bytes")):
+        return "v1" if os.access(memory, os.W_OK) else None
+    return None
+
+
+class InstanceGroup:
+    """The cgroup(s) of one instance."""
+
+    def __init__(self, version: str, name: str, memory_mb: int, root: str = ROOT):
+        self.version = version
+        if version == "v2":
+            self.dirs = {"memory": os.path.join(root, "sora", name)}
+            self.dirs["pids"] = self.dirs["memory"]
+        else:
+            self.dirs = {c: os.path.join(root, c, "sora", name) for c in ("memory", "pids")}
+        limit = memory_mb * 1024 * 1024
+        for controller, path in self.dirs.items():
+            os.makedirs(path, exist_ok=True)
+        if version == "v2":
+            self._write("memory", "memory.max", limit)
+            self._write("memory", "memory.swap.max", 0, optional=True)
+            self._write("pids", "pids.max", PIDS_MAX)
+        else:
+            self._write("memory", "memory.limit_in_bytes", limit)
+            # No swap beyond the limit, where the kernel accounts swap.
+            self._write("memory", "memory.memsw.limit_in_bytes", limit, optional=True)
+            self._write("pids", "pids.max", PIDS_MAX)
+
+    def _write(self, controller: str, name: str, value: int, optional: bool = False) -> None:
+        try:
+            with open(os.path.join(self.dirs[controller], name), "w") as fh:
+                fh.write(str(value))
+        except OSError:
+            if not optional:
+                raise
+
+    def procs_files(self) -> list[str]:
+        return sorted({os.path.join(d, "cgroup.procs") for d in self.dirs.values()})
+
+    def join(self, pid: int) -> None:
+        for path in self.procs_files():
+            with open(path, "w") as fh:
+                fh.write(str(pid))
+
+    def oom_kills(self) -> int:
+        path = self.dirs["memory"]
+        name = "memory.events" if self.version == "v2" else "memory.oom_control"
+        try:
+            with open(os.path.join(path, name)) as fh:
+                for line in fh:
+                    key, _, value = line.partition(" ")
+                    if key == "oom_kill":
+                        return int(value)
+        except OSError:
+            pass
+        return 0
+
+    def remove(self) -> None:
+        for path in sorted(set(self.dirs.values())):
+            try:
+                os.rmdir(path)
+            except OSError:
+                pass  # still has a process (reaped later) or already gone
+
+
+def remove_leftovers(function: str, worker_pid: int, root: str = ROOT) -> None:
+    """The groups of a worker that died without removing them (the supervisor calls this when
+    it reaps the worker; its instances died with it)."""
+    prefix = f"{function}-{worker_pid}-"
+    for base in (os.path.join(root, "sora"), os.path.join(root, "memory", "sora"),
+                 os.path.join(root, "pids", "sora")):
+        try:
+            names = [n for n in os.listdir(base) if n.startswith(prefix)]
+        except OSError:
+            continue
+        for name in names:
+            try:
+                os.rmdir(os.path.join(base, name))
+            except OSError:
+                pass
+
+
+def join_in_child(procs_files: list[str]) -> None:  # runs between fork and exec
+    pid = str(os.getpid()).encode()
+    for path in procs_files:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.write(fd, pid)
+        finally:
+            os.close(fd)
