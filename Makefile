@@ -18,16 +18,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
-# Node.js runs the functions; openssl makes the dev certificate; curl is what the shell-script
-# `bootstrap` examples talk to the Runtime API with; Go builds the Go example; the C toolchain
-# and autotools build aws-lambda-ric's native part (the node-ric example). Installed only where
-# missing.
+# Node.js runs the functions; bubblewrap sandboxes them (`isolation: sandbox`); openssl makes
+# the dev certificate; curl is what the shell-script `bootstrap` examples talk to the Runtime
+# API with; Go builds the Go example; the C toolchain and autotools build aws-lambda-ric's
+# native part (the node-ric example). Installed only where missing.
 BUILD_TOOLS := autoreconf automake libtoolize cmake g++ make
 system-deps:
 	@command -v node >/dev/null && command -v npm >/dev/null || { \
 	  echo "installing Node.js"; apt-get update -qq && apt-get install -y -qq nodejs npm; }
 	@command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl; }
 	@command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl; }
+	@command -v bwrap >/dev/null || { echo "installing bubblewrap"; apt-get update -qq && \
+	  apt-get install -y -qq bubblewrap; }
 	@command -v go >/dev/null || { echo "installing Go"; apt-get update -qq && \
 	  apt-get install -y -qq golang-go; }
 	@for tool in $(BUILD_TOOLS); do command -v $$tool >/dev/null || missing=1; done; \

@@ -209,6 +209,19 @@ def _mapping_list(value: Any) -> list[dict]:
     return value
 
 
+def _isolation(value: Any) -> str:
+    if value not in ("none", "sandbox"):
+        raise _Invalid("'sandbox' (bubblewrap: read-only system and folder, private /tmp and "
+                       "/proc, its own uid) or 'none'")
+    return value
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid("true or false")
+    return value
+
+
 def _auth_mode(value: Any) -> str:
     if value not in ("apiKey", "none"):
         raise _Invalid("'apiKey' (callers need a key with an invoke scope) or 'none' (its "
@@ -338,7 +351,8 @@ FUNCTION_SETTINGS = _settings(
     Setting("concurrency", _int_range(1, 100000), None, "Hard cap on this function's "
             "invocations running at once, over all its workers (Lambda's reserved "
             "concurrency). Calls beyond it wait in the queue (`maxQueued`); past that they "
-            "get 429 with Retry-After. Default: `maxInstances` x `workers`."),
+            "get 429 with Retry-After. At least `minInstances` x `workers`; default: "
+            "`maxInstances` x `workers`."),
     Setting("idleTimeout", _number_range(0, 24 * 3600), 300.0, "Seconds an instance may stay "
             "idle before the autoscaler stops it (never below `minInstances`)."),
     Setting("workers", _int_range(1, 64), 1, "Worker processes for this function on this "
@@ -349,6 +363,15 @@ FUNCTION_SETTINGS = _settings(
             "instance; past it callers get 429 with Retry-After."),
     Setting("eventInvoke", _mapping, {}, "Asynchronous (`Event`) invocations: retries, event "
             "age and concurrency (below)."),
+    Setting("isolation", _isolation, "none", "`sandbox` runs each instance in a bubblewrap "
+            "sandbox: the system and the function folder read-only, a private `/tmp` of "
+            "`tmpSize` MB, its own `/proc` and pid namespace, no other folder of the host, as an "
+            "unprivileged uid of its own. `none` (default for now, logged at start) runs it as "
+            "the user Sora runs as."),
+    Setting("network", _bool, True, "With `isolation: sandbox`, `false` gives the instance "
+            "a network namespace of its own (loopback only)."),
+    Setting("tmpSize", _int_range(1, 10240), 512, "With `isolation: sandbox`, the size of "
+            "its private `/tmp` in MB (Lambda's ephemeral storage default: 512)."),
     Setting("auth", _auth_mode, "apiKey", "Who may call the function's URL when the host has "
             "API keys: `apiKey` (default: a key with an invoke scope for it) or `none` (public, "
             "like a Lambda function URL with auth type NONE). The Invoke API always needs a "
@@ -457,6 +480,9 @@ class FunctionConfig:
     eventInvoke: EventInvokeConfig = field(default_factory=EventInvokeConfig)
     coldStart: str = "never"
     auth: str = "apiKey"
+    isolation: str = "none"
+    network: bool = True
+    tmpSize: int = 512
 
     @property
     def source(self) -> str:
@@ -586,6 +612,11 @@ def _resolve_scaling(data: dict, values: dict[str, Any], problems: list[str]) ->
                         f"({values['minInstances']}), got {values['maxInstances']}")
     if values["concurrency"] is None:
         values["concurrency"] = values["maxInstances"] * values["workers"]
+    elif values["concurrency"] < values["minInstances"] * values["workers"]:
+        # Instances kept idle could all run at once: the cap must leave room for them.
+        problems.append(f"concurrency: expected at least minInstances x workers "
+                        f"({values['minInstances'] * values['workers']}), got "
+                        f"{values['concurrency']}")
 
 
 def _check_language(directory: str, values: dict[str, Any], problems: list[str]) -> None:

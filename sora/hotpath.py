@@ -37,8 +37,11 @@ def recv_ready(sock: zmq.Socket) -> list[list[bytes]]:
     """Every whole message waiting on the socket, without blocking."""
     messages = []
     while _get(sock, _EVENTS) & _POLLIN:
-        parts = [_recv(sock, _NOBLOCK)]
-        while _get(sock, _RCVMORE):
+        try:
+            parts = [_recv(sock, _NOBLOCK)]
+        except zmq.Again:   # readiness that a peer's disconnect took back: nothing to read
+            break
+        while _get(sock, _RCVMORE):   # the rest of a message has arrived with its first part
             parts.append(_recv(sock, _NOBLOCK))
         messages.append(parts)
     return messages

@@ -26,7 +26,9 @@ from collections import deque
 from .. import protocol as p
 from ..config import FunctionConfig
 from ..supervisor.child import die_with_parent
+from . import sandbox
 from .cgroups import InstanceGroup, join_in_child
+from .secrets import SECRETS_DIR_ENV
 from ..supervisor.runtime_pool import PoolClient
 from .logs import FunctionLog
 from .runtimes import Runtime
@@ -91,7 +93,7 @@ class Instance:
                     join_in_child(procs)
 
                 self.proc = subprocess.Popen(
-                    self.runtime.argv(self.fn), cwd=self.fn.directory, env=env,
+                    self.argv(), cwd=self.fn.directory, env=env,
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                     pass_fds=(write_fd,), start_new_session=True, preexec_fn=in_child)
             finally:
@@ -106,10 +108,21 @@ class Instance:
         self.started = time.monotonic()
         self.state = State.BOOTING
 
+    @property
+    def sandboxed(self) -> bool:
+        return self.fn.isolation == "sandbox"
+
+    def argv(self) -> list[str]:
+        argv = self.runtime.argv(self.fn)
+        if self.sandboxed:
+            argv = sandbox.wrap(argv, self.fn, self.extra_env.get(SECRETS_DIR_ENV))
+        return argv
+
     def adopt(self) -> bool:
         """Take a pre-started runtime and tell it which function to load (its folder and
-        environment: the first line on its stdin)."""
-        if self.pool is None or not self.runtime.standby(self.fn):
+        environment: the first line on its stdin). Pre-started runtimes run outside any
+        sandbox, so a sandboxed function always starts its own."""
+        if self.pool is None or self.sandboxed or not self.runtime.standby(self.fn):
             return False
         proc = self.pool.take(self.runtime.argv(self.fn))
         if proc is None:
@@ -133,6 +146,8 @@ class Instance:
     def environment(self) -> dict[str, str]:
         env = self.runtime.environment(self.fn)
         env.update(self.extra_env)
+        if self.sandboxed:
+            env["HOME"] = "/tmp"   # the host's home is not in the sandbox
         return env
 
     @property
@@ -197,6 +212,8 @@ class Instance:
         code = self.proc.poll() if self.proc else None
         if code is None:
             return "still running"
+        if self.sandboxed and code > 128:
+            code = 128 - code   # bubblewrap exits 128 + n when its child dies of signal n
         if code < 0:
             try:
                 return f"killed by signal {signal.Signals(-code).name}"

@@ -25,7 +25,7 @@ from ..supervisor.setup import SetupRun
 from .instance import Instance, State
 from .logs import FunctionLog
 from .runtimes import Runtime, runtime_for
-from . import cgroups
+from . import cgroups, sandbox
 from .cgroups import InstanceGroup
 from .scaling import SCALE_OUT_WAIT, idle_expired, plan_scale_out
 from .secrets import Secrets, read_secrets
@@ -59,7 +59,8 @@ class Worker:
                  secrets: Secrets | None = None):
         self.fn = fn
         self.secrets = secrets or Secrets(fn, {})
-        self.secrets.write_files()
+        self.secrets.write_files(sandbox.sandbox_uid(fn.name) if fn.isolation == "sandbox"
+                                 else None)
         self.state_dir = state_dir
         self.endpoint = endpoint
         self.runtime = runtime
@@ -500,8 +501,9 @@ class Worker:
             self.boot()
             quiet_gc()
             self.connect()
-            log.info("%s: worker %d ready with %d instance(s)", self.fn.name, os.getpid(),
-                     len(self.instances))
+            log.info("%s: worker %d ready with %d instance(s)%s", self.fn.name, os.getpid(),
+                     len(self.instances), "" if self.fn.isolation == "sandbox" else
+                     "; isolation: none (instances run as Sora's user, without a sandbox)")
             timeout = 0.0
             while True:
                 self.poll_once(timeout)
@@ -597,6 +599,10 @@ def main(argv: list[str] | None = None) -> int:
         runtime = runtime_for(fn.language)
         runtime.prepare(fn)
         secrets = Secrets(fn, read_secrets(fn))
+        if fn.isolation == "sandbox" and not sandbox.available():
+            raise ConfigError(fn.source, ["isolation: expected bubblewrap (bwrap) and setpriv "
+                                          "on PATH for 'sandbox' (apt-get install bubblewrap), "
+                                          "or isolation: none"])
     except ConfigError as exc:
         path = p.boot_error_path(args.state_dir, args.name)
         log.error("%s", exc)

@@ -69,7 +69,8 @@ class Secrets:
         self._masked = sorted({v.encode() for v in values.values() if len(v) >= MIN_MASKED},
                               key=len, reverse=True)
 
-    def write_files(self) -> None:
+    def write_files(self, owner: int | None = None) -> None:
+        """Write the files; `owner` (a sandboxed function's uid) gets the folder and them."""
         if not self.values:
             return
         self.directory = tempfile.mkdtemp(prefix=_prefix(self.fn.name, os.getpid()),
@@ -79,6 +80,10 @@ class Secrets:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 fh.write(value)
+            if owner is not None:
+                os.chown(path, owner, owner)
+        if owner is not None:
+            os.chown(self.directory, owner, owner)
 
     def environment(self) -> dict[str, str]:
         """What the instances get on top of the function's own environment."""

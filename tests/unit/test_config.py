@@ -64,8 +64,8 @@ def test_scaling_settings(tmp_path):
     assert (fn.minInstances, fn.maxInstances, fn.idleTimeout, fn.workers) == (0, 16, 2.5, 2)
     assert fn.concurrency == 32 and fn.eventInvoke.maxConcurrency == 32
     fixed = load_function_config(make_fn(tmp_path, "fixed", extra="instances: 4\n"
-                                                                   "concurrency: 3"))
-    assert (fixed.minInstances, fixed.maxInstances, fixed.concurrency) == (4, 4, 3)
+                                                                   "concurrency: 6"))
+    assert (fixed.minInstances, fixed.maxInstances, fixed.concurrency) == (4, 4, 6)
     with pytest.raises(ConfigError) as exc:
         load_function_config(make_fn(tmp_path, "bad", extra=(
             "instances: 2\nmaxInstances: 3\nminInstances: -1\nconcurrency: 0")))
@@ -76,6 +76,10 @@ def test_scaling_settings(tmp_path):
     with pytest.raises(ConfigError, match="maxInstances: expected no maxInstances beside "
                                           "instances"):
         load_function_config(make_fn(tmp_path, "both", extra="instances: 2\nmaxInstances: 3"))
+    with pytest.raises(ConfigError, match="concurrency: expected at least minInstances x "
+                                          "workers \\(4\\), got 3"):
+        load_function_config(make_fn(tmp_path, "low", extra="minInstances: 2\nworkers: 2\n"
+                                                              "concurrency: 3"))
     with pytest.raises(ConfigError, match="maxInstances: expected at least minInstances \\(5\\)"):
         load_function_config(make_fn(tmp_path, "inv", extra="minInstances: 5\nmaxInstances: 3"))
 

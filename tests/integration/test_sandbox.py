@@ -1,0 +1,102 @@
+"""`isolation: sandbox`: each instance in bubblewrap, as its own unprivileged uid, seeing only
+the system (read-only), its folder (read-only), a private /tmp and its own processes."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from sora.worker import sandbox
+from tests.integration import functions as F
+from tests.support import json_of, served, write_function
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(not sandbox.available(), reason="bubblewrap is not installed")]
+
+PROBE = r"""
+const fs = require('fs');
+const net = require('net');
+const path = require('path');
+const tryRead = (p) => { try { fs.readdirSync(p); return 'read'; } catch (e) { return e.code; } };
+const tryWrite = (p, bytes) => {
+  try { fs.writeFileSync(p, Buffer.alloc(bytes, 1)); return 'wrote'; } catch (e) { return e.code; }
+};
+exports.handler = async (event) => {
+  const q = event.queryStringParameters || {};
+  const connect = await new Promise((resolve) => {
+    const s = net.connect(Number(q.port), '127.0.0.1');
+    s.once('connect', () => { s.destroy(); resolve('connected'); });
+    s.once('error', (e) => resolve(e.code));
+  });
+  return {
+    uid: process.getuid(), gid: process.getgid(), cwd: process.cwd(),
+    other: tryRead(q.other), state: tryRead(q.state), cert: fs.existsSync(q.cert),
+    sora: fs.existsSync(q.config),
+    ownFolder: tryWrite(path.join(process.cwd(), 'new-file'), 10),
+    tmpSmall: tryWrite('/tmp/small', 1024), tmpBig: tryWrite('/tmp/big', 16 << 20),
+    etc: tryWrite('/etc/sora-sandbox-test', 1),
+    pids: fs.readdirSync('/proc').filter((x) => /^\d+$/.test(x)).length,
+    secret: fs.readFileSync(path.join(process.env.SORA_SECRETS_DIR, 'TOKEN'), 'utf8'),
+    connect,
+  };
+};
+"""
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory):
+    base = tmp_path_factory.mktemp("sandbox")
+    fns = base / "fns"
+    dirs = [write_function(fns, "boxed", {"index.js": PROBE, "token.txt": "s3cret-token"},
+                           name="boxed", isolation="sandbox", network=False, tmpSize=8,
+                           secrets={"TOKEN": {"file": "token.txt"}}),
+            write_function(fns, "netbox", {"index.js": PROBE, "token.txt": "s3cret-token"},
+                           name="netbox", isolation="sandbox",
+                           secrets={"TOKEN": {"file": "token.txt"}}),
+            write_function(fns, "crashy", {"index.js": F.CRASH}, name="crashy",
+                           isolation="sandbox"),
+            write_function(fns, "other", {"index.js": F.ECHO}, name="other")]
+    yield from served(base, dirs, https=True)
+
+
+def probe(host, name):
+    r = host.invoke(name, params={"other": str(host.base / "fns" / "other"),
+                                  "state": str(host.base / "state"),
+                                  "config": str(host.config_path), "cert": str(host.cert),
+                                  "port": host.http_port})
+    assert r.status_code == 200, r.text
+    return json_of(r)
+
+
+def test_a_sandboxed_instance_sees_only_what_it_needs(host):
+    seen = probe(host, "boxed")
+    assert seen["uid"] == sandbox.sandbox_uid("boxed") and seen["uid"] != 0
+    assert seen["gid"] == seen["uid"]
+    assert seen["cwd"] == str(host.base / "fns" / "boxed")
+    for where in ("other", "state"):
+        assert seen[where] == "ENOENT", (where, seen)
+    assert seen["sora"] is False and seen["cert"] is False   # host config, TLS certificate
+    assert seen["ownFolder"] == "EROFS" and seen["etc"] == "EROFS"
+    assert seen["tmpSmall"] == "wrote" and seen["tmpBig"] == "ENOSPC"   # tmpSize: 8 MB
+    assert seen["pids"] <= 3                    # its own pid namespace and /proc
+    assert seen["secret"] == "s3cret-token"     # its secrets, read-only, as its uid
+    assert seen["connect"] != "connected"       # network: false
+
+
+def test_network_is_on_unless_turned_off(host):
+    assert probe(host, "netbox")["connect"] == "connected"
+
+
+def test_the_same_function_without_a_sandbox_could_see_it_all(host):
+    # The control: the probe's paths do exist on the host, so ENOENT above is the sandbox.
+    for path in (host.base / "fns" / "other", host.base / "state", host.config_path,
+                 host.cert):
+        assert os.path.exists(path)
+
+
+def test_crashes_in_the_sandbox_read_the_same(host):
+    r = host.invoke("crashy", params={"exit": "7"})
+    assert r.status_code == 502 and json_of(r)["errorType"] == "Sora.RuntimeExited"
+    assert "exit status 7" in json_of(r)["errorMessage"]
+    assert host.invoke("crashy").status_code == 200
+    assert host.invoke("other").status_code == 200
