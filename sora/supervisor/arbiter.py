@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import select
+import shutil
 import signal
 import socket
 import sys
@@ -30,7 +31,7 @@ from ..events.dispatcher import events_socket
 from ..store.recorder import records_socket
 from ..config import ConfigError
 from ..worker.runtimes import runtime_for
-from ..worker import cgroups
+from ..worker import cgroups, sandbox, secrets
 from ..worker.secrets import remove_leftovers as remove_secret_files
 from .broker import Broker
 from .child import Launch, State, Supervised, describe_exit
@@ -428,16 +429,21 @@ class Arbiter:
                              max_instances=self.config.limits.maxInstances,
                              max_memory_mb=self.config.limits.maxMemoryMB)
         self.broker.start()
+        for fn in self.config.functions:
+            if fn.isolation == "sandbox" and fn.secrets:
+                # Made before any sandbox binds it; its worker writes the secrets into it.
+                secrets.prepare_sandboxed_dir(secrets.sandboxed_dir(self.state_dir, fn.name),
+                                              sandbox.sandbox_uid(fn.name))
         kinds = self.standby_kinds()
         if kinds and self.config.prestartedRuntimes:
-            self.runtime_pool = RuntimePool(self.state_dir, self.config.prestartedRuntimes,
-                                            kinds)
+            self.runtime_pool = RuntimePool(self.state_dir, kinds)
             self.runtime_pool.start()
 
-    def standby_kinds(self) -> list[list[str]]:
-        """The command lines worth pre-starting: one per interpreter and start-up flags that
-        the functions' instances would run."""
-        kinds = []
+    def standby_kinds(self) -> list[tuple[list[str], int]]:
+        """The command lines worth pre-starting and how many of each: `prestartedRuntimes` per
+        interpreter and start-up flags that the functions' instances would run, and one per
+        sandboxed function (its sandbox binds that function's folder)."""
+        kinds: list[tuple[list[str], int]] = []
         for fn in self.config.functions:
             runtime = runtime_for(fn.language)
             if fn.runtime is not None or not runtime.standby(fn):
@@ -446,8 +452,15 @@ class Arbiter:
                 runtime.prepare(fn)
             except ConfigError:
                 continue
-            if runtime.argv(fn) not in kinds:
-                kinds.append(runtime.argv(fn))
+            argv, size = runtime.argv(fn), self.config.prestartedRuntimes
+            if fn.isolation == "sandbox":
+                if not sandbox.available():
+                    continue
+                argv = sandbox.wrap(argv, fn, secrets.sandboxed_dir(self.state_dir, fn.name)
+                                    if fn.secrets else None)
+                size = 1
+            if all(argv != known for known, _ in kinds):
+                kinds.append((argv, size))
         return kinds
 
     def run(self) -> int:
@@ -509,6 +522,10 @@ class Arbiter:
         if self.runtime_pool is not None:
             self.runtime_pool.stop()
             self.runtime_pool = None
+        for fn in self.config.functions:
+            if fn.isolation == "sandbox" and fn.secrets:
+                shutil.rmtree(secrets.sandboxed_dir(self.state_dir, fn.name),
+                              ignore_errors=True)
         self.reap_orphans()
         if self.broker is not None:
             self.broker.control.stop()

@@ -80,16 +80,17 @@ class Standby:
 @dataclass
 class Kind:
     argv: list[str]
+    size: int
     ready: list[Standby] = field(default_factory=list)
     quick_deaths: int = 0
     paused_until: float = 0.0
 
 
 class RuntimePool(threading.Thread):
-    def __init__(self, state_dir: str, size: int, kinds: list[list[str]]):
+    def __init__(self, state_dir: str, kinds: list[tuple[list[str], int]]):
+        """`kinds`: each command line to keep ready, and how many of it."""
         super().__init__(name="sora-runtime-pool", daemon=True)
-        self.size = size
-        self.kinds = {json.dumps(argv): Kind(argv) for argv in kinds}
+        self.kinds = {json.dumps(argv): Kind(argv, size) for argv, size in kinds}
         self.path = pool_socket(state_dir)
         try:
             os.unlink(self.path)
@@ -123,7 +124,7 @@ class RuntimePool(threading.Thread):
     # --- standby processes ----------------------------------------------------------------------
     def refill(self, now: float) -> None:
         for key, kind in self.kinds.items():
-            while len(kind.ready) < self.size and now >= kind.paused_until:
+            while len(kind.ready) < kind.size and now >= kind.paused_until:
                 standby = self.spawn(kind.argv)
                 if standby is None:
                     kind.paused_until = now + REFILL_PAUSE

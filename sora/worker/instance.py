@@ -23,6 +23,8 @@ import subprocess
 import time
 from collections import deque
 
+import psutil
+
 from .. import protocol as p
 from ..config import FunctionConfig
 from ..supervisor.child import die_with_parent
@@ -120,17 +122,21 @@ class Instance:
 
     def adopt(self) -> bool:
         """Take a pre-started runtime and tell it which function to load (its folder and
-        environment: the first line on its stdin). Pre-started runtimes run outside any
-        sandbox, so a sandboxed function always starts its own."""
-        if self.pool is None or self.sandboxed or not self.runtime.standby(self.fn):
+        environment: the first line on its stdin). A sandboxed function's pre-started runtime
+        already runs in its sandbox (the pool keeps one per sandboxed function)."""
+        if self.pool is None or not self.runtime.standby(self.fn):
             return False
-        proc = self.pool.take(self.runtime.argv(self.fn))
+        proc = self.pool.take(self.argv())
         if proc is None:
             return False
         if self.cgroup is not None:
             try:
-                self.cgroup.join(proc.pid)   # before it loads anything of the function
-            except OSError:
+                # Before it loads anything of the function; every process of it (a sandbox
+                # is bubblewrap, its init and the runtime).
+                for pid in [proc.pid, *(c.pid for c in
+                                        psutil.Process(proc.pid).children(recursive=True))]:
+                    self.cgroup.join(pid)
+            except (OSError, psutil.Error):
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(5)
                 return False

@@ -28,7 +28,7 @@ from .runtimes import Runtime, runtime_for
 from . import cgroups, sandbox
 from .cgroups import InstanceGroup
 from .scaling import SCALE_OUT_WAIT, idle_expired, plan_scale_out
-from .secrets import Secrets, read_secrets
+from .secrets import Secrets, read_secrets, sandboxed_dir
 
 log = logging.getLogger("sora.worker")
 
@@ -598,7 +598,8 @@ def main(argv: list[str] | None = None) -> int:
                                           f"started, got {fn.name!r}"])
         runtime = runtime_for(fn.language)
         runtime.prepare(fn)
-        secrets = Secrets(fn, read_secrets(fn))
+        secrets = Secrets(fn, read_secrets(fn), sandboxed_dir(args.state_dir, fn.name)
+                          if fn.isolation == "sandbox" else None)
         if fn.isolation == "sandbox" and not sandbox.available():
             raise ConfigError(fn.source, ["isolation: expected bubblewrap (bwrap) and setpriv "
                                           "on PATH for 'sandbox' (apt-get install bubblewrap), "

@@ -9,6 +9,7 @@ by `****` before they are written anywhere.
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import shutil
 import tempfile
@@ -54,6 +55,20 @@ def _prefix(function: str, pid: int) -> str:
     return f"sora-secrets-{function}-{pid}-"
 
 
+def sandboxed_dir(state_dir: str, function: str) -> str:
+    """The secrets folder of a sandboxed function: one fixed path per host and function, made
+    by the supervisor before anything starts, because a pre-started sandbox binds it when it
+    starts (before its worker has read the secrets into it)."""
+    host = hashlib.sha1(os.path.abspath(state_dir).encode()).hexdigest()[:10]
+    return os.path.join(_base(), f"sora-secrets-{host}-{function}")
+
+
+def prepare_sandboxed_dir(path: str, owner: int) -> None:
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)
+    os.chown(path, owner, owner)
+
+
 def remove_leftovers(function: str, pid: int) -> None:
     """The folder of a worker that died without removing it (the supervisor calls this when
     it reaps the worker)."""
@@ -62,10 +77,12 @@ def remove_leftovers(function: str, pid: int) -> None:
 
 
 class Secrets:
-    def __init__(self, fn: FunctionConfig, values: dict[str, str]):
+    def __init__(self, fn: FunctionConfig, values: dict[str, str],
+                 fixed_dir: str | None = None):
         self.fn = fn
         self.values = values
         self.directory: str | None = None
+        self.fixed_dir = fixed_dir   # a sandboxed function's (sandboxed_dir): kept at stop
         self._masked = sorted({v.encode() for v in values.values() if len(v) >= MIN_MASKED},
                               key=len, reverse=True)
 
@@ -73,10 +90,18 @@ class Secrets:
         """Write the files; `owner` (a sandboxed function's uid) gets the folder and them."""
         if not self.values:
             return
-        self.directory = tempfile.mkdtemp(prefix=_prefix(self.fn.name, os.getpid()),
-                                          dir=_base())
+        if self.fixed_dir is not None:
+            prepare_sandboxed_dir(self.fixed_dir, owner)
+            self.directory = self.fixed_dir
+        else:
+            self.directory = tempfile.mkdtemp(prefix=_prefix(self.fn.name, os.getpid()),
+                                              dir=_base())
         for name, value in self.values.items():
             path = os.path.join(self.directory, name)
+            try:
+                os.unlink(path)   # a fixed folder keeps the last worker's files
+            except FileNotFoundError:
+                pass
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 fh.write(value)
@@ -99,6 +124,6 @@ class Secrets:
         return line
 
     def remove(self) -> None:
-        if self.directory is not None:
+        if self.directory is not None and self.fixed_dir is None:
             shutil.rmtree(self.directory, ignore_errors=True)
             self.directory = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import psutil
 import pytest
 
 from sora.worker import sandbox
@@ -55,6 +56,9 @@ def host(tmp_path_factory):
                            secrets={"TOKEN": {"file": "token.txt"}}),
             write_function(fns, "crashy", {"index.js": F.CRASH}, name="crashy",
                            isolation="sandbox"),
+            write_function(fns, "zerobox", {"index.js": PROBE, "token.txt": "zero-token"},
+                           name="zerobox", isolation="sandbox", minInstances=0,
+                           secrets={"TOKEN": {"file": "token.txt"}}),
             write_function(fns, "other", {"index.js": F.ECHO}, name="other")]
     yield from served(base, dirs, https=True)
 
@@ -100,3 +104,31 @@ def test_crashes_in_the_sandbox_read_the_same(host):
     assert "exit status 7" in json_of(r)["errorMessage"]
     assert host.invoke("crashy").status_code == 200
     assert host.invoke("other").status_code == 200
+
+
+def test_a_sandboxed_function_scaled_to_zero_starts_from_its_prestarted_sandbox(host):
+    # The pool keeps one runtime already in this function's sandbox (bound to its folder and
+    # its secrets folder); the cold call takes it and it loads the function as its uid.
+    def standbys():
+        found = []
+        for proc in host.descendants():
+            try:
+                if proc.ppid() == host.proc.pid and proc.name() == "bwrap" and \
+                        str(host.base / "fns" / "zerobox") in " ".join(proc.cmdline()):
+                    found.append(proc)
+            except psutil.Error:   # an instance that just ended, not yet reaped
+                continue
+        return found
+    standby = standbys()
+    assert len(standby) == 1
+    r = host.invoke("zerobox", params={"other": str(host.base / "fns" / "other"),
+                                       "state": str(host.base / "state"),
+                                       "config": str(host.config_path), "cert": str(host.cert),
+                                       "port": host.http_port})
+    assert r.status_code == 200, r.text
+    seen = json_of(r)
+    assert seen["uid"] == sandbox.sandbox_uid("zerobox") and seen["secret"] == "zero-token"
+    assert seen["other"] == "ENOENT" and seen["ownFolder"] == "EROFS"
+    assert host.record(r.headers["X-Sora-Request-Id"])["cold"] is True
+    # The taken one is now the instance (still the supervisor's child, reaped by the pool).
+    assert standby[0].is_running()

@@ -26,7 +26,7 @@ sys.exit(spec["env"]["CODE"])
 def pool(tmp_path):
     (tmp_path / "run").mkdir()
     argv = [sys.executable, "-c", STANDBY]
-    pool = RuntimePool(str(tmp_path), 2, [argv])
+    pool = RuntimePool(str(tmp_path), [(argv, 2)])
     pool.start()
     yield pool, argv, tmp_path
     pool.stop()
