@@ -604,6 +604,11 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(fn.source, ["isolation: expected bubblewrap (bwrap) and setpriv "
                                           "on PATH for 'sandbox' (apt-get install bubblewrap), "
                                           "or isolation: none"])
+        if fn.isolation == "sandbox" and os.geteuid() != 0:
+            raise ConfigError(fn.source, ["isolation: 'sandbox' needs the supervisor to run "
+                                          "as root (it switches each function to a uid of its "
+                                          "own); expected isolation: none for a host run as "
+                                          "an unprivileged user"])
     except ConfigError as exc:
         path = p.boot_error_path(args.state_dir, args.name)
         log.error("%s", exc)
