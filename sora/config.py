@@ -293,7 +293,8 @@ AUTH_SETTINGS = _settings(
             "or `X-Api-Key: <key>`."),
 )
 
-API_KEY_SCOPE_RE = re.compile(r"^(admin|invoke|invoke:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)$")
+# `invoke:<function>` names a function by the one function-name pattern.
+API_KEY_SCOPE_RE = re.compile(r"^(admin|invoke|invoke:" + FUNCTION_NAME_RE.pattern[1:-1] + r")$")
 MIN_API_KEY_LENGTH = 16
 
 LIMITS_SETTINGS = _settings(
@@ -491,6 +492,10 @@ class FunctionConfig:
     @property
     def entrypoint_path(self) -> str:
         return os.path.join(self.directory, self.entrypoint)
+
+    @property
+    def sandboxed(self) -> bool:
+        return self.isolation == "sandbox"
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,7 @@ class FunctionUrlResource(InvocationRoute):
                      path: str = "") -> None:
         if not FUNCTION_NAME_RE.match(name):
             raise SoraError(404, "ResourceNotFoundException", f"Function not found: {name}")
-        if path and ("\x00" in path or ".." in path.split("/")):
+        if path and ("\x00" in path or ".." in path and ".." in path.split("/")):
             # Decoded already (%2e%2e, %00): a function that maps its path to files must never
             # be handed one that climbs out of its folder.
             raise SoraError(400, "Sora.InvalidPath", "The path may not contain '..' segments "

@@ -53,7 +53,8 @@ class Authorizer:
 
     async def process_resource(self, req, resp, resource, params) -> None:
         scope = getattr(resource, "auth_scope", "admin")
-        key = self.identify(presented_key(req))
+        given = presented_key(req)
+        key = self.identify(given)
         req.context.api_key = key
         if scope == "public":
             return
@@ -65,11 +66,11 @@ class Authorizer:
             return
         route = f"{req.method} {req.path}"
         if key is None:
-            given = "an unknown key" if presented_key(req) else "no key"
-            log.warning("auth: 401 for %s from %s: %s", route, _client(req), given)
+            log.warning("auth: 401 for %s from %s: %s", route, _client(req),
+                        "an unknown key" if given else "no key")
             raise SoraError(401, "Sora.Unauthorized", (
-                "This route needs an API key: send 'Authorization: Bearer <key>' or "
-                "'X-Api-Key: <key>'" if given == "no key" else "The API key is not valid"),
+                "The API key is not valid" if given else "This route needs an API key: send "
+                "'Authorization: Bearer <key>' or 'X-Api-Key: <key>'"),
                 {"WWW-Authenticate": 'Bearer realm="sora"'})
         if not key.allows(scope, function):
             log.warning("auth: 403 for %s from %s: key %r has scopes %s", route, _client(req),

@@ -430,10 +430,9 @@ class Arbiter:
                              max_memory_mb=self.config.limits.maxMemoryMB)
         self.broker.start()
         for fn in self.config.functions:
-            if fn.isolation == "sandbox" and fn.secrets:
+            if (path := secrets.sandboxed_dir(self.state_dir, fn)) is not None:
                 # Made before any sandbox binds it; its worker writes the secrets into it.
-                secrets.prepare_sandboxed_dir(secrets.sandboxed_dir(self.state_dir, fn.name),
-                                              sandbox.sandbox_uid(fn.name))
+                secrets.prepare_sandboxed_dir(path, fn)
         kinds = self.standby_kinds()
         if kinds and self.config.prestartedRuntimes:
             self.runtime_pool = RuntimePool(self.state_dir, kinds)
@@ -453,11 +452,10 @@ class Arbiter:
             except ConfigError:
                 continue
             argv, size = runtime.argv(fn), self.config.prestartedRuntimes
-            if fn.isolation == "sandbox":
+            if fn.sandboxed:
                 if not sandbox.available():
                     continue
-                argv = sandbox.wrap(argv, fn, secrets.sandboxed_dir(self.state_dir, fn.name)
-                                    if fn.secrets else None)
+                argv = sandbox.wrap(argv, fn, secrets.sandboxed_dir(self.state_dir, fn))
                 size = 1
             if all(argv != known for known, _ in kinds):
                 kinds.append((argv, size))
@@ -523,9 +521,8 @@ class Arbiter:
             self.runtime_pool.stop()
             self.runtime_pool = None
         for fn in self.config.functions:
-            if fn.isolation == "sandbox" and fn.secrets:
-                shutil.rmtree(secrets.sandboxed_dir(self.state_dir, fn.name),
-                              ignore_errors=True)
+            if (path := secrets.sandboxed_dir(self.state_dir, fn)) is not None:
+                shutil.rmtree(path, ignore_errors=True)
         self.reap_orphans()
         if self.broker is not None:
             self.broker.control.stop()

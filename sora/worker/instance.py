@@ -73,8 +73,8 @@ class Instance:
         self._pending_lines: dict[int, list[bytes]] = {}
         self.invocations = 0
         self.completed = 0   # invocations finished: the first one of an instance is cold
-        self.idle_since = 0.0
-        self._oom_killed = False  # monotonic time it last became idle (autoscaling stops it later)
+        self.idle_since = 0.0  # monotonic time it last became idle (autoscaling stops it later)
+        self._oom_killed = False  # its cgroup's OOM-kill count, read when it closed (> 0)
 
     # --- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -110,13 +110,9 @@ class Instance:
         self.started = time.monotonic()
         self.state = State.BOOTING
 
-    @property
-    def sandboxed(self) -> bool:
-        return self.fn.isolation == "sandbox"
-
     def argv(self) -> list[str]:
         argv = self.runtime.argv(self.fn)
-        if self.sandboxed:
+        if self.fn.sandboxed:
             argv = sandbox.wrap(argv, self.fn, self.extra_env.get(SECRETS_DIR_ENV))
         return argv
 
@@ -152,7 +148,7 @@ class Instance:
     def environment(self) -> dict[str, str]:
         env = self.runtime.environment(self.fn)
         env.update(self.extra_env)
-        if self.sandboxed:
+        if self.fn.sandboxed:
             env["HOME"] = "/tmp"   # the host's home is not in the sandbox
         return env
 
@@ -218,7 +214,7 @@ class Instance:
         code = self.proc.poll() if self.proc else None
         if code is None:
             return "still running"
-        if self.sandboxed and code > 128:
+        if self.fn.sandboxed and code > 128:
             code = 128 - code   # bubblewrap exits 128 + n when its child dies of signal n
         if code < 0:
             try:

@@ -28,7 +28,7 @@ from .runtimes import Runtime, runtime_for
 from . import cgroups, sandbox
 from .cgroups import InstanceGroup
 from .scaling import SCALE_OUT_WAIT, idle_expired, plan_scale_out
-from .secrets import Secrets, read_secrets, sandboxed_dir
+from .secrets import Secrets, read_secrets
 
 log = logging.getLogger("sora.worker")
 
@@ -58,9 +58,8 @@ class Worker:
     def __init__(self, fn: FunctionConfig, runtime: Runtime, state_dir: str, endpoint: str,
                  secrets: Secrets | None = None):
         self.fn = fn
-        self.secrets = secrets or Secrets(fn, {})
-        self.secrets.write_files(sandbox.sandbox_uid(fn.name) if fn.isolation == "sandbox"
-                                 else None)
+        self.secrets = secrets or Secrets(fn, {}, state_dir)
+        self.secrets.write_files()
         self.state_dir = state_dir
         self.endpoint = endpoint
         self.runtime = runtime
@@ -502,7 +501,7 @@ class Worker:
             quiet_gc()
             self.connect()
             log.info("%s: worker %d ready with %d instance(s)%s", self.fn.name, os.getpid(),
-                     len(self.instances), "" if self.fn.isolation == "sandbox" else
+                     len(self.instances), "" if self.fn.sandboxed else
                      "; isolation: none (instances run as Sora's user, without a sandbox)")
             timeout = 0.0
             while True:
@@ -598,13 +597,12 @@ def main(argv: list[str] | None = None) -> int:
                                           f"started, got {fn.name!r}"])
         runtime = runtime_for(fn.language)
         runtime.prepare(fn)
-        secrets = Secrets(fn, read_secrets(fn), sandboxed_dir(args.state_dir, fn.name)
-                          if fn.isolation == "sandbox" else None)
-        if fn.isolation == "sandbox" and not sandbox.available():
+        secrets = Secrets(fn, read_secrets(fn), args.state_dir)
+        if fn.sandboxed and not sandbox.available():
             raise ConfigError(fn.source, ["isolation: expected bubblewrap (bwrap) and setpriv "
                                           "on PATH for 'sandbox' (apt-get install bubblewrap), "
                                           "or isolation: none"])
-        if fn.isolation == "sandbox" and os.geteuid() != 0:
+        if fn.sandboxed and os.geteuid() != 0:
             raise ConfigError(fn.source, ["isolation: 'sandbox' needs the supervisor to run "
                                           "as root (it switches each function to a uid of its "
                                           "own); expected isolation: none for a host run as "

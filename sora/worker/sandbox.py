@@ -60,7 +60,7 @@ def read_only_paths(argv: list[str]) -> list[str]:
     out = []
     for path in paths:
         if path and os.path.exists(path) and not _under(path, SYSTEM_DIRS) and path not in out:
-            out.append(os.path.realpath(path) if not os.path.islink(path) else path)
+            out.append(path)   # as named (bubblewrap follows a symlink to bind its target)
     return out
 
 
@@ -93,7 +93,6 @@ def wrap(argv: list[str], fn: FunctionConfig, secrets_dir: str | None = None) ->
             made.add(folder)
     for source, dest in binds:
         cmd += ["--ro-bind", source, dest]
-        made.add(dest)
     cmd += ["--chdir", fn.directory, "--setenv", "HOME", "/tmp", "--",
             "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs",
             "--bounding-set=-all", "--inh-caps=-all", "--"]

@@ -15,6 +15,7 @@ import shutil
 import tempfile
 
 from ..config import ConfigError, FunctionConfig
+from .sandbox import sandbox_uid
 
 SECRETS_DIR_ENV = "SORA_SECRETS_DIR"
 MASK = b"****"
@@ -55,15 +56,20 @@ def _prefix(function: str, pid: int) -> str:
     return f"sora-secrets-{function}-{pid}-"
 
 
-def sandboxed_dir(state_dir: str, function: str) -> str:
-    """The secrets folder of a sandboxed function: one fixed path per host and function, made
-    by the supervisor before anything starts, because a pre-started sandbox binds it when it
-    starts (before its worker has read the secrets into it)."""
+def sandboxed_dir(state_dir: str, fn: FunctionConfig) -> str | None:
+    """The secrets folder of a sandboxed function with secrets (None for any other): one fixed
+    path per host and function, made by the supervisor before anything starts, because a
+    pre-started sandbox binds it when it starts (before its worker has read the secrets into
+    it)."""
+    if not (fn.sandboxed and fn.secrets):
+        return None
     host = hashlib.sha1(os.path.abspath(state_dir).encode()).hexdigest()[:10]
-    return os.path.join(_base(), f"sora-secrets-{host}-{function}")
+    return os.path.join(_base(), f"sora-secrets-{host}-{fn.name}")
 
 
-def prepare_sandboxed_dir(path: str, owner: int) -> None:
+def prepare_sandboxed_dir(path: str, fn: FunctionConfig) -> None:
+    """Make the folder, 0700 and owned by the function's sandbox uid."""
+    owner = sandbox_uid(fn.name)
     os.makedirs(path, mode=0o700, exist_ok=True)
     os.chmod(path, 0o700)
     os.chown(path, owner, owner)
@@ -77,21 +83,22 @@ def remove_leftovers(function: str, pid: int) -> None:
 
 
 class Secrets:
-    def __init__(self, fn: FunctionConfig, values: dict[str, str],
-                 fixed_dir: str | None = None):
+    def __init__(self, fn: FunctionConfig, values: dict[str, str], state_dir: str):
         self.fn = fn
         self.values = values
         self.directory: str | None = None
-        self.fixed_dir = fixed_dir   # a sandboxed function's (sandboxed_dir): kept at stop
+        # A sandboxed function's folder (sandboxed_dir): fixed, owned by its uid, kept at stop.
+        self.fixed_dir = sandboxed_dir(state_dir, fn)
         self._masked = sorted({v.encode() for v in values.values() if len(v) >= MIN_MASKED},
                               key=len, reverse=True)
 
-    def write_files(self, owner: int | None = None) -> None:
-        """Write the files; `owner` (a sandboxed function's uid) gets the folder and them."""
+    def write_files(self) -> None:
+        """Write the files (owned by the sandbox uid for a sandboxed function)."""
         if not self.values:
             return
+        owner = sandbox_uid(self.fn.name) if self.fixed_dir is not None else None
         if self.fixed_dir is not None:
-            prepare_sandboxed_dir(self.fixed_dir, owner)
+            prepare_sandboxed_dir(self.fixed_dir, self.fn)
             self.directory = self.fixed_dir
         else:
             self.directory = tempfile.mkdtemp(prefix=_prefix(self.fn.name, os.getpid()),
@@ -107,8 +114,6 @@ class Secrets:
                 fh.write(value)
             if owner is not None:
                 os.chown(path, owner, owner)
-        if owner is not None:
-            os.chown(self.directory, owner, owner)
 
     def environment(self) -> dict[str, str]:
         """What the instances get on top of the function's own environment."""
