@@ -50,7 +50,7 @@ def main() -> int:
     node_port, port, peer_port = free_port(), free_port(), free_port()
     urls = {"plain node": f"http://127.0.0.1:{node_port}/",
             "sora": f"http://127.0.0.1:{port}/functions/hello",
-            "sora sandboxed": f"http://127.0.0.1:{port}/functions/hello-boxed",
+            "sora, isolation: none": f"http://127.0.0.1:{port}/functions/hello-open",
             "sls-offline": f"http://127.0.0.1:{peer_port}/hello"}
     cold: dict[str, float] = {}
     idle_mb: dict[str, float] = {}
@@ -61,11 +61,11 @@ def main() -> int:
         functions = [copy_function(HELLO, Path(tmp), instances=args.instances),
                      copy_function(HELLO, Path(tmp), name="hello-cold", minInstances=0,
                                    idleTimeout=0.5),
-                     # The same two in bubblewrap (`isolation: sandbox`): what it costs.
-                     copy_function(HELLO, Path(tmp), name="hello-boxed",
-                                   instances=args.instances, isolation="sandbox"),
-                     copy_function(HELLO, Path(tmp), name="hello-boxed-cold", minInstances=0,
-                                   idleTimeout=0.5, isolation="sandbox")]
+                     # The same two without the sandbox (the default): what it costs.
+                     copy_function(HELLO, Path(tmp), name="hello-open",
+                                   instances=args.instances, isolation="none"),
+                     copy_function(HELLO, Path(tmp), name="hello-open-cold", minInstances=0,
+                                   idleTimeout=0.5, isolation="none")]
         procs = {"plain node": start_node(node_port),
                  "sora": start_host(Path(tmp), port, args.gateway_workers, functions),
                  "sls-offline": start_peer(peer_port) if args.peer else None}
@@ -78,8 +78,8 @@ def main() -> int:
             wait_http(urls["sora"], timeout=120)
             cold["sora"], samples = sora_cold_ms(port, "hello-cold")
             print(f"  sora cold calls (ms): {', '.join(f'{t:.1f}' for t in samples)}")
-            cold["sora sandboxed"], samples = sora_cold_ms(port, "hello-boxed-cold")
-            print(f"  sandboxed cold calls (ms): {', '.join(f'{t:.1f}' for t in samples)}")
+            cold["sora, isolation: none"], samples = sora_cold_ms(port, "hello-open-cold")
+            print(f"  isolation: none cold calls (ms): {', '.join(f'{t:.1f}' for t in samples)}")
             wait_http(urls["plain node"])
             idle_mb["plain node"] = tree_rss_mb(procs["plain node"].pid)
             idle_mb["sora"] = sora_idle_instance_mb(procs["sora"].pid, "hello",

@@ -364,11 +364,12 @@ FUNCTION_SETTINGS = _settings(
             "instance; past it callers get 429 with Retry-After."),
     Setting("eventInvoke", _mapping, {}, "Asynchronous (`Event`) invocations: retries, event "
             "age and concurrency (below)."),
-    Setting("isolation", _isolation, "none", "`sandbox` runs each instance in a bubblewrap "
-            "sandbox: the system and the function folder read-only, a private `/tmp` of "
-            "`tmpSize` MB, its own `/proc` and pid namespace, no other folder of the host, as an "
-            "unprivileged uid of its own. `none` (default for now, logged at start) runs it as "
-            "the user Sora runs as."),
+    Setting("isolation", _isolation, "sandbox", "`sandbox` (default) runs each instance and "
+            "each `setup` command in a bubblewrap sandbox: the system and the function folder "
+            "read-only (writable for `setup`), a private `/tmp` of `tmpSize` MB, its own `/proc` "
+            "and pid namespace, no other folder of the host, as an unprivileged uid of its own "
+            "(a user namespace when Sora does not run as root). `none` is the explicit opt-out, "
+            "logged at each worker's start: it runs as the user Sora runs as."),
     Setting("network", _bool, True, "With `isolation: sandbox`, `false` gives the instance "
             "a network namespace of its own (loopback only)."),
     Setting("tmpSize", _int_range(1, 10240), 512, "With `isolation: sandbox`, the size of "
@@ -481,7 +482,7 @@ class FunctionConfig:
     eventInvoke: EventInvokeConfig = field(default_factory=EventInvokeConfig)
     coldStart: str = "never"
     auth: str = "apiKey"
-    isolation: str = "none"
+    isolation: str = "sandbox"
     network: bool = True
     tmpSize: int = 512
 

@@ -44,6 +44,19 @@ def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str
                          + (f" (last error: {last_exc!r})" if last_exc else ""))
 
 
+def processes_in(folder, name: str | None = None) -> list[psutil.Process]:
+    """Live processes working in `folder` (a function's runtime and what it started), as the
+    host sees them: a sandboxed function's own pids are those of its pid namespace, so tests
+    find its processes this way. bubblewrap itself is left out."""
+    found = []
+    for proc in psutil.process_iter(["name", "cwd", "status"]):
+        info = proc.info
+        if info["cwd"] == str(folder) and info["status"] != psutil.STATUS_ZOMBIE and \
+                info["name"] != "bwrap" and (name is None or info["name"] == name):
+            found.append(proc)
+    return found
+
+
 def make_cert(directory: Path) -> tuple[Path, Path]:
     cert, key = directory / "cert.pem", directory / "key.pem"
     subprocess.run(

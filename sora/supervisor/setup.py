@@ -6,6 +6,15 @@ setup records the folder's content hash; on the next start an unchanged folder s
 
 What setup itself creates (node_modules, a lock file) is recorded as its outputs and left out of
 the hash, so installing dependencies does not make the folder look changed.
+
+A sandboxed function's setup (the default, `isolation: sandbox`) runs each command in the
+function's sandbox (sora.worker.sandbox.wrap_setup), as the function's own unprivileged uid,
+with its folder writable. When Sora runs as root that uid cannot write the folder itself, so
+setup works on a copy of it owned by that uid (`<stateDir>/setup/<name>.folder`, mounted where
+the folder is, so paths that setup writes into files, such as a virtualenv's, stay right), and
+only once every command has succeeded is the copy synced back into the folder, owned by the
+folder's owner. rsync does both copies: only what changed is copied, and what setup deleted
+is deleted. Its home (`<name>.home`: npm's and pip's caches) is kept between setups.
 """
 from __future__ import annotations
 
@@ -18,6 +27,7 @@ import time
 from dataclasses import dataclass
 
 from ..config import FunctionConfig
+from ..worker import sandbox
 
 _ALWAYS_SKIPPED = {".git", "__pycache__", ".sora"}
 
@@ -65,6 +75,9 @@ class SetupRun:
         os.makedirs(directory, exist_ok=True)
         self.cache_path = os.path.join(directory, f"{fn.name}.json")
         self.log_path = os.path.join(directory, f"{fn.name}.log")
+        self.copy_path = os.path.join(directory, f"{fn.name}.folder")  # (sandboxed, as root)
+        self.home_path = os.path.join(directory, f"{fn.name}.home")
+        self.steps: list[tuple[str, list[str]]] = []   # (what the log calls it, argv)
         self.proc: subprocess.Popen | None = None
         self.index = -1
         self.deadline = 0.0
@@ -90,19 +103,47 @@ class SetupRun:
                 and cached["hash"] == content_hash(self.fn.directory, outputs):
             self.outcome = SetupOutcome(ok=True, skipped=True)
             return
+        if self.fn.sandboxed and (reason := sandbox.unavailable_reason()) is not None:
+            self._finish(False, f"isolation: {reason}")
+            return
         self.before = set(os.listdir(self.fn.directory))
+        self.steps = self._plan()
         self._log = open(self.log_path, "ab")
         self._next_command()
 
+    def _plan(self) -> list[tuple[str, list[str]]]:
+        """The commands to run, as argv: the user's, in the sandbox for a sandboxed function,
+        between the two copies when Sora runs as root (see the module's docstring)."""
+        fn = self.fn
+        if not fn.sandboxed:
+            return [(command, ["/bin/sh", "-c", command]) for command in fn.setup]
+        uid = sandbox.sandbox_uid(fn.name)
+        for path in (self.home_path, self.copy_path):
+            os.makedirs(path, mode=0o700, exist_ok=True)
+            os.chown(path, uid, uid)
+        sandbox.copy_package_configs(self.home_path, uid)
+        if os.geteuid() != 0:   # the function's uid is Sora's: it works in the folder itself
+            return [(c, sandbox.wrap_setup(c, fn, fn.directory, self.home_path))
+                    for c in fn.setup]
+        owner = os.stat(fn.directory)
+        rsync = ["rsync", "--archive", "--delete", "--numeric-ids"]
+        return [("(sora) copy the folder for the setup sandbox",
+                 [*rsync, f"--chown={uid}:{uid}", f"{fn.directory}/", f"{self.copy_path}/"]),
+                *[(c, sandbox.wrap_setup(c, fn, self.copy_path, self.home_path))
+                  for c in fn.setup],
+                ("(sora) sync what setup made back into the folder",
+                 [*rsync, f"--chown={owner.st_uid}:{owner.st_gid}", f"{self.copy_path}/",
+                  f"{fn.directory}/"])]
+
     def _next_command(self) -> None:
         self.index += 1
-        command = self.fn.setup[self.index]
-        self._log.write(f"$ {command}\n".encode())
+        label, argv = self.steps[self.index]
+        self._log.write(f"$ {label}\n".encode())
         self._log.flush()
         env = dict(os.environ)
         env.update(self.fn.env)
         self.proc = subprocess.Popen(
-            ["/bin/sh", "-c", command], cwd=self.fn.directory, env=env,
+            argv, cwd=self.fn.directory, env=env,
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True)
         self.deadline = time.monotonic() + self.fn.setupTimeout
@@ -117,12 +158,12 @@ class SetupRun:
             if time.monotonic() < self.deadline:
                 return None
             self.kill()
-            return self._finish(False, f"setup command {self.fn.setup[self.index]!r} timed out "
+            return self._finish(False, f"setup command {self.steps[self.index][0]!r} timed out "
                                        f"after {self.fn.setupTimeout:g}s (log: {self.log_path})")
         if code != 0:
-            return self._finish(False, f"setup command {self.fn.setup[self.index]!r} failed "
+            return self._finish(False, f"setup command {self.steps[self.index][0]!r} failed "
                                        f"with exit status {code} (log: {self.log_path})")
-        if self.index + 1 < len(self.fn.setup):
+        if self.index + 1 < len(self.steps):
             self._next_command()
             return None
         outputs = sorted(set(os.listdir(self.fn.directory)) - self.before)

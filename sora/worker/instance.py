@@ -21,6 +21,7 @@ import select
 import signal
 import subprocess
 import time
+import uuid
 from collections import deque
 
 import psutil
@@ -56,6 +57,10 @@ class Instance:
         self.extra_env = extra_env or {}   # the function's secrets (sora.worker.secrets)
         self.fn = fn
         self.index = index
+        # Lambda's log stream names one execution environment, so code that tells instances
+        # apart by it works unchanged (its pid does not: each sandbox has its own pid space).
+        self.log_stream = (time.strftime("%Y/%m/%d/", time.gmtime()) + "[$LATEST]" +
+                           uuid.uuid4().hex)
         self.log = log
         self.state = State.BOOTING
         self.proc: subprocess.Popen | None = None
@@ -148,6 +153,7 @@ class Instance:
     def environment(self) -> dict[str, str]:
         env = self.runtime.environment(self.fn)
         env.update(self.extra_env)
+        env["AWS_LAMBDA_LOG_STREAM_NAME"] = self.log_stream
         if self.fn.sandboxed:
             env["HOME"] = "/tmp"   # the host's home is not in the sandbox
         return env

@@ -598,15 +598,8 @@ def main(argv: list[str] | None = None) -> int:
         runtime = runtime_for(fn.language)
         runtime.prepare(fn)
         secrets = Secrets(fn, read_secrets(fn), args.state_dir)
-        if fn.sandboxed and not sandbox.available():
-            raise ConfigError(fn.source, ["isolation: expected bubblewrap (bwrap) and setpriv "
-                                          "on PATH for 'sandbox' (apt-get install bubblewrap), "
-                                          "or isolation: none"])
-        if fn.sandboxed and os.geteuid() != 0:
-            raise ConfigError(fn.source, ["isolation: 'sandbox' needs the supervisor to run "
-                                          "as root (it switches each function to a uid of its "
-                                          "own); expected isolation: none for a host run as "
-                                          "an unprivileged user"])
+        if fn.sandboxed and (reason := sandbox.unavailable_reason()) is not None:
+            raise ConfigError(fn.source, [f"isolation: {reason}"])
     except ConfigError as exc:
         path = p.boot_error_path(args.state_dir, args.name)
         log.error("%s", exc)

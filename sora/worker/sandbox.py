@@ -9,15 +9,19 @@ An instance's command line is wrapped so that it runs:
   namespaces, and with `network: false` its own network namespace (loopback only);
 - as an unprivileged uid/gid of its own (61000 + a hash of the function's name), with no
   capabilities and no_new_privs, even when Sora runs as root: bubblewrap makes the mounts as
-  root, then `setpriv` drops to that uid before the runtime starts.
+  root, then `setpriv` drops to that uid before the runtime starts. When Sora does not run as
+  root, bubblewrap makes the mounts in a user namespace of its own instead, and the function
+  keeps Sora's (unprivileged) uid, without capabilities on the host.
 
 It starts once per instance (a warm invocation pays nothing for it). bubblewrap creates the
 folders above a bind as 0700 when it runs as root, so each is made 0755 first.
 """
 from __future__ import annotations
 
+import functools
 import os
 import shutil
+import subprocess
 import sys
 import zlib
 
@@ -33,8 +37,31 @@ def available() -> bool:
     return shutil.which("bwrap") is not None and shutil.which("setpriv") is not None
 
 
+def unavailable_reason() -> str | None:
+    """Why an instance cannot be sandboxed on this host (None when it can): checked once at a
+    worker's start, so the function is reported FATAL with the reason, not each instance."""
+    if not available():
+        return ("expected bubblewrap (bwrap) and setpriv on PATH for 'sandbox' (apt-get install "
+                "bubblewrap), or isolation: none")
+    if os.geteuid() == 0:
+        return None
+    try:
+        probe = subprocess.run(["bwrap", "--unshare-user", "--ro-bind", "/", "/", "true"],
+                               stdin=subprocess.DEVNULL, capture_output=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"'sandbox' could not start bubblewrap ({exc}); or isolation: none"
+    if probe.returncode != 0:
+        return ("'sandbox' needs root or unprivileged user namespaces, and bubblewrap said: "
+                f"{probe.stderr.decode(errors='replace').strip()}; expected isolation: none "
+                "on this host")
+    return None
+
+
 def sandbox_uid(function: str) -> int:
-    """The function's own unprivileged uid (and gid): stable across restarts."""
+    """The uid (and gid) the function's sandbox runs as: its own unprivileged one, stable
+    across restarts, when Sora runs as root; Sora's own otherwise."""
+    if os.geteuid() != 0:
+        return os.geteuid()
     return UID_BASE + zlib.crc32(function.encode()) % UID_RANGE
 
 
@@ -44,7 +71,7 @@ def _under(path: str, roots) -> bool:
 
 def _prefix_of(executable: str) -> str | None:
     """The installation folder of an interpreter (`<prefix>/bin/python` -> `<prefix>`)."""
-    real = os.path.realpath(executable)
+    real = os.path.realpath(shutil.which(executable) or executable)
     parent = os.path.dirname(os.path.dirname(real))
     return parent if parent not in ("/", "") else os.path.dirname(real)
 
@@ -64,24 +91,103 @@ def read_only_paths(argv: list[str]) -> list[str]:
     return out
 
 
+# The package managers' own settings of the user Sora runs as (registry, index, node-gyp's
+# headers), relative to a home folder.
+PACKAGE_CONFIGS = (".npmrc", ".config/pip/pip.conf", ".pip/pip.conf")
+# Where a setup sandbox's home is mounted (not at its path in the state dir, which would show
+# the state dir's layout).
+SETUP_HOME = "/home/sora"
+# How each interpreter says where it really is.
+INTERPRETER_PROBES = (["python3", "-c", "import sys; print(sys.executable)"],
+                      ["node", "-p", "process.execPath"],
+                      ["go", "env", "GOROOT"])
+
+
+@functools.lru_cache(maxsize=1)
+def interpreter_bin_dirs() -> tuple[str, ...]:
+    """The folders the interpreters on PATH really live in, put first on a setup sandbox's
+    PATH: a version manager's shim (pyenv, nodenv) is a script that writes to its own folder
+    (pyenv rehashes after every pip install), which the sandbox keeps read-only."""
+    found = []
+    for probe in INTERPRETER_PROBES:
+        if shutil.which(probe[0]) is None:
+            continue
+        try:
+            out = subprocess.run(probe, capture_output=True, text=True, timeout=30,
+                                 stdin=subprocess.DEVNULL).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        folder = os.path.join(out, "bin") if probe[0] == "go" else os.path.dirname(out)
+        if out and os.path.isdir(folder) and folder not in found:
+            found.append(folder)
+    return tuple(found)
+
+
+def setup_paths() -> tuple[list[str], str]:
+    """What a setup sandbox reads besides the system, and its PATH: the interpreters'
+    installations (where outside the system folders) first, then the supervisor's PATH."""
+    read_only = []
+    for folder in interpreter_bin_dirs():
+        prefix = os.path.dirname(folder)
+        if not _under(prefix, SYSTEM_DIRS) and prefix not in read_only:
+            read_only.append(prefix)
+    path = os.environ.get("PATH", "/usr/bin:/bin")
+    first = [folder for folder in interpreter_bin_dirs() if folder not in path.split(":")]
+    return read_only, ":".join([*first, path])
+
+
 def wrap(argv: list[str], fn: FunctionConfig, secrets_dir: str | None = None) -> list[str]:
-    uid = sandbox_uid(fn.name)
-    binds = [(p, p) for p in read_only_paths(argv)]
-    binds.append((fn.directory, fn.directory))
+    """An instance's command line in its sandbox: its folder read-only."""
+    read_only = [(p, p) for p in read_only_paths(argv)]
+    read_only.append((fn.directory, fn.directory))
     if secrets_dir:
-        binds.append((secrets_dir, secrets_dir))
+        read_only.append((secrets_dir, secrets_dir))
+    return _bwrap(fn, read_only, [], network=fn.network, env={"HOME": "/tmp"}) + argv
+
+
+def wrap_setup(command: str, fn: FunctionConfig, folder: str, home: str) -> list[str]:
+    """A `setup` command in the function's sandbox: `folder` (its folder, or a copy of it) is
+    mounted writable where the function folder is, `home` is its writable home at SETUP_HOME
+    (npm's and pip's caches, kept between setups), and it has the network (to install packages) even
+    with `network: false`."""
+    prefixes, path = setup_paths()
+    writable = [(folder, fn.directory), (home, SETUP_HOME)]
+    return _bwrap(fn, [(p, p) for p in prefixes], writable, network=True,
+                  env={"HOME": SETUP_HOME, "PATH": path}) + ["/bin/sh", "-c", command]
+
+
+def copy_package_configs(home: str, uid: int) -> None:
+    """Copy the package managers' settings of the user Sora runs as into a setup sandbox's
+    home, owned by its uid: setup installs from the registries the host is set up for."""
+    for name in PACKAGE_CONFIGS:
+        source, target = os.path.expanduser(os.path.join("~", name)), os.path.join(home, name)
+        if not os.path.isfile(source):
+            continue
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.copyfile(source, target)
+        for path in (target, os.path.dirname(target)):
+            os.chown(path, uid, uid)
+
+
+def _bwrap(fn: FunctionConfig, read_only: list[tuple[str, str]],
+           writable: list[tuple[str, str]], *, network: bool, env: dict[str, str]) -> list[str]:
+    """bubblewrap's command line up to the `--` before the sandboxed command."""
     # No --new-session: the sandbox stays in the instance's process group, killed as one (its
     # stdio are pipes, not a terminal, so there is no terminal to inject keystrokes into).
+    as_root = os.geteuid() == 0
     cmd = ["bwrap", "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
            "--unshare-cgroup-try"]
-    if not fn.network:
+    if not as_root:
+        cmd.append("--unshare-user")   # the mounts are made in a user namespace of its own
+    if not network:
         cmd.append("--unshare-net")
     for path in SYSTEM_DIRS:
         cmd += ["--ro-bind-try", path, path]
     cmd += ["--proc", "/proc", "--dev", "/dev",
             "--size", str(fn.tmpSize * 1024 * 1024), "--perms", "1777", "--tmpfs", "/tmp"]
+    binds = [("--ro-bind", *b) for b in read_only] + [("--bind", *b) for b in writable]
     made = {"/tmp", "/dev", "/proc"}
-    for _, dest in sorted(binds, key=lambda b: b[1].count("/")):
+    for _, _, dest in sorted(binds, key=lambda b: b[2].count("/")):
         parent = os.path.dirname(dest)
         chain = []
         while parent not in ("/", "") and parent not in made and \
@@ -91,9 +197,15 @@ def wrap(argv: list[str], fn: FunctionConfig, secrets_dir: str | None = None) ->
         for folder in reversed(chain):
             cmd += ["--perms", "0755", "--dir", folder]
             made.add(folder)
-    for source, dest in binds:
-        cmd += ["--ro-bind", source, dest]
-    cmd += ["--chdir", fn.directory, "--setenv", "HOME", "/tmp", "--",
-            "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs",
-            "--bounding-set=-all", "--inh-caps=-all", "--"]
-    return cmd + argv
+    for kind, source, dest in sorted(binds, key=lambda b: b[2].count("/")):
+        cmd += [kind, source, dest]
+    # No --chdir: it starts where its process starts (an instance or setup in its folder, a
+    # pre-started runtime in / until a function takes it and it changes into that folder).
+    for name, value in env.items():
+        cmd += ["--setenv", name, value]
+    cmd.append("--")
+    if as_root:
+        uid = sandbox_uid(fn.name)
+        cmd += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+                "--no-new-privs", "--bounding-set=-all", "--inh-caps=-all", "--"]
+    return cmd

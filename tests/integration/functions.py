@@ -13,7 +13,7 @@ exports.handler = async (event, context) => ({
     callbackWaitsForEmptyEventLoop: context.callbackWaitsForEmptyEventLoop,
   },
   env: process.env,
-  pid: process.pid,
+  instance: process.env.AWS_LAMBDA_LOG_STREAM_NAME,
 });
 """
 
@@ -84,7 +84,7 @@ exports.handler = async (event) => {
   if (q.spin) { for (;;) {} }
   const ms = Number(q.ms || 0);
   await new Promise((r) => setTimeout(r, ms));
-  return { slept: ms, pid: process.pid };
+  return { slept: ms, instance: process.env.AWS_LAMBDA_LOG_STREAM_NAME };
 };
 """
 
@@ -94,7 +94,7 @@ exports.handler = async (event) => {
   const q = event.queryStringParameters || {};
   const start = Date.now();
   await new Promise((r) => setTimeout(r, Number(q.ms || 100)));
-  return { pid: process.pid, start, end: Date.now() };
+  return { instance: process.env.AWS_LAMBDA_LOG_STREAM_NAME, start, end: Date.now() };
 };
 """
 
@@ -104,7 +104,7 @@ exports.handler = async (event) => {
   if (q.exit) { process.exit(Number(q.exit)); }
   if (q.uncaught) { setTimeout(() => { throw new Error('uncaught boom'); }, 1); return new Promise(() => {}); }
   if (q.hang) { return new Promise(() => {}); }
-  return { pid: process.pid };
+  return { instance: process.env.AWS_LAMBDA_LOG_STREAM_NAME };
 };
 """
 
@@ -120,7 +120,7 @@ SPAWNER = """
 const { spawn } = require('child_process');
 exports.handler = async () => {
   const child = spawn('sleep', ['300'], { stdio: 'ignore' });
-  return { grandchild: child.pid, pid: process.pid };
+  return { spawned: child.pid > 0, instance: process.env.AWS_LAMBDA_LOG_STREAM_NAME };
 };
 """
 
@@ -131,7 +131,7 @@ throw new Error('cannot start: missing DATABASE_URL');
 COUNTER = """
 let calls = 0;                     // module state lives as long as the instance
 const loadedAt = Date.now();
-exports.handler = async () => ({ calls: ++calls, loadedAt, pid: process.pid });
+exports.handler = async () => ({ calls: ++calls, loadedAt, instance: process.env.AWS_LAMBDA_LOG_STREAM_NAME });
 """
 
 
@@ -167,7 +167,7 @@ def handler(event, context):
         "env": dict(os.environ),
         "calls": calls,
         "loaded_at": loaded_at,
-        "pid": os.getpid(),
+        "instance": os.environ["AWS_LAMBDA_LOG_STREAM_NAME"],
         "executable": sys.executable,
         "path0": sys.path[0],
         "sora_packages": sora_packages,
@@ -224,7 +224,7 @@ exports.handler = async (event) => {
   if (q.forever) return new Promise(() => {});
   await new Promise((r) => setTimeout(r, Number(q.ms || 0)));
   console.log('shared log line');
-  return { pid: process.pid };
+  return { instance: process.env.AWS_LAMBDA_LOG_STREAM_NAME };
 };
 """
 
@@ -248,7 +248,7 @@ def handler(event, context):
             time.sleep(1)
     time.sleep(int(q.get("ms", 0)) / 1000)
     print("shared log line")
-    return {"pid": os.getpid()}
+    return {"instance": os.environ["AWS_LAMBDA_LOG_STREAM_NAME"]}
 """
 
 # Runtime API clients in plain sh and curl, as in AWS's custom runtime tutorial: the loop's
@@ -273,7 +273,7 @@ SHARED_PROVIDED = PROVIDED_LOOP + r"""  case "$EVENT" in
     *'"rawQueryString":"ms='*) sleep 0.2 ;;
   esac
   echo "shared log line"
-  curl -sS -o /dev/null "$API/invocation/$ID/response" -d "{\"pid\": $$}"
+  curl -sS -o /dev/null "$API/invocation/$ID/response" -d "{\"instance\": \"$AWS_LAMBDA_LOG_STREAM_NAME\"}"
 done
 """
 
@@ -338,7 +338,7 @@ exports.handler = async (event, context) => {
 SETUP_COUNTER = """
 const fs = require('node:fs');
 exports.handler = async () => ({
-  pid: process.pid,
+  instance: process.env.AWS_LAMBDA_LOG_STREAM_NAME,
   setupRuns: fs.existsSync('setup-runs.txt')
     ? fs.readFileSync('setup-runs.txt', 'utf8').trim().split('\\n').length : 0,
 });

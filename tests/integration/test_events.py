@@ -24,15 +24,17 @@ def marks(tmp_path_factory):
 def host(tmp_path_factory, marks):
     base = tmp_path_factory.mktemp("events")
     fns = base / "fns"
+    # `isolation: none`: the tests watch the events run through marks the sink leaves in a
+    # folder of the host's, which a sandbox would not let it write.
     dirs = [
         write_function(fns, "sink", {"index.js": F.EVENT_SINK}, name="sink", instances=3,
-                       env={"MARKS": str(marks)},
+                       env={"MARKS": str(marks)}, isolation="none",
                        eventInvoke={"retryDelaySeconds": 0.5, "maxConcurrency": 2}),
         write_function(fns, "once", {"index.js": F.EVENT_SINK}, name="once",
-                       env={"MARKS": str(marks)},
+                       env={"MARKS": str(marks)}, isolation="none",
                        eventInvoke={"maximumRetryAttempts": 0}),
         write_function(fns, "aged", {"index.js": F.EVENT_SINK}, name="aged",
-                       env={"MARKS": str(marks)},
+                       env={"MARKS": str(marks)}, isolation="none",
                        eventInvoke={"maximumEventAgeInSeconds": 2, "retryDelaySeconds": 5}),
     ]
     yield from served(base, dirs, https=False)
@@ -191,7 +193,7 @@ def test_accepted_events_survive_kill_9_of_the_whole_host(tmp_path):
     marks = tmp_path / "marks"
     marks.mkdir()
     d = write_function(tmp_path / "fns", "slow-sink", {"index.js": F.EVENT_SINK},
-                       name="slow-sink", env={"MARKS": str(marks)},
+                       name="slow-sink", env={"MARKS": str(marks)}, isolation="none",
                        eventInvoke={"maxConcurrency": 1})
     h = SoraHost(tmp_path, [d], https=False)
     h.start()

@@ -42,8 +42,10 @@ exports.handler = async (event) => {
   if (q.longline) { process.stdout.write('w'.repeat(Number(q.longline) * 1024) + '\n'); return { ok: true }; }
   if (q.daemon) { require('child_process').spawn('sleep', ['300'], { detached: false }).unref(); return { spawned: true }; }
   if (q.env) return { env: Object.keys(process.env) };
+  if (q.read) { try { return { read: fs.readdirSync(q.read).length }; } catch (e) { return { read: e.code }; } }
+  if (q.write) { try { fs.writeFileSync(q.write, 'x'); return { wrote: q.write }; } catch (e) { return { wrote: e.code }; } }
   if (q.closestdin) { process.stdin.destroy(); return { closed: 'stdin' }; }
-  return { pid: process.pid, body: event.body === undefined ? null : event.body, b64: event.isBase64Encoded };
+  return { instance: process.env.AWS_LAMBDA_LOG_STREAM_NAME, body: event.body === undefined ? null : event.body, b64: event.isBase64Encoded };
 };
 """
 
@@ -64,8 +66,9 @@ def host(tmp_path_factory):
     dirs = [write_function(fns, "victim", {"index.js": VICTIM}, name="victim", timeout=2,
                            memory=256, instances=2, env={"VICTIM_ONLY": "1"}),
             write_function(fns, "bystander", {"index.js": F.ECHO}, name="bystander"),
+            # Leaves marks in a folder of the host's (so not sandboxed): no event is lost.
             write_function(fns, "sink", {"index.js": F.EVENT_SINK}, name="sink",
-                           env={"MARKS": str(marks)}, instances=2)]
+                           env={"MARKS": str(marks)}, instances=2, isolation="none")]
     h = SoraHost(base, dirs, https=False, server={"maxBodyBytes": 1 << 20})
     h.marks = marks
     h.events = []
@@ -271,6 +274,30 @@ def reads_another_functions_env(host):
     assert "VICTIM_ONLY" not in json.dumps(env)
     victim_env = json_of(call(host, env="1"))["env"]
     assert "VICTIM_ONLY" in victim_env and "MARKS" not in victim_env
+
+
+@case
+def reads_another_functions_folder(host):
+    # Sandboxed (the default): another function's folder, the state dir and the host config
+    # are not there at all; the same paths exist on the host.
+    for path in (host.base / "fns" / "bystander", host.base / "state", host.config_path):
+        assert path.exists()
+        assert json_of(call(host, read=str(path)))["read"] == "ENOENT", path
+    assert json_of(call(host, read=str(host.base / "fns" / "victim")))["read"] >= 2
+    assert host.invoke("bystander").status_code == 200
+
+
+@case
+def writes_outside_its_sandbox(host):
+    for path, refused in ((host.base / "fns" / "victim" / "index.js", "EROFS"),   # own code
+                          ("/etc/sora-fault-test", "EROFS"),
+                          ("/usr/sora-fault-test", "EROFS"),
+                          (host.base / "fns" / "bystander" / "index.js", "ENOENT")):
+        assert json_of(call(host, write=str(path)))["wrote"] == refused, path
+    assert not os.path.exists("/etc/sora-fault-test")
+    assert "exports.handler" in (host.base / "fns" / "bystander" / "index.js").read_text()
+    assert json_of(call(host, write="/tmp/scratch"))["wrote"] == "/tmp/scratch"   # its /tmp
+    assert host.invoke("bystander").status_code == 200
 
 
 @case

@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from tests.integration import functions as F
-from tests.support import SoraHost, json_of, wait_for, write_function
+from tests.support import SoraHost, json_of, processes_in, wait_for, write_function
 
 pytestmark = pytest.mark.integration
 
@@ -114,7 +114,7 @@ def test_handler_forms(host, name, expected):
 def test_module_is_loaded_once_per_instance(host):
     first, second, third = (json_of(host.invoke("counter")) for _ in range(3))
     assert [first["calls"], second["calls"], third["calls"]] == [1, 2, 3]
-    assert first["loadedAt"] == third["loadedAt"] and first["pid"] == third["pid"]
+    assert first["loadedAt"] == third["loadedAt"] and first["instance"] == third["instance"]
 
 
 def test_thrown_error_is_502_with_class_name_and_trace(host):
@@ -260,7 +260,7 @@ def test_instances_run_in_parallel(host):
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda _: json_of(host.invoke("slow", params={"ms": "400"})),
                                 range(4)))
-    assert len({r["pid"] for r in results}) == 2  # `instances: 2` in sora.yaml
+    assert len({r["instance"] for r in results}) == 2  # `instances: 2` in sora.yaml
 
 
 def test_process_exit_is_502_runtime_exited_and_next_call_works(host):
@@ -280,19 +280,18 @@ def test_uncaught_exception_fails_the_invocation(host):
 
 
 def test_kill_9_of_node_instance_mid_invocation(host):
-    pid = json_of(host.invoke("crash"))["pid"]
+    instance = json_of(host.invoke("crash"))["instance"]
     with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(host.invoke, "crash", params={"hang": "1"})
         wait_for(lambda: host.function_state("crash")["inFlight"] == 1, what="in flight")
-        import os
-        import signal
-        os.kill(pid, signal.SIGKILL)
+        [node] = processes_in(host.base / "fns" / "crash", "node")
+        node.kill()
         r = pending.result(timeout=10)
     assert r.status_code == 502
     assert json_of(r)["errorType"] == "Sora.RuntimeExited"
     assert "SIGKILL" in json_of(r)["errorMessage"]
-    fresh = json_of(host.invoke("crash"))["pid"]
-    assert fresh != pid
+    fresh = json_of(host.invoke("crash"))["instance"]
+    assert fresh != instance
 
 
 def test_function_output_is_logged_with_request_id(host):

@@ -100,7 +100,7 @@ def test_python_module_is_imported_once_per_instance(host):
     first = json_of(host.invoke("py-echo"))
     second = json_of(host.invoke("py-echo"))
     assert second["calls"] == first["calls"] + 1
-    assert second["loaded_at"] == first["loaded_at"] and second["pid"] == first["pid"]
+    assert second["loaded_at"] == first["loaded_at"] and second["instance"] == first["instance"]
 
 
 def test_python_exception_is_502_with_class_and_stack_trace(host):
@@ -199,13 +199,13 @@ def test_function_error_is_502_with_type_and_message(host, language):
 @pytest.mark.parametrize("language", list(SHARED))
 def test_timeout_is_504_and_the_instance_is_replaced(host, language):
     name = SHARED[language]
-    pid = json_of(host.invoke(name))["pid"]
+    pid = json_of(host.invoke(name))["instance"]
     r = host.invoke(name, params={"forever": "1"})
     assert r.status_code == 504
     assert json_of(r) == {"errorType": "Sora.Timeout",
                           "errorMessage": "Task timed out after 1.00 seconds"}
     again = host.invoke(name)
-    assert again.status_code == 200 and json_of(again)["pid"] != pid
+    assert again.status_code == 200 and json_of(again)["instance"] != pid
 
 
 @pytest.mark.parametrize("language", list(SHARED))

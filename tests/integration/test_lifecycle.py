@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from tests.integration import functions as F
-from tests.support import SoraHost, json_of, wait_for, write_function
+from tests.support import SoraHost, json_of, processes_in, wait_for, write_function
 
 pytestmark = pytest.mark.integration
 
@@ -151,10 +151,12 @@ def test_kill_9_of_a_worker_mid_load(tmp_path):
     host = SoraHost(tmp_path, [slow, spawner, other], https=False)
     host.start()
     try:
-        grandchild = json_of(host.invoke("spawner"))["grandchild"]
-        assert alive(grandchild)
+        assert json_of(host.invoke("spawner"))["spawned"]
+        [grandchild] = [p.pid for p in wait_for(lambda: processes_in(spawner, "sleep"),
+                                               what="the spawned process")]
         worker_pid = host.function_state("slow")["pid"]
-        node_pids = [c.pid for c in psutil.Process(worker_pid).children()]
+        node_pids = [p.pid for p in processes_in(slow, "node")]
+        assert len(node_pids) == 2
         with ThreadPoolExecutor(4) as pool:
             calls = [pool.submit(host.invoke, "slow", params={"ms": "10000"}) for _ in range(4)]
             wait_for(lambda: host.function_state("slow")["inFlight"] == 4, what="load")
@@ -212,7 +214,9 @@ def test_graceful_stop_finishes_in_flight_work_and_leaves_nothing(tmp_path):
     spawner = write_function(fns, "spawner", {"index.js": F.SPAWNER}, name="spawner")
     host = SoraHost(tmp_path, [slow, spawner])
     host.start()
-    grandchild = json_of(host.invoke("spawner"))["grandchild"]
+    assert json_of(host.invoke("spawner"))["spawned"]
+    [grandchild] = [p.pid for p in wait_for(lambda: processes_in(spawner, "sleep"),
+                                               what="the spawned process")]
     everything = [p.pid for p in host.descendants()]
     assert len(everything) >= 6  # 2 gunicorn masters + workers, 2 workers, 2 node
     with ThreadPoolExecutor(1) as pool:

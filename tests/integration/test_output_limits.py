@@ -12,7 +12,7 @@ BIG = """
 exports.handler = async (event) => {
   const q = event.queryStringParameters || {};
   if (q.line) process.stdout.write('x'.repeat(Number(q.line) * 1024) + '\\nafter the long line\\n');
-  return { pid: process.pid, data: 'y'.repeat(Number(q.kb || 0) * 1024) };
+  return { instance: process.env.AWS_LAMBDA_LOG_STREAM_NAME, data: 'y'.repeat(Number(q.kb || 0) * 1024) };
 };
 """
 
@@ -33,7 +33,7 @@ def test_a_result_past_the_limit_is_a_clear_error_and_the_instance_serves_on(hos
     assert body["errorType"] == "Sora.ResponseTooLarge"
     assert "the limit is 6291456 bytes" in body["errorMessage"]
     after = host.invoke("big", params={"kb": "1"})
-    assert after.status_code == 200 and json_of(after)["pid"] == json_of(ok)["pid"]
+    assert after.status_code == 200 and json_of(after)["instance"] == json_of(ok)["instance"]
 
 
 def test_a_huge_log_line_is_cut_and_the_next_lines_kept(host):

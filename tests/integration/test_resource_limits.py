@@ -34,7 +34,7 @@ exports.handler = async (event) => {
     }
     return { started, refused };
   }
-  return { pid: process.pid };
+  return { instance: process.env.AWS_LAMBDA_LOG_STREAM_NAME };
 };
 """
 
@@ -56,7 +56,7 @@ def test_health_says_which_cgroups_are_in_force(host):
 
 
 def test_memory_past_the_limit_is_out_of_memory_and_the_next_call_gets_a_fresh_instance(host):
-    first = json_of(host.invoke("hog"))["pid"]
+    first = json_of(host.invoke("hog"))["instance"]
     assert json_of(host.invoke("hog", params={"mb": "32"}))["held"] == 32   # within 128 MB
     r = host.invoke("hog", params={"mb": "400"})
     assert r.status_code == 502, r.text
@@ -65,7 +65,7 @@ def test_memory_past_the_limit_is_out_of_memory_and_the_next_call_gets_a_fresh_i
     record = host.record(r.headers["X-Sora-Request-Id"])
     assert record["status"] == "crashed" and record["errorType"] == "Sora.OutOfMemory"
     after = host.invoke("hog")
-    assert after.status_code == 200 and json_of(after)["pid"] != first
+    assert after.status_code == 200 and json_of(after)["instance"] != first
     assert host.invoke("calm").status_code == 200
 
 

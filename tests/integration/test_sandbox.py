@@ -1,5 +1,6 @@
-"""`isolation: sandbox`: each instance in bubblewrap, as its own unprivileged uid, seeing only
-the system (read-only), its folder (read-only), a private /tmp and its own processes."""
+"""`isolation: sandbox` (the default): each instance and each setup command in bubblewrap, as
+the function's own unprivileged uid, seeing only the system (read-only), its folder (read-only;
+writable for setup), a private /tmp and its own processes. `isolation: none` opts out."""
 from __future__ import annotations
 
 import os
@@ -59,8 +60,30 @@ def host(tmp_path_factory):
             write_function(fns, "zerobox", {"index.js": PROBE, "token.txt": "zero-token"},
                            name="zerobox", isolation="sandbox", minInstances=0,
                            secrets={"TOKEN": {"file": "token.txt"}}),
+            # Sandboxed by default; and the opt-out.
+            write_function(fns, "plain", {"index.js": PROBE, "token.txt": "plain-token"},
+                           name="plain", secrets={"TOKEN": {"file": "token.txt"}}),
+            write_function(fns, "unboxed", {"index.js": PROBE, "token.txt": "open-token"},
+                           name="unboxed", isolation="none",
+                           secrets={"TOKEN": {"file": "token.txt"}},
+                           setup=["id -u > setup-uid.txt"]),
+            write_function(fns, "setupbox", {"index.js": F.ECHO, "doomed.txt": "old"},
+                           name="setupbox", setup=setup_probe(base)),
             write_function(fns, "other", {"index.js": F.ECHO}, name="other")]
     yield from served(base, dirs, https=True)
+
+
+def setup_probe(base) -> list[str]:
+    """Setup commands that leave what they could do in files of the function's folder."""
+    def attempt(name, command):
+        return f"if {command} >/dev/null 2>&1; then echo yes > {name}; else echo no > {name}; fi"
+    return ["id -u > setup-uid.txt",
+            attempt("setup-other.txt", f"ls {base / 'fns' / 'other'}"),
+            attempt("setup-state.txt", f"ls {base / 'state'}"),
+            attempt("setup-config.txt", f"cat {base / 'host-config.yaml'}"),
+            attempt("setup-etc.txt", "touch /etc/sora-setup-test"),
+            attempt("setup-home.txt", "mkdir -p $HOME/.cache && touch $HOME/.cache/x"),
+            "rm doomed.txt", "mkdir -p made/deep && echo built > made/deep/out.txt"]
 
 
 def probe(host, name):
@@ -96,6 +119,34 @@ def test_the_same_function_without_a_sandbox_could_see_it_all(host):
     for path in (host.base / "fns" / "other", host.base / "state", host.config_path,
                  host.cert):
         assert os.path.exists(path)
+    seen = probe(host, "unboxed")   # isolation: none
+    assert seen["uid"] == os.geteuid() and seen["other"] == "read" and seen["sora"] is True
+    assert seen["secret"] == "open-token"
+
+
+def test_a_function_is_sandboxed_unless_it_opts_out(host):
+    seen = probe(host, "plain")   # no `isolation` in its sora.yaml
+    assert seen["uid"] == sandbox.sandbox_uid("plain") and seen["uid"] != os.geteuid()
+    assert seen["other"] == "ENOENT" and seen["ownFolder"] == "EROFS"
+    assert seen["pids"] <= 3 and seen["secret"] == "plain-token"
+    assert "isolation: none" in host.log(whole=True)   # the opt-out is logged
+
+
+def test_setup_runs_in_the_sandbox_and_its_work_lands_in_the_folder(host):
+    folder = host.base / "fns" / "setupbox"
+    read = lambda name: (folder / name).read_text().strip()   # noqa: E731
+    assert read("setup-uid.txt") == str(sandbox.sandbox_uid("setupbox")) != "0"
+    assert [read(f"setup-{what}.txt") for what in ("other", "state", "config", "etc")] == \
+        ["no"] * 4
+    assert read("setup-home.txt") == "yes"          # a writable home of its own
+    assert not os.path.exists("/etc/sora-setup-test")
+    # What it made and deleted is in the folder itself, owned by the folder's owner.
+    assert not (folder / "doomed.txt").exists()
+    assert read("made/deep/out.txt") == "built"
+    assert (folder / "made" / "deep" / "out.txt").stat().st_uid == folder.stat().st_uid
+    # isolation: none runs setup as Sora's own user.
+    assert (host.base / "fns" / "unboxed" / "setup-uid.txt").read_text().strip() == \
+        str(os.geteuid())
 
 
 def test_crashes_in_the_sandbox_read_the_same(host):

@@ -39,7 +39,7 @@ def test_a_burst_scales_out_and_idle_instances_scale_back_in(tmp_path):
         assert host.function_state("burst")["instances"] == 1   # minInstances defaults to 1
         results = burst(host, "burst", 200, 100)
         assert [r.status_code for r in results] == [200] * 200
-        pids = {json_of(r)["pid"] for r in results}
+        pids = {json_of(r)["instance"] for r in results}
         assert len(pids) >= 8, f"only {len(pids)} instances served the burst"
         log = host.log(whole=True)
         assert "burst: scale out 1 -> " in log and "invocation(s) waiting, the oldest" in log
@@ -74,7 +74,7 @@ def test_min_instances_0_scales_to_zero_and_the_next_call_starts_one(tmp_path):
         again = host.invoke("zero", params={"ms": "1"})
         assert again.status_code == 200
         assert host.record(again.headers["X-Sora-Request-Id"])["cold"] is True
-        assert json_of(again)["pid"] != json_of(first)["pid"]
+        assert json_of(again)["instance"] != json_of(first)["instance"]
     finally:
         assert host.stop() == 0
     assert not host.leftovers(), host.leftovers()
@@ -121,7 +121,7 @@ def test_host_limits_bound_all_functions_together(tmp_path):
         with ThreadPoolExecutor(2) as pool:
             runs = list(pool.map(lambda name: burst(host, name, 16, 300), ["a", "b"]))
         assert all(r.status_code == 200 for results in runs for r in results)
-        pids = {json_of(r)["pid"] for results in runs for r in results}
+        pids = {json_of(r)["instance"] for results in runs for r in results}
         assert len(pids) == 3, pids   # both scaled out, together to the host's limit
         health = host.health()["functions"]
         assert health["a"]["instances"] + health["b"]["instances"] == 3
@@ -143,7 +143,7 @@ def test_two_workers_share_a_function_and_one_dying_leaves_the_other_serving(tmp
         assert state["instances"] == 2 and len(state["workerProcesses"]) == 2
         results = burst(host, "pair", 6, 300)
         assert all(r.status_code == 200 for r in results)
-        assert len({json_of(r)["pid"] for r in results}) == 2   # one instance in each worker
+        assert len({json_of(r)["instance"] for r in results}) == 2   # one instance in each worker
         assert overlap(results) == 2
         second = state["workerProcesses"][1]["pid"]
         os.kill(second, signal.SIGKILL)

@@ -40,14 +40,22 @@ def host(tmp_path_factory):
                             name="holder", secrets={
                                 "DB_PASSWORD": {"file": "db-password.txt"},
                                 "API_TOKEN": {"env": "SORA_TEST_TOKEN", "asEnv": True}})
+    # The same outside any sandbox: its secrets folder is one of its worker's own.
+    unboxed = write_function(fns, "unboxed", {"index.js": HOLDER, "db-password.txt": PASSWORD},
+                             name="unboxed", isolation="none",
+                             secrets={"DB_PASSWORD": {"file": "db-password.txt"}})
     other = write_function(fns, "other", {"index.js": OTHER}, name="other")
     broken = write_function(fns, "missing", {"index.js": OTHER}, name="missing",
                             secrets={"X": {"env": "SORA_TEST_NOT_SET"}})
-    h = SoraHost(base, [holder, other, broken], https=False,
+    h = SoraHost(base, [holder, unboxed, other, broken], https=False,
                  env={"SORA_TEST_TOKEN": TOKEN})
-    h.start(wait_functions=["holder", "other"])
+    h.start(wait_functions=["holder", "unboxed", "other"])
+    sandboxed_dir = json_of(h.invoke("holder"))["dir"]
     yield h
     assert h.stop() == 0
+    # A sandboxed function's folder outlives its workers (its pre-started sandbox binds it),
+    # not the host.
+    assert not os.path.exists(sandboxed_dir)
 
 
 def test_the_function_gets_its_secrets_as_files_and_asked_for_env(host):
@@ -87,9 +95,9 @@ def test_a_missing_secret_is_a_clear_error_and_the_others_serve(host):
 
 
 def test_the_files_go_when_the_worker_does(host):
-    directory = json_of(host.invoke("holder"))["dir"]
+    directory = json_of(host.invoke("unboxed"))["dir"]
     assert os.path.isdir(directory)
-    os.kill(host.function_state("holder")["pid"], 9)
+    os.kill(host.function_state("unboxed")["pid"], 9)
     wait_for(lambda: not os.path.exists(directory), what="the killed worker's secrets removed")
-    wait_for(lambda: host.invoke("holder").status_code == 200, timeout=30,
+    wait_for(lambda: host.invoke("unboxed").status_code == 200, timeout=30,
              what="the worker restarted with its secrets")

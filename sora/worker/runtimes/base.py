@@ -45,7 +45,6 @@ class Runtime:
             "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
             "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(fn.memory),
             "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{fn.name}",
-            "AWS_LAMBDA_LOG_STREAM_NAME": f"sora/{fn.name}",
             "AWS_EXECUTION_ENV": f"Sora_{self.name}",
             "LAMBDA_TASK_ROOT": fn.directory,
             "_HANDLER": f"{os.path.splitext(fn.entrypoint)[0]}.{fn.handler}",
