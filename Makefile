@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Node.js runs the functions; bubblewrap sandboxes them and their setup (rsync copies a
-# folder in and out of its setup sandbox); openssl makes
+# folder in and out of its setup sandbox; setfacl lets a sandboxed function with
+# writableFolder write its folder); openssl makes
 # the dev certificate; curl is what the shell-script `bootstrap` examples talk to the Runtime
 # API with; Go builds the Go example; the C toolchain and autotools build aws-lambda-ric's
 # native part (the node-ric example). Installed only where missing.
@@ -33,6 +34,8 @@ system-deps:
 	  apt-get install -y -qq bubblewrap; }
 	@command -v rsync >/dev/null || { echo "installing rsync"; apt-get update -qq && \
 	  apt-get install -y -qq rsync; }
+	@command -v setfacl >/dev/null || { echo "installing acl"; apt-get update -qq && \
+	  apt-get install -y -qq acl; }
 	@command -v go >/dev/null || { echo "installing Go"; apt-get update -qq && \
 	  apt-get install -y -qq golang-go; }
 	@for tool in $(BUILD_TOOLS); do command -v $$tool >/dev/null || missing=1; done; \

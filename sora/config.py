@@ -370,6 +370,9 @@ FUNCTION_SETTINGS = _settings(
             "and pid namespace, no other folder of the host, as an unprivileged uid of its own "
             "(a user namespace when Sora does not run as root). `none` is the explicit opt-out, "
             "logged at each worker's start: it runs as the user Sora runs as."),
+    Setting("writableFolder", _bool, False, "With `isolation: sandbox`, `true` lets its "
+            "instances write their function folder (when Sora runs as root, by giving the "
+            "function's uid write access with a POSIX ACL; files it makes are that uid's)."),
     Setting("network", _bool, True, "With `isolation: sandbox`, `false` gives the instance "
             "a network namespace of its own (loopback only)."),
     Setting("tmpSize", _int_range(1, 10240), 512, "With `isolation: sandbox`, the size of "
@@ -483,6 +486,7 @@ class FunctionConfig:
     coldStart: str = "never"
     auth: str = "apiKey"
     isolation: str = "sandbox"
+    writableFolder: bool = False
     network: bool = True
     tmpSize: int = 512
 

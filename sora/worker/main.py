@@ -600,6 +600,8 @@ def main(argv: list[str] | None = None) -> int:
         secrets = Secrets(fn, read_secrets(fn), args.state_dir)
         if fn.sandboxed and (reason := sandbox.unavailable_reason()) is not None:
             raise ConfigError(fn.source, [f"isolation: {reason}"])
+        if (reason := sandbox.grant_folder(fn)) is not None:
+            raise ConfigError(fn.source, [f"writableFolder: {reason}"])
     except ConfigError as exc:
         path = p.boot_error_path(args.state_dir, args.name)
         log.error("%s", exc)

@@ -137,12 +137,31 @@ def setup_paths() -> tuple[list[str], str]:
 
 
 def wrap(argv: list[str], fn: FunctionConfig, secrets_dir: str | None = None) -> list[str]:
-    """An instance's command line in its sandbox: its folder read-only."""
+    """An instance's command line in its sandbox: its folder read-only (`writableFolder`:
+    writable)."""
     read_only = [(p, p) for p in read_only_paths(argv)]
-    read_only.append((fn.directory, fn.directory))
+    folder = [(fn.directory, fn.directory)]
     if secrets_dir:
         read_only.append((secrets_dir, secrets_dir))
-    return _bwrap(fn, read_only, [], network=fn.network, env={"HOME": "/tmp"}) + argv
+    if not fn.writableFolder:
+        read_only, folder = read_only + folder, []
+    return _bwrap(fn, read_only, folder, network=fn.network, env={"HOME": "/tmp"}) + argv
+
+
+def grant_folder(fn: FunctionConfig) -> str | None:
+    """With `writableFolder` and Sora run as root, let the function's uid write its folder
+    (a POSIX ACL on everything in it, and the default ACL for what is made later; ownership
+    stays as it is). Returns why it could not, or None."""
+    if not (fn.sandboxed and fn.writableFolder) or os.geteuid() != 0:
+        return None
+    if shutil.which("setfacl") is None:
+        return "expected setfacl on PATH for writableFolder (apt-get install acl)"
+    uid = sandbox_uid(fn.name)
+    done = subprocess.run(["setfacl", "-R", "-m", f"u:{uid}:rwX,d:u:{uid}:rwX", fn.directory],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    if done.returncode != 0:
+        return f"could not give the function's uid write access: {done.stderr.strip()}"
+    return None
 
 
 def wrap_setup(command: str, fn: FunctionConfig, folder: str, home: str) -> list[str]:

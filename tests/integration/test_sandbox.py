@@ -67,6 +67,9 @@ def host(tmp_path_factory):
                            name="unboxed", isolation="none",
                            secrets={"TOKEN": {"file": "token.txt"}},
                            setup=["id -u > setup-uid.txt"]),
+            write_function(fns, "diary", {"index.js": PROBE, "token.txt": "diary-token"},
+                           name="diary", writableFolder=True,
+                           secrets={"TOKEN": {"file": "token.txt"}}),
             write_function(fns, "setupbox", {"index.js": F.ECHO, "doomed.txt": "old"},
                            name="setupbox", setup=setup_probe(base)),
             write_function(fns, "other", {"index.js": F.ECHO}, name="other")]
@@ -130,6 +133,15 @@ def test_a_function_is_sandboxed_unless_it_opts_out(host):
     assert seen["other"] == "ENOENT" and seen["ownFolder"] == "EROFS"
     assert seen["pids"] <= 3 and seen["secret"] == "plain-token"
     assert "isolation: none" in host.log(whole=True)   # the opt-out is logged
+
+
+def test_a_writable_folder_is_writable_only_where_configured(host):
+    seen = probe(host, "diary")   # writableFolder: true
+    assert seen["ownFolder"] == "wrote" and seen["etc"] == "EROFS"
+    assert seen["other"] == "ENOENT" and seen["uid"] == sandbox.sandbox_uid("diary")
+    made = host.base / "fns" / "diary" / "new-file"
+    assert made.stat().st_size == 10 and made.stat().st_uid == seen["uid"]
+    assert probe(host, "plain")["ownFolder"] == "EROFS"   # the default
 
 
 def test_setup_runs_in_the_sandbox_and_its_work_lands_in_the_folder(host):
