@@ -88,6 +88,7 @@ class SoraHost:
                  server: dict | None = None, env: dict | None = None,
                  extra: dict | None = None, api_key: str | None = None):
         self.base = base
+        self.function_dirs = list(function_dirs)
         self.http_port = free_port()
         self.https_port = free_port() if https else None
         server_cfg = {"httpPort": self.http_port, "bind": "127.0.0.1", "gatewayWorkers": 1,
@@ -210,6 +211,10 @@ class SoraHost:
         return twin
 
     def leftovers(self) -> list[str]:
+        """Processes and cgroups this host left behind."""
+        return self.leftover_processes() + self.leaked_cgroups()
+
+    def leftover_processes(self) -> list[str]:
         """Processes still running that belong to this host (cwd or command line in base)."""
         found = []
         for proc in psutil.process_iter(["pid", "cmdline", "cwd", "status"]):
@@ -222,6 +227,28 @@ class SoraHost:
                     found.append(f"{proc.pid} {cmd}")
             except psutil.Error:
                 continue
+        return found
+
+    def leaked_cgroups(self) -> list[str]:
+        """Cgroups of this host's instances and pre-started runtimes whose owner is gone."""
+        names = set()
+        for d in self.function_dirs:
+            spec = d / "sora.yaml"
+            if spec.exists():
+                names.add((yaml.safe_load(spec.read_text()) or {}).get("name"))
+        found = []
+        for base in ("/sys/fs/cgroup/sora", "/sys/fs/cgroup/memory/sora",
+                     "/sys/fs/cgroup/pids/sora"):
+            try:
+                groups = os.listdir(base)
+            except OSError:
+                continue
+            for group in groups:
+                parts = group.rsplit("-", 2)
+                mine = parts[0] in names or group.startswith(f"_standby-{self.proc.pid}-")
+                if len(parts) == 3 and mine and parts[1].isdigit() and \
+                        not psutil.pid_exists(int(parts[1])):
+                    found.append(f"cgroup {base}/{group}")
         return found
 
 

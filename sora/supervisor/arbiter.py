@@ -420,6 +420,7 @@ class Arbiter:
                 os.unlink(socket_file)
             except FileNotFoundError:
                 pass
+        cgroups.remove_orphaned_groups()   # and its cgroups
         ctypes.CDLL(None).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         self.install_signals()
         quiet_gc()  # the broker thread shares this process
@@ -524,6 +525,11 @@ class Arbiter:
             if (path := secrets.sandboxed_dir(self.state_dir, fn)) is not None:
                 shutil.rmtree(path, ignore_errors=True)
         self.reap_orphans()
+        # What was busy when its worker tried: killed processes leave their groups a moment
+        # after they are reaped.
+        deadline = time.monotonic() + 2.0
+        while cgroups.remove_orphaned_groups() and time.monotonic() < deadline:
+            time.sleep(0.02)
         if self.broker is not None:
             self.broker.control.stop()
             self.broker.join(timeout=5)

@@ -12,6 +12,10 @@ starts a replacement.
 A kind is the exact command line (interpreter and flags such as the heap limit that must be
 set at start), so a taken process is the one the worker would have started itself.
 
+Each is started into a cgroup of its own (where cgroups are in force), which the worker that
+takes it renames to its instance's group and limits (sora.worker.cgroups): no process has to
+move between groups on a cold start's path.
+
 The processes stay the supervisor's children, so the pool reaps them: a worker asks
 `status <pid>` for the exit status of one it owned. If a worker's connection closes (the worker
 died), the pool kills every process it had handed to it: nothing outlives its function. The
@@ -19,7 +23,8 @@ pool runs on its own thread in the supervisor process, whose lifetime the proces
 (PR_SET_PDEATHSIG).
 
 Messages (SOCK_SEQPACKET, one per packet):
-    worker -> pool   b"take " + JSON argv        pool -> worker  b"pid <pid>" + 5 fds, or b"none"
+    worker -> pool   b"take " + JSON argv        pool -> worker  b"pid <pid> [<cgroup>]" + 5 fds,
+                                                                 or b"none"
     worker -> pool   b"status <pid>"             pool -> worker  b"running" | b"exit <code>" |
                                                                  b"signal <n>" | b"unknown"
 """
@@ -37,6 +42,8 @@ import time
 from dataclasses import dataclass, field
 
 from .. import protocol as p
+from ..worker import cgroups
+from ..worker.cgroups import InstanceGroup
 from .child import die_with_parent
 
 log = logging.getLogger("sora.runtime-pool")
@@ -66,6 +73,7 @@ class Standby:
     control_fd: int
     pidfd: int
     started: float
+    group: InstanceGroup | None = None   # its cgroup, until a worker takes it over
 
     def fds(self) -> list[int]:
         return [self.proc.stdin.fileno(), self.proc.stdout.fileno(), self.proc.stderr.fileno(),
@@ -107,6 +115,9 @@ class RuntimePool(threading.Thread):
         self.standby_of: dict[int, tuple[str, Standby]] = {}  # pidfd -> its kind and itself
         self._lock = threading.Lock()       # guards the pid sets the arbiter reads
         self._pids: set[int] = set()
+        self.cgroups = cgroups.detect()     # each standby in a group of its own, if in force
+        self.groups: dict[int, InstanceGroup] = {}   # pid -> its group, removed when reaped
+        self.group_serial = 0
         self._wake_r, self._wake_w = os.pipe()
         self.running = True
 
@@ -133,7 +144,27 @@ class RuntimePool(threading.Thread):
                 self.standby_of[standby.pidfd] = (key, standby)
                 self.watched[standby.pidfd] = (standby.proc.pid, None)
 
+    def new_group(self) -> InstanceGroup | None:
+        if self.cgroups is None:
+            return None
+        self.group_serial += 1
+        try:
+            return InstanceGroup(self.cgroups, f"{cgroups.STANDBY_PREFIX}{os.getpid()}-"
+                                               f"{self.group_serial}", None)
+        except OSError as exc:
+            log.error("cannot make a cgroup for pre-started runtimes (%s); their instances "
+                      "join theirs when taken", exc)
+            self.cgroups = None
+            return None
+
     def spawn(self, argv: list[str]) -> Standby | None:
+        group = self.new_group()
+        procs = group.procs_files() if group else []
+
+        def in_child() -> None:
+            die_with_parent()
+            cgroups.join_in_child(procs)
+
         read_fd, write_fd = os.pipe()
         try:
             # Under the lock until its pid is listed, so the arbiter's orphan sweep never
@@ -142,15 +173,19 @@ class RuntimePool(threading.Thread):
                 proc = subprocess.Popen(
                     argv, cwd="/", env=standby_environment(write_fd), stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(write_fd,),
-                    start_new_session=True, preexec_fn=die_with_parent)
+                    start_new_session=True, preexec_fn=in_child)
                 self._pids.add(proc.pid)
-        except OSError as exc:
+        except (OSError, subprocess.SubprocessError) as exc:
             os.close(read_fd)
+            if group:
+                group.remove()
             log.error("cannot pre-start %s: %s", argv[0], exc)
             return None
         finally:
             os.close(write_fd)
-        return Standby(proc, read_fd, os.pidfd_open(proc.pid), time.monotonic())
+        if group:
+            self.groups[proc.pid] = group
+        return Standby(proc, read_fd, os.pidfd_open(proc.pid), time.monotonic(), group)
 
     def take(self, key: str) -> Standby | None:
         kind = self.kinds.get(key)
@@ -169,6 +204,8 @@ class RuntimePool(threading.Thread):
         except ChildProcessError:
             status = None
         os.close(pidfd)
+        if (group := self.groups.pop(pid, None)) is not None:
+            group.remove()   # unless a worker took it over (renamed): then it is the worker's
         if status is not None:
             self.remember(pid, status)
         with self._lock:
@@ -223,8 +260,11 @@ class RuntimePool(threading.Thread):
                 conn.send(b"none")
                 return
             pid = standby.proc.pid
+            reply = b"pid %d" % pid
+            if standby.group is not None:
+                reply += b" " + standby.group.name.encode()
             try:
-                socket.send_fds(conn, [b"pid %d" % pid], standby.fds())
+                socket.send_fds(conn, [reply], standby.fds())
             except OSError:
                 os.killpg(pid, signal.SIGKILL)
             # The worker holds the pipes now; the pool keeps only the pidfd, to reap.
@@ -275,6 +315,12 @@ class RuntimePool(threading.Thread):
                 pass
             select.select([pidfd], [], [], 5.0)
             self.reap(pidfd)
+        if self.cgroups is not None:
+            # A sandbox's init and runtime die a moment after the bubblewrap reaped above.
+            deadline = time.monotonic() + 2.0
+            while cgroups.remove_groups(f"{cgroups.STANDBY_PREFIX}{os.getpid()}-") and \
+                    time.monotonic() < deadline:
+                time.sleep(0.02)
         for conn in list(self.conns.values()):
             conn.close()
         self.listener.close()
@@ -331,7 +377,8 @@ class PoolClient:
             for fd in fds:
                 os.close(fd)
             return None
-        return PooledProcess(int(msg[4:]), fds, self)
+        _, pid, *group = msg.decode().split()
+        return PooledProcess(int(pid), fds, self, group[0] if group else None)
 
     def status(self, pid: int) -> bytes:
         sock = self._conn()
@@ -352,9 +399,10 @@ class PooledProcess:
     """A taken process, with the parts of subprocess.Popen's interface an instance uses. Its
     exit status comes from the pool, which reaps it."""
 
-    def __init__(self, pid: int, fds: list[int], pool: PoolClient):
+    def __init__(self, pid: int, fds: list[int], pool: PoolClient, group: str | None = None):
         stdin, stdout, stderr, self.control_fd, self.pidfd = fds
         self.pid = pid
+        self.group = group   # the cgroup it runs in (sora.worker.cgroups), to take over
         self.stdin = os.fdopen(stdin, "wb", buffering=0)
         self.stdout = os.fdopen(stdout, "rb", buffering=0)
         self.stderr = os.fdopen(stderr, "rb", buffering=0)

@@ -4,8 +4,12 @@ Both cgroup versions are supported: v2 (one unified hierarchy, most current dist
 v1 (one hierarchy per controller, as on the machines Sora is developed on). Which one is in
 force is reported by `/healthz` (`cgroups`). Each instance gets its own group,
 `<root>/sora/<function>-<worker pid>-<n>`, made before it starts and removed once it is dead;
-the instance's process joins it between fork and exec (or, for a pre-started runtime, right
-after the worker takes it, before it loads anything), so everything it starts is counted too.
+the instance's process joins it between fork and exec, so everything it starts is counted too.
+A pre-started runtime (sora.supervisor.runtime_pool) was started the same way into a group of
+its own (`_standby-<supervisor pid>-<n>`, no memory limit); the worker that takes it renames
+that group to its instance's name and sets the limit, before the runtime loads anything.
+Moving a running process between groups would do too, but takes the kernel 7-15 ms per move
+(it waits for an RCU grace period), all of it on a cold start's path; a rename takes none.
 
 A memory-limit kill is told from any other death by the group's own OOM-kill counter
 (`memory.events` on v2, `memory.oom_control` on v1), so the caller gets Sora.OutOfMemory only
@@ -40,28 +44,46 @@ def detect(root: str = ROOT) -> str | None:
     return None
 
 
-class InstanceGroup:
-    """The cgroup(s) of one instance."""
+STANDBY_PREFIX = "_standby-"   # not a function name (those have no "_"): no clash
 
-    def __init__(self, version: str, name: str, memory_mb: int, root: str = ROOT):
+
+class InstanceGroup:
+    """The cgroup(s) of one instance (or, with no memory limit, of a pre-started runtime)."""
+
+    def __init__(self, version: str, name: str, memory_mb: int | None, root: str = ROOT):
         self.version = version
+        self.name = name
+        self.memory_mb = memory_mb
         if version == "v2":
             self.dirs = {"memory": os.path.join(root, "sora", name)}
             self.dirs["pids"] = self.dirs["memory"]
         else:
             self.dirs = {c: os.path.join(root, c, "sora", name) for c in ("memory", "pids")}
-        limit = memory_mb * 1024 * 1024
         for controller, path in self.dirs.items():
             os.makedirs(path, exist_ok=True)
-        if version == "v2":
+        self._limit()
+
+    def _limit(self) -> None:
+        self._write("pids", "pids.max", PIDS_MAX)
+        if self.memory_mb is None:
+            return
+        limit = self.memory_mb * 1024 * 1024
+        if self.version == "v2":
             self._write("memory", "memory.max", limit)
             self._write("memory", "memory.swap.max", 0, optional=True)
-            self._write("pids", "pids.max", PIDS_MAX)
         else:
             self._write("memory", "memory.limit_in_bytes", limit)
             # No swap beyond the limit, where the kernel accounts swap.
             self._write("memory", "memory.memsw.limit_in_bytes", limit, optional=True)
-            self._write("pids", "pids.max", PIDS_MAX)
+
+    def take_over(self, standby: str) -> None:
+        """Become the group a pre-started runtime runs in: it is renamed to this group's name
+        (this group's empty folders make way) and gets this group's limits. No process
+        moves. Raises OSError if it cannot (the caller then gives up on that runtime)."""
+        for path in sorted(set(self.dirs.values())):
+            os.rmdir(path)
+            os.rename(os.path.join(os.path.dirname(path), standby), path)
+        self._limit()
 
     def _write(self, controller: str, name: str, value: int, optional: bool = False) -> None:
         try:
@@ -103,18 +125,43 @@ class InstanceGroup:
 def remove_leftovers(function: str, worker_pid: int, root: str = ROOT) -> None:
     """The groups of a worker that died without removing them (the supervisor calls this when
     it reaps the worker; its instances died with it)."""
-    prefix = f"{function}-{worker_pid}-"
+    remove_groups(f"{function}-{worker_pid}-", root)
+
+
+def remove_groups(prefix: str, root: str = ROOT) -> int:
+    """Remove Sora's empty groups whose names start with `prefix` (the pre-started runtimes'
+    are STANDBY_PREFIX + the supervisor's pid). Returns how many are left (a process is still
+    in them)."""
+    return _remove(lambda name: name.startswith(prefix), root)
+
+
+def remove_orphaned_groups(root: str = ROOT) -> int:
+    """Remove the empty groups whose owner (the worker, or for a pre-started runtime's the
+    supervisor: its pid is in the name) is gone: what an owner killed with -9 left, or a group
+    still busy when its owner tried. The supervisor sweeps at start and at stop. Returns how
+    many such groups are left (their processes are still dying)."""
+    def owner_gone(name: str) -> bool:
+        parts = name.rsplit("-", 2)
+        return len(parts) == 3 and parts[1].isdigit() and not os.path.exists(f"/proc/{parts[1]}")
+    return _remove(owner_gone, root)
+
+
+def _remove(match, root: str) -> int:
+    left = 0
     for base in (os.path.join(root, "sora"), os.path.join(root, "memory", "sora"),
                  os.path.join(root, "pids", "sora")):
         try:
-            names = [n for n in os.listdir(base) if n.startswith(prefix)]
+            names = [n for n in os.listdir(base) if match(n)]
         except OSError:
             continue
         for name in names:
             try:
                 os.rmdir(os.path.join(base, name))
-            except OSError:
+            except FileNotFoundError:
                 pass
+            except OSError:
+                left += 1
+    return left
 
 
 def join_in_child(procs_files: list[str]) -> None:  # runs between fork and exec

@@ -132,11 +132,15 @@ class Instance:
             return False
         if self.cgroup is not None:
             try:
-                # Before it loads anything of the function; every process of it (a sandbox
-                # is bubblewrap, its init and the runtime).
-                for pid in [proc.pid, *(c.pid for c in
-                                        psutil.Process(proc.pid).children(recursive=True))]:
-                    self.cgroup.join(pid)
+                # Before it loads anything of the function. Its own group becomes the
+                # instance's; else every process of it (a sandbox is bubblewrap, its init and
+                # the runtime) moves into the instance's group.
+                if proc.group is not None:
+                    self.cgroup.take_over(proc.group)
+                else:
+                    for pid in [proc.pid, *(c.pid for c in
+                                            psutil.Process(proc.pid).children(recursive=True))]:
+                        self.cgroup.join(pid)
             except (OSError, psutil.Error):
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(5)

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from sora.supervisor.runtime_pool import PoolClient, RuntimePool
+from sora.worker import cgroups
 from tests.support import wait_for
 
 # Waits for its assignment line, says READY on the control fd, then exits with the code the
@@ -73,3 +74,50 @@ def test_a_workers_processes_die_with_its_connection(pool):
 
 def test_no_pool_means_no_process(tmp_path):
     assert PoolClient(str(tmp_path)).take(["node"]) is None
+
+
+def cgroup_of(pid: int, controller: str = "memory") -> str:
+    """The path of the process's group in one controller's hierarchy (v1) or the unified one."""
+    with open(f"/proc/{pid}/cgroup") as fh:
+        for line in fh:
+            _, controllers, path = line.strip().split(":", 2)
+            if controller in controllers.split(",") or controllers == "":
+                return path
+    return ""
+
+
+@pytest.mark.skipif(cgroups.detect() is None, reason="no writable cgroup hierarchy")
+def test_a_taken_process_brings_its_cgroup_which_becomes_the_instances(pool):
+    pool_, argv, tmp = pool
+    wait_for(lambda: len(pool_.pids()) == 2, what="two standby processes")
+    client = PoolClient(str(tmp))
+    proc = client.take(argv)
+    # Started into a group of its own, named for the pool's supervisor (this process).
+    assert proc.group.startswith(f"{cgroups.STANDBY_PREFIX}{os.getpid()}-")
+    assert cgroup_of(proc.pid).endswith("/sora/" + proc.group)
+    group = cgroups.InstanceGroup(cgroups.detect(), f"unit-{os.getpid()}-1", 64)
+    group.take_over(proc.group)   # renamed, limited; the process did not move
+    assert cgroup_of(proc.pid).endswith(f"/sora/unit-{os.getpid()}-1")
+    limit = "memory.max" if group.version == "v2" else "memory.limit_in_bytes"
+    with open(os.path.join(group.dirs["memory"], limit)) as fh:
+        assert int(fh.read()) == 64 << 20
+    assert assign(proc, "/", 0).startswith(b"READY")
+    proc.stdin.close()
+    assert proc.wait(10) == 0
+    group.remove()
+    assert not os.path.exists(group.dirs["memory"])
+    client.close()
+
+
+@pytest.mark.skipif(cgroups.detect() is None, reason="no writable cgroup hierarchy")
+def test_groups_whose_owner_is_gone_are_swept(tmp_path):
+    dead = os.fork()
+    if dead == 0:
+        os._exit(0)
+    os.waitpid(dead, 0)
+    orphan = cgroups.InstanceGroup(cgroups.detect(), f"unit-{dead}-1", 64)
+    live = cgroups.InstanceGroup(cgroups.detect(), f"unit-{os.getpid()}-2", 64)
+    cgroups.remove_orphaned_groups()
+    assert not any(os.path.exists(d) for d in orphan.dirs.values())
+    assert all(os.path.exists(d) for d in live.dirs.values())
+    live.remove()
