@@ -115,9 +115,10 @@ class RuntimePool(threading.Thread):
         self.standby_of: dict[int, tuple[str, Standby]] = {}  # pidfd -> its kind and itself
         self._lock = threading.Lock()       # guards the pid sets the arbiter reads
         self._pids: set[int] = set()
-        self.cgroups = cgroups.detect()     # each standby in a group of its own, if in force
+        # Each standby in a group of its own, where cgroups are in force.
+        self.cgroups = cgroups.GroupMaker(f"{cgroups.STANDBY_PREFIX}{os.getpid()}-",
+                                          "pre-started runtimes")
         self.groups: dict[int, InstanceGroup] = {}   # pid -> its group, removed when reaped
-        self.group_serial = 0
         self._wake_r, self._wake_w = os.pipe()
         self.running = True
 
@@ -144,21 +145,8 @@ class RuntimePool(threading.Thread):
                 self.standby_of[standby.pidfd] = (key, standby)
                 self.watched[standby.pidfd] = (standby.proc.pid, None)
 
-    def new_group(self) -> InstanceGroup | None:
-        if self.cgroups is None:
-            return None
-        self.group_serial += 1
-        try:
-            return InstanceGroup(self.cgroups, f"{cgroups.STANDBY_PREFIX}{os.getpid()}-"
-                                               f"{self.group_serial}", None)
-        except OSError as exc:
-            log.error("cannot make a cgroup for pre-started runtimes (%s); their instances "
-                      "join theirs when taken", exc)
-            self.cgroups = None
-            return None
-
     def spawn(self, argv: list[str]) -> Standby | None:
-        group = self.new_group()
+        group = self.cgroups.new(None)
         procs = group.procs_files() if group else []
 
         def in_child() -> None:
@@ -315,10 +303,10 @@ class RuntimePool(threading.Thread):
                 pass
             select.select([pidfd], [], [], 5.0)
             self.reap(pidfd)
-        if self.cgroups is not None:
+        if self.cgroups.serial:
             # A sandbox's init and runtime die a moment after the bubblewrap reaped above.
             deadline = time.monotonic() + 2.0
-            while cgroups.remove_groups(f"{cgroups.STANDBY_PREFIX}{os.getpid()}-") and \
+            while cgroups.remove_groups(self.cgroups.prefix) and \
                     time.monotonic() < deadline:
                 time.sleep(0.02)
         for conn in list(self.conns.values()):

@@ -122,6 +122,28 @@ class InstanceGroup:
                 pass  # still has a process (reaped later) or already gone
 
 
+class GroupMaker:
+    """Makes the numbered groups `<prefix><n>` of one owner (a worker's instances, the pool's
+    pre-started runtimes); if one cannot be made, limits are off for that owner from then on,
+    logged once."""
+
+    def __init__(self, prefix: str, what: str):
+        self.version = detect()   # "v1", "v2" or None
+        self.prefix, self.what = prefix, what
+        self.serial = 0
+
+    def new(self, memory_mb: int | None) -> InstanceGroup | None:
+        if self.version is None:
+            return None
+        self.serial += 1
+        try:
+            return InstanceGroup(self.version, f"{self.prefix}{self.serial}", memory_mb)
+        except OSError as exc:
+            log.error("cannot make a cgroup for %s (%s); their limits are off", self.what, exc)
+            self.version = None
+            return None
+
+
 def remove_leftovers(function: str, worker_pid: int, root: str = ROOT) -> None:
     """The groups of a worker that died without removing them (the supervisor calls this when
     it reaps the worker; its instances died with it)."""

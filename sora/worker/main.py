@@ -26,7 +26,6 @@ from .instance import Instance, State
 from .logs import FunctionLog
 from .runtimes import Runtime, runtime_for
 from . import cgroups, sandbox
-from .cgroups import InstanceGroup
 from .scaling import SCALE_OUT_WAIT, idle_expired, plan_scale_out
 from .secrets import Secrets, read_secrets
 
@@ -98,8 +97,8 @@ class Worker:
         self.regrow_at = 0.0
         self.next_scale_in = 0.0
         self.scale_reason = ""
-        self.cgroups = cgroups.detect()   # "v1", "v2" or None: limits per instance
-        self.cgroup_serial = 0
+        self.cgroups = cgroups.GroupMaker(f"{fn.name}-{os.getpid()}-",
+                                          f"the instances of {fn.name}")
 
     # --- signals: the handler only queues ------------------------------------------------------
     def _on_signal(self, signum, _frame) -> None:
@@ -118,7 +117,7 @@ class Worker:
         if index is None:
             index, self.next_index = self.next_index, self.next_index + 1
         inst = Instance(self.runtime, self.fn, index, self.log, self.pool,
-                        self.secrets.environment(), self.new_cgroup())
+                        self.secrets.environment(), self.cgroups.new(self.fn.memory))
         inst.start()
         self.instances.append(inst)
         for fd, kind in ((inst.control_fd, "control"), (inst.log_fds[0], "log"),
@@ -126,19 +125,6 @@ class Worker:
             self.fd_owner[fd] = (inst, kind)
             self.poller.register(fd, zmq.POLLIN)
         return inst
-
-    def new_cgroup(self) -> InstanceGroup | None:
-        if self.cgroups is None:
-            return None
-        self.cgroup_serial += 1
-        try:
-            return InstanceGroup(self.cgroups, f"{self.fn.name}-{os.getpid()}-"
-                                               f"{self.cgroup_serial}", self.fn.memory)
-        except OSError as exc:
-            log.error("%s: cannot make a cgroup (%s); limits are off for this worker",
-                      self.fn.name, exc)
-            self.cgroups = None
-            return None
 
     def retire_instance(self, inst: Instance, kill: bool) -> None:
         for fd in (inst.control_fd, *inst.log_fds):
