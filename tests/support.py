@@ -131,7 +131,11 @@ class SoraHost:
             [sys.executable, "-m", "sora.supervisor.cli", "start", "--config",
              str(self.config_path)], stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
             start_new_session=True)
-        self.wait_healthy(wait_functions, timeout)
+        try:
+            self.wait_healthy(wait_functions, timeout)
+        except BaseException:   # a failed start (or pytest's timeout) leaves no host running
+            self.stop()
+            raise
         return self
 
     def health(self) -> dict:
