@@ -707,6 +707,14 @@ def load_host_config(path: str) -> HostConfig:
     if problems:
         raise ConfigError(path, problems)
 
+    # Sora's own files, which no sandboxed function may have in its folder (nor another
+    # function's folder).
+    protected = [("stateDir", _resolve(base, values["stateDir"])), ("host config", path)]
+    if server_values.get("sslKeyPath"):
+        protected.append(("server.sslKeyPath", server_values["sslKeyPath"]))
+    protected += [(f"auth.apiKeys[{i}].keyFile", _resolve(base, entry["keyFile"]))
+                  for i, entry in enumerate(auth_values.get("apiKeys") or [])
+                  if isinstance(entry.get("keyFile"), str)]
     functions: list[FunctionConfig] = []
     broken: list[BrokenFunction] = []
     seen: dict[str, str] = {}
@@ -724,12 +732,31 @@ def load_host_config(path: str) -> HostConfig:
             continue
         seen[fn.name] = fn.source
         functions.append(fn)
+    for fn in list(functions):
+        others = [(f"functionPaths ({other.name})", other.directory) for other in functions
+                  if other is not fn]
+        if fn.sandboxed and (inside := _own_files_inside(fn.directory, protected + others)):
+            field, where = inside
+            functions.remove(fn)
+            broken.append(BrokenFunction(fn.name, fn.directory, (
+                f"{path}: {field}: expected a path outside the function folder {fn.directory} "
+                f"(its sandbox would show it to the function), got {where}")))
     _check_limits(path, limits, functions)
     return HostConfig(path=path, server=ServerConfig(**server_values),
                       stateDir=_resolve(base, values["stateDir"]),
                       records=RecordsConfig(**records_values), limits=limits,
                       prestartedRuntimes=values["prestartedRuntimes"], apiKeys=api_keys,
                       functions=functions, broken=broken)
+
+
+def _own_files_inside(directory: str, protected: list[tuple[str, str]]) -> tuple[str, str] | None:
+    """The first of Sora's own paths (field, path) inside `directory`, if any."""
+    top = os.path.realpath(directory)
+    for field, where in protected:
+        real = os.path.realpath(where)
+        if real == top or real.startswith(top.rstrip(os.sep) + os.sep):
+            return field, where
+    return None
 
 
 def _api_keys(base: str, entries: list[dict], problems: list[str]) -> tuple[ApiKey, ...]:

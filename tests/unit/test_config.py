@@ -258,3 +258,39 @@ def test_secret_specs_are_validated_and_hold_no_values(tmp_path):
                 "secrets: {A: {env: x, asEnv: maybe}}"):
         with pytest.raises(ConfigError, match="sora.yaml: secrets: expected"):
             load_function_config(make_fn(tmp_path, "bad", extra=bad))
+
+
+def test_a_sandboxed_function_folder_may_not_hold_sora_s_own_files(tmp_path):
+    # Another function's folder, the host config or the state dir inside a function folder:
+    # the sandbox would mount them for the function, so that function is broken, naming what.
+    app = tmp_path / "app"
+    write(app / "index.js", "exports.handler = async () => 1;")
+    write(app / "sora.yaml", "name: here\nlanguage: nodejs\nentrypoint: index.js\n")
+    make_fn(app / "fns", "apart")
+    config = load_host_config(write(tmp_path / "host-config.yaml", """
+        functionPaths: [app, app/fns/apart]
+        server: {httpPort: 8080}
+        """))
+    [broken] = config.broken
+    assert broken.name == "here" and "host-config.yaml: functionPaths (apart): expected a " \
+        f"path outside the function folder {app}" in broken.reason
+    assert [fn.name for fn in config.functions] == ["apart"]
+    config = load_host_config(write(tmp_path / "host-config.yaml", """
+        functionPaths: [app]
+        server: {httpPort: 8080}
+        stateDir: app/.sora
+        """))
+    [broken] = config.broken
+    assert "host-config.yaml: stateDir: expected a path outside the function folder " \
+        f"{app}" in broken.reason and not config.functions
+    config = load_host_config(write(app / "host-config.yaml", """
+        functionPaths: [.]
+        server: {httpPort: 8080}
+        stateDir: ../state
+        """))
+    assert "host config: expected a path outside" in config.broken[0].reason
+    # With isolation: none it sees all of the host's files anyway: no check.
+    write(app / "sora.yaml", "name: here\nlanguage: nodejs\nentrypoint: index.js\n"
+                             "isolation: none\n")
+    config = load_host_config(app / "host-config.yaml")
+    assert [fn.name for fn in config.functions] == ["here"] and not config.broken
