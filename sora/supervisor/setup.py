@@ -118,11 +118,12 @@ class SetupRun:
         if not fn.sandboxed:
             return [(command, ["/bin/sh", "-c", command]) for command in fn.setup]
         uid = sandbox.sandbox_uid(fn.name)
-        for path in (self.home_path, self.copy_path):
+        as_root = os.geteuid() == 0
+        for path in (self.home_path, self.copy_path) if as_root else (self.home_path,):
             os.makedirs(path, mode=0o700, exist_ok=True)
             os.chown(path, uid, uid)
         sandbox.copy_package_configs(self.home_path, uid)
-        if os.geteuid() != 0:   # the function's uid is Sora's: it works in the folder itself
+        if not as_root:   # the function's uid is Sora's: it works in the folder itself
             return [(c, sandbox.wrap_setup(c, fn, fn.directory, self.home_path))
                     for c in fn.setup]
         owner = os.stat(fn.directory)
@@ -140,8 +141,12 @@ class SetupRun:
         label, argv = self.steps[self.index]
         self._log.write(f"$ {label}\n".encode())
         self._log.flush()
-        env = dict(os.environ)
-        env.update(self.fn.env)
+        if self.fn.sandboxed:
+            env = sandbox.setup_environment(self.fn)
+            env["PATH"] = os.environ.get("PATH", "/usr/bin:/bin")   # for rsync and bwrap
+        else:
+            env = dict(os.environ)
+            env.update(self.fn.env)
         self.proc = subprocess.Popen(
             argv, cwd=self.fn.directory, env=env,
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,

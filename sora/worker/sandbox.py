@@ -94,6 +94,14 @@ def read_only_paths(argv: list[str]) -> list[str]:
 # The package managers' own settings of the user Sora runs as (registry, index, node-gyp's
 # headers), relative to a home folder.
 PACKAGE_CONFIGS = (".npmrc", ".config/pip/pip.conf", ".pip/pip.conf")
+# What a sandboxed setup gets of the supervisor's environment: what package managers and build
+# tools read (proxies, CA bundles, their own settings), not the rest, which may hold values
+# another function takes as secrets (`secrets: {env: ...}`).
+SETUP_ENV_NAMES = {"LANG", "LC_ALL", "TZ", "TERM", "http_proxy", "https_proxy", "no_proxy",
+                   "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "SSL_CERT_FILE", "SSL_CERT_DIR",
+                   "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "CC", "CXX", "CFLAGS",
+                   "LDFLAGS", "MAKEFLAGS"}
+SETUP_ENV_PREFIXES = ("npm_config_", "NPM_CONFIG_", "PIP_", "GO", "CARGO_")
 # Where a setup sandbox's home is mounted (not at its path in the state dir, which would show
 # the state dir's layout).
 SETUP_HOME = "/home/sora"
@@ -173,6 +181,15 @@ def wrap_setup(command: str, fn: FunctionConfig, folder: str, home: str) -> list
     writable = [(folder, fn.directory), (home, SETUP_HOME)]
     return _bwrap(fn, [(p, p) for p in prefixes], writable, network=True,
                   env={"HOME": SETUP_HOME, "PATH": path}) + ["/bin/sh", "-c", command]
+
+
+def setup_environment(fn: FunctionConfig) -> dict[str, str]:
+    """A sandboxed setup command's environment (PATH and HOME are set by wrap_setup): the
+    package managers' part of the supervisor's, then the function's own `env`."""
+    env = {key: value for key, value in os.environ.items()
+           if key in SETUP_ENV_NAMES or key.startswith(SETUP_ENV_PREFIXES)}
+    env.update(fn.env)
+    return env
 
 
 def copy_package_configs(home: str, uid: int) -> None:

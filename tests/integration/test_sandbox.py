@@ -73,7 +73,8 @@ def host(tmp_path_factory):
             write_function(fns, "setupbox", {"index.js": F.ECHO, "doomed.txt": "old"},
                            name="setupbox", setup=setup_probe(base)),
             write_function(fns, "other", {"index.js": F.ECHO}, name="other")]
-    yield from served(base, dirs, https=True)
+    yield from served(base, dirs, https=True,
+                      env={"SORA_TEST_HOST_SECRET": "must-not-leak", "PIP_NO_COLOR": "1"})
 
 
 def setup_probe(base) -> list[str]:
@@ -86,6 +87,7 @@ def setup_probe(base) -> list[str]:
             attempt("setup-config.txt", f"cat {base / 'host-config.yaml'}"),
             attempt("setup-etc.txt", "touch /etc/sora-setup-test"),
             attempt("setup-home.txt", "mkdir -p $HOME/.cache && touch $HOME/.cache/x"),
+            "env > setup-env.txt",
             "rm doomed.txt", "mkdir -p made/deep && echo built > made/deep/out.txt"]
 
 
@@ -151,6 +153,9 @@ def test_setup_runs_in_the_sandbox_and_its_work_lands_in_the_folder(host):
     assert [read(f"setup-{what}.txt") for what in ("other", "state", "config", "etc")] == \
         ["no"] * 4
     assert read("setup-home.txt") == "yes"          # a writable home of its own
+    # Of the host's environment only what package managers read (PIP_*, proxies, ...).
+    env = read("setup-env.txt")
+    assert "PIP_NO_COLOR=1" in env and "must-not-leak" not in env and "PATH=" in env
     assert not os.path.exists("/etc/sora-setup-test")
     # What it made and deleted is in the folder itself, owned by the folder's owner.
     assert not (folder / "doomed.txt").exists()
