@@ -94,10 +94,16 @@ def _function_name(value: Any) -> str:
     return value
 
 
-def _language(value: Any) -> str:
-    if value not in LANGUAGES:
-        raise _Invalid("one of: " + ", ".join(LANGUAGES))
-    return value
+def _one_of(choices: tuple[str, ...], expected: str = "") -> Callable[[Any], str]:
+    """A validator for one of `choices`; `expected` says what each means (default: lists them)."""
+    def check(value: Any) -> str:
+        if value not in choices:
+            raise _Invalid(expected or "one of: " + ", ".join(choices))
+        return value
+    return check
+
+
+_language = _one_of(tuple(LANGUAGES))
 
 
 def _relative_file(value: Any) -> str:
@@ -147,10 +153,7 @@ def _trigger(value: Any) -> list[str]:
 COLD_START_MODES = ("never", "always", "always-setup")
 
 
-def _cold_start(value: Any) -> str:
-    if value not in COLD_START_MODES:
-        raise _Invalid("one of: " + ", ".join(COLD_START_MODES))
-    return value
+_cold_start = _one_of(COLD_START_MODES)
 
 
 def _env(value: Any) -> dict[str, str]:
@@ -209,11 +212,8 @@ def _mapping_list(value: Any) -> list[dict]:
     return value
 
 
-def _isolation(value: Any) -> str:
-    if value not in ("none", "sandbox"):
-        raise _Invalid("'sandbox' (bubblewrap: read-only system and folder, private /tmp and "
-                       "/proc, its own uid) or 'none'")
-    return value
+_isolation = _one_of(("none", "sandbox"), "'sandbox' (bubblewrap: read-only system and "
+                     "folder, private /tmp and /proc, its own uid) or 'none'")
 
 
 def _bool(value: Any) -> bool:
@@ -222,11 +222,8 @@ def _bool(value: Any) -> bool:
     return value
 
 
-def _auth_mode(value: Any) -> str:
-    if value not in ("apiKey", "none"):
-        raise _Invalid("'apiKey' (callers need a key with an invoke scope) or 'none' (its "
-                       "function URL is public)")
-    return value
+_auth_mode = _one_of(("apiKey", "none"), "'apiKey' (callers need a key with an invoke "
+                     "scope) or 'none' (its function URL is public)")
 
 
 def _path(value: Any) -> str:
@@ -736,10 +733,10 @@ def load_host_config(path: str) -> HostConfig:
         others = [(f"functionPaths ({other.name})", other.directory) for other in functions
                   if other is not fn]
         if fn.sandboxed and (inside := _own_files_inside(fn.directory, protected + others)):
-            field, where = inside
+            what, where = inside
             functions.remove(fn)
             broken.append(BrokenFunction(fn.name, fn.directory, (
-                f"{path}: {field}: expected a path outside the function folder {fn.directory} "
+                f"{path}: {what}: expected a path outside the function folder {fn.directory} "
                 f"(its sandbox would show it to the function), got {where}")))
     _check_limits(path, limits, functions)
     return HostConfig(path=path, server=ServerConfig(**server_values),
@@ -750,12 +747,12 @@ def load_host_config(path: str) -> HostConfig:
 
 
 def _own_files_inside(directory: str, protected: list[tuple[str, str]]) -> tuple[str, str] | None:
-    """The first of Sora's own paths (field, path) inside `directory`, if any."""
+    """The first of Sora's own paths (what names it, path) inside `directory`, if any."""
     top = os.path.realpath(directory)
-    for field, where in protected:
+    for what, where in protected:
         real = os.path.realpath(where)
         if real == top or real.startswith(top.rstrip(os.sep) + os.sep):
-            return field, where
+            return what, where
     return None
 
 

@@ -19,6 +19,8 @@ import psutil
 import requests
 import yaml
 
+from sora.worker import cgroups
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -241,8 +243,7 @@ class SoraHost:
             if spec.exists():
                 names.add((yaml.safe_load(spec.read_text()) or {}).get("name"))
         found = []
-        for base in ("/sys/fs/cgroup/sora", "/sys/fs/cgroup/memory/sora",
-                     "/sys/fs/cgroup/pids/sora"):
+        for base in cgroups.group_bases():
             try:
                 groups = os.listdir(base)
             except OSError:

@@ -525,11 +525,7 @@ class Arbiter:
             if (path := secrets.sandboxed_dir(self.state_dir, fn)) is not None:
                 shutil.rmtree(path, ignore_errors=True)
         self.reap_orphans()
-        # What was busy when its worker tried: killed processes leave their groups a moment
-        # after they are reaped.
-        deadline = time.monotonic() + 2.0
-        while cgroups.remove_orphaned_groups() and time.monotonic() < deadline:
-            time.sleep(0.02)
+        cgroups.remove_orphaned_groups(wait=2.0)   # what was busy when its worker tried
         if self.broker is not None:
             self.broker.control.stop()
             self.broker.join(timeout=5)

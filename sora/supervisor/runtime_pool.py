@@ -303,12 +303,8 @@ class RuntimePool(threading.Thread):
                 pass
             select.select([pidfd], [], [], 5.0)
             self.reap(pidfd)
-        if self.cgroups.serial:
-            # A sandbox's init and runtime die a moment after the bubblewrap reaped above.
-            deadline = time.monotonic() + 2.0
-            while cgroups.remove_groups(self.cgroups.prefix) and \
-                    time.monotonic() < deadline:
-                time.sleep(0.02)
+        if self.cgroups.serial:   # it made groups (even if it could not make them all)
+            cgroups.remove_groups(self.cgroups.prefix, wait=2.0)
         for conn in list(self.conns.values()):
             conn.close()
         self.listener.close()

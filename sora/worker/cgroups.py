@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 log = logging.getLogger("sora.worker")
 
@@ -150,40 +151,52 @@ def remove_leftovers(function: str, worker_pid: int, root: str = ROOT) -> None:
     remove_groups(f"{function}-{worker_pid}-", root)
 
 
-def remove_groups(prefix: str, root: str = ROOT) -> int:
+def remove_groups(prefix: str, root: str = ROOT, wait: float = 0.0) -> int:
     """Remove Sora's empty groups whose names start with `prefix` (the pre-started runtimes'
     are STANDBY_PREFIX + the supervisor's pid). Returns how many are left (a process is still
-    in them)."""
-    return _remove(lambda name: name.startswith(prefix), root)
+    in them) after trying for up to `wait` seconds."""
+    return _remove(lambda name: name.startswith(prefix), root, wait)
 
 
-def remove_orphaned_groups(root: str = ROOT) -> int:
+def remove_orphaned_groups(root: str = ROOT, wait: float = 0.0) -> int:
     """Remove the empty groups whose owner (the worker, or for a pre-started runtime's the
     supervisor: its pid is in the name) is gone: what an owner killed with -9 left, or a group
     still busy when its owner tried. The supervisor sweeps at start and at stop. Returns how
-    many such groups are left (their processes are still dying)."""
+    many such groups are left (their processes are still dying) after up to `wait` seconds."""
     def owner_gone(name: str) -> bool:
         parts = name.rsplit("-", 2)
         return len(parts) == 3 and parts[1].isdigit() and not os.path.exists(f"/proc/{parts[1]}")
-    return _remove(owner_gone, root)
+    return _remove(owner_gone, root, wait)
 
 
-def _remove(match, root: str) -> int:
-    left = 0
-    for base in (os.path.join(root, "sora"), os.path.join(root, "memory", "sora"),
-                 os.path.join(root, "pids", "sora")):
-        try:
-            names = [n for n in os.listdir(base) if match(n)]
-        except OSError:
-            continue
-        for name in names:
+def group_bases(root: str = ROOT) -> tuple[str, ...]:
+    """The folders Sora's groups are made in: `sora/` of the unified hierarchy (v2) or of the
+    memory and pids ones (v1)."""
+    return (os.path.join(root, "sora"), os.path.join(root, "memory", "sora"),
+            os.path.join(root, "pids", "sora"))
+
+
+def _remove(match, root: str, wait: float) -> int:
+    # A killed process leaves its group a moment after it is reaped (and a sandbox's init and
+    # runtime die a moment after bubblewrap): `wait` polls for that.
+    deadline = time.monotonic() + wait
+    while True:
+        left = 0
+        for base in group_bases(root):
             try:
-                os.rmdir(os.path.join(base, name))
-            except FileNotFoundError:
-                pass
+                names = [n for n in os.listdir(base) if match(n)]
             except OSError:
-                left += 1
-    return left
+                continue
+            for name in names:
+                try:
+                    os.rmdir(os.path.join(base, name))
+                except FileNotFoundError:
+                    pass
+                except OSError:
+                    left += 1
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.02)
 
 
 def join_in_child(procs_files: list[str]) -> None:  # runs between fork and exec

@@ -175,8 +175,8 @@ def grant_folder(fn: FunctionConfig) -> str | None:
 def wrap_setup(command: str, fn: FunctionConfig, folder: str, home: str) -> list[str]:
     """A `setup` command in the function's sandbox: `folder` (its folder, or a copy of it) is
     mounted writable where the function folder is, `home` is its writable home at SETUP_HOME
-    (npm's and pip's caches, kept between setups), and it has the network (to install packages) even
-    with `network: false`."""
+    (npm's and pip's caches, kept between setups), and it has the network (to install
+    packages) even with `network: false`."""
     prefixes, path = setup_paths()
     writable = [(folder, fn.directory), (home, SETUP_HOME)]
     return _bwrap(fn, [(p, p) for p in prefixes], writable, network=True,
@@ -221,9 +221,11 @@ def _bwrap(fn: FunctionConfig, read_only: list[tuple[str, str]],
         cmd += ["--ro-bind-try", path, path]
     cmd += ["--proc", "/proc", "--dev", "/dev",
             "--size", str(fn.tmpSize * 1024 * 1024), "--perms", "1777", "--tmpfs", "/tmp"]
-    binds = [("--ro-bind", *b) for b in read_only] + [("--bind", *b) for b in writable]
+    # Parents before what is mounted inside them.
+    binds = sorted([("--ro-bind", *b) for b in read_only] + [("--bind", *b) for b in writable],
+                   key=lambda b: b[2].count("/"))
     made = {"/tmp", "/dev", "/proc"}
-    for _, _, dest in sorted(binds, key=lambda b: b[2].count("/")):
+    for _, _, dest in binds:
         parent = os.path.dirname(dest)
         chain = []
         while parent not in ("/", "") and parent not in made and \
@@ -233,7 +235,7 @@ def _bwrap(fn: FunctionConfig, read_only: list[tuple[str, str]],
         for folder in reversed(chain):
             cmd += ["--perms", "0755", "--dir", folder]
             made.add(folder)
-    for kind, source, dest in sorted(binds, key=lambda b: b[2].count("/")):
+    for kind, source, dest in binds:
         cmd += [kind, source, dest]
     # No --chdir: it starts where its process starts (an instance or setup in its folder, a
     # pre-started runtime in / until a function takes it and it changes into that folder).
