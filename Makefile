@@ -10,7 +10,7 @@ CERT := examples/certs/cert.pem
 API_KEY := examples/certs/api-key
 JS_SDK := tests/sdk/node_modules/.installed-stamp
 
-.PHONY: run test bench bench-runtimes bench-events bench-scaling check system-deps clean
+.PHONY: run test bench bench-floor bench-runtimes bench-events bench-scaling check system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -77,6 +77,11 @@ test: system-deps $(STAMP) $(JS_SDK)
 bench: system-deps $(STAMP)
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(BIN)/python bench/run.py
+
+# What the invocation path's shape costs with none of Sora's work in it, beside Sora and plain Node.
+bench-floor: system-deps $(STAMP)
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	$(BIN)/python bench/floor.py
 
 # Every runtime side by side (runs the examples' setup first: Go build, pip, npm).
 bench-runtimes: system-deps $(STAMP)

@@ -1,11 +1,12 @@
-"""CPU per request of each Sora process, for the hello function under wrk at concurrency 64.
+"""CPU per request of each Sora process, for the hello function under wrk (concurrency 64, or
+--connections).
 
 Where bench/run.py times the whole chain, this splits its cost: gunicorn gateways, the
 supervisor (broker), the function's worker, Node, and the recorder, which is the whole cost of
 invocation records (workers only hand it a formatted line per invocation). CPU time is less
 noisy than throughput on a shared machine. Run with
 
-    .venv/bin/python bench/cpu.py [--duration 8] [--rounds 3]
+    .venv/bin/python bench/cpu.py [--duration 8] [--rounds 3] [--connections 64]
 """
 from __future__ import annotations
 
@@ -50,6 +51,8 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=64,
+                        help="wrk connections (1: the serial cost behind the c=1 latency)")
     args = parser.parse_args()
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="sora-bench-cpu-") as tmp:
@@ -63,7 +66,8 @@ def main() -> int:
             procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(True)]
             for i in range(args.rounds):
                 before = cpu_by_role(procs, proc.pid, worker)
-                result = wrk(url, 64, args.duration, 2)
+                result = wrk(url, args.connections, args.duration,
+                             min(2, args.connections))
                 after = cpu_by_role(procs, proc.pid, worker)
                 requests = result["rps"] * args.duration
                 parts = {k: 1e6 * (after[k] - before.get(k, 0.0)) / requests for k in after}

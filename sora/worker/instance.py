@@ -71,6 +71,9 @@ class Instance:
         self.current: tuple[bytes, bytes, float, float] | None = None
         # Invocations written to the child that have not started yet: (client, id, payload).
         self.queued: deque[tuple[bytes, bytes, bytes]] = deque()
+        # Handed over but not yet written (flush_input): the lines, and what they carry.
+        self._unsent: list[bytes] = []
+        self._unsent_items: list[tuple[bytes, bytes, bytes]] = []
         self._control_buf = b""
         self._oversized = 0   # bytes of a result line past the limit, being skipped
         self._log_bufs: dict[int, bytes] = {}
@@ -240,17 +243,14 @@ class Instance:
         return (self.current is not None) + len(self.queued)
 
     def send(self, client: bytes, request_id: bytes, payload: bytes) -> None:
-        """Hand one invocation to the instance; it starts when the one before it ends.
-        Raises OSError if the child is gone."""
+        """Hand one invocation to the instance; it starts when the one before it ends. It is
+        written to the child by the next `flush_input()`."""
         if b"\n" in payload:
             # A raw newline in valid JSON can only be whitespace between tokens.
             payload = payload.replace(b"\r\n", b" ").replace(b"\n", b" ")
-        line = b'{"id":"%s","timeoutMs":%d,"event":%s}\n' % (
-            request_id, int(self.fn.timeout * 1000), payload or b"null")
-        fd = self.stdin_fd
-        written = os.write(fd, line)
-        while written < len(line):  # a large event: the pipe takes it in pieces
-            written += os.write(fd, line[written:])
+        self._unsent.append(b'{"id":"%s","timeoutMs":%d,"event":%s}\n' % (
+            request_id, int(self.fn.timeout * 1000), payload or b"null"))
+        self._unsent_items.append((client, request_id, payload))
         self.invocations += 1
         if self.current is None:
             now = time.monotonic()
@@ -258,6 +258,27 @@ class Instance:
             self.state = State.BUSY
         else:
             self.queued.append((client, request_id, payload))
+
+    def flush_input(self) -> list[tuple[bytes, bytes, bytes]]:
+        """Write the invocations handed over since the last flush, in one write (one system
+        call, one wake-up of the child). If the child is gone, take them back and return them
+        (client, request id, payload) for another instance; otherwise return []."""
+        if not self._unsent:
+            return []
+        data = b"".join(self._unsent)
+        items, self._unsent, self._unsent_items = self._unsent_items, [], []
+        try:
+            written = os.write(self.stdin_fd, data)
+            while written < len(data):  # a large event: the pipe takes it in pieces
+                written += os.write(self.stdin_fd, data[written:])
+        except OSError:
+            taken = {request_id for _, request_id, _ in items}
+            if self.current is not None and self.current[1] in taken:
+                self.current = None
+            self.queued = deque(q for q in self.queued if q[1] not in taken)
+            self.invocations -= len(items)
+            return items
+        return []
 
     def advance(self) -> None:
         """The running invocation ended: the next queued one (if any) is now running."""

@@ -72,6 +72,7 @@ class Worker:
         self.identity = p.worker_identity(fn.name, os.getpid())
         self.poller = zmq.Poller()
         self.sock: zmq.Socket | None = None
+        self.replies: list[list[bytes]] = []   # answers of this loop turn, not yet sent
         self.instances: list[Instance] = []
         self.idle: list[Instance] = []
         # (client, id, payload, monotonic arrival): invocations waiting for an instance
@@ -201,6 +202,7 @@ class Worker:
     # --- broker connection ----------------------------------------------------------------------
     def connect(self) -> None:
         if self.sock is not None:
+            self.send_replies()
             self.poller.unregister(self.sock)
             self.sock.close(linger=0)
         self.sock = self.ctx.socket(zmq.DEALER)
@@ -223,8 +225,19 @@ class Worker:
         return sum(i.depth for i in self.instances) + len(self.pending)
 
     def send(self, frames: list[bytes]) -> None:
+        self.send_replies()   # in order: a reply is never overtaken by what followed it
         send_frames(self.sock, frames)
         self.last_sent = time.monotonic()
+
+    def send_replies(self) -> None:
+        """Send the replies of this loop turn back to back: ZeroMQ's I/O thread then wakes
+        once for them all rather than once for each (a context switch each, on the path of
+        every invocation)."""
+        if self.replies and self.sock is not None:
+            replies, self.replies = self.replies, []
+            for frames in replies:
+                send_frames(self.sock, frames)
+            self.last_sent = time.monotonic()
 
     def finish(self, inst: Instance | None, current: tuple, status: bytes,
                body: bytes) -> None:
@@ -235,10 +248,10 @@ class Worker:
         if meta is not None and meta.endswith(p.FLAG_TAIL):
             if inst is not None:
                 inst.drain_logs()  # its lines come before its result: read them first
-            self.send([p.REPLY, client, request_id, status, body,
-                       self.log.tail(request_id.decode())])
+            self.replies.append([p.REPLY, client, request_id, status, body,
+                                 self.log.tail(request_id.decode())])
         else:
-            self.send([p.REPLY, client, request_id, status, body])
+            self.replies.append([p.REPLY, client, request_id, status, body])
         now = time.monotonic()
         took = now - started
         self.records.record(
@@ -267,14 +280,35 @@ class Worker:
         self.dispatch()
 
     def dispatch(self) -> None:
-        """Idle instances first; for a fast function, then behind running ones."""
-        while self.pending and self.idle:
-            self._hand(self.idle.pop())
-        if self.pending and self.credits_per_instance == CREDITS_FAST:
-            for inst in self.instances:
-                while self.pending and inst.state is State.BUSY and \
-                        inst.depth < PIPELINE_DEPTH_FAST:
-                    self._hand(inst)
+        """Idle instances first; for a fast function, then behind running ones. Each instance
+        then gets what it was handed in one write."""
+        handed = []
+        while self.pending:
+            while self.pending and self.idle:
+                inst = self.idle.pop()
+                self._hand(inst)
+                handed.append(inst)
+            if self.pending and self.credits_per_instance == CREDITS_FAST:
+                for inst in self.instances:
+                    if self.pending and inst.state is State.BUSY and \
+                            inst.depth < PIPELINE_DEPTH_FAST:
+                        handed.append(inst)
+                        while self.pending and inst.depth < PIPELINE_DEPTH_FAST:
+                            self._hand(inst)
+            lost = False
+            for inst in handed:
+                taken_back = inst.flush_input()
+                if taken_back:
+                    # The instance died since its last answer: its invocations go back to the
+                    # front, and it is replaced once its control pipe reports the end.
+                    inst.state = State.EXITING
+                    now = time.monotonic()
+                    for client, request_id, payload in reversed(taken_back):
+                        self.pending.appendleft((client, request_id, payload, now))
+                    lost = True
+            if not lost:
+                return
+            handed.clear()   # try the others with what came back
 
     def track_duration(self, seconds: float) -> None:
         """Follow how long invocations take; grant or take back credits when that changes."""
@@ -294,13 +328,7 @@ class Worker:
 
     def _hand(self, inst: Instance) -> None:
         item = self.pending.popleft()
-        try:
-            inst.send(item[0], item[1], item[2])
-        except OSError:
-            # The instance died since its last answer: the request goes back to the front and
-            # the instance is replaced once its control pipe reports the end.
-            self.pending.appendleft(item)
-            inst.state = State.EXITING
+        inst.send(item[0], item[1], item[2])
 
     def requeue(self, inst: Instance) -> None:
         """Give the invocations an instance never started back to the worker's queue."""
@@ -456,6 +484,7 @@ class Worker:
                 raise SystemExit(0)
 
     def poll_once(self, timeout: float) -> None:
+        self.send_replies()   # answers given between turns (deadlines) go before any wait
         events = self.poller.poll(max(0, int(timeout * 1000)) if timeout else 0)
         for item, _ in events:
             if item is self.sock:
@@ -477,6 +506,7 @@ class Worker:
                     inst.drain_logs(item)
         if self.idle and self.pending:
             self.dispatch()
+        self.send_replies()
         self.log.flush()
         self.records.flush()
 
@@ -547,6 +577,7 @@ class Worker:
             self.retire_instance(inst, kill=True)
         self.pool.close()
         self.secrets.remove()
+        self.send_replies()
         self.log.flush()
         self.log.close()
         self.records.close()

@@ -49,3 +49,61 @@ def test_replies_are_matched_by_request_id_and_silence_times_out(tmp_path):
 
     asyncio.run(scenario())
     router.close(0)
+
+
+def test_the_requests_of_one_loop_turn_are_sent_back_to_back(tmp_path, monkeypatch):
+    # Each send from a request's own task would wake ZeroMQ's I/O thread for that one message;
+    # the client sends the requests its tasks made in one turn together, on the next turn.
+    import sora.gateway.client as client_module
+    sent = []
+    real_send = client_module.send_frames
+    monkeypatch.setattr(client_module, "send_frames",
+                        lambda sock, frames: (sent.append(frames[1]), real_send(sock, frames)))
+    endpoint = f"ipc://{tmp_path}/b.sock"
+    router = zmq.Context.instance().socket(zmq.ROUTER)
+    router.bind(endpoint)
+
+    async def scenario():
+        client = BrokerClient(endpoint)
+        calls = [asyncio.ensure_future(client.invoke("fn", f"r{i}".encode(), b"{}", 5))
+                 for i in range(3)]
+        await asyncio.sleep(0)   # each task has run up to its wait for the reply
+        assert sent == []
+        await asyncio.sleep(0)
+        assert sent == [b"r0", b"r1", b"r2"]
+        received = []
+        while len(received) < 3:
+            await asyncio.sleep(0.01)
+            while router.poll(0):
+                received.append(router.recv_multipart())
+        for ident, _, rid, _, _ in received:
+            router.send_multipart([ident, p.REPLY, rid, p.OK, b"ok"])
+        assert await asyncio.gather(*calls) == [[p.OK, b"ok"]] * 3
+        client.close()
+
+    asyncio.run(scenario())
+    router.close(0)
+
+
+def test_a_request_that_cannot_be_sent_fails_its_caller_at_once(tmp_path, monkeypatch):
+    import sora.gateway.client as client_module
+
+    def refuse(sock, frames):
+        raise zmq.ZMQError(zmq.EHOSTUNREACH)
+
+    monkeypatch.setattr(client_module, "send_frames", refuse)
+
+    async def scenario():
+        client = BrokerClient(f"ipc://{tmp_path}/nobody.sock")
+        started = time.monotonic()
+        try:
+            await client.invoke("fn", b"r1", b"{}", 30)
+        except zmq.ZMQError as exc:
+            assert exc.errno == zmq.EHOSTUNREACH
+        else:
+            raise AssertionError("the send error was not raised")
+        assert time.monotonic() - started < 5   # not the 30 s broker wait
+        assert not client._pending and not client._deadlines
+        client.close()
+
+    asyncio.run(scenario())

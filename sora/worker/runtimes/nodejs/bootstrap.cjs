@@ -81,6 +81,30 @@ function writeControl(line) {
   }
 }
 
+// Answers gather here while invocations run back to back (several may be queued behind the
+// one running) and go out in one write once they are done: one system call, and one wake-up
+// of the worker, for the lot. Anything that ends the process writes them first.
+let outbox = '';
+let flushQueued = false;
+function flushOutbox() {
+  flushQueued = false;
+  if (outbox) {
+    const text = outbox;
+    outbox = '';
+    writeControl(text);
+  }
+}
+function sendAnswer(line) {
+  outbox += line;
+  if (!flushQueued) {
+    flushQueued = true;
+    // After the microtasks: the next queued invocation starts in one (runNext) and, if it
+    // finishes at once, its answer joins this write.
+    process.nextTick(flushOutbox);
+  }
+}
+process.on('exit', flushOutbox);
+
 function errorPayload(err) {
   if (err instanceof Error) {
     const errorType = err.name && err.name !== 'Error' ? err.name
@@ -158,22 +182,27 @@ function answer(err, result, errorType, exiting) {
     if (process.stderr.bytesWritten !== current.stderrMark) process.stderr.write(markerFor(current.id));
   }
   current = null;
-  if (waiting.length) setImmediate(runNext);
+  if (waiting.length) queueMicrotask(runNext);
   if (err !== null && err !== undefined) {
     const payload = errorPayload(err);
     if (errorType) payload.errorType = errorType;
-    writeControl((exiting ? 'X ' : 'E ') + JSON.stringify(payload) + '\n');
+    if (exiting) {
+      flushOutbox();
+      writeControl('X ' + JSON.stringify(payload) + '\n');
+    } else {
+      sendAnswer('E ' + JSON.stringify(payload) + '\n');
+    }
     return;
   }
   const text = safeStringify(result);
   if (text === null) {
-    writeControl('E ' + JSON.stringify({
+    sendAnswer('E ' + JSON.stringify({
       errorType: 'Runtime.ResponseSerializationError',
       errorMessage: 'The handler returned a value that cannot be serialized to JSON',
       trace: [],
     }) + '\n');
   } else {
-    writeControl('R ' + text + '\n');
+    sendAnswer('R ' + text + '\n');
   }
 }
 
@@ -220,7 +249,10 @@ function invoke(handler, request) {
 
 function failCurrent(err, errorType) {
   if (current) current.finish(err, undefined, errorType, true);
-  else writeControl('X ' + JSON.stringify(errorPayload(err)) + '\n');
+  else {
+    flushOutbox();
+    writeControl('X ' + JSON.stringify(errorPayload(err)) + '\n');
+  }
 }
 
 let handler;
