@@ -19,6 +19,8 @@ from pathlib import Path
 
 import psutil
 
+from sora.config import default_gateway_workers
+
 from common import free_port, start_sora, stop, wait_http, wrk
 
 
@@ -56,7 +58,7 @@ def main() -> int:
     args = parser.parse_args()
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="sora-bench-cpu-") as tmp:
-        proc = start_sora(Path(tmp), port, 2, 1)
+        proc = start_sora(Path(tmp), port, default_gateway_workers(), 1)
         try:
             url = f"http://127.0.0.1:{port}/functions/hello"
             wait_http(url)

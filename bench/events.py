@@ -23,6 +23,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from sora.config import default_gateway_workers
+
 from common import (HELLO, copy_function, free_port, median, start_host, start_peer, stop,
                     wait_http, wrk)
 
@@ -60,7 +62,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=5, help="seconds per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (median)")
-    parser.add_argument("--gateway-workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--gateway-workers", type=int, default=default_gateway_workers())
     parser.add_argument("--no-peer", dest="peer", action="store_false")
     args = parser.parse_args()
     if not shutil.which("wrk"):

@@ -35,6 +35,7 @@ from common import (ROOT, copy_function, free_port, HELLO, median, run_rounds, s
 
 sys.path.insert(0, str(ROOT))
 from sora import protocol as p  # noqa: E402
+from sora.config import default_gateway_workers  # noqa: E402
 from sora.hotpath import recv_ready, send_frames  # noqa: E402
 
 BODY = b'{"message":"Hello, world!"}'
@@ -116,11 +117,11 @@ def start(tmp: Path) -> tuple[dict[str, str], list[subprocess.Popen]]:
              subprocess.Popen([*me, "worker", backend, "echo"], **detached),
              subprocess.Popen([*me, "worker", backend, "node"], **detached),
              subprocess.Popen([sys.executable, "-m", "gunicorn", "-k", "asgi", "-w",
-                               str(os.cpu_count() or 1), "-b", f"127.0.0.1:{floor_port}",
+                               str(default_gateway_workers()), "-b", f"127.0.0.1:{floor_port}",
                                "--log-level", "warning", "floor_app:create_app()"],
                               cwd=ROOT / "bench", env=dict(os.environ, FLOOR_BROKER=frontend,
                                                           PYTHONPATH=str(ROOT)), **detached),
-             start_host(tmp, sora_port, os.cpu_count() or 1,
+             start_host(tmp, sora_port, default_gateway_workers(),
                         [copy_function(HELLO, tmp, instances=1)])]
     floor = f"http://127.0.0.1:{floor_port}"
     urls = {"plain node": f"http://127.0.0.1:{node_port}/", "falcon only": f"{floor}/http",

@@ -13,7 +13,7 @@ the plain Node server's start to its first answer, and serverless-offline's firs
 memory of one idle instance (bench/startup.py says how each is taken). One table holds it all.
 Run with `make bench` (installs wrk where missing), or:
 
-    .venv/bin/python bench/run.py [--rounds 3] [--duration 5] [--gateway-workers 2]
+    .venv/bin/python bench/run.py [--rounds 3] [--duration 5] [--gateway-workers N]
 """
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+
+from sora.config import default_gateway_workers
 
 from common import (HELLO, copy_function, free_port, median, run_rounds, start_host, start_node,
                     start_peer, stop, wait_http)
@@ -37,7 +39,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=5, help="seconds per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (median)")
-    parser.add_argument("--gateway-workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--gateway-workers", type=int, default=default_gateway_workers())
     parser.add_argument("--instances", type=int, default=1)
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--no-peer", dest="peer", action="store_false",

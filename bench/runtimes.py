@@ -24,6 +24,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from sora.config import default_gateway_workers
+
 from common import (HELLO, ROOT, copy_function, free_port, median, run_rounds, start_host,
                     start_node, start_peer)
 
@@ -56,7 +58,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=5, help="seconds per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (median)")
-    parser.add_argument("--gateway-workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--gateway-workers", type=int, default=default_gateway_workers())
     parser.add_argument("--skip", default="", help="comma-separated runtimes to leave out")
     parser.add_argument("--no-peer", dest="peer", action="store_false",
                         help="skip serverless-offline")

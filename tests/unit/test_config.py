@@ -294,3 +294,14 @@ def test_a_sandboxed_function_folder_may_not_hold_sora_s_own_files(tmp_path):
                              "isolation: none\n")
     config = load_host_config(app / "host-config.yaml")
     assert [fn.name for fn in config.functions] == ["here"] and not config.broken
+
+
+@pytest.mark.parametrize("cores,expected", [(1, 1), (2, 1), (3, 1), (8, 4), (None, 1)])
+def test_gateway_workers_default_to_half_the_cores(tmp_path, monkeypatch, cores, expected):
+    make_fn(tmp_path, "a")
+    monkeypatch.setattr("os.cpu_count", lambda: cores)
+    cfg = load_host_config(host(tmp_path, "functionPaths: [a]\nserver: {httpPort: 1}\n"))
+    assert cfg.server.gatewayWorkers == expected
+    cfg = load_host_config(host(tmp_path, "functionPaths: [a]\n"
+                                          "server: {httpPort: 1, gatewayWorkers: 3}\n"))
+    assert cfg.server.gatewayWorkers == 3

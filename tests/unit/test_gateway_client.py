@@ -2,6 +2,7 @@
 import asyncio
 import re
 import time
+import uuid
 
 import zmq
 
@@ -10,11 +11,21 @@ from sora.gateway.requests import new_request_id
 from sora.gateway.client import BrokerClient, BrokerTimeout
 
 
-def test_request_ids_are_version_4_uuids():
-    ids = {new_request_id() for _ in range(1000)}
-    assert len(ids) == 1000
-    pattern = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
-    assert all(pattern.match(i) for i in ids)
+def test_request_ids_are_time_ordered_version_7_uuids():
+    before = time.time()
+    made = [new_request_id() for _ in range(1000)]
+    after = time.time()
+    assert len(set(made)) == 1000
+    pattern = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+    assert all(pattern.match(i) for i in made)
+    for text in made:
+        parsed = uuid.UUID(text)
+        assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
+        # The first 48 bits are the Unix time in milliseconds (RFC 9562, section 5.7).
+        assert int(before * 1000) <= parsed.int >> 80 <= int(after * 1000) + 1
+    # Ids of later milliseconds sort after earlier ones (what keeps the store's index local).
+    prefixes = [text[:13] for text in made]
+    assert prefixes == sorted(prefixes)
 
 
 def test_replies_are_matched_by_request_id_and_silence_times_out(tmp_path):
