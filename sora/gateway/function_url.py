@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
 
+import orjson
+
 # Bodies of these types go to the function as text; anything else is base64 (as on AWS).
 _TEXT_TYPES = ("text/", "application/json", "application/javascript", "application/xml",
                "application/x-www-form-urlencoded", "application/graphql", "+json", "+xml")
@@ -104,7 +106,7 @@ def build_event(*, method: str, raw_path: str, query_string: str,
     # As in AWS's published function URL example: present, and null.
     event["pathParameters"] = None
     event["stageVariables"] = None
-    return json.dumps(event, separators=(",", ":")).encode()
+    return orjson.dumps(event)
 
 
 @dataclass

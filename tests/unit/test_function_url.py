@@ -74,3 +74,16 @@ def test_nested_status_code_is_not_a_response():
 def test_bad_structured_responses(bad):
     with pytest.raises(BadFunctionResponse):
         map_result(json.dumps(bad).encode())
+
+
+def test_the_event_is_one_line_of_utf8_json_and_keeps_any_text():
+    raw = build_event(method="POST", raw_path="/ä", query_string="q=%C3%A9",
+                      raw_headers=[(b"x-name", "Zoë".encode("latin-1")),
+                                   (b"content-type", b"text/plain; charset=utf-8")],
+                      body="line 1\nłódź \u2028 😀".encode(), source_ip="::1",
+                      http_version="1.1", request_id="rid", function="fn")
+    assert b"\n" not in raw   # the worker passes it to the runtime as one line
+    e = json.loads(raw.decode("utf-8"))
+    assert e["body"] == "line 1\nłódź \u2028 😀" and e["isBase64Encoded"] is False
+    assert e["headers"]["x-name"] == "Zoë" and e["rawPath"] == "/ä"
+    assert e["queryStringParameters"] == {"q": "é"}
