@@ -28,6 +28,18 @@ def test_request_ids_are_time_ordered_version_7_uuids():
     assert prefixes == sorted(prefixes)
 
 
+async def receive(router, count, timeout=10.0):
+    """The next `count` messages the broker's side receives, polled with a deadline."""
+    received = []
+    deadline = time.monotonic() + timeout
+    while len(received) < count:
+        assert time.monotonic() < deadline, f"got {len(received)} of {count} messages"
+        await asyncio.sleep(0.01)
+        while router.poll(0):
+            received.append(router.recv_multipart())
+    return received
+
+
 def test_replies_are_matched_by_request_id_and_silence_times_out(tmp_path):
     endpoint = f"ipc://{tmp_path}/b.sock"
     router = zmq.Context.instance().socket(zmq.ROUTER)
@@ -37,11 +49,7 @@ def test_replies_are_matched_by_request_id_and_silence_times_out(tmp_path):
         client = BrokerClient(endpoint)
         calls = [asyncio.ensure_future(client.invoke("fn", f"r{i}".encode(), b"{}", 5))
                  for i in range(3)]
-        received = []
-        while len(received) < 3:
-            await asyncio.sleep(0.01)
-            while router.poll(0):
-                received.append(router.recv_multipart())
+        received = await receive(router, 3)
         # Answer out of order: each caller still gets its own reply.
         for ident, _, rid, fn, payload in reversed(received):
             router.send_multipart([ident, p.REPLY, rid, p.OK, rid + b"-done"])
@@ -82,11 +90,7 @@ def test_the_requests_of_one_loop_turn_are_sent_back_to_back(tmp_path, monkeypat
         assert sent == []
         await asyncio.sleep(0)
         assert sent == [b"r0", b"r1", b"r2"]
-        received = []
-        while len(received) < 3:
-            await asyncio.sleep(0.01)
-            while router.poll(0):
-                received.append(router.recv_multipart())
+        received = await receive(router, 3)
         for ident, _, rid, _, _ in received:
             router.send_multipart([ident, p.REPLY, rid, p.OK, b"ok"])
         assert await asyncio.gather(*calls) == [[p.OK, b"ok"]] * 3
