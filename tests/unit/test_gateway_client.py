@@ -4,6 +4,7 @@ import re
 import time
 import uuid
 
+import pytest
 import zmq
 
 from sora import protocol as p
@@ -40,15 +41,27 @@ async def receive(router, count, timeout=10.0):
     return received
 
 
-def test_replies_are_matched_by_request_id_and_silence_times_out(tmp_path):
+@pytest.fixture
+def broker(tmp_path):
+    """The broker's side: a ROUTER socket bound at an ipc endpoint."""
     endpoint = f"ipc://{tmp_path}/b.sock"
     router = zmq.Context.instance().socket(zmq.ROUTER)
     router.bind(endpoint)
+    yield endpoint, router
+    router.close(0)
+
+
+def invoke_three(client):
+    return [asyncio.ensure_future(client.invoke("fn", f"r{i}".encode(), b"{}", 5))
+            for i in range(3)]
+
+
+def test_replies_are_matched_by_request_id_and_silence_times_out(broker):
+    endpoint, router = broker
 
     async def scenario():
         client = BrokerClient(endpoint)
-        calls = [asyncio.ensure_future(client.invoke("fn", f"r{i}".encode(), b"{}", 5))
-                 for i in range(3)]
+        calls = invoke_three(client)
         received = await receive(router, 3)
         # Answer out of order: each caller still gets its own reply.
         for ident, _, rid, fn, payload in reversed(received):
@@ -67,10 +80,9 @@ def test_replies_are_matched_by_request_id_and_silence_times_out(tmp_path):
         client.close()
 
     asyncio.run(scenario())
-    router.close(0)
 
 
-def test_the_requests_of_one_loop_turn_are_sent_back_to_back(tmp_path, monkeypatch):
+def test_the_requests_of_one_loop_turn_are_sent_back_to_back(broker, monkeypatch):
     # Each send from a request's own task would wake ZeroMQ's I/O thread for that one message;
     # the client sends the requests its tasks made in one turn together, on the next turn.
     import sora.gateway.client as client_module
@@ -78,14 +90,11 @@ def test_the_requests_of_one_loop_turn_are_sent_back_to_back(tmp_path, monkeypat
     real_send = client_module.send_frames
     monkeypatch.setattr(client_module, "send_frames",
                         lambda sock, frames: (sent.append(frames[1]), real_send(sock, frames)))
-    endpoint = f"ipc://{tmp_path}/b.sock"
-    router = zmq.Context.instance().socket(zmq.ROUTER)
-    router.bind(endpoint)
+    endpoint, router = broker
 
     async def scenario():
         client = BrokerClient(endpoint)
-        calls = [asyncio.ensure_future(client.invoke("fn", f"r{i}".encode(), b"{}", 5))
-                 for i in range(3)]
+        calls = invoke_three(client)
         await asyncio.sleep(0)   # each task has run up to its wait for the reply
         assert sent == []
         await asyncio.sleep(0)
@@ -97,7 +106,6 @@ def test_the_requests_of_one_loop_turn_are_sent_back_to_back(tmp_path, monkeypat
         client.close()
 
     asyncio.run(scenario())
-    router.close(0)
 
 
 def test_a_request_that_cannot_be_sent_fails_its_caller_at_once(tmp_path, monkeypatch):
