@@ -61,14 +61,6 @@ def _show(value: Any) -> str:
 
 # --- validators: each returns the normalized value or raises _Invalid(expected) ---------------
 
-def default_gateway_workers() -> int:
-    """Half the cores: every invocation also runs through the broker, a worker and a runtime,
-    which need CPU too. With as many gateway processes as cores, they compete with the rest of
-    the path, and each gets smaller batches (measured on 2 cores: one gateway process serves
-    ~7 % more than two)."""
-    return max(1, (os.cpu_count() or 1) // 2)
-
-
 def _int_range(lo: int, hi: int) -> Callable[[Any], int]:
     def check(value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
@@ -663,6 +655,14 @@ def _check_language(directory: str, values: dict[str, Any], problems: list[str])
 
 def _resolve(base: str, path: str) -> str:
     return os.path.normpath(os.path.join(base, os.path.expanduser(path)))
+
+
+def default_gateway_workers() -> int:
+    """Half the cores: every invocation also runs through the broker, a worker and a runtime,
+    which need CPU too. With as many gateway processes as cores, they compete with the rest of
+    the path, and each gets smaller batches (measured on 2 cores: one gateway process serves
+    ~7 % more than two)."""
+    return max(1, (os.cpu_count() or 1) // 2)
 
 
 def load_host_config(path: str) -> HostConfig:

@@ -71,9 +71,8 @@ class Instance:
         self.current: tuple[bytes, bytes, float, float] | None = None
         # Invocations written to the child that have not started yet: (client, id, payload).
         self.queued: deque[tuple[bytes, bytes, bytes]] = deque()
-        # Handed over but not yet written (flush_input): the lines, and what they carry.
-        self._unsent: list[bytes] = []
-        self._unsent_items: list[tuple[bytes, bytes, bytes]] = []
+        # Handed over but not yet written (flush_input): (client, id, payload).
+        self._unsent: list[tuple[bytes, bytes, bytes]] = []
         self._control_buf = b""
         self._oversized = 0   # bytes of a result line past the limit, being skipped
         self._log_bufs: dict[int, bytes] = {}
@@ -248,9 +247,7 @@ class Instance:
         if b"\n" in payload:
             # A raw newline in valid JSON can only be whitespace between tokens.
             payload = payload.replace(b"\r\n", b" ").replace(b"\n", b" ")
-        self._unsent.append(b'{"id":"%s","timeoutMs":%d,"event":%s}\n' % (
-            request_id, int(self.fn.timeout * 1000), payload or b"null"))
-        self._unsent_items.append((client, request_id, payload))
+        self._unsent.append((client, request_id, payload))
         self.invocations += 1
         if self.current is None:
             now = time.monotonic()
@@ -265,8 +262,10 @@ class Instance:
         (client, request id, payload) for another instance; otherwise return []."""
         if not self._unsent:
             return []
-        data = b"".join(self._unsent)
-        items, self._unsent, self._unsent_items = self._unsent_items, [], []
+        items, self._unsent = self._unsent, []
+        timeout_ms = int(self.fn.timeout * 1000)
+        data = b"".join(b'{"id":"%s","timeoutMs":%d,"event":%s}\n' % (
+            request_id, timeout_ms, payload or b"null") for _, request_id, payload in items)
         try:
             written = os.write(self.stdin_fd, data)
             while written < len(data):  # a large event: the pipe takes it in pieces

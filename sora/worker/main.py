@@ -202,7 +202,6 @@ class Worker:
     # --- broker connection ----------------------------------------------------------------------
     def connect(self) -> None:
         if self.sock is not None:
-            self.send_replies()
             self.poller.unregister(self.sock)
             self.sock.close(linger=0)
         self.sock = self.ctx.socket(zmq.DEALER)
@@ -282,33 +281,24 @@ class Worker:
     def dispatch(self) -> None:
         """Idle instances first; for a fast function, then behind running ones. Each instance
         then gets what it was handed in one write."""
-        handed = []
-        while self.pending:
-            while self.pending and self.idle:
-                inst = self.idle.pop()
-                self._hand(inst)
-                handed.append(inst)
-            if self.pending and self.credits_per_instance == CREDITS_FAST:
-                for inst in self.instances:
-                    if self.pending and inst.state is State.BUSY and \
-                            inst.depth < PIPELINE_DEPTH_FAST:
-                        handed.append(inst)
-                        while self.pending and inst.depth < PIPELINE_DEPTH_FAST:
-                            self._hand(inst)
-            lost = False
-            for inst in handed:
-                taken_back = inst.flush_input()
-                if taken_back:
-                    # The instance died since its last answer: its invocations go back to the
-                    # front, and it is replaced once its control pipe reports the end.
-                    inst.state = State.EXITING
-                    now = time.monotonic()
-                    for client, request_id, payload in reversed(taken_back):
-                        self.pending.appendleft((client, request_id, payload, now))
-                    lost = True
-            if not lost:
-                return
-            handed.clear()   # try the others with what came back
+        while self.pending and self.idle:
+            self._hand(self.idle.pop())
+        if self.pending and self.credits_per_instance == CREDITS_FAST:
+            for inst in self.instances:
+                while self.pending and inst.state is State.BUSY and \
+                        inst.depth < PIPELINE_DEPTH_FAST:
+                    self._hand(inst)
+        lost = False
+        for inst in self.instances:
+            taken_back = inst.flush_input()
+            if taken_back:
+                # The instance died since its last answer: its invocations go back to the
+                # front, and it is replaced once its control pipe reports the end.
+                inst.state = State.EXITING
+                self.give_back(taken_back)
+                lost = True
+        if lost:
+            self.dispatch()   # to the others: an EXITING instance is handed nothing more
 
     def track_duration(self, seconds: float) -> None:
         """Follow how long invocations take; grant or take back credits when that changes."""
@@ -332,8 +322,12 @@ class Worker:
 
     def requeue(self, inst: Instance) -> None:
         """Give the invocations an instance never started back to the worker's queue."""
+        self.give_back(inst.take_queued())
+
+    def give_back(self, items: list[tuple[bytes, bytes, bytes]]) -> None:
+        """Put invocations (client, id, payload) back at the front of the queue, in order."""
         now = time.monotonic()
-        for client, request_id, payload in reversed(inst.take_queued()):
+        for client, request_id, payload in reversed(items):
             self.pending.appendleft((client, request_id, payload, now))
 
     # --- autoscaling (the policy is sora.worker.scaling) ----------------------------------------
