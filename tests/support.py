@@ -19,7 +19,7 @@ import psutil
 import requests
 import yaml
 
-from sora.worker import cgroups
+from sora.isolation import cgroups
 
 ROOT = Path(__file__).resolve().parent.parent
 

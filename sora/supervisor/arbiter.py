@@ -31,8 +31,8 @@ from ..events.dispatcher import events_socket
 from ..store.recorder import records_socket
 from ..config import ConfigError
 from ..worker.runtimes import runtime_for
-from ..worker import cgroups, sandbox, secrets
-from ..worker.secrets import remove_leftovers as remove_secret_files
+from ..isolation import cgroups, sandbox, secrets
+from ..isolation.secrets import remove_leftovers as remove_secret_files
 from .broker import Broker
 from .child import Launch, State, Supervised, describe_exit
 from .runtime_pool import RuntimePool

@@ -13,7 +13,7 @@ A kind is the exact command line (interpreter and flags such as the heap limit t
 set at start), so a taken process is the one the worker would have started itself.
 
 Each is started into a cgroup of its own (where cgroups are in force), which the worker that
-takes it renames to its instance's group and limits (sora.worker.cgroups): no process has to
+takes it renames to its instance's group and limits (sora.isolation.cgroups): no process has to
 move between groups on a cold start's path.
 
 The processes stay the supervisor's children, so the pool reaps them: a worker asks
@@ -42,8 +42,8 @@ import time
 from dataclasses import dataclass, field
 
 from .. import protocol as p
-from ..worker import cgroups
-from ..worker.cgroups import InstanceGroup
+from ..isolation import cgroups
+from ..isolation.cgroups import InstanceGroup
 from .child import die_with_parent
 
 log = logging.getLogger("sora.runtime-pool")
@@ -386,7 +386,7 @@ class PooledProcess:
     def __init__(self, pid: int, fds: list[int], pool: PoolClient, group: str | None = None):
         stdin, stdout, stderr, self.control_fd, self.pidfd = fds
         self.pid = pid
-        self.group = group   # the cgroup it runs in (sora.worker.cgroups), to take over
+        self.group = group   # the cgroup it runs in (sora.isolation.cgroups), to take over
         self.stdin = os.fdopen(stdin, "wb", buffering=0)
         self.stdout = os.fdopen(stdout, "rb", buffering=0)
         self.stderr = os.fdopen(stderr, "rb", buffering=0)

@@ -8,7 +8,7 @@ What setup itself creates (node_modules, a lock file) is recorded as its outputs
 the hash, so installing dependencies does not make the folder look changed.
 
 A sandboxed function's setup (the default, `isolation: sandbox`) runs each command in the
-function's sandbox (sora.worker.sandbox.wrap_setup), as the function's own unprivileged uid,
+function's sandbox (sora.isolation.sandbox.wrap_setup), as the function's own unprivileged uid,
 with its folder writable. When Sora runs as root that uid cannot write the folder itself, so
 setup works on a copy of it owned by that uid (`<stateDir>/setup/<name>.folder`, mounted where
 the folder is, so paths that setup writes into files, such as a virtualenv's, stay right), and
@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 
 from ..config import FunctionConfig
-from ..worker import sandbox
+from ..isolation import sandbox
 
 _ALWAYS_SKIPPED = {".git", "__pycache__", ".sora"}
 

@@ -29,9 +29,9 @@ import psutil
 from .. import protocol as p
 from ..config import FunctionConfig
 from ..supervisor.child import die_with_parent
-from . import sandbox
-from .cgroups import InstanceGroup, join_in_child
-from .secrets import SECRETS_DIR_ENV
+from ..isolation import sandbox
+from ..isolation.cgroups import InstanceGroup, join_in_child
+from ..isolation.secrets import SECRETS_DIR_ENV
 from ..supervisor.runtime_pool import PoolClient
 from .logs import FunctionLog
 from .runtimes import Runtime
@@ -52,9 +52,9 @@ class Instance:
                  pool: PoolClient | None = None, extra_env: dict[str, str] | None = None,
                  cgroup: InstanceGroup | None = None):
         self.runtime = runtime
-        self.cgroup = cgroup   # its memory and pids limits (sora.worker.cgroups), if in force
+        self.cgroup = cgroup   # its memory and pids limits (sora.isolation.cgroups), if in force
         self.pool = pool
-        self.extra_env = extra_env or {}   # the function's secrets (sora.worker.secrets)
+        self.extra_env = extra_env or {}   # the function's secrets (sora.isolation.secrets)
         self.fn = fn
         self.index = index
         # Lambda's log stream names one execution environment, so code that tells instances

@@ -25,7 +25,7 @@ class FunctionLog:
         self.records = records
         self._file = open(self.path, "ab", buffering=1 << 16)
         self._tails: dict[str, list[bytes]] = {}
-        self.redact = redact   # masks the function's secret values (sora.worker.secrets)
+        self.redact = redact   # masks the function's secret values (sora.isolation.secrets)
 
     def want_tail(self, request_id: str) -> None:
         """Keep this invocation's lines for `tail()` (the Invoke API's LogType: Tail)."""

@@ -25,9 +25,9 @@ from ..supervisor.setup import SetupRun
 from .instance import Instance, State
 from .logs import FunctionLog
 from .runtimes import Runtime, runtime_for
-from . import cgroups, sandbox
+from ..isolation import cgroups, sandbox
 from .scaling import SCALE_OUT_WAIT, idle_expired, plan_scale_out
-from .secrets import Secrets, read_secrets
+from ..isolation.secrets import Secrets, read_secrets
 
 log = logging.getLogger("sora.worker")
 

@@ -14,7 +14,7 @@ import psutil
 import pytest
 import requests
 
-from sora.worker import cgroups
+from sora.isolation import cgroups
 from tests.integration import functions as F
 from tests.support import json_of, wait_for, write_function, SoraHost
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sora.worker import cgroups
+from sora.isolation import cgroups
 from tests.integration import functions as F
 from tests.support import json_of, served, write_function
 

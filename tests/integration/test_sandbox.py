@@ -8,7 +8,7 @@ import os
 import psutil
 import pytest
 
-from sora.worker import sandbox
+from sora.isolation import sandbox
 from tests.integration import functions as F
 from tests.support import json_of, served, write_function
 

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from sora.supervisor.runtime_pool import PoolClient, RuntimePool
-from sora.worker import cgroups
+from sora.isolation import cgroups
 from tests.support import wait_for
 
 # Waits for its assignment line, says READY on the control fd, then exits with the code the

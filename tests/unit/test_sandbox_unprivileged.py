@@ -13,7 +13,7 @@ import tempfile
 import pytest
 
 from sora.config import load_function_config
-from sora.worker import sandbox
+from sora.isolation import sandbox
 
 NOBODY = 65534
 
