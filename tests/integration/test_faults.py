@@ -45,6 +45,15 @@ exports.handler = async (event) => {
   if (q.read) { try { return { read: fs.readdirSync(q.read).length }; } catch (e) { return { read: e.code }; } }
   if (q.write) { try { fs.writeFileSync(q.write, 'x'); return { wrote: q.write }; } catch (e) { return { wrote: e.code }; } }
   if (q.closestdin) { process.stdin.destroy(); return { closed: 'stdin' }; }
+  // issue 14 point 2: its cases' branches
+  // issue 14 point 3: its cases' branches
+  // issue 14 point 4: its cases' branches
+  // issue 14 point 6: its cases' branches
+  // issue 14 point 7: its cases' branches
+  // issue 14 point 8: its cases' branches
+  // issue 14 point 9: its cases' branches
+  // issue 14 point 10: its cases' branches
+  // issue 14 point 11: its cases' branches
   return { instance: process.env.AWS_LAMBDA_LOG_STREAM_NAME, body: event.body === undefined ? null : event.body, b64: event.isBase64Encoded };
 };
 """
@@ -298,6 +307,39 @@ def writes_outside_its_sandbox(host):
     assert "exports.handler" in (host.base / "fns" / "bystander" / "index.js").read_text()
     assert json_of(call(host, write="/tmp/scratch"))["wrote"] == "/tmp/scratch"   # its /tmp
     assert host.invoke("bystander").status_code == 200
+
+
+# --- issue 14 point 1: attacks on it (cases below this line) ---
+
+
+# --- issue 14 point 2: attacks on it (cases below this line) ---
+
+
+# --- issue 14 point 3: attacks on it (cases below this line) ---
+
+
+# --- issue 14 point 4: attacks on it (cases below this line) ---
+
+
+# --- issue 14 point 5: attacks on it (cases below this line) ---
+
+
+# --- issue 14 point 6: attacks on it (cases below this line) ---
+
+
+# --- issue 14 point 7: attacks on it (cases below this line) ---
+
+
+# --- issue 14 point 8: attacks on it (cases below this line) ---
+
+
+# --- issue 14 point 9: attacks on it (cases below this line) ---
+
+
+# --- issue 14 point 10: attacks on it (cases below this line) ---
+
+
+# --- issue 14 point 11: attacks on it (cases below this line) ---
 
 
 @case
