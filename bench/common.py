@@ -110,17 +110,43 @@ def start_node(port: int) -> subprocess.Popen:
 
 
 def start_host(tmp: Path, port: int, gateway_workers: int,
-               function_dirs: list[Path]) -> subprocess.Popen:
-    """A Sora host serving the given function folders on a free port."""
+               function_dirs: list[Path], python: str = sys.executable) -> subprocess.Popen:
+    """A Sora host serving the given function folders on a free port; `python` may be another
+    revision's interpreter (`export_revision`)."""
     config = tmp / "host-config.yaml"
     config.write_text(json.dumps({
         "functionPaths": [str(d) for d in function_dirs],
         "server": {"httpPort": port, "bind": "127.0.0.1", "gatewayWorkers": gateway_workers},
         "stateDir": str(tmp / "state")}))
     log = open(tmp / "supervisor.log", "wb")
-    return subprocess.Popen([sys.executable, "-m", "sora.supervisor.cli", "start", "--config",
+    return subprocess.Popen([python, "-m", "sora.supervisor.cli", "start", "--config",
                              str(config)], stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
+
+
+def export_revision(revision: str, into: Path) -> str:
+    """An interpreter that runs Sora's code at `revision` (any git revision of this checkout):
+    the code written out under `into`, and a virtualenv whose path has it first, then this
+    virtualenv's packages. (PYTHONPATH would not do: this virtualenv's editable install of Sora
+    is found before it.) With `start_host(python=...)` an earlier Sora runs beside this one in
+    the same run, so a change is measured before and after under the same machine load."""
+    tree = into / "source"
+    tree.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision, "sora"],
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    venv = into / "venv"
+    base = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([base, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()"
+                           "['purelib'])"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    ours = next(p for p in sys.path if p.endswith("site-packages"))
+    # A path added by a .pth file is not a site dir, so this virtualenv's own .pth files (its
+    # editable install of Sora) are not run there.
+    Path(site, "sora-baseline.pth").write_text(f"{tree}\n{ours}\n")
+    return str(python)
 
 
 def copy_function(source: Path, tmp: Path, name: str | None = None, **settings) -> Path:

@@ -14,6 +14,11 @@ memory of one idle instance (bench/startup.py says how each is taken). One table
 Run with `make bench` (installs wrk where missing), or:
 
     .venv/bin/python bench/run.py [--rounds 3] [--duration 5] [--gateway-workers N]
+                                  [--baseline REV]
+
+`--baseline REV` adds a row for Sora's code at git revision REV (hello, sandboxed), run on
+this virtualenv beside the current code in the same alternating rounds: a change's cost on the
+warm path, before and after, under the same machine load.
 """
 from __future__ import annotations
 
@@ -27,8 +32,8 @@ from pathlib import Path
 
 from sora.config import default_gateway_workers
 
-from common import (HELLO, copy_function, free_port, median, run_rounds, start_host, start_node,
-                    start_peer, stop, wait_http)
+from common import (HELLO, copy_function, export_revision, free_port, median, run_rounds,
+                    start_host, start_node, start_peer, stop, wait_http)
 from startup import (node_bare_ms, peer_cold_ms, plain_node_cold_ms, sora_cold_ms,
                      sora_idle_instance_mb, tree_rss_mb)
 
@@ -42,6 +47,8 @@ def main() -> int:
     parser.add_argument("--gateway-workers", type=int, default=default_gateway_workers())
     parser.add_argument("--instances", type=int, default=1)
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also measure Sora at this git revision (warm rows only)")
     parser.add_argument("--no-peer", dest="peer", action="store_false",
                         help="skip serverless-offline")
     args = parser.parse_args()
@@ -54,6 +61,10 @@ def main() -> int:
             "sora": f"http://127.0.0.1:{port}/functions/hello",
             "sora, isolation: none": f"http://127.0.0.1:{port}/functions/hello-open",
             "sls-offline": f"http://127.0.0.1:{peer_port}/hello"}
+    baseline_name = f"sora @ {args.baseline}"
+    if args.baseline:
+        baseline_port = free_port()
+        urls[baseline_name] = f"http://127.0.0.1:{baseline_port}/functions/hello"
     cold: dict[str, float] = {}
     idle_mb: dict[str, float] = {}
     print("cold starts: node -e '' and the plain Node server...", flush=True)
@@ -71,6 +82,12 @@ def main() -> int:
         procs = {"plain node": start_node(node_port),
                  "sora": start_host(Path(tmp), port, args.gateway_workers, functions),
                  "sls-offline": start_peer(peer_port) if args.peer else None}
+        if args.baseline:
+            before = Path(tmp) / "baseline"
+            procs[baseline_name] = start_host(
+                before, baseline_port, args.gateway_workers,
+                [copy_function(HELLO, before, instances=args.instances)],
+                python=export_revision(args.baseline, before))
         for name, proc in procs.items():
             if proc is None:
                 del urls[name]
@@ -117,6 +134,11 @@ def main() -> int:
     print(f"sora / plain node throughput at c=64: {ratio:.1%}")
     print(f"sora p50 overhead at c=1: {overhead:.3f} ms "
           f"(p99 {sora_row['p99_ms'] - node_row['p99_ms']:+.3f} ms)")
+    if baseline_name in by_name:
+        before = by_name[baseline_name]
+        print(f"sora now / sora @ {args.baseline}: throughput at c=64 "
+              f"{sora_row['rps_c64'] / before['rps_c64']:.3f}x; p50 at c=1 "
+              f"{sora_row['p50_ms'] - before['p50_ms']:+.3f} ms")
     if "sls-offline" in by_name:
         peer = by_name["sls-offline"]
         print(f"sora / serverless-offline throughput at c=64: "
