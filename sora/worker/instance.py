@@ -341,13 +341,18 @@ class Instance:
                 return []
             lines[0] = self._too_large(self._oversized_head, self._oversized + len(lines[0]))
             self._oversized = 0
-        limit = p.MAX_RESULT_BYTES + ANSWER_HEAD   # "R <request id> " and the JSON
-        lines = [line if len(line) <= limit else self._too_large(line[:ANSWER_HEAD], len(line))
+        lines = [line if len(line) <= p.MAX_RESULT_BYTES + 2 or self._json_size(line) <=
+                 p.MAX_RESULT_BYTES else self._too_large(line[:ANSWER_HEAD], len(line))
                  for line in lines]
-        if len(rest) > limit:
+        if len(rest) > p.MAX_RESULT_BYTES + ANSWER_HEAD:   # "R <request id> " and the JSON
             self._oversized, self._oversized_head, rest = len(rest), rest[:ANSWER_HEAD], b""
         self._control_buf = rest
         return lines
+
+    @staticmethod
+    def _json_size(line: bytes) -> int:
+        """The size of an answer's JSON: what follows `R <request id> `."""
+        return len(line) - line.find(b" ", 2) - 1
 
     @staticmethod
     def _too_large(head: bytes, size: int) -> bytes:
