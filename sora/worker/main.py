@@ -413,6 +413,8 @@ class Worker:
                 # once its control pipe closes (what the worker had counted as running fails
                 # then, as in a crash).
                 inst.state = State.EXITING
+                if inst in self.idle:
+                    self.idle.remove(inst)
                 self.requeue(inst)
                 return
             current = inst.current

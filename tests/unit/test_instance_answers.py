@@ -191,6 +191,12 @@ def test_an_uncaught_error_between_invocations_ends_the_instance(worker, inst):
     assert not worker.replaced
 
 
+def test_an_idle_instance_that_says_it_is_exiting_gets_no_more_work(worker, inst):
+    worker.idle.append(inst)
+    worker.handle_control_line(inst, b"X - " + p.error_body("TypeError", "later"))
+    assert inst.state is State.EXITING and worker.idle == [] and not worker.replaced
+
+
 def test_ready_before_any_work(worker, inst):
     inst.state = State.BOOTING
     worker.init_failures = 2

@@ -311,7 +311,9 @@ async function main() {
       } catch (err) {
         // The worker writes the id first: the answer still names its request.
         const id = /^\{"id":"([^"\\]*)"/.exec(line);
-        request = { id: id ? id[1] : '-', timeoutMs: 0, bad: 'The event is not valid JSON: ' + err.message };
+        request = {
+          id: id ? id[1] : '-', timeoutMs: 0, bad: 'The event is not valid JSON: ' + err.message,
+        };
       }
       waiting.push(request);
     }
