@@ -71,3 +71,21 @@ def test_an_answer_waiting_to_be_written_survives_the_next_invocation_exiting(tm
         proc.kill()
         proc.wait()
         os.close(control)
+
+
+def test_an_answer_names_its_request_even_when_the_line_is_not_json(tmp_path):
+    proc, control = start_shim(tmp_path)
+    try:
+        proc.stdin.write(b'{"id":"r7","timeoutMs":5000,"event":{not json}}\n' + requests(b"{}"))
+        proc.stdin.flush()
+        got = b""
+        deadline = time.monotonic() + 20
+        while got.count(b"\n") < 2 and time.monotonic() < deadline:
+            got += read_control(control, deadline - time.monotonic())
+        bad, good = got.splitlines()
+        assert bad.startswith(b'E r7 {"errorType":"Runtime.InvalidEvent"')
+        assert good == b"R r0 {}"
+    finally:
+        proc.kill()
+        proc.wait()
+        os.close(control)
