@@ -84,8 +84,11 @@ def get_invocation(conn: sqlite3.Connection, request_id: str) -> dict | None:
     if row is None:
         return None
     result = _invocation(row)
+    # Only lines its own function's worker stored: a worker stores lines under the ids its
+    # instances' markers name, and no other function's lines belong in this record.
     result["logs"] = [_line(r) for r in conn.execute(
-        "SELECT * FROM log_lines WHERE request_id = ? ORDER BY id", (request_id,))]
+        "SELECT * FROM log_lines WHERE request_id = ? AND function = ? ORDER BY id",
+        (request_id, row["function"]))]
     return result
 
 

@@ -7,10 +7,17 @@ The protocol is the same for every runtime (OpenWhisk ActionLoop style):
   trip between invocations, and a line not yet started is handed to another instance if this
   one dies)
 - the child answers on a dedicated pipe whose fd number it finds in SORA_CONTROL_FD:
-  `READY`, `INIT <error JSON>`, `R <result JSON>`, `E <error JSON>`, one per line, or
-  `X <error JSON>`: an uncaught error ended the invocation and the child is exiting;
+  `READY`, `INIT <error JSON>`, `R <request id> <result JSON>`, `E <request id> <error JSON>`,
+  one per line, or `X <request id> <error JSON>`: an uncaught error ended the invocation and
+  the child is exiting (`X - <error JSON>` if none was running);
 - stdout and stderr are only logs; a line `\\0SORA-END <request id>` closes the lines an
   invocation printed on that stream.
+
+The function's code runs in the child and can write to the control pipe and print markers
+itself, so neither is taken on trust: an answer counts only for the invocation the instance is
+running (the worker replaces an instance that answers for any other, see
+`sora.worker.main.Worker.reject_instance`), and a marker closes lines only for an invocation this
+instance is running or has just run (`ran_here`); any other is an ordinary line of output.
 """
 from __future__ import annotations
 
@@ -37,6 +44,13 @@ from .logs import FunctionLog
 from .runtimes import Runtime
 
 MARKER = b"\x00SORA-END "
+# Ids of the invocations an instance has finished that its end markers may still name: a
+# marker is written before the answer, but the worker may read the answer first and several
+# more before it drains the log pipes (at most the 8 an instance holds on the fast path, per
+# loop turn). Older ones fall out; a marker naming one is then ordinary output.
+RAN_KEPT = 32
+# An answer line's head: the kind ("R "), the request id (36 characters) and a space, with room.
+ANSWER_HEAD = 64
 
 
 class State(enum.Enum):
@@ -71,10 +85,13 @@ class Instance:
         self.current: tuple[bytes, bytes, float, float] | None = None
         # Invocations written to the child that have not started yet: (client, id, payload).
         self.queued: deque[tuple[bytes, bytes, bytes]] = deque()
+        # Ids of the invocations it has finished, newest last (RAN_KEPT of them).
+        self.ran: deque[bytes] = deque(maxlen=RAN_KEPT)
         # Handed over but not yet written (flush_input): (client, id, payload).
         self._unsent: list[tuple[bytes, bytes, bytes]] = []
         self._control_buf = b""
         self._oversized = 0   # bytes of a result line past the limit, being skipped
+        self._oversized_head = b""   # that line's start: it names the request it answers
         self._log_bufs: dict[int, bytes] = {}
         self._log_cut: set[int] = set()   # streams inside a line cut at MAX_LOG_LINE
         self._pending_lines: dict[int, list[bytes]] = {}
@@ -281,11 +298,25 @@ class Instance:
 
     def advance(self) -> None:
         """The running invocation ended: the next queued one (if any) is now running."""
-        self.current = None
+        self.release_current()
         if self.queued:
             client, request_id, _ = self.queued.popleft()
             now = time.monotonic()
             self.current = (client, request_id, now + self.fn.timeout, now)
+
+    def release_current(self) -> tuple[bytes, bytes, float, float] | None:
+        """End the running invocation (answered, timed out, or lost with the instance) and
+        return it; nothing else starts. Its end markers may still be in the log pipes."""
+        current, self.current = self.current, None
+        if current is not None:
+            self.ran.append(current[1])
+        return current
+
+    def ran_here(self, request_id: bytes) -> bool:
+        """Whether this instance is running that invocation or has just run it: only then may
+        a marker close lines for it (a marker naming any other is the function's own text)."""
+        return (self.current is not None and request_id == self.current[1]) or \
+            request_id in self.ran
 
     def take_queued(self) -> list[tuple[bytes, bytes, bytes]]:
         """Invocations that never started, for another instance to run."""
@@ -308,20 +339,29 @@ class Instance:
                 self._oversized += len(rest)
                 self._control_buf = b""
                 return []
-            lines[0] = self._too_large(self._oversized + len(lines[0]))
+            lines[0] = self._too_large(self._oversized_head, self._oversized + len(lines[0]))
             self._oversized = 0
-        limit = p.MAX_RESULT_BYTES + 2   # "R " and the JSON
-        lines = [line if len(line) <= limit else self._too_large(len(line)) for line in lines]
-        if len(rest) > limit:
-            self._oversized, rest = len(rest), b""
+        lines = [line if len(line) <= p.MAX_RESULT_BYTES + 2 or self._json_size(line) <=
+                 p.MAX_RESULT_BYTES else self._too_large(line[:ANSWER_HEAD], len(line))
+                 for line in lines]
+        if len(rest) > p.MAX_RESULT_BYTES + ANSWER_HEAD:   # "R <request id> " and the JSON
+            self._oversized, self._oversized_head, rest = len(rest), rest[:ANSWER_HEAD], b""
         self._control_buf = rest
         return lines
 
     @staticmethod
-    def _too_large(size: int) -> bytes:
-        return b"E " + p.error_body("Sora.ResponseTooLarge", (
-            f"The function's response is {size - 2} bytes; the limit is "
-            f"{p.MAX_RESULT_BYTES} bytes"))
+    def _json_size(line: bytes) -> int:
+        """The size of an answer's JSON: what follows `R <request id> `."""
+        return len(line) - line.find(b" ", 2) - 1
+
+    @staticmethod
+    def _too_large(head: bytes, size: int) -> bytes:
+        """What stands for an answer line past the limit: an error for the request it names
+        (the worker checks that id like any other)."""
+        request_id = head[2:].partition(b" ")[0]
+        return b"E %s %s" % (request_id, p.error_body("Sora.ResponseTooLarge", (
+            f"The function's response is {size - len(request_id) - 3} bytes; the limit is "
+            f"{p.MAX_RESULT_BYTES} bytes")))
 
     def drain_logs(self, fd: int | None = None, final: bool = False) -> None:
         """Read what the child printed and write it to the function log, tied to invocations."""
@@ -353,9 +393,11 @@ class Instance:
                     if len(line) > p.MAX_LOG_LINE:
                         line = line[:p.MAX_LOG_LINE] + b" [sora: line cut at %d bytes]" % \
                             p.MAX_LOG_LINE
-                    if line.startswith(MARKER):
+                    if line.startswith(MARKER) and self.ran_here(line[len(MARKER):]):
                         self._flush_lines(f, stream, line[len(MARKER):])
                     else:
+                        # A marker naming an invocation this instance did not run (another
+                        # function's, say) is the function's own text, kept as printed.
                         self._pending_lines[f].append(line)
                 if len(chunk) < 1 << 16:
                     break

@@ -144,7 +144,7 @@ class Worker:
         """Retire an instance (dead, hung, or done under coldStart) and start a fresh one in
         its place; it serves what is still pending even while the worker stops."""
         booting = inst.state == State.BOOTING
-        current, inst.current = inst.current, None
+        current = inst.release_current()
         self.requeue(inst)
         self.retire_instance(inst, kill)  # reaps it, so its exit status is known below
         if current is not None:
@@ -180,7 +180,7 @@ class Worker:
     def renew_instance(self, inst: Instance) -> None:
         """coldStart: always[-setup]: the instance that has just answered is replaced, so the
         next invocation runs cold."""
-        inst.current = None
+        inst.release_current()
         inst.drain_logs()
         self.replace_instance(inst, kill=True)
 
@@ -400,19 +400,36 @@ class Worker:
                 return
             for line in lines:
                 self.handle_control_line(inst, line)
+                if inst.state is State.DEAD:
+                    return   # replaced: what else it wrote is not read
 
     def handle_control_line(self, inst: Instance, line: bytes) -> None:
         kind = line[:2]
         if kind == b"R " or kind == b"E " or kind == b"X ":
+            request_id, _, body = line[2:].partition(b" ")
+            if kind == b"X " and request_id == b"-":
+                # An uncaught error while no invocation ran (in the child's view): it is
+                # exiting. What it had not started goes to other instances; it is replaced
+                # once its control pipe closes (what the worker had counted as running fails
+                # then, as in a crash).
+                inst.state = State.EXITING
+                if inst in self.idle:
+                    self.idle.remove(inst)
+                self.requeue(inst)
+                return
             current = inst.current
-            if current is None:
-                return  # an answer after a kill, or an uncaught error between invocations
-            self.finish(inst, current, p.OK if kind == b"R " else p.FUNCTION_ERROR, line[2:])
+            if current is None or request_id != current[1]:
+                # Answers are matched by id, never by position: one for an invocation it is
+                # not running (one it holds queued, another's, or one already answered, by
+                # code that wrote to the control pipe itself) must not reach that caller.
+                self.reject_instance(inst, "an answer for a request it is not running", line)
+                return
+            self.finish(inst, current, p.OK if kind == b"R " else p.FUNCTION_ERROR, body)
             self.track_duration(time.monotonic() - current[3])
             if kind == b"X ":
                 # The child is exiting: what it had not started goes to other instances, and
                 # it is replaced once its control pipe closes.
-                inst.current = None
+                inst.release_current()
                 inst.state = State.EXITING
                 self.requeue(inst)
                 return
@@ -424,14 +441,38 @@ class Worker:
                 inst.state = State.IDLE
                 inst.idle_since = time.monotonic()
                 self.idle.append(inst)
-        elif line == b"READY":
+        elif line == b"READY" and inst.state is State.BOOTING:
             inst.state = State.IDLE
             inst.idle_since = time.monotonic()
             inst.drain_logs()
             self.idle.append(inst)
             self.init_failures = 0
-        elif line.startswith(b"INIT "):
+        elif line.startswith(b"INIT ") and inst.state is State.BOOTING:
             inst.init_error = line[5:]
+        else:
+            self.reject_instance(inst, "a line that is not a message of the protocol here",
+                                 line)
+
+    def reject_instance(self, inst: Instance, what: str, line: bytes) -> None:
+        """The instance wrote on its control pipe what the protocol does not allow (an answer
+        for a request it is not running, `READY` twice, text that is no message): the
+        function's code may write to that pipe, so nothing more the instance says can be
+        trusted. The line is dropped and the instance replaced, as after a crash: what it had
+        not started goes to another instance, the invocation it was running fails."""
+        log.warning("%s: instance %d wrote %s on its control pipe (%r); replacing it",
+                    self.fn.name, inst.pid, what, line[:80])
+        inst.drain_logs()   # what it printed so far is the running invocation's
+        current = inst.release_current()
+        self.requeue(inst)
+        if current is not None:
+            self.finish(inst, current, p.RUNTIME_EXITED, p.error_body(
+                "Sora.ProtocolError",
+                f"The runtime wrote {what} while handling request {current[1].decode()}; "
+                "its instance was replaced"))
+        elif inst.state is State.BOOTING and inst.init_error is None:
+            inst.init_error = p.error_body(
+                "Sora.ProtocolError", f"The runtime wrote {what} before it was ready")
+        self.replace_instance(inst, kill=True)
 
     def check_deadlines(self, now: float) -> float:
         """Kill instances past their deadline; return seconds until the next deadline."""
@@ -441,7 +482,7 @@ class Worker:
                 continue
             left = inst.current[2] - now
             if left <= 0:
-                current, inst.current = inst.current, None
+                current = inst.release_current()
                 self.requeue(inst)
                 inst.drain_logs()
                 self.finish(inst, current, p.TIMEOUT, p.error_body(

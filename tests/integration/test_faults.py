@@ -52,6 +52,23 @@ exports.handler = async (event) => {
   // issue 14 point 7: its cases' branches
   // issue 14 point 8: its cases' branches
   // issue 14 point 9: its cases' branches
+  if (q.forgemarker) {
+    // A line, then an end marker naming another function's request (q.forgemarker).
+    process.stdout.write('printed by the victim ' + q.tag + '\n\u0000SORA-END ' + q.forgemarker + '\n');
+    return { forged: 'marker' };
+  }
+  if (q.forgeanswer) {
+    // An answer of its own on the control fd (the shim took its number out of process.env, not
+    // out of /proc/self/environ), then the real one a second later, when the worker has handed
+    // this instance the next caller's invocation.
+    const found = fs.readFileSync('/proc/self/environ', 'utf8').split('\u0000')
+      .find((v) => v.startsWith('SORA_CONTROL_FD='));
+    console.log('forger ' + process.env.AWS_LAMBDA_LOG_STREAM_NAME);
+    fs.writeSync(found ? Number(found.split('=')[1]) : 3, 'R {"forged":true}\n');
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    return { mine: q.forgeanswer, instance: process.env.AWS_LAMBDA_LOG_STREAM_NAME };
+  }
+  if (q.mine) return { mine: q.mine, instance: process.env.AWS_LAMBDA_LOG_STREAM_NAME };
   // issue 14 point 10: its cases' branches
   // issue 14 point 11: its cases' branches
   return { instance: process.env.AWS_LAMBDA_LOG_STREAM_NAME, body: event.body === undefined ? null : event.body, b64: event.isBase64Encoded };
@@ -334,6 +351,40 @@ def writes_outside_its_sandbox(host):
 
 
 # --- issue 14 point 9: attacks on it (cases below this line) ---
+def lines_of(host, request_id) -> list[str]:
+    return [line["line"] for line in host.record(request_id)["logs"]]
+
+
+@case
+def forged_end_marker_names_another_functions_request(host):
+    """The victim prints a line and an end marker naming the bystander's request id: the line
+    stays the victim's (in its own record), never in the bystander's."""
+    other = host.invoke("bystander")
+    assert other.status_code == 200, other.text
+    other_id = other.headers["X-Sora-Request-Id"]
+    tag = uuid.uuid4().hex
+    r = call(host, forgemarker=other_id, tag=tag)
+    assert r.status_code == 200, r.text
+    own_id = r.headers["X-Sora-Request-Id"]
+    printed = f"printed by the victim {tag}"
+    wait_for(lambda: printed in lines_of(host, own_id) + lines_of(host, other_id),
+             what="the victim's line to be stored")
+    assert printed not in lines_of(host, other_id)
+    assert printed in lines_of(host, own_id)
+
+
+@case
+def forged_answer_on_the_control_fd(host):
+    """The victim writes an answer on its control fd, then answers for real a second later:
+    no caller gets another's result, and the instance that forged is replaced."""
+    first = call(host, forgeanswer="first caller's")
+    second = call(host, mine="second caller's")
+    assert second.status_code == 200, second.text
+    assert json_of(second)["mine"] == "second caller's", second.text
+    error_of(first, 502, "Sora.ProtocolError", "instance was replaced")
+    forger = [line for line in lines_of(host, first.headers["X-Sora-Request-Id"])
+              if line.startswith("forger ")]
+    assert forger and forger[0] != "forger " + json_of(second)["instance"], forger
 
 
 # --- issue 14 point 10: attacks on it (cases below this line) ---

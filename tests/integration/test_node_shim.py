@@ -46,7 +46,7 @@ def test_answers_to_invocations_queued_together_come_in_one_write(tmp_path):
         proc.stdin.flush()
         # The three run back to back; their answers leave in one write, so the first read
         # already holds them all (a write per answer would wake the reader for the first).
-        assert read_control(control) == b'R {"n":1}\nR {"n":2}\nR {"n":3}\n'
+        assert read_control(control) == b'R r0 {"n":1}\nR r1 {"n":2}\nR r2 {"n":3}\n'
     finally:
         proc.kill()
         proc.wait()
@@ -65,8 +65,26 @@ def test_an_answer_waiting_to_be_written_survives_the_next_invocation_exiting(tm
             if not chunk:
                 break   # the shim exited and closed the pipe
             got += chunk
-        assert got == b'R {"n":1}\n'
+        assert got == b'R r0 {"n":1}\n'
         assert proc.wait(10) == 3
+    finally:
+        proc.kill()
+        proc.wait()
+        os.close(control)
+
+
+def test_an_answer_names_its_request_even_when_the_line_is_not_json(tmp_path):
+    proc, control = start_shim(tmp_path)
+    try:
+        proc.stdin.write(b'{"id":"r7","timeoutMs":5000,"event":{not json}}\n' + requests(b"{}"))
+        proc.stdin.flush()
+        got = b""
+        deadline = time.monotonic() + 20
+        while got.count(b"\n") < 2 and time.monotonic() < deadline:
+            got += read_control(control, deadline - time.monotonic())
+        bad, good = got.splitlines()
+        assert bad.startswith(b'E r7 {"errorType":"Runtime.InvalidEvent"')
+        assert good == b"R r0 {}"
     finally:
         proc.kill()
         proc.wait()

@@ -6,11 +6,14 @@
 // Requests run one at a time, in the order they came; one may arrive while another runs.
 // and this shim answers on file descriptor 3 (never stdout, so whatever the function prints is
 // only log output):
-//   "READY\n"             the module loaded and the handler was found
-//   "INIT <error JSON>\n" the module failed to load; the process exits after it
-//   "R <result JSON>\n"   the handler's result
-//   "E <error JSON>\n"    the handler threw, rejected or called back with an error
-//   "X <error JSON>\n"    an uncaught error: the invocation failed and this process is exiting
+//   "READY\n"                  the module loaded and the handler was found
+//   "INIT <error JSON>\n"      the module failed to load; the process exits after it
+//   "R <id> <result JSON>\n"   the handler's result for request <id>
+//   "E <id> <error JSON>\n"    the handler threw, rejected or called back with an error
+//   "X <id> <error JSON>\n"    an uncaught error: the invocation failed and this process is
+//                              exiting (<id> is "-" if none was running)
+// Every answer names its request: the function's code can write to the same fd, and the worker
+// takes an answer only for the invocation it knows is running (it replaces the instance if not).
 // After an invocation that printed, a marker line naming it closes its lines on that stream, so
 // the worker can tie log lines to the invocation that printed them (as OpenWhisk ActionLoop does).
 const fs = require('fs');
@@ -173,8 +176,8 @@ function makeContext(id, deadline) {
   return context;
 }
 
-// Ends an invocation: closes its log lines with the marker, then sends its outcome.
-function answer(err, result, errorType, exiting) {
+// Ends invocation `id`: closes its log lines with the marker, then sends its outcome.
+function answer(id, err, result, errorType, exiting) {
   // Close the invocation's log lines, but only on a stream it wrote to: a quiet invocation costs
   // no extra writes.
   if (current) {
@@ -188,21 +191,21 @@ function answer(err, result, errorType, exiting) {
     if (errorType) payload.errorType = errorType;
     if (exiting) {
       flushOutbox();
-      writeControl('X ' + JSON.stringify(payload) + '\n');
+      writeControl('X ' + id + ' ' + JSON.stringify(payload) + '\n');
     } else {
-      sendAnswer('E ' + JSON.stringify(payload) + '\n');
+      sendAnswer('E ' + id + ' ' + JSON.stringify(payload) + '\n');
     }
     return;
   }
   const text = safeStringify(result);
   if (text === null) {
-    sendAnswer('E ' + JSON.stringify({
+    sendAnswer('E ' + id + ' ' + JSON.stringify({
       errorType: 'Runtime.ResponseSerializationError',
       errorMessage: 'The handler returned a value that cannot be serialized to JSON',
       trace: [],
     }) + '\n');
   } else {
-    sendAnswer('R ' + text + '\n');
+    sendAnswer('R ' + id + ' ' + text + '\n');
   }
 }
 
@@ -215,7 +218,7 @@ function invoke(handler, request) {
   const finish = (err, result, errorType, exiting) => {
     if (done) return;
     done = true;
-    answer(err, result, errorType, exiting);
+    answer(id, err, result, errorType, exiting);
   };
   current = {
     id, finish, stdoutMark: process.stdout.bytesWritten, stderrMark: process.stderr.bytesWritten,
@@ -251,7 +254,7 @@ function failCurrent(err, errorType) {
   if (current) current.finish(err, undefined, errorType, true);
   else {
     flushOutbox();
-    writeControl('X ' + JSON.stringify(errorPayload(err)) + '\n');
+    writeControl('X - ' + JSON.stringify(errorPayload(err)) + '\n');
   }
 }
 
@@ -306,7 +309,11 @@ async function main() {
       try {
         request = JSON.parse(line);
       } catch (err) {
-        request = { id: null, timeoutMs: 0, bad: 'The event is not valid JSON: ' + err.message };
+        // The worker writes the id first: the answer still names its request.
+        const id = /^\{"id":"([^"\\]*)"/.exec(line);
+        request = {
+          id: id ? id[1] : '-', timeoutMs: 0, bad: 'The event is not valid JSON: ' + err.message,
+        };
       }
       waiting.push(request);
     }

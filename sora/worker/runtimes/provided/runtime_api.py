@@ -6,8 +6,8 @@ serves the Runtime API on a loopback port, runs the function's executable with
 AWS_LAMBDA_RUNTIME_API pointing at it, and translates between the two:
 
     request line on stdin        ->  the body of GET /2018-06-01/runtime/invocation/next
-    POST .../{id}/response       ->  "R <body>" on the control fd
-    POST .../{id}/error          ->  "E <error>"
+    POST .../{id}/response       ->  "R <id> <body>" on the control fd
+    POST .../{id}/error          ->  "E <id> <error>"
     POST .../init/error          ->  "INIT <error>", then the instance ends
     first GET .../next           ->  "READY" (initialisation is over, as on Lambda)
     the executable exits         ->  this process exits with the same status
@@ -41,6 +41,7 @@ INVOCATION_PATH = re.compile(rb"^%s/invocation/([^/?]+)/(response|error)$" % re.
 # The worker writes every request line as {"id":"<id>","timeoutMs":<n>,"event":<event>}; the
 # event is passed on as it came, not parsed and encoded again.
 REQUEST_LINE = re.compile(rb'^\{"id":"([^"\\]+)","timeoutMs":(\d+),"event":(.*)\}\s*$', re.S)
+REQUEST_ID = re.compile(rb'^\{"id":"([^"\\ ]+)"')   # of a line REQUEST_LINE does not match
 MARKER = b"\x00SORA-END %s\n"
 ERROR_TYPE_HEADER = b"lambda-runtime-function-error-type"
 CONTROL_FD = int(os.environ.pop("SORA_CONTROL_FD", "3"))
@@ -160,9 +161,10 @@ class RuntimeApi:
             match = REQUEST_LINE.match(line)
             if match is None:
                 # Answered here; the runtime never sees a request it could not parse.
-                self.control(b"E " + error_line(b'{"errorType": "Runtime.InvalidEvent", '
-                                                b'"errorMessage": "Malformed request line"}',
-                                                None))
+                found = REQUEST_ID.match(line)
+                self.control(b"E %s %s" % (found.group(1) if found else b"-", error_line(
+                    b'{"errorType": "Runtime.InvalidEvent", '
+                    b'"errorMessage": "Malformed request line"}', None)))
                 continue
             request_id, timeout_ms, event = match.groups()
             conn, self.waiting = self.waiting, None
@@ -243,10 +245,11 @@ class RuntimeApi:
         marker = MARKER % request_id
         os.write(1, marker)
         os.write(2, marker)
+        # Each answer names its request (the worker takes it only for the one running).
         if kind == b"response":
-            self.control(b"R " + one_line(body))
+            self.control(b"R %s %s" % (request_id, one_line(body)))
         else:
-            self.control(b"E " + error_line(body, conn.error_type))
+            self.control(b"E %s %s" % (request_id, error_line(body, conn.error_type)))
         conn.send(http_response(202, b'{"status":"OK"}'))
 
     # --- the loop ----------------------------------------------------------------------------

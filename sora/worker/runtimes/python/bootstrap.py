@@ -2,8 +2,10 @@
 
 It speaks the same line protocol as every Sora runtime (see `sora.worker.instance`): requests
 arrive one per line on stdin, `{"id", "timeoutMs", "event"}`; answers go to the file descriptor
-named in SORA_CONTROL_FD (`READY`, `INIT <error>`, `R <result>`, `E <error>`); stdout and stderr
-are only logs, and a marker line closes what an invocation printed on each stream.
+named in SORA_CONTROL_FD (`READY`, `INIT <error>`, `R <request id> <result>`,
+`E <request id> <error>`: each answer names its request, as the worker takes one only for the
+invocation it is running); stdout and stderr are only logs, and a marker line closes what an
+invocation printed on each stream.
 
 This file runs on the function's own interpreter (any Python 3.8 or newer) and imports nothing
 but the standard library, so the function's packages, not Sora's, are the ones it sees.
@@ -12,6 +14,7 @@ import io
 import json
 import logging
 import os
+import re
 import sys
 import time
 import traceback
@@ -21,6 +24,9 @@ ENTRYPOINT = os.environ.pop("SORA_ENTRYPOINT")
 HANDLER_NAME = os.environ.pop("_HANDLER_EXPORT", "handler")
 TASK_ROOT = os.environ.get("LAMBDA_TASK_ROOT", os.getcwd())
 MARKER = b"\x00SORA-END %s\n"
+# The worker writes each request line with its id first: a line that is not valid JSON still
+# names the request its error answers.
+REQUEST_ID = re.compile(rb'^\{"id":"([^"\\]*)"')
 
 
 def write_control(data):
@@ -203,12 +209,17 @@ def main():
                         "errorType": "Runtime.MarshalError", "stackTrace": []})
         sys.stdout.flush()
         sys.stderr.flush()
-        marker = MARKER % (request_id or "-").encode()
+        if request_id is None:
+            found = REQUEST_ID.match(line)
+            request_id = found.group(1).decode("ascii", "replace") if found else "-"
+        rid = str(request_id).encode()
+        marker = MARKER % rid
         if out_raw.written != out_mark:
             os.write(1, marker)
         if err_raw.written != err_mark:
             os.write(2, marker)
-        write_control(answer + b"\n")
+        # `R <request id> <result>` (the kind, then the id, then what was built above).
+        write_control(b"%s%s %s\n" % (answer[:2], rid, answer[2:]))
 
 
 if __name__ == "__main__":
