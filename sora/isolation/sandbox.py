@@ -91,8 +91,7 @@ def read_only_paths(argv: list[str], folder: str | None = None) -> list[str]:
     followed into the sandbox."""
     interpreter = os.path.abspath(argv[0])
     if folder is not None and _under(interpreter, [folder]):
-        prefix = _prefix_of(interpreter)
-        paths = [prefix] if prefix in interpreter_prefixes() else []
+        paths = [] if interpreter_problem(argv, folder) else [_prefix_of(interpreter)]
     else:
         paths = [_prefix_of(argv[0])]
         if os.path.islink(argv[0]):
@@ -103,6 +102,23 @@ def read_only_paths(argv: list[str], folder: str | None = None) -> list[str]:
         if path and os.path.exists(path) and not _under(path, SYSTEM_DIRS) and path not in out:
             out.append(path)   # as named (bubblewrap follows a symlink to bind its target)
     return out
+
+
+def interpreter_problem(argv: list[str], folder: str) -> str | None:
+    """Why the interpreter of `argv`, inside the function `folder`, is not bound into its
+    sandbox (read_only_paths), or None: it is in the folder, the system, or an installation
+    of the host's own interpreters. The worker checks it at start, so the function is FATAL
+    with this reason rather than crashing at every start."""
+    interpreter = os.path.abspath(argv[0])
+    if not _under(interpreter, [folder]):
+        return None
+    real = os.path.realpath(interpreter)
+    if _under(real, [os.path.realpath(folder), *SYSTEM_DIRS]) or \
+            _prefix_of(interpreter) in interpreter_prefixes():
+        return None
+    return (f"expected an interpreter in the function folder, the system or an installation "
+            f"the host runs, got {argv[0]} linked to {real} (a link out of the folder is not "
+            "followed into the sandbox)")
 
 
 def interpreter_prefixes() -> set[str]:
@@ -193,7 +209,10 @@ def grant_folder(fn: FunctionConfig) -> str | None:
     uid = sandbox_uid(fn.name)
     done = subprocess.run(confined(["setfacl", "-R", "-P", "-m", f"u:{uid}:rwX,d:u:{uid}:rwX",
                                     fn.directory], [fn.directory]),
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True)
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          # bubblewrap's init can outlive it by a moment, re-parented to the
+                          # supervisor, whose orphan sweep kills its process group: not ours.
+                          start_new_session=True)
     if done.returncode != 0:
         return f"could not give the function's uid write access: {done.stderr.strip()}"
     return None
