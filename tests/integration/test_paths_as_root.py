@@ -62,16 +62,18 @@ def attack(tmp_path_factory):
     (host_files / "keys").mkdir(mode=0o700)
     (host_files / "keys" / "b.txt").write_text(MARKER)
     os.chmod(host_files / "keys" / "b.txt", 0o600)
-    # What a planted ~/.npmrc and ~/.config/pip point to: a root-owned file and folder.
+    # What a planted ~/.npmrc, ~/.config/pip/pip.conf and ~/.pip point to: a root-owned
+    # file and folder.
     target_file, target_dir = host_files / "target-file", host_files / "target-dir"
     target_file.write_text(MARKER)
     os.chmod(target_file, 0o644)
     target_dir.mkdir(mode=0o755)
     # Sora's own home, with the package managers' settings that setup gets a copy of.
     sora_home = base / "sora-home"
-    (sora_home / ".config" / "pip").mkdir(parents=True)
+    for folder in (".config/pip", ".pip"):
+        (sora_home / folder).mkdir(parents=True)
+        (sora_home / folder / "pip.conf").write_text("[global]\ntimeout = 60\n")
     (sora_home / ".npmrc").write_text("registry=https://registry.npmjs.org/\n")
-    (sora_home / ".config" / "pip" / "pip.conf").write_text("[global]\ntimeout = 60\n")
 
     lender = write_function(fns, "lender", {"index.js": LENDER_CODE,
                                             "bin/node": f'#!/bin/sh\nexec {NODE} "$@"\n'},
@@ -95,8 +97,8 @@ def attack(tmp_path_factory):
                        coldStart="always-setup",
                        setup=["echo run >> setup-runs.txt",
                               f"ln -sfn {target_file} $HOME/.npmrc",
-                              "rm -rf $HOME/.config/pip && mkdir -p $HOME/.config && "
-                              f"ln -sfn {target_dir} $HOME/.config/pip"]),
+                              f"ln -sfn {target_file} $HOME/.config/pip/pip.conf",
+                              f"rm -rf $HOME/.pip && ln -sfn {target_dir} $HOME/.pip"]),
         # (c) setup links the function's interpreter to one in another function's folder.
         lender,
         write_function(fns, "borrower", {"index.js": READER}, name="borrower",
@@ -124,9 +126,11 @@ def _never_gets_the_marker(host, name, original):
         if state["state"] == "FATAL":
             return state
         response = host.invoke(name)
-        assert MARKER not in response.text
+        if MARKER in response.text:
+            return {"leaked": response.text}
         return response.status_code == 200 and json_of(response)
     outcome = wait_for(settled, timeout=60, what=f"{name} FATAL or serving")
+    assert "leaked" not in outcome, outcome
     if "files" in outcome:
         assert outcome["files"] == {"KEY": original}
     else:
@@ -177,9 +181,11 @@ def test_an_interpreter_linked_into_another_folder_does_not_bind_it(attack):
         if attack.function_state("borrower")["state"] == "FATAL":
             return "FATAL"
         response = attack.invoke("borrower", params={"path": str(lender_code)})
-        assert MARKER not in response.text
+        if MARKER in response.text:
+            return {"leaked": response.text}
         return response.status_code == 200 and json_of(response)
     outcome = wait_for(settled, timeout=60, what="the borrower FATAL or serving")
+    assert "leaked" not in outcome, outcome
     assert outcome == "FATAL" or outcome.get("error") == "ENOENT", outcome
     if outcome == "FATAL":
         assert "runtime:" in attack.function_state("borrower")["reason"]
