@@ -250,3 +250,15 @@ def test_a_confined_file_tool_cannot_reach_the_host_even_through_a_link(folders)
         [str(src), str(dst)]), capture_output=True, text=True)
     assert MARKER not in done.stdout and "root:" not in done.stdout
     _host_untouched(host)
+
+
+def test_a_sora_yaml_swapped_for_a_link_is_not_read(tree):
+    root, outside = tree
+    fn = root / "fn"
+    _function(fn)
+    (outside / "taken.yaml").write_text((fn / "sora.yaml").read_text().replace("name: fn",
+                                                                               "name: taken"))
+    os.unlink(fn / "sora.yaml")
+    os.symlink(outside / "taken.yaml", fn / "sora.yaml")
+    with pytest.raises(ConfigError, match="'sora.yaml' is a symbolic link"):
+        load_function_config(str(fn))
