@@ -336,7 +336,8 @@ FUNCTION_SETTINGS = _settings(
     Setting("env", _env, {}, "Environment variables for the function. The host's environment "
             "does not reach the function, except `PATH` and `HOME`."),
     Setting("secrets", _secrets, (), "Secrets for this function only: `NAME: {file: PATH}` "
-            "(relative to the function folder, or absolute) or `NAME: {env: VARIABLE}` (the "
+            "(relative to the function folder, or absolute; a regular file of at most 1 MiB, "
+            "reached without symbolic links) or `NAME: {env: VARIABLE}` (the "
             "host's environment), read when its worker starts. Each is a file `NAME` in the "
             "folder named by `$SORA_SECRETS_DIR` (in memory, readable by the function only), "
             "and with `asEnv: true` also the variable `NAME`. Their values are replaced by "
