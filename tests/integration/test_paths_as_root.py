@@ -133,9 +133,11 @@ def _never_gets_the_marker(host, name, original):
     assert "leaked" not in outcome, outcome
     if "files" in outcome:
         assert outcome["files"] == {"KEY": original}
-    else:
-        assert "secrets.KEY.file" in outcome["reason"], outcome
-        assert "symbolic link" in outcome["reason"] and MARKER not in outcome["reason"]
+    else:   # refused when read (or, were the attack stopped earlier, when setup made it)
+        reason = outcome["reason"]
+        assert MARKER not in reason
+        assert ("secrets.KEY.file" in reason and "symbolic link" in reason) or \
+            "setup" in reason, outcome
     assert MARKER not in host.invoke(name).text
     assert MARKER not in host.log(whole=True)
 

@@ -262,3 +262,22 @@ def test_a_sora_yaml_swapped_for_a_link_is_not_read(tree):
     os.symlink(outside / "taken.yaml", fn / "sora.yaml")
     with pytest.raises(ConfigError, match="'sora.yaml' is a symbolic link"):
         load_function_config(str(fn))
+
+
+def test_an_interpreter_linked_out_of_the_folder_is_not_bound(tmp_path):
+    folder, elsewhere = tmp_path / "fn", tmp_path / "elsewhere"
+    (folder / ".venv" / "bin").mkdir(parents=True)
+    (elsewhere / "bin").mkdir(parents=True)
+    (elsewhere / "bin" / "python").write_text("#!/bin/sh\n")
+    python = folder / ".venv" / "bin" / "python"
+    os.symlink(elsewhere / "bin" / "python", python)
+    assert str(elsewhere) not in sandbox.read_only_paths([str(python)], str(folder))
+    assert "linked to" in sandbox.interpreter_problem([str(python)], str(folder))
+    # A virtualenv of one of the host's interpreters (as setup makes it) is bound as before.
+    os.unlink(python)
+    os.symlink(shutil.which("node") or "/usr/bin/node", python)
+    assert sandbox.interpreter_problem([str(python)], str(folder)) is None
+    os.unlink(python)
+    os.symlink(os.path.join(sandbox.sys.base_prefix, "bin", "python3"), python)
+    assert sandbox.interpreter_problem([str(python)], str(folder)) is None
+    assert sandbox.sys.base_prefix in sandbox.read_only_paths([str(python)], str(folder))
