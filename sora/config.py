@@ -21,10 +21,14 @@ from typing import Any, Callable
 import psutil
 import yaml
 
+from .isolation import nofollow
+
 FUNCTION_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 HANDLER_RE = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$]*(\.[A-Za-z_$][A-Za-z0-9_$]*)*$")
 FUNCTION_FILE = "sora.yaml"
+# A sora.yaml is a page of settings; anything much bigger is not one.
+MAX_FUNCTION_FILE_BYTES = 1 << 20
 # Each language and the file extensions its `entrypoint` may have (None: an executable file).
 LANGUAGES: dict[str, tuple[str, ...] | None] = {
     "nodejs": (".js", ".cjs", ".mjs"),
@@ -332,7 +336,8 @@ FUNCTION_SETTINGS = _settings(
     Setting("env", _env, {}, "Environment variables for the function. The host's environment "
             "does not reach the function, except `PATH` and `HOME`."),
     Setting("secrets", _secrets, (), "Secrets for this function only: `NAME: {file: PATH}` "
-            "(relative to the function folder, or absolute) or `NAME: {env: VARIABLE}` (the "
+            "(relative to the function folder, or absolute; a regular file of at most 1 MiB, "
+            "reached without symbolic links) or `NAME: {env: VARIABLE}` (the "
             "host's environment), read when its worker starts. Each is a file `NAME` in the "
             "folder named by `$SORA_SECRETS_DIR` (in memory, readable by the function only), "
             "and with `asEnv: true` also the variable `NAME`. Their values are replaced by "
@@ -436,12 +441,22 @@ def _validate_mapping(data: Any, settings: dict[str, Setting], prefix: str,
     return values
 
 
-def _read_yaml(path: str) -> Any:
+def _read_yaml(path: str, in_function_folder: bool = False) -> Any:
+    """The file's YAML. A function's sora.yaml sits in a folder its setup can change: it is
+    read without following a link (one planted there would have Sora, as root, take any
+    file for the function's config and quote it back in errors)."""
     try:
+        if in_function_folder:
+            return yaml.safe_load(nofollow.read_beneath(
+                os.path.dirname(path), os.path.basename(path),
+                max_bytes=MAX_FUNCTION_FILE_BYTES).decode("utf-8"))
         with open(path, encoding="utf-8") as fh:
             return yaml.safe_load(fh)
     except FileNotFoundError:
         raise ConfigError(path, ["file not found"]) from None
+    except nofollow.UnsafePath as exc:
+        raise ConfigError(path, [f"expected a regular file, not followed through a link "
+                                 f"({exc.strerror or exc})"]) from None
     except UnicodeDecodeError as exc:
         raise ConfigError(path, [f"not UTF-8 text ({exc.reason})"]) from None
     except yaml.YAMLError as exc:
@@ -579,7 +594,7 @@ def load_function_config(directory: str) -> FunctionConfig:
     path = os.path.join(directory, FUNCTION_FILE)
     if not os.path.isdir(directory):
         raise ConfigError(path, ["function folder does not exist"])
-    data = _read_yaml(path)
+    data = _read_yaml(path, in_function_folder=True)
     problems: list[str] = []
     values = _validate_mapping(data, FUNCTION_SETTINGS, "", problems)
     event_values = _validate_mapping(values.get("eventInvoke") or {}, EVENT_INVOKE_SETTINGS,
@@ -851,11 +866,10 @@ def _check_limits(path: str, limits: LimitsConfig, functions: list[FunctionConfi
 def _declared_name(directory: str) -> str:
     """Best-effort name of a broken function, so health can report it under its own name."""
     try:
-        with open(os.path.join(directory, FUNCTION_FILE), encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
+        data = _read_yaml(os.path.join(directory, FUNCTION_FILE), in_function_folder=True)
         if isinstance(data, dict) and isinstance(data.get("name"), str):
             return data["name"]
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+    except (OSError, ConfigError):
         pass
     return os.path.basename(directory.rstrip(os.sep)) or directory
 

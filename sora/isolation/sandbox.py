@@ -19,15 +19,18 @@ folders above a bind as 0700 when it runs as root, so each is made 0755 first.
 from __future__ import annotations
 
 import functools
+import glob
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import zlib
 
 import sora
 
 from ..config import FunctionConfig
+from . import nofollow
 
 SYSTEM_DIRS = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc")
 UID_BASE, UID_RANGE = 61000, 4000
@@ -76,19 +79,53 @@ def _prefix_of(executable: str) -> str | None:
     return parent if parent not in ("/", "") else os.path.dirname(real)
 
 
-def read_only_paths(argv: list[str]) -> list[str]:
+def read_only_paths(argv: list[str], folder: str | None = None) -> list[str]:
     """What an instance needs to read besides the system and its folder: its interpreter's
     installation, Sora's runtime shims, and Sora's own Python (the `provided` adapter runs on
-    it). None of these hold anything of the host's or another function's."""
-    paths = [_prefix_of(argv[0]), os.path.dirname(os.path.abspath(sora.__file__)),
-             sys.prefix, sys.base_prefix]
-    if os.path.islink(argv[0]):
-        paths.append(os.path.dirname(os.path.abspath(argv[0])))
+    it). None of these hold anything of the host's or another function's.
+
+    An interpreter inside the function `folder` (a virtualenv's `python`, named by `runtime`)
+    is the function's: setup may have made it a link to anywhere, and bubblewrap binds as
+    root what it names. So its installation is bound only if it is one the host itself runs
+    (interpreter_prefixes): a link to the state dir or another function's folder is not
+    followed into the sandbox."""
+    interpreter = os.path.abspath(argv[0])
+    if folder is not None and _under(interpreter, [folder]):
+        paths = [] if interpreter_problem(argv, folder) else [_prefix_of(interpreter)]
+    else:
+        paths = [_prefix_of(argv[0])]
+        if os.path.islink(argv[0]):
+            paths.append(os.path.dirname(interpreter))
+    paths += [os.path.dirname(os.path.abspath(sora.__file__)), sys.prefix, sys.base_prefix]
     out = []
     for path in paths:
         if path and os.path.exists(path) and not _under(path, SYSTEM_DIRS) and path not in out:
             out.append(path)   # as named (bubblewrap follows a symlink to bind its target)
     return out
+
+
+def interpreter_problem(argv: list[str], folder: str) -> str | None:
+    """Why the interpreter of `argv`, inside the function `folder`, is not bound into its
+    sandbox (read_only_paths), or None: it is in the folder, the system, or an installation
+    of the host's own interpreters. The worker checks it at start, so the function is FATAL
+    with this reason rather than crashing at every start."""
+    interpreter = os.path.abspath(argv[0])
+    if not _under(interpreter, [folder]):
+        return None
+    real = os.path.realpath(interpreter)
+    if _under(real, [os.path.realpath(folder), *SYSTEM_DIRS]) or \
+            _prefix_of(interpreter) in interpreter_prefixes():
+        return None
+    return (f"expected an interpreter in the function folder, the system or an installation "
+            f"the host runs, got {argv[0]} linked to {real} (a link out of the folder is not "
+            "followed into the sandbox)")
+
+
+def interpreter_prefixes() -> set[str]:
+    """The installations of the interpreters the host runs: Sora's own Python and those on
+    its PATH (which setup runs, so a virtualenv that setup makes points to one of them)."""
+    return {sys.prefix, sys.base_prefix,
+            *(os.path.dirname(folder) for folder in interpreter_bin_dirs())}
 
 
 # The package managers' own settings of the user Sora runs as (registry, index, node-gyp's
@@ -147,7 +184,7 @@ def setup_paths() -> tuple[list[str], str]:
 def wrap(argv: list[str], fn: FunctionConfig, secrets_dir: str | None = None) -> list[str]:
     """An instance's command line in its sandbox: its folder read-only (`writableFolder`:
     writable)."""
-    read_only = [(p, p) for p in read_only_paths(argv)]
+    read_only = [(p, p) for p in read_only_paths(argv, fn.directory)]
     folder = [(fn.directory, fn.directory)]
     if secrets_dir:
         read_only.append((secrets_dir, secrets_dir))
@@ -159,24 +196,72 @@ def wrap(argv: list[str], fn: FunctionConfig, secrets_dir: str | None = None) ->
 def grant_folder(fn: FunctionConfig) -> str | None:
     """With `writableFolder` and Sora run as root, let the function's uid write its folder
     (a POSIX ACL on everything in it, and the default ACL for what is made later; ownership
-    stays as it is). Returns why it could not, or None."""
+    stays as it is). Returns why it could not, or None.
+
+    The folder is the function's to change (another worker's instances may be changing it
+    now), so setfacl walks it physically (`-P`: a link is skipped, never followed, which is
+    also its default below the top) and runs confined to the folder (`confined`): a link
+    swapped in during the walk can lead nowhere else."""
     if not (fn.sandboxed and fn.writableFolder) or os.geteuid() != 0:
         return None
     if shutil.which("setfacl") is None:
         return "expected setfacl on PATH for writableFolder (apt-get install acl)"
     uid = sandbox_uid(fn.name)
-    done = subprocess.run(["setfacl", "-R", "-m", f"u:{uid}:rwX,d:u:{uid}:rwX", fn.directory],
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    done = subprocess.run(confined(["setfacl", "-R", "-P", "-m", f"u:{uid}:rwX,d:u:{uid}:rwX",
+                                    fn.directory], [fn.directory]),
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          # bubblewrap's init can outlive it by a moment, re-parented to the
+                          # supervisor, whose orphan sweep kills its process group: not ours.
+                          start_new_session=True)
     if done.returncode != 0:
         return f"could not give the function's uid write access: {done.stderr.strip()}"
     return None
 
 
+# What a file tool that Sora runs as root on a function's files may do: read and write any
+# file there and set its owner and mode, nothing else (no mounts, no ptrace, no raw network).
+CONFINED_CAPS = ("CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER",
+                 "CAP_FSETID")
+
+
+def confined(argv: list[str], paths: list[str]) -> list[str]:
+    """`argv`, a file tool Sora runs as root over folders the function can change (rsync,
+    setfacl), in a mount namespace holding only the system's programs (read-only, and no
+    `/etc` but the loader's cache) and `paths` (writable, each at its own path). rsync and
+    setfacl do not follow links where they meet them (tests/unit/test_nofollow.py proves
+    it), but they name files by path, so a link swapped in while they run (by another setup
+    or a `writableFolder` instance of the same function) would be followed: here it can only
+    lead to those same folders or to the read-only programs, not to a key or a host file."""
+    cmd = ["bwrap", "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+           "--unshare-net", "--unshare-cgroup-try"]
+    for path in SYSTEM_DIRS:
+        if path != "/etc":
+            cmd += ["--ro-bind-try", path, path]
+    cmd += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache", "--dev", "/dev"]
+    for path in paths:
+        cmd += ["--bind", path, path]
+    cmd += ["--cap-drop", "ALL"]
+    for cap in CONFINED_CAPS:
+        cmd += ["--cap-add", cap]
+    return [*cmd, "--", *argv]
+
+
+def folder_sync(source: str, dest: str, uid: int, gid: int) -> list[str]:
+    """rsync of `source`'s content into `dest` (what `source` lacks is deleted), owned by
+    uid:gid, confined to the two folders. `--archive` copies links as links and chowns
+    them with lchown, replaces a link in `dest` rather than write through it, and never
+    follows one; devices, fifos and sockets are not copied (setup has no use for them, and a
+    fifo would hang whatever opens it)."""
+    return confined(["rsync", "--archive", "--delete", "--numeric-ids", "--no-devices",
+                     "--no-specials", f"--chown={uid}:{gid}", f"{source}/", f"{dest}/"],
+                    [source, dest])
+
+
 def wrap_setup(command: str, fn: FunctionConfig, folder: str, home: str) -> list[str]:
     """A `setup` command in the function's sandbox: `folder` (its folder, or a copy of it) is
     mounted writable where the function folder is, `home` is its writable home at SETUP_HOME
-    (npm's and pip's caches, kept between setups), and it has the network (to install
-    packages) even with `network: false`."""
+    (fresh_setup_home: one per setup run), and it has the network (to install packages) even
+    with `network: false`."""
     prefixes, path = setup_paths()
     writable = [(folder, fn.directory), (home, SETUP_HOME)]
     return _bwrap(fn, [(p, p) for p in prefixes], writable, network=True,
@@ -192,17 +277,61 @@ def setup_environment(fn: FunctionConfig) -> dict[str, str]:
     return env
 
 
-def copy_package_configs(home: str, uid: int) -> None:
-    """Copy the package managers' settings of the user Sora runs as into a setup sandbox's
-    home, owned by its uid: setup installs from the registries the host is set up for."""
-    for name in PACKAGE_CONFIGS:
-        source, target = os.path.expanduser(os.path.join("~", name)), os.path.join(home, name)
-        if not os.path.isfile(source):
-            continue
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        shutil.copyfile(source, target)
-        for path in (target, os.path.dirname(target)):
-            os.chown(path, uid, uid)
+def fresh_setup_home(parent: str, function: str, uid: int) -> str:
+    """A new, empty home for one setup run (in `parent`, a folder of Sora's), owned by the
+    function's uid, with a copy of the package managers' settings of the user Sora runs as:
+    setup installs from the registries the host is set up for. Made afresh for every run:
+    what an earlier setup left in its home (a link named `.npmrc` to a host file, say) is
+    gone, never written through."""
+    home = tempfile.mkdtemp(prefix=f"{function}.home-{os.getpid()}-", dir=parent)
+    home_fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fchown(home_fd, uid, uid)
+        for name in PACKAGE_CONFIGS:
+            source = os.path.expanduser(os.path.join("~", name))
+            if os.path.isfile(source):   # Sora's user's own file: its links are the host's
+                with open(source, "rb") as fh:
+                    _write_new(home_fd, name, fh.read(), uid)
+    finally:
+        os.close(home_fd)
+    return home
+
+
+def _write_new(root_fd: int, relpath: str, data: bytes, uid: int) -> None:
+    """Create `relpath` (and the folders on its way) beneath `root_fd`, owned by `uid`; every
+    step creates or opens without following a link."""
+    *folders, name = relpath.split("/")
+    fd = os.dup(root_fd)
+    try:
+        for folder in folders:
+            try:
+                os.mkdir(folder, 0o755, dir_fd=fd)
+                made = True
+            except FileExistsError:
+                made = False
+            next_fd = nofollow.open_dir_beneath(fd, folder)
+            os.close(fd)
+            fd = next_fd
+            if made:
+                os.fchown(fd, uid, uid)
+        file_fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                          | os.O_CLOEXEC, 0o644, dir_fd=fd)
+        with os.fdopen(file_fd, "wb") as fh:
+            fh.write(data)
+            os.fchown(file_fd, uid, uid)
+    finally:
+        os.close(fd)
+
+
+def remove_setup_homes(parent: str, function: str) -> None:
+    """Remove the homes of `function`'s setups whose process is gone (a run removes its own
+    when it ends; a killed one leaves it), and the one older versions kept between runs.
+    shutil.rmtree removes links, never what they point to."""
+    for path in glob.glob(os.path.join(parent, glob.escape(function) + ".home*")):
+        rest = os.path.basename(path)[len(function) + len(".home"):]
+        pid = rest[1:].partition("-")[0]
+        if rest == "" or (pid.isdigit() and not os.path.exists(f"/proc/{pid}")):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _bwrap(fn: FunctionConfig, read_only: list[tuple[str, str]],

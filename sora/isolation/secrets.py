@@ -15,12 +15,15 @@ import shutil
 import tempfile
 
 from ..config import ConfigError, FunctionConfig
+from . import nofollow
 from .sandbox import sandbox_uid
 
 SECRETS_DIR_ENV = "SORA_SECRETS_DIR"
 MASK = b"****"
 # Values shorter than this are not masked in logs (masking "1" would mangle every line).
 MIN_MASKED = 4
+# A secret is a key or a password, not a data set: a bigger file is a mistake.
+MAX_SECRET_BYTES = 1 << 20
 
 
 def read_secrets(fn: FunctionConfig) -> dict[str, str]:
@@ -30,11 +33,11 @@ def read_secrets(fn: FunctionConfig) -> dict[str, str]:
         if spec.file is not None:
             path = os.path.join(fn.directory, os.path.expanduser(spec.file))
             try:
-                with open(path, encoding="utf-8") as fh:
-                    values[spec.name] = fh.read().rstrip("\n")
+                values[spec.name] = _read_file(fn.directory, os.path.expanduser(spec.file))
             except (OSError, UnicodeDecodeError) as exc:
-                problems.append(f"secrets.{spec.name}.file: expected a readable UTF-8 file, "
-                                f"got {path} ({getattr(exc, 'strerror', None) or exc})")
+                problems.append(f"secrets.{spec.name}.file: expected a readable UTF-8 regular "
+                                f"file reached without symbolic links, got {path} "
+                                f"({getattr(exc, 'strerror', None) or exc})")
         else:
             value = os.environ.get(spec.env)
             if value is None:
@@ -45,6 +48,23 @@ def read_secrets(fn: FunctionConfig) -> dict[str, str]:
     if problems:
         raise ConfigError(fn.source, problems)
     return values
+
+
+def _read_file(folder: str, path: str) -> str:
+    """A secret file's content. Read as root, from a folder the function's setup (and, with
+    `writableFolder`, the function) can change: a link planted in place of the file, or of a
+    folder on its way, would hand the function whatever it points to, and a fifo would hang
+    the worker. So no link is followed (sora.isolation.nofollow), relative paths from the
+    function folder, absolute ones from `/`, and only a regular file with one link is read."""
+    if os.path.isabs(path):
+        root, relative = "/", os.path.normpath(path)
+    else:
+        root, relative = folder, os.path.normpath(path)
+        if relative == ".." or relative.startswith("../"):   # outside the folder
+            root, relative = "/", os.path.normpath(os.path.join(folder, path))
+    data = nofollow.read_beneath(root, relative.lstrip("/"), max_bytes=MAX_SECRET_BYTES,
+                                 single_link=True)
+    return data.decode("utf-8").rstrip("\n")
 
 
 def _base() -> str:
@@ -69,10 +89,29 @@ def sandboxed_dir(state_dir: str, fn: FunctionConfig) -> str | None:
 
 def prepare_sandboxed_dir(path: str, fn: FunctionConfig) -> None:
     """Make the folder, 0700 and owned by the function's sandbox uid."""
-    owner = sandbox_uid(fn.name)
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    os.chmod(path, 0o700)
-    os.chown(path, owner, owner)
+    os.close(_open_own_dir(path, sandbox_uid(fn.name)))
+
+
+def _open_own_dir(path: str, owner: int) -> int:
+    """A descriptor of the folder `path` (made if missing), 0700 and owned by `owner`. Its
+    parent (/dev/shm) is writable by every local user and the path can be guessed, so what is
+    there is opened without following a link and taken only if Sora or `owner` owns it; the
+    mode and owner are set on the descriptor, not by name."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if (uid := os.fstat(fd).st_uid) not in (os.geteuid(), owner):
+            raise nofollow.UnsafePath(f"{path}: expected a folder of Sora's or uid {owner}, "
+                                      f"got one of uid {uid}")
+        os.fchmod(fd, 0o700)
+        os.fchown(fd, owner, owner)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def remove_leftovers(function: str, pid: int) -> None:
@@ -93,27 +132,30 @@ class Secrets:
                               key=len, reverse=True)
 
     def write_files(self) -> None:
-        """Write the files (owned by the sandbox uid for a sandboxed function)."""
+        """Write the files (owned by the sandbox uid for a sandboxed function), through a
+        descriptor of the folder: no name is followed if it is a link."""
         if not self.values:
             return
-        owner = sandbox_uid(self.fn.name) if self.fixed_dir is not None else None
+        owner = sandbox_uid(self.fn.name) if self.fixed_dir is not None else os.geteuid()
         if self.fixed_dir is not None:
-            prepare_sandboxed_dir(self.fixed_dir, self.fn)
             self.directory = self.fixed_dir
         else:
             self.directory = tempfile.mkdtemp(prefix=_prefix(self.fn.name, os.getpid()),
                                               dir=_base())
-        for name, value in self.values.items():
-            path = os.path.join(self.directory, name)
-            try:
-                os.unlink(path)   # a fixed folder keeps the last worker's files
-            except FileNotFoundError:
-                pass
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(value)
-            if owner is not None:
-                os.chown(path, owner, owner)
+        dir_fd = _open_own_dir(self.directory, owner)
+        try:
+            for name, value in self.values.items():
+                try:
+                    os.unlink(name, dir_fd=dir_fd)   # a fixed folder keeps the last worker's
+                except FileNotFoundError:
+                    pass
+                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, 0o400, dir_fd=dir_fd)
+                with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                    fh.write(value)
+                    os.fchown(fd, owner, owner)
+        finally:
+            os.close(dir_fd)
 
     def environment(self) -> dict[str, str]:
         """What the instances get on top of the function's own environment."""

@@ -14,14 +14,19 @@ setup works on a copy of it owned by that uid (`<stateDir>/setup/<name>.folder`,
 the folder is, so paths that setup writes into files, such as a virtualenv's, stay right), and
 only once every command has succeeded is the copy synced back into the folder, owned by the
 folder's owner. rsync does both copies: only what changed is copied, and what setup deleted
-is deleted. Its home (`<name>.home`: npm's and pip's caches) is kept between setups.
+is deleted; it runs confined to the two folders (sandbox.folder_sync), as the folder and the
+copy hold what earlier setups made, links included. Each run has a home of its own, made
+afresh (`<name>.home-<pid>-<random>`, sandbox.fresh_setup_home) and removed when it ends:
+nothing an earlier setup left there is ever written through.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shutil
 import signal
+import stat
 import subprocess
 import time
 from dataclasses import dataclass
@@ -40,29 +45,47 @@ class SetupOutcome:
 
 
 def content_hash(directory: str, excluded: set[str]) -> str:
-    """Hash of every file's relative path and content, leaving out the top-level `excluded`."""
+    """Hash of every file's relative path and content, leaving out the top-level `excluded`.
+
+    The folder is the function's (setup's results are synced into it), and this runs as root
+    in the arbiter loop: it walks by descriptors (os.fwalk) and opens each file relative to
+    its folder without following a link (a link is hashed as its target's name), and reads
+    regular files only (a fifo would block the loop)."""
     digest = hashlib.blake2b(digest_size=20)
-    for root, dirs, files in os.walk(directory):
+    for root, dirs, files, root_fd in os.fwalk(directory, follow_symlinks=False):
         rel_root = os.path.relpath(root, directory)
         if rel_root == ".":
             dirs[:] = [d for d in dirs if d not in excluded and d not in _ALWAYS_SKIPPED]
             files = [f for f in files if f not in excluded]
         else:
             dirs[:] = [d for d in dirs if d not in _ALWAYS_SKIPPED]
-        dirs.sort()
-        for name in sorted(files):
-            path = os.path.join(root, name)
+        links = [d for d in dirs if os.path.islink(os.path.join(root, d))]
+        dirs[:] = sorted(set(dirs) - set(links))   # fwalk would not enter them either
+        for name in sorted(files + links):
             digest.update(os.path.normpath(os.path.join(rel_root, name)).encode() + b"\0")
-            if os.path.islink(path):
-                digest.update(b"link:" + os.readlink(path).encode())
-                continue
-            try:
-                with open(path, "rb") as fh:
-                    for block in iter(lambda: fh.read(1 << 20), b""):
-                        digest.update(block)
-            except OSError as exc:
-                digest.update(f"unreadable:{exc.errno}".encode())
+            _hash_entry(digest, root_fd, name)
     return digest.hexdigest()
+
+
+def _hash_entry(digest, dir_fd: int, name: str) -> None:
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if stat.S_ISLNK(st.st_mode):
+            digest.update(b"link:" + os.readlink(name, dir_fd=dir_fd).encode())
+            return
+        if not stat.S_ISREG(st.st_mode):
+            digest.update(b"special:%o" % stat.S_IFMT(st.st_mode))
+            return
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     dir_fd=dir_fd)
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):   # swapped since the stat
+                digest.update(b"special")
+                return
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        digest.update(f"unreadable:{exc.errno}".encode())
 
 
 class SetupRun:
@@ -71,12 +94,12 @@ class SetupRun:
     def __init__(self, fn: FunctionConfig, state_dir: str, force: bool = False):
         self.fn = fn
         self.force = force  # run even if the folder is unchanged since the last success
-        directory = os.path.join(state_dir, "setup")
+        directory = self.setup_dir = os.path.join(state_dir, "setup")
         os.makedirs(directory, exist_ok=True)
         self.cache_path = os.path.join(directory, f"{fn.name}.json")
         self.log_path = os.path.join(directory, f"{fn.name}.log")
         self.copy_path = os.path.join(directory, f"{fn.name}.folder")  # (sandboxed, as root)
-        self.home_path = os.path.join(directory, f"{fn.name}.home")
+        self.home_path: str | None = None   # this run's own (sandboxed), made by _plan
         self.steps: list[tuple[str, list[str]]] = []   # (what the log calls it, argv)
         self.proc: subprocess.Popen | None = None
         self.index = -1
@@ -119,22 +142,28 @@ class SetupRun:
             return [(command, ["/bin/sh", "-c", command]) for command in fn.setup]
         uid = sandbox.sandbox_uid(fn.name)
         as_root = os.geteuid() == 0
-        for path in (self.home_path, self.copy_path) if as_root else (self.home_path,):
-            os.makedirs(path, mode=0o700, exist_ok=True)
-            os.chown(path, uid, uid)
-        sandbox.copy_package_configs(self.home_path, uid)
+        sandbox.remove_setup_homes(self.setup_dir, fn.name)
+        self.home_path = sandbox.fresh_setup_home(self.setup_dir, fn.name, uid)
         if not as_root:   # the function's uid is Sora's: it works in the folder itself
             return [(c, sandbox.wrap_setup(c, fn, fn.directory, self.home_path))
                     for c in fn.setup]
+        # The copy is Sora's folder (made here, in Sora's setup folder), its content the
+        # function's: rsync only ever works in it confined (sandbox.folder_sync).
+        os.makedirs(self.copy_path, mode=0o700, exist_ok=True)
+        copy_fd = os.open(self.copy_path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                          | os.O_CLOEXEC)
+        try:
+            os.fchown(copy_fd, uid, uid)
+        finally:
+            os.close(copy_fd)
         owner = os.stat(fn.directory)
-        rsync = ["rsync", "--archive", "--delete", "--numeric-ids"]
         return [("(sora) copy the folder for the setup sandbox",
-                 [*rsync, f"--chown={uid}:{uid}", f"{fn.directory}/", f"{self.copy_path}/"]),
+                 sandbox.folder_sync(fn.directory, self.copy_path, uid, uid)),
                 *[(c, sandbox.wrap_setup(c, fn, self.copy_path, self.home_path))
                   for c in fn.setup],
                 ("(sora) sync what setup made back into the folder",
-                 [*rsync, f"--chown={owner.st_uid}:{owner.st_gid}", f"{self.copy_path}/",
-                  f"{fn.directory}/"])]
+                 sandbox.folder_sync(self.copy_path, fn.directory, owner.st_uid,
+                                     owner.st_gid))]
 
     def _next_command(self) -> None:
         self.index += 1
@@ -185,6 +214,7 @@ class SetupRun:
                 pass
         if self._log:
             self._log.close()
+        self._remove_home()
         self.outcome = SetupOutcome(ok=ok, skipped=False, reason=reason)
         return self.outcome
 
@@ -193,6 +223,13 @@ class SetupRun:
         if self.proc is not None and self.proc.returncode is None:
             _kill_group(self.proc.pid)
             self.proc.wait()
+        self._remove_home()
+
+    def _remove_home(self) -> None:
+        """This run's home goes with it (rmtree removes links, not what they point to)."""
+        if self.home_path is not None:
+            shutil.rmtree(self.home_path, ignore_errors=True)
+            self.home_path = None
 
 
 def _kill_group(pgid: int) -> None:

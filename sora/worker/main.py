@@ -652,6 +652,9 @@ def main(argv: list[str] | None = None) -> int:
         secrets = Secrets(fn, read_secrets(fn), args.state_dir)
         if fn.sandboxed and (reason := sandbox.unavailable_reason()) is not None:
             raise ConfigError(fn.source, [f"isolation: {reason}"])
+        if fn.sandboxed and (reason := sandbox.interpreter_problem(runtime.argv(fn),
+                                                                 fn.directory)):
+            raise ConfigError(fn.source, [f"runtime: {reason}"])
         if (reason := sandbox.grant_folder(fn)) is not None:
             raise ConfigError(fn.source, [f"writableFolder: {reason}"])
     except ConfigError as exc:
