@@ -72,13 +72,12 @@ async def read_body(req: falcon.asgi.Request, limit: int, stall_timeout: float) 
     event, receive = _body_events(req)
     chunks = []
     size = 0
-    expected = "its Content-Length of %d" % length if length is not None else "its last chunk"
     while True:
         if event is None or event["type"] != "http.request":
             # http.disconnect: the client closed (or half-closed) the connection mid-body.
-            raise IncompleteBody(400, "Sora.IncompleteBody", (
-                f"The request body ended after {size} bytes, before {expected}; "
-                f"it was not invoked"))
+            raise IncompleteBody(400, "Sora.IncompleteBody",
+                                 f"The request body ended after {size} bytes, before "
+                                 f"{_end_of(length)}; nothing was run or stored")
         chunk = event.get("body", b"")
         if chunk:
             size += len(chunk)
@@ -91,11 +90,16 @@ async def read_body(req: falcon.asgi.Request, limit: int, stall_timeout: float) 
         try:
             event = await asyncio.wait_for(receive(), stall_timeout)
         except asyncio.TimeoutError:
-            raise IncompleteBody(408, "Sora.RequestTimeout", (
-                f"The request body stalled for {stall_timeout:g} s after {size} bytes, "
-                f"before {expected}; it was not invoked")) from None
+            raise IncompleteBody(408, "Sora.RequestTimeout",
+                                 f"The request body stalled for {stall_timeout:g} s after "
+                                 f"{size} bytes, before {_end_of(length)}; nothing was run "
+                                 f"or stored") from None
     if length is not None and size != length:
-        raise IncompleteBody(400, "Sora.IncompleteBody", (
-            f"The request body has {size} bytes, not its Content-Length of {length}; "
-            f"it was not invoked"))
+        raise IncompleteBody(400, "Sora.IncompleteBody",
+                             f"The request body has {size} bytes, not its Content-Length of "
+                             f"{length}; nothing was run or stored")
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _end_of(length: int | None) -> str:
+    return f"its Content-Length of {length}" if length is not None else "its last chunk"
