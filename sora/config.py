@@ -268,6 +268,9 @@ SERVER_SETTINGS = _settings(
             "in-flight invocations before processes are killed."),
     Setting("headerTimeout", _number_range(0, 3600), 10.0, "Seconds a new connection has to "
             "send its first request's headers; a slower one is closed (slowloris)."),
+    Setting("bodyTimeout", _number_range(0, 3600), 30.0, "Seconds a request body may stall "
+            "(no bytes arriving) before the request is refused with 408. A body that ends "
+            "before its length, or stalls, is never invoked nor stored."),
 )
 
 HOST_SETTINGS = _settings(
@@ -535,6 +538,7 @@ class ServerConfig:
     maxBodyBytes: int
     gracefulTimeout: float
     headerTimeout: float = 10.0
+    bodyTimeout: float = 30.0
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import falcon.asgi
 from .. import protocol as p
 from ..config import FUNCTION_NAME_RE, HostConfig, load_host_config
 from ..events.intake import EventIntake
-from .auth import authorizer_for, is_admin
+from .auth import CREDENTIAL_HEADERS, authorizer_for, is_admin
 from .client import BROKER_SLACK, BrokerClient, BrokerTimeout
 from .errors import SoraError
 from .invocation_route import RETRY_AFTER, InvocationRoute
@@ -65,6 +65,15 @@ class FunctionUrlResource(InvocationRoute):
     auth_scope = "invoke"
     public_urls = True   # a function with `auth: none` is open here (sora.gateway.auth)
 
+    def __init__(self, client: BrokerClient, config: HostConfig, intake: EventIntake):
+        super().__init__(client, config, intake)
+        # On a host with keys, the key a caller presents to reach a function is Sora's, not
+        # the function's: it never reaches the function (a function called with the admin
+        # key could otherwise use it against /api). `auth: none` functions, where Sora
+        # consumed nothing, get all their callers' headers.
+        self.keyed = bool(config.apiKeys)
+        self.public = {fn.name for fn in config.functions if fn.auth == "none"}
+
     async def handle(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, name: str,
                      path: str = "") -> None:
         if not FUNCTION_NAME_RE.match(name):
@@ -75,7 +84,7 @@ class FunctionUrlResource(InvocationRoute):
             raise SoraError(400, "Sora.InvalidPath", "The path may not contain '..' segments "
                             "or NUL characters")
         request_id = request_id_of(req)
-        body = await read_body(req, self.max_body)
+        body = await read_body(req, self.max_body, self.body_timeout)
         scope = req.scope
         client = scope.get("client")
         event = build_event(
@@ -83,7 +92,8 @@ class FunctionUrlResource(InvocationRoute):
                                                                            b"").decode("latin-1"),
             raw_headers=scope["headers"], body=body, source_ip=client[0] if client else "",
             http_version=scope.get("http_version", "1.1"), request_id=request_id,
-            function=name)
+            function=name,
+            hidden=CREDENTIAL_HEADERS if self.keyed and name not in self.public else ())
         kind = req.get_header(INVOCATION_TYPE_HEADER)
         if kind is not None and kind != "RequestResponse":
             if kind != "Event":

@@ -24,6 +24,9 @@ from .errors import SoraError
 log = logging.getLogger("sora.gateway.auth")
 
 API_KEY_HEADER = "X-Api-Key"
+# The request headers `presented_key` reads (lower case, as in ASGI): Sora's own on a route
+# that needs a key, so they are never passed on to the function (sora.gateway.app).
+CREDENTIAL_HEADERS = frozenset({"authorization", API_KEY_HEADER.lower()})
 
 
 def presented_key(req: falcon.asgi.Request) -> str | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
@@ -40,13 +41,17 @@ def _clf_time(epoch: float) -> str:
 
 def build_event(*, method: str, raw_path: str, query_string: str,
                 raw_headers: list[tuple[bytes, bytes]], body: bytes, source_ip: str,
-                http_version: str, request_id: str, function: str) -> bytes:
+                http_version: str, request_id: str, function: str,
+                hidden: frozenset[str] | tuple = ()) -> bytes:
     """The event JSON for one HTTP request. `raw_path` is the path below the function's own
-    prefix, as the function would see it behind its own URL."""
+    prefix, as the function would see it behind its own URL. Headers named (lower case) in
+    `hidden` are left out: the credentials Sora consumed for its own auth."""
     headers: dict[str, str] = {}
     cookies: list[str] = []
     for name_b, value_b in raw_headers:
         name = name_b.decode("latin-1").lower()
+        if hidden and name in hidden:
+            continue
         value = value_b.decode("latin-1")
         if name == "cookie":
             cookies.extend(c.strip() for c in value.split(";") if c.strip())
@@ -121,15 +126,39 @@ class BadFunctionResponse(ValueError):
     """The function returned a response object that cannot become an HTTP response."""
 
 
+# RFC 9110 5.1 and 5.5: a field name is a token; a value is visible characters, spaces and
+# tabs (no CR, LF, NUL or other controls, which would split or smuggle a response). gunicorn
+# refuses anything else with a bare 500 once the response has started, so the gateway checks
+# first and answers 502 as JSON.
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+# Headers about this one connection (RFC 9110 7.6.1) and the body's framing: the gateway's own
+# business. A function's are dropped, not sent beside the gateway's (a second Content-Length
+# or a Transfer-Encoding would let the function frame the connection's next response).
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer",
+                        "transfer-encoding", "upgrade", "content-length"})
+
+
+def _header(name: str, value: str) -> tuple[str, str]:
+    if not _HEADER_NAME.fullmatch(name):
+        raise BadFunctionResponse(f"header name {name[:100]!r} is not a valid HTTP token")
+    if not _HEADER_VALUE.fullmatch(value):
+        # The value may carry data the function echoed: name only the header.
+        raise BadFunctionResponse(f"the value of header {name!r} has a control character "
+                                  f"(CR, LF, NUL, ...) or a character outside Latin-1")
+    return name, value
+
+
 def map_result(result: bytes) -> HttpResult:
     """Map the function's result JSON to an HTTP response the way function URLs do: an object
     with `statusCode` describes the response; any other value is the JSON body of a 200."""
     if b'"statusCode"' not in result:
         return HttpResult(body=result)  # passed through untouched, no re-encoding
     try:
-        value = json.loads(result)
-    except ValueError:
-        return HttpResult(body=result)
+        # orjson: depth-limited (1,024 levels), where json.loads raises RecursionError.
+        value = orjson.loads(result)
+    except orjson.JSONDecodeError as exc:
+        raise BadFunctionResponse(f"the result is not valid JSON: {exc}") from None
     if not isinstance(value, dict) or "statusCode" not in value:
         return HttpResult(body=result)
     status = value["statusCode"]
@@ -145,22 +174,27 @@ def map_result(result: bytes) -> HttpResult:
         raise BadFunctionResponse("headers must be an object of header names to values")
     has_type = False
     for name, val in headers.items():
-        if val is None:
+        if val is None or name.lower() in HOP_BY_HOP:
             continue
-        name = str(name)
         if name.lower() == "content-type":
             has_type = True
-        out.headers.append((name, val if isinstance(val, str) else
-                            json.dumps(val) if isinstance(val, (dict, list)) else
-                            str(val).lower() if isinstance(val, bool) else str(val)))
-    for name, vals in (value.get("multiValueHeaders") or {}).items():
+        out.headers.append(_header(name, val if isinstance(val, str) else
+                                   json.dumps(val) if isinstance(val, (dict, list)) else
+                                   str(val).lower() if isinstance(val, bool) else str(val)))
+    multi = value.get("multiValueHeaders") or {}
+    if not isinstance(multi, dict):
+        raise BadFunctionResponse("multiValueHeaders must be an object of header names to "
+                                  "lists of values")
+    for name, vals in multi.items():
+        if name.lower() in HOP_BY_HOP:
+            continue
         for val in vals if isinstance(vals, list) else [vals]:
-            out.headers.append((str(name), str(val)))
+            out.headers.append(_header(name, str(val)))
     cookies = value.get("cookies")
     cookies = [] if cookies is None else cookies
     if not isinstance(cookies, list):
         raise BadFunctionResponse("cookies must be a list of Set-Cookie values")
-    out.headers.extend(("Set-Cookie", str(c)) for c in cookies)
+    out.headers.extend(_header("Set-Cookie", str(c)) for c in cookies)
     body = value.get("body")
     if body is None:
         out.body = b""

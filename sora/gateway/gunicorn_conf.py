@@ -8,6 +8,7 @@ the gateway by hand uses the same settings:
     SORA_CONFIG=host-config.yaml SORA_LISTENER=https \\
         gunicorn -c deploy/gunicorn.conf.py 'sora.gateway.app:create_app()'
 """
+import math
 import os
 import ssl
 
@@ -35,8 +36,10 @@ keepalive = 2
 limit_request_line = 8190
 limit_request_fields = 100
 limit_request_field_size = 8190
-# A request body (or a function's answer being written) that stalls this long is dropped.
-timeout = 30
+# A function's answer being written that stalls this long is dropped. A stalled request body
+# is answered 408 by the gateway itself after `server.bodyTimeout` (sora.gateway.requests);
+# gunicorn's own body wait (which would end the body quietly) is kept longer than that.
+timeout = max(30, math.ceil(_server.bodyTimeout) + 5)
 backlog = 2048
 accesslog = None
 errorlog = "-"

@@ -16,6 +16,7 @@ class InvocationRoute:
         self.config = config
         self.intake = intake
         self.max_body = config.server.maxBodyBytes
+        self.body_timeout = config.server.bodyTimeout
         self.waits = broker_waits(config)
 
     async def accept_event(self, name: str, request_id: str, trigger: str, payload: bytes,

@@ -21,6 +21,7 @@ import json
 import re
 
 import falcon
+import orjson
 
 from .. import protocol as p
 from ..config import FUNCTION_NAME_RE
@@ -86,10 +87,12 @@ class InvokeResource(InvocationRoute):
         if not self.config.knows(fn_name):
             raise InvokeApiError(404, "ResourceNotFoundException",
                                  f"Function not found: {fn_name}")
-        payload = await read_body(req, self.max_body) or b"{}"
+        payload = await read_body(req, self.max_body, self.body_timeout) or b"{}"
         try:
-            json.loads(payload)
-        except ValueError as exc:
+            # orjson is strict where json.loads is not: NaN and Infinity (not JSON) are
+            # refused, and nesting past 1,024 levels is a parse error, not RecursionError.
+            orjson.loads(payload)
+        except orjson.JSONDecodeError as exc:
             raise InvokeApiError(400, "InvalidRequestContentException", (
                 f"Could not parse request body into json: {exc}")) from None
         resp.set_header(REQUEST_ID_HEADER, request_id)

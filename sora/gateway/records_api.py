@@ -23,6 +23,8 @@ import json
 import os
 import time
 
+import orjson
+
 from ..config import HostConfig
 from ..store import queue, records
 from ..store.db import connect, connect_queue
@@ -182,12 +184,12 @@ class DeadLetterResource(_FunctionRoute):
 class DeadLetterReplayResource(_FunctionRoute):
     async def on_post(self, req, resp, name: str) -> None:
         self.check_function(name)
-        body = await read_body(req, 1 << 20)
+        body = await read_body(req, 1 << 20, self.config.server.bodyTimeout)
         ids = None
         if body.strip():
             try:
-                ids = json.loads(body).get("requestIds")
-            except (ValueError, AttributeError):
+                ids = orjson.loads(body).get("requestIds")   # depth-limited: no RecursionError
+            except (orjson.JSONDecodeError, AttributeError):
                 ids = False
             if ids is not None and (not isinstance(ids, list) or
                                     not all(isinstance(i, str) for i in ids)):

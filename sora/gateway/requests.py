@@ -1,6 +1,7 @@
 """What every gateway route needs of a request: its id and its body."""
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import time
@@ -37,8 +38,28 @@ def request_id_of(req: falcon.asgi.Request) -> str:
     return rid
 
 
-async def read_body(req: falcon.asgi.Request, limit: int) -> bytes:
-    """The request body, refused with 413 past `limit` bytes while it is read (chunked too)."""
+class IncompleteBody(SoraError):
+    """The request body ended before its length (or its final chunk), or stalled: it is never
+    invoked nor stored."""
+
+
+def _body_events(req: falcon.asgi.Request):
+    """The request's first ASGI body event and its `receive` callable.
+
+    Falcon's `req.stream` ends quietly on `http.disconnect`, so a body cut short by the client
+    (or by gunicorn's own read timeout, which also says `http.disconnect`) would read as a
+    shorter, complete one. Reading the events ourselves is the only way to tell: Falcon keeps
+    them in these attributes (tests/unit/test_gateway_app.py fails if a release renames them)."""
+    return req._first_event, req._receive
+
+
+async def read_body(req: falcon.asgi.Request, limit: int, stall_timeout: float) -> bytes:
+    """The request body, whole or not at all.
+
+    Refused while it is read with 413 past `limit` bytes (chunked too); with 400 when the
+    client goes away before the body's end (fewer bytes than its Content-Length, or no final
+    chunk); with 408 when no bytes arrive for `stall_timeout` seconds. A body that fits in the
+    first event (most do) costs no timer."""
     length = req.content_length
     if length is None and not any(name == b"transfer-encoding"
                                   for name, _ in req.scope["headers"]):
@@ -48,12 +69,37 @@ async def read_body(req: falcon.asgi.Request, limit: int) -> bytes:
                         f"The request body is {length} bytes; the limit is {limit}")
     if length == 0:
         return b""
+    event, receive = _body_events(req)
     chunks = []
     size = 0
-    async for chunk in req.stream:
-        size += len(chunk)
-        if size > limit:
-            raise SoraError(413, "Sora.RequestTooLarge",
-                            f"The request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    while True:
+        if event is None or event["type"] != "http.request":
+            # http.disconnect: the client closed (or half-closed) the connection mid-body.
+            raise IncompleteBody(400, "Sora.IncompleteBody",
+                                 f"The request body ended after {size} bytes, before "
+                                 f"{_end_of(length)}; nothing was run or stored")
+        chunk = event.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise SoraError(413, "Sora.RequestTooLarge",
+                                f"The request body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+        if not event.get("more_body", False):
+            break
+        try:
+            event = await asyncio.wait_for(receive(), stall_timeout)
+        except asyncio.TimeoutError:
+            raise IncompleteBody(408, "Sora.RequestTimeout",
+                                 f"The request body stalled for {stall_timeout:g} s after "
+                                 f"{size} bytes, before {_end_of(length)}; nothing was run "
+                                 f"or stored") from None
+    if length is not None and size != length:
+        raise IncompleteBody(400, "Sora.IncompleteBody",
+                             f"The request body has {size} bytes, not its Content-Length of "
+                             f"{length}; nothing was run or stored")
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _end_of(length: int | None) -> str:
+    return f"its Content-Length of {length}" if length is not None else "its last chunk"

@@ -186,6 +186,11 @@ def handler(event, context):
     if kind == "decimal":
         from decimal import Decimal
         return {"price": Decimal("9.50"), "count": Decimal("3")}
+    if kind in ("nan", "inf", "-inf"):
+        return {"value": float(kind)}
+    if kind == "decimal-nan":
+        from decimal import Decimal
+        return {"value": Decimal("NaN")}
     raise ValidationError("name is required")
 """
 
@@ -271,6 +276,10 @@ SHARED_PROVIDED = PROVIDED_LOOP + r"""  case "$EVENT" in
         "$API/invocation/$ID/error" -d '{"errorMessage":"failed on purpose","errorType":"PurposeError"}'
       continue ;;
     *'"rawQueryString":"ms='*) sleep 0.2 ;;
+    *'"rawQueryString":"answer='*)
+      ANSWER=$(printf '%s' "$EVENT" | sed -n 's/.*"rawQueryString":"answer=\([^"&]*\).*/\1/p')
+      curl -sS -o /dev/null "$API/invocation/$ID/response" --data-binary "$ANSWER"
+      continue ;;
   esac
   echo "shared log line"
   curl -sS -o /dev/null "$API/invocation/$ID/response" -d "{\"instance\": \"$AWS_LAMBDA_LOG_STREAM_NAME\"}"

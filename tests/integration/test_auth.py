@@ -111,3 +111,32 @@ def test_cli_sends_its_key(host):
                         env=dict(env, SORA_API_KEY=ADMIN))
     assert ok.returncode == 0, ok.stderr
     assert {f["name"] for f in json.loads(ok.stdout)["functions"]} >= {"echo", "public"}
+
+
+@pytest.mark.parametrize("header", ["Authorization", "X-Api-Key"])
+def test_the_key_sora_consumed_never_reaches_the_function(host, header):
+    # issue 14 point 4: a function called once with the admin key could use it against /api.
+    for key in (ADMIN, ALL, ONLY_ECHO):
+        headers = {header: f"Bearer {key}" if header == "Authorization" else key,
+                   "X-Callers-Own": "kept"}
+        r = requests.get(host.url + "/functions/echo", headers=headers, timeout=30)
+        assert r.status_code == 200, r.text
+        event = json_of(r)["event"]
+        assert "authorization" not in event["headers"] and "x-api-key" not in event["headers"]
+        assert key not in json.dumps(event) and event["headers"]["x-callers-own"] == "kept"
+
+
+def test_both_credential_headers_at_once_are_both_kept_from_the_function(host):
+    r = requests.get(host.url + "/functions/echo", timeout=30, headers={
+        "X-Api-Key": ADMIN, "Authorization": "Basic dXNlcjpwYXNzd29yZA=="})
+    assert r.status_code == 200, r.text
+    headers = json_of(r)["event"]["headers"]
+    assert "authorization" not in headers and "x-api-key" not in headers
+
+
+def test_a_public_function_still_gets_its_callers_credentials(host):
+    # Sora consumed nothing to let this call in: the caller's Authorization is the function's.
+    r = requests.get(host.url + "/functions/public", timeout=30,
+                     headers={"Authorization": "Bearer the-callers-own-token"})
+    assert r.status_code == 200, r.text
+    assert json_of(r)["event"]["headers"]["authorization"] == "Bearer the-callers-own-token"

@@ -7,6 +7,8 @@ import json
 import os
 import signal
 import socket
+import sqlite3
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -15,6 +17,7 @@ import pytest
 import requests
 
 from sora.isolation import cgroups
+from sora.store.db import QUEUE_FILE, db_path
 from tests.integration import functions as F
 from tests.support import json_of, wait_for, write_function, SoraHost
 
@@ -70,6 +73,7 @@ exports.handler = async (event) => {
   }
   if (q.mine) return { mine: q.mine, instance: process.env.AWS_LAMBDA_LOG_STREAM_NAME };
   // issue 14 point 10: its cases' branches
+  if (q.respond) return { statusCode: 200, headers: JSON.parse(q.respond), body: 'hello' };
   // issue 14 point 11: its cases' branches
   return { instance: process.env.AWS_LAMBDA_LOG_STREAM_NAME, body: event.body === undefined ? null : event.body, b64: event.isBase64Encoded };
 };
@@ -95,7 +99,8 @@ def host(tmp_path_factory):
             # Leaves marks in a folder of the host's (so not sandboxed): no event is lost.
             write_function(fns, "sink", {"index.js": F.EVENT_SINK}, name="sink",
                            env={"MARKS": str(marks)}, instances=2, isolation="none")]
-    h = SoraHost(base, dirs, https=False, server={"maxBodyBytes": 1 << 20})
+    # bodyTimeout: a stalled body is answered 408 in 3 s, not 30 (issue 14 point 7).
+    h = SoraHost(base, dirs, https=False, server={"maxBodyBytes": 1 << 20, "bodyTimeout": 3})
     h.marks = marks
     h.events = []
     h.start()
@@ -336,6 +341,8 @@ def writes_outside_its_sandbox(host):
 
 
 # --- issue 14 point 4: attacks on it (cases below this line) ---
+# (This host has no API keys, so Sora consumes no credential here: the attack, a function
+# called with the admin key reading it from its event, is in tests/integration/test_auth.py.)
 
 
 # --- issue 14 point 5: attacks on it (cases below this line) ---
@@ -345,6 +352,102 @@ def writes_outside_its_sandbox(host):
 
 
 # --- issue 14 point 7: attacks on it (cases below this line) ---
+
+
+def queued_with(host, key: str) -> list:
+    """Events in the queue (not yet run, or running) whose payload holds `key`."""
+    path = db_path(str(host.base / "state"), QUEUE_FILE)
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        return conn.execute("SELECT request_id FROM events WHERE instr(payload, ?) > 0",
+                            (key.encode(),)).fetchall()
+    finally:
+        conn.close()
+
+
+def never_invoked_nor_stored(host, key: str, seconds: float = 3.0) -> None:
+    """Polls for `seconds`: no mark of the sink's for `key` (it never ran) and no event holding
+    it in the queue (it was never stored, so it never will run)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        ran = [f for f in os.listdir(host.marks) if f.startswith(key)]
+        assert not ran, f"invoked with its truncated body: {ran}"
+        assert not queued_with(host, key), "stored with its truncated body"
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.1)
+
+
+def send_truncated(host, path: str, headers: bytes, body: bytes, end: str) -> bytes:
+    """Headers saying Content-Length 1000, then only `body` (100 bytes); then the client
+    half-closes (`shutdown`), closes, or stalls (`stall`). Returns what the gateway answered
+    (nothing, when the client left)."""
+    assert len(body) == 100
+    with socket.create_connection(("127.0.0.1", host.http_port), timeout=15) as s:
+        s.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n%s\r\n%s"
+                  % (path.encode(), headers, body))
+        if end == "close":
+            return b""
+        if end == "shutdown":
+            s.shutdown(socket.SHUT_WR)
+        answer = b""
+        try:
+            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+        except ConnectionResetError:
+            pass
+        return answer
+
+
+def truncated_attacks():
+    """(name, path, headers, body of 100 bytes that is a whole event in itself) for each
+    route that invokes or stores: the cut-off body is valid on its own, so only the missing
+    900 bytes tell it apart."""
+    key = uuid.uuid4().hex
+    text = (key + "-" * 100)[:100].encode()     # the sink's mark is named after its body
+    event = (b'{"key":"%s"}' % key.encode()).ljust(100)   # JSON, whitespace after it
+    return key, [
+        ("sync", "/functions/sink", b"Content-Type: text/plain\r\n", text),
+        ("async", "/functions/sink",
+         b"Content-Type: text/plain\r\nX-Sora-Invocation-Type: Event\r\n", text),
+        ("invoke api", "/2015-03-31/functions/sink/invocations", b"", event),
+        ("invoke api async", "/2015-03-31/functions/sink/invocations",
+         b"X-Amz-Invocation-Type: Event\r\n", event)]
+
+
+@case
+def body_ends_before_its_length_then_half_close(host):
+    key, attacks = truncated_attacks()
+    for name, path, headers, body in attacks:
+        answer = send_truncated(host, path, headers, body, "shutdown")
+        # The client can no longer be answered once it closed its side (gunicorn closes on
+        # EOF): what matters is that nothing ran and nothing was stored.
+        assert b" 202 " not in answer and b" 200 " not in answer, (name, answer)
+    never_invoked_nor_stored(host, key)
+
+
+@case
+def body_ends_before_its_length_then_close(host):
+    key, attacks = truncated_attacks()
+    for name, path, headers, body in attacks:
+        send_truncated(host, path, headers, body, "close")
+    never_invoked_nor_stored(host, key)
+
+
+@case
+def body_stalls_past_the_body_timeout(host):
+    key, attacks = truncated_attacks()
+    for name, path, headers, body in attacks:
+        started = time.monotonic()
+        answer = send_truncated(host, path, headers, body, "stall")
+        took = time.monotonic() - started
+        assert answer.startswith(b"HTTP/1.1 408"), (name, answer[:300])
+        assert b"Sora.RequestTimeout" in answer and b"x-sora-request-id" in answer.lower(), answer
+        assert 2.5 < took < 10, (name, took)   # bodyTimeout is 3 s on this host
+    never_invoked_nor_stored(host, key, seconds=1.0)
 
 
 # --- issue 14 point 8: attacks on it (cases below this line) ---
@@ -388,6 +491,67 @@ def forged_answer_on_the_control_fd(host):
 
 
 # --- issue 14 point 10: attacks on it (cases below this line) ---
+
+
+def invoke_api(host, payload: bytes):
+    return host.session.post(f"{host.url}/2015-03-31/functions/victim/invocations",
+                             data=payload)
+
+
+@case
+def deeply_nested_json_to_the_invoke_api(host):
+    for depth in (1025, 100_000):
+        for payload in (b"[" * depth + b"]" * depth, b'{"a":' * depth + b"1" + b"}" * depth):
+            r = invoke_api(host, payload)
+            assert r.status_code == 400, (depth, r.status_code, r.text[:200])
+            assert json_of(r)["errorType"] == "InvalidRequestContentException"
+
+
+@case
+def nan_and_infinity_in_an_invoke_api_event(host):
+    for payload in (b'{"x":NaN}', b"[Infinity]", b'{"x":-Infinity}', b"NaN"):
+        r = invoke_api(host, payload)
+        assert r.status_code == 400, (payload, r.status_code, r.text[:200])
+        assert json_of(r)["errorType"] == "InvalidRequestContentException"
+
+
+@case
+def response_headers_that_would_split_the_response(host):
+    for headers in ({"X-A\r\nSet-Cookie": "evil=1"}, {"X-A\n": "1"}, {"X-A\u0000": "1"},
+                    {" X-Lead": "1"}, {"X-Trail ": "1"}, {"X Inner": "1"},
+                    {"X-A": "1\r\nSet-Cookie: evil=1"}, {"X-A": "1\nB"}, {"X-A": "1\u0000"}):
+        r = call(host, respond=json.dumps(headers))
+        error_of(r, 502, "Sora.InvalidResponse")
+        assert r.headers.get("X-Sora-Request-Id"), headers
+        assert "evil" not in str(r.headers), r.headers
+
+
+@case
+def hop_by_hop_headers_from_the_function(host):
+    hop = {"Transfer-Encoding": "chunked", "Connection": "close", "Content-Length": "99",
+           "Keep-Alive": "timeout=600", "Upgrade": "h2c", "Proxy-Connection": "close",
+           "TE": "trailers", "Trailer": "X-Later", "X-Kept": "yes"}
+    query = requests.compat.urlencode({"respond": json.dumps(hop)})
+    with socket.create_connection(("127.0.0.1", host.http_port), timeout=15) as s:
+        request = b"GET /functions/victim?%s HTTP/1.1\r\nHost: x\r\n\r\n" % query.encode()
+        s.sendall(request)
+        answer = b""
+        while not answer.endswith(b"hello"):
+            chunk = s.recv(65536)
+            assert chunk, answer
+            answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        lines = [line.lower() for line in head.split(b"\r\n")[1:]]
+        names = [line.split(b":", 1)[0] for line in lines]
+        assert head.startswith(b"HTTP/1.1 200") and body == b"hello", answer
+        assert b"x-kept: yes" in lines
+        assert names.count(b"content-length") == 1 and b"content-length: 5" in lines, head
+        for name in (b"transfer-encoding", b"connection", b"keep-alive", b"upgrade",
+                     b"proxy-connection", b"te", b"trailer"):
+            assert name not in names, head
+        # The function's "Connection: close" did not close the connection: it serves on.
+        s.sendall(b"GET /functions/bystander HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert s.recv(65536).startswith(b"HTTP/1.1 200")
 
 
 # --- issue 14 point 11: attacks on it (cases below this line) ---

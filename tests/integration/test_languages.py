@@ -2,6 +2,7 @@
 one instance lifecycle, the same timeout, crash and error handling, and logs tied to requests."""
 from __future__ import annotations
 
+import json
 import os
 import stat
 import sys
@@ -118,6 +119,30 @@ def test_python_unserializable_result_is_marshal_error(host):
     r = host.invoke("py-errors", params={"kind": "unserializable"})
     assert r.status_code == 502
     assert json_of(r)["errorType"] == "Runtime.MarshalError"
+
+
+@pytest.mark.parametrize("kind", ["nan", "inf", "-inf", "decimal-nan"])
+def test_python_nan_result_is_a_marshal_error_not_invalid_json(host, kind):
+    # issue 14 point 10: json.dumps writes NaN/Infinity, which no caller's JSON parser takes.
+    r = host.invoke("py-errors", params={"kind": kind})
+    assert r.status_code == 502, r.text
+    body = json.loads(r.text, parse_constant=_refuse)
+    assert body["errorType"] == "Runtime.MarshalError" and "JSON" in body["errorMessage"]
+
+
+@pytest.mark.parametrize("answer,value", [("NaN", "NaN"), ("Infinity", "Infinity"),
+                                          ("-Infinity", "-Infinity"),
+                                          ("not-json", "not-json"), ("42", 42)])
+def test_a_provided_response_that_is_not_json_reaches_the_caller_as_json(host, answer, value):
+    # issue 14 point 10: what a custom runtime posts that is not strict JSON becomes a JSON
+    # string, as Sora's multi-line text already did; JSON keeps its value.
+    r = host.invoke("shared-provided", params={"answer": answer})
+    assert r.status_code == 200, r.text
+    assert json.loads(r.text, parse_constant=_refuse) == value
+
+
+def _refuse(constant):
+    raise AssertionError(f"{constant} is not JSON")
 
 
 def test_python_decimal_results_are_numbers(host):

@@ -87,3 +87,40 @@ def test_the_event_is_one_line_of_utf8_json_and_keeps_any_text():
     assert e["body"] == "line 1\nłódź \u2028 😀" and e["isBase64Encoded"] is False
     assert e["headers"]["x-name"] == "Zoë" and e["rawPath"] == "/ä"
     assert e["queryStringParameters"] == {"q": "é"}
+
+
+def test_hidden_headers_are_left_out_of_the_event():
+    e = event(raw_headers=[(b"Authorization", b"Bearer k"), (b"X-Api-Key", b"k"),
+                           (b"X-Other", b"1")], hidden=frozenset({"authorization", "x-api-key"}))
+    assert e["headers"] == {"x-other": "1"}
+
+
+@pytest.mark.parametrize("name,value", [("X-A\r\nB", "1"), ("X-A\x00", "1"), ("X A", "1"),
+                                        (" X-A", "1"), ("X-A ", "1"), ("", "1"), ("X-A:", "1"),
+                                        ("X-A", "1\r\nB: 2"), ("X-A", "1\n"), ("X-A", "\x00"),
+                                        ("X-A", "\x7f"), ("X-A", "\u20ac")])
+def test_headers_that_would_break_the_response_are_refused(name, value):
+    with pytest.raises(BadFunctionResponse) as exc:
+        map_result(json.dumps({"statusCode": 200, "headers": {name: value}}).encode())
+    assert value.strip() == "" or value not in str(exc.value)   # the value is not echoed
+
+
+def test_tabs_spaces_and_latin1_in_values_are_fine():
+    out = map_result(json.dumps({"statusCode": 200, "headers": {
+        "X-A": "a b\tc", "X-B": "caf\u00e9"}}).encode())
+    assert ("X-A", "a b\tc") in out.headers and ("X-B", "caf\u00e9") in out.headers
+
+
+def test_hop_by_hop_and_framing_headers_are_dropped():
+    out = map_result(json.dumps({"statusCode": 200, "headers": {
+        "Connection": "close", "Transfer-Encoding": "chunked", "content-length": "9",
+        "X-Kept": "1"}, "multiValueHeaders": {"Keep-Alive": ["timeout=9"], "TE": ["x"]},
+        "body": "hi"}).encode())
+    assert out.headers == [("X-Kept", "1")] and out.body == b"hi"
+
+
+@pytest.mark.parametrize("raw", [b'{"statusCode":200,"body":NaN}',
+                                 b'{"statusCode":200,"body":' + b"[" * 2000 + b"]" * 2000 + b"}"])
+def test_a_structured_response_that_is_not_strict_json_is_refused(raw):
+    with pytest.raises(BadFunctionResponse):
+        map_result(raw)

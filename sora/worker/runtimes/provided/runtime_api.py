@@ -33,6 +33,7 @@ import time
 from collections import deque
 
 import httptools
+import orjson
 
 API = b"/2018-06-01/runtime"
 NEXT_PATH = API + b"/invocation/next"
@@ -57,14 +58,18 @@ def write_all(fd, data):
 
 
 def one_line(body):
-    """A response body as one protocol line: valid JSON keeps its value (newlines in it can
-    only be whitespace); any other text becomes a JSON string."""
-    if b"\n" not in body and b"\r" not in body:
-        return body or b"null"
+    """A response body as one protocol line of valid JSON: JSON keeps its value (newlines in
+    it can only be whitespace); any other text becomes a JSON string. That includes NaN and
+    Infinity, which json.loads would take but no JSON parser of the caller's accepts: orjson
+    is strict (and ~1 µs for a small body)."""
+    if not body:
+        return b"null"
     try:
-        json.loads(body)
-    except ValueError:
-        return json.dumps(body.decode("utf-8", "replace")).encode()
+        orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return orjson.dumps(body.decode("utf-8", "replace"))
+    if b"\n" not in body and b"\r" not in body:
+        return body
     return body.replace(b"\r", b" ").replace(b"\n", b" ")
 
 

@@ -122,7 +122,10 @@ def error_payload(exc, error_type=None):
 
 
 def to_json(value):
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"),
+    # allow_nan=False: NaN and Infinity are not JSON, and a result holding them would reach
+    # the caller as a body no JSON parser accepts; they fail as Runtime.MarshalError instead,
+    # like any other value that cannot be serialised.
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False,
                       default=_json_default).encode("utf-8")
 
 
