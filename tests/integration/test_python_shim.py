@@ -38,11 +38,15 @@ def test_each_answer_and_marker_names_its_request(tmp_path):
     try:
         assert read_until(read_fd, 1) == [b"READY"]
         proc.stdin.write(b'{"id":"r1","timeoutMs":5000,"event":{"n":1}}\n'
-                         b'{"id":"r2","timeoutMs":5000,"event":{not json}}\n')
+                         b'{"id":"r2","timeoutMs":5000,"event":{not json}}\n'
+                         # deeper than the interpreter's stack, within the gateway's limit
+                         b'{"id":"r3","timeoutMs":5000,"event":' + b"[" * 1020 + b"]" * 1020 +
+                         b'}\n')
         proc.stdin.flush()
-        bad = read_until(read_fd, 2)
+        bad = read_until(read_fd, 3)
         assert bad[0] == b'R r1 {"n":1}'
         assert bad[1].startswith(b"E r2 ") and b"Runtime.InvalidEvent" in bad[1]
+        assert bad[2].startswith(b"E r3 ") and b"Runtime.InvalidEvent" in bad[2]
         proc.stdin.close()
         assert proc.wait(10) == 0
         assert proc.stdout.read() == b"printed by r1\n\x00SORA-END r1\n"

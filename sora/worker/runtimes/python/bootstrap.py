@@ -193,7 +193,9 @@ def main():
         try:
             request = json.loads(line)
             request_id = request["id"]
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+            # RecursionError: an event nested deeper than this interpreter's stack (the gateway
+            # lets through up to 1,024 levels) is the caller's error, not a crash.
             answer = b"E " + to_json({"errorMessage": "The event is not valid JSON: %s" % exc,
                                       "errorType": "Runtime.InvalidEvent", "stackTrace": []})
         else:
@@ -206,7 +208,7 @@ def main():
             else:
                 try:
                     answer = b"R " + to_json(result)
-                except (TypeError, ValueError) as exc:
+                except (TypeError, ValueError, RecursionError) as exc:
                     answer = b"E " + to_json({
                         "errorMessage": "Unable to marshal response: %s" % exc,
                         "errorType": "Runtime.MarshalError", "stackTrace": []})
