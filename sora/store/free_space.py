@@ -4,8 +4,8 @@ SQLite fails in the middle of a transaction when the disk fills (`database or di
 and a log file's write raises; both are worse than refusing work up front. Each writer (the
 gateways' event intake, the workers' log files, the recorder) asks `FreeSpace.low()` before it
 writes. That costs a `statvfs` at most once per `interval` seconds, however many requests ask:
-in between it is a clock read and a comparison (measured: ~0.1 µs, against ~1.5 µs for a
-statvfs each time).
+in between it is a clock read and a comparison (measured on this 2-core machine under load:
+~0.4 µs, against ~6 µs for a statvfs each time; ~0.05 µs when the check is off).
 """
 from __future__ import annotations
 

@@ -210,11 +210,14 @@ class Recorder:
 
     def keep_within_cap(self, conn: sqlite3.Connection) -> None:
         """The store within `records.maxStoreMB`: the oldest records pruned past the
-        database's share, a little at a time, and the WAL truncated past its own after each
-        step (a reader may have held an automatic checkpoint back)."""
+        database's share, a little at a time, and the WAL truncated past its own (a reader
+        may have held an automatic checkpoint back)."""
         try:
             if store_bytes(conn) > self.db_limit:
-                removed = prune_to_size(conn, self.db_limit * 7 // 8, self.truncate_wal)
+                # Steps of half the WAL's share, each checkpointed away before the next.
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                removed = prune_to_size(conn, self.db_limit * 7 // 8, self.wal_limit // 2,
+                                        lambda c: c.execute("PRAGMA wal_checkpoint(TRUNCATE)"))
                 log.info("records store at its size cap: pruned the oldest log lines and %d "
                          "invocation record(s)", removed)
             self.truncate_wal(conn)

@@ -59,21 +59,21 @@ def store_bytes(conn: sqlite3.Connection) -> int:
     return (pages - free) * page_size
 
 
-def prune_to_size(conn: sqlite3.Connection, target: int,
+def prune_to_size(conn: sqlite3.Connection, target: int, step: int,
                   after_round: Callable[[sqlite3.Connection], None] | None = None,
-                  rounds: int = 16) -> int:
+                  rounds: int = 32) -> int:
     """Delete the oldest log lines and records, oldest first, until the pages in use fit in
     `target` bytes. Each round deletes, of both tables, the oldest share of ids that the
-    excess is of the whole (ids are in order of arrival, so an id range is a range of ages
-    and a delete walks a contiguous part of each index, freeing whole pages), then calls
-    `after_round` (the recorder truncates the WAL there). Returns how many records were
-    removed."""
+    excess (at most `step` bytes: a delete writes what it changes into the WAL) is of the
+    whole (ids are in order of arrival, so an id range is a range of ages and a delete walks
+    a contiguous part of each index, freeing whole pages), then calls `after_round` (the
+    recorder checkpoints the WAL there). Returns how many records were removed."""
     removed = 0
     for _ in range(rounds):
         used = store_bytes(conn)
         if used <= target:
             break
-        share = min(1.0, (used - target) / used + 0.02)
+        share = min(1.0, min(used - target, step) / used + 0.01)
         with conn:
             conn.execute("BEGIN IMMEDIATE")
             lo, hi = conn.execute("SELECT MIN(id), MAX(id) FROM invocations").fetchone()
