@@ -406,7 +406,7 @@ EVENT_INVOKE_SETTINGS = _settings(
             "it doubles for each further one (at most 5 minutes)."),
     Setting("maxConcurrency", _int_range(1, 1024), None, "Events of this function run at "
             "once. Default: the function's `concurrency`."),
-    Setting("maxQueuedEvents", _int_range(1, 10_000_000), 10_000, "Events of this function "
+    Setting("maxQueuedEvents", _int_range(1, 10_000_000), 100_000, "Events of this function "
             "stored at once (queued, running or dead-lettered); past it an event gets 429 "
             "`TooManyRequestsException` with Retry-After and is not stored."),
     Setting("maxQueuedMB", _int_range(1, 1 << 20), 256, "Bytes (MB) of this function's stored "
