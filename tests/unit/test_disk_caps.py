@@ -2,7 +2,6 @@
 store's pruning to a size, log rotation and the per-invocation allowance, free space."""
 import asyncio
 import os
-import sqlite3
 import time
 from pathlib import Path
 
@@ -170,6 +169,35 @@ def test_the_recorder_keeps_the_store_within_its_cap(tmp_path):
                    if (tmp_path / n).exists())
         largest = max(largest, size)
     assert largest <= 16 << 20
-    assert conn.execute("SELECT MIN(request_id) FROM invocations").fetchone()[0] > "r0000"
-    with pytest.raises(sqlite3.OperationalError):
-        conn.execute("SELECT nothing FROM invocations")
+    # The oldest went first; the newest are all there.
+    kept = [r[0] for r in conn.execute("SELECT request_id FROM invocations ORDER BY id")]
+    assert kept[0] > "r0000" and kept == [f"r{i:04d}" for i in range(120 - len(kept), 120)]
+
+
+def test_the_caps_are_settings_with_clear_errors(tmp_path):
+    from sora.config import ConfigError, load_function_config, load_host_config
+    config = tmp_path / "host-config.yaml"
+    config.write_text("functionPaths: [fn]\nserver: {httpPort: 1, maxEventBytes: 0}\n"
+                      "logs: {maxFileMB: 0, keepFiles: 2}\nrecords: {maxStoreMB: 1}\n"
+                      "minFreeDiskMB: -1\n")
+    with pytest.raises(ConfigError) as caught:
+        load_host_config(str(config))
+    text = str(caught.value)
+    for field in ("server.maxEventBytes", "logs.maxFileMB", "records.maxStoreMB",
+                  "minFreeDiskMB"):
+        assert f"{config}: {field}: expected an integer from" in text, text
+    config.write_text("functionPaths: [fn]\nserver: {httpPort: 1}\n")
+    host = load_host_config(str(config))
+    assert (host.server.maxEventBytes, host.logs.maxFileMB, host.logs.keepFiles,
+            host.records.maxStoreMB, host.records.maxLogBytesPerInvocation,
+            host.minFreeDiskMB) == (262144, 32, 3, 1024, 1 << 20, 100)
+    fn = tmp_path / "fn"
+    fn.mkdir()
+    (fn / "index.js").write_text("exports.handler = async () => 1;")
+    (fn / "sora.yaml").write_text("name: fn\nlanguage: nodejs\nentrypoint: index.js\n"
+                                  "eventInvoke: {maxQueuedEvents: 0}\n")
+    with pytest.raises(ConfigError, match="eventInvoke.maxQueuedEvents: expected an integer"):
+        load_function_config(str(fn))
+    (fn / "sora.yaml").write_text("name: fn\nlanguage: nodejs\nentrypoint: index.js\n")
+    assert (load_function_config(str(fn)).eventInvoke.maxQueuedEvents,
+            load_function_config(str(fn)).eventInvoke.maxQueuedMB) == (100_000, 256)
