@@ -155,23 +155,23 @@ def test_free_space_is_checked_at_most_once_per_interval(tmp_path, monkeypatch):
 
 def test_the_recorder_keeps_the_store_within_its_cap(tmp_path):
     from sora.store.recorder import Recorder
-    recorder = Recorder(str(tmp_path), 1_000_000, 1000, max_store_mb=16)
+    recorder = Recorder(str(tmp_path), 1_000_000, 1000, max_store_mb=4)
     conn = connect(str(tmp_path))
     conn.execute(f"PRAGMA journal_size_limit = {recorder.wal_limit}")
     conn.execute("PRAGMA secure_delete = FAST")
     largest = 0
-    for i in range(120):
+    for i in range(60):
         rid = f"r{i:04d}"
         commit(conn, [(rid, "fn", "$LATEST", "http", time.time(), 1.0, "ok", None, 0)],
-               [("fn", rid, time.time(), "stdout", "f" * 199) for _ in range(1500)])
+               [("fn", rid, time.time(), "stdout", "f" * 199) for _ in range(500)])
         recorder.keep_within_cap(conn)
         size = sum(os.path.getsize(tmp_path / n) for n in ("sora.db", "sora.db-wal")
                    if (tmp_path / n).exists())
         largest = max(largest, size)
-    assert largest <= 16 << 20
+    assert largest <= 4 << 20
     # The oldest went first; the newest are all there.
     kept = [r[0] for r in conn.execute("SELECT request_id FROM invocations ORDER BY id")]
-    assert kept[0] > "r0000" and kept == [f"r{i:04d}" for i in range(120 - len(kept), 120)]
+    assert kept[0] > "r0000" and kept == [f"r{i:04d}" for i in range(60 - len(kept), 60)]
 
 
 def test_the_caps_are_settings_with_clear_errors(tmp_path):
