@@ -28,9 +28,9 @@ FLOOD = r"""
 const fs = require('fs');
 const line = 'f'.repeat(199) + '\n';
 const chunk = Buffer.from(line.repeat(256));
-function print() {
-  for (;;) {
-    try { fs.writeSync(1, chunk); return; } catch (e) { if (e.code !== 'EAGAIN') throw e; }
+function print() {   // the pipe is non-blocking: retry on EAGAIN, go on after a partial write
+  for (let done = 0; done < chunk.length;) {
+    try { done += fs.writeSync(1, chunk, done); } catch (e) { if (e.code !== 'EAGAIN') throw e; }
   }
 }
 exports.handler = async (event) => {
