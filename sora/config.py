@@ -271,6 +271,10 @@ SERVER_SETTINGS = _settings(
     Setting("bodyTimeout", _number_range(0, 3600), 30.0, "Seconds a request body may stall "
             "(no bytes arriving) before the request is refused with 408. A body that ends "
             "before its length, or stalls, is never invoked nor stored."),
+    Setting("maxEventBytes", _int_range(1, 1 << 30), 256 * 1024, "Largest asynchronous event "
+            "stored (the Invoke API's body, or a function URL's event as JSON); a larger one "
+            "gets 413 `RequestEntityTooLargeException` and nothing is stored. Default 256 KiB, "
+            "Lambda's limit for `Event` invocations."),
 )
 
 HOST_SETTINGS = _settings(
@@ -280,6 +284,12 @@ HOST_SETTINGS = _settings(
     Setting("stateDir", _path, "./.sora", "Folder for sockets, logs, the setup cache and the "
             "store (`sora.db`), relative to the config file's folder."),
     Setting("records", _mapping, {}, "Retention of invocation records (below)."),
+    Setting("logs", _mapping, {}, "Size of the functions' log files (below)."),
+    Setting("minFreeDiskMB", _int_range(0, 1 << 30), 100, "Free space (MB) the state dir's "
+            "file system must keep. Below it (checked at most once a second) asynchronous "
+            "events get 503 `Sora.LowDisk` with Retry-After, and function log files and the "
+            "records store stop being written (each says so once in the host's log) until "
+            "space is back; synchronous calls keep running. 0 turns this off."),
     Setting("limits", _mapping, {}, "Host-wide limits that autoscaling never exceeds (below)."),
     Setting("auth", _mapping, {}, "API keys callers must present (below). Without keys, every "
             "route is open (a host for local development only)."),
@@ -404,6 +414,12 @@ EVENT_INVOKE_SETTINGS = _settings(
             "it doubles for each further one (at most 5 minutes)."),
     Setting("maxConcurrency", _int_range(1, 1024), None, "Events of this function run at "
             "once. Default: the function's `concurrency`."),
+    Setting("maxQueuedEvents", _int_range(1, 10_000_000), 100_000, "Events of this function "
+            "stored at once (queued, running or dead-lettered); past it an event gets 429 "
+            "`TooManyRequestsException` with Retry-After and is not stored."),
+    Setting("maxQueuedMB", _int_range(1, 1 << 20), 256, "Bytes (MB) of this function's stored "
+            "events' payloads, counted as `maxQueuedEvents` counts them; past it an event "
+            "gets 429 with Retry-After and is not stored."),
 )
 
 
@@ -412,6 +428,24 @@ RECORDS_SETTINGS = _settings(
             "their log lines) kept per function; older ones are pruned."),
     Setting("maxAgeHours", _number_range(0, 24 * 3650), 168.0, "Records older than this are "
             "pruned (default 7 days)."),
+    Setting("maxLogBytesPerInvocation", _int_range(1024, 1 << 30), 1 << 20, "Log bytes stored "
+            "with one invocation's record; past it one line `[sora: ... not stored ...]` "
+            "ends its stored lines (the function's log file still has them all, within its "
+            "own caps). Lines printed outside any invocation share one such allowance between "
+            "two invocations. Default 1 MiB."),
+    Setting("maxStoreMB", _int_range(16, 1 << 30), 1024, "Size of the records store "
+            "(`sora.db` with its write-ahead log); past it the oldest records and log lines "
+            "are pruned first, and the log is checkpointed and truncated so it stays within "
+            "an eighth of this (at most 64 MB)."),
+)
+
+LOGS_SETTINGS = _settings(
+    Setting("maxFileMB", _int_range(1, 1 << 20), 32, "Size (MB) at which each function's log "
+            "file `<stateDir>/logs/<name>.log` is rotated to `<name>.log.1` (the older ones "
+            "move up by one)."),
+    Setting("keepFiles", _int_range(1, 1000), 3, "Rotated log files kept per function beside "
+            "the current one; the oldest is deleted. A function's logs take at most "
+            "(`keepFiles` + 1) x `maxFileMB`."),
 )
 
 
@@ -475,6 +509,8 @@ class EventInvokeConfig:
     maximumEventAgeInSeconds: float = 21600.0
     retryDelaySeconds: float = 1.0
     maxConcurrency: int = 1
+    maxQueuedEvents: int = EVENT_INVOKE_SETTINGS["maxQueuedEvents"].default
+    maxQueuedMB: int = EVENT_INVOKE_SETTINGS["maxQueuedMB"].default
 
 
 @dataclass(frozen=True)
@@ -539,12 +575,21 @@ class ServerConfig:
     gracefulTimeout: float
     headerTimeout: float = 10.0
     bodyTimeout: float = 30.0
+    maxEventBytes: int = SERVER_SETTINGS["maxEventBytes"].default
 
 
 @dataclass(frozen=True)
 class RecordsConfig:
     maxPerFunction: int = 10_000
     maxAgeHours: float = 168.0
+    maxLogBytesPerInvocation: int = RECORDS_SETTINGS["maxLogBytesPerInvocation"].default
+    maxStoreMB: int = RECORDS_SETTINGS["maxStoreMB"].default
+
+
+@dataclass(frozen=True)
+class LogsConfig:
+    maxFileMB: int = LOGS_SETTINGS["maxFileMB"].default
+    keepFiles: int = LOGS_SETTINGS["keepFiles"].default
 
 
 @dataclass(frozen=True)
@@ -578,6 +623,8 @@ class HostConfig:
     server: ServerConfig
     stateDir: str
     records: RecordsConfig = field(default_factory=RecordsConfig)
+    logs: LogsConfig = field(default_factory=LogsConfig)
+    minFreeDiskMB: int = HOST_SETTINGS["minFreeDiskMB"].default
     limits: LimitsConfig = field(default_factory=lambda: default_limits({}))
     prestartedRuntimes: int = 2
     apiKeys: tuple[ApiKey, ...] = ()
@@ -699,6 +746,7 @@ def load_host_config(path: str) -> HostConfig:
                                       problems) if "server" in values else {}
     records_values = _validate_mapping(values.get("records") or {}, RECORDS_SETTINGS,
                                        "records.", problems)
+    logs_values = _validate_mapping(values.get("logs") or {}, LOGS_SETTINGS, "logs.", problems)
     limits = default_limits(_validate_mapping(values.get("limits") or {}, LIMITS_SETTINGS,
                                               "limits.", problems))
     auth_values = _validate_mapping(values.get("auth") or {}, AUTH_SETTINGS, "auth.", problems)
@@ -769,7 +817,8 @@ def load_host_config(path: str) -> HostConfig:
     _check_limits(path, limits, functions)
     return HostConfig(path=path, server=ServerConfig(**server_values),
                       stateDir=_resolve(base, values["stateDir"]),
-                      records=RecordsConfig(**records_values), limits=limits,
+                      records=RecordsConfig(**records_values), logs=LogsConfig(**logs_values),
+                      minFreeDiskMB=values["minFreeDiskMB"], limits=limits,
                       prestartedRuntimes=values["prestartedRuntimes"], apiKeys=api_keys,
                       functions=functions, broken=broken)
 
@@ -884,6 +933,7 @@ def settings_markdown() -> str:
     for title, settings in (("host-config.yaml", HOST_SETTINGS),
                             ("host-config.yaml `server:`", SERVER_SETTINGS),
                             ("host-config.yaml `records:`", RECORDS_SETTINGS),
+                            ("host-config.yaml `logs:`", LOGS_SETTINGS),
                             ("host-config.yaml `limits:`", LIMITS_SETTINGS),
                             ("host-config.yaml `auth:`", AUTH_SETTINGS),
                             ("sora.yaml", FUNCTION_SETTINGS),

@@ -6,6 +6,11 @@ raises EventNotStored and the caller answers 503, never 202. Commits run on one 
 gateway process so the event loop never waits on fsync, and events that arrive while a commit
 is under way are committed together in the next one (group commit): one fsync for many events
 under load, no added wait when idle. After a commit the dispatcher is nudged to start at once.
+
+What the queue may hold is capped so that no caller can fill the disk with events: per function
+a count and a payload total (`eventInvoke.maxQueuedEvents`, `maxQueuedMB`; past either the
+event is refused with QueueFull and not stored), and while the state dir is low on free space
+(`minFreeDiskMB`) every event is refused with LowDisk before SQLite is asked to write.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import zmq
 from .. import protocol as p
 from ..store import queue
 from ..store.db import connect_queue
+from ..store.free_space import FreeSpace
 
 # How long a commit may wait for the queue's lock before the event is refused.
 INTAKE_BUSY_MS = 2000
@@ -29,9 +35,19 @@ class EventNotStored(Exception):
     """The event could not be committed; the caller must not be told it was accepted."""
 
 
+class QueueFull(EventNotStored):
+    """The function's stored events are at their cap (count or bytes): nothing was stored."""
+
+
+class LowDisk(EventNotStored):
+    """The state dir's file system is below its free-space minimum: nothing was stored."""
+
+
 class EventIntake:
-    def __init__(self, state_dir: str):
+    def __init__(self, state_dir: str, min_free_mb: int = 0):
         self.state_dir = state_dir
+        self.free_space = FreeSpace(state_dir, min_free_mb << 20,
+                                    "asynchronous events are refused with 503")
         self._pid = -1
 
     def _open(self) -> None:
@@ -49,13 +65,17 @@ class EventIntake:
         self._nudge.setsockopt(zmq.SNDHWM, 16)
         self._nudge.connect(p.events_endpoint(self.state_dir))
 
-    async def accept(self, request_id: str, function: str, trigger: str,
-                     payload: bytes) -> None:
+    async def accept(self, request_id: str, function: str, trigger: str, payload: bytes,
+                     caps: tuple[int, int] | None = None) -> None:
+        """Store the event; `caps` is the function's (most events, most payload bytes)."""
+        if self.free_space.low():
+            raise LowDisk("the host is low on disk space")
         if self._pid != os.getpid():
             self._open()
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        self._pending.append(((request_id, function, trigger, payload, time.time()), fut))
+        self._pending.append(((request_id, function, trigger, payload, time.time()), caps,
+                              fut))
         if self._committing is None:
             # Kept referenced: the loop holds only weak references to tasks.
             self._committing = loop.create_task(self._commit_pending())
@@ -66,18 +86,25 @@ class EventIntake:
         try:
             while self._pending:
                 batch, self._pending = self._pending, []
+                caps = {event[1]: cap for event, cap, _ in batch if cap is not None}
                 try:
-                    await loop.run_in_executor(self._executor, self._commit,
-                                               [event for event, _ in batch])
+                    stored = await loop.run_in_executor(
+                        self._executor, self._commit, [event for event, _, _ in batch], caps)
                 except (sqlite3.Error, OSError) as exc:
                     error = EventNotStored(str(exc))
-                    for _, fut in batch:
+                    for _, _, fut in batch:
                         if not fut.done():
                             fut.set_exception(error)
                     continue
-                for _, fut in batch:
-                    if not fut.done():
+                for (event, _, fut), ok in zip(batch, stored):
+                    if fut.done():
+                        continue
+                    if ok:
                         fut.set_result(None)
+                    else:
+                        fut.set_exception(QueueFull(
+                            f"function {event[1]} has as many events stored as it may "
+                            f"(eventInvoke.maxQueuedEvents / maxQueuedMB)"))
                 try:
                     self._nudge.send(b"", zmq.NOBLOCK)
                 except zmq.Again:
@@ -85,10 +112,10 @@ class EventIntake:
         finally:
             self._committing = None
 
-    def _commit(self, events: list[tuple]) -> None:
+    def _commit(self, events: list[tuple], caps: dict[str, tuple[int, int]]) -> list[bool]:
         if self._conn is None:
             self._conn = connect_queue(self.state_dir, INTAKE_BUSY_MS, checkpoints=False)
-        queue.enqueue(self._conn, events)
+        return queue.enqueue(self._conn, events, caps)
 
     def close(self) -> None:
         """Close the nudge socket, its context and the connection (a ZeroMQ context with an

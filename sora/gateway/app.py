@@ -172,7 +172,7 @@ def create_app(config: HostConfig | None = None,
     authorizer = authorizer_for(config)
     app = falcon.asgi.App(middleware=[authorizer] if authorizer else [])
     app.req_options.strip_url_path_trailing_slash = False
-    intake = EventIntake(config.stateDir)
+    intake = EventIntake(config.stateDir, config.minFreeDiskMB)
     functions = FunctionUrlResource(client, config, intake)
     app.add_route("/functions/{name}", functions)
     app.add_route("/functions/{name}/{path:path}", functions)

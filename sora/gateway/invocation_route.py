@@ -3,11 +3,14 @@ the host config, the body limit and broker waits, and accepting an asynchronous 
 from __future__ import annotations
 
 from ..config import HostConfig
-from ..events.intake import EventIntake, EventNotStored
+from ..events.intake import EventIntake, EventNotStored, LowDisk, QueueFull
 from .client import BrokerClient, broker_waits
 from .errors import SoraError
 
 RETRY_AFTER = "1"
+# While the disk is low: long enough for an operator (or pruning) to free space, short enough
+# that callers come back soon after.
+LOW_DISK_RETRY_AFTER = "10"
 
 
 class InvocationRoute:
@@ -18,19 +21,38 @@ class InvocationRoute:
         self.max_body = config.server.maxBodyBytes
         self.body_timeout = config.server.bodyTimeout
         self.waits = broker_waits(config)
+        self.max_event = config.server.maxEventBytes
+        # Per function: (most events stored, most payload bytes stored).
+        self.event_caps = {fn.name: (fn.eventInvoke.maxQueuedEvents,
+                                     fn.eventInvoke.maxQueuedMB << 20)
+                           for fn in config.functions}
 
     async def accept_event(self, name: str, request_id: str, trigger: str, payload: bytes,
                            error: type[SoraError] = SoraError) -> None:
         """Store the event or raise `error` (the route's error class): 404 for an unknown
-        function, 503 for a broken one or when the event could not be stored."""
+        function, 503 for a broken one or when the event could not be stored (the disk low
+        among the reasons), 413 for an event over `maxEventBytes`, 429 when the function has
+        as many events stored as its caps allow. Nothing is stored unless this returns."""
         if self.config.function(name) is None:
             broken = next((b for b in self.config.broken if b.name == name), None)
             if broken is None:
                 raise error(404, "ResourceNotFoundException", f"Function not found: {name}")
             raise error(503, "Sora.FunctionUnavailable", f"Function {name} cannot run: "
                         f"{broken.reason}")
+        if len(payload) > self.max_event:
+            raise error(413, "RequestEntityTooLargeException", (
+                f"The event is {len(payload)} bytes; asynchronous invocations take at most "
+                f"{self.max_event} bytes (server.maxEventBytes)"))
         try:
-            await self.intake.accept(request_id, name, trigger, payload)
+            await self.intake.accept(request_id, name, trigger, payload,
+                                     self.event_caps.get(name))
+        except QueueFull as exc:
+            raise error(429, "TooManyRequestsException", (
+                f"The event was not accepted: {exc}"), {"Retry-After": RETRY_AFTER}) from None
+        except LowDisk:
+            raise error(503, "Sora.LowDisk", (
+                "The host is low on disk space, so asynchronous events are not accepted "
+                "until space is freed"), {"Retry-After": LOW_DISK_RETRY_AFTER}) from None
         except EventNotStored as exc:
             raise error(503, "Sora.EventNotStored", (
                 f"The event could not be stored, so it was not accepted: {exc}"),

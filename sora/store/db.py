@@ -70,7 +70,27 @@ CREATE TABLE IF NOT EXISTS attempts (
     error_message TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS attempts_by_event ON attempts (event_id, id);
+-- Per function, how many events are stored (in any state) and their payloads' bytes, kept by
+-- triggers so intake checks a function's caps with one row read instead of a scan.
+CREATE TABLE IF NOT EXISTS event_totals (
+    function    TEXT PRIMARY KEY,
+    events      INTEGER NOT NULL,
+    bytes       INTEGER NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS event_totals_add AFTER INSERT ON events BEGIN
+    INSERT INTO event_totals (function, events, bytes)
+    VALUES (NEW.function, 1, length(NEW.payload))
+    ON CONFLICT (function) DO UPDATE SET events = events + 1,
+                                         bytes = bytes + length(NEW.payload);
+END;
+CREATE TRIGGER IF NOT EXISTS event_totals_remove AFTER DELETE ON events BEGIN
+    UPDATE event_totals SET events = events - 1, bytes = bytes - length(OLD.payload)
+    WHERE function = OLD.function;
+END;
 """
+# PRAGMA user_version of a queue.db whose event_totals match its events (older files had no
+# totals: they are counted once, in the first connection's transaction).
+QUEUE_VERSION = 1
 
 
 def db_path(state_dir: str, name: str = DB_FILE) -> str:
@@ -107,6 +127,14 @@ def connect_queue(state_dir: str, busy_ms: int = BUSY_TIMEOUT_MS, synchronous: s
     connection folds the WAL back into the database, so no 202 waits for that).
     """
     conn = _open(db_path(state_dir, QUEUE_FILE), QUEUE_SCHEMA, synchronous, busy_ms)
+    if conn.execute("PRAGMA user_version").fetchone()[0] < QUEUE_VERSION:
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            if conn.execute("PRAGMA user_version").fetchone()[0] < QUEUE_VERSION:
+                conn.execute("DELETE FROM event_totals")
+                conn.execute("INSERT INTO event_totals SELECT function, COUNT(*), "
+                             "SUM(length(payload)) FROM events GROUP BY function")
+                conn.execute(f"PRAGMA user_version = {QUEUE_VERSION}")
     if not checkpoints:
         conn.execute("PRAGMA wal_autocheckpoint = 0")
     return conn

@@ -36,14 +36,38 @@ class Attempt:
     error_message: str
 
 
-def enqueue(conn: sqlite3.Connection, events: list[tuple[str, str, str, bytes, float]]) -> None:
+def enqueue(conn: sqlite3.Connection, events: list[tuple[str, str, str, bytes, float]],
+            caps: dict[str, tuple[int, int]] | None = None) -> list[bool]:
     """Store accepted events (request id, function, trigger, payload, time accepted) in one
-    transaction; returns once they are durable, raises sqlite3.Error if they are not."""
+    transaction; returns once they are durable, raises sqlite3.Error if they are not.
+
+    `caps` gives per function the most events and payload bytes it may have stored (in any
+    state); an event that would pass either is not stored. Returns, per event, whether it was
+    stored. The check and the insert are one transaction, so gateways in other processes
+    cannot pass a cap together."""
     with conn:
         conn.execute("BEGIN IMMEDIATE")
+        stored = [True] * len(events)
+        if caps:
+            totals = {fn: list(stored_totals(conn, fn)) for fn in {e[1] for e in events}}
+            for i, (_, function, _, payload, _) in enumerate(events):
+                cap, total = caps.get(function), totals[function]
+                if cap is not None and (total[0] >= cap[0] or total[1] + len(payload) > cap[1]):
+                    stored[i] = False
+                else:
+                    total[0] += 1
+                    total[1] += len(payload)
         conn.executemany("INSERT INTO events (request_id, function, trigger, payload, "
                          "accepted, state, due) VALUES (?, ?, ?, ?, ?, 'queued', ?)",
-                         [(*event, event[4]) for event in events])
+                         [(*event, event[4]) for event, ok in zip(events, stored) if ok])
+    return stored
+
+
+def stored_totals(conn: sqlite3.Connection, function: str) -> tuple[int, int]:
+    """How many events the function has stored (in any state), and their payloads' bytes."""
+    row = conn.execute("SELECT events, bytes FROM event_totals WHERE function = ?",
+                       (function,)).fetchone()
+    return (row[0], row[1]) if row else (0, 0)
 
 
 def release_leases(conn: sqlite3.Connection, now: float, expired_only: bool = True) -> int:

@@ -3,7 +3,16 @@
 Workers PUSH a message per loop turn to `<stateDir>/run/records.sock` (`RecordSender`; the
 broker too, for invocations lost with their worker, which cannot record them); the
 recorder PULLs them, commits what gathered every FLUSH_INTERVAL in one transaction, and prunes
-the store to its retention every PRUNE_INTERVAL. Keeping SQLite out of the workers keeps it off
+the store to its retention every PRUNE_INTERVAL.
+
+The store's size is capped (`records.maxStoreMB`, sora.db and its WAL together): the WAL gets
+an eighth of it (at most 64 MB: `journal_size_limit`, automatic checkpoints at half that, and a
+TRUNCATE checkpoint whenever readers let it grow past it), one commit takes at most a quarter of
+the WAL's share (the rest waits in the socket for the next turn, so a flood of log lines is
+stored at a bounded rate, ~2.5 × that share a second), and after each commit the oldest records
+and log lines are pruned once the database's pages in use pass the cap less two WAL shares. While the
+state dir is low on free space (`minFreeDiskMB`) nothing is written: what arrives is dropped,
+counted, and the recorder says why. Keeping SQLite out of the workers keeps it off
 the invocation path (no write, no lock, no GIL held by a writer thread beside the worker loop).
 
 Wire format: lines joined by "\\n", fields by "\\t" (a log line's text is the last field, so it
@@ -24,14 +33,17 @@ import time
 import zmq
 
 from .. import protocol as p
+from ..config import RecordsConfig
 from ..hotpath import quiet_gc
 from .db import connect
-from .records import commit, prune
+from .free_space import FreeSpace
+from .records import commit, prune, prune_to_size, store_bytes
 
 log = logging.getLogger("sora.recorder")
 FLUSH_INTERVAL = 0.1
 PRUNE_INTERVAL = 60.0
 SEND_HWM = 100_000
+WAL_SHARE_MAX = 64 << 20
 
 
 def records_socket(state_dir: str) -> str:
@@ -107,11 +119,23 @@ def parse(message: bytes, records: list[tuple], lines: list[tuple]) -> None:
 
 
 class Recorder:
-    def __init__(self, state_dir: str, max_per_function: int, max_age_hours: float):
+    def __init__(self, state_dir: str, max_per_function: int, max_age_hours: float,
+                 max_store_mb: int = RecordsConfig.maxStoreMB, min_free_mb: int = 0):
         self.state_dir = state_dir
         self.max_per_function = max_per_function
         self.max_age_seconds = max_age_hours * 3600
         self.signals: list[int] = []
+        store = max_store_mb << 20
+        self.wal_limit = min(WAL_SHARE_MAX, store // 8)
+        # The WAL passes its share by up to one commit (a worker's message is never split),
+        # and more while a reader holds a checkpoint back: the database keeps a second share
+        # free for that.
+        self.db_limit = store - 2 * self.wal_limit
+        self.commit_bytes = self.wal_limit // 4
+        self.wal_path = os.path.join(state_dir, "sora.db-wal")
+        self.free_space = FreeSpace(state_dir, min_free_mb << 20,
+                                    "invocation records and log lines are dropped")
+        self.dropped = 0
 
     def _on_signal(self, signum, _frame) -> None:
         self.signals.append(signum)  # only queue: the loop acts on it
@@ -120,6 +144,12 @@ class Recorder:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         conn = connect(self.state_dir)
+        conn.execute(f"PRAGMA journal_size_limit = {self.wal_limit}")
+        # This build zeroes every freed page (SECURE_DELETE), which writes each page pruning
+        # frees into the WAL; FAST zeroes only what costs no extra write.
+        conn.execute("PRAGMA secure_delete = FAST")
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        conn.execute(f"PRAGMA wal_autocheckpoint = {max(16, self.wal_limit // 2 // page_size)}")
         ctx = zmq.Context()
         sock = ctx.socket(zmq.PULL)
         sock.setsockopt(zmq.RCVHWM, SEND_HWM)
@@ -136,7 +166,11 @@ class Recorder:
                 # A batching window, not a poll: committing on every message would make a
                 # transaction per worker loop turn. A stop signal is seen within it.
                 time.sleep(FLUSH_INTERVAL)
+                if self.free_space.low():
+                    self.discard(sock)
+                    continue
                 self.drain(sock, conn)
+                self.keep_within_cap(conn)
             # Stopping: what the workers sent before they stopped is still committed.
             self.drain(sock, conn)
         finally:
@@ -148,16 +182,55 @@ class Recorder:
     def drain(self, sock: zmq.Socket, conn: sqlite3.Connection) -> None:
         records: list[tuple] = []
         lines: list[tuple] = []
-        while True:
+        taken = 0
+        while taken < self.commit_bytes:   # the rest waits for the next turn (WAL's size)
             try:
-                parse(sock.recv(zmq.NOBLOCK), records, lines)
+                message = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
+            taken += len(message)
+            parse(message, records, lines)
         try:
             commit(conn, records, lines)
         except sqlite3.Error as exc:
             log.error("could not store %d record(s) and %d log line(s): %s", len(records),
                       len(lines), exc)
+
+    def discard(self, sock: zmq.Socket) -> None:
+        """Low disk: take what arrived off the socket without storing it."""
+        while True:
+            try:
+                sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            self.dropped += 1
+            if self.dropped % 1000 == 1:
+                log.error("low disk: %d message(s) of records and log lines dropped",
+                          self.dropped)
+
+    def keep_within_cap(self, conn: sqlite3.Connection) -> None:
+        """The store within `records.maxStoreMB`: the oldest records pruned past the
+        database's share, a little at a time, and the WAL truncated past its own (a reader
+        may have held an automatic checkpoint back)."""
+        try:
+            if store_bytes(conn) > self.db_limit:
+                # Steps of half the WAL's share, each checkpointed away before the next.
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                removed = prune_to_size(conn, self.db_limit * 7 // 8, self.wal_limit // 2,
+                                        lambda c: c.execute("PRAGMA wal_checkpoint(TRUNCATE)"))
+                log.info("records store at its size cap: pruned the oldest log lines and %d "
+                         "invocation record(s)", removed)
+            self.truncate_wal(conn)
+        except (OSError, sqlite3.Error) as exc:
+            log.error("could not keep the records store within its size: %s", exc)
+
+    def truncate_wal(self, conn: sqlite3.Connection) -> None:
+        try:
+            wal = os.stat(self.wal_path).st_size
+        except FileNotFoundError:
+            return
+        if wal > self.wal_limit:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def prune(self, conn: sqlite3.Connection) -> None:
         try:
@@ -174,11 +247,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("--max-per-function", type=int, default=10_000)
     parser.add_argument("--max-age-hours", type=float, default=168.0)
+    parser.add_argument("--max-store-mb", type=int, default=RecordsConfig.maxStoreMB)
+    parser.add_argument("--min-free-disk-mb", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s [recorder %(process)d] %(levelname)s %(message)s")
     return Recorder(os.path.abspath(args.state_dir), args.max_per_function,
-                    args.max_age_hours).run()
+                    args.max_age_hours, args.max_store_mb, args.min_free_disk_mb).run()
 
 
 if __name__ == "__main__":

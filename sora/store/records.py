@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from typing import Callable
 
 STATUSES = ("ok", "error", "timeout", "crashed")
 
@@ -46,6 +47,48 @@ def prune(conn: sqlite3.Connection, max_per_function: int, max_age_seconds: floa
                          f"(SELECT request_id FROM invocations WHERE {where})", args)
             removed += conn.execute(f"DELETE FROM invocations WHERE {where}", args).rowcount
         conn.execute("DELETE FROM log_lines WHERE time < ?", (cutoff,))
+    return removed
+
+
+def store_bytes(conn: sqlite3.Connection) -> int:
+    """Bytes of the store's pages in use (its file less the free pages it will reuse): two
+    header reads, no scan."""
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+    return (pages - free) * page_size
+
+
+def prune_to_size(conn: sqlite3.Connection, target: int, step: int,
+                  after_round: Callable[[sqlite3.Connection], None] | None = None,
+                  rounds: int = 32) -> int:
+    """Delete the oldest log lines and records, oldest first, until the pages in use fit in
+    `target` bytes. Each round deletes, of both tables, the oldest share of ids that the
+    excess (at most `step` bytes: a delete writes what it changes into the WAL) is of the
+    whole (ids are in order of arrival, so an id range is a range of ages and a delete walks
+    a contiguous part of each index, freeing whole pages), then calls `after_round` (the
+    recorder checkpoints the WAL there). Returns how many records were removed."""
+    removed = 0
+    for _ in range(rounds):
+        used = store_bytes(conn)
+        if used <= target:
+            break
+        share = min(1.0, min(used - target, step) / used + 0.01)
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            lo, hi = conn.execute("SELECT MIN(id), MAX(id) FROM invocations").fetchone()
+            if lo is not None:
+                cut = lo + int((hi - lo + 1) * share)
+                conn.execute("DELETE FROM log_lines WHERE request_id IN "
+                             "(SELECT request_id FROM invocations WHERE id < ?)", (cut,))
+                removed += conn.execute("DELETE FROM invocations WHERE id < ?",
+                                        (cut,)).rowcount
+            lo, hi = conn.execute("SELECT MIN(id), MAX(id) FROM log_lines").fetchone()
+            if lo is not None:
+                conn.execute("DELETE FROM log_lines WHERE id < ?",
+                             (lo + int((hi - lo + 1) * share),))
+        if after_round is not None:
+            after_round(conn)
     return removed
 
 

@@ -113,8 +113,13 @@ class Arbiter:
 
     # --- children -------------------------------------------------------------------------------
     def worker_launch(self, fn: FunctionConfig) -> Launch:
+        config = self.config
         argv = [sys.executable, "-m", "sora.worker", "--name", fn.name,
-                "--function-dir", fn.directory, "--state-dir", self.state_dir]
+                "--function-dir", fn.directory, "--state-dir", self.state_dir,
+                "--log-file-max-mb", str(config.logs.maxFileMB),
+                "--log-files-kept", str(config.logs.keepFiles),
+                "--log-bytes-per-invocation", str(config.records.maxLogBytesPerInvocation),
+                "--min-free-disk-mb", str(config.minFreeDiskMB)]
         return Launch(argv, dict(os.environ), start_timeout=max(30.0, fn.timeout) + 15,
                       start_retries=WORKER_START_RETRIES)
 
@@ -128,7 +133,9 @@ class Arbiter:
         records = self.config.records
         argv = [sys.executable, "-m", "sora.store.recorder", "--state-dir", self.state_dir,
                 "--max-per-function", str(records.maxPerFunction),
-                "--max-age-hours", str(records.maxAgeHours)]
+                "--max-age-hours", str(records.maxAgeHours),
+                "--max-store-mb", str(records.maxStoreMB),
+                "--min-free-disk-mb", str(self.config.minFreeDiskMB)]
         return Launch(argv, dict(os.environ), start_timeout=30.0,
                       start_retries=WORKER_START_RETRIES)
 

@@ -18,7 +18,8 @@ import zmq
 
 from .. import protocol as p
 from ..hotpath import quiet_gc, recv_ready, send_frames
-from ..config import ConfigError, FunctionConfig, load_function_config
+from ..config import (ConfigError, FunctionConfig, LogsConfig, RecordsConfig,
+                      load_function_config)
 from ..store.recorder import RecordSender
 from ..supervisor.runtime_pool import PoolClient
 from ..supervisor.setup import SetupRun
@@ -55,7 +56,7 @@ SCALE_IN_INTERVAL = 0.5
 
 class Worker:
     def __init__(self, fn: FunctionConfig, runtime: Runtime, state_dir: str, endpoint: str,
-                 secrets: Secrets | None = None):
+                 secrets: Secrets | None = None, log_limits: dict | None = None):
         self.fn = fn
         self.secrets = secrets or Secrets(fn, {}, state_dir)
         self.secrets.write_files()
@@ -66,7 +67,8 @@ class Worker:
         self.records = RecordSender(state_dir, self.ctx)
         self.pool = PoolClient(state_dir)   # pre-started runtimes, for fast cold starts
         self.log = FunctionLog(state_dir, fn.name, self.records,
-                               self.secrets.redact if self.secrets.values else None)
+                               self.secrets.redact if self.secrets.values else None,
+                               **(log_limits or {}))
         self.meta: dict[bytes, bytes] = {}  # request id -> how it came, unless plain http
         self.fn_name = fn.name.encode()
         self.identity = p.worker_identity(fn.name, os.getpid())
@@ -639,6 +641,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--function-dir", required=True)
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("--broker", help="broker endpoint (default: the state dir's socket)")
+    # The host config's caps on what the function's output may take on disk (defaults: theirs).
+    parser.add_argument("--log-file-max-mb", type=int, default=LogsConfig.maxFileMB)
+    parser.add_argument("--log-files-kept", type=int, default=LogsConfig.keepFiles)
+    parser.add_argument("--log-bytes-per-invocation", type=int,
+                        default=RecordsConfig.maxLogBytesPerInvocation)
+    parser.add_argument("--min-free-disk-mb", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s [worker %(process)d] %(levelname)s %(message)s")
@@ -664,6 +672,10 @@ def main(argv: list[str] | None = None) -> int:
         with open(path, "wb") as fh:
             fh.write(p.error_body("Sora.ConfigError", str(exc)))
         return p.EXIT_BOOT_ERROR
+    log_limits = {"logs": LogsConfig(args.log_file_max_mb, args.log_files_kept),
+                  "stored_per_invocation": args.log_bytes_per_invocation,
+                  "min_free_mb": args.min_free_disk_mb}
     worker = Worker(fn, runtime, os.path.abspath(args.state_dir),
-                    args.broker or p.worker_endpoint(os.path.abspath(args.state_dir)), secrets)
+                    args.broker or p.worker_endpoint(os.path.abspath(args.state_dir)), secrets,
+                    log_limits)
     return worker.run()

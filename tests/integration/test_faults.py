@@ -349,6 +349,24 @@ def writes_outside_its_sandbox(host):
 
 
 # --- issue 14 point 6: attacks on it (cases below this line) ---
+# (the rest of point 6 needs hosts with small caps: tests/integration/test_disk_limits.py)
+
+@case
+def async_event_over_the_payload_limit_is_413_and_not_stored(host):
+    body = json.dumps({"pad": "p" * (300 * 1024)})   # under maxBodyBytes, over 256 KiB
+    for r in (host.invoke("victim", method="POST", data=body,
+                          headers={"X-Sora-Invocation-Type": "Event"}),
+              host.session.post(f"{host.url}/2015-03-31/functions/victim/invocations",
+                                data=body, headers={"X-Amz-Invocation-Type": "Event"},
+                                timeout=30)):
+        error_of(r, 413, "RequestEntityTooLargeException", "at most 262144 bytes")
+    conn = sqlite3.connect(host.base / "state" / "queue.db", timeout=10)
+    try:
+        stored = conn.execute("SELECT COUNT(*) FROM events WHERE function = 'victim' AND "
+                              "length(payload) > 262144").fetchone()[0]
+    finally:
+        conn.close()
+    assert stored == 0
 
 
 # --- issue 14 point 7: attacks on it (cases below this line) ---

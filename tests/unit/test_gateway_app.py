@@ -33,10 +33,10 @@ class FakeBroker:
 
 
 class FakeIntake:
-    def __init__(self, state_dir):
+    def __init__(self, state_dir, min_free_disk_mb=0):
         self.accepted: list[tuple[str, bytes]] = []
 
-    async def accept(self, request_id, function, trigger, payload):
+    async def accept(self, request_id, function, trigger, payload, caps=None):
         self.accepted.append((function, payload))
 
 
@@ -63,7 +63,7 @@ def make_app(tmp_path, monkeypatch, keys=False, body_timeout=None):
     (tmp_path / "host-config.yaml").write_text(yaml.safe_dump(spec))
     intakes = []
     monkeypatch.setattr(gateway_app, "EventIntake",
-                        lambda state_dir: intakes.append(FakeIntake(state_dir)) or intakes[-1])
+                        lambda *args: intakes.append(FakeIntake(*args)) or intakes[-1])
     broker = FakeBroker()
     app = gateway_app.create_app(load_host_config(str(tmp_path / "host-config.yaml")), broker)
     return Gateway(app, broker, intakes[0])
