@@ -437,11 +437,22 @@ def _validate_mapping(data: Any, settings: dict[str, Setting], prefix: str,
 
 
 def _read_yaml(path: str) -> Any:
+    return _parse_yaml(path, _read_bytes(path))
+
+
+def _read_bytes(path: str) -> bytes:
     try:
-        with open(path, encoding="utf-8") as fh:
-            return yaml.safe_load(fh)
+        with open(path, "rb") as fh:
+            return fh.read()
     except FileNotFoundError:
         raise ConfigError(path, ["file not found"]) from None
+    except OSError as exc:
+        raise ConfigError(path, [f"unreadable ({exc.strerror})"]) from None
+
+
+def _parse_yaml(path: str, raw: bytes) -> Any:
+    try:
+        return yaml.safe_load(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise ConfigError(path, [f"not UTF-8 text ({exc.reason})"]) from None
     except yaml.YAMLError as exc:
@@ -487,6 +498,9 @@ class FunctionConfig:
     writableFolder: bool = False
     network: bool = True
     tmpSize: int = 512
+    # SHA-256 of the sora.yaml bytes this config was read from: the operator's file as it was
+    # before any setup ran, which setup is checked against (setup must not change it).
+    sourceDigest: str = ""
 
     @property
     def source(self) -> str:
@@ -579,7 +593,8 @@ def load_function_config(directory: str) -> FunctionConfig:
     path = os.path.join(directory, FUNCTION_FILE)
     if not os.path.isdir(directory):
         raise ConfigError(path, ["function folder does not exist"])
-    data = _read_yaml(path)
+    raw = _read_bytes(path)   # read once: the digest is of the very bytes validated
+    data = _parse_yaml(path, raw)
     problems: list[str] = []
     values = _validate_mapping(data, FUNCTION_SETTINGS, "", problems)
     event_values = _validate_mapping(values.get("eventInvoke") or {}, EVENT_INVOKE_SETTINGS,
@@ -593,7 +608,11 @@ def load_function_config(directory: str) -> FunctionConfig:
     if event_values["maxConcurrency"] is None:
         event_values["maxConcurrency"] = min(values["concurrency"], 1024)
     values["eventInvoke"] = EventInvokeConfig(**event_values)
-    return FunctionConfig(directory=directory, **values)
+    return FunctionConfig(directory=directory, sourceDigest=source_digest(raw), **values)
+
+
+def source_digest(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
 
 
 def default_max_instances(memory_mb: int) -> int:
@@ -665,11 +684,14 @@ def default_gateway_workers() -> int:
     return max(1, (os.cpu_count() or 1) // 2)
 
 
-def load_host_config(path: str) -> HostConfig:
+def load_host_config(path: str, read_functions: bool = True) -> HostConfig:
     """Load host-config.yaml and every function it lists.
 
     Raises ConfigError for problems in the host config itself; broken function folders are
-    returned in `broken` so the host can serve the rest.
+    returned in `broken` so the host can serve the rest. With `read_functions=False` no
+    function folder is read (`functions` and `broken` are empty): the supervisor's children
+    take the functions from the supervisor's snapshot instead (`sora.config_snapshot`), never
+    from folders that setup or a function may have written since.
     """
     path = os.path.abspath(path)
     base = os.path.dirname(path)
@@ -724,7 +746,7 @@ def load_host_config(path: str) -> HostConfig:
     functions: list[FunctionConfig] = []
     broken: list[BrokenFunction] = []
     seen: dict[str, str] = {}
-    for entry in values["functionPaths"]:
+    for entry in values["functionPaths"] if read_functions else ():
         directory = _resolve(base, entry)
         try:
             fn = load_function_config(directory)
