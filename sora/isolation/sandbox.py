@@ -76,14 +76,25 @@ def _prefix_of(executable: str) -> str | None:
     return parent if parent not in ("/", "") else os.path.dirname(real)
 
 
-def read_only_paths(argv: list[str]) -> list[str]:
+def read_only_paths(argv: list[str], folder: str | None = None) -> list[str]:
     """What an instance needs to read besides the system and its folder: its interpreter's
     installation, Sora's runtime shims, and Sora's own Python (the `provided` adapter runs on
-    it). None of these hold anything of the host's or another function's."""
-    paths = [_prefix_of(argv[0]), os.path.dirname(os.path.abspath(sora.__file__)),
-             sys.prefix, sys.base_prefix]
-    if os.path.islink(argv[0]):
-        paths.append(os.path.dirname(os.path.abspath(argv[0])))
+    it). None of these hold anything of the host's or another function's.
+
+    An interpreter inside the function `folder` (`runtime: .venv/bin/python`, made by setup)
+    is a link that setup, or a writableFolder function, could point anywhere: where it leads
+    is mounted only when that is one of the host's interpreters (`folder_interpreter_problem`),
+    else not at all (and the worker refuses to start, naming `runtime`)."""
+    paths = [os.path.dirname(os.path.abspath(sora.__file__)), sys.prefix, sys.base_prefix]
+    if folder is not None and _under(os.path.abspath(argv[0]), [folder]):
+        real = os.path.realpath(argv[0])
+        if not _under(real, [os.path.realpath(folder)]) and \
+                folder_interpreter_problem(argv[0], folder) is None:
+            paths.insert(0, _prefix_of(real))
+    else:
+        paths.insert(0, _prefix_of(argv[0]))
+        if os.path.islink(argv[0]):
+            paths.append(os.path.dirname(os.path.abspath(argv[0])))
     out = []
     for path in paths:
         if path and os.path.exists(path) and not _under(path, SYSTEM_DIRS) and path not in out:
@@ -155,6 +166,26 @@ def interpreter_bin_dirs() -> tuple[str, ...]:
     return tuple(found)
 
 
+def host_interpreter_roots() -> tuple[str, ...]:
+    """The installations of the host's own interpreters: the system folders, Sora's Python
+    and those found on PATH (interpreter_bin_dirs)."""
+    prefixes = [os.path.dirname(folder) for folder in interpreter_bin_dirs()]
+    return (*SYSTEM_DIRS, sys.base_prefix, sys.prefix, *prefixes)
+
+
+def folder_interpreter_problem(path: str, folder: str) -> str | None:
+    """Why an interpreter at `path`, inside the function's folder, may not run in its sandbox
+    (None if it may): it leads outside the folder, somewhere that is not one of the host's
+    interpreters. Mounting the installation of whatever such a link names would let a function
+    read any folder of the host holding an executable (`<dir>/bin/node` mounts `<dir>`)."""
+    real = os.path.realpath(path)
+    if _under(real, [os.path.realpath(folder)]):
+        return None
+    if _under(_prefix_of(real), host_interpreter_roots()):   # what would be mounted
+        return None
+    return f"it leads to {real}, outside the folder and not one of the host's interpreters"
+
+
 def setup_paths() -> tuple[list[str], str]:
     """What a setup sandbox reads besides the system, and its PATH: the interpreters'
     installations (where outside the system folders) first, then the supervisor's PATH."""
@@ -171,7 +202,7 @@ def setup_paths() -> tuple[list[str], str]:
 def wrap(argv: list[str], fn: FunctionConfig, secrets_dir: str | None = None) -> list[str]:
     """An instance's command line in its sandbox: its folder read-only (`writableFolder`:
     writable)."""
-    read_only = [(p, p) for p in read_only_paths(argv)]
+    read_only = [(p, p) for p in read_only_paths(argv, fn.directory)]
     folder = [(fn.directory, fn.directory)]
     if secrets_dir:
         read_only.append((secrets_dir, secrets_dir))

@@ -656,6 +656,11 @@ def main(argv: list[str] | None = None) -> int:
                                                f"{args.name!r}, got none"])
         runtime = runtime_for(fn.language)
         runtime.prepare(fn)
+        if fn.sandboxed and (problem := sandbox.folder_interpreter_problem(
+                runtime.argv(fn)[0], fn.directory)) is not None:
+            raise ConfigError(fn.source, [f"runtime: expected an interpreter inside the "
+                                          f"function folder or one of the host's, got "
+                                          f"{fn.runtime!r} ({problem})"])
         secrets = Secrets(fn, read_secrets(fn), args.state_dir)
         if fn.sandboxed and (reason := sandbox.unavailable_reason()) is not None:
             raise ConfigError(fn.source, [f"isolation: {reason}"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 
 import pytest
 
@@ -52,10 +53,29 @@ HOST_ENV = {"GOOGLE_API_KEY": "google-key-must-not-leak",
             "npm_config__authToken": "npm-token-must-not-leak"}
 
 
+# A Python function whose interpreter is a link that setup makes, to an executable in a folder
+# of the host (here a wrapper of the host's Python in an admin's folder beside a key).
+READ_SECRET = """
+import os
+def handler(event, context):
+    try:
+        with open(os.environ["SECRET"]) as fh:
+            return {"read": fh.read()}
+    except OSError as exc:
+        return {"read": exc.strerror}
+"""
+
+
 @pytest.fixture(scope="module")
 def host(tmp_path_factory):
     base = tmp_path_factory.mktemp("operator-config")
     fns = base / "fns"
+    admin = base / "admin"
+    (admin / "bin").mkdir(parents=True)
+    (admin / "id_rsa").write_text("admin-key-must-not-leak")
+    wrapper = admin / "bin" / "python3"
+    wrapper.write_text(f"#!/bin/sh\nexec {sys._base_executable} \"$@\"\n")
+    wrapper.chmod(0o755)
     dirs = [write_function(fns, "postinstall", {"index.js": WHOAMI}, name="postinstall",
                            setup=[REWRITE_TO_NONE]),
             write_function(fns, "tolerant", {"index.js": WHOAMI}, name="tolerant",
@@ -68,7 +88,11 @@ def host(tmp_path_factory):
             write_function(fns, "envdump", {"index.js": F.ECHO}, name="envdump",
                            setup=["env > setup-env.txt"]),
             write_function(fns, "indexed", {"index.js": F.ECHO}, name="indexed",
-                           secrets={"INDEX": {"env": "PIP_INDEX_URL"}})]
+                           secrets={"INDEX": {"env": "PIP_INDEX_URL"}}),
+            write_function(fns, "linker", {"main.py": READ_SECRET}, name="linker",
+                           language="python", entrypoint="main.py", runtime=".venv/bin/python",
+                           env={"SECRET": str(admin / "id_rsa")},
+                           setup=[f"mkdir -p .venv/bin && ln -sf {wrapper} .venv/bin/python"])]
     host = SoraHost(base, dirs, https=False, env=HOST_ENV)
     host.written = {d.name: (d / "sora.yaml").read_bytes() for d in dirs}   # the operator's
     host.start(wait_functions=["tolerant", "diary", "envdump", "indexed"])
@@ -139,3 +163,12 @@ def test_setup_gets_the_package_managers_variables_by_name_and_no_secret(host):
         assert f"{leaked}-must-not-leak" not in env, leaked
     assert "HTTPS_PROXY=http://proxy.example:3128" in env
     assert "npm_config_registry=https://registry.example/" in env
+
+
+def test_an_interpreter_linked_out_of_the_folder_mounts_nothing_of_the_host(host):
+    state = wait_for(lambda: (s := host.function_state("linker"))["state"] == "FATAL" and s,
+                     timeout=60, what="the function to be refused")
+    assert "runtime:" in state["reason"] and "not one of the host's interpreters" in \
+        state["reason"], state
+    r = host.invoke("linker")
+    assert r.status_code == 503 and "admin-key" not in r.text, r.text

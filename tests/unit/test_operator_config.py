@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 
 import pytest
 
@@ -160,3 +161,30 @@ def test_no_short_prefix_is_left():
     assert not hasattr(sandbox, "SETUP_ENV_PREFIXES")
     for name in ("GO", "GOOGLE_CREDENTIALS", "PIP_", "PIPX_HOME", "CARGO_HOME", "npm_token"):
         assert not sandbox.passed_to_setup(name), name
+
+
+# --- an interpreter in the folder that links out of it -------------------------------------------
+
+def test_an_interpreter_in_the_folder_mounts_only_the_host_s_interpreters(tmp_path, folder):
+    # Any folder of the host that holds an executable two levels down (`<dir>/bin/node`, a
+    # provided function's `<fns>/<name>/bootstrap`) would be mounted as the interpreter's
+    # installation if a link made by setup could name it.
+    secret_dir = tmp_path / "admin"
+    write(secret_dir / ".ssh" / "id_rsa", "KEY")
+    exe = write(secret_dir / "bin" / "python3", "#!/bin/sh\n")
+    exe.chmod(0o755)
+    venv = folder / ".venv" / "bin"
+    venv.mkdir(parents=True)
+    (venv / "python").symlink_to(exe)
+    (venv / "python3").symlink_to(sys.base_prefix + "/bin/python3")
+    (venv / "inside").symlink_to(folder / "index.js")
+    hostile, host_python, inside = (str(venv / n) for n in ("python", "python3", "inside"))
+    assert "outside the folder" in sandbox.folder_interpreter_problem(hostile, str(folder))
+    assert str(secret_dir) not in sandbox.read_only_paths([hostile], str(folder))
+    assert sandbox.folder_interpreter_problem(host_python, str(folder)) is None
+    assert sandbox.folder_interpreter_problem(inside, str(folder)) is None
+    assert os.path.realpath(sys.base_prefix) in [
+        os.path.realpath(p) for p in sandbox.read_only_paths([host_python], str(folder))]
+    fn = load_function_config(str(folder))
+    argv = sandbox.wrap([hostile, "-s", "bootstrap.py"], fn)
+    assert not [a for a in argv[:argv.index("--")] if a.startswith(str(secret_dir))], argv

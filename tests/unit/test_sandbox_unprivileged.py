@@ -47,7 +47,7 @@ def as_nobody(argv, cwd):
 
 def unprivileged(monkeypatch):
     monkeypatch.setattr(os, "geteuid", lambda: NOBODY)
-    monkeypatch.setattr(sandbox, "read_only_paths", lambda argv: [])
+    monkeypatch.setattr(sandbox, "read_only_paths", lambda argv, folder=None: [])
     monkeypatch.setattr(sandbox, "setup_paths", lambda: ([], "/usr/bin:/bin"))
 
 
