@@ -316,12 +316,14 @@ FUNCTION_SETTINGS = _settings(
             "(dots reach into nested exports). For provided it is passed as-is in `_HANDLER`."),
     Setting("runtime", _runtime, None, "Interpreter for nodejs or python: a command looked up "
             "on PATH (`python3.12`, `node`) or a path, relative to the function folder (such "
-            "as a virtualenv made by `setup`: `.venv/bin/python`) or absolute. Default: the "
+            "as a virtualenv made by `setup`: `.venv/bin/python`; when sandboxed, it must lead "
+            "into the folder or to one of the host's interpreters) or absolute. Default: the "
             "Python Sora runs on (its base interpreter, never Sora's own virtualenv), or "
             "`$SORA_NODE`, else `node` on PATH. Not used by provided."),
     Setting("setup", _str_list, [], "Shell commands run in the function folder before it "
             "serves (e.g. `npm install`). Skipped when the folder is unchanged since the last "
-            "successful setup."),
+            "successful setup. Setup may not change `sora.yaml` (read-only in its sandbox; "
+            "one that changes it anyway fails, and the function with it)."),
     Setting("setupTimeout", _number_range(0, 24 * 3600), 600.0, "Seconds each setup command "
             "may run before it is killed and the function is marked failed."),
     Setting("trigger", _trigger, ["http"], "How the function is invoked: `http`."),
@@ -364,13 +366,15 @@ FUNCTION_SETTINGS = _settings(
             "age and concurrency (below)."),
     Setting("isolation", _isolation, "sandbox", "`sandbox` (default) runs each instance and "
             "each `setup` command in a bubblewrap sandbox: the system and the function folder "
-            "read-only (writable for `setup`), a private `/tmp` of `tmpSize` MB, its own `/proc` "
+            "read-only (writable for `setup`; its `sora.yaml` always read-only), a private "
+            "`/tmp` of `tmpSize` MB, its own `/proc` "
             "and pid namespace, no other folder of the host, as an unprivileged uid of its own "
             "(a user namespace when Sora does not run as root). `none` is the explicit opt-out, "
             "logged at each worker's start: it runs as the user Sora runs as."),
     Setting("writableFolder", _bool, False, "With `isolation: sandbox`, `true` lets its "
             "instances write their function folder (when Sora runs as root, by giving the "
-            "function's uid write access with a POSIX ACL; files it makes are that uid's)."),
+            "function's uid write access with a POSIX ACL; files it makes are that uid's). Its "
+            "`sora.yaml` stays read-only."),
     Setting("network", _bool, True, "With `isolation: sandbox`, `false` gives the instance "
             "a network namespace of its own (loopback only)."),
     Setting("tmpSize", _int_range(1, 10240), 512, "With `isolation: sandbox`, the size of "
