@@ -25,6 +25,8 @@ FUNCTION_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 HANDLER_RE = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$]*(\.[A-Za-z_$][A-Za-z0-9_$]*)*$")
 FUNCTION_FILE = "sora.yaml"
+# A config file larger than this is refused (no real one comes near it).
+MAX_CONFIG_BYTES = 1 << 20
 # Each language and the file extensions its `entrypoint` may have (None: an executable file).
 LANGUAGES: dict[str, tuple[str, ...] | None] = {
     "nodejs": (".js", ".cjs", ".mjs"),
@@ -447,11 +449,14 @@ def _read_yaml(path: str) -> Any:
 def _read_bytes(path: str) -> bytes:
     try:
         with open(path, "rb") as fh:
-            return fh.read()
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(path, ["file not found"]) from None
     except OSError as exc:
         raise ConfigError(path, [f"unreadable ({exc.strerror})"]) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(path, [f"expected a config file of at most {MAX_CONFIG_BYTES} bytes"])
+    return raw
 
 
 def _parse_yaml(path: str, raw: bytes) -> Any:
@@ -597,6 +602,11 @@ def load_function_config(directory: str) -> FunctionConfig:
     path = os.path.join(directory, FUNCTION_FILE)
     if not os.path.isdir(directory):
         raise ConfigError(path, ["function folder does not exist"])
+    if os.path.islink(path):
+        # It is bound read-only over itself in the function's sandbox, and checked unchanged
+        # after setup without following links: a link would be neither.
+        raise ConfigError(path, [f"expected a regular file, got a link to "
+                                 f"{os.readlink(path)} (copy the file into the folder)"])
     raw = _read_bytes(path)   # read once: the digest is of the very bytes validated
     data = _parse_yaml(path, raw)
     problems: list[str] = []

@@ -33,7 +33,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-from ..config import FUNCTION_FILE, FunctionConfig, source_digest
+from ..config import FUNCTION_FILE, MAX_CONFIG_BYTES, FunctionConfig, source_digest
 from ..isolation import sandbox
 
 _ALWAYS_SKIPPED = {".git", "__pycache__", ".sora"}
@@ -212,8 +212,8 @@ class SetupRun:
             try:
                 if not stat.S_ISREG(os.fstat(fd).st_mode):
                     return "not a regular file any more"
-                with os.fdopen(os.dup(fd), "rb") as fh:
-                    if source_digest(fh.read()) != self.fn.sourceDigest:
+                with os.fdopen(os.dup(fd), "rb") as fh:   # (at most what a config can be)
+                    if source_digest(fh.read(MAX_CONFIG_BYTES + 1)) != self.fn.sourceDigest:
                         return "its content differs from what Sora read at start"
             finally:
                 os.close(fd)

@@ -158,7 +158,6 @@ def test_setup_gets_named_variables_only_and_never_a_declared_secret(folder):
 
 
 def test_no_short_prefix_is_left():
-    assert not hasattr(sandbox, "SETUP_ENV_PREFIXES")
     for name in ("GO", "GOOGLE_CREDENTIALS", "PIP_", "PIPX_HOME", "CARGO_HOME", "npm_token"):
         assert not sandbox.passed_to_setup(name), name
 
@@ -188,3 +187,11 @@ def test_an_interpreter_in_the_folder_mounts_only_the_host_s_interpreters(tmp_pa
     fn = load_function_config(str(folder))
     argv = sandbox.wrap([hostile, "-s", "bootstrap.py"], fn)
     assert not [a for a in argv[:argv.index("--")] if a.startswith(str(secret_dir))], argv
+
+
+def test_a_sora_yaml_that_is_a_link_is_refused_at_load(tmp_path, folder):
+    real = write(tmp_path / "elsewhere.yaml", (folder / "sora.yaml").read_text())
+    (folder / "sora.yaml").unlink()
+    (folder / "sora.yaml").symlink_to(real)
+    with pytest.raises(Exception, match="expected a regular file, got a link"):
+        load_function_config(str(folder))
