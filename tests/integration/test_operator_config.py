@@ -12,6 +12,7 @@ import signal
 import sys
 
 import pytest
+import requests
 
 from sora.isolation import sandbox
 from tests.integration import functions as F
@@ -172,3 +173,37 @@ def test_an_interpreter_linked_out_of_the_folder_mounts_nothing_of_the_host(host
         state["reason"], state
     r = host.invoke("linker")
     assert r.status_code == 503 and "admin-key" not in r.text, r.text
+
+
+ADMIN = "admin-key-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory):
+    base = tmp_path_factory.mktemp("operator-config-auth")
+    fns = base / "fns"
+    dirs = [write_function(fns, "private", {"index.js": F.ECHO}, name="private")]
+    host = SoraHost(base, dirs, https=False, api_key=ADMIN, extra={
+        "auth": {"apiKeys": [{"name": "ops", "key": ADMIN, "scopes": ["admin"]}]}})
+    host.start()
+    yield host
+    assert host.stop() == 0
+
+
+def test_a_restarted_gateway_keeps_the_auth_read_at_start(keyed):
+    url = f"{keyed.url}/functions/private"
+    assert requests.get(url, timeout=30).status_code == 401
+    spec = keyed.function_dirs[0] / "sora.yaml"
+    written = spec.read_bytes()
+    spec.write_bytes(written + b"auth: none\n")   # as a function that could write it would
+    try:
+        master = next(p for p in keyed.descendants() if "gunicorn" in " ".join(p.cmdline())
+                      and p.ppid() == keyed.proc.pid)
+        worker = master.children()[0]
+        worker.kill()
+        wait_for(lambda: [c for c in master.children() if c.pid != worker.pid]
+                 and keyed.invoke("private").status_code == 200, timeout=30,
+                 what="a new gateway worker")
+        assert requests.get(url, timeout=30).status_code == 401
+    finally:
+        spec.write_bytes(written)
