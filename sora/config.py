@@ -27,8 +27,8 @@ FUNCTION_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 HANDLER_RE = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$]*(\.[A-Za-z_$][A-Za-z0-9_$]*)*$")
 FUNCTION_FILE = "sora.yaml"
-# A sora.yaml is a page of settings; anything much bigger is not one.
-MAX_FUNCTION_FILE_BYTES = 1 << 20
+# A config file larger than this is refused (no real one comes near it).
+MAX_CONFIG_BYTES = 1 << 20
 # Each language and the file extensions its `entrypoint` may have (None: an executable file).
 LANGUAGES: dict[str, tuple[str, ...] | None] = {
     "nodejs": (".js", ".cjs", ".mjs"),
@@ -333,12 +333,14 @@ FUNCTION_SETTINGS = _settings(
             "(dots reach into nested exports). For provided it is passed as-is in `_HANDLER`."),
     Setting("runtime", _runtime, None, "Interpreter for nodejs or python: a command looked up "
             "on PATH (`python3.12`, `node`) or a path, relative to the function folder (such "
-            "as a virtualenv made by `setup`: `.venv/bin/python`) or absolute. Default: the "
+            "as a virtualenv made by `setup`: `.venv/bin/python`; when sandboxed, it must lead "
+            "into the folder or to one of the host's interpreters) or absolute. Default: the "
             "Python Sora runs on (its base interpreter, never Sora's own virtualenv), or "
             "`$SORA_NODE`, else `node` on PATH. Not used by provided."),
     Setting("setup", _str_list, [], "Shell commands run in the function folder before it "
             "serves (e.g. `npm install`). Skipped when the folder is unchanged since the last "
-            "successful setup."),
+            "successful setup. Setup may not change `sora.yaml` (read-only in its sandbox; "
+            "one that changes it anyway fails, and the function with it)."),
     Setting("setupTimeout", _number_range(0, 24 * 3600), 600.0, "Seconds each setup command "
             "may run before it is killed and the function is marked failed."),
     Setting("trigger", _trigger, ["http"], "How the function is invoked: `http`."),
@@ -382,13 +384,15 @@ FUNCTION_SETTINGS = _settings(
             "age and concurrency (below)."),
     Setting("isolation", _isolation, "sandbox", "`sandbox` (default) runs each instance and "
             "each `setup` command in a bubblewrap sandbox: the system and the function folder "
-            "read-only (writable for `setup`), a private `/tmp` of `tmpSize` MB, its own `/proc` "
+            "read-only (writable for `setup`; its `sora.yaml` always read-only), a private "
+            "`/tmp` of `tmpSize` MB, its own `/proc` "
             "and pid namespace, no other folder of the host, as an unprivileged uid of its own "
             "(a user namespace when Sora does not run as root). `none` is the explicit opt-out, "
             "logged at each worker's start: it runs as the user Sora runs as."),
     Setting("writableFolder", _bool, False, "With `isolation: sandbox`, `true` lets its "
             "instances write their function folder (when Sora runs as root, by giving the "
-            "function's uid write access with a POSIX ACL; files it makes are that uid's)."),
+            "function's uid write access with a POSIX ACL; files it makes are that uid's). Its "
+            "`sora.yaml` stays read-only."),
     Setting("network", _bool, True, "With `isolation: sandbox`, `false` gives the instance "
             "a network namespace of its own (loopback only)."),
     Setting("tmpSize", _int_range(1, 10240), 512, "With `isolation: sandbox`, the size of "
@@ -479,21 +483,35 @@ def _validate_mapping(data: Any, settings: dict[str, Setting], prefix: str,
 
 
 def _read_yaml(path: str, in_function_folder: bool = False) -> Any:
-    """The file's YAML. A function's sora.yaml sits in a folder its setup can change: it is
-    read without following a link (one planted there would have Sora, as root, take any
-    file for the function's config and quote it back in errors)."""
+    return _parse_yaml(path, _read_bytes(path, in_function_folder))
+
+
+def _read_bytes(path: str, in_function_folder: bool = False) -> bytes:
+    """The file's bytes, at most MAX_CONFIG_BYTES. A function's sora.yaml sits in a folder its
+    setup can change: it is read without following a link (one planted there would have Sora,
+    as root, take any file for the function's config and quote it back in errors)."""
     try:
         if in_function_folder:
-            return yaml.safe_load(nofollow.read_beneath(
-                os.path.dirname(path), os.path.basename(path),
-                max_bytes=MAX_FUNCTION_FILE_BYTES).decode("utf-8"))
-        with open(path, encoding="utf-8") as fh:
-            return yaml.safe_load(fh)
+            return nofollow.read_beneath(os.path.dirname(path), os.path.basename(path),
+                                         max_bytes=MAX_CONFIG_BYTES)
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(path, ["file not found"]) from None
     except nofollow.UnsafePath as exc:
-        raise ConfigError(path, [f"expected a regular file, not followed through a link "
-                                 f"({exc.strerror or exc})"]) from None
+        raise ConfigError(path, [f"expected a regular file of at most {MAX_CONFIG_BYTES} "
+                                 f"bytes, not followed through a link ({exc.strerror or exc})"]
+                          ) from None
+    except OSError as exc:
+        raise ConfigError(path, [f"unreadable ({exc.strerror})"]) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(path, [f"expected a config file of at most {MAX_CONFIG_BYTES} bytes"])
+    return raw
+
+
+def _parse_yaml(path: str, raw: bytes) -> Any:
+    try:
+        return yaml.safe_load(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise ConfigError(path, [f"not UTF-8 text ({exc.reason})"]) from None
     except yaml.YAMLError as exc:
@@ -541,6 +559,9 @@ class FunctionConfig:
     writableFolder: bool = False
     network: bool = True
     tmpSize: int = 512
+    # SHA-256 of the sora.yaml bytes this config was read from: the operator's file as it was
+    # before any setup ran, which setup is checked against (setup must not change it).
+    sourceDigest: str = ""
 
     @property
     def source(self) -> str:
@@ -645,7 +666,13 @@ def load_function_config(directory: str) -> FunctionConfig:
     path = os.path.join(directory, FUNCTION_FILE)
     if not os.path.isdir(directory):
         raise ConfigError(path, ["function folder does not exist"])
-    data = _read_yaml(path, in_function_folder=True)
+    if os.path.islink(path):
+        # It is bound read-only over itself in the function's sandbox, and checked unchanged
+        # after setup without following links: a link would be neither.
+        raise ConfigError(path, [f"expected a regular file, got a link to "
+                                 f"{os.readlink(path)} (copy the file into the folder)"])
+    raw = _read_bytes(path, in_function_folder=True)   # once: the digest is of what is validated
+    data = _parse_yaml(path, raw)
     problems: list[str] = []
     values = _validate_mapping(data, FUNCTION_SETTINGS, "", problems)
     event_values = _validate_mapping(values.get("eventInvoke") or {}, EVENT_INVOKE_SETTINGS,
@@ -659,7 +686,11 @@ def load_function_config(directory: str) -> FunctionConfig:
     if event_values["maxConcurrency"] is None:
         event_values["maxConcurrency"] = min(values["concurrency"], 1024)
     values["eventInvoke"] = EventInvokeConfig(**event_values)
-    return FunctionConfig(directory=directory, **values)
+    return FunctionConfig(directory=directory, sourceDigest=source_digest(raw), **values)
+
+
+def source_digest(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
 
 
 def default_max_instances(memory_mb: int) -> int:
@@ -731,11 +762,14 @@ def default_gateway_workers() -> int:
     return max(1, (os.cpu_count() or 1) // 2)
 
 
-def load_host_config(path: str) -> HostConfig:
+def load_host_config(path: str, read_functions: bool = True) -> HostConfig:
     """Load host-config.yaml and every function it lists.
 
     Raises ConfigError for problems in the host config itself; broken function folders are
-    returned in `broken` so the host can serve the rest.
+    returned in `broken` so the host can serve the rest. With `read_functions=False` no
+    function folder is read (`functions` and `broken` are empty): the supervisor's children
+    take the functions from the supervisor's snapshot instead (`sora.config_snapshot`), never
+    from folders that setup or a function may have written since.
     """
     path = os.path.abspath(path)
     base = os.path.dirname(path)
@@ -791,7 +825,7 @@ def load_host_config(path: str) -> HostConfig:
     functions: list[FunctionConfig] = []
     broken: list[BrokenFunction] = []
     seen: dict[str, str] = {}
-    for entry in values["functionPaths"]:
+    for entry in values["functionPaths"] if read_functions else ():
         directory = _resolve(base, entry)
         try:
             fn = load_function_config(directory)

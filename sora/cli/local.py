@@ -18,8 +18,10 @@ import subprocess
 import sys
 import time
 
+from .. import config_snapshot
 from .. import protocol as p
 from ..config import ConfigError, FunctionConfig, load_function_config
+from ..isolation.secrets import declared_env_names
 from ..gateway.client import BROKER_SLACK, BrokerClient, BrokerTimeout
 from ..supervisor.broker import Broker
 from ..supervisor.child import die_with_parent
@@ -36,7 +38,7 @@ def state_dir_for(directory: str) -> str:
 
 
 def _setup(fn: FunctionConfig, state_dir: str) -> None:
-    run = SetupRun(fn, state_dir)
+    run = SetupRun(fn, state_dir, withheld=declared_env_names([fn]))
     run.start()
     if run.outcome is None:
         print(f"sora: running setup of {fn.name} ({len(fn.setup)} command(s))...",
@@ -79,6 +81,9 @@ def invoke_local(directory: str, payload: bytes) -> tuple[bytes, bytes, bytes]:
     os.makedirs(p.run_dir(state_dir), exist_ok=True)
     with open(os.path.join(p.run_dir(state_dir), "local.lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one local run of a folder at a time: same sockets
+        # The worker gets the config read above, before setup, as a host's workers do.
+        snapshot = config_snapshot.snapshot_path(state_dir)
+        config_snapshot.write(snapshot, [fn], [])
         _setup(fn, state_dir)
         broker = Broker(p.gateway_endpoint(state_dir), p.worker_endpoint(state_dir))
         broker.start()
@@ -86,8 +91,8 @@ def invoke_local(directory: str, payload: bytes) -> tuple[bytes, bytes, bytes]:
                                                 "available": True, "reason": ""}})
         with open(_worker_log(state_dir), "ab") as log:
             worker = subprocess.Popen(
-                [sys.executable, "-m", "sora.worker", "--name", fn.name, "--function-dir",
-                 fn.directory, "--state-dir", state_dir], stdin=subprocess.DEVNULL,
+                [sys.executable, "-m", "sora.worker", "--name", fn.name, "--functions",
+                 snapshot, "--state-dir", state_dir], stdin=subprocess.DEVNULL,
                 stdout=log, stderr=log, start_new_session=True, preexec_fn=die_with_parent)
         try:
             _wait_ready(broker, worker, fn, state_dir)

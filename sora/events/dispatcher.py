@@ -32,7 +32,8 @@ import time
 import zmq
 
 from .. import protocol as p
-from ..config import FunctionConfig, HostConfig, load_host_config
+from ..config import FunctionConfig, HostConfig
+from ..config_snapshot import load_host_config_of_child
 from ..gateway.client import BrokerClient, BrokerTimeout, broker_waits
 from ..hotpath import quiet_gc
 from ..store import queue
@@ -232,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s [dispatcher %(process)d] %(levelname)s %(message)s")
-    return asyncio.run(Dispatcher(load_host_config(args.config)).run())
+    return asyncio.run(Dispatcher(load_host_config_of_child(args.config)).run())
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ import falcon
 import falcon.asgi
 
 from .. import protocol as p
-from ..config import FUNCTION_NAME_RE, HostConfig, load_host_config
+from ..config import FUNCTION_NAME_RE, HostConfig
+from ..config_snapshot import load_host_config_of_child
 from ..events.intake import EventIntake
 from .auth import CREDENTIAL_HEADERS, authorizer_for, is_admin
 from .client import BROKER_SLACK, BrokerClient, BrokerTimeout
@@ -163,7 +164,7 @@ class HealthResource:
 def create_app(config: HostConfig | None = None,
                client: BrokerClient | None = None) -> falcon.asgi.App:
     if config is None:
-        config = load_host_config(os.environ["SORA_CONFIG"])
+        config = load_host_config_of_child(os.environ["SORA_CONFIG"])
     if client is None:
         client = BrokerClient(p.gateway_endpoint(config.stateDir))
     # No middleware but API keys, and those only when the host has keys: every responder and

@@ -16,7 +16,7 @@ from sora.config import load_host_config
 from sora.gateway.slow_clients import guard_slow_clients
 from sora.hotpath import quiet_gc
 
-_config = load_host_config(os.environ["SORA_CONFIG"])
+_config = load_host_config(os.environ["SORA_CONFIG"], read_functions=False)  # server only
 _server = _config.server
 _listener = os.environ.get("SORA_LISTENER", "https" if _server.httpPort is None else "http")
 _port = _server.httpsPort if _listener == "https" else _server.httpPort

@@ -84,19 +84,22 @@ def read_only_paths(argv: list[str], folder: str | None = None) -> list[str]:
     installation, Sora's runtime shims, and Sora's own Python (the `provided` adapter runs on
     it). None of these hold anything of the host's or another function's.
 
-    An interpreter inside the function `folder` (a virtualenv's `python`, named by `runtime`)
-    is the function's: setup may have made it a link to anywhere, and bubblewrap binds as
-    root what it names. So its installation is bound only if it is one the host itself runs
-    (interpreter_prefixes): a link to the state dir or another function's folder is not
-    followed into the sandbox."""
+    An interpreter inside the function `folder` (`runtime: .venv/bin/python`, made by setup)
+    is the function's: setup, or a writableFolder function, may have made it a link to
+    anywhere, and bubblewrap binds as root what it names. Where it leads is bound only if that
+    is an installation the host itself runs (interpreter_problem); one inside the folder is
+    bound with the folder (its "installation" two levels up would be the folder holding the
+    other functions)."""
+    paths = [os.path.dirname(os.path.abspath(sora.__file__)), sys.prefix, sys.base_prefix]
     interpreter = os.path.abspath(argv[0])
     if folder is not None and _under(interpreter, [folder]):
-        paths = [] if interpreter_problem(argv, folder) else [_prefix_of(interpreter)]
+        if not _under(os.path.realpath(interpreter), [os.path.realpath(folder)]) and \
+                interpreter_problem(argv, folder) is None:
+            paths.insert(0, _prefix_of(interpreter))
     else:
-        paths = [_prefix_of(argv[0])]
+        paths.insert(0, _prefix_of(argv[0]))
         if os.path.islink(argv[0]):
             paths.append(os.path.dirname(interpreter))
-    paths += [os.path.dirname(os.path.abspath(sora.__file__)), sys.prefix, sys.base_prefix]
     out = []
     for path in paths:
         if path and os.path.exists(path) and not _under(path, SYSTEM_DIRS) and path not in out:
@@ -131,14 +134,38 @@ def interpreter_prefixes() -> set[str]:
 # The package managers' own settings of the user Sora runs as (registry, index, node-gyp's
 # headers), relative to a home folder.
 PACKAGE_CONFIGS = (".npmrc", ".config/pip/pip.conf", ".pip/pip.conf")
-# What a sandboxed setup gets of the supervisor's environment: what package managers and build
-# tools read (proxies, CA bundles, their own settings), not the rest, which may hold values
-# another function takes as secrets (`secrets: {env: ...}`).
-SETUP_ENV_NAMES = {"LANG", "LC_ALL", "TZ", "TERM", "http_proxy", "https_proxy", "no_proxy",
-                   "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "SSL_CERT_FILE", "SSL_CERT_DIR",
-                   "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "CC", "CXX", "CFLAGS",
-                   "LDFLAGS", "MAKEFLAGS"}
-SETUP_ENV_PREFIXES = ("npm_config_", "NPM_CONFIG_", "PIP_", "GO", "CARGO_")
+# What a sandboxed setup gets of the supervisor's environment: each variable by its full name,
+# what package managers and build tools read to reach and trust their registries (proxies, CA
+# bundles, index URLs), nothing by a short prefix: the rest may hold the host's tokens, or
+# values another function takes as secrets (`secrets: {env: ...}`; a prefix `GO` once passed
+# GOOGLE_API_KEY). A declared secret is withheld even when it is listed here.
+SETUP_ENV_NAMES = frozenset({
+    # locale and terminal
+    "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM",
+    # proxies, both spellings (curl, pip and Go read the lower-case ones, npm both)
+    "http_proxy", "https_proxy", "no_proxy", "all_proxy",
+    "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY",
+    # CA bundles of a host behind a TLS-inspecting proxy or with a private registry
+    "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+    "NODE_EXTRA_CA_CERTS", "PIP_CERT", "CARGO_HTTP_CAINFO", "GIT_SSL_CAINFO",
+    # pip: where and how it installs from
+    "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST", "PIP_FIND_LINKS",
+    "PIP_DEFAULT_TIMEOUT", "PIP_RETRIES", "PIP_PREFER_BINARY", "PIP_ONLY_BINARY",
+    "PIP_NO_BINARY", "PIP_NO_CACHE_DIR", "PIP_NO_COLOR", "PIP_PROGRESS_BAR",
+    "PIP_DISABLE_PIP_VERSION_CHECK", "PIP_NO_INPUT", "PIP_BREAK_SYSTEM_PACKAGES",
+    # Go modules
+    "GOPROXY", "GOFLAGS", "GONOSUMDB", "GONOPROXY", "GOPRIVATE", "GOSUMDB", "GOINSECURE",
+    "GOTOOLCHAIN", "CGO_ENABLED",
+    # native builds (node-gyp, pip's sdists, cgo)
+    "CC", "CXX", "CFLAGS", "CXXFLAGS", "CPPFLAGS", "LDFLAGS", "MAKEFLAGS",
+})
+# npm's settings, a documented family (`npm_config_<setting>`, any case: registry, proxy,
+# cafile, strict-ssl, ...), the one pattern kept: listing them would drop the operator's
+# settings of a newer npm. Its credentials are not settings to pass on: a name holding one of
+# these words is withheld (`_authToken`, `_auth`, `_password`, `otp`, `key`/`cert` of a client
+# certificate, `keyfile`).
+NPM_SETTINGS_PREFIX = "npm_config_"
+NPM_CREDENTIAL_WORDS = ("auth", "token", "pass", "otp", "key", "cert", "secret")
 # Where a setup sandbox's home is mounted (not at its path in the state dir, which would show
 # the state dir's layout).
 SETUP_HOME = "/home/sora"
@@ -190,7 +217,16 @@ def wrap(argv: list[str], fn: FunctionConfig, secrets_dir: str | None = None) ->
         read_only.append((secrets_dir, secrets_dir))
     if not fn.writableFolder:
         read_only, folder = read_only + folder, []
+    read_only.append(operator_file(fn))
     return _bwrap(fn, read_only, folder, network=fn.network, env={"HOME": "/tmp"}) + argv
+
+
+def operator_file(fn: FunctionConfig) -> tuple[str, str]:
+    """The bind that keeps the function's sora.yaml read-only in every sandbox, its folder
+    writable or not (`writableFolder`, setup): the operator's file, mounted over the folder's
+    bind (a mount point cannot be written, replaced, renamed or removed from inside). Sora
+    itself never reads it again after the supervisor's start (sora.config_snapshot)."""
+    return fn.source, fn.source
 
 
 def grant_folder(fn: FunctionConfig) -> str | None:
@@ -246,14 +282,17 @@ def confined(argv: list[str], paths: list[str]) -> list[str]:
     return [*cmd, "--", *argv]
 
 
-def folder_sync(source: str, dest: str, uid: int, gid: int) -> list[str]:
+def folder_sync(source: str, dest: str, uid: int, gid: int,
+                exclude: str | None = None) -> list[str]:
     """rsync of `source`'s content into `dest` (what `source` lacks is deleted), owned by
     uid:gid, confined to the two folders. `--archive` copies links as links and chowns
     them with lchown, replaces a link in `dest` rather than write through it, and never
     follows one; devices, fifos and sockets are not copied (setup has no use for them, and a
-    fifo would hang whatever opens it)."""
+    fifo would hang whatever opens it). `exclude` (a name at the top) is neither written nor
+    deleted in `dest`."""
+    skip = [f"--exclude=/{exclude}"] if exclude else []
     return confined(["rsync", "--archive", "--delete", "--numeric-ids", "--no-devices",
-                     "--no-specials", f"--chown={uid}:{gid}", f"{source}/", f"{dest}/"],
+                     "--no-specials", *skip, f"--chown={uid}:{gid}", f"{source}/", f"{dest}/"],
                     [source, dest])
 
 
@@ -264,17 +303,33 @@ def wrap_setup(command: str, fn: FunctionConfig, folder: str, home: str) -> list
     with `network: false`."""
     prefixes, path = setup_paths()
     writable = [(folder, fn.directory), (home, SETUP_HOME)]
-    return _bwrap(fn, [(p, p) for p in prefixes], writable, network=True,
+    # sora.yaml from the folder itself, not the copy: the operator's file, out of setup's reach.
+    read_only = [(p, p) for p in prefixes] + [operator_file(fn)]
+    return _bwrap(fn, read_only, writable, network=True,
                   env={"HOME": SETUP_HOME, "PATH": path}) + ["/bin/sh", "-c", command]
 
 
-def setup_environment(fn: FunctionConfig) -> dict[str, str]:
+def setup_environment(fn: FunctionConfig, withheld: frozenset[str] = frozenset(),
+                      host_env: dict[str, str] | None = None) -> dict[str, str]:
     """A sandboxed setup command's environment (PATH and HOME are set by wrap_setup): the
-    package managers' part of the supervisor's, then the function's own `env`."""
-    env = {key: value for key, value in os.environ.items()
-           if key in SETUP_ENV_NAMES or key.startswith(SETUP_ENV_PREFIXES)}
+    package managers' part of the supervisor's (`host_env`, default os.environ), less
+    `withheld` (every variable a function of the host declares as a secret), then the
+    function's own `env`."""
+    host_env = os.environ if host_env is None else host_env
+    env = {key: value for key, value in host_env.items()
+           if passed_to_setup(key) and key not in withheld}
     env.update(fn.env)
     return env
+
+
+def passed_to_setup(name: str) -> bool:
+    """Whether a host variable of this name may reach a setup sandbox (see SETUP_ENV_NAMES)."""
+    if name in SETUP_ENV_NAMES:
+        return True
+    if name.lower().startswith(NPM_SETTINGS_PREFIX):
+        setting = name[len(NPM_SETTINGS_PREFIX):].lower()
+        return bool(setting) and not any(word in setting for word in NPM_CREDENTIAL_WORDS)
+    return False
 
 
 def fresh_setup_home(parent: str, function: str, uid: int) -> str:
@@ -364,6 +419,7 @@ def _bwrap(fn: FunctionConfig, read_only: list[tuple[str, str]],
         for folder in reversed(chain):
             cmd += ["--perms", "0755", "--dir", folder]
             made.add(folder)
+        made.add(dest)   # what is mounted inside it (sora.yaml in its folder) needs no --dir
     for kind, source, dest in binds:
         cmd += [kind, source, dest]
     # No --chdir: it starts where its process starts (an instance or setup in its folder, a

@@ -174,3 +174,9 @@ class Secrets:
         if self.directory is not None and self.fixed_dir is None:
             shutil.rmtree(self.directory, ignore_errors=True)
             self.directory = None
+
+
+def declared_env_names(functions: list[FunctionConfig]) -> frozenset[str]:
+    """Every host variable some function of the host takes a secret from (`{env: NAME}`):
+    withheld from every setup, whichever function it runs for."""
+    return frozenset(spec.env for fn in functions for spec in fn.secrets if spec.env)

@@ -25,6 +25,7 @@ import time
 import psutil
 
 from .. import protocol as p
+from .. import config_snapshot
 from ..config import FunctionConfig, HostConfig
 from ..hotpath import quiet_gc
 from ..events.dispatcher import events_socket
@@ -114,8 +115,10 @@ class Arbiter:
     # --- children -------------------------------------------------------------------------------
     def worker_launch(self, fn: FunctionConfig) -> Launch:
         config = self.config
+        # The config the supervisor loaded before setup, never the folder's sora.yaml again.
         argv = [sys.executable, "-m", "sora.worker", "--name", fn.name,
-                "--function-dir", fn.directory, "--state-dir", self.state_dir,
+                "--functions", config_snapshot.snapshot_path(self.state_dir),
+                "--state-dir", self.state_dir,
                 "--log-file-max-mb", str(config.logs.maxFileMB),
                 "--log-files-kept", str(config.logs.keepFiles),
                 "--log-bytes-per-invocation", str(config.records.maxLogBytesPerInvocation),
@@ -216,7 +219,8 @@ class Arbiter:
     # --- managing -------------------------------------------------------------------------------
     def start_functions(self) -> None:
         for fn in self.config.functions:
-            run = SetupRun(fn, self.state_dir, force=fn.coldStart == "always-setup")
+            run = SetupRun(fn, self.state_dir, force=fn.coldStart == "always-setup",
+                           withheld=secrets.declared_env_names(self.config.functions))
             self.setups[fn.name] = run
             for number in range(1, fn.workers + 1):
                 key = fn.name if number == 1 else f"{fn.name}#{number}"
@@ -421,6 +425,9 @@ class Arbiter:
     def prepare(self) -> None:
         os.makedirs(p.run_dir(self.state_dir), exist_ok=True)
         self.lock_state_dir()
+        # Before any setup runs: what the children learn of the functions (see config_snapshot).
+        config_snapshot.write(config_snapshot.snapshot_path(self.state_dir),
+                              self.config.functions, self.config.broken)
         # Socket files left by a host that was killed: readiness is told by their existence.
         for socket_file in (records_socket(self.state_dir), events_socket(self.state_dir)):
             try:

@@ -18,6 +18,12 @@ is deleted; it runs confined to the two folders (sandbox.folder_sync), as the fo
 copy hold what earlier setups made, links included. Each run has a home of its own, made
 afresh (`<name>.home-<pid>-<random>`, sandbox.fresh_setup_home) and removed when it ends:
 nothing an earlier setup left there is ever written through.
+
+`sora.yaml` is the operator's, not setup's: Sora read it before setup (the supervisor's
+snapshot, sora.config_snapshot) and never reads it again; the sandbox mounts the folder's own
+file read-only over the copy's, the copy back leaves it out, and after every step its bytes
+are compared with those the config was read from. A setup that changed it anyway (one of
+`isolation: none`) fails, and the function with it, with a reason that names the file.
 """
 from __future__ import annotations
 
@@ -31,7 +37,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-from ..config import FunctionConfig
+from ..config import FUNCTION_FILE, MAX_CONFIG_BYTES, FunctionConfig, source_digest
 from ..isolation import sandbox
 
 _ALWAYS_SKIPPED = {".git", "__pycache__", ".sora"}
@@ -42,6 +48,9 @@ class SetupOutcome:
     ok: bool
     skipped: bool
     reason: str = ""
+    # Setup changed sora.yaml: the function must not run on (the worker's always-setup treats
+    # this as a boot error, where another failed setup only goes to the function's log).
+    config_changed: bool = False
 
 
 def content_hash(directory: str, excluded: set[str]) -> str:
@@ -91,15 +100,18 @@ def _hash_entry(digest, dir_fd: int, name: str) -> None:
 class SetupRun:
     """One function's setup, stepped by the arbiter loop: `poll()` returns None while it runs."""
 
-    def __init__(self, fn: FunctionConfig, state_dir: str, force: bool = False):
+    def __init__(self, fn: FunctionConfig, state_dir: str, force: bool = False,
+                 withheld: frozenset[str] = frozenset()):
         self.fn = fn
         self.force = force  # run even if the folder is unchanged since the last success
+        self.withheld = withheld  # host variables declared as secrets: never given to setup
         directory = self.setup_dir = os.path.join(state_dir, "setup")
         os.makedirs(directory, exist_ok=True)
         self.cache_path = os.path.join(directory, f"{fn.name}.json")
         self.log_path = os.path.join(directory, f"{fn.name}.log")
         self.copy_path = os.path.join(directory, f"{fn.name}.folder")  # (sandboxed, as root)
         self.home_path: str | None = None   # this run's own (sandboxed), made by _plan
+        self.work_folder = fn.directory   # where the commands work: the folder, or its copy
         self.steps: list[tuple[str, list[str]]] = []   # (what the log calls it, argv)
         self.proc: subprocess.Popen | None = None
         self.index = -1
@@ -157,13 +169,15 @@ class SetupRun:
         finally:
             os.close(copy_fd)
         owner = os.stat(fn.directory)
+        self.work_folder = self.copy_path
         return [("(sora) copy the folder for the setup sandbox",
                  sandbox.folder_sync(fn.directory, self.copy_path, uid, uid)),
                 *[(c, sandbox.wrap_setup(c, fn, self.copy_path, self.home_path))
                   for c in fn.setup],
+                # Never sora.yaml: an excluded file is neither written nor deleted by rsync.
                 ("(sora) sync what setup made back into the folder",
                  sandbox.folder_sync(self.copy_path, fn.directory, owner.st_uid,
-                                     owner.st_gid))]
+                                     owner.st_gid, exclude=FUNCTION_FILE))]
 
     def _next_command(self) -> None:
         self.index += 1
@@ -171,7 +185,7 @@ class SetupRun:
         self._log.write(f"$ {label}\n".encode())
         self._log.flush()
         if self.fn.sandboxed:
-            env = sandbox.setup_environment(self.fn)
+            env = sandbox.setup_environment(self.fn, self.withheld)
             env["PATH"] = os.environ.get("PATH", "/usr/bin:/bin")   # for rsync and bwrap
         else:
             env = dict(os.environ)
@@ -194,6 +208,12 @@ class SetupRun:
             self.kill()
             return self._finish(False, f"setup command {self.steps[self.index][0]!r} timed out "
                                        f"after {self.fn.setupTimeout:g}s (log: {self.log_path})")
+        if (changed := self._changed_config()) is not None:
+            return self._finish(False, (
+                f"{self.fn.source}: setup command {self.steps[self.index][0]!r} changed "
+                f"{FUNCTION_FILE} ({changed}); it is the operator's file, read before setup, "
+                f"and setup must not write it (nothing of the changed file is used; restore "
+                f"it and restart)"), config_changed=True)
         if code != 0:
             return self._finish(False, f"setup command {self.steps[self.index][0]!r} failed "
                                        f"with exit status {code} (log: {self.log_path})")
@@ -206,16 +226,39 @@ class SetupRun:
                        "outputs": outputs}, fh)
         return self._finish(True, "")
 
-    def _finish(self, ok: bool, reason: str) -> SetupOutcome:
+    def _changed_config(self) -> str | None:
+        """How sora.yaml differs from the bytes the config was read from (None: it does not),
+        in the folder and in the folder setup worked on. Opened without following a link and
+        without blocking (a FIFO put in its place must not hang the supervisor's loop)."""
+        for folder in dict.fromkeys((self.work_folder, self.fn.directory)):
+            path = os.path.join(folder, FUNCTION_FILE)
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError as exc:
+                return f"{exc.strerror.lower()}: not the regular file it was"
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    return "not a regular file any more"
+                with os.fdopen(os.dup(fd), "rb") as fh:   # (at most what a config can be)
+                    if source_digest(fh.read(MAX_CONFIG_BYTES + 1)) != self.fn.sourceDigest:
+                        return "its content differs from what Sora read at start"
+            finally:
+                os.close(fd)
+        return None
+
+    def _finish(self, ok: bool, reason: str, config_changed: bool = False) -> SetupOutcome:
         if not ok:
             try:
                 os.unlink(self.cache_path)
             except FileNotFoundError:
                 pass
         if self._log:
+            if config_changed:
+                self._log.write(f"sora: {reason}\n".encode())
             self._log.close()
         self._remove_home()
-        self.outcome = SetupOutcome(ok=ok, skipped=False, reason=reason)
+        self.outcome = SetupOutcome(ok=ok, skipped=False, reason=reason,
+                                    config_changed=config_changed)
         return self.outcome
 
     def kill(self) -> None:

@@ -18,8 +18,8 @@ import zmq
 
 from .. import protocol as p
 from ..hotpath import quiet_gc, recv_ready, send_frames
-from ..config import (ConfigError, FunctionConfig, LogsConfig, RecordsConfig,
-                      load_function_config)
+from .. import config_snapshot
+from ..config import ConfigError, FunctionConfig, LogsConfig, RecordsConfig
 from ..store.recorder import RecordSender
 from ..supervisor.runtime_pool import PoolClient
 from ..supervisor.setup import SetupRun
@@ -28,7 +28,7 @@ from .logs import FunctionLog
 from .runtimes import Runtime, runtime_for
 from ..isolation import cgroups, sandbox
 from .scaling import SCALE_OUT_WAIT, idle_expired, plan_scale_out
-from ..isolation.secrets import Secrets, read_secrets
+from ..isolation.secrets import Secrets, declared_env_names, read_secrets
 
 log = logging.getLogger("sora.worker")
 
@@ -56,8 +56,10 @@ SCALE_IN_INTERVAL = 0.5
 
 class Worker:
     def __init__(self, fn: FunctionConfig, runtime: Runtime, state_dir: str, endpoint: str,
-                 secrets: Secrets | None = None, log_limits: dict | None = None):
+                 secrets: Secrets | None = None, log_limits: dict | None = None,
+                 setup_withheld: frozenset[str] = frozenset()):
         self.fn = fn
+        self.setup_withheld = setup_withheld  # for coldStart: always-setup (SetupRun)
         self.secrets = secrets or Secrets(fn, {}, state_dir)
         self.secrets.write_files()
         self.state_dir = state_dir
@@ -173,7 +175,7 @@ class Worker:
             return
         if self.fn.coldStart == "always-setup":
             # The fresh instance starts once a fresh setup has run (poll_setups).
-            run = SetupRun(self.fn, self.state_dir, force=True)
+            run = SetupRun(self.fn, self.state_dir, force=True, withheld=self.setup_withheld)
             run.start()
             self.setups[inst.index] = run
         else:
@@ -192,6 +194,8 @@ class Worker:
             if outcome is None:
                 continue
             del self.setups[index]
+            if outcome.config_changed:   # the operator's file: no instance runs after that
+                raise BootError(p.error_body("Sora.ConfigError", outcome.reason))
             if not outcome.ok:
                 # The fresh instance starts all the same: what the setup left decides how the
                 # next invocation goes, which is what a cold-path test wants to see.
@@ -638,7 +642,9 @@ class BootError(Exception):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sora.worker")
     parser.add_argument("--name", required=True, help="the function's name")
-    parser.add_argument("--function-dir", required=True)
+    parser.add_argument("--functions", required=True,
+                        help="the supervisor's snapshot of the functions' configs (read before "
+                             "setup; the function folder's sora.yaml is never read again)")
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("--broker", help="broker endpoint (default: the state dir's socket)")
     # The host config's caps on what the function's output may take on disk (defaults: theirs).
@@ -651,10 +657,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s [worker %(process)d] %(levelname)s %(message)s")
     try:
-        fn = load_function_config(args.function_dir)
-        if fn.name != args.name:
-            raise ConfigError(fn.source, [f"name: expected {args.name!r} as when the host "
-                                          f"started, got {fn.name!r}"])
+        functions, _ = config_snapshot.read(args.functions)
+        fn = next((f for f in functions if f.name == args.name), None)
+        if fn is None:
+            raise ConfigError(args.functions, [f"expected the config of function "
+                                               f"{args.name!r}, got none"])
         runtime = runtime_for(fn.language)
         runtime.prepare(fn)
         secrets = Secrets(fn, read_secrets(fn), args.state_dir)
@@ -677,5 +684,5 @@ def main(argv: list[str] | None = None) -> int:
                   "min_free_mb": args.min_free_disk_mb}
     worker = Worker(fn, runtime, os.path.abspath(args.state_dir),
                     args.broker or p.worker_endpoint(os.path.abspath(args.state_dir)), secrets,
-                    log_limits)
+                    log_limits, setup_withheld=declared_env_names(functions))
     return worker.run()

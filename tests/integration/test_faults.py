@@ -332,6 +332,23 @@ def writes_outside_its_sandbox(host):
 
 
 # --- issue 14 point 1: attacks on it (cases below this line) ---
+@case
+def its_sora_yaml_rewritten_then_its_worker_killed(host):
+    # What a setup or writableFolder once could do (here written from outside, as the sandbox
+    # now refuses it): opt out of the sandbox, then wait for the worker to restart and read it.
+    spec = host.base / "fns" / "victim" / "sora.yaml"
+    written = spec.read_bytes()
+    spec.write_bytes(written + b"isolation: none\n")
+    try:
+        worker = host.function_state("victim")["pid"]
+        os.kill(worker, signal.SIGKILL)
+        wait_for(lambda: (s := host.function_state("victim"))["state"] == "RUNNING"
+                 and s["pid"] != worker and call(host).status_code == 200, timeout=30,
+                 what="a new victim worker")
+        state_dir = str(host.base / "state")
+        assert json_of(call(host, read=state_dir))["read"] == "ENOENT"   # still sandboxed
+    finally:
+        spec.write_bytes(written)
 
 
 # --- issue 14 point 2: attacks on it (cases below this line) ---

@@ -260,7 +260,7 @@ def test_a_sora_yaml_swapped_for_a_link_is_not_read(tree):
                                                                                "name: taken"))
     os.unlink(fn / "sora.yaml")
     os.symlink(outside / "taken.yaml", fn / "sora.yaml")
-    with pytest.raises(ConfigError, match="'sora.yaml' is a symbolic link"):
+    with pytest.raises(ConfigError, match="sora.yaml: expected a regular file, got a link"):
         load_function_config(str(fn))
 
 

@@ -92,3 +92,31 @@ def test_unavailable_reason_is_none_where_user_namespaces_work(monkeypatch):
     monkeypatch.setattr(os, "geteuid", lambda: NOBODY)
     # As root the probe runs all the same; it fails only where bubblewrap cannot make one.
     assert sandbox.unavailable_reason() is None
+
+
+def test_neither_setup_nor_a_writable_folder_can_write_sora_yaml(function_dir, monkeypatch):
+    # Issue 14, point 1: the folder is writable (and nobody owns sora.yaml here), yet the file
+    # is the operator's: mounted read-only over the folder, it cannot be written, replaced or
+    # removed from inside.
+    folder, _ = function_dir
+    spec = os.path.join(folder, "sora.yaml")
+    with open(spec, "a") as fh:
+        fh.write("writableFolder: true\n")
+    os.chown(spec, NOBODY, NOBODY)
+    before = open(spec, "rb").read()
+    fn = load_function_config(folder)
+    home = os.path.join(os.path.dirname(folder), "home")
+    os.mkdir(home)
+    os.chown(home, NOBODY, NOBODY)
+    attack = ("echo 'isolation: none' >> sora.yaml 2>&1 || echo no-append; "
+              "echo x > other.yaml && mv other.yaml sora.yaml 2>/dev/null || echo no-rename; "
+              "rm -f sora.yaml 2>/dev/null || echo no-remove; touch made && echo made")
+    unprivileged(monkeypatch)
+    argvs = [sandbox.wrap_setup(attack, fn, folder, home),
+             sandbox.wrap(["/bin/sh", "-c", attack], fn)]
+    monkeypatch.undo()
+    for argv in argvs:
+        done = as_nobody(argv, folder)
+        assert done.stdout.split()[-4:] == ["no-append", "no-rename", "no-remove", "made"], \
+            (done.stdout, done.stderr)
+        assert open(spec, "rb").read() == before
