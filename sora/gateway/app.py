@@ -16,7 +16,7 @@ from .. import protocol as p
 from ..config import FUNCTION_NAME_RE, HostConfig, load_host_config
 from ..events.intake import EventIntake
 from .auth import authorizer_for, is_admin
-from .client import BROKER_SLACK, BrokerClient, BrokerTimeout
+from .client import BrokerClient, BrokerTimeout
 from .errors import SoraError
 from .invocation_route import RETRY_AFTER, InvocationRoute
 from .requests import REQUEST_ID_HEADER, read_body, request_id_of
@@ -97,8 +97,8 @@ class FunctionUrlResource(InvocationRoute):
             resp.data = b'{"requestId":"%s","status":"queued"}' % request_id.encode()
             return
         try:
-            status, result, *_ = await self.client.invoke(
-                name, request_id.encode(), event, self.waits.get(name, BROKER_SLACK))
+            status, result, *_ = await self.invoke(name, request_id.encode(), event,
+                                                   p.TRIGGER_HTTP)
         except BrokerTimeout:
             raise SoraError(504, "Sora.GatewayTimeout",
                             "No answer from the broker in time") from None

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from ..config import FunctionConfig
 from ..isolation import sandbox
+from ..parent_death import die_with_parent
 
 _ALWAYS_SKIPPED = {".git", "__pycache__", ".sora"}
 
@@ -150,7 +151,7 @@ class SetupRun:
         self.proc = subprocess.Popen(
             argv, cwd=self.fn.directory, env=env,
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-            start_new_session=True)
+            start_new_session=True, preexec_fn=die_with_parent)   # dies with the supervisor
         self.deadline = time.monotonic() + self.fn.setupTimeout
 
     def poll(self) -> SetupOutcome | None:
