@@ -179,3 +179,44 @@ def test_listing_pages_newest_first(tmp_path):
     assert [p["requestId"] for p in page] == ["r0"] and cursor is None
     errors, _ = records.list_invocations(conn, "fn", status="error")
     assert [p["requestId"] for p in errors] == ["r2"]
+
+
+def test_a_batch_that_could_not_be_committed_is_not_acknowledged(tmp_path, monkeypatch):
+    import sqlite3
+    state = str(tmp_path)
+    (tmp_path / "run").mkdir()
+    ctx = zmq.Context()
+    conn = connect(state)
+    router = ctx.socket(zmq.ROUTER)
+    router.bind(records_endpoint(state))
+    sender = RecordSender(state, ctx)
+    wait_connected(sender)
+    recorder = Recorder(state, 100, 1)
+    real_commit = recorder_module.commit
+
+    def disk_full(*args):
+        raise sqlite3.OperationalError("database or disk is full")
+    monkeypatch.setattr(recorder_module, "commit", disk_full)
+    one_turn(sender, "a")
+    wait_for(lambda: router.poll(0), timeout=5)
+    recorder.drain(router, conn)
+    assert sender.sock.poll(300) == 0 and [s for s, _, _ in sender.unacked] == [1]
+    monkeypatch.setattr(recorder_module, "commit", real_commit)
+
+    def settled():
+        sender.flush()
+        recorder.drain(router, conn)
+        return not sender.unacked
+    wait_for(settled, timeout=15, interval=0.05)
+    assert stored(conn) == (["a"], ["line of a"])
+    sender.close(wait=0)
+    router.close(linger=0)
+    ctx.term()
+
+
+def test_senders_unheard_for_long_are_forgotten(tmp_path):
+    conn = connect(str(tmp_path))
+    commit(conn, [], [], {b"1.old": 7, b"2.new": 3})
+    conn.execute("UPDATE record_senders SET seen = 0 WHERE sender = '1.old'")
+    assert records.forget_senders(conn, time.time() - 60) == [b"1.old"]
+    assert records.last_batches(conn) == {b"2.new": 3}
