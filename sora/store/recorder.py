@@ -185,7 +185,8 @@ class RecordSender:
             self.unacked_bytes -= len(message)
             lines += count
         if self.dropped == 0 or (self.dropped + lines) // 10_000 > self.dropped // 10_000:
-            log.warning("recorder unreachable: %d record line(s) dropped, %d MB kept to resend",
+            log.warning("the recorder acknowledges nothing: %d record line(s) dropped, %d MB "
+                        "kept to resend",
                         self.dropped + lines, self.unacked_bytes >> 20)
         self.dropped += lines
 
