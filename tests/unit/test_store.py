@@ -83,9 +83,9 @@ def test_batches_are_acknowledged_after_commit_and_resent_until_then(tmp_path):
              stored(conn)[0] == ["a", "b"], timeout=5)
     one_turn(sender, "c")   # received by the first recorder, never committed: it dies
     assert first.poll(2000)
-    first.close(linger=0)
-    sender._take_acks()   # (the acknowledgement of a and b arrived)
+    # (once the acknowledgement of a and b has arrived)
     wait_for(lambda: sender.flush() or [s for s, _, _ in sender.unacked] == [3], timeout=5)
+    first.close(linger=0)
     one_turn(sender, "d")   # sent to no one, or into the dead connection
     # The next recorder: a fresh process that knows only the store.
     second_ctx = zmq.Context()
