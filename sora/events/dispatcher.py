@@ -34,7 +34,7 @@ import zmq
 from .. import protocol as p
 from ..config import FunctionConfig, HostConfig
 from ..config_snapshot import load_host_config_of_child
-from ..gateway.client import BrokerClient, BrokerTimeout, broker_waits
+from ..gateway.client import BrokerClient, BrokerTimeout, BrokerUnavailable, broker_waits
 from ..hotpath import quiet_gc
 from ..store import queue
 from ..store.db import connect_queue
@@ -177,6 +177,9 @@ class Dispatcher:
             try:
                 status, body, *_ = await client.invoke(fn.name, event.request_id.encode(),
                                                        event.payload, wait, p.TRIGGER_EVENT)
+            except BrokerUnavailable:   # not sent, or lost with the broker: not an attempt
+                status, body = p.UNAVAILABLE, p.error_body(
+                    "Sora.BrokerUnavailable", "The host's broker is not running")
             except BrokerTimeout:
                 status, body = p.WORKER_LOST, p.error_body(
                     "Sora.NoAnswer", f"No answer from the broker within {wait:.0f}s")

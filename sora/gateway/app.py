@@ -108,8 +108,8 @@ class FunctionUrlResource(InvocationRoute):
             resp.data = b'{"requestId":"%s","status":"queued"}' % request_id.encode()
             return
         try:
-            status, result, *_ = await self.client.invoke(
-                name, request_id.encode(), event, self.waits.get(name, BROKER_SLACK))
+            status, result, *_ = await self.invoke(name, request_id.encode(), event,
+                                                   p.TRIGGER_HTTP)
         except BrokerTimeout:
             raise SoraError(504, "Sora.GatewayTimeout",
                             "No answer from the broker in time") from None

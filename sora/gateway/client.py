@@ -6,11 +6,17 @@ is drained per wake-up; there is one future per request and nothing else on the 
 (deadlines are checked by one sweep every half second, not a timer per request). ZeroMQ's fd is
 edge-triggered, so once per loop turn after sends the socket is checked for replies that
 arrived meanwhile.
+
+When the connection to the broker drops (the supervisor died or is restarting), every caller
+still waiting is answered at once with `BrokerUnavailable`, and so is every new call until the
+connection is back: a ZeroMQ socket monitor reports the drop, at no cost per request. Before,
+callers hung until their deadline (5-11 s were seen, after a kill -9 of the supervisor).
 """
 from __future__ import annotations
 
 import asyncio
 import os
+import struct
 
 import zmq
 
@@ -34,6 +40,10 @@ class BrokerTimeout(Exception):
     pass
 
 
+class BrokerUnavailable(BrokerTimeout):
+    """No broker is connected: the call was not sent, or its answer can no longer come."""
+
+
 class BrokerClient:
     def __init__(self, endpoint: str):
         self.endpoint = endpoint
@@ -45,6 +55,8 @@ class BrokerClient:
         self._sweeping = False
         self._check_scheduled = False
         self._outbox: list[list[bytes]] = []
+        self._monitor: zmq.Socket | None = None
+        self._broker_gone = False   # connected once, and not since the last disconnect
 
     def _connect(self) -> None:
         # After a fork (gunicorn workers) the parent's context must not be used: make our own.
@@ -58,12 +70,20 @@ class BrokerClient:
         sock.connect(self.endpoint)
         self._sock = sock
         self._loop.add_reader(sock.getsockopt(zmq.FD), self._drain)
+        self._broker_gone = False
+        self._monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        self._loop.add_reader(self._monitor.getsockopt(zmq.FD), self._watch)
+        self._watch()   # takes the commands already queued: the fd signals only new ones
 
     def close(self) -> None:
         """Close the socket and its context (a context with an open socket cannot end)."""
         if self._sock is not None:
             if self._loop is not None and not self._loop.is_closed():
                 self._loop.remove_reader(self._sock.getsockopt(zmq.FD))
+                self._loop.remove_reader(self._monitor.getsockopt(zmq.FD))
+            self._sock.disable_monitor()
+            self._monitor.close(linger=0)
+            self._monitor = None
             ctx = self._sock.context
             self._sock.close(linger=0)
             ctx.term()
@@ -79,6 +99,19 @@ class BrokerClient:
                 if fut is not None and not fut.done():
                     fut.set_result(frames[2:])
 
+    def _watch(self) -> None:
+        """The socket monitor's events: a dropped broker connection fails every caller."""
+        for frames in recv_ready(self._monitor):
+            event = struct.unpack("=hi", frames[0][:6])[0]
+            if event == zmq.EVENT_CONNECTED:
+                self._broker_gone = False
+            elif event == zmq.EVENT_DISCONNECTED:
+                self._broker_gone = True
+                pending, self._pending = self._pending, {}
+                for fut in pending.values():
+                    if not fut.done():
+                        fut.set_exception(BrokerUnavailable())
+
     def _check(self) -> None:
         """Once per loop turn: send the requests of the turn, then look for replies (ZeroMQ's
         fd is edge-triggered, and a send may consume the readiness of a reply that arrived
@@ -87,6 +120,8 @@ class BrokerClient:
         context switch, the largest part of the gateway's ZeroMQ cost)."""
         self._check_scheduled = False
         outbox, self._outbox = self._outbox, []
+        if self._broker_gone:
+            return   # their callers were answered: sent now, they would run for no one
         sock = self._sock
         for frames in outbox:
             try:
@@ -100,6 +135,8 @@ class BrokerClient:
     async def _call(self, frames: list[bytes], request_id: bytes, timeout: float):
         if self._pid != os.getpid():
             self._connect()
+        if self._broker_gone:
+            raise BrokerUnavailable()
         loop = self._loop
         fut = loop.create_future()
         self._pending[request_id] = fut

@@ -2,9 +2,10 @@
 the host config, the body limit and broker waits, and accepting an asynchronous event."""
 from __future__ import annotations
 
+from .. import protocol as p
 from ..config import HostConfig
 from ..events.intake import EventIntake, EventNotStored, LowDisk, QueueFull
-from .client import BrokerClient, broker_waits
+from .client import BROKER_SLACK, BrokerClient, BrokerUnavailable, broker_waits
 from .errors import SoraError
 
 RETRY_AFTER = "1"
@@ -26,6 +27,25 @@ class InvocationRoute:
         self.event_caps = {fn.name: (fn.eventInvoke.maxQueuedEvents,
                                      fn.eventInvoke.maxQueuedMB << 20)
                            for fn in config.functions}
+
+    async def invoke(self, name: str, request_id: bytes, payload: bytes, meta: bytes,
+                     error: type[SoraError] = SoraError,
+                     error_type: str = "Sora.BrokerUnavailable") -> list[bytes]:
+        """`BrokerClient.invoke`, except that what only a missing broker explains is the
+        caller's 503 with Retry-After (`error_type`): no broker connected (the supervisor is
+        gone or restarting), or a broker that does not know a function this gateway's config
+        has (one just started, before it learned the functions). A configured function is
+        never reported as not found. Raises BrokerTimeout as the client does."""
+        try:
+            frames = await self.client.invoke(name, request_id, payload,
+                                              self.waits.get(name, BROKER_SLACK), meta)
+        except BrokerUnavailable:
+            raise error(503, error_type, "The host's broker is not running (the supervisor "
+                        "is stopping or restarting)", {"Retry-After": RETRY_AFTER}) from None
+        if frames[0] == p.NOT_FOUND and self.config.knows(name):
+            raise error(503, error_type, f"The host's broker does not know function {name} "
+                        "yet (the supervisor is starting)", {"Retry-After": RETRY_AFTER})
+        return frames
 
     async def accept_event(self, name: str, request_id: str, trigger: str, payload: bytes,
                            error: type[SoraError] = SoraError) -> None:

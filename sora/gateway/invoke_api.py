@@ -25,7 +25,7 @@ import orjson
 
 from .. import protocol as p
 from ..config import FUNCTION_NAME_RE
-from .client import BROKER_SLACK, BrokerTimeout
+from .client import BrokerTimeout
 from .errors import SoraError
 from .invocation_route import RETRY_AFTER, InvocationRoute
 from .requests import REQUEST_ID_HEADER, read_body, request_id_of
@@ -105,10 +105,10 @@ class InvokeResource(InvocationRoute):
             resp.status = falcon.HTTP_202
             return
         tail = (req.get_header("X-Amz-Log-Type") or "None") == "Tail"
-        wait = self.waits.get(fn_name, BROKER_SLACK)
         try:
-            status, body, *log_tail = await self.client.invoke(
-                fn_name, request_id.encode(), payload, wait, p.meta(p.TRIGGER_INVOKE, tail))
+            status, body, *log_tail = await self.invoke(
+                fn_name, request_id.encode(), payload, p.meta(p.TRIGGER_INVOKE, tail),
+                InvokeApiError, "ServiceException")
         except BrokerTimeout:
             raise InvokeApiError(504, "ServiceException",
                                  "No answer from the broker in time") from None

@@ -1,22 +1,42 @@
 """The recorder: the one process that writes invocation records and log lines to the store.
 
-Workers PUSH a message per loop turn to `<stateDir>/run/records.sock` (`RecordSender`; the
+Workers send a message per loop turn to `<stateDir>/run/records.sock` (`RecordSender`; the
 broker too, for invocations lost with their worker, which cannot record them); the
-recorder PULLs them, commits what gathered every FLUSH_INTERVAL in one transaction, and prunes
-the store to its retention every PRUNE_INTERVAL.
+recorder commits what gathered every FLUSH_INTERVAL in one transaction, and prunes the store
+to its retention every PRUNE_INTERVAL. Keeping SQLite out of the workers keeps it off the
+invocation path (no write, no lock, no GIL held by a writer thread beside the worker loop).
 
 The store's size is capped (`records.maxStoreMB`, sora.db and its WAL together): the WAL gets
 an eighth of it (at most 64 MB: `journal_size_limit`, automatic checkpoints at half that, and a
 TRUNCATE checkpoint whenever readers let it grow past it), one commit takes at most a quarter of
 the WAL's share (the rest waits in the socket for the next turn, so a flood of log lines is
 stored at a bounded rate, ~2.5 × that share a second), and after each commit the oldest records
-and log lines are pruned once the database's pages in use pass the cap less two WAL shares. While the
-state dir is low on free space (`minFreeDiskMB`) nothing is written: what arrives is dropped,
-counted, and the recorder says why. Keeping SQLite out of the workers keeps it off
-the invocation path (no write, no lock, no GIL held by a writer thread beside the worker loop).
+and log lines are pruned once the database's pages in use pass the cap less two WAL shares.
+While the state dir is low on free space (`minFreeDiskMB`) the recorder reads nothing: the
+senders keep their batches (each at most UNACKED_MAX_BYTES, its oldest dropped beyond that) and
+send them again once space is back.
 
-Wire format: lines joined by "\\n", fields by "\\t" (a log line's text is the last field, so it
-may hold tabs; it never holds a newline):
+Nothing is lost when the recorder dies (`kill -9` under load lost what it had read and not yet
+committed, ~0.1 s of every worker's records): each message is a numbered batch that its
+sender keeps until the recorder acknowledges it, and the recorder acknowledges only after the
+commit. A sender resends what is unacknowledged RESEND_AFTER after its last progress (so once
+a restarted recorder listens), oldest first. The recorder takes each sender's batches in order
+and only once: `record_senders` in the store holds, per sender, the last batch committed,
+updated in the same transaction as the batch, so a batch resent after its commit (its
+acknowledgement died with the recorder) is acknowledged again and not stored twice, and a batch
+after a gap (its predecessor died in the old recorder's memory) waits for the resend of the
+gap. This is go-back-N over a DEALER (sender) -> ROUTER (recorder) pair.
+
+    sender -> recorder   [<sender key> <seq> <oldest seq held>, lines]
+    recorder -> sender   [<last seq of that sender committed>]
+
+The sender key (`<pid>.<random>`) names one sender across recorder restarts (a ZeroMQ routing
+id names only one connection). "Oldest seq held" lets a sender that had to drop batches (it
+keeps at most UNACKED_MAX_BYTES) say so: the recorder then skips the dropped ones instead of
+waiting for them forever.
+
+Lines: joined by "\\n", fields by "\\t" (a log line's text is the last field, so it may hold
+tabs; it never holds a newline):
     R <request id> <function> <version> <trigger> <start> <duration ms> <status> <error type|-> <cold 0/1>
     L <function> <request id> <time> <stream> <text>
 """
@@ -29,21 +49,42 @@ import signal
 import sqlite3
 import sys
 import time
+from collections import deque
 
 import zmq
 
 from .. import protocol as p
 from ..config import RecordsConfig
-from ..hotpath import quiet_gc
+from ..hotpath import ZERO_COPY_OVER, quiet_gc, recv_ready
 from .db import connect
 from .free_space import FreeSpace
-from .records import commit, prune, prune_to_size, store_bytes
+from .records import commit, forget_senders, last_batches, prune, prune_to_size, store_bytes
 
 log = logging.getLogger("sora.recorder")
 FLUSH_INTERVAL = 0.1
 PRUNE_INTERVAL = 60.0
 SEND_HWM = 100_000
+# A batch unacknowledged this long after the last progress is resent with all that follows
+# it. Acknowledgements come every FLUSH_INTERVAL while the recorder keeps up, so this is ten
+# of them; waits double while resends make no progress (a recorder that is down, or far
+# behind and better not flooded with copies), up to RESEND_MAX.
+RESEND_AFTER = 1.0
+RESEND_MAX = 8.0
+# While no recorder listens (a send fails at once), how often to try again.
+RETRY_UNREACHABLE = 0.2
+# What one sender keeps unacknowledged: a worker whose recorder is gone drops its oldest
+# batches beyond this (with a warning) rather than grow without bound. ~200,000 records.
+UNACKED_MAX_BYTES = 32 << 20
+# How long the store remembers a sender's last batch after its last one: only a sender that
+# still holds a batch the recorder committed can resend it, and it does so within seconds.
+SENDER_MEMORY_SECONDS = 86_400.0
+# How long a stopping worker waits for the recorder to acknowledge its last batches.
+CLOSE_WAIT = 2.0
+
+# The write-ahead log's share of `records.maxStoreMB` is an eighth, at most this.
 WAL_SHARE_MAX = 64 << 20
+
+_NOBLOCK = int(zmq.NOBLOCK)
 
 
 def records_socket(state_dir: str) -> str:
@@ -60,14 +101,26 @@ def _text(value: str) -> bytes:
 
 
 class RecordSender:
-    """The worker's side: gathers records and log lines, sends them once per loop turn."""
+    """The worker's side: gathers records and log lines, sends them once per loop turn as one
+    numbered batch, and keeps each batch until the recorder acknowledges it."""
 
     def __init__(self, state_dir: str, ctx: zmq.Context):
-        self.sock = ctx.socket(zmq.PUSH)
+        self.sock = ctx.socket(zmq.DEALER)
+        # Nothing is queued in ZeroMQ for a recorder that is not there (a send then fails at
+        # once): batches wait here, and are sent when it is back, each once.
+        self.sock.setsockopt(zmq.IMMEDIATE, 1)
         self.sock.setsockopt(zmq.SNDHWM, SEND_HWM)
-        self.sock.setsockopt(zmq.LINGER, 2000)
+        self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(records_endpoint(state_dir))
+        self.key = b"%d.%s" % (os.getpid(), os.urandom(6).hex().encode())
         self.batch: list[bytes] = []
+        self.seq = 0
+        # (seq, message, line count) of each batch not yet acknowledged, oldest first; the
+        # seqs are consecutive.
+        self.unacked: deque[tuple[int, bytes, int]] = deque()
+        self.unacked_bytes = 0
+        self.resend_wait = RESEND_AFTER
+        self.resend_at = 0.0
         self.dropped = 0
 
     def record(self, request_id: bytes, function: bytes, trigger: bytes, start: float,
@@ -84,22 +137,86 @@ class RecordSender:
         self.batch.extend(head + line for line in lines)
 
     def flush(self) -> None:
-        if not self.batch:
-            return
-        try:
-            self.sock.send(b"\n".join(self.batch), zmq.NOBLOCK)
-        except zmq.Again:
-            # The recorder is far behind or gone: records are an account of what ran, not the
-            # work itself, so they are dropped rather than allowed to block invocations.
-            self.dropped += len(self.batch)
-            if self.dropped == len(self.batch) or self.dropped % 10_000 < len(self.batch):
-                log.warning("recorder not keeping up: %d record line(s) dropped", self.dropped)
-        self.batch = []
+        """Once per loop turn: take acknowledgements, send this turn's batch, resend what is
+        overdue. With nothing gathered and nothing unacknowledged it costs one test."""
+        if self.unacked:
+            self._take_acks()
+        if self.batch:
+            self.seq += 1
+            message = b"\n".join(self.batch)
+            if not self.unacked:
+                self.resend_at = time.monotonic() + self.resend_wait
+            self.unacked.append((self.seq, message, len(self.batch)))
+            self.unacked_bytes += len(message)
+            self.batch = []
+            if self.unacked_bytes > UNACKED_MAX_BYTES:
+                self._drop_oldest()
+            if not self._send(self.seq, message):
+                self.resend_at = min(self.resend_at, time.monotonic() + RETRY_UNREACHABLE)
+        if self.unacked and time.monotonic() >= self.resend_at:
+            self._resend()
 
-    def close(self, linger: int | None = None) -> None:
-        """Send what is left, then close (waiting up to the socket's linger, or `linger` ms)."""
+    def _send(self, seq: int, message: bytes) -> bool:
+        try:
+            self.sock.send(b"%s %d %d" % (self.key, seq, self.unacked[0][0]),
+                           _NOBLOCK | zmq.SNDMORE)
+            self.sock.send(message, _NOBLOCK, copy=len(message) <= ZERO_COPY_OVER)
+            return True
+        except zmq.Again:
+            return False   # no recorder (or it is far behind): the batch waits here
+
+    def _take_acks(self) -> None:
+        progress = False
+        for frames in recv_ready(self.sock):
+            try:
+                acked = int(frames[-1])
+            except ValueError:
+                continue
+            while self.unacked and self.unacked[0][0] <= acked:
+                _, message, _ = self.unacked.popleft()
+                self.unacked_bytes -= len(message)
+                progress = True
+        if progress:
+            self.resend_wait = RESEND_AFTER
+            self.resend_at = time.monotonic() + RESEND_AFTER
+
+    def _resend(self) -> None:
+        """Go back to the oldest batch not acknowledged and send it and all that follow."""
+        sent = 0
+        for seq, message, _ in self.unacked:
+            if not self._send(seq, message):
+                break
+            sent += 1
+        if not sent:   # no recorder listens: look again soon, it may be restarting
+            self.resend_at = time.monotonic() + RETRY_UNREACHABLE
+            return
+        self.resend_wait = min(self.resend_wait * 2, RESEND_MAX)
+        self.resend_at = time.monotonic() + self.resend_wait
+
+    def _drop_oldest(self) -> None:
+        lines = 0
+        while self.unacked_bytes > UNACKED_MAX_BYTES and len(self.unacked) > 1:
+            _, message, count = self.unacked.popleft()
+            self.unacked_bytes -= len(message)
+            lines += count
+        if self.dropped == 0 or (self.dropped + lines) // 10_000 > self.dropped // 10_000:
+            log.warning("the recorder acknowledges nothing: %d record line(s) dropped, %d MB "
+                        "kept to resend",
+                        self.dropped + lines, self.unacked_bytes >> 20)
+        self.dropped += lines
+
+    def close(self, wait: float = CLOSE_WAIT) -> None:
+        """Send what is left and wait up to `wait` seconds for the recorder to acknowledge
+        it all (resending as need be), then close."""
         self.flush()
-        self.sock.close(linger=linger)
+        deadline = time.monotonic() + wait
+        while self.unacked and (left := deadline - time.monotonic()) > 0:
+            self.sock.poll(max(1, int(min(left, self.resend_at - time.monotonic()) * 1000)))
+            self.flush()
+        if self.unacked:
+            log.warning("%d record line(s) not acknowledged by the recorder at exit",
+                        sum(count for _, _, count in self.unacked))
+        self.sock.close(linger=0)
 
 
 def parse(message: bytes, records: list[tuple], lines: list[tuple]) -> None:
@@ -125,6 +242,7 @@ class Recorder:
         self.max_per_function = max_per_function
         self.max_age_seconds = max_age_hours * 3600
         self.signals: list[int] = []
+        self.last_batch: dict[bytes, int] = {}   # sender key -> last batch committed
         store = max_store_mb << 20
         self.wal_limit = min(WAL_SHARE_MAX, store // 8)
         # The WAL passes its share by up to one commit (a worker's message is never split),
@@ -134,8 +252,7 @@ class Recorder:
         self.commit_bytes = self.wal_limit // 4
         self.wal_path = os.path.join(state_dir, "sora.db-wal")
         self.free_space = FreeSpace(state_dir, min_free_mb << 20,
-                                    "invocation records and log lines are dropped")
-        self.dropped = 0
+                                    "invocation records and log lines wait with their senders")
 
     def _on_signal(self, signum, _frame) -> None:
         self.signals.append(signum)  # only queue: the loop acts on it
@@ -150,9 +267,11 @@ class Recorder:
         conn.execute("PRAGMA secure_delete = FAST")
         page_size = conn.execute("PRAGMA page_size").fetchone()[0]
         conn.execute(f"PRAGMA wal_autocheckpoint = {max(16, self.wal_limit // 2 // page_size)}")
+        self.last_batch = last_batches(conn)
         ctx = zmq.Context()
-        sock = ctx.socket(zmq.PULL)
+        sock = ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.RCVHWM, SEND_HWM)
+        sock.setsockopt(zmq.SNDHWM, SEND_HWM)
         sock.bind(records_endpoint(self.state_dir))
         quiet_gc()
         next_prune = time.monotonic()
@@ -162,17 +281,18 @@ class Recorder:
                 now = time.monotonic()
                 if now >= next_prune:
                     self.prune(conn)
+                    self.forget_senders(conn)
                     next_prune = now + PRUNE_INTERVAL
                 # A batching window, not a poll: committing on every message would make a
                 # transaction per worker loop turn. A stop signal is seen within it.
                 time.sleep(FLUSH_INTERVAL)
                 if self.free_space.low():
-                    self.discard(sock)
-                    continue
+                    continue   # nothing read, nothing acknowledged: the senders keep it
                 self.drain(sock, conn)
                 self.keep_within_cap(conn)
             # Stopping: what the workers sent before they stopped is still committed.
-            self.drain(sock, conn)
+            if not self.free_space.low():
+                self.drain(sock, conn)
         finally:
             sock.close(linger=0)
             ctx.term()
@@ -180,33 +300,54 @@ class Recorder:
         return 0
 
     def drain(self, sock: zmq.Socket, conn: sqlite3.Connection) -> None:
+        """Commit what arrived, at most `commit_bytes` of it (the rest waits in the socket for
+        the next turn: the WAL's size), then acknowledge to each sender its last batch
+        committed."""
         records: list[tuple] = []
         lines: list[tuple] = []
-        taken = 0
-        while taken < self.commit_bytes:   # the rest waits for the next turn (WAL's size)
+        taken: dict[bytes, int] = {}     # sender key -> last batch taken in this drain
+        replies: dict[bytes, bytes] = {}   # routing id -> sender key, to acknowledge
+        size = 0
+        while size < self.commit_bytes:
             try:
-                message = sock.recv(zmq.NOBLOCK)
+                frames = sock.recv_multipart(_NOBLOCK)
             except zmq.Again:
                 break
-            taken += len(message)
-            parse(message, records, lines)
+            if len(frames) != 3:
+                log.warning("ignored a malformed records message of %d frame(s)", len(frames))
+                continue
+            routing_id, header, message = frames
+            size += len(message)
+            try:
+                key, seq_text, oldest_text = header.split(b" ")
+                seq, oldest = int(seq_text), int(oldest_text)
+            except ValueError:
+                log.warning("ignored a records message with a malformed header: %r",
+                            header[:100])
+                continue
+            last = taken.get(key, self.last_batch.get(key, 0))
+            # Batches the sender gave up (oldest held above the next expected) are skipped.
+            if seq == max(last, oldest - 1) + 1:
+                parse(message, records, lines)
+                taken[key] = seq
+            # seq at or below `last`: committed already, its acknowledgement was lost (it is
+            # acknowledged again below). Above the next expected: one before it was lost with
+            # a recorder; the sender resends from there.
+            replies[routing_id] = key
         try:
-            commit(conn, records, lines)
+            commit(conn, records, lines, taken)
         except sqlite3.Error as exc:
+            # Not acknowledged: the senders keep the batches and send them again.
             log.error("could not store %d record(s) and %d log line(s): %s", len(records),
                       len(lines), exc)
-
-    def discard(self, sock: zmq.Socket) -> None:
-        """Low disk: take what arrived off the socket without storing it."""
-        while True:
+            return
+        self.last_batch.update(taken)
+        for routing_id, key in replies.items():
             try:
-                sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            self.dropped += 1
-            if self.dropped % 1000 == 1:
-                log.error("low disk: %d message(s) of records and log lines dropped",
-                          self.dropped)
+                sock.send_multipart([routing_id, b"%d" % self.last_batch.get(key, 0)],
+                                    _NOBLOCK)
+            except zmq.ZMQError:
+                pass   # the sender is gone or far behind: it resends, and is told then
 
     def keep_within_cap(self, conn: sqlite3.Connection) -> None:
         """The store within `records.maxStoreMB`: the oldest records pruned past the
@@ -240,6 +381,13 @@ class Recorder:
             return
         if removed:
             log.info("pruned %d invocation record(s)", removed)
+
+    def forget_senders(self, conn: sqlite3.Connection) -> None:
+        try:
+            for key in forget_senders(conn, time.time() - SENDER_MEMORY_SECONDS):
+                self.last_batch.pop(key, None)
+        except sqlite3.Error as exc:
+            log.error("could not forget old record senders: %s", exc)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,19 +13,41 @@ from typing import Callable
 STATUSES = ("ok", "error", "timeout", "crashed")
 
 
-def commit(conn: sqlite3.Connection, records: list[tuple], lines: list[tuple]) -> None:
+def commit(conn: sqlite3.Connection, records: list[tuple], lines: list[tuple],
+           batches: dict[bytes, int] | None = None) -> None:
     """Write a batch in one transaction: record rows (request id, function, version, trigger,
     start, duration ms, status, error type, cold) and log lines (function, request id, time,
-    stream, text), as `recorder.parse` makes them."""
-    if not records and not lines:
+    stream, text), as `recorder.parse` makes them, and the last batch of each sender they came
+    from (`batches`: sender key -> seq), so that none of those batches is stored again."""
+    if not records and not lines and not batches:
         return
     with conn:
         conn.execute("BEGIN IMMEDIATE")
+        if batches:
+            now = time.time()
+            conn.executemany("INSERT INTO record_senders (sender, last_batch, seen) "
+                             "VALUES (?, ?, ?) ON CONFLICT (sender) DO UPDATE SET "
+                             "last_batch = excluded.last_batch, seen = excluded.seen",
+                             [(key.decode(), seq, now) for key, seq in batches.items()])
         conn.executemany("INSERT INTO log_lines (function, request_id, time, stream, line) "
                          "VALUES (?, ?, ?, ?, ?)", lines)
         conn.executemany("INSERT OR REPLACE INTO invocations (request_id, function, version, "
                          "trigger, start, duration_ms, status, error_type, cold) "
                          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", records)
+
+
+def last_batches(conn: sqlite3.Connection) -> dict[bytes, int]:
+    """Sender key -> the last of its batches committed."""
+    return {row[0].encode(): row[1] for row in
+            conn.execute("SELECT sender, last_batch FROM record_senders")}
+
+
+def forget_senders(conn: sqlite3.Connection, before: float) -> list[bytes]:
+    """Forget the senders not heard from since `before`; returns their keys."""
+    with conn:
+        conn.execute("BEGIN IMMEDIATE")
+        return [row[0].encode() for row in conn.execute(
+            "DELETE FROM record_senders WHERE seen < ? RETURNING sender", (before,))]
 
 
 def prune(conn: sqlite3.Connection, max_per_function: int, max_age_seconds: float) -> int:

@@ -373,6 +373,8 @@ class Broker(threading.Thread):
                 self._notify("silent", identity)
             else:
                 self._send_worker(identity, p.HEARTBEAT)
+        if self.records is not None:
+            self.records.flush()   # takes acknowledgements and resends what has none
 
     def run(self) -> None:
         if self._records_dir is not None:
@@ -410,4 +412,4 @@ class Broker(threading.Thread):
             sock.close(linger=0)
         if self.records is not None:
             # The recorder has stopped by now: nothing would take what is left.
-            self.records.close(linger=0)
+            self.records.close(wait=0)

@@ -11,7 +11,6 @@ failures in a row the child goes FATAL instead of restarting forever.
 """
 from __future__ import annotations
 
-import ctypes
 import enum
 import logging
 import os
@@ -21,18 +20,13 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-log = logging.getLogger("sora.supervisor")
+from ..parent_death import die_with_parent  # noqa: F401 - the workers' instances use it too
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_PR_SET_PDEATHSIG = 1
+log = logging.getLogger("sora.supervisor")
 
 BACKOFF_BASE = 0.5
 BACKOFF_MAX = 30.0
 STABLE_AFTER = 10.0
-
-
-def die_with_parent() -> None:  # runs in the child between fork and exec
-    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 class State(str, enum.Enum):

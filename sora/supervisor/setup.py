@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 from ..config import FUNCTION_FILE, MAX_CONFIG_BYTES, FunctionConfig, source_digest
 from ..isolation import sandbox
+from ..parent_death import die_with_parent
 
 _ALWAYS_SKIPPED = {".git", "__pycache__", ".sora"}
 
@@ -193,7 +194,7 @@ class SetupRun:
         self.proc = subprocess.Popen(
             argv, cwd=self.fn.directory, env=env,
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-            start_new_session=True)
+            start_new_session=True, preexec_fn=die_with_parent)   # dies with the supervisor
         self.deadline = time.monotonic() + self.fn.setupTimeout
 
     def poll(self) -> SetupOutcome | None:

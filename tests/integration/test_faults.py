@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import sqlite3
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -54,6 +55,7 @@ exports.handler = async (event) => {
   // issue 14 point 6: its cases' branches
   // issue 14 point 7: its cases' branches
   // issue 14 point 8: its cases' branches
+  if (q.mark) { console.log('mark ' + q.mark); return { mark: q.mark }; }
   // issue 14 point 9: its cases' branches
   if (q.forgemarker) {
     // A line, then an end marker naming another function's request (q.forgemarker).
@@ -486,6 +488,86 @@ def body_stalls_past_the_body_timeout(host):
 
 
 # --- issue 14 point 8: attacks on it (cases below this line) ---
+
+
+def _record_or_none(host, request_id):
+    r = host.session.get(f"{host.url}/api/invocations/{request_id}", timeout=5)
+    return r.json() if r.status_code == 200 else None
+
+
+@case
+def kill9_recorder_loses_no_record(host):
+    """The recorder is killed while records stream in: every invocation that got an answer
+    (calls and async events alike) has its record once the recorder is back, and no record
+    holds a line twice (what was resent to the new recorder was not stored again)."""
+    answered: dict[str, str] = {}   # request id -> the mark its invocation printed
+    events: dict[str, str] = {}     # request id -> the sink's key
+    stop = threading.Event()
+
+    def caller(n):
+        i = 0
+        while not stop.is_set():
+            mark = f"{n}.{i}.{uuid.uuid4().hex[:8]}"
+            i += 1
+            try:
+                r = call(host, mark=mark)
+            except requests.ConnectionError:
+                continue
+            if r.status_code == 200:
+                answered[r.headers["X-Sora-Request-Id"]] = mark
+
+    def event():
+        key = uuid.uuid4().hex
+        r = host.invoke("sink", method="POST", data=key,
+                        headers={"X-Sora-Invocation-Type": "Event"})
+        assert r.status_code == 202, r.text
+        host.events.append(key)
+        events[json_of(r)["requestId"]] = key
+
+    with ThreadPoolExecutor(8) as pool:
+        callers = [pool.submit(caller, n) for n in range(6)]
+        try:
+            wait_for(lambda: len(answered) >= 100, timeout=30, what="calls under way")
+            for _ in range(5):
+                event()
+            before = len(answered)
+            kill_role(host, lambda p: "sora.store.recorder" in cmd(p))
+            for _ in range(5):
+                event()
+            # Load goes on while the recorder is gone and while it comes back.
+            wait_for(lambda: len(answered) >= before + 300, timeout=60,
+                     what="calls while the recorder is down")
+        finally:
+            stop.set()
+            for c in callers:
+                c.result()
+    wait_for(lambda: host.health()["recorder"]["state"] == "RUNNING", timeout=30,
+             what="the recorder back")
+    wait_for(lambda: all((host.marks / f"{key}.1.end").exists() for key in events.values()),
+             timeout=60, what="the events to run")
+    missing = dict(answered)
+    missing.update(events)
+    records = {}
+
+    def all_recorded():
+        for request_id in list(missing):
+            rec = _record_or_none(host, request_id)
+            if rec is not None:
+                records[request_id] = rec
+                del missing[request_id]
+        return not missing
+    try:
+        wait_for(all_recorded, timeout=30, interval=0.5, what="every record")
+    except AssertionError:
+        raise AssertionError(f"{len(missing)} of {len(answered) + len(events)} answered "
+                             f"invocations have no record: {sorted(missing)[:5]}") from None
+    for request_id, mark in answered.items():
+        lines = [x["line"] for x in records[request_id]["logs"]]
+        assert lines.count(f"mark {mark}") == 1, (request_id, lines)
+    for request_id in events:
+        lines = [x["line"] for x in records[request_id]["logs"]]
+        assert len(lines) == len(set(lines)) and lines, (request_id, lines)
+
 
 
 # --- issue 14 point 9: attacks on it (cases below this line) ---

@@ -154,3 +154,42 @@ def test_silent_worker_is_forgotten(broker):
     assert b.events.get(timeout=1) == ("ready", b"fn/1")
     assert b.events.get(timeout=1) == ("silent", b"fn/1")
     w.close(0)
+
+
+def test_records_of_a_lost_workers_calls_are_resent_until_acknowledged(tmp_path):
+    """The broker records what a lost worker held; a recorder that dies before committing it
+    (here: one that never acknowledges) gets it again, on the broker's heartbeat."""
+    from sora.store.recorder import records_endpoint
+    (tmp_path / "run").mkdir()
+    ctx = zmq.Context.instance()
+    recorder = ctx.socket(zmq.ROUTER)
+    recorder.bind(records_endpoint(str(tmp_path)))
+    front, back = f"ipc://{tmp_path}/g.sock", f"ipc://{tmp_path}/w.sock"
+    b = Broker(front, back, state_dir=str(tmp_path))
+    b.control.set_functions({"fn": {"maxQueued": 2, "maxWait": 5.0, "available": True}})
+    b.start()
+    gw = ctx.socket(zmq.DEALER)
+    gw.connect(front)
+    w = worker(back, credits=1)
+    try:
+        time.sleep(0.1)
+        request(gw, b"lost-call")
+        frames = recv(w)
+        while frames[0] != p.REQUEST:
+            frames = recv(w)
+        b.control.forget_worker(b"fn/1")
+        assert recv(gw)[2] == p.WORKER_LOST
+        ident, header, batch = recv(recorder)
+        assert b"lost-call" in batch and b"Sora.WorkerLost" in batch
+        # No acknowledgement: the same batch comes again.
+        again = recv(recorder, timeout=5)
+        assert again[1:] == [header, batch]
+        recorder.send_multipart([again[0], header.split(b" ")[1]])   # committed
+        assert recorder.poll(2500) == 0   # two heartbeats: nothing more
+    finally:
+        for s in (w, gw):
+            s.close(0)
+        b.control.stop()
+        b.join(5)
+        b.control.close()
+        recorder.close(0)

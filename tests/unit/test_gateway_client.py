@@ -130,3 +130,43 @@ def test_a_request_that_cannot_be_sent_fails_its_caller_at_once(tmp_path, monkey
         client.close()
 
     asyncio.run(scenario())
+
+
+def test_a_lost_broker_fails_its_callers_at_once_until_it_is_back(tmp_path):
+    """The supervisor dies (its broker with it) while calls wait: they fail at once, as do
+    new calls, instead of hanging to their deadline; once a broker listens again, calls
+    flow."""
+    from sora.gateway.client import BrokerUnavailable
+    endpoint = f"ipc://{tmp_path}/b.sock"
+    ctx = zmq.Context.instance()
+
+    async def scenario():
+        router = ctx.socket(zmq.ROUTER)
+        router.bind(endpoint)
+        client = BrokerClient(endpoint)
+        calls = invoke_three(client)
+        await receive(router, 3)
+        started = time.monotonic()
+        router.close(0)   # the broker is gone; the calls' deadline is 5 s away
+        for call in calls:
+            with pytest.raises(BrokerUnavailable):
+                await call
+        assert time.monotonic() - started < 2.0
+        started = time.monotonic()
+        with pytest.raises(BrokerUnavailable):
+            await client.invoke("fn", b"later", b"{}", 5)
+        assert time.monotonic() - started < 0.1
+        router = ctx.socket(zmq.ROUTER)   # a new supervisor's broker
+        router.bind(endpoint)
+        deadline = time.monotonic() + 10
+        while client._broker_gone:   # until the monitor reports the new connection
+            assert time.monotonic() < deadline, "never reconnected"
+            await asyncio.sleep(0.02)
+        call = asyncio.ensure_future(client.invoke("fn", b"again", b"{}", 5))
+        (ident, _, rid, _, _), = await receive(router, 1)
+        router.send_multipart([ident, p.REPLY, rid, p.OK, b"ok"])
+        assert await call == [p.OK, b"ok"]
+        client.close()
+        router.close(0)
+
+    asyncio.run(scenario())

@@ -1,12 +1,15 @@
 """The store's wire format, commits, retention and queries, on a real SQLite file."""
+import os
 import time
 
 import zmq
 
+from sora.store import recorder as recorder_module
 from sora.store import records
 from sora.store.db import connect
-from sora.store.recorder import RecordSender, parse, records_endpoint
+from sora.store.recorder import Recorder, RecordSender, parse, records_endpoint
 from sora.store.records import commit
+from tests.support import wait_for
 
 
 def rec(rid, fn="fn", start=None, status="ok"):
@@ -18,24 +21,127 @@ def rec(rid, fn="fn", start=None, status="ok"):
 def test_sender_batches_per_turn_and_parse_reads_it_back(tmp_path):
     (tmp_path / "run").mkdir()
     ctx = zmq.Context()
-    pull = ctx.socket(zmq.PULL)
-    pull.bind(records_endpoint(str(tmp_path)))
+    router = ctx.socket(zmq.ROUTER)
+    router.bind(records_endpoint(str(tmp_path)))
     sender = RecordSender(str(tmp_path), ctx)
+    wait_connected(sender)
     sender.record(b"r1", b"fn", b"invoke", 1700000000.25, 12.5, b"error", "Type\tError",
                   True)
     sender.lines("fn", "r1", "stderr", [b"a\ttabbed line", b""])
     sender.flush()
-    assert pull.poll(2000)
-    message = pull.recv()
-    assert pull.poll(100) == 0  # one message for the whole turn
+    assert router.poll(2000)
+    _, header, message = router.recv_multipart()
+    assert router.poll(100) == 0  # one message for the whole turn
+    assert header == sender.key + b" 1 1"
     rows, lines = [], []
     parse(message, rows, lines)
     assert rows == [("r1", "fn", "$LATEST", "invoke", 1700000000.25, 12.5, "error",
                      "Type Error", 1)]
     assert [(fn, rid, stream, text) for fn, rid, _, stream, text in lines] == [
         ("fn", "r1", "stderr", "a\ttabbed line"), ("fn", "r1", "stderr", "")]
-    sender.close()
-    pull.close()
+    sender.close(wait=0)
+    router.close()
+    ctx.term()
+
+
+def wait_connected(sender, timeout=5.0):
+    """A sender's first send fails until its connection is up (ZMQ_IMMEDIATE)."""
+    deadline = time.monotonic() + timeout
+    while not (sender.sock.poll(0, zmq.POLLOUT) & zmq.POLLOUT):
+        assert time.monotonic() < deadline, "the sender never connected"
+        time.sleep(0.01)
+
+
+def stored(conn):
+    rows = [r[0] for r in conn.execute("SELECT request_id FROM invocations ORDER BY id")]
+    lines = [r[0] for r in conn.execute("SELECT line FROM log_lines ORDER BY id")]
+    return rows, lines
+
+
+def one_turn(sender, rid):
+    sender.record(rid.encode(), b"fn", b"http", time.time(), 1.0, b"ok", None, False)
+    sender.lines("fn", rid, "stdout", [f"line of {rid}".encode()])
+    sender.flush()
+
+
+def test_batches_are_acknowledged_after_commit_and_resent_until_then(tmp_path):
+    """A recorder killed between receiving and committing loses nothing: the sender resends
+    what it did not acknowledge to the next one, and a batch resent after its commit (its
+    acknowledgement lost) is acknowledged again, not stored twice."""
+    state = str(tmp_path)
+    (tmp_path / "run").mkdir()
+    ctx = zmq.Context()
+    conn = connect(state)
+    first = ctx.socket(zmq.ROUTER)
+    first.bind(records_endpoint(state))
+    sender = RecordSender(state, ctx)
+    wait_connected(sender)
+    one_turn(sender, "a")
+    one_turn(sender, "b")
+    recorder = Recorder(state, 100, 1)
+    wait_for(lambda: first.poll(0) and recorder.drain(first, conn) is None and
+             stored(conn)[0] == ["a", "b"], timeout=5)
+    one_turn(sender, "c")   # received by the first recorder, never committed: it dies
+    assert first.poll(2000)
+    # (once the acknowledgement of a and b has arrived)
+    wait_for(lambda: sender.flush() or [s for s, _, _ in sender.unacked] == [3], timeout=5)
+    first.close(linger=0)
+    one_turn(sender, "d")   # sent to no one, or into the dead connection
+    # The next recorder: a fresh process that knows only the store.
+    second_ctx = zmq.Context()
+    second = second_ctx.socket(zmq.ROUTER)
+    os.unlink(tmp_path / "run" / "records.sock")
+    second.bind(records_endpoint(state))
+    recorder = Recorder(state, 100, 1)
+    recorder.last_batch = records.last_batches(conn)
+    one_turn(sender, "e")
+
+    def settled():
+        sender.flush()
+        recorder.drain(second, conn)
+        return not sender.unacked
+    wait_for(settled, timeout=15, interval=0.05)
+    assert stored(conn) == (["a", "b", "c", "d", "e"],
+                            [f"line of {x}" for x in "abcde"])
+    # A batch the recorder committed is sent again (its acknowledgement was lost): it is
+    # acknowledged, and not stored a second time.
+    sender.sock.send_multipart([sender.key + b" 5 5", b"R\te\tfn\t$LATEST\thttp\t1.0\t1.0"
+                                b"\tok\t-\t0\nL\tfn\te\t1.0\tstdout\tdup"])
+    wait_for(lambda: second.poll(0), timeout=5)
+    recorder.drain(second, conn)
+    assert stored(conn)[1][-1] == "line of e"
+    assert sender.sock.poll(2000) and sender.sock.recv_multipart() == [b"5"]
+    sender.close(wait=0)
+    second.close(linger=0)
+    second_ctx.term()
+    ctx.term()
+
+
+def test_a_sender_that_dropped_batches_is_not_waited_for(tmp_path, monkeypatch):
+    """Past its bound a sender drops its oldest batches and says so: the recorder takes what
+    follows instead of waiting forever for what will never come."""
+    state = str(tmp_path)
+    (tmp_path / "run").mkdir()
+    monkeypatch.setattr(recorder_module, "UNACKED_MAX_BYTES", 200)
+    ctx = zmq.Context()
+    conn = connect(state)
+    sender = RecordSender(state, ctx)
+    for i in range(10):   # no recorder yet
+        one_turn(sender, f"r{i}")
+    assert sender.dropped and sender.unacked[0][0] > 1
+    router = ctx.socket(zmq.ROUTER)
+    router.bind(records_endpoint(state))
+    recorder = Recorder(state, 100, 1)
+
+    def settled():
+        sender.flush()
+        recorder.drain(router, conn)
+        return not sender.unacked
+    wait_for(settled, timeout=15, interval=0.05)
+    rows, _ = stored(conn)
+    assert rows and rows == [f"r{i}" for i in range(10 - len(rows), 10)]
+    sender.close(wait=0)
+    router.close(linger=0)
     ctx.term()
 
 
@@ -73,3 +179,44 @@ def test_listing_pages_newest_first(tmp_path):
     assert [p["requestId"] for p in page] == ["r0"] and cursor is None
     errors, _ = records.list_invocations(conn, "fn", status="error")
     assert [p["requestId"] for p in errors] == ["r2"]
+
+
+def test_a_batch_that_could_not_be_committed_is_not_acknowledged(tmp_path, monkeypatch):
+    import sqlite3
+    state = str(tmp_path)
+    (tmp_path / "run").mkdir()
+    ctx = zmq.Context()
+    conn = connect(state)
+    router = ctx.socket(zmq.ROUTER)
+    router.bind(records_endpoint(state))
+    sender = RecordSender(state, ctx)
+    wait_connected(sender)
+    recorder = Recorder(state, 100, 1)
+    real_commit = recorder_module.commit
+
+    def disk_full(*args):
+        raise sqlite3.OperationalError("database or disk is full")
+    monkeypatch.setattr(recorder_module, "commit", disk_full)
+    one_turn(sender, "a")
+    wait_for(lambda: router.poll(0), timeout=5)
+    recorder.drain(router, conn)
+    assert sender.sock.poll(300) == 0 and [s for s, _, _ in sender.unacked] == [1]
+    monkeypatch.setattr(recorder_module, "commit", real_commit)
+
+    def settled():
+        sender.flush()
+        recorder.drain(router, conn)
+        return not sender.unacked
+    wait_for(settled, timeout=15, interval=0.05)
+    assert stored(conn) == (["a"], ["line of a"])
+    sender.close(wait=0)
+    router.close(linger=0)
+    ctx.term()
+
+
+def test_senders_unheard_for_long_are_forgotten(tmp_path):
+    conn = connect(str(tmp_path))
+    commit(conn, [], [], {b"1.old": 7, b"2.new": 3})
+    conn.execute("UPDATE record_senders SET seen = 0 WHERE sender = '1.old'")
+    assert records.forget_senders(conn, time.time() - 60) == [b"1.old"]
+    assert records.last_batches(conn) == {b"2.new": 3}
