@@ -54,7 +54,8 @@ def unavailable_reason() -> str | None:
     if os.geteuid() == 0:
         return None
     try:
-        probe = subprocess.run(["bwrap", "--unshare-user", "--ro-bind", "/", "/", "true"],
+        probe = subprocess.run(["bwrap", "--unshare-user", "--disable-userns", "--ro-bind", "/",
+                                "/", "true"],
                                stdin=subprocess.DEVNULL, capture_output=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"'sandbox' could not start bubblewrap ({exc}); or isolation: none"
