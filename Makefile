@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 
 # Node.js runs the functions; bubblewrap sandboxes them and their setup (rsync copies a
 # folder in and out of its setup sandbox; setfacl lets a sandboxed function with
-# writableFolder write its folder); openssl makes
+# writableFolder write its folder; libseccomp2 builds their seccomp filter); openssl makes
 # the dev certificate; curl is what the shell-script `bootstrap` examples talk to the Runtime
 # API with; Go builds the Go example; the C toolchain and autotools build aws-lambda-ric's
 # native part (the node-ric example). Installed only where missing.
@@ -32,6 +32,8 @@ system-deps:
 	@command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl; }
 	@command -v bwrap >/dev/null || { echo "installing bubblewrap"; apt-get update -qq && \
 	  apt-get install -y -qq bubblewrap; }
+	@/sbin/ldconfig -p | grep -q 'libseccomp\.so\.2 ' || { echo "installing libseccomp2"; \
+	  apt-get update -qq && apt-get install -y -qq libseccomp2; }
 	@command -v rsync >/dev/null || { echo "installing rsync"; apt-get update -qq && \
 	  apt-get install -y -qq rsync; }
 	@command -v setfacl >/dev/null || { echo "installing acl"; apt-get update -qq && \

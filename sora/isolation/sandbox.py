@@ -11,7 +11,10 @@ An instance's command line is wrapped so that it runs:
   capabilities and no_new_privs, even when Sora runs as root: bubblewrap makes the mounts as
   root, then `setpriv` drops to that uid before the runtime starts. When Sora does not run as
   root, bubblewrap makes the mounts in a user namespace of its own instead, and the function
-  keeps Sora's (unprivileged) uid, without capabilities on the host.
+  keeps Sora's (unprivileged) uid, without capabilities on the host;
+- under a seccomp filter (sora.isolation.seccomp) that refuses new namespaces (so no nested
+  user namespace: `unshare -Ur` fails), mounts, ptrace and the kernel's rarer interfaces;
+  without root, bubblewrap's --disable-userns as well.
 
 It starts once per instance (a warm invocation pays nothing for it). bubblewrap creates the
 folders above a bind as 0700 when it runs as root, so each is made 0755 first.
@@ -30,7 +33,7 @@ import zlib
 import sora
 
 from ..config import FunctionConfig
-from . import nofollow
+from . import nofollow, seccomp
 
 SYSTEM_DIRS = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc")
 UID_BASE, UID_RANGE = 61000, 4000
@@ -46,10 +49,13 @@ def unavailable_reason() -> str | None:
     if not available():
         return ("expected bubblewrap (bwrap) and setpriv on PATH for 'sandbox' (apt-get install "
                 "bubblewrap), or isolation: none")
+    if (reason := seccomp.unavailable_reason()) is not None:
+        return reason
     if os.geteuid() == 0:
         return None
     try:
-        probe = subprocess.run(["bwrap", "--unshare-user", "--ro-bind", "/", "/", "true"],
+        probe = subprocess.run(["bwrap", "--unshare-user", "--disable-userns", "--ro-bind", "/",
+                                "/", "true"],
                                stdin=subprocess.DEVNULL, capture_output=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"'sandbox' could not start bubblewrap ({exc}); or isolation: none"
@@ -399,6 +405,10 @@ def _bwrap(fn: FunctionConfig, read_only: list[tuple[str, str]],
            "--unshare-cgroup-try"]
     if not as_root:
         cmd.append("--unshare-user")   # the mounts are made in a user namespace of its own
+        # ... and the function may make none of its own (as root there is no user namespace
+        # to limit: the seccomp filter's clone/unshare rules refuse them).
+        cmd.append("--disable-userns")
+    cmd += seccomp.bwrap_options()   # sora.isolation.seccomp: refused system calls
     if not network:
         cmd.append("--unshare-net")
     for path in SYSTEM_DIRS:

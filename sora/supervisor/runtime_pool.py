@@ -42,7 +42,7 @@ import time
 from dataclasses import dataclass, field
 
 from .. import protocol as p
-from ..isolation import cgroups
+from ..isolation import cgroups, seccomp
 from ..isolation.cgroups import InstanceGroup
 from .child import die_with_parent
 
@@ -157,11 +157,12 @@ class RuntimePool(threading.Thread):
         try:
             # Under the lock until its pid is listed, so the arbiter's orphan sweep never
             # mistakes it for an orphan.
-            with self._lock:
+            with self._lock, seccomp.passed_to(argv) as (command, filter_fds):
                 proc = subprocess.Popen(
-                    argv, cwd="/", env=standby_environment(write_fd), stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(write_fd,),
-                    start_new_session=True, preexec_fn=in_child)
+                    command, cwd="/", env=standby_environment(write_fd), stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                    pass_fds=(write_fd, *filter_fds), start_new_session=True,
+                    preexec_fn=in_child)
                 self._pids.add(proc.pid)
         except (OSError, subprocess.SubprocessError) as exc:
             os.close(read_fd)

@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass
 
 from ..config import FUNCTION_FILE, MAX_CONFIG_BYTES, FunctionConfig, source_digest
-from ..isolation import sandbox
+from ..isolation import sandbox, seccomp
 from ..parent_death import die_with_parent
 
 _ALWAYS_SKIPPED = {".git", "__pycache__", ".sora"}
@@ -191,10 +191,12 @@ class SetupRun:
         else:
             env = dict(os.environ)
             env.update(self.fn.env)
-        self.proc = subprocess.Popen(
-            argv, cwd=self.fn.directory, env=env,
-            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=die_with_parent)   # dies with the supervisor
+        with seccomp.passed_to(argv) as (command, filter_fds):
+            self.proc = subprocess.Popen(
+                command, cwd=self.fn.directory, env=env,
+                stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+                pass_fds=filter_fds, start_new_session=True,
+                preexec_fn=die_with_parent)   # dies with the supervisor
         self.deadline = time.monotonic() + self.fn.setupTimeout
 
     def poll(self) -> SetupOutcome | None:

@@ -36,7 +36,7 @@ import psutil
 from .. import protocol as p
 from ..config import FunctionConfig
 from ..supervisor.child import die_with_parent
-from ..isolation import sandbox
+from ..isolation import sandbox, seccomp
 from ..isolation.cgroups import InstanceGroup, join_in_child
 from ..isolation.secrets import SECRETS_DIR_ENV
 from ..supervisor.runtime_pool import PoolClient
@@ -118,10 +118,12 @@ class Instance:
                     die_with_parent()
                     join_in_child(procs)
 
-                self.proc = subprocess.Popen(
-                    self.argv(), cwd=self.fn.directory, env=env,
-                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                    pass_fds=(write_fd,), start_new_session=True, preexec_fn=in_child)
+                with seccomp.passed_to(self.argv()) as (argv, filter_fds):
+                    self.proc = subprocess.Popen(
+                        argv, cwd=self.fn.directory, env=env,
+                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                        pass_fds=(write_fd, *filter_fds), start_new_session=True,
+                        preexec_fn=in_child)
             finally:
                 os.close(write_fd)
             self.control_fd = read_fd

@@ -77,6 +77,7 @@ exports.handler = async (event) => {
   // issue 14 point 10: its cases' branches
   if (q.respond) return { statusCode: 200, headers: JSON.parse(q.respond), body: 'hello' };
   // issue 14 point 11: its cases' branches
+  if (q.sh) { const r = require('child_process').spawnSync('/bin/sh', ['-c', q.sh], { encoding: 'utf8' }); return { status: r.status, out: (r.stdout || '') + (r.stderr || '') }; }
   return { instance: process.env.AWS_LAMBDA_LOG_STREAM_NAME, body: event.body === undefined ? null : event.body, b64: event.isBase64Encoded };
 };
 """
@@ -672,6 +673,14 @@ def hop_by_hop_headers_from_the_function(host):
 
 
 # --- issue 14 point 11: attacks on it (cases below this line) ---
+@case
+def makes_a_user_namespace_of_its_own(host):
+    # Root in a nested user namespace would open new mount and network namespaces to it; the
+    # sandbox's seccomp filter refuses it (test_seccomp.py tries the other refused calls).
+    tried = json_of(call(host, sh="unshare -Ur id -u"))
+    assert tried["status"] != 0 and "Operation not permitted" in tried["out"], tried
+    assert json_of(call(host, sh="id -u"))["status"] == 0   # running commands still works
+
 
 
 @case

@@ -13,7 +13,7 @@ import tempfile
 import pytest
 
 from sora.config import load_function_config
-from sora.isolation import sandbox
+from sora.isolation import sandbox, seccomp
 
 NOBODY = 65534
 
@@ -40,9 +40,10 @@ def function_dir():
 
 
 def as_nobody(argv, cwd):
-    return subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
-                           "--clear-groups", "--", *argv], cwd=cwd, capture_output=True,
-                          text=True, timeout=30)
+    with seccomp.passed_to(argv) as (command, filter_fds):
+        return subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
+                               "--clear-groups", "--", *command], cwd=cwd, capture_output=True,
+                              text=True, timeout=30, pass_fds=filter_fds)
 
 
 def unprivileged(monkeypatch):
@@ -69,6 +70,23 @@ def test_an_instance_runs_in_a_user_namespace_as_sora_s_own_uid(function_dir, mo
     assert "No such file or directory" in other_read
     assert "Read-only file system" in own_write
     assert int(pids) <= 4        # its own /proc: init, sh, ls, grep (the host has hundreds)
+
+
+def test_no_user_namespace_of_its_own(function_dir, monkeypatch):
+    # bubblewrap's --disable-userns (it runs in a user namespace here) and the seccomp filter.
+    folder, _ = function_dir
+    fn = load_function_config(folder)
+    unprivileged(monkeypatch)
+    argv = sandbox.wrap(["/bin/sh", "-c", "unshare -Ur id -u 2>&1; echo status $?"], fn)
+    assert "--disable-userns" in argv and "--seccomp" in argv
+    monkeypatch.undo()
+    done = as_nobody(argv, folder)
+    assert done.returncode == 0, done.stderr
+    assert "Operation not permitted" in done.stdout and "status 1" in done.stdout, done.stdout
+    # Without the filter, --disable-userns alone still refuses it (bubblewrap's own guard).
+    slot = argv.index("--seccomp")
+    done = as_nobody(argv[:slot] + argv[slot + 2:], folder)
+    assert "No space left on device" in done.stdout, done.stdout   # max_user_namespaces 0
 
 
 def test_setup_works_in_the_folder_itself(function_dir, monkeypatch):
