@@ -35,8 +35,9 @@ import sora
 from ..config import FunctionConfig
 from . import nofollow, seccomp
 
+from .uids import sandbox_uid  # noqa: F401 - where the sandbox's users look for it
+
 SYSTEM_DIRS = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc")
-UID_BASE, UID_RANGE = 61000, 4000
 
 
 def available() -> bool:
@@ -64,14 +65,6 @@ def unavailable_reason() -> str | None:
                 f"{probe.stderr.decode(errors='replace').strip()}; expected isolation: none "
                 "on this host")
     return None
-
-
-def sandbox_uid(function: str) -> int:
-    """The uid (and gid) the function's sandbox runs as: its own unprivileged one, stable
-    across restarts, when Sora runs as root; Sora's own otherwise."""
-    if os.geteuid() != 0:
-        return os.geteuid()
-    return UID_BASE + zlib.crc32(function.encode()) % UID_RANGE
 
 
 def _under(path: str, roots) -> bool:

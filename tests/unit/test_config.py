@@ -172,6 +172,19 @@ def test_duplicate_names_are_an_error(tmp_path):
     assert "already used by" in cfg.broken[0].reason
 
 
+def test_two_sandboxed_functions_never_share_a_uid(tmp_path, monkeypatch):
+    # fn-49 and fn-191 hash to one uid; the sandbox runs each as its own uid only as root.
+    monkeypatch.setattr("os.geteuid", lambda: 0)
+    for name in ("fn-49", "fn-191", "fn-7"):
+        make_fn(tmp_path, name)
+    cfg = load_host_config(host(tmp_path, "functionPaths: [fn-49, fn-191, fn-7]\n"
+                                          "server: {httpPort: 1}\n"))
+    assert [f.name for f in cfg.functions] == ["fn-49", "fn-7"]
+    reason = cfg.broken[0].reason
+    assert cfg.broken[0].name == "fn-191" and "name: expected a name whose sandbox uid" in reason
+    assert "'fn-49'" in reason and "sora.yaml" in reason
+
+
 def test_https_needs_cert_and_key(tmp_path):
     with pytest.raises(ConfigError) as exc:
         load_host_config(host(tmp_path, "functionPaths: [a]\nserver: {httpsPort: 8443}\n"))
