@@ -12,7 +12,9 @@ import requests
 
 from tests.support import ROOT, SoraHost, json_of, wait_for
 
-pytestmark = pytest.mark.integration
+# The module's host runs every example's setup first (npm, pip, a Go build, the RICs' native
+# builds): ~60 s on an idle machine, 130 s and more on a loaded one, past the suite's 120 s.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 EXAMPLES = ("hello", "uuid-npm", "express-api", "hello-python", "python-deps", "python-venv",
             "shell-bootstrap", "go-hello", "python-ric", "node-ric")
