@@ -27,9 +27,12 @@ comes from 127.0.0.1. A socket cannot be put into another process's descriptor t
 that process's help (SCM_RIGHTS needs the receiver; pidfd_getfd and ptrace need to be allowed
 to trace it), so holding the socket proves who is calling.
 
-Cost, measured on the development machine (2 cores, busy): about 40 us per accepted connection
-for a curl bootstrap (a shell, its curl: ~15 descriptors to read), nothing per request on a
-kept-alive connection (the RICs and Go keep theirs).
+Cost (CPU time of the adapter, on the development machine: 2 busy cores, load ~8): the
+netlink lookup ~10 us; each process of the instance ~30 us (its tasks, their `children`, its
+fd folder) plus ~5 us per descriptor. In all 0.13 ms for a connection from a steady process,
+0.34 ms (median) from a curl started by a shell, the worst case: a curl bootstrap opens two
+connections per invocation, which its two curl processes make cost ~20 ms anyway. Nothing per
+request on a kept-alive connection (the RICs and Go keep theirs).
 """
 import os
 import socket
@@ -84,9 +87,12 @@ def descendants(root):
         except OSError:
             continue   # gone meanwhile
         for tid in tasks:
-            try:
-                with open("/proc/%d/task/%s/children" % (pid, tid), "rb") as fh:
-                    children = [int(c) for c in fh.read().split()]
+            try:   # os.open: half the cost of open() for a file this small (7 us, not 16)
+                fd = os.open("/proc/%d/task/%s/children" % (pid, tid), os.O_RDONLY)
+                try:
+                    children = [int(c) for c in os.read(fd, 1 << 16).split()]
+                finally:
+                    os.close(fd)
             except OSError:
                 continue
             found.extend(children)
@@ -134,4 +140,5 @@ class OwnPeers:
             return False
         link = "socket:[%d]" % inode
         me = os.getpid()
-        return any(holds(pid, link) for pid in descendants(self.root) if pid != me)
+        # Newest first: a curl bootstrap's connection is its latest child's, not the shell's.
+        return any(holds(pid, link) for pid in reversed(descendants(self.root)) if pid != me)
