@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from sora.worker.runtimes.provided.peers import OwnPeers, socket_inode
+from sora.worker.runtimes.provided.peers import OwnPeers, socket_owner
 
 CONNECT = ("import socket, sys; s = socket.create_connection(('127.0.0.1', int(sys.argv[1]))); "
            "sys.stdin.read()")
@@ -76,18 +76,20 @@ def test_a_process_outside_the_tree_is_not(listener):
         mine.close()
 
 
-def test_socket_inode_finds_the_connecting_socket(listener):
+def test_socket_owner_finds_the_connecting_socket(listener):
     with OwnPeers(sandboxed=False).netlink as netlink:
         client = socket.create_connection(listener.getsockname())
         sock, _ = listener.accept()
         with client, sock:
-            inode = socket_inode(netlink, 1, sock.getpeername(), sock.getsockname())
-            assert inode == os.fstat(client.fileno()).st_ino
+            uid, inode = socket_owner(netlink, 1, sock.getpeername(), sock.getsockname())
+            assert (uid, inode) == (os.geteuid(), os.fstat(client.fileno()).st_ino)
             client_port = client.getsockname()[1]
         # Once it has closed, there is no such socket to find (or one in TIME_WAIT, inode 0).
-        assert not socket_inode(netlink, 2, ("127.0.0.1", client_port), listener.getsockname())
+        gone = socket_owner(netlink, 2, ("127.0.0.1", client_port), listener.getsockname())
+        assert gone is None or gone[1] == 0
 
 
 def test_sandboxed_is_taken_only_in_a_pid_namespace_of_its_own():
     # Here the parent is pytest's, not pid 1: the check stays on this process's descendants.
-    assert OwnPeers(sandboxed=True).root == os.getpid()
+    peers = OwnPeers(sandboxed=True)
+    assert peers.root == os.getpid() and peers.uid is None

@@ -8,7 +8,10 @@ on the host's network namespace can connect, and each accepted connection is che
 
 1. the connecting socket is found by its address with one NETLINK_SOCK_DIAG request for that
    exact 4-tuple (the kernel looks it up in its hash table: the cost does not grow with the
-   host's sockets, where /proc/net/tcp lists them all); this gives its inode;
+   host's sockets, where /proc/net/tcp lists them all); this gives its owner's uid and its
+   inode. In a sandbox every process of the instance has the adapter's uid (no capabilities,
+   no_new_privs: none can change it), so another uid is refused there and then, before any
+   /proc is read: a flood of connections from other functions costs the adapter ~10 us each;
 2. that inode must be among the open files of a process of the instance, which are
    - in a sandbox: every process the adapter can see. Its pid namespace is the sandbox's own
      (bubblewrap's init, pid 1, is the adapter's parent; orphans are reparented to it), and so
@@ -55,8 +58,8 @@ SOCKID_TAIL = struct.Struct("=III")
 DIAG_MESSAGE = struct.Struct("=BBBB48sIIIII")
 
 
-def socket_inode(netlink, seq, local, remote):
-    """The inode of the TCP socket whose own address is `local` and whose peer is `remote`
+def socket_owner(netlink, seq, local, remote):
+    """(uid, inode) of the TCP socket whose own address is `local` and whose peer is `remote`
     (both (ip, port), IPv4), or None if there is none (it closed meanwhile)."""
     sockid = SOCKID.pack(local[1], remote[1], socket.inet_aton(local[0]),
                          socket.inet_aton(remote[0]))
@@ -71,10 +74,10 @@ def socket_inode(netlink, seq, local, remote):
             break   # an answer to an earlier request that timed out is skipped
     if kind == NLMSG_ERROR or len(answer) < NLMSG_HEADER.size + DIAG_MESSAGE.size:
         return None
-    *_, found_id, _, _, _, _, inode = DIAG_MESSAGE.unpack_from(answer, NLMSG_HEADER.size)
+    *_, found_id, _, _, _, uid, inode = DIAG_MESSAGE.unpack_from(answer, NLMSG_HEADER.size)
     if found_id[:SOCKID.size] != sockid:
         return None
-    return inode
+    return uid, inode
 
 
 def descendants(root):
@@ -128,16 +131,18 @@ class OwnPeers:
         # pid namespace), whose descendants are all the sandbox has. Both signs are required:
         # were the adapter not in a pid namespace of its own, pid 1 would be the host's init.
         self.root = 1 if sandboxed and os.getppid() == 1 else os.getpid()
+        self.uid = os.geteuid() if self.root == 1 else None   # the sandbox's one uid
 
     def is_own(self, sock):
         """Whether the process at the other end of `sock` (accepted, IPv4) is the instance's."""
         self.seq += 1
         try:
-            inode = socket_inode(self.netlink, self.seq, sock.getpeername(), sock.getsockname())
+            owner = socket_owner(self.netlink, self.seq, sock.getpeername(), sock.getsockname())
         except OSError:
             return False   # no answer from the kernel, or the peer has already gone: refuse
-        if inode is None:
+        if owner is None or self.uid not in (None, owner[0]):
             return False
+        inode = owner[1]
         link = "socket:[%d]" % inode
         me = os.getpid()
         # Newest first: a curl bootstrap's connection is its latest child's, not the shell's.
