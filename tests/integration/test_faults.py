@@ -20,7 +20,7 @@ import requests
 from sora.isolation import cgroups
 from sora.store.db import QUEUE_FILE, db_path
 from tests.integration import functions as F
-from tests.support import json_of, wait_for, write_function, SoraHost
+from tests.support import json_of, processes_in, wait_for, write_function, SoraHost
 
 pytestmark = pytest.mark.integration
 
@@ -51,6 +51,36 @@ exports.handler = async (event) => {
   if (q.closestdin) { process.stdin.destroy(); return { closed: 'stdin' }; }
   // issue 14 point 2: its cases' branches
   // issue 14 point 3: its cases' branches
+  if (q.rapi) {
+    // For q.ms ms: post a result for invocation q.id of the Runtime API on port q.rapi, and park
+    // a GET .../next; whatever it is given, it answers as itself.
+    const http = require('http');
+    const API = '/2018-06-01/runtime/invocation/';
+    const send = (method, path, body, timeout) => new Promise((resolve) => {
+      const req = http.request({ host: '127.0.0.1', port: Number(q.rapi), method, path, agent: false, timeout }, (res) => {
+        let data = '';
+        res.on('data', (c) => { data += c; });
+        res.on('end', () => resolve({ status: res.statusCode, id: res.headers['lambda-runtime-aws-request-id'], body: data }));
+        res.on('error', (e) => resolve({ status: e.code }));
+      });
+      req.on('timeout', () => { req.destroy(); resolve({ status: 'timeout' }); });
+      req.on('error', (e) => resolve({ status: e.code }));
+      req.end(body);
+    });
+    const seen = { next: [], posts: [], stolen: [] };
+    const end = Date.now() + Number(q.ms);
+    while (Date.now() < end) {
+      seen.posts.push((await send('POST', API + q.id + '/response', '{"by":"attacker"}', 300)).status);
+      const next = await send('GET', API + 'next', undefined, 200);
+      seen.next.push(next.status);
+      if (next.status === 200) {
+        seen.stolen.push(next.body);
+        seen.posts.push((await send('POST', API + next.id + '/response', '{"by":"attacker"}', 300)).status);
+      }
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    return seen;
+  }
   // issue 14 point 4: its cases' branches
   // issue 14 point 6: its cases' branches
   // issue 14 point 7: its cases' branches
@@ -82,6 +112,34 @@ exports.handler = async (event) => {
 };
 """
 
+# issue 14 point 3: a curl bootstrap that answers as itself and, for a body that is an event
+# key, leaves the sink's marks (so the end check covers its events); `sleep=` holds it 1 s.
+API_VICTIM = r"""#!/bin/sh
+set -eu
+API="http://${AWS_LAMBDA_RUNTIME_API}/2018-06-01/runtime"
+HEADERS="$(mktemp)"
+trap 'rm -f "$HEADERS"' EXIT
+while true; do
+  EVENT=$(curl -sS -D "$HEADERS" "$API/invocation/next")
+  ID=$(grep -i '^Lambda-Runtime-Aws-Request-Id:' "$HEADERS" | cut -d' ' -f2 | tr -d '\r\n')
+  KEY=$(printf '%s' "$EVENT" | sed -n 's/.*"body":"\([0-9a-f]\{32\}\)".*/\1/p')
+  if [ -n "$KEY" ]; then : > "$MARKS/$KEY.1.start"; fi
+  case "$EVENT" in *'"rawQueryString":"sleep='*) sleep 1 ;; esac
+  if [ -n "$KEY" ]; then : > "$MARKS/$KEY.1.end"; fi
+  curl -sS -o /dev/null "$API/invocation/$ID/response" -d "{\"by\": \"victim\", \"id\": \"$ID\"}"
+done
+"""
+
+
+def provided_function(fns, folder, bootstrap, **config):
+    d = write_function(fns, folder, {"bootstrap": bootstrap}, name=folder,
+                       language="provided", **config)
+    (d / "bootstrap").chmod(0o755)
+    spec = d / "sora.yaml"   # write_function's nodejs entrypoint does not apply
+    spec.write_text(spec.read_text().replace("entrypoint: index.js\n", ""))
+    return d
+
+
 CASES = []
 
 
@@ -101,7 +159,10 @@ def host(tmp_path_factory):
             write_function(fns, "bystander", {"index.js": F.ECHO}, name="bystander"),
             # Leaves marks in a folder of the host's (so not sandboxed): no event is lost.
             write_function(fns, "sink", {"index.js": F.EVENT_SINK}, name="sink",
-                           env={"MARKS": str(marks)}, instances=2, isolation="none")]
+                           env={"MARKS": str(marks)}, instances=2, isolation="none"),
+            # issue 14 point 3: a `provided` function whose Runtime API the victim attacks.
+            provided_function(fns, "api-victim", API_VICTIM, instances=1, timeout=5,
+                              isolation="none", env={"MARKS": str(marks)})]
     # bodyTimeout: a stalled body is answered 408 in 3 s, not 30 (issue 14 point 7).
     h = SoraHost(base, dirs, https=False, server={"maxBodyBytes": 1 << 20, "bodyTimeout": 3})
     h.marks = marks
@@ -358,6 +419,42 @@ def its_sora_yaml_rewritten_then_its_worker_killed(host):
 
 
 # --- issue 14 point 3: attacks on it (cases below this line) ---
+@case
+def takes_over_another_functions_runtime_api(host):
+    """The victim is given the port of api-victim's Runtime API (any process can read it from
+    /proc/net/tcp): it posts a result for the event api-victim holds and parks GET .../next to
+    be given its calls. Refused; api-victim answers all its calls and events itself."""
+    def adapter_port():
+        for proc in processes_in(host.base / "fns" / "api-victim"):
+            if any("runtime_api.py" in part for part in proc.cmdline()):
+                return next((c.laddr.port for c in proc.net_connections("tcp")
+                             if c.status == "LISTEN"), None)
+    port = wait_for(adapter_port, timeout=30, what="api-victim's Runtime API")
+    key = uuid.uuid4().hex
+    held = host.invoke("api-victim", method="POST", data=key, params={"sleep": "1"},
+                       headers={"X-Sora-Invocation-Type": "Event"})
+    assert held.status_code == 202, held.text
+    host.events.append(key)
+    wait_for(lambda: (host.marks / f"{key}.1.start").exists(), timeout=30,
+             what="api-victim to start on the held event")
+    answers = []
+    with ThreadPoolExecutor(1) as pool:
+        attack = pool.submit(call, host, rapi=str(port), id=held.headers["X-Sora-Request-Id"],
+                             ms="1200")
+        while not attack.done():
+            r = host.invoke("api-victim", headers={"X-Caller-Token": "not-for-the-victim"})
+            answers.append((r.status_code, r.headers.get("X-Sora-Request-Id"), r.text))
+        report = json_of(attack.result())
+    assert report["next"] and not report["stolen"], report
+    assert all(s in (403, "ECONNRESET", "EPIPE") for s in report["next"] + report["posts"]), \
+        report
+    for status, request_id, text in answers:
+        assert status == 200 and json.loads(text) == {"by": "victim", "id": request_id}, text
+    send_after = uuid.uuid4().hex
+    r = host.invoke("api-victim", method="POST", data=send_after,
+                    headers={"X-Sora-Invocation-Type": "Event"})
+    assert r.status_code == 202, r.text
+    host.events.append(send_after)
 
 
 # --- issue 14 point 4: attacks on it (cases below this line) ---

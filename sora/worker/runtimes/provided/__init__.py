@@ -3,7 +3,8 @@
 An instance is `runtime_api.py` beside this file, run on Sora's own Python; it serves the
 Runtime API on a loopback port and runs the function's executable (`bootstrap` unless the
 function names another entrypoint) with AWS_LAMBDA_RUNTIME_API set, so any Lambda runtime
-interface client works unchanged.
+interface client works unchanged. Only the instance's own processes may use that port
+(`runtime_api.py`, `peers.py`).
 """
 from __future__ import annotations
 
@@ -40,4 +41,6 @@ class ProvidedRuntime(Runtime):
         env = super().environment(fn)
         env["_HANDLER"] = fn.handler  # passed as written, for the runtime to interpret
         env["SORA_ENTRYPOINT"] = fn.entrypoint_path
+        # Which processes are the instance's, for the adapter's check of who connects.
+        env["SORA_SANDBOXED"] = "1" if fn.sandboxed else "0"
         return env

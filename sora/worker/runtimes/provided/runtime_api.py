@@ -19,6 +19,12 @@ posted belong to that invocation).
 One thread and one selector loop over stdin, the listening socket, the runtime's connections and
 a pidfd of the executable; httptools (the C HTTP/1.1 parser uvicorn uses) reads the requests.
 The runtime is the only client and reads every response, so responses are written blocking.
+
+Only the instance's own processes may use its Runtime API: any other function with the host's
+network can reach 127.0.0.1, so each accepted connection's peer must be a process of this
+instance (`peers.py` beside this file says how and why), else it gets 403 and is closed. One
+GET .../next waits at a time: a second, while the first is still open, gets 409 and the first
+keeps its place (replacing it would let a newcomer take the next invocation).
 """
 import ctypes
 import json
@@ -35,6 +41,11 @@ from collections import deque
 import httptools
 import orjson
 
+# The adapter runs with -I (no script folder on sys.path); its helper is beside it, in Sora's
+# own read-only code.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from peers import OwnPeers  # noqa: E402
+
 API = b"/2018-06-01/runtime"
 NEXT_PATH = API + b"/invocation/next"
 INIT_ERROR_PATH = API + b"/init/error"
@@ -47,6 +58,7 @@ MARKER = b"\x00SORA-END %s\n"
 ERROR_TYPE_HEADER = b"lambda-runtime-function-error-type"
 CONTROL_FD = int(os.environ.pop("SORA_CONTROL_FD", "3"))
 EXECUTABLE = os.environ.pop("SORA_ENTRYPOINT")
+SANDBOXED = os.environ.pop("SORA_SANDBOXED", "") == "1"
 FUNCTION_ARN = "arn:aws:lambda:%s:000000000000:function:%s" % (
     os.environ.get("AWS_REGION", "us-east-1"), os.environ.get("AWS_LAMBDA_FUNCTION_NAME"))
 
@@ -88,9 +100,24 @@ def error_line(body, error_type):
 
 
 def http_response(status, body, headers=b""):
-    reason = {200: b"OK", 202: b"Accepted", 400: b"Bad Request", 404: b"Not Found"}[status]
+    reason = {200: b"OK", 202: b"Accepted", 400: b"Bad Request", 403: b"Forbidden",
+              404: b"Not Found", 409: b"Conflict"}[status]
     return b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n%s" % (
         status, reason, len(body), headers, body)
+
+
+def refuse(sock):
+    """Answer a connection from outside the instance with 403 and close it at once: nothing of
+    it is kept, so connecting often cannot use up the adapter's descriptors."""
+    try:
+        sock.setblocking(False)
+        sock.send(http_response(403, b'{"errorType":"AccessDeniedException","errorMessage":'
+                                     b'"the Runtime API serves only its own instance"}'))
+        sock.shutdown(socket.SHUT_WR)
+        sock.recv(1 << 16)   # what it sent already: closing with it unread would reset
+    except OSError:
+        pass
+    sock.close()
 
 
 class Connection:
@@ -133,6 +160,7 @@ class RuntimeApi:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.listener.setblocking(False)
         self.selector.register(self.listener, selectors.EVENT_READ, "accept")
+        self.peers = OwnPeers(SANDBOXED)
         self.requests = deque()        # (id, timeout ms, event) not yet handed out
         self.stdin_buf = b""
         self.waiting = None            # a connection whose GET .../next is parked
@@ -191,6 +219,9 @@ class RuntimeApi:
             sock, _ = self.listener.accept()
         except BlockingIOError:
             return
+        if not self.peers.is_own(sock):
+            refuse(sock)
+            return
         sock.setblocking(True)
         # Small responses and requests: send each at once rather than wait for ACKs.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -220,8 +251,27 @@ class RuntimeApi:
             pass
         conn.sock.close()
 
+    def still_open(self, conn):
+        """Whether the runtime still holds `conn` open (one it closed to ask again on a new one
+        may not have been read as closed yet)."""
+        try:
+            if conn.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
+                self.drop(conn)
+                return False
+        except BlockingIOError:
+            pass
+        except OSError:
+            self.drop(conn)
+            return False
+        return True
+
     def handle(self, conn, method, url, body):
         if method == b"GET" and url == NEXT_PATH:
+            if self.waiting not in (None, conn) and self.still_open(self.waiting):
+                conn.send(http_response(409, b'{"errorType":"Runtime.ConcurrentNext",'
+                                             b'"errorMessage":"another GET /invocation/next is '
+                                             b'already waiting"}'))
+                return
             if not self.ready:
                 self.ready = True
                 self.control(b"READY")  # initialisation is over, as on Lambda
