@@ -61,12 +61,12 @@ def inst(fn):
 
 def test_a_marker_naming_a_request_it_did_not_run_is_ordinary_output(inst):
     inst.send(b"c", b"r1", b"{}")
-    inst.send(b"c", b"r2", b"{}")   # queued: it has not run
+    inst.send(b"c", b"r2", b"{}")   # queued behind r1: its own, it runs next
     os.write(inst.child_stdout, b"mine\n\x00SORA-END another-functions-id\n"
-                                b"\x00SORA-END r2\n\x00SORA-END r1\n")
+                                b"\x00SORA-END r1\nof r2\n\x00SORA-END r2\n")
     inst.drain_logs()
-    assert inst.log.written == [("r1", "stdout", [
-        b"mine", b"\x00SORA-END another-functions-id", b"\x00SORA-END r2"])]
+    assert inst.log.written == [("r1", "stdout", [b"mine", b"\x00SORA-END another-functions-id"]),
+                                ("r2", "stdout", [b"of r2"])]
 
 
 def test_a_marker_read_after_its_answer_still_closes_its_lines(inst):
