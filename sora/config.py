@@ -11,6 +11,7 @@ other functions still load.
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import os
@@ -22,7 +23,7 @@ import psutil
 import yaml
 
 from .isolation import nofollow
-from .isolation.uids import sandbox_uid
+from .isolation.uids import assign_uids
 
 FUNCTION_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -563,6 +564,9 @@ class FunctionConfig:
     # SHA-256 of the sora.yaml bytes this config was read from: the operator's file as it was
     # before any setup ran, which setup is checked against (setup must not change it).
     sourceDigest: str = ""
+    # The uid its sandbox runs as when Sora is root, one of its own on this host
+    # (`isolation.uids.assign_uids`, by load_host_config); 0: its name's hashed uid.
+    sandboxUid: int = 0
 
     @property
     def source(self) -> str:
@@ -849,7 +853,8 @@ def load_host_config(path: str, read_functions: bool = True) -> HostConfig:
             broken.append(BrokenFunction(fn.name, fn.directory, (
                 f"{path}: {what}: expected a path outside the function folder {fn.directory} "
                 f"(its sandbox would show it to the function), got {where}")))
-    _refuse_shared_uids(functions, broken)
+    uids = assign_uids([fn.name for fn in functions])
+    functions = [dataclasses.replace(fn, sandboxUid=uids[fn.name]) for fn in functions]
     _check_limits(path, limits, functions)
     return HostConfig(path=path, server=ServerConfig(**server_values),
                       stateDir=_resolve(base, values["stateDir"]),
@@ -857,24 +862,6 @@ def load_host_config(path: str, read_functions: bool = True) -> HostConfig:
                       minFreeDiskMB=values["minFreeDiskMB"], limits=limits,
                       prestartedRuntimes=values["prestartedRuntimes"], apiKeys=api_keys,
                       functions=functions, broken=broken)
-
-
-def _refuse_shared_uids(functions: list[FunctionConfig], broken: list) -> None:
-    """Two sandboxed functions never run as one uid (it would let each signal, and reach what
-    the other's uid owns): the later of two whose names hash to one uid is broken."""
-    owners: dict[int, FunctionConfig] = {}
-    for fn in list(functions):
-        if not fn.sandboxed:
-            continue
-        uid = sandbox_uid(fn.name)
-        if uid == os.geteuid():   # not root: every sandbox keeps Sora's uid, by design
-            return
-        if (first := owners.setdefault(uid, fn)) is not fn:
-            functions.remove(fn)
-            broken.append(BrokenFunction(fn.name, fn.directory, (
-                f"{fn.source}: name: expected a name whose sandbox uid ({uid}) no other "
-                f"sandboxed function of this host has, got {fn.name!r} (the same uid as "
-                f"{first.name!r}); rename one of them")))
 
 
 def _own_files_inside(directory: str, protected: list[tuple[str, str]]) -> tuple[str, str] | None:

@@ -241,7 +241,7 @@ def grant_folder(fn: FunctionConfig) -> str | None:
         return None
     if shutil.which("setfacl") is None:
         return "expected setfacl on PATH for writableFolder (apt-get install acl)"
-    uid = sandbox_uid(fn.name)
+    uid = sandbox_uid(fn)
     done = subprocess.run(confined(["setfacl", "-R", "-P", "-m", f"u:{uid}:rwX,d:u:{uid}:rwX",
                                     fn.directory], [fn.directory]),
                           stdin=subprocess.DEVNULL, capture_output=True, text=True,
@@ -431,7 +431,7 @@ def _bwrap(fn: FunctionConfig, read_only: list[tuple[str, str]],
         cmd += ["--setenv", name, value]
     cmd.append("--")
     if as_root:
-        uid = sandbox_uid(fn.name)
+        uid = sandbox_uid(fn)
         cmd += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
                 "--no-new-privs", "--bounding-set=-all", "--inh-caps=-all", "--"]
     return cmd

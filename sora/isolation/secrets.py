@@ -89,7 +89,7 @@ def sandboxed_dir(state_dir: str, fn: FunctionConfig) -> str | None:
 
 def prepare_sandboxed_dir(path: str, fn: FunctionConfig) -> None:
     """Make the folder, 0700 and owned by the function's sandbox uid."""
-    os.close(_open_own_dir(path, sandbox_uid(fn.name)))
+    os.close(_open_own_dir(path, sandbox_uid(fn)))
 
 
 def _open_own_dir(path: str, owner: int) -> int:
@@ -136,7 +136,7 @@ class Secrets:
         descriptor of the folder: no name is followed if it is a link."""
         if not self.values:
             return
-        owner = sandbox_uid(self.fn.name) if self.fixed_dir is not None else os.geteuid()
+        owner = sandbox_uid(self.fn) if self.fixed_dir is not None else os.geteuid()
         if self.fixed_dir is not None:
             self.directory = self.fixed_dir
         else:

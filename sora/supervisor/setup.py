@@ -153,7 +153,7 @@ class SetupRun:
         fn = self.fn
         if not fn.sandboxed:
             return [(command, ["/bin/sh", "-c", command]) for command in fn.setup]
-        uid = sandbox.sandbox_uid(fn.name)
+        uid = sandbox.sandbox_uid(fn)
         as_root = os.geteuid() == 0
         sandbox.remove_setup_homes(self.setup_dir, fn.name)
         self.home_path = sandbox.fresh_setup_home(self.setup_dir, fn.name, uid)

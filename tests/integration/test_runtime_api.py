@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from tests.integration import functions as F
 from tests.support import SoraHost, json_of, processes_in, wait_for, write_function
 
 pytestmark = pytest.mark.integration
@@ -24,15 +25,7 @@ SECRET = "caller-secret-4c1d"
 
 # Says which request id it saw (in its log) and answers as itself; `sleep=` in the query holds
 # the invocation 2 s, the window in which an attacker would post a result for it.
-VICTIM = r"""#!/bin/sh
-set -eu
-API="http://${AWS_LAMBDA_RUNTIME_API}/2018-06-01/runtime"
-HEADERS="$(mktemp)"
-trap 'rm -f "$HEADERS"' EXIT
-while true; do
-  EVENT=$(curl -sS -D "$HEADERS" "$API/invocation/next")
-  ID=$(grep -i '^Lambda-Runtime-Aws-Request-Id:' "$HEADERS" | cut -d' ' -f2 | tr -d '\r\n')
-  echo "victim saw $ID"
+VICTIM = F.PROVIDED_LOOP + r"""  echo "victim saw $ID"
   case "$EVENT" in *'"rawQueryString":"sleep='*) sleep 2 ;; esac
   curl -sS -o /dev/null "$API/invocation/$ID/response" -d "{\"by\": \"victim\", \"id\": \"$ID\"}"
 done

@@ -3,6 +3,7 @@ import textwrap
 import pytest
 
 from sora.config import ConfigError, load_function_config, load_host_config, settings_markdown
+from sora.isolation.uids import hashed_uid, sandbox_uid
 
 
 def write(path, text):
@@ -173,16 +174,20 @@ def test_duplicate_names_are_an_error(tmp_path):
 
 
 def test_two_sandboxed_functions_never_share_a_uid(tmp_path, monkeypatch):
-    # fn-49 and fn-191 hash to one uid; the sandbox runs each as its own uid only as root.
+    # fn-49 and fn-191 hash to one uid (so did two of the examples); as root each sandbox
+    # runs as its function's own uid.
     monkeypatch.setattr("os.geteuid", lambda: 0)
     for name in ("fn-49", "fn-191", "fn-7"):
         make_fn(tmp_path, name)
-    cfg = load_host_config(host(tmp_path, "functionPaths: [fn-49, fn-191, fn-7]\n"
-                                          "server: {httpPort: 1}\n"))
-    assert [f.name for f in cfg.functions] == ["fn-49", "fn-7"]
-    reason = cfg.broken[0].reason
-    assert cfg.broken[0].name == "fn-191" and "name: expected a name whose sandbox uid" in reason
-    assert "'fn-49'" in reason and "sora.yaml" in reason
+    assert hashed_uid("fn-49") == hashed_uid("fn-191")
+    for paths in ("[fn-49, fn-191, fn-7]", "[fn-7, fn-191, fn-49]"):
+        cfg = load_host_config(host(tmp_path, f"functionPaths: {paths}\n"
+                                              "server: {httpPort: 1}\n"))
+        uids = {fn.name: sandbox_uid(fn) for fn in cfg.functions}
+        assert len(set(uids.values())) == 3 and not cfg.broken, uids
+        # The first by name keeps its hashed uid, whatever the order of functionPaths.
+        assert uids["fn-191"] == hashed_uid("fn-191") and uids["fn-7"] == hashed_uid("fn-7")
+        assert uids["fn-49"] == hashed_uid("fn-49") + 1
 
 
 def test_https_needs_cert_and_key(tmp_path):
