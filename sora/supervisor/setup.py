@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass
 
 from ..config import FUNCTION_FILE, MAX_CONFIG_BYTES, FunctionConfig, source_digest
-from ..isolation import sandbox, seccomp
+from ..isolation import nofollow, sandbox, seccomp
 from ..parent_death import die_with_parent
 
 _ALWAYS_SKIPPED = {".git", "__pycache__", ".sora"}
@@ -231,22 +231,17 @@ class SetupRun:
 
     def _changed_config(self) -> str | None:
         """How sora.yaml differs from the bytes the config was read from (None: it does not),
-        in the folder and in the folder setup worked on. Opened without following a link and
+        in the folder and in the folder setup worked on. Read without following a link and
         without blocking (a FIFO put in its place must not hang the supervisor's loop)."""
         for folder in dict.fromkeys((self.work_folder, self.fn.directory)):
-            path = os.path.join(folder, FUNCTION_FILE)
             try:
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+                raw = nofollow.read_beneath(folder, FUNCTION_FILE, max_bytes=MAX_CONFIG_BYTES)
+            except nofollow.UnsafePath as exc:
+                return f"not the regular file it was ({exc.strerror or exc})"
             except OSError as exc:
-                return f"{exc.strerror.lower()}: not the regular file it was"
-            try:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    return "not a regular file any more"
-                with os.fdopen(os.dup(fd), "rb") as fh:   # (at most what a config can be)
-                    if source_digest(fh.read(MAX_CONFIG_BYTES + 1)) != self.fn.sourceDigest:
-                        return "its content differs from what Sora read at start"
-            finally:
-                os.close(fd)
+                return f"{(exc.strerror or str(exc)).lower()}: not the regular file it was"
+            if source_digest(raw) != self.fn.sourceDigest:
+                return "its content differs from what Sora read at start"
         return None
 
     def _finish(self, ok: bool, reason: str, config_changed: bool = False) -> SetupOutcome:
