@@ -73,7 +73,11 @@ def _under(path: str, roots) -> bool:
 
 def _prefix_of(executable: str) -> str | None:
     """The installation folder of an interpreter (`<prefix>/bin/python` -> `<prefix>`)."""
-    real = os.path.realpath(shutil.which(executable) or executable)
+    return _installation_of(os.path.realpath(shutil.which(executable) or executable))
+
+
+def _installation_of(real: str) -> str:
+    """The installation folder of an interpreter's resolved path."""
     parent = os.path.dirname(os.path.dirname(real))
     return parent if parent not in ("/", "") else os.path.dirname(real)
 
@@ -92,9 +96,13 @@ def read_only_paths(argv: list[str], folder: str | None = None) -> list[str]:
     paths = [os.path.dirname(os.path.abspath(sora.__file__)), sys.prefix, sys.base_prefix]
     interpreter = os.path.abspath(argv[0])
     if folder is not None and _under(interpreter, [folder]):
-        if not _under(os.path.realpath(interpreter), [os.path.realpath(folder)]) and \
-                interpreter_problem(argv, folder) is None:
-            paths.insert(0, _prefix_of(interpreter))
+        # The link is resolved once, and what is bound is then a trusted path (one of the
+        # host's installations), never a fresh resolution of the link: a writableFolder
+        # function flipping it between checks bound any folder of the host (~12 % of starts).
+        real = os.path.realpath(interpreter)
+        prefix = _installation_of(real)
+        if not _under(real, [os.path.realpath(folder)]) and prefix in interpreter_prefixes():
+            paths.insert(0, prefix)
     else:
         paths.insert(0, _prefix_of(argv[0]))
         if os.path.islink(argv[0]):
@@ -116,7 +124,7 @@ def interpreter_problem(argv: list[str], folder: str) -> str | None:
         return None
     real = os.path.realpath(interpreter)
     if _under(real, [os.path.realpath(folder), *SYSTEM_DIRS]) or \
-            _prefix_of(interpreter) in interpreter_prefixes():
+            _installation_of(real) in interpreter_prefixes():
         return None
     return (f"expected an interpreter in the function folder, the system or an installation "
             f"the host runs, got {argv[0]} linked to {real} (a link out of the folder is not "

@@ -281,3 +281,29 @@ def test_an_interpreter_linked_out_of_the_folder_is_not_bound(tmp_path):
     os.symlink(os.path.join(sandbox.sys.base_prefix, "bin", "python3"), python)
     assert sandbox.interpreter_problem([str(python)], str(folder)) is None
     assert sandbox.sys.base_prefix in sandbox.read_only_paths([str(python)], str(folder))
+
+
+@pytest.mark.parametrize("flips_after", [1, 2, 3, 4, 5])
+def test_a_link_flipped_while_it_is_checked_binds_nothing_of_the_host(tmp_path, monkeypatch,
+                                                                      flips_after):
+    # A writableFolder function rewrites its `.venv/bin/python` in a loop, between one of the
+    # host's interpreters and a path two levels below a folder it must not see. Here the link
+    # leads to the host's Python for the first looks at it, and elsewhere after: whenever it
+    # flips, nothing outside the host's interpreters may be bound.
+    folder, secret = tmp_path / "fn", tmp_path / "state"
+    (folder / ".venv" / "bin").mkdir(parents=True)
+    (secret / "x").mkdir(parents=True)
+    python = folder / ".venv" / "bin" / "python"
+    host = os.path.join(sandbox.sys.base_prefix, "bin", "python3")
+    os.symlink(host, python)
+    resolve = os.path.realpath
+    looks = []
+
+    def flipping(path, *args, **kwargs):
+        if str(path) == str(python):
+            looks.append(path)
+            return resolve(host if len(looks) <= flips_after else str(secret / "x" / "y"))
+        return resolve(path, *args, **kwargs)
+    monkeypatch.setattr(sandbox.os.path, "realpath", flipping)
+    bound = sandbox.read_only_paths([str(python)], str(folder))
+    assert not [p for p in bound if p.startswith(str(secret))], bound
