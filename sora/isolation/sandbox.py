@@ -295,11 +295,16 @@ def folder_sync(source: str, dest: str, uid: int, gid: int,
     uid:gid, confined to the two folders. `--archive` copies links as links and chowns
     them with lchown, replaces a link in `dest` rather than write through it, and never
     follows one; devices, fifos and sockets are not copied (setup has no use for them, and a
-    fifo would hang whatever opens it). `exclude` (a name at the top) is neither written nor
-    deleted in `dest`."""
+    fifo would hang whatever opens it). Modes are kept but for the set-id bits and others'
+    and group's write: setup, as the function's uid, can `chmod 4755` a copy of a shell, which
+    would come back owned by the folder's owner (root) and set-uid; or leave a folder anyone
+    could write. `--sparse`: a sparse file setup made (terabytes that take no disk) is written
+    sparse, not in full. `exclude` (a name at the top) is neither written nor deleted in
+    `dest`."""
     skip = [f"--exclude=/{exclude}"] if exclude else []
     return confined(["rsync", "--archive", "--delete", "--numeric-ids", "--no-devices",
-                     "--no-specials", *skip, f"--chown={uid}:{gid}", f"{source}/", f"{dest}/"],
+                     "--no-specials", "--sparse", "--chmod=ugo-s,go-w", *skip,
+                     f"--chown={uid}:{gid}", f"{source}/", f"{dest}/"],
                     [source, dest])
 
 

@@ -223,6 +223,25 @@ def test_rsync_copies_links_as_links_and_never_writes_through_them(folders):
 
 @as_root
 @with_tools
+def test_rsync_brings_back_no_set_id_bit_and_nothing_others_can_write(folders):
+    # Setup (as the function's uid, allowed under no_new_privs) makes a set-uid copy of a
+    # shell and a folder anyone can write; synced back owned by the folder's owner (root),
+    # either would hand root to any local user.
+    src, dst, _ = folders
+    shell = src / "sh"
+    shutil.copyfile("/bin/sh", shell)
+    os.chown(shell, OTHER_UID, OTHER_UID)
+    os.chmod(shell, 0o4755)
+    (src / "open").mkdir()
+    os.chmod(src / "open", 0o2777)
+    _run(sandbox.folder_sync(str(src), str(dst), 0, 0))
+    assert os.stat(dst / "sh").st_uid == 0
+    assert os.stat(dst / "sh").st_mode & 0o7777 == 0o755
+    assert os.stat(dst / "open").st_mode & 0o7777 == 0o755
+
+
+@as_root
+@with_tools
 def test_setfacl_skips_links_in_the_folder(folders):
     src, _, host = folders
     (src / "sub").mkdir()
