@@ -54,6 +54,11 @@ class SetupOutcome:
     config_changed: bool = False
 
 
+# Files larger than this are hashed by size and modification time (read, a sparse file of
+# terabytes would hold the supervisor's loop for hours).
+HASHED_CONTENT_MAX = 64 << 20
+
+
 def content_hash(directory: str, excluded: set[str]) -> str:
     """Hash of every file's relative path and content, leaving out the top-level `excluded`.
 
@@ -85,6 +90,11 @@ def _hash_entry(digest, dir_fd: int, name: str) -> None:
             return
         if not stat.S_ISREG(st.st_mode):
             digest.update(b"special:%o" % stat.S_IFMT(st.st_mode))
+            return
+        if st.st_size > HASHED_CONTENT_MAX:
+            # Its size and time, not its bytes: a function can make a sparse file of terabytes
+            # that takes no disk, and this loop is the supervisor's.
+            digest.update(b"large:%d:%d" % (st.st_size, st.st_mtime_ns))
             return
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
                      dir_fd=dir_fd)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -326,3 +327,17 @@ def test_a_link_flipped_while_it_is_checked_binds_nothing_of_the_host(tmp_path, 
     monkeypatch.setattr(sandbox.os.path, "realpath", flipping)
     bound = sandbox.read_only_paths([str(python)], str(folder))
     assert not [p for p in bound if p.startswith(str(secret))], bound
+
+
+def test_the_setup_hash_does_not_read_a_huge_sparse_file(tmp_path):
+    # A writableFolder function's sparse file of 1 TiB takes no disk; reading it would hold
+    # the supervisor's loop for hours. Its size and time still count: a change is seen.
+    huge = tmp_path / "huge"
+    with open(huge, "wb") as fh:
+        fh.truncate(1 << 40)
+    started = time.monotonic()
+    before = content_hash(str(tmp_path), set())
+    assert time.monotonic() - started < 5
+    with open(huge, "r+b") as fh:
+        fh.truncate((1 << 40) + 1)
+    assert content_hash(str(tmp_path), set()) != before
