@@ -117,8 +117,12 @@ def _open_own_dir(path: str, owner: int) -> int:
 def remove_leftovers(function: str, pid: int) -> None:
     """The folder of a worker that died without removing it (the supervisor calls this when
     it reaps the worker)."""
-    for path in glob.glob(os.path.join(_base(), glob.escape(_prefix(function, pid)) + "*")):
-        shutil.rmtree(path, ignore_errors=True)
+    prefix = _prefix(function, pid)
+    for path in glob.glob(os.path.join(_base(), glob.escape(prefix) + "*")):
+        # Only mkdtemp's own suffix (it has no dash) may follow: `a` with pid 12 must not take
+        # the folder of a function named `a-12` (`sora-secrets-a-12-345-…`).
+        if "-" not in os.path.basename(path)[len(prefix):]:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 class Secrets:

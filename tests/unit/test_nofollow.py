@@ -341,3 +341,13 @@ def test_the_setup_hash_does_not_read_a_huge_sparse_file(tmp_path):
     with open(huge, "r+b") as fh:
         fh.truncate((1 << 40) + 1)
     assert content_hash(str(tmp_path), set()) != before
+
+
+def test_a_dead_workers_secrets_are_removed_and_no_other_functions(monkeypatch, tmp_path):
+    monkeypatch.setattr(secrets, "_base", lambda: str(tmp_path))
+    dead = tmp_path / "sora-secrets-a-12-k3x9_q1z"            # function a, its worker pid 12
+    other = tmp_path / "sora-secrets-a-12-345-p0o9i8u7"       # function a-12, pid 345
+    dead.mkdir()
+    other.mkdir()
+    secrets.remove_leftovers("a", 12)
+    assert not dead.exists() and other.exists()
