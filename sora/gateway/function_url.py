@@ -164,8 +164,9 @@ def map_result(result: bytes) -> HttpResult:
     status = value["statusCode"]
     if isinstance(status, str) and status.isdigit():
         status = int(status)
-    if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
-        raise BadFunctionResponse(f"statusCode must be an HTTP status from 100 to 599, "
+    # 1xx is not a final response: the caller would wait for one that never comes.
+    if isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 599:
+        raise BadFunctionResponse(f"statusCode must be a final HTTP status from 200 to 599, "
                                   f"got {status!r}")
     out = HttpResult(status=status, content_type=None)
     headers = value.get("headers")

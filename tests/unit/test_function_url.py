@@ -124,3 +124,10 @@ def test_hop_by_hop_and_framing_headers_are_dropped():
 def test_a_structured_response_that_is_not_strict_json_is_refused(raw):
     with pytest.raises(BadFunctionResponse):
         map_result(raw)
+
+
+@pytest.mark.parametrize("status", [100, 101, 103, 199, 600, "99"])
+def test_a_status_that_is_not_a_final_response_is_refused(status):
+    # 1xx: the caller would wait for a final response that never comes.
+    with pytest.raises(BadFunctionResponse, match="from 200 to 599"):
+        map_result(json.dumps({"statusCode": status, "body": "x"}).encode())
