@@ -110,7 +110,7 @@ def host(tmp_path_factory):
             write_function(fns, "weighed", {"index.js": HOLDER}, name="weighed", instances=1,
                            timeout=30, auth="none",
                            eventInvoke={"maxConcurrency": 1, "maxQueuedMB": 1})]
-    yield from served(base, dirs, https=False, api_key=API_KEY, extra={
+    yield from served(base, dirs, https=False, api_key=API_KEY, fresh_connections=True, extra={
         "logs": {"maxFileMB": LOG_FILE_MB, "keepFiles": KEEP_FILES},
         "records": {"maxStoreMB": STORE_MB, "maxLogBytesPerInvocation": PER_INVOCATION},
         "auth": {"apiKeys": [{"name": "admin", "key": API_KEY, "scopes": ["admin"]}]}})
@@ -243,7 +243,7 @@ def test_low_free_disk_gives_503_for_events_and_serving_resumes_when_space_is_ba
         tmp_path, small_fs):
     fn = write_function(tmp_path / "fns", "sink", {"index.js": FLOOD}, name="sink",
                         instances=1, auth="none")
-    host = SoraHost(tmp_path, [fn], https=False, extra={
+    host = SoraHost(tmp_path, [fn], https=False, fresh_connections=True, extra={
         "stateDir": str(small_fs / "state"), "minFreeDiskMB": 16})
     host.start()
     try:

@@ -156,7 +156,8 @@ def host(tmp_path_factory):
             provided_function(fns, "api-victim", API_VICTIM, instances=1, timeout=5,
                               isolation="none", env={"MARKS": str(marks)})]
     # bodyTimeout: a stalled body is answered 408 in 3 s, not 30 (issue 14 point 7).
-    h = SoraHost(base, dirs, https=False, server={"maxBodyBytes": 1 << 20, "bodyTimeout": 3})
+    h = SoraHost(base, dirs, https=False, server={"maxBodyBytes": 1 << 20, "bodyTimeout": 3},
+                 fresh_connections=True)   # large bodies on purpose (see SoraHost._session)
     h.marks = marks
     h.events = []
     h.start()
@@ -701,11 +702,8 @@ def forged_answer_on_the_control_fd(host):
 
 
 def invoke_api(host, payload: bytes):
-    # A connection of its own for each: gunicorn 27's asgi worker sometimes closes a reused
-    # keep-alive connection without answering a large POST (seen before issue 14 too: 2 to 13
-    # of 60 such requests), which is not what these cases test.
-    return requests.post(f"{host.url}/2015-03-31/functions/victim/invocations", data=payload,
-                         headers={"Connection": "close"}, timeout=60)
+    return host.session.post(f"{host.url}/2015-03-31/functions/victim/invocations",
+                             data=payload, timeout=60)
 
 
 @case
