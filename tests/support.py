@@ -167,6 +167,13 @@ class SoraHost:
     def function_state(self, name: str) -> dict:
         return self.health()["functions"][name]
 
+    def kill_worker(self, name: str, timeout: float = 30.0) -> dict:
+        """kill -9 the function's worker, then its state once a new worker is RUNNING."""
+        worker = self.function_state(name)["pid"]
+        os.kill(worker, signal.SIGKILL)
+        return wait_for(lambda: (s := self.function_state(name))["state"] == "RUNNING"
+                        and s["pid"] != worker and s, timeout=timeout, what="a new worker")
+
     def invoke(self, name: str, path: str = "", method: str = "GET", **kwargs):
         kwargs.setdefault("timeout", 30)
         return self.session.request(method, f"{self.url}/functions/{name}{path}", **kwargs)

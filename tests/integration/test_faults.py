@@ -397,11 +397,8 @@ def its_sora_yaml_rewritten_then_its_worker_killed(host):
     written = spec.read_bytes()
     spec.write_bytes(written + b"isolation: none\n")
     try:
-        worker = host.function_state("victim")["pid"]
-        os.kill(worker, signal.SIGKILL)
-        wait_for(lambda: (s := host.function_state("victim"))["state"] == "RUNNING"
-                 and s["pid"] != worker and call(host).status_code == 200, timeout=30,
-                 what="a new victim worker")
+        host.kill_worker("victim")
+        wait_for(lambda: call(host).status_code == 200, timeout=30, what="the victim serving")
         state_dir = str(host.base / "state")
         assert json_of(call(host, read=state_dir))["read"] == "ENOENT"   # still sandboxed
     finally:

@@ -8,7 +8,6 @@ the package managers' variables by name, never by a short prefix, never a declar
 from __future__ import annotations
 
 import os
-import signal
 import sys
 
 import pytest
@@ -133,10 +132,7 @@ def test_a_writable_folder_function_cannot_write_its_sora_yaml_even_after_a_rest
     assert unchanged(host, "diary")
     assert (folder / "hostile.yaml").exists()   # the rest of its folder stays writable
     # Its worker restarts (killed): it still runs with the config the host started with.
-    worker = host.function_state("diary")["pid"]
-    os.kill(worker, signal.SIGKILL)
-    wait_for(lambda: (s := host.function_state("diary"))["state"] == "RUNNING"
-             and s["pid"] != worker, what="a new worker")
+    host.kill_worker("diary")
     seen = json_of(host.invoke("diary"))
     assert seen["uid"] == sandbox.sandbox_uid("diary") != 0, seen
 
@@ -147,10 +143,7 @@ def test_a_restarted_worker_uses_the_config_read_at_start_whatever_the_folder_sa
     spec = host.base / "fns" / "diary" / "sora.yaml"
     spec.write_bytes(host.written["diary"] + b"isolation: none\n")
     try:
-        worker = host.function_state("diary")["pid"]
-        os.kill(worker, signal.SIGKILL)
-        wait_for(lambda: (s := host.function_state("diary"))["state"] == "RUNNING"
-                 and s["pid"] != worker, what="a new worker")
+        host.kill_worker("diary")
         seen = json_of(host.invoke("diary"))
         assert seen["uid"] == sandbox.sandbox_uid("diary") != 0, seen
     finally:
