@@ -58,6 +58,15 @@ def stored(conn):
     return rows, lines
 
 
+def settle(sender, recorder, sock, conn):
+    """Send, receive and acknowledge until the sender holds nothing unacknowledged."""
+    def settled():
+        sender.flush()
+        recorder.drain(sock, conn)
+        return not sender.unacked
+    wait_for(settled, timeout=15, interval=0.05)
+
+
 def one_turn(sender, rid):
     sender.record(rid.encode(), b"fn", b"http", time.time(), 1.0, b"ok", None, False)
     sender.lines("fn", rid, "stdout", [f"line of {rid}".encode()])
@@ -96,11 +105,7 @@ def test_batches_are_acknowledged_after_commit_and_resent_until_then(tmp_path):
     recorder.last_batch = records.last_batches(conn)
     one_turn(sender, "e")
 
-    def settled():
-        sender.flush()
-        recorder.drain(second, conn)
-        return not sender.unacked
-    wait_for(settled, timeout=15, interval=0.05)
+    settle(sender, recorder, second, conn)
     assert stored(conn) == (["a", "b", "c", "d", "e"],
                             [f"line of {x}" for x in "abcde"])
     # A batch the recorder committed is sent again (its acknowledgement was lost): it is
@@ -133,11 +138,7 @@ def test_a_sender_that_dropped_batches_is_not_waited_for(tmp_path, monkeypatch):
     router.bind(records_endpoint(state))
     recorder = Recorder(state, 100, 1)
 
-    def settled():
-        sender.flush()
-        recorder.drain(router, conn)
-        return not sender.unacked
-    wait_for(settled, timeout=15, interval=0.05)
+    settle(sender, recorder, router, conn)
     rows, _ = stored(conn)
     assert rows and rows == [f"r{i}" for i in range(10 - len(rows), 10)]
     sender.close(wait=0)
@@ -203,11 +204,7 @@ def test_a_batch_that_could_not_be_committed_is_not_acknowledged(tmp_path, monke
     assert sender.sock.poll(300) == 0 and [s for s, _, _ in sender.unacked] == [1]
     monkeypatch.setattr(recorder_module, "commit", real_commit)
 
-    def settled():
-        sender.flush()
-        recorder.drain(router, conn)
-        return not sender.unacked
-    wait_for(settled, timeout=15, interval=0.05)
+    settle(sender, recorder, router, conn)
     assert stored(conn) == (["a"], ["line of a"])
     sender.close(wait=0)
     router.close(linger=0)
