@@ -123,6 +123,33 @@ def read_beneath(root: str | int, relpath: str, *, max_bytes: int,
         os.close(fd)
 
 
+def create_beneath(root_fd: int, relpath: str, data: bytes, uid: int, mode: int = 0o644) -> None:
+    """Create the file `relpath` (and the folders on its way) beneath `root_fd` with `data`,
+    owned by `uid`; every step creates or opens without following a link, and the file must
+    be new (O_EXCL: nothing left in its place is written through)."""
+    *folders, name = relpath.split("/")
+    fd = os.dup(root_fd)
+    try:
+        for folder in folders:
+            try:
+                os.mkdir(folder, 0o755, dir_fd=fd)
+                made = True
+            except FileExistsError:
+                made = False
+            next_fd = open_dir_beneath(fd, folder)
+            os.close(fd)
+            fd = next_fd
+            if made:
+                os.fchown(fd, uid, uid)
+        file_fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                          | os.O_CLOEXEC, mode, dir_fd=fd)
+        with os.fdopen(file_fd, "wb") as fh:
+            fh.write(data)
+            os.fchown(file_fd, uid, uid)
+    finally:
+        os.close(fd)
+
+
 def _kind(mode: int) -> str:
     for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a fifo"),
                        (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),

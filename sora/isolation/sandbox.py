@@ -358,36 +358,10 @@ def fresh_setup_home(parent: str, function: str, uid: int) -> str:
             source = os.path.expanduser(os.path.join("~", name))
             if os.path.isfile(source):   # Sora's user's own file: its links are the host's
                 with open(source, "rb") as fh:
-                    _write_new(home_fd, name, fh.read(), uid)
+                    nofollow.create_beneath(home_fd, name, fh.read(), uid)
     finally:
         os.close(home_fd)
     return home
-
-
-def _write_new(root_fd: int, relpath: str, data: bytes, uid: int) -> None:
-    """Create `relpath` (and the folders on its way) beneath `root_fd`, owned by `uid`; every
-    step creates or opens without following a link."""
-    *folders, name = relpath.split("/")
-    fd = os.dup(root_fd)
-    try:
-        for folder in folders:
-            try:
-                os.mkdir(folder, 0o755, dir_fd=fd)
-                made = True
-            except FileExistsError:
-                made = False
-            next_fd = nofollow.open_dir_beneath(fd, folder)
-            os.close(fd)
-            fd = next_fd
-            if made:
-                os.fchown(fd, uid, uid)
-        file_fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                          | os.O_CLOEXEC, 0o644, dir_fd=fd)
-        with os.fdopen(file_fd, "wb") as fh:
-            fh.write(data)
-            os.fchown(file_fd, uid, uid)
-    finally:
-        os.close(fd)
 
 
 def remove_setup_homes(parent: str, function: str) -> None:

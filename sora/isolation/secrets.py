@@ -153,11 +153,7 @@ class Secrets:
                     os.unlink(name, dir_fd=dir_fd)   # a fixed folder keeps the last worker's
                 except FileNotFoundError:
                     pass
-                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                             | os.O_CLOEXEC, 0o400, dir_fd=dir_fd)
-                with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                    fh.write(value)
-                    os.fchown(fd, owner, owner)
+                nofollow.create_beneath(dir_fd, name, value.encode("utf-8"), owner, 0o400)
         finally:
             os.close(dir_fd)
 
