@@ -17,7 +17,7 @@ from ..config import FUNCTION_NAME_RE, HostConfig
 from ..config_snapshot import load_host_config_of_child
 from ..events.intake import EventIntake
 from .auth import CREDENTIAL_HEADERS, authorizer_for, is_admin
-from .client import BROKER_SLACK, BrokerClient, BrokerTimeout
+from .client import BrokerClient, BrokerTimeout
 from .errors import SoraError
 from .invocation_route import RETRY_AFTER, InvocationRoute
 from .requests import REQUEST_ID_HEADER, read_body, request_id_of

@@ -7,7 +7,6 @@ the package managers' variables by name, never by a short prefix, never a declar
 """
 from __future__ import annotations
 
-import os
 import sys
 
 import pytest
