@@ -67,7 +67,7 @@ def test_broken_functions_are_reported_and_the_others_serve(tmp_path):
     finally:
         assert host.stop() == 0
     # The duplicate name was refused with both paths named.
-    assert "already used by" in host.log()
+    assert "already used by" in host.log(whole=True)
 
 
 def test_check_validates_without_starting(tmp_path):
@@ -105,7 +105,7 @@ def test_setup_runs_once_and_reruns_when_the_folder_changes(tmp_path):
     host.start()  # unchanged folder: setup skipped
     assert host.stop() == 0
     assert (fn / "installed.txt").read_text() == "ran\n"
-    assert "setup unchanged, skipped" in host.log()
+    assert "setup unchanged, skipped" in host.log(whole=True)
 
     (fn / "index.js").write_text(F.PROMISE + "\n// changed\n")
     host.start()  # changed source: setup runs again
