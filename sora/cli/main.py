@@ -237,6 +237,10 @@ def cmd_inspect(args) -> int:
               ("status", item["status"]), ("trigger", item.get("trigger")),
               ("version", item.get("version")), ("start", when(item.get("start"))),
               ("duration", f"{item['durationMs']} ms" if "durationMs" in item else None),
+              ("max memory used", f"{item['maxMemoryUsedMB']} MB"
+               if "maxMemoryUsedMB" in item else None),
+              ("init duration", f"{item['initDurationMs']} ms"
+               if "initDurationMs" in item else None),
               ("cold start", item.get("cold")), ("error type", item.get("errorType"))]
     event = item.get("event")
     if event:

@@ -115,6 +115,12 @@ class InstanceGroup:
             pass
         return 0
 
+    def peak_memory_file(self) -> str:
+        """The group's memory high-water mark, in bytes (Max Memory Used: sora.worker.
+        memory_peak). v2's `memory.peak` is missing before Linux 5.19: opening it fails."""
+        name = "memory.peak" if self.version == "v2" else "memory.max_usage_in_bytes"
+        return os.path.join(self.dirs["memory"], name)
+
     def remove(self) -> None:
         for path in sorted(set(self.dirs.values())):
             try:

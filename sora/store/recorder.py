@@ -37,7 +37,7 @@ waiting for them forever.
 
 Lines: joined by "\\n", fields by "\\t" (a log line's text is the last field, so it may hold
 tabs; it never holds a newline):
-    R <request id> <function> <version> <trigger> <start> <duration ms> <status> <error type|-> <cold 0/1>
+    R <request id> <function> <version> <trigger> <start> <duration ms> <status> <error type|-> <cold 0/1> <max memory used MB|-> <init duration ms|->
     L <function> <request id> <time> <stream> <text>
 """
 from __future__ import annotations
@@ -125,11 +125,16 @@ class RecordSender:
 
     def record(self, request_id: bytes, function: bytes, trigger: bytes, start: float,
                duration_ms: float, status: bytes, error_type: str | None, cold: bool,
-               version: bytes = b"$LATEST") -> None:
-        """One finished invocation (bytes where the worker has bytes: this is per request)."""
-        self.batch.append(b"R\t%s\t%s\t%s\t%s\t%.6f\t%.3f\t%s\t%s\t%d" % (
+               version: bytes = b"$LATEST", max_memory_mb: int | None = None,
+               init_ms: float | None = None) -> None:
+        """One finished invocation (bytes where the worker has bytes: this is per request).
+        `max_memory_mb` and `init_ms` are its REPORT line's Max Memory Used and Init
+        Duration (None: no instance ran it; a warm start)."""
+        self.batch.append(b"R\t%s\t%s\t%s\t%s\t%.6f\t%.3f\t%s\t%s\t%d\t%s\t%s" % (
             request_id, function, version, trigger, start, duration_ms, status,
-            _text(error_type) if error_type else b"-", cold))
+            _text(error_type) if error_type else b"-", cold,
+            b"-" if max_memory_mb is None else b"%d" % max_memory_mb,
+            b"-" if init_ms is None else b"%.3f" % init_ms))
 
     def lines(self, function: str, request_id: str, stream: str, lines: list[bytes]) -> None:
         head = b"L\t%s\t%s\t%.6f\t%s\t" % (function.encode(), request_id.encode(), time.time(),
@@ -219,6 +224,13 @@ class RecordSender:
         self.sock.close(linger=0)
 
 
+def _reported(fields: list[str]) -> tuple[int | None, float | None]:
+    """Max memory used (MB) and init duration (ms) of a record line, None where "-" (or
+    absent: a line of a sender from before they were recorded)."""
+    memory, init = (fields + ["-", "-"])[:2]
+    return (None if memory == "-" else int(memory)), (None if init == "-" else float(init))
+
+
 def parse(message: bytes, records: list[tuple], lines: list[tuple]) -> None:
     for item in message.split(b"\n"):
         kind = item[:2]
@@ -226,7 +238,8 @@ def parse(message: bytes, records: list[tuple], lines: list[tuple]) -> None:
             if kind == b"R\t":
                 f = item.decode("utf-8", "replace").split("\t")
                 records.append((f[1], f[2], f[3], f[4], float(f[5]), float(f[6]), f[7],
-                                None if f[8] == "-" else f[8], int(f[9])))
+                                None if f[8] == "-" else f[8], int(f[9]),
+                                *_reported(f[10:12])))
             elif kind == b"L\t":
                 _, fn, rid, at, stream, text = item.split(b"\t", 5)
                 lines.append((fn.decode(), rid.decode(), float(at), stream.decode(),

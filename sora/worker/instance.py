@@ -42,6 +42,7 @@ from ..isolation.cgroups import InstanceGroup, join_in_child
 from ..isolation.secrets import SECRETS_DIR_ENV
 from ..supervisor.runtime_pool import PoolClient
 from .logs import FunctionLog
+from .memory_peak import PeakMemory
 from .runtimes import Runtime
 
 MARKER = b"\x00SORA-END "
@@ -81,6 +82,8 @@ class Instance:
         self.proc: subprocess.Popen | None = None
         self.control_fd = -1
         self.started = 0.0
+        self.init_duration_ms = 0.0   # from start() to READY: a cold start's Init Duration
+        self.memory: PeakMemory | None = None   # Max Memory Used, once started
         self.init_error: bytes | None = None
         # The invocation in progress: (client, request id, monotonic deadline, start).
         self.current: tuple[bytes, bytes, float, float] | None = None
@@ -136,6 +139,7 @@ class Instance:
             self._pending_lines[stream.fileno()] = []
         self.started = time.monotonic()
         self.state = State.BOOTING
+        self.memory = PeakMemory(self.cgroup, self.proc.pid)
 
     def argv(self) -> list[str]:
         argv = self.runtime.argv(self.fn)
@@ -231,10 +235,29 @@ class Instance:
         if self.control_fd >= 0:
             os.close(self.control_fd)
             self.control_fd = -1
+        if self.memory is not None:
+            self.memory.read()   # before the group goes: the invocation it ran is reported
+            self.memory.close()
         if self.cgroup is not None:
             self._oom_killed = self.cgroup.oom_kills() > 0   # read before the group goes
             self.cgroup.remove()
         self.state = State.DEAD
+
+    def ready(self) -> None:
+        """The runtime said READY: how long it took is the Init Duration of its first
+        invocation."""
+        self.state = State.IDLE
+        self.idle_since = time.monotonic()
+        self.init_duration_ms = (self.idle_since - self.started) * 1000
+
+    def max_memory_used_mb(self) -> int:
+        """Its peak memory so far (sora.worker.memory_peak); after it closed, the last
+        figure read."""
+        if self.memory is None:
+            return 0
+        if self.state is not State.DEAD:
+            self.memory.read()
+        return self.memory.peak_mb
 
     def oom_killed(self) -> bool:
         """Whether its memory limit killed a process of it (the cgroup's own counter)."""

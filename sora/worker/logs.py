@@ -7,6 +7,13 @@ Nothing a function prints may fill the disk:
 - each invocation's lines sent to the records store are capped (`records.
   maxLogBytesPerInvocation`): past it one marker line says the rest was not stored;
 - while the state dir is low on free space (`minFreeDiskMB`) the file is not written at all.
+
+Each invocation's lines open with Lambda's `START` line and close with its `END` and `REPORT`
+(sora.worker.report), written by the worker on their own stream, `platform`: `START` just
+before the invocation's first line (so it precedes them even when the runtime has printed them
+before the worker read its previous answer), `END` and `REPORT` once its end markers have been
+read. They are kept whole whatever the invocation printed (the per-invocation cap does not
+apply to them).
 """
 from __future__ import annotations
 
@@ -28,6 +35,9 @@ log = logging.getLogger("sora.worker")
 TRACKED_INVOCATIONS = 4096
 # Lines printed outside any invocation (at load, or by a timer while idle) are stored under "-".
 NO_INVOCATION = "-"
+# The stream of the lines Sora writes about an invocation (START, END, REPORT), as Lambda's
+# Telemetry API names them; a function's own output is stdout or stderr.
+PLATFORM = "platform"
 
 
 class _RotatingFile(logging.handlers.RotatingFileHandler):
@@ -70,6 +80,8 @@ class FunctionLog:
         self.stored_per_invocation = stored_per_invocation
         self._stored: dict[str, int] = {}   # request id -> bytes sent to the store (-1: cut)
         self._next_complaint = 0.0
+        # Request id -> its START line, until the invocation's first line is written.
+        self._unstarted: dict[str, bytes] = {}
         self.free_space = FreeSpace(state_dir, min_free_mb << 20,
                                     f"{function}'s log file is not written")
 
@@ -82,7 +94,24 @@ class FunctionLog:
         text = b"".join(self._tails.pop(request_id, []))
         return base64.b64encode(text[-LOG_TAIL_BYTES:])
 
+    def begin(self, request_id: str, start_line: bytes) -> None:
+        """An invocation was handed to an instance: its START line goes before the first
+        line written for it."""
+        if len(self._unstarted) >= TRACKED_INVOCATIONS:
+            del self._unstarted[next(iter(self._unstarted))]
+        self._unstarted[request_id] = start_line
+
+    def end(self, request_id: str, lines: list[bytes]) -> None:
+        """An invocation's END and REPORT (and START, if it printed nothing)."""
+        start = self._unstarted.pop(request_id, None)
+        self._write(request_id, PLATFORM, lines if start is None else [start, *lines])
+
     def write(self, request_id: str, stream: str, lines: list[bytes]) -> None:
+        if request_id in self._unstarted:
+            self._write(request_id, PLATFORM, [self._unstarted.pop(request_id)])
+        self._write(request_id, stream, lines)
+
+    def _write(self, request_id: str, stream: str, lines: list[bytes]) -> None:
         lines = [line.rstrip(b"\r") for line in lines]
         if self.redact is not None:
             lines = [self.redact(line) for line in lines]
@@ -107,7 +136,8 @@ class FunctionLog:
         if request_id in self._tails:
             self._tails[request_id].extend(line + b"\n" for line in lines)
         if self.records is not None:
-            lines = self._within_allowance(request_id, lines)
+            if stream != PLATFORM:
+                lines = self._within_allowance(request_id, lines)
             if lines:
                 self.records.lines(self.function, request_id, stream, lines)
 

@@ -25,6 +25,7 @@ from ..supervisor.runtime_pool import PoolClient
 from ..supervisor.setup import SetupRun
 from .instance import Instance, State
 from .logs import FunctionLog
+from .report import end_lines, start_line
 from .runtimes import Runtime, runtime_for
 from ..isolation import cgroups, sandbox
 from .scaling import SCALE_OUT_WAIT, idle_expired, plan_scale_out
@@ -77,6 +78,9 @@ class Worker:
         self.poller = zmq.Poller()
         self.sock: zmq.Socket | None = None
         self.replies: list[list[bytes]] = []   # answers of this loop turn, not yet sent
+        # END and REPORT lines of invocations answered this loop turn (request id, lines):
+        # written once the turn has drained the log pipes, where their last lines are.
+        self.ends: list[tuple[str, list[bytes]]] = []
         self.instances: list[Instance] = []
         self.idle: list[Instance] = []
         # (client, id, payload, monotonic arrival): invocations waiting for an instance
@@ -247,25 +251,45 @@ class Worker:
     def finish(self, inst: Instance | None, current: tuple, status: bytes,
                body: bytes) -> None:
         """Answer an invocation and record it (the record is a formatted line, sent to the
-        recorder with the others of this loop turn)."""
+        recorder with the others of this loop turn), with its END and REPORT lines."""
         client, request_id, _, started = current
         meta = self.meta.pop(request_id, None) if self.meta else None
+        took = time.monotonic() - started
+        cold = inst is None or inst.completed == 0
+        record_status = RECORD_STATUS.get(status, b"error")
+        error_type = None if status == p.OK else \
+            ERROR_TYPES.get(status) or p.parse_error(body)[0]
+        max_memory = None
+        if inst is not None:
+            # An invocation no instance ran (the function could not boot) has no lines.
+            max_memory = inst.max_memory_used_mb()
+            ends = end_lines(request_id, took * 1000, self.fn.memory, max_memory,
+                             inst.init_duration_ms if cold else None, record_status,
+                             error_type)
         if meta is not None and meta.endswith(p.FLAG_TAIL):
             if inst is not None:
                 inst.drain_logs()  # its lines come before its result: read them first
+                self.log.end(request_id.decode(), ends)
             self.replies.append([p.REPLY, client, request_id, status, body,
                                  self.log.tail(request_id.decode())])
         else:
             self.replies.append([p.REPLY, client, request_id, status, body])
-        now = time.monotonic()
-        took = now - started
+            if inst is not None:
+                self.ends.append((request_id.decode(), ends))
         self.records.record(
             request_id, self.fn_name, meta.partition(b"+")[0] if meta else p.TRIGGER_HTTP,
-            time.time() - took, took * 1000, RECORD_STATUS.get(status, b"error"),
-            None if status == p.OK else ERROR_TYPES.get(status) or p.parse_error(body)[0],
-            inst is None or inst.completed == 0)
+            time.time() - took, took * 1000, record_status, error_type, cold,
+            max_memory_mb=max_memory, init_ms=inst.init_duration_ms if cold and inst else None)
         if inst is not None:
             inst.completed += 1
+
+    def write_ends(self) -> None:
+        """The END and REPORT lines of the invocations answered this turn, after their last
+        lines: an answer is read before the log pipes in a loop turn, and the runtime wrote
+        the invocation's end markers before its answer, so the turn has read them."""
+        ends, self.ends = self.ends, []
+        for request_id, lines in ends:
+            self.log.end(request_id, lines)
 
     def handle_broker(self) -> None:
         for frames in recv_ready(self.sock):
@@ -324,6 +348,7 @@ class Worker:
 
     def _hand(self, inst: Instance) -> None:
         item = self.pending.popleft()
+        self.log.begin(item[1].decode(), start_line(item[1]))
         inst.send(item[0], item[1], item[2])
 
     def requeue(self, inst: Instance) -> None:
@@ -448,8 +473,7 @@ class Worker:
                 inst.idle_since = time.monotonic()
                 self.idle.append(inst)
         elif line == b"READY" and inst.state is State.BOOTING:
-            inst.state = State.IDLE
-            inst.idle_since = time.monotonic()
+            inst.ready()
             inst.drain_logs()
             self.idle.append(inst)
             self.init_failures = 0
@@ -526,6 +550,10 @@ class Worker:
 
     def poll_once(self, timeout: float) -> None:
         self.send_replies()   # answers given between turns (deadlines) go before any wait
+        if self.ends:   # and their lines and records (their instance was drained)
+            self.write_ends()
+            self.log.flush()
+            self.records.flush()
         events = self.poller.poll(max(0, int(timeout * 1000)) if timeout else 0)
         for item, _ in events:
             if item is self.sock:
@@ -548,6 +576,8 @@ class Worker:
         if self.idle and self.pending:
             self.dispatch()
         self.send_replies()
+        if self.ends:
+            self.write_ends()
         self.log.flush()
         self.records.flush()
 
@@ -619,6 +649,7 @@ class Worker:
         self.pool.close()
         self.secrets.remove()
         self.send_replies()
+        self.write_ends()
         self.log.flush()
         self.log.close()
         self.records.close()

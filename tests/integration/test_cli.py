@@ -129,8 +129,8 @@ def test_async_invoke_then_inspect_and_logs(host):
                      what="the event's log lines")
     assert "status:" in shown.stdout
     wait_for(lambda: sum(request_id[:8] in line for line in sora(
-        "logs", "tagged", *at(host), "--request-id", request_id).stdout.splitlines()) == 6,
-        what="its six lines from sora logs")
+        "logs", "tagged", *at(host), "--request-id", request_id).stdout.splitlines()) == 9,
+        what="its six lines, START, END and REPORT from sora logs")
     unknown = sora("inspect", "no-such-request", *at(host))
     assert unknown.returncode == 1 and "ResourceNotFoundException" in unknown.stderr
 

@@ -76,11 +76,14 @@ def test_each_record_holds_only_its_own_lines_under_concurrency(host):
     for r in responses:
         rid = r.headers["X-Sora-Request-Id"]
         rec = record(host, rid)
-        lines = wait_for(lambda: len(x := record(host, rid)["logs"]) == 6 and x,
-                         what=f"6 log lines of {rid}")
-        assert sorted(line["line"] for line in lines) == sorted(
+        # Its six lines between Lambda's START and END, REPORT (issue 15 point 5).
+        lines = wait_for(lambda: len(x := record(host, rid)["logs"]) == 9 and x,
+                         what=f"9 log lines of {rid}")
+        assert sorted(line["line"] for line in lines[1:-2]) == sorted(
             [f"out {i} of {rid}" for i in range(3)] + [f"err {i} of {rid}" for i in range(3)])
-        assert {line["stream"] for line in lines} == {"stdout", "stderr"}
+        assert {line["stream"] for line in lines[1:-2]} == {"stdout", "stderr"}
+        assert lines[0]["line"] == f"START RequestId: {rid} Version: $LATEST"
+        assert lines[-1]["line"].startswith(f"REPORT RequestId: {rid}\t")
         assert rec["requestId"] == rid
 
 
@@ -123,8 +126,8 @@ def test_bad_parameters_and_unknown_names_are_clear_errors(host):
 def test_logs_by_request_id_and_follow(host):
     rid = host.invoke("tagged").headers["X-Sora-Request-Id"]
     lines = wait_for(lambda: len(x := api(host, "/functions/tagged/logs",
-                                          requestId=rid)[1]["lines"]) == 6 and x,
-                     what="six lines")
+                                          requestId=rid)[1]["lines"]) == 9 and x,
+                     what="six lines, START, END and REPORT")
     assert all(line["requestId"] == rid for line in lines)
 
     later: list[str] = []
@@ -141,7 +144,7 @@ def test_logs_by_request_id_and_follow(host):
         for raw in stream.iter_lines():  # each read waits at most the 10 s timeout
             if raw:
                 seen.append(json.loads(raw))
-            if later and sum(line["requestId"] == later[0] for line in seen) == 6:
+            if later and sum(line["requestId"] == later[0] for line in seen) == 9:
                 break
     assert rid not in {line["requestId"] for line in seen}
 
@@ -157,8 +160,9 @@ def test_follow_shows_lines_while_the_invocation_runs(host):
                     break
             assert not call.done(), "the first line must be followed while the call runs"
             rid = call.result(timeout=30).headers["X-Sora-Request-Id"]
-    lines = wait_for(lambda: len(x := record(host, rid)["logs"]) == 6 and x, what="six lines")
-    assert sorted(line["line"] for line in lines) == sorted(
+    lines = wait_for(lambda: len(x := record(host, rid)["logs"]) == 9 and x,
+                     what="six lines, START, END and REPORT")
+    assert sorted(line["line"] for line in lines[1:-2]) == sorted(
         [f"out {i} of {rid}" for i in range(3)] + [f"err {i} of {rid}" for i in range(3)])
 
 
