@@ -157,7 +157,7 @@ def test_logs_follow_streams_new_lines(host):
                 if line.strip() and json.loads(line)["requestId"] in invoked:
                     found = json.loads(line)
         assert found is not None, "no line of ours was followed within 30 s"
-        assert found["line"].split()[0] in ("out", "err")
+        assert found["line"].split()[0] in ("START", "out", "err")   # START: issue 15 point 5
     finally:
         done.set()
         invoker.join(30)
