@@ -35,6 +35,11 @@ log = logging.getLogger("sora.worker")
 TRACKED_INVOCATIONS = 4096
 # Lines printed outside any invocation (at load, or by a timer while idle) are stored under "-".
 NO_INVOCATION = "-"
+# The file is written at most this often (the worker's poll waits no longer while lines wait):
+# with a START, END and REPORT line for every invocation, a write per loop turn was one more
+# system call per invocation at concurrency 1 (strace -c of the worker: 3.5 -> 4.7 writes per
+# request); lines reach the file at most 50 ms later instead.
+FILE_FLUSH_INTERVAL = 0.05
 # The stream of the lines Sora writes about an invocation (START, END, REPORT), as Lambda's
 # Telemetry API names them; a function's own output is stdout or stderr.
 PLATFORM = "platform"
@@ -52,7 +57,8 @@ class FunctionLog:
     """Appends `<UTC time> <request id> <stream> <line>` lines to `<stateDir>/logs/<name>.log`
     and hands them to the store, where each invocation's record keeps its own lines.
 
-    Writes are buffered and flushed once per worker loop turn, off the invocation path.
+    Writes are buffered and flushed at the end of a worker loop turn, off the invocation path,
+    at most every FILE_FLUSH_INTERVAL (`flush`).
 
     Rotation with several workers of one function (`workers: N`), which append to the same
     file: before every `max_file / 16` bytes a worker writes, it compares the file it writes
@@ -82,6 +88,9 @@ class FunctionLog:
         self._next_complaint = 0.0
         # Request id -> its START line, until the invocation's first line is written.
         self._unstarted: dict[str, bytes] = {}
+        self._stamp_second, self._stamp_text = -1, b""
+        self._unflushed = False   # bytes wait in the file's buffer
+        self._flush_at = 0.0   # monotonic time the next write of the file is due
         self.free_space = FreeSpace(state_dir, min_free_mb << 20,
                                     f"{function}'s log file is not written")
 
@@ -112,12 +121,12 @@ class FunctionLog:
         self._write(request_id, stream, lines)
 
     def _write(self, request_id: str, stream: str, lines: list[bytes]) -> None:
-        lines = [line.rstrip(b"\r") for line in lines]
-        if self.redact is not None:
-            lines = [self.redact(line) for line in lines]
+        if stream != PLATFORM:   # (Sora's own lines hold ids and figures only)
+            lines = [line.rstrip(b"\r") for line in lines]
+            if self.redact is not None:
+                lines = [self.redact(line) for line in lines]
         if not self.free_space.low():
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()).encode()
-            head = b"%s %s %s " % (stamp, request_id.encode(), stream.encode())
+            head = b"%s %s %s " % (self._stamp(), request_id.encode(), stream.encode())
             try:
                 # In pieces of at most a check's worth: one drain of a busy pipe can hold more
                 # than a whole file.
@@ -140,6 +149,15 @@ class FunctionLog:
                 lines = self._within_allowance(request_id, lines)
             if lines:
                 self.records.lines(self.function, request_id, stream, lines)
+
+    def _stamp(self) -> bytes:
+        """The current second in UTC, formatted once a second (strftime and gmtime cost
+        ~1.5 µs, on every write: a platform line or more per invocation)."""
+        now = int(time.time())
+        if now != self._stamp_second:
+            self._stamp_second = now
+            self._stamp_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)).encode()
+        return self._stamp_text
 
     def _within_allowance(self, request_id: str, lines: list[bytes]) -> list[bytes]:
         """The lines the store may still take for this invocation, and the marker line where
@@ -175,6 +193,7 @@ class FunctionLog:
             self._rotate_if_due(len(data))
         self._file.stream.write(data)
         self._unchecked += len(data)
+        self._unflushed = True
 
     def _rotate_if_due(self, incoming: int) -> None:
         """Before `incoming` bytes are written: follow the path if another worker rotated
@@ -204,11 +223,21 @@ class FunctionLog:
             self._next_complaint = now + 60
             log.error("%s: could not write its log file: %s", self.function, exc)
 
-    def flush(self) -> None:
+    def flush(self, now: float | None = None) -> float | None:
+        """Write what the file's buffer holds, unless the last write was less than
+        FILE_FLUSH_INTERVAL ago (`now`: monotonic; None writes at once). Returns the seconds
+        until a write is due while lines wait, else None."""
+        if not self._unflushed:
+            return None
+        if now is not None and now < self._flush_at:
+            return self._flush_at - now
+        self._unflushed = False
+        self._flush_at = (now or time.monotonic()) + FILE_FLUSH_INTERVAL
         try:
             self._file.stream.flush()
         except OSError as exc:
             self._failed(exc)
+        return None
 
     def close(self) -> None:
         self._file.close()

@@ -81,6 +81,7 @@ class Worker:
         # END and REPORT lines of invocations answered this loop turn (request id, lines):
         # written once the turn has drained the log pipes, where their last lines are.
         self.ends: list[tuple[str, list[bytes]]] = []
+        self.log_due: float | None = None   # seconds until the log file's write is due
         self.instances: list[Instance] = []
         self.idle: list[Instance] = []
         # (client, id, payload, monotonic arrival): invocations waiting for an instance
@@ -578,7 +579,7 @@ class Worker:
         self.send_replies()
         if self.ends:
             self.write_ends()
-        self.log.flush()
+        self.log_due = self.log.flush(time.monotonic())
         self.records.flush()
 
     def run(self) -> int:
@@ -598,6 +599,8 @@ class Worker:
                     self.begin_stop()
                 now = time.monotonic()
                 timeout = min(self.check_deadlines(now), self.autoscale(now))
+                if self.log_due is not None:   # lines wait in the log file's buffer
+                    timeout = min(timeout, self.log_due)
                 if self.setups:
                     self.poll_setups()
                     timeout = min(timeout, 0.05)  # setup commands end without a wake-up

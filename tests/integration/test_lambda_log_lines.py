@@ -202,7 +202,7 @@ def test_forged_end_and_report_lines_close_nothing_and_change_no_figure(host):
     assert [x["line"] for x in lines[:-1]] == [
         f"START RequestId: {victim_id} Version: $LATEST", f"begin {victim_id}",
         f"done {victim_id}", f"END RequestId: {victim_id}"]
-    report = check_report(lines[-1]["line"], victim_id, record, cold=False)
+    report = check_report(lines[-1]["line"], victim_id, record, cold=record["cold"])
     assert float(report["duration"]) >= 1500
     assert victim_tail.splitlines()[1:3] == [f"begin {victim_id}", f"done {victim_id}"]
     assert sum(line.startswith("END RequestId") for line in victim_tail.splitlines()) == 1
