@@ -300,8 +300,9 @@ def test_function_output_is_logged_with_request_id(host):
     r = host.invoke("printer")
     rid = r.headers["X-Sora-Request-Id"]
     log = host.base / "state" / "logs" / "printer.log"
-    text = wait_for(lambda: rid in log.read_text() and log.read_text().count(rid) >= 2 and
-                    log.read_text(), what="log lines")
+    # All its lines are in once its REPORT line is (issue 15 point 5).
+    text = wait_for(lambda: f"REPORT RequestId: {rid}" in (x := log.read_text()) and x,
+                    what="log lines")
     lines = [line for line in text.splitlines() if rid in line]
     assert any("stdout" in line and f"hello from {rid}" in line for line in lines)
     assert any("stderr" in line and f"an error line for {rid}" in line for line in lines)
