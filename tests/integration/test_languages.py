@@ -66,7 +66,9 @@ def host(tmp_path_factory):
 
 def log_lines(host, name, request_id, count=1):
     path = host.base / "state" / "logs" / f"{name}.log"
-    text = wait_for(lambda: path.read_text().count(request_id) >= count and path.read_text(),
+    # Its REPORT line comes after all its lines (issue 15 point 5; START holds the id too).
+    text = wait_for(lambda: path.read_text().count(request_id) >= count and
+                    f"REPORT RequestId: {request_id}" in path.read_text() and path.read_text(),
                     what=f"{count} log lines of {request_id}")
     return [line for line in text.splitlines() if request_id in line]
 
