@@ -620,10 +620,14 @@ class LogsConfig:
 
 @dataclass(frozen=True)
 class ApiKey:
-    """One caller's key: only its SHA-256 is kept, and compared in constant time."""
+    """One caller's key. A key sent as it is (`Authorization: Bearer`, `X-Api-Key`) is
+    compared by its SHA-256 `digest`, in constant time; `secret` is the key itself, which
+    checking an AWS Signature Version 4 needs (sora.gateway.sigv4: the name is the access key
+    id, the key the secret access key). Never in a repr, so never in a log or a traceback."""
     name: str
     digest: bytes
     scopes: tuple[str, ...]
+    secret: str = field(default="", repr=False, compare=False)
 
     def allows(self, scope: str, function: str | None = None) -> bool:
         if "admin" in self.scopes:
@@ -929,7 +933,7 @@ def _api_keys(base: str, entries: list[dict], problems: list[str]) -> tuple[ApiK
                             f"{MIN_API_KEY_LENGTH} characters without spaces (the value is not "
                             "shown)")
             continue
-        keys.append(ApiKey(name, key_digest(key), tuple(scopes)))
+        keys.append(ApiKey(name, key_digest(key), tuple(scopes), key))
     return tuple(keys)
 
 

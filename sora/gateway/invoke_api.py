@@ -14,6 +14,8 @@ event and the response body is the function's result, as on Lambda.
   `$LATEST`, any other qualifier is 404.
 - Errors of the API itself follow Lambda's: the type in the `x-amzn-ErrorType` header and the
   body `{"Type": "User", "message": ...}` (with Sora's `errorType`/`errorMessage` beside them).
+  So do its 401 and 403 on a host with keys (sora.gateway.auth), where the SDKs sign their
+  requests with a key (sora.gateway.sigv4).
 """
 from __future__ import annotations
 
@@ -67,6 +69,7 @@ def parse_function_name(raw: str, qualifier: str | None) -> str:
 
 class InvokeResource(InvocationRoute):
     auth_scope = "invoke"
+    refusal_error = InvokeApiError   # 401/403 in Lambda's format, for the SDKs (gateway.auth)
 
     @staticmethod
     def function_of(params: dict) -> str | None:
