@@ -8,6 +8,7 @@
     sora logs NAME [--follow] [--request-id ID]
     sora inspect REQUEST_ID
     sora dlq NAME [--replay [ID ...]] [--discard [ID ...]]
+    sora keys [NAME]                            the host's API keys as AWS credentials
 
 Tables for people, `--json` for scripts. Exit status: 0 success, 1 the function or the API
 reported an error, 2 bad usage or configuration, 3 the host cannot be reached.
@@ -19,6 +20,7 @@ import base64
 import datetime as dt
 import json
 import os
+import shlex
 import sys
 
 from .. import protocol as p
@@ -290,6 +292,46 @@ def cmd_dlq(args) -> int:
     return 0
 
 
+def cmd_keys(args) -> int:
+    """The host config's API keys as AWS credential pairs (a key's name is its access key id,
+    the key its secret access key; sora.gateway.sigv4). Read from the config, not the host:
+    whoever can read the key files can run this."""
+    path = config_path(args.config)
+    if path is None:
+        raise CliError("keys: expected the host config (--config, $SORA_CONFIG or "
+                       "./host-config.yaml), whose auth.apiKeys holds the keys", 2)
+    try:
+        config = load_host_config(path, read_functions=False)
+    except ConfigError as exc:
+        return _invalid(exc, args.json)
+    keys = [k for k in config.apiKeys if args.name in (None, k.name)]
+    if args.name and not keys:
+        raise CliError(f"keys: no key named {args.name!r} in {config.path} auth.apiKeys "
+                       f"(its keys: {', '.join(k.name for k in config.apiKeys) or 'none'})", 2)
+    if args.json:
+        emit_json({"keys": [{"name": k.name, "scopes": list(k.scopes), "accessKeyId": k.name,
+                             "secretAccessKey": k.secret} for k in keys]})
+        return 0
+    if not keys:
+        print(f"{config.path}: no auth.apiKeys, so every route is open and any AWS "
+              "credentials work")
+        return 0
+    if args.name:
+        # For `eval "$(sora keys NAME)"`: boto3, the AWS CLI and the JavaScript SDK read these.
+        key = keys[0]
+        url = Host.from_args(args).url
+        for name, value in (("AWS_ACCESS_KEY_ID", key.name),
+                            ("AWS_SECRET_ACCESS_KEY", key.secret),
+                            ("AWS_REGION", os.environ.get("AWS_REGION", "us-east-1")),
+                            ("AWS_DEFAULT_REGION", os.environ.get("AWS_REGION", "us-east-1")),
+                            ("AWS_ENDPOINT_URL", url), ("SORA_API_KEY", key.secret)):
+            print(f"export {name}={shlex.quote(value)}")
+        return 0
+    table([[k.name, k.secret, ",".join(k.scopes)] for k in keys],
+          ["ACCESS KEY ID (NAME)", "SECRET ACCESS KEY (KEY)", "SCOPES"])
+    return 0
+
+
 # --- parser ---------------------------------------------------------------------------------
 
 def parser() -> argparse.ArgumentParser:
@@ -348,6 +390,10 @@ def parser() -> argparse.ArgumentParser:
     cmd.add_argument("--discard", nargs="*", metavar="ID",
                      help="delete these events for good (all when no ID is given)")
     cmd.add_argument("--limit", type=int, default=50)
+    cmd = command("keys", cmd_keys, "print the host config's API keys as AWS credentials "
+                  "(access key id: the key's name; secret access key: the key); with NAME, "
+                  "as shell exports for eval")
+    cmd.add_argument("name", nargs="?")
     return top
 
 
