@@ -307,7 +307,9 @@ AUTH_SETTINGS = _settings(
             "dead-letter and health-detail routes, and every function); the key itself given "
             "inline (`key`), in a file (`keyFile`, relative to this file) or in a host "
             "environment variable (`keyEnv`). Callers send it as `Authorization: Bearer <key>` "
-            "or `X-Api-Key: <key>`."),
+            "or `X-Api-Key: <key>`, or sign with AWS Signature Version 4 as the AWS SDKs and "
+            "CLI do, with the key's `name` as the access key id and the key as the secret "
+            "access key (`sora keys` prints both)."),
 )
 
 # `invoke:<function>` names a function by the one function-name pattern.
