@@ -320,6 +320,8 @@ def cmd_keys(args) -> int:
         # For `eval "$(sora keys NAME)"`: boto3, the AWS CLI and the JavaScript SDK read these.
         key = keys[0]
         url = Host.from_args(args).url
+        # A session token left from real AWS credentials would be sent along; Sora has none.
+        print("unset AWS_SESSION_TOKEN")
         for name, value in (("AWS_ACCESS_KEY_ID", key.name),
                             ("AWS_SECRET_ACCESS_KEY", key.secret),
                             ("AWS_REGION", os.environ.get("AWS_REGION", "us-east-1")),

@@ -36,8 +36,11 @@ log = logging.getLogger("sora.gateway.auth")
 
 API_KEY_HEADER = "X-Api-Key"
 # The request headers `presented_key` reads (lower case, as in ASGI): Sora's own on a route
-# that needs a key, so they are never passed on to the function (sora.gateway.app).
-CREDENTIAL_HEADERS = frozenset({"authorization", API_KEY_HEADER.lower()})
+# that needs a key, so they are never passed on to the function (sora.gateway.app). With them
+# the session token an AWS SDK sends beside its signature when its environment has one: a real
+# AWS credential's part, never meant for the function.
+CREDENTIAL_HEADERS = frozenset({"authorization", API_KEY_HEADER.lower(),
+                                "x-amz-security-token"})
 
 
 def presented_key(req: falcon.asgi.Request) -> str | None:
