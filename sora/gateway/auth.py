@@ -6,8 +6,9 @@ or `public` (health: open, but its details only for an admin key). A function wi
 `auth: none` in its sora.yaml has a public function URL.
 
 No keys configured: the middleware is not installed at all, so an open host pays nothing per
-request. Keys are kept as SHA-256 digests and compared in constant time, against every key
-(no early exit that would tell which one came close). A refusal is 401 (no key, or an
+request. A key sent as it is (`Authorization: Bearer`, `X-Api-Key`) is compared by its SHA-256
+digest in constant time, against every key (no early exit that would tell which one came
+close). A refusal is 401 (no key, or an
 unknown one; with `WWW-Authenticate`) or 403 (a key without the scope), as JSON, and is logged
 with the key's name, never the key.
 
