@@ -86,15 +86,16 @@ def test_boto3_invokes_with_a_key(host):
 
 
 def test_identical_calls_in_one_second_all_run(host):
-    # boto3 signs host and x-amz-date (to the second) and the body: these three calls carry
-    # one signature. A host that refused a signature it had seen would refuse two of them.
+    # boto3 signs host and x-amz-date (to the second) and the body: identical calls made in
+    # one second carry one signature. A host that refused a signature it had seen would
+    # refuse all but the first of them.
     lam = client(host)
     sent = []
     lam.meta.events.register("before-send", lambda request, **_: sent.append(
         request.headers["Authorization"]))
-    for _ in range(3):
+    while len(sent) < 10 and len(set(sent)) == len(sent):
         assert lam.invoke(FunctionName="echo", Payload=b'{"same": 1}')["StatusCode"] == 200
-    assert len(sent) == 3
+    assert len(set(sent)) < len(sent), "no two calls fell in one second"
 
 
 def test_boto3_reads_and_prints_each_refusal(host):
