@@ -82,20 +82,9 @@ def cmd_validate(args) -> int:
         config = load_host_config(path)
     except ConfigError as exc:
         return _invalid(exc, args.json)
-    functions = [{"name": f.name, "language": f.language, "directory": f.directory}
-                 for f in config.functions]
     broken = [{"name": b.name, "directory": b.directory, "reason": b.reason}
               for b in config.broken]
-    if args.json:
-        emit_json({"valid": not broken, "path": config.path, "functions": functions,
-                   "broken": broken})
-    else:
-        for f in functions:
-            print(f"ok      {f['name']:<24} {f['language']:<8} {f['directory']}")
-        for b in broken:
-            print(f"broken  {b['name']:<24} {b['reason']}")
-        print(f"{config.path}: {len(functions)} function(s) valid, {len(broken)} broken")
-    return 1 if broken else 0
+    return _report_loaded(config.path, config.functions, config.stateDir, broken, args.json)
 
 
 def _validate_function(directory: str, as_json: bool) -> int:
@@ -103,13 +92,32 @@ def _validate_function(directory: str, as_json: bool) -> int:
         fn = load_function_config(directory)
     except ConfigError as exc:
         return _invalid(exc, as_json)
+    return _report_loaded(fn.source, [fn], None, [], as_json)
+
+
+def _report_loaded(path: str, functions: list, state_dir: str | None, broken: list[dict],
+                   as_json: bool) -> int:
+    """Load each function's module as its instances would (sora.worker.runtimes.load_check),
+    so a syntax error or a missing handler is reported now, then print the lot."""
+    from ..worker.runtimes.load_check import check_functions
+    valid = []
+    for fn, loaded in check_functions(functions, state_dir):
+        entry = {"name": fn.name, "language": fn.language, "directory": fn.directory}
+        if loaded.broken:
+            broken.append({**entry, "reason": loaded.reason})
+        else:
+            valid.append({**entry, "loaded": loaded.loaded is True,
+                          **({"note": loaded.reason} if loaded.reason else {})})
     if as_json:
-        emit_json({"valid": True, "path": fn.source, "functions": [
-            {"name": fn.name, "language": fn.language, "directory": fn.directory}],
-            "broken": []})
+        emit_json({"valid": not broken, "path": path, "functions": valid, "broken": broken})
     else:
-        print(f"ok      {fn.name:<24} {fn.language:<8} {fn.directory}")
-    return 0
+        for f in valid:
+            note = f"  ({f['note']})" if "note" in f else ""
+            print(f"ok      {f['name']:<24} {f['language']:<8} {f['directory']}{note}")
+        for b in broken:
+            print(f"broken  {b['name']:<24} {b['reason']}")
+        print(f"{path}: {len(valid)} function(s) valid, {len(broken)} broken")
+    return 1 if broken else 0
 
 
 def _invalid(exc: ConfigError, as_json: bool) -> int:
