@@ -30,6 +30,9 @@ ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 HANDLER_RE = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$]*(\.[A-Za-z_$][A-Za-z0-9_$]*)*$")
 # A folder or file name in a Node.js handler string's path (`src/app.handler`).
 LAMBDA_PATH_PART_RE = re.compile(r"^[A-Za-z0-9_.@-]+$")
+# The extensions Lambda tries for a handler string's file, in its order (aws-lambda-nodejs-
+# runtime-interface-client's UserFunction.js: .js, then .mjs, then .cjs).
+LAMBDA_EXTENSIONS = {"nodejs": (".js", ".mjs", ".cjs"), "python": (".py",)}
 # For the error of a function that names no file: Lambda's handler string, and what it means.
 LAMBDA_HANDLER_EXAMPLES = {
     "nodejs": ("index.handler", "the export handler of index.js, index.mjs or index.cjs"),
@@ -806,7 +809,7 @@ def _resolve_lambda_handler(directory: str, values: dict[str, Any],
     """`handler: index.handler` without `entrypoint`: the file is found as Lambda finds it,
     trying each of the language's extensions in Lambda's order (.js, .mjs, .cjs; .py)."""
     module, export = lambda_form
-    extensions = LANGUAGES[values["language"]]
+    extensions = LAMBDA_EXTENSIONS[values["language"]]
     try:
         module = _relative_file(module)
     except _Invalid as exc:
@@ -815,9 +818,10 @@ def _resolve_lambda_handler(directory: str, values: dict[str, Any],
     found = next((module + ext for ext in extensions
                   if os.path.isfile(os.path.join(directory, module + ext))), None)
     if found is None:
-        problems.append(f"handler: expected the file {' or '.join(module + e for e in extensions)} "
-                        f"in {directory} (handler {values['handler']!r} names it), got none "
-                        f"(not found)")
+        files = [module + ext for ext in extensions]
+        files = ", ".join(files[:-1]) + " or " + files[-1] if len(files) > 1 else files[0]
+        problems.append(f"handler: expected the file {files} in {directory} (handler "
+                        f"{values['handler']!r} names it), got none (not found)")
         return
     values["entrypoint"], values["handler"] = found, export
 
