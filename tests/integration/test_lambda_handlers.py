@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import SoraHost, json_of, wait_for, write_function
+from tests.support import SoraHost, json_of, processes_in, wait_for, write_function
 
 pytestmark = pytest.mark.integration
 
@@ -184,3 +184,39 @@ def test_thrown_errors_carry_no_sora_frames_and_python_logs_them_as_lambda(host)
                     logged.read_text(), what="the traceback in the log file")
     assert "bootstrap.py" not in text and SORA_PACKAGE not in text
     assert os.path.basename(SORA_PACKAGE) + "/worker" not in text
+
+
+def test_validate_notes_a_load_error_setup_may_fix_and_reports_it_without_setup(tmp_path):
+    """A module whose dependency `setup` installs cannot load before setup has run: a note,
+    not broken; the same module without setup fails as its instances would."""
+    code = {"index.js": "const pad = require('left-pad');\nexports.handler = async () => 1;\n"}
+    later = write_function(tmp_path, "later", code, name="later", entrypoint=None,
+                           handler="index.handler", setup=["npm install left-pad"])
+    never = write_function(tmp_path, "never", code, name="never", entrypoint=None,
+                           handler="index.handler")
+    ran = subprocess.run([str(BIN / "sora"), "validate", str(later), "--json"],
+                         capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    (fn,) = json.loads(ran.stdout)["functions"]
+    assert fn["loaded"] is False and "setup has not run" in fn["note"]
+    assert "Cannot find module 'left-pad'" in fn["note"]
+    ran = subprocess.run([str(BIN / "sora"), "validate", str(never), "--json"],
+                         capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 1, ran.stdout + ran.stderr
+    (broken,) = json.loads(ran.stdout)["broken"]
+    assert "cannot load index.js: Runtime.ImportModuleError: Error: Cannot find module " \
+           "'left-pad'" in broken["reason"]
+    assert "Require stack:\n- index.js" in broken["reason"]
+    assert "bootstrap.cjs" not in broken["reason"] and SORA_PACKAGE not in broken["reason"]
+
+
+def test_the_load_check_leaves_nothing_running(tmp_path):
+    spawns = write_function(tmp_path, "spawns", {"index.js": (
+        "require('child_process').spawn('sleep', ['300'], { stdio: 'ignore' });\n"
+        "exports.handler = async () => 1;\n")}, name="spawns", entrypoint=None,
+        handler="index.handler")
+    ran = subprocess.run([str(BIN / "sora"), "validate", str(spawns), "--json"],
+                         capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert json.loads(ran.stdout)["functions"][0]["loaded"] is True
+    wait_for(lambda: not processes_in(spawns), timeout=5, what="no process left in the folder")
