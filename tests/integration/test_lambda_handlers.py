@@ -104,8 +104,7 @@ def test_handlers_written_as_aws_documents_them_serve(host):
     for name, (files, _) in GOOD.items():
         r = host.invoke(name)
         assert r.status_code == 200, (name, r.text)
-        expected = next(iter(files)) if name != "lam-py-nested" else "src/app.py"
-        assert json_of(r) == {"from": expected}, name
+        assert json_of(r) == {"from": next(iter(files))}, name
 
 
 def test_load_errors_are_reported_before_serving_with_file_line_and_column(host):
