@@ -219,3 +219,15 @@ def test_the_load_check_leaves_nothing_running(tmp_path):
     assert ran.returncode == 0, ran.stdout + ran.stderr
     assert json.loads(ran.stdout)["functions"][0]["loaded"] is True
     wait_for(lambda: not processes_in(spawns), timeout=5, what="no process left in the folder")
+
+
+def test_no_load_checks_the_config_alone(tmp_path):
+    broken = write_function(tmp_path, "syntax", {"index.js": "exports.handler = (;\n"},
+                            name="syntax", entrypoint=None, handler="index.handler")
+    ran = subprocess.run([str(BIN / "sora"), "validate", str(broken), "--no-load", "--json"],
+                         capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert json.loads(ran.stdout)["functions"][0]["note"] == "not loaded: --no-load"
+    ran = subprocess.run([str(BIN / "sora"), "validate", str(broken)], capture_output=True,
+                         text=True, timeout=60)
+    assert ran.returncode == 1 and "index.js:1:" in ran.stdout, ran.stdout + ran.stderr
