@@ -86,9 +86,10 @@ def check_load(fn: FunctionConfig, setup_ran: bool, timeout: float = LOAD_TIMEOU
     reason = f"{fn.source}: cannot load {fn.entrypoint}: {error_type}: {message}"
     if error_type in CODE_ERRORS or complete:
         return LoadResult(False, reason)
-    missing = "setup has not run on the folder as it is" if not setup_ran else \
-        "its secrets are not given to the check"
-    return LoadResult(None, f"not loaded as an instance would be ({missing}): {reason}")
+    missing = "setup has not run on the folder as it is yet; without it" if not setup_ran \
+        else "its secrets are not given to the check; without them"
+    first_line = message.splitlines()[0] if message else ""
+    return LoadResult(None, f"{missing}: {error_type}: {first_line}")
 
 
 def _run(argv: list[str], env: dict[str, str], cwd: str,
