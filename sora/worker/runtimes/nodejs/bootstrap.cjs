@@ -109,10 +109,17 @@ function sendAnswer(line) {
 process.on('exit', flushOutbox);
 
 // A stack's lines without this shim's own frames (and its line in a "Require stack"): they
-// are not the function's, and they would show the caller where Sora is installed.
+// are not the function's, and they would show the caller where Sora is installed. The frames
+// below the first of the shim's are how Node called the shim (stdin's events, timers): they go
+// too.
 function functionTrace(stack) {
-  return typeof stack === 'string'
-    ? stack.split('\n').filter((line) => !line.includes(__filename)) : [];
+  if (typeof stack !== 'string') return [];
+  const lines = [];
+  for (const line of stack.split('\n')) {
+    if (!line.includes(__filename)) lines.push(line);
+    else if (/^\s+at /.test(line)) break;
+  }
+  return lines;
 }
 
 function errorPayload(err) {
