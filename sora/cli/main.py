@@ -79,39 +79,51 @@ def cmd_init(args) -> int:
 def cmd_validate(args) -> int:
     path = args.path or config_path(args.config) or "."
     if os.path.isdir(path):
-        return _validate_function(path, args.json)
+        return _validate_function(path, args.json, not args.no_load)
     try:
         config = load_host_config(path)
     except ConfigError as exc:
         return _invalid(exc, args.json)
-    functions = [{"name": f.name, "language": f.language, "directory": f.directory}
-                 for f in config.functions]
     broken = [{"name": b.name, "directory": b.directory, "reason": b.reason}
               for b in config.broken]
-    if args.json:
-        emit_json({"valid": not broken, "path": config.path, "functions": functions,
-                   "broken": broken})
-    else:
-        for f in functions:
-            print(f"ok      {f['name']:<24} {f['language']:<8} {f['directory']}")
-        for b in broken:
-            print(f"broken  {b['name']:<24} {b['reason']}")
-        print(f"{config.path}: {len(functions)} function(s) valid, {len(broken)} broken")
-    return 1 if broken else 0
+    return _report_loaded(config.path, config.functions, config.stateDir, broken, args.json,
+                          not args.no_load)
 
 
-def _validate_function(directory: str, as_json: bool) -> int:
+def _validate_function(directory: str, as_json: bool, load: bool) -> int:
     try:
         fn = load_function_config(directory)
     except ConfigError as exc:
         return _invalid(exc, as_json)
+    return _report_loaded(fn.source, [fn], None, [], as_json, load)
+
+
+def _report_loaded(path: str, functions: list, state_dir: str | None, broken: list[dict],
+                   as_json: bool, load: bool) -> int:
+    """Load each function's module as its instances would (sora.worker.runtimes.load_check;
+    not with `load` false), so a syntax error or a missing handler is reported now, then
+    print the lot."""
+    from ..worker.runtimes.load_check import LoadResult, check_functions
+    valid = []
+    checked = check_functions(functions, state_dir) if load else \
+        [(fn, LoadResult(None, "not loaded: --no-load")) for fn in functions]
+    for fn, loaded in checked:
+        entry = {"name": fn.name, "language": fn.language, "directory": fn.directory}
+        if loaded.broken:
+            broken.append({**entry, "reason": loaded.reason})
+        else:
+            valid.append({**entry, "loaded": loaded.loaded is True,
+                          **({"note": loaded.reason} if loaded.reason else {})})
     if as_json:
-        emit_json({"valid": True, "path": fn.source, "functions": [
-            {"name": fn.name, "language": fn.language, "directory": fn.directory}],
-            "broken": []})
+        emit_json({"valid": not broken, "path": path, "functions": valid, "broken": broken})
     else:
-        print(f"ok      {fn.name:<24} {fn.language:<8} {fn.directory}")
-    return 0
+        for f in valid:
+            note = f"  ({f['note']})" if "note" in f else ""
+            print(f"ok      {f['name']:<24} {f['language']:<8} {f['directory']}{note}")
+        for b in broken:
+            print(f"broken  {b['name']:<24} {b['reason']}")
+        print(f"{path}: {len(valid)} function(s) valid, {len(broken)} broken")
+    return 1 if broken else 0
 
 
 def _invalid(exc: ConfigError, as_json: bool) -> int:
@@ -368,6 +380,8 @@ def parser() -> argparse.ArgumentParser:
                   f"check a host config or a function folder ({FUNCTION_FILE})")
     cmd.add_argument("path", nargs="?", help="host-config.yaml or a function folder "
                      "(default: the host config, else .)")
+    cmd.add_argument("--no-load", action="store_true", help="check the config only: do not "
+                     "load each function's module (in its sandbox) to find load errors")
     command("ls", cmd_ls, "list functions: state, instances, queued and dead events")
     cmd = command("invoke", cmd_invoke, "invoke a function and print its result")
     cmd.add_argument("name", nargs="?")
