@@ -226,6 +226,7 @@ class Arbiter:
         for proc in children:
             if proc.pid in known:
                 continue
+            name = _name_of(proc)   # before it is killed: a zombie has no name to read
             try:
                 group = os.getpgid(proc.pid)
                 if group != own_group:
@@ -236,8 +237,8 @@ class Arbiter:
             try:
                 os.waitpid(proc.pid, 0)
                 log.log(logging.DEBUG if expected else logging.INFO,
-                        "reaped orphaned process %d (%s)%s", proc.pid, _name_of(proc),
-                        "" if expected else ": it outlived its parent, a function's process")
+                        "reaped orphaned process %d (%s)%s", proc.pid, name,
+                        "" if expected else ", left behind by a process that exited")
             except ChildProcessError:
                 pass
 

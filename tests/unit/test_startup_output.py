@@ -3,6 +3,7 @@ tests/integration/test_startup.py runs them on a real host)."""
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import subprocess
 import sys
@@ -117,3 +118,26 @@ def test_log_lines_show_the_whole_request_id():
     shown = [cli.log_line({"time": 0.0, "requestId": i, "stream": "stdout", "line": "x"})
              .split()[1] for i in ids]
     assert shown == ids
+
+
+def test_orphans_are_reaped_quietly_after_an_exit_and_told_otherwise(tmp_path, caplog):
+    from sora.supervisor import arbiter as a
+    arbiter = a.Arbiter(config(tmp_path, http=8080))
+
+    def orphan() -> int:
+        # Our child but none of the arbiter's: as a process re-parented to the supervisor.
+        return subprocess.Popen(["sleep", "60"], start_new_session=True).pid
+
+    caplog.set_level(logging.DEBUG, logger="sora.supervisor")
+    quiet = orphan()
+    arbiter._last_exit_at = a.time.monotonic()   # one of its children has just exited
+    arbiter.reap_orphans()
+    told = orphan()
+    arbiter._last_exit_at = a.time.monotonic() - a.ORPHANS_EXPECTED_FOR - 1
+    arbiter.reap_orphans()
+    levels = {r.getMessage(): r.levelno for r in caplog.records if "reaped" in r.getMessage()}
+    assert levels == {f"reaped orphaned process {quiet} (sleep)": logging.DEBUG,
+                      f"reaped orphaned process {told} (sleep), left behind by a process "
+                      "that exited": logging.INFO}
+    os.close(arbiter._wake_r)
+    os.close(arbiter._wake_w)
