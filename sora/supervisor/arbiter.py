@@ -207,9 +207,11 @@ class Arbiter:
         """Kill and reap processes that were re-parented to us (we are a subreaper).
 
         Expected, and logged at debug: what a child of ours that just exited left (a worker's
-        runtimes, a setup's stragglers) and what is left while the host stops. Otherwise a
-        process outlived its parent with none of ours exiting (a function's runtime that
-        daemonized a child): that is told at info."""
+        runtimes, a setup's stragglers), what is left while the host stops, and bubblewrap's
+        init (it outlives the bwrap that started it by a moment whenever a sandboxed command
+        ends, e.g. each confined rsync of a setup). Otherwise a process outlived its parent
+        with none of ours exiting (a function's runtime that daemonized a child): that is
+        told at info. (A process can name itself "bwrap": that changes a log level only.)"""
         expected = self.stopping or \
             time.monotonic() - self._last_exit_at < ORPHANS_EXPECTED_FOR
         own_group = os.getpgid(0)
@@ -236,9 +238,10 @@ class Arbiter:
                 pass
             try:
                 os.waitpid(proc.pid, 0)
-                log.log(logging.DEBUG if expected else logging.INFO,
+                log.log(logging.DEBUG if expected or name == "bwrap" else logging.INFO,
                         "reaped orphaned process %d (%s)%s", proc.pid, name,
-                        "" if expected else ", left behind by a process that exited")
+                        "" if expected or name == "bwrap" else
+                        ", left behind by a process that exited")
             except ChildProcessError:
                 pass
 
