@@ -120,13 +120,22 @@ def test_log_lines_show_the_whole_request_id():
     assert shown == ids
 
 
-def test_orphans_are_reaped_quietly_after_an_exit_and_told_otherwise(tmp_path, caplog):
+def test_orphans_are_reaped_quietly_after_an_exit_and_told_otherwise(tmp_path, caplog,
+                                                                     monkeypatch):
     from sora.supervisor import arbiter as a
     arbiter = a.Arbiter(config(tmp_path, http=8080))
+    made: list[int] = []
+    real_process = a.psutil.Process
+
+    class OurProcess:   # the sweep sees only the orphans made here, not pytest's children
+        def children(self):
+            return [real_process(pid) for pid in made if a.psutil.pid_exists(pid)]
+    monkeypatch.setattr(a.psutil, "Process", OurProcess)
 
     def orphan() -> int:
         # Our child but none of the arbiter's: as a process re-parented to the supervisor.
-        return subprocess.Popen(["sleep", "60"], start_new_session=True).pid
+        made.append(subprocess.Popen(["sleep", "60"], start_new_session=True).pid)
+        return made[-1]
 
     caplog.set_level(logging.DEBUG, logger="sora.supervisor")
     quiet = orphan()
