@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import time
 
 import psutil
 
@@ -25,6 +26,9 @@ from ..config import HostConfig
 
 # gunicorn's own default listen backlog (`backlog` in gunicorn_conf is the same).
 BACKLOG = 2048
+# A taken port is tried again for this long: a host restarted right after a `kill -9` finds
+# its old gateways still holding it for the moment they take to die with it (PDEATHSIG).
+BUSY_GRACE = 1.0
 
 
 class ListenerUnavailable(Exception):
@@ -58,23 +62,31 @@ def bind_all(config: HostConfig) -> dict[str, socket.socket]:
 def bind_one(config: HostConfig, name: str, port: int) -> socket.socket:
     host = config.server.bind
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        # As gunicorn sets it: a port whose last connections are in TIME_WAIT (a restart of
-        # the host) can be bound again at once.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(BACKLOG)
-    except OSError as exc:
-        sock.close()
-        setting = f"{config.path}: server.{name}Port"
-        if exc.errno == errno.EADDRINUSE:
-            raise ListenerUnavailable(
-                f"{setting}: expected a free port, but {host}:{port} is already in use by "
-                f"{holder_of(port)}") from None
-        raise ListenerUnavailable(f"{setting}: cannot listen on {host}:{port} "
-                                  f"({exc.strerror or exc})") from None
-    return sock
+    deadline = time.monotonic() + BUSY_GRACE
+    while True:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            # As gunicorn sets it: a port whose last connections are in TIME_WAIT (a restart
+            # of the host) can be bound again at once.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(BACKLOG)
+            return sock
+        except OSError as exc:
+            sock.close()
+            if exc.errno != errno.EADDRINUSE or time.monotonic() >= deadline:
+                raise _unavailable(config, name, host, port, exc) from None
+        time.sleep(0.1)
+
+
+def _unavailable(config: HostConfig, name: str, host: str, port: int,
+                 exc: OSError) -> ListenerUnavailable:
+    setting = f"{config.path}: server.{name}Port"
+    if exc.errno == errno.EADDRINUSE:
+        return ListenerUnavailable(f"{setting}: expected a free port, but {host}:{port} is "
+                                   f"already in use by {holder_of(port)}")
+    return ListenerUnavailable(f"{setting}: cannot listen on {host}:{port} "
+                               f"({exc.strerror or exc})")
 
 
 def holder_of(port: int) -> str:
