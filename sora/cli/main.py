@@ -2,7 +2,7 @@
 
     sora init NAME --language nodejs|python     a new function folder
     sora validate [PATH]                        a host config or a function folder
-    sora ls                                     functions, their state, instances, events
+    sora ls [--wide]                            functions, their state, instances, events
     sora invoke NAME [--data JSON|@FILE|-] [--async] [--log]
     sora invoke --local DIR [--data ...] [--log]    once, without a host
     sora logs NAME [--follow] [--request-id ID]
@@ -21,7 +21,9 @@ import datetime as dt
 import json
 import os
 import shlex
+import shutil
 import sys
+import textwrap
 
 from .. import protocol as p
 from ..config import (FUNCTION_FILE, LANGUAGES, ConfigError, load_function_config,
@@ -37,12 +39,45 @@ def emit_json(value) -> None:
     print(json.dumps(value, indent=2))
 
 
-def table(rows: list[list], headers: list[str]) -> None:
+# Below this much room beside the other columns, the last column goes under its row instead.
+MIN_WRAPPED_WIDTH = 30
+UNDER_INDENT = "    "
+
+
+def table(rows: list[list], headers: list[str], wrap_at: int | None = None) -> None:
+    """Columns padded to their widest cell. With `wrap_at` (the terminal's width), the last
+    column is wrapped to fit, never cut: beside the others while it has MIN_WRAPPED_WIDTH
+    there, else on lines of its own under its row."""
     cells = [[str("-" if c is None else c) for c in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h)
               for i, h in enumerate(headers)]
-    for row in [headers, *cells]:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    indent = sum(widths[:-1]) + 2 * (len(widths) - 1)
+    beside = wrap_at is None or wrap_at - indent >= MIN_WRAPPED_WIDTH
+    for n, row in enumerate([headers, *cells]):
+        lead = "  ".join(c.ljust(w) for c, w in zip(row[:-1], widths))
+        last = row[-1].replace("\n", " ")
+        if wrap_at is None:
+            print(f"{lead}  {last}".rstrip())
+        elif beside:
+            parts = textwrap.wrap(last, wrap_at - indent, break_on_hyphens=False) or [""]
+            print(f"{lead}  {parts[0]}".rstrip())
+            for part in parts[1:]:
+                print(" " * indent + part)
+        else:
+            print(lead.rstrip())
+            if n and last not in ("", "-"):
+                for part in textwrap.wrap(f"{headers[-1].lower()}: {last}",
+                                          max(wrap_at - len(UNDER_INDENT), 20),
+                                          break_on_hyphens=False):
+                    print(UNDER_INDENT + part)
+
+
+def terminal_width() -> int | None:
+    """The width to wrap tables at: the terminal's, or $COLUMNS; None (no wrapping) when the
+    output goes to a pipe or file and $COLUMNS is not set."""
+    if "COLUMNS" not in os.environ and not sys.stdout.isatty():
+        return None
+    return shutil.get_terminal_size().columns
 
 
 def when(epoch: float | None) -> str:
@@ -58,7 +93,9 @@ def short(text: str | None, width: int = 60) -> str:
 
 
 def log_line(line: dict) -> str:
-    return f"{when(line['time'])}  {line['requestId'][:8]}  {line['stream']:<6}  {line['line']}"
+    # The whole id: a UUIDv7's first 8 characters are its time, the same for every call made
+    # in the same ~65 s, and the whole id is what `sora inspect` and --request-id take.
+    return f"{when(line['time'])}  {line['requestId']}  {line['stream']:<6}  {line['line']}"
 
 
 # --- commands -------------------------------------------------------------------------------
@@ -142,9 +179,9 @@ def cmd_ls(args) -> int:
         return 0
     rows = [[f["name"], f["state"], f.get("instances"), f.get("language"),
              f["events"]["queued"], f["events"]["leased"], f["events"]["dead"],
-             short(f.get("reason"), 50)] for f in body["functions"]]
+             f.get("reason") or ""] for f in body["functions"]]
     table(rows, ["NAME", "STATE", "INSTANCES", "LANGUAGE", "QUEUED", "RUNNING", "DEAD",
-                 "REASON"])
+                 "REASON"], wrap_at=None if args.wide else terminal_width())
     return 0
 
 
@@ -382,7 +419,9 @@ def parser() -> argparse.ArgumentParser:
                      "(default: the host config, else .)")
     cmd.add_argument("--no-load", action="store_true", help="check the config only: do not "
                      "load each function's module (in its sandbox) to find load errors")
-    command("ls", cmd_ls, "list functions: state, instances, queued and dead events")
+    cmd = command("ls", cmd_ls, "list functions: state, instances, queued and dead events")
+    cmd.add_argument("--wide", action="store_true",
+                     help="one line per function: the reason is not wrapped to the terminal")
     cmd = command("invoke", cmd_invoke, "invoke a function and print its result")
     cmd.add_argument("name", nargs="?")
     cmd.add_argument("--data", "-d", help="the event: JSON, @file, or - for standard input")

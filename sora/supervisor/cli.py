@@ -48,13 +48,14 @@ def check(args: argparse.Namespace) -> int:
 
 def start(args: argparse.Namespace) -> int:
     from .arbiter import Arbiter, StateDirBusy  # imported late: `check` needs none of it
+    from .listeners import ListenerUnavailable
 
     config = _load(args.config)
     if config is None:
         return EXIT_CONFIG_ERROR
     try:
         return Arbiter(config).run()
-    except StateDirBusy as exc:
+    except (StateDirBusy, ListenerUnavailable) as exc:
         print(f"sora: {exc}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
 

@@ -205,6 +205,12 @@ class SetupRun:
                 preexec_fn=die_with_parent)   # dies with the supervisor
         self.deadline = time.monotonic() + self.fn.setupTimeout
 
+    @property
+    def current_command(self) -> str | None:
+        """The command running now, as its log names it (for the start-up progress lines)."""
+        running = self.outcome is None and self.proc is not None and 0 <= self.index
+        return self.steps[self.index][0] if running and self.index < len(self.steps) else None
+
     def poll(self) -> SetupOutcome | None:
         if self.outcome is not None:
             return self.outcome
