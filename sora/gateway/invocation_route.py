@@ -5,8 +5,8 @@ from __future__ import annotations
 from .. import protocol as p
 from ..config import HostConfig
 from ..events.intake import EventIntake, EventNotStored, LowDisk, QueueFull
-from .error_detail import FULL, ErrorDetail, unavailable_message
 from .client import BROKER_SLACK, BrokerClient, BrokerUnavailable, broker_waits
+from .error_detail import FULL, ErrorDetail, unavailable_message
 from .errors import SoraError
 
 RETRY_AFTER = "1"
