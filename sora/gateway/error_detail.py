@@ -16,6 +16,7 @@ Only failures pass through here: a successful call never pays for any of it.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from http import HTTPStatus
 
@@ -39,10 +40,15 @@ class ErrorDetail:
     def __init__(self, level: str, roots: list[tuple[str, str]]):
         """`roots`: (path, name shown instead), any order."""
         self.level = level
-        # Longest first, so a function folder inside the config's folder gets its own name.
+        # Longest first, so a function folder inside the config's folder gets its own name;
+        # a path counts only as a whole (`/srv/fns/echo` is not in `/srv/fns/echo-data`).
         self.roots = sorted({(path.rstrip(os.sep), shown) for path, shown in roots
                              if len(path.rstrip(os.sep)) > 1},
                             key=lambda root: len(root[0]), reverse=True)
+        self.shown = dict(self.roots)
+        self.pattern = re.compile(
+            "(?:" + "|".join(re.escape(path) for path, _ in self.roots) + r")(?![\w@+-]|\.\w)"
+        ) if self.roots else None
 
     @classmethod
     def of(cls, config: HostConfig) -> "ErrorDetail":
@@ -60,10 +66,9 @@ class ErrorDetail:
 
     def redact(self, text: str) -> str:
         """`text` with every known host path replaced by its short name."""
-        for path, shown in self.roots:
-            if path in text:
-                text = text.replace(path, shown)
-        return text
+        if self.pattern is None:
+            return text
+        return self.pattern.sub(lambda match: self.shown[match.group(0)], text)
 
     def message(self, function: str, error_type: str, message: str) -> str:
         """The errorMessage a caller gets under `message` (and the Invoke API, for Sora's

@@ -155,6 +155,9 @@ def test_redact_replaces_the_longest_known_path_first():
     assert detail.redact("at /srv/fns/echo/index.js and /srv/host-config.yaml, "
                          "/var/lib/sora/setup/echo.log") == (
         "at ./index.js and <config>/host-config.yaml, <stateDir>/setup/echo.log")
+    # Only whole names: another folder that starts the same is the config's, not the function.
+    assert detail.redact("/srv/fns/echo-data/x and /srv/fns/echo.bak, in /srv/fns/echo.") == (
+        "<config>/fns/echo-data/x and <config>/fns/echo.bak, in ..")
 
 
 def test_the_worker_checks_a_function_url_result_as_the_gateway_would():
