@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -123,6 +125,23 @@ def test_each_failure_of_a_function_url_call_is_recorded_as_the_caller_got_it(ho
     assert ok.status_code == 200 and ok.text == "fine"
     record = check_agrees(host, ok.headers["X-Sora-Request-Id"], (None, None), "ok", "http")
     assert "error type" not in inspect(host, record["requestId"])
+
+
+def test_a_call_lost_with_its_worker_is_recorded_as_the_caller_got_it(host):
+    """The broker answers and records it (the worker cannot)."""
+    with ThreadPoolExecutor(1) as pool:
+        call = pool.submit(host.invoke, "truth", params={"kind": "hang"})
+        wait_for(lambda: host.function_state("truth").get("inFlight"), 10,
+                 what="the call to be in flight")
+        worker = host.function_state("truth")["pid"]
+        os.kill(worker, signal.SIGKILL)
+        r = call.result(timeout=30)
+    body = json_of(r)
+    assert (r.status_code, body["errorType"]) == (502, "Sora.WorkerLost"), body
+    check_agrees(host, r.headers["X-Sora-Request-Id"],
+                 (body["errorType"], body["errorMessage"]), "crashed", "http")
+    wait_for(lambda: (state := host.function_state("truth"))["state"] == "RUNNING" and
+             state["pid"] != worker, 30, what="a new worker")
 
 
 def test_an_invoke_api_failure_is_recorded_as_the_caller_got_it(host):
