@@ -287,6 +287,17 @@ SERVER_SETTINGS = _settings(
             "stored (the Invoke API's body, or a function URL's event as JSON); a larger one "
             "gets 413 `RequestEntityTooLargeException` and nothing is stored. Default 256 KiB, "
             "Lambda's limit for `Event` invocations."),
+    Setting("errorDetail", _one_of(("full", "message", "none"), "one of: full (errorType, "
+            "errorMessage and the stack trace), message (errorType and errorMessage), none "
+            "(a plain `Internal Server Error`)"), "message",
+            "What a function URL caller sees of a failure: `message` gives JSON `errorType` "
+            "and `errorMessage`, host paths (the function's folder, Sora's, the state dir, "
+            "the config's) replaced and the reasons of a function that cannot start left out; "
+            "`none` gives Lambda function URLs' plain text `Internal Server Error` (502; other "
+            "5xx their reason phrase); `full` adds the stack trace and leaves everything as "
+            "the function and the host wrote it (for development: `examples/` sets it). The "
+            "Invoke API keeps Lambda's error payload whatever this says. Logs and `/healthz` "
+            "keep every detail."),
 )
 
 HOST_SETTINGS = _settings(
@@ -618,6 +629,7 @@ class ServerConfig:
     headerTimeout: float = 10.0
     bodyTimeout: float = 30.0
     maxEventBytes: int = SERVER_SETTINGS["maxEventBytes"].default
+    errorDetail: str = SERVER_SETTINGS["errorDetail"].default
 
 
 @dataclass(frozen=True)

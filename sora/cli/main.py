@@ -288,7 +288,8 @@ def cmd_inspect(args) -> int:
               ("status", item["status"]), ("trigger", item.get("trigger")),
               ("version", item.get("version")), ("start", when(item.get("start"))),
               ("duration", f"{item['durationMs']} ms" if "durationMs" in item else None),
-              ("cold start", item.get("cold")), ("error type", item.get("errorType"))]
+              ("cold start", item.get("cold")), ("error type", item.get("errorType")),
+              ("error message", item.get("errorMessage"))]
     event = item.get("event")
     if event:
         fields += [("event state", event["state"]), ("attempts", event["attempts"]),

@@ -26,7 +26,8 @@ CREATE TABLE IF NOT EXISTS invocations (
     duration_ms REAL NOT NULL,
     status      TEXT NOT NULL,                -- ok | error | timeout | crashed
     error_type  TEXT,
-    cold        INTEGER NOT NULL              -- 1: the instance's first invocation
+    cold        INTEGER NOT NULL,             -- 1: the instance's first invocation
+    error_message TEXT                        -- what the caller's errorMessage said
 );
 CREATE INDEX IF NOT EXISTS invocations_by_function ON invocations (function, id);
 CREATE INDEX IF NOT EXISTS invocations_by_start ON invocations (start);
@@ -120,7 +121,22 @@ def connect(state_dir: str) -> sqlite3.Connection:
     """A connection to the records store; creates the file and tables if needed."""
     # Records may lose the last moments before a power cut (never on a process crash): NORMAL
     # is WAL's durable-against-crashes setting and keeps commits off fsync's path.
-    return _open(db_path(state_dir), SCHEMA, "NORMAL", BUSY_TIMEOUT_MS)
+    conn = _open(db_path(state_dir), SCHEMA, "NORMAL", BUSY_TIMEOUT_MS)
+    _add_columns(conn, "invocations", {"error_message": "TEXT"})
+    return conn
+
+
+def _add_columns(conn: sqlite3.Connection, table: str, columns: dict[str, str]) -> None:
+    """Add the columns a store made by an older Sora lacks (CREATE TABLE IF NOT EXISTS keeps
+    the old table as it was)."""
+    have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+    for name, decl in columns.items():
+        if name not in have:
+            try:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
+            except sqlite3.OperationalError as exc:   # another process added it meanwhile
+                if "duplicate column" not in str(exc):
+                    raise
 
 
 def connect_queue(state_dir: str, busy_ms: int = BUSY_TIMEOUT_MS, synchronous: str = "FULL",

@@ -37,12 +37,13 @@ waiting for them forever.
 
 Lines: joined by "\\n", fields by "\\t" (a log line's text is the last field, so it may hold
 tabs; it never holds a newline):
-    R <request id> <function> <version> <trigger> <start> <duration ms> <status> <error type|-> <cold 0/1>
+    R <request id> <function> <version> <trigger> <start> <duration ms> <status> <error type|-> <cold 0/1> <error message as a JSON string|->
     L <function> <request id> <time> <stream> <text>
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -78,6 +79,8 @@ UNACKED_MAX_BYTES = 32 << 20
 # How long the store remembers a sender's last batch after its last one: only a sender that
 # still holds a batch the recorder committed can resend it, and it does so within seconds.
 SENDER_MEMORY_SECONDS = 86_400.0
+# The part of an error message a record keeps (a function may throw megabytes).
+MAX_ERROR_MESSAGE = 4096
 # How long a stopping worker waits for the recorder to acknowledge its last batches.
 CLOSE_WAIT = 2.0
 
@@ -125,11 +128,15 @@ class RecordSender:
 
     def record(self, request_id: bytes, function: bytes, trigger: bytes, start: float,
                duration_ms: float, status: bytes, error_type: str | None, cold: bool,
-               version: bytes = b"$LATEST") -> None:
-        """One finished invocation (bytes where the worker has bytes: this is per request)."""
-        self.batch.append(b"R\t%s\t%s\t%s\t%s\t%.6f\t%.3f\t%s\t%s\t%d" % (
+               version: bytes = b"$LATEST", error_message: str | None = None) -> None:
+        """One finished invocation (bytes where the worker has bytes: this is per request).
+        `error_message` is what the caller's errorMessage said (its first
+        MAX_ERROR_MESSAGE characters), escaped as JSON so that its tabs and newlines stay."""
+        self.batch.append(b"R\t%s\t%s\t%s\t%s\t%.6f\t%.3f\t%s\t%s\t%d\t%s" % (
             request_id, function, version, trigger, start, duration_ms, status,
-            _text(error_type) if error_type else b"-", cold))
+            _text(error_type) if error_type else b"-", cold,
+            b"-" if error_message is None else
+            json.dumps(error_message[:MAX_ERROR_MESSAGE]).encode()))
 
     def lines(self, function: str, request_id: str, stream: str, lines: list[bytes]) -> None:
         head = b"L\t%s\t%s\t%.6f\t%s\t" % (function.encode(), request_id.encode(), time.time(),
@@ -226,7 +233,8 @@ def parse(message: bytes, records: list[tuple], lines: list[tuple]) -> None:
             if kind == b"R\t":
                 f = item.decode("utf-8", "replace").split("\t")
                 records.append((f[1], f[2], f[3], f[4], float(f[5]), float(f[6]), f[7],
-                                None if f[8] == "-" else f[8], int(f[9])))
+                                None if f[8] == "-" else f[8], int(f[9]),
+                                None if len(f) < 11 or f[10] == "-" else json.loads(f[10])))
             elif kind == b"L\t":
                 _, fn, rid, at, stream, text = item.split(b"\t", 5)
                 lines.append((fn.decode(), rid.decode(), float(at), stream.decode(),

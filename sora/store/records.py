@@ -16,7 +16,7 @@ STATUSES = ("ok", "error", "timeout", "crashed")
 def commit(conn: sqlite3.Connection, records: list[tuple], lines: list[tuple],
            batches: dict[bytes, int] | None = None) -> None:
     """Write a batch in one transaction: record rows (request id, function, version, trigger,
-    start, duration ms, status, error type, cold) and log lines (function, request id, time,
+    start, duration ms, status, error type, cold, error message) and log lines (function, request id, time,
     stream, text), as `recorder.parse` makes them, and the last batch of each sender they came
     from (`batches`: sender key -> seq), so that none of those batches is stored again."""
     if not records and not lines and not batches:
@@ -32,8 +32,8 @@ def commit(conn: sqlite3.Connection, records: list[tuple], lines: list[tuple],
         conn.executemany("INSERT INTO log_lines (function, request_id, time, stream, line) "
                          "VALUES (?, ?, ?, ?, ?)", lines)
         conn.executemany("INSERT OR REPLACE INTO invocations (request_id, function, version, "
-                         "trigger, start, duration_ms, status, error_type, cold) "
-                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", records)
+                         "trigger, start, duration_ms, status, error_type, cold, "
+                         "error_message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", records)
 
 
 def last_batches(conn: sqlite3.Connection) -> dict[bytes, int]:
@@ -118,7 +118,8 @@ def _invocation(row: sqlite3.Row) -> dict:
     return {"requestId": row["request_id"], "function": row["function"],
             "version": row["version"], "trigger": row["trigger"], "start": row["start"],
             "durationMs": round(row["duration_ms"], 3), "status": row["status"],
-            "errorType": row["error_type"], "cold": bool(row["cold"])}
+            "errorType": row["error_type"], "errorMessage": row["error_message"],
+            "cold": bool(row["cold"])}
 
 
 def list_invocations(conn: sqlite3.Connection, function: str, status: str | None = None,
