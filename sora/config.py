@@ -28,6 +28,16 @@ from .isolation.uids import assign_uids
 FUNCTION_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 HANDLER_RE = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$]*(\.[A-Za-z_$][A-Za-z0-9_$]*)*$")
+# A folder or file name in a Node.js handler string's path (`src/app.handler`).
+LAMBDA_PATH_PART_RE = re.compile(r"^[A-Za-z0-9_.@-]+$")
+# The extensions Lambda tries for a handler string's file, in its order (aws-lambda-nodejs-
+# runtime-interface-client's UserFunction.js: .js, then .mjs, then .cjs).
+LAMBDA_EXTENSIONS = {"nodejs": (".js", ".mjs", ".cjs"), "python": (".py",)}
+# For the error of a function that names no file: Lambda's handler string, and what it means.
+LAMBDA_HANDLER_EXAMPLES = {
+    "nodejs": ("index.handler", "the export handler of index.js, index.mjs or index.cjs"),
+    "python": ("app.lambda_handler", "the function lambda_handler of app.py"),
+}
 FUNCTION_FILE = "sora.yaml"
 # A config file larger than this is refused (no real one comes near it).
 MAX_CONFIG_BYTES = 1 << 20
@@ -277,6 +287,17 @@ SERVER_SETTINGS = _settings(
             "stored (the Invoke API's body, or a function URL's event as JSON); a larger one "
             "gets 413 `RequestEntityTooLargeException` and nothing is stored. Default 256 KiB, "
             "Lambda's limit for `Event` invocations."),
+    Setting("errorDetail", _one_of(("full", "message", "none"), "one of: full (errorType, "
+            "errorMessage and the stack trace), message (errorType and errorMessage), none "
+            "(a plain `Internal Server Error`)"), "message",
+            "What a function URL caller sees of a failure: `message` gives JSON `errorType` "
+            "and `errorMessage`, host paths (the function's folder, Sora's, the state dir, "
+            "the config's) replaced and the reasons of a function that cannot start left out; "
+            "`none` gives Lambda function URLs' plain text `Internal Server Error` (502; other "
+            "5xx their reason phrase); `full` adds the stack trace and leaves everything as "
+            "the function and the host wrote it (for development: `examples/` sets it). The "
+            "Invoke API keeps Lambda's error payload whatever this says. Logs and `/healthz` "
+            "keep every detail."),
 )
 
 HOST_SETTINGS = _settings(
@@ -307,7 +328,9 @@ AUTH_SETTINGS = _settings(
             "dead-letter and health-detail routes, and every function); the key itself given "
             "inline (`key`), in a file (`keyFile`, relative to this file) or in a host "
             "environment variable (`keyEnv`). Callers send it as `Authorization: Bearer <key>` "
-            "or `X-Api-Key: <key>`."),
+            "or `X-Api-Key: <key>`, or sign with AWS Signature Version 4 as the AWS SDKs and "
+            "CLI do, with the key's `name` as the access key id and the key as the secret "
+            "access key (`sora keys` prints both)."),
 )
 
 # `invoke:<function>` names a function by the one function-name pattern.
@@ -329,10 +352,14 @@ FUNCTION_SETTINGS = _settings(
             "`provided` (any language, through the AWS Lambda Runtime API)."),
     Setting("entrypoint", _relative_file, None, "File holding the handler, relative to the "
             "function folder: `.js`, `.cjs` or `.mjs` for nodejs and `.py` for python "
-            "(required for both); for provided, the executable to run (default `bootstrap`; "
-            "it may be built by `setup`)."),
-    Setting("handler", _handler, "handler", "Name of the handler function in the entrypoint "
-            "(dots reach into nested exports). For provided it is passed as-is in `_HANDLER`."),
+            "(optional when `handler` names the file, as on Lambda); for provided, the "
+            "executable to run (default `bootstrap`; it may be built by `setup`)."),
+    Setting("handler", _handler, "handler", "For nodejs and python, Lambda's handler "
+            "string: the file's path relative to the function folder without its extension, "
+            "then the function's name (`index.handler`, `src/app.handler`, Python's "
+            "`app.lambda_handler`); the file is found as Lambda finds it (`.js`, `.mjs`, then "
+            "`.cjs`; `.py`). With `entrypoint` set, just the name (`handler`; for nodejs, "
+            "dots reach into nested exports). For provided it is passed as-is in `_HANDLER`."),
     Setting("runtime", _runtime, None, "Interpreter for nodejs or python: a command looked up "
             "on PATH (`python3.12`, `node`) or a path, relative to the function folder (such "
             "as a virtualenv made by `setup`: `.venv/bin/python`; when sandboxed, it must lead "
@@ -602,6 +629,7 @@ class ServerConfig:
     headerTimeout: float = 10.0
     bodyTimeout: float = 30.0
     maxEventBytes: int = SERVER_SETTINGS["maxEventBytes"].default
+    errorDetail: str = SERVER_SETTINGS["errorDetail"].default
 
 
 @dataclass(frozen=True)
@@ -620,10 +648,14 @@ class LogsConfig:
 
 @dataclass(frozen=True)
 class ApiKey:
-    """One caller's key: only its SHA-256 is kept, and compared in constant time."""
+    """One caller's key. A key sent as it is (`Authorization: Bearer`, `X-Api-Key`) is
+    compared by its SHA-256 `digest`, in constant time; `secret` is the key itself, which
+    checking an AWS Signature Version 4 needs (sora.gateway.sigv4: the name is the access key
+    id, the key the secret access key). Never in a repr, so never in a log or a traceback."""
     name: str
     digest: bytes
     scopes: tuple[str, ...]
+    secret: str = field(default="", repr=False, compare=False)
 
     def allows(self, scope: str, function: str | None = None) -> bool:
         if "admin" in self.scopes:
@@ -739,11 +771,24 @@ def _check_language(directory: str, values: dict[str, Any], problems: list[str])
             problems.append(f"runtime: expected no runtime for language provided (it runs "
                             f"its entrypoint), got {_show(values['runtime'])}")
         return
+    lambda_form = lambda_handler(language, values["handler"])
+    if values["entrypoint"] is None and lambda_form is not None:
+        _resolve_lambda_handler(directory, values, lambda_form, problems)
+        return
     entrypoint = values["entrypoint"]
     if entrypoint is None:
+        example = LAMBDA_HANDLER_EXAMPLES[language]
         problems.append(f"entrypoint: required field is missing for language {language} "
-                        f"(a {', '.join(extensions)} file)")
-    elif not os.path.isfile(os.path.join(directory, entrypoint)):
+                        f"(a {', '.join(extensions)} file), unless handler names the file "
+                        f"as Lambda's handler string does, such as {example[0]!r} "
+                        f"({example[1]}); got handler {_show(values['handler'])}")
+        return
+    if lambda_form is not None and os.path.normpath(lambda_form[0]) == \
+            os.path.splitext(entrypoint)[0]:
+        # Both given, and the handler names the entrypoint's file as Lambda writes it
+        # (`entrypoint: index.mjs` with `handler: index.handler`): it means that file's export.
+        values["handler"] = lambda_form[1]
+    if not os.path.isfile(os.path.join(directory, entrypoint)):
         problems.append(f"entrypoint: expected an existing file in {directory}, "
                         f"got {_show(entrypoint)} (not found)")
     elif not entrypoint.endswith(extensions):
@@ -753,6 +798,50 @@ def _check_language(directory: str, values: dict[str, Any], problems: list[str])
         problems.append(f"handler: expected the name of a function in the entrypoint, such as "
                         f"'handler' (dots reach into nested exports), got "
                         f"{_show(values['handler'])}")
+
+
+def lambda_handler(language: str, handler: str) -> tuple[str, str] | None:
+    """(the module's path without its extension, the export) of a handler written as Lambda
+    writes it, or None if `handler` is not of that form. The split is Lambda's own for each
+    language: for Node.js at the first dot after the last `/` (`src/app.handler`; what
+    follows may reach into nested exports, `index.api.get`), for Python at the last dot, the
+    module being a path or a dotted name (`app.lambda_handler`, `pkg.app.handler`)."""
+    if language == "python":
+        module, dot, export = handler.rpartition(".")
+        parts = module.replace("/", ".").split(".")
+        if not dot or not export.isidentifier() or not all(p.isidentifier() for p in parts):
+            return None
+        return "/".join(parts), export
+    if language == "nodejs":
+        folder, slash, base = handler.rpartition("/")
+        module, dot, export = base.partition(".")
+        if not dot or not module or not HANDLER_RE.match(export) or \
+                not all(LAMBDA_PATH_PART_RE.match(p) for p in folder.split("/") if slash):
+            return None
+        return folder + slash + module, export
+    return None
+
+
+def _resolve_lambda_handler(directory: str, values: dict[str, Any],
+                            lambda_form: tuple[str, str], problems: list[str]) -> None:
+    """`handler: index.handler` without `entrypoint`: the file is found as Lambda finds it,
+    trying each of the language's extensions in Lambda's order (.js, .mjs, .cjs; .py)."""
+    module, export = lambda_form
+    extensions = LAMBDA_EXTENSIONS[values["language"]]
+    try:
+        module = _relative_file(module)
+    except _Invalid as exc:
+        problems.append(f"handler: expected {exc}, got {_show(values['handler'])}")
+        return
+    found = next((module + ext for ext in extensions
+                  if os.path.isfile(os.path.join(directory, module + ext))), None)
+    if found is None:
+        files = [module + ext for ext in extensions]
+        files = ", ".join(files[:-1]) + " or " + files[-1] if len(files) > 1 else files[0]
+        problems.append(f"handler: expected the file {files} in {directory} (handler "
+                        f"{values['handler']!r} names it), got none (not found)")
+        return
+    values["entrypoint"], values["handler"] = found, export
 
 
 def _resolve(base: str, path: str) -> str:
@@ -929,7 +1018,7 @@ def _api_keys(base: str, entries: list[dict], problems: list[str]) -> tuple[ApiK
                             f"{MIN_API_KEY_LENGTH} characters without spaces (the value is not "
                             "shown)")
             continue
-        keys.append(ApiKey(name, key_digest(key), tuple(scopes)))
+        keys.append(ApiKey(name, key_digest(key), tuple(scopes), key))
     return tuple(keys)
 
 

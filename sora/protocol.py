@@ -146,6 +146,13 @@ def events_endpoint(state_dir: str) -> str:
     return "ipc://" + os.path.join(run_dir(state_dir), "events.sock")
 
 
+def gateway_ready_path(state_dir: str, listener: str) -> str:
+    """Made by a gateway's gunicorn worker once it can answer (the supervisor removes it before
+    it starts that listener's gateway): the listener's socket accepts connections from the
+    start, so a connection succeeding says nothing about the gateway being up."""
+    return os.path.join(run_dir(state_dir), f"gateway-{listener}.ready")
+
+
 # A worker that cannot boot its function (the module fails to load) exits with this code after
 # writing its reason to `boot_error_path`; the supervisor backs off and, after repeated failures,
 # parks the function as FATAL with that reason instead of restarting it forever.

@@ -2,12 +2,13 @@
 
     sora init NAME --language nodejs|python     a new function folder
     sora validate [PATH]                        a host config or a function folder
-    sora ls                                     functions, their state, instances, events
+    sora ls [--wide]                            functions, their state, instances, events
     sora invoke NAME [--data JSON|@FILE|-] [--async] [--log]
     sora invoke --local DIR [--data ...] [--log]    once, without a host
     sora logs NAME [--follow] [--request-id ID]
     sora inspect REQUEST_ID
     sora dlq NAME [--replay [ID ...]] [--discard [ID ...]]
+    sora keys [NAME]                            the host's API keys as AWS credentials
 
 Tables for people, `--json` for scripts. Exit status: 0 success, 1 the function or the API
 reported an error, 2 bad usage or configuration, 3 the host cannot be reached.
@@ -19,7 +20,10 @@ import base64
 import datetime as dt
 import json
 import os
+import shlex
+import shutil
 import sys
+import textwrap
 
 from .. import protocol as p
 from ..config import (FUNCTION_FILE, LANGUAGES, ConfigError, load_function_config,
@@ -35,12 +39,45 @@ def emit_json(value) -> None:
     print(json.dumps(value, indent=2))
 
 
-def table(rows: list[list], headers: list[str]) -> None:
+# Below this much room beside the other columns, the last column goes under its row instead.
+MIN_WRAPPED_WIDTH = 30
+UNDER_INDENT = "    "
+
+
+def table(rows: list[list], headers: list[str], wrap_at: int | None = None) -> None:
+    """Columns padded to their widest cell. With `wrap_at` (the terminal's width), the last
+    column is wrapped to fit, never cut: beside the others while it has MIN_WRAPPED_WIDTH
+    there, else on lines of its own under its row."""
     cells = [[str("-" if c is None else c) for c in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h)
               for i, h in enumerate(headers)]
-    for row in [headers, *cells]:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    indent = sum(widths[:-1]) + 2 * (len(widths) - 1)
+    beside = wrap_at is None or wrap_at - indent >= MIN_WRAPPED_WIDTH
+    for n, row in enumerate([headers, *cells]):
+        lead = "  ".join(c.ljust(w) for c, w in zip(row[:-1], widths))
+        last = row[-1].replace("\n", " ")
+        if wrap_at is None:
+            print(f"{lead}  {last}".rstrip())
+        elif beside:
+            parts = textwrap.wrap(last, wrap_at - indent, break_on_hyphens=False) or [""]
+            print(f"{lead}  {parts[0]}".rstrip())
+            for part in parts[1:]:
+                print(" " * indent + part)
+        else:
+            print(lead.rstrip())
+            if n and last not in ("", "-"):
+                for part in textwrap.wrap(f"{headers[-1].lower()}: {last}",
+                                          max(wrap_at - len(UNDER_INDENT), 20),
+                                          break_on_hyphens=False):
+                    print(UNDER_INDENT + part)
+
+
+def terminal_width() -> int | None:
+    """The width to wrap tables at: the terminal's, or $COLUMNS; None (no wrapping) when the
+    output goes to a pipe or file and $COLUMNS is not set."""
+    if "COLUMNS" not in os.environ and not sys.stdout.isatty():
+        return None
+    return shutil.get_terminal_size().columns
 
 
 def when(epoch: float | None) -> str:
@@ -56,7 +93,9 @@ def short(text: str | None, width: int = 60) -> str:
 
 
 def log_line(line: dict) -> str:
-    return f"{when(line['time'])}  {line['requestId'][:8]}  {line['stream']:<6}  {line['line']}"
+    # The whole id: a UUIDv7's first 8 characters are its time, the same for every call made
+    # in the same ~65 s, and the whole id is what `sora inspect` and --request-id take.
+    return f"{when(line['time'])}  {line['requestId']}  {line['stream']:<6}  {line['line']}"
 
 
 # --- commands -------------------------------------------------------------------------------
@@ -77,39 +116,51 @@ def cmd_init(args) -> int:
 def cmd_validate(args) -> int:
     path = args.path or config_path(args.config) or "."
     if os.path.isdir(path):
-        return _validate_function(path, args.json)
+        return _validate_function(path, args.json, not args.no_load)
     try:
         config = load_host_config(path)
     except ConfigError as exc:
         return _invalid(exc, args.json)
-    functions = [{"name": f.name, "language": f.language, "directory": f.directory}
-                 for f in config.functions]
     broken = [{"name": b.name, "directory": b.directory, "reason": b.reason}
               for b in config.broken]
-    if args.json:
-        emit_json({"valid": not broken, "path": config.path, "functions": functions,
-                   "broken": broken})
-    else:
-        for f in functions:
-            print(f"ok      {f['name']:<24} {f['language']:<8} {f['directory']}")
-        for b in broken:
-            print(f"broken  {b['name']:<24} {b['reason']}")
-        print(f"{config.path}: {len(functions)} function(s) valid, {len(broken)} broken")
-    return 1 if broken else 0
+    return _report_loaded(config.path, config.functions, config.stateDir, broken, args.json,
+                          not args.no_load)
 
 
-def _validate_function(directory: str, as_json: bool) -> int:
+def _validate_function(directory: str, as_json: bool, load: bool) -> int:
     try:
         fn = load_function_config(directory)
     except ConfigError as exc:
         return _invalid(exc, as_json)
+    return _report_loaded(fn.source, [fn], None, [], as_json, load)
+
+
+def _report_loaded(path: str, functions: list, state_dir: str | None, broken: list[dict],
+                   as_json: bool, load: bool) -> int:
+    """Load each function's module as its instances would (sora.worker.runtimes.load_check;
+    not with `load` false), so a syntax error or a missing handler is reported now, then
+    print the lot."""
+    from ..worker.runtimes.load_check import LoadResult, check_functions
+    valid = []
+    checked = check_functions(functions, state_dir) if load else \
+        [(fn, LoadResult(None, "not loaded: --no-load")) for fn in functions]
+    for fn, loaded in checked:
+        entry = {"name": fn.name, "language": fn.language, "directory": fn.directory}
+        if loaded.broken:
+            broken.append({**entry, "reason": loaded.reason})
+        else:
+            valid.append({**entry, "loaded": loaded.loaded is True,
+                          **({"note": loaded.reason} if loaded.reason else {})})
     if as_json:
-        emit_json({"valid": True, "path": fn.source, "functions": [
-            {"name": fn.name, "language": fn.language, "directory": fn.directory}],
-            "broken": []})
+        emit_json({"valid": not broken, "path": path, "functions": valid, "broken": broken})
     else:
-        print(f"ok      {fn.name:<24} {fn.language:<8} {fn.directory}")
-    return 0
+        for f in valid:
+            note = f"  ({f['note']})" if "note" in f else ""
+            print(f"ok      {f['name']:<24} {f['language']:<8} {f['directory']}{note}")
+        for b in broken:
+            print(f"broken  {b['name']:<24} {b['reason']}")
+        print(f"{path}: {len(valid)} function(s) valid, {len(broken)} broken")
+    return 1 if broken else 0
 
 
 def _invalid(exc: ConfigError, as_json: bool) -> int:
@@ -128,9 +179,9 @@ def cmd_ls(args) -> int:
         return 0
     rows = [[f["name"], f["state"], f.get("instances"), f.get("language"),
              f["events"]["queued"], f["events"]["leased"], f["events"]["dead"],
-             short(f.get("reason"), 50)] for f in body["functions"]]
+             f.get("reason") or ""] for f in body["functions"]]
     table(rows, ["NAME", "STATE", "INSTANCES", "LANGUAGE", "QUEUED", "RUNNING", "DEAD",
-                 "REASON"])
+                 "REASON"], wrap_at=None if args.wide else terminal_width())
     return 0
 
 
@@ -241,7 +292,8 @@ def cmd_inspect(args) -> int:
                if "maxMemoryUsedMB" in item else None),
               ("init duration", f"{item['initDurationMs']} ms"
                if "initDurationMs" in item else None),
-              ("cold start", item.get("cold")), ("error type", item.get("errorType"))]
+              ("cold start", item.get("cold")), ("error type", item.get("errorType")),
+              ("error message", item.get("errorMessage"))]
     event = item.get("event")
     if event:
         fields += [("event state", event["state"]), ("attempts", event["attempts"]),
@@ -294,6 +346,48 @@ def cmd_dlq(args) -> int:
     return 0
 
 
+def cmd_keys(args) -> int:
+    """The host config's API keys as AWS credential pairs (a key's name is its access key id,
+    the key its secret access key; sora.gateway.sigv4). Read from the config, not the host:
+    whoever can read the key files can run this."""
+    path = config_path(args.config)
+    if path is None:
+        raise CliError("keys: expected the host config (--config, $SORA_CONFIG or "
+                       "./host-config.yaml), whose auth.apiKeys holds the keys", 2)
+    try:
+        config = load_host_config(path, read_functions=False)
+    except ConfigError as exc:
+        return _invalid(exc, args.json)
+    keys = [k for k in config.apiKeys if args.name in (None, k.name)]
+    if args.name and not keys:
+        raise CliError(f"keys: no key named {args.name!r} in {config.path} auth.apiKeys "
+                       f"(its keys: {', '.join(k.name for k in config.apiKeys) or 'none'})", 2)
+    if args.json:
+        emit_json({"keys": [{"name": k.name, "scopes": list(k.scopes), "accessKeyId": k.name,
+                             "secretAccessKey": k.secret} for k in keys]})
+        return 0
+    if not keys:
+        print(f"{config.path}: no auth.apiKeys, so every route is open and any AWS "
+              "credentials work")
+        return 0
+    if args.name:
+        # For `eval "$(sora keys NAME)"`: boto3, the AWS CLI and the JavaScript SDK read these.
+        key = keys[0]
+        url = Host.from_args(args).url
+        # A session token left from real AWS credentials would be sent along; Sora has none.
+        print("unset AWS_SESSION_TOKEN")
+        for name, value in (("AWS_ACCESS_KEY_ID", key.name),
+                            ("AWS_SECRET_ACCESS_KEY", key.secret),
+                            ("AWS_REGION", os.environ.get("AWS_REGION", "us-east-1")),
+                            ("AWS_DEFAULT_REGION", os.environ.get("AWS_REGION", "us-east-1")),
+                            ("AWS_ENDPOINT_URL", url), ("SORA_API_KEY", key.secret)):
+            print(f"export {name}={shlex.quote(value)}")
+        return 0
+    table([[k.name, k.secret, ",".join(k.scopes)] for k in keys],
+          ["ACCESS KEY ID (NAME)", "SECRET ACCESS KEY (KEY)", "SCOPES"])
+    return 0
+
+
 # --- parser ---------------------------------------------------------------------------------
 
 def parser() -> argparse.ArgumentParser:
@@ -328,7 +422,11 @@ def parser() -> argparse.ArgumentParser:
                   f"check a host config or a function folder ({FUNCTION_FILE})")
     cmd.add_argument("path", nargs="?", help="host-config.yaml or a function folder "
                      "(default: the host config, else .)")
-    command("ls", cmd_ls, "list functions: state, instances, queued and dead events")
+    cmd.add_argument("--no-load", action="store_true", help="check the config only: do not "
+                     "load each function's module (in its sandbox) to find load errors")
+    cmd = command("ls", cmd_ls, "list functions: state, instances, queued and dead events")
+    cmd.add_argument("--wide", action="store_true",
+                     help="one line per function: the reason is not wrapped to the terminal")
     cmd = command("invoke", cmd_invoke, "invoke a function and print its result")
     cmd.add_argument("name", nargs="?")
     cmd.add_argument("--data", "-d", help="the event: JSON, @file, or - for standard input")
@@ -352,6 +450,10 @@ def parser() -> argparse.ArgumentParser:
     cmd.add_argument("--discard", nargs="*", metavar="ID",
                      help="delete these events for good (all when no ID is given)")
     cmd.add_argument("--limit", type=int, default=50)
+    cmd = command("keys", cmd_keys, "print the host config's API keys as AWS credentials "
+                  "(access key id: the key's name; secret access key: the key); with NAME, "
+                  "as shell exports for eval")
+    cmd.add_argument("name", nargs="?")
     return top
 
 

@@ -10,8 +10,7 @@ SORA_YAML = """\
 # {name}: a Sora function. Every field is described in docs/configuration.md.
 name: {name}
 language: {language}
-entrypoint: {entrypoint}
-handler: handler
+handler: {handler}{handler_comment}
 timeout: 10          # seconds
 memory: 128          # MB
 trigger: http        # POST/GET /functions/{name}
@@ -19,7 +18,7 @@ trigger: http        # POST/GET /functions/{name}
 """
 
 FILES = {
-    "nodejs": ("index.js", "npm install", """\
+    "nodejs": ("index.js", "handler", "npm install", """\
 // The same handler runs on AWS Lambda: (event, context) in, a result (or an HTTP response) out.
 exports.handler = async (event, context) => {
   const query = event.queryStringParameters || {};
@@ -32,13 +31,13 @@ exports.handler = async (event, context) => {
   };
 };
 """),
-    "python": ("handler.py", "pip install -t . -r requirements.txt", """\
+    "python": ("app.py", "lambda_handler", "pip install -t . -r requirements.txt", """\
 \"\"\"The same handler runs on AWS Lambda: (event, context) in, a result (or an HTTP
 response) out.\"\"\"
 import json
 
 
-def handler(event, context):
+def lambda_handler(event, context):
     query = event.get("queryStringParameters") or {}
     name = query.get("name") or event.get("name") or "world"
     print(f"greeting {name} (request {context.aws_request_id})")
@@ -61,11 +60,14 @@ def scaffold(name: str, language: str, parent: str) -> str:
     if os.path.exists(directory) and os.listdir(directory):
         raise CliError(f"{directory}: expected a new or empty folder, but it has files; "
                        "nothing was written", exit_code=2)
-    entrypoint, setup, code = FILES[language]
+    entrypoint, export, setup, code = FILES[language]
+    # Lambda's handler string: the file without its extension, then the function's name.
+    handler = f"{os.path.splitext(entrypoint)[0]}.{export}"
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, FUNCTION_FILE), "w", encoding="utf-8") as fh:
-        fh.write(SORA_YAML.format(name=name, language=language, entrypoint=entrypoint,
-                                  setup=setup))
+        fh.write(SORA_YAML.format(name=name, language=language, handler=handler,
+                                  handler_comment=f"   # {entrypoint}, function {export}, as "
+                                                  "on Lambda", setup=setup))
     with open(os.path.join(directory, entrypoint), "w", encoding="utf-8") as fh:
         fh.write(code)
     return directory

@@ -18,6 +18,7 @@ from ..config_snapshot import load_host_config_of_child
 from ..events.intake import EventIntake
 from .auth import CREDENTIAL_HEADERS, authorizer_for, is_admin
 from .client import BrokerClient, BrokerTimeout
+from .error_detail import NONE, plain_text
 from .errors import SoraError
 from .invocation_route import RETRY_AFTER, InvocationRoute
 from .requests import REQUEST_ID_HEADER, read_body, request_id_of
@@ -74,6 +75,22 @@ class FunctionUrlResource(InvocationRoute):
         # consumed nothing, get all their callers' headers.
         self.keyed = bool(config.apiKeys)
         self.public = {fn.name for fn in config.functions if fn.auth == "none"}
+        if self.error_detail.level == NONE:
+            # Only then: the warm path of the other levels keeps its one coroutine.
+            for method in falcon.constants.COMBINED_METHODS:
+                setattr(self, f"on_{method.lower()}", self.handle_plain)
+
+    async def handle_plain(self, req: falcon.asgi.Request, resp: falcon.asgi.Response,
+                           name: str, path: str = "") -> None:
+        """`errorDetail: none`: the gateway's own failures (5xx) as plain text too; 4xx, about
+        the caller's own request, keep their message."""
+        try:
+            await self.handle(req, resp, name, path)
+        except SoraError as exc:
+            if exc.status < 500:
+                raise
+            _send_error(req, resp, exc.status, plain_text(exc.status), exc.headers)
+            resp.content_type = "text/plain"
 
     async def handle(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, name: str,
                      path: str = "") -> None:
@@ -120,11 +137,17 @@ class FunctionUrlResource(InvocationRoute):
                 headers["Retry-After"] = RETRY_AFTER
             elif status in (p.FUNCTION_ERROR, p.INIT_ERROR):
                 headers["X-Amz-Function-Error"] = "Unhandled"
-            _send_error(req, resp, p.HTTP_STATUS[status], result, headers)
+            http_status = p.HTTP_STATUS[status]
+            body, content_type = self.error_detail.function_url_error(name, http_status,
+                                                                      result)
+            _send_error(req, resp, http_status, body, headers)
+            resp.content_type = content_type
             return
         try:
             mapped = map_result(result)
         except BadFunctionResponse as exc:
+            # The worker checks a function URL's result (and records the failure); this is
+            # the gateway's own guard.
             raise SoraError(502, "Sora.InvalidResponse", str(exc)) from None
         resp.status = mapped.status
         for header, value in mapped.headers:

@@ -6,13 +6,15 @@ aws-lambda-web-adapter, ...) work unchanged.
 from __future__ import annotations
 
 import base64
-import json
-import re
 import time
-from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
 
 import orjson
+
+# The function's result -> the HTTP response: shared with the worker, which checks a function
+# URL's result so that its record says what the caller got.
+from ..function_response import (HOP_BY_HOP, BadFunctionResponse, HttpResult,  # noqa: F401
+                                 map_result)
 
 # Bodies of these types go to the function as text; anything else is base64 (as on AWS).
 _TEXT_TYPES = ("text/", "application/json", "application/javascript", "application/xml",
@@ -112,104 +114,3 @@ def build_event(*, method: str, raw_path: str, query_string: str,
     event["pathParameters"] = None
     event["stageVariables"] = None
     return orjson.dumps(event)
-
-
-@dataclass
-class HttpResult:
-    status: int = 200
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    body: bytes = b""
-    content_type: str | None = "application/json"
-
-
-class BadFunctionResponse(ValueError):
-    """The function returned a response object that cannot become an HTTP response."""
-
-
-# RFC 9110 5.1 and 5.5: a field name is a token; a value is visible characters, spaces and
-# tabs (no CR, LF, NUL or other controls, which would split or smuggle a response). gunicorn
-# refuses anything else with a bare 500 once the response has started, so the gateway checks
-# first and answers 502 as JSON.
-_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
-# Headers about this one connection (RFC 9110 7.6.1) and the body's framing: the gateway's own
-# business. A function's are dropped, not sent beside the gateway's (a second Content-Length
-# or a Transfer-Encoding would let the function frame the connection's next response).
-HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer",
-                        "transfer-encoding", "upgrade", "content-length"})
-
-
-def _header(name: str, value: str) -> tuple[str, str]:
-    if not _HEADER_NAME.fullmatch(name):
-        raise BadFunctionResponse(f"header name {name[:100]!r} is not a valid HTTP token")
-    if not _HEADER_VALUE.fullmatch(value):
-        # The value may carry data the function echoed: name only the header.
-        raise BadFunctionResponse(f"the value of header {name!r} has a control character "
-                                  f"(CR, LF, NUL, ...) or a character outside Latin-1")
-    return name, value
-
-
-def map_result(result: bytes) -> HttpResult:
-    """Map the function's result JSON to an HTTP response the way function URLs do: an object
-    with `statusCode` describes the response; any other value is the JSON body of a 200."""
-    if b'"statusCode"' not in result:
-        return HttpResult(body=result)  # passed through untouched, no re-encoding
-    try:
-        # orjson: depth-limited (1,024 levels), where json.loads raises RecursionError.
-        value = orjson.loads(result)
-    except orjson.JSONDecodeError as exc:
-        raise BadFunctionResponse(f"the result is not valid JSON: {exc}") from None
-    if not isinstance(value, dict) or "statusCode" not in value:
-        return HttpResult(body=result)
-    status = value["statusCode"]
-    if isinstance(status, str) and status.isdigit():
-        status = int(status)
-    # 1xx is not a final response: the caller would wait for one that never comes.
-    if isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 599:
-        raise BadFunctionResponse(f"statusCode must be a final HTTP status from 200 to 599, "
-                                  f"got {status!r}")
-    out = HttpResult(status=status, content_type=None)
-    headers = value.get("headers")
-    headers = {} if headers is None else headers
-    if not isinstance(headers, dict):
-        raise BadFunctionResponse("headers must be an object of header names to values")
-    has_type = False
-    for name, val in headers.items():
-        if val is None or name.lower() in HOP_BY_HOP:
-            continue
-        if name.lower() == "content-type":
-            has_type = True
-        out.headers.append(_header(name, val if isinstance(val, str) else
-                                   json.dumps(val) if isinstance(val, (dict, list)) else
-                                   str(val).lower() if isinstance(val, bool) else str(val)))
-    multi = value.get("multiValueHeaders") or {}
-    if not isinstance(multi, dict):
-        raise BadFunctionResponse("multiValueHeaders must be an object of header names to "
-                                  "lists of values")
-    for name, vals in multi.items():
-        if name.lower() in HOP_BY_HOP:
-            continue
-        for val in vals if isinstance(vals, list) else [vals]:
-            out.headers.append(_header(name, str(val)))
-    cookies = value.get("cookies")
-    cookies = [] if cookies is None else cookies
-    if not isinstance(cookies, list):
-        raise BadFunctionResponse("cookies must be a list of Set-Cookie values")
-    out.headers.extend(_header("Set-Cookie", str(c)) for c in cookies)
-    body = value.get("body")
-    if body is None:
-        out.body = b""
-    elif isinstance(body, str):
-        if value.get("isBase64Encoded"):
-            try:
-                out.body = base64.b64decode(body, validate=True)
-            except ValueError as exc:
-                raise BadFunctionResponse(f"isBase64Encoded is true but body is not base64: "
-                                          f"{exc}") from None
-        else:
-            out.body = body.encode("utf-8")
-    else:
-        out.body = json.dumps(body, separators=(",", ":")).encode()
-    if not has_type:
-        out.content_type = "application/json"
-    return out

@@ -7,15 +7,22 @@ the gateway by hand uses the same settings:
 
     SORA_CONFIG=host-config.yaml SORA_LISTENER=https \\
         gunicorn -c deploy/gunicorn.conf.py 'sora.gateway.app:create_app()'
+
+Under the supervisor, the listener's socket is already bound (sora.supervisor.listeners) and
+passed as $SORA_LISTEN_FD; run by hand, gunicorn binds the configured port itself.
 """
 import math
 import os
 import ssl
 
 from sora.config import load_host_config
+# Imported under private names: gunicorn reads this module's public names as its settings
+# (`protocol` is one).
+from sora.gateway.reason_phrases import install as _install_reason_phrases
 from sora.gateway.slow_clients import guard_slow_clients
 from sora.hotpath import quiet_gc
 from sora.parent_death import die_with_parent
+from sora.protocol import gateway_ready_path as _gateway_ready_path
 
 _config = load_host_config(os.environ["SORA_CONFIG"], read_functions=False)  # server only
 _server = _config.server
@@ -28,7 +35,8 @@ _host = f"[{_server.bind}]" if ":" in _server.bind else _server.bind
 wsgi_app = "sora.gateway.app:create_app()"
 worker_class = "asgi"
 workers = _server.gatewayWorkers
-bind = [f"{_host}:{_port}"]
+_listen_fd = os.environ.get("SORA_LISTEN_FD")
+bind = [f"fd://{_listen_fd}"] if _listen_fd else [f"{_host}:{_port}"]
 proc_name = f"sora-gateway-{_listener}"
 graceful_timeout = max(1, round(_server.gracefulTimeout))
 # Idle keep-alive connections hold up a graceful stop until they time out: keep it short.
@@ -67,6 +75,13 @@ def post_fork(server, worker):
     die_with_parent(server.pid)
 
 
+_install_reason_phrases()   # here, in the master: the workers it forks inherit it
+
+
 def post_worker_init(worker):
     guard_slow_clients(_server.headerTimeout)
     quiet_gc()
+    if _listen_fd:
+        # Tells the supervisor this listener's gateway answers (protocol.gateway_ready_path).
+        with open(_gateway_ready_path(_config.stateDir, _listener), "w"):
+            pass

@@ -6,6 +6,7 @@ from .. import protocol as p
 from ..config import HostConfig
 from ..events.intake import EventIntake, EventNotStored, LowDisk, QueueFull
 from .client import BROKER_SLACK, BrokerClient, BrokerUnavailable, broker_waits
+from .error_detail import FULL, ErrorDetail, unavailable_message
 from .errors import SoraError
 
 RETRY_AFTER = "1"
@@ -23,6 +24,7 @@ class InvocationRoute:
         self.body_timeout = config.server.bodyTimeout
         self.waits = broker_waits(config)
         self.max_event = config.server.maxEventBytes
+        self.error_detail = ErrorDetail.of(config)
         # Per function: (most events stored, most payload bytes stored).
         self.event_caps = {fn.name: (fn.eventInvoke.maxQueuedEvents,
                                      fn.eventInvoke.maxQueuedMB << 20)
@@ -57,8 +59,10 @@ class InvocationRoute:
             broken = next((b for b in self.config.broken if b.name == name), None)
             if broken is None:
                 raise error(404, "ResourceNotFoundException", f"Function not found: {name}")
+            # The reason names files of the host (the config, a setup log): for `full` only.
             raise error(503, "Sora.FunctionUnavailable", f"Function {name} cannot run: "
-                        f"{broken.reason}")
+                        f"{broken.reason}" if self.error_detail.level == FULL
+                        else unavailable_message(name))
         if len(payload) > self.max_event:
             raise error(413, "RequestEntityTooLargeException", (
                 f"The event is {len(payload)} bytes; asynchronous invocations take at most "

@@ -14,6 +14,8 @@ event and the response body is the function's result, as on Lambda.
   `$LATEST`, any other qualifier is 404.
 - Errors of the API itself follow Lambda's: the type in the `x-amzn-ErrorType` header and the
   body `{"Type": "User", "message": ...}` (with Sora's `errorType`/`errorMessage` beside them).
+  So do its 401 and 403 on a host with keys (sora.gateway.auth), where the SDKs sign their
+  requests with a key (sora.gateway.sigv4).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import orjson
 from .. import protocol as p
 from ..config import FUNCTION_NAME_RE
 from .client import BrokerTimeout
+from .error_detail import FULL, START_REASONS
 from .errors import SoraError
 from .invocation_route import RETRY_AFTER, InvocationRoute
 from .requests import REQUEST_ID_HEADER, read_body, request_id_of
@@ -67,6 +70,14 @@ def parse_function_name(raw: str, qualifier: str | None) -> str:
 
 class InvokeResource(InvocationRoute):
     auth_scope = "invoke"
+    refusal_error = InvokeApiError   # 401/403 in Lambda's format, for the SDKs (gateway.auth)
+
+    def sora_message(self, function: str, body: bytes) -> str:
+        """The message of an error Sora made (not the function): why a function cannot start
+        names host files, shown only with `errorDetail: full`."""
+        error_type, message = p.parse_error(body)
+        return message if self.error_detail.level == FULL else \
+            self.error_detail.message(function, error_type, message)
 
     @staticmethod
     def function_of(params: dict) -> str | None:
@@ -119,7 +130,8 @@ class InvokeResource(InvocationRoute):
             raise InvokeApiError(429, "TooManyRequestsException", p.parse_error(body)[1],
                                  {"Retry-After": RETRY_AFTER})
         if status == p.UNAVAILABLE:
-            raise InvokeApiError(502, "ResourceNotReadyException", p.parse_error(body)[1])
+            raise InvokeApiError(502, "ResourceNotReadyException",
+                                 self.sora_message(fn_name, body))
         if status == p.BAD_REQUEST:
             raise InvokeApiError(400, "InvalidRequestContentException", p.parse_error(body)[1])
         if tail:
@@ -128,6 +140,10 @@ class InvokeResource(InvocationRoute):
         if status != p.OK:
             # The function ran and failed (error, timeout, crash): 200, as Lambda answers.
             resp.set_header("X-Amz-Function-Error", "Unhandled")
+            if status == p.INIT_ERROR and self.error_detail.level != FULL:
+                error_type, _ = p.parse_error(body)
+                if error_type in START_REASONS:   # Sora's config error: names host files
+                    body = p.error_body(error_type, self.sora_message(fn_name, body))
         resp.content_type = "application/json"
         resp.data = body
 

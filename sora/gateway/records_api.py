@@ -134,8 +134,9 @@ class InvocationResource:
         event = queue.find_event(self.store.queue, request_id)
         if item is None and event is None:
             raise SoraError(404, "ResourceNotFoundException",
-                            f"No invocation record {request_id} (it may not have finished, "
-                            "or it was pruned)")
+                            f"No invocation record {request_id}: it has not finished, it never "
+                            "ran (refused before it reached the function: a 4xx, or a 429 or "
+                            "503 with Retry-After), or it was pruned")
         if item is None:
             # An event that has not run yet, or only failed so far: its place in the queue.
             item = {"requestId": request_id, "function": event["function"],

@@ -53,6 +53,12 @@ def _body_events(req: falcon.asgi.Request):
     return req._first_event, req._receive
 
 
+def keep_body(req: falcon.asgi.Request, body: bytes) -> None:
+    """Hand a body already read whole (to check its signature, sora.gateway.auth) to the
+    route's own `read_body`, as the one event it gets."""
+    req._first_event = {"type": "http.request", "body": body, "more_body": False}
+
+
 async def read_body(req: falcon.asgi.Request, limit: int, stall_timeout: float) -> bytes:
     """The request body, whole or not at all.
 

@@ -27,6 +27,7 @@ CREATE TABLE IF NOT EXISTS invocations (
     status      TEXT NOT NULL,                -- ok | error | timeout | crashed
     error_type  TEXT,
     cold        INTEGER NOT NULL,             -- 1: the instance's first invocation
+    error_message TEXT,                       -- what the caller's errorMessage said
     max_memory_mb    INTEGER,                 -- REPORT's Max Memory Used; NULL: not run
     init_duration_ms REAL                     -- REPORT's Init Duration; NULL: warm
 );
@@ -102,22 +103,6 @@ END;
 QUEUE_VERSION = 1
 
 
-# Columns added to a table after its first release: a store made before gets them when opened.
-ADDED_COLUMNS = {"invocations": [("max_memory_mb", "INTEGER"), ("init_duration_ms", "REAL")]}
-
-
-def _add_columns(conn: sqlite3.Connection) -> None:
-    for table, columns in ADDED_COLUMNS.items():
-        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
-        for name, kind in columns:
-            if name not in have:
-                try:
-                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
-                except sqlite3.OperationalError as exc:
-                    if "duplicate column" not in str(exc):   # another process added it
-                        raise
-
-
 def db_path(state_dir: str, name: str = DB_FILE) -> str:
     return os.path.join(state_dir, name)
 
@@ -139,8 +124,22 @@ def connect(state_dir: str) -> sqlite3.Connection:
     # Records may lose the last moments before a power cut (never on a process crash): NORMAL
     # is WAL's durable-against-crashes setting and keeps commits off fsync's path.
     conn = _open(db_path(state_dir), SCHEMA, "NORMAL", BUSY_TIMEOUT_MS)
-    _add_columns(conn)
+    _add_columns(conn, "invocations", {"error_message": "TEXT", "max_memory_mb": "INTEGER",
+                                       "init_duration_ms": "REAL"})
     return conn
+
+
+def _add_columns(conn: sqlite3.Connection, table: str, columns: dict[str, str]) -> None:
+    """Add the columns a store made by an older Sora lacks (CREATE TABLE IF NOT EXISTS keeps
+    the old table as it was)."""
+    have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+    for name, decl in columns.items():
+        if name not in have:
+            try:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
+            except sqlite3.OperationalError as exc:   # another process added it meanwhile
+                if "duplicate column" not in str(exc):
+                    raise
 
 
 def connect_queue(state_dir: str, busy_ms: int = BUSY_TIMEOUT_MS, synchronous: str = "FULL",

@@ -172,8 +172,10 @@ def _attempts(conn: sqlite3.Connection, event_id: int) -> list[dict]:
 
 
 def _event(conn: sqlite3.Connection, row: sqlite3.Row, payload: bool) -> dict:
-    out = {"requestId": row["request_id"], "function": row["function"],
-           "trigger": row["trigger"], "accepted": row["accepted"], "state": row["state"],
+    # An event runs as trigger `event`, as its invocation records say; the route that
+    # accepted it (`invoke`: the Invoke API, `http`: a function URL) is its `route`.
+    out = {"requestId": row["request_id"], "function": row["function"], "trigger": "event",
+           "route": row["trigger"], "accepted": row["accepted"], "state": row["state"],
            "attempts": row["attempts"], "due": row["due"], "deadReason": row["dead_reason"],
            "errors": _attempts(conn, row["id"])}
     if payload:

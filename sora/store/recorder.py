@@ -37,12 +37,13 @@ waiting for them forever.
 
 Lines: joined by "\\n", fields by "\\t" (a log line's text is the last field, so it may hold
 tabs; it never holds a newline):
-    R <request id> <function> <version> <trigger> <start> <duration ms> <status> <error type|-> <cold 0/1> <max memory used MB|-> <init duration ms|->
+    R <request id> <function> <version> <trigger> <start> <duration ms> <status> <error type|-> <cold 0/1> <error message as a JSON string|-> <max memory used MB|-> <init duration ms|->
     L <function> <request id> <time> <stream> <text>
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -78,6 +79,8 @@ UNACKED_MAX_BYTES = 32 << 20
 # How long the store remembers a sender's last batch after its last one: only a sender that
 # still holds a batch the recorder committed can resend it, and it does so within seconds.
 SENDER_MEMORY_SECONDS = 86_400.0
+# The part of an error message a record keeps (a function may throw megabytes).
+MAX_ERROR_MESSAGE = 4096
 # How long a stopping worker waits for the recorder to acknowledge its last batches.
 CLOSE_WAIT = 2.0
 
@@ -125,14 +128,18 @@ class RecordSender:
 
     def record(self, request_id: bytes, function: bytes, trigger: bytes, start: float,
                duration_ms: float, status: bytes, error_type: str | None, cold: bool,
-               version: bytes = b"$LATEST", max_memory_mb: int | None = None,
-               init_ms: float | None = None) -> None:
+               version: bytes = b"$LATEST", error_message: str | None = None,
+               max_memory_mb: int | None = None, init_ms: float | None = None) -> None:
         """One finished invocation (bytes where the worker has bytes: this is per request).
+        `error_message` is what the caller's errorMessage said (its first
+        MAX_ERROR_MESSAGE characters), escaped as JSON so that its tabs and newlines stay.
         `max_memory_mb` and `init_ms` are its REPORT line's Max Memory Used and Init
         Duration (None: no instance ran it; a warm start)."""
-        self.batch.append(b"R\t%s\t%s\t%s\t%s\t%.6f\t%.3f\t%s\t%s\t%d\t%s\t%s" % (
+        self.batch.append(b"R\t%s\t%s\t%s\t%s\t%.6f\t%.3f\t%s\t%s\t%d\t%s\t%s\t%s" % (
             request_id, function, version, trigger, start, duration_ms, status,
             _text(error_type) if error_type else b"-", cold,
+            b"-" if error_message is None else
+            json.dumps(error_message[:MAX_ERROR_MESSAGE]).encode(),
             b"-" if max_memory_mb is None else b"%d" % max_memory_mb,
             b"-" if init_ms is None else b"%.3f" % init_ms))
 
@@ -239,7 +246,8 @@ def parse(message: bytes, records: list[tuple], lines: list[tuple]) -> None:
                 f = item.decode("utf-8", "replace").split("\t")
                 records.append((f[1], f[2], f[3], f[4], float(f[5]), float(f[6]), f[7],
                                 None if f[8] == "-" else f[8], int(f[9]),
-                                *_reported(f[10:12])))
+                                None if len(f) < 11 or f[10] == "-" else json.loads(f[10]),
+                                *_reported(f[11:13])))
             elif kind == b"L\t":
                 _, fn, rid, at, stream, text = item.split(b"\t", 5)
                 lines.append((fn.decode(), rid.decode(), float(at), stream.decode(),

@@ -16,8 +16,8 @@ STATUSES = ("ok", "error", "timeout", "crashed")
 def commit(conn: sqlite3.Connection, records: list[tuple], lines: list[tuple],
            batches: dict[bytes, int] | None = None) -> None:
     """Write a batch in one transaction: record rows (request id, function, version, trigger,
-    start, duration ms, status, error type, cold, max memory used MB, init duration ms) and
-    log lines (function, request id, time,
+    start, duration ms, status, error type, cold, error message, max memory used MB, init
+    duration ms) and log lines (function, request id, time,
     stream, text), as `recorder.parse` makes them, and the last batch of each sender they came
     from (`batches`: sender key -> seq), so that none of those batches is stored again."""
     if not records and not lines and not batches:
@@ -34,8 +34,8 @@ def commit(conn: sqlite3.Connection, records: list[tuple], lines: list[tuple],
                          "VALUES (?, ?, ?, ?, ?)", lines)
         conn.executemany("INSERT OR REPLACE INTO invocations (request_id, function, version, "
                          "trigger, start, duration_ms, status, error_type, cold, "
-                         "max_memory_mb, init_duration_ms) "
-                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", records)
+                         "error_message, max_memory_mb, init_duration_ms) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", records)
 
 
 def last_batches(conn: sqlite3.Connection) -> dict[bytes, int]:
@@ -120,8 +120,8 @@ def _invocation(row: sqlite3.Row) -> dict:
     return {"requestId": row["request_id"], "function": row["function"],
             "version": row["version"], "trigger": row["trigger"], "start": row["start"],
             "durationMs": round(row["duration_ms"], 3), "status": row["status"],
-            "errorType": row["error_type"], "cold": bool(row["cold"]),
-            **_reported(row)}
+            "errorType": row["error_type"], "errorMessage": row["error_message"],
+            "cold": bool(row["cold"]), **_reported(row)}
 
 
 def _reported(row: sqlite3.Row) -> dict:

@@ -1,9 +1,12 @@
 """The arbiter: the supervisor's main loop (after gunicorn's arbiter).
 
-It runs each function's setup, spawns one worker per function and one gunicorn master per
-listener (HTTP, HTTPS), restarts what exits with backoff, parks what keeps failing as FATAL, and
-stops everything cleanly. Signal handlers only queue the signal; the loop wakes on a pipe
-(signal.set_wakeup_fd), handles queued signals by name, reaps children, then manages the rest.
+It binds the listeners' ports first (listeners.py: a taken port fails the start at once), runs
+each function's setup, spawns one worker per function and one gunicorn master per listener
+(HTTP, HTTPS) on the socket it bound, restarts what exits with backoff, parks what keeps
+failing as FATAL, and stops everything cleanly. Signal handlers only queue the signal; the loop
+wakes on a pipe (signal.set_wakeup_fd), handles queued signals by name, reaps children, then
+manages the rest. Once the gateways answer it announces "Sora is serving", then each
+function's way to ready (progress.py).
 
 The supervisor is a child subreaper: a process that a dying worker or runtime leaves behind is
 re-parented here, and the loop kills and reaps it, so nothing outlives its function.
@@ -35,7 +38,9 @@ from ..worker.runtimes import runtime_for
 from ..isolation import cgroups, sandbox, secrets
 from ..isolation.secrets import remove_leftovers as remove_secret_files
 from .broker import Broker
+from . import listeners
 from .child import Launch, State, Supervised, describe_exit
+from .progress import FunctionProgress, StartupProgress
 from .runtime_pool import RuntimePool
 from .setup import SetupRun
 
@@ -45,6 +50,9 @@ _PR_SET_CHILD_SUBREAPER = 36
 WORKER_START_RETRIES = 3
 GATEWAY_START_RETRIES = 3
 EXIT_GATEWAY_FATAL = 1
+# Orphans found this soon after one of our children exited (or while stopping) are what that
+# child left (a dead worker's runtimes, a gateway's workers): expected, logged at debug.
+ORPHANS_EXPECTED_FOR = 10.0
 
 
 class StateDirBusy(Exception):
@@ -76,6 +84,9 @@ class Arbiter:
         # The cgroup version whose limits instances run under ("v1", "v2"), or None.
         self.cgroups = cgroups.detect()
         self._announced = False
+        self.sockets: dict[str, socket.socket] = {}   # the listeners, bound in prepare()
+        self.progress: StartupProgress | None = None
+        self._last_exit_at = float("-inf")
 
     # --- signals: handlers only queue -----------------------------------------------------------
     def _on_signal(self, signum, _frame) -> None:
@@ -89,7 +100,8 @@ class Arbiter:
 
     def install_signals(self) -> None:
         signal.set_wakeup_fd(self._wake_w)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD,
+                    signal.SIGHUP):
             signal.signal(sig, self._on_signal)
 
     def handle_signals(self) -> None:
@@ -108,6 +120,12 @@ class Arbiter:
 
     def handle_sigquit(self) -> None:
         self.begin_stop("SIGQUIT")
+
+    def handle_sighup(self) -> None:
+        # SIGHUP's default action would end the host without a word (a closed terminal, or a
+        # `kill -HUP` meant as "reload"): there is no live reload yet, so it is refused aloud.
+        log.warning("SIGHUP received and ignored: Sora has no live reload yet; restart the "
+                    "host to apply changes to its configuration or functions")
 
     def handle_sigchld(self) -> None:
         pass  # it woke the loop; reap_children does the work
@@ -129,8 +147,11 @@ class Arbiter:
     def gateway_launch(self, listener: str) -> Launch:
         argv = [sys.executable, "-m", "gunicorn", "--config", "python:sora.gateway.gunicorn_conf",
                 "sora.gateway.app:create_app()"]
-        env = dict(os.environ, SORA_CONFIG=self.config.path, SORA_LISTENER=listener)
-        return Launch(argv, env, start_timeout=30.0, start_retries=GATEWAY_START_RETRIES)
+        fd = self.sockets[listener].fileno()
+        env = dict(os.environ, SORA_CONFIG=self.config.path, SORA_LISTENER=listener,
+                   SORA_LISTEN_FD=str(fd))
+        return Launch(argv, env, start_timeout=30.0, start_retries=GATEWAY_START_RETRIES,
+                      pass_fds=(fd,))
 
     def recorder_launch(self) -> Launch:
         records = self.config.records
@@ -151,13 +172,7 @@ class Arbiter:
         return [w for w in self.workers.values() if function_of(w) == function]
 
     def listeners(self) -> dict[str, int]:
-        server = self.config.server
-        out = {}
-        if server.httpPort is not None:
-            out["http"] = server.httpPort
-        if server.httpsPort is not None:
-            out["https"] = server.httpsPort
-        return out
+        return listeners.ports(self.config)
 
     def all_children(self) -> list[Supervised]:
         return [*self.gateways.values(), self.dispatcher, *self.workers.values(),
@@ -170,6 +185,7 @@ class Arbiter:
             if code is None:
                 continue
             exited = True
+            self._last_exit_at = now
             why = f"pid {child.proc.pid} {describe_exit(code)}"
             if child.kind == "worker":
                 function = function_of(child)
@@ -188,7 +204,16 @@ class Arbiter:
         return exited
 
     def reap_orphans(self) -> None:
-        """Kill and reap processes that were re-parented to us (we are a subreaper)."""
+        """Kill and reap processes that were re-parented to us (we are a subreaper).
+
+        Expected, and logged at debug: what a child of ours that just exited left (a worker's
+        runtimes, a setup's stragglers), what is left while the host stops, and bubblewrap's
+        init (it outlives the bwrap that started it by a moment whenever a sandboxed command
+        ends, e.g. each confined rsync of a setup). Otherwise a process outlived its parent
+        with none of ours exiting (a function's runtime that daemonized a child): that is
+        told at info. (A process can name itself "bwrap": that changes a log level only.)"""
+        expected = self.stopping or \
+            time.monotonic() - self._last_exit_at < ORPHANS_EXPECTED_FOR
         own_group = os.getpgid(0)
         try:
             children = psutil.Process().children()
@@ -203,6 +228,7 @@ class Arbiter:
         for proc in children:
             if proc.pid in known:
                 continue
+            name = _name_of(proc)   # before it is killed: a zombie has no name to read
             try:
                 group = os.getpgid(proc.pid)
                 if group != own_group:
@@ -212,7 +238,10 @@ class Arbiter:
                 pass
             try:
                 os.waitpid(proc.pid, 0)
-                log.info("reaped orphaned process %d (%s)", proc.pid, _name_of(proc))
+                log.log(logging.DEBUG if expected or name == "bwrap" else logging.INFO,
+                        "reaped orphaned process %d (%s)%s", proc.pid, name,
+                        "" if expected or name == "bwrap" else
+                        ", left behind by a process that exited")
             except ChildProcessError:
                 pass
 
@@ -242,6 +271,7 @@ class Arbiter:
             if outcome is None:
                 continue
             del self.setups[name]
+            self._last_exit_at = now   # its stragglers may be re-parented to us
             if outcome.ok:
                 log.info("function %s: setup %s", name, "unchanged, skipped" if outcome.skipped
                          else "done")
@@ -252,7 +282,10 @@ class Arbiter:
                     worker.to(State.FATAL, outcome.reason)
         for child in self.all_children():
             if child.due(now):
-                child.spawn(now)
+                if child.kind == "gateway":
+                    self.spawn_gateway(child, now)
+                else:
+                    child.spawn(now)
             elif child.start_overdue(now):
                 log.error("%s %s: not ready after %.0fs; killing it", child.kind, child.name,
                           child.launch.start_timeout)
@@ -263,21 +296,36 @@ class Arbiter:
                 child.mark_ready(now)
         for name, gateway in self.gateways.items():
             if gateway.state is State.STARTING and gateway.pid and \
-                    self._port_open(self.listeners()[name]):
+                    os.path.exists(p.gateway_ready_path(self.state_dir, name)):
                 gateway.mark_ready(now)
         if not self._announced and self.gateways and \
                 all(g.state is State.RUNNING for g in self.gateways.values()):
             self._announced = True
             self.announce()
+        if self._announced:
+            self.report_progress(now)
 
-    def _port_open(self, port: int) -> bool:
-        host = self.config.server.bind
-        host = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
-        try:
-            with socket.create_connection((host, port), timeout=0.2):
-                return True
-        except OSError:
-            return False
+    def spawn_gateway(self, gateway: Supervised, now: float) -> None:
+        try:   # the new gunicorn tells it is ready by making the file again
+            os.unlink(p.gateway_ready_path(self.state_dir, gateway.name))
+        except FileNotFoundError:
+            pass
+        gateway.spawn(now)
+
+    def report_progress(self, now: float) -> None:
+        """Each function's way to ready, after "Sora is serving" (see progress.py)."""
+        if self.progress is None or self.progress.summed_up:
+            return
+        seen = []
+        for fn in self.config.functions:
+            worker = self.workers[fn.name]
+            run = self.setups.get(fn.name)
+            seen.append(FunctionProgress(
+                fn.name, worker.state, worker.reason,
+                setup_command=run.current_command if run is not None else None,
+                setup_log=run.log_path if run is not None else None))
+        for level, line in self.progress.lines(now, seen):
+            log.log(level, "%s", line)
 
     def announce(self) -> None:
         host = self.config.server.bind
@@ -287,6 +335,11 @@ class Arbiter:
             for fn in self.config.functions:
                 lines.append(f"  {listener}://{shown}:{port}/functions/{fn.name}")
             lines.append(f"  {listener}://{shown}:{port}/healthz")
+        waiting = [fn.name for fn in self.config.functions
+                   if self.workers[fn.name].state not in (State.RUNNING, State.FATAL)]
+        if waiting:
+            lines.append(f"  waiting for {len(waiting)} function(s) to be ready: "
+                         f"{', '.join(waiting)} (progress below)")
         log.info("Sora is serving:\n%s", "\n".join(lines))
 
     def handle_broker_events(self, now: float) -> None:
@@ -327,9 +380,10 @@ class Arbiter:
                         maxInstances=fn.maxInstances, concurrency=fn.concurrency)
             functions[fn.name] = info
         for broken in self.config.broken:
-            functions.setdefault(broken.name, {"kind": "worker", "state": State.FATAL.value,
-                                               "reason": broken.reason, "pid": None,
-                                               "restarts": 0, "since": None})
+            functions.setdefault(shown_name(broken, functions),
+                                 {"kind": "worker", "state": State.FATAL.value,
+                                  "reason": broken.reason, "pid": None, "restarts": 0,
+                                  "since": None, "directory": broken.directory})
         gateways = {name: g.describe() for name, g in self.gateways.items()}
         healthy = all(f["state"] == State.RUNNING.value for f in functions.values())
         return {"status": "stopping" if self.stopping else ("ok" if healthy else "degraded"),
@@ -358,6 +412,8 @@ class Arbiter:
             return
         self.stopping = True
         log.info("stopping (%s): gateways and the dispatcher first, then workers", why)
+        # The gateways keep their own copies; with ours closed, the ports close as they exit.
+        listeners.close_all(self.sockets)
         for run in self.setups.values():
             run.kill()
         for child in self.all_children():
@@ -425,6 +481,8 @@ class Arbiter:
     def prepare(self) -> None:
         os.makedirs(p.run_dir(self.state_dir), exist_ok=True)
         self.lock_state_dir()
+        # Before anything starts or is announced: a taken port ends the start here, at once.
+        self.sockets = listeners.bind_all(self.config)
         # Before any setup runs: what the children learn of the functions (see config_snapshot).
         config_snapshot.write(config_snapshot.snapshot_path(self.state_dir),
                               self.config.functions, self.config.broken)
@@ -481,6 +539,7 @@ class Arbiter:
         for broken in self.config.broken:
             log.error("function %s is broken and skipped: %s", broken.name, broken.reason)
         now = time.monotonic()
+        self.progress = StartupProgress([fn.name for fn in self.config.functions], now)
         self.start_functions()
         # The broker learns the functions before the dispatcher can send it events.
         self.publish()
@@ -489,7 +548,7 @@ class Arbiter:
         for listener in self.listeners():
             self.gateways[listener] = Supervised(listener, "gateway",
                                                  self.gateway_launch(listener))
-            self.gateways[listener].spawn(now)
+            self.spawn_gateway(self.gateways[listener], now)
         last_sweep = now
         try:
             while True:
@@ -538,6 +597,7 @@ class Arbiter:
         for fn in self.config.functions:
             if (path := secrets.sandboxed_dir(self.state_dir, fn)) is not None:
                 shutil.rmtree(path, ignore_errors=True)
+        listeners.close_all(self.sockets)
         self.reap_orphans()
         cgroups.remove_orphaned_groups(wait=2.0)   # what was busy when its worker tried
         if self.broker is not None:
@@ -550,6 +610,16 @@ class Arbiter:
 def function_of(worker: Supervised) -> str:
     """The function a worker serves (its key without the "#n" of a second or later one)."""
     return worker.name.partition("#")[0]
+
+
+def shown_name(broken, functions: dict) -> str:
+    """The name health shows a broken function under: its own, unless a function that serves
+    has it (a duplicate name), then with its folder's name (its whole path if that is taken
+    too), so both are listed; the reason names both folders in full."""
+    if broken.name not in functions:
+        return broken.name
+    short = f"{broken.name} ({os.path.basename(broken.directory.rstrip('/'))})"
+    return short if short not in functions else f"{broken.name} ({broken.directory})"
 
 
 def _name_of(proc: psutil.Process) -> str:

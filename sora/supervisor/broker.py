@@ -287,12 +287,14 @@ class Broker(threading.Thread):
         now = time.time()
         function = worker.function.encode()
         for (client, request_id), (start, meta) in worker.inflight.items():
-            self._reply(client, request_id, p.WORKER_LOST, p.error_body(
-                "Sora.WorkerLost", f"The worker running {worker.function} was lost ({why}) "
-                "while handling this invocation"))
+            message = (f"The worker running {worker.function} was lost ({why}) while "
+                       "handling this invocation")
+            self._reply(client, request_id, p.WORKER_LOST,
+                        p.error_body("Sora.WorkerLost", message))
             if self.records is not None:
                 self.records.record(request_id, function, meta.partition(b"+")[0], start,
-                                    (now - start) * 1000, b"crashed", "Sora.WorkerLost", False)
+                                    (now - start) * 1000, b"crashed", "Sora.WorkerLost", False,
+                                    error_message=message)
         if self.records is not None:
             self.records.flush()
         if worker.inflight:

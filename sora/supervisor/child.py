@@ -70,6 +70,7 @@ class Launch:
     start_timeout: float
     start_retries: int
     ready_after: float | None = None   # None: ready when told (mark_ready); else seconds up
+    pass_fds: tuple[int, ...] = ()     # inherited by the child (a gateway's listening socket)
 
 
 class Supervised:
@@ -108,6 +109,7 @@ class Supervised:
     def spawn(self, now: float) -> None:
         self.proc = subprocess.Popen(self.launch.argv, env=self.launch.env,
                                      stdin=subprocess.DEVNULL, start_new_session=True,
+                                     pass_fds=self.launch.pass_fds,
                                      preexec_fn=die_with_parent)
         self.started_at = now
         if self.state is not State.STARTING:

@@ -142,11 +142,7 @@ class SetupRun:
         if not self.fn.setup:
             self.outcome = SetupOutcome(ok=True, skipped=True)
             return
-        cached = self._cached()
-        outputs = set(cached.get("outputs", []))
-        if not self.force and cached.get("hash") and all(os.path.exists(os.path.join(self.fn.directory, o))
-                                      for o in outputs) \
-                and cached["hash"] == content_hash(self.fn.directory, outputs):
+        if not self.force and _matches(self.fn, self._cached()):
             self.outcome = SetupOutcome(ok=True, skipped=True)
             return
         if self.fn.sandboxed and (reason := sandbox.unavailable_reason()) is not None:
@@ -208,6 +204,12 @@ class SetupRun:
                 pass_fds=filter_fds, start_new_session=True,
                 preexec_fn=die_with_parent)   # dies with the supervisor
         self.deadline = time.monotonic() + self.fn.setupTimeout
+
+    @property
+    def current_command(self) -> str | None:
+        """The command running now, as its log names it (for the start-up progress lines)."""
+        running = self.outcome is None and self.proc is not None and 0 <= self.index
+        return self.steps[self.index][0] if running and self.index < len(self.steps) else None
 
     def poll(self) -> SetupOutcome | None:
         if self.outcome is not None:
@@ -281,6 +283,29 @@ class SetupRun:
         if self.home_path is not None:
             shutil.rmtree(self.home_path, ignore_errors=True)
             self.home_path = None
+
+
+def _matches(fn: FunctionConfig, cached: dict) -> bool:
+    """Whether the setup recorded in `cached` ran on the folder as it is now."""
+    outputs = set(cached.get("outputs", []))
+    return bool(cached.get("hash")) and \
+        all(os.path.exists(os.path.join(fn.directory, o)) for o in outputs) and \
+        cached["hash"] == content_hash(fn.directory, outputs)
+
+
+def setup_ran(fn: FunctionConfig, state_dir: str | None) -> bool:
+    """Whether what `fn`'s setup makes is in its folder: it has no setup, or its last
+    successful setup (recorded in `state_dir`) ran on the folder as it is now. Without a state
+    dir (a function folder checked on its own), only a function without setup."""
+    if not fn.setup:
+        return True
+    if state_dir is None:
+        return False
+    try:
+        with open(os.path.join(state_dir, "setup", f"{fn.name}.json"), encoding="utf-8") as fh:
+            return _matches(fn, json.load(fh))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _kill_group(pgid: int) -> None:

@@ -41,7 +41,10 @@ def host(tmp_path_factory):
         write_function(fns, "counter", {"index.js": F.COUNTER}, name="counter"),
         write_function(fns, "fast-crash", {"index.js": F.CRASH}, name="fast-crash"),
     ]
-    h = SoraHost(base, dirs, server={"maxBodyBytes": 64 * 1024, "gatewayWorkers": 2},
+    # errorDetail full: these tests read the traces the shim reports (the default, message,
+    # leaves them out: tests/integration/test_error_detail.py).
+    h = SoraHost(base, dirs, server={"maxBodyBytes": 64 * 1024, "gatewayWorkers": 2,
+                                     "errorDetail": "full"},
                  env={"SORA_TEST_HOST_SECRET": "must-not-leak"})
     h.start()
     yield h

@@ -55,7 +55,10 @@ def host(tmp_path_factory):
         spec = (d / "sora.yaml").read_text()
         if "language: provided" in spec:  # write_function's nodejs defaults do not apply
             (d / "sora.yaml").write_text(spec.replace("entrypoint: index.js\n", ""))
-    h = SoraHost(base, dirs, env={"SORA_TEST_HOST_SECRET": "must-not-leak"})
+    # errorDetail full: these tests read the traces and start-up reasons callers get in
+    # development (the default leaves them out: tests/integration/test_error_detail.py).
+    h = SoraHost(base, dirs, env={"SORA_TEST_HOST_SECRET": "must-not-leak"},
+                 server={"errorDetail": "full"})
     h.start(wait_functions=[d.name for d in dirs if "error" not in d.name and
                             "missing" not in d.name])
     yield h

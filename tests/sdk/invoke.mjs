@@ -1,6 +1,8 @@
 // Invoke a function through Sora with the AWS SDK for JavaScript v3, as a user would:
 //   node invoke.mjs <endpoint> <function> <payload JSON> [RequestResponse|Event] [Tail|None]
 // Prints the SDK's answer as JSON (Payload decoded as text), or {"error": ...} on an error.
+// Signs with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY when set (a Sora key's name and the key;
+// any pair on a host without keys), with its clock off by SORA_TEST_CLOCK_OFFSET_MS if given.
 import { LambdaClient, InvokeCommand } from '@aws-sdk/client-lambda';
 
 const [endpoint, functionName, payload, type = 'RequestResponse', logType = 'None'] =
@@ -8,7 +10,9 @@ const [endpoint, functionName, payload, type = 'RequestResponse', logType = 'Non
 const client = new LambdaClient({
   endpoint,
   region: 'us-east-1',
-  credentials: { accessKeyId: 'sora', secretAccessKey: 'sora' },
+  credentials: { accessKeyId: process.env.AWS_ACCESS_KEY_ID ?? 'sora',
+                 secretAccessKey: process.env.AWS_SECRET_ACCESS_KEY ?? 'sora' },
+  systemClockOffset: Number(process.env.SORA_TEST_CLOCK_OFFSET_MS ?? 0),
   maxAttempts: 1,
 });
 try {

@@ -71,7 +71,8 @@ def test_prune_to_size_removes_the_oldest_first(tmp_path):
     conn = connect(str(tmp_path))
     for i in range(40):
         rid = f"r{i:03d}"
-        commit(conn, [(rid, "fn", "$LATEST", "http", time.time(), 1.0, "ok", None, 0, 40, None)],
+        commit(conn, [(rid, "fn", "$LATEST", "http", time.time(), 1.0, "ok", None, 0, None,
+                       40, None)],
                [("fn", rid, time.time(), "stdout", "l" * 500) for _ in range(100)])
     used = store_bytes(conn)
     removed = prune_to_size(conn, used // 2, used // 8)
@@ -162,7 +163,8 @@ def test_the_recorder_keeps_the_store_within_its_cap(tmp_path):
     largest = 0
     for i in range(60):
         rid = f"r{i:04d}"
-        commit(conn, [(rid, "fn", "$LATEST", "http", time.time(), 1.0, "ok", None, 0, 40, None)],
+        commit(conn, [(rid, "fn", "$LATEST", "http", time.time(), 1.0, "ok", None, 0, None,
+                       40, None)],
                [("fn", rid, time.time(), "stdout", "f" * 199) for _ in range(500)])
         recorder.keep_within_cap(conn)
         size = sum(os.path.getsize(tmp_path / n) for n in ("sora.db", "sora.db-wal")

@@ -120,7 +120,7 @@ class Records:
     def __init__(self):
         self.recorded = []
 
-    def record(self, request_id, *args, **reported):
+    def record(self, request_id, *args, **kwargs):
         self.recorded.append(request_id)
 
 

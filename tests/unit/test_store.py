@@ -15,7 +15,7 @@ from tests.support import wait_for
 def rec(rid, fn="fn", start=None, status="ok"):
     """A record row as the recorder commits it."""
     return (rid, fn, "$LATEST", "http", start or time.time(), 1.5, status,
-            None if status == "ok" else "Error", 0, 40, None)
+            None if status == "ok" else "Error", 0, None if status == "ok" else "boom", 40, None)
 
 
 def test_sender_batches_per_turn_and_parse_reads_it_back(tmp_path):
@@ -26,9 +26,9 @@ def test_sender_batches_per_turn_and_parse_reads_it_back(tmp_path):
     sender = RecordSender(str(tmp_path), ctx)
     wait_connected(sender)
     sender.record(b"r1", b"fn", b"invoke", 1700000000.25, 12.5, b"error", "Type\tError",
-                  True, max_memory_mb=45, init_ms=123.4567)
-    sender.record(b"r2", b"fn", b"http", 1700000000.5, 1.0, b"crashed", "Sora.WorkerLost",
-                  False)
+                  True, error_message="first line\n\tsecond \"line\"", max_memory_mb=45,
+                  init_ms=123.4567)
+    sender.record(b"r2", b"fn", b"http", 1700000000.5, 1.0, b"ok", None, False)
     sender.lines("fn", "r1", "stderr", [b"a\ttabbed line", b""])
     sender.flush()
     assert router.poll(2000)
@@ -38,9 +38,9 @@ def test_sender_batches_per_turn_and_parse_reads_it_back(tmp_path):
     rows, lines = [], []
     parse(message, rows, lines)
     assert rows == [("r1", "fn", "$LATEST", "invoke", 1700000000.25, 12.5, "error",
-                     "Type Error", 1, 45, 123.457),
-                    ("r2", "fn", "$LATEST", "http", 1700000000.5, 1.0, "crashed",
-                     "Sora.WorkerLost", 0, None, None)]
+                     "Type Error", 1, "first line\n\tsecond \"line\"", 45, 123.457),
+                    ("r2", "fn", "$LATEST", "http", 1700000000.5, 1.0, "ok", None, 0, None,
+                     None, None)]
     assert [(fn, rid, stream, text) for fn, rid, _, stream, text in lines] == [
         ("fn", "r1", "stderr", "a\ttabbed line"), ("fn", "r1", "stderr", "")]
     sender.close(wait=0)

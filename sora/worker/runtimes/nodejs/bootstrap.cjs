@@ -18,7 +18,7 @@
 // the worker can tie log lines to the invocation that printed them (as OpenWhisk ActionLoop does).
 const fs = require('fs');
 const path = require('path');
-const { pathToFileURL } = require('url');
+const { pathToFileURL, fileURLToPath } = require('url');
 
 const CONTROL_FD = Number(process.env.SORA_CONTROL_FD || 3);
 // Marker closing an invocation's log lines on a stream: NUL, the tag, the request id, newline.
@@ -108,15 +108,25 @@ function sendAnswer(line) {
 }
 process.on('exit', flushOutbox);
 
+// A stack's lines without this shim's own frames (and its line in a "Require stack"): they
+// are not the function's, and they would show the caller where Sora is installed. The frames
+// below the first of the shim's are how Node called the shim (stdin's events, timers): they go
+// too.
+function functionTrace(stack) {
+  if (typeof stack !== 'string') return [];
+  const lines = [];
+  for (const line of stack.split('\n')) {
+    if (!line.includes(__filename)) lines.push(line);
+    else if (/^\s+at /.test(line)) break;
+  }
+  return lines;
+}
+
 function errorPayload(err) {
   if (err instanceof Error) {
     const errorType = err.name && err.name !== 'Error' ? err.name
       : (err.constructor && err.constructor.name) || 'Error';
-    return {
-      errorType,
-      errorMessage: err.message,
-      trace: typeof err.stack === 'string' ? err.stack.split('\n') : [],
-    };
+    return { errorType, errorMessage: err.message, trace: functionTrace(err.stack) };
   }
   if (err !== null && typeof err === 'object') {
     return { errorType: 'object', errorMessage: safeStringify(err) || String(err), trace: [] };
@@ -157,6 +167,97 @@ function resolveHandler(mod) {
     }
   }
   return target;
+}
+
+// --- load errors: where they are, in the function folder's terms -----------------------------
+
+// A path as the function's author knows it: relative to the function folder.
+function folderRelative(file) {
+  const rel = path.relative(process.cwd(), file);
+  return rel && !rel.startsWith('..') && !path.isAbsolute(rel) ? rel : path.basename(file);
+}
+
+// "<file>:<line>:<column>" of a syntax error, from the lines Node prints above it:
+// "<file or URL>:<line>", the source line, then spaces and carets under the token.
+function arrowLocation(text) {
+  const found = /^(.+):(\d+)\n.*\n([ \t]*)\^/.exec(typeof text === 'string' ? text : '');
+  if (!found) return null;
+  const file = found[1].startsWith('file://') ? fileURLToPath(found[1]) : found[1];
+  return `${folderRelative(file)}:${found[2]}:${found[3].length + 1}`;
+}
+
+// Files of the function folder (not its dependencies) that Node could load, entry first.
+function ownSources(entryFile, limit) {
+  const files = [entryFile];
+  const folders = [process.cwd()];
+  while (folders.length && files.length < limit) {
+    const folder = folders.shift();
+    let entries;
+    try {
+      entries = fs.readdirSync(folder, { withFileTypes: true });
+    } catch (err) {
+      continue;
+    }
+    for (const entry of entries) {
+      if (entry.name.startsWith('.') || entry.name === 'node_modules') continue;
+      const file = path.join(folder, entry.name);
+      if (entry.isDirectory()) folders.push(file);
+      else if (entry.isFile() && /\.(js|mjs|cjs)$/.test(entry.name) && file !== entryFile) {
+        files.push(file);
+      }
+    }
+  }
+  return files.slice(0, limit);
+}
+
+// Where a syntax error is. A CommonJS module's error carries it in its stack; an ES module's
+// does not (V8 keeps it from the error import() rejects with), so the folder's own files are
+// parsed one by one with `node --check` (which prints it) until one fails with the same
+// message. Only on this failure path; each check takes ~40 ms, hence the limit.
+const SYNTAX_CHECKED_FILES = 50;
+function syntaxErrorLocation(err, entryFile) {
+  const direct = arrowLocation(err.stack);
+  if (direct) return direct;
+  const { spawnSync } = require('child_process');
+  for (const file of ownSources(entryFile, SYNTAX_CHECKED_FILES)) {
+    const checked = spawnSync(process.execPath, ['--check', file],
+      { encoding: 'utf8', timeout: 5000, stdio: ['ignore', 'ignore', 'pipe'] });
+    if (checked.status !== 0 && typeof checked.stderr === 'string' &&
+        checked.stderr.includes(`${err.name}: ${err.message}`)) {
+      return arrowLocation(checked.stderr);
+    }
+  }
+  return null;
+}
+
+// The names a module exports, for the message of a handler that is not among them.
+function exportedNames(mod) {
+  const names = new Set(Object.keys(mod || {}));
+  if (mod && mod.default && typeof mod.default === 'object') {
+    for (const key of Object.keys(mod.default)) names.add(key);
+  }
+  names.delete('default');
+  return [...names].slice(0, 10);
+}
+
+// The INIT error of a module that failed to load, as Lambda's runtime types it, its message
+// naming the file (and, for a syntax error, the line and column) relative to the folder.
+function loadErrorPayload(err, entryFile) {
+  const payload = errorPayload(err);
+  if (payload.errorType === 'Runtime.HandlerNotFound') return payload;
+  payload.errorMessage = `${payload.errorType}: ${payload.errorMessage}`;
+  if (err instanceof SyntaxError) {
+    payload.errorType = 'Runtime.UserCodeSyntaxError';
+    const where = syntaxErrorLocation(err, entryFile);
+    if (where) payload.errorMessage = `${where}: ${payload.errorMessage}`;
+  } else {
+    payload.errorType = 'Runtime.ImportModuleError';
+  }
+  // A "Require stack" names files by their full path: the function's as the folder's own,
+  // this shim's not at all.
+  payload.errorMessage = functionTrace(payload.errorMessage).join('\n')
+    .split(process.cwd() + path.sep).join('');
+  return payload;
 }
 
 let current = null;   // the invocation in progress: {id, finish}
@@ -266,22 +367,22 @@ function runNext() {
 }
 
 async function main() {
+  const entryFile = path.resolve(entry);
   try {
-    const mod = await loadModule(path.resolve(entry));
+    const mod = await loadModule(entryFile);
     handler = resolveHandler(mod);
     if (typeof handler !== 'function') {
-      const err = new Error(`${path.basename(entry)}.${handlerName} is undefined or not exported`);
+      // Lambda's words ("index.handler is undefined or not exported": the handler string),
+      // then the file and what it does export.
+      const file = folderRelative(entryFile);
+      const names = exportedNames(mod);
+      const err = new Error(`${file.replace(/\.[cm]?js$/, '')}.${handlerName} is undefined or ` +
+        `not exported (${file} exports ${names.length ? names.join(', ') : 'nothing'})`);
       err.name = 'Runtime.HandlerNotFound';
       throw err;
     }
   } catch (err) {
-    const payload = errorPayload(err);
-    if (payload.errorType !== 'Runtime.HandlerNotFound') {
-      payload.errorMessage = `${payload.errorType}: ${payload.errorMessage}`;
-      payload.errorType = err && err.code === 'MODULE_NOT_FOUND'
-        ? 'Runtime.ImportModuleError' : 'Runtime.UserCodeSyntaxError';
-      if (!(err instanceof SyntaxError)) payload.errorType = 'Runtime.ImportModuleError';
-    }
+    const payload = loadErrorPayload(err, entryFile);
     writeControl('INIT ' + JSON.stringify(payload) + '\n');
     process.exit(1);
   }

@@ -112,13 +112,41 @@ def install_logging():
 
 def error_payload(exc, error_type=None):
     frames = traceback.extract_tb(exc.__traceback__)
-    # Frames of this shim are not the function's business.
-    frames = [f for f in frames if f.filename != __file__]
+    # Frames of this shim are not the function's business (and would show the caller where
+    # Sora is installed).
+    frames = [f for f in frames if os.path.abspath(f.filename) != os.path.abspath(__file__)]
     return {
         "errorMessage": str(exc),
         "errorType": error_type or type(exc).__name__,
         "stackTrace": traceback.format_list(frames),
     }
+
+
+# Lambda's Python runtime logs an error as one record: "[ERROR] <type>: <message>", then
+# "Traceback (most recent call last):" and the frames, their indentation made of no-break
+# spaces (U+00A0) so that log viewers keep it (awslambdaric's bootstrap.log_error, text format).
+LOG_INDENT = "\u00a0"
+
+
+def log_error(payload):
+    description = "[ERROR]"
+    if payload.get("errorType"):
+        description += " " + payload["errorType"]
+    if payload.get("errorMessage"):
+        description += (":" if payload.get("errorType") else "") + " " + payload["errorMessage"]
+    lines = [description, "Traceback (most recent call last):"]
+    for element in payload.get("stackTrace") or []:
+        for line in element.splitlines() or [""]:
+            stripped = line.lstrip(" ")
+            lines.append(LOG_INDENT * (len(line) - len(stripped)) + stripped)
+    sys.stdout.write("\n".join(lines) + "\n")
+    sys.stdout.flush()
+
+
+def folder_relative(path):
+    """A path as the function's author knows it: relative to the function folder."""
+    rel = os.path.relpath(os.path.abspath(path), TASK_ROOT) if path else ""
+    return rel if rel and not rel.startswith("..") else os.path.basename(path or "")
 
 
 def to_json(value):
@@ -143,9 +171,16 @@ def load_handler():
         import importlib
         module = importlib.import_module(module_name)
     except SyntaxError as exc:
-        return None, {"errorMessage": "Syntax error in module '%s': %s" % (module_name, exc),
+        # Lambda's message, preceded by where the error is: file:line:column, the file
+        # relative to the function folder (no host path reaches callers).
+        where = ":".join(str(part) for part in (folder_relative(exc.filename), exc.lineno,
+                                                exc.offset) if part)
+        return None, {"errorMessage": "%s: Syntax error in module '%s': %s" % (
+                          where, module_name, exc.msg),
                       "errorType": "Runtime.UserCodeSyntaxError",
-                      "stackTrace": traceback.format_exception_only(type(exc), exc)}
+                      "stackTrace": ['  File "%s" Line %s\n    %s' % (
+                          folder_relative(exc.filename), exc.lineno,
+                          (exc.text or "").strip())]}
     except Exception as exc:
         payload = error_payload(exc, "Runtime.ImportModuleError")
         payload["errorMessage"] = "Unable to import module '%s': %s" % (module_name, exc)
@@ -154,9 +189,12 @@ def load_handler():
     for part in HANDLER_NAME.split("."):
         target = getattr(target, part, None)
     if not callable(target):
-        return None, {"errorMessage": "Handler '%s' missing on module '%s'" % (
-            HANDLER_NAME, module_name), "errorType": "Runtime.HandlerNotFound",
-            "stackTrace": []}
+        defined = sorted(name for name, value in vars(module).items()
+                         if callable(value) and not name.startswith("_") and
+                         getattr(value, "__module__", None) == module.__name__)[:10]
+        return None, {"errorMessage": "Handler '%s' missing on module '%s' (%s defines %s)" % (
+            HANDLER_NAME, module_name, ENTRYPOINT, ", ".join(defined) or "no function"),
+            "errorType": "Runtime.HandlerNotFound", "stackTrace": []}
     return target, None
 
 
@@ -181,6 +219,7 @@ def main():
     sys.stdout.flush()
     sys.stderr.flush()
     if init_error is not None:
+        log_error(init_error)
         write_control(b"INIT " + to_json(init_error) + b"\n")
         sys.exit(1)
     write_control(b"READY\n")
@@ -201,17 +240,20 @@ def main():
         else:
             RequestIdFilter.request_id = request_id
             context = LambdaContext(request_id, time.time() * 1000 + request["timeoutMs"])
+            error = None
             try:
                 result = handler(request["event"], context)
             except Exception as exc:
-                answer = b"E " + to_json(error_payload(exc))
+                error = error_payload(exc)
             else:
                 try:
                     answer = b"R " + to_json(result)
                 except (TypeError, ValueError, RecursionError) as exc:
-                    answer = b"E " + to_json({
-                        "errorMessage": "Unable to marshal response: %s" % exc,
-                        "errorType": "Runtime.MarshalError", "stackTrace": []})
+                    error = {"errorMessage": "Unable to marshal response: %s" % exc,
+                             "errorType": "Runtime.MarshalError", "stackTrace": []}
+            if error is not None:
+                log_error(error)
+                answer = b"E " + to_json(error)
         sys.stdout.flush()
         sys.stderr.flush()
         if request_id is None:
