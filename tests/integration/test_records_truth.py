@@ -213,7 +213,10 @@ def test_records_of_a_store_made_before_error_messages_are_still_read(tmp_path):
     old.close()
     conn = connect(str(tmp_path))
     assert records.get_invocation(conn, "r0")["errorMessage"] is None
-    records.commit(conn, [("r1", "fn", "$LATEST", "http", 2.0, 1.0, "error", "E", 1, "why")],
-                   [])
+    # (and no REPORT figures: issue 15 point 5's columns are added too)
+    assert "maxMemoryUsedMB" not in records.get_invocation(conn, "r0")
+    records.commit(conn, [("r1", "fn", "$LATEST", "http", 2.0, 1.0, "error", "E", 1, "why",
+                           64, 12.5)], [])
     assert records.get_invocation(conn, "r1")["errorMessage"] == "why"
+    assert records.get_invocation(conn, "r1")["maxMemoryUsedMB"] == 64
     assert os.path.exists(tmp_path / "sora.db")
