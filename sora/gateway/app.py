@@ -22,7 +22,8 @@ from .error_detail import NONE, plain_text
 from .errors import SoraError
 from .invocation_route import RETRY_AFTER, InvocationRoute
 from .requests import REQUEST_ID_HEADER, read_body, request_id_of
-from .function_url import BadFunctionResponse, build_event, map_result
+from ..function_response import BadFunctionResponse, map_result
+from .function_url import build_event
 from .invoke_api import InvokeApiError, InvokeResource, handle_invoke_api_error
 from .records_api import (DeadLetterReplayResource, DeadLetterResource, FunctionListResource,
                           InvocationListResource, InvocationResource, LogsResource, Store)

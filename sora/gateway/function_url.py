@@ -11,10 +11,8 @@ from urllib.parse import parse_qsl
 
 import orjson
 
-# The function's result -> the HTTP response: shared with the worker, which checks a function
-# URL's result so that its record says what the caller got.
-from ..function_response import (HOP_BY_HOP, BadFunctionResponse, HttpResult,  # noqa: F401
-                                 map_result)
+# The function's result -> the HTTP response is sora.function_response (shared with the worker,
+# which checks a function URL's result so that its record says what the caller got).
 
 # Bodies of these types go to the function as text; anything else is base64 (as on AWS).
 _TEXT_TYPES = ("text/", "application/json", "application/javascript", "application/xml",

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support import lambda_client, served, wait_for, write_function
+from tests.support import served, wait_for, write_function
 
 pytestmark = pytest.mark.integration
 

@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from sora.gateway.function_url import BadFunctionResponse, build_event, map_result
+from sora.function_response import BadFunctionResponse, map_result
+from sora.gateway.function_url import build_event
 
 
 def event(**kw):
