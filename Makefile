@@ -71,7 +71,7 @@ $(API_KEY):
 run: system-deps $(STAMP) $(CERT) $(API_KEY)
 	$(BIN)/sora-supervisor start --config examples/host-config.yaml
 
-check: $(STAMP) $(CERT) $(API_KEY)
+check: system-deps $(STAMP) $(CERT) $(API_KEY)
 	$(BIN)/sora-supervisor check --config examples/host-config.yaml
 
 # The AWS SDK for JavaScript, which the Invoke API tests drive Sora with (as boto3 and the AWS
