@@ -18,6 +18,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
+# Debian packages are installed with apt-get, waiting (up to APT_WAIT seconds) for another
+# install to finish instead of failing: DPkg::Lock::Timeout makes `apt-get install` wait for
+# dpkg's lock, but `apt-get update` fails at once on its lists' lock even with it (apt 2.6.1:
+# "Could not get lock /var/lib/apt/lists/lock"), so it is retried while that is its error.
+APT_WAIT := 600
+APT_UPDATE := deadline=$$((SECONDS + $(APT_WAIT))); \
+  until out=$$(LC_ALL=C apt-get update -qq 2>&1); do \
+    grep -q 'Could not get lock' <<<"$$out" && ((SECONDS < deadline)) || { echo "$$out" >&2; exit 1; }; \
+    echo "waiting for another apt-get to finish"; sleep 5; \
+  done
+apt_install = $(APT_UPDATE); apt-get -o DPkg::Lock::Timeout=$(APT_WAIT) install -y -qq $(1)
+
 # Node.js runs the functions; bubblewrap sandboxes them and their setup (rsync copies a
 # folder in and out of its setup sandbox; setfacl lets a sandboxed function with
 # writableFolder write its folder; libseccomp2 builds their seccomp filter); openssl makes
@@ -27,22 +39,18 @@ $(STAMP): pyproject.toml
 BUILD_TOOLS := autoreconf automake libtoolize cmake g++ make
 system-deps:
 	@command -v node >/dev/null && command -v npm >/dev/null || { \
-	  echo "installing Node.js"; apt-get update -qq && apt-get install -y -qq nodejs npm; }
-	@command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl; }
-	@command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl; }
-	@command -v bwrap >/dev/null || { echo "installing bubblewrap"; apt-get update -qq && \
-	  apt-get install -y -qq bubblewrap; }
+	  echo "installing Node.js"; $(call apt_install,nodejs npm); }
+	@command -v openssl >/dev/null || { $(call apt_install,openssl); }
+	@command -v curl >/dev/null || { $(call apt_install,curl); }
+	@command -v bwrap >/dev/null || { echo "installing bubblewrap"; $(call apt_install,bubblewrap); }
 	@/sbin/ldconfig -p | grep -q 'libseccomp\.so\.2 ' || { echo "installing libseccomp2"; \
-	  apt-get update -qq && apt-get install -y -qq libseccomp2; }
-	@command -v rsync >/dev/null || { echo "installing rsync"; apt-get update -qq && \
-	  apt-get install -y -qq rsync; }
-	@command -v setfacl >/dev/null || { echo "installing acl"; apt-get update -qq && \
-	  apt-get install -y -qq acl; }
-	@command -v go >/dev/null || { echo "installing Go"; apt-get update -qq && \
-	  apt-get install -y -qq golang-go; }
+	  $(call apt_install,libseccomp2); }
+	@command -v rsync >/dev/null || { echo "installing rsync"; $(call apt_install,rsync); }
+	@command -v setfacl >/dev/null || { echo "installing acl"; $(call apt_install,acl); }
+	@command -v go >/dev/null || { echo "installing Go"; $(call apt_install,golang-go); }
 	@for tool in $(BUILD_TOOLS); do command -v $$tool >/dev/null || missing=1; done; \
-	  [ -z "$$missing" ] || { echo "installing build tools"; apt-get update -qq && \
-	  apt-get install -y -qq autoconf automake libtool cmake g++ make; }
+	  [ -z "$$missing" ] || { echo "installing build tools"; \
+	  $(call apt_install,autoconf automake libtool cmake g++ make); }
 
 $(CERT):
 	mkdir -p examples/certs
@@ -63,7 +71,7 @@ $(API_KEY):
 run: system-deps $(STAMP) $(CERT) $(API_KEY)
 	$(BIN)/sora-supervisor start --config examples/host-config.yaml
 
-check: $(STAMP) $(API_KEY)
+check: system-deps $(STAMP) $(CERT) $(API_KEY)
 	$(BIN)/sora-supervisor check --config examples/host-config.yaml
 
 # The AWS SDK for JavaScript, which the Invoke API tests drive Sora with (as boto3 and the AWS
@@ -77,26 +85,26 @@ test: system-deps $(STAMP) $(JS_SDK)
 
 # Benchmarks need wrk (load generator); installed where missing.
 bench: system-deps $(STAMP)
-	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	@command -v wrk >/dev/null || { $(call apt_install,wrk); }
 	$(BIN)/python bench/run.py
 
 # What the invocation path's shape costs with none of Sora's work in it, beside Sora and plain Node.
 bench-floor: system-deps $(STAMP)
-	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	@command -v wrk >/dev/null || { $(call apt_install,wrk); }
 	$(BIN)/python bench/floor.py
 
 # Every runtime side by side (runs the examples' setup first: Go build, pip, npm).
 bench-runtimes: system-deps $(STAMP)
-	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	@command -v wrk >/dev/null || { $(call apt_install,wrk); }
 	$(BIN)/python bench/runtimes.py
 
 # Asynchronous (Event) invocations: acceptance and dispatch, beside serverless-offline.
 bench-events: system-deps $(STAMP)
-	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	@command -v wrk >/dev/null || { $(call apt_install,wrk); }
 	$(BIN)/python bench/events.py
 
 bench-scaling: system-deps $(STAMP)
-	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	@command -v wrk >/dev/null || { $(call apt_install,wrk); }
 	$(BIN)/python bench/scaling.py
 
 clean:

@@ -446,7 +446,7 @@ EVENT_INVOKE_SETTINGS = _settings(
     Setting("retryDelaySeconds", _number_range(0, 3600), 1.0, "Wait before the first retry; "
             "it doubles for each further one (at most 5 minutes)."),
     Setting("maxConcurrency", _int_range(1, 1024), None, "Events of this function run at "
-            "once. Default: the function's `concurrency`."),
+            "once. Default: the function's `concurrency` (at most 1024)."),
     Setting("maxQueuedEvents", _int_range(1, 10_000_000), 100_000, "Events of this function "
             "stored at once (queued, running or dead-lettered); past it an event gets 429 "
             "`TooManyRequestsException` with Retry-After and is not stored."),
@@ -555,7 +555,8 @@ class EventInvokeConfig:
     maximumRetryAttempts: int = 2
     maximumEventAgeInSeconds: float = 21600.0
     retryDelaySeconds: float = 1.0
-    maxConcurrency: int = 1
+    # Set by load_function_config: its default is the function's `concurrency` (the Setting's).
+    maxConcurrency: int = EVENT_INVOKE_SETTINGS["maxConcurrency"].default
     maxQueuedEvents: int = EVENT_INVOKE_SETTINGS["maxQueuedEvents"].default
     maxQueuedMB: int = EVENT_INVOKE_SETTINGS["maxQueuedMB"].default
 

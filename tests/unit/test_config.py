@@ -67,6 +67,12 @@ def test_scaling_settings(tmp_path):
     fixed = load_function_config(make_fn(tmp_path, "fixed", extra="instances: 4\n"
                                                                    "concurrency: 6"))
     assert (fixed.minInstances, fixed.maxInstances, fixed.concurrency) == (4, 4, 6)
+    # maxConcurrency's one default: the function's concurrency, at most its own limit (1024)
+    assert fixed.eventInvoke.maxConcurrency == 6
+    wide = load_function_config(make_fn(tmp_path, "wide", extra="concurrency: 5000"))
+    assert wide.eventInvoke.maxConcurrency == 1024
+    from sora.config import EVENT_INVOKE_SETTINGS, EventInvokeConfig
+    assert EventInvokeConfig().maxConcurrency is EVENT_INVOKE_SETTINGS["maxConcurrency"].default
     with pytest.raises(ConfigError) as exc:
         load_function_config(make_fn(tmp_path, "bad", extra=(
             "instances: 2\nmaxInstances: 3\nminInstances: -1\nconcurrency: 0")))
