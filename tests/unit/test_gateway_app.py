@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.parse
 from dataclasses import dataclass
 
 import falcon.asgi
@@ -88,12 +89,14 @@ def event_sent(app) -> dict:
     return json.loads(app.broker.calls[0][1])
 
 
-def asgi_call(gateway, path, headers, events, method="POST"):
+def asgi_call(gateway, path, headers, events, method="POST", query=""):
     """Call the app as gunicorn does, with the given receive() events; after them receive()
-    waits forever (a client that stalls). Returns (status, headers, body)."""
+    waits forever (a client that stalls). `path` as sent (percent-encoded, as `raw_path`).
+    Returns (status, headers, body)."""
     scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
-             "http_version": "1.1", "method": method, "scheme": "http", "path": path,
-             "raw_path": path.encode(), "query_string": b"", "root_path": "",
+             "http_version": "1.1", "method": method, "scheme": "http",
+             "path": urllib.parse.unquote(path), "raw_path": path.encode(),
+             "query_string": query.encode(), "root_path": "",
              "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
              "client": ("127.0.0.1", 4000), "server": ("127.0.0.1", 8080)}
     pending = list(events)

@@ -3,11 +3,9 @@ gateway app with a fake broker: requests signed by botocore's signer as the SDKs
 changed the ways an attacker would change them."""
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import time
-import urllib.parse
 
 import pytest
 import yaml
@@ -18,7 +16,7 @@ from botocore.credentials import Credentials
 from sora.config import load_host_config
 from sora.gateway import app as gateway_app
 from tests.support import write_function
-from tests.unit.test_gateway_app import FakeBroker, FakeIntake, Gateway
+from tests.unit.test_gateway_app import FakeBroker, FakeIntake, Gateway, asgi_call
 
 OPS = "ops-key-0123456789abcdef"
 ECHO = "echo-key-0123456789abcdef"
@@ -63,30 +61,11 @@ def signed(path: str, body: bytes = b"{}", key_id: str = "ops", secret: str = OP
 
 
 def call(gateway, path, headers, body=b"{}", method="POST", query=""):
-    """The app called as gunicorn calls it: `path` as sent (percent-encoded) in `raw_path`."""
-    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
-             "http_version": "1.1", "method": method, "scheme": "http",
-             "path": urllib.parse.unquote(path), "raw_path": path.encode(),
-             "query_string": query.encode(), "root_path": "",
-             "headers": [(k.lower().encode(), v.encode()) for k, v in
-                         {**headers, "Content-Length": str(len(body))}.items()],
-             "client": ("127.0.0.1", 4000), "server": ("127.0.0.1", 8080)}
-    events = [{"type": "http.request", "body": body, "more_body": False}]
-    sent = []
-
-    async def receive():
-        if events:
-            return events.pop(0)
-        await asyncio.sleep(3600)
-
-    async def send(message):
-        sent.append(message)
-
-    asyncio.run(asyncio.wait_for(gateway.app(scope, receive, send), 10))
-    start = next(m for m in sent if m["type"] == "http.response.start")
-    data = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-    return (start["status"], {k.decode().lower(): v.decode() for k, v in start["headers"]},
-            json.loads(data) if data else None)
+    """The app called as gunicorn calls it, the whole body in one event."""
+    status, sent_headers, data = asgi_call(
+        gateway, path, {**headers, "Content-Length": str(len(body))},
+        [{"type": "http.request", "body": body, "more_body": False}], method, query)
+    return status, sent_headers, json.loads(data) if data else None
 
 
 def test_a_signed_invoke_runs_and_reaches_the_function_with_its_body(gateway):
