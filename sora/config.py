@@ -1073,7 +1073,9 @@ def settings_markdown() -> str:
         for s in settings.values():
             default = "required" if s.default is REQUIRED else (
                 "—" if s.default is None else f"`{s.default!r}`")
-            out.append(f"| `{s.name}` | {default} | {s.doc} |")
+            # A `|` would end the cell even inside backticks (GitHub tables): escaped.
+            doc = s.doc.replace("|", "\\|")
+            out.append(f"| `{s.name}` | {default} | {doc} |")
         out.append("")
     return "\n".join(out)
 

@@ -2,8 +2,8 @@
 
 After "Sora is serving", every function gets a line when it is ready or FATAL (with the
 reason), and, while it is still on its way, a line every `PROGRESS_EVERY` seconds saying what
-it waits for: its setup command (a first `make run` spends ~3.5 minutes in examples/node-ric's
-`npm ci`, which builds aws-lambda-ric's native code) or its worker starting. A last line sums
+it waits for: its setup command (a first `make run` spends minutes in examples/node-ric's
+`npm install`, which builds aws-lambda-ric's native code) or its worker starting. A last line sums
 up once every function has settled. Restarts after that are the transitions' own log lines.
 
 Policy only: the arbiter passes what it knows of each function (`FunctionProgress`) and logs
