@@ -301,7 +301,9 @@ def cmd_inspect(args) -> int:
                    ("dead-letter reason", event.get("deadReason"))]
     for label, value in fields:
         if value is not None:
-            print(f"{label + ':':<20}{value}")
+            # A multi-line value (an error message) continues under its first line, not
+            # at the margin where it would read as the next field.
+            print(f"{label + ':':<20}" + str(value).replace("\n", "\n" + " " * 20))
     for n, error in enumerate((event or {}).get("errors", []), 1):
         print(f"{'error ' + str(n) + ':':<20}{error['errorType']}: "
               f"{short(error['errorMessage'], 100)}")

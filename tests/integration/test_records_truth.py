@@ -70,10 +70,10 @@ def field(text: str, label: str) -> str | None:
     for n, line in enumerate(lines):
         if line.startswith(label + ":"):
             value = [line[20:]]
-            for more in lines[n + 1:]:
-                if more[:20].strip() and not more.startswith("\t"):
+            for more in lines[n + 1:]:   # later lines are indented under the first
+                if not more.startswith(" " * 20):
                     break
-                value.append(more)
+                value.append(more[20:])
             return "\n".join(value)
     return None
 
