@@ -122,18 +122,21 @@ class Authorizer:
 
     async def signer_of(self, req, authorization: str) -> ApiKey:
         """The key that signed this request (SigV4), or SignatureRefused. Reads the body,
-        which the signature covers, and hands it on to the route."""
+        which the signature covers, and hands it on to the route: only once the key it
+        claims exists and its time is right, so that a caller without a key is refused as soon
+        as its headers are in, never reads a body into the gateway."""
+        scope = req.scope
+        headers = [(name.decode("latin-1").lower(), value.decode("latin-1"))
+                   for name, value in scope["headers"]]
+        self.verifier.claimed_key(authorization, headers, time.time())
         body = await read_body(req, self.max_body, self.body_timeout)
         keep_body(req, body)
-        scope = req.scope
         request = SignedRequest(
             method=req.method,
             raw_path=(scope.get("raw_path") or b"").decode("latin-1") or
             urllib.parse.quote(scope["path"]),
             query_string=scope.get("query_string", b"").decode("latin-1"),
-            headers=[(name.decode("latin-1").lower(), value.decode("latin-1"))
-                     for name, value in scope["headers"]],
-            body=body)
+            headers=headers, body=body)
         return self.verifier.verify(request, authorization, time.time())
 
 

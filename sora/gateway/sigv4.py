@@ -90,36 +90,8 @@ class Verifier:
 
     def verify(self, request: SignedRequest, authorization: str, now: float) -> ApiKey:
         """The key that signed `request`, or SignatureRefused."""
-        match = AUTHORIZATION_RE.match(authorization)
-        if match is None:
-            raise SignatureRefused("IncompleteSignatureException", (
-                f"Authorization: expected '{ALGORITHM} Credential=<access key id>/<date>/"
-                "<region>/lambda/aws4_request, SignedHeaders=<names>, Signature=<64 hex "
-                "digits>'"), "a malformed signature")
-        access_key_id = match["id"]
-        key = self.keys.get(access_key_id)
-        if key is None:
-            raise SignatureRefused("UnrecognizedClientException", (
-                f"The access key id {access_key_id!r} is not a key of this host: a key's "
-                "access key id is its name in auth.apiKeys (`sora keys` on the host prints "
-                "them)"), "an unknown access key id")
-        if match["service"] != SERVICE:
-            raise SignatureRefused("InvalidSignatureException", (
-                f"Credential should be scoped to correct service: '{SERVICE}' (got "
-                f"{match['service']!r})"), f"key {key.name!r}: signed for another service")
+        key, match, amz_date = self.claimed_key(authorization, request.headers, now)
         headers = request.headers
-        amz_date = _header(headers, "x-amz-date")
-        signed_at = _parse_amz_date(amz_date)
-        if signed_at is None:
-            raise SignatureRefused("IncompleteSignatureException", (
-                f"X-Amz-Date: expected the signing time as YYYYMMDD'T'HHMMSS'Z', got "
-                f"{amz_date!r}"), f"key {key.name!r}: no X-Amz-Date")
-        if match["date"] != amz_date[:8]:
-            raise SignatureRefused("InvalidSignatureException", (
-                f"Date in Credential scope does not match YYYYMMDD from ISO-8601 version of "
-                f"date from HTTP: {match['date']!r} != {amz_date[:8]!r}"),
-                f"key {key.name!r}: credential date differs from X-Amz-Date")
-        _check_time(signed_at, amz_date, now, key)
         signed = match["headers"].split(";")
         if "host" not in signed:
             raise SignatureRefused("InvalidSignatureException",
@@ -143,6 +115,44 @@ class Verifier:
                 "access key, and send the request as it was signed"),
                 f"key {key.name!r}: signature does not match")
         return key
+
+    def claimed_key(self, authorization: str, headers: list[tuple[str, str]],
+                    now: float) -> tuple[ApiKey, re.Match, str]:
+        """The key a signature claims, its parts and its X-Amz-Date, once all that needs no
+        body checks out: the header's shape, the access key id, the service and the time. The
+        gateway asks this before it reads the body (sora.gateway.auth), so a caller with no key
+        of this host costs it no body (up to server.maxBodyBytes, read and hashed) and no wait
+        for one: the same as an unknown Bearer key."""
+        match = AUTHORIZATION_RE.match(authorization)
+        if match is None:
+            raise SignatureRefused("IncompleteSignatureException", (
+                f"Authorization: expected '{ALGORITHM} Credential=<access key id>/<date>/"
+                "<region>/lambda/aws4_request, SignedHeaders=<names>, Signature=<64 hex "
+                "digits>'"), "a malformed signature")
+        access_key_id = match["id"]
+        key = self.keys.get(access_key_id)
+        if key is None:
+            raise SignatureRefused("UnrecognizedClientException", (
+                f"The access key id {access_key_id!r} is not a key of this host: a key's "
+                "access key id is its name in auth.apiKeys (`sora keys` on the host prints "
+                "them)"), "an unknown access key id")
+        if match["service"] != SERVICE:
+            raise SignatureRefused("InvalidSignatureException", (
+                f"Credential should be scoped to correct service: '{SERVICE}' (got "
+                f"{match['service']!r})"), f"key {key.name!r}: signed for another service")
+        amz_date = _header(headers, "x-amz-date")
+        signed_at = _parse_amz_date(amz_date)
+        if signed_at is None:
+            raise SignatureRefused("IncompleteSignatureException", (
+                f"X-Amz-Date: expected the signing time as YYYYMMDD'T'HHMMSS'Z', got "
+                f"{amz_date!r}"), f"key {key.name!r}: no X-Amz-Date")
+        if match["date"] != amz_date[:8]:
+            raise SignatureRefused("InvalidSignatureException", (
+                f"Date in Credential scope does not match YYYYMMDD from ISO-8601 version of "
+                f"date from HTTP: {match['date']!r} != {amz_date[:8]!r}"),
+                f"key {key.name!r}: credential date differs from X-Amz-Date")
+        _check_time(signed_at, amz_date, now, key)
+        return key, match, amz_date
 
     def _signature(self, key: ApiKey, match: re.Match, request: SignedRequest, signed: list[str],
                    amz_date: str) -> str:
