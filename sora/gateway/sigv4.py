@@ -229,9 +229,12 @@ def _check_time(signed_at: float, amz_date: str, now: float, key: ApiKey) -> Non
 
 def _query_pairs(query_string: str) -> list[tuple[str, str]]:
     """The query's names and values, decoded: botocore's signer encodes them again, in the
-    canonical way, whatever encoding the caller sent."""
+    canonical way, whatever encoding the caller sent. Decoded as the function reads them
+    (a '+' is a space, as in parse_qsl: sora.gateway.function_url), so that a query signed
+    with `%2B` cannot be resent with `+` to mean something else under the same signature;
+    the SDKs send a space as `%20` and a '+' as `%2B`."""
     pairs = []
     for part in query_string.split("&") if query_string else ():
         name, _, value = part.partition("=")
-        pairs.append((urllib.parse.unquote(name), urllib.parse.unquote(value)))
+        pairs.append((urllib.parse.unquote_plus(name), urllib.parse.unquote_plus(value)))
     return pairs
