@@ -206,10 +206,12 @@ def test_forged_end_and_report_lines_close_nothing_and_change_no_figure(host):
     assert float(report["duration"]) >= 1500
     assert victim_tail.splitlines()[1:3] == [f"begin {victim_id}", f"done {victim_id}"]
     assert sum(line.startswith("END RequestId") for line in victim_tail.splitlines()) == 1
-    # The forged lines are the attacker's own output, inside its own START ... REPORT.
+    # The forged lines are the attacker's own output, inside its own START ... REPORT (a
+    # control character shown as \xNN: sora.worker.logs).
     lines = stored_lines(host, attacker)
     assert [(x["stream"], x["line"]) for x in lines[1:-3]] == [
-        ("stdout", f"begin {attacker}"), *(("stdout", line) for line in forged)]
+        ("stdout", f"begin {attacker}"),
+        *(("stdout", line.replace("\x00", "\\x00")) for line in forged)]
     assert lines[-2]["line"] == f"END RequestId: {attacker}"
     assert lines[-1]["stream"] == "platform" and \
         REPORT_RE.match(lines[-1]["line"])["id"] == attacker

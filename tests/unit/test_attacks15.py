@@ -3,8 +3,12 @@ sora.gateway.auth, sora.worker.logs): each test makes the attack and failed befo
 from __future__ import annotations
 
 import asyncio
+import base64
+import re
 import time
 
+from sora.worker.logs import FunctionLog
+from sora.worker.report import end_lines, start_line
 from tests.unit.test_sigv4 import ECHO, INVOKE, call, gateway, signed  # noqa: F401 (a fixture)
 
 
@@ -65,3 +69,35 @@ def test_a_signed_query_cannot_be_resent_with_plus_for_space(gateway):
                      query="q=a%20b")
     status, _, _ = call(gateway, "/functions/echo", headers, b"", method="GET", query="q=a%20b")
     assert status == 200
+
+
+def test_a_function_cannot_print_a_platform_line(tmp_path):
+    # A carriage return, then the text of an END line as the file writes it: on a terminal
+    # (`sora logs`, `tail` of the file) it covered the line's own head and read as an END the
+    # worker wrote; an escape sequence could clear or rewrite the operator's screen. Before the
+    # fix both reached the file, the records and the tail as they were printed.
+    sent = []
+
+    class Records:
+        def lines(self, function, request_id, stream, lines):
+            sent.extend(lines)
+
+    log = FunctionLog(str(tmp_path), "fn", Records())
+    log.want_tail("r1")
+    log.begin("r1", start_line(b"r1"))
+    forged = b"x\r2026-11-25T19:00:00 r0 platform END RequestId: r0"
+    log.write("r1", "stdout", [forged, b"\x1b[1A\x1b[2K\x1b]52;c;cm0gLXJmIH4K\x07 \xc2\x9b2J"
+                                       b" caf\xc3\xa9\t\xc2\xb0 ok\r"])
+    log.end("r1", end_lines(b"r1", 1.0, 128, 1))
+    log.flush()
+    written = (tmp_path / "logs" / "fn.log").read_bytes()
+    tail = base64.b64decode(log.tail("r1"))
+    for seen in (written, tail, b"\n".join(sent)):
+        printed = [line for line in seen.split(b"\n") if b"stdout" in line or
+                   b"r0" in line or b"caf" in line]
+        assert not any(re.search(rb"[\x00-\x08\x0b-\x1f\x7f]|\xc2[\x80-\x9f]", line)
+                       for line in printed), printed
+        assert b"x\\x0d2026-11-25T19:00:00 r0 platform END" in seen
+        # What a terminal shows as text is kept: tabs, UTF-8 (U+00B0 too).
+        assert b"caf\xc3\xa9\t\xc2\xb0 ok" in seen
+    log.close()
