@@ -9,7 +9,9 @@ the derived signing key are AWS's maintained code, not ours) and compares it in 
 What a signature proves, and for how long:
 - The secret: an unknown access key id is `UnrecognizedClientException`, a signature that
   does not match (wrong secret, or a request changed after it was signed: method, path, query,
-  a signed header, or the body) is `InvalidSignatureException`.
+  a signed header, or the body) is `InvalidSignatureException`; so is an x-amz-* or x-sora-*
+  header sent but not signed (one added to a signed call would change what it does). All
+  that needs no body is checked before the body is read (`claimed_key`).
 - The body: it is part of the signature (its SHA-256 is in the canonical request, computed here
   from the bytes read); an `x-amz-content-sha256` header must equal that hash, and
   `UNSIGNED-PAYLOAD` is refused.
@@ -45,6 +47,12 @@ MAX_SKEW_SECONDS = 300   # AWS's own bound on X-Amz-Date
 AMZ_DATE_FORMAT = "%Y%m%dT%H%M%SZ"
 AMZ_DATE_RE = re.compile(r"^(\d{4})(\d\d)(\d\d)T(\d\d)(\d\d)(\d\d)Z$")
 UNSIGNED_PAYLOADS = ("UNSIGNED-PAYLOAD", "STREAMING-")
+# Headers that change what a call does (X-Amz-Invocation-Type, X-Amz-Log-Type: Tail, Sora's
+# X-Sora-Invocation-Type) must be signed when sent, as AWS requires of every x-amz-* header:
+# else whoever saw a signed call could resend it with one added. X-Amz-Date is in the string
+# to sign whether listed or not, and X-Amz-Content-SHA256 is checked against the body.
+MUST_SIGN = ("x-amz-", "x-sora-")
+CHECKED_UNSIGNED = frozenset({"x-amz-date", "x-amz-content-sha256"})
 
 # `Credential=<access key id>/<yyyymmdd>/<region>/<service>/aws4_request`: the id is a key's
 # name, which may hold any character, so the fixed parts are matched from the end.
@@ -97,6 +105,12 @@ class Verifier:
             raise SignatureRefused("InvalidSignatureException",
                                    "SignedHeaders must include 'host'",
                                    f"key {key.name!r}: host not signed")
+        unsigned = sorted({name for name, _ in headers if name.startswith(MUST_SIGN) and
+                           name not in CHECKED_UNSIGNED} - set(signed))
+        if unsigned:
+            raise SignatureRefused("InvalidSignatureException", (
+                f"SignedHeaders must include every x-amz-* header sent: {', '.join(unsigned)} "
+                "is not signed"), f"key {key.name!r}: unsigned {', '.join(unsigned)}")
         body_hash = hashlib.sha256(request.body).hexdigest()
         declared = _header(headers, "x-amz-content-sha256")
         if declared is not None and declared != body_hash:

@@ -101,3 +101,26 @@ def test_a_function_cannot_print_a_platform_line(tmp_path):
         # What a terminal shows as text is kept: tabs, UTF-8 (U+00B0 too).
         assert b"caf\xc3\xa9\t\xc2\xb0 ok" in seen
     log.close()
+
+
+def test_an_unsigned_header_that_changes_the_call_is_refused(gateway):
+    # Whoever saw a signed call could resend it within its 5 minutes with a header it did not
+    # sign: `X-Amz-Log-Type: Tail` (and get the invocation's log back), or another invocation
+    # type. The SigV4 rule: every x-amz-* header sent is signed (Sora's x-sora-* too). Before
+    # the fix: 200, 204 and 202.
+    headers = signed(INVOKE.format("echo"), key_id="echo-caller", secret=ECHO)
+    assert call(gateway, INVOKE.format("echo"), headers)[0] == 200
+    for added in ({"X-Amz-Log-Type": "Tail"}, {"X-Amz-Invocation-Type": "DryRun"}):
+        status, out, body = call(gateway, INVOKE.format("echo"), {**headers, **added})
+        assert (status, out.get("x-amzn-errortype")) == (401, "InvalidSignatureException"), \
+            (added, status, body)
+        assert list(added)[0].lower() in body["message"]
+    headers = signed("/functions/echo", key_id="echo-caller", secret=ECHO)
+    status, out, _ = call(gateway, "/functions/echo",
+                          {**headers, "X-Sora-Invocation-Type": "Event"})
+    assert (status, out.get("x-amzn-errortype")) == (401, "InvalidSignatureException")
+    # The SDKs' own unsigned headers still pass (user-agent, a trace id).
+    status, _, _ = call(gateway, INVOKE.format("echo"), {
+        **signed(INVOKE.format("echo"), key_id="echo-caller", secret=ECHO),
+        "User-Agent": "Boto3/1.0", "X-Amzn-Trace-Id": "Root=1-0-0"})
+    assert status == 200
