@@ -6,6 +6,7 @@ import asyncio
 import base64
 import re
 import time
+import urllib.parse
 
 from sora.worker.logs import FunctionLog
 from sora.worker.report import end_lines, start_line
@@ -124,3 +125,24 @@ def test_an_unsigned_header_that_changes_the_call_is_refused(gateway):
         **signed(INVOKE.format("echo"), key_id="echo-caller", secret=ECHO),
         "User-Agent": "Boto3/1.0", "X-Amzn-Trace-Id": "Root=1-0-0"})
     assert status == 200
+
+
+def test_a_key_for_one_function_reaches_no_other_by_any_spelling(gateway):
+    # Held before these fixes: the scope is checked against the function the route resolves,
+    # whatever the path's spelling, and the signature covers the path as sent.
+    arn = "arn:aws:lambda:eu-west-3:123456789012:function:"
+    for path, wanted in [(INVOKE.format("other"), 403),
+                         (INVOKE.format(urllib.parse.quote(arn + "other", safe="")), 403),
+                         (INVOKE.format("echo:other"), 404),   # a qualifier, not a function
+                         ("/functions/other", 403), ("/functions/other/x", 403),
+                         ("/functions/echo/..%2Fother", 400),
+                         ("/functions/echo/%2E%2E/other", 400)]:
+        headers = signed(path, key_id="echo-caller", secret=ECHO)
+        status, _, body = call(gateway, path, headers)
+        assert status == wanted, (path, status, body)
+    # A signature for echo's path, sent on another path that normalizes to it.
+    headers = signed("/functions/echo", key_id="echo-caller", secret=ECHO)
+    for path in ("/functions/other/../echo", "/functions//echo"):
+        status, _, _ = call(gateway, path, headers)
+        assert status in (400, 403, 404), path
+    assert gateway.broker.calls == []
