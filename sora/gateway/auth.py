@@ -96,7 +96,7 @@ class Authorizer:
         req.context.api_key = key
         if scope == "public":
             return
-        route = f"{req.method} {req.path}"
+        route = f"{req.method} {_loggable(req.path)}"
         if key is None:
             if refused is not None:
                 why, aws_type, message = refused.reason, refused.aws_type, str(refused)
@@ -150,6 +150,12 @@ def _refusal(resource, status: int, sora_type: str, aws_type: str, message: str,
     if error is not None:
         return error(status, aws_type, message, headers)
     return SoraError(status, sora_type, message, headers)
+
+
+def _loggable(path: str) -> str:
+    """The path as the log may show it: decoded, it is the caller's text, and a newline (%0A)
+    in it would start a log line of the caller's making."""
+    return path if path.isprintable() else path.encode("unicode_escape").decode("ascii")
 
 
 def _client(req) -> str:

@@ -146,3 +146,17 @@ def test_a_key_for_one_function_reaches_no_other_by_any_spelling(gateway):
         status, _, _ = call(gateway, path, headers)
         assert status in (400, 403, 404), path
     assert gateway.broker.calls == []
+
+
+def test_a_refused_path_cannot_write_lines_into_the_hosts_log(gateway, caplog):
+    # The path is logged with each refusal, decoded: a caller with no key sent `%0A` and the
+    # text of a log line of its choosing, and the host's log showed it as a line of its own
+    # (a 403 for an admin key, here). Before the fix the newline reached the log as it came.
+    forged = ("\n2026-11-25 19:00:00 WARNING sora.gateway.auth: auth: 403 for GET /api/functions"
+              " from 10.0.0.1: key 'ops' has scopes admin\x1b[2K")
+    with caplog.at_level("WARNING", logger="sora.gateway.auth"):
+        status, _, _ = call(gateway, "/functions/echo/" + urllib.parse.quote(forged), {})
+    assert status == 401
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "auth: 401 for POST /functions/echo/" in logged
+    assert "\n" not in logged and "\x1b" not in logged, logged
