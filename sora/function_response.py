@@ -49,6 +49,17 @@ def _header(name: str, value: str) -> tuple[str, str]:
     return name, value
 
 
+def _json(value, **options) -> str:
+    """`value` as JSON text. orjson parses up to 1,024 levels, json.dumps writes fewer (the
+    interpreter's recursion limit, ~1,000): a RecursionError here killed the worker checking
+    the answer."""
+    try:
+        return json.dumps(value, **options)
+    except RecursionError:
+        raise BadFunctionResponse("the body or a header value is nested too deeply to "
+                                  "write as JSON") from None
+
+
 def map_result(result: bytes) -> HttpResult:
     """Map the function's result JSON to an HTTP response the way function URLs do: an object
     with `statusCode` describes the response; any other value is the JSON body of a 200."""
@@ -62,7 +73,9 @@ def map_result(result: bytes) -> HttpResult:
     if not isinstance(value, dict) or "statusCode" not in value:
         return HttpResult(body=result)
     status = value["statusCode"]
-    if isinstance(status, str) and status.isdigit():
+    if isinstance(status, str) and status.isascii() and status.isdigit():
+        # ASCII only: '²' and other Unicode digits pass isdigit() but int() refuses them
+        # (a ValueError that killed the worker checking the answer).
         status = int(status)
     # 1xx is not a final response: the caller would wait for one that never comes.
     if isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 599:
@@ -80,7 +93,7 @@ def map_result(result: bytes) -> HttpResult:
         if name.lower() == "content-type":
             has_type = True
         out.headers.append(_header(name, val if isinstance(val, str) else
-                                   json.dumps(val) if isinstance(val, (dict, list)) else
+                                   _json(val) if isinstance(val, (dict, list)) else
                                    str(val).lower() if isinstance(val, bool) else str(val)))
     multi = value.get("multiValueHeaders") or {}
     if not isinstance(multi, dict):
@@ -109,7 +122,7 @@ def map_result(result: bytes) -> HttpResult:
         else:
             out.body = body.encode("utf-8")
     else:
-        out.body = json.dumps(body, separators=(",", ":")).encode()
+        out.body = _json(body, separators=(",", ":")).encode()
     if not has_type:
         out.content_type = "application/json"
     return out
