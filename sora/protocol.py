@@ -103,11 +103,13 @@ def error_body(error_type: str, message: str, **extra) -> bytes:
 
 def parse_error(body: bytes) -> tuple[str, str]:
     """(errorType, errorMessage) of an error body, the inverse of error_body(); a body that is
-    not such JSON is ("Error", its first 1,000 characters)."""
+    not such JSON is ("Error", its first 1,000 characters). So is one nested deeper than
+    json.loads reads (RecursionError): a function's error can be (Node: an Error whose
+    `message` is an array 1,500 deep), and the worker reading it died of it."""
     try:
         err = json.loads(body)
         return str(err.get("errorType") or "Error"), str(err.get("errorMessage") or "")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return "Error", body[:1000].decode("utf-8", "replace")
 
 

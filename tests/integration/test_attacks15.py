@@ -17,6 +17,11 @@ exports.handler = async (event) => {
     return q.where === 'header' ? { statusCode: 200, headers: { 'x-deep': deep } }
                                 : { statusCode: 200, body: deep };
   }
+  if (q.throwDeep !== undefined) {
+    // An Error whose message is not a string: the runtime's error JSON holds it as it is.
+    let deep = []; for (let i = 0; i < Number(q.throwDeep); i++) deep = [deep];
+    const error = new Error('deep'); error.message = deep; throw error;
+  }
   return { statusCode: 200, body: 'fine' };
 };
 """
@@ -40,6 +45,11 @@ def test_an_answer_the_check_cannot_read_is_an_invalid_response_not_a_dead_worke
             record = h.record(r.headers["X-Sora-Request-Id"])
             assert record["status"] == "error" and \
                 record["errorType"] == "Sora.InvalidResponse", record
+        # An error the function threw, nested past what json.loads reads (the worker's and
+        # the gateway's parse_error): a RecursionError killed the worker before the fix.
+        r = h.invoke("answers", params={"throwDeep": "1500"})
+        assert r.status_code == 502 and json_of(r)["errorType"] == "Error", r.text
+        assert h.record(r.headers["X-Sora-Request-Id"])["status"] == "error"
         r = h.invoke("answers")
         assert (r.status_code, r.text) == (200, "fine")
         assert "Traceback" not in h.log(whole=True)
