@@ -20,6 +20,7 @@ import base64
 import datetime as dt
 import json
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -87,6 +88,24 @@ def when(epoch: float | None) -> str:
     return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
 
 
+# What a terminal acts on rather than shows: C0 controls but tab (newline too), DEL and C1.
+# A function's text (its errors, its log lines, its load error in a FATAL reason) is printed
+# with them as \xNN: else it could move the cursor, rewrite the screen, set the clipboard
+# (OSC 52), or start a line of its own that reads as Sora's ("status: ok"; `sora inspect`
+# keeps an error message's newlines, and indents the lines after them).
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+_CONTROL_BUT_NEWLINE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def shown(text, newlines: bool = False):
+    """`text` (a function's) as the terminal may print it; anything else as it is. With
+    `newlines`, a newline stays (the caller indents what follows it)."""
+    pattern = _CONTROL_BUT_NEWLINE if newlines else _CONTROL
+    if not isinstance(text, str) or not pattern.search(text):
+        return text
+    return pattern.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
+
+
 def short(text: str | None, width: int = 60) -> str:
     text = (text or "").replace("\n", " ")
     return text if len(text) <= width else text[:width - 1] + "…"
@@ -95,7 +114,8 @@ def short(text: str | None, width: int = 60) -> str:
 def log_line(line: dict) -> str:
     # The whole id: a UUIDv7's first 8 characters are its time, the same for every call made
     # in the same ~65 s, and the whole id is what `sora inspect` and --request-id take.
-    return f"{when(line['time'])}  {line['requestId']}  {line['stream']:<6}  {line['line']}"
+    return (f"{when(line['time'])}  {line['requestId']}  {line['stream']:<6}  "
+            f"{shown(line['line'])}")
 
 
 # --- commands -------------------------------------------------------------------------------
@@ -179,7 +199,7 @@ def cmd_ls(args) -> int:
         return 0
     rows = [[f["name"], f["state"], f.get("instances"), f.get("language"),
              f["events"]["queued"], f["events"]["leased"], f["events"]["dead"],
-             f.get("reason") or ""] for f in body["functions"]]
+             shown(f.get("reason") or "")] for f in body["functions"]]
     table(rows, ["NAME", "STATE", "INSTANCES", "LANGUAGE", "QUEUED", "RUNNING", "DEAD",
                  "REASON"], wrap_at=None if args.wide else terminal_width())
     return 0
@@ -303,10 +323,11 @@ def cmd_inspect(args) -> int:
         if value is not None:
             # A multi-line value (an error message) continues under its first line, not
             # at the margin where it would read as the next field.
-            print(f"{label + ':':<20}" + str(value).replace("\n", "\n" + " " * 20))
+            print(f"{label + ':':<20}" +
+                  shown(str(value), newlines=True).replace("\n", "\n" + " " * 20))
     for n, error in enumerate((event or {}).get("errors", []), 1):
-        print(f"{'error ' + str(n) + ':':<20}{error['errorType']}: "
-              f"{short(error['errorMessage'], 100)}")
+        print(f"{'error ' + str(n) + ':':<20}{shown(error['errorType'])}: "
+              f"{shown(short(error['errorMessage'], 100))}")
     if item.get("logs"):
         print("logs:")
         for line in item["logs"]:
@@ -343,7 +364,8 @@ def cmd_dlq(args) -> int:
     for e in events:
         last = e["errors"][-1] if e["errors"] else None
         rows.append([e["requestId"], when(e["accepted"]), e["attempts"], e["deadReason"],
-                     short(f"{last['errorType']}: {last['errorMessage']}" if last else "", 60)])
+                     shown(short(f"{last['errorType']}: {last['errorMessage']}" if last else "",
+                                 60))])
     table(rows, ["REQUEST ID", "ACCEPTED", "ATTEMPTS", "REASON", "LAST ERROR"])
     return 0
 

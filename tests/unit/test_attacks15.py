@@ -2,6 +2,7 @@
 sora.gateway.auth, sora.worker.logs): each test makes the attack and failed before its fix."""
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import re
@@ -197,3 +198,33 @@ def test_a_chunked_body_is_signed_whole(gateway):
     status, out = chunked_call(gateway, headers, [b'{"amount": 1,', b' "to": "a"}', b" "])
     assert (status, out["x-amzn-errortype"]) == (401, "InvalidSignatureException")
     assert len(gateway.broker.calls) == 1
+
+
+def test_the_cli_prints_a_functions_text_without_its_control_characters(monkeypatch, capsys):
+    # A function's error (type, message), its log lines and its load error (a FATAL reason)
+    # are its text; `sora inspect`, `sora logs` and `sora ls` printed them as they were, so a
+    # function could rewrite the operator's screen (ESC), set the clipboard (OSC 52), or print
+    # a line of its own after a newline ("status: ok"). Before the fix all reached stdout.
+    from sora.cli import main as cli
+    evil = "boom\r\x1b]52;c;cm0gLXJmIH4K\x07\nstatus:             ok\x1b[2J\x9b1A"
+    record = {"requestId": "r1", "function": "fn", "status": "error", "trigger": "http",
+              "errorType": "Error\x1b[8m", "errorMessage": evil,
+              "logs": [{"time": 0, "requestId": "r1", "stream": "stdout", "line": evil}]}
+    functions = {"functions": [{"name": "fn", "state": "FATAL", "instances": 0,
+                                "language": "nodejs", "reason": evil,
+                                "events": {"queued": 0, "leased": 0, "dead": 0}}]}
+
+    class FakeHost:
+        def get_json(self, path, params=None):
+            return {"/api/functions": functions, "/api/functions/fn/logs":
+                    {"lines": record["logs"]}}.get(path, record)
+
+    monkeypatch.setattr(cli.Host, "from_args", classmethod(lambda cls, args: FakeHost()))
+    cli.cmd_inspect(argparse.Namespace(request_id="r1", json=False))
+    cli.cmd_logs(argparse.Namespace(name="fn", request_id=None, limit=100, follow=False,
+                                    json=False))
+    cli.cmd_ls(argparse.Namespace(json=False, wide=True))
+    out = capsys.readouterr().out
+    assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", out), ascii(out)
+    assert not any(line.startswith("status:") and "ok" in line for line in out.splitlines())
+    assert "boom\\x0d\\x1b]52;c;" in out
