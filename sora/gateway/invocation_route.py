@@ -2,6 +2,8 @@
 the host config, the body limit and broker waits, and accepting an asynchronous event."""
 from __future__ import annotations
 
+import logging
+
 from .. import protocol as p
 from ..config import HostConfig
 from ..events.intake import EventIntake, EventNotStored, LowDisk, QueueFull
@@ -9,6 +11,7 @@ from .client import BROKER_SLACK, BrokerClient, BrokerUnavailable, broker_waits
 from .error_detail import FULL, ErrorDetail, unavailable_message
 from .errors import SoraError
 
+log = logging.getLogger("sora.gateway")
 RETRY_AFTER = "1"
 # While the disk is low: long enough for an operator (or pruning) to free space, short enough
 # that callers come back soon after.
@@ -78,6 +81,11 @@ class InvocationRoute:
                 "The host is low on disk space, so asynchronous events are not accepted "
                 "until space is freed"), {"Retry-After": LOW_DISK_RETRY_AFTER}) from None
         except EventNotStored as exc:
+            # An OSError's text names its file (in the state dir): the log keeps it, the
+            # caller (on a function URL, anyone) gets it redacted but under `full`.
+            log.warning("event for %s not stored: %s", name, exc)
+            reason = str(exc) if self.error_detail.level == FULL else \
+                self.error_detail.redact(str(exc))
             raise error(503, "Sora.EventNotStored", (
-                f"The event could not be stored, so it was not accepted: {exc}"),
+                f"The event could not be stored, so it was not accepted: {reason}"),
                 {"Retry-After": RETRY_AFTER}) from None

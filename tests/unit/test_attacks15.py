@@ -228,3 +228,27 @@ def test_the_cli_prints_a_functions_text_without_its_control_characters(monkeypa
     assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", out), ascii(out)
     assert not any(line.startswith("status:") and "ok" in line for line in out.splitlines())
     assert "boom\\x0d\\x1b]52;c;" in out
+
+
+def test_an_event_that_could_not_be_stored_names_no_host_path(tmp_path, monkeypatch, caplog):
+    # The queue's OSError (a full disk at the state dir, say) carries its file name, and the
+    # 503 repeated it to whoever sent the event: the state dir's path, on a function URL
+    # anyone may call, under the default `errorDetail: message`. The log keeps it.
+    from sora.events.intake import EventNotStored
+    from tests.unit.test_gateway_app import asgi_call, make_app
+    gateway = make_app(tmp_path, monkeypatch)
+    state = str(tmp_path / "state")
+
+    async def full_disk(*args, **kwargs):
+        raise EventNotStored(f"[Errno 28] No space left on device: '{state}/events'")
+
+    gateway.intake.accept = full_disk
+    with caplog.at_level("WARNING"):
+        status, _, body = asgi_call(gateway, "/functions/echo",
+                                    {"X-Sora-Invocation-Type": "Event", "Content-Length": "2"},
+                                    [{"type": "http.request", "body": b"{}",
+                                      "more_body": False}])
+    assert status == 503 and b"Sora.EventNotStored" in body
+    assert str(tmp_path).encode() not in body, body
+    assert b"No space left on device" in body
+    assert state in caplog.text
