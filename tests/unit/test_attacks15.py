@@ -11,34 +11,18 @@ import urllib.parse
 
 from sora.worker.logs import FunctionLog
 from sora.worker.report import end_lines, start_line
+from tests.unit.test_gateway_app import asgi_call
 from tests.unit.test_sigv4 import ECHO, INVOKE, call, gateway, signed  # noqa: F401 (a fixture)
 
 
 def stalled_call(gateway, headers: dict, length: int) -> tuple[int, dict]:
     """A request whose headers promise `length` bytes of body, of which only the first
     kilobyte ever comes (Falcon waits for a body's first piece before any middleware runs)."""
-    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
-             "http_version": "1.1", "method": "POST", "scheme": "http",
-             "path": INVOKE.format("echo"), "raw_path": INVOKE.format("echo").encode(),
-             "query_string": b"", "root_path": "",
-             "headers": [(k.lower().encode(), v.encode()) for k, v in
-                         {**headers, "Content-Length": str(length)}.items()],
-             "client": ("127.0.0.1", 4000), "server": ("127.0.0.1", 8080)}
-    sent = []
-    events = [{"type": "http.request", "body": b"{" * 1024, "more_body": True}]
-
-    async def receive():
-        if events:
-            return events.pop(0)
-        await asyncio.sleep(3600)
-
-    async def send(message):
-        sent.append(message)
-
     # The host's body wait (server.bodyTimeout) is 10 s: a refusal must come well before.
-    asyncio.run(asyncio.wait_for(gateway.app(scope, receive, send), 3))
-    start = next(m for m in sent if m["type"] == "http.response.start")
-    return start["status"], {k.decode().lower(): v.decode() for k, v in start["headers"]}
+    status, sent_headers, _ = asgi_call(
+        gateway, INVOKE.format("echo"), {**headers, "Content-Length": str(length)},
+        [{"type": "http.request", "body": b"{" * 1024, "more_body": True}], deadline=3)
+    return status, sent_headers
 
 
 def test_a_signature_of_no_key_is_refused_before_its_body_is_read(gateway):

@@ -89,7 +89,7 @@ def event_sent(app) -> dict:
     return json.loads(app.broker.calls[0][1])
 
 
-def asgi_call(gateway, path, headers, events, method="POST", query=""):
+def asgi_call(gateway, path, headers, events, method="POST", query="", deadline=10.0):
     """Call the app as gunicorn does, with the given receive() events; after them receive()
     waits forever (a client that stalls). `path` as sent (percent-encoded, as `raw_path`).
     Returns (status, headers, body)."""
@@ -110,7 +110,7 @@ def asgi_call(gateway, path, headers, events, method="POST", query=""):
     async def send(message):
         sent.append(message)
 
-    asyncio.run(asyncio.wait_for(gateway.app(scope, receive, send), 10))
+    asyncio.run(asyncio.wait_for(gateway.app(scope, receive, send), deadline))
     start = next(m for m in sent if m["type"] == "http.response.start")
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     return start["status"], {k.decode().lower(): v.decode() for k, v in start["headers"]}, body
