@@ -3,7 +3,6 @@ sora.gateway.auth, sora.worker.logs): each test makes the attack and failed befo
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import re
 import time
@@ -148,29 +147,13 @@ def test_a_refused_path_cannot_write_lines_into_the_hosts_log(gateway, caplog):
 
 
 def chunked_call(gateway, headers: dict, pieces: list[bytes]) -> tuple[int, dict]:
-    path = INVOKE.format("echo")
-    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
-             "http_version": "1.1", "method": "POST", "scheme": "http", "path": path,
-             "raw_path": path.encode(), "query_string": b"", "root_path": "",
-             "headers": [(k.lower().encode(), v.encode()) for k, v in
-                         {**headers, "Transfer-Encoding": "chunked"}.items()
-                         if k.lower() != "content-length"],
-             "client": ("127.0.0.1", 4000), "server": ("127.0.0.1", 8080)}
+    chunked = {k: v for k, v in headers.items() if k.lower() != "content-length"}
     events = [{"type": "http.request", "body": piece, "more_body": n < len(pieces) - 1}
               for n, piece in enumerate(pieces)]
-    sent = []
-
-    async def receive():
-        if events:
-            return events.pop(0)
-        await asyncio.sleep(3600)
-
-    async def send(message):
-        sent.append(message)
-
-    asyncio.run(asyncio.wait_for(gateway.app(scope, receive, send), 5))
-    start = next(m for m in sent if m["type"] == "http.response.start")
-    return start["status"], {k.decode().lower(): v.decode() for k, v in start["headers"]}
+    status, sent_headers, _ = asgi_call(
+        gateway, INVOKE.format("echo"), {**chunked, "Transfer-Encoding": "chunked"}, events,
+        deadline=5)
+    return status, sent_headers
 
 
 def test_a_chunked_body_is_signed_whole(gateway):
