@@ -18,10 +18,10 @@ from __future__ import annotations
 import os
 import re
 import sys
-from http import HTTPStatus
 
 from .. import protocol as p
 from ..config import HostConfig
+from .reason_phrases import phrase
 
 FULL, MESSAGE, NONE = "full", "message", "none"
 # Sora's own errors whose message is a start-up reason: config errors (file, field), setup
@@ -77,6 +77,11 @@ class ErrorDetail:
             return unavailable_message(function)
         return self.redact(message)
 
+    def for_caller(self, function: str, error_type: str, message: str) -> str:
+        """An error Sora made (not the function), as this host's level shows it: whole under
+        `full`, else as `message` gives it."""
+        return message if self.level == FULL else self.message(function, error_type, message)
+
     def function_url_error(self, function: str, status: int,
                            body: bytes) -> tuple[bytes, str]:
         """(body, content type) for a failed function URL call answered `status`, from the
@@ -92,9 +97,4 @@ class ErrorDetail:
 
 def plain_text(status: int) -> bytes:
     """`none`'s body: Lambda's text for a 502, else the status's reason phrase."""
-    if status == 502:
-        return LAMBDA_URL_ERROR
-    try:
-        return HTTPStatus(status).phrase.encode()
-    except ValueError:
-        return LAMBDA_URL_ERROR
+    return LAMBDA_URL_ERROR if status == 502 else phrase(status).encode()

@@ -8,7 +8,7 @@ from .. import protocol as p
 from ..config import HostConfig
 from ..events.intake import EventIntake, EventNotStored, LowDisk, QueueFull
 from .client import BROKER_SLACK, BrokerClient, BrokerUnavailable, broker_waits
-from .error_detail import FULL, ErrorDetail, unavailable_message
+from .error_detail import ErrorDetail
 from .errors import SoraError
 
 log = logging.getLogger("sora.gateway")
@@ -63,9 +63,9 @@ class InvocationRoute:
             if broken is None:
                 raise error(404, "ResourceNotFoundException", f"Function not found: {name}")
             # The reason names files of the host (the config, a setup log): for `full` only.
-            raise error(503, "Sora.FunctionUnavailable", f"Function {name} cannot run: "
-                        f"{broken.reason}" if self.error_detail.level == FULL
-                        else unavailable_message(name))
+            raise error(503, "Sora.FunctionUnavailable", self.error_detail.for_caller(
+                name, "Sora.FunctionUnavailable", f"Function {name} cannot run: "
+                f"{broken.reason}"))
         if len(payload) > self.max_event:
             raise error(413, "RequestEntityTooLargeException", (
                 f"The event is {len(payload)} bytes; asynchronous invocations take at most "
@@ -84,8 +84,7 @@ class InvocationRoute:
             # An OSError's text names its file (in the state dir): the log keeps it, the
             # caller (on a function URL, anyone) gets it redacted but under `full`.
             log.warning("event for %s not stored: %s", name, exc)
-            reason = str(exc) if self.error_detail.level == FULL else \
-                self.error_detail.redact(str(exc))
+            reason = self.error_detail.for_caller(name, "Sora.EventNotStored", str(exc))
             raise error(503, "Sora.EventNotStored", (
                 f"The event could not be stored, so it was not accepted: {reason}"),
                 {"Retry-After": RETRY_AFTER}) from None

@@ -75,9 +75,7 @@ class InvokeResource(InvocationRoute):
     def sora_message(self, function: str, body: bytes) -> str:
         """The message of an error Sora made (not the function): why a function cannot start
         names host files, shown only with `errorDetail: full`."""
-        error_type, message = p.parse_error(body)
-        return message if self.error_detail.level == FULL else \
-            self.error_detail.message(function, error_type, message)
+        return self.error_detail.for_caller(function, *p.parse_error(body))
 
     @staticmethod
     def function_of(params: dict) -> str | None:
