@@ -7,7 +7,7 @@ import os
 import falcon.asgi
 
 from sora import protocol as p
-from sora.gateway.client import BrokerClient
+from sora.messaging.client import BrokerClient
 
 BODY = b'{"message":"Hello, world!"}'
 

@@ -148,6 +148,11 @@ def events_endpoint(state_dir: str) -> str:
     return "ipc://" + os.path.join(run_dir(state_dir), "events.sock")
 
 
+def events_socket(state_dir: str) -> str:
+    """The dispatcher's socket file: it exists once the dispatcher listens."""
+    return events_endpoint(state_dir)[len("ipc://"):]
+
+
 def gateway_ready_path(state_dir: str, listener: str) -> str:
     """Made by a gateway's gunicorn worker once it can answer (the supervisor removes it before
     it starts that listener's gateway): the listener's socket accepts connections from the

@@ -22,10 +22,10 @@ from .. import config_snapshot
 from .. import protocol as p
 from ..config import ConfigError, FunctionConfig, load_function_config
 from ..isolation.secrets import declared_env_names
-from ..gateway.client import BROKER_SLACK, BrokerClient, BrokerTimeout
+from ..messaging.client import BROKER_SLACK, BrokerClient, BrokerTimeout
 from ..supervisor.broker import Broker
-from ..supervisor.child import die_with_parent
-from ..supervisor.setup import SetupRun
+from ..parent_death import die_with_parent
+from ..setup.run import SetupRun
 from .host import CliError
 
 READY_TIMEOUT = 60.0

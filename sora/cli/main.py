@@ -157,10 +157,10 @@ def _validate_function(directory: str, as_json: bool, load: bool) -> int:
 
 def _report_loaded(path: str, functions: list, state_dir: str | None, broken: list[dict],
                    as_json: bool, load: bool) -> int:
-    """Load each function's module as its instances would (sora.worker.runtimes.load_check;
+    """Load each function's module as its instances would (sora.runtimes.load_check;
     not with `load` false), so a syntax error or a missing handler is reported now, then
     print the lot."""
-    from ..worker.runtimes.load_check import LoadResult, check_functions
+    from ..runtimes.load_check import LoadResult, check_functions
     valid = []
     checked = check_functions(functions, state_dir) if load else \
         [(fn, LoadResult(None, "not loaded: --no-load")) for fn in functions]

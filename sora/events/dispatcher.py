@@ -34,7 +34,7 @@ import zmq
 from .. import protocol as p
 from ..config import FunctionConfig, HostConfig
 from ..config_snapshot import load_host_config_of_child
-from ..gateway.client import BrokerClient, BrokerTimeout, BrokerUnavailable, broker_waits
+from ..messaging.client import BrokerClient, BrokerTimeout, BrokerUnavailable, broker_waits
 from ..hotpath import quiet_gc
 from ..store import queue
 from ..store.db import connect_queue
@@ -223,11 +223,6 @@ class Dispatcher:
         log.warning("event %s for %s dead-lettered: %s (last error %s: %s)", event.request_id,
                     event.function, reason, attempt.error_type, attempt.error_message[:200])
         queue.bury(self.conn, event.id, reason, attempt)
-
-
-def events_socket(state_dir: str) -> str:
-    """The dispatcher's socket file: it exists once the dispatcher listens."""
-    return p.events_endpoint(state_dir)[len("ipc://"):]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,7 @@ from ..config import FUNCTION_NAME_RE, HostConfig
 from ..config_snapshot import load_host_config_of_child
 from ..events.intake import EventIntake
 from .auth import CREDENTIAL_HEADERS, authorizer_for, is_admin
-from .client import BrokerClient, BrokerTimeout
+from ..messaging.client import BrokerClient, BrokerTimeout
 from .error_detail import NONE, plain_text
 from .errors import SoraError
 from .invocation_route import RETRY_AFTER, InvocationRoute

@@ -7,7 +7,7 @@ import logging
 from .. import protocol as p
 from ..config import HostConfig
 from ..events.intake import EventIntake, EventNotStored, LowDisk, QueueFull
-from .client import BROKER_SLACK, BrokerClient, BrokerUnavailable, broker_waits
+from ..messaging.client import BROKER_SLACK, BrokerClient, BrokerUnavailable, broker_waits
 from .error_detail import ErrorDetail
 from .errors import SoraError
 

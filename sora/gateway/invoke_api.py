@@ -27,7 +27,7 @@ import orjson
 
 from .. import protocol as p
 from ..config import FUNCTION_NAME_RE
-from .client import BrokerTimeout
+from ..messaging.client import BrokerTimeout
 from .error_detail import FULL, START_REASONS
 from .errors import SoraError
 from .invocation_route import RETRY_AFTER, InvocationRoute

@@ -28,7 +28,7 @@ import orjson
 from ..config import HostConfig
 from ..store import queue, records
 from ..store.db import connect, connect_queue
-from .client import BrokerClient, BrokerTimeout
+from ..messaging.client import BrokerClient, BrokerTimeout
 from .errors import SoraError
 from .requests import read_body, request_id_of
 

@@ -5,7 +5,7 @@ v1 (one hierarchy per controller, as on the machines Sora is developed on). Whic
 force is reported by `/healthz` (`cgroups`). Each instance gets its own group,
 `<root>/sora/<function>-<worker pid>-<n>`, made before it starts and removed once it is dead;
 the instance's process joins it between fork and exec, so everything it starts is counted too.
-A pre-started runtime (sora.supervisor.runtime_pool) was started the same way into a group of
+A pre-started runtime (sora.runtimes.pool) was started the same way into a group of
 its own (`_standby-<supervisor pid>-<n>`, no memory limit); the worker that takes it renames
 that group to its instance's name and sets the limit, before the runtime loads anything.
 Moving a running process between groups would do too, but takes the kernel 7-15 ms per move

@@ -27,7 +27,7 @@ The filter is built with libseccomp (Debian's libseccomp2) through `pyseccomp`, 
 to BPF once per process (`program()`). bubblewrap reads the program from a file descriptor to
 its end, so each sandbox gets a pipe of its own holding it (`passed_to`). The command line says
 `--seccomp` with FD_SLOT, not a number: a pre-started runtime's kind is its whole command line
-(sora.supervisor.runtime_pool), so the command line must be the same whichever descriptor the
+(sora.runtimes.pool), so the command line must be the same whichever descriptor the
 program gets at each start; the slot is filled in just before the process is spawned.
 """
 from __future__ import annotations

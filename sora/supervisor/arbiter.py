@@ -31,18 +31,18 @@ from .. import protocol as p
 from .. import config_snapshot
 from ..config import FunctionConfig, HostConfig
 from ..hotpath import quiet_gc
-from ..events.dispatcher import events_socket
+from ..protocol import events_socket
 from ..store.recorder import records_socket
 from ..config import ConfigError
-from ..worker.runtimes import runtime_for
+from ..runtimes import runtime_for
 from ..isolation import cgroups, sandbox, secrets
 from ..isolation.secrets import remove_leftovers as remove_secret_files
 from .broker import Broker
 from . import listeners
 from .child import Launch, State, Supervised, describe_exit
 from .progress import FunctionProgress, StartupProgress
-from .runtime_pool import RuntimePool
-from .setup import SetupRun
+from ..runtimes.pool import RuntimePool
+from ..setup.run import SetupRun
 
 log = logging.getLogger("sora.supervisor")
 

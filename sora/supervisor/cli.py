@@ -19,7 +19,7 @@ def _load(path: str) -> HostConfig | None:
 
 
 def check(args: argparse.Namespace) -> int:
-    from ..worker.runtimes.load_check import LoadResult, check_functions  # not for `start`
+    from ..runtimes.load_check import LoadResult, check_functions  # not for `start`
 
     config = _load(args.config)
     if config is None:

@@ -36,14 +36,14 @@ import psutil
 
 from .. import protocol as p
 from ..config import FunctionConfig
-from ..supervisor.child import die_with_parent
+from ..parent_death import die_with_parent
 from ..isolation import sandbox, seccomp
 from ..isolation.cgroups import InstanceGroup, join_in_child
 from ..isolation.secrets import SECRETS_DIR_ENV
-from ..supervisor.runtime_pool import PoolClient
+from ..runtimes.pool import PoolClient
 from .logs import FunctionLog
 from .memory_peak import PeakMemory
-from .runtimes import Runtime
+from ..runtimes import Runtime
 
 MARKER = b"\x00SORA-END "
 # Ids of the invocations an instance has finished that its end markers may still name: a

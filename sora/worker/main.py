@@ -22,12 +22,12 @@ from .. import config_snapshot
 from ..config import ConfigError, FunctionConfig, LogsConfig, RecordsConfig
 from ..function_response import BadFunctionResponse, map_result
 from ..store.recorder import RecordSender
-from ..supervisor.runtime_pool import PoolClient
-from ..supervisor.setup import SetupRun
+from ..runtimes.pool import PoolClient
+from ..setup.run import SetupRun
 from .instance import Instance, State
 from .logs import FunctionLog
 from .report import end_lines, start_line
-from .runtimes import Runtime, runtime_for
+from ..runtimes import Runtime, runtime_for
 from ..isolation import cgroups, sandbox
 from .scaling import SCALE_OUT_WAIT, idle_expired, plan_scale_out
 from ..isolation.secrets import Secrets, declared_env_names, read_secrets

@@ -5,7 +5,7 @@ import select
 import subprocess
 import time
 
-from sora.worker.runtimes.nodejs import BOOTSTRAP
+from sora.runtimes.nodejs import BOOTSTRAP
 
 HANDLER = """
 exports.handler = async (event) => {

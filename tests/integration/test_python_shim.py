@@ -5,7 +5,7 @@ import select
 import subprocess
 import time
 
-from sora.worker.runtimes.python import BOOTSTRAP, default_python
+from sora.runtimes.python import BOOTSTRAP, default_python
 
 HANDLER = """
 def handler(event, context):

@@ -51,7 +51,7 @@ def thrown(fn_dir: str, state_dir: str) -> bytes:
     return p.error_body("Error", f"ENOENT: no such file, open '{fn_dir}/data.json'", trace=[
         f"Error: ENOENT: no such file, open '{fn_dir}/data.json'",
         f"    at handler ({fn_dir}/index.js:3:9)",
-        f"    at run ({SORA_DIR}/worker/runtimes/nodejs/bootstrap.cjs:200:5)",
+        f"    at run ({SORA_DIR}/runtimes/nodejs/bootstrap.cjs:200:5)",
         f"    at cache ({state_dir}/setup/echo.log)"])
 
 

@@ -9,7 +9,7 @@ import zmq
 
 from sora import protocol as p
 from sora.gateway.requests import new_request_id
-from sora.gateway.client import BrokerClient, BrokerTimeout
+from sora.messaging.client import BrokerClient, BrokerTimeout
 
 
 def test_request_ids_are_time_ordered_version_7_uuids():
@@ -85,7 +85,7 @@ def test_replies_are_matched_by_request_id_and_silence_times_out(broker):
 def test_the_requests_of_one_loop_turn_are_sent_back_to_back(broker, monkeypatch):
     # Each send from a request's own task would wake ZeroMQ's I/O thread for that one message;
     # the client sends the requests its tasks made in one turn together, on the next turn.
-    import sora.gateway.client as client_module
+    import sora.messaging.client as client_module
     sent = []
     real_send = client_module.send_frames
     monkeypatch.setattr(client_module, "send_frames",
@@ -109,7 +109,7 @@ def test_the_requests_of_one_loop_turn_are_sent_back_to_back(broker, monkeypatch
 
 
 def test_a_request_that_cannot_be_sent_fails_its_caller_at_once(tmp_path, monkeypatch):
-    import sora.gateway.client as client_module
+    import sora.messaging.client as client_module
 
     def refuse(sock, frames):
         raise zmq.ZMQError(zmq.EHOSTUNREACH)
@@ -136,7 +136,7 @@ def test_a_lost_broker_fails_its_callers_at_once_until_it_is_back(tmp_path):
     """The supervisor dies (its broker with it) while calls wait: they fail at once, as do
     new calls, instead of hanging to their deadline; once a broker listens again, calls
     flow."""
-    from sora.gateway.client import BrokerUnavailable
+    from sora.messaging.client import BrokerUnavailable
     endpoint = f"ipc://{tmp_path}/b.sock"
     ctx = zmq.Context.instance()
 

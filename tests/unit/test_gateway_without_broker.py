@@ -8,7 +8,7 @@ import yaml
 from sora import protocol as p
 from sora.config import load_host_config
 from sora.gateway.app import create_app
-from sora.gateway.client import BrokerUnavailable
+from sora.messaging.client import BrokerUnavailable
 from tests.support import write_function
 
 

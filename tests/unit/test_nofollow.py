@@ -12,7 +12,7 @@ import pytest
 
 from sora.config import ConfigError, load_function_config
 from sora.isolation import nofollow, sandbox, secrets
-from sora.supervisor.setup import content_hash
+from sora.setup.run import content_hash
 
 MARKER = "root-only-marker-7f3a"
 OTHER_UID = 64999

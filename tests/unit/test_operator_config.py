@@ -12,7 +12,7 @@ import pytest
 from sora import config_snapshot
 from sora.config import load_function_config, load_host_config
 from sora.isolation import sandbox, secrets
-from sora.supervisor.setup import SetupRun
+from sora.setup.run import SetupRun
 
 
 def write(path, text):

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from sora.worker.runtimes.provided.peers import OwnPeers, socket_owner
+from sora.runtimes.provided.peers import OwnPeers, socket_owner
 
 CONNECT = ("import socket, sys; s = socket.create_connection(('127.0.0.1', int(sys.argv[1]))); "
            "sys.stdin.read()")

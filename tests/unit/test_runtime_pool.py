@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from sora.supervisor.runtime_pool import PoolClient, RuntimePool
+from sora.runtimes.pool import PoolClient, RuntimePool
 from sora.isolation import cgroups
 from tests.support import wait_for
 

@@ -6,8 +6,8 @@ import sys
 import pytest
 
 from sora.config import ConfigError, load_function_config
-from sora.worker.runtimes import runtime_for
-from sora.worker.runtimes.python import default_python
+from sora.runtimes import runtime_for
+from sora.runtimes.python import default_python
 
 
 def folder(tmp_path, yaml_text, files=()):

@@ -24,10 +24,10 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-from ...config import ConfigError, FunctionConfig
-from ...isolation import sandbox, seccomp
-from ...parent_death import die_with_parent
-from ...supervisor.setup import setup_ran
+from ..config import ConfigError, FunctionConfig
+from ..isolation import sandbox, seccomp
+from ..parent_death import die_with_parent
+from ..setup.run import setup_ran
 from . import runtime_for
 
 # The worker gives booting instances at least this long (sora.worker.main.Worker.boot).

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from .. import protocol as p
 from ..isolation import cgroups, seccomp
 from ..isolation.cgroups import InstanceGroup
-from .child import die_with_parent
+from ..parent_death import die_with_parent
 
 log = logging.getLogger("sora.runtime-pool")
 

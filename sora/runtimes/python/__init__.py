@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
-from ....config import FunctionConfig
+from ...config import FunctionConfig
 from ..base import Runtime, find_interpreter
 
 BOOTSTRAP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bootstrap.py")

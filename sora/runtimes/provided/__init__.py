@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
-from ....config import ConfigError, FunctionConfig
+from ...config import ConfigError, FunctionConfig
 from ..base import Runtime
 
 RUNTIME_API = os.path.join(os.path.dirname(os.path.abspath(__file__)), "runtime_api.py")

@@ -5,7 +5,7 @@ import os
 import shutil
 import sys
 
-from ...config import HOST_ENV_PASSTHROUGH, ConfigError, FunctionConfig
+from ..config import HOST_ENV_PASSTHROUGH, ConfigError, FunctionConfig
 
 DEFAULT_REGION = "us-east-1"
 

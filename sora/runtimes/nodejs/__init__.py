@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from ....config import FunctionConfig
+from ...config import FunctionConfig
 from ..base import Runtime, find_interpreter
 
 BOOTSTRAP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bootstrap.cjs")

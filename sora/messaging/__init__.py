@@ -1,0 +1,2 @@
+"""The messaging client: how gateways, the dispatcher and `sora invoke --local` send
+invocations (shared by those processes)."""
