@@ -46,6 +46,12 @@ CREDIT = b"\x07"
 GROW = b"\x08"
 GRANT = b"\x09"
 SHRINK = b"\x0a"
+# The direct data path (issue 16, docs/architecture.md): clients talk to workers' own ROUTERs,
+# and learn which workers serve which function from the control plane.
+HELLO = b"\x0b"        # client -> worker: first message of a connection, asks for a window
+BYE = b"\x0c"          # client -> worker: this connection is closing
+SUBSCRIBE = b"\x0d"    # client -> control plane: send me MEMBERS now and on every change
+MEMBERS = b"\x0e"      # control plane -> client: [MEMBERS, json] (see the module docstring)
 
 # Invocation meta: the trigger, then optional flags after "+".
 TRIGGER_HTTP = b"http"          # the function URL route
@@ -135,6 +141,16 @@ def run_dir(state_dir: str) -> str:
 def gateway_endpoint(state_dir: str) -> str:
     """Where gateways connect (the broker's frontend ROUTER)."""
     return "ipc://" + os.path.join(run_dir(state_dir), "gateway.sock")
+
+
+def control_endpoint(state_dir: str) -> str:
+    """The control plane's ROUTER (workers announce themselves, clients subscribe)."""
+    return "ipc://" + os.path.join(run_dir(state_dir), "control.sock")
+
+
+def worker_data_endpoint(state_dir: str, pid: int) -> str:
+    """A worker's own ROUTER on its host (short: an ipc path is limited to ~107 bytes)."""
+    return "ipc://" + os.path.join(run_dir(state_dir), f"w-{pid}.sock")
 
 
 def worker_endpoint(state_dir: str) -> str:
