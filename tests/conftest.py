@@ -2,3 +2,37 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import pytest  # noqa: E402 - after the path insert above, like the tests' own imports
+
+
+@pytest.fixture(scope="session")
+def _netns_session():
+    """Once per session, for tests that make hosts: skip where the kernel refuses network
+    namespaces, and sweep what an earlier run killed before its teardown left behind."""
+    from tests import netns
+    try:
+        netns.check_available()
+    except netns.NetnsUnavailable as exc:
+        if netns.skippable(exc):
+            pytest.skip(f"network namespaces are not available here: {exc}")
+        raise
+    netns.sweep_dead_runs()
+    yield netns
+
+
+@pytest.fixture
+def hosts(_netns_session):
+    """`hosts(n)`: a tests.netns.Network of n hosts, each in a network namespace of its own,
+    bridged with each other and the root namespace; removed (with every supervisor started on
+    it) at the end of the test, and the test fails if anything is left."""
+    networks = []
+
+    def make(n: int):
+        networks.append(_netns_session.Network(n))
+        return networks[-1]
+    yield make
+    left = []
+    for network in networks:
+        left += network.teardown()
+    assert not left, f"network namespaces left behind: {left}"

@@ -89,13 +89,20 @@ class SoraHost:
     def __init__(self, base: Path, function_dirs: list[Path], https: bool = True,
                  server: dict | None = None, env: dict | None = None,
                  extra: dict | None = None, api_key: str | None = None,
-                 fresh_connections: bool = False):
+                 fresh_connections: bool = False, prefix: list[str] | None = None,
+                 address: str = "127.0.0.1", command: str = "start"):
         self.base = base
+        # A host in a network namespace (tests/netns.py) runs its supervisor under `prefix`
+        # (nsenter ...), binds its gateway to `address` and is reached there; `command` is
+        # the supervisor's subcommand (`join` for a host that joins a cluster).
+        self.prefix = list(prefix or [])
+        self.address = address
+        self.command = command
         self.fresh_connections = fresh_connections
         self.function_dirs = list(function_dirs)
         self.http_port = free_port()
         self.https_port = free_port() if https else None
-        server_cfg = {"httpPort": self.http_port, "bind": "127.0.0.1", "gatewayWorkers": 1,
+        server_cfg = {"httpPort": self.http_port, "bind": address, "gatewayWorkers": 1,
                       "gracefulTimeout": 10}
         if https:
             self.cert, key = make_cert(base)
@@ -129,7 +136,7 @@ class SoraHost:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"http://{self.address}:{self.http_port}"
 
     @property
     def https_url(self) -> str:
@@ -138,7 +145,7 @@ class SoraHost:
     def start(self, wait_functions: list[str] | None = None, timeout: float = 60) -> "SoraHost":
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sora.supervisor.cli", "start", "--config",
+            [*self.prefix, sys.executable, "-m", "sora.supervisor.cli", self.command, "--config",
              str(self.config_path)], stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
             start_new_session=True)
         try:
