@@ -127,6 +127,10 @@ def kill_namespace_processes(name: str, timeout: float = 10.0) -> None:
     psutil.wait_procs(procs, timeout=timeout)
 
 
+class NetemUnavailable(Exception):
+    """The kernel has no netem qdisc (sch_netem), as on this CI machine."""
+
+
 class _SubnetLease:
     """A /24 of SUBNETS that no interface of the root namespace uses, held under a file lock
     while the root veth end takes its address, so two runs never pick the same one."""
@@ -187,23 +191,41 @@ class Host:
         self.sora_hosts.append(host)
         return host
 
-    def cut(self) -> None:
-        """Unplug the cable: its bridge port goes down, packets to and from it are dropped
-        silently (no RST, no ICMP), as when a machine drops off the network."""
-        ip("link", "set", self.port, "down", netns=self.network.bridge)
+    def cut(self, keep_carrier: bool = False) -> None:
+        """Unplug the cable: its bridge port goes down, so packets to and from it are dropped
+        silently (no RST, no ICMP), as when a machine drops off the network; the host sees
+        its link lose carrier. With keep_carrier, the port is disabled in the bridge instead:
+        frames are still dropped but the host's link stays up, as when a switch further
+        away fails. (This kernel has no netem or tc drop action, so loss is all or nothing.)"""
+        if keep_carrier:
+            self._port_state("disabled")
+        else:
+            ip("link", "set", self.port, "down", netns=self.network.bridge)
 
     def restore(self) -> None:
         ip("link", "set", self.port, "up", netns=self.network.bridge)
+        self._port_state("forwarding")
+
+    def _port_state(self, state: str) -> None:
+        # `bridge link set ... state`, not `ip link set ... type bridge_slave state`: the
+        # latter exits 0 here and leaves the state as it was.
+        subprocess.run(["bridge", "-n", self.network.bridge, "link", "set", "dev", self.port,
+                        "state", state], check=True, capture_output=True)
 
     def netem(self, spec: str | None) -> None:
-        """Degrade its link both ways (e.g. "loss 100%", "delay 50ms"), or clear with None."""
+        """Degrade its link both ways with netem (e.g. "delay 50ms", "loss 10%"), or clear it
+        with None. Raises NetemUnavailable where the kernel has no netem."""
         for netns, dev in ((self.network.bridge, self.port), (self.name, "eth0")):
             # Deleting a qdisc that is not there fails; that is fine.
             subprocess.run(["tc", "-n", netns, "qdisc", "del", "dev", dev, "root"],
                            capture_output=True)
             if spec:
-                subprocess.run(["tc", "-n", netns, "qdisc", "add", "dev", dev, "root",
-                                "netem", *spec.split()], check=True, capture_output=True)
+                done = subprocess.run(["tc", "-n", netns, "qdisc", "add", "dev", dev, "root",
+                                       "netem", *spec.split()], capture_output=True, text=True)
+                if "unknown" in done.stderr:
+                    raise NetemUnavailable(done.stderr.strip())
+                if done.returncode != 0:
+                    raise RuntimeError(f"tc netem {spec}: {done.stderr.strip()}")
 
     def pids(self) -> list[int]:
         """Processes in this host's network namespace (a sandboxed function in a namespace of
@@ -326,5 +348,5 @@ def skippable(exc: NetnsUnavailable) -> bool:
                                          "Invalid argument", "No such file"))
 
 
-__all__ = ["Network", "Host", "NetnsUnavailable", "check_available", "sweep_dead_runs",
+__all__ = ["Network", "Host", "NetnsUnavailable", "NetemUnavailable", "check_available", "sweep_dead_runs",
            "leftovers", "skippable"]
