@@ -265,6 +265,7 @@ class Network:
         self.bridge = f"{PREFIX}{run}-br{k}"
         self.root_link = f"st{run}-{k}"
         self.hosts: list[Host] = []
+        self.root_soras: list = []
         self.subnet = self.root_address = None
         try:
             self._build(run, k, n)
@@ -307,6 +308,18 @@ class Network:
         ip("link", "set", "eth0", "up", netns=name)
         return host
 
+    def root_sora(self, base: Path, function_dirs: list, **kwargs):
+        """The main host: a SoraHost (tests/support.py) in the root namespace, gateway on
+        127.0.0.1 as in every other test; it reaches the hosts, and they reach it at
+        `root_address` (e.g. `cluster.listen: tcp://<root_address>:PORT` in `extra`).
+        Stopped at teardown if the test has not."""
+        from tests.support import SoraHost
+        kwargs.setdefault("https", False)
+        base.mkdir(parents=True, exist_ok=True)
+        host = SoraHost(base, function_dirs, **kwargs)
+        self.root_soras.append(host)
+        return host
+
     def __getitem__(self, i: int) -> Host:
         return self.hosts[i]
 
@@ -320,13 +333,15 @@ class Network:
         """Stop every supervisor (SIGTERM, then SIGKILL), kill what else runs in the hosts,
         delete the namespaces (which deletes their veths, the bridge and the root's veth end);
         returns what could not be removed."""
-        for host in self.hosts:
-            for sora in host.sora_hosts:
+        for host in [None, *self.hosts]:
+            for sora in (host.sora_hosts if host else self.root_soras):
                 if sora.proc is not None and sora.proc.poll() is None:
                     try:
                         sora.stop()
                     except AssertionError:
                         pass    # it was SIGKILLed by stop(); the test reports its own failure
+            if host is None:
+                continue
             kill_namespace_processes(host.name)
             ip("netns", "del", host.name, check=False)
         ip("netns", "del", self.bridge, check=False)

@@ -97,6 +97,15 @@ def test_tcp_reaches_a_host_from_the_root_namespace_and_from_another_host(hosts)
         assert "ConnectionRefusedError" in out.stderr
     finally:
         stop(server)
+    # A host reaches the root namespace (where the main host's supervisor runs) at its address.
+    with socket.create_server((net.root_address, PORT)) as listener:
+        client = net[1].python(tcp_client_code(net.root_address))
+        listener.settimeout(5)
+        conn, peer = listener.accept()
+        with conn:
+            assert conn.recv(100) == b"hello" and peer[0] == net[1].address
+            conn.sendall(b"hi root")
+        assert client.communicate(timeout=10)[0].strip() == "hi root"
 
 
 def test_a_zeromq_dealer_router_round_trip_from_the_root_and_between_hosts(hosts):
