@@ -142,14 +142,21 @@ class SoraHost:
     def https_url(self) -> str:
         return f"https://localhost:{self.https_port}"
 
-    def start(self, wait_functions: list[str] | None = None, timeout: float = 60) -> "SoraHost":
+    def start(self, wait_functions: list[str] | None = None, timeout: float = 60,
+              ready=None) -> "SoraHost":
+        """Start the supervisor and wait until its functions are RUNNING on its own /healthz,
+        or, with `ready` (for a host that serves no HTTP, such as one that joins a cluster),
+        until ready() is true, e.g. the main host's /healthz lists it."""
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [*self.prefix, sys.executable, "-m", "sora.supervisor.cli", self.command, "--config",
              str(self.config_path)], stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
             start_new_session=True)
         try:
-            self.wait_healthy(wait_functions, timeout)
+            if ready is None:
+                self.wait_healthy(wait_functions, timeout)
+            else:
+                self.wait_ready(ready, timeout)
         except BaseException:   # a failed start (or pytest's timeout) leaves no host running
             self.stop()
             raise
@@ -170,6 +177,25 @@ class SoraHost:
             return wait_for(ready, timeout, 0.1, "functions to be RUNNING")
         except AssertionError:
             raise AssertionError(f"host not healthy; log:\n{self.log()}") from None
+
+    def wait_ready(self, ready, timeout: float = 60):
+        """Poll ready() until it is truthy; fail at once if the supervisor exits."""
+        deadline = time.monotonic() + timeout
+        last_exc = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"supervisor exited early ({self.proc.returncode}):\n"
+                                     f"{self.log()}")
+            try:
+                value = ready()
+                if value:
+                    return value
+            except Exception as exc:  # noqa: BLE001 - it may fail until the host is up
+                last_exc = exc
+            time.sleep(0.1)
+        raise AssertionError(f"timed out after {timeout}s waiting for the host to be ready"
+                             + (f" (last error: {last_exc!r})" if last_exc else "")
+                             + f"; log:\n{self.log()}")
 
     def function_state(self, name: str) -> dict:
         return self.health()["functions"][name]

@@ -270,3 +270,33 @@ def test_a_supervisor_in_a_host_serves_a_function_on_its_address_and_stops_clean
 
 def _netns_of(pid: int) -> str:
     return os.readlink(f"/proc/{pid}/ns/net")
+
+
+def test_two_networks_at_once_take_distinct_subnets_and_stay_apart(hosts):
+    a, b = hosts(1), hosts(1)
+    assert a.subnet != b.subnet and not a.subnet.overlaps(b.subnet)
+    assert len({h.name for h in (*a, *b)}) == 2
+    server = serve(b[0], TCP_ECHO)
+    try:
+        assert tcp_call(b[0].address) == f"hello from {b.root_address}"
+        # a's host has no route to b's subnet: the networks do not leak into each other.
+        out = a[0].run(sys.executable, "-c", tcp_client_code(b[0].address))
+        assert "unreachable" in out.stderr, (out.stdout, out.stderr)
+    finally:
+        stop(server)
+
+
+def test_a_host_started_with_a_readiness_check_of_its_own(hosts, tmp_path):
+    """How a joined host (no gateway of its own, perhaps) is started: ready() decides."""
+    net = hosts(1)
+    fn = write_function(tmp_path / "fns", "echo", {"index.js": F.ECHO}, name="echo")
+    sora = net[0].sora(tmp_path / "h0", [fn])
+    seen = []
+    sora.start(ready=lambda: seen.append(1) or len(seen) >= 3)
+    try:
+        assert len(seen) == 3 and sora.proc.poll() is None
+    finally:
+        sora.kill9()
+    failing = net[0].sora(tmp_path / "h1", [fn], command="no-such-command")
+    with pytest.raises(AssertionError, match="exited early"):
+        failing.start(ready=lambda: False, timeout=20)
