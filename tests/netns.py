@@ -142,7 +142,8 @@ class _SubnetLease:
             fcntl.flock(lock, fcntl.LOCK_EX)
             used = ip("-4", "-o", "addr", "show").stdout + ip("-4", "route", "show").stdout
             for subnet in SUBNETS.subnets(new_prefix=24):
-                if subnet.network_address.exploded.rsplit(".", 1)[0] + "." not in used:
+                stem = re.escape(str(subnet.network_address).rsplit(".", 1)[0] + ".")
+                if not re.search(rf"(?<![\d.]){stem}", used):
                     configure(subnet)
                     return subnet
         raise RuntimeError(f"no free /24 left in {SUBNETS}")
