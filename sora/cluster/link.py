@@ -134,9 +134,11 @@ class ClusterListener:
             if self._sock.poll(POLL_MS):
                 self._drain()
             now = time.monotonic()
+            self._drop_silent(now)   # each turn (0.1 s), so a silent host goes at 3 s, not 4
             if now >= next_beat:
                 next_beat = now + p.HEARTBEAT_INTERVAL
-                self._beat(now)
+                for host in list(self._hosts.values()):
+                    self._send(host.routing_id, p.HEARTBEAT)
 
     def _drain(self) -> None:
         while True:
@@ -206,12 +208,10 @@ class ClusterListener:
         log.warning("refused host %r from %s: %s", name, address, reason)
         self._send(rid, p.REFUSED, reason.encode())
 
-    def _beat(self, now: float) -> None:
+    def _drop_silent(self, now: float) -> None:
         for host in list(self._hosts.values()):
             if now - host.last_seen > _liveness():
                 self._drop(host.name, f"silent for {_liveness():g} s")
-            else:
-                self._send(host.routing_id, p.HEARTBEAT)
 
     def _forget(self, host: JoinedHost) -> None:
         with self._lock:
@@ -308,6 +308,9 @@ class Uplink:
                 reconnect_at = now + backoff
                 backoff = min(backoff * 2, BACKOFF_MAX)
         if self._sock is not None:
+            # Half a second to deliver the goodbye (LINGER 0 would drop it); a listener that
+            # is gone anyway will find the host silent.
+            self._sock.setsockopt(zmq.LINGER, 500)
             self._send(p.DISCONNECT)
             self._close()
 
