@@ -33,9 +33,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from .. import protocol as p
-from .keys import KeyRing, client_socket, server_socket, start_authenticator
+from .keys import (ZAP_DOMAIN, KeyRing, client_socket, server_socket,
+                   start_authenticator)
 
 log = logging.getLogger("sora.cluster")
 
@@ -113,6 +115,10 @@ class ClusterListener:
         with self._lock:
             return [{"name": h.name, "address": h.address, "key": h.key, "since": h.since,
                      "members": h.members} for h in self._hosts.values()]
+
+    def reload_keys(self) -> None:
+        """Read the allow-list again (after `sora keys add`): hosts added since may join."""
+        self._auth.configure_curve(domain=ZAP_DOMAIN, location=self.ring.allowed_dir)
 
     def host_key(self, name: str) -> str | None:
         with self._lock:
@@ -249,8 +255,10 @@ class Uplink:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._sock: zmq.Socket | None = None
+        self._monitor: zmq.Socket | None = None
         self.joined = False      # the listener has answered since the last (re)connection
         self.connects = 0        # connections made (1 + reconnections), for tests and health
+        self.refused = ""        # why the control plane refused this host, while it does
 
     def set_members(self, members: dict) -> None:
         """What this host serves now; sent to the main host from the link's thread."""
@@ -285,11 +293,15 @@ class Uplink:
                     continue
                 self._connect()
                 last_heard = next_beat = now   # the silence deadline counts from here
-            if self._sock.poll(POLL_MS):
+            ready = dict(self._poller.poll(POLL_MS))
+            if self._monitor in ready and self._handshake_refused():
+                last_heard = -1e9               # refused: back off, retry (it may be allowed)
+            if self._sock in ready:
                 heard, refused = self._drain()
                 if heard:
                     last_heard = time.monotonic()
                     backoff = BACKOFF_FIRST
+                    self.refused = ""
                 if refused:
                     last_heard = -1e9           # treated as silence: back off, retry
             now = time.monotonic()
@@ -302,8 +314,9 @@ class Uplink:
                 next_beat = now + p.HEARTBEAT_INTERVAL
                 self._send(p.HEARTBEAT)
             if now - last_heard > _liveness():
-                log.warning("control plane %s silent for %g s; connecting again in %g s",
-                            self.endpoint, _liveness(), backoff)
+                if not self.refused:
+                    log.warning("control plane %s silent for %g s; connecting again in %g s",
+                                self.endpoint, _liveness(), backoff)
                 self._close()
                 reconnect_at = now + backoff
                 backoff = min(backoff * 2, BACKOFF_MAX)
@@ -317,6 +330,13 @@ class Uplink:
     def _connect(self) -> None:
         self._sock = client_socket(self._ctx, zmq.DEALER, self.ring, self.server_key)
         self._sock.setsockopt(zmq.LINGER, 0)
+        # The handshake's outcome: a key the listener does not allow is told apart from a
+        # listener that is down (ZeroMQ itself does not retry after a refused handshake).
+        self._monitor = self._sock.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+        self._poller = zmq.Poller()
+        self._poller.register(self._sock, zmq.POLLIN)
+        self._poller.register(self._monitor, zmq.POLLIN)
         self._sock.connect(self.endpoint)
         self.connects += 1
         self._join()
@@ -347,13 +367,31 @@ class Uplink:
                 log.warning("control plane %s refused this host (%s): %s", self.endpoint,
                             self.name, reason)
                 self.joined = False
+                self.refused = reason
                 refused = True
+
+    def _handshake_refused(self) -> bool:
+        refused = False
+        while self._monitor.poll(0):
+            event = recv_monitor_message(self._monitor)
+            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                self.refused = (f"its key {self.ring.public_text} is not on its allow-list "
+                                f"(add {self.ring.directory}/host.key there with `sora keys "
+                                "add`)")
+            else:
+                self.refused = "the CURVE handshake failed (is controlPlaneKey its key?)"
+            log.warning("control plane %s refused this host (%s): %s", self.endpoint,
+                        self.name, self.refused)
+            refused = True
+        return refused
 
     def _close(self) -> None:
         self.joined = False
         if self._sock is not None:
-            self._sock.close(0)
-            self._sock = None
+            self._sock.disable_monitor()
+            self._monitor.close(0)
+            self._sock.close()   # its LINGER: 0, or 0.5 s for the last DISCONNECT
+            self._sock = self._monitor = None
 
     def _send(self, *frames: bytes) -> None:
         try:

@@ -112,3 +112,41 @@ def test_curve_server_takes_allowed_keys_and_logs_refusals(tmp_path, caplog):
         sock.close(0)
         auth.stop()
         ctx.term()
+
+
+def test_the_asyncio_authenticator_enforces_the_same_allow_list(tmp_path, caplog):
+    """For processes on asyncio (a gateway): zmq.auth's AsyncioAuthenticator, same logging."""
+    import asyncio
+
+    import zmq.asyncio
+
+    server = k.init_keys(str(tmp_path / "server"))
+    stranger = k.init_keys(str(tmp_path / "stranger"))
+
+    async def scenario():
+        ctx = zmq.asyncio.Context()
+        auth = k.start_authenticator(ctx, server, use_asyncio=True)
+        sock = k.server_socket(ctx, zmq.ROUTER, server)
+        port = sock.bind_to_random_port("tcp://127.0.0.1")
+        own = k.client_socket(ctx, zmq.DEALER, server, server.public)   # its own key: allowed
+        bad = k.client_socket(ctx, zmq.DEALER, stranger, server.public)
+        try:
+            for c in (own, bad):
+                c.connect(f"tcp://127.0.0.1:{port}")
+            await own.send(b"own")
+            await bad.send(b"bad")
+            frames = await asyncio.wait_for(sock.recv_multipart(), 3)
+            assert frames[1] == b"own"
+            deadline = time.monotonic() + 3
+            while "refused a connection" not in caplog.text and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert not await sock.poll(300)
+        finally:
+            for s in (own, bad, sock):
+                s.close(0)
+            auth.stop()
+            ctx.term()
+
+    with caplog.at_level(logging.WARNING, logger="sora.cluster.keys"):
+        asyncio.run(scenario())
+    assert "refused a connection from 127.0.0.1: its key " + stranger.public_text in caplog.text

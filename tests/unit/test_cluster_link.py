@@ -178,8 +178,17 @@ def test_an_unknown_key_is_refused_and_logged_with_its_address(tmp_path, rings, 
         started.append(uplink)
         wait_for(lambda: "refused a connection from 127.0.0.1" in caplog.text)
     assert f"its key {stranger.public_text} is not on the allow-list" in caplog.text
+    # The joined host is told why, and says what to do about it.
+    wait_for(lambda: "refused this host (intruder): its key" in caplog.text)
+    assert "is not on its allow-list (add " in uplink.refused
     events.none_within(0.5)
     assert listener.hosts() == [] and not uplink.joined
+    # Allowed now, and the listener reads its allow-list again: the uplink's next try joins.
+    k.add_allowed(main.directory, os.path.join(stranger.directory, k.HOST_CERT), "stranger")
+    listener.reload_keys()
+    kind, host, _, _ = events.next(timeout=10)
+    assert (kind, host) == ("members", "intruder")
+    wait_for(lambda: uplink.joined and not uplink.refused)
 
 
 def test_a_second_host_with_the_same_name_is_refused(tmp_path, rings, cluster, caplog):
