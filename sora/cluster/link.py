@@ -36,7 +36,8 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from .. import protocol as p
-from .keys import (ZAP_DOMAIN, KeyRing, client_socket, server_socket,
+from ..config import ClusterConfig
+from .keys import (ZAP_DOMAIN, KeyRing, client_socket, load_keys, server_socket,
                    start_authenticator)
 
 log = logging.getLogger("sora.cluster")
@@ -87,6 +88,7 @@ class ClusterListener:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._ctx: zmq.Context | None = None
 
     def start(self) -> None:
         """Bind (a bind error raises here, in the caller) and start the thread."""
@@ -95,6 +97,8 @@ class ClusterListener:
         try:
             self._sock = server_socket(self._ctx, zmq.ROUTER, self.ring)
             self._sock.setsockopt(zmq.LINGER, 0)
+            # An allowed host still may not make the listener hold a message of any size.
+            self._sock.setsockopt(zmq.MAXMSGSIZE, MAX_MEMBERS_BYTES + 1024)
             self._sock.bind(self.endpoint)
         except zmq.ZMQError:
             self._close()
@@ -126,11 +130,14 @@ class ClusterListener:
             return host.key if host else None
 
     def _close(self) -> None:
+        if self._ctx is None:
+            return
         sock = getattr(self, "_sock", None)
         if sock is not None:
             sock.close(0)
         self._auth.stop()
         self._ctx.term()
+        self._ctx = None
 
     # --- the thread ----------------------------------------------------------------------------
 
@@ -200,7 +207,16 @@ class ClusterListener:
                                     f"by the host at {same.address} (another key)")
             self._forget(same)   # the same host on a new connection: it reconnected
         old_name = self._by_id.get(rid)
-        if old_name is not None and old_name != name:
+        if old_name == name:
+            # JOIN again on the same connection (it had been told DISCONNECT while it still
+            # was known, e.g. for heartbeats queued across a restart): a members update.
+            host = self._hosts[name]
+            host.last_seen = time.monotonic()
+            with self._lock:
+                host.members = members
+            self.on_members(name, members)
+            return
+        if old_name is not None:
             self._drop(old_name, f"it joined again as {name!r}")
         now = time.monotonic()
         with self._lock:
@@ -277,7 +293,7 @@ class Uplink:
         if self._thread:
             self._thread.join()
             self._thread = None
-        self._ctx.term()
+            self._ctx.term()
 
     # --- the thread ----------------------------------------------------------------------------
 
@@ -398,3 +414,20 @@ class Uplink:
             self._sock.send_multipart(list(frames), zmq.NOBLOCK)
         except zmq.ZMQError:
             pass   # not connected yet or the queue is full: the heartbeat logic sorts it out
+
+
+def listener_for(cluster: ClusterConfig, on_members: Callable[[str, dict], None],
+                 on_lost: Callable[[str, str], None]) -> ClusterListener | None:
+    """The main host's listener for its host config's `cluster:` (None: it takes no joins).
+    Not started: call start() (a bind error raises there)."""
+    if not cluster.listen:
+        return None
+    return ClusterListener(cluster.listen, load_keys(cluster.keys), on_members, on_lost)
+
+
+def uplink_for(cluster: ClusterConfig, members: dict | None = None) -> Uplink | None:
+    """A joined host's uplink for its host config's `cluster:` (None: it joins no one)."""
+    if not cluster.controlPlane:
+        return None
+    return Uplink(cluster.controlPlane, load_keys(cluster.keys), cluster.controlPlaneKey,
+                  cluster.name, members)

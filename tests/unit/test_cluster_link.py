@@ -233,3 +233,34 @@ def test_members_that_are_not_json_are_ignored(rings, cluster, caplog):
     finally:
         sock.close(0)
         ctx.term()
+
+
+def test_built_from_the_host_configs(tmp_path):
+    from sora.cluster.link import listener_for, uplink_for
+    from sora.config import load_host_config
+    main = k.init_keys(str(tmp_path / "main" / "keys"))
+    joined = k.init_keys(str(tmp_path / "joined" / "keys"))
+    k.add_allowed(main.directory, os.path.join(joined.directory, k.HOST_CERT), "joined")
+    k.add_allowed(joined.directory, os.path.join(main.directory, k.HOST_CERT), "main")
+    port = free_port()
+    configs = {}
+    for name, cluster in (("main", f"listen: tcp://127.0.0.1:{port}"),
+                          ("joined", f"controlPlane: tcp://127.0.0.1:{port}\n"
+                                     "  advertise: 127.0.0.1")):
+        path = tmp_path / name / "host-config.yaml"
+        path.write_text(f"functionPaths: [fn]\nserver: {{httpPort: 8080}}\ncluster:\n"
+                        f"  {cluster}\n  keys: keys\n  name: {name}\n")
+        configs[name] = load_host_config(str(path), read_functions=False).cluster
+    assert uplink_for(configs["main"]) is None and listener_for(configs["joined"], None,
+                                                                None) is None
+    events = Events()
+    listener = listener_for(configs["main"], events.on_members, events.on_lost)
+    uplink = uplink_for(configs["joined"], {"functions": {}})
+    listener.start()
+    uplink.start()
+    try:
+        assert events.next()[:2] == ("members", "joined")
+    finally:
+        uplink.stop()
+        listener.stop()
+        listener.stop()   # twice is harmless
