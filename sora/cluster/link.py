@@ -265,7 +265,7 @@ class Uplink:
         self.ring = ring
         self.server_key = server_key
         self.name = name
-        self._members = members or {}
+        self._members = json.dumps(members or {}).encode()
         self._members_changed = False
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -277,14 +277,17 @@ class Uplink:
         self.refused = ""        # why the control plane refused this host, while it does
 
     def set_members(self, members: dict) -> None:
-        """What this host serves now; sent to the main host from the link's thread."""
+        """What this host serves now; sent to the main host from the link's thread (within
+        POLL_MS). Encoded here, so a value JSON cannot hold fails in the caller."""
+        encoded = json.dumps(members).encode()
         with self._lock:
-            self._members = members
+            self._members = encoded
             self._members_changed = True
 
     def start(self) -> None:
         self._ctx = zmq.Context()
-        self._thread = threading.Thread(target=self._run, name="cluster-uplink", daemon=True)
+        self._thread = threading.Thread(target=self._keep_running, name="cluster-uplink",
+                                        daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -296,6 +299,16 @@ class Uplink:
             self._ctx.term()
 
     # --- the thread ----------------------------------------------------------------------------
+
+    def _keep_running(self) -> None:
+        """A bug in the loop must not leave the host out of the cluster for good."""
+        while not self._stopping.is_set():
+            try:
+                self._run()
+            except Exception:  # noqa: BLE001
+                log.exception("cluster uplink failed; starting it again in %g s", BACKOFF_MAX)
+                self._close()
+                self._stopping.wait(BACKOFF_MAX)
 
     def _run(self) -> None:
         backoff = BACKOFF_FIRST
@@ -325,7 +338,7 @@ class Uplink:
                 changed, self._members_changed = self._members_changed, False
                 members = self._members
             if changed:
-                self._send(p.MEMBERS, json.dumps(members).encode())
+                self._send(p.MEMBERS, members)
             if now >= next_beat:
                 next_beat = now + p.HEARTBEAT_INTERVAL
                 self._send(p.HEARTBEAT)
@@ -361,7 +374,7 @@ class Uplink:
         with self._lock:
             members = self._members
             self._members_changed = False
-        self._send(p.JOIN, self.name.encode(), json.dumps(members).encode())
+        self._send(p.JOIN, self.name.encode(), members)
 
     def _drain(self) -> tuple[bool, bool]:
         heard = refused = False
@@ -403,11 +416,13 @@ class Uplink:
 
     def _close(self) -> None:
         self.joined = False
-        if self._sock is not None:
+        if self._monitor is not None:
             self._sock.disable_monitor()
             self._monitor.close(0)
+            self._monitor = None
+        if self._sock is not None:
             self._sock.close()   # its LINGER: 0, or 0.5 s for the last DISCONNECT
-            self._sock = self._monitor = None
+            self._sock = None
 
     def _send(self, *frames: bytes) -> None:
         try:

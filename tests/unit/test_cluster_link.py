@@ -264,3 +264,11 @@ def test_built_from_the_host_configs(tmp_path):
         uplink.stop()
         listener.stop()
         listener.stop()   # twice is harmless
+
+
+def test_members_json_cannot_hold_fail_in_the_caller(rings):
+    main, joined = rings
+    uplink = Uplink("tcp://127.0.0.1:1", joined, main.public, "h", {})
+    with pytest.raises(TypeError):
+        uplink.set_members({"bad": object()})
+    uplink.stop()   # never started: nothing to do
