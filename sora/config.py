@@ -16,12 +16,14 @@ import difflib
 import hashlib
 import os
 import re
+import socket
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import psutil
 import yaml
 
+from .cluster.keys import KeysError, load_keys
 from .isolation import nofollow
 from .isolation.uids import assign_uids
 
@@ -316,6 +318,9 @@ HOST_SETTINGS = _settings(
     Setting("limits", _mapping, {}, "Host-wide limits that autoscaling never exceeds (below)."),
     Setting("auth", _mapping, {}, "API keys callers must present (below). Without keys, every "
             "route is open (a host for local development only)."),
+    Setting("cluster", _mapping, {}, "Running with other hosts (below): the main host "
+            "`listen`s for joins, a joined host names its `controlPlane`. Without it the host "
+            "stands alone."),
     Setting("prestartedRuntimes", _int_range(0, 64), 2, "Runtime processes of each kind "
             "(Node.js, by interpreter) kept started and ready to load any function, so a cold "
             "start skips the interpreter's own start-up. 0 turns this off."),
@@ -331,6 +336,48 @@ AUTH_SETTINGS = _settings(
             "or `X-Api-Key: <key>`, or sign with AWS Signature Version 4 as the AWS SDKs and "
             "CLI do, with the key's `name` as the access key id and the key as the secret "
             "access key (`sora keys` prints both)."),
+)
+
+TCP_ENDPOINT_RE = re.compile(r"^tcp://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})$")
+HOST_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f:]*:[0-9A-Fa-f:.]+|[A-Za-z0-9_.-]+)$")
+
+
+def _tcp_endpoint(value: Any) -> str:
+    match = TCP_ENDPOINT_RE.match(value) if isinstance(value, str) else None
+    # The port after it is the records port (cluster.listen's port + 1): both must exist.
+    if not match or not 1 <= int(match.group(2)) <= 65534:
+        raise _Invalid("a ZeroMQ tcp endpoint tcp://ADDRESS:PORT (PORT from 1 to 65534)")
+    return value
+
+
+def _host_address(value: Any) -> str:
+    if not isinstance(value, str) or not HOST_RE.match(value):
+        raise _Invalid("a host name or IP address (no scheme, no port)")
+    return value
+
+
+def _host_name(value: Any) -> str:
+    if not isinstance(value, str) or not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$", value):
+        raise _Invalid("a host name of letters, digits, '.', '_' and '-', at most 63 characters")
+    return value
+
+
+CLUSTER_SETTINGS = _settings(
+    Setting("listen", _tcp_endpoint, None, "On the main host: where other hosts join "
+            "(`tcp://ADDRESS:PORT`, CURVE). Invocation records of joined hosts arrive on the "
+            "next port (PORT + 1). Needs `keys`."),
+    Setting("controlPlane", _tcp_endpoint, None, "On a joined host: the main host's "
+            "`cluster.listen` as this host reaches it (`tcp://HOST:PORT`). Needs `keys` and "
+            "`advertise`."),
+    Setting("controlPlaneKey", _host_name, None, "On a joined host: the name of the main "
+            "host's certificate in `keys`'s allow-list (`allowed/NAME.key`, as given to `sora "
+            "keys add --name`). Default: the one certificate there other than this host's."),
+    Setting("advertise", _host_address, None, "The address other hosts reach this host's "
+            "workers at (a host name or IP, no port)."),
+    Setting("keys", _path, None, "This host's CURVE keys folder, made by `sora keys init` "
+            "(relative to the config file's folder); every tcp socket between hosts uses it."),
+    Setting("name", _host_name, None, "This host's name in the cluster (`sora ls`, "
+            "`/healthz`); unique among the hosts. Default: the machine's host name."),
 )
 
 # `invoke:<function>` names a function by the one function-name pattern.
@@ -677,6 +724,33 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """host-config.yaml `cluster:`; `keys` is an absolute path, checked at load."""
+    name: str
+    keys: str | None = None
+    listen: str | None = None
+    controlPlane: str | None = None
+    controlPlaneKey: bytes | None = None   # z85 public key of the main host (joined hosts)
+    advertise: str | None = None
+
+    @property
+    def records_listen(self) -> str | None:
+        """Where the main host's recorder takes joined hosts' records: `listen`'s port + 1."""
+        return records_endpoint_of(self.listen) if self.listen else None
+
+    @property
+    def records_endpoint(self) -> str | None:
+        """Where a joined host sends its records: `controlPlane`'s port + 1."""
+        return records_endpoint_of(self.controlPlane) if self.controlPlane else None
+
+
+def records_endpoint_of(endpoint: str) -> str:
+    """The records endpoint beside a cluster endpoint: the same address, the port + 1."""
+    address, port = endpoint.rsplit(":", 1)
+    return f"{address}:{int(port) + 1}"
+
+
+@dataclass(frozen=True)
 class HostConfig:
     path: str
     server: ServerConfig
@@ -687,6 +761,7 @@ class HostConfig:
     limits: LimitsConfig = field(default_factory=lambda: default_limits({}))
     prestartedRuntimes: int = 2
     apiKeys: tuple[ApiKey, ...] = ()
+    cluster: ClusterConfig = field(default_factory=lambda: ClusterConfig(name=default_host_name()))
     functions: list[FunctionConfig] = field(default_factory=list)
     broken: list[BrokenFunction] = field(default_factory=list)
 
@@ -880,6 +955,7 @@ def load_host_config(path: str, read_functions: bool = True) -> HostConfig:
                                               "limits.", problems))
     auth_values = _validate_mapping(values.get("auth") or {}, AUTH_SETTINGS, "auth.", problems)
     api_keys = _api_keys(base, auth_values.get("apiKeys") or [], problems)
+    cluster = _cluster(base, values.get("cluster") or {}, problems)
     if server_values and not problems:
         if server_values["httpPort"] is None and server_values["httpsPort"] is None:
             problems.append("server: expected at least one of httpPort and httpsPort")
@@ -914,6 +990,8 @@ def load_host_config(path: str, read_functions: bool = True) -> HostConfig:
     protected = [("stateDir", _resolve(base, values["stateDir"])), ("host config", path)]
     if server_values.get("sslKeyPath"):
         protected.append(("server.sslKeyPath", server_values["sslKeyPath"]))
+    if cluster.keys:
+        protected.append(("cluster.keys", cluster.keys))
     protected += [(f"auth.apiKeys[{i}].keyFile", _resolve(base, entry["keyFile"]))
                   for i, entry in enumerate(auth_values.get("apiKeys") or [])
                   if isinstance(entry.get("keyFile"), str)]
@@ -951,6 +1029,7 @@ def load_host_config(path: str, read_functions: bool = True) -> HostConfig:
                       records=RecordsConfig(**records_values), logs=LogsConfig(**logs_values),
                       minFreeDiskMB=values["minFreeDiskMB"], limits=limits,
                       prestartedRuntimes=values["prestartedRuntimes"], apiKeys=api_keys,
+                      cluster=cluster,
                       functions=functions, broken=broken)
 
 
@@ -1023,6 +1102,65 @@ def _api_keys(base: str, entries: list[dict], problems: list[str]) -> tuple[ApiK
     return tuple(keys)
 
 
+def default_host_name() -> str:
+    """This machine's name, cut to what `cluster.name` accepts."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname() or "host")[:63]
+    return name if name[:1].isalnum() else "host-" + name[:58]
+
+
+def _cluster(base: str, data: dict, problems: list[str]) -> ClusterConfig:
+    """host-config.yaml `cluster:`, with the rules that tie its fields together; the keys
+    folder is checked now, so a host that cannot talk to the others does not start."""
+    before = len(problems)
+    values = _validate_mapping(data, CLUSTER_SETTINGS, "cluster.", problems)
+    if len(problems) > before:
+        return ClusterConfig(name=default_host_name())
+    name = values["name"] or default_host_name()
+    listen, control, keys = values["listen"], values["controlPlane"], values["keys"]
+    for field_name, value in (("listen", listen), ("controlPlane", control)):
+        if value and not keys:
+            problems.append(f"cluster.keys: required when cluster.{field_name} is set (expected "
+                            "a keys folder made by `sora keys init`: every tcp socket between "
+                            "hosts uses CURVE)")
+    if listen and control:
+        problems.append("cluster.controlPlane: expected either listen (the main host) or "
+                        "controlPlane (a joined host), got both")
+    if control and not values["advertise"]:
+        problems.append("cluster.advertise: required when cluster.controlPlane is set "
+                        "(expected the host name or IP other hosts reach this host's workers at)")
+    if values["controlPlaneKey"] and not control:
+        problems.append("cluster.controlPlaneKey: expected only with cluster.controlPlane")
+    server_key = None
+    if keys and len(problems) == before:
+        keys = _resolve(base, keys)
+        try:
+            ring = load_keys(keys)
+            if control:
+                server_key = _control_plane_key(ring, values["controlPlaneKey"], problems)
+        except KeysError as exc:
+            problems.append(f"cluster.keys: {exc}")
+    return ClusterConfig(name=name, keys=keys, listen=listen, controlPlane=control,
+                         controlPlaneKey=server_key, advertise=values["advertise"])
+
+
+def _control_plane_key(ring, name: str | None, problems: list[str]) -> bytes | None:
+    allowed = ring.allowed_keys()
+    if name:
+        if name not in allowed:
+            problems.append(f"cluster.controlPlaneKey: expected the name of a certificate in "
+                            f"{ring.allowed_dir} (known: {', '.join(allowed) or 'none'}), "
+                            f"got {name!r}")
+            return None
+        return allowed[name]
+    others = {n: k for n, k in allowed.items() if k != ring.public}
+    if len(others) == 1:
+        return next(iter(others.values()))
+    problems.append("cluster.controlPlaneKey: required when the allow-list does not hold "
+                    "exactly one other host's certificate (expected the name of the main host's, "
+                    f"one of: {', '.join(others) or 'none: add it with `sora keys add`'})")
+    return None
+
+
 def default_limits(values: dict[str, Any]) -> LimitsConfig:
     total_mb = int(psutil.virtual_memory().total / (1 << 20))
     return LimitsConfig(
@@ -1067,6 +1205,7 @@ def settings_markdown() -> str:
                             ("host-config.yaml `logs:`", LOGS_SETTINGS),
                             ("host-config.yaml `limits:`", LIMITS_SETTINGS),
                             ("host-config.yaml `auth:`", AUTH_SETTINGS),
+                            ("host-config.yaml `cluster:`", CLUSTER_SETTINGS),
                             ("sora.yaml", FUNCTION_SETTINGS),
                             ("sora.yaml `eventInvoke:`", EVENT_INVOKE_SETTINGS)):
         out += [f"## {title}", "", "| field | default | description |", "|---|---|---|"]

@@ -52,6 +52,15 @@ HELLO = b"\x0b"        # client -> worker: first message of a connection, asks f
 BYE = b"\x0c"          # client -> worker: this connection is closing
 SUBSCRIBE = b"\x0d"    # client -> control plane: send me MEMBERS now and on every change
 MEMBERS = b"\x0e"      # control plane -> client: [MEMBERS, json] (see the module docstring)
+# The join link between hosts (sora/cluster/link.py; docs/architecture.md, "Cluster link"):
+# joined host (DEALER, CURVE client) -> main host's cluster.listen (ROUTER, CURVE server)
+#     [JOIN, name, json]   announces the host and what it serves; [MEMBERS, json] on every
+#                          change of it; [HEARTBEAT] every 1 s; [DISCONNECT] when leaving
+# main host -> joined host
+#     [HEARTBEAT] every 1 s; [DISCONNECT] "I do not know you: join again";
+#     [REFUSED, reason]    the join is refused (e.g. another host already has that name)
+JOIN = b"\x0f"
+REFUSED = b"\x10"
 
 # Invocation meta: the trigger, then optional flags after "+".
 TRIGGER_HTTP = b"http"          # the function URL route

@@ -8,7 +8,10 @@
     sora logs NAME [--follow] [--request-id ID]
     sora inspect REQUEST_ID
     sora dlq NAME [--replay [ID ...]] [--discard [ID ...]]
-    sora keys [NAME]                            the host's API keys as AWS credentials
+    sora keys [NAME] [--api NAME]               the host's API keys as AWS credentials
+    sora keys init DIR                          this host's CURVE key pair for a cluster
+    sora keys add DIR CERT_FILE [--name NAME]   allow another host's public certificate
+    sora keys show DIR                          this host's public certificate and allow-list
 
 Tables for people, `--json` for scripts. Exit status: 0 success, 1 the function or the API
 reported an error, 2 bad usage or configuration, 3 the host cannot be reached.
@@ -27,6 +30,7 @@ import sys
 import textwrap
 
 from .. import protocol as p
+from ..cluster import keys as cluster_keys
 from ..config import (FUNCTION_FILE, LANGUAGES, ConfigError, load_function_config,
                       load_host_config)
 from .host import CliError, Host, config_path
@@ -370,7 +374,62 @@ def cmd_dlq(args) -> int:
     return 0
 
 
+CLUSTER_KEYS_COMMANDS = ("init", "add", "show")
+
+
 def cmd_keys(args) -> int:
+    """`sora keys init|add|show DIR ...`: a cluster keys folder; otherwise the API keys. The
+    words init, add and show come first: an API key with such a name is printed with
+    `sora keys --api NAME`."""
+    words = args.words
+    if words and words[0] in CLUSTER_KEYS_COMMANDS:
+        return cmd_cluster_keys(args, words[0], words[1:])
+    if len(words) > 1:
+        raise CliError(f"keys: expected at most one API key name, or one of "
+                       f"{', '.join(CLUSTER_KEYS_COMMANDS)} first; got {' '.join(words)}", 2)
+    if args.api and words:
+        raise CliError("keys: expected the API key's name either as NAME or with --api", 2)
+    args.name = args.api or (words[0] if words else None)
+    return cmd_api_keys(args)
+
+
+def cmd_cluster_keys(args, command: str, rest: list[str]) -> int:
+    usage = {"init": "DIR", "add": "DIR CERT_FILE [--name NAME]", "show": "DIR"}[command]
+    if len(rest) != (2 if command == "add" else 1):
+        raise CliError(f"keys {command}: expected {usage}, got {' '.join(rest) or 'nothing'}", 2)
+    if args.name and command != "add":
+        raise CliError(f"keys {command}: --name belongs to `keys add`", 2)
+    try:
+        if command == "init":
+            ring = cluster_keys.init_keys(rest[0])
+        elif command == "add":
+            target = cluster_keys.add_allowed(rest[0], rest[1], args.name)
+            ring = cluster_keys.load_keys(rest[0])
+        else:
+            ring = cluster_keys.load_keys(rest[0])
+    except cluster_keys.KeysError as exc:
+        raise CliError(f"keys {command}: {exc}", 2) from None
+    cert = os.path.join(ring.directory, cluster_keys.HOST_CERT)
+    allowed = ring.allowed_keys()
+    if args.json:
+        emit_json({"directory": ring.directory, "publicCertificate": cert,
+                   "publicKey": ring.public_text,
+                   "allowed": {n: key.decode() for n, key in allowed.items()}})
+        return 0
+    if command == "add":
+        print(f"allowed: {target}")
+        return 0
+    print(f"public certificate: {cert}")
+    print(f"public key:         {ring.public_text}")
+    if command == "init":
+        print(f"Give {cert} to the other hosts (`sora keys add THEIR_DIR {cert} --name NAME`);"
+              " never the .key_secret beside it.")
+    else:
+        table([[n, key.decode()] for n, key in allowed.items()], ["ALLOWED", "PUBLIC KEY"])
+    return 0
+
+
+def cmd_api_keys(args) -> int:
     """The host config's API keys as AWS credential pairs (a key's name is its access key id,
     the key its secret access key; sora.gateway.sigv4). Read from the config, not the host:
     whoever can read the key files can run this."""
@@ -476,8 +535,13 @@ def parser() -> argparse.ArgumentParser:
     cmd.add_argument("--limit", type=int, default=50)
     cmd = command("keys", cmd_keys, "print the host config's API keys as AWS credentials "
                   "(access key id: the key's name; secret access key: the key); with NAME, "
-                  "as shell exports for eval")
-    cmd.add_argument("name", nargs="?")
+                  "as shell exports for eval. `keys init DIR`, `keys add DIR CERT_FILE "
+                  "[--name NAME]` and `keys show DIR` manage a cluster keys folder (CURVE)")
+    cmd.add_argument("words", nargs="*", metavar="NAME | init DIR | add DIR CERT_FILE | show DIR")
+    cmd.add_argument("--api", metavar="NAME", help="the API key of this name (for a key named "
+                     "init, add or show)")
+    cmd.add_argument("--name", help="keys add: the name the certificate gets in the "
+                     "allow-list (default: its file name)")
     return top
 
 

@@ -27,6 +27,12 @@ acknowledgement died with the recorder) is acknowledged again and not stored twi
 after a gap (its predecessor died in the old recorder's memory) waits for the resend of the
 gap. This is go-back-N over a DEALER (sender) -> ROUTER (recorder) pair.
 
+Across hosts (issue 16): the main host's recorder also binds a tcp ROUTER, a CURVE server taking
+the hosts of its keys folder's allow-list (`--cluster-listen` with `--keys`), on the port after
+`cluster.listen`'s (`cluster.listen: tcp://0.0.0.0:7100` -> records on 7101); a joined host's
+senders connect there as CURVE clients (`RecordSender(..., endpoint=, keys=, server_key=)`).
+The same protocol runs over both sockets; a sender key names its sender on every host.
+
     sender -> recorder   [<sender key> <seq> <oldest seq held>, lines]
     recorder -> sender   [<last seq of that sender committed>]
 
@@ -55,7 +61,9 @@ from collections import deque
 import zmq
 
 from .. import protocol as p
-from ..config import RecordsConfig
+from ..cluster.keys import (KeyRing, KeysError, client_socket, load_keys, server_socket,
+                            start_authenticator)
+from ..config import RecordsConfig, records_endpoint_of
 from ..hotpath import ZERO_COPY_OVER, quiet_gc, recv_ready
 from .db import connect
 from .free_space import FreeSpace
@@ -107,14 +115,23 @@ class RecordSender:
     """The worker's side: gathers records and log lines, sends them once per loop turn as one
     numbered batch, and keeps each batch until the recorder acknowledges it."""
 
-    def __init__(self, state_dir: str, ctx: zmq.Context):
-        self.sock = ctx.socket(zmq.DEALER)
+    def __init__(self, state_dir: str, ctx: zmq.Context, endpoint: str | None = None,
+                 keys: KeyRing | None = None, server_key: bytes | None = None):
+        """To this host's recorder (records.sock in `state_dir`), or, with `endpoint`, to a tcp
+        one (the main host's: `cluster.controlPlane`'s port + 1) as a CURVE client with
+        `keys`, the recorder's host's public key being `server_key`."""
+        if endpoint and endpoint.startswith("tcp://"):
+            if keys is None or server_key is None:
+                raise ValueError("a tcp records endpoint needs keys and the server's key (CURVE)")
+            self.sock = client_socket(ctx, zmq.DEALER, keys, server_key)
+        else:
+            self.sock = ctx.socket(zmq.DEALER)
         # Nothing is queued in ZeroMQ for a recorder that is not there (a send then fails at
         # once): batches wait here, and are sent when it is back, each once.
         self.sock.setsockopt(zmq.IMMEDIATE, 1)
         self.sock.setsockopt(zmq.SNDHWM, SEND_HWM)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(records_endpoint(state_dir))
+        self.sock.connect(endpoint or records_endpoint(state_dir))
         self.key = b"%d.%s" % (os.getpid(), os.urandom(6).hex().encode())
         self.batch: list[bytes] = []
         self.seq = 0
@@ -258,8 +275,12 @@ def parse(message: bytes, records: list[tuple], lines: list[tuple]) -> None:
 
 class Recorder:
     def __init__(self, state_dir: str, max_per_function: int, max_age_hours: float,
-                 max_store_mb: int = RecordsConfig.maxStoreMB, min_free_mb: int = 0):
+                 max_store_mb: int = RecordsConfig.maxStoreMB, min_free_mb: int = 0,
+                 cluster_listen: str | None = None, keys: KeyRing | None = None):
         self.state_dir = state_dir
+        # Also take joined hosts' records on tcp (cluster.listen's port + 1), CURVE.
+        self.tcp_endpoint = records_endpoint_of(cluster_listen) if cluster_listen else None
+        self.keys = keys
         self.max_per_function = max_per_function
         self.max_age_seconds = max_age_hours * 3600
         self.signals: list[int] = []
@@ -294,6 +315,16 @@ class Recorder:
         sock.setsockopt(zmq.RCVHWM, SEND_HWM)
         sock.setsockopt(zmq.SNDHWM, SEND_HWM)
         sock.bind(records_endpoint(self.state_dir))
+        sockets = [sock]
+        auth = None
+        if self.tcp_endpoint:
+            auth = start_authenticator(ctx, self.keys)
+            tcp = server_socket(ctx, zmq.ROUTER, self.keys)
+            tcp.setsockopt(zmq.RCVHWM, SEND_HWM)
+            tcp.setsockopt(zmq.SNDHWM, SEND_HWM)
+            sockets.append(tcp)
+            tcp.bind(self.tcp_endpoint)
+            log.info("recorder takes other hosts' records on %s", self.tcp_endpoint)
         quiet_gc()
         next_prune = time.monotonic()
         log.info("recorder %d ready", os.getpid())
@@ -309,13 +340,18 @@ class Recorder:
                 time.sleep(FLUSH_INTERVAL)
                 if self.free_space.low():
                     continue   # nothing read, nothing acknowledged: the senders keep it
-                self.drain(sock, conn)
+                for each in sockets:
+                    self.drain(each, conn)
                 self.keep_within_cap(conn)
             # Stopping: what the workers sent before they stopped is still committed.
             if not self.free_space.low():
-                self.drain(sock, conn)
+                for each in sockets:
+                    self.drain(each, conn)
         finally:
-            sock.close(linger=0)
+            for each in sockets:
+                each.close(linger=0)
+            if auth is not None:
+                auth.stop()
             ctx.term()
             conn.close()
         return 0
@@ -418,11 +454,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-age-hours", type=float, default=168.0)
     parser.add_argument("--max-store-mb", type=int, default=RecordsConfig.maxStoreMB)
     parser.add_argument("--min-free-disk-mb", type=int, default=0)
+    parser.add_argument("--cluster-listen", metavar="tcp://ADDR:PORT", help="the host's "
+                        "cluster.listen: also take other hosts' records on ADDR:PORT+1 (CURVE)")
+    parser.add_argument("--keys", metavar="DIR", help="the CURVE keys folder (cluster.keys); "
+                        "needed with --cluster-listen")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s [recorder %(process)d] %(levelname)s %(message)s")
+    keys = None
+    if args.cluster_listen:
+        if not args.keys:
+            parser.error("--cluster-listen needs --keys (every tcp socket uses CURVE)")
+        try:
+            keys = load_keys(args.keys)
+        except KeysError as exc:
+            parser.error(f"--keys: {exc}")
     return Recorder(os.path.abspath(args.state_dir), args.max_per_function,
-                    args.max_age_hours, args.max_store_mb, args.min_free_disk_mb).run()
+                    args.max_age_hours, args.max_store_mb, args.min_free_disk_mb,
+                    args.cluster_listen, keys).run()
 
 
 if __name__ == "__main__":
