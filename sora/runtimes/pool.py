@@ -19,10 +19,11 @@ that bursts to 16 instances then finds 15 runtimes already started the next time
 its instances in milliseconds instead of ~35 ms of CPU each (a sandboxed Node start), which on
 a small host is most of a burst's delay; a host that never bursts keeps what it kept before.
 A standby costs its memory only (~8 MB private to it for Node, the rest shared), no CPU.
-Refilling waits until takes have paused for REFILL_QUIET (at most REFILL_MAX_DEFER): during a
-scale-out, the takes are answered at once instead of each waiting for a replacement's spawn,
-and the replacements' starts do not compete for the CPU with the instances being started. It
-starts one process per loop turn, answering takes in between.
+Refilling waits until takes have paused for REFILL_QUIET (at most REFILL_MAX_DEFER), and
+GROWN_REFILL_QUIET for the standbys past the configured number: during a scale-out the takes
+are answered at once instead of each waiting for a replacement's spawn, and the replacements'
+starts (~35 ms of CPU each) do not compete with the scale-out's instances. It starts one
+process per loop turn, answering takes in between.
 
 Each is started into a cgroup of its own (where cgroups are in force), which the worker that
 takes it renames to its instance's group and limits (sora.isolation.cgroups): no process has to
@@ -72,8 +73,10 @@ MOST_STANDBYS = 32
 STANDBY_KEEP = 600.0
 # Refilling waits for takes to pause this long, but no longer than REFILL_MAX_DEFER after the
 # first take it has not refilled (a steady stream of takes, as `coldStart: always` makes).
-REFILL_QUIET = 1.0
-REFILL_MAX_DEFER = 3.0
+# Past a kind's configured number it waits longer: the scale-out that took them has its
+# instances (warm until their idleTimeout), and their starts are then over.
+REFILL_QUIET, REFILL_MAX_DEFER = 0.25, 1.0
+GROWN_REFILL_QUIET, GROWN_REFILL_MAX_DEFER = 2.0, 10.0
 # Exit statuses kept for `status` questions, the oldest dropped first.
 KEEP_STATUSES = 1024
 
@@ -147,9 +150,9 @@ class Kind:
             return self.paused_until - now
         if self.unrefilled_since is None:   # at start, or after a standby died
             return 0.0
-        quiet = self.requests[-1] + REFILL_QUIET - now
-        deferred_enough = self.unrefilled_since + REFILL_MAX_DEFER - now
-        return max(0.0, min(quiet, deferred_enough))
+        quiet, most = (REFILL_QUIET, REFILL_MAX_DEFER) if len(self.ready) < self.size else \
+            (GROWN_REFILL_QUIET, GROWN_REFILL_MAX_DEFER)
+        return max(0.0, min(self.requests[-1] + quiet, self.unrefilled_since + most) - now)
 
 
 class RuntimePool(threading.Thread):
