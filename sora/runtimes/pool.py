@@ -7,23 +7,26 @@ in standby: it waits on stdin for one line naming the function to load (folder, 
 then becomes an ordinary instance. A worker that needs an instance takes one over a Unix socket
 (`run/runtimes.sock`) and receives the process's pipes (stdin, stdout, stderr, control) and a
 pidfd by SCM_RIGHTS; from then on it owns the process as if it had started it, and the pool
-starts a replacement.
+starts a replacement (when, and how many it keeps: below).
 
 A kind is the exact command line (interpreter and flags such as the heap limit that must be
 set at start), so a taken process is the one the worker would have started itself.
 
-How many of a kind are kept follows demand (`Kind`): the configured number at rest, and after
-a scale-out took more than that within DEMAND_WINDOW, as many as it took (at most
-MOST_STANDBYS), for STANDBY_KEEP seconds after the last time so many were wanted. A function
-that bursts to 16 instances then finds 15 runtimes already started the next time, and starts
-its instances in milliseconds instead of ~35 ms of CPU each (a sandboxed Node start), which on
-a small host is most of a burst's delay; a host that never bursts keeps what it kept before.
-A standby costs its memory only (~8 MB private to it for Node, the rest shared), no CPU.
-Refilling waits until takes have paused for REFILL_QUIET (at most REFILL_MAX_DEFER), and
+How many of a kind are kept follows demand (`Kind`): the configured number at rest; after a
+scale-out took more than that within DEMAND_WINDOW, as many as it took (at most MOST_STANDBYS
+of a kind, and MOST_EXTRA_STANDBYS past the configured numbers of all kinds together), until
+STANDBY_KEEP seconds pass with no scale-out asking for more than the configured number. A
+function that bursts to 16 instances then finds 15 runtimes already started the next time and
+has them ready in milliseconds, instead of ~35 ms of CPU each (a sandboxed Node start), which
+on a small host is most of a burst's delay; a host that never bursts keeps what it kept
+before. A kept standby costs memory only (~7 MB private to it for a sandboxed Node, the rest
+shared), no CPU.
+
+Refilling waits until takes have paused for REFILL_QUIET (at most REFILL_MAX_DEFER), and for
 GROWN_REFILL_QUIET for the standbys past the configured number: during a scale-out the takes
 are answered at once instead of each waiting for a replacement's spawn, and the replacements'
-starts (~35 ms of CPU each) do not compete with the scale-out's instances. It starts one
-process per loop turn, answering takes in between.
+starts do not compete for the CPU with the scale-out's own instances. It starts one process per
+loop turn, answering takes in between.
 
 Each is started into a cgroup of its own (where cgroups are in force), which the worker that
 takes it renames to its instance's group and limits (sora.isolation.cgroups): no process has to
@@ -68,8 +71,11 @@ REFILL_PAUSE = 30.0
 # Demand: takes (answered or not) within DEMAND_WINDOW seconds count as one scale-out; a kind
 # keeps as many standbys as the largest recent one asked for, at most MOST_STANDBYS, until
 # STANDBY_KEEP seconds have passed without one asking for more than its configured number.
+# Past their configured numbers, all kinds together keep at most MOST_EXTRA_STANDBYS (~7 MB
+# each for a sandboxed Node).
 DEMAND_WINDOW = 1.0
 MOST_STANDBYS = 32
+MOST_EXTRA_STANDBYS = 64
 STANDBY_KEEP = 600.0
 # Refilling waits for takes to pause this long, but no longer than REFILL_MAX_DEFER after the
 # first take it has not refilled (a steady stream of takes, as `coldStart: always` makes).
@@ -262,6 +268,8 @@ class RuntimePool(threading.Thread):
         if kind is None:
             return None
         kind.asked(time.monotonic())
+        others = sum(k.target - k.size for k in self.kinds.values() if k is not kind)
+        kind.target = min(kind.target, kind.size + max(0, MOST_EXTRA_STANDBYS - others))
         if not kind.ready:
             return None
         standby = kind.ready.pop(0)   # the oldest: the most likely to have finished booting

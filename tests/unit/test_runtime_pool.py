@@ -187,3 +187,16 @@ def test_the_pool_grows_to_a_scale_out_and_shrinks_back(tmp_path, monkeypatch):
         client.close()
     finally:
         pool.stop()
+
+
+def test_what_all_kinds_keep_past_their_numbers_is_capped(tmp_path, monkeypatch):
+    monkeypatch.setattr(pool_module, "MOST_EXTRA_STANDBYS", 5)
+    (tmp_path / "run").mkdir()
+    pool = RuntimePool(str(tmp_path), [(["a"], 1), (["b"], 1)])   # not started: no processes
+    for _ in range(4):
+        pool.take(json.dumps(["a"]))
+    for _ in range(6):
+        pool.take(json.dumps(["b"]))
+    assert pool.kinds[json.dumps(["a"])].target == 4        # 3 past its number
+    assert pool.kinds[json.dumps(["b"])].target == 1 + 2    # what is left of the 5
+    pool.close()
