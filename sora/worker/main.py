@@ -22,7 +22,7 @@ from .. import config_snapshot
 from ..config import ConfigError, FunctionConfig, LogsConfig, RecordsConfig
 from ..function_response import BadFunctionResponse, map_result
 from ..store.recorder import RecordSender
-from ..runtimes.pool import PoolClient
+from ..runtimes.pool import PoolClient, PooledProcess
 from ..setup.run import SetupRun
 from .instance import Instance, State
 from .logs import FunctionLog
@@ -105,6 +105,9 @@ class Worker:
         self.max_instances = min(fn.maxInstances, fn.concurrency)
         self.next_index = 0
         self.asking = 0
+        self.unstarted = 0   # granted, not started yet (autoscale starts one per loop turn)
+        self.scale_out_at: float | None = None   # when the last grant came, until all ready
+        self.scale_out_started = self.scale_out_pooled = 0   # since then: all, pre-started
         self.regrow_at = 0.0
         self.next_scale_in = 0.0
         self.scale_reason = ""
@@ -130,6 +133,9 @@ class Worker:
         inst = Instance(self.runtime, self.fn, index, self.log, self.pool,
                         self.secrets.environment(), self.cgroups.new(self.fn.memory))
         inst.start()
+        if self.scale_out_at is not None:   # for the scale-out's summary (autoscale)
+            self.scale_out_started += 1
+            self.scale_out_pooled += isinstance(inst.proc, PooledProcess)
         self.instances.append(inst)
         for fd, kind in ((inst.control_fd, "control"), (inst.log_fds[0], "log"),
                          (inst.log_fds[1], "log")):
@@ -228,8 +234,9 @@ class Worker:
         self.last_heard = time.monotonic()
 
     def instance_count(self) -> int:
-        """Instances running or starting (a fresh setup before one counts as one)."""
-        return len(self.instances) + len(self.setups)
+        """Instances running or starting (a fresh setup before one, or a granted instance
+        not started yet, counts as one)."""
+        return len(self.instances) + len(self.setups) + self.unstarted
 
     def held(self) -> int:
         """Invocations this worker holds: in its instances and waiting for one."""
@@ -368,9 +375,25 @@ class Worker:
 
     # --- autoscaling (the policy is sora.worker.scaling) ----------------------------------------
     def autoscale(self, now: float) -> float:
-        """Add instances for waiting invocations, stop those idle too long; return seconds
-        until the next look is due."""
+        """Start granted instances, ask for more for waiting invocations, stop those idle too
+        long; return seconds until the next look is due."""
         wait = p.HEARTBEAT_INTERVAL
+        if self.unstarted:
+            # One granted instance per loop turn: between two starts the turn reads the
+            # READY of those started before and hands them work, so a burst's first calls
+            # run on the first instances while the others start (starting all at once held
+            # the loop ~15-60 ms per instance while none of them was given anything).
+            self.unstarted -= 1
+            if not self.stopping:
+                self.spawn_instance()
+            wait = 0.0
+        elif self.scale_out_at is not None and not self.starting():
+            log.info("%s: scale out done: %d instance(s), the last ready %.0f ms after the "
+                     "last grant; %d of the %d started were pre-started runtimes",
+                     self.fn.name, self.instance_count(), (now - self.scale_out_at) * 1000,
+                     self.scale_out_pooled, self.scale_out_started)
+            self.scale_out_at = None
+            self.scale_out_started = self.scale_out_pooled = 0
         if self.pending and not self.idle and not self.asking and now >= self.regrow_at \
                 and self.sock is not None:
             oldest = now - self.pending[0][3]
@@ -378,13 +401,13 @@ class Worker:
                 instances=self.instance_count(), starting=self.starting(),
                 waiting=len(self.pending), oldest_wait=oldest, max_instances=self.max_instances,
                 per_instance=PIPELINE_DEPTH_FAST if self.credits_per_instance == CREDITS_FAST
-                else 1)
+                else 1, avg_duration=self.avg_duration)
             if plan is not None:
                 self.asking = plan.count
                 self.scale_reason = plan.reason
                 self.send([p.GROW, str(plan.count).encode()])
             elif oldest < SCALE_OUT_WAIT:
-                wait = SCALE_OUT_WAIT - oldest
+                wait = min(wait, SCALE_OUT_WAIT - oldest)
         if now >= self.next_scale_in:
             self.next_scale_in = now + SCALE_IN_INTERVAL
             if not self.pending:
@@ -392,14 +415,17 @@ class Worker:
         return min(wait, SCALE_IN_INTERVAL)
 
     def starting(self) -> int:
-        return len(self.setups) + sum(i.state is State.BOOTING for i in self.instances)
+        """Instances granted and not ready yet: not started, booting, or behind a setup."""
+        return self.unstarted + len(self.setups) + \
+            sum(i.state is State.BOOTING for i in self.instances)
 
     def on_grant(self, granted: int) -> None:
+        """The broker granted instances: autoscale starts them, one per loop turn."""
         asked, self.asking = self.asking, 0
         before = self.instance_count()
-        for _ in range(granted):
-            self.spawn_instance()
+        self.unstarted += granted
         if granted:
+            self.scale_out_at = time.monotonic()
             log.info("%s: scale out %d -> %d instance(s): %s", self.fn.name, before,
                      before + granted, self.scale_reason)
         if granted < asked:

@@ -2,6 +2,7 @@
 concurrency and the host's limits (real supervisor, gateway and Node)."""
 from __future__ import annotations
 
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -49,6 +50,45 @@ def test_a_burst_scales_out_and_idle_instances_scale_back_in(tmp_path):
         wait_for(lambda: len(runtimes_of(host, fn)) == 1, what="idle runtimes to exit")
         assert "(idleTimeout 1s)" in host.log(whole=True)
         assert host.invoke("burst", params={"ms": "1"}).status_code == 200
+    finally:
+        assert host.stop() == 0
+    assert not host.leftovers(), host.leftovers()
+
+
+def standbys_of(host, fn_dir):
+    """The pre-started Node runtimes waiting for a function (not loaded: not in its folder)."""
+    out = []
+    for proc in host.descendants():
+        try:
+            if "node" in proc.name() and proc.cwd() != str(fn_dir):
+                out.append(proc)
+        except Exception:  # it exited meanwhile
+            continue
+    return out
+
+
+def test_a_second_burst_starts_its_instances_at_once_from_pre_started_runtimes(tmp_path):
+    fn = write_function(tmp_path / "fns", "burst", {"index.js": F.TIMED}, name="burst",
+                        maxInstances=8, idleTimeout=1)
+    host = SoraHost(tmp_path, [fn], https=False)
+    host.start()
+    try:
+        assert len(burst(host, "burst", 40, 100)) == 40   # its average: ~100 ms a call
+        wait_for(lambda: host.function_state("burst")["instances"] == 1, timeout=20,
+                 what="scale in to 1 instance")
+        # The pool has grown to what the scale-out took (up to 7; at least 5 under load).
+        wait_for(lambda: len(standbys_of(host, fn)) >= 5, timeout=20,
+                 what="the pool to keep what the scale-out took")
+        results = burst(host, "burst", 40, 100)
+        assert [r.status_code for r in results] == [200] * 40
+        log = host.log(whole=True)
+        # Asked at once (its calls are known to take ~100 ms), not after the oldest's wait.
+        assert "invocation(s) waiting, the last would wait" in log
+        done = re.findall(r"burst: scale out done: \d+ instance\(s\), the last ready \d+ ms "
+                          r"after the last grant; (\d+) of the (\d+) started were pre-started",
+                          log)
+        pooled, started = map(int, done[-1])
+        assert started >= 5 and pooled >= 5, done
     finally:
         assert host.stop() == 0
     assert not host.leftovers(), host.leftovers()

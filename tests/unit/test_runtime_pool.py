@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from sora.runtimes.pool import PoolClient, RuntimePool
+from sora.runtimes import pool as pool_module
+from sora.runtimes.pool import Kind, PoolClient, RuntimePool
 from sora.isolation import cgroups
 from tests.support import wait_for
 
@@ -121,3 +122,81 @@ def test_groups_whose_owner_is_gone_are_swept(tmp_path):
     assert not any(os.path.exists(d) for d in orphan.dirs.values())
     assert all(os.path.exists(d) for d in live.dirs.values())
     live.remove()
+
+
+def test_a_kind_keeps_what_a_scale_out_took_then_goes_back_to_its_number(monkeypatch):
+    monkeypatch.setattr(pool_module, "STANDBY_KEEP", 60.0)
+    kind = Kind(["node"], 2)
+    for i in range(5):   # one scale-out: five takes within DEMAND_WINDOW
+        kind.asked(100.0 + i * 0.01)
+    assert kind.target == 5
+    kind.asked(103.0)    # a lone take later does not lower it
+    assert kind.target == 5
+    assert kind.refill_due(150.0) == 0.0     # wanted: refilled
+    assert kind.refill_due(160.0) == 0.0 and kind.target == 5
+    kind.refill_due(160.1)                   # 60 s since more than two were last wanted
+    assert kind.target == 2
+
+
+def test_demand_is_capped():
+    kind = Kind(["node"], 1)
+    for i in range(pool_module.MOST_STANDBYS * 2):
+        kind.asked(10.0 + i * 0.001)
+    assert kind.target == pool_module.MOST_STANDBYS
+
+
+def test_refilling_waits_for_the_takes_to_pause():
+    kind = Kind(["node"], 2)
+    assert kind.refill_due(0.0) == 0.0       # at start: at once
+    kind.ready = ["a", "b"]
+    assert kind.refill_due(0.0) is None      # full
+    kind.ready = []
+    kind.asked(10.0)
+    kind.asked(10.1)
+    # Below its number: REFILL_QUIET after the last take...
+    assert kind.refill_due(10.1) == pytest.approx(pool_module.REFILL_QUIET)
+    # ...but not longer than REFILL_MAX_DEFER after the first take not refilled.
+    for i in range(1, 40):
+        kind.asked(10.1 + i * 0.05)
+    assert kind.refill_due(11.0) == pytest.approx(10.0 + pool_module.REFILL_MAX_DEFER - 11.0)
+    # Past its number (what a scale-out took): GROWN_REFILL_QUIET after the last take.
+    kind.ready = ["a", "b"]
+    last = kind.requests[-1]
+    assert kind.refill_due(last) == pytest.approx(pool_module.GROWN_REFILL_QUIET)
+
+
+def test_the_pool_grows_to_a_scale_out_and_shrinks_back(tmp_path, monkeypatch):
+    monkeypatch.setattr(pool_module, "REFILL_QUIET", 0.2)
+    monkeypatch.setattr(pool_module, "GROWN_REFILL_QUIET", 0.2)
+    monkeypatch.setattr(pool_module, "STANDBY_KEEP", 3.0)
+    (tmp_path / "run").mkdir()
+    argv = [sys.executable, "-c", STANDBY]
+    pool = RuntimePool(str(tmp_path), [(argv, 1)])
+    pool.start()
+    try:
+        kind = pool.kinds[json.dumps(argv)]
+        wait_for(lambda: len(kind.ready) == 1, what="one standby process")
+        client = PoolClient(str(tmp_path))
+        taken = [client.take(argv) for _ in range(4)]   # a scale-out of four
+        assert taken[0] is not None and taken[1:] == [None, None, None]
+        wait_for(lambda: len(kind.ready) == 4, what="the pool to keep four")
+        assert kind.target == 4
+        # STANDBY_KEEP later with no scale-out, back to one: the others are stopped and reaped.
+        wait_for(lambda: len(kind.ready) == 1 and len(pool.pids()) == 2, timeout=10,
+                 what="the pool to go back to one")
+        client.close()
+    finally:
+        pool.stop()
+
+
+def test_what_all_kinds_keep_past_their_numbers_is_capped(tmp_path, monkeypatch):
+    monkeypatch.setattr(pool_module, "MOST_EXTRA_STANDBYS", 5)
+    (tmp_path / "run").mkdir()
+    pool = RuntimePool(str(tmp_path), [(["a"], 1), (["b"], 1)])   # not started: no processes
+    for _ in range(4):
+        pool.take(json.dumps(["a"]))
+    for _ in range(6):
+        pool.take(json.dumps(["b"]))
+    assert pool.kinds[json.dumps(["a"])].target == 4        # 3 past its number
+    assert pool.kinds[json.dumps(["b"])].target == 1 + 2    # what is left of the 5
+    pool.close()

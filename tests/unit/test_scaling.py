@@ -1,5 +1,8 @@
 """The autoscaling policy (sora.worker.scaling), alone: no processes."""
-from sora.worker.scaling import SCALE_OUT_WAIT, idle_expired, plan_scale_out
+import math
+
+from sora.worker.scaling import (PREDICT_ABOVE, SCALE_OUT_WAIT, idle_expired, plan_scale_out,
+                                 predicted_wait)
 
 
 def out(**kw):
@@ -27,6 +30,42 @@ def test_instances_still_starting_count_so_a_burst_is_not_answered_twice():
 
 def test_a_fast_function_takes_several_calls_per_instance():
     assert out(waiting=40, oldest_wait=1.0, per_instance=8).count == 5
+
+
+def test_a_burst_of_slow_calls_scales_out_at_once_not_after_the_wait():
+    # 31 calls of ~100 ms behind one busy instance: the last would wait ~3 s, so there is
+    # nothing to learn from waiting 50 ms first.
+    plan = out(waiting=31, oldest_wait=0.0, avg_duration=0.1)
+    assert plan.count == 15 and "would wait ~3100 ms" in plan.reason
+    # Even one call that would wait a whole 100 ms call.
+    assert out(waiting=1, oldest_wait=0.0, avg_duration=0.1).count == 1
+
+
+def test_a_short_predicted_wait_waits_for_the_oldest_as_before():
+    # Two calls of 20 ms on two ready instances: ~20 ms of waiting, less than a scale-out saves.
+    assert out(instances=2, waiting=2, oldest_wait=0.0, avg_duration=0.02) is None
+    assert out(instances=2, waiting=2, oldest_wait=SCALE_OUT_WAIT, avg_duration=0.02).count == 2
+
+
+def test_no_prediction_from_the_starting_guess_or_for_a_fast_function():
+    # A fresh worker's average is its starting guess (PREDICT_ABOVE): 63 calls queued on one
+    # instance of a function that may take 0.2 ms a call must not start 15 instances.
+    assert out(waiting=63, oldest_wait=0.001, avg_duration=PREDICT_ABOVE) is None
+    # A fast function on the fast path: 8 calls per instance at a time, 0.2 ms each.
+    assert out(waiting=56, oldest_wait=0.002, avg_duration=0.0002, per_instance=8) is None
+
+
+def test_calls_waiting_while_every_instance_starts_add_instances_at_once():
+    plan = out(instances=2, starting=2, waiting=5, oldest_wait=0.0)
+    assert plan.count == 3
+    assert out(instances=2, starting=2, waiting=2, oldest_wait=0.0) is None
+
+
+def test_predicted_wait():
+    assert predicted_wait(ready=1, waiting=31, avg_duration=0.1) == 31 * 0.1
+    assert predicted_wait(ready=4, waiting=9, avg_duration=0.1) == 3 * 0.1
+    assert predicted_wait(ready=2, waiting=40, avg_duration=0.001, per_instance=8) == 3 * 0.001
+    assert predicted_wait(ready=0, waiting=1, avg_duration=0.1) == math.inf
 
 
 def test_scaled_to_zero_starts_at_once():
