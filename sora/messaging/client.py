@@ -206,9 +206,7 @@ class InvocationClient:
         worker.last_seen = time.monotonic()
         self._loop.add_reader(sock.getsockopt(zmq.FD), self._drain, worker)
         self._loop.add_reader(worker.monitor.getsockopt(zmq.FD), self._watch_worker, worker)
-        # Queued until the connection is up: the worker answers with the whole window.
-        self._send_now(worker, [p.HELLO])
-        self._watch_worker(worker)
+        self._watch_worker(worker)   # HELLO goes at EVENT_CONNECTED
 
     def _close_worker(self, worker: _Worker, bye: bool = False) -> None:
         if worker.sock is None:
@@ -230,7 +228,8 @@ class InvocationClient:
             worker.sock.send_multipart(frames, zmq.NOBLOCK)
         except zmq.ZMQError:
             return False
-        self._loop.call_soon(self._drain, worker)
+        if not self._loop.is_closed():
+            self._loop.call_soon(self._drain, worker)
         return True
 
     def _send_control(self, frames: list[bytes]) -> bool:
@@ -238,7 +237,8 @@ class InvocationClient:
             self._control.send_multipart(frames, zmq.NOBLOCK)
         except zmq.ZMQError:
             return False
-        self._loop.call_soon(self._drain_control)
+        if not self._loop.is_closed():
+            self._loop.call_soon(self._drain_control)
         return True
 
     # --- the control plane ----------------------------------------------------------------
@@ -342,15 +342,15 @@ class InvocationClient:
         for frames in recv_ready(worker.monitor):
             event = _monitor_event(frames)
             if event == zmq.EVENT_CONNECTED:
+                # A new connection (the first, or back after a drop): ask for the window. The
+                # worker answers a HELLO with the whole window, whatever it gave before.
                 worker.connected = True
+                worker.greeted = False
                 worker.last_seen = time.monotonic()
+                self._send_now(worker, [p.HELLO])
             elif event == zmq.EVENT_DISCONNECTED and worker.connected:
                 worker.connected = False
                 self._lose(worker, "its connection dropped")
-                # If it comes back (a network blip), it gives a new window after a HELLO:
-                # ZeroMQ queues this one until the connection is up again.
-                if worker.sock is not None:
-                    self._send_now(worker, [p.HELLO])
             if worker.monitor is None:
                 return
 
@@ -538,6 +538,9 @@ class InvocationClient:
                 continue
             if worker.connected:
                 self._send_now(worker, [p.HEARTBEAT])
+                if worker.greeted and mono - worker.last_seen > _SILENT_AFTER:
+                    # What waits unread (this loop was held up) is not silence.
+                    self._drain(worker)
                 if worker.greeted and mono - worker.last_seen > _SILENT_AFTER:
                     self._lose(worker, f"silent for {mono - worker.last_seen:.1f}s")
                     worker.last_seen = mono
