@@ -27,7 +27,8 @@ import psutil
 
 from sora.config import default_gateway_workers
 
-from common import HELLO, copy_function, export_revision, free_port, start_host, stop, wait_http, wrk
+from common import (HELLO, copy_function, export_revision, free_port, start_host, stop, wait_http,
+                    wrk)
 
 
 def role(proc: psutil.Process, supervisor: int, worker: int) -> str:

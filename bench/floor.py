@@ -174,7 +174,8 @@ def start(tmp: Path) -> tuple[dict[str, str], list[subprocess.Popen]]:
     frontend = f"ipc://{tmp}/floor-frontend.sock"
     backend = f"ipc://{tmp}/floor-backend.sock"
     control = f"ipc://{tmp}/floor-control.sock"
-    echo_endpoint, node_endpoint = f"ipc://{tmp}/floor-w-echo.sock", f"ipc://{tmp}/floor-w-node.sock"
+    echo_endpoint = f"ipc://{tmp}/floor-w-echo.sock"
+    node_endpoint = f"ipc://{tmp}/floor-w-node.sock"
     me = [sys.executable, str(Path(__file__).resolve())]
     detached = {"start_new_session": True}
     node_port, floor_port, sora_port = free_port(), free_port(), free_port()
@@ -189,8 +190,9 @@ def start(tmp: Path) -> tuple[dict[str, str], list[subprocess.Popen]]:
              subprocess.Popen([sys.executable, "-m", "gunicorn", "-k", "asgi", "-w",
                                str(default_gateway_workers()), "-b", f"127.0.0.1:{floor_port}",
                                "--log-level", "warning", "floor_app:create_app()"],
-                              cwd=ROOT / "bench", env=dict(os.environ, FLOOR_BROKER=frontend, FLOOR_CONTROL=control,
-                                                          PYTHONPATH=str(ROOT)), **detached),
+                              cwd=ROOT / "bench",
+                              env=dict(os.environ, FLOOR_BROKER=frontend, FLOOR_CONTROL=control,
+                                       PYTHONPATH=str(ROOT)), **detached),
              start_host(tmp, sora_port, default_gateway_workers(),
                         [copy_function(HELLO, tmp, instances=1)])]
     floor = f"http://127.0.0.1:{floor_port}"

@@ -129,16 +129,15 @@ class InvocationClient:
         self._control_monitor: zmq.Socket | None = None
         self._control_connected = False
         self._control_gone = False   # connected once, and not since the last disconnect
-        self._control_seen = 0.0
         self.members_version: int | None = None   # None: no MEMBERS yet
         self.functions: dict[str, _Function] = {}
         self.workers: dict[str, _Worker] = {}
-        # request id -> [future, deadline (loop time)]
+        # request id -> [future, deadline (loop time), function (None: a status call)]
         self._pending: dict[bytes, list] = {}
-        self._early: list = []   # calls made before the first MEMBERS: (function, rid, frames, meta)
+        # Calls made before the first MEMBERS: (function, request id, frames, meta).
+        self._early: list = []
         self._outbox: list = []  # (worker, frames) of this loop turn
         self._check_scheduled = False
-        self._ticking = False
         self._tick_handle: asyncio.TimerHandle | None = None
         self._ticks = 0
         self.records = None
@@ -253,7 +252,6 @@ class InvocationClient:
                     self._send_control([p.SUBSCRIBE])
                 self._control_connected = True
                 self._control_gone = False
-                self._control_seen = time.monotonic()
                 self._drain_control()
             elif event == zmq.EVENT_DISCONNECTED:
                 self._control_lost()
@@ -278,7 +276,6 @@ class InvocationClient:
         if self._control is None:
             return
         for frames in recv_ready(self._control):
-            self._control_seen = time.monotonic()
             cmd = frames[0]
             if cmd == p.REPLY and len(frames) >= 4:
                 self._resolve(frames[1], frames[2:])
