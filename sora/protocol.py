@@ -182,6 +182,11 @@ def worker_data_endpoint(state_dir: str, pid: int) -> str:
     return "ipc://" + os.path.join(run_dir(state_dir), f"w-{pid}.sock")
 
 
+def ipc_path(endpoint: str) -> str | None:
+    """The socket file of an ipc:// endpoint (None for another transport)."""
+    return endpoint[len("ipc://"):] if endpoint.startswith("ipc://") else None
+
+
 def events_endpoint(state_dir: str) -> str:
     """Where gateways nudge the dispatcher after storing an event (its socket file exists
     once the dispatcher listens)."""

@@ -231,8 +231,8 @@ class Worker:
         self.data.setsockopt(zmq.LINGER, 1000)
         # A reply to a client that is gone raises (and is dropped) rather than queueing.
         self.data.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        path = self.data_endpoint[len("ipc://"):]
-        if self.data_endpoint.startswith("ipc://") and os.path.exists(path):
+        path = p.ipc_path(self.data_endpoint)
+        if path is not None and os.path.exists(path):
             os.unlink(path)   # left by a worker of this pid that was killed (pids recycle)
         self.data.bind(self.data_endpoint)
         self.poller.register(self.data, zmq.POLLIN)
@@ -750,9 +750,9 @@ class Worker:
             self.sock.close(linger=1000)
         if self.data is not None:
             self.data.close(linger=1000)
-            if self.data_endpoint.startswith("ipc://"):
+            if (path := p.ipc_path(self.data_endpoint)) is not None:
                 try:
-                    os.unlink(self.data_endpoint[len("ipc://"):])
+                    os.unlink(path)
                 except OSError:
                     pass
         self.ctx.term()

@@ -49,8 +49,8 @@ def host(tmp_path_factory):
 def probe(host, name):
     state_dir = str(host.base / "state")
     worker_pid = host.function_state(name)["pid"]
-    paths = {"control": p.control_endpoint(state_dir)[len("ipc://"):],
-             "worker": p.worker_data_endpoint(state_dir, worker_pid)[len("ipc://"):],
+    paths = {"control": p.ipc_path(p.control_endpoint(state_dir)),
+             "worker": p.ipc_path(p.worker_data_endpoint(state_dir, worker_pid)),
              "run": p.run_dir(state_dir)}
     for path in (paths["control"], paths["worker"]):
         assert stat.S_ISSOCK(os.stat(path).st_mode), path   # they exist, on the host
@@ -75,3 +75,15 @@ def test_a_sandboxed_function_cannot_reach_the_control_plane_or_a_worker(host):
 def test_an_unsandboxed_function_can_which_shows_the_probe_works(host):
     got = probe(host, "open")
     assert got["connect"] == {"control": "connected", "worker": "connected"}, got
+
+
+def test_a_killed_workers_socket_file_is_removed_when_it_is_reaped(host):
+    state_dir = str(host.base / "state")
+    old = host.function_state("open")["pid"]
+    old_path = p.ipc_path(p.worker_data_endpoint(state_dir, old))
+    assert os.path.exists(old_path)
+    new = host.kill_worker("open")["pid"]
+    assert not os.path.exists(old_path)
+    assert os.path.exists(p.ipc_path(p.worker_data_endpoint(state_dir, new)))
+    # The new worker serves (its clients learned its endpoint from MEMBERS).
+    assert probe(host, "open")["connect"]["worker"] == "connected"
