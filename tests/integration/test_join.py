@@ -104,15 +104,23 @@ def test_calls_reach_the_joined_hosts_workers(cluster):
         client = client_of(main, ring)
         try:
             only = await call(client, "there")
-            spread = await asyncio.gather(*(call(client, "both", sleep=0.5)
-                                            for _ in range(16)))
-            return only, spread
+            # Concurrent calls go to the worker with the most free credits: both hosts' once
+            # the client has the joined worker's window (its CURVE handshake may still be on
+            # for the first round).
+            seen = set()
+            for _ in range(10):
+                answers = await asyncio.gather(*(call(client, "both", sleep=0.3)
+                                                 for _ in range(8)))
+                seen |= {answer[2]["host"] for answer in answers}
+                if seen == {"main", "h2"}:
+                    break
+            return only, seen
         finally:
             client.close()
 
-    (request_id, status, body), spread = asyncio.run(run())
+    (request_id, status, body), seen = asyncio.run(run())
     assert status == p.OK and body["host"] == "h2"
-    assert {answer[2]["host"] for answer in spread} == {"main", "h2"}
+    assert seen == {"main", "h2"}
     # The joined worker's record is in the main host's store (sent over tcp, CURVE).
     assert wait_for(lambda: stored(main, request_id), what="the record") == ("there", "ok")
 
