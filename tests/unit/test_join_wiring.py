@@ -77,6 +77,12 @@ def test_only_tcp_endpoints_and_function_names_are_kept(fn_config):
     assert checked["other"]["workers"] == []   # an id of another function
 
 
+def test_a_config_with_fields_this_version_does_not_know_is_kept(fn_config):
+    newer = {**fn_config, "someNewSetting": 3}
+    checked = checked_members("h2", {"hello": remote_entry(newer)}, KEY)
+    assert checked["hello"]["available"] is True and checked["hello"]["config"] == newer
+
+
 def test_a_config_that_is_not_one_makes_the_function_unavailable(fn_config):
     checked = checked_members("h2", {"hello": remote_entry({"name": "hello", "x": 1}),
                                      "named": remote_entry(fn_config)}, KEY)
