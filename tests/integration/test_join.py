@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import sqlite3
 import uuid
 
@@ -40,7 +41,7 @@ def cluster(tmp_path):
     joined_keys = k.init_keys(str(tmp_path / "joined-keys"))
     k.add_allowed(main_keys.directory, os.path.join(joined_keys.directory, k.HOST_CERT), "h2")
     k.add_allowed(joined_keys.directory, os.path.join(main_keys.directory, k.HOST_CERT), "main")
-    listen = f"tcp://127.0.0.1:{free_port()}"
+    listen = f"tcp://127.0.0.1:{free_port_pair()}"
     (tmp_path / "main").mkdir()
     (tmp_path / "joined").mkdir()
     main = SoraHost(tmp_path / "main", [function(tmp_path / "main" / "fns", "both", "main")],
@@ -61,6 +62,18 @@ def cluster(tmp_path):
         joined.stop()
         main.stop()
     assert not joined.leftovers() and not main.leftovers()
+
+
+def free_port_pair() -> int:
+    """A free port whose next one is free too (cluster.listen's records port)."""
+    while True:
+        port = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+                return port
+            except OSError:
+                continue
 
 
 def serving(host: SoraHost, name: str, functions: list[str]):
