@@ -156,6 +156,16 @@ def test_a_function_only_on_a_joined_host_comes_with_its_config(plane, fn_config
     assert json.loads(c.status_body())["hosts"]["h2"]["state"] == "joined"
 
 
+def test_a_function_unavailable_here_serves_on_the_host_that_has_workers(plane, fn_config):
+    c, _ = plane
+    c.set_functions({"hello": {"maxQueued": 3, "maxWait": 4.0, "available": False,
+                               "reason": "setup failed"}})
+    assert c.members()["functions"]["hello"]["available"] is False
+    c.set_remote("h2", checked_members("h2", {"hello": remote_entry(fn_config)}, KEY))
+    hello = c.members()["functions"]["hello"]
+    assert hello["available"] is True and hello["maxQueued"] == 3 and "config" not in hello
+
+
 # --- the main host's listener feeds the plane with the authenticated key --------------------
 
 def test_joined_host_members_reach_the_plane_with_the_key_it_authenticated_with(
