@@ -232,3 +232,28 @@ def test_start_with_control_plane_is_a_config_error(tmp_path, capsys):
 def test_fn_config_roundtrip(fn_config):
     from sora.config_snapshot import function_from_entry
     assert isinstance(function_from_entry(fn_config), FunctionConfig)
+
+
+# --- what a joined host's arbiter tells its workers ---------------------------------------------
+
+def test_a_joined_hosts_workers_get_tcp_and_records_arguments_they_can_parse(tmp_path):
+    from sora.config import load_host_config
+    from sora.supervisor.arbiter import Arbiter
+    from sora.worker.main import parser
+    k.init_keys(str(tmp_path / "keys"))
+    main = k.init_keys(str(tmp_path / "main"))
+    k.add_allowed(str(tmp_path / "keys"), os.path.join(main.directory, k.HOST_CERT), "main")
+    config = load_host_config(host_config(tmp_path, "cluster:\n  controlPlane: "
+                                          "tcp://10.0.0.1:7100\n  advertise: 10.0.0.2\n"
+                                          "  keys: keys\n"))
+    # A z85 key may begin with "-": it must not be taken for an option.
+    key = b"-" + main.public[1:]
+    config = dataclasses.replace(config, cluster=dataclasses.replace(config.cluster,
+                                                                     controlPlaneKey=key))
+    arbiter = Arbiter(config, joining=True)
+    argv = arbiter.worker_launch(config.functions[0]).argv
+    args = parser().parse_args(argv[argv.index("sora.worker") + 1:])
+    assert (args.advertise, args.keys) == ("10.0.0.2", str(tmp_path / "keys"))
+    assert args.records_endpoint == "tcp://10.0.0.1:7101"
+    assert args.records_server_key == key.decode()
+    assert arbiter.services() == []   # no recorder, no dispatcher on a joined host
