@@ -257,3 +257,20 @@ def test_a_joined_hosts_workers_get_tcp_and_records_arguments_they_can_parse(tmp
     assert args.records_endpoint == "tcp://10.0.0.1:7101"
     assert args.records_server_key == key.decode()
     assert arbiter.services() == []   # no recorder, no dispatcher on a joined host
+
+
+def test_a_joined_hosts_config_may_leave_server_out(tmp_path):
+    from sora.config import ConfigError, load_host_config
+    k.init_keys(str(tmp_path / "keys"))
+    main = k.init_keys(str(tmp_path / "main"))
+    k.add_allowed(str(tmp_path / "keys"), os.path.join(main.directory, k.HOST_CERT), "main")
+    host_config(tmp_path, "")
+    path = tmp_path / "joined.yaml"
+    path.write_text("functionPaths: [hello]\ncluster:\n  controlPlane: tcp://10.0.0.1:7100\n"
+                    "  advertise: 10.0.0.2\n  keys: keys\n")
+    config = load_host_config(str(path))
+    assert config.server.httpPort is None and config.server.httpsPort is None
+    assert config.server.gracefulTimeout > 0
+    path.write_text("functionPaths: [hello]\n")   # a main host still needs it
+    with pytest.raises(ConfigError, match="server: "):
+        load_host_config(str(path))
