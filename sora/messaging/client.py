@@ -147,9 +147,11 @@ class _Worker:
 
 class InvocationClient:
     def __init__(self, control_endpoint: str, state_dir: str | None = None,
-                 keys: KeyRing | None = None):
+                 keys: KeyRing | None = None, curve_keys: tuple[bytes, bytes] | None = None):
         self.control_endpoint = control_endpoint
         self.state_dir = state_dir
+        if keys is None and curve_keys is not None:   # (public, secret) z85, as a pair
+            keys = KeyRing(directory="", public=curve_keys[0], secret=curve_keys[1])
         # This host's key pair (cluster.keys), for workers behind tcp:// (CURVE clients).
         self.keys = keys
         # Ids of tcp workers not connected for want of keys (logged once each).
