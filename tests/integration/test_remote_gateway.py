@@ -2,7 +2,8 @@
 fixture of tests/integration/test_join.py): a function only the joined host serves is called
 through the main host's function URL and Invoke API (its gateways reach the joined worker as
 CURVE clients), its record and logs are read from the main host (`sora logs`, `sora inspect`),
-and `sora ls` shows both hosts and the hosts of each function."""
+`sora ls` shows both hosts and the hosts of each function, and the main host's dispatcher runs
+its asynchronous events there."""
 from __future__ import annotations
 
 import json
@@ -50,3 +51,22 @@ def test_the_main_gateway_serves_a_function_only_a_joined_host_has(cluster):  # 
                for line in lines), listed.stdout
     as_json = json.loads(sora("ls", "--host", main.url, "--json").stdout)
     assert as_json["hosts"]["h2"]["state"] == "joined"
+
+
+def test_the_main_dispatcher_runs_the_events_of_a_function_only_a_joined_host_has(
+        cluster):  # noqa: F811
+    main, _, _ = cluster
+    ids = []
+    for n in range(3):
+        r = main.invoke("there", method="POST", data=json.dumps({"n": n}), timeout=30,
+                        headers={"X-Sora-Invocation-Type": "Event"})
+        assert r.status_code == 202, r.text
+        ids.append(r.json()["requestId"])
+
+    def done():
+        answers = [main.session.get(f"{main.url}/api/invocations/{i}", timeout=5).json()
+                   for i in ids]
+        return all(a.get("status") == "ok" for a in answers) and answers
+
+    answers = wait_for(done, timeout=30, what="the events to run on h2")
+    assert {a["function"] for a in answers} == {"there"}
