@@ -11,8 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.integration.test_join import cluster  # noqa: F401 - the fixture
+from tests.integration import test_join
 from tests.support import wait_for
+
+cluster = test_join.cluster   # the fixture: a main host and a joined one, h2
 
 SORA = str(Path(sys.executable).parent / "sora")
 
@@ -21,7 +23,7 @@ def sora(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([SORA, *args], capture_output=True, text=True, timeout=60)
 
 
-def test_the_main_gateway_serves_a_function_only_a_joined_host_has(cluster):  # noqa: F811
+def test_the_main_gateway_serves_a_function_only_a_joined_host_has(cluster):
     main, _, _ = cluster
     r = main.invoke("there", method="POST", data="{}", timeout=30)
     assert r.status_code == 200, r.text
@@ -54,7 +56,7 @@ def test_the_main_gateway_serves_a_function_only_a_joined_host_has(cluster):  # 
 
 
 def test_the_main_dispatcher_runs_the_events_of_a_function_only_a_joined_host_has(
-        cluster):  # noqa: F811
+        cluster):
     main, _, _ = cluster
     ids = []
     for n in range(3):
