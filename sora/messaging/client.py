@@ -76,14 +76,6 @@ FIRST_MEMBERS_WAIT = 2.0
 _WORKER_RECONNECT_IVL_MS = 100
 
 
-def broker_waits(config: HostConfig) -> dict[str, float]:
-    """Per function, how long a caller waits for an invocation's answer."""
-    return {fn.name: fn.timeout * 2 + BROKER_SLACK for fn in config.functions}
-
-
-call_waits = broker_waits
-
-
 def host_keys(config: HostConfig) -> KeyRing | None:
     """This host's CURVE key pair (`cluster.keys`), with which its clients reach workers on
     other hosts; None without one (tcp workers are then not used, never reached in clear)."""
