@@ -15,7 +15,8 @@ import yaml
 from sora import protocol as p
 from sora.config import load_host_config
 from sora.gateway import app as gateway_app
-from sora.gateway.requests import REQUEST_ID_HEADER
+from sora.gateway.errors import SoraError
+from sora.gateway.requests import DRAIN_REFUSED_UP_TO, REQUEST_ID_HEADER, read_body
 from tests.support import write_function
 
 ADMIN = "admin-key-0123456789abcdef"
@@ -276,3 +277,32 @@ def test_a_response_nested_too_deep_to_parse_is_502_not_500(open_app):
     deep = b'{"statusCode":200,"body":' + b"[" * 5000 + b"]" * 5000 + b"}"
     r = function_url_answer(open_app, deep)
     assert r.status_code == 502 and r.json["errorType"] == "Sora.InvalidResponse", r.text[:200]
+
+
+# --- a body refused for its declared size is read first (no reset for its sender) ---
+
+class _BodyRequest:
+    """What read_body uses of a Falcon ASGI request."""
+    def __init__(self, length: int, events: list):
+        self.content_length = length
+        self.scope = {"headers": [(b"content-length", str(length).encode())]}
+        self._first_event = events[0]
+        self.rest = events[1:]
+
+    async def _receive(self):
+        return self.rest.pop(0)
+
+
+@pytest.mark.parametrize("over,drained", [(1000, True), (DRAIN_REFUSED_UP_TO + 1, False)])
+def test_a_body_over_the_limit_is_read_and_dropped_before_the_413(over, drained):
+    """Closing with unread bytes resets the connection: the client, still writing, saw
+    ECONNRESET instead of the 413 (test_records_truth flaked on it). A body at most
+    DRAIN_REFUSED_UP_TO over the limit is read to its end first; a far larger one is not."""
+    limit = 64 * 1024
+    chunks = [{"type": "http.request", "body": b"x" * 1000, "more_body": i < 9}
+              for i in range(10)]
+    req = _BodyRequest(limit + over, chunks)
+    with pytest.raises(SoraError) as refused:
+        asyncio.run(read_body(req, limit, stall_timeout=1.0))
+    assert refused.value.status == 413
+    assert (req.rest == []) is drained
