@@ -1,5 +1,6 @@
-"""The floor of the invocation path's shape on this machine: what gunicorn + Falcon, a ZeroMQ
-ROUTER broker, a Python worker and a Node runtime behind a pipe cost with no Sora logic at all.
+"""The floor of the invocation path's shape on this machine: what gunicorn + Falcon, ZeroMQ to
+a Python worker (directly, or through a ROUTER broker) and a Node runtime behind a pipe cost
+with no Sora logic at all.
 
 Issue 5's warm-path targets (throughput at c=64 >= 15 % of plain Node's; p50 overhead at c=1
 <= 0.35 ms) are set against the same handler in a plain Node `http` server. The shape itself
@@ -9,10 +10,14 @@ side with plain Node and Sora in one run, in alternating rounds (medians):
 
   plain node      bench/plain_node_server.js, the baseline
   falcon only     the same gunicorn `asgi` worker and Falcon, answering at once
-  + broker        the Falcon app sends each request through Sora's broker client to a minimal
-                  ROUTER/ROUTER broker and a minimal Python worker that answers it
-  + node          as above, and the worker hands each request to Node over a pipe, where the
-                  hello handler answers it: the whole shape, with nothing else
+  + direct        the Falcon app sends each request with Sora's invocation client straight to
+                  a minimal Python worker's ROUTER, which answers it (the shape of issue 16:
+                  a minimal control plane tells the client where the worker is)
+  + direct node   as above, and the worker hands each request to Node over a pipe, where the
+                  hello handler answers it: the whole direct shape, with nothing else
+  + broker        the old shape: each request goes through a minimal ROUTER/ROUTER broker to
+                  a minimal Python worker that answers it
+  + broker node   as above, with Node behind the worker: the whole old shape
   sora            Sora itself (sandboxed, records, the Lambda event and context, ...)
 
 Run with `make bench-floor`, or:
@@ -22,6 +27,7 @@ Run with `make bench-floor`, or:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -105,10 +111,71 @@ def run_worker(backend_endpoint: str, function: str) -> None:
                                    result])
 
 
+def run_control(endpoint: str, workers: list[str]) -> None:
+    """The least a control plane does for the floor: tell each subscriber where the workers
+    are (`function=endpoint` each), once."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.bind(endpoint)
+    functions = {}
+    for spec in workers:
+        name, _, worker_endpoint = spec.partition("=")
+        functions[name] = {"available": True, "reason": "", "maxQueued": 1000, "maxWait": 10.0,
+                           "workers": [{"id": f"{name}/1", "endpoint": worker_endpoint,
+                                        "host": "floor", "serverKey": None}]}
+    members = json.dumps({"version": 1, "functions": functions}).encode()
+    while True:
+        client, cmd, *_ = sock.recv_multipart()
+        if cmd == p.SUBSCRIBE:
+            sock.send_multipart([client, p.MEMBERS, members])
+
+
+def run_direct_worker(endpoint: str, function: str) -> None:
+    """A worker's own ROUTER: a window for each client that says HELLO, then answer each
+    request at once (`echo`) or through Node over a pipe (`node`)."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.bind(endpoint)
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    node = None
+    waiting: dict[bytes, bytes] = {}
+    buffer = b""
+    if function == "node":
+        node = subprocess.Popen(["node", str(ROOT / "bench" / "floor_runtime.js")],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        os.set_blocking(node.stdout.fileno(), False)
+        poller.register(node.stdout.fileno(), zmq.POLLIN)
+    while True:
+        events = dict(poller.poll())
+        if sock in events:
+            for frames in recv_ready(sock):
+                client, cmd = frames[0], frames[1]
+                if cmd == p.HELLO:
+                    send_frames(sock, [client, p.CREDIT, b"1000"])
+                elif cmd != p.REQUEST:
+                    continue
+                elif node is None:
+                    send_frames(sock, [client, p.REPLY, frames[2], p.OK, BODY])
+                else:
+                    waiting[frames[2]] = client
+                    os.write(node.stdin.fileno(),
+                             b'{"id":"%s","event":%s}\n' % (frames[2], frames[3]))
+        if node is not None and node.stdout.fileno() in events:
+            buffer += os.read(node.stdout.fileno(), 1 << 16)
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                request_id, _, result = line.partition(b" ")
+                send_frames(sock, [waiting.pop(request_id), p.REPLY, request_id, p.OK, result])
+
+
 # --- the run ---------------------------------------------------------------------------------
 def start(tmp: Path) -> tuple[dict[str, str], list[subprocess.Popen]]:
     frontend = f"ipc://{tmp}/floor-frontend.sock"
     backend = f"ipc://{tmp}/floor-backend.sock"
+    control = f"ipc://{tmp}/floor-control.sock"
+    echo_endpoint = f"ipc://{tmp}/floor-w-echo.sock"
+    node_endpoint = f"ipc://{tmp}/floor-w-node.sock"
     me = [sys.executable, str(Path(__file__).resolve())]
     detached = {"start_new_session": True}
     node_port, floor_port, sora_port = free_port(), free_port(), free_port()
@@ -116,16 +183,22 @@ def start(tmp: Path) -> tuple[dict[str, str], list[subprocess.Popen]]:
              subprocess.Popen([*me, "broker", frontend, backend], **detached),
              subprocess.Popen([*me, "worker", backend, "echo"], **detached),
              subprocess.Popen([*me, "worker", backend, "node"], **detached),
+             subprocess.Popen([*me, "control", control, f"echo={echo_endpoint}",
+                               f"node={node_endpoint}"], **detached),
+             subprocess.Popen([*me, "direct-worker", echo_endpoint, "echo"], **detached),
+             subprocess.Popen([*me, "direct-worker", node_endpoint, "node"], **detached),
              subprocess.Popen([sys.executable, "-m", "gunicorn", "-k", "asgi", "-w",
                                str(default_gateway_workers()), "-b", f"127.0.0.1:{floor_port}",
                                "--log-level", "warning", "floor_app:create_app()"],
-                              cwd=ROOT / "bench", env=dict(os.environ, FLOOR_BROKER=frontend,
-                                                          PYTHONPATH=str(ROOT)), **detached),
+                              cwd=ROOT / "bench",
+                              env=dict(os.environ, FLOOR_BROKER=frontend, FLOOR_CONTROL=control,
+                                       PYTHONPATH=str(ROOT)), **detached),
              start_host(tmp, sora_port, default_gateway_workers(),
                         [copy_function(HELLO, tmp, instances=1)])]
     floor = f"http://127.0.0.1:{floor_port}"
     urls = {"plain node": f"http://127.0.0.1:{node_port}/", "falcon only": f"{floor}/http",
-            "+ broker": f"{floor}/echo", "+ node": f"{floor}/node",
+            "+ direct": f"{floor}/echo", "+ direct node": f"{floor}/node",
+            "+ broker": f"{floor}/broker-echo", "+ broker node": f"{floor}/broker-node",
             "sora": f"http://127.0.0.1:{sora_port}/functions/hello"}
     return urls, procs
 
@@ -156,5 +229,9 @@ if __name__ == "__main__":
         run_broker(sys.argv[2], sys.argv[3])
     elif len(sys.argv) > 1 and sys.argv[1] == "worker":
         run_worker(sys.argv[2], sys.argv[3])
+    elif len(sys.argv) > 1 and sys.argv[1] == "control":
+        run_control(sys.argv[2], sys.argv[3:])
+    elif len(sys.argv) > 1 and sys.argv[1] == "direct-worker":
+        run_direct_worker(sys.argv[2], sys.argv[3])
     else:
         sys.exit(main())

@@ -147,9 +147,14 @@ def run_dir(state_dir: str) -> str:
     return os.path.join(state_dir, "run")
 
 
-def gateway_endpoint(state_dir: str) -> str:
-    """Where gateways connect (the broker's frontend ROUTER)."""
-    return "ipc://" + os.path.join(run_dir(state_dir), "gateway.sock")
+def make_run_dir(state_dir: str) -> str:
+    """The run folder, mode 0700 whatever the umask or an older Sora left: every ipc endpoint
+    (the control plane's, each worker's) is in it, and a socket file's own mode is not what
+    guards it. No sandbox binds it (sora.isolation.sandbox binds only what a function needs)."""
+    path = run_dir(state_dir)
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
 
 
 def control_endpoint(state_dir: str) -> str:
@@ -160,11 +165,6 @@ def control_endpoint(state_dir: str) -> str:
 def worker_data_endpoint(state_dir: str, pid: int) -> str:
     """A worker's own ROUTER on its host (short: an ipc path is limited to ~107 bytes)."""
     return "ipc://" + os.path.join(run_dir(state_dir), f"w-{pid}.sock")
-
-
-def worker_endpoint(state_dir: str) -> str:
-    """Where workers connect (the broker's backend ROUTER)."""
-    return "ipc://" + os.path.join(run_dir(state_dir), "workers.sock")
 
 
 def events_endpoint(state_dir: str) -> str:

@@ -1,8 +1,8 @@
 """`sora invoke --local DIR`: run a function once, without a host, through the same code.
 
-It runs what a host runs for one function: its `setup` (cached like the host's), the broker
-(`sora.supervisor.broker`), one real worker process with its runtime instance, and the
-gateway's broker client, then stops them all. Only the supervisor's restarts, the gateways and
+It runs what a host runs for one function: its `setup` (cached like the host's), the control
+plane (`sora.control.plane`), one real worker process with its runtime instance, and the
+gateway's invocation client (which sends the call straight to the worker), then stops them all. Only the supervisor's restarts, the gateways and
 the records are left out. State (setup cache, sockets, the function's log) is kept per function
 folder under $XDG_CACHE_HOME/sora/local/ so setup is skipped on the next run.
 """
@@ -22,8 +22,8 @@ from .. import config_snapshot
 from .. import protocol as p
 from ..config import ConfigError, FunctionConfig, load_function_config
 from ..isolation.secrets import declared_env_names
-from ..messaging.client import BROKER_SLACK, BrokerClient, BrokerTimeout
-from ..supervisor.broker import Broker
+from ..control.plane import ControlPlane
+from ..messaging.client import BROKER_SLACK, BrokerTimeout, InvocationClient
 from ..parent_death import die_with_parent
 from ..setup.run import SetupRun
 from .host import CliError
@@ -49,12 +49,12 @@ def _setup(fn: FunctionConfig, state_dir: str) -> None:
         raise CliError(f"{fn.name}: {outcome.reason}")
 
 
-def _wait_ready(broker: Broker, worker: subprocess.Popen, fn: FunctionConfig,
+def _wait_ready(plane: ControlPlane, worker: subprocess.Popen, fn: FunctionConfig,
                 state_dir: str) -> None:
     deadline = time.monotonic() + max(READY_TIMEOUT, fn.timeout)
     while time.monotonic() < deadline:
         try:
-            event, _ = broker.events.get(timeout=0.1)
+            event, _ = plane.events.get(timeout=0.1)
             if event == "ready":
                 return
         except queue.Empty:
@@ -78,34 +78,36 @@ def invoke_local(directory: str, payload: bytes) -> tuple[bytes, bytes, bytes]:
     except ConfigError as exc:
         raise CliError(f"configuration error\n{exc}", exit_code=2) from None
     state_dir = state_dir_for(fn.directory)
-    os.makedirs(p.run_dir(state_dir), exist_ok=True)
+    p.make_run_dir(state_dir)
     with open(os.path.join(p.run_dir(state_dir), "local.lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one local run of a folder at a time: same sockets
         # The worker gets the config read above, before setup, as a host's workers do.
         snapshot = config_snapshot.snapshot_path(state_dir)
         config_snapshot.write(snapshot, [fn], [])
         _setup(fn, state_dir)
-        broker = Broker(p.gateway_endpoint(state_dir), p.worker_endpoint(state_dir))
-        broker.start()
-        broker.control.set_functions({fn.name: {"maxQueued": 1, "maxWait": fn.timeout,
-                                                "available": True, "reason": ""}})
+        plane = ControlPlane(p.control_endpoint(state_dir))
+        plane.start()
+        plane.control.set_functions({fn.name: {"maxQueued": 1, "maxWait": fn.timeout,
+                                               "available": True, "reason": ""}})
         with open(_worker_log(state_dir), "ab") as log:
             worker = subprocess.Popen(
                 [sys.executable, "-m", "sora.worker", "--name", fn.name, "--functions",
-                 snapshot, "--state-dir", state_dir], stdin=subprocess.DEVNULL,
+                 snapshot, "--state-dir", state_dir, "--control", p.control_endpoint(state_dir)],
+                stdin=subprocess.DEVNULL,
                 stdout=log, stderr=log, start_new_session=True, preexec_fn=die_with_parent)
         try:
-            _wait_ready(broker, worker, fn, state_dir)
+            _wait_ready(plane, worker, fn, state_dir)
             return asyncio.run(_invoke(fn, state_dir, payload))
         finally:
             _stop(worker)
-            broker.control.stop()
-            broker.join(timeout=5)
-            broker.control.close()
+            plane.control.stop()
+            plane.join(timeout=5)
+            plane.control.close()
 
 
 async def _invoke(fn: FunctionConfig, state_dir: str, payload: bytes):
-    client = BrokerClient(p.gateway_endpoint(state_dir))
+    # No records sender: a local run has no recorder.
+    client = InvocationClient(p.control_endpoint(state_dir), state_dir=None)
     request_id = f"local-{os.urandom(8).hex()}"
     try:
         status, body, *tail = await client.invoke(

@@ -1,11 +1,15 @@
 """The dispatcher: runs the accepted asynchronous events, at least once each.
 
 One process per host, supervised like the recorder. It leases due events from the queue
-(`sora.store.queue`), sends each to the broker exactly like a gateway sends a request (same
-client, trigger `event`), and settles it by the answer:
+(`sora.store.queue`), sends each straight to a worker of its function exactly like a gateway
+sends a request (same client, `sora.messaging.client`, trigger `event`), and settles it by the
+answer:
 
 - success: acknowledged (purged);
-- the function failed (error, timeout, crash, lost worker, no answer): the attempt and its error
+- the worker holding it was lost (it died, fell silent, its host was cut off: WORKER_LOST):
+  queued again at once to run elsewhere, the attempt stored but not counted, until its age
+  runs out: an event lost with a host is run again, at least once, whatever its retries;
+- the function failed (error, timeout, crash, no answer): the attempt and its error
   are stored; it is retried after `retryDelaySeconds`, doubling, while retries
   (`maximumRetryAttempts`) and age (`maximumEventAgeInSeconds`) last, else dead-lettered;
 - the function could not take it (throttled, not ready yet, setup failed): back in the queue
@@ -34,7 +38,7 @@ import zmq
 from .. import protocol as p
 from ..config import FunctionConfig, HostConfig
 from ..config_snapshot import load_host_config_of_child
-from ..messaging.client import BrokerClient, BrokerTimeout, BrokerUnavailable, broker_waits
+from ..messaging.client import InvocationClient, BrokerTimeout, BrokerUnavailable, broker_waits
 from ..hotpath import quiet_gc
 from ..store import queue
 from ..store.db import connect_queue
@@ -42,19 +46,21 @@ from ..store.db import connect_queue
 log = logging.getLogger("sora.dispatcher")
 
 IDLE_POLL = 1.0
-LEASE_MARGIN = 30.0          # a lease outlives the broker wait, so only a lost one expires
+LEASE_MARGIN = 30.0          # a lease outlives the call's wait, so only a lost one expires
 LEASE_SWEEP_INTERVAL = 10.0
 MAX_RETRY_DELAY = 300.0
 THROTTLED_DELAY = 0.5        # the function's queue was full: try again soon
 NOT_READY_DELAY = 2.0        # the function is starting, backing off or failed
 
 # Answers that mean the function did not take the event: not an attempt. NOT_FOUND is one of
-# them: the dispatcher sends only events of functions in its config, so the broker does not
-# know the function yet (the host is starting); a function gone from the config is
+# them: the dispatcher sends only events of functions in its config, so the control plane
+# does not know the function yet (the host is starting); a function gone from the config is
 # dead-lettered by the sweep instead.
 NOT_TAKEN = {p.NO_CAPACITY: THROTTLED_DELAY, p.THROTTLED: THROTTLED_DELAY,
              p.UNAVAILABLE: NOT_READY_DELAY,
              p.NOT_FOUND: NOT_READY_DELAY}
+# The worker holding the event was lost: it runs again elsewhere, not as a used-up attempt.
+WORKER_LOST_DELAY = 0.2
 # Answers that no retry can change.
 HOPELESS = {p.BAD_REQUEST: "InvalidEvent"}
 
@@ -92,7 +98,7 @@ class Dispatcher:
         released = queue.release_leases(self.conn, time.time(), expired_only=False)
         if released:
             log.info("%d event(s) leased before a crash or stop are queued again", released)
-        client = BrokerClient(p.gateway_endpoint(self.state_dir))
+        client = InvocationClient(p.control_endpoint(self.state_dir), self.state_dir)
         ctx = zmq.Context()
         nudges = ctx.socket(zmq.PULL)
         nudges.bind(p.events_endpoint(self.state_dir))
@@ -120,7 +126,7 @@ class Dispatcher:
             sock.recv(zmq.NOBLOCK)
             self.wake.set()
 
-    async def _loop(self, client: BrokerClient) -> None:
+    async def _loop(self, client: InvocationClient) -> None:
         next_sweep = time.monotonic()
         while not self.stopping:
             self.wake.clear()
@@ -157,7 +163,7 @@ class Dispatcher:
             log.warning("%d event(s) for %s were older than %.0fs and were dead-lettered",
                         expired, fn.name, max_age)
 
-    def _start_due(self, client: BrokerClient, name: str, now: float) -> None:
+    def _start_due(self, client: InvocationClient, name: str, now: float) -> None:
         fn = self.functions[name]
         free = fn.eventInvoke.maxConcurrency - self.running.get(name, 0)
         if free <= 0:
@@ -169,7 +175,7 @@ class Dispatcher:
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
 
-    async def _run(self, client: BrokerClient, fn: FunctionConfig, event: queue.Event,
+    async def _run(self, client: InvocationClient, fn: FunctionConfig, event: queue.Event,
                    wait: float) -> None:
         start = time.time()
         began = time.monotonic()
@@ -177,12 +183,12 @@ class Dispatcher:
             try:
                 status, body, *_ = await client.invoke(fn.name, event.request_id.encode(),
                                                        event.payload, wait, p.TRIGGER_EVENT)
-            except BrokerUnavailable:   # not sent, or lost with the broker: not an attempt
+            except BrokerUnavailable:   # not sent (no control plane, no worker): not an attempt
                 status, body = p.UNAVAILABLE, p.error_body(
-                    "Sora.BrokerUnavailable", "The host's broker is not running")
+                    "Sora.BrokerUnavailable", "The host's control plane is not running")
             except BrokerTimeout:
-                status, body = p.WORKER_LOST, p.error_body(
-                    "Sora.NoAnswer", f"No answer from the broker within {wait:.0f}s")
+                status, body = p.TIMEOUT, p.error_body(
+                    "Sora.NoAnswer", f"No answer from the function's worker within {wait:.0f}s")
             self.settle(fn, event, status, body, start, (time.monotonic() - began) * 1000)
         except sqlite3.Error as exc:
             # The lease stays: the event runs again once it expires; nothing is lost.
@@ -202,6 +208,14 @@ class Dispatcher:
         age_limit = event.accepted + fn.eventInvoke.maximumEventAgeInSeconds
         if status in HOPELESS:
             self._bury(event, HOPELESS[status], attempt)
+        elif status == p.WORKER_LOST:
+            due = now + WORKER_LOST_DELAY
+            if due > age_limit:
+                self._bury(event, "EventAgeExceeded", attempt)
+            else:
+                log.warning("event %s for %s was lost with its worker (%s); running it again",
+                            event.request_id, fn.name, message[:200])
+                queue.requeue(self.conn, event.id, due, attempt, counted=False)
         elif status in NOT_TAKEN:
             due = now + NOT_TAKEN[status]
             if due > age_limit:

@@ -17,7 +17,7 @@ from ..config import FUNCTION_NAME_RE, HostConfig
 from ..config_snapshot import load_host_config_of_child
 from ..events.intake import EventIntake
 from .auth import CREDENTIAL_HEADERS, authorizer_for, is_admin
-from ..messaging.client import BrokerClient, BrokerTimeout
+from ..messaging.client import InvocationClient, BrokerTimeout
 from .error_detail import NONE, plain_text
 from .errors import SoraError
 from .invocation_route import RETRY_AFTER, InvocationRoute
@@ -68,7 +68,7 @@ class FunctionUrlResource(InvocationRoute):
     auth_scope = "invoke"
     public_urls = True   # a function with `auth: none` is open here (sora.gateway.auth)
 
-    def __init__(self, client: BrokerClient, config: HostConfig, intake: EventIntake):
+    def __init__(self, client: InvocationClient, config: HostConfig, intake: EventIntake):
         super().__init__(client, config, intake)
         # On a host with keys, the key a caller presents to reach a function is Sora's, not
         # the function's: it never reaches the function (a function called with the admin
@@ -130,7 +130,7 @@ class FunctionUrlResource(InvocationRoute):
                                                    p.TRIGGER_HTTP)
         except BrokerTimeout:
             raise SoraError(504, "Sora.GatewayTimeout",
-                            "No answer from the broker in time") from None
+                            "No answer from the function's worker in time") from None
         resp.set_header(REQUEST_ID_HEADER, request_id)
         if status != p.OK:
             headers = {}
@@ -168,7 +168,7 @@ class HealthResource:
 
     auth_scope = "public"
 
-    def __init__(self, client: BrokerClient):
+    def __init__(self, client: InvocationClient):
         self.client = client
 
     async def on_get(self, req, resp) -> None:
@@ -177,7 +177,7 @@ class HealthResource:
             body = await self.client.status(request_id.encode())
         except BrokerTimeout:
             raise SoraError(503, "Sora.BrokerUnavailable",
-                            "The supervisor's broker did not answer") from None
+                            "The supervisor's control plane did not answer") from None
         resp.set_header(REQUEST_ID_HEADER, request_id)
         resp.content_type = "application/json"
         if not is_admin(req):
@@ -186,11 +186,11 @@ class HealthResource:
 
 
 def create_app(config: HostConfig | None = None,
-               client: BrokerClient | None = None) -> falcon.asgi.App:
+               client: InvocationClient | None = None) -> falcon.asgi.App:
     if config is None:
         config = load_host_config_of_child(os.environ["SORA_CONFIG"])
     if client is None:
-        client = BrokerClient(p.gateway_endpoint(config.stateDir))
+        client = InvocationClient(p.control_endpoint(config.stateDir), config.stateDir)
     # No middleware but API keys, and those only when the host has keys: every responder and
     # error handler sets X-Sora-Request-Id itself, which keeps a per-request middleware call
     # off the hot path of an open host.

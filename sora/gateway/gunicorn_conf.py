@@ -69,7 +69,7 @@ def ssl_context(conf, default_ssl_context_factory):
 
 def post_fork(server, worker):
     """A worker dies with its master, as the master dies with the supervisor (PDEATHSIG does
-    not pass through a fork): a worker left without them serves calls no broker answers.
+    not pass through a fork): a worker left without them serves calls nothing answers.
     gunicorn's own check of the parent pid comes only on the worker's next heartbeat (up to
     ~11 s were measured after a kill -9 of the supervisor)."""
     die_with_parent(server.pid)

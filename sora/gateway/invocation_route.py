@@ -1,5 +1,5 @@
-"""What the two invocation routes (function URLs and the Invoke API) share: the broker client,
-the host config, the body limit and broker waits, and accepting an asynchronous event."""
+"""What the two invocation routes (function URLs and the Invoke API) share: the invocation
+client, the host config, the body limit and call waits, and accepting an asynchronous event."""
 from __future__ import annotations
 
 import logging
@@ -7,7 +7,7 @@ import logging
 from .. import protocol as p
 from ..config import HostConfig
 from ..events.intake import EventIntake, EventNotStored, LowDisk, QueueFull
-from ..messaging.client import BROKER_SLACK, BrokerClient, BrokerUnavailable, broker_waits
+from ..messaging.client import BROKER_SLACK, InvocationClient, BrokerUnavailable, broker_waits
 from .error_detail import ErrorDetail
 from .errors import SoraError
 
@@ -19,7 +19,7 @@ LOW_DISK_RETRY_AFTER = "10"
 
 
 class InvocationRoute:
-    def __init__(self, client: BrokerClient, config: HostConfig, intake: EventIntake):
+    def __init__(self, client: InvocationClient, config: HostConfig, intake: EventIntake):
         self.client = client
         self.config = config
         self.intake = intake
@@ -36,19 +36,20 @@ class InvocationRoute:
     async def invoke(self, name: str, request_id: bytes, payload: bytes, meta: bytes,
                      error: type[SoraError] = SoraError,
                      error_type: str = "Sora.BrokerUnavailable") -> list[bytes]:
-        """`BrokerClient.invoke`, except that what only a missing broker explains is the
-        caller's 503 with Retry-After (`error_type`): no broker connected (the supervisor is
-        gone or restarting), or a broker that does not know a function this gateway's config
-        has (one just started, before it learned the functions). A configured function is
-        never reported as not found. Raises BrokerTimeout as the client does."""
+        """`InvocationClient.invoke`, except that what only a missing control plane explains
+        is the caller's 503 with Retry-After (`error_type`): no control plane connected and no
+        known worker to take the call (the supervisor is gone or restarting), or a control
+        plane that does not know a function this gateway's config has (one just started,
+        before it learned the functions). A configured function is never reported as not
+        found. Raises BrokerTimeout as the client does."""
         try:
             frames = await self.client.invoke(name, request_id, payload,
                                               self.waits.get(name, BROKER_SLACK), meta)
         except BrokerUnavailable:
-            raise error(503, error_type, "The host's broker is not running (the supervisor "
-                        "is stopping or restarting)", {"Retry-After": RETRY_AFTER}) from None
+            raise error(503, error_type, "The host's control plane is not running (the "
+                        "supervisor is stopping or restarting)", {"Retry-After": RETRY_AFTER}) from None
         if frames[0] == p.NOT_FOUND and self.config.knows(name):
-            raise error(503, error_type, f"The host's broker does not know function {name} "
+            raise error(503, error_type, f"The host does not know function {name} "
                         "yet (the supervisor is starting)", {"Retry-After": RETRY_AFTER})
         return frames
 

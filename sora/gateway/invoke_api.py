@@ -120,7 +120,7 @@ class InvokeResource(InvocationRoute):
                 InvokeApiError, "ServiceException")
         except BrokerTimeout:
             raise InvokeApiError(504, "ServiceException",
-                                 "No answer from the broker in time") from None
+                                 "No answer from the function's worker in time") from None
         if status == p.NOT_FOUND:
             raise InvokeApiError(404, "ResourceNotFoundException",
                                  f"Function not found: {fn_name}")

@@ -28,7 +28,7 @@ import orjson
 from ..config import HostConfig
 from ..store import queue, records
 from ..store.db import connect, connect_queue
-from ..messaging.client import BrokerClient, BrokerTimeout
+from ..messaging.client import InvocationClient, BrokerTimeout
 from .errors import SoraError
 from .requests import read_body, request_id_of
 
@@ -150,7 +150,7 @@ class InvocationResource:
 class FunctionListResource:
     """What `sora ls` shows: the supervisor's view of each function, with its event counts."""
 
-    def __init__(self, client: BrokerClient, store: Store):
+    def __init__(self, client: InvocationClient, store: Store):
         self.client = client
         self.store = store
 
@@ -159,7 +159,7 @@ class FunctionListResource:
             health = json.loads(await self.client.status(request_id_of(req).encode()))
         except BrokerTimeout:
             raise SoraError(503, "Sora.BrokerUnavailable",
-                            "The supervisor's broker did not answer") from None
+                            "The supervisor's control plane did not answer") from None
         counts = queue.counts(self.store.queue)
         functions = []
         for name, info in sorted(health.get("functions", {}).items()):

@@ -1,182 +1,594 @@
-"""The gateway's connection to the broker: one DEALER per gateway process, many requests in
-flight, matched to their callers by request id.
+"""How a process sends invocations to workers: straight to each worker's own ROUTER, with no
+broker between (issue 16, docs/architecture.md "Clients and the direct data path").
 
-The ZeroMQ socket's file descriptor is watched by the event loop directly and every ready reply
-is drained per wake-up; there is one future per request and nothing else on the hot path
-(deadlines are checked by one sweep every half second, not a timer per request). ZeroMQ's fd is
-edge-triggered, so once per loop turn after sends the socket is checked for replies that
-arrived meanwhile.
+Gateways (each gunicorn worker), the async dispatcher and `sora invoke --local` each make one
+`InvocationClient`. It holds one DEALER to the control plane, which tells it which workers serve
+which function at which endpoint (MEMBERS, sent again on every change), and one DEALER per
+worker. A new worker connection starts with HELLO; the worker answers with a window of credits,
+and each call sends one request and takes one credit, each reply gives it back.
 
-When the connection to the broker drops (the supervisor died or is restarting), every caller
-still waiting is answered at once with `BrokerUnavailable`, and so is every new call until the
-connection is back: a ZeroMQ socket monitor reports the drop, at no cost per request. Before,
-callers hung until their deadline (5-11 s were seen, after a kill -9 of the supervisor).
+Routing: a call goes to the worker of its function with the most free credits in this client's
+windows, or waits in this client's FIFO for the function: at most `maxQueued` calls (a full
+queue answers THROTTLED, 429 with Retry-After), each at most `maxWait` seconds (then
+NO_CAPACITY, 503 with Retry-After). An unknown function answers NOT_FOUND, one that cannot serve
+UNAVAILABLE with its reason. These answers are made here, in the frames a worker would send.
+
+A worker lost while calls are in flight on it (the connection's monitor reports it dropped,
+the worker fell silent for HEARTBEAT_LIVENESS intervals, or the control plane no longer lists
+it) answers them WORKER_LOST at once, and they are recorded as crashed (`Sora.WorkerLost`)
+through a RecordSender when the client has a state dir. A worker that says DISCONNECT takes no
+new calls; those it holds are still answered.
+
+The control plane being down stops no call to a worker this client knows. Before any MEMBERS
+arrived, calls wait for them (until their deadline); once the control plane was connected and
+is gone, a call that no known worker can take fails at once with `BrokerUnavailable` (the
+gateway's 503 `Sora.BrokerUnavailable` with Retry-After), as when the broker was gone.
+
+The hot path keeps the broker client's tricks: the frames of all the calls of a loop turn are
+sent back to back in one `call_soon` callback (one wake-up of ZeroMQ's I/O thread for the lot),
+ready replies are drained per wake-up (ZeroMQ's fd is edge-triggered, so a socket is checked
+again after each send), and one tick every half second checks deadlines, queue waits and
+heartbeats instead of a timer per call.
 """
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import os
 import struct
+import time
+from collections import deque
 
 import zmq
 
 from .. import protocol as p
-from ..hotpath import recv_ready, send_frames
 from ..config import HostConfig
+from ..hotpath import recv_ready, send_frames
 
+log = logging.getLogger("sora.client")
 
-_SWEEP_INTERVAL = 0.5
-# How long past the function's own timeout the gateway waits for the broker: the invocation may
-# first queue for up to the timeout, then run for up to the timeout.
+_TICK = 0.5
+_HWM = 100_000
+# How long past the function's own timeout a caller waits for the answer: the invocation may
+# first wait for capacity for up to the timeout, then run for up to the timeout.
 BROKER_SLACK = 10.0
+CALL_SLACK = BROKER_SLACK
+_SILENT_AFTER = p.HEARTBEAT_INTERVAL * p.HEARTBEAT_LIVENESS
+_MONITOR_EVENTS = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
 
 
 def broker_waits(config: HostConfig) -> dict[str, float]:
-    """Per function, how long a caller waits for the broker's answer."""
+    """Per function, how long a caller waits for an invocation's answer."""
     return {fn.name: fn.timeout * 2 + BROKER_SLACK for fn in config.functions}
 
 
+call_waits = broker_waits
+
+
 class BrokerTimeout(Exception):
-    pass
+    """No answer came within the caller's deadline."""
 
 
 class BrokerUnavailable(BrokerTimeout):
-    """No broker is connected: the call was not sent, or its answer can no longer come."""
+    """Nothing can take the call: the control plane is gone and no known worker can serve it
+    (the supervisor died or is restarting)."""
 
 
-class BrokerClient:
-    def __init__(self, endpoint: str):
+def _monitor_event(frames: list[bytes]) -> int:
+    return struct.unpack("=hi", frames[0][:6])[0]
+
+
+class _Function:
+    """What MEMBERS says of one function, and this client's calls waiting for it."""
+    __slots__ = ("name", "available", "reason", "max_queued", "max_wait", "workers", "waiting")
+
+    def __init__(self, name: str):
+        self.name = name
+        self.available = True
+        self.reason = ""
+        self.max_queued = 100
+        self.max_wait = 3.0
+        self.workers: list[_Worker] = []
+        # [request id, frames, expires (loop time), meta]; an entry whose caller has gone
+        # (deadline) is skipped when it comes up.
+        self.waiting: deque = deque()
+
+
+class _Worker:
+    """One worker's connection: its window and the calls in flight on it."""
+    __slots__ = ("id", "function", "endpoint", "sock", "monitor", "credits", "inflight",
+                 "last_seen", "connected", "greeted", "draining")
+
+    def __init__(self, worker_id: str, function: str, endpoint: str):
+        self.id = worker_id
+        self.function = function
         self.endpoint = endpoint
-        self._pid = -1
-        self._sock: zmq.Socket | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._pending: dict[bytes, asyncio.Future] = {}
-        self._deadlines: dict[bytes, float] = {}
-        self._sweeping = False
-        self._check_scheduled = False
-        self._outbox: list[list[bytes]] = []
-        self._monitor: zmq.Socket | None = None
-        self._broker_gone = False   # connected once, and not since the last disconnect
+        self.sock: zmq.Socket | None = None
+        self.monitor: zmq.Socket | None = None
+        self.credits = 0
+        # request id -> (wall-clock start, meta): what a record needs if the worker is lost.
+        self.inflight: dict[bytes, tuple[float, bytes]] = {}
+        self.last_seen = 0.0
+        self.connected = False
+        self.greeted = False     # a window came since the last HELLO
+        self.draining = False
 
+
+class InvocationClient:
+    def __init__(self, control_endpoint: str, state_dir: str | None = None,
+                 curve_keys: tuple[bytes, bytes] | None = None):
+        self.control_endpoint = control_endpoint
+        self.state_dir = state_dir
+        # (public, secret) z85 keys of this host, for workers behind tcp:// with a serverKey.
+        self.curve_keys = curve_keys
+        self._pid = -1
+        self._ctx: zmq.Context | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._control: zmq.Socket | None = None
+        self._control_monitor: zmq.Socket | None = None
+        self._control_connected = False
+        self._control_gone = False   # connected once, and not since the last disconnect
+        self.members_version: int | None = None   # None: no MEMBERS yet
+        self.functions: dict[str, _Function] = {}
+        self.workers: dict[str, _Worker] = {}
+        # request id -> [future, deadline (loop time), function (None: a status call)]
+        self._pending: dict[bytes, list] = {}
+        # Calls made before the first MEMBERS: (function, request id, frames, meta).
+        self._early: list = []
+        self._outbox: list = []  # (worker, frames) of this loop turn
+        self._check_scheduled = False
+        self._tick_handle: asyncio.TimerHandle | None = None
+        self._ticks = 0
+        self.records = None
+
+    # --- connections -----------------------------------------------------------------------
     def _connect(self) -> None:
         # After a fork (gunicorn workers) the parent's context must not be used: make our own.
         self._pid = os.getpid()
         self._loop = asyncio.get_running_loop()
-        ctx = zmq.Context()
-        sock = ctx.socket(zmq.DEALER)
+        self._ctx = zmq.Context()
+        sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, 100_000)
-        sock.setsockopt(zmq.RCVHWM, 100_000)
-        sock.connect(self.endpoint)
-        self._sock = sock
-        self._loop.add_reader(sock.getsockopt(zmq.FD), self._drain)
-        self._broker_gone = False
-        self._monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
-        self._loop.add_reader(self._monitor.getsockopt(zmq.FD), self._watch)
-        self._watch()   # takes the commands already queued: the fd signals only new ones
+        # The monitor before the connection, or its first EVENT_CONNECTED may come unseen.
+        self._control_monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
+        sock.connect(self.control_endpoint)
+        self._control = sock
+        # Queued until the connection is up (and sent again after each reconnection).
+        self._send_control([p.SUBSCRIBE])
+        self._control_gone = False
+        self._control_connected = False
+        self._loop.add_reader(sock.getsockopt(zmq.FD), self._drain_control)
+        self._loop.add_reader(self._control_monitor.getsockopt(zmq.FD), self._watch_control)
+        if self.state_dir is not None:
+            from ..store.recorder import RecordSender
+            self.records = RecordSender(self.state_dir, self._ctx)
+        self._watch_control()   # takes the events already queued: the fd signals only new ones
+        self._tick_handle = self._loop.call_later(_TICK, self._tick)
 
     def close(self) -> None:
-        """Close the socket and its context (a context with an open socket cannot end)."""
-        if self._sock is not None:
-            if self._loop is not None and not self._loop.is_closed():
-                self._loop.remove_reader(self._sock.getsockopt(zmq.FD))
-                self._loop.remove_reader(self._monitor.getsockopt(zmq.FD))
-            self._sock.disable_monitor()
-            self._monitor.close(linger=0)
-            self._monitor = None
-            ctx = self._sock.context
-            self._sock.close(linger=0)
-            ctx.term()
-            self._sock = None
-            self._pid = -1
+        """Close every socket and the context (a context with an open socket cannot end)."""
+        if self._ctx is None:
+            return
+        loop_open = self._loop is not None and not self._loop.is_closed()
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+            self._tick_handle = None
+        for worker in list(self.workers.values()):
+            self._close_worker(worker, bye=True)
+        self.workers.clear()
+        if loop_open:
+            self._loop.remove_reader(self._control.getsockopt(zmq.FD))
+            self._loop.remove_reader(self._control_monitor.getsockopt(zmq.FD))
+        self._control.disable_monitor()
+        self._control_monitor.close(linger=0)
+        self._control.close(linger=0)
+        self._control = self._control_monitor = None
+        if self.records is not None:
+            self.records.close(wait=0)
+            self.records = None
+        self._ctx.term()
+        self._ctx = None
+        self._pid = -1
 
-    def _drain(self) -> None:
-        sock = self._sock
-        pending = self._pending
-        for frames in recv_ready(sock):
-            if len(frames) >= 4 and frames[0] == p.REPLY:
-                fut = pending.pop(frames[1], None)
-                if fut is not None and not fut.done():
-                    fut.set_result(frames[2:])
+    def _open_worker(self, worker: _Worker, server_key: str | None) -> None:
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, _HWM)
+        sock.setsockopt(zmq.RCVHWM, _HWM)
+        if server_key and self.curve_keys is not None:
+            sock.curve_serverkey = server_key.encode()
+            sock.curve_publickey, sock.curve_secretkey = self.curve_keys
+        worker.monitor = sock.get_monitor_socket(_MONITOR_EVENTS)   # before connecting
+        sock.connect(worker.endpoint)
+        worker.sock = sock
+        worker.last_seen = time.monotonic()
+        self._loop.add_reader(sock.getsockopt(zmq.FD), self._drain, worker)
+        self._loop.add_reader(worker.monitor.getsockopt(zmq.FD), self._watch_worker, worker)
+        self._watch_worker(worker)   # HELLO goes at EVENT_CONNECTED
 
-    def _watch(self) -> None:
-        """The socket monitor's events: a dropped broker connection fails every caller."""
-        for frames in recv_ready(self._monitor):
-            event = struct.unpack("=hi", frames[0][:6])[0]
+    def _close_worker(self, worker: _Worker, bye: bool = False) -> None:
+        if worker.sock is None:
+            return
+        if bye and worker.connected:
+            self._send_now(worker, [p.BYE])
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(worker.sock.getsockopt(zmq.FD))
+            self._loop.remove_reader(worker.monitor.getsockopt(zmq.FD))
+        worker.sock.disable_monitor()
+        worker.monitor.close(linger=0)
+        worker.sock.close(linger=0)
+        worker.sock = worker.monitor = None
+
+    def _send_now(self, worker: _Worker, frames: list[bytes]) -> bool:
+        """A message off the hot path. ZeroMQ's fd is edge-triggered and a send may take the
+        readiness of a message that arrived meanwhile: the socket is looked at again next turn."""
+        try:
+            worker.sock.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.ZMQError:
+            return False
+        if not self._loop.is_closed():
+            self._loop.call_soon(self._drain, worker)
+        return True
+
+    def _send_control(self, frames: list[bytes]) -> bool:
+        try:
+            self._control.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.ZMQError:
+            return False
+        if not self._loop.is_closed():
+            self._loop.call_soon(self._drain_control)
+        return True
+
+    # --- the control plane ----------------------------------------------------------------
+    def _watch_control(self) -> None:
+        if self._control_monitor is None:
+            return
+        for frames in recv_ready(self._control_monitor):
+            event = _monitor_event(frames)
             if event == zmq.EVENT_CONNECTED:
-                self._broker_gone = False
+                if self._control_gone:
+                    # Again after a restart of the control plane: it knows no subscriber.
+                    self._send_control([p.SUBSCRIBE])
+                self._control_connected = True
+                self._control_gone = False
+                self._drain_control()
             elif event == zmq.EVENT_DISCONNECTED:
-                self._broker_gone = True
-                pending, self._pending = self._pending, {}
-                for fut in pending.values():
-                    if not fut.done():
-                        fut.set_exception(BrokerUnavailable())
+                self._control_lost()
+
+    def _control_lost(self) -> None:
+        self._control_connected = False
+        self._control_gone = True
+        # What waited for the control plane's word (MEMBERS, a status) gets no answer now.
+        early, self._early = self._early, []
+        for _, request_id, _, _ in early:
+            self._fail(request_id, BrokerUnavailable())
+        for request_id, entry in list(self._pending.items()):
+            if entry[2] is None and not entry[0].done():   # a status call
+                self._fail(request_id, BrokerUnavailable())
+        # Calls waiting for a function no live worker serves would wait for nothing.
+        for fn in self.functions.values():
+            if fn.waiting and not any(w.connected and not w.draining for w in fn.workers):
+                while fn.waiting:
+                    self._fail(fn.waiting.popleft()[0], BrokerUnavailable())
+
+    def _drain_control(self) -> None:
+        if self._control is None:
+            return
+        for frames in recv_ready(self._control):
+            cmd = frames[0]
+            if cmd == p.REPLY and len(frames) >= 4:
+                self._resolve(frames[1], frames[2:])
+            elif cmd == p.MEMBERS and len(frames) >= 2:
+                try:
+                    members = json.loads(frames[1])
+                except ValueError:
+                    log.error("unreadable MEMBERS from the control plane")
+                    continue
+                self.apply_members(members)
+
+    def apply_members(self, members: dict) -> None:
+        """Take the control plane's view: connect new workers, drop those it no longer lists
+        (their calls in flight are answered WORKER_LOST), and route what waited for it."""
+        self.members_version = members.get("version", 0)
+        listed: dict[str, tuple[str, dict]] = {}
+        seen_functions = set()
+        for name, spec in members.get("functions", {}).items():
+            seen_functions.add(name)
+            fn = self.functions.get(name)
+            if fn is None:
+                fn = self.functions[name] = _Function(name)
+            fn.available = bool(spec.get("available", True))
+            fn.reason = spec.get("reason", "")
+            fn.max_queued = int(spec.get("maxQueued", fn.max_queued))
+            fn.max_wait = float(spec.get("maxWait", fn.max_wait))
+            for w in spec.get("workers", ()):
+                listed[w["id"]] = (name, w)
+        for worker_id, worker in list(self.workers.items()):
+            spec = listed.get(worker_id)
+            if spec is None or spec[1].get("endpoint") != worker.endpoint:
+                self._drop_worker(worker, "no longer a member")
+        for worker_id, (name, spec) in listed.items():
+            if worker_id not in self.workers:
+                worker = _Worker(worker_id, name, spec["endpoint"])
+                self.workers[worker_id] = worker
+                self._open_worker(worker, spec.get("serverKey"))
+        for fn in self.functions.values():
+            fn.workers = [w for w in self.workers.values() if w.function == fn.name]
+        for name in list(self.functions):
+            if name not in seen_functions:
+                fn = self.functions.pop(name)
+                while fn.waiting:
+                    entry = fn.waiting.popleft()
+                    self._resolve(entry[0], self._not_found(name))
+        for fn in self.functions.values():
+            if not fn.available:
+                while fn.waiting:
+                    self._resolve(fn.waiting.popleft()[0], self._unavailable(fn))
+            elif fn.waiting:
+                self._dispatch_waiting(fn)
+        early, self._early = self._early, []
+        for name, request_id, frames, meta in early:
+            if request_id in self._pending:
+                self._route(name, request_id, frames, meta)
+
+    # --- workers ----------------------------------------------------------------------------
+    def _watch_worker(self, worker: _Worker) -> None:
+        if worker.monitor is None:
+            return
+        for frames in recv_ready(worker.monitor):
+            event = _monitor_event(frames)
+            if event == zmq.EVENT_CONNECTED:
+                # A new connection (the first, or back after a drop): ask for the window. The
+                # worker answers a HELLO with the whole window, whatever it gave before.
+                worker.connected = True
+                worker.greeted = False
+                worker.last_seen = time.monotonic()
+                self._send_now(worker, [p.HELLO])
+            elif event == zmq.EVENT_DISCONNECTED and worker.connected:
+                worker.connected = False
+                self._lose(worker, "its connection dropped")
+            if worker.monitor is None:
+                return
+
+    def _drain(self, worker: _Worker) -> None:
+        sock = worker.sock
+        if sock is None:
+            return
+        inflight = worker.inflight
+        pending = self._pending
+        freed = False
+        messages = recv_ready(sock)
+        if not messages:
+            return
+        worker.last_seen = time.monotonic()
+        for frames in messages:
+            cmd = frames[0]
+            if cmd == p.REPLY:
+                if len(frames) >= 4 and inflight.pop(frames[1], None) is not None:
+                    worker.credits += 1
+                    freed = True
+                    entry = pending.pop(frames[1], None)
+                    if entry is not None and not entry[0].done():
+                        entry[0].set_result(frames[2:])
+            elif cmd == p.CREDIT and len(frames) == 2:
+                delta = int(frames[1])
+                if not worker.greeted:   # the first window after a HELLO is the whole window
+                    worker.greeted = True
+                    worker.credits = delta - len(inflight)
+                else:
+                    worker.credits += delta
+                freed = True
+            elif cmd == p.DISCONNECT:
+                worker.draining = True
+        if freed and worker.credits > 0:
+            fn = self.functions.get(worker.function)
+            if fn is not None and fn.waiting:
+                self._dispatch_waiting(fn)
+
+    def _lose(self, worker: _Worker, why: str) -> None:
+        """Answer every call in flight on the worker WORKER_LOST, and record them."""
+        worker.credits = 0
+        worker.greeted = False
+        if not worker.inflight:
+            return
+        inflight, worker.inflight = worker.inflight, {}
+        message = (f"The worker running {worker.function} was lost ({why}) while handling "
+                   "this invocation")
+        body = p.error_body("Sora.WorkerLost", message)
+        now = time.time()
+        function = worker.function.encode()
+        for request_id, (start, meta) in inflight.items():
+            self._resolve(request_id, [p.WORKER_LOST, body])
+            if self.records is not None:
+                self.records.record(request_id, function, meta.partition(b"+")[0], start,
+                                    (now - start) * 1000, b"crashed", "Sora.WorkerLost", False,
+                                    error_message=message)
+        if self.records is not None:
+            self.records.flush()
+        log.warning("worker %s lost (%s); failed %d in-flight invocation(s)", worker.id, why,
+                    len(inflight))
+
+    def _drop_worker(self, worker: _Worker, why: str) -> None:
+        self._lose(worker, why)
+        self._close_worker(worker)
+        self.workers.pop(worker.id, None)
+        fn = self.functions.get(worker.function)
+        if fn is not None and worker in fn.workers:
+            fn.workers.remove(worker)
+
+    # --- routing ----------------------------------------------------------------------------
+    @staticmethod
+    def _pick(fn: _Function) -> _Worker | None:
+        best = None
+        for w in fn.workers:
+            if w.credits > 0 and not w.draining and (best is None or w.credits > best.credits):
+                best = w
+        return best
+
+    def _send(self, worker: _Worker, request_id: bytes, frames: list[bytes], meta: bytes) -> None:
+        worker.credits -= 1
+        worker.inflight[request_id] = (time.time(), meta)
+        self._outbox.append((worker, frames))
+        if not self._check_scheduled:
+            self._check_scheduled = True
+            self._loop.call_soon(self._check)
+
+    def _route(self, name: str, request_id: bytes, frames: list[bytes], meta: bytes) -> None:
+        fn = self.functions.get(name)
+        if fn is None:
+            self._resolve(request_id, self._not_found(name))
+            return
+        if not fn.available:
+            self._resolve(request_id, self._unavailable(fn))
+            return
+        worker = self._pick(fn) if not fn.waiting else None
+        if worker is not None:
+            self._send(worker, request_id, frames, meta)
+        elif len(fn.waiting) < fn.max_queued:
+            fn.waiting.append([request_id, frames, self._loop.time() + fn.max_wait, meta])
+        else:
+            self._resolve(request_id, [p.THROTTLED, p.error_body(
+                "TooManyRequestsException", f"Rate exceeded: function {name} is at its "
+                f"concurrency and {fn.max_queued} invocations are already waiting")])
+
+    def _dispatch_waiting(self, fn: _Function) -> None:
+        pending = self._pending
+        while fn.waiting:
+            request_id = fn.waiting[0][0]
+            if request_id not in pending:   # its caller gave up
+                fn.waiting.popleft()
+                continue
+            worker = self._pick(fn)
+            if worker is None:
+                return
+            request_id, frames, _, meta = fn.waiting.popleft()
+            self._send(worker, request_id, frames, meta)
+
+    @staticmethod
+    def _not_found(name: str) -> list[bytes]:
+        return [p.NOT_FOUND, p.error_body("ResourceNotFoundException",
+                                          f"Function not found: {name}")]
+
+    @staticmethod
+    def _unavailable(fn: _Function) -> list[bytes]:
+        return [p.UNAVAILABLE, p.error_body("Sora.FunctionUnavailable",
+                                            f"Function {fn.name} cannot serve: {fn.reason}")]
 
     def _check(self) -> None:
         """Once per loop turn: send the requests of the turn, then look for replies (ZeroMQ's
         fd is edge-triggered, and a send may consume the readiness of a reply that arrived
         meanwhile). Sending them back to back wakes ZeroMQ's I/O thread once for the lot,
         where a send from each request's task would wake it for each (a system call and a
-        context switch, the largest part of the gateway's ZeroMQ cost)."""
+        context switch, the largest part of the client's ZeroMQ cost)."""
         self._check_scheduled = False
         outbox, self._outbox = self._outbox, []
-        if self._broker_gone:
-            return   # their callers were answered: sent now, they would run for no one
-        sock = self._sock
-        for frames in outbox:
+        touched = []
+        for worker, frames in outbox:
+            if worker.sock is None:
+                continue   # dropped meanwhile: its calls were answered WORKER_LOST
             try:
-                send_frames(sock, frames)
+                send_frames(worker.sock, frames)
             except zmq.ZMQError as exc:   # the caller gets the error its send met
-                fut = self._pending.get(frames[1])
-                if fut is not None and not fut.done():
-                    fut.set_exception(exc)
-        self._drain()
+                if worker.inflight.pop(frames[1], None) is not None:
+                    worker.credits += 1
+                self._fail(frames[1], exc)
+            if worker not in touched:
+                touched.append(worker)
+        for worker in touched:
+            self._drain(worker)
 
-    async def _call(self, frames: list[bytes], request_id: bytes, timeout: float):
-        if self._pid != os.getpid():
-            self._connect()
-        if self._broker_gone:
-            raise BrokerUnavailable()
+    def _resolve(self, request_id: bytes, frames: list[bytes]) -> None:
+        entry = self._pending.pop(request_id, None)
+        if entry is not None and not entry[0].done():
+            entry[0].set_result(frames)
+
+    def _fail(self, request_id: bytes, exc: BaseException) -> None:
+        entry = self._pending.pop(request_id, None)
+        if entry is not None and not entry[0].done():
+            entry[0].set_exception(exc)
+
+    # --- the tick: deadlines, queue waits, heartbeats -------------------------------------
+    def _tick(self) -> None:
         loop = self._loop
-        fut = loop.create_future()
-        self._pending[request_id] = fut
-        self._deadlines[request_id] = loop.time() + timeout
-        self._outbox.append(frames)
-        if not self._check_scheduled:
-            self._check_scheduled = True
-            loop.call_soon(self._check)
-        if not self._sweeping:
-            self._sweeping = True
-            loop.call_later(_SWEEP_INTERVAL, self._sweep)
-        try:
-            return await fut
-        finally:
-            self._pending.pop(request_id, None)
-            self._deadlines.pop(request_id, None)
+        now = loop.time()
+        for request_id, entry in list(self._pending.items()):
+            if entry[1] <= now:
+                self._fail(request_id, BrokerTimeout())
+        for fn in self.functions.values():
+            waiting = fn.waiting
+            while waiting and waiting[0][2] <= now:
+                self._resolve(waiting.popleft()[0], [p.NO_CAPACITY, p.error_body(
+                    "Sora.NoCapacity", f"No instance of {fn.name} became free within "
+                    f"{fn.max_wait:.2f} seconds")])
+        self._ticks += 1
+        if self._ticks % 2 == 0:   # every HEARTBEAT_INTERVAL
+            self._beat()
+        self._tick_handle = loop.call_later(_TICK, self._tick)
 
-    def _sweep(self) -> None:
-        """Fail the requests whose deadline has passed; run again while any are pending."""
-        now = self._loop.time()
-        for request_id, deadline in list(self._deadlines.items()):
-            if deadline <= now:
-                del self._deadlines[request_id]
-                fut = self._pending.pop(request_id, None)
-                if fut is not None and not fut.done():
-                    fut.set_exception(BrokerTimeout())
-        if self._deadlines:
-            self._loop.call_later(_SWEEP_INTERVAL, self._sweep)
-        else:
-            self._sweeping = False
+    def _beat(self) -> None:
+        mono = time.monotonic()
+        if self._control_connected:
+            self._send_control([p.HEARTBEAT])
+        for worker in list(self.workers.values()):
+            if worker.sock is None:
+                continue
+            if worker.connected:
+                self._send_now(worker, [p.HEARTBEAT])
+                if worker.greeted and mono - worker.last_seen > _SILENT_AFTER:
+                    # What waits unread (this loop was held up) is not silence.
+                    self._drain(worker)
+                if worker.greeted and mono - worker.last_seen > _SILENT_AFTER:
+                    self._lose(worker, f"silent for {mono - worker.last_seen:.1f}s")
+                    worker.last_seen = mono
+                    # When it answers again, it gives a new window.
+                    self._send_now(worker, [p.HELLO])
+        if self.records is not None:
+            self.records.flush()   # takes acknowledgements and resends what has none
 
+    # --- the API ----------------------------------------------------------------------------
     async def invoke(self, function: str, request_id: bytes, payload: bytes,
                      timeout: float, meta: bytes = p.TRIGGER_HTTP) -> list[bytes]:
         """Send one invocation; return the reply's frames: status and body (protocol.py),
         then the base64 tail of its log when `meta` asked for it (`p.meta(..., tail=True)`)."""
-        frames = [p.REQUEST, request_id, function.encode(), payload]
+        if self._pid != os.getpid():
+            self._connect()
+        frames = [p.REQUEST, request_id, payload]
         if meta != p.TRIGGER_HTTP:
             frames.append(meta)
-        return await self._call(frames, request_id, timeout)
+        loop = self._loop
+        fut = loop.create_future()
+        self._pending[request_id] = [fut, loop.time() + timeout, function]
+        if self.members_version is None:
+            if self._control_gone:
+                del self._pending[request_id]
+                raise BrokerUnavailable()
+            self._early.append((function, request_id, frames, meta))
+        else:
+            if self._control_gone:
+                fn = self.functions.get(function)
+                if fn is None or not any(w.connected and not w.draining for w in fn.workers):
+                    del self._pending[request_id]
+                    raise BrokerUnavailable()
+            self._route(function, request_id, frames, meta)
+        try:
+            return await fut
+        finally:
+            self._pending.pop(request_id, None)
 
     async def status(self, request_id: bytes, timeout: float = 3.0) -> bytes:
-        _, body, *_ = await self._call([p.STATUS, request_id], request_id, timeout)
-        return body
+        """The control plane's health JSON (what /healthz shows)."""
+        if self._pid != os.getpid():
+            self._connect()
+        if self._control_gone:
+            raise BrokerUnavailable()
+        fut = self._loop.create_future()
+        self._pending[request_id] = [fut, self._loop.time() + timeout, None]
+        if not self._send_control([p.STATUS, request_id]):
+            del self._pending[request_id]
+            raise BrokerUnavailable()
+        try:
+            _, body, *_ = await fut
+            return body
+        finally:
+            self._pending.pop(request_id, None)

@@ -37,7 +37,7 @@ from ..config import ConfigError
 from ..runtimes import runtime_for
 from ..isolation import cgroups, sandbox, secrets
 from ..isolation.secrets import remove_leftovers as remove_secret_files
-from .broker import Broker
+from ..control.plane import ControlPlane
 from . import listeners
 from .child import Launch, State, Supervised, describe_exit
 from .progress import FunctionProgress, StartupProgress
@@ -76,7 +76,7 @@ class Arbiter:
         self.hurry = False   # a second stop signal: no more waiting for in-flight work
         self.stop_phase = ""
         self.exit_code = 0
-        self.broker: Broker | None = None
+        self.plane: ControlPlane | None = None
         self.runtime_pool: RuntimePool | None = None
         self.recorder = Supervised("recorder", "recorder", self.recorder_launch())
         self.dispatcher = Supervised("dispatcher", "dispatcher", self.dispatcher_launch())
@@ -137,6 +137,7 @@ class Arbiter:
         argv = [sys.executable, "-m", "sora.worker", "--name", fn.name,
                 "--functions", config_snapshot.snapshot_path(self.state_dir),
                 "--state-dir", self.state_dir,
+                "--control", p.control_endpoint(self.state_dir),
                 "--log-file-max-mb", str(config.logs.maxFileMB),
                 "--log-files-kept", str(config.logs.keepFiles),
                 "--log-bytes-per-invocation", str(config.records.maxLogBytesPerInvocation),
@@ -189,7 +190,7 @@ class Arbiter:
             why = f"pid {child.proc.pid} {describe_exit(code)}"
             if child.kind == "worker":
                 function = function_of(child)
-                self.broker.control.forget_worker(p.worker_identity(function, child.proc.pid))
+                self.plane.control.forget_worker(p.worker_identity(function, child.proc.pid))
                 remove_secret_files(function, child.proc.pid)
                 cgroups.remove_leftovers(function, child.proc.pid)
                 if code == p.EXIT_BOOT_ERROR:
@@ -342,9 +343,9 @@ class Arbiter:
                          f"{', '.join(waiting)} (progress below)")
         log.info("Sora is serving:\n%s", "\n".join(lines))
 
-    def handle_broker_events(self, now: float) -> None:
-        while not self.broker.events.empty():
-            event, identity = self.broker.events.get_nowait()
+    def handle_control_events(self, now: float) -> None:
+        while not self.plane.events.empty():
+            event, identity = self.plane.events.get_nowait()
             name = identity.rsplit(b"/", 1)[0].decode()
             pid = p.identity_pid(identity)
             worker = next((w for w in self.workers_of(name) if w.pid == pid), None)
@@ -392,14 +393,15 @@ class Arbiter:
                 "dispatcher": self.dispatcher.describe()}
 
     def publish(self) -> None:
-        """Tell the broker about function availability and health, when either changed."""
+        """Tell the control plane about function availability and health, when either
+        changed."""
         table = self.function_table()
         status = self.status()
         blob = json.dumps([table, status], sort_keys=True, default=str).encode()
         if blob != self._last_status:
             self._last_status = blob
-            self.broker.control.set_functions(table)
-            self.broker.control.set_status(status)
+            self.plane.control.set_functions(table)
+            self.plane.control.set_status(status)
 
     # --- stopping -------------------------------------------------------------------------------
     def begin_stop(self, why: str) -> None:
@@ -462,7 +464,8 @@ class Arbiter:
 
     # --- main loop ------------------------------------------------------------------------------
     def lock_state_dir(self) -> None:
-        """One supervisor per state dir: a second one would take over the broker's sockets."""
+        """One supervisor per state dir: a second one would take over the control plane's and
+        workers' sockets."""
         path = os.path.join(p.run_dir(self.state_dir), "supervisor.lock")
         self._lock = open(path, "a+")
         try:
@@ -479,7 +482,7 @@ class Arbiter:
         self._lock.flush()
 
     def prepare(self) -> None:
-        os.makedirs(p.run_dir(self.state_dir), exist_ok=True)
+        p.make_run_dir(self.state_dir)
         self.lock_state_dir()
         # Before anything starts or is announced: a taken port ends the start here, at once.
         self.sockets = listeners.bind_all(self.config)
@@ -495,13 +498,11 @@ class Arbiter:
         cgroups.remove_orphaned_groups()   # and its cgroups
         ctypes.CDLL(None).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         self.install_signals()
-        quiet_gc()  # the broker thread shares this process
-        self.broker = Broker(p.gateway_endpoint(self.state_dir),
-                             p.worker_endpoint(self.state_dir), wake=self.wakeup,
-                             state_dir=self.state_dir,
-                             max_instances=self.config.limits.maxInstances,
-                             max_memory_mb=self.config.limits.maxMemoryMB)
-        self.broker.start()
+        quiet_gc()  # the control plane thread shares this process
+        self.plane = ControlPlane(p.control_endpoint(self.state_dir), wake=self.wakeup,
+                                    max_instances=self.config.limits.maxInstances,
+                                    max_memory_mb=self.config.limits.maxMemoryMB)
+        self.plane.start()
         for fn in self.config.functions:
             if (path := secrets.sandboxed_dir(self.state_dir, fn)) is not None:
                 # Made before any sandbox binds it; its worker writes the secrets into it.
@@ -541,7 +542,7 @@ class Arbiter:
         now = time.monotonic()
         self.progress = StartupProgress([fn.name for fn in self.config.functions], now)
         self.start_functions()
-        # The broker learns the functions before the dispatcher can send it events.
+        # The control plane learns the functions before the dispatcher subscribes.
         self.publish()
         self.recorder.spawn(now)
         self.dispatcher.spawn(now)
@@ -557,7 +558,7 @@ class Arbiter:
                 self.sleep(0.1 if busy or self.stopping else 1.0)
                 self.handle_signals()
                 now = time.monotonic()
-                self.handle_broker_events(now)
+                self.handle_control_events(now)
                 exited = self.reap_children(now)
                 if exited or now - last_sweep > 2.0:
                     self.reap_orphans()
@@ -600,10 +601,10 @@ class Arbiter:
         listeners.close_all(self.sockets)
         self.reap_orphans()
         cgroups.remove_orphaned_groups(wait=2.0)   # what was busy when its worker tried
-        if self.broker is not None:
-            self.broker.control.stop()
-            self.broker.join(timeout=5)
-            self.broker.control.close()
+        if self.plane is not None:
+            self.plane.control.stop()
+            self.plane.join(timeout=5)
+            self.plane.control.close()
         log.info("stopped")
 
 

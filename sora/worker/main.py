@@ -1,8 +1,12 @@
 """The worker: one Python process per function, keeping a pool of warm runtime instances.
 
-It connects to the broker with a DEALER socket, announces how many invocations it can take
-(credits), and runs each invocation on an idle instance. It is a single-threaded poll loop over
-the broker socket and every instance's control and log pipes; signal handlers only queue.
+It binds its own ROUTER (the data endpoint, `w-<pid>.sock` in the state dir's run folder), where
+clients (gateway processes, the dispatcher, `sora invoke --local`) send invocations directly:
+each client says HELLO and gets a window of credits of its own, and the requests of all clients
+join one FIFO in arrival order, so no client starves another. A DEALER to the control plane
+announces the worker (READY with its endpoint), asks for instances (GROW -> GRANT) and
+heartbeats. It is a single-threaded poll loop over both sockets and every instance's control
+and log pipes; signal handlers only queue.
 """
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ from ..isolation.secrets import Secrets, declared_env_names, read_secrets
 
 log = logging.getLogger("sora.worker")
 
-# Credits: how many invocations per instance the worker takes from the broker. Two for any
+# Credits: how many invocations per instance the worker takes from each client. Two for any
 # function, so the next invocation is already here when an instance finishes. A fast function
 # (invocations averaging under FAST seconds) gets more, and each of its instances may hold
 # several: one running, the rest written to its stdin, so it starts the next one without a
@@ -49,7 +53,7 @@ FAST, SLOW = 0.002, 0.010
 # boot; the worker then exits with EXIT_BOOT_ERROR and the supervisor decides what follows.
 MAX_INIT_FAILURES = 3
 RECONNECT_MIN, RECONNECT_MAX = 1.0, 32.0
-# After the broker granted fewer instances than asked (concurrency or host limits reached),
+# After the control plane granted fewer instances than asked (concurrency or host limits reached),
 # ask again no sooner than this.
 REGROW_AFTER = 1.0
 # How often idle instances are checked against idleTimeout.
@@ -57,7 +61,7 @@ SCALE_IN_INTERVAL = 0.5
 
 
 class Worker:
-    def __init__(self, fn: FunctionConfig, runtime: Runtime, state_dir: str, endpoint: str,
+    def __init__(self, fn: FunctionConfig, runtime: Runtime, state_dir: str, control: str,
                  secrets: Secrets | None = None, log_limits: dict | None = None,
                  setup_withheld: frozenset[str] = frozenset()):
         self.fn = fn
@@ -65,7 +69,8 @@ class Worker:
         self.secrets = secrets or Secrets(fn, {}, state_dir)
         self.secrets.write_files()
         self.state_dir = state_dir
-        self.endpoint = endpoint
+        self.control_endpoint = control
+        self.data_endpoint = p.worker_data_endpoint(state_dir, os.getpid())
         self.runtime = runtime
         self.ctx = zmq.Context.instance()
         self.records = RecordSender(state_dir, self.ctx)
@@ -77,7 +82,13 @@ class Worker:
         self.fn_name = fn.name.encode()
         self.identity = p.worker_identity(fn.name, os.getpid())
         self.poller = zmq.Poller()
-        self.sock: zmq.Socket | None = None
+        self.sock: zmq.Socket | None = None    # DEALER to the control plane
+        self.data: zmq.Socket | None = None    # ROUTER the clients send invocations to
+        # Client identity -> when it was last heard from (a client silent for
+        # HEARTBEAT_LIVENESS intervals is forgotten: no more heartbeats or credit changes).
+        self.clients: dict[bytes, float] = {}
+        self.announce_due = False   # the control plane does not know us: READY again
+        self.reconnect_at = 0.0
         self.replies: list[list[bytes]] = []   # answers of this loop turn, not yet sent
         # END and REPORT lines of invocations answered this loop turn (request id, lines):
         # written once the turn has drained the log pipes, where their last lines are.
@@ -92,7 +103,7 @@ class Worker:
         self.last_init_error = b""
         self.stopping = False
         self.parent = os.getppid()
-        self.last_heard = self.last_sent = time.monotonic()
+        self.last_heard = self.last_sent = self.last_client_beat = time.monotonic()
         self.reconnect_delay = RECONNECT_MIN
         self.avg_duration = SLOW  # EWMA of invocation durations; slow until shown otherwise
         self.credits_per_instance = CREDITS_SLOW
@@ -101,7 +112,7 @@ class Worker:
         # coldStart: always-setup: per instance index, the setup run before its fresh instance.
         self.setups: dict[int, SetupRun] = {}
         # Autoscaling (sora.worker.scaling): the most instances this worker may run, the
-        # instances asked of the broker and not yet granted, and when to look again.
+        # instances asked of the control plane and not yet granted, and when to look again.
         self.max_instances = min(fn.maxInstances, fn.concurrency)
         self.next_index = 0
         self.asking = 0
@@ -211,7 +222,21 @@ class Worker:
                                                .encode()])
             self.spawn_instance(index)
 
-    # --- broker connection ----------------------------------------------------------------------
+    # --- the data endpoint and the control plane connection ----------------------------------
+    def bind(self) -> None:
+        """Bind the ROUTER clients send invocations to (before READY tells anyone of it)."""
+        self.data = self.ctx.socket(zmq.ROUTER)
+        self.data.setsockopt(zmq.SNDHWM, 200_000)
+        self.data.setsockopt(zmq.RCVHWM, 200_000)
+        self.data.setsockopt(zmq.LINGER, 1000)
+        # A reply to a client that is gone raises (and is dropped) rather than queueing.
+        self.data.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        path = self.data_endpoint[len("ipc://"):]
+        if self.data_endpoint.startswith("ipc://") and os.path.exists(path):
+            os.unlink(path)   # left by a worker of this pid that was killed (pids recycle)
+        self.data.bind(self.data_endpoint)
+        self.poller.register(self.data, zmq.POLLIN)
+
     def connect(self) -> None:
         if self.sock is not None:
             self.poller.unregister(self.sock)
@@ -219,13 +244,20 @@ class Worker:
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.IDENTITY, self.identity)
         self.sock.setsockopt(zmq.LINGER, 1000)
-        self.sock.connect(self.endpoint)
+        self.sock.connect(self.control_endpoint)
         self.poller.register(self.sock, zmq.POLLIN)
-        capacity = max(0, self.max_instances * self.credits_per_instance - self.held())
         self.asking = 0
-        self.send([p.READY, self.fn.name.encode(), str(capacity).encode(),
-                   str(self.instance_count()).encode()])
+        self.announce()
         self.last_heard = time.monotonic()
+
+    def announce(self) -> None:
+        self.announce_due = False
+        self.send([p.READY, self.fn.name.encode(), self.data_endpoint.encode(),
+                   str(self.instance_count()).encode()])
+
+    def window(self) -> int:
+        """The credits each client gets: what its calls may hold here at once."""
+        return self.max_instances * self.credits_per_instance
 
     def instance_count(self) -> int:
         """Instances running or starting (a fresh setup before one counts as one)."""
@@ -244,11 +276,23 @@ class Worker:
         """Send the replies of this loop turn back to back: ZeroMQ's I/O thread then wakes
         once for them all rather than once for each (a context switch each, on the path of
         every invocation)."""
-        if self.replies and self.sock is not None:
+        if self.replies and self.data is not None:
             replies, self.replies = self.replies, []
             for frames in replies:
-                send_frames(self.sock, frames)
-            self.last_sent = time.monotonic()
+                try:
+                    send_frames(self.data, frames)
+                except zmq.ZMQError:
+                    pass   # the client is gone: nobody waits for this answer
+
+    def send_clients(self, frames: list[bytes]) -> None:
+        """Send a message to every client this worker knows (CREDIT, HEARTBEAT, DISCONNECT),
+        after this turn's replies."""
+        self.send_replies()
+        for client in list(self.clients):
+            try:
+                send_frames(self.data, [client, *frames])
+            except zmq.ZMQError:
+                del self.clients[client]   # gone without a BYE
 
     def finish(self, inst: Instance | None, current: tuple, status: bytes,
                body: bytes) -> None:
@@ -274,10 +318,10 @@ class Worker:
             if inst is not None:
                 inst.drain_logs()  # its lines come before its result: read them first
                 self.log.end(request_id.decode(), ends)
-            self.replies.append([p.REPLY, client, request_id, status, body,
+            self.replies.append([client, p.REPLY, request_id, status, body,
                                  self.log.tail(request_id.decode())])
         else:
-            self.replies.append([p.REPLY, client, request_id, status, body])
+            self.replies.append([client, p.REPLY, request_id, status, body])
             if inst is not None:
                 self.ends.append((request_id.decode(), ends))
         self.records.record(
@@ -296,22 +340,60 @@ class Worker:
         for request_id, lines in ends:
             self.log.end(request_id, lines)
 
-    def handle_broker(self) -> None:
-        for frames in recv_ready(self.sock):
-            self.last_heard = time.monotonic()
-            self.reconnect_delay = RECONNECT_MIN
-            cmd = frames[0]
-            if cmd == p.REQUEST:
-                self.pending.append((frames[1], frames[2], frames[3], self.last_heard))
+    def handle_clients(self) -> None:
+        """Invocations and hellos from clients. Every request joins the one FIFO (`pending`) in
+        arrival order, whichever client sent it; each client's window bounds what it holds."""
+        now = time.monotonic()
+        clients = self.clients
+        for frames in recv_ready(self.data):
+            client, cmd = frames[0], frames[1]
+            clients[client] = now   # a client forgotten while still there is known again
+            if cmd == p.REQUEST and len(frames) >= 4:
+                self.pending.append((client, frames[2], frames[3], now))
                 if len(frames) > 4 and frames[4] != p.TRIGGER_HTTP:
                     self.meta[frames[2]] = frames[4]
                     if frames[4].endswith(p.FLAG_TAIL):
                         self.log.want_tail(frames[2].decode())
-            elif cmd == p.GRANT:
+            elif cmd == p.HELLO:
+                self.send_replies()
+                try:
+                    send_frames(self.data, [client, p.CREDIT, str(self.window()).encode()])
+                    if self.stopping:
+                        send_frames(self.data, [client, p.DISCONNECT])
+                except zmq.ZMQError:
+                    del clients[client]
+            elif cmd == p.BYE:
+                del clients[client]
+        self.dispatch()
+
+    def handle_control_plane(self) -> None:
+        for frames in recv_ready(self.sock):
+            self.last_heard = time.monotonic()
+            self.reconnect_delay = RECONNECT_MIN
+            cmd = frames[0]
+            if cmd == p.GRANT:
                 self.on_grant(int(frames[1]))
             elif cmd == p.DISCONNECT:
-                self.begin_stop()
-        self.dispatch()
+                # "I do not know you" (the control plane restarted, or forgot us while we
+                # were silent): announce again with the next heartbeat.
+                self.announce_due = True
+
+    def beat(self, now: float) -> None:
+        """Heartbeats: to the control plane with what this worker runs and holds, and to
+        every client heard from lately (a client silent too long is forgotten)."""
+        if now - self.last_sent >= p.HEARTBEAT_INTERVAL:
+            if self.announce_due:
+                self.announce()
+            else:
+                self.send([p.HEARTBEAT, str(self.instance_count()).encode(),
+                           str(self.held()).encode()])
+        if now - self.last_client_beat >= p.HEARTBEAT_INTERVAL:
+            self.last_client_beat = now
+            silent_after = p.HEARTBEAT_INTERVAL * p.HEARTBEAT_LIVENESS
+            for client, last in list(self.clients.items()):
+                if now - last > silent_after:
+                    del self.clients[client]
+            self.send_clients([p.HEARTBEAT])
 
     def dispatch(self) -> None:
         """Idle instances first; for a fast function, then behind running ones. Each instance
@@ -348,8 +430,8 @@ class Worker:
             return
         delta = (target - self.credits_per_instance) * self.max_instances
         self.credits_per_instance = target
-        if self.sock is not None:
-            self.send([p.CREDIT, str(delta).encode()])
+        if self.data is not None:
+            self.send_clients([p.CREDIT, str(delta).encode()])   # each client's window
 
     def _hand(self, inst: Instance) -> None:
         item = self.pending.popleft()
@@ -535,6 +617,9 @@ class Worker:
             self.stopping = True
             log.info("%s: stopping; finishing %d in-flight invocations", self.fn.name,
                      self.held())
+            # Clients send nothing more; what they sent already is still answered.
+            if self.data is not None:
+                self.send_clients([p.DISCONNECT])
             if self.sock is not None:
                 self.send([p.DISCONNECT])
 
@@ -561,8 +646,10 @@ class Worker:
             self.records.flush()
         events = self.poller.poll(max(0, int(timeout * 1000)) if timeout else 0)
         for item, _ in events:
-            if item is self.sock:
-                self.handle_broker()
+            if item is self.data:
+                self.handle_clients()
+            elif item is self.sock:
+                self.handle_control_plane()
             elif item == self._wake_r:
                 try:
                     while os.read(self._wake_r, 512):
@@ -591,9 +678,11 @@ class Worker:
         try:
             self.boot()
             quiet_gc()
+            self.bind()
             self.connect()
-            log.info("%s: worker %d ready with %d instance(s)%s", self.fn.name, os.getpid(),
-                     len(self.instances), "" if self.fn.sandboxed else
+            log.info("%s: worker %d ready with %d instance(s) at %s%s", self.fn.name,
+                     os.getpid(), len(self.instances), self.data_endpoint,
+                     "" if self.fn.sandboxed else
                      "; isolation: none (instances run as Sora's user, without a sandbox)")
             timeout = 0.0
             while True:
@@ -608,22 +697,24 @@ class Worker:
                 if self.setups:
                     self.poll_setups()
                     timeout = min(timeout, 0.05)  # setup commands end without a wake-up
-                if self.stopping:
-                    if not self.pending and not any(i.current for i in self.instances):
-                        break
-                    continue
-                if now - self.last_sent >= p.HEARTBEAT_INTERVAL:
-                    self.send([p.HEARTBEAT])
-                    if os.getppid() != self.parent:
-                        log.error("%s: supervisor is gone; exiting", self.fn.name)
-                        break
-                if now - self.last_heard > p.HEARTBEAT_INTERVAL * p.HEARTBEAT_LIVENESS:
-                    log.warning("%s: broker silent; reconnecting in %.0fs", self.fn.name,
-                                self.reconnect_delay)
-                    self.wait_quietly(self.reconnect_delay)
-                    self.reconnect_delay = min(self.reconnect_delay * 2, RECONNECT_MAX)
+                if self.stopping and not self.pending and \
+                        not any(i.current for i in self.instances):
+                    break
+                # Heartbeats go on while stopping: the control plane keeps this worker a
+                # member (and clients wait for its answers) until it has exited.
+                self.beat(now)
+                if os.getppid() != self.parent:
+                    log.error("%s: supervisor is gone; exiting", self.fn.name)
+                    break
+                if now - self.last_heard > p.HEARTBEAT_INTERVAL * p.HEARTBEAT_LIVENESS and \
+                        now >= self.reconnect_at:
+                    # Clients keep sending here meanwhile: only the control plane is missing.
+                    log.warning("%s: control plane silent; reconnecting", self.fn.name)
                     self.connect()
-                timeout = min(timeout, max(0.0, p.HEARTBEAT_INTERVAL - (now - self.last_sent)))
+                    self.reconnect_at = now + self.reconnect_delay
+                    self.reconnect_delay = min(self.reconnect_delay * 2, RECONNECT_MAX)
+                timeout = min(timeout, max(0.0, p.HEARTBEAT_INTERVAL - (now - self.last_sent)),
+                              max(0.0, p.HEARTBEAT_INTERVAL - (now - self.last_client_beat)))
         except BootError as exc:
             self.fail_pending(exc.body)
             path = p.boot_error_path(self.state_dir, self.fn.name)
@@ -636,15 +727,8 @@ class Worker:
             self.shutdown()
         return 0
 
-    def wait_quietly(self, seconds: float) -> None:
-        """Keep serving instance events (but not the broker) while waiting to reconnect."""
-        deadline = time.monotonic() + seconds
-        while not self.signals and (left := deadline - time.monotonic()) > 0:
-            self.poll_once(min(left, 0.2))
-            self.check_deadlines(time.monotonic())
-
     def fail_pending(self, body: bytes) -> None:
-        while self.pending and self.sock is not None:
+        while self.pending and self.data is not None:
             client, request_id, _, _ = self.pending.popleft()
             self.finish(None, (client, request_id, 0.0, time.monotonic()), p.INIT_ERROR, body)
 
@@ -662,6 +746,13 @@ class Worker:
         self.records.close()
         if self.sock is not None:
             self.sock.close(linger=1000)
+        if self.data is not None:
+            self.data.close(linger=1000)
+            if self.data_endpoint.startswith("ipc://"):
+                try:
+                    os.unlink(self.data_endpoint[len("ipc://"):])
+                except OSError:
+                    pass
         self.ctx.term()
 
 
@@ -700,7 +791,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the supervisor's snapshot of the functions' configs (read before "
                              "setup; the function folder's sora.yaml is never read again)")
     parser.add_argument("--state-dir", required=True)
-    parser.add_argument("--broker", help="broker endpoint (default: the state dir's socket)")
+    parser.add_argument("--control", help="the control plane's endpoint (default: the state "
+                                          "dir's control.sock)")
     # The host config's caps on what the function's output may take on disk (defaults: theirs).
     parser.add_argument("--log-file-max-mb", type=int, default=LogsConfig.maxFileMB)
     parser.add_argument("--log-files-kept", type=int, default=LogsConfig.keepFiles)
@@ -737,6 +829,6 @@ def main(argv: list[str] | None = None) -> int:
                   "stored_per_invocation": args.log_bytes_per_invocation,
                   "min_free_mb": args.min_free_disk_mb}
     worker = Worker(fn, runtime, os.path.abspath(args.state_dir),
-                    args.broker or p.worker_endpoint(os.path.abspath(args.state_dir)), secrets,
+                    args.control or p.control_endpoint(os.path.abspath(args.state_dir)), secrets,
                     log_limits, setup_withheld=declared_env_names(functions))
     return worker.run()

@@ -1,0 +1,1 @@
+"""The control plane: membership, liveness and instance budgets, off the invocation path."""
