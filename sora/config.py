@@ -977,7 +977,8 @@ def load_host_config(path: str, read_functions: bool = True) -> HostConfig:
     if not problems:
         # ZeroMQ's ipc sockets live in <stateDir>/run/; a Unix socket path has at most 107 bytes.
         state_dir = _resolve(base, values["stateDir"])
-        longest_suffix = os.path.join("", "run", "workers.sock")
+        # The longest is a worker's data endpoint, w-<pid>.sock (pids reach 4194304).
+        longest_suffix = os.path.join("", "run", "w-4194304.sock")
         room = 107 - len(os.sep + longest_suffix)
         if len(state_dir.encode()) > room:
             problems.append(f"stateDir: expected a folder whose path is at most {room} "

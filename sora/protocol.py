@@ -1,30 +1,54 @@
-"""Frames and message types shared by the gateway, the broker and the workers.
+"""Frames and message types shared by the control plane, the workers and their clients.
 
 All messages are ZeroMQ multipart messages whose first frame is a one-byte command (Paranoid
 Pirate style). Payloads travel as opaque bytes: the event JSON made by the gateway is parsed only
 by the runtime, and the result JSON made by the runtime is passed back untouched.
 
-    gateway -> broker (DEALER -> ROUTER, the ROUTER prepends the gateway's identity)
-        [REQUEST, request_id, function, payload, (meta)]
-        [STATUS, request_id]
-    broker -> gateway
-        [REPLY, request_id, status, body, (log tail)]
-    worker -> broker (DEALER -> ROUTER, identity b"<function>/<pid>")
-        [READY, function, capacity, instances]  announces the worker, its free slots (credits)
-                                            and the instances it runs
-        [REPLY, client, request_id, status, body, (log tail)]   returns one credit
-        [CREDIT, delta]                     grants (or, negative, takes back) credits
+The data path (docs/architecture.md, "Control plane and data path"): every client process (a
+gateway's gunicorn worker, the dispatcher, `sora invoke --local`) opens one DEALER per worker it
+knows of, to the worker's own ROUTER (`worker_data_endpoint`); no other process sees the call.
+
+    client -> worker (DEALER -> ROUTER, the ROUTER prepends the client's identity)
+        [HELLO]                             first message of a connection: asks for a window
+        [REQUEST, request_id, payload, (meta)]
+        [HEARTBEAT]                         every HEARTBEAT_INTERVAL while connected
+        [BYE]                               the client is closing this connection
+    worker -> client
+        [CREDIT, delta]                     window change: the first after HELLO is the whole
+                                            window, a negative one takes credits back (each
+                                            client gets the same window; the calls of all
+                                            clients wait in one FIFO in arrival order)
+        [REPLY, request_id, status, body, (log tail)]   returns one credit
+        [HEARTBEAT]                         every interval, to each client heard from lately
+        [DISCONNECT]                        the worker is stopping: send nothing more (what it
+                                            holds is still answered)
+
+The control plane (`control_endpoint`, a thread in the supervisor, no per-call work):
+
+    worker -> control (DEALER -> ROUTER, identity b"<function>/<pid>")
+        [READY, function, endpoint, instances]  its data endpoint is bound and its instances up
         [GROW, n]                           asks to start n more instances (autoscaling)
         [SHRINK, n]                         has stopped n idle instances
-        [HEARTBEAT]
-        [DISCONNECT]                        the worker is leaving; it has nothing in flight
-    broker -> worker
-        [REQUEST, client, request_id, payload, (meta)]
+        [HEARTBEAT, instances, held]        every interval; held: invocations running + waiting
+        [DISCONNECT]                        it is stopping (a member until it has exited)
+    control -> worker
         [GRANT, k]                          may start k (<= n) instances: the function's
                                             concurrency and the host's limits allow that many
-
         [HEARTBEAT]
-        [DISCONNECT]                        the broker is stopping
+        [DISCONNECT]                        "I do not know you": announce again (READY)
+    client -> control (DEALER -> ROUTER)
+        [SUBSCRIBE]                         -> MEMBERS now and after every change
+        [HEARTBEAT]                         every interval (an unknown client's subscribes it)
+        [STATUS, request_id]                -> [REPLY, request_id, OK, health JSON]
+        [BYE]
+    control -> client
+        [MEMBERS, json]                     {"version": n, "functions": {name: {"available",
+                                            "reason", "maxQueued", "maxWait", "workers": [{"id",
+                                            "endpoint", "host", "serverKey"}]}}}
+        [HEARTBEAT]                         every interval to each subscriber
+        [REPLY, request_id, OK, body]       the answer to STATUS
+
+A peer silent for HEARTBEAT_LIVENESS intervals is forgotten by the other side.
 
 `meta` says how the invocation came (`meta()`): its trigger, and whether the caller wants the
 tail of its log back (the Invoke API's `X-Amz-Log-Type: Tail`), which the worker then adds as
@@ -165,6 +189,11 @@ def control_endpoint(state_dir: str) -> str:
 def worker_data_endpoint(state_dir: str, pid: int) -> str:
     """A worker's own ROUTER on its host (short: an ipc path is limited to ~107 bytes)."""
     return "ipc://" + os.path.join(run_dir(state_dir), f"w-{pid}.sock")
+
+
+def ipc_path(endpoint: str) -> str | None:
+    """The socket file of an ipc:// endpoint (None for another transport)."""
+    return endpoint[len("ipc://"):] if endpoint.startswith("ipc://") else None
 
 
 def events_endpoint(state_dir: str) -> str:

@@ -177,6 +177,8 @@ class InvocationClient:
         for worker in list(self.workers.values()):
             self._close_worker(worker, bye=True)
         self.workers.clear()
+        if self._control_connected:
+            self._send_control([p.BYE])   # the control plane drops this subscriber now
         if loop_open:
             self._loop.remove_reader(self._control.getsockopt(zmq.FD))
             self._loop.remove_reader(self._control_monitor.getsockopt(zmq.FD))

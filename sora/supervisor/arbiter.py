@@ -191,6 +191,8 @@ class Arbiter:
             if child.kind == "worker":
                 function = function_of(child)
                 self.plane.control.forget_worker(p.worker_identity(function, child.proc.pid))
+                # Its data endpoint's socket file, if it could not remove it (killed).
+                remove_file(p.ipc_path(p.worker_data_endpoint(self.state_dir, child.proc.pid)))
                 remove_secret_files(function, child.proc.pid)
                 cgroups.remove_leftovers(function, child.proc.pid)
                 if code == p.EXIT_BOOT_ERROR:
@@ -491,10 +493,10 @@ class Arbiter:
                               self.config.functions, self.config.broken)
         # Socket files left by a host that was killed: readiness is told by their existence.
         for socket_file in (records_socket(self.state_dir), events_socket(self.state_dir)):
-            try:
-                os.unlink(socket_file)
-            except FileNotFoundError:
-                pass
+            remove_file(socket_file)
+        for name in os.listdir(p.run_dir(self.state_dir)):
+            if name.startswith("w-") and name.endswith(".sock"):   # workers' data endpoints
+                remove_file(os.path.join(p.run_dir(self.state_dir), name))
         cgroups.remove_orphaned_groups()   # and its cgroups
         ctypes.CDLL(None).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         self.install_signals()
@@ -606,6 +608,13 @@ class Arbiter:
             self.plane.join(timeout=5)
             self.plane.control.close()
         log.info("stopped")
+
+
+def remove_file(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def function_of(worker: Supervised) -> str:

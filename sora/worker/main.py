@@ -231,8 +231,8 @@ class Worker:
         self.data.setsockopt(zmq.LINGER, 1000)
         # A reply to a client that is gone raises (and is dropped) rather than queueing.
         self.data.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        path = self.data_endpoint[len("ipc://"):]
-        if self.data_endpoint.startswith("ipc://") and os.path.exists(path):
+        path = p.ipc_path(self.data_endpoint)
+        if path is not None and os.path.exists(path):
             os.unlink(path)   # left by a worker of this pid that was killed (pids recycle)
         self.data.bind(self.data_endpoint)
         self.poller.register(self.data, zmq.POLLIN)
@@ -378,10 +378,12 @@ class Worker:
                 # were silent): announce again with the next heartbeat.
                 self.announce_due = True
 
-    def beat(self, now: float) -> None:
+    def beat(self, now: float) -> bool:
         """Heartbeats: to the control plane with what this worker runs and holds, and to
-        every client heard from lately (a client silent too long is forgotten)."""
-        if now - self.last_sent >= p.HEARTBEAT_INTERVAL:
+        every client heard from lately (a client silent too long is forgotten). True if one
+        went to the control plane (so about once a second)."""
+        to_control = now - self.last_sent >= p.HEARTBEAT_INTERVAL
+        if to_control:
             if self.announce_due:
                 self.announce()
             else:
@@ -394,6 +396,7 @@ class Worker:
                 if now - last > silent_after:
                     del self.clients[client]
             self.send_clients([p.HEARTBEAT])
+        return to_control
 
     def dispatch(self) -> None:
         """Idle instances first; for a fast function, then behind running ones. Each instance
@@ -702,8 +705,7 @@ class Worker:
                     break
                 # Heartbeats go on while stopping: the control plane keeps this worker a
                 # member (and clients wait for its answers) until it has exited.
-                self.beat(now)
-                if os.getppid() != self.parent:
+                if self.beat(now) and os.getppid() != self.parent:
                     log.error("%s: supervisor is gone; exiting", self.fn.name)
                     break
                 if now - self.last_heard > p.HEARTBEAT_INTERVAL * p.HEARTBEAT_LIVENESS and \
@@ -748,9 +750,9 @@ class Worker:
             self.sock.close(linger=1000)
         if self.data is not None:
             self.data.close(linger=1000)
-            if self.data_endpoint.startswith("ipc://"):
+            if (path := p.ipc_path(self.data_endpoint)) is not None:
                 try:
-                    os.unlink(self.data_endpoint[len("ipc://"):])
+                    os.unlink(path)
                 except OSError:
                     pass
         self.ctx.term()

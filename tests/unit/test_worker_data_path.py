@@ -27,7 +27,8 @@ exports.handler = async (event) => {
 
 @pytest.fixture
 def served(tmp_path):
-    """(plane, worker process, its data endpoint) for a function of one instance."""
+    """([control plane], worker process, its data endpoint) for a function of one
+    instance (a test that replaces the plane appends the new one)."""
     fn_dir = write_function(tmp_path, "sleepy", {"index.js": SLEEPY}, name="sleepy", isolation="none",
                             minInstances=1, maxInstances=1, timeout=10)
     fn = load_function_config(str(fn_dir))
@@ -35,10 +36,8 @@ def served(tmp_path):
     p.make_run_dir(state_dir)
     snapshot = config_snapshot.snapshot_path(state_dir)
     config_snapshot.write(snapshot, [fn], [])
-    plane = ControlPlane(p.control_endpoint(state_dir))
-    plane.control.set_functions({fn.name: {"maxQueued": 10, "maxWait": 5.0,
-                                           "available": True}})
-    plane.start()
+    plane = start_plane(state_dir)
+    planes = [plane]
     proc = subprocess.Popen([sys.executable, "-m", "sora.worker", "--name", fn.name,
                              "--functions", snapshot, "--state-dir", state_dir,
                              "--control", p.control_endpoint(state_dir)],
@@ -48,10 +47,24 @@ def served(tmp_path):
         assert (event, identity) == ("ready", p.worker_identity(fn.name, proc.pid))
         endpoint = plane.members()["functions"]["sleepy"]["workers"][0]["endpoint"]
         assert endpoint == p.worker_data_endpoint(state_dir, proc.pid)
-        yield plane, proc, endpoint
+        yield planes, proc, endpoint
     finally:
         proc.kill()
         proc.wait()
+        for plane in planes:
+            stop_plane(plane)
+
+
+def start_plane(state_dir):
+    plane = ControlPlane(p.control_endpoint(state_dir))
+    plane.control.set_functions({"sleepy": {"maxQueued": 10, "maxWait": 5.0,
+                                            "available": True}})
+    plane.start()
+    return plane
+
+
+def stop_plane(plane):
+    if plane.is_alive():
         plane.control.stop()
         plane.join(5)
         plane.control.close()
@@ -133,7 +146,7 @@ def test_each_client_gets_its_window_and_a_flood_does_not_starve_another(served)
 
 
 def test_heartbeats_to_clients_and_to_the_control_plane(served):
-    plane, proc, endpoint = served
+    (plane,), proc, endpoint = served
     c = Client(endpoint)
     try:
         start = time.monotonic()
@@ -161,5 +174,25 @@ def test_a_stopping_worker_says_disconnect_and_still_answers_what_it_holds(serve
         assert [(rid, status) for rid, status, _ in c.replies] == [(b"a", p.OK), (b"b", p.OK)]
         assert proc.wait(10) == 0
         assert not os.path.exists(endpoint[len("ipc://"):])   # its socket file is removed
+    finally:
+        c.close()
+
+
+def test_calls_go_on_without_the_control_plane_and_the_worker_announces_itself_again(
+        served, tmp_path):
+    planes, proc, endpoint = served
+    c = Client(endpoint)
+    try:
+        until(lambda: c.window == 2, 10, c)
+        stop_plane(planes[0])   # the supervisor's control plane is gone (restarting)
+        c.call(b"meanwhile")
+        until(lambda: c.replies, 5, c)
+        assert c.replies[0][:2] == (b"meanwhile", p.OK)
+        # A new control plane at the same endpoint: it does not know the worker, tells it
+        # so on its first heartbeat, and the worker says READY again.
+        planes.append(start_plane(str(tmp_path / "state")))
+        assert planes[1].events.get(timeout=10) == ("ready", p.worker_identity("sleepy",
+                                                                               proc.pid))
+        assert planes[1].members()["functions"]["sleepy"]["workers"][0]["endpoint"] == endpoint
     finally:
         c.close()
