@@ -384,17 +384,27 @@ def free_port_pair(address: str) -> int:
 
 
 def served_by(health: dict) -> dict[str, set[str]]:
-    """/healthz `hosts` as {host name: names of the functions it serves}. Accepts the shapes
-    the control plane has had: {name: [function, ...]}, {name: {"functions": [...] or
-    {function: {...}}}} and [{"name": ..., "functions": ...}]."""
+    """/healthz `hosts` as {host name: names of the functions it serves}, for the hosts that
+    are joined (a lost host, still listed with state "lost", is left out). Accepts the shapes
+    the control plane has had: {name: {"state", "functions": {function: load}}}, {name:
+    [function, ...]} and [{"name": ..., "functions": ...}]."""
     hosts = health.get("hosts") or {}
     if isinstance(hosts, list):
         hosts = {h.get("name"): h for h in hosts if isinstance(h, dict)}
     out = {}
     for name, info in hosts.items():
+        if isinstance(info, dict) and info.get("state", "joined") != "joined":
+            continue
         functions = info.get("functions", []) if isinstance(info, dict) else info
         out[name] = set(functions or [])
     return out
+
+
+def host_state(health: dict, name: str) -> str | None:
+    """A host's state in /healthz `hosts` ("joined", "lost"), None when it is not listed."""
+    info = (health.get("hosts") or {}).get(name)
+    return info.get("state", "joined") if isinstance(info, dict) else \
+        ("joined" if info is not None else None)
 
 
 class Cluster:
@@ -485,4 +495,4 @@ def skippable(exc: NetnsUnavailable) -> bool:
 
 __all__ = ["Network", "Host", "Cluster", "NetnsUnavailable", "NetemUnavailable",
            "check_available", "sweep_dead_runs", "leftovers", "skippable", "served_by",
-           "sora_cli", "free_port_pair"]
+           "host_state", "sora_cli", "free_port_pair"]

@@ -171,8 +171,11 @@ def ended_on(marks, prefix: str) -> dict[str, set[str]]:
 
 
 def test_calls_spread_across_the_hosts(cluster):
-    served = netns.served_by(cluster.main.health())
+    health = cluster.main.health()
+    served = netns.served_by(health)
     assert {name for name, fns in served.items() if "spread" in fns} == EVERY_HOST, served
+    assert set(health["functions"]["spread"]["hosts"]) == EVERY_HOST, health["functions"]
+    assert {netns.host_state(health, name) for name in EVERY_HOST} == {"joined"}
     with Load(f"{cluster.main.url}/functions/spread", 12) as load:
         wait_for(lambda: len(load.snapshot()) >= 90, 30, what="90 calls")
     calls = load.calls
@@ -190,6 +193,7 @@ def test_a_function_only_on_a_joined_host_is_served_from_there_through_the_main_
     health = cluster.main.health()
     assert "solo" in health["functions"], health["functions"].keys()
     assert {name for name, fns in netns.served_by(health).items() if "solo" in fns} == {"h0"}
+    assert health["functions"]["solo"]["hosts"] == ["h0"], health["functions"]["solo"]
     body = call(cluster, "solo")
     assert body["host"] == "h0"
     # Its record came over tcp to the main host's store: `sora inspect` works from there.
@@ -220,7 +224,7 @@ def test_a_host_whose_key_is_not_allowed_is_refused_and_its_address_logged(clust
     stray.start(ready=lambda: f"refused a connection from {address}"
                 in cluster.main.log(whole=True), timeout=60)
     try:
-        assert "stray" not in netns.served_by(cluster.main.health())
+        assert netns.host_state(cluster.main.health(), "stray") is None
         assert "stray" not in cluster.main.health()["functions"]
         r = cluster.main.invoke("stray")
         assert r.status_code == 404, r.text
@@ -324,8 +328,9 @@ def test_a_host_cut_off_and_restored_serves_again_by_itself(cluster):
     host = cluster.host_of[name]
     host.cut()
     try:
-        wait_for(lambda: name not in netns.served_by(cluster.main.health()), 15, 0.2,
+        wait_for(lambda: netns.host_state(cluster.main.health(), name) == "lost", 15, 0.2,
                  f"the main host to drop {name}")
+        assert "solo" not in netns.served_by(cluster.main.health()).get(name, ())
         assert {call(cluster, "spread")["host"] for _ in range(12)} <= EVERY_HOST - {name}
     finally:
         host.restore()
@@ -342,7 +347,7 @@ def test_a_killed_host_started_again_serves_by_itself(cluster):
     old = cluster.joined[name]
     host.kill9()
     assert old.proc.poll() is not None
-    wait_for(lambda: name not in netns.served_by(cluster.main.health()), 15, 0.2,
+    wait_for(lambda: netns.host_state(cluster.main.health(), name) == "lost", 15, 0.2,
              f"the main host to drop {name}")
     # Started again as an operator (or systemd) would; nothing is done on the main host.
     cluster.start_joined(name, ["spread", "work"])
