@@ -679,16 +679,16 @@ class Arbiter:
         log.info("stopped")
 
 
+def _address_of(endpoint: str | None) -> str | None:
+    """The address part of a tcp://ADDRESS:PORT endpoint."""
+    return endpoint[len("tcp://"):].rsplit(":", 1)[0] if endpoint else None
+
+
 def remove_file(path: str) -> None:
     try:
         os.unlink(path)
     except FileNotFoundError:
         pass
-
-
-def _address_of(endpoint: str | None) -> str | None:
-    """The address part of a tcp://ADDRESS:PORT endpoint."""
-    return endpoint[len("tcp://"):].rsplit(":", 1)[0] if endpoint else None
 
 
 def function_of(worker: Supervised) -> str:

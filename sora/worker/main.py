@@ -247,7 +247,7 @@ class Worker:
         # A reply to a client that is gone raises (and is dropped) rather than queueing.
         self.data.setsockopt(zmq.ROUTER_MANDATORY, 1)
         path = p.ipc_path(self.data_endpoint)
-        if path is not None:      # a tcp endpoint was bound by bind_tcp above
+        if path is not None:
             if os.path.exists(path):
                 os.unlink(path)   # left by a worker of this pid that was killed (pids recycle)
             self.data.bind(self.data_endpoint)
