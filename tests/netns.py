@@ -468,15 +468,22 @@ class Cluster:
         served = served_by(self.main.health()).get(name)
         return bool(served) and set(functions) <= served
 
+    def joins(self, name: str) -> int:
+        """How often the main host has logged joined host `name` joining."""
+        return self.main.log(whole=True).count(f"host {name} joined from ")
+
     def start_joined(self, name: str, functions=(), timeout: float = 90):
-        """Start (or start again) joined host `name`; ready once the main host lists it
-        serving `functions`."""
+        """Start (or start again) joined host `name`; ready once the main host has logged it
+        joining (again) and lists it serving `functions`. (A host started again before the
+        main host noticed it was gone is still listed from before: its join is the sign.)"""
         sora = self.joined[name]
         if sora.proc is not None:
             sora = self.joined[name] = sora.restarted()
             host = self.host_of[name]
             host.sora_hosts.append(sora)
-        return sora.start(ready=lambda: self.serving(name, functions), timeout=timeout)
+        before = self.joins(name)
+        return sora.start(ready=lambda: self.joins(name) > before
+                          and self.serving(name, functions), timeout=timeout)
 
     def restart_main(self, wait_functions=None, timeout: float = 90):
         """Start the main host again on its config and state dir (after kill9 or stop)."""
