@@ -11,7 +11,10 @@ the main host and h0, `sleep3` on all three. Each is saturated in turn by the sa
 clients (tests/load.py, as the test that asserts the ratio), rounds interleaved so a slow
 moment of the machine touches every size alike:
 
-    .venv/bin/python bench/hosts.py [--rounds 3] [--duration 5] [--clients 60]
+    .venv/bin/python bench/hosts.py [--rounds 3] [--duration 5] [--clients 60] [--sleep-ms 100]
+
+With a shorter sleep (--sleep-ms 10: 200 calls/s a host) the hosts stop being the limit and
+the main host's one gateway process and the load generator show instead.
 """
 from __future__ import annotations
 
@@ -24,12 +27,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from scaling import SLEEPER  # noqa: E402 - bench/ is on the path as the script's folder
 from tests import netns  # noqa: E402 - after the path insert above
 from tests.load import throughput  # noqa: E402
 from tests.support import write_function  # noqa: E402
 
-MAX_INSTANCES, SLEEP_MS = 2, 100
+MAX_INSTANCES = 2
+# Sleeps ?ms= (100 by default): how long a call holds its instance.
+SLEEPER = """exports.handler = async (event) => {
+  const ms = Number((event.queryStringParameters || {}).ms || 100);
+  await new Promise((r) => setTimeout(r, ms));
+  return { ms };
+};
+"""
 SERVED = {"main": ["sleep1", "sleep2", "sleep3"], "h0": ["sleep2", "sleep3"], "h1": ["sleep3"]}
 
 
@@ -52,27 +61,29 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=5)
     parser.add_argument("--clients", type=int, default=60)
+    parser.add_argument("--sleep-ms", type=int, default=100)
     args = parser.parse_args()
     try:
         netns.check_available()
     except netns.NetnsUnavailable as exc:
         raise SystemExit(f"network namespaces are not available here ({exc}); run as root")
     netns.sweep_dead_runs()
-    ideal = 1000 / SLEEP_MS * MAX_INSTANCES
+    ideal = 1000 / args.sleep_ms * MAX_INSTANCES
     rates: dict[int, list[float]] = {1: [], 2: [], 3: []}
     with tempfile.TemporaryDirectory(prefix="sora-bench-hosts-") as tmp:
         network = netns.Network(2)
         try:
             cluster = build(Path(tmp), network)
-            print(f"{SLEEP_MS} ms per call, maxInstances {MAX_INSTANCES} per host (ideal "
+            print(f"{args.sleep_ms} ms per call, maxInstances {MAX_INSTANCES} per host (ideal "
                   f"{ideal:.0f} calls/s a host), {args.clients} clients, {args.duration:g} s "
                   "a measurement", flush=True)
             for n in rates:   # warm-up: every instance started, every connection made
-                throughput(f"{cluster.main.url}/functions/sleep{n}", args.clients, 1, 1)
+                throughput(f"{cluster.main.url}/functions/sleep{n}?ms={args.sleep_ms}",
+                           args.clients, 1, 1)
             for r in range(args.rounds):
                 for n in rates:
-                    got = throughput(f"{cluster.main.url}/functions/sleep{n}", args.clients,
-                                     args.duration, warmup=1.5)
+                    got = throughput(f"{cluster.main.url}/functions/sleep{n}?ms={args.sleep_ms}",
+                                     args.clients, args.duration, warmup=1.5)
                     rates[n].append(got["rps"])
                     print(f"  round {r + 1}: {n} host(s) {got['rps']:6.1f} calls/s "
                           f"({got['failed']} failed{': ' if got['failed'] else ''}"

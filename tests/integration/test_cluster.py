@@ -67,6 +67,7 @@ EVENTS, EVENT_MS = 24, 1500
 SOON = 2.5            # "at once": a lost call is answered within this of a kill -9 (TCP reset)
 LIVENESS = 3.0        # heartbeat liveness: a host silent this long is lost
 SWEEP = 0.5           # ... noticed by the client's sweep, which runs every 0.5 s
+SLACK = 0.5           # scheduling on a busy 2-core machine
 
 
 def functions_of(base, host: str, names: list[str], marks) -> list:
@@ -281,6 +282,12 @@ def _lost_host_under_load(cluster, marks, victim: str, lose, bring_back, lost_wi
 
         lost = [c for c in before if c.status != 200]
         assert lost, f"no call was in flight on {victim} when it was lost"
+        failed_after = [c.start - t_lost for c in calls if c.start >= t_lost and c.status != 200]
+        print(f"{victim} lost: {len(lost)} in-flight call(s) answered "
+              f"{min(c.end for c in lost) - t_lost:.2f}-{max(c.end for c in lost) - t_lost:.2f}"
+              f" s after; last failed new call started {max(failed_after, default=0):.2f} s "
+              f"after; {len(after)} calls started after {others_within} s, "
+              f"{sum(c.status == 200 for c in after)} ok")
         assert {(c.status, c.error_type) for c in lost} == {(502, "Sora.WorkerLost")}, \
             [(c.status, c.body, c.error) for c in lost]
         late = [round(c.end - t_lost, 2) for c in lost if c.end - t_lost > lost_within]
@@ -302,6 +309,8 @@ def _lost_host_under_load(cluster, marks, victim: str, lose, bring_back, lost_wi
             return set(ended) == keys and all(ended[k] - {victim} for k in held_events)
         try:
             wait_for(all_ran, 90, 0.2, f"all {EVENTS} events to run")
+            print(f"{len(held_events)} event(s) held by {victim} ran again elsewhere; "
+                  f"{sum(len(h) > 1 for h in ended_on(marks, prefix).values())} ran twice")
         except AssertionError:
             ended = ended_on(marks, prefix)
             raise AssertionError(f"not run: {sorted(keys - set(ended))}; held by {victim}: "
@@ -323,14 +332,14 @@ def test_kill_9_of_a_joined_host_under_load(cluster, marks):
 
 def test_cutting_a_joined_hosts_link_under_load(cluster, marks):
     """No reset, no answer: the workers fall silent; after the heartbeat liveness (3 s,
-    noticed by the client's 0.5 s sweep) what they held is answered Sora.WorkerLost and new
-    calls go to the others."""
+    noticed by the client's 0.5 s sweep) what they held is answered Sora.WorkerLost; calls
+    started 3 s after the cut all go to the others (the main host drops a host silent 3 s)."""
     victim = "h0"
     host = cluster.host_of[victim]
     _lost_host_under_load(
         cluster, marks, victim, lose=host.cut,
-        bring_back=lambda: _restore(cluster, victim), lost_within=LIVENESS + SWEEP + 1.0,
-        others_within=LIVENESS + SWEEP)
+        bring_back=lambda: _restore(cluster, victim), lost_within=LIVENESS + SWEEP + SLACK,
+        others_within=LIVENESS)
 
 
 def _start_again(cluster, name: str) -> None:
