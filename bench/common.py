@@ -119,9 +119,11 @@ def start_host(tmp: Path, port: int, gateway_workers: int,
         "server": {"httpPort": port, "bind": "127.0.0.1", "gatewayWorkers": gateway_workers},
         "stateDir": str(tmp / "state")}))
     log = open(tmp / "supervisor.log", "wb")
+    # Not in the checkout: `python -m` puts the working directory first on sys.path, so from
+    # the checkout's root another revision's interpreter would run this checkout's `sora`.
     return subprocess.Popen([python, "-m", "sora.supervisor.cli", "start", "--config",
                              str(config)], stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+                            start_new_session=True, cwd=tmp)
 
 
 def export_revision(revision: str, into: Path) -> str:
