@@ -207,11 +207,11 @@ class ControlPlane(threading.Thread):
                         "maxWait": info.get("maxWait", 3.0), "workers": []}
                     if "config" in info:
                         entry["config"] = info["config"]
-                elif name in remote_only and info.get("available", True) and \
+                elif info.get("available", True) and info.get("workers") and \
                         not entry["available"]:
-                    # Broken on one host, serving on another: it serves.
+                    # Unavailable here (or on another host), serving there: it serves.
                     entry.update(available=True, reason="")
-                    if "config" in info:
+                    if name in remote_only and "config" in info:
                         entry["config"] = info["config"]
                 for w in info.get("workers", []):
                     entry["workers"].append({"id": w["id"], "endpoint": w["endpoint"],

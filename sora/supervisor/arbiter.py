@@ -162,8 +162,9 @@ class Arbiter:
         if cluster.advertise:   # served on tcp (CURVE) for other hosts' clients
             argv += ["--advertise", cluster.advertise, "--keys", cluster.keys]
         if cluster.controlPlane:   # records go to the main host's recorder
+            # With "=": a z85 key may begin with "-", which argparse would take for an option.
             argv += ["--records-endpoint", cluster.records_endpoint,
-                     "--records-server-key", cluster.controlPlaneKey.decode()]
+                     "--records-server-key=" + cluster.controlPlaneKey.decode()]
         return Launch(argv, dict(os.environ), start_timeout=max(30.0, fn.timeout) + 15,
                       start_retries=WORKER_START_RETRIES)
 

@@ -14,17 +14,19 @@ main host's gateways at a socket of the main host's own).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 from typing import Callable
 
 from .. import config_snapshot
 from ..cluster.link import ClusterListener, listener_for
-from ..config import FUNCTION_NAME_RE, TCP_ENDPOINT_RE, ClusterConfig
+from ..config import FUNCTION_NAME_RE, TCP_ENDPOINT_RE, ClusterConfig, FunctionConfig
 
 log = logging.getLogger("sora.supervisor.hosts")
 
 MAX_REASON = 2000
+_FIELDS = frozenset(f.name for f in dataclasses.fields(FunctionConfig))
 
 
 def checked_members(host: str, members: dict, key: str) -> dict:
@@ -91,7 +93,9 @@ def _config_problem(name: str, config) -> str:
     if config.get("name") != name:
         return f"it names function {config.get('name')!r}"
     try:
-        config_snapshot.function_from_entry(config)
+        # Fields this version does not know (a joined host running a newer Sora) are left
+        # to the clients, which read what they know.
+        config_snapshot.function_from_entry({k: v for k, v in config.items() if k in _FIELDS})
     except (TypeError, KeyError, ValueError) as exc:
         return f"not a function's config ({exc})"
     return ""

@@ -804,7 +804,8 @@ class BootError(Exception):
         self.body = body
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The worker's command line (the arbiter's worker_launch writes it)."""
     parser = argparse.ArgumentParser(prog="python -m sora.worker")
     parser.add_argument("--name", required=True, help="the function's name")
     parser.add_argument("--functions", required=True,
@@ -827,7 +828,11 @@ def main(argv: list[str] | None = None) -> int:
                                                    "main host's, CURVE)")
     parser.add_argument("--records-server-key", help="the z85 public key of that recorder's "
                                                      "host")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s [worker %(process)d] %(levelname)s %(message)s")
     try:

@@ -77,6 +77,12 @@ def test_only_tcp_endpoints_and_function_names_are_kept(fn_config):
     assert checked["other"]["workers"] == []   # an id of another function
 
 
+def test_a_config_with_fields_this_version_does_not_know_is_kept(fn_config):
+    newer = {**fn_config, "someNewSetting": 3}
+    checked = checked_members("h2", {"hello": remote_entry(newer)}, KEY)
+    assert checked["hello"]["available"] is True and checked["hello"]["config"] == newer
+
+
 def test_a_config_that_is_not_one_makes_the_function_unavailable(fn_config):
     checked = checked_members("h2", {"hello": remote_entry({"name": "hello", "x": 1}),
                                      "named": remote_entry(fn_config)}, KEY)
@@ -150,6 +156,16 @@ def test_a_function_only_on_a_joined_host_comes_with_its_config(plane, fn_config
     assert json.loads(c.status_body())["hosts"]["h2"]["state"] == "joined"
 
 
+def test_a_function_unavailable_here_serves_on_the_host_that_has_workers(plane, fn_config):
+    c, _ = plane
+    c.set_functions({"hello": {"maxQueued": 3, "maxWait": 4.0, "available": False,
+                               "reason": "setup failed"}})
+    assert c.members()["functions"]["hello"]["available"] is False
+    c.set_remote("h2", checked_members("h2", {"hello": remote_entry(fn_config)}, KEY))
+    hello = c.members()["functions"]["hello"]
+    assert hello["available"] is True and hello["maxQueued"] == 3 and "config" not in hello
+
+
 # --- the main host's listener feeds the plane with the authenticated key --------------------
 
 def test_joined_host_members_reach_the_plane_with_the_key_it_authenticated_with(
@@ -216,3 +232,45 @@ def test_start_with_control_plane_is_a_config_error(tmp_path, capsys):
 def test_fn_config_roundtrip(fn_config):
     from sora.config_snapshot import function_from_entry
     assert isinstance(function_from_entry(fn_config), FunctionConfig)
+
+
+# --- what a joined host's arbiter tells its workers ---------------------------------------------
+
+def test_a_joined_hosts_workers_get_tcp_and_records_arguments_they_can_parse(tmp_path):
+    from sora.config import load_host_config
+    from sora.supervisor.arbiter import Arbiter
+    from sora.worker.main import parser
+    k.init_keys(str(tmp_path / "keys"))
+    main = k.init_keys(str(tmp_path / "main"))
+    k.add_allowed(str(tmp_path / "keys"), os.path.join(main.directory, k.HOST_CERT), "main")
+    config = load_host_config(host_config(tmp_path, "cluster:\n  controlPlane: "
+                                          "tcp://10.0.0.1:7100\n  advertise: 10.0.0.2\n"
+                                          "  keys: keys\n"))
+    # A z85 key may begin with "-": it must not be taken for an option.
+    key = b"-" + main.public[1:]
+    config = dataclasses.replace(config, cluster=dataclasses.replace(config.cluster,
+                                                                     controlPlaneKey=key))
+    arbiter = Arbiter(config, joining=True)
+    argv = arbiter.worker_launch(config.functions[0]).argv
+    args = parser().parse_args(argv[argv.index("sora.worker") + 1:])
+    assert (args.advertise, args.keys) == ("10.0.0.2", str(tmp_path / "keys"))
+    assert args.records_endpoint == "tcp://10.0.0.1:7101"
+    assert args.records_server_key == key.decode()
+    assert arbiter.services() == []   # no recorder, no dispatcher on a joined host
+
+
+def test_a_joined_hosts_config_may_leave_server_out(tmp_path):
+    from sora.config import ConfigError, load_host_config
+    k.init_keys(str(tmp_path / "keys"))
+    main = k.init_keys(str(tmp_path / "main"))
+    k.add_allowed(str(tmp_path / "keys"), os.path.join(main.directory, k.HOST_CERT), "main")
+    host_config(tmp_path, "")
+    path = tmp_path / "joined.yaml"
+    path.write_text("functionPaths: [hello]\ncluster:\n  controlPlane: tcp://10.0.0.1:7100\n"
+                    "  advertise: 10.0.0.2\n  keys: keys\n")
+    config = load_host_config(str(path))
+    assert config.server.httpPort is None and config.server.httpsPort is None
+    assert config.server.gracefulTimeout > 0
+    path.write_text("functionPaths: [hello]\n")   # a main host still needs it
+    with pytest.raises(ConfigError, match="server: "):
+        load_host_config(str(path))
