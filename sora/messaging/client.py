@@ -73,14 +73,7 @@ _REFUSED_EVENTS = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_P
 # How long a caller that asks about a function this host does not have waits for the first
 # MEMBERS (a function of a joined host is known from there).
 FIRST_MEMBERS_WAIT = 2.0
-
-
-def broker_waits(config: HostConfig) -> dict[str, float]:
-    """Per function, how long a caller waits for an invocation's answer."""
-    return {fn.name: fn.timeout * 2 + BROKER_SLACK for fn in config.functions}
-
-
-call_waits = broker_waits
+_WORKER_RECONNECT_IVL_MS = 100
 
 
 def host_keys(config: HostConfig) -> KeyRing | None:
@@ -246,6 +239,10 @@ class InvocationClient:
         events = _MONITOR_EVENTS
         if worker.endpoint.startswith("tcp://"):
             sock = client_socket(self._ctx, zmq.DEALER, self.keys, server_key.encode())
+            # The first reconnection soon (a connection dropped during the handshake would
+            # otherwise leave the worker unused for a second), then backing off to 8 s as
+            # client_socket's (a host refusing this host's key is not asked 10 times a second).
+            sock.setsockopt(zmq.RECONNECT_IVL, _WORKER_RECONNECT_IVL_MS)
             events |= _REFUSED_EVENTS
         else:
             sock = self._ctx.socket(zmq.DEALER)
