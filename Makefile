@@ -10,7 +10,7 @@ CERT := examples/certs/cert.pem
 API_KEY := examples/certs/api-key
 JS_SDK := tests/sdk/node_modules/.installed-stamp
 
-.PHONY: run test bench bench-floor bench-runtimes bench-events bench-scaling check system-deps clean
+.PHONY: run test bench bench-floor bench-runtimes bench-events bench-scaling bench-hosts check system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -106,6 +106,10 @@ bench-events: system-deps $(STAMP)
 bench-scaling: system-deps $(STAMP)
 	@command -v wrk >/dev/null || { $(call apt_install,wrk); }
 	$(BIN)/python bench/scaling.py
+
+# Throughput of a sleeping function on 1, 2 and 3 hosts (network namespaces: needs root).
+bench-hosts: system-deps $(STAMP)
+	$(BIN)/python bench/hosts.py
 
 clean:
 	rm -rf $(VENV) examples/.sora examples/certs examples/*/node_modules examples/*/.venv \

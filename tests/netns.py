@@ -356,6 +356,142 @@ class Network:
             [f"link {self.root_link}" for _ in [0] if self.root_link in root_links()]
 
 
+def sora_cli(*args: str) -> str:
+    """Run the `sora` CLI as an operator would (here: `sora keys ...`); its output, or
+    RuntimeError with what it said."""
+    done = subprocess.run([sys.executable, "-m", "sora.cli.main", *args], capture_output=True,
+                          text=True, timeout=60)
+    if done.returncode != 0:
+        raise RuntimeError(f"sora {' '.join(args)}: {done.stdout}{done.stderr}")
+    return done.stdout
+
+
+def free_port_pair(address: str) -> int:
+    """A port p on `address` with p + 1 free too (cluster.listen takes joins on p and
+    joined hosts' records on p + 1)."""
+    import socket
+    for _ in range(100):
+        with socket.socket() as first:
+            first.bind((address, 0))
+            port = first.getsockname()[1]
+            try:
+                with socket.socket() as second:
+                    second.bind((address, port + 1))
+                    return port
+            except OSError:
+                continue
+    raise RuntimeError(f"no two consecutive free ports on {address}")
+
+
+def served_by(health: dict) -> dict[str, set[str]]:
+    """/healthz `hosts` as {host name: names of the functions it serves}, for the hosts that
+    are joined (a lost host, still listed with state "lost", is left out). Accepts the shapes
+    the control plane has had: {name: {"state", "functions": {function: load}}}, {name:
+    [function, ...]} and [{"name": ..., "functions": ...}]."""
+    hosts = health.get("hosts") or {}
+    if isinstance(hosts, list):
+        hosts = {h.get("name"): h for h in hosts if isinstance(h, dict)}
+    out = {}
+    for name, info in hosts.items():
+        if isinstance(info, dict) and info.get("state", "joined") != "joined":
+            continue
+        functions = info.get("functions", []) if isinstance(info, dict) else info
+        out[name] = set(functions or [])
+    return out
+
+
+def host_state(health: dict, name: str) -> str | None:
+    """A host's state in /healthz `hosts` ("joined", "lost"), None when it is not listed."""
+    info = (health.get("hosts") or {}).get(name)
+    return info.get("state", "joined") if isinstance(info, dict) else \
+        ("joined" if info is not None else None)
+
+
+class Cluster:
+    """Sora on several hosts of a Network: a main host in the root namespace (`cluster.listen`
+    on the root's bridge address) and hosts that join it from their namespaces
+    (`sora-supervisor join`, `cluster.controlPlane` = that address, `advertise` = their own).
+    Keys are made as an operator makes them: `sora keys init` on every host, each joined
+    host's certificate added on the main host with `sora keys add`, and the main host's on
+    each joined host. A process reads its allow-list when it starts, so every joined host is
+    declared (`add`) before the main host starts; a host declared with allowed=False has keys
+    the main host was never given (it must be refused).
+
+    Used by tests/integration/test_cluster.py and bench/hosts.py."""
+
+    MAIN = "main"
+
+    def __init__(self, network: Network, base: Path):
+        self.network, self.base = network, Path(base)
+        self.port = free_port_pair(network.root_address)
+        self.control_plane = f"tcp://{network.root_address}:{self.port}"
+        self.main_keys = self._keys(self.MAIN)
+        self.main = None
+        self.joined: dict[str, object] = {}      # name -> SoraHost (command join)
+        self.host_of: dict[str, Host] = {}       # name -> the namespace it runs in
+
+    def _keys(self, name: str) -> Path:
+        keys = self.base / name / "keys"
+        keys.parent.mkdir(parents=True, exist_ok=True)
+        sora_cli("keys", "init", str(keys))
+        return keys
+
+    def make_main(self, function_dirs: list, **kwargs):
+        """The main host's SoraHost (not started): gateway on 127.0.0.1, joins on
+        `control_plane`."""
+        extra = dict(kwargs.pop("extra", {}) or {})
+        extra["cluster"] = {"listen": self.control_plane, "keys": str(self.main_keys),
+                            "name": self.MAIN}
+        self.main = self.network.root_sora(self.base / self.MAIN, function_dirs, extra=extra,
+                                           **kwargs)
+        return self.main
+
+    def add(self, host: Host, name: str, function_dirs: list, allowed: bool = True, **kwargs):
+        """A joined host's SoraHost (not started) in `host`, named `name` in the cluster."""
+        keys = self._keys(name)
+        sora_cli("keys", "add", str(keys), str(self.main_keys / "host.key"), "--name",
+                 self.MAIN)
+        if allowed:
+            sora_cli("keys", "add", str(self.main_keys), str(keys / "host.key"), "--name", name)
+        extra = dict(kwargs.pop("extra", {}) or {})
+        extra["cluster"] = {"controlPlane": self.control_plane, "advertise": host.address,
+                            "keys": str(keys), "name": name, "controlPlaneKey": self.MAIN}
+        sora = host.sora(self.base / name, function_dirs, command="join", extra=extra,
+                         **kwargs)
+        self.joined[name] = sora
+        self.host_of[name] = host
+        return sora
+
+    def serving(self, name: str, functions=()) -> bool:
+        """Whether the main host's /healthz lists the joined host `name` serving all of
+        `functions` (at least one function when none are named)."""
+        served = served_by(self.main.health()).get(name)
+        return bool(served) and set(functions) <= served
+
+    def joins(self, name: str) -> int:
+        """How often the main host has logged joined host `name` joining."""
+        return self.main.log(whole=True).count(f"host {name} joined from ")
+
+    def start_joined(self, name: str, functions=(), timeout: float = 90):
+        """Start (or start again) joined host `name`; ready once the main host has logged it
+        joining (again) and lists it serving `functions`. (A host started again before the
+        main host noticed it was gone is still listed from before: its join is the sign.)"""
+        sora = self.joined[name]
+        if sora.proc is not None:
+            sora = self.joined[name] = sora.restarted()
+            host = self.host_of[name]
+            host.sora_hosts.append(sora)
+        before = self.joins(name)
+        return sora.start(ready=lambda: self.joins(name) > before
+                          and self.serving(name, functions), timeout=timeout)
+
+    def restart_main(self, wait_functions=None, timeout: float = 90):
+        """Start the main host again on its config and state dir (after kill9 or stop)."""
+        self.main = self.main.restarted()
+        self.network.root_soras.append(self.main)
+        return self.main.start(wait_functions, timeout=timeout)
+
+
 def skippable(exc: NetnsUnavailable) -> bool:
     """Whether the failure is the kernel or our privileges refusing (skip), not a bug (fail)."""
     text = str(exc)
@@ -364,5 +500,6 @@ def skippable(exc: NetnsUnavailable) -> bool:
                                          "Invalid argument", "No such file"))
 
 
-__all__ = ["Network", "Host", "NetnsUnavailable", "NetemUnavailable", "check_available", "sweep_dead_runs",
-           "leftovers", "skippable"]
+__all__ = ["Network", "Host", "Cluster", "NetnsUnavailable", "NetemUnavailable",
+           "check_available", "sweep_dead_runs", "leftovers", "skippable", "served_by",
+           "host_state", "sora_cli", "free_port_pair"]
