@@ -94,6 +94,7 @@ class Worker:
         # written once the turn has drained the log pipes, where their last lines are.
         self.ends: list[tuple[str, list[bytes]]] = []
         self.log_due: float | None = None   # seconds until the log file's write is due
+        self.records_due: float | None = None   # seconds until the records batch is sent
         self.instances: list[Instance] = []
         self.idle: list[Instance] = []
         # (client, id, payload, monotonic arrival): invocations waiting for an instance
@@ -672,7 +673,7 @@ class Worker:
         if self.ends:   # and their lines and records (their instance was drained)
             self.write_ends()
             self.log.flush()
-            self.records.flush()
+            self.records_due = self.records.flush(time.monotonic())
         events = self.poller.poll(max(0, int(timeout * 1000)) if timeout else 0)
         for item, _ in events:
             if item is self.data:
@@ -699,8 +700,9 @@ class Worker:
         self.send_replies()
         if self.ends:
             self.write_ends()
-        self.log_due = self.log.flush(time.monotonic())
-        self.records.flush()
+        now = time.monotonic()
+        self.log_due = self.log.flush(now)
+        self.records_due = self.records.flush(now)
 
     def run(self) -> int:
         self.install_signals()
@@ -723,6 +725,8 @@ class Worker:
                 timeout = min(self.check_deadlines(now), self.autoscale(now))
                 if self.log_due is not None:   # lines wait in the log file's buffer
                     timeout = min(timeout, self.log_due)
+                if self.records_due is not None:   # records wait to be sent as one batch
+                    timeout = min(timeout, self.records_due)
                 if self.setups:
                     self.poll_setups()
                     timeout = min(timeout, 0.05)  # setup commands end without a wake-up
