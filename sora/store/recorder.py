@@ -182,7 +182,7 @@ class RecordSender:
             if self.batch_since is None:
                 self.batch_since = now
             wait = self.batch_since + BATCH_WAIT - now
-            if wait > 0:
+            if wait > 0.001:   # (the worker's poll counts whole ms: less would spin)
                 if self.unacked and now >= self.resend_at:
                     self._resend()
                 return wait
