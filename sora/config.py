@@ -305,7 +305,8 @@ SERVER_SETTINGS = _settings(
 HOST_SETTINGS = _settings(
     Setting("functionPaths", _path_list, REQUIRED, "Folders that each hold a `sora.yaml`, "
             "relative to the config file's folder."),
-    Setting("server", _mapping, REQUIRED, "Listener settings (below)."),
+    Setting("server", _mapping, REQUIRED, "Listener settings (below). A joined host "
+            "(`cluster.controlPlane`) binds no port and may leave it out."),
     Setting("stateDir", _path, "./.sora", "Folder for sockets, logs, the setup cache and the "
             "store (`sora.db`), relative to the config file's folder."),
     Setting("records", _mapping, {}, "Retention of invocation records (below)."),
@@ -945,6 +946,11 @@ def load_host_config(path: str, read_functions: bool = True) -> HostConfig:
     base = os.path.dirname(path)
     data = _read_yaml(path)
     problems: list[str] = []
+    # A joined host (cluster.controlPlane) binds no port: it may leave `server:` out.
+    joining = isinstance(data, dict) and isinstance(data.get("cluster"), dict) and \
+        bool(data["cluster"].get("controlPlane"))
+    if joining and data.get("server") is None:
+        data = {**data, "server": {}}
     values = _validate_mapping(data, HOST_SETTINGS, "", problems)
     server_values = _validate_mapping(values.get("server", {}), SERVER_SETTINGS, "server.",
                                       problems) if "server" in values else {}
@@ -957,7 +963,8 @@ def load_host_config(path: str, read_functions: bool = True) -> HostConfig:
     api_keys = _api_keys(base, auth_values.get("apiKeys") or [], problems)
     cluster = _cluster(base, values.get("cluster") or {}, problems)
     if server_values and not problems:
-        if server_values["httpPort"] is None and server_values["httpsPort"] is None:
+        if server_values["httpPort"] is None and server_values["httpsPort"] is None and \
+                not joining:
             problems.append("server: expected at least one of httpPort and httpsPort")
         if server_values["httpsPort"] is not None:
             for key in ("sslCertPath", "sslKeyPath"):

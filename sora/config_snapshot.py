@@ -46,7 +46,7 @@ def read(path: str) -> tuple[list[FunctionConfig], list[BrokenFunction]]:
     try:
         with open(path, "rb") as fh:
             data = json.loads(fh.read())
-        return ([_function(entry) for entry in data["functions"]],
+        return ([function_from_entry(entry) for entry in data["functions"]],
                 [BrokenFunction(**entry) for entry in data["broken"]])
     except FileNotFoundError:
         raise ConfigError(path, ["expected the functions' configs written by the supervisor "
@@ -65,7 +65,9 @@ def load_host_config_of_child(config_path: str) -> HostConfig:
     return dataclasses.replace(config, functions=functions, broken=broken)
 
 
-def _function(entry: dict) -> FunctionConfig:
+def function_from_entry(entry: dict) -> FunctionConfig:
+    """A FunctionConfig from its snapshot entry (`dataclasses.asdict`), as written here or sent
+    by a joined host in its MEMBERS (sora.function_table)."""
     entry = dict(entry)
     entry["eventInvoke"] = EventInvokeConfig(**entry["eventInvoke"])
     entry["secrets"] = tuple(SecretSpec(**spec) for spec in entry["secrets"])

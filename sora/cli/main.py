@@ -2,7 +2,8 @@
 
     sora init NAME --language nodejs|python     a new function folder
     sora validate [PATH]                        a host config or a function folder
-    sora ls [--wide]                            functions, their state, instances, events
+    sora ls [--wide]                            functions, their state, instances, events;
+                                                on a cluster, each host and what it serves
     sora invoke NAME [--data JSON|@FILE|-] [--async] [--log]
     sora invoke --local DIR [--data ...] [--log]    once, without a host
     sora logs NAME [--follow] [--request-id ID]
@@ -28,6 +29,7 @@ import shlex
 import shutil
 import sys
 import textwrap
+import time
 
 from .. import protocol as p
 from ..cluster import keys as cluster_keys
@@ -196,16 +198,72 @@ def _invalid(exc: ConfigError, as_json: bool) -> int:
     return 2
 
 
+def is_cluster(hosts: dict) -> bool:
+    """Whether `hosts` (/healthz's) shows more than this host alone: then `sora ls` shows each
+    host and which hosts serve each function."""
+    return len(hosts) > 1 or any(not info.get("local") for info in hosts.values())
+
+
+def ago(stamp, now: float) -> str:
+    """`lastHeard` (epoch seconds) as an age: `0.4s ago`, `3m ago`."""
+    if not isinstance(stamp, (int, float)):
+        return "-"
+    age = max(0.0, now - stamp)
+    if age < 60:
+        return f"{age:.1f}s ago"
+    if age < 3600:
+        return f"{age // 60:.0f}m ago"
+    return f"{age // 3600:.0f}h ago"
+
+
+def served(functions: dict) -> str:
+    """A host's functions: `echo (2 workers, 3 instances, 1 in flight), ...`."""
+    parts = []
+    for name, info in sorted(functions.items()):
+        info = info if isinstance(info, dict) else {}
+        counts = [f"{info[key]} {label}" for key, label in (
+            ("workers", "workers"), ("instances", "instances"), ("inFlight", "in flight"))
+            if info.get(key) is not None]
+        parts.append(f"{name} ({', '.join(counts)})" if counts else name)
+    return ", ".join(parts) or "-"
+
+
+def render_ls(body: dict, wrap_at: int | None, now: float) -> None:
+    """`sora ls`'s tables from /api/functions: the functions, and on a cluster a HOSTS column
+    (the hosts serving each function) and a table of the hosts (name, address, state, last
+    heard, what each serves)."""
+    hosts = body.get("hosts") or {}
+    cluster = is_cluster(hosts)
+    rows = []
+    for f in body["functions"]:
+        events = f.get("events") or {}
+        row = [f["name"], f.get("state"), f.get("instances"), f.get("language"),
+               events.get("queued"), events.get("leased"), events.get("dead")]
+        if cluster:
+            row.append(",".join(f.get("hosts") or ()) or "-")
+        rows.append([*row, shown(f.get("reason") or "")])
+    headers = ["NAME", "STATE", "INSTANCES", "LANGUAGE", "QUEUED", "RUNNING", "DEAD"]
+    table(rows, [*headers, *(["HOSTS"] if cluster else []), "REASON"], wrap_at=wrap_at)
+    if not cluster:
+        return
+    print()
+    rows = []
+    for name, info in sorted(hosts.items(), key=lambda item: (not item[1].get("local"),
+                                                                 item[0])):
+        state = info.get("state") or ("local" if info.get("local") else None)
+        rows.append([shown(name) + (" (this host)" if info.get("local") else ""),
+                     shown(info.get("address")), shown(state),
+                     "-" if info.get("local") else ago(info.get("lastHeard"), now),
+                     shown(served(info.get("functions") or {}))])
+    table(rows, ["HOST", "ADDRESS", "STATE", "LAST HEARD", "FUNCTIONS"], wrap_at=wrap_at)
+
+
 def cmd_ls(args) -> int:
     body = Host.from_args(args).get_json("/api/functions")
     if args.json:
         emit_json(body)
         return 0
-    rows = [[f["name"], f["state"], f.get("instances"), f.get("language"),
-             f["events"]["queued"], f["events"]["leased"], f["events"]["dead"],
-             shown(f.get("reason") or "")] for f in body["functions"]]
-    table(rows, ["NAME", "STATE", "INSTANCES", "LANGUAGE", "QUEUED", "RUNNING", "DEAD",
-                 "REASON"], wrap_at=None if args.wide else terminal_width())
+    render_ls(body, None if args.wide else terminal_width(), time.time())
     return 0
 
 
@@ -507,7 +565,8 @@ def parser() -> argparse.ArgumentParser:
                      "(default: the host config, else .)")
     cmd.add_argument("--no-load", action="store_true", help="check the config only: do not "
                      "load each function's module (in its sandbox) to find load errors")
-    cmd = command("ls", cmd_ls, "list functions: state, instances, queued and dead events")
+    cmd = command("ls", cmd_ls, "list functions: state, instances, queued and dead events; "
+                  "on a cluster, the hosts")
     cmd.add_argument("--wide", action="store_true",
                      help="one line per function: the reason is not wrapped to the terminal")
     cmd = command("invoke", cmd_invoke, "invoke a function and print its result")

@@ -116,9 +116,11 @@ class ClusterListener:
 
     def hosts(self) -> list[dict]:
         """The joined hosts, for /healthz and `sora ls`."""
+        wall = time.time() - time.monotonic()   # last_seen is monotonic
         with self._lock:
             return [{"name": h.name, "address": h.address, "key": h.key, "since": h.since,
-                     "members": h.members} for h in self._hosts.values()]
+                     "lastHeard": wall + h.last_seen, "members": h.members}
+                    for h in self._hosts.values()]
 
     def reload_keys(self) -> None:
         """Read the allow-list again (after `sora keys add`): hosts added since may join."""

@@ -18,7 +18,12 @@ One ROUTER socket, `control.sock`, takes two kinds of peers:
 
 The arbiter talks to the thread over an inproc PAIR socket (`ControlHandle`); the thread tells
 the arbiter about workers becoming ready or silent through a queue plus a wake-up callback.
-`set_remote`/`drop_remote` merge workers of other hosts into MEMBERS (the cluster code).
+Across hosts (docs/architecture.md, "Several hosts"): on the main host, `set_remote` /
+`drop_remote` merge the workers of joined hosts into MEMBERS (the cluster listener's members,
+checked by the supervisor), and a function only a joined host serves comes with its `config`
+from there; on a joined host, `on_local` is given this host's own membership (`local_members`,
+with each function's config and load) whenever it changes, for the Uplink. STATUS shows every
+host (`hosts`) and, per function, the hosts serving it.
 """
 from __future__ import annotations
 
@@ -65,6 +70,16 @@ class FunctionEntry:
     workers: list[WorkerEntry] = field(default_factory=list)
 
 
+@dataclass
+class RemoteHost:
+    """A joined host as the status shows it (kept, as "lost", after it is dropped)."""
+    address: str | None
+    state: str           # "joined" or "lost"
+    since: float         # time.time() it joined, or was lost
+    last_heard: float    # time.time()
+    functions: dict = field(default_factory=dict)   # its members, as set_remote got them
+
+
 class ControlHandle:
     """The arbiter's handle on the control plane thread (used from one thread only)."""
 
@@ -81,8 +96,9 @@ class ControlHandle:
     def forget_worker(self, identity: bytes) -> None:
         self._sock.send_multipart([b"forget", identity])
 
-    def set_remote(self, host: str, functions: dict) -> None:
-        self._sock.send_multipart([b"remote", host.encode(), json.dumps(functions).encode()])
+    def set_remote(self, host: str, functions: dict, address: str | None = None) -> None:
+        self._sock.send_multipart([b"remote", host.encode(), json.dumps(functions).encode(),
+                                   (address or "").encode()])
 
     def drop_remote(self, host: str) -> None:
         self._sock.send_multipart([b"drop-remote", host.encode()])
@@ -97,7 +113,15 @@ class ControlHandle:
 class ControlPlane(threading.Thread):
     def __init__(self, endpoint: str, wake: Callable[[], None] = lambda: None,
                  max_instances: int = 1 << 30, max_memory_mb: int = 1 << 40,
-                 host: str | None = None):
+                 host: str | None = None, server_key: str | None = None,
+                 address: str | None = None,
+                 on_local: Callable[[dict], None] | None = None,
+                 heard: Callable[[], dict[str, float]] | None = None):
+        """`host`: this host's name in the cluster; `server_key`: its CURVE public key (z85),
+        the serverKey of its workers' tcp endpoints; `address`: what status shows as its
+        address; `on_local(members)`: told this host's own membership on every change (a
+        joined host's Uplink); `heard()`: joined host name -> time.time() last heard (the
+        cluster listener), for status."""
         super().__init__(name="sora-control", daemon=True)
         self.ctx = zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.ROUTER)
@@ -116,11 +140,21 @@ class ControlPlane(threading.Thread):
         self.control = ControlHandle(arbiter_end, self.events)
         self._wake = wake
         self.host = host or socket.gethostname()
+        self.server_key = server_key
+        self.address = address
+        self.started = time.time()
+        self._on_local = on_local
+        self._local_sent = b""
+        self._heard = heard or (lambda: {})
+        # The functions' configs (config snapshot entries), given with set_functions.
+        self.configs: dict[str, dict] = {}
         self.functions: dict[str, FunctionEntry] = {}
         self.workers: dict[bytes, WorkerEntry] = {}
         self.subscribers: dict[bytes, float] = {}   # client identity -> last heard
-        # host -> {function: {"workers": [...], "maxQueued"?, "maxWait"?}} (set_remote)
-        self.remote: dict[str, dict] = {}
+        # Joined hosts (set_remote): their members {function: {"workers": [...],
+        # "available"?, "reason"?, "maxQueued"?, "maxWait"?, "config"?, "instances"?,
+        # "inFlight"?, "state"?}}, and the lost ones until they come back.
+        self.hosts: dict[str, RemoteHost] = {}
         self.status_snapshot: dict = {}
         self.version = 0
         self._members_body = b""   # MEMBERS as last sent, without its version
@@ -140,32 +174,84 @@ class ControlPlane(threading.Thread):
             return False   # the peer is gone (or not keeping up): it hears on its next beat
 
     # --- membership -----------------------------------------------------------------------------
+    def _local_worker(self, w: WorkerEntry) -> dict:
+        tcp = w.endpoint.startswith("tcp://")
+        return {"id": w.identity.decode(), "endpoint": w.endpoint, "host": self.host,
+                "serverKey": self.server_key if tcp else None}
+
+    @property
+    def remote(self) -> dict[str, dict]:
+        """The joined hosts' members, by host (the lost ones have none)."""
+        return {name: h.functions for name, h in self.hosts.items() if h.state == "joined"}
+
     def members(self) -> dict:
-        """What clients are told: per function, whether it serves and at which workers."""
+        """What clients are told: per function, whether it serves and at which workers (of
+        every host); a function only other hosts serve comes with its `config` from there."""
         functions: dict[str, dict] = {}
         for name, fe in self.functions.items():
             functions[name] = {
                 "available": fe.available, "reason": fe.reason, "maxQueued": fe.max_queued,
                 "maxWait": fe.max_wait,
-                "workers": [{"id": w.identity.decode(), "endpoint": w.endpoint,
-                             "host": self.host, "serverKey": None} for w in fe.workers]}
-        for host in sorted(self.remote):
-            for name, info in self.remote[host].items():
+                "workers": [self._local_worker(w) for w in fe.workers]}
+        remote_only: set[str] = set()
+        for host, served in sorted(self.remote.items()):
+            for name, info in served.items():
                 entry = functions.get(name)
                 if entry is None:
-                    # Served only on another host: it serves if that host says so.
+                    # Served only on other hosts: the first (by name) speaks for its settings.
+                    remote_only.add(name)
                     entry = functions[name] = {
-                        "available": True, "reason": "",
+                        "available": bool(info.get("available", True)),
+                        "reason": info.get("reason", ""),
                         "maxQueued": info.get("maxQueued", 100),
                         "maxWait": info.get("maxWait", 3.0), "workers": []}
+                    if "config" in info:
+                        entry["config"] = info["config"]
+                elif info.get("available", True) and info.get("workers") and \
+                        not entry["available"]:
+                    # Unavailable here (or on another host), serving there: it serves.
+                    entry.update(available=True, reason="")
+                    if name in remote_only and "config" in info:
+                        entry["config"] = info["config"]
                 for w in info.get("workers", []):
                     entry["workers"].append({"id": w["id"], "endpoint": w["endpoint"],
                                              "host": w.get("host", host),
                                              "serverKey": w.get("serverKey")})
         return {"version": self.version, "functions": functions}
 
+    def local_members(self) -> dict:
+        """This host's own functions, for the main host (a joined host's Uplink): what
+        `members()` says of them, plus each one's config (its snapshot entry), state and
+        load (instances, invocations held)."""
+        states = self.status_snapshot.get("functions", {})
+        out = {}
+        for name, fe in self.functions.items():
+            out[name] = {"available": fe.available, "reason": fe.reason,
+                         "maxQueued": fe.max_queued, "maxWait": fe.max_wait,
+                         "state": states.get(name, {}).get("state"),
+                         "instances": sum(w.instances for w in fe.workers),
+                         "inFlight": sum(w.held for w in fe.workers),
+                         "workers": [self._local_worker(w) for w in fe.workers]}
+            if name in self.configs:
+                out[name]["config"] = self.configs[name]
+        return out
+
+    def tell_local(self) -> None:
+        """Give `on_local` this host's membership if it changed since it was last given."""
+        if self._on_local is None:
+            return
+        local = self.local_members()
+        body = json.dumps(local, sort_keys=True).encode()
+        if body != self._local_sent:
+            self._local_sent = body
+            try:
+                self._on_local(local)
+            except Exception:  # noqa: BLE001 - the link's trouble must not end the plane
+                log.exception("could not hand this host's members to the cluster link")
+
     def publish_members(self) -> None:
         """Send MEMBERS to every subscriber if it changed since it was last sent."""
+        self.tell_local()
         members = self.members()
         body = json.dumps(members["functions"], sort_keys=True).encode()
         if body == self._members_body:
@@ -183,15 +269,25 @@ class ControlPlane(threading.Thread):
             self.publish_members()
         self._send(client, p.MEMBERS, self._members)
 
-    def set_remote(self, host: str, functions: dict) -> None:
+    def set_remote(self, host: str, functions: dict, address: str | None = None) -> None:
         """Workers of another host, merged into MEMBERS: {function: {"workers": [{"id",
-        "endpoint", "host", "serverKey"}], ...}}. Called on this thread (the cluster code) or
-        through `ControlHandle.set_remote`."""
-        self.remote[host] = functions
+        "endpoint", "host", "serverKey"}], ...}} (checked by the caller: see
+        sora/supervisor/hosts.py). Called on this thread or through
+        `ControlHandle.set_remote`."""
+        now = time.time()
+        known = self.hosts.get(host)
+        if known is None or known.state != "joined":
+            self.hosts[host] = RemoteHost(address, "joined", now, now, functions)
+        else:
+            known.functions, known.last_heard = functions, now
+            known.address = address or known.address
         self.publish_members()
 
     def drop_remote(self, host: str) -> None:
-        if self.remote.pop(host, None) is not None:
+        known = self.hosts.get(host)
+        if known is not None and known.state == "joined":
+            now = time.time()
+            known.state, known.since, known.functions = "lost", now, {}
             self.publish_members()
 
     # --- peers ----------------------------------------------------------------------------------
@@ -302,7 +398,8 @@ class ControlPlane(threading.Thread):
             elif cmd == b"forget":
                 self.forget(frames[1], "process exited")
             elif cmd == b"remote":
-                self.set_remote(frames[1].decode(), json.loads(frames[2]))
+                self.set_remote(frames[1].decode(), json.loads(frames[2]),
+                                frames[3].decode() or None if len(frames) > 3 else None)
             elif cmd == b"drop-remote":
                 self.drop_remote(frames[1].decode())
             elif cmd == b"stop":
@@ -318,19 +415,51 @@ class ControlPlane(threading.Thread):
             fe.concurrency = spec.get("concurrency", fe.concurrency)
             fe.memory = spec.get("memory", fe.memory)
             fe.available, fe.reason = spec["available"], spec.get("reason", "")
+            if "config" in spec:
+                self.configs[name] = spec["config"]
         self.publish_members()
 
     def status_body(self) -> bytes:
+        """What /healthz shows: the arbiter's status, each function's load and the hosts
+        serving it, and every host (this one `local`) with what it serves."""
         functions = {name: dict(info) for name, info in
                      self.status_snapshot.get("functions", {}).items()}
+        now = time.time()
+        here = {}
         for name, fe in self.functions.items():
             info = functions.setdefault(name, {})
-            info["inFlight"] = sum(w.held for w in fe.workers)
-            info["instances"] = sum(w.instances for w in fe.workers)
-            info["workers"] = len(fe.workers)
-        hosts = {self.host: sorted(name for name, fe in self.functions.items() if fe.workers)}
-        for host, served in self.remote.items():
-            hosts[host] = sorted(name for name, info in served.items() if info.get("workers"))
+            load = {"workers": len(fe.workers),
+                    "instances": sum(w.instances for w in fe.workers),
+                    "inFlight": sum(w.held for w in fe.workers)}
+            info.update(load)
+            info["hosts"] = [self.host] if fe.workers else []
+            if fe.workers:
+                here[name] = load
+        hosts = {self.host: {"address": self.address, "state": "joined", "since": self.started,
+                             "lastHeard": now, "local": True, "functions": here}}
+        heard = self._heard()
+        for host, known in sorted(self.hosts.items()):
+            served = {}
+            for name, remote in known.functions.items():
+                load = {"workers": len(remote.get("workers", [])),
+                        "instances": _int(remote.get("instances", 0)),
+                        "inFlight": _int(remote.get("inFlight", 0))}
+                info = functions.get(name)
+                if info is None:   # served only on other hosts
+                    info = functions[name] = _remote_function(remote)
+                if not load["workers"]:
+                    continue
+                served[name] = load
+                for key in ("workers", "instances", "inFlight"):
+                    info[key] = info.get(key, 0) + load[key]
+                info.setdefault("hosts", []).append(host)
+                if info.get("remote") and remote.get("state") == "RUNNING":
+                    info["state"] = "RUNNING"
+            hosts[host] = {"address": known.address, "state": known.state,
+                           "since": known.since,
+                           "lastHeard": heard.get(host, known.last_heard)
+                           if known.state == "joined" else known.last_heard,
+                           "functions": served}
         return json.dumps({**self.status_snapshot, "functions": functions,
                            "hosts": hosts}).encode()
 
@@ -343,6 +472,7 @@ class ControlPlane(threading.Thread):
                 self._notify("silent", identity)
             else:
                 self._send(identity, p.HEARTBEAT)
+        self.tell_local()   # the load (instances, held) it shows changes with the beats
         for client, last in list(self.subscribers.items()):
             if now - last > silent_after:
                 del self.subscribers[client]
@@ -372,8 +502,20 @@ class ControlPlane(threading.Thread):
         self._pair.close(linger=0)
 
 
-def _int(frame: bytes) -> int:
+def _int(frame) -> int:
     try:
         return int(frame)
-    except ValueError:
+    except (TypeError, ValueError):
         return 0
+
+
+def _remote_function(remote: dict) -> dict:
+    """A function only other hosts serve, as status shows it: from its config there."""
+    config = remote.get("config") or {}
+    info = {"kind": "worker", "remote": True, "state": remote.get("state") or "STARTING",
+            "reason": remote.get("reason", ""), "workers": 0, "instances": 0, "inFlight": 0,
+            "hosts": []}
+    for key in ("language", "timeout", "minInstances", "maxInstances", "concurrency"):
+        if key in config:
+            info[key] = config[key]
+    return info

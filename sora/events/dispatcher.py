@@ -18,6 +18,13 @@ answer:
 - an event it cannot be given: dead-lettered at once; so are the events of a function that is
   no longer on the host.
 
+The functions are this host's and those only joined hosts serve, by the config their host
+sent in MEMBERS (sora.function_table): their events are leased and run like local ones, and
+wait (uncounted, until their age runs out) while no host serving them is connected. An event
+of a function that is known nowhere is dead-lettered, but on the main host of a cluster only
+once the first MEMBERS came and only after the default event age: it may be a joined host's,
+whose host is away while this dispatcher started.
+
 At most `maxConcurrency` events of a function run at once. Gateways nudge the dispatcher after
 storing an event (`events.sock`), so it starts at once; it also looks every IDLE_POLL seconds.
 At start it returns every lease to the queue: only a dispatcher that is gone could hold one.
@@ -36,9 +43,10 @@ import time
 import zmq
 
 from .. import protocol as p
-from ..config import FunctionConfig, HostConfig
+from ..config import EventInvokeConfig, FunctionConfig, HostConfig
 from ..config_snapshot import load_host_config_of_child
-from ..messaging.client import InvocationClient, BrokerTimeout, BrokerUnavailable, broker_waits
+from ..function_table import FunctionTable
+from ..messaging.client import InvocationClient, BrokerTimeout, BrokerUnavailable, host_keys
 from ..hotpath import quiet_gc
 from ..store import queue
 from ..store.db import connect_queue
@@ -71,11 +79,13 @@ def retry_delay(fn: FunctionConfig, attempts: int) -> float:
 
 
 class Dispatcher:
-    def __init__(self, config: HostConfig):
+    def __init__(self, config: HostConfig, client: InvocationClient | None = None):
         self.config = config
         self.state_dir = config.stateDir
-        self.functions = {fn.name: fn for fn in config.functions}
-        self.waits = broker_waits(config)
+        self.client = client if client is not None else InvocationClient(
+            p.control_endpoint(self.state_dir), self.state_dir, host_keys(config))
+        # This host's functions and those only joined hosts serve (from MEMBERS).
+        self.functions = FunctionTable(config, self.client)
         self.running: dict[str, int] = {}
         self.tasks: set[asyncio.Task] = set()
         self.stopping = False
@@ -98,7 +108,8 @@ class Dispatcher:
         released = queue.release_leases(self.conn, time.time(), expired_only=False)
         if released:
             log.info("%d event(s) leased before a crash or stop are queued again", released)
-        client = InvocationClient(p.control_endpoint(self.state_dir), self.state_dir)
+        client = self.client
+        client.start()   # subscribed at once: the functions of joined hosts come in MEMBERS
         ctx = zmq.Context()
         nudges = ctx.socket(zmq.PULL)
         nudges.bind(p.events_endpoint(self.state_dir))
@@ -136,11 +147,11 @@ class Dispatcher:
                 if queue.release_leases(self.conn, now):
                     log.warning("event leases ran out without an answer; queued again")
                 for name in queue.queued_functions(self.conn, now):
-                    if name not in self.functions:  # removed from the host since accepted
-                        self._bury_orphans(name)
-                for fn in self.functions.values():
+                    if not self.functions.knows(name):  # removed since accepted
+                        self._bury_orphans(name, now)
+                for fn in self.functions.functions():
                     self._bury_expired(fn, now)
-            for name in self.functions:
+            for name in self.functions.names():
                 self._start_due(client, name, now)
             due = queue.next_due(self.conn)
             timeout = IDLE_POLL if due is None or due <= now else min(due - now, IDLE_POLL)
@@ -149,10 +160,20 @@ class Dispatcher:
             except asyncio.TimeoutError:
                 pass
 
-    def _bury_orphans(self, name: str) -> None:
+    def _bury_orphans(self, name: str, now: float) -> None:
         reason = "FunctionUnavailable" if self.config.knows(name) else "FunctionNotFound"
-        n = queue.bury_expired(self.conn, name, float("inf"), reason)
-        log.error("%d event(s) for %s dead-lettered: %s", n, name, reason)
+        older_than = float("inf")
+        if reason == "FunctionNotFound" and self.config.cluster.listen:
+            # The main host of a cluster: it may be a function of a joined host that is away
+            # (this dispatcher started since, so never heard of it). Its events wait out the
+            # default event age, as they would for the function itself.
+            if self.client.members_version is None:
+                return   # not even this host's control plane has spoken yet
+            reason = "EventAgeExceeded"
+            older_than = now - EventInvokeConfig().maximumEventAgeInSeconds
+        n = queue.bury_expired(self.conn, name, older_than, reason)
+        if n:
+            log.error("%d event(s) for %s dead-lettered: %s", n, name, reason)
 
     def _bury_expired(self, fn: FunctionConfig, now: float) -> None:
         """Events that waited past their age without a failed attempt (the host was down, the
@@ -164,11 +185,11 @@ class Dispatcher:
                         expired, fn.name, max_age)
 
     def _start_due(self, client: InvocationClient, name: str, now: float) -> None:
-        fn = self.functions[name]
+        fn = self.functions.get(name)
         free = fn.eventInvoke.maxConcurrency - self.running.get(name, 0)
         if free <= 0:
             return
-        wait = self.waits[name]
+        wait = self.functions.wait(name)
         for event in queue.lease(self.conn, name, free, now, wait + LEASE_MARGIN):
             self.running[name] = self.running.get(name, 0) + 1
             task = asyncio.get_running_loop().create_task(self._run(client, fn, event, wait))

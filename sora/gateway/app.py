@@ -16,8 +16,9 @@ from .. import protocol as p
 from ..config import FUNCTION_NAME_RE, HostConfig
 from ..config_snapshot import load_host_config_of_child
 from ..events.intake import EventIntake
+from ..function_table import FunctionTable
 from .auth import CREDENTIAL_HEADERS, authorizer_for, is_admin
-from ..messaging.client import InvocationClient, BrokerTimeout
+from ..messaging.client import InvocationClient, BrokerTimeout, host_keys
 from .error_detail import NONE, plain_text
 from .errors import SoraError
 from .invocation_route import RETRY_AFTER, InvocationRoute
@@ -68,14 +69,14 @@ class FunctionUrlResource(InvocationRoute):
     auth_scope = "invoke"
     public_urls = True   # a function with `auth: none` is open here (sora.gateway.auth)
 
-    def __init__(self, client: InvocationClient, config: HostConfig, intake: EventIntake):
-        super().__init__(client, config, intake)
+    def __init__(self, client: InvocationClient, config: HostConfig, intake: EventIntake,
+                 functions: FunctionTable | None = None):
+        super().__init__(client, config, intake, functions)
         # On a host with keys, the key a caller presents to reach a function is Sora's, not
         # the function's: it never reaches the function (a function called with the admin
         # key could otherwise use it against /api). `auth: none` functions, where Sora
         # consumed nothing, get all their callers' headers.
         self.keyed = bool(config.apiKeys)
-        self.public = {fn.name for fn in config.functions if fn.auth == "none"}
         if self.error_detail.level == NONE:
             # Only then: the warm path of the other levels keeps its one coroutine.
             for method in falcon.constants.COMBINED_METHODS:
@@ -112,7 +113,8 @@ class FunctionUrlResource(InvocationRoute):
             raw_headers=scope["headers"], body=body, source_ip=client[0] if client else "",
             http_version=scope.get("http_version", "1.1"), request_id=request_id,
             function=name,
-            hidden=CREDENTIAL_HEADERS if self.keyed and name not in self.public else ())
+            hidden=CREDENTIAL_HEADERS if self.keyed and not self.functions.is_public(name)
+            else ())
         kind = req.get_header(INVOCATION_TYPE_HEADER)
         if kind is not None and kind != "RequestResponse":
             if kind != "Event":
@@ -190,26 +192,31 @@ def create_app(config: HostConfig | None = None,
     if config is None:
         config = load_host_config_of_child(os.environ["SORA_CONFIG"])
     if client is None:
-        client = InvocationClient(p.control_endpoint(config.stateDir), config.stateDir)
+        client = InvocationClient(p.control_endpoint(config.stateDir), config.stateDir,
+                                  host_keys(config))
+    # This host's functions and those only joined hosts serve (learnt from MEMBERS).
+    table = FunctionTable(config, client)
     # No middleware but API keys, and those only when the host has keys: every responder and
     # error handler sets X-Sora-Request-Id itself, which keeps a per-request middleware call
     # off the hot path of an open host.
-    authorizer = authorizer_for(config)
+    authorizer = authorizer_for(config, table)
     app = falcon.asgi.App(middleware=[authorizer] if authorizer else [])
     app.req_options.strip_url_path_trailing_slash = False
     intake = EventIntake(config.stateDir, config.minFreeDiskMB)
-    functions = FunctionUrlResource(client, config, intake)
+    functions = FunctionUrlResource(client, config, intake, table)
     app.add_route("/functions/{name}", functions)
     app.add_route("/functions/{name}/{path:path}", functions)
     app.add_route("/healthz", HealthResource(client))
     app.add_route("/2015-03-31/functions/{name}/invocations",
-                  InvokeResource(client, config, intake))
+                  InvokeResource(client, config, intake, table))
     store = Store(config.stateDir)
     app.add_route("/api/functions", FunctionListResource(client, store))
-    app.add_route("/api/functions/{name}/invocations", InvocationListResource(store, config))
-    app.add_route("/api/functions/{name}/logs", LogsResource(store, config))
-    app.add_route("/api/functions/{name}/dlq", DeadLetterResource(store, config))
-    app.add_route("/api/functions/{name}/dlq/replay", DeadLetterReplayResource(store, config))
+    app.add_route("/api/functions/{name}/invocations",
+                  InvocationListResource(store, config, table))
+    app.add_route("/api/functions/{name}/logs", LogsResource(store, config, table))
+    app.add_route("/api/functions/{name}/dlq", DeadLetterResource(store, config, table))
+    app.add_route("/api/functions/{name}/dlq/replay",
+                  DeadLetterReplayResource(store, config, table))
     app.add_route("/api/invocations/{request_id}", InvocationResource(store))
     app.add_error_handler(Exception, handle_unexpected)
     app.add_error_handler(falcon.HTTPError, handle_http_error)

@@ -3,7 +3,8 @@
 Each route says what it needs in its resource's `auth_scope`: `invoke` (the function URL and
 the Invoke API, for the function named in the path), `admin` (records, logs, dead letters),
 or `public` (health: open, but its details only for an admin key). A function with
-`auth: none` in its sora.yaml has a public function URL.
+`auth: none` in its sora.yaml has a public function URL (a function only a joined host serves
+too, by the config that host sent: sora.function_table).
 
 No keys configured: the middleware is not installed at all, so an open host pays nothing per
 request. A key sent as it is (`Authorization: Bearer`, `X-Api-Key`) is compared by its SHA-256
@@ -29,6 +30,7 @@ import urllib.parse
 import falcon.asgi
 
 from ..config import ApiKey, HostConfig, key_digest
+from ..function_table import FunctionTable
 from .errors import SoraError
 from .requests import keep_body, read_body
 from .sigv4 import SignatureRefused, SignedRequest, Verifier, is_signed
@@ -55,10 +57,10 @@ def presented_key(req: falcon.asgi.Request) -> str | None:
 
 
 class Authorizer:
-    def __init__(self, keys: tuple[ApiKey, ...], public_functions: set[str],
+    def __init__(self, keys: tuple[ApiKey, ...], functions: FunctionTable,
                  max_body: int = 6 << 20, body_timeout: float = 10.0):
         self.keys = keys
-        self.public_functions = public_functions
+        self.functions = functions
         self.verifier = Verifier(keys)
         self.max_body = max_body
         self.body_timeout = body_timeout
@@ -78,11 +80,13 @@ class Authorizer:
         params = params or {}
         function_of = getattr(resource, "function_of", None)
         function = function_of(params) if function_of else params.get("name")
-        if scope == "invoke" and getattr(resource, "public_urls", False) and \
-                function in self.public_functions:
-            # Sora consumes no credential here: a signature (or a key) is the function's.
-            req.context.api_key = None
-            return
+        if scope == "invoke" and getattr(resource, "public_urls", False):
+            if function and not self.functions.knows(function):
+                await self.functions.settled(function)   # perhaps a joined host's
+            if self.functions.is_public(function):
+                # Sora consumes no credential here: a signature (or a key) is the function's.
+                req.context.api_key = None
+                return
         given = presented_key(req)
         refused = None
         if given is None and is_signed(authorization := req.get_header("Authorization")):
@@ -163,11 +167,13 @@ def _client(req) -> str:
     return client[0] if client else "?"
 
 
-def authorizer_for(config: HostConfig) -> Authorizer | None:
+def authorizer_for(config: HostConfig, functions: FunctionTable | None = None
+                   ) -> Authorizer | None:
     if not config.apiKeys:
         return None
-    return Authorizer(config.apiKeys, {fn.name for fn in config.functions if fn.auth == "none"},
-                      config.server.maxBodyBytes, config.server.bodyTimeout)
+    return Authorizer(config.apiKeys, functions if functions is not None else
+                      FunctionTable(config), config.server.maxBodyBytes,
+                      config.server.bodyTimeout)
 
 
 def is_admin(req) -> bool:

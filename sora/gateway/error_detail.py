@@ -37,9 +37,16 @@ def unavailable_message(name: str) -> str:
 
 
 class ErrorDetail:
-    def __init__(self, level: str, roots: list[tuple[str, str]]):
-        """`roots`: (path, name shown instead), any order."""
+    def __init__(self, level: str, roots: list[tuple[str, str]], functions=None):
+        """`roots`: (path, name shown instead), any order. `functions`: the FunctionTable
+        whose remote functions' folders (on their hosts) are hidden too, as they come."""
         self.level = level
+        self.functions = functions
+        self._base = list(roots)
+        self._version = functions.version if functions is not None else 0
+        self._set_roots(roots)
+
+    def _set_roots(self, roots: list[tuple[str, str]]) -> None:
         # Longest first, so a function folder inside the config's folder gets its own name;
         # a path counts only as a whole (`/srv/fns/echo` is not in `/srv/fns/echo-data`).
         self.roots = sorted({(path.rstrip(os.sep), shown) for path, shown in roots
@@ -50,8 +57,18 @@ class ErrorDetail:
             "(?:" + "|".join(re.escape(path) for path, _ in self.roots) + r")(?![\w@+-]|\.\w)"
         ) if self.roots else None
 
+    def _follow_functions(self) -> None:
+        """Add the folders of functions joined hosts serve, when the table learnt new ones
+        (only failures pay for this look)."""
+        table = self.functions
+        if table is None or table.version == self._version:
+            return
+        self._version = table.version
+        remote = [(fn.directory, ".") for fn in table.remote.values()]
+        self._set_roots(self._base + remote)
+
     @classmethod
-    def of(cls, config: HostConfig) -> "ErrorDetail":
+    def of(cls, config: HostConfig, functions=None) -> "ErrorDetail":
         sora_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         roots = [(sora_dir, "<sora>"), (config.stateDir, "<stateDir>"),
                  (os.path.dirname(os.path.abspath(config.path)), "<config>")]
@@ -62,10 +79,11 @@ class ErrorDetail:
         # A link in a path (a temp dir under /tmp -> /private/tmp, a symlinked checkout) is
         # written either way by the runtimes and by Python.
         roots += [(os.path.realpath(path), shown) for path, shown in roots]
-        return cls(config.server.errorDetail, roots)
+        return cls(config.server.errorDetail, roots, functions)
 
     def redact(self, text: str) -> str:
         """`text` with every known host path replaced by its short name."""
+        self._follow_functions()
         if self.pattern is None:
             return text
         return self.pattern.sub(lambda match: self.shown[match.group(0)], text)

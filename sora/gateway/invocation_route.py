@@ -1,5 +1,6 @@
 """What the two invocation routes (function URLs and the Invoke API) share: the invocation
-client, the host config, the body limit and call waits, and accepting an asynchronous event."""
+client, the host config, the table of functions (this host's and those only joined hosts serve,
+sora.function_table), the body limit and call waits, and accepting an asynchronous event."""
 from __future__ import annotations
 
 import logging
@@ -7,7 +8,8 @@ import logging
 from .. import protocol as p
 from ..config import HostConfig
 from ..events.intake import EventIntake, EventNotStored, LowDisk, QueueFull
-from ..messaging.client import BROKER_SLACK, InvocationClient, BrokerUnavailable, broker_waits
+from ..function_table import FunctionTable
+from ..messaging.client import InvocationClient, BrokerUnavailable
 from .error_detail import ErrorDetail
 from .errors import SoraError
 
@@ -19,19 +21,16 @@ LOW_DISK_RETRY_AFTER = "10"
 
 
 class InvocationRoute:
-    def __init__(self, client: InvocationClient, config: HostConfig, intake: EventIntake):
+    def __init__(self, client: InvocationClient, config: HostConfig, intake: EventIntake,
+                 functions: FunctionTable | None = None):
         self.client = client
         self.config = config
         self.intake = intake
+        self.functions = functions if functions is not None else FunctionTable(config)
         self.max_body = config.server.maxBodyBytes
         self.body_timeout = config.server.bodyTimeout
-        self.waits = broker_waits(config)
         self.max_event = config.server.maxEventBytes
-        self.error_detail = ErrorDetail.of(config)
-        # Per function: (most events stored, most payload bytes stored).
-        self.event_caps = {fn.name: (fn.eventInvoke.maxQueuedEvents,
-                                     fn.eventInvoke.maxQueuedMB << 20)
-                           for fn in config.functions}
+        self.error_detail = ErrorDetail.of(config, self.functions)
 
     async def invoke(self, name: str, request_id: bytes, payload: bytes, meta: bytes,
                      error: type[SoraError] = SoraError,
@@ -41,14 +40,18 @@ class InvocationRoute:
         known worker to take the call (the supervisor is gone or restarting), or a control
         plane that does not know a function this gateway's config has (one just started,
         before it learned the functions). A configured function is never reported as not
-        found. Raises BrokerTimeout as the client does."""
+        found, nor is a function a joined host served while none serves it now (its hosts
+        are lost or restarting). Raises BrokerTimeout as the client does."""
         try:
             frames = await self.client.invoke(name, request_id, payload,
-                                              self.waits.get(name, BROKER_SLACK), meta)
+                                              self.functions.wait(name), meta)
         except BrokerUnavailable:
             raise error(503, error_type, "The host's control plane is not running (the "
                         "supervisor is stopping or restarting)", {"Retry-After": RETRY_AFTER}) from None
-        if frames[0] == p.NOT_FOUND and self.config.knows(name):
+        if frames[0] == p.NOT_FOUND and self.functions.knows(name):
+            if self.functions.is_remote(name):
+                raise error(503, error_type, f"No host that serves function {name} is "
+                            "connected now (lost or restarting)", {"Retry-After": RETRY_AFTER})
             raise error(503, error_type, f"The host does not know function {name} "
                         "yet (the supervisor is starting)", {"Retry-After": RETRY_AFTER})
         return frames
@@ -59,8 +62,8 @@ class InvocationRoute:
         function, 503 for a broken one or when the event could not be stored (the disk low
         among the reasons), 413 for an event over `maxEventBytes`, 429 when the function has
         as many events stored as its caps allow. Nothing is stored unless this returns."""
-        if self.config.function(name) is None:
-            broken = next((b for b in self.config.broken if b.name == name), None)
+        if await self.functions.lookup(name) is None:
+            broken = self.functions.broken.get(name)
             if broken is None:
                 raise error(404, "ResourceNotFoundException", f"Function not found: {name}")
             # The reason names files of the host (the config, a setup log): for `full` only.
@@ -73,7 +76,7 @@ class InvocationRoute:
                 f"{self.max_event} bytes (server.maxEventBytes)"))
         try:
             await self.intake.accept(request_id, name, trigger, payload,
-                                     self.event_caps.get(name))
+                                     self.functions.event_caps(name))
         except QueueFull as exc:
             raise error(429, "TooManyRequestsException", (
                 f"The event was not accepted: {exc}"), {"Retry-After": RETRY_AFTER}) from None

@@ -93,7 +93,7 @@ class InvokeResource(InvocationRoute):
             raise InvokeApiError(400, "InvalidParameterValueException", (
                 f"X-Amz-Invocation-Type: expected RequestResponse, Event or DryRun, "
                 f"got {kind!r}"))
-        if not self.config.knows(fn_name):
+        if not await self.functions.known(fn_name):
             raise InvokeApiError(404, "ResourceNotFoundException",
                                  f"Function not found: {fn_name}")
         payload = await read_body(req, self.max_body, self.body_timeout) or b"{}"

@@ -26,6 +26,7 @@ import time
 import orjson
 
 from ..config import HostConfig
+from ..function_table import FunctionTable
 from ..store import queue, records
 from ..store.db import connect, connect_queue
 from ..messaging.client import InvocationClient, BrokerTimeout
@@ -103,18 +104,20 @@ def _json(resp, value) -> None:
 
 
 class _FunctionRoute:
-    def __init__(self, store: Store, config: HostConfig):
+    def __init__(self, store: Store, config: HostConfig, functions: FunctionTable | None = None):
         self.store = store
         self.config = config
+        # This host's functions and those joined hosts serve (their records come here).
+        self.functions = functions if functions is not None else FunctionTable(config)
 
-    def check_function(self, name: str) -> None:
-        if not self.config.knows(name):
+    async def check_function(self, name: str) -> None:
+        if not await self.functions.known(name):
             raise SoraError(404, "ResourceNotFoundException", f"Function not found: {name}")
 
 
 class InvocationListResource(_FunctionRoute):
     async def on_get(self, req, resp, name: str) -> None:
-        self.check_function(name)
+        await self.check_function(name)
         status = req.get_param("status")
         if status is not None and status not in records.STATUSES:
             raise _bad(f"status: expected one of {', '.join(records.STATUSES)}, got {status!r}")
@@ -148,7 +151,8 @@ class InvocationResource:
 
 
 class FunctionListResource:
-    """What `sora ls` shows: the supervisor's view of each function, with its event counts."""
+    """What `sora ls` shows: the supervisor's view of each function, with its event counts,
+    and of each host of the cluster (`hosts`, as the control plane's status gives it)."""
 
     def __init__(self, client: InvocationClient, store: Store):
         self.client = client
@@ -165,26 +169,27 @@ class FunctionListResource:
         for name, info in sorted(health.get("functions", {}).items()):
             events = counts.get(name, dict.fromkeys(queue.EVENT_STATES, 0))
             functions.append({"name": name, **info, "events": events})
-        _json(resp, {"status": health.get("status"), "functions": functions})
+        _json(resp, {"status": health.get("status"), "functions": functions,
+                     "hosts": health.get("hosts") or {}})
 
 
 class DeadLetterResource(_FunctionRoute):
     async def on_get(self, req, resp, name: str) -> None:
-        self.check_function(name)
+        await self.check_function(name)
         items, cursor = queue.dead_letters(self.store.queue, name,
                                            _int_param(req, "limit", 50, 1, MAX_LIMIT),
                                            _int_param(req, "cursor", None, 1))
         _json(resp, {"events": items, "nextCursor": cursor})
 
     async def on_delete(self, req, resp, name: str) -> None:
-        self.check_function(name)
+        await self.check_function(name)
         ids = req.get_param_as_list("requestId")
         _json(resp, {"discarded": queue.discard(self.store.queue, name, ids)})
 
 
 class DeadLetterReplayResource(_FunctionRoute):
     async def on_post(self, req, resp, name: str) -> None:
-        self.check_function(name)
+        await self.check_function(name)
         body = await read_body(req, 1 << 20, self.config.server.bodyTimeout)
         ids = None
         if body.strip():
@@ -202,7 +207,7 @@ class DeadLetterReplayResource(_FunctionRoute):
 
 class LogsResource(_FunctionRoute):
     async def on_get(self, req, resp, name: str) -> None:
-        self.check_function(name)
+        await self.check_function(name)
         request_id = req.get_param("requestId")
         limit = _int_param(req, "limit", MAX_LIMIT, 1, MAX_LIMIT)
         follow = req.get_param_as_bool("follow") or False

@@ -19,6 +19,17 @@ it) answers them WORKER_LOST at once, and they are recorded as crashed (`Sora.Wo
 through a RecordSender when the client has a state dir. A worker that says DISCONNECT takes no
 new calls; those it holds are still answered.
 
+Workers on other hosts (`tcp://` endpoints, each with its host's `serverKey`) are reached as
+CURVE clients with this host's key pair (`cluster.keys`, sora.cluster.keys). A tcp worker
+without a serverKey, or any tcp worker when this host has no keys, is never connected in clear:
+it is logged once and left out, as if absent. Heartbeat silence is what tells a cut link (no
+TCP reset comes), so a tcp worker silent for HEARTBEAT_LIVENESS intervals loses its calls
+WORKER_LOST like a local one.
+
+Whoever needs each function's config (the gateways' auth and caps, the dispatcher) listens to
+MEMBERS too (`add_members_listener`, sora.function_table): a function served only by a joined
+host comes with its config there.
+
 The control plane being down stops no call to a worker this client knows. Before any MEMBERS
 arrived, calls wait for them (until their deadline); once the control plane was connected and
 is gone, a call that no known worker can take fails at once with `BrokerUnavailable` (the
@@ -43,6 +54,7 @@ from collections import deque
 import zmq
 
 from .. import protocol as p
+from ..cluster.keys import KeyRing, KeysError, client_socket, load_keys
 from ..config import HostConfig
 from ..hotpath import recv_ready, send_frames
 
@@ -56,14 +68,24 @@ BROKER_SLACK = 10.0
 CALL_SLACK = BROKER_SLACK
 _SILENT_AFTER = p.HEARTBEAT_INTERVAL * p.HEARTBEAT_LIVENESS
 _MONITOR_EVENTS = zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
+# A tcp worker's CURVE handshake failing: its host does not allow this host's key.
+_REFUSED_EVENTS = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+# How long a caller that asks about a function this host does not have waits for the first
+# MEMBERS (a function of a joined host is known from there).
+FIRST_MEMBERS_WAIT = 2.0
+_WORKER_RECONNECT_IVL_MS = 100
 
 
-def broker_waits(config: HostConfig) -> dict[str, float]:
-    """Per function, how long a caller waits for an invocation's answer."""
-    return {fn.name: fn.timeout * 2 + BROKER_SLACK for fn in config.functions}
-
-
-call_waits = broker_waits
+def host_keys(config: HostConfig) -> KeyRing | None:
+    """This host's CURVE key pair (`cluster.keys`), with which its clients reach workers on
+    other hosts; None without one (tcp workers are then not used, never reached in clear)."""
+    if not config.cluster.keys:
+        return None
+    try:
+        return load_keys(config.cluster.keys)
+    except KeysError as exc:   # checked when the config was loaded: changed since
+        log.error("cluster.keys: %s; workers on other hosts will not be used", exc)
+        return None
 
 
 class BrokerTimeout(Exception):
@@ -98,7 +120,7 @@ class _Function:
 class _Worker:
     """One worker's connection: its window and the calls in flight on it."""
     __slots__ = ("id", "function", "endpoint", "sock", "monitor", "credits", "inflight",
-                 "last_seen", "connected", "greeted", "draining")
+                 "last_seen", "connected", "greeted", "draining", "refused")
 
     def __init__(self, worker_id: str, function: str, endpoint: str):
         self.id = worker_id
@@ -113,15 +135,22 @@ class _Worker:
         self.connected = False
         self.greeted = False     # a window came since the last HELLO
         self.draining = False
+        self.refused = False     # its host refused this host's key (logged once)
 
 
 class InvocationClient:
     def __init__(self, control_endpoint: str, state_dir: str | None = None,
-                 curve_keys: tuple[bytes, bytes] | None = None):
+                 keys: KeyRing | None = None, curve_keys: tuple[bytes, bytes] | None = None):
         self.control_endpoint = control_endpoint
         self.state_dir = state_dir
-        # (public, secret) z85 keys of this host, for workers behind tcp:// with a serverKey.
-        self.curve_keys = curve_keys
+        if keys is None and curve_keys is not None:   # (public, secret) z85, as a pair
+            keys = KeyRing(directory="", public=curve_keys[0], secret=curve_keys[1])
+        # This host's key pair (cluster.keys), for workers behind tcp:// (CURVE clients).
+        self.keys = keys
+        # Ids of tcp workers not connected for want of keys (logged once each).
+        self._not_connected: set[str] = set()
+        self._members_listeners: list = []
+        self._members_seen: asyncio.Event | None = None
         self._pid = -1
         self._ctx: zmq.Context | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -154,6 +183,7 @@ class InvocationClient:
         self._control_monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
         sock.connect(self.control_endpoint)
         self._control = sock
+        self._members_seen = asyncio.Event()
         # Queued until the connection is up (and sent again after each reconnection).
         self._send_control([p.SUBSCRIBE])
         self._control_gone = False
@@ -193,15 +223,33 @@ class InvocationClient:
         self._ctx = None
         self._pid = -1
 
+    def _why_not_connected(self, spec: dict) -> str | None:
+        """Why a member's worker must not be connected (None: it may): a tcp endpoint is
+        reached only as a CURVE client, never in clear."""
+        if not spec.get("endpoint", "").startswith("tcp://"):
+            return None
+        if self.keys is None:
+            return ("this host has no cluster keys (cluster.keys in host-config.yaml), and a "
+                    "tcp worker is never reached in clear")
+        if not spec.get("serverKey"):
+            return "its host gave no serverKey, and a tcp worker is never reached in clear"
+        return None
+
     def _open_worker(self, worker: _Worker, server_key: str | None) -> None:
-        sock = self._ctx.socket(zmq.DEALER)
+        events = _MONITOR_EVENTS
+        if worker.endpoint.startswith("tcp://"):
+            sock = client_socket(self._ctx, zmq.DEALER, self.keys, server_key.encode())
+            # The first reconnection soon (a connection dropped during the handshake would
+            # otherwise leave the worker unused for a second), then backing off to 8 s as
+            # client_socket's (a host refusing this host's key is not asked 10 times a second).
+            sock.setsockopt(zmq.RECONNECT_IVL, _WORKER_RECONNECT_IVL_MS)
+            events |= _REFUSED_EVENTS
+        else:
+            sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, _HWM)
         sock.setsockopt(zmq.RCVHWM, _HWM)
-        if server_key and self.curve_keys is not None:
-            sock.curve_serverkey = server_key.encode()
-            sock.curve_publickey, sock.curve_secretkey = self.curve_keys
-        worker.monitor = sock.get_monitor_socket(_MONITOR_EVENTS)   # before connecting
+        worker.monitor = sock.get_monitor_socket(events)   # before connecting
         sock.connect(worker.endpoint)
         worker.sock = sock
         worker.last_seen = time.monotonic()
@@ -289,10 +337,43 @@ class InvocationClient:
                     continue
                 self.apply_members(members)
 
+    def add_members_listener(self, listener) -> None:
+        """Call `listener(members)` with every MEMBERS, before calls are routed by it (the
+        function table learns the configs of functions served only by other hosts)."""
+        self._members_listeners.append(listener)
+
+    async def members_known(self, timeout: float = FIRST_MEMBERS_WAIT) -> bool:
+        """Wait (at most `timeout`) for the control plane's first MEMBERS; whether it came.
+        Connects the client if it is not yet (a process that has made no call yet)."""
+        if self._pid != os.getpid():
+            self._connect()
+        if self.members_version is not None:
+            return True
+        if self._control_gone:
+            return False
+        try:
+            await asyncio.wait_for(self._members_seen.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+        return self.members_version is not None
+
+    def start(self) -> None:
+        """Connect now (in the running loop) rather than at the first call: a process that
+        must know the members before it calls (the dispatcher) subscribes at once."""
+        if self._pid != os.getpid():
+            self._connect()
+
     def apply_members(self, members: dict) -> None:
         """Take the control plane's view: connect new workers, drop those it no longer lists
         (their calls in flight are answered WORKER_LOST), and route what waited for it."""
+        for listener in self._members_listeners:
+            try:
+                listener(members)
+            except Exception:   # a listener's bug must not stop routing
+                log.exception("a MEMBERS listener failed")
         self.members_version = members.get("version", 0)
+        if self._members_seen is not None:
+            self._members_seen.set()
         listed: dict[str, tuple[str, dict]] = {}
         seen_functions = set()
         for name, spec in members.get("functions", {}).items():
@@ -305,7 +386,15 @@ class InvocationClient:
             fn.max_queued = int(spec.get("maxQueued", fn.max_queued))
             fn.max_wait = float(spec.get("maxWait", fn.max_wait))
             for w in spec.get("workers", ()):
-                listed[w["id"]] = (name, w)
+                why = self._why_not_connected(w)
+                if why is None:
+                    listed[w["id"]] = (name, w)
+                elif w["id"] not in self._not_connected:
+                    log.error("worker %s of %s at %s (host %s) is not used: %s", w["id"], name,
+                              w.get("endpoint"), w.get("host", "?"), why)
+                    self._not_connected.add(w["id"])
+        self._not_connected &= {w["id"] for spec in members.get("functions", {}).values()
+                                for w in spec.get("workers", ())}
         for worker_id, worker in list(self.workers.items()):
             spec = listed.get(worker_id)
             if spec is None or spec[1].get("endpoint") != worker.endpoint:
@@ -350,6 +439,13 @@ class InvocationClient:
             elif event == zmq.EVENT_DISCONNECTED and worker.connected:
                 worker.connected = False
                 self._lose(worker, "its connection dropped")
+            elif event & _REFUSED_EVENTS and not worker.refused:
+                # Its host does not allow this host's key: ZeroMQ retries (1 s to 8 s), and no
+                # window comes meanwhile, so no call goes there.
+                worker.refused = True
+                log.error("worker %s at %s refused this host's CURVE key (add this host's "
+                          "host.key to that host's allow-list: sora keys add)", worker.id,
+                          worker.endpoint)
             if worker.monitor is None:
                 return
 

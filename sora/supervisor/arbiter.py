@@ -8,12 +8,18 @@ wakes on a pipe (signal.set_wakeup_fd), handles queued signals by name, reaps ch
 manages the rest. Once the gateways answer it announces "Sora is serving", then each
 function's way to ready (progress.py).
 
+`sora-supervisor join` runs the same arbiter as a joined host (`joining`): no listeners,
+gateways, dispatcher or recorder; its workers serve on tcp (CURVE) at `cluster.advertise` and
+send their records to the main host, and an Uplink tells the main host what it serves
+(hosts.py). A main host with `cluster.listen` also takes joins there (hosts.JoinedHosts).
+
 The supervisor is a child subreaper: a process that a dying worker or runtime leaves behind is
 re-parented here, and the loop kills and reaps it, so nothing outlives its function.
 """
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import fcntl
 import json
 import logging
@@ -26,6 +32,7 @@ import sys
 import time
 
 import psutil
+import zmq
 
 from .. import protocol as p
 from .. import config_snapshot
@@ -38,6 +45,9 @@ from ..runtimes import runtime_for
 from ..isolation import cgroups, sandbox, secrets
 from ..isolation.secrets import remove_leftovers as remove_secret_files
 from ..control.plane import ControlPlane
+from ..cluster.keys import load_keys
+from ..cluster.link import Uplink, uplink_for
+from .hosts import JoinedHosts
 from . import listeners
 from .child import Launch, State, Supervised, describe_exit
 from .progress import FunctionProgress, StartupProgress
@@ -60,8 +70,14 @@ class StateDirBusy(Exception):
 
 
 class Arbiter:
-    def __init__(self, config: HostConfig):
+    def __init__(self, config: HostConfig, joining: bool = False):
         self.config = config
+        # A joined host (`sora-supervisor join`): workers only, serving the main host.
+        self.joining = joining
+        self.joined_hosts: JoinedHosts | None = None   # the main host's, with cluster.listen
+        self.uplink: Uplink | None = None               # a joined host's link to the main one
+        # Each function's config as its snapshot entry, for the control plane's MEMBERS.
+        self.configs = {fn.name: dataclasses.asdict(fn) for fn in config.functions}
         self.state_dir = config.stateDir
         self.signals: list[int] = []
         self._wake_r, self._wake_w = os.pipe()
@@ -142,6 +158,13 @@ class Arbiter:
                 "--log-files-kept", str(config.logs.keepFiles),
                 "--log-bytes-per-invocation", str(config.records.maxLogBytesPerInvocation),
                 "--min-free-disk-mb", str(config.minFreeDiskMB)]
+        cluster = config.cluster
+        if cluster.advertise:   # served on tcp (CURVE) for other hosts' clients
+            argv += ["--advertise", cluster.advertise, "--keys", cluster.keys]
+        if cluster.controlPlane:   # records go to the main host's recorder
+            # With "=": a z85 key may begin with "-", which argparse would take for an option.
+            argv += ["--records-endpoint", cluster.records_endpoint,
+                     "--records-server-key=" + cluster.controlPlaneKey.decode()]
         return Launch(argv, dict(os.environ), start_timeout=max(30.0, fn.timeout) + 15,
                       start_retries=WORKER_START_RETRIES)
 
@@ -161,6 +184,9 @@ class Arbiter:
                 "--max-age-hours", str(records.maxAgeHours),
                 "--max-store-mb", str(records.maxStoreMB),
                 "--min-free-disk-mb", str(self.config.minFreeDiskMB)]
+        if self.config.cluster.listen:   # joined hosts' records, on listen's port + 1
+            argv += ["--cluster-listen", self.config.cluster.listen,
+                     "--keys", self.config.cluster.keys]
         return Launch(argv, dict(os.environ), start_timeout=30.0,
                       start_retries=WORKER_START_RETRIES)
 
@@ -175,9 +201,13 @@ class Arbiter:
     def listeners(self) -> dict[str, int]:
         return listeners.ports(self.config)
 
+    def services(self) -> list[Supervised]:
+        """The recorder and the dispatcher: a joined host has neither (the main host's
+        serve it)."""
+        return [] if self.joining else [self.dispatcher, self.recorder]
+
     def all_children(self) -> list[Supervised]:
-        return [*self.gateways.values(), self.dispatcher, *self.workers.values(),
-                self.recorder]
+        return [*self.gateways.values(), *self.services(), *self.workers.values()]
 
     def reap_children(self, now: float) -> bool:
         exited = False
@@ -295,7 +325,7 @@ class Arbiter:
                 child.signal(signal.SIGKILL)
         for child, socket_file in ((self.recorder, records_socket(self.state_dir)),
                                    (self.dispatcher, events_socket(self.state_dir))):
-            if child.state is State.STARTING and child.pid and os.path.exists(socket_file):
+            if child in self.services() and child.state is State.STARTING and child.pid and os.path.exists(socket_file):
                 child.mark_ready(now)
         for name, gateway in self.gateways.items():
             if gateway.state is State.STARTING and gateway.pid and \
@@ -305,6 +335,9 @@ class Arbiter:
                 all(g.state is State.RUNNING for g in self.gateways.values()):
             self._announced = True
             self.announce()
+        if not self._announced and self.joining:
+            self._announced = True
+            self.announce_joining()
         if self._announced:
             self.report_progress(now)
 
@@ -345,6 +378,13 @@ class Arbiter:
                          f"{', '.join(waiting)} (progress below)")
         log.info("Sora is serving:\n%s", "\n".join(lines))
 
+    def announce_joining(self) -> None:
+        cluster = self.config.cluster
+        lines = [f"  {fn.name}" for fn in self.config.functions]
+        log.info("Sora host %s joins the cluster at %s; its workers serve on tcp://%s "
+                 "(CURVE):\n%s", cluster.name, cluster.controlPlane, cluster.advertise,
+                 "\n".join(lines) or "  (no functions)")
+
     def handle_control_events(self, now: float) -> None:
         while not self.plane.events.empty():
             event, identity = self.plane.events.get_nowait()
@@ -366,7 +406,7 @@ class Arbiter:
             table[fn.name] = {"maxQueued": fn.maxQueued, "maxWait": fn.timeout,
                               "concurrency": fn.concurrency, "memory": fn.memory,
                               "available": worker.state is not State.FATAL,
-                              "reason": worker.reason}
+                              "reason": worker.reason, "config": self.configs[fn.name]}
         for broken in self.config.broken:
             table.setdefault(broken.name, {"maxQueued": 0, "maxWait": 1.0, "available": False,
                                            "reason": broken.reason})
@@ -389,10 +429,12 @@ class Arbiter:
                                   "since": None, "directory": broken.directory})
         gateways = {name: g.describe() for name, g in self.gateways.items()}
         healthy = all(f["state"] == State.RUNNING.value for f in functions.values())
-        return {"status": "stopping" if self.stopping else ("ok" if healthy else "degraded"),
-                "cgroups": self.cgroups, "functions": functions, "gateways": gateways,
-                "recorder": self.recorder.describe(),
-                "dispatcher": self.dispatcher.describe()}
+        status = {"status": "stopping" if self.stopping else ("ok" if healthy else "degraded"),
+                  "cgroups": self.cgroups, "functions": functions, "gateways": gateways}
+        if not self.joining:
+            status.update(recorder=self.recorder.describe(),
+                          dispatcher=self.dispatcher.describe())
+        return status
 
     def publish(self) -> None:
         """Tell the control plane about function availability and health, when either
@@ -425,7 +467,7 @@ class Arbiter:
                 child.to(State.STOPPED, why)
         # The dispatcher stops with the gateways: it takes no new events, and the events it
         # runs finish while the workers still serve.
-        self._stop_group([*self.gateways.values(), self.dispatcher])
+        self._stop_group([*self.gateways.values(), *self.services()[:1]])
         self.stop_phase = "gateways"
 
     def _stop_group(self, children) -> None:
@@ -442,9 +484,10 @@ class Arbiter:
 
     def step_stop(self, now: float) -> bool:
         """Advance the stop; True once everything has exited."""
-        group = {"gateways": [*self.gateways.values(), self.dispatcher],
+        services = self.services()   # [dispatcher, recorder], or none on a joined host
+        group = {"gateways": [*self.gateways.values(), *services[:1]],
                  "workers": self.workers.values(),
-                 "recorder": [self.recorder]}[self.stop_phase]
+                 "recorder": services[1:]}[self.stop_phase]
         alive = [c for c in group if c.pid is not None]
         for child in alive:
             if now >= child.stop_deadline:
@@ -460,7 +503,7 @@ class Arbiter:
         if self.stop_phase == "workers":
             # Last, so it stores what the workers sent on their way out.
             self.stop_phase = "recorder"
-            self._stop_group([self.recorder])
+            self._stop_group(services[1:])
             return False
         return True
 
@@ -487,7 +530,8 @@ class Arbiter:
         p.make_run_dir(self.state_dir)
         self.lock_state_dir()
         # Before anything starts or is announced: a taken port ends the start here, at once.
-        self.sockets = listeners.bind_all(self.config)
+        if not self.joining:
+            self.sockets = listeners.bind_all(self.config)
         # Before any setup runs: what the children learn of the functions (see config_snapshot).
         config_snapshot.write(config_snapshot.snapshot_path(self.state_dir),
                               self.config.functions, self.config.broken)
@@ -501,10 +545,30 @@ class Arbiter:
         ctypes.CDLL(None).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         self.install_signals()
         quiet_gc()  # the control plane thread shares this process
-        self.plane = ControlPlane(p.control_endpoint(self.state_dir), wake=self.wakeup,
-                                    max_instances=self.config.limits.maxInstances,
-                                    max_memory_mb=self.config.limits.maxMemoryMB)
+        cluster = self.config.cluster
+        if self.joining:
+            self.uplink = uplink_for(cluster)
+        elif cluster.listen:
+            self.joined_hosts = JoinedHosts(cluster, self.wakeup)
+        self.plane = ControlPlane(
+            p.control_endpoint(self.state_dir), wake=self.wakeup,
+            max_instances=self.config.limits.maxInstances,
+            max_memory_mb=self.config.limits.maxMemoryMB, host=cluster.name,
+            # The serverKey of this host's tcp endpoints (cluster.advertise).
+            server_key=load_keys(cluster.keys).public_text if cluster.advertise else None,
+            address=cluster.advertise or _address_of(cluster.listen),
+            on_local=self.uplink.set_members if self.uplink else None,
+            heard=self.joined_hosts.heard if self.joined_hosts else None)
         self.plane.start()
+        if self.joined_hosts is not None:
+            try:
+                self.joined_hosts.start()
+            except zmq.ZMQError as exc:
+                raise listeners.ListenerUnavailable(
+                    f"{self.config.path}: cluster.listen: cannot listen on {cluster.listen} "
+                    f"({exc})") from None
+        if self.uplink is not None:
+            self.uplink.start()
         for fn in self.config.functions:
             if (path := secrets.sandboxed_dir(self.state_dir, fn)) is not None:
                 # Made before any sandbox binds it; its worker writes the secrets into it.
@@ -546,9 +610,9 @@ class Arbiter:
         self.start_functions()
         # The control plane learns the functions before the dispatcher subscribes.
         self.publish()
-        self.recorder.spawn(now)
-        self.dispatcher.spawn(now)
-        for listener in self.listeners():
+        for service in self.services():
+            service.spawn(now)
+        for listener in self.listeners() if not self.joining else ():
             self.gateways[listener] = Supervised(listener, "gateway",
                                                  self.gateway_launch(listener))
             self.spawn_gateway(self.gateways[listener], now)
@@ -560,6 +624,8 @@ class Arbiter:
                 self.sleep(0.1 if busy or self.stopping else 1.0)
                 self.handle_signals()
                 now = time.monotonic()
+                if self.joined_hosts is not None:
+                    self.joined_hosts.forward(self.plane.control)
                 self.handle_control_events(now)
                 exited = self.reap_children(now)
                 if exited or now - last_sweep > 2.0:
@@ -603,11 +669,20 @@ class Arbiter:
         listeners.close_all(self.sockets)
         self.reap_orphans()
         cgroups.remove_orphaned_groups(wait=2.0)   # what was busy when its worker tried
+        if self.uplink is not None:
+            self.uplink.stop()   # the main host drops this host at once (its workers are gone)
+        if self.joined_hosts is not None:
+            self.joined_hosts.stop()
         if self.plane is not None:
             self.plane.control.stop()
             self.plane.join(timeout=5)
             self.plane.control.close()
         log.info("stopped")
+
+
+def _address_of(endpoint: str | None) -> str | None:
+    """The address part of a tcp://ADDRESS:PORT endpoint."""
+    return endpoint[len("tcp://"):].rsplit(":", 1)[0] if endpoint else None
 
 
 def remove_file(path: str) -> None:

@@ -1,4 +1,4 @@
-"""`sora-supervisor start|check --config PATH`."""
+"""`sora-supervisor start|join|check --config PATH`."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +8,12 @@ import sys
 from ..config import BrokenFunction, ConfigError, HostConfig, load_host_config
 
 EXIT_CONFIG_ERROR = 2
+JOIN_NEEDS = ("cluster.controlPlane: required by `sora-supervisor join` (expected the main "
+              "host's cluster.listen as this host reaches it, tcp://HOST:PORT, with "
+              "cluster.advertise and cluster.keys)")
+START_REFUSES = ("cluster.controlPlane: set, so this host joins another: run it with "
+                 "`sora-supervisor join` (`start` runs a main host, which takes joins on "
+                 "cluster.listen)")
 
 
 def _load(path: str) -> HostConfig | None:
@@ -53,8 +59,17 @@ def start(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return EXIT_CONFIG_ERROR
+    joining = args.command == "join"
+    if joining and not config.cluster.controlPlane:
+        print(f"sora: configuration error\n{ConfigError(config.path, [JOIN_NEEDS])}",
+              file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    if not joining and config.cluster.controlPlane:
+        print(f"sora: configuration error\n{ConfigError(config.path, [START_REFUSES])}",
+              file=sys.stderr)
+        return EXIT_CONFIG_ERROR
     try:
-        return Arbiter(config).run()
+        return Arbiter(config, joining=joining).run()
     except (StateDirBusy, ListenerUnavailable) as exc:
         print(f"sora: {exc}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
@@ -65,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
                                      description="Run Sora: serverless functions on this host.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, func, text in (("start", start, "validate the config and serve in the foreground"),
+                             ("join", start, "validate the config and serve the functions "
+                              "for the cluster named in its cluster.controlPlane, in the "
+                              "foreground"),
                              ("check", check, "validate the config and every function, then exit")):
         cmd = sub.add_parser(name, help=text, description=text)
         cmd.add_argument("--config", "-c", required=True, help="path to host-config.yaml")

@@ -1,6 +1,7 @@
 """The worker: one Python process per function, keeping a pool of warm runtime instances.
 
-It binds its own ROUTER (the data endpoint, `w-<pid>.sock` in the state dir's run folder), where
+It binds its own ROUTER (the data endpoint, `w-<pid>.sock` in the state dir's run folder, or on
+a host with `cluster.advertise` a CURVE tcp port there: tcp_endpoint.py), where
 clients (gateway processes, the dispatcher, `sora invoke --local`) send invocations directly:
 each client says HELLO and gets a window of credits of its own, and the requests of all clients
 join one FIFO in arrival order, so no client starves another. A DEALER to the control plane
@@ -26,6 +27,8 @@ from .. import config_snapshot
 from ..config import ConfigError, FunctionConfig, LogsConfig, RecordsConfig
 from ..function_response import BadFunctionResponse, map_result
 from ..store.recorder import RecordSender
+from ..cluster.keys import KeyRing, KeysError, load_keys
+from .tcp_endpoint import bind_tcp
 from ..runtimes.pool import PoolClient, PooledProcess
 from ..setup.run import SetupRun
 from .instance import Instance, State
@@ -63,8 +66,15 @@ SCALE_IN_INTERVAL = 0.5
 class Worker:
     def __init__(self, fn: FunctionConfig, runtime: Runtime, state_dir: str, control: str,
                  secrets: Secrets | None = None, log_limits: dict | None = None,
-                 setup_withheld: frozenset[str] = frozenset()):
+                 setup_withheld: frozenset[str] = frozenset(), keys: KeyRing | None = None,
+                 advertise: str | None = None, records_endpoint: str | None = None,
+                 records_server_key: bytes | None = None):
+        """With `advertise` (and `keys`), the data endpoint is tcp on that address (CURVE);
+        with `records_endpoint`, records go to that tcp recorder (the main host's, CURVE,
+        its key `records_server_key`)."""
         self.fn = fn
+        self.keys, self.advertise = keys, advertise
+        self.auth = None   # the ZAP authenticator of a tcp data endpoint
         self.setup_withheld = setup_withheld  # for coldStart: always-setup (SetupRun)
         self.secrets = secrets or Secrets(fn, {}, state_dir)
         self.secrets.write_files()
@@ -73,7 +83,8 @@ class Worker:
         self.data_endpoint = p.worker_data_endpoint(state_dir, os.getpid())
         self.runtime = runtime
         self.ctx = zmq.Context.instance()
-        self.records = RecordSender(state_dir, self.ctx)
+        self.records = RecordSender(state_dir, self.ctx, endpoint=records_endpoint, keys=keys,
+                                    server_key=records_server_key)
         self.pool = PoolClient(state_dir)   # pre-started runtimes, for fast cold starts
         self.log = FunctionLog(state_dir, fn.name, self.records,
                                self.secrets.redact if self.secrets.values else None,
@@ -235,16 +246,21 @@ class Worker:
     # --- the data endpoint and the control plane connection ----------------------------------
     def bind(self) -> None:
         """Bind the ROUTER clients send invocations to (before READY tells anyone of it)."""
-        self.data = self.ctx.socket(zmq.ROUTER)
+        if self.advertise:
+            self.data, self.data_endpoint, self.auth = bind_tcp(self.ctx, self.keys,
+                                                                self.advertise)
+        else:
+            self.data = self.ctx.socket(zmq.ROUTER)
         self.data.setsockopt(zmq.SNDHWM, 200_000)
         self.data.setsockopt(zmq.RCVHWM, 200_000)
         self.data.setsockopt(zmq.LINGER, 1000)
         # A reply to a client that is gone raises (and is dropped) rather than queueing.
         self.data.setsockopt(zmq.ROUTER_MANDATORY, 1)
         path = p.ipc_path(self.data_endpoint)
-        if path is not None and os.path.exists(path):
-            os.unlink(path)   # left by a worker of this pid that was killed (pids recycle)
-        self.data.bind(self.data_endpoint)
+        if path is not None:
+            if os.path.exists(path):
+                os.unlink(path)   # left by a worker of this pid that was killed (pids recycle)
+            self.data.bind(self.data_endpoint)
         self.poller.register(self.data, zmq.POLLIN)
 
     def connect(self) -> None:
@@ -807,6 +823,8 @@ class Worker:
                     os.unlink(path)
                 except OSError:
                     pass
+        if self.auth is not None:
+            self.auth.stop()
         self.ctx.term()
 
 
@@ -838,7 +856,8 @@ class BootError(Exception):
         self.body = body
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The worker's command line (the arbiter's worker_launch writes it)."""
     parser = argparse.ArgumentParser(prog="python -m sora.worker")
     parser.add_argument("--name", required=True, help="the function's name")
     parser.add_argument("--functions", required=True,
@@ -853,7 +872,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-bytes-per-invocation", type=int,
                         default=RecordsConfig.maxLogBytesPerInvocation)
     parser.add_argument("--min-free-disk-mb", type=int, default=0)
-    args = parser.parse_args(argv)
+    # A host in a cluster (host-config.yaml cluster:).
+    parser.add_argument("--advertise", help="serve on tcp at this address (CURVE), for other "
+                                            "hosts' clients (cluster.advertise)")
+    parser.add_argument("--keys", help="this host's CURVE keys folder (cluster.keys)")
+    parser.add_argument("--records-endpoint", help="send records to this tcp recorder (the "
+                                                   "main host's, CURVE)")
+    parser.add_argument("--records-server-key", help="the z85 public key of that recorder's "
+                                                     "host")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s [worker %(process)d] %(levelname)s %(message)s")
     try:
@@ -872,6 +903,12 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(fn.source, [f"runtime: {reason}"])
         if (reason := sandbox.grant_folder(fn)) is not None:
             raise ConfigError(fn.source, [f"writableFolder: {reason}"])
+        keys = None
+        if args.keys:
+            try:
+                keys = load_keys(args.keys)
+            except KeysError as exc:
+                raise ConfigError(args.keys, [f"cluster.keys: {exc}"]) from None
     except ConfigError as exc:
         path = p.boot_error_path(args.state_dir, args.name)
         log.error("%s", exc)
@@ -884,5 +921,8 @@ def main(argv: list[str] | None = None) -> int:
                   "min_free_mb": args.min_free_disk_mb}
     worker = Worker(fn, runtime, os.path.abspath(args.state_dir),
                     args.control or p.control_endpoint(os.path.abspath(args.state_dir)), secrets,
-                    log_limits, setup_withheld=declared_env_names(functions))
+                    log_limits, setup_withheld=declared_env_names(functions), keys=keys,
+                    advertise=args.advertise, records_endpoint=args.records_endpoint,
+                    records_server_key=args.records_server_key.encode()
+                    if args.records_server_key else None)
     return worker.run()

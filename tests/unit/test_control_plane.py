@@ -202,8 +202,10 @@ def test_status_shows_workers_instances_and_what_they_hold(plane):
         time.sleep(0.02)
     assert status["status"] == "ok"
     assert status["functions"]["fn"] == {"state": "RUNNING", "inFlight": 8, "instances": 3,
-                                         "workers": 2}
-    assert status["hosts"] == {"main": ["fn"]}
+                                         "workers": 2, "hosts": ["main"]}
+    main = status["hosts"]["main"]
+    assert main["local"] is True and main["state"] == "joined"
+    assert main["functions"] == {"fn": {"workers": 2, "instances": 3, "inFlight": 8}}
     for s in (w1, w2, asker):
         s.close(0)
 
@@ -232,10 +234,19 @@ def test_remote_members_are_merged_and_dropped(plane):
                                            "host": "h2", "serverKey": "K" * 40}
     assert members["only-there"]["available"] is True
     assert members["only-there"]["maxQueued"] == 7
-    assert json.loads(c.status_body())["hosts"] == {"main": ["fn"], "h2": ["fn", "only-there"]}
+    status = json.loads(c.status_body())
+    assert {name: sorted(h["functions"]) for name, h in status["hosts"].items()} == \
+        {"main": ["fn"], "h2": ["fn", "only-there"]}
+    assert status["hosts"]["h2"]["state"] == "joined"
+    assert status["functions"]["fn"]["hosts"] == ["main", "h2"]
+    assert status["functions"]["only-there"]["hosts"] == ["h2"]
+    assert status["functions"]["only-there"]["remote"] is True
     c.control.drop_remote("h2")
     members = members_where(sub, lambda f: "only-there" not in f)["functions"]
     assert served_by(members, "fn") == ["fn/1"]
+    status = json.loads(c.status_body())
+    assert status["hosts"]["h2"]["state"] == "lost" and status["hosts"]["h2"]["functions"] == {}
+    assert "only-there" not in status["functions"]
     for s in (w, sub):
         s.close(0)
 

@@ -33,6 +33,12 @@ class AnsweringBroker:
     async def invoke(self, function, request_id, payload, timeout, meta=p.TRIGGER_HTTP):
         return [self.status, self.body]
 
+    def add_members_listener(self, listener):
+        pass
+
+    async def members_known(self, timeout=2.0):
+        return True
+
 
 def make(tmp_path, monkeypatch, level: str | None):
     fn_dir = write_function(tmp_path / "fns", "echo", {"index.js": ""}, name="echo")

@@ -32,6 +32,12 @@ class FakeBroker:
         self.calls.append((function, payload))
         return [p.OK, self.result]
 
+    def add_members_listener(self, listener):
+        self.members_listener = listener   # MEMBERS, for a test to feed (sora.function_table)
+
+    async def members_known(self, timeout=2.0):
+        return True
+
 
 class FakeIntake:
     def __init__(self, state_dir, min_free_disk_mb=0):

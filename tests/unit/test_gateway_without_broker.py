@@ -28,6 +28,12 @@ class FakeClient:
     async def status(self, request_id, timeout=3.0):
         raise BrokerUnavailable()
 
+    def add_members_listener(self, listener):
+        self.members_listener = listener   # MEMBERS, for a test to feed (sora.function_table)
+
+    async def members_known(self, timeout=2.0):
+        return True
+
 
 @pytest.fixture
 def config(tmp_path):
