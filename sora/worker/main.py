@@ -104,7 +104,11 @@ class Worker:
         # END and REPORT lines of invocations answered this loop turn (request id, lines):
         # written once the turn has drained the log pipes, where their last lines are.
         self.ends: list[tuple[str, list[bytes]]] = []
+        # Invocations answered this turn whose record and END/REPORT lines are not made yet
+        # (`finish`): made once the turn's replies are sent.
+        self.unrecorded: list[tuple] = []
         self.log_due: float | None = None   # seconds until the log file's write is due
+        self.records_due: float | None = None   # seconds until the records batch is sent
         self.instances: list[Instance] = []
         self.idle: list[Instance] = []
         # (client, id, payload, monotonic arrival): invocations waiting for an instance
@@ -319,25 +323,20 @@ class Worker:
 
     def finish(self, inst: Instance | None, current: tuple, status: bytes,
                body: bytes) -> None:
-        """Answer an invocation and record it (the record is a formatted line, sent to the
-        recorder with the others of this loop turn), with its END and REPORT lines."""
+        """Answer an invocation. Its record and its END and REPORT lines are made after the
+        turn's replies have left (`record_finished`): they are nothing the caller waits for.
+        An answer that carries its log's tail needs its END and REPORT lines first."""
         client, request_id, _, started = current
         meta = self.meta.pop(request_id, None) if self.meta else None
         if meta is None and status == p.OK and b'"statusCode"' in body:
             status, body = checked_url_result(body)
         took = time.monotonic() - started
         cold = inst is None or inst.completed == 0
-        record_status = RECORD_STATUS.get(status, b"error")
-        error_type, error_message = (None, None) if status == p.OK else p.parse_error(body)
-        error_type = ERROR_TYPES.get(status) or error_type
-        max_memory = None
         if inst is not None:
-            # An invocation no instance ran (the function could not boot) has no lines.
-            max_memory = inst.max_memory_used_mb()
-            ends = end_lines(request_id, took * 1000, self.fn.memory, max_memory,
-                             inst.init_duration_ms if cold else None, record_status,
-                             error_type)
+            inst.completed += 1
+        finished = (inst, request_id, status, body, meta, took, time.time() - took, cold)
         if meta is not None and meta.endswith(p.FLAG_TAIL):
+            ends = self.record(*finished)
             if inst is not None:
                 inst.drain_logs()  # its lines come before its result: read them first
                 self.log.end(request_id.decode(), ends)
@@ -345,20 +344,44 @@ class Worker:
                                  self.log.tail(request_id.decode())])
         else:
             self.replies.append([client, p.REPLY, request_id, status, body])
-            if inst is not None:
-                self.ends.append((request_id.decode(), ends))
+            self.unrecorded.append(finished)
+
+    def record_finished(self) -> None:
+        """Records and END/REPORT lines of the invocations answered since the last call."""
+        finished, self.unrecorded = self.unrecorded, []
+        for item in finished:
+            ends = self.record(*item)
+            if ends is not None:
+                self.ends.append((item[1].decode(), ends))
+
+    def record(self, inst: Instance | None, request_id: bytes, status: bytes, body: bytes,
+               meta: bytes | None, took: float, start: float,
+               cold: bool) -> list[bytes] | None:
+        """Record one answered invocation (a formatted line, sent to the recorder with the
+        others of its batch); return its END and REPORT lines (None: no instance ran it, as
+        when the function could not boot)."""
+        record_status = RECORD_STATUS.get(status, b"error")
+        error_type, error_message = (None, None) if status == p.OK else p.parse_error(body)
+        error_type = ERROR_TYPES.get(status) or error_type
+        max_memory = ends = None
+        if inst is not None:
+            max_memory = inst.max_memory_used_mb()
+            ends = end_lines(request_id, took * 1000, self.fn.memory, max_memory,
+                             inst.init_duration_ms if cold else None, record_status,
+                             error_type)
         self.records.record(
             request_id, self.fn_name, meta.partition(b"+")[0] if meta else p.TRIGGER_HTTP,
-            time.time() - took, took * 1000, record_status, error_type, cold,
+            start, took * 1000, record_status, error_type, cold,
             error_message=error_message, max_memory_mb=max_memory,
             init_ms=inst.init_duration_ms if cold and inst else None)
-        if inst is not None:
-            inst.completed += 1
+        return ends
 
     def write_ends(self) -> None:
         """The END and REPORT lines of the invocations answered this turn, after their last
         lines: an answer is read before the log pipes in a loop turn, and the runtime wrote
         the invocation's end markers before its answer, so the turn has read them."""
+        if self.unrecorded:
+            self.record_finished()
         ends, self.ends = self.ends, []
         for request_id, lines in ends:
             self.log.end(request_id, lines)
@@ -685,10 +708,10 @@ class Worker:
 
     def poll_once(self, timeout: float) -> None:
         self.send_replies()   # answers given between turns (deadlines) go before any wait
-        if self.ends:   # and their lines and records (their instance was drained)
+        if self.unrecorded or self.ends:   # and their lines and records (drained)
             self.write_ends()
             self.log.flush()
-            self.records.flush()
+            self.records_due = self.records.flush(time.monotonic())
         events = self.poller.poll(max(0, int(timeout * 1000)) if timeout else 0)
         for item, _ in events:
             if item is self.data:
@@ -713,10 +736,11 @@ class Worker:
         if self.idle and self.pending:
             self.dispatch()
         self.send_replies()
-        if self.ends:
+        if self.unrecorded or self.ends:
             self.write_ends()
-        self.log_due = self.log.flush(time.monotonic())
-        self.records.flush()
+        now = time.monotonic()
+        self.log_due = self.log.flush(now)
+        self.records_due = self.records.flush(now)
 
     def run(self) -> int:
         self.install_signals()
@@ -739,6 +763,8 @@ class Worker:
                 timeout = min(self.check_deadlines(now), self.autoscale(now))
                 if self.log_due is not None:   # lines wait in the log file's buffer
                     timeout = min(timeout, self.log_due)
+                if self.records_due is not None:   # records wait to be sent as one batch
+                    timeout = min(timeout, self.records_due)
                 if self.setups:
                     self.poll_setups()
                     timeout = min(timeout, 0.05)  # setup commands end without a wake-up

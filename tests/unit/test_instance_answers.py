@@ -130,7 +130,7 @@ def worker(fn, inst):
     instance it replaces is in `replaced`."""
     w = Worker.__new__(Worker)
     w.fn, w.fn_name, w.log, w.records = fn, b"fn", inst.log, Records()
-    w.meta, w.replies, w.pending, w.idle, w.ends = {}, [], deque(), [], []
+    w.meta, w.replies, w.pending, w.idle, w.ends, w.unrecorded = {}, [], deque(), [], [], []
     w.avg_duration, w.credits_per_instance, w.sock = 1.0, 1, None
     w.replaced = []
     w.replace_instance = lambda i, kill: w.replaced.append((i, kill))

@@ -48,6 +48,34 @@ def test_sender_batches_per_turn_and_parse_reads_it_back(tmp_path):
     ctx.term()
 
 
+def test_a_worker_batch_gathers_for_batch_wait_then_goes_as_one(tmp_path):
+    """flush(now) (the worker's loop) holds a batch until it is BATCH_WAIT old, so several
+    loop turns share one message (one wake-up of the recorder); flush() sends at once."""
+    (tmp_path / "run").mkdir()
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.bind(records_endpoint(str(tmp_path)))
+    sender = RecordSender(str(tmp_path), ctx)
+    wait_connected(sender)
+    wait = recorder_module.BATCH_WAIT
+    sender.record(b"r1", b"fn", b"http", 1700000000.0, 1.0, b"ok", None, False)
+    assert abs(sender.flush(100.0) - wait) < 1e-9   # first seen now: due in BATCH_WAIT
+    sender.record(b"r2", b"fn", b"http", 1700000000.0, 1.0, b"ok", None, False)
+    assert abs(sender.flush(100.0 + wait / 2) - wait / 2) < 1e-9
+    assert router.poll(100) == 0   # nothing sent yet
+    assert sender.flush(100.0 + wait) is None
+    assert router.poll(2000)
+    rows, lines = [], []
+    parse(router.recv_multipart()[-1], rows, lines)
+    assert [r[0] for r in rows] == ["r1", "r2"]   # both turns in one message
+    sender.record(b"r3", b"fn", b"http", 1700000000.0, 1.0, b"ok", None, False)
+    assert sender.flush() is None   # without `now` (gateways, close): at once
+    assert router.poll(2000)
+    sender.close(wait=0)
+    router.close()
+    ctx.term()
+
+
 def wait_connected(sender, timeout=5.0):
     """A sender's first send fails until its connection is up (ZMQ_IMMEDIATE)."""
     deadline = time.monotonic() + timeout
