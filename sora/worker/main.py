@@ -372,6 +372,10 @@ class Worker:
             client, cmd = frames[0], frames[1]
             clients[client] = now   # a client forgotten while still there is known again
             if cmd == p.REQUEST and len(frames) >= 4:
+                if not p.valid_request_id(frames[2]):   # it is spliced into text: refuse it
+                    self.replies.append([client, p.REPLY, frames[2], p.BAD_REQUEST,
+                                         p.BAD_REQUEST_ID])
+                    continue
                 self.pending.append((client, frames[2], frames[3], now))
                 if len(frames) > 4 and frames[4] != p.TRIGGER_HTTP:
                     self.meta[frames[2]] = frames[4]
