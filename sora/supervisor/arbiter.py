@@ -160,7 +160,8 @@ class Arbiter:
                 "--min-free-disk-mb", str(config.minFreeDiskMB)]
         cluster = config.cluster
         if cluster.advertise:   # served on tcp (CURVE) for other hosts' clients
-            argv += ["--advertise", cluster.advertise, "--keys", cluster.keys]
+            argv += ["--advertise", cluster.advertise, "--keys", cluster.keys,
+                     "--max-body-bytes", str(config.server.maxBodyBytes)]
         if cluster.controlPlane:   # records go to the main host's recorder
             # With "=": a z85 key may begin with "-", which argparse would take for an option.
             argv += ["--records-endpoint", cluster.records_endpoint,
