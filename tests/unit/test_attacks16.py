@@ -8,8 +8,12 @@ import time
 import zmq
 
 from sora import protocol as p
-from tests.unit.test_control_plane import client, members_where, plane, recv_not_heartbeat  # noqa: F401
-from tests.unit.test_worker_data_path import Client, served, until  # noqa: F401
+from tests.unit import test_control_plane, test_worker_data_path
+from tests.unit.test_control_plane import client, members_where, recv_not_heartbeat
+from tests.unit.test_worker_data_path import Client, until
+
+plane = test_control_plane.plane       # the fixtures: a control plane thread, a real worker
+served = test_worker_data_path.served
 
 
 def raw(endpoint, identity=None):
@@ -22,7 +26,7 @@ def raw(endpoint, identity=None):
 
 
 # --- the control plane -------------------------------------------------------------------------
-def test_malformed_frames_do_not_end_the_control_plane(plane):  # noqa: F811
+def test_malformed_frames_do_not_end_the_control_plane(plane):
     c, endpoint = plane
     bad = raw(endpoint)                          # ZeroMQ's binary identity (not UTF-8)
     named = raw(endpoint, identity=b"fn/\xff\xfe")
@@ -57,7 +61,7 @@ def test_malformed_frames_do_not_end_the_control_plane(plane):  # noqa: F811
 
 
 # --- a worker's ROUTER -------------------------------------------------------------------------
-def test_malformed_requests_do_not_end_the_worker_or_reach_the_runtime(served):  # noqa: F811
+def test_malformed_requests_do_not_end_the_worker_or_reach_the_runtime(served):
     _, proc, endpoint = served
     attacker = raw(endpoint)
     good = Client(endpoint)
@@ -91,7 +95,7 @@ def test_malformed_requests_do_not_end_the_worker_or_reach_the_runtime(served): 
         good.close()
 
 
-def test_a_request_id_in_flight_from_another_client_is_not_answered_to_it(served):  # noqa: F811
+def test_a_request_id_in_flight_from_another_client_is_not_answered_to_it(served):
     _, proc, endpoint = served
     victim, thief = Client(endpoint), Client(endpoint)
     try:

@@ -13,8 +13,10 @@ import pytest
 
 from sora.config import load_function_config
 from sora.isolation import sandbox
-from tests.unit.test_sandbox_unprivileged import (NOBODY, as_nobody, function_dir,  # noqa: F401
-                                                  unprivileged)
+from tests.unit import test_sandbox_unprivileged
+from tests.unit.test_sandbox_unprivileged import NOBODY, as_nobody, unprivileged
+
+function_dir = test_sandbox_unprivileged.function_dir   # the fixture
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not sandbox.available(),
                                 reason="needs root (to become nobody) and bubblewrap")
@@ -61,7 +63,7 @@ def read_in_sandbox(fn_dir, paths, monkeypatch, setup=False):
 
 @pytest.mark.parametrize("setup", [False, True])
 def test_the_operators_secrets_under_etc_are_hidden_from_every_sandbox(
-        function_dir, keys_in_etc, monkeypatch, setup):  # noqa: F811
+        function_dir, keys_in_etc, monkeypatch, setup):
     folder, _ = function_dir
     keys, secret, config = keys_in_etc
     # Without hiding them, the function reads them: the hole.
