@@ -92,6 +92,18 @@ def test_a_config_that_is_not_one_makes_the_function_unavailable(fn_config):
     assert checked["named"]["available"] is False   # its config names "hello"
 
 
+def test_a_config_with_fields_of_the_wrong_type_makes_the_function_unavailable(fn_config):
+    # Attack (issue 16): a joined host's config is its operator's, but the main host's gateways
+    # compute with it (timeout * 2 + 10 s) and redact its folder from error messages.
+    for field, value in (("timeout", "x"), ("memory", -1), ("maxInstances", True),
+                         ("timeout", float("inf")), ("auth", 3), ("directory", "/"),
+                         ("directory", "relative")):
+        checked = checked_members("h2", {"hello": remote_entry({**fn_config, field: value})}, KEY)
+        assert checked["hello"]["available"] is False, (field, value)
+        assert field in checked["hello"]["reason"], checked["hello"]["reason"]
+    assert checked_members("h2", {"hello": remote_entry(fn_config)}, KEY)["hello"]["available"]
+
+
 # --- the control plane: local members (a joined host) and remote ones (the main host) ---------
 
 @pytest.fixture
