@@ -163,7 +163,9 @@ class Arbiter:
         cluster = config.cluster
         if cluster.advertise:   # served on tcp (CURVE) for other hosts' clients
             argv += ["--advertise", cluster.advertise, "--keys", cluster.keys,
-                     "--max-body-bytes", str(config.server.maxBodyBytes)]
+                     # A call's body or an event's, whichever may be larger.
+                     "--max-body-bytes", str(max(config.server.maxBodyBytes,
+                                                 config.server.maxEventBytes))]
         if cluster.controlPlane:   # records go to the main host's recorder
             # With "=": a z85 key may begin with "-", which argparse would take for an option.
             argv += ["--records-endpoint", cluster.records_endpoint,

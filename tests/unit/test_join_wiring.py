@@ -268,6 +268,8 @@ def test_a_joined_hosts_workers_get_tcp_and_records_arguments_they_can_parse(tmp
     assert (args.advertise, args.keys) == ("10.0.0.2", str(tmp_path / "keys"))
     assert args.records_endpoint == "tcp://10.0.0.1:7101"
     assert args.records_server_key == key.decode()
+    # It bounds what its tcp endpoint takes by the larger of a call's body and an event.
+    assert args.max_body_bytes == max(config.server.maxBodyBytes, config.server.maxEventBytes)
     assert arbiter.services() == []   # no recorder, no dispatcher on a joined host
 
 
