@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 REQUEST = b"\x01"
 REPLY = b"\x02"
@@ -134,10 +135,25 @@ HTTP_STATUS = {
 }
 
 
+# What a request id may be: printable ASCII without space, quote or backslash, at most 200
+# bytes (the gateways' UUIDs, the dispatcher's, `local-<hex>`). The worker writes the id into
+# the JSON line it hands a runtime and into log lines as text, so an id from a peer that is
+# anything else is refused (BAD_REQUEST) rather than spliced.
+_REQUEST_ID = re.compile(rb"[!#-\[\]-~]{1,200}")
+
+
+def valid_request_id(request_id: bytes) -> bool:
+    return _REQUEST_ID.fullmatch(request_id) is not None
+
+
 def error_body(error_type: str, message: str, **extra) -> bytes:
     """The JSON error every failed invocation returns: {"errorType", "errorMessage", ...}."""
     return json.dumps({"errorType": error_type, "errorMessage": message, **extra},
                       separators=(",", ":")).encode()
+
+
+BAD_REQUEST_ID = error_body("Sora.BadRequest", "The request id is not printable ASCII of at "
+                            "most 200 bytes without space, quote or backslash")
 
 
 def parse_error(body: bytes) -> tuple[str, str]:

@@ -214,10 +214,23 @@ def start_authenticator(ctx: zmq.Context, ring: KeyRing, use_asyncio: bool = Fal
     return auth
 
 
-def server_socket(ctx: zmq.Context, kind: int, ring: KeyRing) -> zmq.Socket:
+# The largest message a CURVE socket takes (ZMQ_MAXMSGSIZE; larger: the connection is
+# closed). ZeroMQ buffers a frame whole before the CURVE handshake looks at it, so without a
+# bound any process that reaches the port, with no key at all, makes the socket hold as many
+# bytes as it sends (measured: a 1 GB "handshake" frame, 300 MB of it sent, grew the server
+# by 300 MB). What a peer legitimately sends is far below this: a result (6 MiB) with its
+# log tail, a batch of records (a sender keeps at most 32 MiB); a worker's data endpoint
+# takes calls, bounded by the host's server.maxBodyBytes (tcp_endpoint.py), and the cluster
+# listener a MEMBERS (4 MB).
+MAX_MESSAGE_BYTES = 64 << 20
+
+
+def server_socket(ctx: zmq.Context, kind: int, ring: KeyRing,
+                  max_message: int = MAX_MESSAGE_BYTES) -> zmq.Socket:
     """A CURVE server socket (bind it to a tcp endpoint); its context needs an authenticator
     (start_authenticator), or any client with any key would be let in."""
     sock = ctx.socket(kind)
+    sock.setsockopt(zmq.MAXMSGSIZE, max_message)
     sock.curve_secretkey = ring.secret
     sock.curve_publickey = ring.public
     sock.curve_server = True
@@ -225,10 +238,13 @@ def server_socket(ctx: zmq.Context, kind: int, ring: KeyRing) -> zmq.Socket:
     return sock
 
 
-def client_socket(ctx: zmq.Context, kind: int, ring: KeyRing, server_key: bytes) -> zmq.Socket:
+def client_socket(ctx: zmq.Context, kind: int, ring: KeyRing, server_key: bytes,
+                  max_message: int = MAX_MESSAGE_BYTES) -> zmq.Socket:
     """A CURVE client socket (connect it to a tcp endpoint) for the server whose z85 public key
-    is `server_key`; it retries a refused or lost connection every 1 s, doubling to 8 s."""
+    is `server_key`; it retries a refused or lost connection every 1 s, doubling to 8 s. (What
+    listens at that address before the handshake proves its key is no one's: bounded too.)"""
     sock = ctx.socket(kind)
+    sock.setsockopt(zmq.MAXMSGSIZE, max_message)
     sock.curve_secretkey = ring.secret
     sock.curve_publickey = ring.public
     sock.curve_serverkey = server_key

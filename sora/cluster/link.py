@@ -95,10 +95,10 @@ class ClusterListener:
         self._ctx = zmq.Context()
         self._auth = start_authenticator(self._ctx, self.ring)
         try:
-            self._sock = server_socket(self._ctx, zmq.ROUTER, self.ring)
-            self._sock.setsockopt(zmq.LINGER, 0)
             # An allowed host still may not make the listener hold a message of any size.
-            self._sock.setsockopt(zmq.MAXMSGSIZE, MAX_MEMBERS_BYTES + 1024)
+            self._sock = server_socket(self._ctx, zmq.ROUTER, self.ring,
+                                       max_message=MAX_MEMBERS_BYTES + 1024)
+            self._sock.setsockopt(zmq.LINGER, 0)
             self._sock.bind(self.endpoint)
         except zmq.ZMQError:
             self._close()

@@ -317,8 +317,12 @@ class ControlPlane(threading.Thread):
                 elif identity not in self.subscribers:
                     self.subscribe(identity, now)   # a client the plane lost (it restarted)
             elif cmd == p.READY and len(frames) == 5:
-                changed |= self.register(identity, frames[2].decode(), frames[3].decode(),
-                                         _int(frames[4]), now)
+                ready = _ready(identity, frames[2], frames[3])
+                if ready is None:
+                    log.warning("ignored a READY that does not name a worker as workers do "
+                                "(<function>/<pid>, text)")
+                else:
+                    changed |= self.register(identity, *ready, _int(frames[4]), now)
             elif cmd == p.GROW and worker is not None and len(frames) == 3:
                 self._send(identity, p.GRANT,
                            str(self.grant(worker, _int(frames[2]))).encode())
@@ -500,6 +504,21 @@ class ControlPlane(threading.Thread):
     def close(self) -> None:
         self.sock.close(linger=0)
         self._pair.close(linger=0)
+
+
+def _ready(identity: bytes, function: bytes, endpoint: bytes) -> tuple[str, str] | None:
+    """(function, endpoint) of a READY whose identity, function and endpoint are what a
+    worker sends (`<function>/<pid>`, UTF-8), else None: the socket is private to Sora's
+    processes, but a malformed READY must not end the plane's thread (which logs, and puts
+    identities in MEMBERS, as text)."""
+    try:
+        name, _, pid = identity.decode().rpartition("/")
+        function_text, endpoint_text = function.decode(), endpoint.decode()
+    except UnicodeDecodeError:
+        return None
+    if name != function_text or not pid.isdigit():
+        return None
+    return function_text, endpoint_text
 
 
 def _int(frame) -> int:

@@ -66,6 +66,32 @@ def unavailable_reason() -> str | None:
     return None
 
 
+# The operator's secrets (the host config, its TLS key, the CURVE keys folder) that lie under
+# a folder every sandbox binds read-only: the README's own example keeps the keys in
+# /etc/sora/keys. Sora as root keeps them from a function by its uid (the keys folder is
+# 0700), but Sora run unprivileged gives the function its own uid, and a setup or an instance
+# with network could read and send away the host's secret key. The supervisor names them
+# (`hide`) and every sandbox of this process and its children (workers, the runtime pool)
+# covers them: an empty tmpfs over a folder, /dev/null over a file.
+HIDDEN_ENV = "SORA_SANDBOX_HIDDEN"
+
+
+def hide(paths) -> None:
+    """Cover `paths` (as given and as resolved) in every sandbox this process and the children
+    it starts from now on make: they inherit the list through their environment."""
+    out = []
+    for path in paths:
+        if path and os.path.exists(path):
+            for each in (os.path.abspath(path), os.path.realpath(path)):
+                if each not in out:
+                    out.append(each)
+    os.environ[HIDDEN_ENV] = os.pathsep.join(out)
+
+
+def hidden_paths() -> list[str]:
+    return [path for path in os.environ.get(HIDDEN_ENV, "").split(os.pathsep) if path]
+
+
 def _under(path: str, roots) -> bool:
     return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
 
@@ -411,6 +437,10 @@ def _bwrap(fn: FunctionConfig, read_only: list[tuple[str, str]],
         made.add(dest)   # what is mounted inside it (sora.yaml in its folder) needs no --dir
     for kind, source, dest in binds:
         cmd += [kind, source, dest]
+    mounted = [*SYSTEM_DIRS, *(dest for _, _, dest in binds)]
+    for path in hidden_paths():   # after what it lies in
+        if _under(path, mounted) and os.path.exists(path):
+            cmd += ["--tmpfs", path] if os.path.isdir(path) else ["--ro-bind", "/dev/null", path]
     # No --chdir: it starts where its process starts (an instance or setup in its folder, a
     # pre-started runtime in / until a function takes it and it changes into that folder).
     for name, value in env.items():

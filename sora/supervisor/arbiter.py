@@ -72,6 +72,8 @@ class StateDirBusy(Exception):
 class Arbiter:
     def __init__(self, config: HostConfig, joining: bool = False):
         self.config = config
+        # The operator's secrets are no sandbox's to read, wherever they lie (sandbox.hide).
+        sandbox.hide([config.path, config.server.sslKeyPath, config.cluster.keys])
         # A joined host (`sora-supervisor join`): workers only, serving the main host.
         self.joining = joining
         self.joined_hosts: JoinedHosts | None = None   # the main host's, with cluster.listen
@@ -160,7 +162,10 @@ class Arbiter:
                 "--min-free-disk-mb", str(config.minFreeDiskMB)]
         cluster = config.cluster
         if cluster.advertise:   # served on tcp (CURVE) for other hosts' clients
-            argv += ["--advertise", cluster.advertise, "--keys", cluster.keys]
+            argv += ["--advertise", cluster.advertise, "--keys", cluster.keys,
+                     # A call's body or an event's, whichever may be larger.
+                     "--max-body-bytes", str(max(config.server.maxBodyBytes,
+                                                 config.server.maxEventBytes))]
         if cluster.controlPlane:   # records go to the main host's recorder
             # With "=": a z85 key may begin with "-", which argparse would take for an option.
             argv += ["--records-endpoint", cluster.records_endpoint,

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import queue
+import typing
 from typing import Callable
 
 from .. import config_snapshot
@@ -27,6 +29,10 @@ log = logging.getLogger("sora.supervisor.hosts")
 
 MAX_REASON = 2000
 _FIELDS = frozenset(f.name for f in dataclasses.fields(FunctionConfig))
+# The plain fields' types: a dataclass does not check them, and the main host's gateways
+# compute with them (a `timeout` that is text would fail every call of the function there).
+_PLAIN = {name: kind for name, kind in typing.get_type_hints(FunctionConfig).items()
+          if kind in (str, int, float, bool)}
 
 
 def checked_members(host: str, members: dict, key: str) -> dict:
@@ -98,6 +104,19 @@ def _config_problem(name: str, config) -> str:
         config_snapshot.function_from_entry({k: v for k, v in config.items() if k in _FIELDS})
     except (TypeError, KeyError, ValueError) as exc:
         return f"not a function's config ({exc})"
+    for field, kind in _PLAIN.items():
+        value = config.get(field)
+        if field not in config or (kind is float and isinstance(value, int)):
+            ok = True
+        else:
+            ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+        if ok and kind in (int, float) and isinstance(value, (int, float)):
+            ok = math.isfinite(value) and value >= 0
+        if not ok:
+            return f"{field}: expected a {kind.__name__} (a number not below 0), got {value!r}"[:200]
+    directory = config.get("directory")
+    if not (isinstance(directory, str) and directory.startswith("/") and directory != "/"):
+        return f"directory: expected an absolute path of a folder, got {directory!r}"[:200]
     return ""
 
 

@@ -28,7 +28,7 @@ from ..config import ConfigError, FunctionConfig, LogsConfig, RecordsConfig
 from ..function_response import BadFunctionResponse, map_result
 from ..store.recorder import RecordSender
 from ..cluster.keys import KeyRing, KeysError, load_keys
-from .tcp_endpoint import bind_tcp
+from .tcp_endpoint import bind_tcp, max_request_bytes
 from ..runtimes.pool import PoolClient, PooledProcess
 from ..setup.run import SetupRun
 from .instance import Instance, State
@@ -68,12 +68,13 @@ class Worker:
                  secrets: Secrets | None = None, log_limits: dict | None = None,
                  setup_withheld: frozenset[str] = frozenset(), keys: KeyRing | None = None,
                  advertise: str | None = None, records_endpoint: str | None = None,
-                 records_server_key: bytes | None = None):
+                 records_server_key: bytes | None = None, max_body_bytes: int = 6 << 20):
         """With `advertise` (and `keys`), the data endpoint is tcp on that address (CURVE);
         with `records_endpoint`, records go to that tcp recorder (the main host's, CURVE,
         its key `records_server_key`)."""
         self.fn = fn
         self.keys, self.advertise = keys, advertise
+        self.max_body_bytes = max_body_bytes   # bounds a tcp endpoint's messages
         self.auth = None   # the ZAP authenticator of a tcp data endpoint
         self.setup_withheld = setup_withheld  # for coldStart: always-setup (SetupRun)
         self.secrets = secrets or Secrets(fn, {}, state_dir)
@@ -247,8 +248,8 @@ class Worker:
     def bind(self) -> None:
         """Bind the ROUTER clients send invocations to (before READY tells anyone of it)."""
         if self.advertise:
-            self.data, self.data_endpoint, self.auth = bind_tcp(self.ctx, self.keys,
-                                                                self.advertise)
+            self.data, self.data_endpoint, self.auth = bind_tcp(
+                self.ctx, self.keys, self.advertise, max_request_bytes(self.max_body_bytes))
         else:
             self.data = self.ctx.socket(zmq.ROUTER)
         self.data.setsockopt(zmq.SNDHWM, 200_000)
@@ -395,6 +396,10 @@ class Worker:
             client, cmd = frames[0], frames[1]
             clients[client] = now   # a client forgotten while still there is known again
             if cmd == p.REQUEST and len(frames) >= 4:
+                if not p.valid_request_id(frames[2]):   # it is spliced into text: refuse it
+                    self.replies.append([client, p.REPLY, frames[2], p.BAD_REQUEST,
+                                         p.BAD_REQUEST_ID])
+                    continue
                 self.pending.append((client, frames[2], frames[3], now))
                 if len(frames) > 4 and frames[4] != p.TRIGGER_HTTP:
                     self.meta[frames[2]] = frames[4]
@@ -876,6 +881,8 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--advertise", help="serve on tcp at this address (CURVE), for other "
                                             "hosts' clients (cluster.advertise)")
     parser.add_argument("--keys", help="this host's CURVE keys folder (cluster.keys)")
+    parser.add_argument("--max-body-bytes", type=int, default=6 << 20,
+                        help="server.maxBodyBytes: bounds a message to the tcp endpoint")
     parser.add_argument("--records-endpoint", help="send records to this tcp recorder (the "
                                                    "main host's, CURVE)")
     parser.add_argument("--records-server-key", help="the z85 public key of that recorder's "
@@ -924,5 +931,5 @@ def main(argv: list[str] | None = None) -> int:
                     log_limits, setup_withheld=declared_env_names(functions), keys=keys,
                     advertise=args.advertise, records_endpoint=args.records_endpoint,
                     records_server_key=args.records_server_key.encode()
-                    if args.records_server_key else None)
+                    if args.records_server_key else None, max_body_bytes=args.max_body_bytes)
     return worker.run()

@@ -33,11 +33,19 @@ def endpoint_text(advertise: str, port: int) -> str:
     return f"tcp://{host}:{port}"
 
 
-def bind_tcp(ctx: zmq.Context, ring: KeyRing, advertise: str):
+def max_request_bytes(max_body_bytes: int) -> int:
+    """The largest message the endpoint takes, for calls of bodies up to `max_body_bytes`
+    (server.maxBodyBytes): the event carries the body base64-encoded (4/3) with the request's
+    headers and context (within 1 MiB). A larger message closes its connection."""
+    return 2 * max_body_bytes + (1 << 20)
+
+
+def bind_tcp(ctx: zmq.Context, ring: KeyRing, advertise: str,
+             max_message: int = max_request_bytes(6 << 20)):
     """(ROUTER bound as a CURVE server, the endpoint to announce, its authenticator: stop it
     before the context is terminated)."""
     auth = start_authenticator(ctx, ring)
-    sock = server_socket(ctx, zmq.ROUTER, ring)
+    sock = server_socket(ctx, zmq.ROUTER, ring, max_message=max_message)
     try:
         address, ipv6 = bind_address(advertise)
         if ipv6:

@@ -5,6 +5,7 @@ send invocations, announce a worker or subscribe to the membership). An unsandbo
 run as Sora's own user, can: that is what shows the probe reaches the sockets at all."""
 from __future__ import annotations
 
+import json
 import os
 import stat
 
@@ -29,6 +30,13 @@ const tryConnect = (p) => new Promise((resolve) => {
 });
 exports.handler = async (event) => {
   const q = event.queryStringParameters || {};
+  if (q.paths) {   // every socket of the run folder, and the state dir's files
+    const out = {};
+    for (const p of JSON.parse(q.paths)) {
+      out[p] = { open: tryOpen(p), connect: await tryConnect(p) };
+    }
+    return out;
+  }
   return { open: { control: tryOpen(q.control), worker: tryOpen(q.worker) },
            connect: { control: await tryConnect(q.control), worker: await tryConnect(q.worker) },
            run: fs.existsSync(q.run) };
@@ -87,3 +95,23 @@ def test_a_killed_workers_socket_file_is_removed_when_it_is_reaped(host):
     assert os.path.exists(p.ipc_path(p.worker_data_endpoint(state_dir, new)))
     # The new worker serves (its clients learned its endpoint from MEMBERS).
     assert probe(host, "open")["connect"]["worker"] == "connected"
+
+
+def test_no_socket_of_the_run_folder_nor_the_store_is_reachable_from_a_sandbox(host):
+    """records.sock, events.sock, runtimes.sock beside control.sock and the workers', and
+    the state dir's files (the store, the queue, functions.json)."""
+    state = host.base / "state"
+    run = state / "run"
+    paths = sorted(str(path) for path in run.iterdir() if stat.S_ISSOCK(os.stat(path).st_mode))
+    names = {os.path.basename(path) for path in paths}
+    assert {"control.sock", "records.sock", "events.sock", "runtimes.sock"} <= names, names
+    paths += [str(state / "sora.db"), str(state / "queue.db"), str(run / "functions.json")]
+    r = host.invoke("boxed", params={"paths": json.dumps(paths)})
+    assert r.status_code == 200, r.text
+    got = json_of(r)
+    for path in paths:
+        assert got[path]["open"] in ("ENOENT", "EACCES"), (path, got[path])
+        assert got[path]["connect"] in ("ENOENT", "EACCES"), (path, got[path])
+    # The unsandboxed function (documented as unconfined) reaches them: the probe works.
+    r = host.invoke("open", params={"paths": json.dumps(paths)})
+    assert json_of(r)[str(run / "records.sock")]["connect"] == "connected"

@@ -92,6 +92,18 @@ def test_a_config_that_is_not_one_makes_the_function_unavailable(fn_config):
     assert checked["named"]["available"] is False   # its config names "hello"
 
 
+def test_a_config_with_fields_of_the_wrong_type_makes_the_function_unavailable(fn_config):
+    # Attack (issue 16): a joined host's config is its operator's, but the main host's gateways
+    # compute with it (timeout * 2 + 10 s) and redact its folder from error messages.
+    for field, value in (("timeout", "x"), ("memory", -1), ("maxInstances", True),
+                         ("timeout", float("inf")), ("auth", 3), ("directory", "/"),
+                         ("directory", "relative")):
+        checked = checked_members("h2", {"hello": remote_entry({**fn_config, field: value})}, KEY)
+        assert checked["hello"]["available"] is False, (field, value)
+        assert field in checked["hello"]["reason"], checked["hello"]["reason"]
+    assert checked_members("h2", {"hello": remote_entry(fn_config)}, KEY)["hello"]["available"]
+
+
 # --- the control plane: local members (a joined host) and remote ones (the main host) ---------
 
 @pytest.fixture
@@ -256,6 +268,8 @@ def test_a_joined_hosts_workers_get_tcp_and_records_arguments_they_can_parse(tmp
     assert (args.advertise, args.keys) == ("10.0.0.2", str(tmp_path / "keys"))
     assert args.records_endpoint == "tcp://10.0.0.1:7101"
     assert args.records_server_key == key.decode()
+    # It bounds what its tcp endpoint takes by the larger of a call's body and an event.
+    assert args.max_body_bytes == max(config.server.maxBodyBytes, config.server.maxEventBytes)
     assert arbiter.services() == []   # no recorder, no dispatcher on a joined host
 
 
