@@ -388,6 +388,10 @@ class Uplink:
             command = frames[0]
             if command == p.HEARTBEAT:
                 heard = True
+                if not self.joined:
+                    # The joined host's operator sees here that the join took (the main
+                    # host logs it too); again after each reconnect.
+                    log.info("joined the cluster at %s as %s", self.endpoint, self.name)
                 self.joined = True
             elif command == p.DISCONNECT:
                 heard = True
@@ -408,7 +412,8 @@ class Uplink:
             if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 self.refused = (f"its key {self.ring.public_text} is not on its allow-list "
                                 f"(add {self.ring.directory}/host.key there with `sora keys "
-                                "add`)")
+                                "add`, then restart the main host's supervisor: it reads its "
+                                "allow-list when it starts)")
             else:
                 self.refused = "the CURVE handshake failed (is controlPlaneKey its key?)"
             log.warning("control plane %s refused this host (%s): %s", self.endpoint,
