@@ -78,9 +78,12 @@ class ClusterListener:
 
     def __init__(self, endpoint: str, ring: KeyRing,
                  on_members: Callable[[str, dict], None],
-                 on_lost: Callable[[str, str], None]):
+                 on_lost: Callable[[str, str], None], own_name: str | None = None):
         self.endpoint = endpoint
         self.ring = ring
+        # The main host's own cluster.name: a host joining under it is refused (it would be
+        # taken for the main host itself), and told why, rather than joined and ignored.
+        self.own_name = own_name
         self.on_members = on_members
         self.on_lost = on_lost
         self._hosts: dict[str, JoinedHost] = {}
@@ -202,6 +205,10 @@ class ClusterListener:
         if members is None or not name or len(name) > 63:
             return self._refuse(rid, address, name, "its JOIN is malformed (expected a name "
                                 "and a JSON object of what it serves)")
+        if name == self.own_name:
+            return self._refuse(rid, address, name, f"the name {name!r} is the main host's "
+                                "own (two machines with the same host name?): give this "
+                                "host another cluster.name")
         same = self._hosts.get(name)
         if same is not None and same.routing_id != rid:
             if same.key != key:
@@ -444,7 +451,8 @@ def listener_for(cluster: ClusterConfig, on_members: Callable[[str, dict], None]
     Not started: call start() (a bind error raises there)."""
     if not cluster.listen:
         return None
-    return ClusterListener(cluster.listen, load_keys(cluster.keys), on_members, on_lost)
+    return ClusterListener(cluster.listen, load_keys(cluster.keys), on_members, on_lost,
+                           own_name=cluster.name)
 
 
 def uplink_for(cluster: ClusterConfig, members: dict | None = None) -> Uplink | None:

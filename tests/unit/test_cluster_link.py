@@ -276,3 +276,26 @@ def test_members_json_cannot_hold_fail_in_the_caller(rings):
     with pytest.raises(TypeError):
         uplink.set_members({"bad": object()})
     uplink.stop()   # never started: nothing to do
+
+
+def test_a_host_under_the_main_hosts_own_name_is_refused_and_told_why(rings, caplog):
+    # Two machines with the same host name (clones) and no cluster.name: the joined one would
+    # be taken for the main host; it is refused, and its own log says what to change.
+    main, joined = rings
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    events = Events()
+    listener = ClusterListener(endpoint, main, events.on_members, events.on_lost,
+                               own_name="vm")
+    listener.start()
+    uplink = Uplink(endpoint, joined, main.public, "vm", {"functions": {"echo": {}}})
+    try:
+        with caplog.at_level(logging.WARNING):
+            uplink.start()
+            wait_for(lambda: "refused this host (vm)" in caplog.text)
+        assert "the name 'vm' is the main host's own" in uplink.refused
+        assert "give this host another cluster.name" in uplink.refused
+        events.none_within(0.3)
+        assert listener.hosts() == [] and not uplink.joined
+    finally:
+        uplink.stop()
+        listener.stop()
