@@ -531,6 +531,12 @@ def cmd_api_keys(args) -> int:
 
 # --- parser ---------------------------------------------------------------------------------
 
+# The options every command takes (parser()'s `common`); they follow the command's name.
+COMMON_OPTIONS = ("--json", "--host", "--config", "-c", "--api-key", "--cacert", "--insecure",
+                  "-k", "--timeout")
+FLAGS = ("--json", "--insecure", "-k")
+
+
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print JSON instead of tables")
@@ -605,6 +611,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    words = sys.argv[1:] if argv is None else argv
+    option = words[0].split("=")[0] if words else ""
+    if option in COMMON_OPTIONS:
+        # argparse would say only "invalid choice: 'http://…'" for `sora --host URL ls`.
+        given = words[:1 if option in FLAGS or "=" in words[0] else 2]
+        print(f"sora: {option} goes after the command: sora COMMAND {' '.join(given)} "
+              "(e.g. sora ls --host http://127.0.0.1:8080)", file=sys.stderr)
+        return 2
     args = parser().parse_args(argv)
     try:
         return args.func(args)

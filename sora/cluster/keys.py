@@ -146,6 +146,12 @@ def add_allowed(directory: str, cert_file: str, name: str | None = None) -> str:
         raise KeysError(f"--name: expected a plain file name, got {name!r}")
     target = os.path.join(ring.allowed_dir, name + ".key")
     if os.path.exists(target) and read_public(target) != public:
+        if name + ".key" == HOST_CERT:
+            # Every host's certificate is called host.key, and the allow-list holds this
+            # host's own under that name: a copied host.key needs a name of its own.
+            raise KeysError(f"{target}: is this host's own key; give the other host's "
+                            "certificate a name of its own with --name NAME (e.g. its host "
+                            "name)")
         raise KeysError(f"{target}: already holds another key named {name!r}; choose another "
                         "--name or remove that file first")
     with open(cert_file, "rb") as src:
@@ -191,7 +197,10 @@ class _LoggedRefusals:
             key = zmq.utils.z85.encode(self._key).decode() if len(self._key) == 32 else "?"
             reason = status_text.decode("utf-8", "replace")
             if reason == "Unknown key":
-                reason = f"its key {key} is not on the allow-list {self.allowed_dir}"
+                reason = (f"its key {key} is not on the allow-list {self.allowed_dir} "
+                          f"(to let it in: `sora keys add {os.path.dirname(self.allowed_dir)} "
+                          "ITS_HOST.key --name NAME`, then restart this host's supervisor, "
+                          "which reads the allow-list when it starts)")
             log.warning("refused a connection from %s: %s", self._peer, reason)
         super()._send_zap_reply(request_id, status_code, status_text, user_id)
 

@@ -78,9 +78,12 @@ class ClusterListener:
 
     def __init__(self, endpoint: str, ring: KeyRing,
                  on_members: Callable[[str, dict], None],
-                 on_lost: Callable[[str, str], None]):
+                 on_lost: Callable[[str, str], None], own_name: str | None = None):
         self.endpoint = endpoint
         self.ring = ring
+        # The main host's own cluster.name: a host joining under it is refused (it would be
+        # taken for the main host itself), and told why, rather than joined and ignored.
+        self.own_name = own_name
         self.on_members = on_members
         self.on_lost = on_lost
         self._hosts: dict[str, JoinedHost] = {}
@@ -202,6 +205,10 @@ class ClusterListener:
         if members is None or not name or len(name) > 63:
             return self._refuse(rid, address, name, "its JOIN is malformed (expected a name "
                                 "and a JSON object of what it serves)")
+        if name == self.own_name:
+            return self._refuse(rid, address, name, f"the name {name!r} is the main host's "
+                                "own (two machines with the same host name?): give this "
+                                "host another cluster.name")
         same = self._hosts.get(name)
         if same is not None and same.routing_id != rid:
             if same.key != key:
@@ -388,6 +395,10 @@ class Uplink:
             command = frames[0]
             if command == p.HEARTBEAT:
                 heard = True
+                if not self.joined:
+                    # The joined host's operator sees here that the join took (the main
+                    # host logs it too); again after each reconnect.
+                    log.info("joined the cluster at %s as %s", self.endpoint, self.name)
                 self.joined = True
             elif command == p.DISCONNECT:
                 heard = True
@@ -408,7 +419,8 @@ class Uplink:
             if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 self.refused = (f"its key {self.ring.public_text} is not on its allow-list "
                                 f"(add {self.ring.directory}/host.key there with `sora keys "
-                                "add`)")
+                                "add`, then restart the main host's supervisor: it reads its "
+                                "allow-list when it starts)")
             else:
                 self.refused = "the CURVE handshake failed (is controlPlaneKey its key?)"
             log.warning("control plane %s refused this host (%s): %s", self.endpoint,
@@ -439,7 +451,8 @@ def listener_for(cluster: ClusterConfig, on_members: Callable[[str, dict], None]
     Not started: call start() (a bind error raises there)."""
     if not cluster.listen:
         return None
-    return ClusterListener(cluster.listen, load_keys(cluster.keys), on_members, on_lost)
+    return ClusterListener(cluster.listen, load_keys(cluster.keys), on_members, on_lost,
+                           own_name=cluster.name)
 
 
 def uplink_for(cluster: ClusterConfig, members: dict | None = None) -> Uplink | None:

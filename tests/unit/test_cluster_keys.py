@@ -55,6 +55,10 @@ def test_add_takes_public_certificates_only(tmp_path):
         k.add_allowed(a.directory, os.path.join(b.directory, k.HOST_SECRET), name="c")
     with pytest.raises(k.KeysError, match="already holds another key named 'b'"):
         k.add_allowed(a.directory, os.path.join(a.directory, k.HOST_CERT), name="b")
+    # Another host's host.key copied as is, without --name: its name would be this host's own.
+    with pytest.raises(k.KeysError, match="is this host's own key; give the other host's "
+                                          "certificate a name of its own with --name"):
+        k.add_allowed(a.directory, os.path.join(b.directory, k.HOST_CERT))
     with pytest.raises(k.KeysError, match="expected a CURVE certificate"):
         k.add_allowed(a.directory, str(tmp_path / "missing.key"))
 
@@ -106,6 +110,9 @@ def test_curve_server_takes_allowed_keys_and_logs_refusals(tmp_path, caplog):
             assert not sock.poll(300)   # the stranger's message never arrives
         assert "refused a connection from 127.0.0.1" in caplog.text
         assert f"its key {stranger.public.decode()} is not on the allow-list" in caplog.text
+        # ... and what to do about it: add the key, then restart (the list is read at start).
+        assert f"`sora keys add {server.directory} ITS_HOST.key --name NAME`, then restart" \
+            in caplog.text
     finally:
         for c in clients:
             c.close(0)

@@ -75,9 +75,10 @@ def wait_for(predicate, timeout=5.0):
         time.sleep(0.02)
 
 
-def test_join_members_and_heartbeats(rings, cluster):
+def test_join_members_and_heartbeats(rings, cluster, caplog):
     main, joined = rings
     endpoint, listener, events, started = cluster
+    caplog.set_level(logging.INFO, logger="sora.cluster")
     uplink = Uplink(endpoint, joined, main.public, "h2", {"functions": {"echo": {}}})
     uplink.start()
     started.append(uplink)
@@ -93,6 +94,8 @@ def test_join_members_and_heartbeats(rings, cluster):
     # Heartbeats both ways keep it joined well past the 3 s liveness.
     events.none_within(4.0)
     assert uplink.joined and uplink.connects == 1
+    # The joined host's own log says the join took, once (its operator has no /healthz).
+    assert caplog.text.count(f"joined the cluster at {endpoint} as h2") == 1
     # Leaving says so at once.
     uplink.stop()
     started.remove(uplink)
@@ -181,6 +184,7 @@ def test_an_unknown_key_is_refused_and_logged_with_its_address(tmp_path, rings, 
     # The joined host is told why, and says what to do about it.
     wait_for(lambda: "refused this host (intruder): its key" in caplog.text)
     assert "is not on its allow-list (add " in uplink.refused
+    assert "then restart the main host's supervisor" in uplink.refused
     events.none_within(0.5)
     assert listener.hosts() == [] and not uplink.joined
     # Allowed now, and the listener reads its allow-list again: the uplink's next try joins.
@@ -272,3 +276,26 @@ def test_members_json_cannot_hold_fail_in_the_caller(rings):
     with pytest.raises(TypeError):
         uplink.set_members({"bad": object()})
     uplink.stop()   # never started: nothing to do
+
+
+def test_a_host_under_the_main_hosts_own_name_is_refused_and_told_why(rings, caplog):
+    # Two machines with the same host name (clones) and no cluster.name: the joined one would
+    # be taken for the main host; it is refused, and its own log says what to change.
+    main, joined = rings
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    events = Events()
+    listener = ClusterListener(endpoint, main, events.on_members, events.on_lost,
+                               own_name="vm")
+    listener.start()
+    uplink = Uplink(endpoint, joined, main.public, "vm", {"functions": {"echo": {}}})
+    try:
+        with caplog.at_level(logging.WARNING):
+            uplink.start()
+            wait_for(lambda: "refused this host (vm)" in caplog.text)
+        assert "the name 'vm' is the main host's own" in uplink.refused
+        assert "give this host another cluster.name" in uplink.refused
+        events.none_within(0.3)
+        assert listener.hosts() == [] and not uplink.joined
+    finally:
+        uplink.stop()
+        listener.stop()

@@ -102,3 +102,11 @@ def test_the_function_list_resource_passes_the_hosts_on(tmp_path):
     body = falcon.testing.TestClient(app).simulate_get("/api/functions").json
     assert body["hosts"] == CLUSTER["hosts"]
     assert body["functions"][0]["hosts"] == ["main"]
+
+
+def test_a_common_option_before_the_command_says_where_it_goes(capsys):
+    # `sora --host URL ls` (as one writes it for many CLIs) gets where the option goes, not
+    # argparse's "invalid choice: 'http://…'".
+    assert cli.main(["--host", "http://10.0.0.1:8080", "ls"]) == 2
+    err = capsys.readouterr().err
+    assert "--host goes after the command: sora COMMAND --host http://10.0.0.1:8080" in err
