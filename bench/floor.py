@@ -76,6 +76,15 @@ def run_broker(frontend_endpoint: str, backend_endpoint: str) -> None:
                     send_frames(frontend, [client, p.REPLY, request_id, p.UNAVAILABLE, b""])
 
 
+def start_runtime(poller: zmq.Poller) -> subprocess.Popen:
+    """Node behind a pipe (bench/floor_runtime.js), its stdout registered with `poller`."""
+    node = subprocess.Popen(["node", str(ROOT / "bench" / "floor_runtime.js")],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    os.set_blocking(node.stdout.fileno(), False)
+    poller.register(node.stdout.fileno(), zmq.POLLIN)
+    return node
+
+
 def run_worker(backend_endpoint: str, function: str) -> None:
     """Answer each request at once (`echo`), or through Node over a pipe (`node`)."""
     ctx = zmq.Context()
@@ -84,14 +93,9 @@ def run_worker(backend_endpoint: str, function: str) -> None:
     send_frames(sock, [p.READY, function.encode()])
     poller = zmq.Poller()
     poller.register(sock, zmq.POLLIN)
-    node = None
+    node = start_runtime(poller) if function == "node" else None
     waiting: dict[bytes, bytes] = {}
     buffer = b""
-    if function == "node":
-        node = subprocess.Popen(["node", str(ROOT / "bench" / "floor_runtime.js")],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        os.set_blocking(node.stdout.fileno(), False)
-        poller.register(node.stdout.fileno(), zmq.POLLIN)
     while True:
         events = dict(poller.poll())
         if sock in events:
@@ -138,14 +142,9 @@ def run_direct_worker(endpoint: str, function: str) -> None:
     sock.bind(endpoint)
     poller = zmq.Poller()
     poller.register(sock, zmq.POLLIN)
-    node = None
+    node = start_runtime(poller) if function == "node" else None
     waiting: dict[bytes, bytes] = {}
     buffer = b""
-    if function == "node":
-        node = subprocess.Popen(["node", str(ROOT / "bench" / "floor_runtime.js")],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        os.set_blocking(node.stdout.fileno(), False)
-        poller.register(node.stdout.fileno(), zmq.POLLIN)
     while True:
         events = dict(poller.poll())
         if sock in events:

@@ -200,7 +200,6 @@ class InvocationClient:
         """Close every socket and the context (a context with an open socket cannot end)."""
         if self._ctx is None:
             return
-        loop_open = self._loop is not None and not self._loop.is_closed()
         if self._tick_handle is not None:
             self._tick_handle.cancel()
             self._tick_handle = None
@@ -209,12 +208,7 @@ class InvocationClient:
         self.workers.clear()
         if self._control_connected:
             self._send_control([p.BYE])   # the control plane drops this subscriber now
-        if loop_open:
-            self._loop.remove_reader(self._control.getsockopt(zmq.FD))
-            self._loop.remove_reader(self._control_monitor.getsockopt(zmq.FD))
-        self._control.disable_monitor()
-        self._control_monitor.close(linger=0)
-        self._control.close(linger=0)
+        self._close_monitored(self._control, self._control_monitor)
         self._control = self._control_monitor = None
         if self.records is not None:
             self.records.close(wait=0)
@@ -262,13 +256,17 @@ class InvocationClient:
             return
         if bye and worker.connected:
             self._send_now(worker, [p.BYE])
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.remove_reader(worker.sock.getsockopt(zmq.FD))
-            self._loop.remove_reader(worker.monitor.getsockopt(zmq.FD))
-        worker.sock.disable_monitor()
-        worker.monitor.close(linger=0)
-        worker.sock.close(linger=0)
+        self._close_monitored(worker.sock, worker.monitor)
         worker.sock = worker.monitor = None
+
+    def _close_monitored(self, sock: zmq.Socket, monitor: zmq.Socket) -> None:
+        """Close a socket and its monitor, first taking both off the event loop."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(sock.getsockopt(zmq.FD))
+            self._loop.remove_reader(monitor.getsockopt(zmq.FD))
+        sock.disable_monitor()
+        monitor.close(linger=0)
+        sock.close(linger=0)
 
     def _send_now(self, worker: _Worker, frames: list[bytes]) -> bool:
         """A message off the hot path. ZeroMQ's fd is edge-triggered and a send may take the
