@@ -85,6 +85,10 @@ RETRY_UNREACHABLE = 0.2
 # batch wakes the recorder, a process of its own on the same cores as the invocation path; one
 # per loop turn was a wake-up per call at concurrency 1 and several per ms under load.
 BATCH_WAIT = 0.02
+# ... unless it holds this much already: a function printing as fast as it can would otherwise
+# make 20 ms batches of megabytes, and the recorder takes a batch whole, so one commit (and the
+# WAL) grew past its share of records.maxStoreMB (test_disk_limits saw the store 9 % over).
+BATCH_MAX_BYTES = 64 << 10
 # What one sender keeps unacknowledged: a worker whose recorder is gone drops its oldest
 # batches beyond this (with a warning) rather than grow without bound. ~200,000 records.
 UNACKED_MAX_BYTES = 32 << 20
@@ -138,6 +142,7 @@ class RecordSender:
         self.sock.connect(endpoint or records_endpoint(state_dir))
         self.key = b"%d.%s" % (os.getpid(), os.urandom(6).hex().encode())
         self.batch: list[bytes] = []
+        self.batch_bytes = 0   # the log lines' part of the batch (records are ~150 bytes)
         self.batch_since: float | None = None   # when flush(now) first saw this batch
         self.seq = 0
         # (seq, message, line count) of each batch not yet acknowledged, oldest first; the
@@ -169,6 +174,7 @@ class RecordSender:
         head = b"L\t%s\t%s\t%.6f\t%s\t" % (function.encode(), request_id.encode(), time.time(),
                                            stream.encode())
         self.batch.extend(head + line for line in lines)
+        self.batch_bytes += sum(map(len, lines))
 
     def flush(self, now: float | None = None) -> float | None:
         """Once per loop turn: take acknowledgements, send the batch, resend what is overdue.
@@ -178,7 +184,7 @@ class RecordSender:
         nothing unacknowledged it costs one test."""
         if self.unacked:
             self._take_acks()
-        if self.batch and now is not None:
+        if self.batch and now is not None and self.batch_bytes < BATCH_MAX_BYTES:
             if self.batch_since is None:
                 self.batch_since = now
             wait = self.batch_since + BATCH_WAIT - now
@@ -188,6 +194,7 @@ class RecordSender:
                 return wait
         if self.batch:
             self.batch_since = None
+            self.batch_bytes = 0
             self.seq += 1
             message = b"\n".join(self.batch)
             if not self.unacked:

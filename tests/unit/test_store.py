@@ -71,6 +71,12 @@ def test_a_worker_batch_gathers_for_batch_wait_then_goes_as_one(tmp_path):
     sender.record(b"r3", b"fn", b"http", 1700000000.0, 1.0, b"ok", None, False)
     assert sender.flush() is None   # without `now` (gateways, close): at once
     assert router.poll(2000)
+    router.recv_multipart()
+    # A batch of log lines past BATCH_MAX_BYTES goes at once, however young: the recorder
+    # takes a batch whole, and megabytes in one commit grew the WAL past its share.
+    sender.lines("fn", "r4", "stdout", [b"x" * 1024] * (recorder_module.BATCH_MAX_BYTES // 1024))
+    assert sender.flush(200.0) is None
+    assert router.poll(2000)
     sender.close(wait=0)
     router.close()
     ctx.term()
