@@ -274,8 +274,8 @@ SERVER_SETTINGS = _settings(
             "file's folder."),
     Setting("bind", _nonempty_str, "0.0.0.0", "Address both listeners bind to."),
     Setting("gatewayWorkers", _int_range(1, 64), None, "gunicorn worker processes per listener. "
-            "Default: half the CPU cores, at least 1 (the broker, workers and runtimes need the "
-            "other half)."),
+            "Default: half the CPU cores, at least 1 (the workers, runtimes and recorder "
+            "need the other half)."),
     Setting("maxBodyBytes", _int_range(1, 1 << 30), 6 * 1024 * 1024, "Largest request body "
             "accepted; a larger one gets 413. Default 6 MiB, Lambda's synchronous payload limit."),
     Setting("gracefulTimeout", _number_range(0, 3600), 30.0, "Seconds a stop waits for "
@@ -452,7 +452,7 @@ FUNCTION_SETTINGS = _settings(
     Setting("idleTimeout", _number_range(0, 24 * 3600), 300.0, "Seconds an instance may stay "
             "idle before the autoscaler stops it (never below `minInstances`)."),
     Setting("workers", _int_range(1, 64), 1, "Worker processes for this function on this "
-            "host; the broker shares its calls among them (more workers spread the Python "
+            "host; each client sends a call to the one with the most free credits (more workers spread the Python "
             "side of a busy function over more cores). Workers on other hosts join the same "
             "way."),
     Setting("maxQueued", _int_range(0, 100000), 1000, "Invocations that may wait for a free "
@@ -926,7 +926,7 @@ def _resolve(base: str, path: str) -> str:
 
 
 def default_gateway_workers() -> int:
-    """Half the cores: every invocation also runs through the broker, a worker and a runtime,
+    """Half the cores: every invocation also runs through a worker and a runtime,
     which need CPU too. With as many gateway processes as cores, they compete with the rest of
     the path, and each gets smaller batches (measured on 2 cores: one gateway process serves
     ~7 % more than two)."""

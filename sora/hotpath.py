@@ -1,4 +1,4 @@
-"""Process-wide settings for the processes on the invocation path (gateway, broker, worker)."""
+"""Process-wide settings for the processes on the invocation path (gateway, worker, recorder)."""
 import gc
 
 

@@ -103,7 +103,7 @@ class ErrorDetail:
     def function_url_error(self, function: str, status: int,
                            body: bytes) -> tuple[bytes, str]:
         """(body, content type) for a failed function URL call answered `status`, from the
-        error JSON the worker, the broker or the gateway made."""
+        error JSON the worker, the client or the gateway made."""
         if self.level == FULL:
             return body, "application/json"
         if self.level == NONE:

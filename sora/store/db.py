@@ -43,7 +43,7 @@ CREATE TABLE IF NOT EXISTS log_lines (
 );
 CREATE INDEX IF NOT EXISTS log_lines_by_request ON log_lines (request_id, id);
 CREATE INDEX IF NOT EXISTS log_lines_by_function ON log_lines (function, id);
--- Per sender of records (a worker, the broker): the last batch committed, in the same
+-- Per sender of records (a worker, a client): the last batch committed, in the same
 -- transaction as the batch, so a batch resent after a recorder crash is stored once.
 CREATE TABLE IF NOT EXISTS record_senders (
     sender      TEXT PRIMARY KEY,             -- <pid>.<random>, chosen by the sender

@@ -1,7 +1,7 @@
 """The recorder: the one process that writes invocation records and log lines to the store.
 
 Workers send a message per loop turn to `<stateDir>/run/records.sock` (`RecordSender`; the
-broker too, for invocations lost with their worker, which cannot record them); the
+clients too, for invocations lost with their worker, which cannot record them); the
 recorder commits what gathered every FLUSH_INTERVAL in one transaction, and prunes the store
 to its retention every PRUNE_INTERVAL. Keeping SQLite out of the workers keeps it off the
 invocation path (no write, no lock, no GIL held by a writer thread beside the worker loop).

@@ -10,8 +10,9 @@ gunicorn master as an inherited file descriptor (gunicorn's `fd://N` bind). So:
 - a gateway that restarts gets the same socket back: nothing else can take the port meanwhile,
   and connections made while it restarts wait in the backlog instead of being refused.
 
-These are the only ports Sora binds: the broker, workers, recorder and dispatcher talk over
-Unix sockets in the state dir, and a `provided` runtime's Runtime API listens on an ephemeral
+These are the only ports Sora binds on a single host: the control plane, workers, recorder and
+dispatcher talk over Unix sockets in the state dir (a cluster adds `cluster.listen`, its port + 1
+and joined hosts' workers' ports, sora/cluster), and a `provided` runtime's Runtime API listens on an ephemeral
 loopback port (port 0) that cannot be taken.
 """
 from __future__ import annotations

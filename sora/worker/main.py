@@ -549,7 +549,7 @@ class Worker:
             sum(i.state is State.BOOTING for i in self.instances)
 
     def on_grant(self, granted: int) -> None:
-        """The broker granted instances: autoscale starts them, one per loop turn."""
+        """The control plane granted instances: autoscale starts them, one per loop turn."""
         asked, self.asking = self.asking, 0
         before = self.instance_count()
         self.unstarted += granted

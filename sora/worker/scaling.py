@@ -11,7 +11,7 @@ no sockets) so its rules can be tested on their own.
   not 50 ms later), or there is no instance at all (a function scaled to zero starts one at
   once), or every instance is still starting: add one instance per waiting invocation (per
   PIPELINE of them, for a fast function whose instances take several at a time), less the
-  instances already starting, up to `maxInstances`. The worker then asks the broker, which
+  instances already starting, up to `maxInstances`. The worker then asks its host's control plane, which
   grants what the function's `concurrency` and the host's limits allow. A fast function (and a
   fresh worker, whose average is only its starting guess) scales on the oldest call's wait
   alone, as before: its short queues of short calls predict nothing.
