@@ -37,6 +37,8 @@ from pathlib import Path
 
 import psutil
 
+from tests.support import free_port_pair
+
 PREFIX = "sora-t"            # namespaces: sora-t<pid>-<i> (hosts), sora-t<pid>-br<k> (bridges)
 ROOT_LINK = re.compile(r"^st(\d+)-(\d+)$")   # the root namespace's veth end: st<pid>-<k>
 NAMESPACE = re.compile(r"^sora-t(\d+)-")
@@ -366,23 +368,6 @@ def sora_cli(*args: str) -> str:
     return done.stdout
 
 
-def free_port_pair(address: str) -> int:
-    """A port p on `address` with p + 1 free too (cluster.listen takes joins on p and
-    joined hosts' records on p + 1)."""
-    import socket
-    for _ in range(100):
-        with socket.socket() as first:
-            first.bind((address, 0))
-            port = first.getsockname()[1]
-            try:
-                with socket.socket() as second:
-                    second.bind((address, port + 1))
-                    return port
-            except OSError:
-                continue
-    raise RuntimeError(f"no two consecutive free ports on {address}")
-
-
 def served_by(health: dict) -> dict[str, set[str]]:
     """/healthz `hosts` as {host name: names of the functions it serves}, for the hosts that
     are joined (a lost host, still listed with state "lost", is left out). Accepts the shapes
@@ -502,4 +487,4 @@ def skippable(exc: NetnsUnavailable) -> bool:
 
 __all__ = ["Network", "Host", "Cluster", "NetnsUnavailable", "NetemUnavailable",
            "check_available", "sweep_dead_runs", "leftovers", "skippable", "served_by",
-           "host_state", "sora_cli", "free_port_pair"]
+           "host_state", "sora_cli"]

@@ -30,6 +30,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_port_pair(address: str = "127.0.0.1") -> int:
+    """A free port p on `address` with p + 1 free too (cluster.listen takes joins on p and
+    joined hosts' records on p + 1)."""
+    for _ in range(100):
+        with socket.socket() as first:
+            first.bind((address, 0))
+            port = first.getsockname()[1]
+            try:
+                with socket.socket() as second:
+                    second.bind((address, port + 1))
+                    return port
+            except OSError:
+                continue
+    raise RuntimeError(f"no two consecutive free ports on {address}")
+
+
 def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):
     """Poll `predicate` until it returns something truthy, or fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout

@@ -95,6 +95,14 @@ def init_keys(directory: str) -> KeyRing:
     return load_keys(directory)
 
 
+def _require_private(path: str, mode: str, why: str) -> None:
+    """`path` must be unreadable by group and others (`mode`, e.g. "0700", is what to set)."""
+    found = stat.S_IMODE(os.stat(path).st_mode)
+    if found & 0o077:
+        raise KeysError(f"{path}: expected mode {mode} ({why}), got {found:04o}; "
+                        f"run chmod {mode[1:]} {path}")
+
+
 def load_keys(directory: str) -> KeyRing:
     """The key ring in `directory`, checked: the folder exists and is not readable by others,
     the key pair is there and readable, the secret file is 0600, the allow-list exists."""
@@ -102,18 +110,12 @@ def load_keys(directory: str) -> KeyRing:
     if not os.path.isdir(directory):
         raise KeysError(f"{directory}: expected a keys folder made by `sora keys init "
                         f"{directory}`, got {'a file' if os.path.exists(directory) else 'nothing'}")
-    mode = stat.S_IMODE(os.stat(directory).st_mode)
-    if mode & 0o077:
-        raise KeysError(f"{directory}: expected mode 0700 (it holds this host's secret key), "
-                        f"got {mode:04o}; run chmod 700 {directory}")
+    _require_private(directory, "0700", "it holds this host's secret key")
     secret_file = os.path.join(directory, HOST_SECRET)
     if not os.path.isfile(secret_file):
         raise KeysError(f"{directory}: expected this host's key pair ({HOST_CERT} and "
                         f"{HOST_SECRET}, made by `sora keys init`), {HOST_SECRET} is missing")
-    smode = stat.S_IMODE(os.stat(secret_file).st_mode)
-    if smode & 0o077:
-        raise KeysError(f"{secret_file}: expected mode 0600 (a secret key), got {smode:04o}; "
-                        f"run chmod 600 {secret_file}")
+    _require_private(secret_file, "0600", "a secret key")
     public, secret = _read_cert(secret_file)
     if secret is None:
         raise KeysError(f"{secret_file}: expected a secret certificate (zmq.auth format with "

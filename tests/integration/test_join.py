@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import sqlite3
 import uuid
 
@@ -18,7 +17,7 @@ import pytest
 from sora import protocol as p
 from sora.cluster import keys as k
 from sora.messaging.client import InvocationClient
-from tests.support import SoraHost, free_port, wait_for, write_function
+from tests.support import SoraHost, free_port_pair, wait_for, write_function
 
 APP = """
 import json, os, time
@@ -62,18 +61,6 @@ def cluster(tmp_path):
         joined.stop()
         main.stop()
     assert not joined.leftovers() and not main.leftovers()
-
-
-def free_port_pair() -> int:
-    """A free port whose next one is free too (cluster.listen's records port)."""
-    while True:
-        port = free_port()
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 1))
-                return port
-            except OSError:
-                continue
 
 
 def serving(host: SoraHost, name: str, functions: list[str]):

@@ -2,7 +2,6 @@
 cluster.listen's port + 1); a sender whose key is not on the allow-list is refused."""
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,22 +11,7 @@ import zmq
 from sora.cluster import keys as k
 from sora.store.db import connect
 from sora.store.recorder import RecordSender
-from tests.support import wait_for
-
-
-def free_pair() -> int:
-    """A port P with P + 1 free too (the records port is cluster.listen's + 1)."""
-    for _ in range(50):
-        with socket.socket() as a:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-            try:
-                with socket.socket() as b:
-                    b.bind(("127.0.0.1", port + 1))
-                    return port
-            except OSError:
-                continue
-    raise AssertionError("no two free ports in a row")
+from tests.support import free_port_pair, wait_for
 
 
 def stored(state):
@@ -45,7 +29,7 @@ def test_a_record_sent_over_tcp_is_stored_and_a_wrong_key_refused(tmp_path):
     joined = k.init_keys(str(tmp_path / "joined"))
     stranger = k.init_keys(str(tmp_path / "stranger"))
     k.add_allowed(main.directory, os.path.join(joined.directory, k.HOST_CERT), "joined")
-    port = free_pair()
+    port = free_port_pair()
     log_path = tmp_path / "recorder.log"
     with open(log_path, "wb") as log:
         recorder = subprocess.Popen(

@@ -16,8 +16,7 @@ from sora import protocol as p
 from sora.cluster import keys as k
 from sora.cluster.link import ClusterListener
 from sora.worker.tcp_endpoint import bind_tcp, max_request_bytes
-from tests.support import wait_for
-from tests.unit.test_records_over_tcp import free_pair
+from tests.support import free_port_pair, wait_for
 
 GREETING = (b"\xff" + b"\0" * 8 + b"\x7f" + b"\x03\x00" + b"CURVE".ljust(20, b"\0") + b"\0"
             + b"\0" * 31)
@@ -100,7 +99,7 @@ def test_every_curve_socket_bounds_its_messages(tmp_path):
 
 def test_the_cluster_listener_takes_garbage_and_no_huge_frame(tmp_path):
     main = k.init_keys(str(tmp_path / "main"))
-    port = free_pair()
+    port = free_port_pair()
     listener = ClusterListener(f"tcp://127.0.0.1:{port}", main, lambda *a: None,
                                lambda *a: None)
     listener.start()
@@ -116,7 +115,7 @@ def test_the_tcp_recorder_takes_garbage_and_no_huge_frame(tmp_path):
     state = str(tmp_path / "state")
     os.makedirs(os.path.join(state, "run"))
     main = k.init_keys(str(tmp_path / "main"))
-    port = free_pair()
+    port = free_port_pair()
     log_path = tmp_path / "recorder.log"
     with open(log_path, "wb") as log:
         recorder = subprocess.Popen(
