@@ -60,7 +60,8 @@ class Switch:
     adding: bool                      # a new function (no previous generation)
     workers: list[Supervised]
     setup: SetupRun | None = None
-    fingerprint: str = ""
+    planned: str = ""        # the folder's fingerprint when the switch began
+    fingerprint: str = ""    # after its setup: what later reloads compare with
     started: float = field(default_factory=time.time)
 
 
@@ -150,6 +151,9 @@ class Reloading:
         new_broken = {b.name: b for b in new.broken}
         for name, item in plans.items():
             if item.action in (plan.ADD, plan.SWITCH):
+                if self.joins_switch(item.config, setup):
+                    waiting.add(name)   # the switch under way already does this
+                    continue
                 self.begin_switch(item.config, setup, adding=item.action == plan.ADD,
                                   why=item.reason)
                 waiting.add(name)
@@ -245,6 +249,13 @@ class Reloading:
                     pass
 
     # --- generations ----------------------------------------------------------------------------
+    def joins_switch(self, fn: FunctionConfig, setup: str) -> bool:
+        """Whether the switch under way for `fn` (if any) is for this very config and folder:
+        then a second reload waits for it rather than starting it over."""
+        switch = self.switches.get(fn.name)
+        return switch is not None and setup != "force" and switch.fn == fn and \
+            switch.planned == plan.fingerprint(fn.directory)
+
     def begin_switch(self, fn: FunctionConfig, setup: str, adding: bool, why: str) -> None:
         name = fn.name
         if name in self.switches:
@@ -263,7 +274,8 @@ class Reloading:
                                 state=State.SETUP)
             worker.generation = generation
             workers.append(worker)
-        switch = self.switches[name] = Switch(fn, generation, adding, workers)
+        switch = self.switches[name] = Switch(fn, generation, adding, workers,
+                                              planned=plan.fingerprint(fn.directory))
         log.info("reload: function %s %s (%s): starting generation %d", name,
                  "added" if adding else "changed", why, generation)
         self.reload_states[name] = {"state": "starting", "generation": generation,
