@@ -147,16 +147,16 @@ class Reloading:
             for name in sorted(only - plans.keys()):
                 report["functions"][name] = {"action": FAILED, "reason": (
                     f"{self.config.path}: no function named {name!r} in functionPaths")}
-        waiting: set[str] = set()
+        # Every switch is waited for before any starts: one may fail at once (its setup
+        # cannot start), which must not answer the reload before the others are under way.
+        pending = PendingReload(report, set(), done)
+        starts = []
         new_broken = {b.name: b for b in new.broken}
         for name, item in plans.items():
             if item.action in (plan.ADD, plan.SWITCH):
-                if self.joins_switch(item.config, setup):
-                    waiting.add(name)   # the switch under way already does this
-                    continue
-                self.begin_switch(item.config, setup, adding=item.action == plan.ADD,
-                                  why=item.reason)
-                waiting.add(name)
+                pending.waiting.add(name)
+                if not self.joins_switch(item.config, setup):   # else: that one does this
+                    starts.append(item)
             elif item.action == plan.REMOVE:
                 self.remove_function(name)
                 report["functions"][name] = {"action": REMOVED}
@@ -176,12 +176,17 @@ class Reloading:
             keep = {b.name for b in new.broken} | {fn.name for fn in new.functions}
             self.config = dataclasses.replace(
                 self.config, broken=[b for b in self.config.broken if b.name in keep])
+        if not pending.waiting:
+            self.write_snapshot()
+            return self._answer(report, done)
+        for item in starts:   # before this reload waits: their reloads are told, not it
+            if item.config.name in self.switches:
+                self.cancel_switch(item.config.name, "superseded by a later reload")
+        self.reloads.append(pending)
+        for item in starts:
+            self.begin_switch(item.config, setup, adding=item.action == plan.ADD,
+                              why=item.reason)
         self.write_snapshot()
-        pending = PendingReload(report, waiting, done)
-        if waiting:
-            self.reloads.append(pending)
-        else:
-            self._answer(report, done)
 
     def _answer(self, report: dict, done: Callable[[dict], None] | None) -> None:
         # The clients' view first: once the answer is out, an added function is called, a

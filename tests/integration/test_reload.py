@@ -311,6 +311,32 @@ def test_a_function_fatal_since_the_start_is_mended_by_a_reload(host):
     assert host.invoke("mend").json() == {"mended": True}
 
 
+def test_a_later_change_supersedes_a_switch_under_way(host):
+    folder = host.base / "fns" / "fails"
+    spec = (folder / "sora.yaml").read_text()
+    (folder / "sora.yaml").write_text(spec + "setup: ['sleep 3']\n")
+    set_version(folder, "first")
+    answer: list = []
+    reloading = threading.Thread(target=lambda: answer.append(reload_cli(host, "--function",
+                                                                         "fails")))
+    reloading.start()
+    try:
+        wait_for(lambda: host.function_state("fails").get("reload", {}).get("state") ==
+                 "switching", timeout=10, what="the switch to start")
+        set_version(folder, "second")
+        status, report = reload_cli(host, "--function", "fails")
+        assert status == 0 and report["functions"]["fails"] == {"action": "replaced"}, report
+        reloading.join(60)
+        status, first = answer[0]
+        assert status == 1 and first["functions"]["fails"] == {
+            "action": "failed", "reason": "superseded by a later reload"}, first
+        assert host.invoke("fails").json() == {"version": "second"}
+    finally:
+        reloading.join(60)
+        (folder / "sora.yaml").write_text(spec)
+        assert reload_cli(host, "--function", "fails")[0] == 0
+
+
 def test_reload_arguments_are_checked(host):
     r = host.session.post(f"{host.url}/api/reload", data=b'{"setup": "sometimes"}', timeout=30)
     assert r.status_code == 400 and json_of(r)["errorType"] == "InvalidParameterValueException"
