@@ -316,7 +316,9 @@ class Reloading:
                 continue
             fatal = next((w for w in switch.workers if w.state is State.FATAL), None)
             if fatal is not None:
-                self.fail_switch(name, fatal.reason)
+                # A new generation gets no second try (start_retries=1): "; gave up after 1
+                # failures in a row" would only be noise in the reason.
+                self.fail_switch(name, fatal.reason.split("; gave up after ")[0])
             elif all(w.state is State.RUNNING for w in switch.workers):
                 self.promote(name)
 
