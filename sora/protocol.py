@@ -40,6 +40,8 @@ The control plane (`control_endpoint`, a thread in the supervisor, no per-call w
         [SUBSCRIBE]                         -> MEMBERS now and after every change
         [HEARTBEAT]                         every interval (an unknown client's subscribes it)
         [STATUS, request_id]                -> [REPLY, request_id, OK, health JSON]
+        [WAKE, key]                         a call waits for published version `NAME:N`,
+                                            which has no worker: the arbiter starts one
         [BYE]
     control -> client
         [MEMBERS, json]                     {"version": n, "functions": {name: {"available",
@@ -86,6 +88,9 @@ MEMBERS = b"\x0e"      # control plane -> client: [MEMBERS, json] (see the modul
 #     [REFUSED, reason]    the join is refused (e.g. another host already has that name)
 JOIN = b"\x0f"
 REFUSED = b"\x10"
+# client -> control plane: [WAKE, key] a call waits for `NAME:N`, a published version with no
+# worker: the arbiter starts one (sora.supervisor.versions). Sent at most once a second per key.
+WAKE = b"\x11"
 
 # Invocation meta: the trigger, then optional flags after "+".
 TRIGGER_HTTP = b"http"          # the function URL route
