@@ -270,6 +270,7 @@ class Arbiter(Reloading):
         # runtime pool was starting while they were listed is known by the time pids() returns.
         known = {c.proc.pid for c in self.all_children() if c.proc is not None}
         known |= {s.proc.pid for s in self.setups.values() if s.proc is not None}
+        known |= self.versions.pids()   # publishes' copies (reaped here, they would seem 0)
         if self.runtime_pool is not None:
             known |= self.runtime_pool.pids()  # the pool reaps its own
         for proc in children:
