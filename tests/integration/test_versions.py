@@ -177,3 +177,48 @@ def test_pruning_keeps_aliased_versions_and_a_restart_keeps_all(host):
 def _latest(host):
     from sora.config import load_function_config
     return load_function_config(str(host.fn_dir))
+
+
+PLANTER = """
+const fs = require('fs');
+exports.handler = async (event) => {
+  const q = event.queryStringParameters || {};
+  if (q.plant) {   // replace its own files with links to the host's secrets before a publish
+    fs.unlinkSync(__dirname + '/data.txt');
+    fs.symlinkSync(q.plant, __dirname + '/data.txt');
+    fs.symlinkSync('/etc', __dirname + '/etc-link');
+    return { planted: true };
+  }
+  try { return { data: fs.readFileSync(__dirname + '/data.txt', 'utf8') }; }
+  catch (err) { return { error: err.code }; }
+};
+"""
+
+
+def test_links_planted_before_publish_do_not_copy_host_secrets(tmp_path):
+    secret = tmp_path / "host-secret"
+    secret.write_text("TOP-SECRET")
+    secret.chmod(0o600)
+    fn_dir = write_function(tmp_path / "fns", "planter",
+                            {"index.js": PLANTER, "data.txt": "plain"}, name="planter",
+                            writableFolder=True)
+    host = SoraHost(tmp_path, [fn_dir], https=False)
+    host.start()
+    try:
+        r = host.invoke("planter", params={"plant": str(secret)})
+        assert r.status_code == 200 and r.json() == {"planted": True}, r.text
+        assert os.path.islink(fn_dir / "data.txt")
+        answer = admin.request(str(tmp_path / "state"), "publish", {"function": "planter"}, 120)
+        assert answer["Version"] == "1", answer
+        code = VersionStore(str(tmp_path / "state")).config("planter", "1").directory
+        assert os.path.islink(os.path.join(code, "data.txt"))   # a link, as it was
+        assert os.readlink(os.path.join(code, "data.txt")) == str(secret)
+        for root, _dirs, files in os.walk(code):
+            for name in files:
+                path = os.path.join(root, name)
+                if not os.path.islink(path):
+                    assert b"TOP-SECRET" not in open(path, "rb").read(), path
+        r = host.invoke("planter:1")
+        assert r.status_code == 200 and "TOP-SECRET" not in r.text, r.text
+    finally:
+        assert host.stop() == 0
