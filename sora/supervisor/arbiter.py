@@ -233,6 +233,11 @@ class Arbiter(Reloading):
             why = f"pid {child.proc.pid} {describe_exit(code)}"
             if child.kind == "worker":
                 function = function_of(child)
+                if code == p.EXIT_IDLE and child.state is State.RUNNING and ":" in function:
+                    # A version idle past its idleTimeout: forgotten (not restarted) until
+                    # its next call wakes it (sora.supervisor.versions).
+                    child.to(State.STOPPING, "idle: no instance and no call for its "
+                                             "idleTimeout")
                 self.plane.control.forget_worker(p.worker_identity(function, child.proc.pid))
                 # Its data endpoint's socket file, if it could not remove it (killed).
                 remove_file(p.ipc_path(p.worker_data_endpoint(self.state_dir, child.proc.pid)))
