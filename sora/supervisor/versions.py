@@ -154,8 +154,13 @@ class Versions:
                                "Description: expected a string of at most 256 characters"
                                ).answer())
             return
+        expect_code = args.get("codeSha256") or None
+        if expect_code is not None and not isinstance(expect_code, str):
+            reply(VersionError(400, "InvalidParameterValueException",
+                               "CodeSha256: expected a string").answer())
+            return
         try:
-            staging = self.store.begin(fn, description)
+            staging = self.store.begin(fn, description, expect_code)
             proc = subprocess.Popen(staging.argv, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                     start_new_session=True, preexec_fn=die_with_parent)
@@ -194,6 +199,9 @@ class Versions:
             self.runs.remove(run)
             try:
                 record, new = run.hashing.result()
+            except VersionError as exc:   # the CodeSha256 precondition
+                run.reply(exc.answer())
+                continue
             except Exception as exc:   # noqa: BLE001 - told to the caller, not the loop's end
                 self.store.discard(run.staging)
                 run.reply(VersionError(500, "ServiceException", f"publish failed: {exc}"

@@ -72,6 +72,8 @@ class Staging:
     description: str
     folder: str       # <stateDir>/versions/<NAME>/.staging-<random>/
     argv: list[str]
+    # PublishVersion's CodeSha256: publish only if the code copied has this hash.
+    expect_code: str | None = None
 
     @property
     def code(self) -> str:
@@ -148,7 +150,8 @@ class VersionStore:
         return [r for r in (self.get(name, n) for n in self.numbers(name)) if r]
 
     # --- publishing -------------------------------------------------------------------------
-    def begin(self, fn: FunctionConfig, description: str = "") -> Staging:
+    def begin(self, fn: FunctionConfig, description: str = "",
+              expect_code: str | None = None) -> Staging:
         """Make the staging folder of a publish and the command that copies the function's
         folder into it (confined; see the module docstring). The caller runs the command."""
         folder = self.function_dir(fn.name)
@@ -164,7 +167,7 @@ class VersionStore:
             # Without root the function runs as Sora's own uid: nothing to confine from, and
             # an unprivileged bubblewrap could not keep the capabilities folder_sync asks for.
             argv = argv[argv.index("--") + 1:]
-        return Staging(fn, description, staging, argv)
+        return Staging(fn, description, staging, argv, expect_code)
 
     def finish(self, staging: Staging) -> tuple[dict, bool]:
         """Number the copied staging folder: (the version's record, True) if it is new, or
@@ -173,6 +176,11 @@ class VersionStore:
         code_hash = code_sha256(staging.code)
         entry = dataclasses.asdict(fn)
         settings_hash = config_sha256(entry)
+        if staging.expect_code and staging.expect_code != code_hash:
+            self.discard(staging)
+            raise VersionError(412, "PreconditionFailedException", (
+                f"CodeSha256 {staging.expect_code} does not match the function's code "
+                f"({code_hash}): it changed since"))
         with self._locked(fn.name):
             numbers = self.numbers(fn.name)
             newest = self.get(fn.name, numbers[-1]) if numbers else None
