@@ -36,7 +36,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from ..config import FunctionConfig
+from ..config import FUNCTION_NAME_RE, FunctionConfig
 from ..config_snapshot import function_from_entry
 from ..isolation import sandbox
 from ..setup.run import tree_digest
@@ -109,6 +109,11 @@ class VersionStore:
 
     # --- reading ---------------------------------------------------------------------------
     def function_dir(self, name: str) -> str:
+        """The function's folder in the store; a name that is not a function name (`..`,
+        `a/b`: it comes from a caller's path) is refused before it names a path."""
+        if not isinstance(name, str) or not FUNCTION_NAME_RE.match(name):
+            raise VersionError(404, "ResourceNotFoundException",
+                               f"Function not found: {ascii(str(name)[:80])[1:-1]}")
         return os.path.join(self.root, name)
 
     def numbers(self, name: str) -> list[int]:
@@ -122,7 +127,7 @@ class VersionStore:
 
     def functions(self) -> list[str]:
         try:
-            return sorted(e for e in os.listdir(self.root) if not e.startswith("."))
+            return sorted(e for e in os.listdir(self.root) if FUNCTION_NAME_RE.match(e))
         except FileNotFoundError:
             return []
 

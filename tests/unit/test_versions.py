@@ -250,3 +250,13 @@ def test_code_sha256_precondition(fn_dir, store):
     subprocess.run(staging.argv, check=True, capture_output=True)
     again, new = store.finish(staging)
     assert not new and again["Version"] == record["Version"]
+
+
+def test_names_that_are_not_function_names_name_no_path(store):
+    for bad in ("..", "../etc", "a/b", "", "A", "x" * 64, "fn:1"):
+        with pytest.raises(VersionError) as err:
+            store.function_dir(bad)
+        assert err.value.status == 404
+        with pytest.raises(VersionError):
+            AliasStore(store.state_dir, bad, store)
+    assert not os.path.exists(store.root)
