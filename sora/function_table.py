@@ -68,6 +68,8 @@ class FunctionTable:
         and the configs of the functions only other hosts serve."""
         listed = members.get("functions", {})
         for name, spec in listed.items():
+            if ":" in name:   # a published version (`NAME:N`): its function's settings
+                continue
             if spec.get("local"):
                 self._update_local(name, spec)
                 continue
@@ -139,7 +141,9 @@ class FunctionTable:
         return fn if fn is not None else self.remote.get(name)
 
     def knows(self, name: str) -> bool:
-        """Known here: a function of this host (serving or broken) or of a joined host."""
+        """Known here: a function of this host (serving or broken) or of a joined host; for a
+        published version's key (`NAME:N`, resolved before the call), its function."""
+        name = name.partition(":")[0]
         return name in self.local or name in self.remote or name in self.broken
 
     def is_remote(self, name: str) -> bool:
@@ -151,7 +155,8 @@ class FunctionTable:
         return fn is not None and fn.auth == "none"
 
     def wait(self, name: str) -> float:
-        return self._waits.get(name, BROKER_SLACK)
+        """How long a call waits, by its function's timeout (a version's `NAME:N` too)."""
+        return self._waits.get(name.partition(":")[0], BROKER_SLACK)
 
     def event_caps(self, name: str) -> tuple[int, int] | None:
         """(most events stored, most payload bytes stored) for the function's queue."""

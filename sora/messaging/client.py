@@ -104,7 +104,7 @@ def _monitor_event(frames: list[bytes]) -> int:
 class _Function:
     """What MEMBERS says of one function, and this client's calls waiting for it."""
     __slots__ = ("name", "available", "removed", "reason", "max_queued", "max_wait", "workers",
-                 "waiting")
+                 "waiting", "woken_at")
 
     def __init__(self, name: str):
         self.name = name
@@ -119,6 +119,9 @@ class _Function:
         # [request id, frames, expires (loop time), meta]; an entry whose caller has gone
         # (deadline) is skipped when it comes up.
         self.waiting: deque = deque()
+        # A published version (`NAME:N`) starts its worker when called: when this client
+        # last asked for it (WAKE), in loop time.
+        self.woken_at = float("-inf")
 
 
 class _Worker:
@@ -424,6 +427,8 @@ class InvocationClient:
                     self._resolve(fn.waiting.popleft()[0], self._unavailable(fn))
             elif fn.waiting:
                 self._dispatch_waiting(fn)
+                if fn.waiting and ":" in fn.name and all(w.draining for w in fn.workers):
+                    self._wake(fn)   # its worker exited idle while calls waited
         early, self._early = self._early, []
         for name, request_id, frames, meta in early:
             if request_id in self._pending:
@@ -501,13 +506,14 @@ class InvocationClient:
                    "this invocation")
         body = p.error_body("Sora.WorkerLost", message)
         now = time.time()
-        function = worker.function.encode()
+        # A published version's worker serves `NAME:N`: its records say NAME, version N.
+        function, _, version = worker.function.encode().partition(b":")
         for request_id, (start, meta) in inflight.items():
             self._resolve(request_id, [p.WORKER_LOST, body])
             if self.records is not None:
                 self.records.record(request_id, function, meta.partition(b"+")[0], start,
                                     (now - start) * 1000, b"crashed", "Sora.WorkerLost", False,
-                                    error_message=message)
+                                    version=version or b"$LATEST", error_message=message)
         if self.records is not None:
             self.records.flush()
         log.warning("worker %s lost (%s); failed %d in-flight invocation(s)", worker.id, why,
@@ -547,6 +553,8 @@ class InvocationClient:
             self._resolve(request_id, self._unavailable(fn))
             return
         worker = self._pick(fn) if not fn.waiting else None
+        if ":" in name and all(w.draining for w in fn.workers):
+            self._wake(fn)   # a published version with no worker taking calls
         if worker is not None:
             self._send(worker, request_id, frames, meta)
         elif len(fn.waiting) < fn.max_queued:
@@ -555,6 +563,13 @@ class InvocationClient:
             self._resolve(request_id, [p.THROTTLED, p.error_body(
                 "TooManyRequestsException", f"Rate exceeded: function {name} is at its "
                 f"concurrency and {fn.max_queued} invocations are already waiting")])
+
+    def _wake(self, fn: _Function) -> None:
+        """Ask the control plane to start a published version's worker (once a second)."""
+        now = self._loop.time()
+        if now - fn.woken_at >= 1.0:
+            fn.woken_at = now
+            self._send_control([p.WAKE, fn.name.encode()])
 
     def _dispatch_waiting(self, fn: _Function) -> None:
         pending = self._pending
@@ -625,6 +640,8 @@ class InvocationClient:
                 self._resolve(waiting.popleft()[0], [p.NO_CAPACITY, p.error_body(
                     "Sora.NoCapacity", f"No instance of {fn.name} became free within "
                     f"{fn.max_wait:.2f} seconds")])
+            if waiting and ":" in fn.name and all(w.draining for w in fn.workers):
+                self._wake(fn)   # a version's calls wait, its worker gone or going: again
         self._ticks += 1
         if self._ticks % 2 == 0:   # every HEARTBEAT_INTERVAL
             self._beat()

@@ -38,6 +38,8 @@ from ..runtimes import Runtime, runtime_for
 from ..isolation import cgroups, sandbox
 from .scaling import SCALE_OUT_WAIT, idle_expired, plan_scale_out
 from ..isolation.secrets import Secrets, declared_env_names, read_secrets
+from ..versions.qualifier import LATEST, data_key, split_key
+from ..versions.store import VersionStore
 
 log = logging.getLogger("sora.worker")
 
@@ -102,7 +104,10 @@ class Worker:
                                **(log_limits or {}))
         self.meta: dict[bytes, bytes] = {}  # request id -> how it came, unless plain http
         self.fn_name = fn.name.encode()
-        self.identity = p.worker_identity(fn.name, os.getpid())
+        self.fn_version = fn.version.encode()   # "$LATEST" or a published version's number
+        # The data path's key: the name, or `name:N` for a published version's worker.
+        self.key = data_key(fn.name, fn.version)
+        self.identity = p.worker_identity(self.key, os.getpid())
         self.poller = zmq.Poller()
         self.sock: zmq.Socket | None = None    # DEALER to the control plane
         self.data: zmq.Socket | None = None    # ROUTER the clients send invocations to
@@ -128,6 +133,11 @@ class Worker:
         self.init_failures = 0
         self.last_init_error = b""
         self.stopping = False
+        # A published version's worker exits when it has had no instance and no call for
+        # idleTimeout (p.EXIT_IDLE): a version is warm only while it is used.
+        self.exits_when_idle = fn.version != LATEST
+        self.quiet_since = time.monotonic()
+        self.idle_exit = False
         self.quiet_from = 0.0   # while stopping: the DISCONNECT, or the last request since
         self.parent = os.getppid()
         self.last_heard = self.last_sent = self.last_client_beat = time.monotonic()
@@ -290,7 +300,7 @@ class Worker:
 
     def announce(self) -> None:
         self.announce_due = False
-        self.send([p.READY, self.fn.name.encode(), self.data_endpoint.encode(),
+        self.send([p.READY, self.key.encode(), self.data_endpoint.encode(),
                    str(self.instance_count()).encode()])
 
     def window(self) -> int:
@@ -383,7 +393,7 @@ class Worker:
                              error_type)
         self.records.record(
             request_id, self.fn_name, meta.partition(b"+")[0] if meta else p.TRIGGER_HTTP,
-            start, took * 1000, record_status, error_type, cold,
+            start, took * 1000, record_status, error_type, cold, version=self.fn_version,
             error_message=error_message, max_memory_mb=max_memory,
             init_ms=inst.init_duration_ms if cold and inst else None)
         return ends
@@ -502,7 +512,7 @@ class Worker:
 
     def _hand(self, inst: Instance) -> None:
         item = self.pending.popleft()
-        self.log.begin(item[1].decode(), start_line(item[1]))
+        self.log.begin(item[1].decode(), start_line(item[1], self.fn_version))
         inst.send(item[0], item[1], item[2])
 
     def requeue(self, inst: Instance) -> None:
@@ -780,6 +790,8 @@ class Worker:
                     self.begin_stop()
                 now = time.monotonic()
                 timeout = min(self.check_deadlines(now), self.autoscale(now))
+                if self.exits_when_idle and not self.stopping:
+                    timeout = min(timeout, self.exit_if_idle(now))
                 if self.log_due is not None:   # lines wait in the log file's buffer
                     timeout = min(timeout, self.log_due)
                 if self.records_due is not None:   # records wait to be sent as one batch
@@ -809,7 +821,7 @@ class Worker:
                               max(0.0, p.HEARTBEAT_INTERVAL - (now - self.last_client_beat)))
         except BootError as exc:
             self.fail_pending(exc.body)
-            path = p.boot_error_path(self.state_dir, self.fn.name)
+            path = p.boot_error_path(self.state_dir, self.key)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "wb") as fh:
                 fh.write(exc.body)
@@ -817,7 +829,20 @@ class Worker:
             return p.EXIT_BOOT_ERROR
         finally:
             self.shutdown()
-        return 0
+        return p.EXIT_IDLE if self.idle_exit else 0
+
+    def exit_if_idle(self, now: float) -> float:
+        """A version's worker: begin stopping once it has had no instance, nothing pending
+        and nothing asked for idleTimeout; returns the seconds until it looks again."""
+        if self.instances or self.pending or self.unstarted or self.asking or self.setups:
+            self.quiet_since = now
+        elif now - self.quiet_since >= self.fn.idleTimeout:
+            log.info("%s: version %s idle for %.0fs with no instance; its worker exits",
+                     self.fn.name, self.fn.version, now - self.quiet_since)
+            self.idle_exit = True
+            self.begin_stop()
+            return 0.0
+        return max(0.05, self.quiet_since + self.fn.idleTimeout - now)
 
     def fail_pending(self, body: bytes) -> None:
         while self.pending and self.data is not None:
@@ -881,7 +906,8 @@ class BootError(Exception):
 def parser() -> argparse.ArgumentParser:
     """The worker's command line (the arbiter's worker_launch writes it)."""
     parser = argparse.ArgumentParser(prog="python -m sora.worker")
-    parser.add_argument("--name", required=True, help="the function's name")
+    parser.add_argument("--name", required=True, help="the function's name, or NAME:N for "
+                        "its published version N")
     parser.add_argument("--functions", required=True,
                         help="the supervisor's snapshot of the functions' configs (read before "
                              "setup; the function folder's sora.yaml is never read again)")
@@ -916,7 +942,11 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s [worker %(process)d] %(levelname)s %(message)s")
     try:
         functions, _ = config_snapshot.read(args.functions)
-        fn = next((f for f in functions if f.name == args.name), None)
+        name, version = split_key(args.name)
+        if version == LATEST:
+            fn = next((f for f in functions if f.name == name), None)
+        else:   # a published version: its own config, written by Sora when it published it
+            fn = VersionStore(args.state_dir).config(name, version)
         if fn is None:
             raise ConfigError(args.functions, [f"expected the config of function "
                                                f"{args.name!r}, got none"])
