@@ -365,10 +365,11 @@ async def reload_functions(state_dir: str, names: list[str]) -> dict:
         return {"error": {"type": "Unavailable", "message": "this host cannot reload live: "
                           "restart it to load the change"}}
     try:
-        return await admin.request_async(state_dir, "reload",
+        return await admin.request_async(state_dir, admin.OP_RELOAD,
                                          {"functions": names, "setup": "auto"}, LIVE_WAIT)
-    except TimeoutError:
-        return {"error": {"type": "Timeout", "message": "the change is still going live"}}
+    except admin.AdminUnavailable as exc:   # not running, or still at it after LIVE_WAIT
+        return {"error": {"type": "Timeout", "message": f"the change is still going live "
+                          f"({exc})"}}
     except Exception as exc:   # the admin channel's own failure: reported, not a 500
         log.warning("reload of %s on the admin channel failed: %s", names, exc)
         return {"error": {"type": "Unavailable", "message": f"the supervisor could not be "
