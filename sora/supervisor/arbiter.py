@@ -112,9 +112,7 @@ class Arbiter(Reloading):
         self.init_reloading()   # live reload (reloading.py): generations, switches, admin ops
         # Published versions: their workers (on demand), publishing and pruning.
         self.versions = Versions(self)
-        admin_ops = getattr(self, "admin_ops", None)   # the admin channel's (sora.control.admin)
-        if admin_ops is not None:
-            admin_ops["publish"] = self.versions.publish
+        self.admin_ops["publish"] = self.versions.publish
 
     # --- signals: handlers only queue -----------------------------------------------------------
     def _on_signal(self, signum, _frame) -> None:

@@ -28,7 +28,7 @@ from ..config import FunctionConfig
 from ..parent_death import die_with_parent
 from ..versions.aliases import AliasStore
 from ..versions.api import configuration
-from ..versions.qualifier import data_key, split_key
+from ..versions.qualifier import LATEST, data_key, split_key
 from ..versions.store import Staging, VersionError, VersionStore
 from .child import State, Supervised
 
@@ -114,15 +114,10 @@ class Versions:
         gone): what they hold is answered, then they exit and are forgotten."""
         for key, worker in list(self.arbiter.workers.items()):
             name, version = split_key(key.partition("#")[0])
-            if version == "$LATEST" or key in self.configs:
+            if version == LATEST or key in self.configs:
                 continue
-            if worker.pid is not None and worker.state in (State.STARTING, State.RUNNING):
-                worker.to(State.STOPPING, f"version {version} was removed")
-                worker.stop_deadline = time.monotonic() + \
-                    self.arbiter.config.server.gracefulTimeout
-                worker.signal(signal.SIGTERM)
-            elif worker.pid is None:
-                del self.arbiter.workers[key]
+            del self.arbiter.workers[key]
+            self.arbiter.retire(worker, f"version {version} of {name} was removed")
 
     # --- publishing -------------------------------------------------------------------------
     def publish(self, args: dict, reply) -> None:
@@ -133,9 +128,10 @@ class Versions:
             reply(VersionError(404, "ResourceNotFoundException",
                                f"Function not found: {name}").answer())
             return
-        if name in self.arbiter.setups:
+        if name in self.arbiter.setups or name in self.arbiter.switches:
             reply(VersionError(409, "ResourceConflictException", (
-                f"The function {name} is running its setup; publish once it is done")).answer())
+                f"The function {name} is being set up or switched to new code (reload); "
+                f"publish once that is done")).answer())
             return
         description = args.get("description") or ""
         if not isinstance(description, str) or len(description) > 256:
