@@ -143,6 +143,57 @@ def test_python_and_a_zip_above_the_call_body_limit(host, lam):
     lam.delete_function(FunctionName="pybig")
 
 
+def test_versions_and_aliases(host, lam):
+    created = lam.create_function(FunctionName="versioned", Runtime="nodejs22.x", Role=ROLE,
+                                  Handler="index.handler", Code={"ZipFile": node_zip("v1")},
+                                  Publish=True)
+    assert created["Version"] == "1", created
+    assert created["FunctionArn"].endswith(":function:versioned:1")
+    updated = lam.update_function_code(FunctionName="versioned", ZipFile=node_zip("v2"),
+                                       Publish=True)
+    assert updated["Version"] == "2", updated
+    # Nothing changed since version 2: publishing returns it, as Lambda does.
+    again = lam.publish_version(FunctionName="versioned", Description="same")
+    assert again["ResponseMetadata"]["HTTPStatusCode"] == 201 and again["Version"] == "2"
+    versions = [v["Version"] for v in
+                lam.list_versions_by_function(FunctionName="versioned")["Versions"]]
+    assert versions == ["$LATEST", "1", "2"]
+    alias = lam.create_alias(FunctionName="versioned", Name="live", FunctionVersion="1")
+    assert alias["ResponseMetadata"]["HTTPStatusCode"] == 201
+    assert alias["AliasArn"].endswith(":function:versioned:live")
+    out = lam.invoke(FunctionName="versioned", Qualifier="live", Payload=b"{}")
+    assert out["ExecutedVersion"] == "1" and json.loads(out["Payload"].read())["version"] == "v1"
+    moved = lam.update_alias(FunctionName="versioned", Name="live", FunctionVersion="2",
+                             RoutingConfig={"AdditionalVersionWeights": {"1": 0.5}})
+    assert moved["FunctionVersion"] == "2"
+    assert moved["RoutingConfig"]["AdditionalVersionWeights"] == {"1": 0.5}
+    ran = {lam.invoke(FunctionName="versioned:live", Payload=b"{}")["ExecutedVersion"]
+           for _ in range(30)}
+    assert ran == {"1", "2"}
+    assert lam.get_alias(FunctionName="versioned", Name="live")["FunctionVersion"] == "2"
+    assert [a["Name"] for a in lam.list_aliases(FunctionName="versioned")["Aliases"]] == ["live"]
+    got = lam.get_function(FunctionName="versioned", Qualifier="1")["Configuration"]
+    assert got["Version"] == "1"
+    status, code, _ = refused(lambda: lam.create_alias(FunctionName="versioned", Name="live",
+                                                       FunctionVersion="1"))
+    assert (status, code) == (409, "ResourceConflictException")
+    status, code, _ = refused(lambda: lam.create_alias(FunctionName="versioned", Name="next",
+                                                       FunctionVersion="9"))
+    assert (status, code) == (404, "ResourceNotFoundException")
+    assert lam.delete_alias(FunctionName="versioned", Name="live")[
+        "ResponseMetadata"]["HTTPStatusCode"] == 204
+    status, code, _ = refused(lambda: lam.get_alias(FunctionName="versioned", Name="live"))
+    assert (status, code) == (404, "ResourceNotFoundException")
+    # functionPaths functions publish versions and take aliases too.
+    published = lam.publish_version(FunctionName="onfolder")
+    assert published["Version"] == "1"
+    lam.create_alias(FunctionName="onfolder", Name="stable", FunctionVersion="1")
+    out = lam.invoke(FunctionName="onfolder", Qualifier="stable", Payload=b'{"x": 1}')
+    assert out["ExecutedVersion"] == "1"
+    lam.delete_function(FunctionName="versioned")
+    assert not (host.base / "state" / "versions" / "versioned").exists()
+
+
 def link(name: str, mode: int) -> zipfile.ZipInfo:
     info = zipfile.ZipInfo(name)
     info.create_system = 3
