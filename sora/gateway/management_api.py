@@ -199,7 +199,10 @@ def zip_of(value, limits: ZipLimits) -> bytes:
             "Code.ZipFile: expected the zip, base64-encoded (Sora takes no S3Bucket/S3Key "
             "or ImageUri)"))
     # Refused by its size before decoding: base64 is 4 bytes for each 3.
-    check_zipped_size(len(value) * 3 // 4 - value.count("=", -2), limits)
+    try:
+        check_zipped_size(len(value) * 3 // 4 - value.count("=", -2), limits)
+    except ZipRefused as exc:
+        raise _store_error(exc) from None
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):

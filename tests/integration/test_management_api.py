@@ -194,6 +194,24 @@ def test_versions_and_aliases(host, lam):
     assert not (host.base / "state" / "versions" / "versioned").exists()
 
 
+def test_code_that_throws_at_load(host, lam):
+    """A create whose module throws at load answers State Failed with the reason; a code update
+    that throws keeps the previous code serving (LastUpdateStatus Failed)."""
+    throws = make_zip({"index.js": "throw new Error('broken at load');"})
+    created = lam.create_function(FunctionName="loadfail", Runtime="nodejs20.x", Role=ROLE,
+                                  Handler="index.handler", Code={"ZipFile": throws})
+    assert created["State"] == "Failed" and "broken at load" in created["StateReason"], created
+    assert lam.get_function(FunctionName="loadfail")["Configuration"]["State"] == "Failed"
+    lam.delete_function(FunctionName="loadfail")
+    lam.create_function(FunctionName="goodthenbad", Runtime="nodejs20.x", Role=ROLE,
+                        Handler="index.handler", Code={"ZipFile": node_zip("good")})
+    updated = lam.update_function_code(FunctionName="goodthenbad", ZipFile=throws)
+    assert updated["State"] == "Active" and updated["LastUpdateStatus"] == "Failed", updated
+    assert "broken at load" in updated["LastUpdateStatusReason"]
+    assert invoke(lam, "goodthenbad")["version"] == "good"
+    lam.delete_function(FunctionName="goodthenbad")
+
+
 def link(name: str, mode: int) -> zipfile.ZipInfo:
     info = zipfile.ZipInfo(name)
     info.create_system = 3
@@ -215,9 +233,14 @@ ATTACKS = {
                        "InvalidParameterValueException", "entries"),
     "unzipped-too-large": (lambda: make_zip({"index.js": "1", "zeros": b"\0" * (21 << 20)}),
                            "InvalidParameterValueException", "unzipped"),
+    # Over maxZipMB (12), its base64 within the routes' body limit: refused by the zip's size.
     "zipped-too-large": (lambda: make_zip({}, [(zipfile.ZipInfo("r.bin"),
-                                                os.urandom(13 << 20))]),
-                         "RequestTooLargeException", "limit"),
+                                                os.urandom((12 << 20) + (1 << 19)))]),
+                         "RequestTooLargeException", "managedFunctions.maxZipMB"),
+    # Past the body limit as well: refused while the body is read.
+    "body-too-large": (lambda: make_zip({}, [(zipfile.ZipInfo("r.bin"),
+                                              os.urandom(14 << 20))]),
+                       "RequestTooLargeException", "limit"),
     "not-a-zip": (lambda: b"this is not a zip", "InvalidParameterValueException", "unzip"),
 }
 
