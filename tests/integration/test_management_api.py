@@ -212,6 +212,40 @@ def test_code_that_throws_at_load(host, lam):
     lam.delete_function(FunctionName="goodthenbad")
 
 
+SNOOP = """
+const fs = require('fs');
+exports.handler = async (event) => {
+  const tried = (f) => { try { f(); return 'allowed'; } catch (e) { return e.code; } };
+  return {
+    functionJson: fs.existsSync(event.functionJson),
+    stateDir: fs.readdirSync(event.stateDir),
+    functions: fs.readdirSync(event.stateDir + '/functions'),
+    mine: fs.readdirSync(event.stateDir + '/functions/snoop'),
+    writeOwnCode: tried(() => fs.writeFileSync(__dirname + '/planted.js', 'x')),
+    writeTmp: tried(() => fs.writeFileSync('/tmp/ok', 'x')),
+    uid: process.getuid(),
+  };
+};
+"""
+
+
+def test_created_functions_are_sandboxed(host, lam):
+    """As any function: its folder read-only, the state dir (its own function.json, the other
+    functions' code, the store, the sockets) out of sight, its own uid."""
+    lam.create_function(FunctionName="snoop", Runtime="nodejs20.x", Role=ROLE,
+                        Handler="index.handler", Code={"ZipFile": make_zip({"index.js": SNOOP})})
+    state = host.base / "state"
+    seen = invoke(lam, "snoop", {"functionJson": str(state / "functions/snoop/function.json"),
+                                 "stateDir": str(state)})
+    # Only the empty folders bubblewrap makes to mount the code folder where it is.
+    assert seen["functionJson"] is False and seen["stateDir"] == ["functions"]
+    assert seen["functions"] == ["snoop"] and seen["mine"] == ["code"]
+    assert seen["writeOwnCode"] in ("EROFS", "EACCES") and seen["writeTmp"] == "allowed"
+    assert seen["uid"] != 0
+    assert not (state / "functions/snoop/code/planted.js").exists()
+    lam.delete_function(FunctionName="snoop")
+
+
 def link(name: str, mode: int) -> zipfile.ZipInfo:
     info = zipfile.ZipInfo(name)
     info.create_system = 3
