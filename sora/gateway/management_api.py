@@ -271,7 +271,8 @@ class ManagementRoute:
         if self.path_function(name) is not None or name in self.functions.broken:
             raise ApiError(409, "ResourceConflictException", (
                 f"Function {name} comes from functionPaths (a folder with a sora.yaml): "
-                f"{action} it through its folder (and `sora reload`), not through this API"))
+                f"{action}, then reload (`sora reload`); it does not change through this "
+                f"API"))
         raise ApiError(404, "ResourceNotFoundException", f"Function not found: {name}")
 
     def configuration(self, name: str, region: str = DEFAULT_REGION) -> dict:
@@ -486,7 +487,7 @@ class FunctionResource(ManagementRoute):
             raise ApiError(400, "InvalidParameterValueException", (
                 f"Qualifier: deleting one version is not supported ({qualifier}); versions "
                 f"past versions.keep are pruned, except those an alias names"))
-        self.require_managed(name, "delete")
+        self.require_managed(name, "remove its folder from functionPaths")
         try:
             await asyncio.to_thread(self.store.delete, name)
             # Its versions and aliases go with it, as on Lambda.
@@ -506,7 +507,7 @@ class FunctionCodeResource(ManagementRoute):
     async def on_put(self, req, resp, name: str) -> None:
         name, _ = parse_name(name)
         body = await self.body_of(req)
-        self.require_managed(name, "change the code of")
+        self.require_managed(name, "change its code in its folder")
         if body.get("DryRun"):
             zip_of(body.get("ZipFile"), self.store.limits)
             self.answer(req, resp, 200, self.configuration(name, region_of(req)))
@@ -535,7 +536,7 @@ class FunctionConfigurationResource(ManagementRoute):
     async def on_put(self, req, resp, name: str) -> None:
         name, _ = parse_name(name)
         body = await self.body_of(req)
-        self.require_managed(name, "change the settings of")
+        self.require_managed(name, "change its settings in its sora.yaml")
         document = self.store.read(name) or {}
         config, fields = settings_of(body, document.get("config", {}).get("language"),
                                      creating=False)

@@ -332,7 +332,7 @@ def test_function_paths_functions_are_shown_not_changed(host, lam):
                  lambda: lam.delete_function(FunctionName="onfolder")):
         status, code, message = refused(call)
         assert (status, code) == (409, "ResourceConflictException")
-        assert "functionPaths" in message and "through its folder" in message
+        assert "comes from functionPaths" in message and "not change through this API" in message
     status, code, _ = refused(lambda: lam.create_function(
         FunctionName="onfolder", Runtime="nodejs20.x", Role=ROLE, Handler="index.handler",
         Code={"ZipFile": node_zip("x")}))
