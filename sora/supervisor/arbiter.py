@@ -270,9 +270,7 @@ class Arbiter(Reloading):
         # runtime pool was starting while they were listed is known by the time pids() returns.
         known = {c.proc.pid for c in self.all_children() if c.proc is not None}
         known |= {s.proc.pid for s in self.setups.values() if s.proc is not None}
-        # A publish's confined copy (sora.supervisor.versions): killed and reaped here, its
-        # Popen would read the lost exit status as 0 and number an empty copy.
-        known |= {run.proc.pid for run in self.versions.runs}
+        known |= self.versions.pids()   # publishes' copies (reaped here, they would seem 0)
         if self.runtime_pool is not None:
             known |= self.runtime_pool.pids()  # the pool reaps its own
         for proc in children:
