@@ -134,6 +134,11 @@ class Worker:
         self.last_init_error = b""
         self.stopping = False
         self.quiet_from = 0.0   # while stopping: the DISCONNECT, or the last request since
+        # A published version's worker exits when it has had no instance and no call for
+        # idleTimeout (p.EXIT_IDLE): a version is warm only while it is used.
+        self.exits_when_idle = fn.version != LATEST
+        self.quiet_since = time.monotonic()
+        self.idle_exit = False
         self.parent = os.getppid()
         self.last_heard = self.last_sent = self.last_client_beat = time.monotonic()
         self.reconnect_delay = RECONNECT_MIN
@@ -785,6 +790,8 @@ class Worker:
                     self.begin_stop()
                 now = time.monotonic()
                 timeout = min(self.check_deadlines(now), self.autoscale(now))
+                if self.exits_when_idle and not self.stopping:
+                    timeout = min(timeout, self.exit_if_idle(now))
                 if self.log_due is not None:   # lines wait in the log file's buffer
                     timeout = min(timeout, self.log_due)
                 if self.records_due is not None:   # records wait to be sent as one batch
@@ -822,7 +829,20 @@ class Worker:
             return p.EXIT_BOOT_ERROR
         finally:
             self.shutdown()
-        return 0
+        return p.EXIT_IDLE if self.idle_exit else 0
+
+    def exit_if_idle(self, now: float) -> float:
+        """A version's worker: begin stopping once it has had no instance, nothing pending
+        and nothing asked for idleTimeout; returns the seconds until it looks again."""
+        if self.instances or self.pending or self.unstarted or self.asking or self.setups:
+            self.quiet_since = now
+        elif now - self.quiet_since >= self.fn.idleTimeout:
+            log.info("%s: version %s idle for %.0fs with no instance; its worker exits",
+                     self.fn.name, self.fn.version, now - self.quiet_since)
+            self.idle_exit = True
+            self.begin_stop()
+            return 0.0
+        return max(0.05, self.quiet_since + self.fn.idleTimeout - now)
 
     def fail_pending(self, body: bytes) -> None:
         while self.pending and self.data is not None:
