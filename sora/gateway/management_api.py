@@ -575,6 +575,16 @@ class VersionsResource(ManagementRoute):
         if sha is not None and not isinstance(sha, str):
             raise ApiError(400, "InvalidParameterValueException",
                            "CodeSha256: expected a string")
+        document = self.store.read(name)
+        if sha and document is not None:
+            # A created function's CodeSha256 is its zip's (as Lambda's); the versions' store
+            # hashes the copied folder: the precondition is checked against the zip's here.
+            current = document.get("lambda", {}).get("CodeSha256")
+            if sha != current:
+                raise ApiError(412, "PreconditionFailedException", (
+                    f"CodeSha256: the function's code is {current}, not {sha} (it changed "
+                    f"since it was read)"))
+            sha = None
         _revision_matches(self.store, name, body)
         try:
             version = await versions_api(self, req).publish_version(name, description, sha)
