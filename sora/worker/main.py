@@ -133,12 +133,12 @@ class Worker:
         self.init_failures = 0
         self.last_init_error = b""
         self.stopping = False
-        self.quiet_from = 0.0   # while stopping: the DISCONNECT, or the last request since
         # A published version's worker exits when it has had no instance and no call for
         # idleTimeout (p.EXIT_IDLE): a version is warm only while it is used.
         self.exits_when_idle = fn.version != LATEST
         self.quiet_since = time.monotonic()
         self.idle_exit = False
+        self.quiet_from = 0.0   # while stopping: the DISCONNECT, or the last request since
         self.parent = os.getppid()
         self.last_heard = self.last_sent = self.last_client_beat = time.monotonic()
         self.reconnect_delay = RECONNECT_MIN
