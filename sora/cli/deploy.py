@@ -19,6 +19,8 @@ import sys
 import time
 from dataclasses import dataclass
 
+import yaml
+
 from ..config import ConfigError, FunctionConfig, load_function_config
 from .function_zip import FunctionZip, ZipRefused, build_zip
 from .host import ApiError, CliError
@@ -34,7 +36,12 @@ DEFAULT_RUNTIMES = {"nodejs": "nodejs20.x",
                     "python": f"python{sys.version_info.major}.{sys.version_info.minor}",
                     "provided": "provided.al2023"}
 NODE_RUNTIME_RE = re.compile(r"^node(?:js)?-?(\d+)$")
+NODE_VERSIONS = ("18", "20", "22")       # the nodejsN.x runtimes the management API takes
 PYTHON_RUNTIME_RE = re.compile(r"^python(3\.\d+)$")
+# The sora.yaml settings a CreateFunction / UpdateFunctionConfiguration carries; the others
+# (setup, secrets, scaling, ...) take the host's defaults on a deployed function.
+CARRIED_SETTINGS = frozenset({"name", "language", "entrypoint", "handler", "runtime",
+                              "timeout", "memory", "env"})
 UPDATE_POLL_SECONDS = 0.2
 # What LastUpdateStatus / State say while the host is still switching to what was sent.
 IN_PROGRESS = ("InProgress", "Pending")
@@ -42,10 +49,10 @@ IN_PROGRESS = ("InProgress", "Pending")
 
 def lambda_runtime(fn: FunctionConfig) -> str:
     """Lambda's Runtime for the function: the version its `runtime` names if it names one
-    (`node22`, `python3.12`), else the default for its language."""
+    Lambda has (`node22`, `python3.12`), else the default for its language."""
     command = os.path.basename(fn.runtime or "")
     node = NODE_RUNTIME_RE.match(command)
-    if fn.language == "nodejs" and node:
+    if fn.language == "nodejs" and node and node.group(1) in NODE_VERSIONS:
         return f"nodejs{node.group(1)}.x"
     python = PYTHON_RUNTIME_RE.match(command)
     if fn.language == "python" and python:
@@ -101,27 +108,31 @@ class DeployResult:
     code: FunctionZip
     version: str | None
     arn: str | None
+    not_carried: list[str]
 
     def as_json(self) -> dict:
         return {"function": self.name, "action": self.action, "changed": self.changed,
                 "codeSha256": code_sha256(self.code.data), "zipBytes": len(self.code.data),
                 "files": self.code.files, "unzippedBytes": self.code.unzipped_bytes,
                 "skippedLinks": list(self.code.skipped_links), "version": self.version,
-                "functionArn": self.arn}
+                "functionArn": self.arn, "settingsNotCarried": self.not_carried}
 
 
-def read_folder(folder: str, name: str | None) -> tuple[FunctionConfig, str]:
-    """The folder's sora.yaml, and the name to deploy it as (--name, else its own)."""
+def read_folder(folder: str, name: str | None) -> tuple[FunctionConfig, str, list[str]]:
+    """The folder's sora.yaml, the name to deploy it as (--name, else its own), and the
+    settings it gives that Lambda's API does not carry."""
     try:
         fn = load_function_config(folder)
+        with open(fn.source, "rb") as fh:
+            given = yaml.safe_load(fh) or {}
     except ConfigError as exc:
         raise CliError(f"configuration error\n{exc}", 2) from None
-    return fn, name or fn.name
+    return fn, name or fn.name, sorted(set(given) - CARRIED_SETTINGS)
 
 
 def deploy(client, folder: str, name: str | None, publish: bool, description: str | None,
            timeout: float, limits: tuple[int, int] | None = None) -> DeployResult:
-    fn, name = read_folder(folder, name)
+    fn, name, not_carried = read_folder(folder, name)
     wanted = lambda_settings(fn)
     try:
         code = build_zip(folder, *(limits or ()))
@@ -138,7 +149,7 @@ def deploy(client, folder: str, name: str | None, publish: bool, description: st
         if publish and version in (None, "$LATEST"):
             version = client.publish_version(FunctionName=name, **extra)["Version"]
         return DeployResult(name, "created", ["code", "configuration"], code, version,
-                            out.get("FunctionArn"))
+                            out.get("FunctionArn"), not_carried)
     changed = []
     if current.get("CodeSha256") != code_sha256(code.data):
         client.update_function_code(FunctionName=name, ZipFile=code.data)
@@ -151,7 +162,7 @@ def deploy(client, folder: str, name: str | None, publish: bool, description: st
     version = client.publish_version(FunctionName=name, **extra)["Version"] if publish \
         else None
     return DeployResult(name, "updated" if changed else "unchanged", changed, code, version,
-                        current.get("FunctionArn"))
+                        current.get("FunctionArn"), not_carried)
 
 
 def _configuration(client, name: str) -> dict | None:

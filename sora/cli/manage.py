@@ -34,6 +34,10 @@ def cmd_deploy(args) -> int:
     if args.json:
         emit_json(result.as_json())
         return 0
+    if result.not_carried:
+        print(f"sora: note: {', '.join(result.not_carried)} in sora.yaml: not part of Lambda's "
+              "API, so the deployed function has the host's defaults for them (ship what "
+              "setup would make, such as node_modules, in the folder)", file=sys.stderr)
     for link in result.code.skipped_links:
         print(f"sora: left out {link} (a link npm made for a command-line tool)",
               file=sys.stderr)

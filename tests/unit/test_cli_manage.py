@@ -352,3 +352,18 @@ def test_a_key_without_a_name_is_explained(clean_env):
     with pytest.raises(CliError, match="cannot tell the API key's name"):
         lambda_api.credentials(args_of(api_key="some-key"))
     assert lambda_api.credentials(args_of()) == lambda_api.OPEN_HOST_CREDENTIALS
+
+
+def test_settings_lambdas_api_does_not_carry_are_named(tmp_path, monkeypatch, capsys):
+    root = function_folder(tmp_path, {"setup": ["npm install"], "minInstances": 0})
+    client, stub = stubbed()
+    fn = load_function_config(str(root))
+    stub.add_response("get_function", {"Configuration": configuration(
+        CodeSha256=D.code_sha256(code_of(root)), **D.lambda_settings(fn))},
+        {"FunctionName": "hello"})
+    with stub:
+        assert run(monkeypatch, ["deploy", str(root)], client) == 0
+    out = capsys.readouterr()
+    assert out.err.startswith("sora: note: minInstances, setup in sora.yaml: not part of "
+                              "Lambda's API")
+    assert out.out.startswith("hello: unchanged (code and configuration as on the host) (2 files")
