@@ -42,8 +42,8 @@ def cmd_deploy(args) -> int:
         print(f"sora: left out {link} (a link npm made for a command-line tool)",
               file=sys.stderr)
     size = f"{result.code.files} files, {len(result.code.data) / 1024:.1f} KB zipped"
-    what = {"created": "created", "unchanged": "unchanged (code and configuration as on the "
-            "host)", "updated": "updated " + " and ".join(result.changed)}[result.action]
+    what = {"created": "created", "unchanged": "unchanged, as on the host",
+            "updated": "updated " + " and ".join(result.changed)}[result.action]
     print(f"{result.name}: {what} ({size}, CodeSha256 {code_sha256(result.code.data)})")
     if result.version is not None:
         print(f"{result.name}: version {result.version}")

@@ -366,4 +366,4 @@ def test_settings_lambdas_api_does_not_carry_are_named(tmp_path, monkeypatch, ca
     out = capsys.readouterr()
     assert out.err.startswith("sora: note: minInstances, setup in sora.yaml: not part of "
                               "Lambda's API")
-    assert out.out.startswith("hello: unchanged (code and configuration as on the host) (2 files")
+    assert out.out.startswith("hello: unchanged, as on the host (2 files")
