@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
+import json
 import os
 import re
 import socket
@@ -41,6 +42,11 @@ LAMBDA_HANDLER_EXAMPLES = {
     "python": ("app.lambda_handler", "the function lambda_handler of app.py"),
 }
 FUNCTION_FILE = "sora.yaml"
+# Functions created through the Lambda management API: <stateDir>/functions/<NAME>/ holds
+# function.json (their settings, Sora-written) and code/ (the uploaded zip, extracted).
+MANAGED_FUNCTIONS_DIR = "functions"
+MANAGED_CONFIG_FILE = "function.json"
+MANAGED_CODE_DIR = "code"
 # A config file larger than this is refused (no real one comes near it).
 MAX_CONFIG_BYTES = 1 << 20
 # Each language and the file extensions its `entrypoint` may have (None: an executable file).
@@ -322,6 +328,8 @@ HOST_SETTINGS = _settings(
     Setting("cluster", _mapping, {}, "Running with other hosts (below): the main host "
             "`listen`s for joins, a joined host names its `controlPlane`. Without it the host "
             "stands alone."),
+    Setting("managedFunctions", _mapping, {}, "Functions created through the Lambda "
+            "management API (`CreateFunction`, below): limits on their uploaded code."),
     Setting("prestartedRuntimes", _int_range(0, 64), 2, "Runtime processes of each kind "
             "(Node.js, by interpreter) kept started and ready to load any function, so a cold "
             "start skips the interpreter's own start-up. 0 turns this off."),
@@ -379,6 +387,19 @@ CLUSTER_SETTINGS = _settings(
             "(relative to the config file's folder); every tcp socket between hosts uses it."),
     Setting("name", _host_name, None, "This host's name in the cluster (`sora ls`, "
             "`/healthz`); unique among the hosts. Default: the machine's host name."),
+)
+
+MANAGED_SETTINGS = _settings(
+    Setting("maxZipMB", _int_range(1, 1024), 50, "Largest zip (`Code.ZipFile`) accepted, in "
+            "MB (Lambda's limit: 50); a larger one gets 413 `RequestTooLargeException`. The "
+            "management API's request body limit follows (the zip base64-encoded), without "
+            "raising `server.maxBodyBytes` for function calls."),
+    Setting("maxUnzippedMB", _int_range(1, 10240), 250, "Largest unzipped code, in MB "
+            "(Lambda's limit: 250), checked against the sizes the zip declares and again "
+            "against the bytes written; past it the zip is refused with "
+            "`InvalidParameterValueException` and nothing is written."),
+    Setting("maxFiles", _int_range(1, 1_000_000), 20_000, "Most entries (files and folders) "
+            "a zip may hold."),
 )
 
 # `invoke:<function>` names a function by the one function-name pattern.
@@ -644,8 +665,14 @@ class FunctionConfig:
     # (`isolation.uids.assign_uids`, by load_host_config); 0: its name's hashed uid.
     sandboxUid: int = 0
 
+    # Created through the Lambda management API (sora.deploy): its settings are the
+    # function.json beside its code folder, which Sora wrote, not a sora.yaml in the folder.
+    managed: bool = False
+
     @property
     def source(self) -> str:
+        if self.managed:
+            return os.path.join(os.path.dirname(self.directory), MANAGED_CONFIG_FILE)
         return os.path.join(self.directory, FUNCTION_FILE)
 
     @property
@@ -719,6 +746,13 @@ def key_digest(key: str) -> bytes:
 
 
 @dataclass(frozen=True)
+class ManagedFunctionsConfig:
+    maxZipMB: int = MANAGED_SETTINGS["maxZipMB"].default
+    maxUnzippedMB: int = MANAGED_SETTINGS["maxUnzippedMB"].default
+    maxFiles: int = MANAGED_SETTINGS["maxFiles"].default
+
+
+@dataclass(frozen=True)
 class LimitsConfig:
     maxInstances: int
     maxMemoryMB: int
@@ -765,6 +799,7 @@ class HostConfig:
     cluster: ClusterConfig = field(default_factory=lambda: ClusterConfig(name=default_host_name()))
     functions: list[FunctionConfig] = field(default_factory=list)
     broken: list[BrokenFunction] = field(default_factory=list)
+    managedFunctions: ManagedFunctionsConfig = field(default_factory=ManagedFunctionsConfig)
 
     def function(self, name: str) -> FunctionConfig | None:
         return next((f for f in self.functions if f.name == name), None)
@@ -786,7 +821,13 @@ def load_function_config(directory: str) -> FunctionConfig:
         raise ConfigError(path, [f"expected a regular file, got a link to "
                                  f"{os.readlink(path)} (copy the file into the folder)"])
     raw = _read_bytes(path, in_function_folder=True)   # once: the digest is of what is validated
-    data = _parse_yaml(path, raw)
+    return function_from_data(directory, path, _parse_yaml(path, raw), source_digest(raw))
+
+
+def function_from_data(directory: str, path: str, data: Any, digest: str,
+                       managed: bool = False) -> FunctionConfig:
+    """A function's settings (a sora.yaml's, or a managed function's function.json `config`)
+    validated by the one set of rules; raise ConfigError naming `path` if broken."""
     problems: list[str] = []
     values = _validate_mapping(data, FUNCTION_SETTINGS, "", problems)
     event_values = _validate_mapping(values.get("eventInvoke") or {}, EVENT_INVOKE_SETTINGS,
@@ -800,7 +841,41 @@ def load_function_config(directory: str) -> FunctionConfig:
     if event_values["maxConcurrency"] is None:
         event_values["maxConcurrency"] = min(values["concurrency"], 1024)
     values["eventInvoke"] = EventInvokeConfig(**event_values)
-    return FunctionConfig(directory=directory, sourceDigest=source_digest(raw), **values)
+    return FunctionConfig(directory=directory, sourceDigest=digest, managed=managed, **values)
+
+
+def managed_functions_dir(state_dir: str) -> str:
+    """Where functions created through the Lambda management API live (sora.deploy.store)."""
+    return os.path.join(state_dir, MANAGED_FUNCTIONS_DIR)
+
+
+def load_managed_function(folder: str) -> FunctionConfig:
+    """A function created through the management API: `<folder>/function.json` (written by
+    Sora, in the state dir no function reaches) holds its settings under `config`, validated
+    as a sora.yaml is; its code is `<folder>/code/`. Raise ConfigError if broken."""
+    folder = os.path.abspath(folder)
+    path = os.path.join(folder, MANAGED_CONFIG_FILE)
+    code = os.path.join(folder, MANAGED_CODE_DIR)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as fh:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(path, [f"unreadable ({exc.strerror})"]) from None
+    try:
+        document = json.loads(raw)
+    except ValueError as exc:
+        raise ConfigError(path, [f"invalid JSON: {exc}"]) from None
+    data = document.get("config") if isinstance(document, dict) else None
+    if not isinstance(data, dict):
+        raise ConfigError(path, ["config: expected a mapping of the function's settings"])
+    if data.get("name") != os.path.basename(folder):
+        raise ConfigError(path, [f"name: expected the folder's name "
+                                 f"{os.path.basename(folder)!r}, got {_show(data.get('name'))}"])
+    if not os.path.isdir(code) or os.path.islink(code):
+        raise ConfigError(path, [f"expected the function's code in the folder {code}"])
+    digest = source_digest(json.dumps(data, sort_keys=True).encode())
+    return function_from_data(code, path, data, digest, managed=True)
 
 
 def source_digest(raw: bytes) -> str:
@@ -957,6 +1032,8 @@ def load_host_config(path: str, read_functions: bool = True) -> HostConfig:
     records_values = _validate_mapping(values.get("records") or {}, RECORDS_SETTINGS,
                                        "records.", problems)
     logs_values = _validate_mapping(values.get("logs") or {}, LOGS_SETTINGS, "logs.", problems)
+    managed_values = _validate_mapping(values.get("managedFunctions") or {}, MANAGED_SETTINGS,
+                                       "managedFunctions.", problems)
     limits = default_limits(_validate_mapping(values.get("limits") or {}, LIMITS_SETTINGS,
                                               "limits.", problems))
     auth_values = _validate_mapping(values.get("auth") or {}, AUTH_SETTINGS, "auth.", problems)
@@ -1020,6 +1097,8 @@ def load_host_config(path: str, read_functions: bool = True) -> HostConfig:
             continue
         seen[fn.name] = fn.source
         functions.append(fn)
+    if read_functions:
+        _load_managed_functions(_resolve(base, values["stateDir"]), functions, broken, seen)
     for fn in list(functions):
         others = [(f"functionPaths ({other.name})", other.directory) for other in functions
                   if other is not fn]
@@ -1038,7 +1117,38 @@ def load_host_config(path: str, read_functions: bool = True) -> HostConfig:
                       minFreeDiskMB=values["minFreeDiskMB"], limits=limits,
                       prestartedRuntimes=values["prestartedRuntimes"], apiKeys=api_keys,
                       cluster=cluster,
-                      functions=functions, broken=broken)
+                      functions=functions, broken=broken,
+                      managedFunctions=ManagedFunctionsConfig(**managed_values))
+
+
+def _load_managed_functions(state_dir: str, functions: list[FunctionConfig],
+                            broken: list[BrokenFunction], seen: dict[str, str]) -> None:
+    """The functions created through the management API, after the functionPaths ones: a name
+    a functionPaths function already has is reported broken (the API refuses to create one,
+    but a sora.yaml may take the name later)."""
+    root = managed_functions_dir(state_dir)
+    try:
+        names = sorted(os.listdir(root))
+    except FileNotFoundError:
+        return
+    for name in names:
+        # Dot names are the store's own: uploads being extracted, replaced or deleted code.
+        if name.startswith(".") or not FUNCTION_NAME_RE.match(name):
+            continue
+        folder = os.path.join(root, name)
+        try:
+            fn = load_managed_function(folder)
+        except ConfigError as exc:
+            broken.append(BrokenFunction(name, os.path.join(folder, MANAGED_CODE_DIR), str(exc)))
+            continue
+        if fn.name in seen:
+            broken.append(BrokenFunction(fn.name, fn.directory, (
+                f"{fn.source}: name: expected a name unique on this host, got {fn.name!r} "
+                f"(already used by {seen[fn.name]}; delete the function created through the "
+                f"API, or rename the functionPaths one)")))
+            continue
+        seen[fn.name] = fn.source
+        functions.append(fn)
 
 
 def _own_files_inside(directory: str, protected: list[tuple[str, str]]) -> tuple[str, str] | None:
@@ -1214,6 +1324,7 @@ def settings_markdown() -> str:
                             ("host-config.yaml `limits:`", LIMITS_SETTINGS),
                             ("host-config.yaml `auth:`", AUTH_SETTINGS),
                             ("host-config.yaml `cluster:`", CLUSTER_SETTINGS),
+                            ("host-config.yaml `managedFunctions:`", MANAGED_SETTINGS),
                             ("sora.yaml", FUNCTION_SETTINGS),
                             ("sora.yaml `eventInvoke:`", EVENT_INVOKE_SETTINGS)):
         out += [f"## {title}", "", "| field | default | description |", "|---|---|---|"]

@@ -25,6 +25,7 @@ from .invocation_route import RETRY_AFTER, InvocationRoute
 from .requests import REQUEST_ID_HEADER, read_body, request_id_of
 from ..function_response import BadFunctionResponse, map_result
 from .function_url import build_event
+from . import management_api
 from .invoke_api import InvokeApiError, InvokeResource, handle_invoke_api_error
 from .records_api import (DeadLetterReplayResource, DeadLetterResource, FunctionListResource,
                           InvocationListResource, InvocationResource, LogsResource, Store)
@@ -209,6 +210,7 @@ def create_app(config: HostConfig | None = None,
     app.add_route("/healthz", HealthResource(client))
     app.add_route("/2015-03-31/functions/{name}/invocations",
                   InvokeResource(client, config, intake, table))
+    management_api.add_routes(app, config, table)
     store = Store(config.stateDir)
     app.add_route("/api/functions", FunctionListResource(client, store))
     app.add_route("/api/functions/{name}/invocations",

@@ -92,9 +92,16 @@ class Authorizer:
         if given is None and is_signed(authorization := req.get_header("Authorization")):
             given = "a signature"
             try:
-                key = await self.signer_of(req, authorization)
+                key = await self.signer_of(req, authorization,
+                                           getattr(resource, "max_body", self.max_body))
             except SignatureRefused as exc:
                 key, refused = None, exc
+            except SoraError as exc:
+                error = getattr(resource, "refusal_error", None)
+                if exc.status != 413 or error is None:
+                    raise
+                # The body was too large to check its signature: in Lambda's format.
+                raise error(413, "RequestTooLargeException", str(exc)) from None
         else:
             key = self.identify(given)
         req.context.api_key = key
@@ -124,7 +131,7 @@ class Authorizer:
                 f"The API key {key.name!r} does not have the scope this route needs "
                 f"({needed})"))
 
-    async def signer_of(self, req, authorization: str) -> ApiKey:
+    async def signer_of(self, req, authorization: str, max_body: int) -> ApiKey:
         """The key that signed this request (SigV4), or SignatureRefused. Reads the body,
         which the signature covers, and hands it on to the route: only once the key it
         claims exists and its time is right, so that a caller without a key is refused as soon
@@ -133,7 +140,8 @@ class Authorizer:
         headers = [(name.decode("latin-1").lower(), value.decode("latin-1"))
                    for name, value in scope["headers"]]
         self.verifier.claimed_key(authorization, headers, time.time())
-        body = await read_body(req, self.max_body, self.body_timeout)
+        # The route's own limit where it has one (the management API's takes a zip).
+        body = await read_body(req, max_body, self.body_timeout)
         keep_body(req, body)
         request = SignedRequest(
             method=req.method,

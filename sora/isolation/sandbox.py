@@ -249,16 +249,18 @@ def wrap(argv: list[str], fn: FunctionConfig, secrets_dir: str | None = None) ->
         read_only.append((secrets_dir, secrets_dir))
     if not fn.writableFolder:
         read_only, folder = read_only + folder, []
-    read_only.append(operator_file(fn))
+    read_only += operator_file(fn)
     return _bwrap(fn, read_only, folder, network=fn.network, env={"HOME": "/tmp"}) + argv
 
 
-def operator_file(fn: FunctionConfig) -> tuple[str, str]:
+def operator_file(fn: FunctionConfig) -> list[tuple[str, str]]:
     """The bind that keeps the function's sora.yaml read-only in every sandbox, its folder
     writable or not (`writableFolder`, setup): the operator's file, mounted over the folder's
     bind (a mount point cannot be written, replaced, renamed or removed from inside). Sora
-    itself never reads it again after the supervisor's start (sora.config_snapshot)."""
-    return fn.source, fn.source
+    itself never reads it again after the supervisor's start (sora.config_snapshot).
+    A function created through the management API has none in its folder (its function.json
+    is beside the folder, in the state dir, never mounted): nothing to bind."""
+    return [] if fn.managed else [(fn.source, fn.source)]
 
 
 def grant_folder(fn: FunctionConfig) -> str | None:
@@ -341,7 +343,7 @@ def wrap_setup(command: str, fn: FunctionConfig, folder: str, home: str) -> list
     prefixes, path = setup_paths()
     writable = [(folder, fn.directory), (home, SETUP_HOME)]
     # sora.yaml from the folder itself, not the copy: the operator's file, out of setup's reach.
-    read_only = [(p, p) for p in prefixes] + [operator_file(fn)]
+    read_only = [(p, p) for p in prefixes] + operator_file(fn)
     return _bwrap(fn, read_only, writable, network=True,
                   env={"HOME": SETUP_HOME, "PATH": path}) + ["/bin/sh", "-c", command]
 

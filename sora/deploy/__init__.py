@@ -1,0 +1,1 @@
+"""Functions deployed through the Lambda management API: their code (a zip) and their store."""
