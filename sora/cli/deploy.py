@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import yaml
 
-from ..config import ConfigError, FunctionConfig, load_function_config
-from .function_zip import FunctionZip, ZipRefused, build_zip
+from ..config import ConfigError, FunctionConfig, load_function_config, load_host_config
+from .function_zip import FunctionZip, Limits, ZipRefused, build_zip
 from .host import ApiError, CliError
 
 # CreateFunction requires an execution role; Sora has none, and ignores it.
@@ -43,6 +43,7 @@ PYTHON_RUNTIME_RE = re.compile(r"^python(3\.\d+)$")
 CARRIED_SETTINGS = frozenset({"name", "language", "entrypoint", "handler", "runtime",
                               "timeout", "memory", "env"})
 UPDATE_POLL_SECONDS = 0.2
+MB = 1 << 20
 # What LastUpdateStatus / State say while the host is still switching to what was sent.
 IN_PROGRESS = ("InProgress", "Pending")
 
@@ -130,12 +131,24 @@ def read_folder(folder: str, name: str | None) -> tuple[FunctionConfig, str, lis
     return fn, name or fn.name, sorted(set(given) - CARRIED_SETTINGS)
 
 
+def host_limits(config_file: str | None) -> Limits:
+    """The host's limits on uploaded code, from its config when it is at hand (else
+    Lambda's, the host's defaults): a folder over them is refused before it is sent."""
+    if config_file is None:
+        return Limits()
+    try:
+        managed = load_host_config(config_file, read_functions=False).managedFunctions
+    except (ConfigError, OSError):
+        return Limits()
+    return Limits(managed.maxZipMB * MB, managed.maxUnzippedMB * MB, managed.maxFiles)
+
+
 def deploy(client, folder: str, name: str | None, publish: bool, description: str | None,
-           timeout: float, limits: tuple[int, int] | None = None) -> DeployResult:
+           timeout: float, limits: Limits = Limits()) -> DeployResult:
     fn, name, not_carried = read_folder(folder, name)
     wanted = lambda_settings(fn)
     try:
-        code = build_zip(folder, *(limits or ()))
+        code = build_zip(folder, limits)
     except ZipRefused as exc:
         raise CliError(f"deploy: {exc}", 2) from None
     current = _configuration(client, name)

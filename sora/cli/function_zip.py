@@ -25,6 +25,7 @@ from dataclasses import dataclass
 # Lambda's limits for a zip uploaded directly, which Sora's management API keeps by default.
 MAX_ZIPPED_BYTES = 50 * 1024 * 1024
 MAX_UNZIPPED_BYTES = 250 * 1024 * 1024
+MAX_ENTRIES = 20_000                     # files and folders (managedFunctions.maxFiles)
 
 EXCLUDED_NAMES = frozenset({".git", ".sora", "__pycache__"})
 # npm's command-line shims: links to scripts elsewhere in node_modules, never loaded by code.
@@ -110,14 +111,25 @@ def _read_regular(path: str, rel: str) -> tuple[bytes, bool]:
         return fh.read(), bool(info.st_mode & 0o111)
 
 
-def build_zip(folder: str, max_zipped: int = MAX_ZIPPED_BYTES,
-              max_unzipped: int = MAX_UNZIPPED_BYTES) -> FunctionZip:
+@dataclass(frozen=True)
+class Limits:
+    """The host's limits on uploaded code (host-config.yaml `managedFunctions:`)."""
+    max_zipped: int = MAX_ZIPPED_BYTES
+    max_unzipped: int = MAX_UNZIPPED_BYTES
+    max_entries: int = MAX_ENTRIES
+
+
+def build_zip(folder: str, limits: Limits = Limits()) -> FunctionZip:
     """The folder's deterministic zip; ZipRefused if it holds a link, a special file, or more
     than the limits allow."""
+    max_zipped, max_unzipped = limits.max_zipped, limits.max_unzipped
     root = os.path.abspath(folder)
     if not os.path.isdir(root):
         raise ZipRefused(f"{folder}: not a folder")
     directories, files, skipped = _walk(root)
+    if len(directories) + len(files) > limits.max_entries:
+        raise ZipRefused(f"{folder}: {len(directories) + len(files)} files and folders, more "
+                         f"than the host's limit of {limits.max_entries}")
     total = 0
     for rel in files:
         total += os.lstat(os.path.join(root, rel)).st_size

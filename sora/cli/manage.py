@@ -10,8 +10,8 @@ import json
 import re
 import sys
 
-from .deploy import code_sha256, deploy
-from .host import CliError, Host
+from .deploy import code_sha256, deploy, host_limits
+from .host import CliError, Host, config_path
 from .lambda_api import api_errors, lambda_client, raw_answer
 from .output import emit_json, shown, table
 
@@ -30,7 +30,7 @@ def cmd_deploy(args) -> int:
     client = lambda_client(args, host)
     with api_errors(host.url):
         result = deploy(client, args.dir, args.name, args.publish, args.description,
-                        host.timeout)
+                        host.timeout, host_limits(config_path(args.config)))
     if args.json:
         emit_json(result.as_json())
         return 0

@@ -367,3 +367,14 @@ def test_settings_lambdas_api_does_not_carry_are_named(tmp_path, monkeypatch, ca
     assert out.err.startswith("sora: note: minInstances, setup in sora.yaml: not part of "
                               "Lambda's API")
     assert out.out.startswith("hello: unchanged, as on the host (2 files")
+
+
+def test_the_hosts_limits_come_from_its_config(tmp_path):
+    config = tmp_path / "host-config.yaml"
+    config.write_text(yaml.safe_dump({"functionPaths": ["fns"], "stateDir": str(tmp_path / "s"),
+                                      "server": {"httpPort": 8080},
+                                      "managedFunctions": {"maxZipMB": 5, "maxFiles": 10}}))
+    limits = D.host_limits(str(config))
+    assert (limits.max_zipped, limits.max_unzipped, limits.max_entries) == \
+        (5 << 20, 250 << 20, 10)
+    assert D.host_limits(None) == D.host_limits(str(tmp_path / "missing.yaml")) == D.Limits()

@@ -8,7 +8,7 @@ import zipfile
 
 import pytest
 
-from sora.cli.function_zip import ZipRefused, build_zip
+from sora.cli.function_zip import Limits, ZipRefused, build_zip
 
 
 def folder(tmp_path, files: dict[str, str]):
@@ -107,7 +107,7 @@ def test_too_much_unzipped_is_refused_before_anything_is_compressed(tmp_path, mo
     monkeypatch.setattr(fz, "_read_regular", no_reading)
     with pytest.raises(ZipRefused, match=r"more than the host's limit of 0\.0 MB unzipped "
                        r"\(reached at b\.bin\)"):
-        build_zip(str(root), max_unzipped=1000)
+        build_zip(str(root), Limits(max_unzipped=1000))
 
 
 def test_a_zip_over_the_zipped_limit_is_refused(tmp_path):
@@ -115,10 +115,17 @@ def test_a_zip_over_the_zipped_limit_is_refused(tmp_path):
     root.mkdir()
     (root / "random.bin").write_bytes(os.urandom(20_000))   # does not compress
     with pytest.raises(ZipRefused, match="its zip is more than the host's limit"):
-        build_zip(str(root), max_zipped=10_000)
-    assert len(build_zip(str(root), max_zipped=30_000).data) > 20_000
+        build_zip(str(root), Limits(max_zipped=10_000))
+    assert len(build_zip(str(root), Limits(max_zipped=30_000)).data) > 20_000
 
 
 def test_not_a_folder(tmp_path):
     with pytest.raises(ZipRefused, match="not a folder"):
         build_zip(str(tmp_path / "missing"))
+
+
+def test_too_many_entries_is_refused(tmp_path):
+    root = folder(tmp_path, {"a/1.js": "", "a/2.js": "", "b.js": ""})
+    with pytest.raises(ZipRefused, match="4 files and folders, more than the host's limit of 3"):
+        build_zip(str(root), Limits(max_entries=3))
+    assert build_zip(str(root), Limits(max_entries=4)).files == 3
