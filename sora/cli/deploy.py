@@ -21,9 +21,10 @@ from dataclasses import dataclass
 
 import yaml
 
-from ..config import ConfigError, FunctionConfig, load_function_config, load_host_config
+from ..config import (FUNCTION_SETTINGS, ConfigError, FunctionConfig, load_function_config,
+                      load_host_config)
 from .function_zip import FunctionZip, Limits, ZipRefused, build_zip
-from .host import ApiError, CliError
+from .host import CliError
 
 # CreateFunction requires an execution role; Sora has none, and ignores it.
 PLACEHOLDER_ROLE = "arn:aws:iam::000000000000:role/sora"
@@ -121,14 +122,17 @@ class DeployResult:
 
 def read_folder(folder: str, name: str | None) -> tuple[FunctionConfig, str, list[str]]:
     """The folder's sora.yaml, the name to deploy it as (--name, else its own), and the
-    settings it gives that Lambda's API does not carry."""
+    settings it gives that Lambda's API does not carry (but those set to their default)."""
     try:
         fn = load_function_config(folder)
         with open(fn.source, "rb") as fh:
             given = yaml.safe_load(fh) or {}
     except ConfigError as exc:
         raise CliError(f"configuration error\n{exc}", 2) from None
-    return fn, name or fn.name, sorted(set(given) - CARRIED_SETTINGS)
+    return fn, name or fn.name, sorted(
+        key for key in set(given) - CARRIED_SETTINGS
+        if not (key in FUNCTION_SETTINGS and hasattr(fn, key) and
+                getattr(fn, key) == FUNCTION_SETTINGS[key].default))
 
 
 def host_limits(config_file: str | None) -> Limits:
@@ -195,8 +199,8 @@ def _wait_updated(client, name: str, timeout: float) -> None:
         for field, reason in (("State", "StateReason"),
                               ("LastUpdateStatus", "LastUpdateStatusReason")):
             if config.get(field) == "Failed":
-                raise ApiError(200, "FunctionUpdateFailed",
-                               f"{name}: {config.get(reason) or 'the host could not load it'}")
+                raise CliError(f"deploy: {name} did not go live: "
+                               f"{config.get(reason) or 'the host could not load it'}", 1)
         if config.get("State") not in IN_PROGRESS and \
                 config.get("LastUpdateStatus") not in IN_PROGRESS:
             return

@@ -17,7 +17,7 @@ from botocore.stub import ANY, Stubber
 
 from sora.cli import deploy as D
 from sora.cli import lambda_api, main as cli, manage
-from sora.cli.host import ApiError, CliError, Response
+from sora.cli.host import CliError, Response
 from sora.config import load_function_config
 
 ARN = "arn:aws:lambda:us-east-1:000000000000:function:hello"
@@ -161,7 +161,7 @@ def test_a_failed_switch_is_the_deploys_error(tmp_path):
     stub.add_response("get_function", {"Configuration": configuration(
         LastUpdateStatus="Failed", LastUpdateStatusReason="SyntaxError: Unexpected token")},
         {"FunctionName": "hello"})
-    with stub, pytest.raises(ApiError, match="hello: SyntaxError: Unexpected token"):
+    with stub, pytest.raises(CliError, match="hello did not go live: SyntaxError: Unexpected"):
         D.deploy(client, str(root), None, False, None, timeout=10)
 
 
@@ -355,7 +355,8 @@ def test_a_key_without_a_name_is_explained(clean_env):
 
 
 def test_settings_lambdas_api_does_not_carry_are_named(tmp_path, monkeypatch, capsys):
-    root = function_folder(tmp_path, {"setup": ["npm install"], "minInstances": 0})
+    root = function_folder(tmp_path, {"setup": ["npm install"], "minInstances": 0,
+                                      "trigger": "http", "workers": 1})
     client, stub = stubbed()
     fn = load_function_config(str(root))
     stub.add_response("get_function", {"Configuration": configuration(
