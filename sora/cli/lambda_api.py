@@ -87,8 +87,11 @@ def api_errors(url: str):
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         raise ApiError(status, error.get("Code") or "Error", error.get("Message") or "") \
             from None
-    except (bx.EndpointConnectionError, bx.ConnectTimeoutError, bx.ReadTimeoutError,
-            bx.SSLError, bx.ConnectionClosedError) as exc:
+    except bx.ReadTimeoutError:
+        raise CliError(f"the Sora host at {url} took the call but did not answer within "
+                       "--timeout; it may still be done (see `sora ls`)", 3) from None
+    except (bx.EndpointConnectionError, bx.ConnectTimeoutError, bx.SSLError,
+            bx.ConnectionClosedError) as exc:
         raise HostDown(url, str(exc)) from None
     except bx.ParamValidationError as exc:
         raise CliError(str(exc), 2) from None
