@@ -379,3 +379,43 @@ def test_the_hosts_limits_come_from_its_config(tmp_path):
     assert (limits.max_zipped, limits.max_unzipped, limits.max_entries) == \
         (5 << 20, 250 << 20, 10)
     assert D.host_limits(None) == D.host_limits(str(tmp_path / "missing.yaml")) == D.Limits()
+
+
+def test_raw_answer_keeps_the_fields_botocores_model_lacks():
+    """rollback reads GetAlias's PreviousVersion, which botocore's parser drops: from the
+    body as sent, by a real botocore client over HTTP (a local server answers)."""
+    import http.server
+    import threading
+
+    body = json.dumps({"Name": "live", "FunctionVersion": "3", "PreviousVersion": "2",
+                       "AliasArn": ARN + ":live"}).encode()
+    seen = []
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append((self.path, self.headers.get("Authorization", "")))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Answer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        args = cli.parser().parse_args([
+            "versions", "x", "--host", f"http://127.0.0.1:{server.server_port}",
+            "--api-key", "secret-0123456789abcdef", "--key-name", "ops", "--timeout", "5"])
+        client = lambda_api.lambda_client(args)
+        parsed, raw = lambda_api.raw_answer(client, "GetAlias", FunctionName="hello", Name="live")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "PreviousVersion" not in parsed and parsed["FunctionVersion"] == "3"
+    assert raw["PreviousVersion"] == "2"
+    assert seen[0][0] == "/2015-03-31/functions/hello/aliases/live"
+    assert seen[0][1].startswith("AWS4-HMAC-SHA256 Credential=ops/")
