@@ -171,7 +171,8 @@ class ManagedStore:
             function_from_data(code, MANAGED_CONFIG_FILE, config, digest, managed=True)
         except ConfigError as exc:
             raise StoreError("InvalidParameterValueException", 400, "; ".join(
-                problem.replace(code, "the code") for problem in exc.problems)) from None
+                lambda_problem(problem.replace(code, "the zip"))
+                for problem in exc.problems)) from None
         fields = dict(lambda_fields)
         if blob is not None:
             from .zip_code import code_sha256
@@ -218,6 +219,19 @@ def function_config(store: ManagedStore, name: str) -> FunctionConfig | None:
         return load_managed_function(store.folder(name))
     except ConfigError:
         return None
+
+
+# sora.yaml's names of the settings the management API sets, and Lambda's for them.
+LAMBDA_FIELDS = {"handler": "Handler", "entrypoint": "Handler", "timeout": "Timeout",
+                 "memory": "MemorySize", "env": "Environment.Variables", "language": "Runtime"}
+
+
+def lambda_problem(problem: str) -> str:
+    """A config problem ("handler: expected ...") named by Lambda's field ("Handler: ...")."""
+    field_name, colon, rest = problem.partition(":")
+    if colon and field_name in LAMBDA_FIELDS:
+        return f"{LAMBDA_FIELDS[field_name]}:{rest}"
+    return problem
 
 
 def _exists(name: str) -> StoreError:

@@ -64,9 +64,19 @@ LIVE_WAIT = 50.0
 ARCHITECTURE = "arm64" if platform.machine() in ("aarch64", "arm64") else "x86_64"
 
 
-def function_arn(name: str, qualifier: str | None = None) -> str:
-    arn = f"arn:aws:lambda:{DEFAULT_REGION}:{ACCOUNT}:function:{name}"
+CREDENTIAL_REGION_RE = re.compile(r"Credential=[^/,\s]+/[0-9]{8}/([a-z0-9-]{1,30})/")
+
+
+def function_arn(name: str, qualifier: str | None = None, region: str = DEFAULT_REGION) -> str:
+    arn = f"arn:aws:lambda:{region}:{ACCOUNT}:function:{name}"
     return f"{arn}:{qualifier}" if qualifier else arn
+
+
+def region_of(req) -> str:
+    """The region the caller's SDK signed for (its ARNs name it, as Lambda's would), else
+    the runtimes' default region."""
+    match = CREDENTIAL_REGION_RE.search(req.get_header("Authorization") or "")
+    return match.group(1) if match else DEFAULT_REGION
 
 
 def parse_name(raw: str) -> tuple[str, str | None]:
@@ -259,17 +269,17 @@ class ManagementRoute:
                 f"{action} it through its folder (and `sora reload`), not through this API"))
         raise ApiError(404, "ResourceNotFoundException", f"Function not found: {name}")
 
-    def configuration(self, name: str) -> dict:
+    def configuration(self, name: str, region: str = DEFAULT_REGION) -> dict:
         """Lambda's FunctionConfiguration of the function, or ResourceNotFoundException."""
         document = self.store.read(name)
         if document is not None:
-            return self.managed_configuration(name, document)
+            return self.managed_configuration(name, document, region)
         fn = self.path_function(name)
         if fn is None:
             broken = self.functions.broken.get(name)
             if broken is None:
                 raise ApiError(404, "ResourceNotFoundException", f"Function not found: {name}")
-            return {"FunctionName": name, "FunctionArn": function_arn(name),
+            return {"FunctionName": name, "FunctionArn": function_arn(name, region=region),
                     "Version": LATEST, "State": "Failed", "StateReason": broken.reason,
                     "StateReasonCode": "InvalidConfiguration", "PackageType": "Zip"}
         handler = fn.handler
@@ -280,7 +290,7 @@ class ManagementRoute:
         except OSError:
             modified = time.time()
         return {
-            "FunctionName": name, "FunctionArn": function_arn(name),
+            "FunctionName": name, "FunctionArn": function_arn(name, region=region),
             "Runtime": LANGUAGE_RUNTIMES[fn.language], "Role": "", "Handler": handler,
             "CodeSize": 0, "CodeSha256": "", "Description": "",
             "Timeout": int(round(fn.timeout)), "MemorySize": fn.memory,
@@ -290,11 +300,11 @@ class ManagementRoute:
             "Architectures": [ARCHITECTURE], "SoraSource": "functionPaths",
         }
 
-    def managed_configuration(self, name: str, document: dict) -> dict:
+    def managed_configuration(self, name: str, document: dict, region: str) -> dict:
         config, fields = document["config"], document.get("lambda", {})
         status = self.store.status(name)
         answer = {
-            "FunctionName": name, "FunctionArn": function_arn(name),
+            "FunctionName": name, "FunctionArn": function_arn(name, region=region),
             "Runtime": fields.get("Runtime"), "Role": fields.get("Role", ""),
             "Handler": fields.get("Handler") or config.get("handler"),
             "CodeSize": fields.get("CodeSize", 0), "CodeSha256": fields.get("CodeSha256", ""),
@@ -381,7 +391,7 @@ class FunctionsResource(ManagementRoute):
             names = [name for name in names if name > marker]
         limit = req.get_param_as_int("MaxItems", min_value=1, max_value=10000) or 50
         page = names[:limit]
-        answer = {"Functions": [self.configuration(name) for name in page]}
+        answer = {"Functions": [self.configuration(name, region_of(req)) for name in page]}
         if len(names) > limit:
             answer["NextMarker"] = page[-1]
         self.answer(req, resp, 200, answer)
@@ -409,11 +419,11 @@ class FunctionsResource(ManagementRoute):
             raise _store_error(exc) from None
         log.info("function %s created through the management API", name)
         await self.go_live(name, creating=True)
-        self.answer(req, resp, 201, await self.published(name, body))
+        self.answer(req, resp, 201, await self.published(req, name, body))
 
-    async def published(self, name: str, body: dict) -> dict:
+    async def published(self, req, name: str, body: dict) -> dict:
         """The configuration to answer: with `Publish`, the version published from it."""
-        return self.configuration(name)
+        return self.configuration(name, region_of(req))
 
 
 def check_publish(body: dict) -> None:
@@ -428,7 +438,7 @@ class FunctionResource(ManagementRoute):
     async def on_get(self, req, resp, name: str) -> None:
         name, qualifier = parse_name(name)
         _only_latest(name, qualifier or req.get_param("Qualifier"))
-        configuration = self.configuration(name)
+        configuration = self.configuration(name, region_of(req))
         answer = {"Configuration": configuration, "Tags": {},
                   "Code": {"RepositoryType": "Sora"}}
         self.answer(req, resp, 200, answer)
@@ -455,7 +465,7 @@ class FunctionCodeResource(ManagementRoute):
         self.require_managed(name, "change the code of")
         if body.get("DryRun"):
             zip_of(body.get("ZipFile"), self.store.limits)
-            self.answer(req, resp, 200, self.configuration(name))
+            self.answer(req, resp, 200, self.configuration(name, region_of(req)))
             return
         blob = zip_of(body.get("ZipFile"), self.store.limits)
         check_publish(body)
@@ -466,7 +476,7 @@ class FunctionCodeResource(ManagementRoute):
             raise _store_error(exc) from None
         log.info("code of function %s updated through the management API", name)
         await self.go_live(name, creating=False)
-        self.answer(req, resp, 200, await FunctionsResource.published(self, name, body))
+        self.answer(req, resp, 200, await FunctionsResource.published(self, req, name, body))
 
 
 class FunctionConfigurationResource(ManagementRoute):
@@ -476,7 +486,7 @@ class FunctionConfigurationResource(ManagementRoute):
     async def on_get(self, req, resp, name: str) -> None:
         name, qualifier = parse_name(name)
         _only_latest(name, qualifier or req.get_param("Qualifier"))
-        self.answer(req, resp, 200, self.configuration(name))
+        self.answer(req, resp, 200, self.configuration(name, region_of(req)))
 
     async def on_put(self, req, resp, name: str) -> None:
         name, _ = parse_name(name)
@@ -492,7 +502,7 @@ class FunctionConfigurationResource(ManagementRoute):
             raise _store_error(exc) from None
         log.info("settings of function %s updated through the management API", name)
         await self.go_live(name, creating=False)
-        self.answer(req, resp, 200, self.configuration(name))
+        self.answer(req, resp, 200, self.configuration(name, region_of(req)))
 
 
 def _only_latest(name: str, qualifier: str | None) -> None:
