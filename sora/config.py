@@ -330,6 +330,7 @@ HOST_SETTINGS = _settings(
             "stands alone."),
     Setting("managedFunctions", _mapping, {}, "Functions created through the Lambda "
             "management API (`CreateFunction`, below): limits on their uploaded code."),
+    Setting("versions", _mapping, {}, "Published versions of the functions (below)."),
     Setting("prestartedRuntimes", _int_range(0, 64), 2, "Runtime processes of each kind "
             "(Node.js, by interpreter) kept started and ready to load any function, so a cold "
             "start skips the interpreter's own start-up. 0 turns this off."),
@@ -541,6 +542,12 @@ RECORDS_SETTINGS = _settings(
             "an eighth of this (at most 64 MB)."),
 )
 
+VERSIONS_SETTINGS = _settings(
+    Setting("keep", _int_range(1, 100000), 10, "Published versions kept per function "
+            "(`<stateDir>/versions/<name>/`); a publish past it removes the oldest, except "
+            "the versions an alias names."),
+)
+
 LOGS_SETTINGS = _settings(
     Setting("maxFileMB", _int_range(1, 1 << 20), 32, "Size (MB) at which each function's log "
             "file `<stateDir>/logs/<name>.log` is rotated to `<name>.log.1` (the older ones "
@@ -664,6 +671,9 @@ class FunctionConfig:
     # The uid its sandbox runs as when Sora is root, one of its own on this host
     # (`isolation.uids.assign_uids`, by load_host_config); 0: its name's hashed uid.
     sandboxUid: int = 0
+    # "$LATEST" (the folder as it is), or the number of a published version whose config
+    # this is (sora.versions.store: `directory` is then the version's own copy).
+    version: str = "$LATEST"
 
     # Created through the Lambda management API (sora.deploy): its settings are the
     # function.json beside its code folder, which Sora wrote, not a sora.yaml in the folder.
@@ -714,6 +724,11 @@ class RecordsConfig:
     maxAgeHours: float = 168.0
     maxLogBytesPerInvocation: int = RECORDS_SETTINGS["maxLogBytesPerInvocation"].default
     maxStoreMB: int = RECORDS_SETTINGS["maxStoreMB"].default
+
+
+@dataclass(frozen=True)
+class VersionsConfig:
+    keep: int = VERSIONS_SETTINGS["keep"].default
 
 
 @dataclass(frozen=True)
@@ -792,6 +807,7 @@ class HostConfig:
     stateDir: str
     records: RecordsConfig = field(default_factory=RecordsConfig)
     logs: LogsConfig = field(default_factory=LogsConfig)
+    versions: VersionsConfig = field(default_factory=VersionsConfig)
     minFreeDiskMB: int = HOST_SETTINGS["minFreeDiskMB"].default
     limits: LimitsConfig = field(default_factory=lambda: default_limits({}))
     prestartedRuntimes: int = 2
@@ -1034,6 +1050,8 @@ def load_host_config(path: str, read_functions: bool = True) -> HostConfig:
     logs_values = _validate_mapping(values.get("logs") or {}, LOGS_SETTINGS, "logs.", problems)
     managed_values = _validate_mapping(values.get("managedFunctions") or {}, MANAGED_SETTINGS,
                                        "managedFunctions.", problems)
+    versions_values = _validate_mapping(values.get("versions") or {}, VERSIONS_SETTINGS,
+                                        "versions.", problems)
     limits = default_limits(_validate_mapping(values.get("limits") or {}, LIMITS_SETTINGS,
                                               "limits.", problems))
     auth_values = _validate_mapping(values.get("auth") or {}, AUTH_SETTINGS, "auth.", problems)
@@ -1114,6 +1132,7 @@ def load_host_config(path: str, read_functions: bool = True) -> HostConfig:
     return HostConfig(path=path, server=ServerConfig(**server_values),
                       stateDir=_resolve(base, values["stateDir"]),
                       records=RecordsConfig(**records_values), logs=LogsConfig(**logs_values),
+                      versions=VersionsConfig(**versions_values),
                       minFreeDiskMB=values["minFreeDiskMB"], limits=limits,
                       prestartedRuntimes=values["prestartedRuntimes"], apiKeys=api_keys,
                       cluster=cluster,
@@ -1321,6 +1340,7 @@ def settings_markdown() -> str:
                             ("host-config.yaml `server:`", SERVER_SETTINGS),
                             ("host-config.yaml `records:`", RECORDS_SETTINGS),
                             ("host-config.yaml `logs:`", LOGS_SETTINGS),
+                            ("host-config.yaml `versions:`", VERSIONS_SETTINGS),
                             ("host-config.yaml `limits:`", LIMITS_SETTINGS),
                             ("host-config.yaml `auth:`", AUTH_SETTINGS),
                             ("host-config.yaml `cluster:`", CLUSTER_SETTINGS),

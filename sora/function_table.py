@@ -58,7 +58,7 @@ class FunctionTable:
     def update(self, members: dict) -> None:
         """Take the configs of the functions MEMBERS lists that this host does not have."""
         for name, spec in members.get("functions", {}).items():
-            if name in self.local:
+            if name in self.local or ":" in name:   # (a published version: its function's)
                 continue
             entry = spec.get("config")
             if entry is None:   # on a worker, if its host put it there
@@ -90,7 +90,9 @@ class FunctionTable:
         return fn if fn is not None else self.remote.get(name)
 
     def knows(self, name: str) -> bool:
-        """Known here: a function of this host (serving or broken) or of a joined host."""
+        """Known here: a function of this host (serving or broken) or of a joined host; for a
+        published version's key (`NAME:N`, resolved before the call), its function."""
+        name = name.partition(":")[0]
         return name in self.local or name in self.remote or name in self.broken
 
     def is_remote(self, name: str) -> bool:
@@ -102,7 +104,8 @@ class FunctionTable:
         return fn is not None and fn.auth == "none"
 
     def wait(self, name: str) -> float:
-        return self._waits.get(name, BROKER_SLACK)
+        """How long a call waits, by its function's timeout (a version's `NAME:N` too)."""
+        return self._waits.get(name.partition(":")[0], BROKER_SLACK)
 
     def event_caps(self, name: str) -> tuple[int, int] | None:
         """(most events stored, most payload bytes stored) for the function's queue."""

@@ -40,6 +40,8 @@ The control plane (`control_endpoint`, a thread in the supervisor, no per-call w
         [SUBSCRIBE]                         -> MEMBERS now and after every change
         [HEARTBEAT]                         every interval (an unknown client's subscribes it)
         [STATUS, request_id]                -> [REPLY, request_id, OK, health JSON]
+        [WAKE, key]                         a call waits for published version `NAME:N`,
+                                            which has no worker: the arbiter starts one
         [BYE]
     control -> client
         [MEMBERS, json]                     {"version": n, "functions": {name: {"available",
@@ -97,6 +99,9 @@ REFUSED = b"\x10"
 # The admin channel (issue 17): [ADMIN, request_id, op, json] and its answer [ADMIN,
 # request_id, json] (see the module docstring and sora/control/admin.py).
 ADMIN = b"\x11"
+# client -> control plane: [WAKE, key] a call waits for `NAME:N`, a published version with no
+# worker: the arbiter starts one (sora.supervisor.versions). Sent at most once a second per key.
+WAKE = b"\x12"
 
 # Invocation meta: the trigger, then optional flags after "+".
 TRIGGER_HTTP = b"http"          # the function URL route

@@ -366,6 +366,9 @@ class ControlPlane(threading.Thread):
                 self.subscribe(identity, now)
             elif cmd == p.BYE:
                 self.subscribers.pop(identity, None)
+            elif cmd == p.WAKE and len(frames) == 3 and b":" in frames[2] and \
+                    len(frames[2]) <= 200:
+                self._notify("wake", frames[2])   # the arbiter starts the version's worker
             elif cmd == p.STATUS and len(frames) >= 3:
                 self._send(identity, p.REPLY, frames[2], p.OK, self.status_body())
         if changed:

@@ -151,7 +151,9 @@ class Dispatcher:
                         self._bury_orphans(name, now)
                 for fn in self.functions.functions():
                     self._bury_expired(fn, now)
-            for name in self.functions.names():
+            # Events for a published version are stored under its key (`NAME:N`, resolved
+            # when accepted) and run by that version's worker.
+            for name in [*self.functions.names(), *queue.queued_versions(self.conn, now)]:
                 self._start_due(client, name, now)
             due = queue.next_due(self.conn)
             timeout = IDLE_POLL if due is None or due <= now else min(due - now, IDLE_POLL)
@@ -185,24 +187,30 @@ class Dispatcher:
                         expired, fn.name, max_age)
 
     def _start_due(self, client: InvocationClient, name: str, now: float) -> None:
-        fn = self.functions.get(name)
+        fn = self.functions.get(name.partition(":")[0])   # a version: its function's settings
+        if fn is None:
+            return   # a version of a function gone since: its events age out
         free = fn.eventInvoke.maxConcurrency - self.running.get(name, 0)
         if free <= 0:
             return
         wait = self.functions.wait(name)
         for event in queue.lease(self.conn, name, free, now, wait + LEASE_MARGIN):
             self.running[name] = self.running.get(name, 0) + 1
-            task = asyncio.get_running_loop().create_task(self._run(client, fn, event, wait))
+            task = asyncio.get_running_loop().create_task(self._run(client, fn, event, wait,
+                                                                    name))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
 
     async def _run(self, client: InvocationClient, fn: FunctionConfig, event: queue.Event,
-                   wait: float) -> None:
+                   wait: float, key: str | None = None) -> None:
+        """Run one event; `key`: the data path's key it runs on (`NAME:N` for a published
+        version; default the function's name)."""
+        key = key or fn.name
         start = time.time()
         began = time.monotonic()
         try:
             try:
-                status, body, *_ = await client.invoke(fn.name, event.request_id.encode(),
+                status, body, *_ = await client.invoke(key, event.request_id.encode(),
                                                        event.payload, wait, p.TRIGGER_EVENT)
             except BrokerUnavailable:   # not sent (no control plane, no worker): not an attempt
                 status, body = p.UNAVAILABLE, p.error_body(
@@ -215,7 +223,7 @@ class Dispatcher:
             # The lease stays: the event runs again once it expires; nothing is lost.
             log.error("could not settle event %s: %s", event.request_id, exc)
         finally:
-            self.running[fn.name] -= 1
+            self.running[key] -= 1
             self.wake.set()
 
     def settle(self, fn: FunctionConfig, event: queue.Event, status: bytes, body: bytes,

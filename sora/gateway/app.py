@@ -27,6 +27,7 @@ from ..function_response import BadFunctionResponse, map_result
 from .function_url import build_event
 from . import management_api
 from .invoke_api import InvokeApiError, InvokeResource, handle_invoke_api_error
+from ..versions.routing import split_name
 from .records_api import (DeadLetterReplayResource, DeadLetterResource, FunctionListResource,
                           InvocationListResource, InvocationResource, LogsResource, Store)
 
@@ -61,7 +62,9 @@ INVOCATION_TYPE_HEADER = "X-Sora-Invocation-Type"
 
 
 class FunctionUrlResource(InvocationRoute):
-    """`ANY /functions/{name}` and `ANY /functions/{name}/{path}`: the HTTP trigger.
+    """`ANY /functions/{name}` and `ANY /functions/{name}/{path}`: the HTTP trigger; `name`
+    may be `NAME:QUALIFIER` (a published version or an alias, sora.versions), and the answer
+    says which version ran in `X-Amz-Executed-Version`.
 
     With `X-Sora-Invocation-Type: Event` the request is stored as an asynchronous event and
     answered 202 `{"requestId": ...}` at once; the function's answer is not returned.
@@ -69,6 +72,11 @@ class FunctionUrlResource(InvocationRoute):
 
     auth_scope = "invoke"
     public_urls = True   # a function with `auth: none` is open here (sora.gateway.auth)
+
+    @staticmethod
+    def function_of(params: dict) -> str | None:
+        """The function a key must cover and whose `auth` applies: NAME of NAME:QUALIFIER."""
+        return params.get("name", "").partition(":")[0] or None
 
     def __init__(self, client: InvocationClient, config: HostConfig, intake: EventIntake,
                  functions: FunctionTable | None = None):
@@ -97,8 +105,10 @@ class FunctionUrlResource(InvocationRoute):
 
     async def handle(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, name: str,
                      path: str = "") -> None:
+        name, qualifier = split_name(name)
         if not FUNCTION_NAME_RE.match(name):
             raise SoraError(404, "ResourceNotFoundException", f"Function not found: {name}")
+        key, version = self.resolve(name, qualifier)
         if path and ("\x00" in path or ".." in path and ".." in path.split("/")):
             # Decoded already (%2e%2e, %00): a function that maps its path to files must never
             # be handed one that climbs out of its folder.
@@ -122,19 +132,20 @@ class FunctionUrlResource(InvocationRoute):
                 raise SoraError(400, "Sora.InvalidInvocationType", (
                     f"{INVOCATION_TYPE_HEADER}: expected RequestResponse or Event, got "
                     f"{kind!r}"))
-            await self.accept_event(name, request_id, "http", event)
+            await self.accept_event(key, request_id, "http", event)
             resp.status = falcon.HTTP_202
             resp.set_header(REQUEST_ID_HEADER, request_id)
             resp.content_type = "application/json"
             resp.data = b'{"requestId":"%s","status":"queued"}' % request_id.encode()
             return
         try:
-            status, result, *_ = await self.invoke(name, request_id.encode(), event,
+            status, result, *_ = await self.invoke(key, request_id.encode(), event,
                                                    p.TRIGGER_HTTP)
         except BrokerTimeout:
             raise SoraError(504, "Sora.GatewayTimeout",
                             "No answer from the function's worker in time") from None
         resp.set_header(REQUEST_ID_HEADER, request_id)
+        resp.set_header("X-Amz-Executed-Version", version)
         if status != p.OK:
             headers = {}
             if status == p.NO_CAPACITY or status == p.THROTTLED:

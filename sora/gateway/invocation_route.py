@@ -10,6 +10,9 @@ from ..config import HostConfig
 from ..events.intake import EventIntake, EventNotStored, LowDisk, QueueFull
 from ..function_table import FunctionTable
 from ..messaging.client import InvocationClient, BrokerUnavailable
+from ..versions.qualifier import LATEST
+from ..versions.routing import Resolver
+from ..versions.store import VersionError
 from .error_detail import ErrorDetail
 from .errors import SoraError
 
@@ -31,6 +34,19 @@ class InvocationRoute:
         self.body_timeout = config.server.bodyTimeout
         self.max_event = config.server.maxEventBytes
         self.error_detail = ErrorDetail.of(config, self.functions)
+        self.resolver = Resolver(config.stateDir)   # qualifiers: versions and aliases
+
+    def resolve(self, name: str, qualifier: str | None,
+                error: type[SoraError] = SoraError) -> tuple[str, str]:
+        """(data path key, version) of one call to `name` with `qualifier`: an alias picks
+        its version now (weights per call); 400 for a malformed qualifier, 404 for a version
+        or alias that does not exist (as `error`, the route's error class)."""
+        if qualifier is None or qualifier == LATEST:
+            return name, LATEST
+        try:
+            return self.resolver.resolve(name, qualifier)
+        except VersionError as exc:
+            raise error(exc.status, exc.error_type, str(exc)) from None
 
     async def invoke(self, name: str, request_id: bytes, payload: bytes, meta: bytes,
                      error: type[SoraError] = SoraError,
@@ -62,6 +78,7 @@ class InvocationRoute:
         function, 503 for a broken one or when the event could not be stored (the disk low
         among the reasons), 413 for an event over `maxEventBytes`, 429 when the function has
         as many events stored as its caps allow. Nothing is stored unless this returns."""
+        key, name = name, name.partition(":")[0]   # a version's key: its function's settings
         if await self.functions.lookup(name) is None:
             broken = self.functions.broken.get(name)
             if broken is None:
@@ -75,7 +92,7 @@ class InvocationRoute:
                 f"The event is {len(payload)} bytes; asynchronous invocations take at most "
                 f"{self.max_event} bytes (server.maxEventBytes)"))
         try:
-            await self.intake.accept(request_id, name, trigger, payload,
+            await self.intake.accept(request_id, key, trigger, payload,
                                      self.functions.event_caps(name))
         except QueueFull as exc:
             raise error(429, "TooManyRequestsException", (

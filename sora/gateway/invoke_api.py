@@ -10,8 +10,10 @@ event and the response body is the function's result, as on Lambda.
   error JSON as the body, as Lambda answers them.
 - `X-Amz-Log-Type: Tail` returns the last 4 KB of the invocation's log, base64, in
   `X-Amz-Log-Result`.
-- `name`, `name:qualifier`, a function ARN, and `?Qualifier=` are accepted; the only version is
-  `$LATEST`, any other qualifier is 404.
+- `name`, `name:qualifier`, a function ARN, and `?Qualifier=` are accepted: `$LATEST`, a
+  published version's number or an alias (sora.versions; an alias with weights picks per
+  call). `X-Amz-Executed-Version` says which version ran. A malformed qualifier is 400
+  `InvalidParameterValueException`, one that does not exist 404.
 - Errors of the API itself follow Lambda's: the type in the `x-amzn-ErrorType` header and the
   body `{"Type": "User", "message": ...}` (with Sora's `errorType`/`errorMessage` beside them).
   So do its 401 and 403 on a host with keys (sora.gateway.auth), where the SDKs sign their
@@ -33,7 +35,6 @@ from .errors import SoraError
 from .invocation_route import RETRY_AFTER, InvocationRoute
 from .requests import REQUEST_ID_HEADER, read_body, request_id_of
 
-VERSION = "$LATEST"
 ARN_RE = re.compile(r"^arn:aws[a-z-]*:lambda:[^:]*:[^:]*:function:(?P<rest>.+)$")
 
 
@@ -53,19 +54,20 @@ async def handle_invoke_api_error(req, resp, ex: InvokeApiError, params) -> None
                             "errorMessage": str(ex)}).encode()
 
 
-def parse_function_name(raw: str, qualifier: str | None) -> str:
-    """The function's name from `name`, `name:qualifier` or an ARN; only $LATEST exists."""
+def parse_function_name(raw: str, qualifier: str | None) -> tuple[str, str | None]:
+    """(the function's name, its qualifier or None) from `name`, `name:qualifier` or an ARN,
+    and the `Qualifier` parameter (both given: they must agree, as Lambda checks)."""
     match = ARN_RE.match(raw)
     rest = match.group("rest") if match else raw
-    name, _, inline = rest.partition(":")
-    for given in (inline, qualifier):
-        if given and given != VERSION:
-            raise InvokeApiError(404, "ResourceNotFoundException", (
-                f"Function not found: {name}:{given} (Sora has no published versions or "
-                f"aliases yet; only {VERSION} exists)"))
+    name, sep, inline = rest.partition(":")
     if not FUNCTION_NAME_RE.match(name):
-        raise InvokeApiError(404, "ResourceNotFoundException", f"Function not found: {raw}")
-    return name
+        raise InvokeApiError(404, "ResourceNotFoundException",
+                             f"Function not found: {ascii(raw[:200])[1:-1]}")
+    if sep and qualifier is not None and inline != qualifier:
+        raise InvokeApiError(400, "InvalidParameterValueException", (
+            "The derived qualifier from the function name does not match the specified "
+            "qualifier."))
+    return name, (inline if sep else qualifier)
 
 
 class InvokeResource(InvocationRoute):
@@ -87,7 +89,7 @@ class InvokeResource(InvocationRoute):
 
     async def on_post(self, req, resp, name: str) -> None:
         request_id = request_id_of(req)
-        fn_name = parse_function_name(name, req.get_param("Qualifier"))
+        fn_name, qualifier = parse_function_name(name, req.get_param("Qualifier"))
         kind = req.get_header("X-Amz-Invocation-Type") or "RequestResponse"
         if kind not in ("RequestResponse", "Event", "DryRun"):
             raise InvokeApiError(400, "InvalidParameterValueException", (
@@ -96,6 +98,7 @@ class InvokeResource(InvocationRoute):
         if not await self.functions.known(fn_name):
             raise InvokeApiError(404, "ResourceNotFoundException",
                                  f"Function not found: {fn_name}")
+        key, version = self.resolve(fn_name, qualifier, InvokeApiError)
         payload = await read_body(req, self.max_body, self.body_timeout) or b"{}"
         try:
             # orjson is strict where json.loads is not: NaN and Infinity (not JSON) are
@@ -110,13 +113,13 @@ class InvokeResource(InvocationRoute):
             resp.status = falcon.HTTP_204
             return
         if kind == "Event":
-            await self.accept_event(fn_name, request_id, "invoke", payload, InvokeApiError)
+            await self.accept_event(key, request_id, "invoke", payload, InvokeApiError)
             resp.status = falcon.HTTP_202
             return
         tail = (req.get_header("X-Amz-Log-Type") or "None") == "Tail"
         try:
             status, body, *log_tail = await self.invoke(
-                fn_name, request_id.encode(), payload, p.meta(p.TRIGGER_INVOKE, tail),
+                key, request_id.encode(), payload, p.meta(p.TRIGGER_INVOKE, tail),
                 InvokeApiError, "ServiceException")
         except BrokerTimeout:
             raise InvokeApiError(504, "ServiceException",
@@ -134,7 +137,7 @@ class InvokeResource(InvocationRoute):
             raise InvokeApiError(400, "InvalidRequestContentException", p.parse_error(body)[1])
         if tail:
             resp.set_header("X-Amz-Log-Result", (log_tail or [b""])[0].decode("ascii"))
-        resp.set_header("X-Amz-Executed-Version", VERSION)
+        resp.set_header("X-Amz-Executed-Version", version)
         if status != p.OK:
             # The function ran and failed (error, timeout, crash): 200, as Lambda answers.
             resp.set_header("X-Amz-Function-Error", "Unhandled")

@@ -103,7 +103,8 @@ def _monitor_event(frames: list[bytes]) -> int:
 
 class _Function:
     """What MEMBERS says of one function, and this client's calls waiting for it."""
-    __slots__ = ("name", "available", "reason", "max_queued", "max_wait", "workers", "waiting")
+    __slots__ = ("name", "available", "reason", "max_queued", "max_wait", "workers", "waiting",
+                 "woken_at")
 
     def __init__(self, name: str):
         self.name = name
@@ -115,6 +116,9 @@ class _Function:
         # [request id, frames, expires (loop time), meta]; an entry whose caller has gone
         # (deadline) is skipped when it comes up.
         self.waiting: deque = deque()
+        # A published version (`NAME:N`) starts its worker when called: when this client
+        # last asked for it (WAKE), in loop time.
+        self.woken_at = float("-inf")
 
 
 class _Worker:
@@ -539,6 +543,8 @@ class InvocationClient:
             self._resolve(request_id, self._unavailable(fn))
             return
         worker = self._pick(fn) if not fn.waiting else None
+        if not fn.workers and ":" in name:
+            self._wake(fn)
         if worker is not None:
             self._send(worker, request_id, frames, meta)
         elif len(fn.waiting) < fn.max_queued:
@@ -547,6 +553,13 @@ class InvocationClient:
             self._resolve(request_id, [p.THROTTLED, p.error_body(
                 "TooManyRequestsException", f"Rate exceeded: function {name} is at its "
                 f"concurrency and {fn.max_queued} invocations are already waiting")])
+
+    def _wake(self, fn: _Function) -> None:
+        """Ask the control plane to start a published version's worker (once a second)."""
+        now = self._loop.time()
+        if now - fn.woken_at >= 1.0:
+            fn.woken_at = now
+            self._send_control([p.WAKE, fn.name.encode()])
 
     def _dispatch_waiting(self, fn: _Function) -> None:
         pending = self._pending

@@ -67,6 +67,14 @@ def content_hash(directory: str, excluded: set[str]) -> str:
     its folder without following a link (a link is hashed as its target's name), and reads
     regular files only (a fifo would block the loop)."""
     digest = hashlib.blake2b(digest_size=20)
+    tree_digest(digest, directory, excluded)
+    return digest.hexdigest()
+
+
+def tree_digest(digest, directory: str, excluded: set[str]) -> None:
+    """Feed `digest` every file's relative path and content under `directory`, as
+    content_hash walks it (by descriptors, links as their targets' names, never followed);
+    the version store's CodeSha256 is this walk with SHA-256."""
     for root, dirs, files, root_fd in os.fwalk(directory, follow_symlinks=False):
         rel_root = os.path.relpath(root, directory)
         if rel_root == ".":
@@ -79,7 +87,6 @@ def content_hash(directory: str, excluded: set[str]) -> str:
         for name in sorted(files + links):
             digest.update(os.path.normpath(os.path.join(rel_root, name)).encode() + b"\0")
             _hash_entry(digest, root_fd, name)
-    return digest.hexdigest()
 
 
 def _hash_entry(digest, dir_fd: int, name: str) -> None:

@@ -164,6 +164,14 @@ def queued_functions(conn: sqlite3.Connection, now: float) -> list[str]:
         "SELECT DISTINCT function FROM events WHERE state = 'queued' AND due <= ?", (now,))]
 
 
+def queued_versions(conn: sqlite3.Connection, now: float) -> list[str]:
+    """The published versions (`NAME:N`, resolved when the event was accepted) with events
+    due now: the dispatcher runs them beside the functions it knows by name."""
+    return [r[0] for r in conn.execute(
+        "SELECT DISTINCT function FROM events WHERE state = 'queued' AND due <= ? AND "
+        "function LIKE '%:%'", (now,))]
+
+
 def _attempts(conn: sqlite3.Connection, event_id: int) -> list[dict]:
     return [{"start": r["start"], "durationMs": round(r["duration_ms"], 3),
              "errorType": r["error_type"], "errorMessage": r["error_message"]}

@@ -55,6 +55,8 @@ from .reload_plan import fingerprint
 from .reloading import Reloading, function_of
 from ..runtimes.pool import RuntimePool
 from ..setup.run import SetupRun
+from ..versions.qualifier import data_key, split_key
+from .versions import Versions
 
 log = logging.getLogger("sora.supervisor")
 
@@ -108,6 +110,9 @@ class Arbiter(Reloading):
         self.progress: StartupProgress | None = None
         self._last_exit_at = float("-inf")
         self.init_reloading()   # live reload (reloading.py): generations, switches, admin ops
+        # Published versions: their workers (on demand), publishing and pruning.
+        self.versions = Versions(self)
+        self.admin_ops["publish"] = self.versions.publish
 
     # --- signals: handlers only queue -----------------------------------------------------------
     def _on_signal(self, signum, _frame) -> None:
@@ -153,7 +158,7 @@ class Arbiter(Reloading):
         is not restarted if it fails (the previous generation serves)."""
         config = self.config
         # The config the supervisor loaded before setup, never the folder's sora.yaml again.
-        argv = [sys.executable, "-m", "sora.worker", "--name", fn.name,
+        argv = [sys.executable, "-m", "sora.worker", "--name", data_key(fn.name, fn.version),
                 "--functions", config_snapshot.snapshot_path(self.state_dir),
                 "--state-dir", self.state_dir,
                 "--control", p.control_endpoint(self.state_dir),
@@ -231,8 +236,9 @@ class Arbiter(Reloading):
                 self.plane.control.forget_worker(p.worker_identity(function, child.proc.pid))
                 # Its data endpoint's socket file, if it could not remove it (killed).
                 remove_file(p.ipc_path(p.worker_data_endpoint(self.state_dir, child.proc.pid)))
-                remove_secret_files(function, child.proc.pid)
-                cgroups.remove_leftovers(function, child.proc.pid)
+                # (named by the function's name, a version's worker too)
+                remove_secret_files(split_key(function)[0], child.proc.pid)
+                cgroups.remove_leftovers(split_key(function)[0], child.proc.pid)
                 if code == p.EXIT_BOOT_ERROR:
                     why = "cannot boot: " + (p.take_boot_error(self.state_dir, function)
                                              or "the worker exited with a boot error")
@@ -306,6 +312,8 @@ class Arbiter(Reloading):
     def manage(self, now: float) -> None:
         self.step_switches(now)
         self.step_draining(now)
+        self.versions.refresh(now)
+        self.versions.step(now)
         for name, run in list(self.setups.items()):
             workers = self.workers_of(name)
             if workers[0].state is not State.SETUP:
@@ -403,6 +411,9 @@ class Arbiter(Reloading):
             if event == "admin":
                 self.handle_admin(identity)
                 continue
+            if event == "wake":   # a call for a published version that has no worker
+                self.versions.wake(identity.decode(errors="replace"), now)
+                continue
             name = identity.rsplit(b"/", 1)[0].decode()
             pid = p.identity_pid(identity)
             # Any generation's: the serving one, a switch's new one, a draining one.
@@ -433,6 +444,7 @@ class Arbiter(Reloading):
         for broken in self.config.broken:
             table.setdefault(broken.name, {"maxQueued": 0, "maxWait": 1.0, "available": False,
                                            "reason": broken.reason})
+        table.update(self.versions.table())
         return table
 
     def status(self) -> dict:
@@ -562,6 +574,7 @@ class Arbiter(Reloading):
     def prepare(self) -> None:
         p.make_run_dir(self.state_dir)
         self.lock_state_dir()
+        self.versions.store.remove_staging()   # what a killed publish left
         # Before anything starts or is announced: a taken port ends the start here, at once.
         if not self.joining:
             self.sockets = listeners.bind_all(self.config)
@@ -653,7 +666,7 @@ class Arbiter(Reloading):
         last_sweep = now
         try:
             while True:
-                busy = self.setups or any(c.state is State.STARTING
+                busy = self.setups or self.versions.busy() or any(c.state is State.STARTING
                                           for c in self.all_children())
                 self.sleep(0.1 if busy or self.stopping else 1.0)
                 self.handle_signals()
@@ -694,6 +707,7 @@ class Arbiter(Reloading):
                 child.proc.wait()
         for run in self.setups.values():
             run.kill()
+        self.versions.shutdown()
         if self.runtime_pool is not None:
             self.runtime_pool.stop()
             self.runtime_pool = None

@@ -75,7 +75,7 @@ class Instance:
         self.index = index
         # Lambda's log stream names one execution environment, so code that tells instances
         # apart by it works unchanged (its pid does not: each sandbox has its own pid space).
-        self.log_stream = (time.strftime("%Y/%m/%d/", time.gmtime()) + "[$LATEST]" +
+        self.log_stream = (time.strftime("%Y/%m/%d/", time.gmtime()) + f"[{fn.version}]" +
                            uuid.uuid4().hex)
         self.log = log
         self.state = State.BOOTING

@@ -38,6 +38,8 @@ from ..runtimes import Runtime, runtime_for
 from ..isolation import cgroups, sandbox
 from .scaling import SCALE_OUT_WAIT, idle_expired, plan_scale_out
 from ..isolation.secrets import Secrets, declared_env_names, read_secrets
+from ..versions.qualifier import LATEST, data_key, split_key
+from ..versions.store import VersionStore
 
 log = logging.getLogger("sora.worker")
 
@@ -97,7 +99,10 @@ class Worker:
                                **(log_limits or {}))
         self.meta: dict[bytes, bytes] = {}  # request id -> how it came, unless plain http
         self.fn_name = fn.name.encode()
-        self.identity = p.worker_identity(fn.name, os.getpid())
+        self.fn_version = fn.version.encode()   # "$LATEST" or a published version's number
+        # The data path's key: the name, or `name:N` for a published version's worker.
+        self.key = data_key(fn.name, fn.version)
+        self.identity = p.worker_identity(self.key, os.getpid())
         self.poller = zmq.Poller()
         self.sock: zmq.Socket | None = None    # DEALER to the control plane
         self.data: zmq.Socket | None = None    # ROUTER the clients send invocations to
@@ -284,7 +289,7 @@ class Worker:
 
     def announce(self) -> None:
         self.announce_due = False
-        self.send([p.READY, self.fn.name.encode(), self.data_endpoint.encode(),
+        self.send([p.READY, self.key.encode(), self.data_endpoint.encode(),
                    str(self.instance_count()).encode()])
 
     def window(self) -> int:
@@ -377,7 +382,7 @@ class Worker:
                              error_type)
         self.records.record(
             request_id, self.fn_name, meta.partition(b"+")[0] if meta else p.TRIGGER_HTTP,
-            start, took * 1000, record_status, error_type, cold,
+            start, took * 1000, record_status, error_type, cold, version=self.fn_version,
             error_message=error_message, max_memory_mb=max_memory,
             init_ms=inst.init_duration_ms if cold and inst else None)
         return ends
@@ -494,7 +499,7 @@ class Worker:
 
     def _hand(self, inst: Instance) -> None:
         item = self.pending.popleft()
-        self.log.begin(item[1].decode(), start_line(item[1]))
+        self.log.begin(item[1].decode(), start_line(item[1], self.fn_version))
         inst.send(item[0], item[1], item[2])
 
     def requeue(self, inst: Instance) -> None:
@@ -797,7 +802,7 @@ class Worker:
                               max(0.0, p.HEARTBEAT_INTERVAL - (now - self.last_client_beat)))
         except BootError as exc:
             self.fail_pending(exc.body)
-            path = p.boot_error_path(self.state_dir, self.fn.name)
+            path = p.boot_error_path(self.state_dir, self.key)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "wb") as fh:
                 fh.write(exc.body)
@@ -869,7 +874,8 @@ class BootError(Exception):
 def parser() -> argparse.ArgumentParser:
     """The worker's command line (the arbiter's worker_launch writes it)."""
     parser = argparse.ArgumentParser(prog="python -m sora.worker")
-    parser.add_argument("--name", required=True, help="the function's name")
+    parser.add_argument("--name", required=True, help="the function's name, or NAME:N for "
+                        "its published version N")
     parser.add_argument("--functions", required=True,
                         help="the supervisor's snapshot of the functions' configs (read before "
                              "setup; the function folder's sora.yaml is never read again)")
@@ -904,7 +910,11 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s [worker %(process)d] %(levelname)s %(message)s")
     try:
         functions, _ = config_snapshot.read(args.functions)
-        fn = next((f for f in functions if f.name == args.name), None)
+        name, version = split_key(args.name)
+        if version == LATEST:
+            fn = next((f for f in functions if f.name == name), None)
+        else:   # a published version: its own config, written by Sora when it published it
+            fn = VersionStore(args.state_dir).config(name, version)
         if fn is None:
             raise ConfigError(args.functions, [f"expected the config of function "
                                                f"{args.name!r}, got none"])

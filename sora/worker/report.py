@@ -2,7 +2,7 @@
 AWS Lambda writes them to CloudWatch (and as `aws lambda invoke --log-type Tail` shows them),
 so tools that parse them (CloudWatch Logs Insights-style queries, log shippers) work unchanged:
 
-    START RequestId: <id> Version: $LATEST
+    START RequestId: <id> Version: $LATEST   (or the published version's number)
     END RequestId: <id>
     REPORT RequestId: <id>\\tDuration: 12.34 ms\\tBilled Duration: 13 ms\\tMemory Size: 128 MB\\t
         Max Memory Used: 45 MB\\t[Init Duration: 123.45 ms\\t][Status: timeout\\t]
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 
-VERSION = b"$LATEST"   # Sora has no published versions yet
+VERSION = b"$LATEST"   # a published version's worker passes its number
 
 
 def start_line(request_id: bytes, version: bytes = VERSION) -> bytes:

@@ -65,6 +65,7 @@ if (process.env.SORA_STANDBY === '1') {
 const entry = process.env.SORA_ENTRYPOINT;
 const handlerName = process.env._HANDLER_EXPORT || 'handler';
 const functionName = process.env.AWS_LAMBDA_FUNCTION_NAME;
+const functionVersion = process.env.AWS_LAMBDA_FUNCTION_VERSION || '$LATEST';
 const region = process.env.AWS_REGION || 'us-east-1';
 // The shim's own variables are not the function's business.
 delete process.env.SORA_ENTRYPOINT;
@@ -266,9 +267,10 @@ function makeContext(id, deadline) {
   const context = {
     awsRequestId: id,
     functionName,
-    functionVersion: process.env.AWS_LAMBDA_FUNCTION_VERSION || '$LATEST',
+    functionVersion,
     memoryLimitInMB: process.env.AWS_LAMBDA_FUNCTION_MEMORY_SIZE,
-    invokedFunctionArn: `arn:aws:lambda:${region}:000000000000:function:${functionName}`,
+    invokedFunctionArn: `arn:aws:lambda:${region}:000000000000:function:${functionName}` +
+      (functionVersion === '$LATEST' ? '' : `:${functionVersion}`),
     logGroupName: process.env.AWS_LAMBDA_LOG_GROUP_NAME,
     logStreamName: process.env.AWS_LAMBDA_LOG_STREAM_NAME,
     callbackWaitsForEmptyEventLoop: true,

@@ -61,6 +61,8 @@ EXECUTABLE = os.environ.pop("SORA_ENTRYPOINT")
 SANDBOXED = os.environ.pop("SORA_SANDBOXED", "") == "1"
 FUNCTION_ARN = "arn:aws:lambda:%s:000000000000:function:%s" % (
     os.environ.get("AWS_REGION", "us-east-1"), os.environ.get("AWS_LAMBDA_FUNCTION_NAME"))
+if os.environ.get("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST") != "$LATEST":   # a version's
+    FUNCTION_ARN += ":" + os.environ["AWS_LAMBDA_FUNCTION_VERSION"]
 
 
 def write_all(fd, data):

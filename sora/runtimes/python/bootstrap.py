@@ -67,6 +67,8 @@ class LambdaContext:
         self.memory_limit_in_mb = os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
         self.invoked_function_arn = "arn:aws:lambda:%s:000000000000:function:%s" % (
             os.environ.get("AWS_REGION", "us-east-1"), self.function_name)
+        if self.function_version != "$LATEST":   # a published version's: qualified
+            self.invoked_function_arn += ":" + self.function_version
         self.log_group_name = os.environ.get("AWS_LAMBDA_LOG_GROUP_NAME")
         self.log_stream_name = os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME")
         self.identity = None
