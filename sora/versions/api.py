@@ -128,6 +128,10 @@ class VersionsApi:
                "RevisionId": record["RevisionId"]}
         if record.get("RoutingConfig"):
             out["RoutingConfig"] = record["RoutingConfig"]
+        if record.get("PreviousVersion"):
+            # Sora's, beside Lambda's fields (the SDKs' parsers leave it out): the version
+            # the alias named before its last move, which `sora rollback` goes back to.
+            out["PreviousVersion"] = record["PreviousVersion"]
         return out
 
     def create_alias(self, name: str, alias: str, function_version: str,
