@@ -28,6 +28,7 @@ from .function_url import build_event
 from . import management_api
 from .invoke_api import InvokeApiError, InvokeResource, handle_invoke_api_error
 from ..versions.routing import split_name
+from .reload_api import ReloadResource
 from .records_api import (DeadLetterReplayResource, DeadLetterResource, FunctionListResource,
                           InvocationListResource, InvocationResource, LogsResource, Store)
 
@@ -231,6 +232,7 @@ def create_app(config: HostConfig | None = None,
     app.add_route("/api/functions/{name}/dlq/replay",
                   DeadLetterReplayResource(store, config, table))
     app.add_route("/api/invocations/{request_id}", InvocationResource(store))
+    app.add_route("/api/reload", ReloadResource(config))
     app.add_error_handler(Exception, handle_unexpected)
     app.add_error_handler(falcon.HTTPError, handle_http_error)
     app.add_error_handler(SoraError, handle_sora_error)

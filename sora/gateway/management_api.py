@@ -32,6 +32,8 @@ from ..deploy.store import ManagedStore, StoreError
 from ..deploy.zip_code import MB, ZipLimits, ZipRefused, check_zipped_size
 from ..function_table import FunctionTable
 from ..runtimes.base import DEFAULT_REGION
+from ..versions.api import VersionsApi
+from ..versions.store import VersionError
 from .errors import SoraError
 from .invoke_api import ARN_RE, InvokeApiError as ApiError
 from .requests import REQUEST_ID_HEADER, read_body, request_id_of
@@ -197,7 +199,10 @@ def zip_of(value, limits: ZipLimits) -> bytes:
             "Code.ZipFile: expected the zip, base64-encoded (Sora takes no S3Bucket/S3Key "
             "or ImageUri)"))
     # Refused by its size before decoding: base64 is 4 bytes for each 3.
-    check_zipped_size(len(value) * 3 // 4 - value.count("=", -2), limits)
+    try:
+        check_zipped_size(len(value) * 3 // 4 - value.count("=", -2), limits)
+    except ZipRefused as exc:
+        raise _store_error(exc) from None
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
@@ -266,7 +271,8 @@ class ManagementRoute:
         if self.path_function(name) is not None or name in self.functions.broken:
             raise ApiError(409, "ResourceConflictException", (
                 f"Function {name} comes from functionPaths (a folder with a sora.yaml): "
-                f"{action} it through its folder (and `sora reload`), not through this API"))
+                f"{action}, then reload (`sora reload`); it does not change through this "
+                f"API"))
         raise ApiError(404, "ResourceNotFoundException", f"Function not found: {name}")
 
     def configuration(self, name: str, region: str = DEFAULT_REGION) -> dict:
@@ -324,6 +330,27 @@ class ManagementRoute:
                 answer[key] = status[key]
         return answer
 
+    def qualified_configuration(self, req, name: str, qualifier: str | None) -> dict:
+        """The configuration of `$LATEST`, of a published version, or of the version an
+        alias names."""
+        if not qualifier or qualifier == LATEST:
+            return self.configuration(name, region_of(req))
+        self.require_known(name)
+        api = versions_api(self, req)
+        try:
+            version = qualifier if qualifier.isdigit() else \
+                api.get_alias(name, qualifier)["FunctionVersion"]
+            if version == LATEST:
+                return self.configuration(name, region_of(req))
+            return api.get_version(name, version)
+        except VersionError as exc:
+            raise _version_error(exc) from None
+
+    def require_known(self, name: str) -> None:
+        """ResourceNotFoundException unless the function is created here or from a folder."""
+        if not self.store.exists(name) and self.functions.get(name) is None:
+            raise ApiError(404, "ResourceNotFoundException", f"Function not found: {name}")
+
     # --- going live -------------------------------------------------------------------------
     async def go_live(self, name: str, creating: bool) -> None:
         """Reload the one function on the supervisor's admin channel and keep the outcome in
@@ -365,10 +392,11 @@ async def reload_functions(state_dir: str, names: list[str]) -> dict:
         return {"error": {"type": "Unavailable", "message": "this host cannot reload live: "
                           "restart it to load the change"}}
     try:
-        return await admin.request_async(state_dir, "reload",
+        return await admin.request_async(state_dir, admin.OP_RELOAD,
                                          {"functions": names, "setup": "auto"}, LIVE_WAIT)
-    except TimeoutError:
-        return {"error": {"type": "Timeout", "message": "the change is still going live"}}
+    except admin.AdminUnavailable as exc:   # not running, or still at it after LIVE_WAIT
+        return {"error": {"type": "Timeout", "message": f"the change is still going live "
+                          f"({exc})"}}
     except Exception as exc:   # the admin channel's own failure: reported, not a 500
         log.warning("reload of %s on the admin channel failed: %s", names, exc)
         return {"error": {"type": "Unavailable", "message": f"the supervisor could not be "
@@ -422,14 +450,23 @@ class FunctionsResource(ManagementRoute):
         self.answer(req, resp, 201, await self.published(req, name, body))
 
     async def published(self, req, name: str, body: dict) -> dict:
-        """The configuration to answer: with `Publish`, the version published from it."""
-        return self.configuration(name, region_of(req))
+        """The configuration to answer: with `Publish` (and the code live), the version
+        published from it, as Lambda answers."""
+        configuration = self.configuration(name, region_of(req))
+        if not body.get("Publish") or configuration.get("State") != "Active" or \
+                configuration.get("LastUpdateStatus") != "Successful":
+            return configuration
+        description = body.get("Description") if isinstance(body.get("Description"),
+                                                            str) else ""
+        try:
+            return await versions_api(self, req).publish_version(name, description)
+        except VersionError as exc:
+            raise _version_error(exc) from None
 
 
 def check_publish(body: dict) -> None:
-    if body.get("Publish"):
-        raise ApiError(400, "InvalidParameterValueException",
-                       "Publish: versions are not available on this host yet")
+    if not isinstance(body.get("Publish", False), bool):
+        raise ApiError(400, "InvalidParameterValueException", "Publish: expected true or false")
 
 
 class FunctionResource(ManagementRoute):
@@ -437,20 +474,28 @@ class FunctionResource(ManagementRoute):
 
     async def on_get(self, req, resp, name: str) -> None:
         name, qualifier = parse_name(name)
-        _only_latest(name, qualifier or req.get_param("Qualifier"))
-        configuration = self.configuration(name, region_of(req))
+        configuration = self.qualified_configuration(req, name, qualifier or
+                                                     req.get_param("Qualifier"))
         answer = {"Configuration": configuration, "Tags": {},
                   "Code": {"RepositoryType": "Sora"}}
         self.answer(req, resp, 200, answer)
 
     async def on_delete(self, req, resp, name: str) -> None:
         name, qualifier = parse_name(name)
-        _only_latest(name, qualifier or req.get_param("Qualifier"))
-        self.require_managed(name, "delete")
+        qualifier = qualifier or req.get_param("Qualifier")
+        if qualifier and qualifier != LATEST:
+            raise ApiError(400, "InvalidParameterValueException", (
+                f"Qualifier: deleting one version is not supported ({qualifier}); versions "
+                f"past versions.keep are pruned, except those an alias names"))
+        self.require_managed(name, "remove its folder from functionPaths")
         try:
             await asyncio.to_thread(self.store.delete, name)
+            # Its versions and aliases go with it, as on Lambda.
+            await asyncio.to_thread(versions_api(self, req).delete_function, name)
         except StoreError as exc:
             raise _store_error(exc) from None
+        except VersionError as exc:
+            raise _version_error(exc) from None
         log.info("function %s deleted through the management API", name)
         await reload_functions(self.config.stateDir, [name])
         self.answer(req, resp, 204, None)
@@ -462,7 +507,7 @@ class FunctionCodeResource(ManagementRoute):
     async def on_put(self, req, resp, name: str) -> None:
         name, _ = parse_name(name)
         body = await self.body_of(req)
-        self.require_managed(name, "change the code of")
+        self.require_managed(name, "change its code in its folder")
         if body.get("DryRun"):
             zip_of(body.get("ZipFile"), self.store.limits)
             self.answer(req, resp, 200, self.configuration(name, region_of(req)))
@@ -485,13 +530,13 @@ class FunctionConfigurationResource(ManagementRoute):
 
     async def on_get(self, req, resp, name: str) -> None:
         name, qualifier = parse_name(name)
-        _only_latest(name, qualifier or req.get_param("Qualifier"))
-        self.answer(req, resp, 200, self.configuration(name, region_of(req)))
+        self.answer(req, resp, 200, self.qualified_configuration(
+            req, name, qualifier or req.get_param("Qualifier")))
 
     async def on_put(self, req, resp, name: str) -> None:
         name, _ = parse_name(name)
         body = await self.body_of(req)
-        self.require_managed(name, "change the settings of")
+        self.require_managed(name, "change its settings in its sora.yaml")
         document = self.store.read(name) or {}
         config, fields = settings_of(body, document.get("config", {}).get("language"),
                                      creating=False)
@@ -505,10 +550,140 @@ class FunctionConfigurationResource(ManagementRoute):
         self.answer(req, resp, 200, self.configuration(name, region_of(req)))
 
 
-def _only_latest(name: str, qualifier: str | None) -> None:
-    if qualifier and qualifier != LATEST:
-        raise ApiError(404, "ResourceNotFoundException",
-                       f"Function not found: {function_arn(name, qualifier)}")
+def versions_api(route: ManagementRoute, req) -> VersionsApi:
+    """The versions' Python API (sora.versions.api), its ARNs in the caller's region."""
+    return VersionsApi(route.config.stateDir, region_of(req))
+
+
+def _version_error(exc: VersionError) -> ApiError:
+    return ApiError(exc.status, exc.error_type, str(exc))
+
+
+class VersionsResource(ManagementRoute):
+    """`/2015-03-31/functions/{name}/versions`: PublishVersion (POST),
+    ListVersionsByFunction (GET). Functions from functionPaths publish too."""
+
+    async def on_post(self, req, resp, name: str) -> None:
+        name, _ = parse_name(name)
+        body = await self.body_of(req)
+        self.require_known(name)
+        description = body.get("Description", "")
+        if not isinstance(description, str) or len(description) > 256:
+            raise ApiError(400, "InvalidParameterValueException",
+                           "Description: expected a string of at most 256 characters")
+        sha = body.get("CodeSha256")
+        if sha is not None and not isinstance(sha, str):
+            raise ApiError(400, "InvalidParameterValueException",
+                           "CodeSha256: expected a string")
+        _revision_matches(self.store, name, body)
+        try:
+            version = await versions_api(self, req).publish_version(name, description, sha)
+        except VersionError as exc:
+            raise _version_error(exc) from None
+        log.info("function %s: version %s published through the management API", name,
+                 version.get("Version"))
+        self.answer(req, resp, 201, version)
+
+    async def on_get(self, req, resp, name: str) -> None:
+        name, _ = parse_name(name)
+        self.require_known(name)
+        latest = self.functions.get(name)
+        try:
+            versions = versions_api(self, req).list_versions(latest) if latest else []
+        except VersionError as exc:
+            raise _version_error(exc) from None
+        # $LATEST as GetFunction shows it (a created function's own Runtime and fields).
+        versions[:1] = [self.configuration(name, region_of(req))]
+        self.answer(req, resp, 200, _page(req, versions, "Versions", "Version"))
+
+
+def _page(req, items: list[dict], key: str, by: str) -> dict:
+    """Lambda's Marker/MaxItems paging: the marker is the last item's `by` of a page."""
+    marker = req.get_param("Marker")
+    if marker:
+        at = next((i for i, item in enumerate(items) if str(item.get(by)) == marker), None)
+        items = items[at + 1:] if at is not None else []
+    limit = req.get_param_as_int("MaxItems", min_value=1, max_value=10000) or 50
+    answer: dict = {key: items[:limit]}
+    if len(items) > limit:
+        answer["NextMarker"] = str(items[limit - 1].get(by))
+    return answer
+
+
+class AliasesResource(ManagementRoute):
+    """`/2015-03-31/functions/{name}/aliases`: CreateAlias (POST), ListAliases (GET)."""
+
+    async def on_post(self, req, resp, name: str) -> None:
+        name, _ = parse_name(name)
+        body = await self.body_of(req)
+        self.require_known(name)
+        alias, version = body.get("Name"), body.get("FunctionVersion")
+        if not isinstance(alias, str) or not isinstance(version, str):
+            raise ApiError(400, "InvalidParameterValueException",
+                           "Name and FunctionVersion: required (strings)")
+        try:
+            answer = versions_api(self, req).create_alias(
+                name, alias, version, _description(body), body.get("RoutingConfig"))
+        except VersionError as exc:
+            raise _version_error(exc) from None
+        self.answer(req, resp, 201, answer)
+
+    async def on_get(self, req, resp, name: str) -> None:
+        name, _ = parse_name(name)
+        self.require_known(name)
+        try:
+            aliases = versions_api(self, req).list_aliases(name,
+                                                           req.get_param("FunctionVersion"))
+        except VersionError as exc:
+            raise _version_error(exc) from None
+        self.answer(req, resp, 200, _page(req, aliases, "Aliases", "Name"))
+
+
+class AliasResource(ManagementRoute):
+    """`/2015-03-31/functions/{name}/aliases/{alias}`: GetAlias (GET), UpdateAlias (PUT),
+    DeleteAlias (DELETE)."""
+
+    async def on_get(self, req, resp, name: str, alias: str) -> None:
+        name, _ = parse_name(name)
+        self.require_known(name)
+        try:
+            answer = versions_api(self, req).get_alias(name, alias)
+        except VersionError as exc:
+            raise _version_error(exc) from None
+        self.answer(req, resp, 200, answer)
+
+    async def on_put(self, req, resp, name: str, alias: str) -> None:
+        name, _ = parse_name(name)
+        body = await self.body_of(req)
+        self.require_known(name)
+        version = body.get("FunctionVersion")
+        if version is not None and not isinstance(version, str):
+            raise ApiError(400, "InvalidParameterValueException",
+                           "FunctionVersion: expected a string")
+        try:
+            answer = versions_api(self, req).update_alias(
+                name, alias, version, _description(body) if "Description" in body else None,
+                body.get("RoutingConfig"), body.get("RevisionId"))
+        except VersionError as exc:
+            raise _version_error(exc) from None
+        self.answer(req, resp, 200, answer)
+
+    async def on_delete(self, req, resp, name: str, alias: str) -> None:
+        name, _ = parse_name(name)
+        self.require_known(name)
+        try:
+            versions_api(self, req).delete_alias(name, alias)
+        except VersionError as exc:
+            raise _version_error(exc) from None
+        self.answer(req, resp, 204, None)
+
+
+def _description(body: dict) -> str:
+    description = body.get("Description", "")
+    if not isinstance(description, str) or len(description) > 256:
+        raise ApiError(400, "InvalidParameterValueException",
+                       "Description: expected a string of at most 256 characters")
+    return description
 
 
 def _revision_matches(store: ManagedStore, name: str, body: dict) -> None:
@@ -534,4 +709,7 @@ def add_routes(app: falcon.asgi.App, config: HostConfig, functions: FunctionTabl
     app.add_route(base + "/{name}/code", FunctionCodeResource(config, functions, store))
     app.add_route(base + "/{name}/configuration",
                   FunctionConfigurationResource(config, functions, store))
+    app.add_route(base + "/{name}/versions", VersionsResource(config, functions, store))
+    app.add_route(base + "/{name}/aliases", AliasesResource(config, functions, store))
+    app.add_route(base + "/{name}/aliases/{alias}", AliasResource(config, functions, store))
 

@@ -270,6 +270,9 @@ class Arbiter(Reloading):
         # runtime pool was starting while they were listed is known by the time pids() returns.
         known = {c.proc.pid for c in self.all_children() if c.proc is not None}
         known |= {s.proc.pid for s in self.setups.values() if s.proc is not None}
+        # A publish's confined copy (sora.supervisor.versions): killed and reaped here, its
+        # Popen would read the lost exit status as 0 and number an empty copy.
+        known |= {run.proc.pid for run in self.versions.runs}
         if self.runtime_pool is not None:
             known |= self.runtime_pool.pids()  # the pool reaps its own
         for proc in children:
@@ -435,6 +438,13 @@ class Arbiter(Reloading):
                               "concurrency": fn.concurrency, "memory": fn.memory,
                               "available": worker.state is not State.FATAL,
                               "reason": worker.reason, "config": self.configs[fn.name]}
+        for name, switch in self.switches.items():
+            if name not in table:   # a reload's new function: its workers announce it
+                fn = switch.fn
+                table[name] = {"maxQueued": fn.maxQueued, "maxWait": fn.timeout,
+                               "concurrency": fn.concurrency, "memory": fn.memory,
+                               "available": True, "reason": "starting (reload)",
+                               "config": dataclasses.asdict(fn)}
         for name in self.removing:   # listed while its workers finish what they hold
             fn = self._removed_configs.get(name)
             if fn is not None and name not in table:

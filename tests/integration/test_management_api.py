@@ -143,6 +143,109 @@ def test_python_and_a_zip_above_the_call_body_limit(host, lam):
     lam.delete_function(FunctionName="pybig")
 
 
+def test_versions_and_aliases(host, lam):
+    created = lam.create_function(FunctionName="versioned", Runtime="nodejs22.x", Role=ROLE,
+                                  Handler="index.handler", Code={"ZipFile": node_zip("v1")},
+                                  Publish=True)
+    assert created["Version"] == "1", created
+    assert created["FunctionArn"].endswith(":function:versioned:1")
+    updated = lam.update_function_code(FunctionName="versioned", ZipFile=node_zip("v2"),
+                                       Publish=True)
+    assert updated["Version"] == "2", updated
+    # Nothing changed since version 2: publishing returns it, as Lambda does.
+    again = lam.publish_version(FunctionName="versioned", Description="same")
+    assert again["ResponseMetadata"]["HTTPStatusCode"] == 201 and again["Version"] == "2"
+    versions = [v["Version"] for v in
+                lam.list_versions_by_function(FunctionName="versioned")["Versions"]]
+    assert versions == ["$LATEST", "1", "2"]
+    alias = lam.create_alias(FunctionName="versioned", Name="live", FunctionVersion="1")
+    assert alias["ResponseMetadata"]["HTTPStatusCode"] == 201
+    assert alias["AliasArn"].endswith(":function:versioned:live")
+    out = lam.invoke(FunctionName="versioned", Qualifier="live", Payload=b"{}")
+    assert out["ExecutedVersion"] == "1" and json.loads(out["Payload"].read())["version"] == "v1"
+    moved = lam.update_alias(FunctionName="versioned", Name="live", FunctionVersion="2",
+                             RoutingConfig={"AdditionalVersionWeights": {"1": 0.5}})
+    assert moved["FunctionVersion"] == "2"
+    assert moved["RoutingConfig"]["AdditionalVersionWeights"] == {"1": 0.5}
+    ran = {lam.invoke(FunctionName="versioned:live", Payload=b"{}")["ExecutedVersion"]
+           for _ in range(30)}
+    assert ran == {"1", "2"}
+    assert lam.get_alias(FunctionName="versioned", Name="live")["FunctionVersion"] == "2"
+    assert [a["Name"] for a in lam.list_aliases(FunctionName="versioned")["Aliases"]] == ["live"]
+    got = lam.get_function(FunctionName="versioned", Qualifier="1")["Configuration"]
+    assert got["Version"] == "1"
+    status, code, _ = refused(lambda: lam.create_alias(FunctionName="versioned", Name="live",
+                                                       FunctionVersion="1"))
+    assert (status, code) == (409, "ResourceConflictException")
+    status, code, _ = refused(lambda: lam.create_alias(FunctionName="versioned", Name="next",
+                                                       FunctionVersion="9"))
+    assert (status, code) == (404, "ResourceNotFoundException")
+    assert lam.delete_alias(FunctionName="versioned", Name="live")[
+        "ResponseMetadata"]["HTTPStatusCode"] == 204
+    status, code, _ = refused(lambda: lam.get_alias(FunctionName="versioned", Name="live"))
+    assert (status, code) == (404, "ResourceNotFoundException")
+    # functionPaths functions publish versions and take aliases too.
+    published = lam.publish_version(FunctionName="onfolder")
+    assert published["Version"] == "1"
+    lam.create_alias(FunctionName="onfolder", Name="stable", FunctionVersion="1")
+    out = lam.invoke(FunctionName="onfolder", Qualifier="stable", Payload=b'{"x": 1}')
+    assert out["ExecutedVersion"] == "1"
+    lam.delete_function(FunctionName="versioned")
+    assert not (host.base / "state" / "versions" / "versioned").exists()
+
+
+def test_code_that_throws_at_load(host, lam):
+    """A create whose module throws at load answers State Failed with the reason; a code update
+    that throws keeps the previous code serving (LastUpdateStatus Failed)."""
+    throws = make_zip({"index.js": "throw new Error('broken at load');"})
+    created = lam.create_function(FunctionName="loadfail", Runtime="nodejs20.x", Role=ROLE,
+                                  Handler="index.handler", Code={"ZipFile": throws})
+    assert created["State"] == "Failed" and "broken at load" in created["StateReason"], created
+    assert lam.get_function(FunctionName="loadfail")["Configuration"]["State"] == "Failed"
+    lam.delete_function(FunctionName="loadfail")
+    lam.create_function(FunctionName="goodthenbad", Runtime="nodejs20.x", Role=ROLE,
+                        Handler="index.handler", Code={"ZipFile": node_zip("good")})
+    updated = lam.update_function_code(FunctionName="goodthenbad", ZipFile=throws)
+    assert updated["State"] == "Active" and updated["LastUpdateStatus"] == "Failed", updated
+    assert "broken at load" in updated["LastUpdateStatusReason"]
+    assert invoke(lam, "goodthenbad")["version"] == "good"
+    lam.delete_function(FunctionName="goodthenbad")
+
+
+SNOOP = """
+const fs = require('fs');
+exports.handler = async (event) => {
+  const tried = (f) => { try { f(); return 'allowed'; } catch (e) { return e.code; } };
+  return {
+    functionJson: fs.existsSync(event.functionJson),
+    stateDir: fs.readdirSync(event.stateDir),
+    functions: fs.readdirSync(event.stateDir + '/functions'),
+    mine: fs.readdirSync(event.stateDir + '/functions/snoop'),
+    writeOwnCode: tried(() => fs.writeFileSync(__dirname + '/planted.js', 'x')),
+    writeTmp: tried(() => fs.writeFileSync('/tmp/ok', 'x')),
+    uid: process.getuid(),
+  };
+};
+"""
+
+
+def test_created_functions_are_sandboxed(host, lam):
+    """As any function: its folder read-only, the state dir (its own function.json, the other
+    functions' code, the store, the sockets) out of sight, its own uid."""
+    lam.create_function(FunctionName="snoop", Runtime="nodejs20.x", Role=ROLE,
+                        Handler="index.handler", Code={"ZipFile": make_zip({"index.js": SNOOP})})
+    state = host.base / "state"
+    seen = invoke(lam, "snoop", {"functionJson": str(state / "functions/snoop/function.json"),
+                                 "stateDir": str(state)})
+    # Only the empty folders bubblewrap makes to mount the code folder where it is.
+    assert seen["functionJson"] is False and seen["stateDir"] == ["functions"]
+    assert seen["functions"] == ["snoop"] and seen["mine"] == ["code"]
+    assert seen["writeOwnCode"] in ("EROFS", "EACCES") and seen["writeTmp"] == "allowed"
+    assert seen["uid"] != 0
+    assert not (state / "functions/snoop/code/planted.js").exists()
+    lam.delete_function(FunctionName="snoop")
+
+
 def link(name: str, mode: int) -> zipfile.ZipInfo:
     info = zipfile.ZipInfo(name)
     info.create_system = 3
@@ -164,9 +267,14 @@ ATTACKS = {
                        "InvalidParameterValueException", "entries"),
     "unzipped-too-large": (lambda: make_zip({"index.js": "1", "zeros": b"\0" * (21 << 20)}),
                            "InvalidParameterValueException", "unzipped"),
+    # Over maxZipMB (12), its base64 within the routes' body limit: refused by the zip's size.
     "zipped-too-large": (lambda: make_zip({}, [(zipfile.ZipInfo("r.bin"),
-                                                os.urandom(13 << 20))]),
-                         "RequestTooLargeException", "limit"),
+                                                os.urandom((12 << 20) + (1 << 19)))]),
+                         "RequestTooLargeException", "managedFunctions.maxZipMB"),
+    # Past the body limit as well: refused while the body is read.
+    "body-too-large": (lambda: make_zip({}, [(zipfile.ZipInfo("r.bin"),
+                                              os.urandom(14 << 20))]),
+                       "RequestTooLargeException", "limit"),
     "not-a-zip": (lambda: b"this is not a zip", "InvalidParameterValueException", "unzip"),
 }
 
@@ -224,7 +332,7 @@ def test_function_paths_functions_are_shown_not_changed(host, lam):
                  lambda: lam.delete_function(FunctionName="onfolder")):
         status, code, message = refused(call)
         assert (status, code) == (409, "ResourceConflictException")
-        assert "functionPaths" in message and "through its folder" in message
+        assert "comes from functionPaths" in message and "not change through this API" in message
     status, code, _ = refused(lambda: lam.create_function(
         FunctionName="onfolder", Runtime="nodejs20.x", Role=ROLE, Handler="index.handler",
         Code={"ZipFile": node_zip("x")}))
