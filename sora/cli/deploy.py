@@ -165,8 +165,11 @@ def deploy(client, folder: str, name: str | None, publish: bool, description: st
         version = out.get("Version") if publish else None
         if publish and version in (None, "$LATEST"):
             version = client.publish_version(FunctionName=name, **extra)["Version"]
+        arn = out.get("FunctionArn") or ""
+        if out.get("Version") not in (None, "$LATEST"):   # published: the version's own ARN
+            arn = arn.removesuffix(f":{out['Version']}")
         return DeployResult(name, "created", ["code", "configuration"], code, version,
-                            out.get("FunctionArn"), not_carried)
+                            arn or None, not_carried)
     changed = []
     if current.get("CodeSha256") != code_sha256(code.data):
         client.update_function_code(FunctionName=name, ZipFile=code.data)
