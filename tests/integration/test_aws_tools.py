@@ -86,9 +86,11 @@ def test_boto3_create_invoke_update_publish_alias_delete(host):
     made = lam.create_function(FunctionName="made-by-boto3", Runtime="nodejs20.x", Role=ROLE,
                                Handler="index.handler", Code={"ZipFile": node_zip("one")},
                                Timeout=10, MemorySize=128, Publish=True)
-    assert made["FunctionArn"] == f"arn:aws:lambda:{REGION}:000000000000:function:made-by-boto3"
-    assert made["Version"] == "1"
-    active(lam, "made-by-boto3")
+    # Created with Publish: the answer is version 1's configuration, as Lambda's.
+    assert made["Version"] == "1" and made["FunctionArn"].endswith(
+        ":000000000000:function:made-by-boto3:1")
+    assert active(lam, "made-by-boto3")["FunctionArn"] == \
+        f"arn:aws:lambda:{REGION}:000000000000:function:made-by-boto3"
     assert run_of(lam, "made-by-boto3") == ({"code": "one", "version": "$LATEST",
                                              "event": {"n": 1}}, "$LATEST")
 
@@ -177,7 +179,7 @@ def test_the_aws_cli_create_invoke_update_publish_alias_delete(host, tmp_path):
                "made-by-cli")["Version"] == "2"
     alias = aws(host, tmp_path, "create-alias", "--function-name", "made-by-cli", "--name",
                 "live", "--function-version", "2", "--routing-config",
-                'AdditionalVersionWeights={"1"=0.5}')
+                '{"AdditionalVersionWeights": {"1": 0.5}}')
     assert alias["RoutingConfig"]["AdditionalVersionWeights"] == {"1": 0.5}
     seen = set()
     for _ in range(8):
