@@ -122,6 +122,18 @@ def test_deploy_publish_alias_rollback_reload(host, tmp_path):
     assert (alias["FunctionVersion"], alias.get("RoutingConfig", {}).get(
         "AdditionalVersionWeights", {})) == ("1", {})
 
+    # New code that cannot load: the deploy fails with the reason, the old code serves on.
+    (folder / "index.js").write_text("exports.handler = async () => { syntax error")
+    done = sora(host, "deploy", str(folder))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stderr.startswith("sora: deploy: hello did not go live: ")
+    assert "SyntaxError" in done.stderr
+    assert invoke(lam)[0]["code"] == "two"
+    # (the host keeps the code it was sent, and a reload would try it again: so, fixed)
+    (folder / "index.js").write_text(versioned("three"))
+    assert ok(sora(host, "deploy", str(folder))).startswith("hello: updated code (")
+    assert invoke(lam)[0]["code"] == "three"
+
     # A reload with nothing changed: every function unchanged, exit 0.
     report = json.loads(ok(sora(host, "reload", "--json")))
     assert report["functions"]["echo"]["action"] == "unchanged", report
