@@ -68,7 +68,7 @@ class FunctionTable:
         and the configs of the functions only other hosts serve."""
         listed = members.get("functions", {})
         for name, spec in listed.items():
-            if ":" in name:   # a published version: its function's
+            if ":" in name:   # a published version (`NAME:N`): its function's settings
                 continue
             if spec.get("local"):
                 self._update_local(name, spec)

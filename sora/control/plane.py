@@ -256,7 +256,11 @@ class ControlPlane(threading.Thread):
         states = self.status_snapshot.get("functions", {})
         out = {}
         for name, fe in self.functions.items():
-            out[name] = {"available": fe.available, "reason": fe.reason,
+            # A function a reload removed here: the main host's clients send it nothing new
+            # (503 there) while its workers finish what they hold.
+            out[name] = {"available": fe.available and not fe.removed,
+                         "reason": f"removed from host {self.host}" if fe.removed
+                         else fe.reason,
                          "maxQueued": fe.max_queued, "maxWait": fe.max_wait,
                          "state": states.get(name, {}).get("state"),
                          "instances": sum(w.instances for w in fe.workers),
@@ -479,11 +483,15 @@ class ControlPlane(threading.Thread):
                      self.status_snapshot.get("functions", {}).items()}
         now = time.time()
         here = {}
+        versions = {}   # published versions (`NAME:N`): warm only while called
         for name, fe in self.functions.items():
-            info = functions.setdefault(name, {})
             load = {"workers": len(fe.workers),
                     "instances": sum(w.instances for w in fe.workers),
                     "inFlight": sum(w.held for w in fe.workers)}
+            if ":" in name:
+                versions[name] = {**load, "available": fe.available, "reason": fe.reason}
+                continue
+            info = functions.setdefault(name, {})
             info.update(load)
             info["hosts"] = [self.host] if fe.workers else []
             if fe.workers:
@@ -514,7 +522,7 @@ class ControlPlane(threading.Thread):
                            if known.state == "joined" else known.last_heard,
                            "functions": served}
         return json.dumps({**self.status_snapshot, "functions": functions,
-                           "hosts": hosts}).encode()
+                           "versions": versions, "hosts": hosts}).encode()
 
     def handle_admin(self) -> None:
         """Admin requests go to the arbiter's loop (it answers through `answer_admin`)."""

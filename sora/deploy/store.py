@@ -26,6 +26,8 @@ from ..config import (MANAGED_CODE_DIR, MANAGED_CONFIG_FILE, ConfigError, Functi
                       function_from_data, managed_functions_dir, source_digest)
 from .zip_code import ZipLimits, extract
 
+# The outcome of the function's last change going live (sora.gateway.management_api).
+STATUS_FILE = "status.json"
 # Replaced or deleted code is kept this long, for the instances still finishing calls on it.
 TRASH_KEEP = 15 * 60.0
 
@@ -78,7 +80,7 @@ class ManagedStore:
     def status(self, name: str) -> dict:
         """The outcome of the function's last change going live (status.json), or {}."""
         try:
-            with open(os.path.join(self.root, name, "status.json"), "rb") as fh:
+            with open(os.path.join(self.root, name, STATUS_FILE), "rb") as fh:
                 return json.loads(fh.read())
         except (OSError, ValueError):
             return {}
@@ -86,7 +88,7 @@ class ManagedStore:
     def write_status(self, name: str, status: dict) -> None:
         folder = self.folder(name)
         if os.path.isdir(folder):
-            _write_json(os.path.join(folder, "status.json"), status)
+            _write_json(os.path.join(folder, STATUS_FILE), status)
 
     # --- changes ----------------------------------------------------------------------------
     def create(self, name: str, blob: bytes, config: dict, lambda_fields: dict) -> dict:
@@ -100,6 +102,9 @@ class ManagedStore:
             code = self._extract(blob, stage)
             document = self._document(name, code, config, lambda_fields, blob)
             _write_json(os.path.join(stage, MANAGED_CONFIG_FILE), document)
+            # Until the supervisor reports it live (sora.gateway.management_api.go_live).
+            _write_json(os.path.join(stage, STATUS_FILE),
+                        {"State": "Pending", "LastUpdateStatus": "InProgress"})
             with self._locked():
                 if os.path.lexists(self.folder(name)):
                     raise _exists(name)
@@ -124,6 +129,7 @@ class ManagedStore:
                 self._to_trash(self.code_dir(name), name)
                 os.rename(code, self.code_dir(name))
                 _write_json(os.path.join(self.folder(name), MANAGED_CONFIG_FILE), document)
+                self._in_progress(name)
             return document
         finally:
             shutil.rmtree(stage, ignore_errors=True)
@@ -140,6 +146,7 @@ class ManagedStore:
             lambda_now = {**current.get("lambda", {}), **lambda_fields}
             document = self._document(name, self.code_dir(name), config, lambda_now, None)
             _write_json(os.path.join(self.folder(name), MANAGED_CONFIG_FILE), document)
+            self._in_progress(name)
         return document
 
     def delete(self, name: str) -> None:
@@ -150,6 +157,12 @@ class ManagedStore:
             self._to_trash(self.folder(name), name)
 
     # --- helpers ----------------------------------------------------------------------------
+    def _in_progress(self, name: str) -> None:
+        """A change is going live: LastUpdateStatus InProgress, State as it was."""
+        status = self.status(name)
+        self.write_status(name, {"State": status.get("State", "Active"),
+                                 "LastUpdateStatus": "InProgress"})
+
     def _prepare(self) -> None:
         os.makedirs(self.trash, mode=0o700, exist_ok=True)
         os.chmod(self.root, 0o700)

@@ -27,8 +27,8 @@ from ..function_response import BadFunctionResponse, map_result
 from .function_url import build_event
 from . import management_api
 from .invoke_api import InvokeApiError, InvokeResource, handle_invoke_api_error
-from ..versions.routing import split_name
 from .reload_api import ReloadResource
+from ..versions.routing import split_name
 from .records_api import (DeadLetterReplayResource, DeadLetterResource, FunctionListResource,
                           InvocationListResource, InvocationResource, LogsResource, Store)
 

@@ -277,10 +277,10 @@ class ManagementRoute:
 
     def configuration(self, name: str, region: str = DEFAULT_REGION) -> dict:
         """Lambda's FunctionConfiguration of the function, or ResourceNotFoundException."""
-        document = self.store.read(name)
+        fn = self.path_function(name)   # (the one serving, if a created one has its name)
+        document = self.store.read(name) if fn is None else None
         if document is not None:
             return self.managed_configuration(name, document, region)
-        fn = self.path_function(name)
         if fn is None:
             broken = self.functions.broken.get(name)
             if broken is None:

@@ -504,13 +504,14 @@ class InvocationClient:
                    "this invocation")
         body = p.error_body("Sora.WorkerLost", message)
         now = time.time()
-        function = worker.function.encode()
+        # A published version's worker serves `NAME:N`: its records say NAME, version N.
+        function, _, version = worker.function.encode().partition(b":")
         for request_id, (start, meta) in inflight.items():
             self._resolve(request_id, [p.WORKER_LOST, body])
             if self.records is not None:
                 self.records.record(request_id, function, meta.partition(b"+")[0], start,
                                     (now - start) * 1000, b"crashed", "Sora.WorkerLost", False,
-                                    error_message=message)
+                                    version=version or b"$LATEST", error_message=message)
         if self.records is not None:
             self.records.flush()
         log.warning("worker %s lost (%s); failed %d in-flight invocation(s)", worker.id, why,

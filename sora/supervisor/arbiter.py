@@ -270,9 +270,9 @@ class Arbiter(Reloading):
         # runtime pool was starting while they were listed is known by the time pids() returns.
         known = {c.proc.pid for c in self.all_children() if c.proc is not None}
         known |= {s.proc.pid for s in self.setups.values() if s.proc is not None}
-        # A publish's confined copy (sora.supervisor.versions): killed and reaped here, its
-        # Popen would read the lost exit status as 0 and number an empty copy.
-        known |= {run.proc.pid for run in self.versions.runs}
+        known |= self.versions.pids()   # publishes' copies (reaped here, they would seem 0)
+        known |= {s.setup.proc.pid for s in self.switches.values()   # a reload's setups
+                  if s.setup is not None and s.setup.proc is not None}
         if self.runtime_pool is not None:
             known |= self.runtime_pool.pids()  # the pool reaps its own
         for proc in children:
@@ -676,8 +676,8 @@ class Arbiter(Reloading):
         last_sweep = now
         try:
             while True:
-                busy = self.setups or self.versions.busy() or any(c.state is State.STARTING
-                                          for c in self.all_children())
+                busy = self.setups or self.switches or self.versions.busy() or any(
+                    c.state is State.STARTING for c in self.all_children())
                 self.sleep(0.1 if busy or self.stopping else 1.0)
                 self.handle_signals()
                 now = time.monotonic()

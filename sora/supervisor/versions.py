@@ -198,6 +198,10 @@ class Versions:
             self.arbiter.publish()   # the version in MEMBERS before the caller hears of it
             run.reply(configuration(self.store.config(fn.name, record["Version"]), record))
 
+    def pids(self) -> set[int]:
+        """The copies running now: the arbiter's orphan sweep must leave them be."""
+        return {run.proc.pid for run in self.runs if run.hashing is None}
+
     def busy(self) -> bool:
         return bool(self.runs)
 

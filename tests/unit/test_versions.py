@@ -183,3 +183,55 @@ def test_weighted_pick_within_five_percent():
     counts = collections.Counter(pick(alias, draw) for _ in range(1000))
     assert abs(counts["2"] / 1000 - 0.3) <= 0.05
     assert pick({"FunctionVersion": "3"}) == "3"
+
+
+def test_resolver_versions_aliases_and_refusals(fn_dir, store):
+    from sora.versions.routing import Resolver, split_name
+    fn = load_function_config(str(fn_dir))
+    store.publish(fn)
+    AliasStore(store.state_dir, "fn", store).create("live", "1")
+    resolver = Resolver(store.state_dir)
+    assert resolver.resolve("fn", None) == ("fn", "$LATEST")
+    assert resolver.resolve("fn", "$LATEST") == ("fn", "$LATEST")
+    assert resolver.resolve("fn", "1") == ("fn:1", "1")
+    assert resolver.resolve("fn", "live") == ("fn:1", "1")
+    for given, status in (("2", 404), ("nope", 404), ("../x", 400), ("1/../..", 400),
+                              ("", 400), ("ü", 400), ("9" * 30, 400)):
+        with pytest.raises(VersionError) as err:
+            resolver.resolve("fn", given)
+        assert err.value.status == status, given
+    assert split_name("fn:live") == ("fn", "live") and split_name("fn") == ("fn", None)
+    AliasStore(store.state_dir, "fn", store).update("live", "$LATEST")
+    assert resolver.resolve("fn", "live") == ("fn", "$LATEST")   # moved: the next call
+
+
+def test_api_answers_in_lambdas_shape(fn_dir, store):
+    from sora.versions.api import VersionsApi
+    fn = load_function_config(str(fn_dir))
+    store.publish(fn, "one")
+    api = VersionsApi(store.state_dir)
+    versions = api.list_versions(fn)
+    assert [v["Version"] for v in versions] == ["$LATEST", "1"]
+    one = versions[1]
+    assert one["FunctionArn"] == "arn:aws:lambda:us-east-1:000000000000:function:fn:1"
+    assert one["Description"] == "one" and one["CodeSha256"] and one["Runtime"] == "nodejs20.x"
+    assert one["Handler"] == "index.handler" and one["RevisionId"]
+    assert api.get_version("fn", "1")["CodeSha256"] == one["CodeSha256"]
+    with pytest.raises(VersionError):
+        api.get_version("fn", "2")
+    alias = api.create_alias("fn", "live", "1", "prod",
+                             {"AdditionalVersionWeights": {}})
+    assert set(alias) == {"AliasArn", "Name", "FunctionVersion", "Description", "RevisionId"}
+    assert alias["AliasArn"].endswith(":function:fn:live")
+    assert api.list_aliases("fn", "1") == [alias] and api.list_aliases("fn", "2") == []
+    moved = api.update_alias("fn", "live", "$LATEST", revision_id=alias["RevisionId"])
+    assert moved["FunctionVersion"] == "$LATEST" and api.previous_version("fn", "live") == "1"
+    with pytest.raises(VersionError) as err:
+        api.get_alias("fn", "../live")
+    assert err.value.status == 400
+    api.delete_alias("fn", "live")
+    with pytest.raises(VersionError) as err:
+        api.get_alias("fn", "live")
+    assert err.value.error_type == "ResourceNotFoundException"
+    api.delete_function("fn")
+    assert store.numbers("fn") == []
