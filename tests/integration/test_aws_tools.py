@@ -87,8 +87,8 @@ def test_boto3_create_invoke_update_publish_alias_delete(host):
                                Handler="index.handler", Code={"ZipFile": node_zip("one")},
                                Timeout=10, MemorySize=128, Publish=True)
     # Created with Publish: the answer is version 1's configuration, as Lambda's.
-    assert made["Version"] == "1" and made["FunctionArn"].endswith(
-        ":000000000000:function:made-by-boto3:1")
+    assert made["Version"] == "1" and made["FunctionArn"] == \
+        f"arn:aws:lambda:{REGION}:000000000000:function:made-by-boto3:1"
     assert active(lam, "made-by-boto3")["FunctionArn"] == \
         f"arn:aws:lambda:{REGION}:000000000000:function:made-by-boto3"
     assert run_of(lam, "made-by-boto3") == ({"code": "one", "version": "$LATEST",
@@ -98,7 +98,8 @@ def test_boto3_create_invoke_update_publish_alias_delete(host):
     active(lam, "made-by-boto3")
     assert run_of(lam, "made-by-boto3")[0]["code"] == "two"
     published = lam.publish_version(FunctionName="made-by-boto3", Description="second")
-    assert published["Version"] == "2"
+    assert (published["Version"], published["FunctionArn"]) == \
+        ("2", f"arn:aws:lambda:{REGION}:000000000000:function:made-by-boto3:2")
     versions = lam.list_versions_by_function(FunctionName="made-by-boto3")["Versions"]
     assert [v["Version"] for v in versions] == ["$LATEST", "1", "2"]
 
