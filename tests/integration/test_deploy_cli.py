@@ -39,7 +39,7 @@ def versioned(code: str) -> str:
 def host(tmp_path_factory):
     base = tmp_path_factory.mktemp("deploy-cli")
     dirs = [write_function(base / "fns", "echo", {"index.js": F.ECHO}, name="echo")]
-    yield from served(base, dirs, https=False, api_key=ADMIN, extra={
+    yield from served(base, dirs, https=True, api_key=ADMIN, extra={
         "auth": {"apiKeys": [{"name": "ops", "key": ADMIN, "scopes": ["admin"]}]}})
 
 
@@ -175,3 +175,12 @@ def test_refusals_before_anything_is_sent(host, tmp_path):
     assert done.returncode == 2 and "configuration error" in done.stderr
     done = sora(host, "rollback", "echo", "nothing")
     assert done.returncode == 1 and "ResourceNotFoundException" in done.stderr
+
+
+def test_over_https_the_certificate_is_checked(host):
+    listed = sora(host, "versions", "echo", "--host", host.https_url, "--cacert", str(host.cert))
+    assert ok(listed).splitlines()[1].startswith("$LATEST  ")
+    refused = sora(host, "versions", "echo", "--host", host.https_url)
+    assert refused.returncode == 3 and "CERTIFICATE_VERIFY_FAILED" in refused.stderr
+    insecure = sora(host, "versions", "echo", "--host", host.https_url, "--insecure")
+    assert insecure.returncode == 0, insecure.stderr
