@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import yaml
 
-from ..config import (FUNCTION_SETTINGS, ConfigError, FunctionConfig, load_function_config,
+from ..config import (FUNCTION_SETTINGS, LAMBDA_EXTENSIONS, ConfigError, FunctionConfig, load_function_config,
                       load_host_config)
 from .function_zip import FunctionZip, Limits, ZipRefused, build_zip
 from .host import CliError
@@ -64,10 +64,19 @@ def lambda_runtime(fn: FunctionConfig) -> str:
 
 def lambda_handler_string(fn: FunctionConfig) -> str:
     """Lambda's Handler: the entrypoint's path without its extension, a dot, the export
-    (`index.handler`, `src/app.handler`); for provided, the handler as it is (`_HANDLER`)."""
+    (`index.handler`, `src/app.handler`); for provided, the handler as it is (`_HANDLER`).
+    A handler string names no extension, so the host finds the file as Lambda does (.js,
+    then .mjs, then .cjs): an entrypoint another file would shadow is refused."""
     if fn.language == "provided":
         return fn.handler
-    return f"{os.path.splitext(fn.entrypoint)[0]}.{fn.handler}"
+    module = os.path.splitext(fn.entrypoint)[0]
+    found = next((module + ext for ext in LAMBDA_EXTENSIONS[fn.language]
+                  if os.path.isfile(os.path.join(fn.directory, module + ext))), None)
+    if found not in (None, fn.entrypoint):
+        raise CliError(f"{fn.source}: entrypoint {fn.entrypoint!r}: the host would load "
+                       f"{found!r} for Lambda's handler {module}.{fn.handler} ({found} comes "
+                       f"first, as on Lambda); rename one of them", 2)
+    return f"{module}.{fn.handler}"
 
 
 def lambda_settings(fn: FunctionConfig) -> dict:

@@ -80,6 +80,14 @@ def test_what_lambdas_api_cannot_say_is_refused_with_the_reason(tmp_path):
         D.lambda_settings(fn)
 
 
+def test_an_entrypoint_lambdas_lookup_would_not_find_is_refused(tmp_path):
+    fn = load_function_config(str(function_folder(
+        tmp_path, {"entrypoint": "index.mjs"}, {"index.mjs": "", "index.js": ""})))
+    with pytest.raises(CliError, match="the host would load 'index.js' for Lambda's handler "
+                       "index.handler"):
+        D.lambda_settings(fn)
+
+
 def test_only_differing_settings_count_as_a_change():
     wanted = {"Runtime": "nodejs20.x", "Handler": "index.handler", "Timeout": 3,
               "MemorySize": 256, "Environment": {"Variables": {}}}
