@@ -257,6 +257,10 @@ def gateway_ready_path(state_dir: str, listener: str) -> str:
 # writing its reason to `boot_error_path`; the supervisor backs off and, after repeated failures,
 # parks the function as FATAL with that reason instead of restarting it forever.
 EXIT_BOOT_ERROR = 3
+# A published version's worker that stayed without instances or calls for its idleTimeout
+# exits with this code after draining (DISCONNECT): the supervisor forgets it rather than
+# restart it, and the version's next call starts a worker again (WAKE).
+EXIT_IDLE = 4
 
 
 def boot_error_path(state_dir: str, function: str) -> str:

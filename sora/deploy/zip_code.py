@@ -11,11 +11,13 @@ renames into place once it is complete (sora.deploy.store).
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import io
 import os
 import shutil
 import stat
+import struct
 import tempfile
 import zipfile
 import zlib
@@ -70,6 +72,23 @@ def check_zipped_size(size: int, limits: ZipLimits) -> None:
             f"(host-config.yaml managedFunctions.maxZipMB)"))
 
 
+def declared_entries(blob: bytes) -> int:
+    """The entry count the zip's end record declares, read before zipfile parses the central
+    directory: a 50 MB zip of a million empty entries would take gigabytes as ZipInfo objects.
+    0 when there is no end record (zipfile then refuses the zip itself)."""
+    try:
+        end = zipfile._EndRecData(io.BytesIO(blob))   # (private, stable since Python 2)
+        return int(end[zipfile._ECD_ENTRIES_TOTAL]) if end else 0
+    except (AttributeError, OSError, IndexError, TypeError, ValueError, struct.error):
+        return 0
+
+
+def check_entry_count(count: int, limits: ZipLimits) -> None:
+    if count > limits.max_entries:
+        raise _invalid(f"Code.ZipFile: the zip has {count} entries; the limit is "
+                       f"{limits.max_entries} (host-config.yaml managedFunctions.maxFiles)")
+
+
 def entry_path(info: zipfile.ZipInfo) -> list[str]:
     """The entry's path as folder names below the code's folder, or ZipRefused if it is not
     one (absolute, `..`, a drive, NUL). Backslashes (zips made on Windows) separate folders."""
@@ -116,15 +135,14 @@ def extract(blob: bytes, parent: str, limits: ZipLimits) -> ExtractedCode:
     """Check the zip and extract it into a new folder in `parent` (which must be Sora's, on
     the file system the code will live on). Raises ZipRefused with nothing left behind."""
     check_zipped_size(len(blob), limits)
+    check_entry_count(declared_entries(blob), limits)
     try:
         archive = zipfile.ZipFile(io.BytesIO(blob))
         infos = archive.infolist()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as exc:
         raise _invalid(f"Code.ZipFile: could not unzip the uploaded file ({exc}); expected a "
                        "zip archive, base64-encoded in the request") from None
-    if len(infos) > limits.max_entries:
-        raise _invalid(f"Code.ZipFile: the zip has {len(infos)} entries; the limit is "
-                       f"{limits.max_entries} (host-config.yaml managedFunctions.maxFiles)")
+    check_entry_count(len(infos), limits)
     plan = []
     for info in infos:
         parts = entry_path(info)
@@ -171,12 +189,8 @@ def _write_entries(archive: zipfile.ZipFile, plan, folder: str, limits: ZipLimit
             # first; O_NOFOLLOW: nothing here is a link (none is ever made), kept as a guard.
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
                          file_mode(info))
-        except FileExistsError:
-            raise _invalid(f"Code.ZipFile: entry {info.filename!r} appears twice (or is both "
-                           "a file and a folder)") from None
-        except (IsADirectoryError, NotADirectoryError):
-            raise _invalid(f"Code.ZipFile: entry {info.filename!r} is both a file and a "
-                           "folder") from None
+        except OSError as exc:
+            raise _unwritable(info.filename, exc) from None
         with os.fdopen(fd, "wb") as out:
             try:
                 with archive.open(info) as source:
@@ -195,6 +209,20 @@ def _write_entries(archive: zipfile.ZipFile, plan, folder: str, limits: ZipLimit
     return written
 
 
+def _unwritable(name: str, exc: OSError) -> Exception:
+    """Why an entry could not be written, if the zip is the cause; else the OSError itself
+    (the disk's: Sora's problem, not the caller's)."""
+    if isinstance(exc, FileExistsError):
+        return _invalid(f"Code.ZipFile: entry {name!r} appears twice (or is both a file and "
+                        "a folder)")
+    if isinstance(exc, (IsADirectoryError, NotADirectoryError)):
+        return _invalid(f"Code.ZipFile: entry {name!r} is both a file and a folder")
+    if exc.errno in (errno.ENAMETOOLONG, errno.ELOOP):
+        return _invalid(f"Code.ZipFile: entry {name[:80]!r}… has a path too long for the file "
+                        "system")
+    return exc
+
+
 def _make_dirs(folder: str, parts: list[str]) -> None:
     path = folder
     for part in parts:
@@ -206,3 +234,5 @@ def _make_dirs(folder: str, parts: list[str]) -> None:
             if os.path.islink(path) or not os.path.isdir(path):
                 raise _invalid(f"Code.ZipFile: {'/'.join(parts)} is both a file and a "
                                "folder in the zip") from None
+        except OSError as exc:
+            raise _unwritable("/".join(parts), exc) from None

@@ -2,8 +2,9 @@
 
 Point boto3, the AWS CLI or any AWS SDK at Sora (`endpoint_url`, signed with a key that has
 the `admin` scope) and `create-function`, `get-function`, `list-functions`,
-`update-function-code`, `update-function-configuration` and `delete-function` work, with
-Lambda's paths, fields, status codes and error types (docs/api.md lists them).
+`update-function-code`, `update-function-configuration`, `delete-function`, and the versions'
+and aliases' operations (on sora.versions.api) work, with Lambda's paths, fields, status codes
+and error types (README.md, "The Lambda management API", lists them).
 
 Functions created here are stored in the state dir (sora.deploy.store) and go live through a
 reload of that one function on the supervisor's admin channel: the answer comes once the
@@ -26,6 +27,7 @@ import time
 import falcon
 import orjson
 
+from ..control import admin
 from ..config import (ENV_NAME_RE, FUNCTION_NAME_RE, FunctionConfig, HostConfig,
                       lambda_handler)
 from ..deploy.store import ManagedStore, StoreError
@@ -387,11 +389,6 @@ async def reload_functions(state_dir: str, names: list[str]) -> dict:
     """The supervisor's `reload` of these functions (sora.control.admin), as its report; an
     `error` answer when the admin channel is missing or does not answer in LIVE_WAIT."""
     try:
-        from ..control import admin
-    except ImportError:   # a build without live reload: the change waits for a restart
-        return {"error": {"type": "Unavailable", "message": "this host cannot reload live: "
-                          "restart it to load the change"}}
-    try:
         return await admin.request_async(state_dir, admin.OP_RELOAD,
                                          {"functions": names, "setup": "auto"}, LIVE_WAIT)
     except admin.AdminUnavailable as exc:   # not running, or still at it after LIVE_WAIT
@@ -438,6 +435,8 @@ class FunctionsResource(ManagementRoute):
         check_publish(body)
         code = body.get("Code") if isinstance(body.get("Code"), dict) else {}
         blob = zip_of(code.get("ZipFile"), self.store.limits)
+        if self.store.exists(name):
+            raise ApiError(409, "ResourceConflictException", f"Function already exist: {name}")
         if self.path_function(name) is not None or name in self.functions.broken:
             raise ApiError(409, "ResourceConflictException", (
                 f"Function already exist: {name} (from functionPaths; choose another name)"))
@@ -575,6 +574,16 @@ class VersionsResource(ManagementRoute):
         if sha is not None and not isinstance(sha, str):
             raise ApiError(400, "InvalidParameterValueException",
                            "CodeSha256: expected a string")
+        document = self.store.read(name)
+        if sha and document is not None:
+            # A created function's CodeSha256 is its zip's (as Lambda's); the versions' store
+            # hashes the copied folder: the precondition is checked against the zip's here.
+            current = document.get("lambda", {}).get("CodeSha256")
+            if sha != current:
+                raise ApiError(412, "PreconditionFailedException", (
+                    f"CodeSha256: the function's code is {current}, not {sha} (it changed "
+                    f"since it was read)"))
+            sha = None
         _revision_matches(self.store, name, body)
         try:
             version = await versions_api(self, req).publish_version(name, description, sha)

@@ -427,6 +427,8 @@ class InvocationClient:
                     self._resolve(fn.waiting.popleft()[0], self._unavailable(fn))
             elif fn.waiting:
                 self._dispatch_waiting(fn)
+                if fn.waiting and ":" in fn.name and all(w.draining for w in fn.workers):
+                    self._wake(fn)   # its worker exited idle while calls waited
         early, self._early = self._early, []
         for name, request_id, frames, meta in early:
             if request_id in self._pending:
@@ -551,8 +553,8 @@ class InvocationClient:
             self._resolve(request_id, self._unavailable(fn))
             return
         worker = self._pick(fn) if not fn.waiting else None
-        if not fn.workers and ":" in name:
-            self._wake(fn)
+        if ":" in name and all(w.draining for w in fn.workers):
+            self._wake(fn)   # a published version with no worker taking calls
         if worker is not None:
             self._send(worker, request_id, frames, meta)
         elif len(fn.waiting) < fn.max_queued:
@@ -638,6 +640,8 @@ class InvocationClient:
                 self._resolve(waiting.popleft()[0], [p.NO_CAPACITY, p.error_body(
                     "Sora.NoCapacity", f"No instance of {fn.name} became free within "
                     f"{fn.max_wait:.2f} seconds")])
+            if waiting and ":" in fn.name and all(w.draining for w in fn.workers):
+                self._wake(fn)   # a version's calls wait, its worker gone or going: again
         self._ticks += 1
         if self._ticks % 2 == 0:   # every HEARTBEAT_INTERVAL
             self._beat()

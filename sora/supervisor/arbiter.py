@@ -233,6 +233,11 @@ class Arbiter(Reloading):
             why = f"pid {child.proc.pid} {describe_exit(code)}"
             if child.kind == "worker":
                 function = function_of(child)
+                if code == p.EXIT_IDLE and child.state is State.RUNNING and ":" in function:
+                    # A version idle past its idleTimeout: forgotten (not restarted) until
+                    # its next call wakes it (sora.supervisor.versions).
+                    child.to(State.STOPPING, "idle: no instance and no call for its "
+                                             "idleTimeout")
                 self.plane.control.forget_worker(p.worker_identity(function, child.proc.pid))
                 # Its data endpoint's socket file, if it could not remove it (killed).
                 remove_file(p.ipc_path(p.worker_data_endpoint(self.state_dir, child.proc.pid)))
@@ -270,9 +275,9 @@ class Arbiter(Reloading):
         # runtime pool was starting while they were listed is known by the time pids() returns.
         known = {c.proc.pid for c in self.all_children() if c.proc is not None}
         known |= {s.proc.pid for s in self.setups.values() if s.proc is not None}
-        known |= self.versions.pids()   # publishes' copies (reaped here, they would seem 0)
         known |= {s.setup.proc.pid for s in self.switches.values()   # a reload's setups
                   if s.setup is not None and s.setup.proc is not None}
+        known |= self.versions.pids()   # publishes' copies (reaped here, they would seem 0)
         if self.runtime_pool is not None:
             known |= self.runtime_pool.pids()  # the pool reaps its own
         for proc in children:

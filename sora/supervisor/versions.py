@@ -83,6 +83,7 @@ class Versions:
                     if self.arbiter.config.function(split_key(k)[0]) is None]:
             del self.configs[key]
         self.stop_removed()
+        self.forget_idle()
 
     def table(self) -> dict[str, dict]:
         """The control plane's entries of the versions (no `config`: see the docstring)."""
@@ -96,15 +97,29 @@ class Versions:
         return out
 
     # --- version workers --------------------------------------------------------------------
+    def forget_idle(self) -> None:
+        """Versions' workers that exited idle (p.EXIT_IDLE): a call wakes them again."""
+        for key, worker in list(self.arbiter.workers.items()):
+            if ":" in key and worker.state is State.STOPPED and worker.pid is None:
+                del self.arbiter.workers[key]
+
     def wake(self, key: str, now: float) -> None:
         """A client has a call for `key` and no worker: start it (once)."""
         if key not in self.configs:
             self.refresh(now, force=True)
         fn = self.configs.get(key)
-        if fn is None or self.arbiter.stopping or self.arbiter.workers_of(key):
+        self.forget_idle()
+        if fn is None or self.arbiter.stopping:
             return
-        worker = Supervised(key, "worker", self.arbiter.worker_launch(fn), state=State.SETUP)
-        self.arbiter.workers[key] = worker
+        workers = self.arbiter.workers_of(key)
+        if any(w.state is not State.STOPPING for w in workers):
+            return
+        # One exiting idle (draining) may still hold the key: the new one gets `KEY#n`.
+        name = key if not workers else f"{key}#{len(self.arbiter.workers) + 2}"
+        while name in self.arbiter.workers:
+            name += "+"
+        worker = Supervised(name, "worker", self.arbiter.worker_launch(fn), state=State.SETUP)
+        self.arbiter.workers[name] = worker
         log.info("function %s: starting a worker for version %s (called)", fn.name,
                  fn.version)
         worker.spawn(now)
@@ -139,8 +154,13 @@ class Versions:
                                "Description: expected a string of at most 256 characters"
                                ).answer())
             return
+        expect_code = args.get("codeSha256") or None
+        if expect_code is not None and not isinstance(expect_code, str):
+            reply(VersionError(400, "InvalidParameterValueException",
+                               "CodeSha256: expected a string").answer())
+            return
         try:
-            staging = self.store.begin(fn, description)
+            staging = self.store.begin(fn, description, expect_code)
             proc = subprocess.Popen(staging.argv, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                     start_new_session=True, preexec_fn=die_with_parent)
@@ -179,6 +199,9 @@ class Versions:
             self.runs.remove(run)
             try:
                 record, new = run.hashing.result()
+            except VersionError as exc:   # the CodeSha256 precondition
+                run.reply(exc.answer())
+                continue
             except Exception as exc:   # noqa: BLE001 - told to the caller, not the loop's end
                 self.store.discard(run.staging)
                 run.reply(VersionError(500, "ServiceException", f"publish failed: {exc}"

@@ -36,7 +36,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from ..config import FunctionConfig
+from ..config import FUNCTION_NAME_RE, FunctionConfig
 from ..config_snapshot import function_from_entry
 from ..isolation import sandbox
 from ..setup.run import tree_digest
@@ -72,6 +72,8 @@ class Staging:
     description: str
     folder: str       # <stateDir>/versions/<NAME>/.staging-<random>/
     argv: list[str]
+    # PublishVersion's CodeSha256: publish only if the code copied has this hash.
+    expect_code: str | None = None
 
     @property
     def code(self) -> str:
@@ -107,6 +109,11 @@ class VersionStore:
 
     # --- reading ---------------------------------------------------------------------------
     def function_dir(self, name: str) -> str:
+        """The function's folder in the store; a name that is not a function name (`..`,
+        `a/b`: it comes from a caller's path) is refused before it names a path."""
+        if not isinstance(name, str) or not FUNCTION_NAME_RE.match(name):
+            raise VersionError(404, "ResourceNotFoundException",
+                               f"Function not found: {ascii(str(name)[:80])[1:-1]}")
         return os.path.join(self.root, name)
 
     def numbers(self, name: str) -> list[int]:
@@ -120,7 +127,7 @@ class VersionStore:
 
     def functions(self) -> list[str]:
         try:
-            return sorted(e for e in os.listdir(self.root) if not e.startswith("."))
+            return sorted(e for e in os.listdir(self.root) if FUNCTION_NAME_RE.match(e))
         except FileNotFoundError:
             return []
 
@@ -148,7 +155,8 @@ class VersionStore:
         return [r for r in (self.get(name, n) for n in self.numbers(name)) if r]
 
     # --- publishing -------------------------------------------------------------------------
-    def begin(self, fn: FunctionConfig, description: str = "") -> Staging:
+    def begin(self, fn: FunctionConfig, description: str = "",
+              expect_code: str | None = None) -> Staging:
         """Make the staging folder of a publish and the command that copies the function's
         folder into it (confined; see the module docstring). The caller runs the command."""
         folder = self.function_dir(fn.name)
@@ -164,7 +172,7 @@ class VersionStore:
             # Without root the function runs as Sora's own uid: nothing to confine from, and
             # an unprivileged bubblewrap could not keep the capabilities folder_sync asks for.
             argv = argv[argv.index("--") + 1:]
-        return Staging(fn, description, staging, argv)
+        return Staging(fn, description, staging, argv, expect_code)
 
     def finish(self, staging: Staging) -> tuple[dict, bool]:
         """Number the copied staging folder: (the version's record, True) if it is new, or
@@ -173,6 +181,11 @@ class VersionStore:
         code_hash = code_sha256(staging.code)
         entry = dataclasses.asdict(fn)
         settings_hash = config_sha256(entry)
+        if staging.expect_code and staging.expect_code != code_hash:
+            self.discard(staging)
+            raise VersionError(412, "PreconditionFailedException", (
+                f"CodeSha256 {staging.expect_code} does not match the function's code "
+                f"({code_hash}): it changed since"))
         with self._locked(fn.name):
             numbers = self.numbers(fn.name)
             newest = self.get(fn.name, numbers[-1]) if numbers else None

@@ -152,8 +152,13 @@ def test_versions_and_aliases(host, lam):
     updated = lam.update_function_code(FunctionName="versioned", ZipFile=node_zip("v2"),
                                        Publish=True)
     assert updated["Version"] == "2", updated
-    # Nothing changed since version 2: publishing returns it, as Lambda does.
-    again = lam.publish_version(FunctionName="versioned", Description="same")
+    # Nothing changed since version 2: publishing returns it, as Lambda does; CodeSha256 is
+    # the zip's, as GetFunction shows it.
+    sha = lam.get_function(FunctionName="versioned")["Configuration"]["CodeSha256"]
+    status, code, _ = refused(lambda: lam.publish_version(FunctionName="versioned",
+                                                          CodeSha256="not-" + sha))
+    assert (status, code) == (412, "PreconditionFailedException")
+    again = lam.publish_version(FunctionName="versioned", Description="same", CodeSha256=sha)
     assert again["ResponseMetadata"]["HTTPStatusCode"] == 201 and again["Version"] == "2"
     versions = [v["Version"] for v in
                 lam.list_versions_by_function(FunctionName="versioned")["Versions"]]

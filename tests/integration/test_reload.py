@@ -180,6 +180,11 @@ def test_sighup_starts_an_added_function(host):
                  what="the added function to answer")
     assert r.json() == {"version": "a1"}
     assert host.function_state("added")["state"] == "RUNNING"
+    # The dispatcher learnt it too (MEMBERS), without a restart: its events run.
+    event = host.session.post(f"{host.url}/functions/added", data=b"{}", timeout=30,
+                              headers={"X-Sora-Invocation-Type": "Event"})
+    assert event.status_code == 202
+    assert host.record(event.json()["requestId"])["status"] == "ok"
     assert "reload done: added added" in host.log(whole=True)
 
 

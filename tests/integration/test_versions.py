@@ -222,3 +222,26 @@ def test_links_planted_before_publish_do_not_copy_host_secrets(tmp_path):
         assert r.status_code == 200 and "TOP-SECRET" not in r.text, r.text
     finally:
         assert host.stop() == 0
+
+
+def test_an_idle_version_worker_exits_and_a_call_wakes_it(tmp_path):
+    fn_dir = write_function(tmp_path / "fns", "nap", {"index.js": CODE % "N"}, name="nap",
+                            idleTimeout=1)
+    host = SoraHost(tmp_path, [fn_dir], https=False)
+    host.start()
+    try:
+        assert admin.request(str(tmp_path / "state"), "publish", {"function": "nap"},
+                             120)["Version"] == "1"
+        assert host.invoke("nap:1").json()["ctx"] == "1"
+        versions = host.health()["versions"]
+        assert versions["nap:1"]["workers"] == 1, versions
+        # No instance after idleTimeout, then no worker after another.
+        wait_for(lambda: host.health()["versions"]["nap:1"]["workers"] == 0, 30,
+                 what="the version's worker to exit idle")
+        assert "its worker exits" in host.log()
+        assert host.health()["status"] == "ok"
+        for _ in range(3):   # woken again, at once
+            r = host.invoke("nap:1")
+            assert r.status_code == 200 and r.json()["ctx"] == "1", r.text
+    finally:
+        assert host.stop() == 0

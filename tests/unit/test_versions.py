@@ -7,6 +7,7 @@ import json
 import os
 import random
 import stat
+import subprocess
 
 import pytest
 
@@ -235,3 +236,27 @@ def test_api_answers_in_lambdas_shape(fn_dir, store):
     assert err.value.error_type == "ResourceNotFoundException"
     api.delete_function("fn")
     assert store.numbers("fn") == []
+
+
+def test_code_sha256_precondition(fn_dir, store):
+    fn = load_function_config(str(fn_dir))
+    record, _ = store.publish(fn)
+    staging = store.begin(fn, expect_code="not-the-hash")
+    subprocess.run(staging.argv, check=True, capture_output=True)
+    with pytest.raises(VersionError) as err:
+        store.finish(staging)
+    assert err.value.status == 412 and not os.path.exists(staging.folder)
+    staging = store.begin(fn, expect_code=record["CodeSha256"])
+    subprocess.run(staging.argv, check=True, capture_output=True)
+    again, new = store.finish(staging)
+    assert not new and again["Version"] == record["Version"]
+
+
+def test_names_that_are_not_function_names_name_no_path(store):
+    for bad in ("..", "../etc", "a/b", "", "A", "x" * 64, "fn:1"):
+        with pytest.raises(VersionError) as err:
+            store.function_dir(bad)
+        assert err.value.status == 404
+        with pytest.raises(VersionError):
+            AliasStore(store.state_dir, bad, store)
+    assert not os.path.exists(store.root)

@@ -134,3 +134,16 @@ def test_encrypted_entries_are_refused(tmp_path):
         at = blob.find(signature)
         blob[at + offset] |= 1
     assert "encrypted" in refused(bytes(blob), tmp_path)
+
+
+def test_the_end_record_count_is_checked_before_parsing(tmp_path, monkeypatch):
+    """A zip declaring more entries than the limit is refused before zipfile builds them."""
+    blob = make_zip([(f"f{i}.js", "") for i in range(11)])
+    monkeypatch.setattr(zipfile.ZipFile, "__init__", lambda *a, **k: pytest.fail("parsed"))
+    assert "11 entries" in refused(blob, tmp_path, ZipLimits(max_entries=10))
+
+
+def test_a_name_too_long_for_the_file_system(tmp_path):
+    assert "too long" in refused(make_zip([("a" * 300 + ".js", "1")]), tmp_path)
+    deep = "/".join(["d" * 200] * 30) + "/x.js"
+    assert "too long" in refused(make_zip([(deep, "1")]), tmp_path)
