@@ -128,8 +128,9 @@ class Versions:
         """Stop the workers of versions that no longer exist (pruned, or their function is
         gone): what they hold is answered, then they exit and are forgotten."""
         for key, worker in list(self.arbiter.workers.items()):
-            name, version = split_key(key.partition("#")[0])
-            if version == LATEST or key in self.configs:
+            data_path_key = key.partition("#")[0]   # (`NAME:N#n`: one started while another
+            name, version = split_key(data_path_key)   # exited idle)
+            if version == LATEST or data_path_key in self.configs:
                 continue
             del self.arbiter.workers[key]
             self.arbiter.retire(worker, f"version {version} of {name} was removed")

@@ -220,6 +220,10 @@ def test_links_planted_before_publish_do_not_copy_host_secrets(tmp_path):
                     assert b"TOP-SECRET" not in open(path, "rb").read(), path
         r = host.invoke("planter:1")
         assert r.status_code == 200 and "TOP-SECRET" not in r.text, r.text
+        # writableFolder is $LATEST's: the version's own copy is read-only to it.
+        r = host.invoke("planter:1", params={"plant": "/etc/hostname"})
+        assert r.status_code == 502 and ("EROFS" in r.text or "EACCES" in r.text), r.text
+        assert os.readlink(os.path.join(code, "data.txt")) == str(secret)
     finally:
         assert host.stop() == 0
 
