@@ -67,6 +67,9 @@ class Host:
         self.url = url.rstrip("/")
         self.api_key = api_key
         self.timeout = timeout
+        # Kept for the clients that make their own connections (botocore: sora.cli.lambda_api).
+        self.cafile = cafile
+        self.insecure = insecure
         self.ssl = None
         if self.url.startswith("https:"):
             self.ssl = ssl.create_default_context(cafile=cafile)

@@ -13,6 +13,11 @@
     sora keys init DIR                          this host's CURVE key pair for a cluster
     sora keys add DIR CERT_FILE [--name NAME]   allow another host's public certificate
     sora keys show DIR                          this host's public certificate and allow-list
+    sora deploy DIR [--name NAME] [--publish]   create or update a function from a folder
+    sora versions NAME                          its versions and the aliases naming them
+    sora alias NAME ALIAS VERSION [--weight V=W]    create or move an alias
+    sora rollback NAME ALIAS                    the alias back to the version it named before
+    sora reload [--function NAME ...]           re-read the config and switch what changed
 
 Tables for people, `--json` for scripts. Exit status: 0 success, 1 the function or the API
 reported an error, 2 bad usage or configuration, 3 the host cannot be reached.
@@ -24,11 +29,8 @@ import base64
 import datetime as dt
 import json
 import os
-import re
 import shlex
-import shutil
 import sys
-import textwrap
 import time
 
 from .. import protocol as p
@@ -36,80 +38,19 @@ from ..cluster import keys as cluster_keys
 from ..config import (FUNCTION_FILE, LANGUAGES, ConfigError, load_function_config,
                       load_host_config)
 from .host import CliError, Host, config_path
+from .manage import add_commands
+from .output import emit_json, shown, table, terminal_width
 
 INVOKE_PATH = "/2015-03-31/functions/{}/invocations"
 
 
 # --- output ---------------------------------------------------------------------------------
 
-def emit_json(value) -> None:
-    print(json.dumps(value, indent=2))
-
-
-# Below this much room beside the other columns, the last column goes under its row instead.
-MIN_WRAPPED_WIDTH = 30
-UNDER_INDENT = "    "
-
-
-def table(rows: list[list], headers: list[str], wrap_at: int | None = None) -> None:
-    """Columns padded to their widest cell. With `wrap_at` (the terminal's width), the last
-    column is wrapped to fit, never cut: beside the others while it has MIN_WRAPPED_WIDTH
-    there, else on lines of its own under its row."""
-    cells = [[str("-" if c is None else c) for c in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h)
-              for i, h in enumerate(headers)]
-    indent = sum(widths[:-1]) + 2 * (len(widths) - 1)
-    beside = wrap_at is None or wrap_at - indent >= MIN_WRAPPED_WIDTH
-    for n, row in enumerate([headers, *cells]):
-        lead = "  ".join(c.ljust(w) for c, w in zip(row[:-1], widths))
-        last = row[-1].replace("\n", " ")
-        if wrap_at is None:
-            print(f"{lead}  {last}".rstrip())
-        elif beside:
-            parts = textwrap.wrap(last, wrap_at - indent, break_on_hyphens=False) or [""]
-            print(f"{lead}  {parts[0]}".rstrip())
-            for part in parts[1:]:
-                print(" " * indent + part)
-        else:
-            print(lead.rstrip())
-            if n and last not in ("", "-"):
-                for part in textwrap.wrap(f"{headers[-1].lower()}: {last}",
-                                          max(wrap_at - len(UNDER_INDENT), 20),
-                                          break_on_hyphens=False):
-                    print(UNDER_INDENT + part)
-
-
-def terminal_width() -> int | None:
-    """The width to wrap tables at: the terminal's, or $COLUMNS; None (no wrapping) when the
-    output goes to a pipe or file and $COLUMNS is not set."""
-    if "COLUMNS" not in os.environ and not sys.stdout.isatty():
-        return None
-    return shutil.get_terminal_size().columns
-
-
 def when(epoch: float | None) -> str:
     if epoch is None:
         return "-"
     stamp = dt.datetime.fromtimestamp(epoch, dt.timezone.utc)
     return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
-
-
-# What a terminal acts on rather than shows: C0 controls but tab (newline too), DEL and C1.
-# A function's text (its errors, its log lines, its load error in a FATAL reason) is printed
-# with them as \xNN: else it could move the cursor, rewrite the screen, set the clipboard
-# (OSC 52), or start a line of its own that reads as Sora's ("status: ok"; `sora inspect`
-# keeps an error message's newlines, and indents the lines after them).
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
-_CONTROL_BUT_NEWLINE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def shown(text, newlines: bool = False):
-    """`text` (a function's) as the terminal may print it; anything else as it is. With
-    `newlines`, a newline stays (the caller indents what follows it)."""
-    pattern = _CONTROL_BUT_NEWLINE if newlines else _CONTROL
-    if not isinstance(text, str) or not pattern.search(text):
-        return text
-    return pattern.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
 
 
 def short(text: str | None, width: int = 60) -> str:
@@ -607,6 +548,7 @@ def parser() -> argparse.ArgumentParser:
                      "init, add or show)")
     cmd.add_argument("--name", help="keys add: the name the certificate gets in the "
                      "allow-list (default: its file name)")
+    add_commands(command)
     return top
 
 

@@ -87,14 +87,18 @@ class VersionsApi:
         return self._answer(admin.request(self.state_dir, "publish", {
             "function": name, "description": description}, timeout))
 
-    @staticmethod
-    def _answer(answer: dict) -> dict:
+    def _answer(self, answer: dict) -> dict:
         if "error" in answer:
             error = answer["error"]
             status = {"ResourceNotFoundException": 404, "ResourceConflictException": 409,
                       "PreconditionFailedException": 412}.get(error.get("type"), 400)
             raise VersionError(status, error.get("type", "ServiceException"),
                                error.get("message", ""))
+        if "FunctionName" in answer and "Version" in answer:
+            # The supervisor's answer names the default region; the caller's ARNs name the
+            # region it signed for, as every other answer of the management API does.
+            answer["FunctionArn"] = function_arn(answer["FunctionName"], answer["Version"],
+                                                 self.region, self.account)
         return answer
 
     def list_versions(self, latest: FunctionConfig) -> list[dict]:
@@ -128,6 +132,10 @@ class VersionsApi:
                "RevisionId": record["RevisionId"]}
         if record.get("RoutingConfig"):
             out["RoutingConfig"] = record["RoutingConfig"]
+        if record.get("PreviousVersion"):
+            # Sora's, beside Lambda's fields (the SDKs' parsers leave it out): the version
+            # the alias named before its last move, which `sora rollback` goes back to.
+            out["PreviousVersion"] = record["PreviousVersion"]
         return out
 
     def create_alias(self, name: str, alias: str, function_version: str,
