@@ -51,6 +51,7 @@ from .hosts import JoinedHosts
 from . import listeners
 from .child import Launch, State, Supervised, describe_exit
 from .progress import FunctionProgress, StartupProgress
+from .watch import Watcher, folders_of
 from ..runtimes.pool import RuntimePool
 from ..setup.run import SetupRun
 
@@ -70,7 +71,7 @@ class StateDirBusy(Exception):
 
 
 class Arbiter:
-    def __init__(self, config: HostConfig, joining: bool = False):
+    def __init__(self, config: HostConfig, joining: bool = False, watch: bool = False):
         self.config = config
         # The operator's secrets are no sandbox's to read, wherever they lie (sandbox.hide).
         sandbox.hide([config.path, config.server.sslKeyPath, config.cluster.keys])
@@ -105,6 +106,9 @@ class Arbiter:
         self.sockets: dict[str, socket.socket] = {}   # the listeners, bound in prepare()
         self.progress: StartupProgress | None = None
         self._last_exit_at = float("-inf")
+        # Watch mode (`start --watch`, `sora dev`): a saved file reloads its function (watch.py).
+        self.watch = watch
+        self.watcher: Watcher | None = None
 
     # --- signals: handlers only queue -----------------------------------------------------------
     def _on_signal(self, signum, _frame) -> None:
@@ -613,6 +617,9 @@ class Arbiter:
         now = time.monotonic()
         self.progress = StartupProgress([fn.name for fn in self.config.functions], now)
         self.start_functions()
+        if self.watch:   # after the first setups began: their writes are no developer's
+            self.watcher = Watcher(folders_of(self.config), self.state_dir, self.wakeup)
+            self.watcher.start()
         # The control plane learns the functions before the dispatcher subscribes.
         self.publish()
         for service in self.services():
@@ -628,6 +635,8 @@ class Arbiter:
                                           for c in self.all_children())
                 self.sleep(0.1 if busy or self.stopping else 1.0)
                 self.handle_signals()
+                if self.watcher is not None and not self.stopping:
+                    self.hand_over_changes()
                 now = time.monotonic()
                 if self.joined_hosts is not None:
                     self.joined_hosts.forward(self.plane.control)
@@ -646,6 +655,13 @@ class Arbiter:
             self.shutdown()
         return self.exit_code
 
+    def hand_over_changes(self) -> None:
+        """Reload what the watcher saw change (the watcher's thread only queues; here the loop
+        acts), telling it which setups run now and which folders to watch."""
+        self.watcher.hand_over(self.reload, {name: run.before
+                                             for name, run in self.setups.items()})
+        self.watcher.set_folders(folders_of(self.config))
+
     def sleep(self, timeout: float) -> None:
         try:
             ready, _, _ = select.select([self._wake_r], [], [], timeout)
@@ -659,6 +675,8 @@ class Arbiter:
                 pass
 
     def shutdown(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
         for child in self.all_children():
             child.signal(signal.SIGKILL)
             if child.proc is not None and child.proc.returncode is None:
