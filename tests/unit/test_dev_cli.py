@@ -12,7 +12,8 @@ from sora.config import load_host_config
 def function(folder):
     folder.mkdir(parents=True)
     (folder / "index.js").write_text("exports.handler = async () => 'ok';\n")
-    (folder / "sora.yaml").write_text("language: nodejs\nentrypoint: index.js\n"
+    (folder / "sora.yaml").write_text(f"name: {folder.name}\nlanguage: nodejs\n"
+                                      "entrypoint: index.js\n"
                                       "handler: handler\ntrigger: http\n")
     return folder
 
