@@ -161,6 +161,9 @@ class Watcher:
         # The watching thread's own state.
         self._digests: dict[str, str] = {}
         self._setups: dict[str, object] = {}      # function -> its sora.yaml's raw `setup`
+        # function -> every output its setups recorded while watched (a later setup records
+        # only what it made anew, not what an earlier one made and it rewrote).
+        self._outputs: dict[str, set[str]] = {}
         # Shared with the loop (under _lock): functions whose setup reload runs now, and the
         # top-level entries their folder had when it began.
         # (the entries, and until when: inf while it runs, SETUP_GRACE past its end).
@@ -218,7 +221,7 @@ class Watcher:
         """Note every file's digest and the declared setup, so a write that changes nothing
         reloads nothing."""
         self._setups[folder.name] = declared_setup(folder.directory)
-        outputs = setup_outputs(self.state_dir, folder.name)
+        outputs = self.outputs_of(folder.name)
         for root, dirs, files in os.walk(folder.directory):
             relative_root = os.path.relpath(root, folder.directory)
             dirs[:] = [d for d in dirs if d not in IGNORED and
@@ -237,7 +240,7 @@ class Watcher:
             relative = os.path.relpath(path, folder.directory)
             if relative == "." or ignored(relative) or os.path.isdir(path):
                 continue   # a folder's own event: its files' events follow
-            if relative.split(os.sep, 1)[0] in setup_outputs(self.state_dir, folder.name):
+            if relative.split(os.sep, 1)[0] in self.outputs_of(folder.name):
                 continue   # setup's results (sora.setup.run records them)
             now = digest(path)
             known = self._digests.get(path, "new")
@@ -254,6 +257,11 @@ class Watcher:
         if reloads:
             self.wake()
         return list(reloads.values())
+
+    def outputs_of(self, name: str) -> set[str]:
+        outputs = self._outputs.setdefault(name, set())
+        outputs |= setup_outputs(self.state_dir, name)
+        return outputs
 
     def classify(self, folder: Folder, relative: str) -> Reload:
         if folder.broken:
