@@ -659,7 +659,8 @@ class Arbiter:
         """Reload what the watcher saw change (the watcher's thread only queues; here the loop
         acts), telling it which setups run now and which folders to watch."""
         self.watcher.hand_over(self.reload, {name: run.before
-                                             for name, run in self.setups.items()})
+                                             for name, run in self.setups.items()
+                                             if run.outcome is None})
         self.watcher.set_folders(folders_of(self.config))
 
     def sleep(self, timeout: float) -> None:

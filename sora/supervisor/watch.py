@@ -194,6 +194,8 @@ class Watcher:
 
     def _run(self) -> None:
         import watchfiles   # the thread's own: nothing else in the supervisor needs it
+        # Its "N changes detected" per batch: the reload lines say what changed.
+        logging.getLogger("watchfiles").setLevel(logging.WARNING)
 
         while not self._stopped:
             with self._lock:
@@ -244,6 +246,8 @@ class Watcher:
                 continue   # setup's results (sora.setup.run records them)
             now = digest(path)
             known = self._digests.get(path, "new")
+            if now is None and known == "new":
+                continue   # made and gone within the batch: an editor's or sed's temp file
             self._digests[path] = now
             if now == known or self._setup_writes(folder, relative):
                 continue   # bytes as they were (a touch, a re-save), or setup's own write

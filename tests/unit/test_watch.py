@@ -210,3 +210,13 @@ def test_the_thread_sees_a_real_write_and_stops(folders, tmp_path):
 
 def test_constants_keep_a_save_well_under_a_second():
     assert watch.STEP_MS <= 50 and watch.DEBOUNCE_MS <= 500
+
+
+def test_a_temp_file_made_and_gone_in_the_batch_is_no_change(folders, tmp_path):
+    """sed -i and some editors write a temp file and rename it over the original."""
+    watcher, _ = watcher_for(folders, tmp_path)
+    gone = str(tmp_path / "api/sedX1y2Z3")
+    code = edit(tmp_path / "api/index.js", "exports.handler = async () => 'sed';\n")
+    [found] = watcher.take({(Change.added, gone), (Change.deleted, gone),
+                            (Change.added, code)}, folders)
+    assert found.paths == ["index.js"]
