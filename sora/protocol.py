@@ -48,6 +48,14 @@ The control plane (`control_endpoint`, a thread in the supervisor, no per-call w
         [HEARTBEAT]                         every interval to each subscriber
         [REPLY, request_id, OK, body]       the answer to STATUS
 
+The admin channel (`admin_endpoint`, served by the control plane thread, answered by the
+arbiter; sora/control/admin.py):
+
+    requester -> supervisor (DEALER -> ROUTER)
+        [ADMIN, request_id, op, json args]  op: `reload`, `publish`, ... (Arbiter.admin_ops)
+    supervisor -> requester
+        [ADMIN, request_id, json answer]    the op's result, or {"error": {"type", "message"}}
+
 A peer silent for HEARTBEAT_LIVENESS intervals is forgotten by the other side.
 
 `meta` says how the invocation came (`meta()`): its trigger, and whether the caller wants the
@@ -86,6 +94,9 @@ MEMBERS = b"\x0e"      # control plane -> client: [MEMBERS, json] (see the modul
 #     [REFUSED, reason]    the join is refused (e.g. another host already has that name)
 JOIN = b"\x0f"
 REFUSED = b"\x10"
+# The admin channel (issue 17): [ADMIN, request_id, op, json] and its answer [ADMIN,
+# request_id, json] (see the module docstring and sora/control/admin.py).
+ADMIN = b"\x11"
 
 # Invocation meta: the trigger, then optional flags after "+".
 TRIGGER_HTTP = b"http"          # the function URL route
@@ -210,6 +221,13 @@ def worker_data_endpoint(state_dir: str, pid: int) -> str:
 def ipc_path(endpoint: str) -> str | None:
     """The socket file of an ipc:// endpoint (None for another transport)."""
     return endpoint[len("ipc://"):] if endpoint.startswith("ipc://") else None
+
+
+def admin_endpoint(state_dir: str) -> str:
+    """The supervisor's admin channel (sora.control.admin): operators' requests (`reload`,
+    ...) from the CLI and the gateways. In the 0700 run folder, which no sandbox binds: a
+    function can neither reach it nor steer a reload."""
+    return "ipc://" + os.path.join(run_dir(state_dir), "admin.sock")
 
 
 def events_endpoint(state_dir: str) -> str:

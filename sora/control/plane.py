@@ -40,6 +40,7 @@ from typing import Callable
 import zmq
 
 from .. import protocol as p
+from .admin import AdminRequest
 
 log = logging.getLogger("sora.control")
 
@@ -67,6 +68,7 @@ class FunctionEntry:
     memory: int = 0
     available: bool = True
     reason: str = ""
+    removed: bool = False   # gone from the config (reload): listed while its workers drain
     workers: list[WorkerEntry] = field(default_factory=list)
 
 
@@ -93,6 +95,10 @@ class ControlHandle:
     def set_status(self, snapshot: dict) -> None:
         self._sock.send_multipart([b"status", json.dumps(snapshot).encode()])
 
+    def answer_admin(self, request: AdminRequest, answer: dict) -> None:
+        """Answer an admin request (see sora/control/admin.py) on the admin socket."""
+        self._sock.send_multipart([b"admin", *request.answer_frames(answer)])
+
     def forget_worker(self, identity: bytes) -> None:
         self._sock.send_multipart([b"forget", identity])
 
@@ -116,12 +122,14 @@ class ControlPlane(threading.Thread):
                  host: str | None = None, server_key: str | None = None,
                  address: str | None = None,
                  on_local: Callable[[dict], None] | None = None,
-                 heard: Callable[[], dict[str, float]] | None = None):
+                 heard: Callable[[], dict[str, float]] | None = None,
+                 admin_endpoint: str | None = None):
         """`host`: this host's name in the cluster; `server_key`: its CURVE public key (z85),
         the serverKey of its workers' tcp endpoints; `address`: what status shows as its
         address; `on_local(members)`: told this host's own membership on every change (a
         joined host's Uplink); `heard()`: joined host name -> time.time() last heard (the
-        cluster listener), for status."""
+        cluster listener), for status. `admin_endpoint`: where to take admin requests
+        (sora/control/admin.py), handed to the arbiter as ("admin", AdminRequest) events."""
         super().__init__(name="sora-control", daemon=True)
         self.ctx = zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.ROUTER)
@@ -130,13 +138,19 @@ class ControlPlane(threading.Thread):
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)   # an unroutable send raises
         self.sock.bind(endpoint)
+        self.admin: zmq.Socket | None = None
+        if admin_endpoint is not None:
+            self.admin = self.ctx.socket(zmq.ROUTER)
+            self.admin.setsockopt(zmq.LINGER, 0)
+            self.admin.bind(admin_endpoint)
         # One endpoint per plane: a closing plane's inproc name may linger a moment.
         pair_endpoint = f"inproc://sora-control-{next(_plane_numbers)}"
         self._pair = self.ctx.socket(zmq.PAIR)
         self._pair.bind(pair_endpoint)
         arbiter_end = self.ctx.socket(zmq.PAIR)
         arbiter_end.connect(pair_endpoint)
-        self.events: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        # ("ready" | "silent", worker identity) or ("admin", AdminRequest), for the arbiter.
+        self.events: queue.Queue[tuple[str, object]] = queue.Queue()
         self.control = ControlHandle(arbiter_end, self.events)
         self._wake = wake
         self.host = host or socket.gethostname()
@@ -162,7 +176,7 @@ class ControlPlane(threading.Thread):
         self.running = True
         self.max_instances, self.max_memory_mb = max_instances, max_memory_mb
 
-    def _notify(self, event: str, identity: bytes) -> None:
+    def _notify(self, event: str, identity) -> None:
         self.events.put((event, identity))
         self._wake()
 
@@ -191,12 +205,28 @@ class ControlPlane(threading.Thread):
         for name, fe in self.functions.items():
             functions[name] = {
                 "available": fe.available, "reason": fe.reason, "maxQueued": fe.max_queued,
-                "maxWait": fe.max_wait,
+                "maxWait": fe.max_wait, "local": True,
                 "workers": [self._local_worker(w) for w in fe.workers]}
+            # Every function's config goes to the clients (sora.function_table), this host's
+            # too: a reload's added, removed and changed functions reach them without a
+            # restart of the gateways or the dispatcher.
+            if name in self.configs:
+                functions[name]["config"] = self.configs[name]
+            if fe.removed:
+                # Removed by a reload: new calls are not found; its workers stay listed while
+                # they finish what they hold.
+                functions[name]["removed"] = True
         remote_only: set[str] = set()
         for host, served in sorted(self.remote.items()):
             for name, info in served.items():
                 entry = functions.get(name)
+                if entry is not None and entry.get("removed"):
+                    entry.pop("removed")   # removed here, still served there
+                    entry.pop("config", None)
+                    entry["local"] = False
+                    remote_only.add(name)
+                    if "config" in info:
+                        entry["config"] = info["config"]
                 if entry is None:
                     # Served only on other hosts: the first (by name) speaks for its settings.
                     remote_only.add(name)
@@ -406,10 +436,23 @@ class ControlPlane(threading.Thread):
                                 frames[3].decode() or None if len(frames) > 3 else None)
             elif cmd == b"drop-remote":
                 self.drop_remote(frames[1].decode())
+            elif cmd == b"admin":
+                if self.admin is not None:
+                    try:
+                        self.admin.send_multipart(frames[1:], zmq.NOBLOCK)
+                    except zmq.ZMQError:
+                        pass   # the requester is gone (it gave up waiting)
             elif cmd == b"stop":
                 self.running = False
 
     def set_functions(self, table: dict[str, dict]) -> None:
+        """This host's functions, all of them (the arbiter's function_table): one no longer
+        listed is forgotten, with any worker still registered for it."""
+        for name in [n for n in self.functions if n not in table]:
+            for worker in list(self.functions[name].workers):
+                self.forget(worker.identity, "its function was removed", publish=False)
+            del self.functions[name]
+            self.configs.pop(name, None)
         for name, spec in table.items():
             fe = self.functions.get(name)
             if fe is None:
@@ -419,8 +462,11 @@ class ControlPlane(threading.Thread):
             fe.concurrency = spec.get("concurrency", fe.concurrency)
             fe.memory = spec.get("memory", fe.memory)
             fe.available, fe.reason = spec["available"], spec.get("reason", "")
+            fe.removed = bool(spec.get("removed", False))
             if "config" in spec:
                 self.configs[name] = spec["config"]
+            else:
+                self.configs.pop(name, None)
         self.publish_members()
 
     def status_body(self) -> bytes:
@@ -467,6 +513,19 @@ class ControlPlane(threading.Thread):
         return json.dumps({**self.status_snapshot, "functions": functions,
                            "hosts": hosts}).encode()
 
+    def handle_admin(self) -> None:
+        """Admin requests go to the arbiter's loop (it answers through `answer_admin`)."""
+        while True:
+            try:
+                frames = self.admin.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            request = AdminRequest.decode(frames)
+            if request is None:
+                log.warning("ignored a malformed message on the admin socket")
+                continue
+            self._notify("admin", request)
+
     # --- timers ---------------------------------------------------------------------------------
     def beat(self, now: float) -> None:
         silent_after = p.HEARTBEAT_INTERVAL * p.HEARTBEAT_LIVENESS
@@ -487,6 +546,8 @@ class ControlPlane(threading.Thread):
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         poller.register(self._pair, zmq.POLLIN)
+        if self.admin is not None:
+            poller.register(self.admin, zmq.POLLIN)
         next_beat = time.monotonic() + p.HEARTBEAT_INTERVAL
         while self.running:
             timeout = max(0.001, next_beat - time.monotonic())
@@ -495,6 +556,8 @@ class ControlPlane(threading.Thread):
                 self.handle_peers()
             if self._pair in events:
                 self.handle_control()
+            if self.admin is not None and self.admin in events:
+                self.handle_admin()
             now = time.monotonic()
             if now >= next_beat:
                 self.beat(now)
@@ -504,6 +567,8 @@ class ControlPlane(threading.Thread):
     def close(self) -> None:
         self.sock.close(linger=0)
         self._pair.close(linger=0)
+        if self.admin is not None:
+            self.admin.close(linger=0)
 
 
 def _ready(identity: bytes, function: bytes, endpoint: bytes) -> tuple[str, str] | None:

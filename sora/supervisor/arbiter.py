@@ -51,6 +51,8 @@ from .hosts import JoinedHosts
 from . import listeners
 from .child import Launch, State, Supervised, describe_exit
 from .progress import FunctionProgress, StartupProgress
+from .reload_plan import fingerprint
+from .reloading import Reloading, function_of
 from .watch import Watcher, folders_of
 from ..runtimes.pool import RuntimePool
 from ..setup.run import SetupRun
@@ -70,7 +72,7 @@ class StateDirBusy(Exception):
     """Another supervisor holds the state dir."""
 
 
-class Arbiter:
+class Arbiter(Reloading):
     def __init__(self, config: HostConfig, joining: bool = False, watch: bool = False):
         self.config = config
         # The operator's secrets are no sandbox's to read, wherever they lie (sandbox.hide).
@@ -106,6 +108,7 @@ class Arbiter:
         self.sockets: dict[str, socket.socket] = {}   # the listeners, bound in prepare()
         self.progress: StartupProgress | None = None
         self._last_exit_at = float("-inf")
+        self.init_reloading()   # live reload (reloading.py): generations, switches, admin ops
         # Watch mode (`start --watch`, `sora dev`): a saved file reloads its function (watch.py).
         self.watch = watch
         self.watcher: Watcher | None = None
@@ -143,17 +146,15 @@ class Arbiter:
     def handle_sigquit(self) -> None:
         self.begin_stop("SIGQUIT")
 
-    def handle_sighup(self) -> None:
-        # SIGHUP's default action would end the host without a word (a closed terminal, or a
-        # `kill -HUP` meant as "reload"): there is no live reload yet, so it is refused aloud.
-        log.warning("SIGHUP received and ignored: Sora has no live reload yet; restart the "
-                    "host to apply changes to its configuration or functions")
+    # handle_sighup: a reload (reloading.py).
 
     def handle_sigchld(self) -> None:
         pass  # it woke the loop; reap_children does the work
 
     # --- children -------------------------------------------------------------------------------
-    def worker_launch(self, fn: FunctionConfig) -> Launch:
+    def worker_launch(self, fn: FunctionConfig, warm_up: bool = False) -> Launch:
+        """`warm_up`: a reload's new generation, which loads the module before READY and
+        is not restarted if it fails (the previous generation serves)."""
         config = self.config
         # The config the supervisor loaded before setup, never the folder's sora.yaml again.
         argv = [sys.executable, "-m", "sora.worker", "--name", fn.name,
@@ -174,8 +175,10 @@ class Arbiter:
             # With "=": a z85 key may begin with "-", which argparse would take for an option.
             argv += ["--records-endpoint", cluster.records_endpoint,
                      "--records-server-key=" + cluster.controlPlaneKey.decode()]
+        if warm_up:
+            argv.append("--warm-up")
         return Launch(argv, dict(os.environ), start_timeout=max(30.0, fn.timeout) + 15,
-                      start_retries=WORKER_START_RETRIES)
+                      start_retries=1 if warm_up else WORKER_START_RETRIES)
 
     def gateway_launch(self, listener: str) -> Launch:
         argv = [sys.executable, "-m", "gunicorn", "--config", "python:sora.gateway.gunicorn_conf",
@@ -216,7 +219,7 @@ class Arbiter:
         return [] if self.joining else [self.dispatcher, self.recorder]
 
     def all_children(self) -> list[Supervised]:
-        return [*self.gateways.values(), *self.services(), *self.workers.values()]
+        return [*self.gateways.values(), *self.services(), *self.worker_children()]
 
     def reap_children(self, now: float) -> bool:
         exited = False
@@ -305,6 +308,8 @@ class Arbiter:
                     worker.to(State.FATAL, f"setup could not start: {exc}")
 
     def manage(self, now: float) -> None:
+        self.step_switches(now)
+        self.step_draining(now)
         for name, run in list(self.setups.items()):
             workers = self.workers_of(name)
             if workers[0].state is not State.SETUP:
@@ -317,6 +322,8 @@ class Arbiter:
             if outcome.ok:
                 log.info("function %s: setup %s", name, "unchanged, skipped" if outcome.skipped
                          else "done")
+                # What a reload compares the folder with (reload_plan.fingerprint).
+                self.fingerprints[name] = fingerprint(run.fn.directory)
             for worker in workers:
                 if outcome.ok:
                     worker.spawn(now)
@@ -397,9 +404,14 @@ class Arbiter:
     def handle_control_events(self, now: float) -> None:
         while not self.plane.events.empty():
             event, identity = self.plane.events.get_nowait()
+            if event == "admin":
+                self.handle_admin(identity)
+                continue
             name = identity.rsplit(b"/", 1)[0].decode()
             pid = p.identity_pid(identity)
-            worker = next((w for w in self.workers_of(name) if w.pid == pid), None)
+            # Any generation's: the serving one, a switch's new one, a draining one.
+            worker = next((w for w in self.worker_children()
+                           if function_of(w) == name and w.pid == pid), None)
             if worker is None:
                 continue
             if event == "ready":
@@ -416,6 +428,12 @@ class Arbiter:
                               "concurrency": fn.concurrency, "memory": fn.memory,
                               "available": worker.state is not State.FATAL,
                               "reason": worker.reason, "config": self.configs[fn.name]}
+        for name in self.removing:   # listed while its workers finish what they hold
+            fn = self._removed_configs.get(name)
+            if fn is not None and name not in table:
+                table[name] = {"maxQueued": fn.maxQueued, "maxWait": fn.timeout,
+                               "concurrency": fn.concurrency, "memory": fn.memory,
+                               "available": True, "reason": "removed", "removed": True}
         for broken in self.config.broken:
             table.setdefault(broken.name, {"maxQueued": 0, "maxWait": 1.0, "available": False,
                                            "reason": broken.reason})
@@ -430,7 +448,14 @@ class Arbiter:
                 info["workerProcesses"] = [w.describe() for w in workers]
             info.update(language=fn.language, timeout=fn.timeout, minInstances=fn.minInstances,
                         maxInstances=fn.maxInstances, concurrency=fn.concurrency)
+            self.reload_status(fn.name, info)
             functions[fn.name] = info
+        for name, switch in self.switches.items():
+            if switch.adding and name not in functions:   # a reload's new function, starting
+                info = switch.workers[0].describe()
+                info.update(language=switch.fn.language, timeout=switch.fn.timeout)
+                self.reload_status(name, info)
+                functions[name] = info
         for broken in self.config.broken:
             functions.setdefault(shown_name(broken, functions),
                                  {"kind": "worker", "state": State.FATAL.value,
@@ -471,6 +496,9 @@ class Arbiter:
         listeners.close_all(self.sockets)
         for run in self.setups.values():
             run.kill()
+        for switch in self.switches.values():
+            if switch.setup is not None:
+                switch.setup.kill()
         for child in self.all_children():
             if child.state in (State.SETUP, State.BACKOFF):
                 child.to(State.STOPPED, why)
@@ -495,7 +523,7 @@ class Arbiter:
         """Advance the stop; True once everything has exited."""
         services = self.services()   # [dispatcher, recorder], or none on a joined host
         group = {"gateways": [*self.gateways.values(), *services[:1]],
-                 "workers": self.workers.values(),
+                 "workers": self.worker_children(),
                  "recorder": services[1:]}[self.stop_phase]
         alive = [c for c in group if c.pid is not None]
         for child in alive:
@@ -507,7 +535,7 @@ class Arbiter:
             return False
         if self.stop_phase == "gateways":
             self.stop_phase = "workers"
-            self._stop_group(self.workers.values())
+            self._stop_group(self.worker_children())
             return False
         if self.stop_phase == "workers":
             # Last, so it stores what the workers sent on their way out.
@@ -567,7 +595,8 @@ class Arbiter:
             server_key=load_keys(cluster.keys).public_text if cluster.advertise else None,
             address=cluster.advertise or _address_of(cluster.listen),
             on_local=self.uplink.set_members if self.uplink else None,
-            heard=self.joined_hosts.heard if self.joined_hosts else None)
+            heard=self.joined_hosts.heard if self.joined_hosts else None,
+            admin_endpoint=p.admin_endpoint(self.state_dir))
         self.plane.start()
         if self.joined_hosts is not None:
             try:
@@ -658,8 +687,9 @@ class Arbiter:
     def hand_over_changes(self) -> None:
         """Reload what the watcher saw change (the watcher's thread only queues; here the loop
         acts), telling it which setups run now and which folders to watch."""
-        self.watcher.hand_over(self.reload, {name: run.before
-                                             for name, run in self.setups.items()
+        running = [*self.setups.items(),
+                   *((name, s.setup) for name, s in self.switches.items() if s.setup)]
+        self.watcher.hand_over(self.reload, {name: run.before for name, run in running
                                              if run.outcome is None})
         self.watcher.set_folders(folders_of(self.config))
 
@@ -714,11 +744,6 @@ def remove_file(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
-
-
-def function_of(worker: Supervised) -> str:
-    """The function a worker serves (its key without the "#n" of a second or later one)."""
-    return worker.name.partition("#")[0]
 
 
 def shown_name(broken, functions: dict) -> str:

@@ -88,6 +88,7 @@ class Supervised:
         self.backoff_until = 0.0
         self.stop_deadline = 0.0
         self.transitions: deque[Transition] = deque(maxlen=20)
+        self.generation = 1   # a worker's: each reload's switch of its function adds one
 
     # --- state ----------------------------------------------------------------------------------
     def to(self, target: State, reason: str) -> None:

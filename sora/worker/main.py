@@ -68,11 +68,16 @@ class Worker:
                  secrets: Secrets | None = None, log_limits: dict | None = None,
                  setup_withheld: frozenset[str] = frozenset(), keys: KeyRing | None = None,
                  advertise: str | None = None, records_endpoint: str | None = None,
-                 records_server_key: bytes | None = None, max_body_bytes: int = 6 << 20):
+                 records_server_key: bytes | None = None, max_body_bytes: int = 6 << 20,
+                 warm_up: bool = False):
         """With `advertise` (and `keys`), the data endpoint is tcp on that address (CURVE);
         with `records_endpoint`, records go to that tcp recorder (the main host's, CURVE,
-        its key `records_server_key`)."""
+        its key `records_server_key`). With `warm_up` (a reload's new generation), at least
+        one instance is started and must load the module before the worker says READY: a
+        module that throws at load is a boot error, and the previous generation keeps
+        serving (docs/architecture.md, "Live reload")."""
         self.fn = fn
+        self.warm_up = warm_up
         self.keys, self.advertise = keys, advertise
         self.max_body_bytes = max_body_bytes   # bounds a tcp endpoint's messages
         self.auth = None   # the ZAP authenticator of a tcp data endpoint
@@ -698,7 +703,7 @@ class Worker:
 
     def boot(self) -> None:
         """Start the instances and wait until each is ready (or the function cannot boot)."""
-        for _ in range(self.fn.minInstances):
+        for _ in range(max(self.fn.minInstances, 1 if self.warm_up else 0)):
             self.spawn_instance()
         deadline = time.monotonic() + max(30.0, self.fn.timeout)
         while any(i.state is State.BOOTING for i in self.instances):
@@ -887,6 +892,9 @@ def parser() -> argparse.ArgumentParser:
                                                    "main host's, CURVE)")
     parser.add_argument("--records-server-key", help="the z85 public key of that recorder's "
                                                      "host")
+    parser.add_argument("--warm-up", action="store_true",
+                        help="start one instance (at least) and let it load the module before "
+                             "READY: a reload's new generation (a load error is a boot error)")
     return parser
 
 
@@ -931,5 +939,6 @@ def main(argv: list[str] | None = None) -> int:
                     log_limits, setup_withheld=declared_env_names(functions), keys=keys,
                     advertise=args.advertise, records_endpoint=args.records_endpoint,
                     records_server_key=args.records_server_key.encode()
-                    if args.records_server_key else None, max_body_bytes=args.max_body_bytes)
+                    if args.records_server_key else None, max_body_bytes=args.max_body_bytes,
+                    warm_up=args.warm_up)
     return worker.run()

@@ -95,7 +95,7 @@ def test_members_tell_each_function_its_workers_endpoints_and_availability(plane
     sub = client(endpoint)
     first = members_where(sub, lambda f: True)
     assert first["functions"]["fn"] == {"available": True, "reason": "", "maxQueued": 2,
-                                        "maxWait": 5.0, "workers": []}
+                                        "maxWait": 5.0, "local": True, "workers": []}
     assert first["functions"]["broken"]["available"] is False
     assert first["functions"]["broken"]["reason"] == "setup failed"
     w = worker(endpoint, data="ipc:///tmp/x/run/w-1.sock")

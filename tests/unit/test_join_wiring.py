@@ -131,8 +131,10 @@ def test_local_members_carry_config_load_and_server_key_of_tcp_workers(plane, fn
     assert local["workers"][0] == {"id": "hello/5", "endpoint": "tcp://10.0.0.1:4000",
                                    "host": "h1", "serverKey": KEY}
     assert local["workers"][1]["serverKey"] is None   # ipc: no CURVE
-    # What clients of this host are told carries no config of a local function.
-    assert "config" not in c.members()["functions"]["hello"]
+    # Clients of this host are told each function's config, this host's own too (issue 17:
+    # a reload's changes reach gateways and the dispatcher through MEMBERS).
+    assert c.members()["functions"]["hello"]["config"] == fn_config
+    assert c.members()["functions"]["hello"]["local"] is True
     # The load changing is told on the next beat; nothing changing is told once.
     count = len(told)
     c.beat(time.monotonic())
@@ -153,7 +155,8 @@ def test_a_function_only_on_a_joined_host_comes_with_its_config(plane, fn_config
     assert functions["hello"]["config"] == fn_config
     assert functions["hello"]["maxQueued"] == 7
     assert functions["hello"]["workers"][0]["serverKey"] == KEY
-    assert "config" not in functions["local"]   # the main host's own config wins
+    # The main host's own config wins.
+    assert functions["local"]["config"] == {"name": "local"}
     status = json.loads(c.status_body())
     h2 = status["hosts"]["h2"]
     assert (h2["address"], h2["state"]) == ("10.0.0.2", "joined")
