@@ -242,8 +242,10 @@ class Watcher:
             relative = os.path.relpath(path, folder.directory)
             if relative == "." or ignored(relative) or os.path.isdir(path):
                 continue   # a folder's own event: its files' events follow
-            if relative.split(os.sep, 1)[0] in self.outputs_of(folder.name):
-                continue   # setup's results (sora.setup.run records them)
+            if relative.split(os.sep, 1)[0] in self.outputs_of(folder.name) and \
+                    not is_dependency_file(relative):
+                continue   # setup's results (sora.setup.run records them), but a lock file
+                # that the first `npm install` made is the developer's to edit after
             now = digest(path)
             known = self._digests.get(path, "new")
             if now is None and known == "new":

@@ -113,12 +113,16 @@ def test_ignored_folders_and_unchanged_bytes_reload_nothing(folders, tmp_path):
 
 def test_setup_outputs_are_never_a_change(folders, tmp_path):
     (tmp_path / "state/setup").mkdir()
-    (tmp_path / "state/setup/api.json").write_text(json.dumps({"hash": "x",
-                                                               "outputs": ["vendor"]}))
+    (tmp_path / "state/setup/api.json").write_text(json.dumps({
+        "hash": "x", "outputs": ["vendor", "package-lock.json"]}))
     watcher, _ = watcher_for(folders, tmp_path)
     (tmp_path / "api/vendor").mkdir()
     made = edit(tmp_path / "api/vendor/lib.py", "x = 1\n")
     assert watcher.take({(Change.added, made)}, folders) == []
+    # The lock file the first setup made is the developer's to edit afterwards.
+    lock = edit(tmp_path / "api/package-lock.json", '{"lockfileVersion": 3}\n')
+    [found] = watcher.take({(Change.modified, lock)}, folders)
+    assert found.setup == "force"
 
 
 def test_setups_own_writes_start_no_reload_loop(folders, tmp_path):
