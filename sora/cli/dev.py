@@ -10,7 +10,8 @@ one). The host config is written into the state dir, which is:
 It serves plain HTTP on 127.0.0.1 (--bind to change), on --port (default 8080 if free, else
 any free port; 0: any free port), without API keys (every route is open, as befits a
 machine's own loopback), with full error details. Ctrl-C stops it as it stops
-`sora-supervisor start`: in-flight calls finish, then everything exits.
+`sora-supervisor start` (which it runs, in its own place: exec): in-flight calls finish, then
+everything exits.
 """
 from __future__ import annotations
 
@@ -18,16 +19,18 @@ import hashlib
 import os
 import socket
 import stat
+import sys
 import tempfile
 
 import yaml
 
 from ..config import FUNCTION_FILE
-from ..supervisor.watch import IGNORED
 from .host import CliError
 
 DEFAULT_PORT = 8080
 CONFIG_NAME = "dev-host-config.yaml"
+# Subfolders that are no function's own (hidden ones, .sora and .git among them, are skipped too).
+NOT_FUNCTIONS = frozenset({"node_modules", "__pycache__"})
 # The longest state dir path Sora takes (sora.config: its sockets' paths have at most 107
 # bytes; the longest is run/w-<pid>.sock).
 STATE_DIR_MAX = 88
@@ -42,7 +45,7 @@ def function_folders(path: str) -> list[str]:
     except OSError as exc:
         raise CliError(f"dev: cannot read {path} ({exc.strerror})", 2) from None
     return [os.path.join(path, name) for name in names
-            if not name.startswith(".") and name not in IGNORED
+            if not name.startswith(".") and name not in NOT_FUNCTIONS
             and os.path.isfile(os.path.join(path, name, FUNCTION_FILE))]
 
 
@@ -116,5 +119,8 @@ def cmd_dev(args) -> int:
     config = write_host_config(path, folders, state_dir, port, args.bind)
     print(f"sora dev: {len(folders)} function(s) from {path}, watching for changes; "
           f"state in {state_dir}; Ctrl-C stops", flush=True)
-    from ..supervisor.cli import main as supervisor   # the host, in this process
-    return supervisor(["start", "--watch", "--config", config])
+    sys.stdout.flush()
+    # The supervisor takes this process's place (the CLI imports no process's internals):
+    # the same pid, its Ctrl-C and its exit status.
+    os.execv(sys.executable, [sys.executable, "-m", "sora.supervisor.cli", "start", "--watch",
+                              "--config", config])

@@ -37,6 +37,7 @@ from .. import protocol as p
 from ..cluster import keys as cluster_keys
 from ..config import (FUNCTION_FILE, LANGUAGES, ConfigError, load_function_config,
                       load_host_config)
+from .dev import cmd_dev
 from .host import CliError, Host, config_path
 
 INVOKE_PATH = "/2015-03-31/functions/{}/invocations"
@@ -258,11 +259,6 @@ def render_ls(body: dict, wrap_at: int | None, now: float) -> None:
                      "-" if info.get("local") else ago(info.get("lastHeard"), now),
                      shown(served(info.get("functions") or {}))])
     table(rows, ["HOST", "ADDRESS", "STATE", "LAST HEARD", "FUNCTIONS"], wrap_at=wrap_at)
-
-
-def cmd_dev(args) -> int:
-    from .dev import cmd_dev as dev   # imports the supervisor: only for this command
-    return dev(args)
 
 
 def cmd_ls(args) -> int:
