@@ -1,5 +1,12 @@
 """The functions a client process (a gateway, the dispatcher) serves calls for: this host's own
-(its config snapshot) and those only joined hosts serve (their configs, from MEMBERS).
+(its config snapshot at the process's start, then the configs MEMBERS carries for them) and
+those only joined hosts serve (their configs, from MEMBERS).
+
+This host's functions change with a reload (issue 17): the control plane's MEMBERS carries
+every function's config (`local: true` for this host's), so an added function is known, a
+changed one's auth, timeout and event settings apply, and one marked `removed` is not found
+(404), without restarting the gateways or the dispatcher. A local entry without a config is a
+broken function (known, 503).
 
 A function served only by a joined host is known to the main host through the control plane's
 MEMBERS, which carries its config as that host's supervisor read it (its config snapshot entry,
@@ -22,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from .config import FunctionConfig, HostConfig
+from .config import BrokenFunction, FunctionConfig, HostConfig
 from .config_snapshot import function_from_entry
 from .messaging.client import BROKER_SLACK, FIRST_MEMBERS_WAIT
 
@@ -47,6 +54,7 @@ class FunctionTable:
         # Functions only other hosts serve, by the config they sent (kept once seen).
         self.remote: dict[str, FunctionConfig] = {}
         self._entries: dict[str, dict] = {}   # as received, to skip unchanged ones
+        self._local_entries: dict[str, dict] = {}   # this host's, likewise
         self._refused: set[str] = set()       # unreadable configs, logged once each
         self.version = 0                      # changes whenever `remote` does
         self._waits = {name: call_wait(fn) for name, fn in self.local.items()}
@@ -56,8 +64,13 @@ class FunctionTable:
 
     # --- MEMBERS ----------------------------------------------------------------------------
     def update(self, members: dict) -> None:
-        """Take the configs of the functions MEMBERS lists that this host does not have."""
-        for name, spec in members.get("functions", {}).items():
+        """Take this host's functions as MEMBERS lists them (added, changed, removed, broken),
+        and the configs of the functions only other hosts serve."""
+        listed = members.get("functions", {})
+        for name, spec in listed.items():
+            if spec.get("local"):
+                self._update_local(name, spec)
+                continue
             if name in self.local:
                 continue
             entry = spec.get("config")
@@ -81,6 +94,42 @@ class FunctionTable:
             self._entries[name] = entry
             self.remote[name] = fn
             self._waits[name] = call_wait(fn)
+            self.version += 1
+
+        if any(spec.get("local") for spec in listed.values()):
+            # A control plane that lists this host's functions: one it no longer lists is gone.
+            for name in [n for n in self.local if n not in listed]:
+                self._forget_local(name)
+
+    def _update_local(self, name: str, spec: dict) -> None:
+        if spec.get("removed"):
+            self._forget_local(name)
+            self.broken.pop(name, None)
+            return
+        entry = spec.get("config")
+        if not isinstance(entry, dict):
+            if not spec.get("available", True) and name not in self.local:
+                self.broken[name] = BrokenFunction(name, "", spec.get("reason", ""))
+            return
+        if entry == self._local_entries.get(name):
+            return
+        try:
+            fn = function_from_entry({k: v for k, v in entry.items() if k in _FIELDS})
+        except (TypeError, ValueError, KeyError) as exc:
+            log.error("the control plane's config for function %s cannot be used (%s)", name,
+                      exc)
+            return
+        self._local_entries[name] = entry
+        self.broken.pop(name, None)
+        if self.local.get(name) != fn:
+            self.local[name] = fn
+            self._waits[name] = call_wait(fn)
+            self.version += 1
+
+    def _forget_local(self, name: str) -> None:
+        if self.local.pop(name, None) is not None:
+            self._local_entries.pop(name, None)
+            self._waits.pop(name, None)
             self.version += 1
 
     # --- lookups ----------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from .requests import REQUEST_ID_HEADER, read_body, request_id_of
 from ..function_response import BadFunctionResponse, map_result
 from .function_url import build_event
 from .invoke_api import InvokeApiError, InvokeResource, handle_invoke_api_error
+from .reload_api import ReloadResource
 from .records_api import (DeadLetterReplayResource, DeadLetterResource, FunctionListResource,
                           InvocationListResource, InvocationResource, LogsResource, Store)
 
@@ -218,6 +219,7 @@ def create_app(config: HostConfig | None = None,
     app.add_route("/api/functions/{name}/dlq/replay",
                   DeadLetterReplayResource(store, config, table))
     app.add_route("/api/invocations/{request_id}", InvocationResource(store))
+    app.add_route("/api/reload", ReloadResource(config))
     app.add_error_handler(Exception, handle_unexpected)
     app.add_error_handler(falcon.HTTPError, handle_http_error)
     app.add_error_handler(SoraError, handle_sora_error)

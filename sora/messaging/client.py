@@ -103,11 +103,15 @@ def _monitor_event(frames: list[bytes]) -> int:
 
 class _Function:
     """What MEMBERS says of one function, and this client's calls waiting for it."""
-    __slots__ = ("name", "available", "reason", "max_queued", "max_wait", "workers", "waiting")
+    __slots__ = ("name", "available", "removed", "reason", "max_queued", "max_wait", "workers",
+                 "waiting")
 
     def __init__(self, name: str):
         self.name = name
         self.available = True
+        # Removed by a reload: new calls are not found, while its workers (still listed)
+        # answer what they hold.
+        self.removed = False
         self.reason = ""
         self.max_queued = 100
         self.max_wait = 3.0
@@ -380,6 +384,7 @@ class InvocationClient:
             if fn is None:
                 fn = self.functions[name] = _Function(name)
             fn.available = bool(spec.get("available", True))
+            fn.removed = bool(spec.get("removed", False))
             fn.reason = spec.get("reason", "")
             fn.max_queued = int(spec.get("maxQueued", fn.max_queued))
             fn.max_wait = float(spec.get("maxWait", fn.max_wait))
@@ -411,7 +416,10 @@ class InvocationClient:
                     entry = fn.waiting.popleft()
                     self._resolve(entry[0], self._not_found(name))
         for fn in self.functions.values():
-            if not fn.available:
+            if fn.removed:
+                while fn.waiting:
+                    self._resolve(fn.waiting.popleft()[0], self._not_found(fn.name))
+            elif not fn.available:
                 while fn.waiting:
                     self._resolve(fn.waiting.popleft()[0], self._unavailable(fn))
             elif fn.waiting:
@@ -532,7 +540,7 @@ class InvocationClient:
 
     def _route(self, name: str, request_id: bytes, frames: list[bytes], meta: bytes) -> None:
         fn = self.functions.get(name)
-        if fn is None:
+        if fn is None or fn.removed:
             self._resolve(request_id, self._not_found(name))
             return
         if not fn.available:

@@ -428,6 +428,13 @@ class Arbiter(Reloading):
                               "concurrency": fn.concurrency, "memory": fn.memory,
                               "available": worker.state is not State.FATAL,
                               "reason": worker.reason, "config": self.configs[fn.name]}
+        for name, switch in self.switches.items():
+            if name not in table:   # a reload's new function: its workers announce it
+                fn = switch.fn
+                table[name] = {"maxQueued": fn.maxQueued, "maxWait": fn.timeout,
+                               "concurrency": fn.concurrency, "memory": fn.memory,
+                               "available": True, "reason": "starting (reload)",
+                               "config": dataclasses.asdict(fn)}
         for name in self.removing:   # listed while its workers finish what they hold
             fn = self._removed_configs.get(name)
             if fn is not None and name not in table:

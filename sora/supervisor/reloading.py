@@ -180,6 +180,10 @@ class Reloading:
             self._answer(report, done)
 
     def _answer(self, report: dict, done: Callable[[dict], None] | None) -> None:
+        # The clients' view first: once the answer is out, an added function is called, a
+        # removed one is not found, and a replaced one's new generation takes the calls.
+        if self.plane is not None:
+            self.publish()
         failed = {n: f for n, f in report["functions"].items() if f["action"] == FAILED}
         changed = {n: f["action"] for n, f in report["functions"].items()
                    if f["action"] != UNCHANGED}
