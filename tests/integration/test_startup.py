@@ -2,7 +2,7 @@
 
 A taken port ends the start at once, naming the port and its holder; "Sora is serving" comes
 when the listeners answer, then each function's way to ready; a duplicate name is listed as
-broken; SIGHUP is refused aloud; expected orphans are reaped quietly; `sora logs` tells calls
+broken; SIGHUP reloads (nothing changed); expected orphans are reaped quietly; `sora logs` tells calls
 apart; `sora ls` never cuts a reason; any status a function returns has its reason phrase.
 """
 from __future__ import annotations
@@ -115,10 +115,10 @@ def test_progress_duplicates_sighup_and_quiet_reaping(tmp_path):
         wide = sora("ls", "--wide", "--host", host.url, env={"COLUMNS": "80"})
         assert any(duplicate["reason"] in line for line in wide.stdout.splitlines())
 
-        # SIGHUP: told it is ignored, and the host goes on serving.
+        # SIGHUP: a reload (issue 17); nothing changed, and the host goes on serving.
         host.proc.send_signal(signal.SIGHUP)
-        wait_for(lambda: "SIGHUP received and ignored" in host.log(whole=True), timeout=10,
-                 what="the SIGHUP line")
+        wait_for(lambda: "reload done: nothing changed" in host.log(whole=True), timeout=10,
+                 what="the reload's line")
         assert host.proc.poll() is None
         assert host.invoke("hello").status_code == 200
 
