@@ -141,3 +141,31 @@ def test_sora_dev_serves_a_folder_and_picks_up_an_edit(tmp_path):
         time.sleep(0.1)
     else:
         raise AssertionError("sora dev's port still answers after it stopped")
+
+
+def test_setup_rewriting_its_lock_file_starts_no_reload_loop(tmp_path):
+    """A setup that rewrites package-lock.json (as npm install does) and makes a folder of its
+    own: one edit of package.json, one setup, one switch, and nothing after."""
+    fns = tmp_path / "fns"
+    fn = write_function(fns, "locked", {"index.js": answering("l1"),
+                                        "package.json": '{"name": "locked"}\n',
+                                        "package-lock.json": '{"lockfileVersion": 3}\n'},
+                        name="locked", auth="none",
+                        setup=["echo setup-ran; date +%s%N > package-lock.json; "
+                               "mkdir -p vendor && date +%s%N > vendor/made.txt"])
+    host = SoraHost(tmp_path, [fn], https=False, options=["--watch"])
+    host.start()
+    try:
+        setup_log = host.base / "state/setup/locked.log"
+        save(fn / "package.json", '{"name": "locked", "version": "2.0.0"}\n')
+        wait_for(lambda: "watch: locked replaced" in host.log(whole=True), LIVE_WITHIN, 0.1,
+                 "the switch")
+        # A code edit after it: once it is live, every event before it has been seen.
+        save(fn / "index.js", answering("l2"))
+        wait_for(lambda: version_of(host.url, "locked") == "l2", LIVE_WITHIN, 0.05, "the edit")
+        assert setup_log.read_text().count("$ echo setup-ran") == 2
+        lines = reload_lines(host, "locked")
+        assert len(lines) == 2 and "package.json" in lines[0] and "(code only)" in lines[1], \
+            lines
+    finally:
+        assert host.stop() == 0
