@@ -36,7 +36,8 @@ from typing import Callable
 
 import yaml
 
-from ..config import FUNCTION_FILE, HostConfig
+from ..config import FUNCTION_FILE, FunctionConfig, HostConfig
+from ..isolation.uids import sandbox_uid
 
 log = logging.getLogger("sora.supervisor.watch")
 
@@ -60,11 +61,14 @@ DIGEST_MAX_BYTES = 4 << 20
 
 @dataclass(frozen=True)
 class Folder:
-    """A watched function folder: the function's name, its folder, and whether it is broken
-    (its sora.yaml could not be loaded)."""
+    """A watched function folder: the function's name, its folder, whether it is broken (its
+    sora.yaml could not be loaded), and the uid the function itself writes its folder as, when
+    that tells its writes from the developer's (`writableFolder`, Sora running as root: the
+    function's own uid)."""
     name: str
     directory: str
     broken: bool = False
+    writer_uid: int | None = None
 
 
 @dataclass
@@ -84,8 +88,18 @@ class Reload:
 
 
 def folders_of(config: HostConfig) -> list[Folder]:
-    return [*(Folder(fn.name, fn.directory) for fn in config.functions),
+    return [*(Folder(fn.name, fn.directory, writer_uid=writer_uid(fn))
+              for fn in config.functions),
             *(Folder(b.name, b.directory, broken=True) for b in config.broken)]
+
+
+def writer_uid(fn: FunctionConfig) -> int | None:
+    """The uid a function with `writableFolder` writes its folder as, if it is not the
+    developer's: its sandbox's own when Sora runs as root (setup's results are synced back
+    owned by the folder's owner)."""
+    if not (fn.writableFolder and fn.sandboxed and os.geteuid() == 0):
+        return None
+    return sandbox_uid(fn)
 
 
 def folder_of(path: str, folders: list[Folder]) -> Folder | None:
@@ -127,6 +141,13 @@ def declared_setup(directory: str):
     except (OSError, yaml.YAMLError):
         return None
     return data.get("setup") if isinstance(data, dict) else None
+
+
+def owner(path: str) -> int | None:
+    try:
+        return os.lstat(path).st_uid
+    except OSError:
+        return None
 
 
 def digest(path: str) -> str | None:
@@ -242,6 +263,8 @@ class Watcher:
             relative = os.path.relpath(path, folder.directory)
             if relative == "." or ignored(relative) or os.path.isdir(path):
                 continue   # a folder's own event: its files' events follow
+            if folder.writer_uid is not None and owner(path) == folder.writer_uid:
+                continue   # the function's own write (writableFolder), not a code change
             if relative.split(os.sep, 1)[0] in self.outputs_of(folder.name) and \
                     not is_dependency_file(relative):
                 continue   # setup's results (sora.setup.run records them), but a lock file

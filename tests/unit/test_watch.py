@@ -224,3 +224,15 @@ def test_a_temp_file_made_and_gone_in_the_batch_is_no_change(folders, tmp_path):
     [found] = watcher.take({(Change.added, gone), (Change.deleted, gone),
                             (Change.added, code)}, folders)
     assert found.paths == ["index.js"]
+
+
+def test_a_writable_folders_own_writes_are_no_change(folders, tmp_path):
+    """With writableFolder, as root, what the function writes is owned by its own uid."""
+    me = os.getuid()
+    folders = [Folder(f.name, f.directory, writer_uid=me if f.name == "api" else None)
+               for f in folders]
+    watcher, _ = watcher_for(folders, tmp_path)
+    written = edit(tmp_path / "api/cache.json", "{}\n")
+    assert watcher.take({(Change.added, written)}, folders) == []
+    other = edit(tmp_path / "worker/cache.json", "{}\n")
+    assert [r.function for r in watcher.take({(Change.added, other)}, folders)] == ["worker"]
