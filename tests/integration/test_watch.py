@@ -4,6 +4,7 @@ and ignore node_modules."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -124,7 +125,7 @@ def test_sora_dev_serves_a_folder_and_picks_up_an_edit(tmp_path):
         assert (fns / ".sora" / "dev-host-config.yaml").is_file()
         save(fns / "hello" / "index.js", answering("dev-2"))
         wait_for(lambda: version_of(url, "hello") == "dev-2", LIVE_WITHIN, 0.05, "the edit")
-        proc.send_signal(signal.SIGINT)   # Ctrl-C
+        os.killpg(proc.pid, signal.SIGINT)   # a terminal's Ctrl-C: the foreground group
         assert proc.wait(40) == 0, log_path.read_text()[-3000:]
     finally:
         if proc.poll() is None:
