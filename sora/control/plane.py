@@ -256,7 +256,11 @@ class ControlPlane(threading.Thread):
         states = self.status_snapshot.get("functions", {})
         out = {}
         for name, fe in self.functions.items():
-            out[name] = {"available": fe.available, "reason": fe.reason,
+            # A function a reload removed here: the main host's clients send it nothing new
+            # (503 there) while its workers finish what they hold.
+            out[name] = {"available": fe.available and not fe.removed,
+                         "reason": f"removed from host {self.host}" if fe.removed
+                         else fe.reason,
                          "maxQueued": fe.max_queued, "maxWait": fe.max_wait,
                          "state": states.get(name, {}).get("state"),
                          "instances": sum(w.instances for w in fe.workers),

@@ -268,6 +268,8 @@ class Arbiter(Reloading):
         # runtime pool was starting while they were listed is known by the time pids() returns.
         known = {c.proc.pid for c in self.all_children() if c.proc is not None}
         known |= {s.proc.pid for s in self.setups.values() if s.proc is not None}
+        known |= {s.setup.proc.pid for s in self.switches.values()   # a reload's setups
+                  if s.setup is not None and s.setup.proc is not None}
         if self.runtime_pool is not None:
             known |= self.runtime_pool.pids()  # the pool reaps its own
         for proc in children:
@@ -667,8 +669,8 @@ class Arbiter(Reloading):
         last_sweep = now
         try:
             while True:
-                busy = self.setups or any(c.state is State.STARTING
-                                          for c in self.all_children())
+                busy = self.setups or self.switches or any(c.state is State.STARTING
+                                                           for c in self.all_children())
                 self.sleep(0.1 if busy or self.stopping else 1.0)
                 self.handle_signals()
                 if self.watcher is not None and not self.stopping:

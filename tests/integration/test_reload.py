@@ -251,6 +251,35 @@ def test_a_broken_change_keeps_the_previous_code_serving_and_is_reported(host, b
     assert host.function_state("fails")["reload"]["state"] == "done"
 
 
+def test_the_previous_code_serves_while_a_long_setup_runs(host):
+    folder = host.base / "fns" / "fails"
+    spec = (folder / "sora.yaml").read_text()
+    before = host.invoke("fails").json()["version"]
+    (folder / "sora.yaml").write_text(spec + "setup: ['sleep 4']\n")
+    set_version(folder, "after-setup")
+    answer: list = []
+    reloading = threading.Thread(target=lambda: answer.append(reload_cli(host, "--function",
+                                                                         "fails")))
+    reloading.start()
+    try:
+        wait_for(lambda: host.function_state("fails").get("reload", {}).get("state") ==
+                 "switching", timeout=10, what="the switch to start")
+        # The setup runs for seconds (the supervisor's orphan sweep must leave it alone);
+        # the previous generation answers meanwhile.
+        for _ in range(5):
+            assert host.invoke("fails").json() == {"version": before}
+            time.sleep(0.5)
+        reloading.join(60)
+        status, report = answer[0]
+        assert status == 0 and report["functions"]["fails"] == {"action": "replaced"}, report
+        assert host.invoke("fails").json() == {"version": "after-setup"}
+        assert "setup command 'sleep 4'" not in host.log(whole=True)
+    finally:
+        reloading.join(60)
+        (folder / "sora.yaml").write_text(spec)
+        assert reload_cli(host, "--function", "fails")[0] == 0
+
+
 def test_reload_arguments_are_checked(host):
     r = host.session.post(f"{host.url}/api/reload", data=b'{"setup": "sometimes"}', timeout=30)
     assert r.status_code == 400 and json_of(r)["errorType"] == "InvalidParameterValueException"
