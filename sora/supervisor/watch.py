@@ -2,8 +2,9 @@
 
 One thread watches every function folder with watchfiles (inotify, changes batched until none
 came for STEP_MS, at most DEBOUNCE_MS). It maps each change to the function whose folder holds
-it, drops what is no change of the function's own (the IGNORED folders, editors' temporary
-files, what setup wrote, a write that left a file's bytes as they were), classifies the rest
+it, drops what is no change of the function's own (the IGNORED folders, editors' swap and
+temp files, what setup wrote, what a `writableFolder` function wrote as its own uid, a write
+that left a file's bytes as they were), classifies the rest
 and queues one `Reload` per function, then wakes the arbiter. The thread never touches the
 arbiter: the arbiter loop takes the queue (`hand_over`) and starts each reload itself, through
 `Arbiter.reload(only={name}, setup=..., done=...)`, at most one per function at a time; what
