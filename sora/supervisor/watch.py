@@ -340,7 +340,10 @@ class Watcher:
                 self._waiting[wanted.function].merge(wanted)
             else:
                 self._waiting[wanted.function] = wanted
-        for name in [n for n in self._waiting if n not in self._in_flight]:
+        # A function whose setup runs now (the host's first, or a reload's not started here)
+        # waits for it: a code-only reload would start without what it installs.
+        for name in [n for n in self._waiting
+                     if n not in self._in_flight and n not in (setting_up or {})]:
             self._begin(self._waiting.pop(name), reload)
 
     def _note_setups(self, setting_up: dict[str, set[str]]) -> None:
@@ -355,6 +358,11 @@ class Watcher:
 
     def _begin(self, wanted: Reload, reload: Callable[..., None]) -> None:
         name = wanted.function
+        if wanted.setup == "skip" and self._setups.get(name) and \
+                not os.path.exists(os.path.join(self.state_dir, "setup", f"{name}.json")):
+            # Its setup never succeeded (it failed, or was cut short): a code change does not
+            # make what it installs appear, so setup runs (if the folder changed since).
+            wanted.setup = "auto"
         began = time.monotonic()
         self._in_flight[name] = began
         if wanted.setup != "skip":

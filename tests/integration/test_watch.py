@@ -170,3 +170,24 @@ def test_setup_rewriting_its_lock_file_starts_no_reload_loop(tmp_path):
             lines
     finally:
         assert host.stop() == 0
+
+
+def test_an_edit_during_the_first_setup_goes_live_after_it(tmp_path):
+    """An edit while the host's first setup (a slow npm install) runs waits for it: then the
+    new code serves, with what setup installed, and setup ran once."""
+    fns = tmp_path / "fns"
+    slow = write_function(fns, "slow", {"index.js": answering("s1")}, name="slow", auth="none",
+                          setup=["sleep 3; echo installed > dep.txt"])
+    quick = write_function(fns, "quick", {"index.js": answering("q")}, name="quick",
+                           auth="none")
+    host = SoraHost(tmp_path, [slow, quick], https=False, options=["--watch"])
+    host.start(wait_functions=["quick"])
+    try:
+        assert host.function_state("slow")["state"] == "SETUP"
+        save(slow / "index.js", answering("s2").replace(
+            "async () =>", "async () => require('fs').readFileSync(__dirname + '/dep.txt') &&"))
+        wait_for(lambda: version_of(host.url, "slow") == "s2", LIVE_WITHIN + 5, 0.05,
+                 "the edit, after setup")
+        assert (host.base / "state/setup/slow.log").read_text().count("$ sleep 3") == 1
+    finally:
+        assert host.stop() == 0

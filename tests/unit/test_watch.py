@@ -24,7 +24,10 @@ def folders(tmp_path):
         (directory / "package.json").write_text('{"name": "x"}\n')
         (directory / "sora.yaml").write_text("language: nodejs\nsetup: npm install\n")
         made.append(Folder(name, str(directory)))
-    (tmp_path / "state").mkdir()
+    # Their setups succeeded (sora.setup.run's record), as on a host that serves them.
+    (tmp_path / "state/setup").mkdir(parents=True)
+    for folder in made:
+        (tmp_path / f"state/setup/{folder.name}.json").write_text('{"hash": "x", "outputs": []}')
     return made
 
 
@@ -112,7 +115,6 @@ def test_ignored_folders_and_unchanged_bytes_reload_nothing(folders, tmp_path):
 
 
 def test_setup_outputs_are_never_a_change(folders, tmp_path):
-    (tmp_path / "state/setup").mkdir()
     (tmp_path / "state/setup/api.json").write_text(json.dumps({
         "hash": "x", "outputs": ["vendor", "package-lock.json"]}))
     watcher, _ = watcher_for(folders, tmp_path)
@@ -236,3 +238,26 @@ def test_a_writable_folders_own_writes_are_no_change(folders, tmp_path):
     assert watcher.take({(Change.added, written)}, folders) == []
     other = edit(tmp_path / "worker/cache.json", "{}\n")
     assert [r.function for r in watcher.take({(Change.added, other)}, folders)] == ["worker"]
+
+
+def test_a_change_waits_for_a_running_setup(folders, tmp_path):
+    """An edit during the host's first `npm install` reloads once it is over: a code-only
+    reload begun before would start without what it installs."""
+    (tmp_path / "state/setup/api.json").unlink()   # the first setup runs
+    watcher, _ = watcher_for(folders, tmp_path)
+    calls = []
+    watcher.take({(Change.modified, edit(tmp_path / "api/index.js", "// edit\n"))}, folders)
+    watcher.hand_over(lambda **kw: calls.append(kw), {"api": {"index.js"}})
+    assert calls == []
+    (tmp_path / "state/setup/api.json").write_text('{"hash": "x", "outputs": []}')
+    watcher.hand_over(lambda **kw: calls.append(kw), {})
+    assert [(c["only"], c["setup"]) for c in calls] == [({"api"}, "skip")]
+
+
+def test_a_code_change_runs_setup_when_it_never_succeeded(folders, tmp_path):
+    (tmp_path / "state/setup/api.json").unlink()   # its setup failed: no record
+    watcher, _ = watcher_for(folders, tmp_path)
+    calls = []
+    watcher.take({(Change.modified, edit(tmp_path / "api/index.js", "// edit\n"))}, folders)
+    watcher.hand_over(lambda **kw: calls.append(kw))
+    assert calls[0]["setup"] == "auto"
