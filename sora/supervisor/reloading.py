@@ -60,7 +60,8 @@ class Switch:
     adding: bool                      # a new function (no previous generation)
     workers: list[Supervised]
     setup: SetupRun | None = None
-    fingerprint: str = ""
+    planned: str = ""        # the folder's fingerprint when the switch began
+    fingerprint: str = ""    # after its setup: what later reloads compare with
     started: float = field(default_factory=time.time)
 
 
@@ -146,13 +147,16 @@ class Reloading:
             for name in sorted(only - plans.keys()):
                 report["functions"][name] = {"action": FAILED, "reason": (
                     f"{self.config.path}: no function named {name!r} in functionPaths")}
-        waiting: set[str] = set()
+        # Every switch is waited for before any starts: one may fail at once (its setup
+        # cannot start), which must not answer the reload before the others are under way.
+        pending = PendingReload(report, set(), done)
+        starts = []
         new_broken = {b.name: b for b in new.broken}
         for name, item in plans.items():
             if item.action in (plan.ADD, plan.SWITCH):
-                self.begin_switch(item.config, setup, adding=item.action == plan.ADD,
-                                  why=item.reason)
-                waiting.add(name)
+                pending.waiting.add(name)
+                if not self.joins_switch(item.config, setup):   # else: that one does this
+                    starts.append(item)
             elif item.action == plan.REMOVE:
                 self.remove_function(name)
                 report["functions"][name] = {"action": REMOVED}
@@ -172,12 +176,17 @@ class Reloading:
             keep = {b.name for b in new.broken} | {fn.name for fn in new.functions}
             self.config = dataclasses.replace(
                 self.config, broken=[b for b in self.config.broken if b.name in keep])
+        if not pending.waiting:
+            self.write_snapshot()
+            return self._answer(report, done)
+        for item in starts:   # before this reload waits: their reloads are told, not it
+            if item.config.name in self.switches:
+                self.cancel_switch(item.config.name, "superseded by a later reload")
+        self.reloads.append(pending)
+        for item in starts:
+            self.begin_switch(item.config, setup, adding=item.action == plan.ADD,
+                              why=item.reason)
         self.write_snapshot()
-        pending = PendingReload(report, waiting, done)
-        if waiting:
-            self.reloads.append(pending)
-        else:
-            self._answer(report, done)
 
     def _answer(self, report: dict, done: Callable[[dict], None] | None) -> None:
         # The clients' view first: once the answer is out, an added function is called, a
@@ -245,6 +254,13 @@ class Reloading:
                     pass
 
     # --- generations ----------------------------------------------------------------------------
+    def joins_switch(self, fn: FunctionConfig, setup: str) -> bool:
+        """Whether the switch under way for `fn` (if any) is for this very config and folder:
+        then a second reload waits for it rather than starting it over."""
+        switch = self.switches.get(fn.name)
+        return switch is not None and setup != "force" and switch.fn == fn and \
+            switch.planned == plan.fingerprint(fn.directory)
+
     def begin_switch(self, fn: FunctionConfig, setup: str, adding: bool, why: str) -> None:
         name = fn.name
         if name in self.switches:
@@ -263,7 +279,8 @@ class Reloading:
                                 state=State.SETUP)
             worker.generation = generation
             workers.append(worker)
-        switch = self.switches[name] = Switch(fn, generation, adding, workers)
+        switch = self.switches[name] = Switch(fn, generation, adding, workers,
+                                              planned=plan.fingerprint(fn.directory))
         log.info("reload: function %s %s (%s): starting generation %d", name,
                  "added" if adding else "changed", why, generation)
         self.reload_states[name] = {"state": "starting", "generation": generation,
@@ -299,7 +316,9 @@ class Reloading:
                 continue
             fatal = next((w for w in switch.workers if w.state is State.FATAL), None)
             if fatal is not None:
-                self.fail_switch(name, fatal.reason)
+                # A new generation gets no second try (start_retries=1): "; gave up after 1
+                # failures in a row" would only be noise in the reason.
+                self.fail_switch(name, fatal.reason.split("; gave up after ")[0])
             elif all(w.state is State.RUNNING for w in switch.workers):
                 self.promote(name)
 

@@ -269,6 +269,7 @@ def test_the_previous_code_serves_while_a_long_setup_runs(host):
     folder = host.base / "fns" / "fails"
     spec = (folder / "sora.yaml").read_text()
     before = host.invoke("fails").json()["version"]
+    log_from = len(host.log(whole=True))
     (folder / "sora.yaml").write_text(spec + "setup: ['sleep 4']\n")
     set_version(folder, "after-setup")
     answer: list = []
@@ -280,12 +281,17 @@ def test_the_previous_code_serves_while_a_long_setup_runs(host):
                  "switching", timeout=10, what="the switch to start")
         # The setup runs for seconds (the supervisor's orphan sweep must leave it alone);
         # the previous generation answers meanwhile.
-        for _ in range(5):
+        for _ in range(3):
             assert host.invoke("fails").json() == {"version": before}
             time.sleep(0.5)
+        # A second reload while the switch runs, with nothing changed since it began, waits
+        # for that switch rather than starting it over.
+        status, second = reload_cli(host, "--function", "fails")
+        assert status == 0 and second["functions"]["fails"] == {"action": "replaced"}, second
         reloading.join(60)
         status, report = answer[0]
         assert status == 0 and report["functions"]["fails"] == {"action": "replaced"}, report
+        assert host.log(whole=True)[log_from:].count("reload: function fails changed") == 1
         assert host.invoke("fails").json() == {"version": "after-setup"}
         assert "setup command 'sleep 4'" not in host.log(whole=True)
     finally:
@@ -303,6 +309,32 @@ def test_a_function_fatal_since_the_start_is_mended_by_a_reload(host):
     assert status == 0 and report["functions"]["mend"] == {"action": "replaced"}, report
     assert host.function_state("mend")["state"] == "RUNNING"
     assert host.invoke("mend").json() == {"mended": True}
+
+
+def test_a_later_change_supersedes_a_switch_under_way(host):
+    folder = host.base / "fns" / "fails"
+    spec = (folder / "sora.yaml").read_text()
+    (folder / "sora.yaml").write_text(spec + "setup: ['sleep 3']\n")
+    set_version(folder, "first")
+    answer: list = []
+    reloading = threading.Thread(target=lambda: answer.append(reload_cli(host, "--function",
+                                                                         "fails")))
+    reloading.start()
+    try:
+        wait_for(lambda: host.function_state("fails").get("reload", {}).get("state") ==
+                 "switching", timeout=10, what="the switch to start")
+        set_version(folder, "second")
+        status, report = reload_cli(host, "--function", "fails")
+        assert status == 0 and report["functions"]["fails"] == {"action": "replaced"}, report
+        reloading.join(60)
+        status, first = answer[0]
+        assert status == 1 and first["functions"]["fails"] == {
+            "action": "failed", "reason": "superseded by a later reload"}, first
+        assert host.invoke("fails").json() == {"version": "second"}
+    finally:
+        reloading.join(60)
+        (folder / "sora.yaml").write_text(spec)
+        assert reload_cli(host, "--function", "fails")[0] == 0
 
 
 def test_reload_arguments_are_checked(host):
