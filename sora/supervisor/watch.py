@@ -237,9 +237,9 @@ class Watcher:
                                               stop_event=self._restart, raise_interrupt=False,
                                               rust_timeout=1000, ignore_permission_denied=True):
                     self.take(batch, folders)
-            except Exception:   # noqa: BLE001 - the host serves on; only watching stops
-                log.exception("watch mode stopped watching after an error")
-                return
+            except Exception:   # noqa: BLE001 - the host serves on; watching starts again
+                log.exception("watch mode: watching failed; starting again in 1 s")
+                self._restart.wait(1.0)
 
     def _remember(self, folder: Folder) -> None:
         """Note every file's digest and the declared setup, so a write that changes nothing
