@@ -10,7 +10,7 @@ CERT := examples/certs/cert.pem
 API_KEY := examples/certs/api-key
 JS_SDK := tests/sdk/node_modules/.installed-stamp
 
-.PHONY: run test bench bench-floor bench-runtimes bench-events bench-scaling bench-hosts check system-deps clean
+.PHONY: run test bench bench-floor bench-runtimes bench-events bench-scaling bench-hosts bench-reload check system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -110,6 +110,11 @@ bench-scaling: system-deps $(STAMP)
 # Throughput of a sleeping function on 1, 2 and 3 hosts (network namespaces: needs root).
 bench-hosts: system-deps $(STAMP)
 	$(BIN)/python bench/hosts.py
+
+# Watch mode: a saved file to the first answer of the new code (p50/p95 over 20 edits), and
+# calls per second while a function switches to new code under load.
+bench-reload: system-deps $(STAMP)
+	$(BIN)/python bench/reload.py
 
 clean:
 	rm -rf $(VENV) examples/.sora examples/certs examples/*/node_modules examples/*/.venv \

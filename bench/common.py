@@ -110,9 +110,11 @@ def start_node(port: int) -> subprocess.Popen:
 
 
 def start_host(tmp: Path, port: int, gateway_workers: int,
-               function_dirs: list[Path], python: str = sys.executable) -> subprocess.Popen:
+               function_dirs: list[Path], python: str = sys.executable,
+               options: list[str] | None = None) -> subprocess.Popen:
     """A Sora host serving the given function folders on a free port; `python` may be another
-    revision's interpreter (`export_revision`)."""
+    revision's interpreter (`export_revision`); `options` go to `sora-supervisor start`
+    (`--watch`)."""
     config = tmp / "host-config.yaml"
     config.write_text(json.dumps({
         "functionPaths": [str(d) for d in function_dirs],
@@ -122,7 +124,7 @@ def start_host(tmp: Path, port: int, gateway_workers: int,
     # Started in `tmp`: `python -m` puts the working directory first on sys.path, so started
     # in this checkout every revision's host would run this checkout's `sora`.
     return subprocess.Popen([python, "-m", "sora.supervisor.cli", "start", "--config",
-                             str(config)], stdout=log, stderr=subprocess.STDOUT,
+                             str(config), *(options or [])], stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True, cwd=tmp)
 
 

@@ -106,7 +106,8 @@ class SoraHost:
                  server: dict | None = None, env: dict | None = None,
                  extra: dict | None = None, api_key: str | None = None,
                  fresh_connections: bool = False, prefix: list[str] | None = None,
-                 address: str = "127.0.0.1", command: str = "start"):
+                 address: str = "127.0.0.1", command: str = "start",
+                 options: list[str] | None = None):
         self.base = base
         # A host in a network namespace (tests/netns.py) runs its supervisor under `prefix`
         # (nsenter ...), binds its gateway to `address` and is reached there; `command` is
@@ -114,6 +115,7 @@ class SoraHost:
         self.prefix = list(prefix or [])
         self.address = address
         self.command = command
+        self.options = list(options or [])   # after --config PATH, e.g. ["--watch"]
         self.fresh_connections = fresh_connections
         self.function_dirs = list(function_dirs)
         self.http_port = free_port()
@@ -166,7 +168,7 @@ class SoraHost:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [*self.prefix, sys.executable, "-m", "sora.supervisor.cli", self.command, "--config",
-             str(self.config_path)], stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
+             str(self.config_path), *self.options], stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
             start_new_session=True)
         try:
             if ready is None:

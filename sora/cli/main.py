@@ -2,6 +2,8 @@
 
     sora init NAME --language nodejs|python     a new function folder
     sora validate [PATH]                        a host config or a function folder
+    sora dev [PATH] [--port N]                  serve the functions under PATH, reloading
+                                                each one as its files change
     sora ls [--wide]                            functions, their state, instances, events;
                                                 on a cluster, each host and what it serves
     sora invoke NAME [--data JSON|@FILE|-] [--async] [--log]
@@ -37,6 +39,7 @@ from .. import protocol as p
 from ..cluster import keys as cluster_keys
 from ..config import (FUNCTION_FILE, LANGUAGES, ConfigError, load_function_config,
                       load_host_config)
+from .dev import cmd_dev
 from .host import CliError, Host, config_path
 from .manage import add_commands
 from .output import emit_json, shown, table, terminal_width
@@ -512,6 +515,20 @@ def parser() -> argparse.ArgumentParser:
                      "(default: the host config, else .)")
     cmd.add_argument("--no-load", action="store_true", help="check the config only: do not "
                      "load each function's module (in its sandbox) to find load errors")
+    cmd = command("dev", cmd_dev, "serve the function folders under PATH (PATH itself, or "
+                  "its subfolders that hold a sora.yaml) in the foreground, with watch mode: "
+                  "a saved file reloads its function. The host config and state go in "
+                  "PATH/.sora, or, when PATH is itself a function folder, in "
+                  "~/.cache/sora/dev/NAME-HASH ($XDG_CACHE_HOME); plain HTTP on 127.0.0.1 "
+                  "without API keys. Ctrl-C stops it")
+    cmd.add_argument("path", nargs="?", help="a function folder or a folder of them "
+                     "(default .)")
+    cmd.add_argument("--port", "-p", type=int, help="HTTP port (default 8080 if free, else "
+                     "any free port; 0: any free port)")
+    cmd.add_argument("--bind", default="127.0.0.1", help="address to listen on "
+                     "(default 127.0.0.1)")
+    cmd.add_argument("--state-dir", help="where the host config and state go (default: "
+                     "see above)")
     cmd = command("ls", cmd_ls, "list functions: state, instances, queued and dead events; "
                   "on a cluster, the hosts")
     cmd.add_argument("--wide", action="store_true",

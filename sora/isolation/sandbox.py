@@ -317,7 +317,7 @@ def confined(argv: list[str], paths: list[str]) -> list[str]:
 
 
 def folder_sync(source: str, dest: str, uid: int, gid: int,
-                exclude: str | None = None) -> list[str]:
+                exclude: str | None = None, keep_newer: bool = False) -> list[str]:
     """rsync of `source`'s content into `dest` (what `source` lacks is deleted), owned by
     uid:gid, confined to the two folders. `--archive` copies links as links and chowns
     them with lchown, replaces a link in `dest` rather than write through it, and never
@@ -327,8 +327,11 @@ def folder_sync(source: str, dest: str, uid: int, gid: int,
     would come back owned by the folder's owner (root) and set-uid; or leave a folder anyone
     could write. `--sparse`: a sparse file setup made (terabytes that take no disk) is written
     sparse, not in full. `exclude` (a name at the top) is neither written nor deleted in
-    `dest`."""
+    `dest`. `keep_newer` (`--update`): a file of `dest` newer than `source`'s is left as it is
+    (the developer saved it while setup ran on the copy: watch mode); links and a file of
+    another type are replaced whatever their times."""
     skip = [f"--exclude=/{exclude}"] if exclude else []
+    skip += ["--update"] if keep_newer else []
     return confined(["rsync", "--archive", "--delete", "--numeric-ids", "--no-devices",
                      "--no-specials", "--sparse", "--chmod=ugo-s,go-w", *skip,
                      f"--chown={uid}:{gid}", f"{source}/", f"{dest}/"],

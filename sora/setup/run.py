@@ -191,7 +191,9 @@ class SetupRun:
                 # Never sora.yaml: an excluded file is neither written nor deleted by rsync.
                 ("(sora) sync what setup made back into the folder",
                  sandbox.folder_sync(self.copy_path, fn.directory, owner.st_uid,
-                                     owner.st_gid, exclude=FUNCTION_FILE))]
+                                     owner.st_gid, exclude=FUNCTION_FILE,
+                                     # An edit saved while setup ran is not reverted.
+                                     keep_newer=True))]
 
     def _next_command(self) -> None:
         self.index += 1

@@ -53,6 +53,7 @@ from .child import Launch, State, Supervised, describe_exit
 from .progress import FunctionProgress, StartupProgress
 from .reload_plan import fingerprint
 from .reloading import Reloading, function_of
+from .watch import Watcher, folders_of
 from ..runtimes.pool import RuntimePool
 from ..setup.run import SetupRun
 from ..versions.qualifier import data_key, split_key
@@ -74,7 +75,7 @@ class StateDirBusy(Exception):
 
 
 class Arbiter(Reloading):
-    def __init__(self, config: HostConfig, joining: bool = False):
+    def __init__(self, config: HostConfig, joining: bool = False, watch: bool = False):
         self.config = config
         # The operator's secrets are no sandbox's to read, wherever they lie (sandbox.hide).
         sandbox.hide([config.path, config.server.sslKeyPath, config.cluster.keys])
@@ -113,6 +114,9 @@ class Arbiter(Reloading):
         # Published versions: their workers (on demand), publishing and pruning.
         self.versions = Versions(self)
         self.admin_ops["publish"] = self.versions.publish
+        # Watch mode (`start --watch`, `sora dev`): a saved file reloads its function (watch.py).
+        self.watch = watch
+        self.watcher: Watcher | None = None
 
     # --- signals: handlers only queue -----------------------------------------------------------
     def _on_signal(self, signum, _frame) -> None:
@@ -670,6 +674,9 @@ class Arbiter(Reloading):
         now = time.monotonic()
         self.progress = StartupProgress([fn.name for fn in self.config.functions], now)
         self.start_functions()
+        if self.watch:   # after the first setups began: their writes are no developer's
+            self.watcher = Watcher(folders_of(self.config), self.state_dir, self.wakeup)
+            self.watcher.start()
         # The control plane learns the functions before the dispatcher subscribes.
         self.publish()
         for service in self.services():
@@ -685,6 +692,8 @@ class Arbiter(Reloading):
                     c.state is State.STARTING for c in self.all_children())
                 self.sleep(0.1 if busy or self.stopping else 1.0)
                 self.handle_signals()
+                if self.watcher is not None and not self.stopping:
+                    self.hand_over_changes()
                 now = time.monotonic()
                 if self.joined_hosts is not None:
                     self.joined_hosts.forward(self.plane.control)
@@ -703,6 +712,15 @@ class Arbiter(Reloading):
             self.shutdown()
         return self.exit_code
 
+    def hand_over_changes(self) -> None:
+        """Reload what the watcher saw change (the watcher's thread only queues; here the loop
+        acts), telling it which setups run now and which folders to watch."""
+        running = [*self.setups.items(),
+                   *((name, s.setup) for name, s in self.switches.items() if s.setup)]
+        self.watcher.hand_over(self.reload, {name: run.before for name, run in running
+                                             if run.outcome is None})
+        self.watcher.set_folders(folders_of(self.config))
+
     def sleep(self, timeout: float) -> None:
         try:
             ready, _, _ = select.select([self._wake_r], [], [], timeout)
@@ -716,6 +734,8 @@ class Arbiter(Reloading):
                 pass
 
     def shutdown(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
         for child in self.all_children():
             child.signal(signal.SIGKILL)
             if child.proc is not None and child.proc.returncode is None:

@@ -73,7 +73,7 @@ def start(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_CONFIG_ERROR
     try:
-        return Arbiter(config, joining=joining).run()
+        return Arbiter(config, joining=joining, watch=getattr(args, "watch", False)).run()
     except (StateDirBusy, ListenerUnavailable) as exc:
         print(f"sora: {exc}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
@@ -119,6 +119,12 @@ def main(argv: list[str] | None = None) -> int:
         cmd = sub.add_parser(name, help=text, description=text)
         cmd.add_argument("--config", "-c", required=True, help="path to host-config.yaml")
         cmd.set_defaults(func=func)
+        if name == "start":
+            cmd.add_argument("--watch", action="store_true", help="watch each function's "
+                             "folder and reload only the function whose files changed (for "
+                             "development; node_modules, .venv, __pycache__ and .git are "
+                             "ignored; a change to package.json, package-lock.json, "
+                             "requirements*.txt or sora.yaml's setup runs setup first)")
         if name == "reload":
             cmd.add_argument("--function", "-f", action="append", metavar="NAME",
                              help="reload only this function (repeatable; default: all, and "

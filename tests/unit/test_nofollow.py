@@ -222,6 +222,24 @@ def test_rsync_copies_links_as_links_and_never_writes_through_them(folders):
     _host_untouched(host)
 
 
+@with_tools
+def test_rsync_back_keeps_what_was_saved_while_setup_ran(folders):
+    """The copy back (keep_newer) leaves a file saved in the folder after the copy was made,
+    and still replaces a link where the copy has a file."""
+    src, dst, host = folders
+    (src / "index.js").write_text("old, copied in before setup")
+    (src / "made.txt").write_text("setup made it")
+    (src / "file").write_text("from source")
+    os.utime(src / "index.js", (1_000_000_000, 1_000_000_000))
+    (dst / "index.js").write_text("saved while setup ran")
+    os.symlink(host / "key", dst / "file")
+    _run(sandbox.folder_sync(str(src), str(dst), OTHER_UID, OTHER_UID, keep_newer=True))
+    assert (dst / "index.js").read_text() == "saved while setup ran"
+    assert (dst / "made.txt").read_text() == "setup made it"
+    assert (dst / "file").read_text() == "from source" and not os.path.islink(dst / "file")
+    _host_untouched(host)
+
+
 @as_root
 @with_tools
 def test_rsync_brings_back_no_set_id_bit_and_nothing_others_can_write(folders):
