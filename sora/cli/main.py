@@ -467,6 +467,11 @@ def cmd_api_keys(args) -> int:
                             ("AWS_DEFAULT_REGION", os.environ.get("AWS_REGION", "us-east-1")),
                             ("AWS_ENDPOINT_URL", url), ("SORA_API_KEY", key.secret)):
             print(f"export {name}={shlex.quote(value)}")
+        # So that `sora deploy`, `sora reload`, ... find this host (its address, certificate
+        # and key name) from any folder, not only from the config's.
+        if args.host or os.environ.get("SORA_HOST"):
+            print(f"export SORA_HOST={shlex.quote(url)}")
+        print(f"export SORA_CONFIG={shlex.quote(os.path.abspath(config.path))}")
         return 0
     table([[k.name, k.secret, ",".join(k.scopes)] for k in keys],
           ["ACCESS KEY ID (NAME)", "SECRET ACCESS KEY (KEY)", "SCOPES"])

@@ -218,6 +218,7 @@ def test_the_aws_cli_invokes_with_a_key(host, tmp_path):
         name, _, value = line.removeprefix("export ").partition("=")
         from_keys[name] = value.strip("'")
     assert from_keys["AWS_ACCESS_KEY_ID"] == "ops" and from_keys["SORA_API_KEY"] == ADMIN
+    assert from_keys["SORA_CONFIG"] == os.path.abspath(host.config_path)   # sora from anywhere
     done = invoke("other", environment=from_keys)   # no --endpoint-url: AWS_ENDPOINT_URL
     assert done.returncode == 0, done.stderr
     wrong = invoke("echo", environment={**from_keys, "AWS_SECRET_ACCESS_KEY": "x" * 20})
