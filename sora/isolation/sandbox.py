@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import glob
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -37,6 +38,32 @@ from . import nofollow, seccomp
 from .uids import sandbox_uid  # noqa: F401 - where the sandbox's users look for it
 
 SYSTEM_DIRS = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc")
+
+# Variables the dynamic loader and the C library act on when a program starts (glibc's list
+# of those it drops for set-uid programs, and its tunables). A function's `env` (the
+# management API's `Environment`, a sora.yaml) is the function's: given to bubblewrap's
+# process, LD_PRELOAD naming a library in the function's own code ran that library as root
+# on the host before any namespace existed (so did LD_LIBRARY_PATH with a libc or libcap
+# that setup wrote into the folder). So they are never in the environment of bubblewrap or
+# of setpriv (root inside the sandbox): `env` sets them after setpriv has dropped to the
+# function's uid, for the function's own command only (`loader_variables`,
+# `without_loader_variables`).
+LOADER_ENV = re.compile(r"^(LD_[A-Z0-9_]*|GCONV_PATH|GETCONF_DIR|GLIBC_TUNABLES|HOSTALIASES|"
+                        r"LOCALDOMAIN|LOCPATH|MALLOC_[A-Z0-9_]*|NIS_PATH|NLSPATH|"
+                        r"RESOLV_HOST_CONF|RES_OPTIONS|TZDIR)$")
+
+
+def loader_variables(fn: FunctionConfig) -> dict[str, str]:
+    """The function's own variables that must reach only its command (see LOADER_ENV)."""
+    return {key: value for key, value in fn.env.items() if LOADER_ENV.match(key)}
+
+
+def without_loader_variables(env: dict[str, str], fn: FunctionConfig) -> dict[str, str]:
+    """`env` for bubblewrap's own process: less the function's loader variables, which
+    `_bwrap` sets after setpriv instead."""
+    own = loader_variables(fn)
+    return {key: value for key, value in env.items()
+            if not (key in own and own[key] == value)}
 
 
 def available() -> bool:
@@ -455,4 +482,9 @@ def _bwrap(fn: FunctionConfig, read_only: list[tuple[str, str]],
         uid = sandbox_uid(fn)
         cmd += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
                 "--no-new-privs", "--bounding-set=-all", "--inh-caps=-all", "--"]
+    if loader := loader_variables(fn):   # as the function's uid, in the sandbox (LOADER_ENV)
+        cmd += [ENV_PROGRAM, *(f"{key}={value}" for key, value in sorted(loader.items()))]
     return cmd
+
+
+ENV_PROGRAM = "/usr/bin/env" if os.path.exists("/usr/bin/env") else "/bin/env"

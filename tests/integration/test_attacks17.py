@@ -321,3 +321,61 @@ def test_the_admin_socket_refuses_what_is_not_an_op(host):
         assert "error" in answer, (op, args, answer)
     assert host.health()["functions"]["a"]["state"] == "RUNNING"
     assert json.dumps(host.health()).count("RUNNING") >= 2
+
+
+PRELOADED = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+__attribute__((constructor)) static void ran(void) {
+    const char *out = getenv("PRELOAD_OUT");
+    if (!out) return;
+    char path[600];
+    snprintf(path, sizeof path, "%s/ran-as-%d-%d", out, (int)geteuid(), (int)getpid());
+    FILE *f = fopen(path, "w");
+    if (f) { fputs("ran\n", f); fclose(f); }
+}
+"""
+
+LISTS_TMP = r"""
+exports.handler = async () => ({
+  preload: process.env.LD_PRELOAD, uid: process.getuid(),
+  tmp: require('fs').readdirSync('/tmp').filter((n) => n.startsWith('ran-as-')),
+});
+"""
+
+
+def test_loader_variables_in_a_functions_env_run_nothing_outside_its_sandbox(host, tmp_path):
+    """Environment.LD_PRELOAD naming a library in the function's own zip: before the fix
+    the environment was bubblewrap's own, and the library ran as root on the host (its file
+    appeared in the host's folder, uid 0) before any namespace existed. Now only the
+    function's command gets it, as the function's uid, inside the sandbox."""
+    import shutil
+    import subprocess
+    if shutil.which("gcc") is None:
+        pytest.skip("no C compiler to build the library")
+    (tmp_path / "lib.c").write_text(PRELOADED)
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(tmp_path / "evil.so"),
+                    str(tmp_path / "lib.c")], check=True, capture_output=True)
+    witness = tmp_path / "witness"
+    witness.mkdir()
+    witness.chmod(0o777)
+    code = host.base / "state" / "functions" / "preload" / "code"
+    zipped = make_zip([("index.js", LISTS_TMP), ("evil.so", (tmp_path / "evil.so").read_bytes())])
+    env = {"LD_PRELOAD": str(code / "evil.so"), "LD_LIBRARY_PATH": str(code),
+           "GCONV_PATH": str(code), "PRELOAD_OUT": str(witness)}
+    r = call(host, "POST", MGMT, body={
+        "FunctionName": "preload", "Runtime": "nodejs20.x", "Role": ROLE,
+        "Handler": "index.handler", "Environment": {"Variables": env},
+        "Code": {"ZipFile": base64.b64encode(zipped).decode()}})
+    assert r.status_code == 201 and json_of(r)["State"] == "Active", r.text
+    try:
+        r = call(host, "POST", f"{MGMT}/preload/invocations", body={})
+        seen = json_of(r)
+        assert r.status_code == 200, r.text
+        assert os.listdir(witness) == []   # nothing ran on the host's side of the sandbox
+        assert seen["preload"] == env["LD_PRELOAD"] and seen["uid"] != 0, seen
+        # (The function's own command still has it: PRELOAD_OUT is not mounted in its sandbox,
+        # so the library, run as its uid, could write nowhere there.)
+    finally:
+        call(host, "DELETE", f"{MGMT}/preload")

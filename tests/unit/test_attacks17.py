@@ -99,3 +99,26 @@ def test_watch_reads_sora_yaml_without_following_or_blocking(tmp_path):
     os.unlink(tmp_path / "sora.yaml")
     (tmp_path / "sora.yaml").write_text("setup: [echo hi]\n")
     assert watch.declared_setup(str(tmp_path)) == ["echo hi"]
+
+
+def test_loader_variables_reach_only_the_functions_command(tmp_path):
+    """LD_PRELOAD & co. of a function's env: never in bubblewrap's (or setpriv's)
+    environment, set by `env` as the last step before the function's own command."""
+    from sora.config import load_function_config
+    from sora.isolation import sandbox
+    (tmp_path / "index.js").write_text("exports.handler = async () => 1;")
+    (tmp_path / "sora.yaml").write_text(
+        "name: f\nlanguage: nodejs\nentrypoint: index.js\nhandler: handler\n"
+        "env: {LD_PRELOAD: /x.so, LD_LIBRARY_PATH: /lib/x, GLIBC_TUNABLES: a=b, KEEP: 'yes'}\n")
+    fn = load_function_config(str(tmp_path))
+    argv = sandbox.wrap(["node", "bootstrap.js"], fn)
+    at = argv.index(sandbox.ENV_PROGRAM)
+    assert argv[at + 1:at + 4] == ["GLIBC_TUNABLES=a=b", "LD_LIBRARY_PATH=/lib/x",
+                                   "LD_PRELOAD=/x.so"]
+    assert argv[at + 4:] == ["node", "bootstrap.js"]
+    assert argv[at - 1] == "--" and ("setpriv" in argv[:at]) == (os.geteuid() == 0)
+    env = sandbox.without_loader_variables({"LD_PRELOAD": "/x.so", "KEEP": "yes",
+                                            "PATH": "/usr/bin"}, fn)
+    assert env == {"KEEP": "yes", "PATH": "/usr/bin"}
+    setup = sandbox.wrap_setup("npm ci", fn, str(tmp_path), str(tmp_path))
+    assert "LD_PRELOAD=/x.so" in setup and setup.index("LD_PRELOAD=/x.so") > setup.index("--")
