@@ -329,8 +329,8 @@ def confined(argv: list[str], paths: list[str]) -> list[str]:
     it), but they name files by path, so a link swapped in while they run (by another setup
     or a `writableFolder` instance of the same function) would be followed: here it can only
     lead to those same folders or to the read-only programs, not to a key or a host file."""
-    cmd = ["bwrap", "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
-           "--unshare-net", "--unshare-cgroup-try"]
+    cmd = [program("bwrap"), "--die-with-parent", "--unshare-pid", "--unshare-ipc",
+           "--unshare-uts", "--unshare-net", "--unshare-cgroup-try"]
     for path in SYSTEM_DIRS:
         if path != "/etc":
             cmd += ["--ro-bind-try", path, path]
@@ -438,8 +438,8 @@ def _bwrap(fn: FunctionConfig, read_only: list[tuple[str, str]],
     # No --new-session: the sandbox stays in the instance's process group, killed as one (its
     # stdio are pipes, not a terminal, so there is no terminal to inject keystrokes into).
     as_root = os.geteuid() == 0
-    cmd = ["bwrap", "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
-           "--unshare-cgroup-try"]
+    cmd = [program("bwrap"), "--die-with-parent", "--unshare-pid", "--unshare-ipc",
+           "--unshare-uts", "--unshare-cgroup-try"]
     if not as_root:
         cmd.append("--unshare-user")   # the mounts are made in a user namespace of its own
         # ... and the function may make none of its own (as root there is no user namespace
@@ -480,7 +480,7 @@ def _bwrap(fn: FunctionConfig, read_only: list[tuple[str, str]],
     cmd.append("--")
     if as_root:
         uid = sandbox_uid(fn)
-        cmd += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+        cmd += [program("setpriv"), f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
                 "--no-new-privs", "--bounding-set=-all", "--inh-caps=-all", "--"]
     if loader := loader_variables(fn):   # as the function's uid, in the sandbox (LOADER_ENV)
         cmd += [ENV_PROGRAM, *(f"{key}={value}" for key, value in sorted(loader.items()))]
@@ -488,3 +488,13 @@ def _bwrap(fn: FunctionConfig, read_only: list[tuple[str, str]],
 
 
 ENV_PROGRAM = "/usr/bin/env" if os.path.exists("/usr/bin/env") else "/bin/env"
+
+
+@functools.lru_cache(maxsize=None)
+def program(name: str) -> str:
+    """The absolute path of a program Sora runs as root around a function (bwrap, setpriv),
+    found on Sora's own PATH. Never by name: the process is given the function's environment,
+    whose PATH is the function's (`Environment.PATH` naming its own code folder made root
+    run the `bwrap` script in its zip on the host; bubblewrap looks setpriv up on the PATH it
+    is given, as root in the sandbox)."""
+    return shutil.which(name) or name

@@ -379,3 +379,35 @@ def test_loader_variables_in_a_functions_env_run_nothing_outside_its_sandbox(hos
         # so the library, run as its uid, could write nowhere there.)
     finally:
         call(host, "DELETE", f"{MGMT}/preload")
+
+
+def test_a_functions_path_does_not_choose_the_programs_run_as_root(host, tmp_path):
+    """Environment.PATH naming the function's own code folder, whose zip holds executable
+    `bwrap` and `setpriv` scripts: before the fix root ran that `bwrap` on the host (Python
+    looks a program up on the PATH of the environment it is given), and bubblewrap would
+    have run that `setpriv` as root in the sandbox."""
+    witness = tmp_path / "witness"
+    witness.mkdir()
+    witness.chmod(0o777)
+    code = host.base / "state" / "functions" / "pathy" / "code"
+    fake = "#!/bin/sh\nid > %s/%s-ran 2>/dev/null; id > /tmp/%s-ran\nexec /usr/bin/%s \"$@\"\n"
+    zipped = make_zip([
+        ("index.js", "exports.handler = async () => ({ path: process.env.PATH, uid: "
+                     "process.getuid(), tmp: require('fs').readdirSync('/tmp') });"),
+        (unix_entry("bwrap", 0o100755), fake % (witness, "bwrap", "bwrap", "bwrap")),
+        (unix_entry("setpriv", 0o100755), fake % (witness, "setpriv", "setpriv", "setpriv"))])
+    r = call(host, "POST", MGMT, body={
+        "FunctionName": "pathy", "Runtime": "nodejs20.x", "Role": ROLE,
+        "Handler": "index.handler",
+        "Environment": {"Variables": {"PATH": f"{code}:/usr/local/bin:/usr/bin:/bin"}},
+        "Code": {"ZipFile": base64.b64encode(zipped).decode()}})
+    assert r.status_code == 201 and json_of(r)["State"] == "Active", r.text
+    try:
+        r = call(host, "POST", f"{MGMT}/pathy/invocations", body={})
+        seen = json_of(r)
+        assert r.status_code == 200, r.text
+        assert os.listdir(witness) == [], os.listdir(witness)
+        assert not any(name.endswith("-ran") for name in seen["tmp"]), seen
+        assert seen["path"].startswith(str(code)) and seen["uid"] != 0, seen
+    finally:
+        call(host, "DELETE", f"{MGMT}/pathy")

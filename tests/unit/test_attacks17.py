@@ -116,7 +116,10 @@ def test_loader_variables_reach_only_the_functions_command(tmp_path):
     assert argv[at + 1:at + 4] == ["GLIBC_TUNABLES=a=b", "LD_LIBRARY_PATH=/lib/x",
                                    "LD_PRELOAD=/x.so"]
     assert argv[at + 4:] == ["node", "bootstrap.js"]
-    assert argv[at - 1] == "--" and ("setpriv" in argv[:at]) == (os.geteuid() == 0)
+    assert argv[at - 1] == "--"
+    assert (sandbox.program("setpriv") in argv[:at]) == (os.geteuid() == 0)
+    # bwrap and setpriv by their own paths: never looked up on the function's PATH.
+    assert argv[0] == sandbox.program("bwrap") and os.path.isabs(argv[0])
     env = sandbox.without_loader_variables({"LD_PRELOAD": "/x.so", "KEEP": "yes",
                                             "PATH": "/usr/bin"}, fn)
     assert env == {"KEEP": "yes", "PATH": "/usr/bin"}
