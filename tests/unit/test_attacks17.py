@@ -34,6 +34,18 @@ def test_the_central_count_is_the_real_one_for_honest_zips():
     assert central_entries(b"not a zip", 10) == 0
 
 
+def test_the_central_count_reads_zip64_end_records():
+    import io
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:   # past 65,535 entries: a zip64 end record
+        for i in range(70_000):
+            archive.writestr(str(i), "")
+    blob = buffer.getvalue()
+    assert blob.find(b"PK\x06\x06") > 0
+    assert central_entries(blob, 100_000) == 70_000
+    assert central_entries(b"stub" * 10 + blob, 100_000) == 70_000
+
+
 def _within(seconds, call, *args):
     """call(*args) on a thread; fail if it has not returned in `seconds` (a hang)."""
     import concurrent.futures
