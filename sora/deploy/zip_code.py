@@ -83,6 +83,41 @@ def declared_entries(blob: bytes) -> int:
         return 0
 
 
+def central_entries(blob: bytes, stop_after: int) -> int:
+    """The entries the central directory really holds, counted record by record (as zipfile
+    walks it, without making a ZipInfo of each), stopping once past `stop_after`. zipfile
+    reads the central directory by its size, not by the end record's count: a zip whose end
+    record says 1 entry but whose 50 MB central directory holds a million made the gateway
+    parse them all (9 s, +300 MB) before the count was checked. 0 when the zip has no end
+    record (zipfile then refuses it itself); a malformed record ends the count (zipfile
+    refuses the zip when it reaches it)."""
+    try:
+        end = zipfile._EndRecData(io.BytesIO(blob))   # (private, stable since Python 2)
+        if not end:
+            return 0
+        size_cd, offset_cd = int(end[zipfile._ECD_SIZE]), int(end[zipfile._ECD_OFFSET])
+        concat = int(end[zipfile._ECD_LOCATION]) - size_cd - offset_cd
+        if end[zipfile._ECD_SIGNATURE] == zipfile.stringEndArchive64:
+            concat -= zipfile.sizeEndCentDir64 + zipfile.sizeEndCentDir64Locator
+    except (AttributeError, OSError, IndexError, TypeError, ValueError, struct.error):
+        return 0
+    start = offset_cd + concat
+    if start < 0:
+        return 0
+    count, total = 0, 0
+    while total < size_cd and count <= stop_after:
+        at = start + total
+        if blob[at:at + 4] != zipfile.stringCentralDir or at + _CENTRAL_SIZE > len(blob):
+            break
+        names, extra, comment = struct.unpack_from("<HHH", blob, at + 28)
+        total += _CENTRAL_SIZE + names + extra + comment
+        count += 1
+    return count
+
+
+_CENTRAL_SIZE = 46   # a central directory record's fixed part (zipfile.sizeCentralDir)
+
+
 def check_entry_count(count: int, limits: ZipLimits) -> None:
     if count > limits.max_entries:
         raise _invalid(f"Code.ZipFile: the zip has {count} entries; the limit is "
@@ -136,6 +171,10 @@ def extract(blob: bytes, parent: str, limits: ZipLimits) -> ExtractedCode:
     the file system the code will live on). Raises ZipRefused with nothing left behind."""
     check_zipped_size(len(blob), limits)
     check_entry_count(declared_entries(blob), limits)
+    if central_entries(blob, limits.max_entries) > limits.max_entries:
+        raise _invalid(f"Code.ZipFile: the zip has more than {limits.max_entries} entries "
+                       "(whatever its end record says); the limit is "
+                       f"{limits.max_entries} (host-config.yaml managedFunctions.maxFiles)")
     try:
         archive = zipfile.ZipFile(io.BytesIO(blob))
         infos = archive.infolist()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import glob
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -37,6 +38,32 @@ from . import nofollow, seccomp
 from .uids import sandbox_uid  # noqa: F401 - where the sandbox's users look for it
 
 SYSTEM_DIRS = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc")
+
+# Variables the dynamic loader and the C library act on when a program starts (glibc's list
+# of those it drops for set-uid programs, and its tunables). A function's `env` (the
+# management API's `Environment`, a sora.yaml) is the function's: given to bubblewrap's
+# process, LD_PRELOAD naming a library in the function's own code ran that library as root
+# on the host before any namespace existed (so did LD_LIBRARY_PATH with a libc or libcap
+# that setup wrote into the folder). So they are never in the environment of bubblewrap or
+# of setpriv (root inside the sandbox): `env` sets them after setpriv has dropped to the
+# function's uid, for the function's own command only (`loader_variables`,
+# `without_loader_variables`).
+LOADER_ENV = re.compile(r"^(LD_[A-Z0-9_]*|GCONV_PATH|GETCONF_DIR|GLIBC_TUNABLES|HOSTALIASES|"
+                        r"LOCALDOMAIN|LOCPATH|MALLOC_[A-Z0-9_]*|NIS_PATH|NLSPATH|"
+                        r"RESOLV_HOST_CONF|RES_OPTIONS|TZDIR)$")
+
+
+def loader_variables(fn: FunctionConfig) -> dict[str, str]:
+    """The function's own variables that must reach only its command (see LOADER_ENV)."""
+    return {key: value for key, value in fn.env.items() if LOADER_ENV.match(key)}
+
+
+def without_loader_variables(env: dict[str, str], fn: FunctionConfig) -> dict[str, str]:
+    """`env` for bubblewrap's own process: less the function's loader variables, which
+    `_bwrap` sets after setpriv instead."""
+    own = loader_variables(fn)
+    return {key: value for key, value in env.items()
+            if not (key in own and own[key] == value)}
 
 
 def available() -> bool:
@@ -302,8 +329,8 @@ def confined(argv: list[str], paths: list[str]) -> list[str]:
     it), but they name files by path, so a link swapped in while they run (by another setup
     or a `writableFolder` instance of the same function) would be followed: here it can only
     lead to those same folders or to the read-only programs, not to a key or a host file."""
-    cmd = ["bwrap", "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
-           "--unshare-net", "--unshare-cgroup-try"]
+    cmd = [program("bwrap"), "--die-with-parent", "--unshare-pid", "--unshare-ipc",
+           "--unshare-uts", "--unshare-net", "--unshare-cgroup-try"]
     for path in SYSTEM_DIRS:
         if path != "/etc":
             cmd += ["--ro-bind-try", path, path]
@@ -411,8 +438,8 @@ def _bwrap(fn: FunctionConfig, read_only: list[tuple[str, str]],
     # No --new-session: the sandbox stays in the instance's process group, killed as one (its
     # stdio are pipes, not a terminal, so there is no terminal to inject keystrokes into).
     as_root = os.geteuid() == 0
-    cmd = ["bwrap", "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
-           "--unshare-cgroup-try"]
+    cmd = [program("bwrap"), "--die-with-parent", "--unshare-pid", "--unshare-ipc",
+           "--unshare-uts", "--unshare-cgroup-try"]
     if not as_root:
         cmd.append("--unshare-user")   # the mounts are made in a user namespace of its own
         # ... and the function may make none of its own (as root there is no user namespace
@@ -453,6 +480,21 @@ def _bwrap(fn: FunctionConfig, read_only: list[tuple[str, str]],
     cmd.append("--")
     if as_root:
         uid = sandbox_uid(fn)
-        cmd += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+        cmd += [program("setpriv"), f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
                 "--no-new-privs", "--bounding-set=-all", "--inh-caps=-all", "--"]
+    if loader := loader_variables(fn):   # as the function's uid, in the sandbox (LOADER_ENV)
+        cmd += [ENV_PROGRAM, *(f"{key}={value}" for key, value in sorted(loader.items()))]
     return cmd
+
+
+ENV_PROGRAM = "/usr/bin/env" if os.path.exists("/usr/bin/env") else "/bin/env"
+
+
+@functools.lru_cache(maxsize=None)
+def program(name: str) -> str:
+    """The absolute path of a program Sora runs as root around a function (bwrap, setpriv),
+    found on Sora's own PATH. Never by name: the process is given the function's environment,
+    whose PATH is the function's (`Environment.PATH` naming its own code folder made root
+    run the `bwrap` script in its zip on the host; bubblewrap looks setpriv up on the PATH it
+    is given, as root in the sandbox)."""
+    return shutil.which(name) or name

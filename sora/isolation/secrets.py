@@ -15,6 +15,7 @@ import shutil
 import tempfile
 
 from ..config import ConfigError, FunctionConfig
+from ..versions.qualifier import LATEST
 from . import nofollow
 from .sandbox import sandbox_uid
 
@@ -84,7 +85,12 @@ def sandboxed_dir(state_dir: str, fn: FunctionConfig) -> str | None:
     if not (fn.sandboxed and fn.secrets):
         return None
     host = hashlib.sha1(os.path.abspath(state_dir).encode()).hexdigest()[:10]
-    return os.path.join(_base(), f"sora-secrets-{host}-{fn.name}")
+    # A published version has its own (`.vN`: no function name has a dot): its worker reads
+    # its secrets from its own copy of the folder, and sharing $LATEST's folder let each
+    # worker's start overwrite the other's files — $LATEST's instances read a version's stale
+    # value, and a version's read $LATEST's new one, which its worker did not mask in logs.
+    version = "" if fn.version == LATEST else f".v{fn.version}"
+    return os.path.join(_base(), f"sora-secrets-{host}-{fn.name}{version}")
 
 
 def prepare_sandboxed_dir(path: str, fn: FunctionConfig) -> None:

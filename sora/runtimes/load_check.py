@@ -79,6 +79,7 @@ def check_load(fn: FunctionConfig, setup_ran: bool, timeout: float = LOAD_TIMEOU
             return LoadResult(False, f"{fn.source}: runtime: {reason}")
         argv = sandbox.wrap(argv, fn)
         env["HOME"] = "/tmp"   # as an instance's (the host's home is not in the sandbox)
+        env = sandbox.without_loader_variables(env, fn)   # set inside it (LOADER_ENV)
     outcome = _run(argv, env, fn.directory, timeout)
     if outcome is None:
         return LoadResult(True)

@@ -201,7 +201,8 @@ class SetupRun:
         self._log.write(f"$ {label}\n".encode())
         self._log.flush()
         if self.fn.sandboxed:
-            env = sandbox.setup_environment(self.fn, self.withheld)
+            env = sandbox.without_loader_variables(   # set inside it (sandbox.LOADER_ENV)
+                sandbox.setup_environment(self.fn, self.withheld), self.fn)
             env["PATH"] = os.environ.get("PATH", "/usr/bin:/bin")   # for rsync and bwrap
         else:
             env = dict(os.environ)

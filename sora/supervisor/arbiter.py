@@ -746,7 +746,7 @@ class Arbiter(Reloading):
         if self.runtime_pool is not None:
             self.runtime_pool.stop()
             self.runtime_pool = None
-        for fn in self.config.functions:
+        for fn in [*self.config.functions, *self.versions.configs.values()]:
             if (path := secrets.sandboxed_dir(self.state_dir, fn)) is not None:
                 shutil.rmtree(path, ignore_errors=True)
         listeners.close_all(self.sockets)

@@ -30,6 +30,7 @@ import logging
 import os
 import queue
 import re
+import stat
 import threading
 import time
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from typing import Callable
 import yaml
 
 from ..config import FUNCTION_FILE, FunctionConfig, HostConfig
+from ..isolation import nofollow
 from ..isolation.uids import sandbox_uid
 
 log = logging.getLogger("sora.supervisor.watch")
@@ -135,10 +137,12 @@ def setup_outputs(state_dir: str, name: str) -> set[str]:
 
 
 def declared_setup(directory: str):
-    """The raw `setup` of the folder's sora.yaml (None when unreadable: the reload says why)."""
+    """The raw `setup` of the folder's sora.yaml (None when unreadable: the reload says why).
+    Read as sora.config reads it (no link followed, no fifo opened blocking, at most 1 MiB):
+    setup and a `writableFolder` function can put anything in its place."""
     try:
-        with open(os.path.join(directory, FUNCTION_FILE), "rb") as fh:
-            data = yaml.safe_load(fh.read(1 << 20))
+        raw = nofollow.read_beneath(directory, FUNCTION_FILE, max_bytes=1 << 20)
+        data = yaml.safe_load(raw)
     except (OSError, yaml.YAMLError):
         return None
     return data.get("setup") if isinstance(data, dict) else None
@@ -152,17 +156,41 @@ def owner(path: str) -> int | None:
 
 
 def digest(path: str) -> str | None:
-    """A file's content as a short digest (None: it is gone or not a file)."""
+    """A file's content as a short digest (None: it is gone).
+
+    The path is in a folder setup and a `writableFolder` function write while this thread
+    reads it as root: what is opened is what is checked — opened without following a link
+    (a link swapped in after a stat would have had root read /dev/zero into memory until it
+    ran out, or a root-only file) and without blocking (a fifo would have hung the watch),
+    then `fstat` on the descriptor: only a regular file is read, and never more than
+    DIGEST_MAX_BYTES (a file may grow after its size was taken)."""
     try:
-        st = os.stat(path, follow_symlinks=False)
-        if not os.path.isfile(path) or os.path.islink(path):
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError:   # a link (ELOOP), a socket, a file it may not read
+        try:
+            return f"other:{os.lstat(path).st_mode:o}"
+        except OSError:
+            return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             return f"other:{st.st_mode:o}"
         if st.st_size > DIGEST_MAX_BYTES:
             return f"large:{st.st_size}:{st.st_mtime_ns}"
-        with open(path, "rb") as fh:
-            return hashlib.blake2b(fh.read(), digest_size=16).hexdigest()
+        hasher = hashlib.blake2b(digest_size=16)
+        left = DIGEST_MAX_BYTES + 1
+        while left > 0 and (chunk := os.read(fd, min(left, 1 << 16))):
+            hasher.update(chunk)
+            left -= len(chunk)
+        if left <= 0:   # it grew past the limit while read
+            return f"large:{st.st_size}:{st.st_mtime_ns}"
+        return hasher.hexdigest()
     except OSError:
         return None
+    finally:
+        os.close(fd)
 
 
 class Watcher:

@@ -112,6 +112,8 @@ class Instance:
             read_fd, write_fd = os.pipe()
             try:
                 env = self.environment()
+                if self.fn.sandboxed:   # set inside the sandbox instead (sandbox.LOADER_ENV)
+                    env = sandbox.without_loader_variables(env, self.fn)
                 env["SORA_CONTROL_FD"] = str(write_fd)
                 # Its own process group, killed as one; PDEATHSIG: if the worker dies, even by
                 # SIGKILL, the kernel kills the instance: no orphaned runtimes. It joins its
