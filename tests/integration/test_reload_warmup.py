@@ -11,12 +11,14 @@ import re
 import pytest
 
 from tests.integration.test_reload import reload_cli, set_version
+from tests.integration.functions import PROVIDED_LOOP
 from tests.support import SoraHost, wait_for, write_function
 
 pytestmark = pytest.mark.integration
 
 # Each call appends "<version> <source>" to calls.txt in its folder (writableFolder); how it
-# takes the warm-up depends on its version: "...-throw" throws, "...-hang" never answers.
+# takes the warm-up depends on its version: "...-throw" throws, "...-hang" never answers,
+# "...-exit" ends its runtime.
 RECORDING = """
 const fs = require('fs');
 const version = fs.readFileSync(__dirname + '/version.txt', 'utf8').trim();
@@ -27,27 +29,64 @@ exports.handler = async (event) => {
   if (source === 'sora.warmup') {
     if (version.endsWith('-throw')) throw new Error('no warm-up for me');
     if (version.endsWith('-hang')) await new Promise(() => {});
+    if (version.endsWith('-exit')) process.exit(3);
     return { warmed: true };
   }
   return { version };
 };
 """
 
+# The same in Python, and in a provided runtime's bootstrap (the warm-up comes through the
+# Runtime API like any event).
+RECORDING_PY = """
+import os
+HERE = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(HERE, "version.txt")) as fh:
+    VERSION = fh.read().strip()
+
+def handler(event, context):
+    source = event.get("source", "caller") if isinstance(event, dict) else "caller"
+    with open(os.path.join(HERE, "calls.txt"), "a") as fh:
+        fh.write(f"{VERSION} {source}\\n")
+    return {"version": VERSION}
+"""
+
+RECORDING_PROVIDED = PROVIDED_LOOP.replace("while true; do", (
+    'VERSION=$(cat "$LAMBDA_TASK_ROOT/version.txt")\nwhile true; do')) + r"""  case "$EVENT" in
+    *'"source":"sora.warmup"'*) SOURCE=sora.warmup ;;
+    *) SOURCE=caller ;;
+  esac
+  echo "$VERSION $SOURCE" >> "$LAMBDA_TASK_ROOT/calls.txt"
+  curl -sS -o /dev/null "$API/invocation/$ID/response" -d "{\"version\": \"$VERSION\"}"
+done
+"""
+
 
 @pytest.fixture(scope="module")
 def host(tmp_path_factory):
     base = tmp_path_factory.mktemp("warmup")
-    dirs = [write_function(base / "fns", "warmed", {"index.js": RECORDING, "version.txt": "w1"},
-                           name="warmed", auth="none", writableFolder=True, timeout=2)]
+    fns = base / "fns"
+    dirs = [write_function(fns, "warmed", {"index.js": RECORDING, "version.txt": "w1"},
+                           name="warmed", auth="none", writableFolder=True, timeout=2),
+            write_function(fns, "warmed-python", {"main.py": RECORDING_PY, "version.txt": "p1"},
+                           name="warmed-python", auth="none", writableFolder=True,
+                           language="python", entrypoint="main.py"),
+            write_function(fns, "warmed-provided", {"bootstrap": RECORDING_PROVIDED,
+                                                    "version.txt": "p1"},
+                           name="warmed-provided", auth="none", writableFolder=True,
+                           language="provided")]
+    (fns / "warmed-provided" / "bootstrap").chmod(0o755)
+    spec = fns / "warmed-provided" / "sora.yaml"   # the nodejs entrypoint does not apply
+    spec.write_text(spec.read_text().replace("entrypoint: index.js\n", ""))
     host = SoraHost(base, dirs, https=False)
-    host.start(wait_functions=["warmed"])
+    host.start(wait_functions=["warmed", "warmed-python", "warmed-provided"])
     yield host
     assert host.stop() == 0
     assert host.leftovers() == []
 
 
-def calls(host: SoraHost) -> list[str]:
-    path = host.base / "fns" / "warmed" / "calls.txt"
+def calls(host: SoraHost, name: str = "warmed") -> list[str]:
+    path = host.base / "fns" / name / "calls.txt"
     return path.read_text().splitlines() if path.exists() else []
 
 
@@ -87,22 +126,36 @@ def test_a_handler_that_throws_on_the_warm_up_still_switches(host):
                                                               "w3-throw caller"]
 
 
-def test_a_warm_up_past_the_timeout_fails_the_switch_and_the_old_code_serves(host):
+@pytest.mark.parametrize("failure,reason", [("hang", "Task timed out after 2.00 seconds"),
+                                            ("exit", "Runtime exited with exit status 3")])
+def test_a_warm_up_past_the_timeout_or_ending_its_runtime_fails_the_switch(host, failure,
+                                                                           reason):
     folder = host.base / "fns" / "warmed"
     before = host.invoke("warmed").json()["version"]
-    set_version(folder, "w4-hang")
+    broken = f"w4-{failure}"
+    set_version(folder, broken)
     status, report = reload_cli(host, "--function", "warmed")
     assert status == 1, report
     entry = report["functions"]["warmed"]
     assert entry["action"] == "failed", entry
-    assert "warm-up" in entry["reason"] and "timed out" in entry["reason"], entry
+    assert f"the warm-up call failed: {reason}" in entry["reason"], entry
     assert host.invoke("warmed").json() == {"version": before}
     health = host.function_state("warmed")
     assert health["state"] == "RUNNING"
     assert health["reload"]["state"] == "failed" and health["reload"]["serving"] == "previous"
-    assert [c for c in calls(host) if c.startswith("w4")] == ["w4-hang sora.warmup"]
+    assert [c for c in calls(host) if c.startswith(broken)] == [f"{broken} sora.warmup"]
     # Mended by the next change.
-    set_version(folder, "w5")
+    set_version(folder, f"w5-{failure}-mended")
     status, report = reload_cli(host, "--function", "warmed")
     assert status == 0, report
-    assert host.invoke("warmed").json() == {"version": "w5"}
+    assert host.invoke("warmed").json() == {"version": f"w5-{failure}-mended"}
+
+
+@pytest.mark.parametrize("name", ["warmed-python", "warmed-provided"])
+def test_python_and_provided_functions_get_the_warm_up_call(host, name):
+    assert host.invoke(name).json() == {"version": "p1"}
+    set_version(host.base / "fns" / name, "p2")
+    status, report = reload_cli(host, "--function", name)
+    assert status == 0 and report["functions"][name] == {"action": "replaced"}, report
+    assert host.invoke(name).json() == {"version": "p2"}
+    assert calls(host, name) == ["p1 caller", "p2 sora.warmup", "p2 caller"]
