@@ -990,8 +990,9 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--records-server-key", help="the z85 public key of that recorder's "
                                                      "host")
     parser.add_argument("--warm-up", action="store_true",
-                        help="start one instance (at least) and let it load the module before "
-                             "READY: a reload's new generation (a load error is a boot error)")
+                        help="start one instance (at least), let it load the module and answer "
+                             "one warm-up call before READY: a reload's new generation (a load "
+                             "error, a warm-up timeout or exit is a boot error)")
     return parser
 
 
