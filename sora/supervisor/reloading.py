@@ -15,8 +15,9 @@ per function (reload_plan.py) and acts:
   generation is drained as above. Until then the previous generation serves alone.
 - a new sora.yaml that cannot be read, a setup that fails, a new generation that cannot boot
   (the module throws at load, or the warm-up call times out or ends the runtime: a boot
-  error): the switch fails, the previous generation keeps serving, and the failure is in the reload's answer, in /healthz (`reload` of the function,
-  and its reason, which `sora ls` shows) and in the log.
+  error): the switch fails, the previous generation keeps serving, and the failure is in
+  the reload's answer, in /healthz (`reload` of the function, and its reason, which `sora ls`
+  shows) and in the log.
 
 Host-level settings: those in `reload_plan.LIVE_HOST_SETTINGS` are applied by a SIGHUP to the
 gateways' gunicorn masters (new workers read the host config again, then the old ones stop
