@@ -3,8 +3,9 @@
 `Arbiter.reload(only, setup, done)` reads host-config.yaml and every function again, decides
 per function (reload_plan.py) and acts:
 
-- added: a new generation starts (setup, then its workers, which load the module once before
-  READY: `--warm-up`); it joins the served functions when every worker is RUNNING.
+- added: a new generation starts (setup, then its workers, which load the module and answer
+  one warm-up call before READY: `--warm-up`, sora/worker/warmup.py); it joins the served
+  functions when every worker is RUNNING.
 - removed: its workers are told to stop (SIGTERM: each says DISCONNECT to its clients and the
   control plane, answers what it holds, exits); the control plane lists the function as
   `removed` while they drain, so new calls are not found (404) and calls in flight finish.
@@ -13,9 +14,10 @@ per function (reload_plan.py) and acts:
   are RUNNING (the control plane has their READY, clients are told in MEMBERS) the previous
   generation is drained as above. Until then the previous generation serves alone.
 - a new sora.yaml that cannot be read, a setup that fails, a new generation that cannot boot
-  (the module throws at load: a boot error): the switch fails, the previous generation keeps
-  serving, and the failure is in the reload's answer, in /healthz (`reload` of the function,
-  and its reason, which `sora ls` shows) and in the log.
+  (the module throws at load, or the warm-up call times out or ends the runtime: a boot
+  error): the switch fails, the previous generation keeps serving, and the failure is in
+  the reload's answer, in /healthz (`reload` of the function, and its reason, which `sora ls`
+  shows) and in the log.
 
 Host-level settings: those in `reload_plan.LIVE_HOST_SETTINGS` are applied by a SIGHUP to the
 gateways' gunicorn masters (new workers read the host config again, then the old ones stop

@@ -37,6 +37,7 @@ from .report import end_lines, start_line
 from ..runtimes import Runtime, runtime_for
 from ..isolation import cgroups, sandbox
 from .scaling import SCALE_OUT_WAIT, idle_expired, plan_scale_out
+from . import warmup
 from ..isolation.secrets import Secrets, declared_env_names, read_secrets
 from ..versions.qualifier import LATEST, data_key, split_key
 from ..versions.store import VersionStore
@@ -80,11 +81,16 @@ class Worker:
         """With `advertise` (and `keys`), the data endpoint is tcp on that address (CURVE);
         with `records_endpoint`, records go to that tcp recorder (the main host's, CURVE,
         its key `records_server_key`). With `warm_up` (a reload's new generation), at least
-        one instance is started and must load the module before the worker says READY: a
-        module that throws at load is a boot error, and the previous generation keeps
-        serving (docs/architecture.md, "Live reload")."""
+        one instance is started, loads the module and answers one warm-up call
+        (sora.worker.warmup) before the worker binds and says READY: a module that throws at
+        load, a runtime that exits on the warm-up or a warm-up past the timeout is a boot
+        error, and the previous generation keeps serving (docs/architecture.md, "Live
+        reload")."""
         self.fn = fn
         self.warm_up = warm_up
+        # The warm-up call's (status, body) once answered; whether its runtime then exited.
+        self.warm_up_answer: tuple[bytes, bytes] | None = None
+        self.warm_up_exited = False
         self.keys, self.advertise = keys, advertise
         self.max_body_bytes = max_body_bytes   # bounds a tcp endpoint's messages
         self.auth = None   # the ZAP authenticator of a tcp data endpoint
@@ -349,6 +355,9 @@ class Worker:
         turn's replies have left (`record_finished`): they are nothing the caller waits for.
         An answer that carries its log's tail needs its END and REPORT lines first."""
         client, request_id, _, started = current
+        if client == warmup.CLIENT:
+            self.finish_warm_up(inst, current, status, body)
+            return
         meta = self.meta.pop(request_id, None) if self.meta else None
         if meta is None and status == p.OK and b'"statusCode"' in body:
             status, body = checked_url_result(body)
@@ -367,6 +376,23 @@ class Worker:
         else:
             self.replies.append([client, p.REPLY, request_id, status, body])
             self.unrecorded.append(finished)
+
+    def finish_warm_up(self, inst: Instance | None, current: tuple, status: bytes,
+                       body: bytes) -> None:
+        """The warm-up call answered (or failed): no reply and no record, only its END and
+        REPORT lines (its Init Duration: the instance's cold start was the warm-up's)."""
+        request_id, started = current[1], current[3]
+        took = time.monotonic() - started
+        if inst is not None:
+            cold = inst.completed == 0
+            inst.completed += 1
+            record_status = RECORD_STATUS.get(status, b"error")
+            error_type = None if status == p.OK else \
+                ERROR_TYPES.get(status) or p.parse_error(body)[0]
+            self.ends.append((request_id.decode(), end_lines(
+                request_id, took * 1000, self.fn.memory, inst.max_memory_used_mb(),
+                inst.init_duration_ms if cold else None, record_status, error_type)))
+        self.warm_up_answer = (status, body)
 
     def record_finished(self) -> None:
         """Records and END/REPORT lines of the invocations answered since the last call."""
@@ -643,6 +669,7 @@ class Worker:
             if kind == b"X ":
                 # The child is exiting: what it had not started goes to other instances, and
                 # it is replaced once its control pipe closes.
+                self.warm_up_exited |= current[0] == warmup.CLIENT
                 inst.release_current()
                 inst.state = State.EXITING
                 self.requeue(inst)
@@ -734,6 +761,38 @@ class Worker:
             self.poll_once(left)
             if self.signals:
                 raise SystemExit(0)
+        if self.warm_up:
+            self.warm()
+
+    def warm(self) -> None:
+        """Send one ready instance the warm-up call (sora.worker.warmup) through the usual
+        dispatch and wait for its answer; raise BootError unless the handler answered."""
+        request_id = warmup.request_id()
+        started = time.monotonic()
+        self.pending.append((warmup.CLIENT, request_id, warmup.EVENT, started))
+        self.dispatch()   # to a ready instance now (else the first turn hands it over)
+        # Once handed over, the function's timeout bounds it (check_deadlines); this bounds
+        # the wait for an instance to hand it to (one replaced meanwhile boots again).
+        deadline = started + max(30.0, self.fn.timeout) + self.fn.timeout
+        while self.warm_up_answer is None:
+            now = time.monotonic()
+            if now >= deadline:
+                raise BootError(p.error_body("Sora.Timeout", (
+                    f"the warm-up call got no answer within {deadline - started:.0f} "
+                    "seconds")))
+            self.poll_once(min(self.check_deadlines(now), deadline - now))
+            if self.signals:
+                raise SystemExit(0)
+        status, body = self.warm_up_answer
+        if self.warm_up_exited:
+            raise BootError(warmup.failure(p.RUNTIME_EXITED, body))
+        if not warmup.warmed(status):
+            raise BootError(warmup.failure(status, body))
+        self.write_ends()   # its END and REPORT lines, before the worker says READY
+        self.log.flush()
+        log.info("%s: warm-up call %s answered in %.0f ms%s", self.fn.name,
+                 request_id.decode(), (time.monotonic() - started) * 1000,
+                 "" if status == p.OK else " (with the handler's error)")
 
     def poll_once(self, timeout: float) -> None:
         self.send_replies()   # answers given between turns (deadlines) go before any wait
@@ -931,8 +990,9 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--records-server-key", help="the z85 public key of that recorder's "
                                                      "host")
     parser.add_argument("--warm-up", action="store_true",
-                        help="start one instance (at least) and let it load the module before "
-                             "READY: a reload's new generation (a load error is a boot error)")
+                        help="start one instance (at least), let it load the module and answer "
+                             "one warm-up call before READY: a reload's new generation (a load "
+                             "error, a warm-up timeout or exit is a boot error)")
     return parser
 
 
