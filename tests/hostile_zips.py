@@ -8,10 +8,10 @@ import zipfile
 import zlib
 
 
-def make_zip(entries) -> bytes:
+def make_zip(entries, compression=zipfile.ZIP_DEFLATED) -> bytes:
     """entries: (name or ZipInfo, data)."""
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+    with zipfile.ZipFile(buffer, "w", compression) as archive:
         for name, data in entries:
             archive.writestr(name, data)
     return buffer.getvalue()

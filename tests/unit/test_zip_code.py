@@ -7,24 +7,9 @@ import zipfile
 import pytest
 
 from sora.deploy.zip_code import ZipLimits, ZipRefused, code_sha256, extract
+from tests.hostile_zips import make_zip, unix_entry
 
 MB = 1 << 20
-
-
-def make_zip(entries, compression=zipfile.ZIP_DEFLATED) -> bytes:
-    """entries: (name, data) or (ZipInfo, data)."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression) as archive:
-        for name, data in entries:
-            archive.writestr(name, data)
-    return buffer.getvalue()
-
-
-def unix_entry(name: str, mode: int) -> zipfile.ZipInfo:
-    info = zipfile.ZipInfo(name)
-    info.create_system = 3
-    info.external_attr = mode << 16
-    return info
 
 
 def refused(blob, tmp_path, limits=ZipLimits(), error_type="InvalidParameterValueException"):
