@@ -207,23 +207,21 @@ class ManagedStore:
 
     def _empty_trash(self) -> None:
         now = time.time()
-        for entry in os.listdir(self.trash):
-            path = os.path.join(self.trash, entry)
+        self._remove_older(self.trash, os.listdir(self.trash), now)
+        # Stages a crashed gateway left (a stage is done within a request's time).
+        self._remove_older(self.root, [entry for entry in os.listdir(self.root)
+                                       if entry.startswith((".create-", ".update-"))], now)
+
+    @staticmethod
+    def _remove_older(folder: str, entries: list[str], now: float) -> None:
+        """Remove those of `entries` in `folder` last changed over TRASH_KEEP ago."""
+        for entry in entries:
+            path = os.path.join(folder, entry)
             try:
                 if now - os.lstat(path).st_mtime > TRASH_KEEP:
                     shutil.rmtree(path, ignore_errors=True)
             except FileNotFoundError:
                 continue
-        # Stages a crashed gateway left (a stage is done within a request's time).
-        for entry in os.listdir(self.root):
-            if entry.startswith((".create-", ".update-")):
-                path = os.path.join(self.root, entry)
-                try:
-                    if now - os.lstat(path).st_mtime > TRASH_KEEP:
-                        shutil.rmtree(path, ignore_errors=True)
-                except FileNotFoundError:
-                    continue
-
 
 def function_config(store: ManagedStore, name: str) -> FunctionConfig | None:
     """The function's config as sora.config loads it, or None."""
