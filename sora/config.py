@@ -707,8 +707,11 @@ Trigger = HttpTrigger | ScheduleTrigger | FileTrigger
 TRIGGER_CLASSES = {"http": HttpTrigger, "schedule": ScheduleTrigger, "file": FileTrigger}
 
 
-def trigger_from_dict(entry: dict) -> Trigger:
-    """A trigger from its `dataclasses.asdict` form (the snapshot, MEMBERS): `kind` says which."""
+def trigger_from_dict(entry: dict | str) -> Trigger:
+    """A trigger from its `dataclasses.asdict` form (the snapshot, MEMBERS): `kind` says which.
+    A joined host older than triggers sends the string "http"."""
+    if entry == "http":
+        return HttpTrigger()
     entry = dict(entry)
     cls = TRIGGER_CLASSES[entry["kind"]]
     if cls is FileTrigger:
