@@ -84,7 +84,7 @@ def test_a_single_trigger_without_a_list(tmp_path):
     ("[{schedule: 'rate(1 minute)', timezone: Mars/Olympus}]",
      "trigger[0].timezone: expected an IANA time zone name such as 'UTC' or 'Europe/Paris', "
      "got 'Mars/Olympus'"),
-    ("[{schedule: 5}]", "trigger[0].schedule: expected a schedule expression (a string), got 5"),
+    ("[{schedule: 5}]", "trigger[0].schedule: expected a schedule expression: rate(...), cron(...), at(...) or a 5-field cron line, got 5"),
     ("[{schedule: 'rate(1 minute)', overlap: sometimes}]",
      "trigger[0].overlap: expected one of: forbid, allow, got 'sometimes'"),
     ("[{schedule: 'rate(1 minute)', missed: all}]",
