@@ -5,6 +5,7 @@ re-enabling by a live reload. Real time, `rate(1 second)`, polling with deadline
 from __future__ import annotations
 
 import calendar
+import datetime
 import json
 import signal
 import sqlite3
@@ -279,3 +280,28 @@ def test_a_queued_firing_survives_kill_9_of_the_whole_host(tmp_path):
     finally:
         assert h2.stop() == 0
     assert h2.leftover_processes() == []
+
+
+def test_status_and_a_manual_firing_through_the_control_socket(host, base):
+    state = str(base / "state")
+    status = control.request(state, "status", {"function": "tick"})
+    assert status["scheduler"]["state"] == "running" and list(status["functions"]) == ["tick"]
+    (tick,) = status["functions"]["tick"]
+    assert (tick["index"], tick["kind"], tick["enabled"], tick["state"], tick["expression"],
+            tick["timezone"]) == (1, "schedule", True, "active", "rate(1 second)", "UTC")
+    times = [datetime.datetime.fromisoformat(t).timestamp() for t in tick["next"]]
+    assert len(times) == 3 and [b - a for a, b in zip(times, times[1:])] == [1, 1]
+    assert tick["lastFiring"]["outcome"] == "enqueued" and tick["lastFiring"]["requestId"]
+    # a manual firing runs now, whatever the overlap policy, as the same trigger
+    answer = control.request(state, "fire", {"function": "inputs", "index": 1})
+    (rid,) = answer["requestIds"]
+    wait_for(lambda: rid in marks_of(base, "inputs"), what="the manual firing to run")
+    assert marks_of(base, "inputs")[rid]["event"] == INPUT
+    wait_for(lambda: api(host, f"/invocations/{rid}")[0] == 200 and
+             api(host, f"/invocations/{rid}")[1]["status"] == "ok", what="its record")
+    assert api(host, f"/invocations/{rid}")[1]["triggerIndex"] == 1
+    assert control.request(state, "fire", {"function": "nope"})["errorType"] == \
+        "ResourceNotFoundException"
+    assert control.request(state, "fire", {"function": "tick", "index": 7})["errorType"] == \
+        "ResourceNotFoundException"
+    assert control.request(state, "bogus")["errorType"] == "InvalidRequest"
