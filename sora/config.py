@@ -171,8 +171,8 @@ def _trigger_list(value: Any) -> list:
     checked, with its own field name, by `_triggers` once the function folder is known."""
     items = value if isinstance(value, list) else [value]
     if not items or not all(item == "http" or isinstance(item, dict) for item in items):
-        raise _Invalid(f"'http', {{schedule: EXPR, ...}}, {{file: {{path: FOLDER, ...}}}} or a "
-                       f"list of these")
+        raise _Invalid("'http', {schedule: EXPR, ...}, {file: {path: FOLDER, ...}} or a list "
+                       "of these")
     return list(items)
 
 
@@ -1398,6 +1398,11 @@ def load_host_config(path: str, read_functions: bool = True) -> HostConfig:
             broken.append(BrokenFunction(fn.name, fn.directory, (
                 f"{path}: {what}: expected a path outside the function folder {fn.directory} "
                 f"(its sandbox would show it to the function), got {where}")))
+    for fn in list(functions):
+        problem = _watched_folder_problem(fn, protected, functions)
+        if problem:
+            functions.remove(fn)
+            broken.append(BrokenFunction(fn.name, fn.directory, problem))
     uids = assign_uids([fn.name for fn in functions])
     functions = [dataclasses.replace(fn, sandboxUid=uids[fn.name]) for fn in functions]
     _check_limits(path, limits, functions)
@@ -1440,6 +1445,28 @@ def _load_managed_functions(state_dir: str, functions: list[FunctionConfig],
             continue
         seen[fn.name] = fn.source
         functions.append(fn)
+
+
+def _watched_folder_problem(fn: FunctionConfig, protected: list[tuple[str, str]],
+                            functions: list[FunctionConfig]) -> str | None:
+    """Why a file trigger's folder may not be watched, or None. Only the host config knows
+    the state dir and every function: a watched folder inside the state dir or another
+    function's folder would hand this function their files (mounted into its sandbox, and
+    sent as events); one holding them would too, and would fire on Sora's own writes."""
+    others = [(f"functionPaths ({other.name})", other.directory) for other in functions
+              if other is not fn]
+    state_dir = dict(protected)["stateDir"]
+    for trigger in fn.files:
+        where = f"{fn.source}: trigger[{trigger.index}].file.path"
+        for what, folder in [("stateDir", state_dir)] + others:
+            if _own_files_inside(folder, [(what, trigger.path)]):
+                return (f"{where}: expected a folder outside {what} {folder}, got "
+                        f"{trigger.path}")
+        inside = _own_files_inside(trigger.path, protected + others)
+        if inside:
+            return (f"{where}: expected a folder that holds none of Sora's files nor another "
+                    f"function's folder, got {trigger.path} (holds {inside[0]}: {inside[1]})")
+    return None
 
 
 def _own_files_inside(directory: str, protected: list[tuple[str, str]]) -> tuple[str, str] | None:
