@@ -38,6 +38,7 @@ import resource
 import sqlite3
 import threading
 import time
+from dataclasses import dataclass
 
 from watchfiles._rust_notify import RustNotify
 
@@ -57,6 +58,7 @@ RETRY_SECONDS = 2.0         # after an error (folder gone, inotify limit): start
 BACKOFF = (0.25, 5.0)       # the queue refused an event: first wait, longest wait
 SETTLE_ROUND_SECONDS = 1.0  # a settling round yields to the watch after this long
 MAX_SKIPPED = 1000          # skipped entries remembered (each logged once)
+BATCH = 64                  # settled changes hashed on one thread hop, their commits queued together
 
 
 class WatcherError(Exception):
@@ -120,9 +122,10 @@ class FileWatcher:
                 if entry.kind != "file":
                     raise ValueError(f"expected a regular file beneath {self.trigger.path}, "
                                      f"got {key!r} ({entry.why or entry.kind})")
-                outcome = await self._fire_file(key.strip("/"), settling.CREATED, entry.stat,
-                                                force=True)
-                return [outcome] if outcome not in (None, "again") else []
+                fired: list[str] = []
+                await self._apply([_Change(key.strip("/"), settling.CREATED, entry.stat, True)],
+                                  fired)
+                return fired
             self._merge(await asyncio.to_thread(self.folder.scan, self.trigger.recursive),
                         time.monotonic(), full=True)
             return await self._settle(manual=True)
@@ -312,101 +315,134 @@ class FileWatcher:
     # --- settling and firing --------------------------------------------------------------------
     async def _settle(self, manual: bool = False) -> list[str]:
         """Look at the pending paths whose quiet time is over, oldest change first; fire for
-        those settled. Returns the request ids enqueued."""
+        those settled, BATCH at a time. Returns the request ids enqueued."""
         fired: list[str] = []
         now = time.monotonic()
         started = now
         due = sorted((p.changed, rel) for rel, p in self.pending.items()
                      if manual or (now - p.changed >= self.quiet and now >= p.retry_at))
-        for _, rel in due:
+        batch: list[_Change] = []
+        for position, (_, rel) in enumerate(due):
             pending = self.pending.get(rel)
-            if pending is None:
-                continue
-            entry = self.folder.entry(rel)
-            if entry.kind == "other":
-                self._skip(rel, entry.why)
-            current = entry.stat if entry.kind == "file" and self._matches(rel) else None
-            now = time.monotonic()
-            quiet = 0.0 if manual else self.quiet
-            verdict = settling.look(pending, current, self.seen.get(rel), now, quiet)
-            if verdict == settling.WAIT:
-                if manual:      # it changed since the last look: as it is now, then
+            if pending is not None:
+                entry = self.folder.entry(rel)
+                if entry.kind == "other":
+                    self._skip(rel, entry.why)
+                current = entry.stat if entry.kind == "file" and self._matches(rel) else None
+                now = time.monotonic()
+                quiet = 0.0 if manual else self.quiet
+                verdict = settling.look(pending, current, self.seen.get(rel), now, quiet)
+                if verdict == settling.WAIT and manual:   # changed since: as it is now, then
                     verdict = settling.look(pending, current, self.seen.get(rel), now, quiet)
-                if verdict == settling.WAIT:
-                    continue
-            if verdict == settling.NOTHING:
-                del self.pending[rel]
-                continue
-            outcome = await self._fire_file(rel, verdict, current)
-            if outcome is None:                    # the queue is full: wait, then again
-                self._backoff = min(max(self._backoff * 2, BACKOFF[0]), BACKOFF[1])
-                self._blocked_until = time.monotonic() + self._backoff
-                self.detail = (f"the function's event queue is full: {len(self.pending)} "
-                               f"file(s) wait")
-                break
-            self._backoff = 0.0
-            if outcome == "again":                 # changed meanwhile: settle again
-                pending.stat, pending.changed = None, time.monotonic()
-                continue
-            self.pending.pop(rel, None)
-            if outcome:
-                fired.append(outcome)
-            if not manual and time.monotonic() - started > SETTLE_ROUND_SECONDS:
-                break                              # let the watch drain its changes
+                if verdict == settling.NOTHING:
+                    del self.pending[rel]
+                elif verdict != settling.WAIT:
+                    batch.append(_Change(rel, verdict, current,
+                                         verdict in self.trigger.events))
+            # After a refusal one change probes the queue: a full batch would be refused
+            # (and recorded as skipped) as many times over.
+            if len(batch) >= (1 if self._backoff else BATCH) or \
+                    (batch and position == len(due) - 1):
+                taken, batch = batch, []
+                if not await self._apply(taken, fired):
+                    break                          # the queue is full: wait, then again
+                if not manual and time.monotonic() - started > SETTLE_ROUND_SECONDS:
+                    break                          # let the watch drain its changes
         return fired
 
-    async def _fire_file(self, rel: str, verdict: str, current, force: bool = False):
-        """Enqueue the event for a settled change (or, for a change the trigger does not
-        fire for, remember it). Returns the request id, "" (remembered, nothing fired),
-        None (the queue refused it) or "again" (the file changed or went while read)."""
+    async def _apply(self, batch: list["_Change"], fired: list[str]) -> bool:
+        """Hash, remember and enqueue a batch of settled changes (hashes on one thread hop,
+        the events' commits queued together on the sink's thread, in order). False when the
+        queue refused some: they stay pending and the watcher backs off."""
         name, key = self.fn.name, self.trigger.key
-        fires = force or verdict in self.trigger.events
-        if verdict == settling.DELETED:
-            entry = None
-            event_name = shapes.REMOVED
-        elif not fires:
-            entry = Seen(current.size, current.mtime_ns, None)
-        else:
-            try:
-                etag = await asyncio.to_thread(self.folder.md5, rel, current)
-            except (Changed, FileNotFoundError):
-                return "again"
-            except OSError as exc:        # a link or fifo swapped in since the look
-                self._skip(rel, str(exc) if isinstance(exc, nofollow.UnsafePath)
-                           else f"cannot be read ({exc.strerror})")
-                return "again"
-            entry = Seen(current.size, current.mtime_ns, etag)
-            event_name = shapes.CREATED
-
-        def remember(conn):
-            if entry is None:
-                file_seen.forget(conn, name, key, rel)
-            else:
-                file_seen.mark(conn, name, key, rel, entry)
-        if not fires:
+        to_hash = [c for c in batch if c.fires and c.verdict != settling.DELETED]
+        if to_hash:
+            results = await asyncio.to_thread(self._hash_all, to_hash)
+            for change, result in zip(to_hash, results):
+                if isinstance(result, str):
+                    change.entry = Seen(change.current.size, change.current.mtime_ns, result)
+                    continue
+                change.again = True                # swapped, grown or gone since the look
+                if isinstance(result, OSError) and not isinstance(result, FileNotFoundError):
+                    self._skip(change.rel, str(result) if isinstance(
+                        result, nofollow.UnsafePath) else f"cannot be read ({result.strerror})")
+        for change in batch:
+            if change.again:
+                pending = self.pending.get(change.rel)
+                if pending is not None:
+                    pending.stat, pending.changed = None, time.monotonic()
+            elif not change.fires and change.verdict != settling.DELETED:
+                change.entry = Seen(change.current.size, change.current.mtime_ns, None)
+        quiet_ones = [c for c in batch if not c.fires and not c.again]
+        if quiet_ones:                     # kinds the trigger does not fire for: remembered
             def write(conn):
                 with conn:
                     conn.execute("BEGIN IMMEDIATE")
-                    remember(conn)
+                    for change in quiet_ones:
+                        _remember(conn, name, key, change)
             await self.sink.call(write)
-            self._remembered(rel, entry)
-            return ""
-        sequencer = self._sequencer + 1
+            for change in quiet_ones:
+                self._done(change)
+        firing = [c for c in batch if c.fires and not c.again]
+        for offset, change in enumerate(firing, 1):
+            change.sequencer = self._sequencer + offset
+        results = await asyncio.gather(*(self._enqueue(c) for c in firing),
+                                       return_exceptions=True)
+        refused = False
+        fired_here = 0
+        for change, result in zip(firing, results):
+            if result is None:
+                refused = True
+            elif isinstance(result, BaseException):
+                log.error("%s %s: %s not enqueued (%s); trying again in %.0fs", name,
+                          self.route, change.rel, result, RETRY_SECONDS)
+                pending = self.pending.get(change.rel)
+                if pending is not None:
+                    pending.retry_at = time.monotonic() + RETRY_SECONDS
+            else:
+                self._sequencer = max(self._sequencer, change.sequencer)
+                self._done(change)
+                fired.append(result)
+                fired_here += 1
+        if refused:
+            # Some went through: the function is draining, try again soon; none did: wait
+            # longer each time.
+            self._backoff = BACKOFF[0] if fired_here else \
+                min(max(self._backoff * 2, BACKOFF[0]), BACKOFF[1])
+            self._blocked_until = time.monotonic() + self._backoff
+            self.detail = f"the function's event queue is full: {len(self.pending)} file(s) wait"
+            return False
+        self._backoff = 0.0
+        return True
+
+    def _hash_all(self, changes: list["_Change"]) -> list:
+        """Each file's MD5, or the exception that kept it from being read (on a thread)."""
+        out: list = []
+        for change in changes:
+            try:
+                out.append(self.folder.md5(change.rel, change.current))
+            except (Changed, OSError) as exc:
+                out.append(exc)
+        return out
+
+    async def _enqueue(self, change: "_Change") -> str | None:
+        name, key, sequencer = self.fn.name, self.trigger.key, change.sequencer
+        entry = change.entry if change.verdict != settling.DELETED else None
 
         def also(conn):
-            remember(conn)
+            _remember(conn, name, key, change)
             file_seen.record_sequencer(conn, name, key, sequencer)
-        payload = shapes.s3_event(self.trigger, event_name, rel,
-                                  entry.size if entry else None, entry.etag if entry else None,
-                                  file_seen.format_sequencer(sequencer), time.time(),
-                                  self.region)
-        request_id = await self.sink.fire(self.fn, self.trigger, self.route, payload,
-                                          time.time(), also=also)
-        if request_id is None:
-            return None
-        self._sequencer = sequencer
-        self._remembered(rel, entry)
-        return request_id
+        payload = shapes.s3_event(
+            self.trigger, shapes.REMOVED if entry is None else shapes.CREATED, change.rel,
+            entry.size if entry else None, entry.etag if entry else None,
+            file_seen.format_sequencer(sequencer), time.time(), self.region)
+        return await self.sink.fire(self.fn, self.trigger, self.route, payload, time.time(),
+                                    also=also)
+
+    def _done(self, change: "_Change") -> None:
+        self._remembered(change.rel, None if change.verdict == settling.DELETED
+                         else change.entry)
+        self.pending.pop(change.rel, None)
 
     def _remembered(self, rel: str, entry: Seen | None) -> None:
         if entry is None:
@@ -440,6 +476,25 @@ class FileWatcher:
         if self.folder is not None:
             self.folder.close()
             self.folder = None
+
+
+@dataclass
+class _Change:
+    """A settled change on its way to the queue (or, for a kind not fired, to file_seen)."""
+    rel: str
+    verdict: str                  # settling.CREATED | MODIFIED | DELETED
+    current: object               # the FileStat the look found (None: deleted)
+    fires: bool                   # the trigger fires for this kind (else: only remembered)
+    entry: Seen | None = None     # what is remembered once done (None: forgotten)
+    again: bool = False           # changed or unreadable while hashed: settle again
+    sequencer: int = 0
+
+
+def _remember(conn, function: str, key: str, change: _Change) -> None:
+    if change.verdict == settling.DELETED:
+        file_seen.forget(conn, function, key, change.rel)
+    else:
+        file_seen.mark(conn, function, key, change.rel, change.entry)
 
 
 def _ensure_fd_room(folders: int) -> None:
