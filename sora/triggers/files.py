@@ -34,6 +34,7 @@ import asyncio
 import fnmatch
 import logging
 import os
+import re
 import resource
 import sqlite3
 import threading
@@ -54,11 +55,12 @@ log = logging.getLogger("sora.triggers.files")
 TICK_MS = 50                # how often pending files are looked at
 IDLE_MS = 1000              # how long a watch waits when nothing is pending
 RESCAN_SECONDS = 30.0       # a full scan: what inotify did not announce (overflow)
-RETRY_SECONDS = 2.0         # after an error (folder gone, inotify limit): start again
+RETRY_SECONDS = 2.0         # after an error (folder gone, inotify limit): start again,
+RETRY_MAX_SECONDS = 30.0    # ... waiting twice as long each time up to this
 BACKOFF = (0.25, 5.0)       # the queue refused an event: first wait, longest wait
 SETTLE_ROUND_SECONDS = 1.0  # a settling round yields to the watch after this long
 MAX_SKIPPED = 1000          # skipped entries remembered (each logged once)
-BATCH = 64                  # settled changes hashed on one thread hop, their commits queued together
+BATCH = 64                  # settled changes hashed on one thread hop, commits queued at once
 
 
 class WatcherError(Exception):
@@ -95,16 +97,19 @@ class FileWatcher:
     async def run(self) -> None:
         """Watch until cancelled; an error (folder missing or replaced by a link, inotify
         limit) is shown in status() and the watcher starts again RETRY_SECONDS later."""
+        delay = RETRY_SECONDS
         try:
             while True:
                 try:
                     await self._start()
+                    delay = RETRY_SECONDS          # it watched: the next error starts afresh
                     await self._watch()
                 except (WatcherError, inotify_limits.InotifyLimit, OSError, RuntimeError,
                         sqlite3.Error) as exc:
                     self._fail(exc)
                 self._close()
-                await asyncio.sleep(RETRY_SECONDS)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_SECONDS)
         finally:
             self._stop.set()
             self._close()
@@ -132,7 +137,8 @@ class FileWatcher:
 
     # --- starting -------------------------------------------------------------------------------
     async def _start(self) -> None:
-        self.state, self.detail = "active", f"starting: scanning {self.trigger.path}"
+        if self.state != "error":    # an error stays shown until watching works again
+            self.state, self.detail = "active", f"starting: scanning {self.trigger.path}"
         self._stop.clear()
         self.folder = WatchedFolder(self.trigger.path,
                                     open_folder(self.trigger.path, self.fn.directory))
@@ -183,10 +189,20 @@ class FileWatcher:
         finally:
             for fd in fds:
                 os.close(fd)
-        old, self._notify, self._labels = self._notify, notify, labels
+        old, old_labels = self._notify, self._labels
+        self._notify, self._labels = notify, labels
         self.dirs = set(labels.values())
         if old is not None:
+            # What the old instance heard since it was last asked, before it goes: a change
+            # in a folder both watch may be announced by the old one only.
+            leftover = old.watch(20, 5, 1, None)
             old.close()
+            if isinstance(leftover, set):
+                now = time.monotonic()
+                for _, path in leftover:
+                    rel = _relpath(old_labels, path)
+                    if rel:
+                        self._note(rel, now)
 
     # --- watching -------------------------------------------------------------------------------
     async def _watch(self) -> None:
@@ -207,7 +223,7 @@ class FileWatcher:
                 return
             if isinstance(changes, set):
                 for _, path in changes:
-                    rel = self._relpath(path)
+                    rel = _relpath(self._labels, path)
                     if rel == "":
                         if not self.folder.still_there(self.fn.directory):
                             raise WatcherError(f"{self.trigger.path} was moved, removed or "
@@ -225,16 +241,6 @@ class FileWatcher:
                 self._merge(await asyncio.to_thread(self.folder.scan, self.trigger.recursive),
                             time.monotonic(), full=True)
             self._describe()
-
-    def _relpath(self, path: str) -> str | None:
-        """The path relative to the watched folder of a change RustNotify reported."""
-        if path in self._labels:
-            return self._labels[path]
-        label, _, name = path.rpartition("/")
-        folder = self._labels.get(label)
-        if folder is None:
-            return None
-        return f"{folder}/{name}" if folder else name
 
     def _matches(self, rel: str) -> bool:
         pattern = self.trigger.pattern
@@ -462,7 +468,8 @@ class FileWatcher:
     def _fail(self, exc: BaseException) -> None:
         text = str(exc) if isinstance(exc, (WatcherError, inotify_limits.InotifyLimit)) \
             else f"{self.trigger.path}: {exc}"
-        if (self.state, self.detail) != ("error", text):
+        # Logged when it is a new error, not each time a count in the message changes.
+        if self.state != "error" or _shape(self.detail) != _shape(text):
             log.error("%s %s: file watcher stopped: %s", self.fn.name, self.route, text)
         self.state, self.detail = "error", text
 
@@ -488,6 +495,22 @@ class _Change:
     entry: Seen | None = None     # what is remembered once done (None: forgotten)
     again: bool = False           # changed or unreadable while hashed: settle again
     sequencer: int = 0
+
+
+def _shape(text: str) -> str:
+    return re.sub(r"\d+", "N", text)
+
+
+def _relpath(labels: dict[str, str], path: str) -> str | None:
+    """The path relative to the watched folder of a change RustNotify reported (`labels`:
+    the /proc/self/fd/N path each folder was watched by -> the folder's relative path)."""
+    if path in labels:
+        return labels[path]
+    label, _, name = path.rpartition("/")
+    folder = labels.get(label)
+    if folder is None:
+        return None
+    return f"{folder}/{name}" if folder else name
 
 
 def _remember(conn, function: str, key: str, change: _Change) -> None:

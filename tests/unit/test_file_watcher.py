@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import sqlite3
 import time
 from types import SimpleNamespace
@@ -461,3 +462,45 @@ def test_inotify_usage_counts_our_own_watches():
     assert watches >= 0 and instances >= 0
     limits = inotify_limits.read_limits()
     assert limits[0] > 0 and limits[1] > 0
+
+
+def test_a_subfolder_renamed_away_deletes_the_files_in_it(inbox, sink, tmp_path):
+    (inbox / "batch" / "inner").mkdir(parents=True)
+    (inbox / "batch" / "a.csv").write_text("a")
+    (inbox / "batch" / "inner" / "b.csv").write_text("b")
+    (inbox / "other").mkdir()
+    (inbox / "other" / "c.csv").write_text("c")
+
+    async def body():
+        async with watching(inbox, sink, recursive=True) as watcher:
+            await until(lambda: len(sink.records()) == 3, what="the files already there")
+            # inotify announces only the folder's move, not the files that went with it.
+            os.rename(inbox / "batch", tmp_path / "batch-elsewhere")
+            shutil.rmtree(inbox / "other")
+            await until(lambda: len(sink.records()) == 6, what="three deletes")
+            await quiet_for(watcher, 0.3)
+            deletes = sorted(r["s3"]["object"]["key"] for r in sink.records()[3:])
+            assert deletes == ["batch/a.csv", "batch/inner/b.csv", "other/c.csv"]
+            assert {r["eventName"] for r in sink.records()[3:]} == {"ObjectRemoved:Delete"}
+            assert watcher.dirs == {""} and watcher.seen == {}
+            # The folder moved away is watched no more: nothing fires for what lands there.
+            (tmp_path / "batch-elsewhere" / "late.csv").write_text("x")
+            await quiet_for(watcher, 0.3)
+            assert len(sink.records()) == 6
+    run(body())
+
+
+def test_an_error_is_logged_once_while_the_watcher_retries(inbox, sink, monkeypatch, caplog):
+    monkeypatch.setattr(files, "RETRY_SECONDS", 0.05)
+    monkeypatch.setattr(files, "RETRY_MAX_SECONDS", 0.05)
+    usage = iter(range(100, 10000))
+    monkeypatch.setattr(inotify_limits, "read_limits", lambda: (100, 128))
+    monkeypatch.setattr(inotify_limits, "read_usage", lambda: (next(usage), 1))
+
+    async def body():
+        async with watching(inbox, sink) as watcher:
+            await asyncio.sleep(0.5)                  # several retries
+            assert watcher.state == "error"
+    with caplog.at_level(logging.ERROR, "sora.triggers.files"):
+        run(body())
+    assert len([r for r in caplog.records if "max_user_watches" in r.getMessage()]) == 1
