@@ -313,8 +313,13 @@ class FileWatcher:
         """Never fired, logged once (per path and reason)."""
         if self.skipped.get(rel) == why:
             return
-        if len(self.skipped) < MAX_SKIPPED:
-            self.skipped[rel] = why
+        if len(self.skipped) >= MAX_SKIPPED:   # a flood of fifos must not flood the log
+            if "\0more" not in self.skipped:      # (no file name holds a NUL)
+                self.skipped["\0more"] = "more"
+                log.warning("%s %s: more than %d entries skipped in %s; no more are logged",
+                            self.fn.name, self.route, MAX_SKIPPED, self.trigger.path)
+            return
+        self.skipped[rel] = why
         log.warning("%s %s: %s skipped in %s: %s", self.fn.name, self.route, rel,
                     self.trigger.path, why)
 
