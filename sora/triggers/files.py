@@ -44,10 +44,11 @@ from dataclasses import dataclass
 from watchfiles._rust_notify import RustNotify
 
 from ..isolation import nofollow
-from ..store import file_seen
+from ..store import file_seen, queue
 from ..store.file_seen import Seen
 from . import inotify_limits, settling, shapes
 from .settling import Pending
+from .sink import caps_of
 from .watched_folder import Changed, WatchedFolder, open_folder
 
 log = logging.getLogger("sora.triggers.files")
@@ -86,6 +87,7 @@ class FileWatcher:
         self._sequencer = 0
         self._backoff = 0.0
         self._blocked_until = 0.0
+        self._batch = BATCH                        # changes per batch (1 after a refusal)
         self._stop = threading.Event()             # ends a RustNotify.watch in its thread
         self._lock = asyncio.Lock()                # settling vs fire_now: one at a time
 
@@ -333,6 +335,10 @@ class FileWatcher:
         due = sorted((p.changed, rel) for rel, p in self.pending.items()
                      if manual or (now - p.changed >= self.quiet and now >= p.retry_at))
         batch: list[_Change] = []
+        room = await self._room() if due and not manual else BATCH
+        if room <= 0:
+            self._wait_for_room(progress=False)
+            return fired
         for position, (_, rel) in enumerate(due):
             pending = self.pending.get(rel)
             if pending is not None:
@@ -350,13 +356,17 @@ class FileWatcher:
                 elif verdict != settling.WAIT:
                     batch.append(_Change(rel, verdict, current,
                                          verdict in self.trigger.events))
-            # After a refusal one change probes the queue: a full batch would be refused
-            # (and recorded as skipped) as many times over.
-            if len(batch) >= (1 if self._backoff else BATCH) or \
+            if len(batch) >= min(self._batch, room) or \
                     (batch and position == len(due) - 1):
                 taken, batch = batch, []
                 if not await self._apply(taken, fired):
                     break                          # the queue is full: wait, then again
+                room -= len(taken)
+                if room <= 0 and not manual:
+                    room = await self._room()
+                    if room <= 0:
+                        self._wait_for_room(progress=True)
+                        break
                 if not manual and time.monotonic() - started > SETTLE_ROUND_SECONDS:
                     break                          # let the watch drain its changes
         return fired
@@ -415,16 +425,34 @@ class FileWatcher:
                 self._done(change)
                 fired.append(result)
                 fired_here += 1
+        # After a refusal one change probes the queue, and batches grow again from there
+        # (doubling, as TCP's slow start): a full batch sent into a full queue would be
+        # refused, and recorded as skipped, as many times over.
+        self._batch = 1 if refused else min(self._batch * 2, BATCH)
         if refused:
-            # Some went through: the function is draining, try again soon; none did: wait
-            # longer each time.
-            self._backoff = BACKOFF[0] if fired_here else \
-                min(max(self._backoff * 2, BACKOFF[0]), BACKOFF[1])
-            self._blocked_until = time.monotonic() + self._backoff
-            self.detail = f"the function's event queue is full: {len(self.pending)} file(s) wait"
+            self._wait_for_room(progress=fired_here > 0)
             return False
         self._backoff = 0.0
         return True
+
+    async def _room(self) -> int:
+        """How many more events the function's queue takes before its cap (its
+        `eventInvoke.maxQueuedEvents`), read before a batch is sent: events refused by the cap
+        are each recorded as a skipped firing, so the watcher sends no more than fit. Other
+        producers may fill it meanwhile: the refusal path stays."""
+        if getattr(self.fn, "eventInvoke", None) is None:
+            return BATCH
+        cap = caps_of(self.fn)[0]
+        name = self.fn.name
+        return await self.sink.call(lambda conn: cap - queue.stored_totals(conn, name)[0])
+
+    def _wait_for_room(self, progress: bool) -> None:
+        """The queue is full: try again soon if some went through (the function is draining),
+        else wait twice as long as last time."""
+        self._backoff = BACKOFF[0] if progress else \
+            min(max(self._backoff * 2, BACKOFF[0]), BACKOFF[1])
+        self._blocked_until = time.monotonic() + self._backoff
+        self.detail = f"the function's event queue is full: {len(self.pending)} file(s) wait"
 
     def _hash_all(self, changes: list["_Change"]) -> list:
         """Each file's MD5, or the exception that kept it from being read (on a thread)."""
