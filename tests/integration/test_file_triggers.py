@@ -55,7 +55,7 @@ def python_function(fns, name, inbox, marks, file_trigger, **extra):
 def setup(tmp_path_factory):
     base = tmp_path_factory.mktemp("files")
     fns = base / "fns"
-    folders = {name: base / name for name in ("inbox", "tree", "flaky", "marks")}
+    folders = {name: base / name for name in ("inbox", "tree", "flaky", "capped", "marks")}
     for folder in folders.values():
         folder.mkdir()
     marks = folders["marks"]
@@ -69,6 +69,9 @@ def setup(tmp_path_factory):
         python_function(fns, "flaky", folders["flaky"], marks,
                         {"path": str(folders["flaky"]), "debounceMs": 100},
                         eventInvoke={"maximumRetryAttempts": 1, "retryDelaySeconds": 0.5}),
+        python_function(fns, "capped", folders["capped"], marks,
+                        {"path": str(folders["capped"]), "debounceMs": 50},
+                        eventInvoke={"maxQueuedEvents": 20}),
     ]
     return base, dirs, folders
 
@@ -179,6 +182,25 @@ def test_a_failing_handler_is_retried_then_dead_lettered(host, folders):
     assert dead["deadReason"] == "RetriesExhausted" and dead["attempts"] == 2
     assert dead["trigger"] == "file" and dead["route"] == "file:1"
     assert [e["errorType"] for e in dead["errors"]] == ["RuntimeError"] * 2
+
+
+def test_more_files_than_the_queue_takes_all_run_once(host, folders):
+    names = [f"many-{i:03}.dat" for i in range(300)]     # 15 times the cap of 20
+    for name in names:
+        (folders["capped"] / name).write_text(name)
+    def runs() -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for path in folders["marks"].glob("*.json"):
+            key = json.loads(path.read_text())["key"]
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+    wait_for(lambda: all(n in (r := runs()) for n in names), timeout=120,
+             what="every file to run")
+    time.sleep(0.5)       # what must NOT happen: any file run twice
+    counts = runs()
+    assert [n for n in names if counts[n] != 1] == []
+    # The watcher waited for room instead of having firings refused.
+    assert "firing skipped" not in host.log(whole=True)
 
 
 def test_healthz_and_the_service_report_the_watchers(host, folders):
