@@ -203,6 +203,23 @@ def test_more_files_than_the_queue_takes_all_run_once(host, folders):
     assert "firing skipped" not in host.log(whole=True)
 
 
+def test_links_and_fifos_dropped_in_fire_nothing_and_are_logged_once(host, folders):
+    link, fifo, real = unique(), unique(), unique()
+    os.symlink("/etc/shadow", folders["inbox"] / link)         # root-only, as Sora runs
+    os.mkfifo(folders["inbox"] / fifo)                         # would block a reader
+    (folders["inbox"] / real).write_text("real")
+    wait_for(lambda: marks_for(folders, real), what="the real file to run")
+    time.sleep(1.0)       # what must NOT happen: a run for the link or the fifo
+    assert not marks_for(folders, link) and not marks_for(folders, fifo)
+    log = host.log(whole=True)
+    assert log.count(f"{link} skipped") == 1 and "symbolic link" in log
+    assert log.count(f"{fifo} skipped") == 1 and "a fifo" in log
+    # The content of /etc/shadow went nowhere: no event carries its MD5 or size.
+    shadow = open("/etc/shadow", "rb").read()
+    for path in folders["marks"].glob("*.json"):
+        assert hashlib.md5(shadow).hexdigest() not in path.read_text()
+
+
 def test_healthz_and_the_service_report_the_watchers(host, folders):
     from sora.triggers import control
     status = control.request(str(host.base / "state"), "status", {"function": "csv"})
