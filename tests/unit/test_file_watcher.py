@@ -504,3 +504,24 @@ def test_an_error_is_logged_once_while_the_watcher_retries(inbox, sink, monkeypa
     with caplog.at_level(logging.ERROR, "sora.triggers.files"):
         run(body())
     assert len([r for r in caplog.records if "max_user_watches" in r.getMessage()]) == 1
+
+
+def test_the_watched_folder_is_reached_without_links_below_the_function_folder(tmp_path):
+    from sora.isolation.nofollow import UnsafePath
+    from sora.triggers.watched_folder import open_folder
+    fn_dir = tmp_path / "fn"
+    (fn_dir / "data" / "inbox").mkdir(parents=True)
+    fd = open_folder(str(fn_dir / "data" / "inbox"), str(fn_dir))
+    os.close(fd)
+    # The function's setup swaps a folder on the way for a link to somewhere of root's.
+    os.rename(fn_dir / "data", tmp_path / "moved")
+    (tmp_path / "roots").mkdir()
+    (tmp_path / "roots" / "inbox").mkdir()
+    (fn_dir / "data").symlink_to(tmp_path / "roots")
+    with pytest.raises(UnsafePath, match="symbolic link"):
+        open_folder(str(fn_dir / "data" / "inbox"), str(fn_dir))
+    # Outside the function's folder the operator's path is trusted, its last step is not.
+    (tmp_path / "drop").mkdir()
+    (tmp_path / "drop" / "inbox").symlink_to(tmp_path / "roots" / "inbox")
+    with pytest.raises(UnsafePath, match="symbolic link"):
+        open_folder(str(tmp_path / "drop" / "inbox"), str(fn_dir))
