@@ -1,0 +1,151 @@
+"""What a function's triggers look like from outside: the entries `GET
+/api/functions/{name}/triggers`, `sora triggers` and `/healthz` show.
+
+The trigger service (sora.triggers.service) answers `status` with one TRIGGER_STATUS per
+schedule and file trigger (design18 §5). This module adds what only the gateway knows or needs:
+
+- `http` triggers, which the service does not run, as entries of their own;
+- each last firing's run status, looked up by its request id: `queued`, `leased` or `dead`
+  while its event is in queue.db, then `ok`, `error`, `timeout` or `crashed` from its record;
+- when the service does not answer: every trigger from the config, its next fire times computed
+  here (a rate() from the anchor the service persisted), its last firing from queue.db, and
+  state `down` (nothing fires while the service is down);
+- the summary /healthz shows.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+import zoneinfo
+
+from ..config import FunctionConfig
+from ..store import queue, records
+
+NEXT_COUNT = 3
+DOWN_DETAIL = "the trigger service did not answer"
+NOT_REPORTED = "not (yet) run by the trigger service: is a reload on its way?"
+
+
+def iso(epoch: float, timezone: str = "UTC") -> str:
+    """A fire time as ISO 8601 with its offset, in the schedule's timezone (as the service
+    and `sora validate` show them)."""
+    try:
+        zone = zoneinfo.ZoneInfo(timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        zone = dt.timezone.utc
+    return dt.datetime.fromtimestamp(epoch, zone).isoformat()
+
+
+def http_entry(fn: FunctionConfig, trigger) -> dict:
+    """The function URL, which the gateways serve: always active, never fired by a schedule."""
+    return {"index": trigger.index, "kind": "http", "enabled": True, "state": "active",
+            "detail": None, "url": f"/functions/{fn.name}", "next": [], "lastFiring": None}
+
+
+def _stored_state(queue_conn, function: str, key: str) -> dict | None:
+    """The service's persisted state of one trigger (sora.store.triggers), or None when it has
+    none yet (the service never ran, so its tables may not exist either)."""
+    from ..store import triggers as trigger_store
+    try:
+        return trigger_store.state(queue_conn, function, key)
+    except sqlite3.OperationalError:
+        return None
+
+
+def last_firing(state: dict | None) -> dict | None:
+    if not state or state.get("last_due") is None:
+        return None
+    return {"due": state.get("last_due"), "fired": state.get("last_fired"),
+            "requestId": state.get("last_request_id"), "outcome": state.get("last_outcome"),
+            "reason": state.get("last_reason")}
+
+
+def next_times(trigger, anchor: float | None, now: float) -> list[str]:
+    """The next NEXT_COUNT fire times of an enabled schedule, computed here."""
+    from . import schedule
+    if not trigger.enabled:
+        return []
+    try:
+        parsed = schedule.parse(trigger.expression, trigger.timezone,
+                                anchor=anchor if anchor is not None else now)
+    except ValueError:   # checked at load; a config another host sent may still be odd
+        return []
+    return [iso(t, trigger.timezone) for t in parsed.next_times(now, NEXT_COUNT)]
+
+
+def configured(fn: FunctionConfig, queue_conn, now: float) -> list[dict]:
+    """Every trigger of `fn` from its config alone, for when the service does not answer."""
+    entries = []
+    for trigger in fn.trigger:
+        if trigger.kind == "http":
+            entries.append(http_entry(fn, trigger))
+            continue
+        state = _stored_state(queue_conn, fn.name, trigger.key)
+        entry = {"index": trigger.index, "kind": trigger.kind, "enabled": trigger.enabled,
+                 "state": "down" if trigger.enabled else "disabled",
+                 "detail": DOWN_DETAIL if trigger.enabled else None,
+                 "lastFiring": last_firing(state)}
+        if trigger.kind == "schedule":
+            entry.update(expression=trigger.expression, timezone=trigger.timezone,
+                         next=next_times(trigger, (state or {}).get("first_seen"), now))
+        else:
+            entry.update(path=trigger.path, next=[], watching={
+                "path": trigger.path, "pattern": trigger.pattern,
+                "recursive": trigger.recursive, "events": list(trigger.events)})
+        entries.append(entry)
+    return entries
+
+
+def merged(fn: FunctionConfig, reported: list[dict], queue_conn, now: float) -> list[dict]:
+    """The service's entries, in the order of the function's `trigger` list, with its http
+    triggers (which the service does not run) and any trigger the service does not report
+    (its config newer than the service's, a reload on its way) from the config."""
+    entries = {e["index"]: e for e in reported if isinstance(e, dict) and "index" in e}
+    missing = [t.index for t in fn.trigger if t.index not in entries]
+    if missing:
+        for entry in configured(fn, queue_conn, now):
+            if entry["index"] in missing:
+                if entry["kind"] != "http" and entry["enabled"]:
+                    entry.update(state="unknown", detail=NOT_REPORTED)
+                entries[entry["index"]] = entry
+    return [entries[i] for i in sorted(entries)]
+
+
+def run_status(queue_conn, records_conn, request_id: str | None) -> str | None:
+    """The status of the run a firing enqueued: its event's state while it is in the queue
+    (queued, leased, dead), then its record's (ok, error, timeout, crashed); None for no
+    request id (a skipped firing) or a run neither place has (pruned, or its record still on
+    its way to the recorder)."""
+    if not request_id:
+        return None
+    event = queue.find_event(queue_conn, request_id)
+    if event is not None:
+        return event["state"]
+    return records.status_of(records_conn, request_id)
+
+
+def with_run_status(entries: list[dict], queue_conn, records_conn) -> list[dict]:
+    for entry in entries:
+        firing = entry.get("lastFiring")
+        if isinstance(firing, dict):
+            firing["status"] = run_status(queue_conn, records_conn, firing.get("requestId"))
+    return entries
+
+
+def health_summary(status: dict | None) -> dict:
+    """/healthz's `triggers`: the scheduler's state and each watcher's, or `down`."""
+    if not isinstance(status, dict):
+        return {"state": "down"}
+    scheduler = status.get("scheduler") or {}
+    summary = {"state": scheduler.get("state", "unknown"), "since": scheduler.get("since"),
+               "schedules": 0, "watchers": []}
+    for function, entries in sorted((status.get("functions") or {}).items()):
+        for entry in entries or ():
+            if entry.get("kind") == "schedule":
+                summary["schedules"] += 1
+            elif entry.get("kind") == "file":
+                summary["watchers"].append({
+                    "function": function, "index": entry.get("index"),
+                    "path": (entry.get("watching") or {}).get("path", entry.get("path")),
+                    "state": entry.get("state"), "detail": entry.get("detail")})
+    return summary
