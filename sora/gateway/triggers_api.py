@@ -19,7 +19,6 @@ one (absolute, `..`, NUL) before it asks, so such a key never reaches the servic
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import falcon
@@ -27,7 +26,7 @@ import orjson
 
 from ..config import FUNCTION_NAME_RE, FunctionConfig, HostConfig
 from ..function_table import FunctionTable
-from ..triggers import listing
+from ..triggers import control, listing
 from .errors import SoraError
 from .records_api import Store
 from .requests import read_body
@@ -48,17 +47,13 @@ class TriggerService:
 
     def __init__(self, state_dir: str):
         self.state_dir = state_dir
-        self.socket = os.path.join(state_dir, "run", "triggers.sock")
 
     async def ask(self, op: str, body: dict, wait: float = SERVICE_WAIT) -> dict:
         """The service's answer to `op`, or ServiceDown. No socket file means no service: then
         nothing waits (ZeroMQ would wait the whole `wait` for a socket that never appears)."""
-        if not os.path.exists(self.socket):
-            raise ServiceDown()
-        from ..triggers import control
         try:
             answer = await control.request_async(self.state_dir, op, body, timeout=wait)
-        except (TimeoutError, OSError, control.ControlError):
+        except (control.TriggersUnavailable, OSError, ValueError):
             raise ServiceDown() from None
         if not isinstance(answer, dict):
             raise ServiceDown()
@@ -80,23 +75,22 @@ def _json(resp, value, status: int | None = None) -> None:
     resp.data = json.dumps(value).encode()
 
 
+# The service's error types (sora.triggers.service) and the status each is answered with.
+ERROR_STATUS = {"ResourceNotFoundException": 404, "ResourceConflictException": 409,
+                "TooManyRequestsException": 429, "StoreUnavailable": 503,
+                "InvalidRequest": 400}
+
+
 def refused_by_service(answer: dict) -> SoraError | None:
-    """The service's refusal of a firing (`{"error": {"type", "message", "status"?}}`, or
-    `{"errorType", "errorMessage"}`) as the gateway's error, passed on as it is; None when
-    the answer is no refusal."""
-    error = answer.get("error")
-    if isinstance(error, str):
-        error = {"message": error}
-    if not isinstance(error, dict):
-        if "errorType" not in answer and "errorMessage" not in answer:
-            return None
-        error = {"type": answer.get("errorType"), "message": answer.get("errorMessage")}
-    error_type = str(error.get("type") or "InvalidParameterValueException")
-    status = error.get("status")
-    if not isinstance(status, int) or not 400 <= status < 600:
-        status = 404 if error_type == "ResourceNotFoundException" else 400
-    return SoraError(status, error_type, str(error.get("message") or "The trigger service "
-                                                 "refused the firing"))
+    """The service's refusal of a firing (`{"error": MESSAGE, "errorType": TYPE}`) as the
+    gateway's error, passed on as it is; None when the answer is no refusal."""
+    if "error" not in answer:
+        return None
+    error_type = str(answer.get("errorType") or "InvalidParameterValueException")
+    message = str(answer.get("error") or "The trigger service refused the firing")
+    headers = {"Retry-After": "1"} if error_type in ("TooManyRequestsException",
+                                                     "StoreUnavailable") else None
+    return SoraError(ERROR_STATUS.get(error_type, 400), error_type, message, headers)
 
 
 def key_problem(key) -> str | None:

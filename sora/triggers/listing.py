@@ -15,11 +15,12 @@ schedule and file trigger (design18 §5). This module adds what only the gateway
 from __future__ import annotations
 
 import datetime as dt
-import sqlite3
 import zoneinfo
 
 from ..config import FunctionConfig
 from ..store import queue, records
+from ..store import triggers as trigger_store
+from . import schedule
 
 NEXT_COUNT = 3
 DOWN_DETAIL = "the trigger service did not answer"
@@ -42,27 +43,17 @@ def http_entry(fn: FunctionConfig, trigger) -> dict:
             "detail": None, "url": f"/functions/{fn.name}", "next": [], "lastFiring": None}
 
 
-def _stored_state(queue_conn, function: str, key: str) -> dict | None:
-    """The service's persisted state of one trigger (sora.store.triggers), or None when it has
-    none yet (the service never ran, so its tables may not exist either)."""
-    from ..store import triggers as trigger_store
-    try:
-        return trigger_store.state(queue_conn, function, key)
-    except sqlite3.OperationalError:
-        return None
-
-
-def last_firing(state: dict | None) -> dict | None:
-    if not state or state.get("last_due") is None:
-        return None
-    return {"due": state.get("last_due"), "fired": state.get("last_fired"),
-            "requestId": state.get("last_request_id"), "outcome": state.get("last_outcome"),
-            "reason": state.get("last_reason")}
+def _stored(queue_conn, function: str, key: str) -> tuple[dict | None, dict | None]:
+    """The service's persisted state of one trigger (sora.store.triggers: its rate() anchor)
+    and its last firing, as the service reports them; None for what it has not stored yet."""
+    state = trigger_store.state(queue_conn, function, key)
+    last = trigger_store.firings(queue_conn, function, key, 1)
+    return state, ({k: last[0][k] for k in ("due", "fired", "requestId", "outcome", "reason")}
+                   if last else None)
 
 
 def next_times(trigger, anchor: float | None, now: float) -> list[str]:
     """The next NEXT_COUNT fire times of an enabled schedule, computed here."""
-    from . import schedule
     if not trigger.enabled:
         return []
     try:
@@ -80,11 +71,10 @@ def configured(fn: FunctionConfig, queue_conn, now: float) -> list[dict]:
         if trigger.kind == "http":
             entries.append(http_entry(fn, trigger))
             continue
-        state = _stored_state(queue_conn, fn.name, trigger.key)
+        state, last = _stored(queue_conn, fn.name, trigger.key)
         entry = {"index": trigger.index, "kind": trigger.kind, "enabled": trigger.enabled,
                  "state": "down" if trigger.enabled else "disabled",
-                 "detail": DOWN_DETAIL if trigger.enabled else None,
-                 "lastFiring": last_firing(state)}
+                 "detail": DOWN_DETAIL if trigger.enabled else None, "lastFiring": last}
         if trigger.kind == "schedule":
             entry.update(expression=trigger.expression, timezone=trigger.timezone,
                          next=next_times(trigger, (state or {}).get("first_seen"), now))

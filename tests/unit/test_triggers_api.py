@@ -116,7 +116,7 @@ def test_the_services_entries_with_http_and_each_runs_status(host):
 
 def test_a_trigger_the_service_does_not_run_yet_comes_from_the_config(host):
     host.service.answers["status"] = {"functions": {}}
-    body = host.simulate_get("/api/functions/echo/triggers").json
+    body = host.simulate_get("/api/functions/echo/triggers", headers=as_key(ECHO_KEY)).json
     states = [(e["kind"], e["state"]) for e in body["triggers"]]
     assert states == [("http", "active"), ("schedule", "unknown"), ("file", "unknown"),
                       ("schedule", "disabled")]
@@ -189,8 +189,8 @@ def test_a_body_that_is_not_json_is_refused(host):
 
 
 def test_the_services_refusal_is_passed_on(host):
-    host.service.answers["fire"] = {"error": {
-        "type": "ResourceNotFoundException", "message": "no file in.csv in /srv/inbox"}}
+    host.service.answers["fire"] = {"error": "no file in.csv in /srv/inbox",
+                                    "errorType": "ResourceNotFoundException"}
     resp = host.simulate_post("/api/functions/echo/triggers/2/fire", headers=as_key(ADMIN),
                               json={"key": "in.csv"})
     assert resp.status_code == 404
@@ -248,14 +248,19 @@ def test_key_problems():
         assert key_problem(bad), bad
 
 
-def test_refusals_in_either_shape():
-    assert refused_by_service({"requestIds": []}) is None
-    error = refused_by_service({"error": "no such file"})
-    assert (error.status, error.error_type) == (400, "InvalidParameterValueException")
-    error = refused_by_service({"errorType": "ResourceNotFoundException", "errorMessage": "x"})
-    assert error.status == 404
-    error = refused_by_service({"error": {"type": "Sora.X", "message": "y", "status": 409}})
-    assert (error.status, str(error)) == (409, "y")
+def test_the_services_refusals_and_their_statuses():
+    assert refused_by_service({"requestIds": ["r-1"]}) is None
+    error = refused_by_service({"error": "bad request: 'function'", "errorType": "InvalidRequest"})
+    assert (error.status, error.error_type, str(error)) == (400, "InvalidRequest",
+                                                            "bad request: 'function'")
+    assert refused_by_service({"error": "x", "errorType": "ResourceNotFoundException"}
+                              ).status == 404
+    assert refused_by_service({"error": "x", "errorType": "ResourceConflictException"}
+                              ).status == 409
+    full = refused_by_service({"requestIds": [], "error": "not stored",
+                               "errorType": "TooManyRequestsException"})
+    assert full.status == 429 and full.headers == {"Retry-After": "1"}
+    assert refused_by_service({"error": "?"}).status == 400
 
 
 def test_run_status_prefers_the_queue_then_the_record(tmp_path):
