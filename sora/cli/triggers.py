@@ -8,6 +8,7 @@ schedule or file trigger, and asks for INDEX when it has several.
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 import sys
 import time
@@ -37,6 +38,15 @@ def age(stamp, now: float) -> str:
     if seconds < 86400:
         return f"{seconds // 3600:.0f}h ago"
     return f"{seconds // 86400:.0f}d ago"
+
+
+def at_second(stamp) -> str | None:
+    """A next fire time (ISO 8601 with its offset) to the second, for the table; a rate()
+    counts from the moment it was first seen, fractions included."""
+    try:
+        return dt.datetime.fromisoformat(stamp).replace(microsecond=0).isoformat()
+    except (TypeError, ValueError):
+        return stamp
 
 
 def what(entry: dict) -> str:
@@ -74,7 +84,7 @@ def rows_of(body: dict, now: float) -> list[list]:
         upcoming = entry.get("next") or []
         rows.append([body.get("function"), entry.get("index"), entry.get("kind"),
                      shown(what(entry)), entry.get("state"),
-                     upcoming[0] if upcoming else None, firing(entry, now),
+                     at_second(upcoming[0]) if upcoming else None, firing(entry, now),
                      last.get("status")])
     return rows
 

@@ -64,6 +64,12 @@ def next_times(trigger, anchor: float | None, now: float) -> list[str]:
     return [iso(t, trigger.timezone) for t in parsed.next_times(now, NEXT_COUNT)]
 
 
+def watching(trigger) -> dict:
+    """What a file trigger watches, as the service's status says it."""
+    return {"path": trigger.path, "pattern": trigger.pattern, "recursive": trigger.recursive,
+            "events": list(trigger.events)}
+
+
 def configured(fn: FunctionConfig, queue_conn, now: float) -> list[dict]:
     """Every trigger of `fn` from its config alone, for when the service does not answer."""
     entries = []
@@ -79,9 +85,7 @@ def configured(fn: FunctionConfig, queue_conn, now: float) -> list[dict]:
             entry.update(expression=trigger.expression, timezone=trigger.timezone,
                          next=next_times(trigger, (state or {}).get("first_seen"), now))
         else:
-            entry.update(path=trigger.path, next=[], watching={
-                "path": trigger.path, "pattern": trigger.pattern,
-                "recursive": trigger.recursive, "events": list(trigger.events)})
+            entry.update(path=trigger.path, next=[], watching=watching(trigger))
         entries.append(entry)
     return entries
 
@@ -91,6 +95,11 @@ def merged(fn: FunctionConfig, reported: list[dict], queue_conn, now: float) -> 
     triggers (which the service does not run) and any trigger the service does not report
     (its config newer than the service's, a reload on its way) from the config."""
     entries = {e["index"]: e for e in reported if isinstance(e, dict) and "index" in e}
+    for trigger in fn.files:
+        entry = entries.get(trigger.index)
+        if entry is not None and not entry.get("watching"):
+            # A watcher that failed to start reports no `watching`; the config says it.
+            entry["watching"] = watching(trigger)
     missing = [t.index for t in fn.trigger if t.index not in entries]
     if missing:
         for entry in configured(fn, queue_conn, now):
@@ -123,16 +132,18 @@ def with_run_status(entries: list[dict], queue_conn, records_conn) -> list[dict]
 
 
 def health_summary(status: dict | None) -> dict:
-    """/healthz's `triggers`: the scheduler's state and each watcher's, or `down`."""
+    """/healthz's `triggers`: the scheduler's state, how many schedules are in each state
+    (`active`, `disabled`, `error`), each watcher's state and detail; or `down`."""
     if not isinstance(status, dict):
         return {"state": "down"}
     scheduler = status.get("scheduler") or {}
     summary = {"state": scheduler.get("state", "unknown"), "since": scheduler.get("since"),
-               "schedules": 0, "watchers": []}
+               "schedules": {}, "watchers": []}
     for function, entries in sorted((status.get("functions") or {}).items()):
         for entry in entries or ():
             if entry.get("kind") == "schedule":
-                summary["schedules"] += 1
+                state = str(entry.get("state"))
+                summary["schedules"][state] = summary["schedules"].get(state, 0) + 1
             elif entry.get("kind") == "file":
                 summary["watchers"].append({
                     "function": function, "index": entry.get("index"),

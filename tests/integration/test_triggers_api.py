@@ -127,7 +127,7 @@ def test_the_cli_lists_and_fires(host):
 def test_healthz_shows_the_scheduler_and_each_watcher(host):
     health = host.health()
     assert health["triggers"]["state"] == "running"
-    assert health["triggers"]["schedules"] == 2
+    assert health["triggers"]["schedules"] == {"active": 1, "disabled": 1}
     [watcher] = health["triggers"]["watchers"]
     assert watcher["function"] == "ticker" and watcher["index"] == 2
     assert watcher["path"].endswith("/ticker/inbox")

@@ -122,6 +122,15 @@ def test_a_trigger_the_service_does_not_run_yet_comes_from_the_config(host):
                       ("schedule", "disabled")]
 
 
+def test_a_watcher_that_failed_to_start_still_shows_what_it_watches(host):
+    host.service.answers["status"] = {"functions": {"echo": [
+        status_entry(2, "file", state="error", detail="ModuleNotFoundError: ...")]}}
+    body = host.simulate_get("/api/functions/echo/triggers", headers=as_key(ADMIN)).json
+    files = body["triggers"][2]
+    assert files["state"] == "error"
+    assert files["watching"]["path"] == host.inbox and files["watching"]["pattern"] == "*.csv"
+
+
 def test_when_the_service_does_not_answer_the_config_and_local_next_times(host):
     before = time.time()
     body = host.simulate_get("/api/functions/echo/triggers", headers=as_key(ADMIN)).json
@@ -230,7 +239,8 @@ def test_healthz_shows_the_scheduler_and_each_watcher_to_an_admin(host):
                                                        detail="gone",
                                                        watching={"path": host.inbox})]}}
     body = host.simulate_get("/healthz", headers=as_key(ADMIN)).json
-    assert body["triggers"] == {"state": "running", "since": 5.0, "schedules": 1, "watchers": [
+    assert body["triggers"] == {"state": "running", "since": 5.0, "schedules": {"active": 1},
+                                "watchers": [
         {"function": "echo", "index": 2, "path": host.inbox, "state": "error",
          "detail": "gone"}]}
     assert host.service.asked[-1] == ("status", {})

@@ -93,6 +93,12 @@ def test_a_functions_text_cannot_drive_the_terminal(capsys):
     assert "\nstatus: ok" not in out
 
 
+def test_next_times_are_shown_to_the_second():
+    assert T.at_second("2026-12-06T23:58:44.598737+00:00") == "2026-12-06T23:58:44+00:00"
+    assert T.at_second("2027-01-15T09:00:00+01:00") == "2027-01-15T09:00:00+01:00"
+    assert T.at_second("soon") == "soon"
+
+
 def test_ages():
     assert T.age(NOW - 0.44, NOW) == "0.4s ago"
     assert T.age(NOW - 150, NOW) == "2m ago"
