@@ -10,9 +10,12 @@ import datetime as dt
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
+import psutil
 import pytest
 
 from tests.support import served, wait_for, write_function
@@ -166,3 +169,27 @@ def test_a_key_through_a_planted_link_is_refused_and_a_real_file_fires(host):
     [request_id] = resp.json()["requestIds"]
     record = ran(host, request_id)
     assert (record["trigger"], record.get("triggerIndex")) == ("file", 2)
+
+
+def test_a_service_that_does_not_answer_is_shown_from_the_config(host):
+    """The service stopped (SIGSTOP: its socket stays, nothing answers): the listing comes from
+    the config and the store within the wait, /healthz says `down`, a firing is a 503."""
+    [service] = [p for p in host.descendants()
+                 if "sora.triggers.service" in " ".join(p.cmdline())]
+    service.send_signal(signal.SIGSTOP)
+    try:
+        start = time.monotonic()
+        body = triggers(host)
+        took = time.monotonic() - start
+        assert body["service"] == "down" and took < 4, took
+        rate = body["triggers"][1]
+        assert rate["state"] == "down" and len(rate["next"]) == 3
+        assert rate["lastFiring"]["requestId"]   # from the store, as the service left it
+        assert host.health()["triggers"] == {"state": "down"}
+        resp = fire(host, 1)
+        assert resp.status_code == 503
+        assert resp.json()["errorType"] == "Sora.TriggerServiceUnavailable"
+    finally:
+        service.send_signal(signal.SIGCONT)
+    wait_for(lambda: triggers(host)["service"] == "up", what="the service to answer again")
+    assert psutil.pid_exists(service.pid)
