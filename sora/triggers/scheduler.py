@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import sqlite3
 import time
 import uuid
@@ -104,7 +105,9 @@ class Scheduler:
     async def _start(self, fn, trigger) -> Entry:
         now = self.clock()
         key = trigger.key
-        anchor = await self.sink.call(lambda conn: store.first_seen(conn, fn.name, key, now))
+        # Whole seconds: a rate() fires on them, so the event's `time` (to the second) is exact.
+        anchor = await self.sink.call(lambda conn: store.first_seen(conn, fn.name, key,
+                                                                    math.ceil(now)))
         schedule = self.parse(trigger.expression, trigger.timezone, anchor)
         st = await self.sink.call(lambda conn: store.state(conn, fn.name, key)) or {}
         baseline = st.get("last_due") or anchor
