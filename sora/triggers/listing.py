@@ -14,27 +14,13 @@ schedule and file trigger (design18 §5). This module adds what only the gateway
 """
 from __future__ import annotations
 
-import datetime as dt
-import zoneinfo
-
 from ..config import FunctionConfig
 from ..store import queue, records
 from ..store import triggers as trigger_store
-from . import schedule
+from . import describe
 
-NEXT_COUNT = 3
 DOWN_DETAIL = "the trigger service did not answer"
 NOT_REPORTED = "not (yet) run by the trigger service: is a reload on its way?"
-
-
-def iso(epoch: float, timezone: str = "UTC") -> str:
-    """A fire time as ISO 8601 with its offset, in the schedule's timezone (as the service
-    and `sora validate` show them)."""
-    try:
-        zone = zoneinfo.ZoneInfo(timezone)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        zone = dt.timezone.utc
-    return dt.datetime.fromtimestamp(epoch, zone).isoformat()
 
 
 def http_entry(fn: FunctionConfig, trigger) -> dict:
@@ -53,15 +39,14 @@ def _stored(queue_conn, function: str, key: str) -> tuple[dict | None, dict | No
 
 
 def next_times(trigger, anchor: float | None, now: float) -> list[str]:
-    """The next NEXT_COUNT fire times of an enabled schedule, computed here."""
+    """The next fire times of an enabled schedule, computed here (sora.triggers.describe, as
+    `sora validate` shows them)."""
     if not trigger.enabled:
         return []
     try:
-        parsed = schedule.parse(trigger.expression, trigger.timezone,
-                                anchor=anchor if anchor is not None else now)
+        return describe.next_fire_times(trigger, now, anchor=anchor)
     except ValueError:   # checked at load; a config another host sent may still be odd
         return []
-    return [iso(t, trigger.timezone) for t in parsed.next_times(now, NEXT_COUNT)]
 
 
 def watching(trigger) -> dict:

@@ -18,7 +18,7 @@ from sora.gateway import app as gateway_app
 from sora.gateway import triggers_api
 from sora.gateway.triggers_api import ServiceDown, key_problem, refused_by_service
 from sora.store import db, queue, records
-from sora.triggers import listing
+from sora.triggers import listing, schedule
 from tests.support import write_function
 from tests.unit.test_gateway_app import FakeBroker, FakeIntake
 
@@ -140,8 +140,8 @@ def test_when_the_service_does_not_answer_the_config_and_local_next_times(host):
     assert rate["state"] == "down" and rate["detail"] == listing.DOWN_DETAIL
     assert rate["expression"] == "rate(1 minute)" and len(rate["next"]) == 3
     # No persisted anchor (the service never saw it): every minute from now.
-    first = listing.iso(before + 60)[:16]
-    assert rate["next"][0][:16] in (first, listing.iso(before + 61)[:16])
+    first = schedule.iso(before + 60)[:16]
+    assert rate["next"][0][:16] in (first, schedule.iso(before + 61)[:16])
     assert files["watching"] == {"path": host.inbox, "pattern": "*.csv", "recursive": False,
                                  "events": ["created"]}
     assert paris["state"] == "disabled" and paris["next"] == []
