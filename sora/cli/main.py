@@ -395,10 +395,11 @@ def cmd_dlq(args) -> int:
     rows = []
     for e in events:
         last = e["errors"][-1] if e["errors"] else None
-        rows.append([e["requestId"], when(e["accepted"]), e["attempts"], e["deadReason"],
+        rows.append([e["requestId"], when(e["accepted"]), trigger_label(e), e["attempts"],
+                     e["deadReason"],
                      shown(short(f"{last['errorType']}: {last['errorMessage']}" if last else "",
                                  60))])
-    table(rows, ["REQUEST ID", "ACCEPTED", "ATTEMPTS", "REASON", "LAST ERROR"])
+    table(rows, ["REQUEST ID", "ACCEPTED", "TRIGGER", "ATTEMPTS", "REASON", "LAST ERROR"])
     return 0
 
 

@@ -178,3 +178,17 @@ def test_records_show_the_trigger_and_its_index(host, capsys):
     assert lines[2].split()[2:4] == ["http", "ok"]
     assert trigger_label({"trigger": "schedule", "triggerIndex": 0}) == "schedule:0"
     assert trigger_label({"trigger": "event"}) == "event"
+
+
+def test_dead_letters_show_which_trigger_fired_them(host, capsys):
+    host.pages["/api/functions/echo/dlq"] = {"nextCursor": None, "events": [
+        {"requestId": "r-3", "accepted": NOW, "trigger": "schedule", "triggerIndex": 1,
+         "route": "schedule:1", "attempts": 3, "deadReason": "RetriesExhausted",
+         "errors": [{"errorType": "Error", "errorMessage": "boom"}]},
+        {"requestId": "r-4", "accepted": NOW, "trigger": "event", "route": "invoke",
+         "attempts": 3, "deadReason": "RetriesExhausted", "errors": []}]}
+    assert cli.main(["dlq", "echo"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:5] == ["REQUEST", "ID", "ACCEPTED", "TRIGGER", "ATTEMPTS"]
+    assert lines[1].split()[2:4] == ["schedule:1", "3"]
+    assert lines[2].split()[2] == "event"
