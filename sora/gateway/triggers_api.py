@@ -19,6 +19,7 @@ one (absolute, `..`, NUL) before it asks, so such a key never reaches the servic
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import falcon
@@ -35,6 +36,7 @@ SERVICE_WAIT = 2.0      # the GET and a firing: the service answers in milliseco
 HEALTH_WAIT = 1.0       # /healthz, which probes call: kept short
 MAX_FIRE_BODY = 64 << 10
 MAX_KEY_LENGTH = 1024   # S3's limit on an object key
+INDEX_RE = re.compile(r"^[0-9]{1,4}$")
 
 
 class ServiceDown(Exception):
@@ -156,11 +158,10 @@ class TriggersResource(_TriggerRoute):
 class TriggerFireResource(_TriggerRoute):
     async def on_post(self, req, resp, name: str, index: str) -> None:
         fn = await self.function(name)
-        try:
-            number = int(index)
-        except ValueError:
+        if not INDEX_RE.match(index):   # int() would take " 1", "+1", "1_0", "١"
             raise _bad(f"index: expected the trigger's position in the function's `trigger` "
-                       f"list (an integer), got {index!r}") from None
+                       f"list (an integer), got {index!r}")
+        number = int(index)
         body = await read_body(req, MAX_FIRE_BODY, self.config.server.bodyTimeout)
         request = {"function": name, "index": number}
         fields = self.fields_of(body)

@@ -171,6 +171,9 @@ def test_fire_passes_the_firing_to_the_service(host):
 
 @pytest.mark.parametrize("index, body, status, words", [
     ("x", None, 400, "index: expected the trigger's position"),
+    ("+1", None, 400, "index: expected the trigger's position"),
+    ("1_0", None, 400, "index: expected the trigger's position"),
+    ("%D9%A1", None, 400, "index: expected the trigger's position"),
     ("9", None, 404, "Function echo has no trigger 9; its triggers: 0 (http), 1 (schedule)"),
     ("0", None, 400, "trigger 0 of echo is http: call its function URL"),
     ("1", {"key": "a.csv"}, 400, "key: only a file trigger takes a key"),
