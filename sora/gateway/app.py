@@ -190,9 +190,10 @@ for _method in falcon.constants.COMBINED_METHODS:
 
 class HealthResource:
     """`GET /healthz`: open to all (probes), but only an admin key (or a host without keys)
-    sees the functions, processes and their reasons, and `triggers`: the trigger service's
-    scheduler and each file watcher (sora.triggers.listing.health_summary), or
-    `{"state": "down"}` when it does not answer within HEALTH_WAIT."""
+    sees the functions, processes and their reasons; the `triggers` process's entry gets what
+    the trigger service says of its scheduler and each file watcher
+    (sora.triggers.listing.health_summary; `scheduler: {"state": "down"}` when it does not
+    answer within HEALTH_WAIT)."""
 
     auth_scope = "public"
 
@@ -219,8 +220,13 @@ class HealthResource:
             body = json.dumps({"status": json.loads(body).get("status")}).encode()
         elif asked is not None:
             health = json.loads(body)
-            health["triggers"] = health_summary(await asked)
-            body = json.dumps(health).encode()
+            if isinstance(health.get("triggers"), dict):
+                # The supervisor's entry for the `triggers` process (state, pid, restarts),
+                # with what the process itself says. A joined host has no such process.
+                health["triggers"].update(health_summary(await asked))
+                body = json.dumps(health).encode()
+            else:
+                asked.cancel()
         resp.data = body
 
     async def trigger_status(self) -> dict | None:

@@ -117,12 +117,14 @@ def with_run_status(entries: list[dict], queue_conn, records_conn) -> list[dict]
 
 
 def health_summary(status: dict | None) -> dict:
-    """/healthz's `triggers`: the scheduler's state, how many schedules are in each state
-    (`active`, `disabled`, `error`), each watcher's state and detail; or `down`."""
+    """What /healthz adds to the `triggers` process's entry: `scheduler` (its state and since,
+    or `{"state": "down"}` when the service did not answer), how many schedules are in each
+    state (`active`, `disabled`, `error`), and each watcher's state and detail."""
     if not isinstance(status, dict):
-        return {"state": "down"}
+        return {"scheduler": {"state": "down"}, "schedules": {}, "watchers": []}
     scheduler = status.get("scheduler") or {}
-    summary = {"state": scheduler.get("state", "unknown"), "since": scheduler.get("since"),
+    summary = {"scheduler": {"state": scheduler.get("state", "unknown"),
+                             "since": scheduler.get("since")},
                "schedules": {}, "watchers": []}
     for function, entries in sorted((status.get("functions") or {}).items()):
         for entry in entries or ():

@@ -129,7 +129,8 @@ def test_the_cli_lists_and_fires(host):
 
 def test_healthz_shows_the_scheduler_and_each_watcher(host):
     health = host.health()
-    assert health["triggers"]["state"] == "running"
+    assert health["triggers"]["state"] == "RUNNING"   # the process, as the supervisor sees it
+    assert health["triggers"]["scheduler"]["state"] == "running"   # as it says itself
     assert health["triggers"]["schedules"] == {"active": 1, "disabled": 1}
     [watcher] = health["triggers"]["watchers"]
     assert watcher["function"] == "ticker" and watcher["index"] == 2
@@ -185,7 +186,7 @@ def test_a_service_that_does_not_answer_is_shown_from_the_config(host):
         rate = body["triggers"][1]
         assert rate["state"] == "down" and len(rate["next"]) == 3
         assert rate["lastFiring"]["requestId"]   # from the store, as the service left it
-        assert host.health()["triggers"] == {"state": "down"}
+        assert host.health()["triggers"]["scheduler"] == {"state": "down"}
         resp = fire(host, 1)
         assert resp.status_code == 503
         assert resp.json()["errorType"] == "Sora.TriggerServiceUnavailable"

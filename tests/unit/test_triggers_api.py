@@ -42,9 +42,20 @@ class FakeService:
         return answer
 
 
+TRIGGERS_PROCESS = {"kind": "triggers", "state": "RUNNING", "reason": "started", "pid": 7,
+                    "restarts": 0, "since": 1.0}
+
+
 class Health(FakeBroker):
+    """The control plane's /healthz: the main host's has the `triggers` process, a joined
+    host's (`joined`) has none."""
+    joined = False
+
     async def status(self, request_id, timeout=3.0):
-        return json.dumps({"status": "ok", "functions": {}}).encode()
+        health = {"status": "ok", "functions": {}}
+        if not self.joined:
+            health["triggers"] = dict(TRIGGERS_PROCESS)
+        return json.dumps(health).encode()
 
 
 @pytest.fixture
@@ -72,7 +83,9 @@ def host(tmp_path, monkeypatch):
     service = FakeService()
     monkeypatch.setattr(gateway_app, "TriggerService", lambda state_dir: service)
     config = load_host_config(str(tmp_path / "host-config.yaml"))
-    client = falcon.testing.TestClient(gateway_app.create_app(config, Health()))
+    broker = Health()
+    client = falcon.testing.TestClient(gateway_app.create_app(config, broker))
+    client.broker = broker
     client.service = service
     client.state_dir = config.stateDir
     client.inbox = str(inbox)
@@ -238,20 +251,28 @@ def test_healthz_shows_the_scheduler_and_each_watcher_to_an_admin(host):
     host.service.answers["status"] = {"scheduler": {"state": "running", "since": 5.0},
                                       "functions": {"echo": [
                                           status_entry(1, "schedule"),
+                                          status_entry(3, "schedule", state="disabled"),
                                           status_entry(2, "file", state="error",
                                                        detail="gone",
                                                        watching={"path": host.inbox})]}}
     body = host.simulate_get("/healthz", headers=as_key(ADMIN)).json
-    assert body["triggers"] == {"state": "running", "since": 5.0, "schedules": {"active": 1},
-                                "watchers": [
-        {"function": "echo", "index": 2, "path": host.inbox, "state": "error",
-         "detail": "gone"}]}
+    assert body["triggers"] == {
+        **TRIGGERS_PROCESS, "scheduler": {"state": "running", "since": 5.0},
+        "schedules": {"active": 1, "disabled": 1},
+        "watchers": [{"function": "echo", "index": 2, "path": host.inbox, "state": "error",
+                      "detail": "gone"}]}
     assert host.service.asked[-1] == ("status", {})
     assert host.simulate_get("/healthz").json == {"status": "ok"}
     assert host.simulate_get("/healthz", headers=as_key(ECHO_KEY)).json == {"status": "ok"}
     del host.service.answers["status"]
     body = host.simulate_get("/healthz", headers=as_key(ADMIN)).json
-    assert body["triggers"] == {"state": "down"}
+    assert body["triggers"] == {**TRIGGERS_PROCESS, "scheduler": {"state": "down"},
+                                "schedules": {}, "watchers": []}
+
+
+def test_healthz_of_a_joined_host_has_no_triggers(host):
+    host.broker.joined = True
+    assert "triggers" not in host.simulate_get("/healthz", headers=as_key(ADMIN)).json
 
 
 def test_key_problems():
