@@ -116,7 +116,13 @@ def render(bodies: list[dict], now: float, wrap_at: int | None) -> None:
 def function_names(host: Host) -> list[str]:
     """The host's functions (not a published version's NAME:N, nor a duplicate folder's
     `NAME (folder)`, which have no triggers of their own)."""
-    functions = host.get_json("/api/functions").get("functions", [])
+    try:
+        functions = host.get_json("/api/functions").get("functions", [])
+    except ApiError as exc:
+        if exc.status != 403:
+            raise
+        raise CliError(f"{exc}; listing every function's triggers needs an admin key: give "
+                       "a function's NAME (sora triggers NAME) to see its own") from None
     return [f["name"] for f in functions if FUNCTION_NAME_RE.match(str(f.get("name", "")))]
 
 

@@ -192,3 +192,9 @@ def test_dead_letters_show_which_trigger_fired_them(host, capsys):
     assert lines[0].split()[:5] == ["REQUEST", "ID", "ACCEPTED", "TRIGGER", "ATTEMPTS"]
     assert lines[1].split()[2:4] == ["schedule:1", "3"]
     assert lines[2].split()[2] == "event"
+
+
+def test_every_function_needs_an_admin_key_and_says_so(host, capsys):
+    host.pages["/api/functions"] = ApiError(403, "Sora.Forbidden", "no admin scope")
+    assert cli.main(["triggers"]) == 1
+    assert "give a function's NAME (sora triggers NAME)" in capsys.readouterr().err
