@@ -149,7 +149,9 @@ class TriggersResource(_TriggerRoute):
             service = "down"
         else:
             reported = (answer.get("functions") or {}).get(name) or []
-            entries = listing.merged(fn, reported, self.store.queue, now) if fn else reported
+            why = listing.ELSEWHERE if self.functions.is_remote(name) else listing.NOT_REPORTED
+            entries = (listing.merged(fn, reported, self.store.queue, now, why) if fn
+                       else reported)
             service = "up"
         listing.with_run_status(entries, self.store.queue, self.store.conn)
         _json(resp, {"function": name, "service": service, "triggers": entries})

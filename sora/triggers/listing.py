@@ -21,6 +21,9 @@ from . import describe
 
 DOWN_DETAIL = "the trigger service did not answer"
 NOT_REPORTED = "not (yet) run by the trigger service: is a reload on its way?"
+# The trigger service runs the triggers of its own host's functions (sora.triggers.service).
+ELSEWHERE = ("the function is served by a joined host: this host's trigger service does not "
+             "run its triggers")
 
 
 def http_entry(fn: FunctionConfig, trigger) -> dict:
@@ -75,7 +78,8 @@ def configured(fn: FunctionConfig, queue_conn, now: float) -> list[dict]:
     return entries
 
 
-def merged(fn: FunctionConfig, reported: list[dict], queue_conn, now: float) -> list[dict]:
+def merged(fn: FunctionConfig, reported: list[dict], queue_conn, now: float,
+           why_missing: str = NOT_REPORTED) -> list[dict]:
     """The service's entries, in the order of the function's `trigger` list, with its http
     triggers (which the service does not run) and any trigger the service does not report
     (its config newer than the service's, a reload on its way) from the config."""
@@ -90,7 +94,7 @@ def merged(fn: FunctionConfig, reported: list[dict], queue_conn, now: float) -> 
         for entry in configured(fn, queue_conn, now):
             if entry["index"] in missing:
                 if entry["kind"] != "http" and entry["enabled"]:
-                    entry.update(state="unknown", detail=NOT_REPORTED)
+                    entry.update(state="unknown", detail=why_missing)
                 entries[entry["index"]] = entry
     return [entries[i] for i in sorted(entries)]
 

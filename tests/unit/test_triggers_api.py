@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from sora.config import load_host_config
+from sora.function_table import FunctionTable
 from sora.gateway import app as gateway_app
 from sora.gateway import triggers_api
 from sora.gateway.triggers_api import ServiceDown, key_problem, refused_by_service
@@ -133,6 +134,14 @@ def test_a_trigger_the_service_does_not_run_yet_comes_from_the_config(host):
     states = [(e["kind"], e["state"]) for e in body["triggers"]]
     assert states == [("http", "active"), ("schedule", "unknown"), ("file", "unknown"),
                       ("schedule", "disabled")]
+
+
+def test_a_joined_hosts_function_says_its_triggers_do_not_run_here(host, monkeypatch):
+    host.service.answers["status"] = {"functions": {}}
+    monkeypatch.setattr(FunctionTable, "is_remote", lambda self, name: name == "echo")
+    body = host.simulate_get("/api/functions/echo/triggers", headers=as_key(ADMIN)).json
+    assert body["triggers"][1]["state"] == "unknown"
+    assert body["triggers"][1]["detail"] == listing.ELSEWHERE
 
 
 def test_a_watcher_that_failed_to_start_still_shows_what_it_watches(host):
