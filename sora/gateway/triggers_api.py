@@ -181,13 +181,15 @@ class TriggerFireResource(_TriggerRoute):
                            f"is a {trigger.kind}")
             problem = key_problem(fields["key"])
             if problem:
-                raise _bad(f"key: {problem}, got {fields['key']!r}")
+                raise _bad(f"key: {problem}, got {str(fields['key'])[:200]!r}")
             request["key"] = fields["key"]
         try:
             answer = await self.service.ask("fire", request)
         except ServiceDown:
             raise SoraError(503, "Sora.TriggerServiceUnavailable",
-                            "The trigger service did not answer: nothing was enqueued",
+                            f"The trigger service did not answer within {SERVICE_WAIT:.0f}s (it "
+                            f"is not running, or restarting): the firing may not have been "
+                            f"stored; GET /api/functions/{name}/triggers shows the last one",
                             {"Retry-After": "1"}) from None
         refusal = refused_by_service(answer)
         if refusal is not None:
