@@ -77,13 +77,23 @@ def firing(entry: dict, now: float) -> str:
     return text
 
 
+def state_of(entry: dict) -> str | None:
+    """Its state, with a file trigger's files waiting to settle or to be enqueued (the
+    function's queue at its cap): `active, 12 pending`."""
+    state = entry.get("state")
+    pending = entry.get("pending")
+    if isinstance(pending, int) and pending > 0:
+        return f"{state}, {pending} pending"
+    return state
+
+
 def rows_of(body: dict, now: float) -> list[list]:
     rows = []
     for entry in body.get("triggers", []):
         last = entry.get("lastFiring") if isinstance(entry.get("lastFiring"), dict) else {}
         upcoming = entry.get("next") or []
         rows.append([body.get("function"), entry.get("index"), entry.get("kind"),
-                     shown(what(entry)), entry.get("state"),
+                     shown(what(entry)), state_of(entry),
                      at_second(upcoming[0]) if upcoming else None, firing(entry, now),
                      last.get("status")])
     return rows

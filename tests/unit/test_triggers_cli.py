@@ -198,3 +198,9 @@ def test_every_function_needs_an_admin_key_and_says_so(host, capsys):
     host.pages["/api/functions"] = ApiError(403, "Sora.Forbidden", "no admin scope")
     assert cli.main(["triggers"]) == 1
     assert "give a function's NAME (sora triggers NAME)" in capsys.readouterr().err
+
+
+def test_a_file_triggers_pending_files_are_shown_with_its_state():
+    assert T.state_of({"state": "active", "pending": 12, "seen": 3}) == "active, 12 pending"
+    assert T.state_of({"state": "active", "pending": 0}) == "active"
+    assert T.state_of({"state": "disabled"}) == "disabled"
