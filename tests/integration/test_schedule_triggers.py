@@ -284,7 +284,8 @@ def test_a_queued_firing_survives_kill_9_of_the_whole_host(tmp_path):
 
 def test_status_and_a_manual_firing_through_the_control_socket(host, base):
     state = str(base / "state")
-    status = control.request(state, "status", {"function": "tick"})
+    status = wait_for(lambda: (st := control.request(state, "status", {"function": "tick"}))[
+        "functions"]["tick"][0]["lastFiring"] and st, what="tick's first firing")
     assert status["scheduler"]["state"] == "running" and list(status["functions"]) == ["tick"]
     (tick,) = status["functions"]["tick"]
     assert (tick["index"], tick["kind"], tick["enabled"], tick["state"], tick["expression"],
@@ -305,3 +306,17 @@ def test_status_and_a_manual_firing_through_the_control_socket(host, base):
     assert control.request(state, "fire", {"function": "tick", "index": 7})["errorType"] == \
         "ResourceNotFoundException"
     assert control.request(state, "bogus")["errorType"] == "InvalidRequest"
+
+
+def test_the_trigger_service_killed_is_restarted_and_fires_no_time_twice(host, base):
+    import os
+    pid = host.health()["triggers"]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    killed = time.time()
+    again = wait_for(lambda: (t := host.health()["triggers"])["state"] == "RUNNING" and
+                     t["pid"] != pid and t, timeout=30, what="the trigger service restarted")
+    assert again["restarts"] >= 1
+    wait_for(lambda: [f for f in history(host, "tick", 1) if f["due"] > killed + 1],
+             timeout=20, what="tick to fire again")
+    dues = [f["due"] for f in history(host, "tick", 1)]
+    assert len(dues) == len(set(dues)), "a due time was fired twice"
