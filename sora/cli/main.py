@@ -9,6 +9,7 @@
     sora invoke NAME [--data JSON|@FILE|-] [--async] [--log]
     sora invoke --local DIR [--data ...] [--log]    once, without a host
     sora logs NAME [--follow] [--request-id ID]
+    sora invocations NAME [--status S] [--limit N]  its latest invocation records
     sora inspect REQUEST_ID
     sora dlq NAME [--replay [ID ...]] [--discard [ID ...]]
     sora keys [NAME] [--api NAME]               the host's API keys as AWS credentials
@@ -20,6 +21,9 @@
     sora alias NAME ALIAS VERSION [--weight V=W]    create or move an alias
     sora rollback NAME ALIAS                    the alias back to the version it named before
     sora reload [--function NAME ...]           re-read the config and switch what changed
+    sora triggers [NAME]                        schedules and file triggers: next fire times,
+                                                what they watch, last firing and its status
+    sora triggers fire NAME [INDEX] [--key K]   enqueue a firing now
 
 Tables for people, `--json` for scripts. Exit status: 0 success, 1 the function or the API
 reported an error, 2 bad usage or configuration, 3 the host cannot be reached.
@@ -42,7 +46,8 @@ from ..config import (FUNCTION_FILE, LANGUAGES, ConfigError, load_function_confi
 from .dev import cmd_dev
 from .host import CliError, Host, config_path
 from .manage import add_commands
-from .output import emit_json, shown, table, terminal_width
+from .triggers import add_commands as add_trigger_commands
+from .output import emit_json, shown, table, terminal_width, trigger_label
 
 INVOKE_PATH = "/2015-03-31/functions/{}/invocations"
 
@@ -311,13 +316,28 @@ def cmd_logs(args) -> int:
     return 0
 
 
+def cmd_invocations(args) -> int:
+    body = Host.from_args(args).get_json(f"/api/functions/{args.name}/invocations",
+                                         {"status": args.status, "limit": args.limit})
+    if args.json:
+        emit_json(body)
+        return 0
+    rows = [[item["requestId"], when(item.get("start")), trigger_label(item), item["status"],
+             f"{item['durationMs']:.0f} ms" if "durationMs" in item else None,
+             shown(short(f"{item['errorType']}: {item.get('errorMessage') or ''}"
+                         if item.get("errorType") else "", 60))]
+            for item in body["invocations"]]
+    table(rows, ["REQUEST ID", "START", "TRIGGER", "STATUS", "DURATION", "ERROR"])
+    return 0
+
+
 def cmd_inspect(args) -> int:
     item = Host.from_args(args).get_json(f"/api/invocations/{args.request_id}")
     if args.json:
         emit_json(item)
         return 0
     fields = [("request id", item["requestId"]), ("function", item["function"]),
-              ("status", item["status"]), ("trigger", item.get("trigger")),
+              ("status", item["status"]), ("trigger", trigger_label(item)),
               ("version", item.get("version")), ("start", when(item.get("start"))),
               ("duration", f"{item['durationMs']} ms" if "durationMs" in item else None),
               ("max memory used", f"{item['maxMemoryUsedMB']} MB"
@@ -375,10 +395,11 @@ def cmd_dlq(args) -> int:
     rows = []
     for e in events:
         last = e["errors"][-1] if e["errors"] else None
-        rows.append([e["requestId"], when(e["accepted"]), e["attempts"], e["deadReason"],
+        rows.append([e["requestId"], when(e["accepted"]), trigger_label(e), e["attempts"],
+                     e["deadReason"],
                      shown(short(f"{last['errorType']}: {last['errorMessage']}" if last else "",
                                  60))])
-    table(rows, ["REQUEST ID", "ACCEPTED", "ATTEMPTS", "REASON", "LAST ERROR"])
+    table(rows, ["REQUEST ID", "ACCEPTED", "TRIGGER", "ATTEMPTS", "REASON", "LAST ERROR"])
     return 0
 
 
@@ -558,6 +579,11 @@ def parser() -> argparse.ArgumentParser:
     cmd.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
     cmd.add_argument("--request-id", help="only this invocation's lines")
     cmd.add_argument("--limit", type=int, default=1000)
+    cmd = command("invocations", cmd_invocations, "list a function's invocation records, "
+                  "newest first: trigger (http, event, schedule:N, file:N), status, duration")
+    cmd.add_argument("name")
+    cmd.add_argument("--status", choices=["ok", "error", "timeout", "crashed"])
+    cmd.add_argument("--limit", type=int, default=20)
     cmd = command("inspect", cmd_inspect, "show one invocation: its record, event and logs")
     cmd.add_argument("request_id")
     cmd = command("dlq", cmd_dlq, "list, replay or discard a function's dead-lettered events")
@@ -577,6 +603,7 @@ def parser() -> argparse.ArgumentParser:
     cmd.add_argument("--name", help="keys add: the name the certificate gets in the "
                      "allow-list (default: its file name)")
     add_commands(command)
+    add_trigger_commands(command)
     return top
 
 

@@ -71,3 +71,13 @@ def shown(text, newlines: bool = False):
     if not isinstance(text, str) or not pattern.search(text):
         return text
     return pattern.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
+
+
+def trigger_label(item: dict) -> str | None:
+    """What started an invocation, as the records' JSON gives it: `http`, `event`, or a
+    schedule or file trigger with its index in the function's `trigger` list (`schedule:0`)."""
+    trigger = item.get("trigger")
+    index = item.get("triggerIndex")
+    if trigger is None or index is None:
+        return trigger
+    return f"{trigger}:{index}"

@@ -6,7 +6,9 @@ for tests). Resources get their dependencies in `__init__`; errors become JSON
 """
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 
 import falcon
@@ -28,9 +30,15 @@ from .function_url import build_event
 from . import management_api
 from .invoke_api import InvokeApiError, InvokeResource, handle_invoke_api_error
 from .reload_api import ReloadResource
+from .triggers_api import (HEALTH_WAIT, ServiceDown, TriggerFireResource, TriggerService,
+                           TriggersResource)
+from ..triggers.listing import health_summary
 from ..versions.routing import split_name
 from .records_api import (DeadLetterReplayResource, DeadLetterResource, FunctionListResource,
                           InvocationListResource, InvocationResource, LogsResource, Store)
+
+log = logging.getLogger("sora.gateway")
+
 
 def _send_error(req, resp, status: int, body: bytes, headers=None) -> None:
     resp.status = status
@@ -182,25 +190,53 @@ for _method in falcon.constants.COMBINED_METHODS:
 
 class HealthResource:
     """`GET /healthz`: open to all (probes), but only an admin key (or a host without keys)
-    sees the functions, processes and their reasons."""
+    sees the functions, processes and their reasons; the `triggers` process's entry gets what
+    the trigger service says of its scheduler and each file watcher
+    (sora.triggers.listing.health_summary; `scheduler: {"state": "down"}` when it does not
+    answer within HEALTH_WAIT)."""
 
     auth_scope = "public"
 
-    def __init__(self, client: InvocationClient):
+    def __init__(self, client: InvocationClient, triggers: TriggerService | None = None):
         self.client = client
+        self.triggers = triggers
 
     async def on_get(self, req, resp) -> None:
         request_id = request_id_of(req)
+        admin = is_admin(req)
+        # Asked beside the control plane, not after it: a probe waits for the slower only.
+        asked = (asyncio.ensure_future(self.trigger_status())
+                 if admin and self.triggers is not None else None)
         try:
             body = await self.client.status(request_id.encode())
         except BrokerTimeout:
+            if asked is not None:
+                asked.cancel()
             raise SoraError(503, "Sora.BrokerUnavailable",
                             "The supervisor's control plane did not answer") from None
         resp.set_header(REQUEST_ID_HEADER, request_id)
         resp.content_type = "application/json"
-        if not is_admin(req):
+        if not admin:
             body = json.dumps({"status": json.loads(body).get("status")}).encode()
+        elif asked is not None:
+            health = json.loads(body)
+            if isinstance(health.get("triggers"), dict):
+                # The supervisor's entry for the `triggers` process (state, pid, restarts),
+                # with what the process itself says. A joined host has no such process.
+                health["triggers"].update(health_summary(await asked))
+                body = json.dumps(health).encode()
+            else:
+                asked.cancel()
         resp.data = body
+
+    async def trigger_status(self) -> dict | None:
+        try:
+            return await self.triggers.ask("status", {}, HEALTH_WAIT)
+        except ServiceDown:
+            return None
+        except Exception:   # noqa: BLE001 - /healthz answers whatever the service does
+            log.exception("healthz: asking the trigger service failed")
+            return None
 
 
 def create_app(config: HostConfig | None = None,
@@ -222,7 +258,8 @@ def create_app(config: HostConfig | None = None,
     functions = FunctionUrlResource(client, config, intake, table)
     app.add_route("/functions/{name}", functions)
     app.add_route("/functions/{name}/{path:path}", functions)
-    app.add_route("/healthz", HealthResource(client))
+    triggers = TriggerService(config.stateDir)
+    app.add_route("/healthz", HealthResource(client, triggers))
     app.add_route("/2015-03-31/functions/{name}/invocations",
                   InvokeResource(client, config, intake, table))
     management_api.add_routes(app, config, table)
@@ -235,6 +272,10 @@ def create_app(config: HostConfig | None = None,
     app.add_route("/api/functions/{name}/dlq/replay",
                   DeadLetterReplayResource(store, config, table))
     app.add_route("/api/invocations/{request_id}", InvocationResource(store))
+    app.add_route("/api/functions/{name}/triggers",
+                  TriggersResource(store, config, table, triggers))
+    app.add_route("/api/functions/{name}/triggers/{index}/fire",
+                  TriggerFireResource(store, config, table, triggers))
     app.add_route("/api/reload", ReloadResource(config))
     app.add_error_handler(Exception, handle_unexpected)
     app.add_error_handler(falcon.HTTPError, handle_http_error)

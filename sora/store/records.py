@@ -204,3 +204,11 @@ def last_log_id(conn: sqlite3.Connection, function: str) -> int:
     row = conn.execute("SELECT MAX(id) FROM log_lines WHERE function = ?",
                        (function,)).fetchone()
     return row[0] or 0
+
+
+def status_of(conn: sqlite3.Connection, request_id: str) -> str | None:
+    """The recorded status of one invocation (ok, error, timeout, crashed), or None: what the
+    triggers' listing shows for a firing's run, without reading its log lines."""
+    row = conn.execute("SELECT status FROM invocations WHERE request_id = ?",
+                       (request_id,)).fetchone()
+    return None if row is None else row["status"]

@@ -2,5 +2,7 @@
 
 `schedule` parses schedule expressions (rate, EventBridge cron, at, 5-field cron) into fire
 times; `shapes` builds the events a firing sends (EventBridge's Scheduled Event, S3's event
-notification). The trigger service, the gateway and the CLI share this package.
+notification); the trigger service (`service`, one per host) fires them, and `control` is the
+client of its control socket; `listing` is what the gateway and the CLI show of them. The
+trigger service, the gateway and the CLI share this package.
 """
