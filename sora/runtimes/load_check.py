@@ -100,7 +100,7 @@ def _run(argv: list[str], env: dict[str, str], cwd: str,
     read_fd, write_fd = os.pipe()
     env = {**env, "SORA_CONTROL_FD": str(write_fd)}
     try:
-        with seccomp.passed_to(argv) as (command, filter_fds):
+        with sandbox.passed_to(argv) as (command, filter_fds):
             proc = subprocess.Popen(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                     pass_fds=(write_fd, *filter_fds), start_new_session=True,

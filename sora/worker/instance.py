@@ -124,7 +124,7 @@ class Instance:
                     die_with_parent()
                     join_in_child(procs)
 
-                with seccomp.passed_to(self.argv()) as (argv, filter_fds):
+                with sandbox.passed_to(self.argv()) as (argv, filter_fds):
                     self.proc = subprocess.Popen(
                         argv, cwd=self.fn.directory, env=env,
                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
