@@ -18,17 +18,22 @@ checks every folder first: `problem`, a boot error naming the trigger). The comm
 slot per folder (`{sora-folder-fd:ROOT//RELPATH}`), filled in just before the process is spawned
 (`passed_to`), as seccomp's is: a pre-started runtime's kind is its whole command line.
 
-Which folders get a bind of their own (`binds`): every folder outside the function folder
-(bubblewrap makes its parents in the sandbox's own tmpfs, so nothing of the host's lies on its
-way), and a folder inside it whose mode differs from the folder's: a writable one in a read-only
-function folder. A read-only one inside a read-only folder is already in the sandbox, read-only,
-through the folder's bind; one inside a `writableFolder` function's folder is writable through
-it anyway (a read-only bind there would be no limit: the function can rename what holds it), so
-neither gets a bind, only the check. A bind inside the function folder is made after the
+Which folders get a bind of their own (`binds`): every one, but those inside a
+`writableFolder` function's folder, which are writable through the folder's bind anyway (a
+read-only bind there would be no limit: the function can rename what holds it; and a bind at a
+path its running instances can change is one whose destination they could redirect). With a
+bind, each instance's start opens the folder again and mounts what it opened: a folder swapped
+for a link after the worker's start stops the next instance (without one, a read-only function
+folder's ./inbox swapped for a link to /etc started instances showing it, as the sandbox's own
+/etc). Instances already running see a swap on the host (the mount goes with the renamed or
+deleted folder) as a link that resolves inside their own sandbox only.
+
+Outside folders are mounted at paths whose parents bubblewrap makes in the sandbox's own tmpfs,
+so nothing of the host's lies on their way. A bind inside the function folder is made after the
 folder's, at a path bubblewrap resolves through the folder's entries; the only writer of a
-read-only folder is root's rsync after a setup, and if that swapped in a link between Sora's open
-and bubblewrap's mount, what gets mounted is the descriptor's folder, which rsync has emptied and
-deleted: nothing.
+read-only function folder is root's rsync after a setup, and if that swapped in a link between
+Sora's open and bubblewrap's mount, what gets mounted is the descriptor's folder, which rsync
+has emptied and deleted: nothing.
 
 The function's uid must be able to read (with `writable`, write) the folder and what is dropped
 into it (`grant`): when Sora runs as root, a POSIX ACL for that uid on the folder and everything
@@ -111,8 +116,8 @@ def binds(fn) -> list[tuple[str, str, str]]:
     need a bind of their own (see the module's docstring), outside ones first."""
     out = []
     for folder in sorted(folders(fn), key=lambda w: (w.inside, w.path.count("/"))):
-        if folder.inside and folder.writable == fn.writableFolder:
-            continue   # through the function folder's own bind, with its mode
+        if folder.inside and fn.writableFolder:
+            continue   # through the function folder's own bind, writable
         out.append(("--bind-fd" if folder.writable else "--ro-bind-fd", folder.slot,
                     folder.path))
     return out

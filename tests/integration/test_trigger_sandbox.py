@@ -10,7 +10,7 @@ import os
 import pytest
 
 from sora.isolation import sandbox
-from tests.support import SoraHost, wait_for, write_function
+from tests.support import SoraHost, processes_in, wait_for, write_function
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(os.geteuid() != 0 or not sandbox.available(),
@@ -63,7 +63,7 @@ exports.handler = async (event) => {
 """
 
 PY = {"language": "python", "entrypoint": "app.py"}
-RUNNING = ["reader", "mover", "node-writer"]
+RUNNING = ["reader", "mover", "node-writer", "swapped"]
 PLANTERS = {"planter-etc": "/etc", "planter-other": None}   # None: the mover's inbox
 
 
@@ -91,6 +91,9 @@ def host(tmp_path_factory):
     node = write_function(fns, "node-writer", {"index.js": NODE_WRITER, "inbox/.keep": ""},
                           name="node-writer",
                           trigger=["http", {"file": {"path": "./inbox", "writable": True}}])
+    swapped = write_function(fns, "swapped", {"app.py": PROBE, "inbox/.keep": ""},
+                             name="swapped", trigger=["http", {"file": {"path": "./inbox"}}],
+                             **PY)
     planters = []
     for name, target in PLANTERS.items():
         target = target or str(mover / "inbox")
@@ -100,8 +103,8 @@ def host(tmp_path_factory):
             fns, name, {"app.py": PROBE, "inbox/.keep": ""}, name=name,
             setup=[f"rm -rf inbox && ln -s {target} inbox"],
             trigger=["http", {"file": {"path": "./inbox"}}], **PY))
-    h = SoraHost(base, [reader, mover, node, *planters], https=False)
-    h.drop, h.reader, h.mover, h.node = drop, reader, mover, node
+    h = SoraHost(base, [reader, mover, node, swapped, *planters], https=False)
+    h.drop, h.reader, h.mover, h.node, h.swapped = drop, reader, mover, node, swapped
     h.start(wait_functions=RUNNING, timeout=120)
     yield h
     assert h.stop() == 0
@@ -176,3 +179,20 @@ def test_a_watched_folder_replaced_by_a_link_is_not_mounted(host, name):
     response = host.invoke(name, params={"op": "list", "a": "/"})
     assert response.status_code >= 500
     assert "trigger[1].file.path" in host.log(whole=True)
+
+
+def test_a_folder_swapped_for_a_link_while_serving_stops_the_next_instance(host):
+    # After the worker's start: each instance's start opens the folder again, so the next
+    # instance (this one is killed) does not start with the link mounted.
+    assert probe(host, "swapped", "list", host.swapped / "inbox") == [".keep"]
+    inbox = host.swapped / "inbox"
+    os.rename(inbox, host.swapped / "inbox.real")
+    os.symlink("/etc", inbox)
+    for proc in processes_in(host.swapped):
+        proc.kill()
+    state = wait_for(lambda: "trigger[1].file.path" in
+                     ((s := host.function_state("swapped")).get("reason") or "") and s,
+                     timeout=60, what="the refusal")
+    assert "symbolic link" in state["reason"], state
+    response = host.invoke("swapped", params={"op": "list", "a": str(inbox)})
+    assert "passwd" not in response.text

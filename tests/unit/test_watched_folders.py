@@ -44,9 +44,9 @@ def test_which_folders_get_a_bind_of_their_own(layout):
                                      {"file": {"path": drop}}])
     fn = load_function_config(folder)
     binds = watched.binds(fn)
-    # The read-only inbox is in the read-only folder's bind already; the writable one and the
-    # operator's folder are bound by descriptor; outside ones first.
+    # Each is bound by descriptor, read-only or writable; outside ones first.
     assert binds == [("--ro-bind-fd", f"{{sora-folder-fd:{layout / 'drop'}//inbox}}", drop),
+                     ("--ro-bind-fd", f"{{sora-folder-fd:{folder}//inbox}}", f"{folder}/inbox"),
                      ("--bind-fd", f"{{sora-folder-fd:{folder}//done}}", f"{folder}/done")]
     # A writableFolder function's own folders are writable through its folder's bind.
     fn = dataclasses.replace(fn, writableFolder=True)
