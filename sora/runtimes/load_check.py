@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 
 from ..config import ConfigError, FunctionConfig
-from ..isolation import sandbox, seccomp
+from ..isolation import sandbox
 from ..parent_death import die_with_parent
 from ..setup.run import setup_ran
 from . import runtime_for

@@ -37,7 +37,7 @@ import psutil
 from .. import protocol as p
 from ..config import FunctionConfig
 from ..parent_death import die_with_parent
-from ..isolation import sandbox, seccomp
+from ..isolation import sandbox
 from ..isolation.cgroups import InstanceGroup, join_in_child
 from ..isolation.secrets import SECRETS_DIR_ENV
 from ..runtimes.pool import PoolClient
