@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import subprocess
+import tempfile
 
 import pytest
 import yaml
@@ -203,3 +205,32 @@ def test_a_sandbox_without_the_watched_folder_of_another_function(layout):
     fn = load_function_config(str(mine))
     done = run_in_sandbox(fn, f"cat {other}/inbox/theirs.txt 2>&1; true")
     assert "No such file" in done.stdout, done.stdout
+
+
+@as_root_with_bwrap
+def test_unprivileged_the_folder_is_bound_by_descriptor_in_a_user_namespace(monkeypatch):
+    # Sora run as an ordinary user: bubblewrap binds the descriptor in a user namespace of its
+    # own, and the function (Sora's uid, `nobody` here) reads and writes as that uid.
+    from tests.unit.test_sandbox_unprivileged import NOBODY, as_nobody, unprivileged
+    base = tempfile.mkdtemp(prefix="sora-watched-", dir="/tmp")
+    try:
+        os.chmod(base, 0o755)
+        folder, drop = os.path.join(base, "fn"), os.path.join(base, "drop")
+        for path in (folder, os.path.join(folder, "inbox"), drop):
+            os.mkdir(path)
+            os.chown(path, NOBODY, NOBODY)
+        with open(os.path.join(folder, "sora.yaml"), "w") as fh:
+            fh.write(f"name: fn\nlanguage: provided\ntrigger: [http, {{file: {{path: ./inbox, "
+                     f"writable: true}}}}, {{file: {{path: {drop}}}}}]\n")
+        fn = load_function_config(folder)
+        unprivileged(monkeypatch)
+        argv = sandbox.wrap(["/bin/sh", "-c", f"touch {folder}/inbox/made && echo made; "
+                                              f"touch {drop}/x 2>/dev/null || echo read-only"],
+                            fn)
+        assert "--unshare-user" in argv and "--bind-fd" in argv and "--ro-bind-fd" in argv
+        monkeypatch.undo()
+        done = as_nobody(argv, folder)
+        assert done.stdout.split() == ["made", "read-only"], (done.stdout, done.stderr)
+        assert os.stat(os.path.join(folder, "inbox", "made")).st_uid == NOBODY
+    finally:
+        shutil.rmtree(base)
