@@ -39,7 +39,9 @@ The function's uid must be able to read (with `writable`, write) the folder and 
 into it (`grant`): when Sora runs as root, a POSIX ACL for that uid on the folder and everything
 in it, and the default ACL for what comes later, set by setfacl walking physically (`-P`) inside
 a mount namespace that holds only the descriptor's folder (`sandbox.confined`, bound by
-descriptor): a link swapped in during the walk leads nowhere else. Unprivileged, the function
+descriptor): a link swapped in during the walk leads nowhere else. An ACL entry is on an inode:
+a hard link dropped there to a file the dropper cannot read would pass that file on, so the
+host must refuse such links (fs.protected_hardlinks = 1, checked: `hardlinks_problem`). Unprivileged, the function
 runs as Sora's own uid: nothing to grant. A published version gets no watched folder: triggers
 fire `$LATEST`.
 """
@@ -195,6 +197,28 @@ def passed_to(argv: list[str]) -> Iterator[tuple[list[str], tuple[int, ...]]]:
             os.close(fd)
 
 
+PROTECTED_HARDLINKS = "/proc/sys/fs/protected_hardlinks"
+
+
+def hardlinks_problem(path: str = PROTECTED_HARDLINKS) -> str | None:
+    """Why granting the function's uid what is in a watched folder is unsafe on this host, or
+    None. setfacl gives the uid an entry on each file's inode: a hard link dropped into the
+    folder to a file the dropper cannot read (/etc/shadow) would give the function that file.
+    The kernel refuses such links with fs.protected_hardlinks = 1 (a link only to a file one
+    owns or may read and write), the default of every major distribution."""
+    try:
+        with open(path) as fh:
+            value = fh.read().strip()
+    except OSError as exc:
+        value = f"unreadable ({exc.strerror})"
+    if value == "1":
+        return None
+    return ("expected the sysctl fs.protected_hardlinks = 1 (sysctl -w "
+            "fs.protected_hardlinks=1): without it a hard link dropped into a watched folder "
+            "to a file its dropper cannot read would be given to the function by the folder's "
+            f"ACL; got {value}")
+
+
 def grant(fn, confined) -> str | None:
     """With Sora run as root, let `fn`'s uid read each watched folder and what is in it (and
     with `writable`, create, rename and delete there): an ACL entry for the uid, and the same
@@ -206,6 +230,8 @@ def grant(fn, confined) -> str | None:
     if shutil.which("setfacl") is None:
         return (f"{watched[0].field}: expected setfacl on PATH to let the function's uid read "
                 "its watched folder (apt-get install acl)")
+    if (reason := hardlinks_problem()) is not None:
+        return f"{watched[0].field}: {reason}"
     uid = sandbox_uid(fn)
     for folder in watched:
         perms = "rwX" if folder.writable else "rX"

@@ -234,3 +234,12 @@ def test_unprivileged_the_folder_is_bound_by_descriptor_in_a_user_namespace(monk
         assert os.stat(os.path.join(folder, "inbox", "made")).st_uid == NOBODY
     finally:
         shutil.rmtree(base)
+
+
+def test_the_acl_needs_the_kernel_to_refuse_hard_links_to_others_files(tmp_path):
+    sysctl = tmp_path / "protected_hardlinks"
+    sysctl.write_text("1\n")
+    assert watched.hardlinks_problem(str(sysctl)) is None
+    sysctl.write_text("0\n")
+    assert "fs.protected_hardlinks = 1" in watched.hardlinks_problem(str(sysctl))
+    assert "unreadable" in watched.hardlinks_problem(str(tmp_path / "missing"))
