@@ -503,6 +503,12 @@ def _bwrap(fn: FunctionConfig, read_only: list[tuple[str, str]],
             made.add(folder)
         cmd += [kind, slot, dest]
         bound.append(dest)
+    # What was mounted inside a watched folder's destination is mounted again over it: the
+    # function folder itself watched (`path: .`) would otherwise cover its sora.yaml's
+    # read-only bind, writable with `writable: true`.
+    for kind, source, dest in binds:
+        if any(dest != d and _under(dest, [d]) for _, _, d in folder_fds):
+            cmd += [kind, source, dest]
     binds += list(folder_fds)
     mounted = [*SYSTEM_DIRS, *(dest for _, _, dest in binds)]
     for path in hidden_paths():   # after what it lies in

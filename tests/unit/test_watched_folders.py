@@ -243,3 +243,15 @@ def test_the_acl_needs_the_kernel_to_refuse_hard_links_to_others_files(tmp_path)
     sysctl.write_text("0\n")
     assert "fs.protected_hardlinks = 1" in watched.hardlinks_problem(str(sysctl))
     assert "unreadable" in watched.hardlinks_problem(str(tmp_path / "missing"))
+
+
+@as_root_with_bwrap
+def test_the_function_folder_itself_watched_writable_keeps_sora_yaml_read_only(layout):
+    folder = make_function(layout, [{"file": {"path": ".", "writable": True}}])
+    fn = load_function_config(folder)
+    assert watched.grant(fn, sandbox.confined) is None
+    before = open(os.path.join(folder, "sora.yaml")).read()
+    done = run_in_sandbox(fn, "touch made && echo made; echo 'isolation: none' >> sora.yaml "
+                              "2>/dev/null || echo sora-yaml-read-only")
+    assert done.stdout.split() == ["made", "sora-yaml-read-only"], done
+    assert open(os.path.join(folder, "sora.yaml")).read() == before
