@@ -64,6 +64,7 @@ SLOT_SUFFIX = "}"
 # leaves two slashes in a path.
 SLOT_SEPARATOR = "//"
 LATEST = "$LATEST"
+FD_OPTIONS = ("--bind-fd", "--ro-bind-fd")
 
 
 @dataclass(frozen=True)
@@ -177,9 +178,15 @@ def passed_to(argv: list[str]) -> Iterator[tuple[list[str], tuple[int, ...]]]:
     spawned). UnsafePath, naming the folder, if one is a link or not a directory."""
     fds: list[int] = []
     out: list[str] = []
+    options = True   # bubblewrap's own options, up to the `--` before the sandboxed command
     try:
         for arg in argv:
-            slot = _slot_of(arg)
+            # Only bubblewrap's own --bind-fd/--ro-bind-fd take a slot: what follows `--` is the
+            # function's command, whose words (a managed function's entrypoint, say) must never
+            # make root open a folder and hand the function its descriptor.
+            slot = _slot_of(arg) if options and out and out[-1] in FD_OPTIONS else None
+            if arg == "--":
+                options = False
             if slot is None:
                 out.append(arg)
                 continue

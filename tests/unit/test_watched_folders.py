@@ -255,3 +255,23 @@ def test_the_function_folder_itself_watched_writable_keeps_sora_yaml_read_only(l
                               "2>/dev/null || echo sora-yaml-read-only")
     assert done.stdout.split() == ["made", "sora-yaml-read-only"], done
     assert open(os.path.join(folder, "sora.yaml")).read() == before
+
+
+def test_only_bubblewraps_options_take_a_slot(layout):
+    # A word of the function's own command shaped like a slot is left as it is: root opens
+    # nothing for it, and no descriptor reaches the command.
+    folder = make_function(layout, [{"file": {"path": "./inbox"}}])
+    fake = f"{watched.SLOT_PREFIX}/root//.ssh{watched.SLOT_SUFFIX}"
+    argv = sandbox.wrap(["/bin/echo", "--ro-bind-fd", fake], load_function_config(folder))
+    with watched.passed_to(argv) as (command, fds):
+        assert len(fds) == 1 and command[-1] == fake
+
+
+@as_root_with_bwrap
+def test_the_folders_descriptor_does_not_reach_the_sandboxed_command(layout):
+    folder = make_function(layout, [{"file": {"path": "./inbox"}},
+                                    {"file": {"path": str(layout / "drop" / "inbox")}}])
+    done = run_in_sandbox(load_function_config(folder), "ls /proc/self/fd")
+    # stdin, stdout, stderr and ls's own listing: an inherited folder descriptor would be a
+    # way out of the mount namespace (openat(fd, "..")).
+    assert done.stdout.split() == ["0", "1", "2", "3"], done
