@@ -51,6 +51,8 @@ import contextlib
 import errno
 import os
 import shutil
+import stat
+import struct
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -258,3 +260,62 @@ def grant(fn, confined) -> str | None:
             return (f"{folder.field}: could not give the function's uid access to "
                     f"{folder.path}: {done.stderr.strip()}")
     return None
+
+
+# POSIX ACLs as the kernel stores them in an extended attribute (linux/posix_acl_xattr.h): a
+# version, then (tag, permissions, id) entries sorted by tag and id.
+ACL_XATTR = "system.posix_acl_access"
+ACL_VERSION = 2
+ACL_USER_OBJ, ACL_USER, ACL_GROUP_OBJ, ACL_GROUP, ACL_MASK, ACL_OTHER = \
+    0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+ACL_UNDEFINED_ID = 0xFFFFFFFF
+_ACL_HEADER, _ACL_ENTRY = struct.Struct("<I"), struct.Struct("<HHI")
+
+
+def _acl_entries(fd: int, mode: int) -> list[tuple[int, int, int]]:
+    """The file's access ACL entries: its ACL's, or the three its mode stands for."""
+    try:
+        data = os.getxattr(fd, ACL_XATTR)
+    except OSError as exc:
+        if exc.errno not in (errno.ENODATA, errno.ENOTSUP):
+            raise
+        data = b""
+    if len(data) >= _ACL_HEADER.size and \
+            _ACL_HEADER.unpack_from(data)[0] == ACL_VERSION:
+        return [_ACL_ENTRY.unpack_from(data, offset)
+                for offset in range(_ACL_HEADER.size, len(data), _ACL_ENTRY.size)]
+    return [(ACL_USER_OBJ, (mode >> 6) & 7, ACL_UNDEFINED_ID),
+            (ACL_GROUP_OBJ, (mode >> 3) & 7, ACL_UNDEFINED_ID),
+            (ACL_OTHER, mode & 7, ACL_UNDEFINED_ID)]
+
+
+def grant_file(fd: int, fn, writable: bool = False) -> bool:
+    """Give `fn`'s uid read (and with `writable`, write) access to the regular file open as
+    `fd` (opened without following a link: `nofollow.open_beneath`), by its ACL, as setfacl
+    would (the mask recomputed). For files dropped after the worker's start whose own mode
+    masks the folder's default ACL entry (a file created 0600 gets a mask of none): the
+    trigger service can call it on the descriptor it hashes before it fires. A file with
+    another hard link is left as it is (its other name may be a file the dropper could not
+    read). Returns whether it changed anything; only as root, only a sandboxed function."""
+    if not fn.sandboxed or os.geteuid() != 0:
+        return False
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        return False
+    uid, perms = sandbox_uid(fn), 6 if writable else 4
+    existing = _acl_entries(fd, st.st_mode)
+    current = next((p for tag, p, who in existing if tag == ACL_USER and who == uid), 0)
+    mask = next((p for tag, p, _ in existing if tag == ACL_MASK), 0)
+    if current & perms == perms and mask & perms == perms:
+        return False
+    entries = [e for e in existing if not (e[0] == ACL_USER and e[2] == uid)]
+    entries.append((ACL_USER, perms | current, uid))
+    mask = 0
+    for tag, granted, _ in entries:
+        if tag in (ACL_GROUP_OBJ, ACL_USER, ACL_GROUP):
+            mask |= granted
+    entries = [e for e in entries if e[0] != ACL_MASK] + [(ACL_MASK, mask, ACL_UNDEFINED_ID)]
+    entries.sort(key=lambda e: (e[0], e[2] if e[0] in (ACL_USER, ACL_GROUP) else 0))
+    os.setxattr(fd, ACL_XATTR, _ACL_HEADER.pack(ACL_VERSION)
+                + b"".join(_ACL_ENTRY.pack(*e) for e in entries))
+    return True

@@ -275,3 +275,42 @@ def test_the_folders_descriptor_does_not_reach_the_sandboxed_command(layout):
     # stdin, stdout, stderr and ls's own listing: an inherited folder descriptor would be a
     # way out of the mount namespace (openat(fd, "..")).
     assert done.stdout.split() == ["0", "1", "2", "3"], done
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="needs root (an ACL for another uid)")
+def test_a_file_dropped_0600_later_is_given_to_the_functions_uid_by_its_descriptor(layout):
+    drop = layout / "drop" / "inbox"
+    folder = make_function(layout, [{"file": {"path": str(drop)}}])
+    fn = load_function_config(folder)
+    uid = sandbox.sandbox_uid(fn)
+    fd = os.open(drop / "late.csv", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        assert watched.grant_file(fd, fn)
+        assert not watched.grant_file(fd, fn)      # already there
+    finally:
+        os.close(fd)
+    acl = subprocess.run(["getfacl", "-n", "-c", str(drop / "late.csv")], capture_output=True,
+                         text=True).stdout.split()
+    assert acl == ["user::rw-", f"user:{uid}:r--", "group::---", "mask::r--", "other::---"], acl
+    # Writable, over an existing ACL: the entry widened, others kept, the mask recomputed.
+    subprocess.run(["setfacl", "-m", "u:12345:r,g:54321:x", str(drop / "late.csv")], check=True)
+    fd = os.open(drop / "late.csv", os.O_RDONLY)
+    try:
+        assert watched.grant_file(fd, fn, writable=True)
+    finally:
+        os.close(fd)
+    acl = subprocess.run(["getfacl", "-n", "-c", str(drop / "late.csv")], capture_output=True,
+                         text=True).stdout.split()
+    assert acl == ["user::rw-", "user:12345:r--", f"user:{uid}:rw-", "group::---",
+                   "group:54321:--x", "mask::rwx", "other::---"], acl
+    # A hard link's other name may be anyone's file: left alone.
+    (layout / "not-theirs").write_text("secret")
+    os.chmod(layout / "not-theirs", 0o600)
+    os.link(layout / "not-theirs", drop / "linked.csv")
+    fd = os.open(drop / "linked.csv", os.O_RDONLY)
+    try:
+        assert not watched.grant_file(fd, fn)
+    finally:
+        os.close(fd)
+    assert str(uid) not in subprocess.run(["getfacl", "-n", str(layout / "not-theirs")],
+                                          capture_output=True, text=True).stdout
