@@ -130,6 +130,9 @@ class Instance:
                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                         pass_fds=(write_fd, *filter_fds), start_new_session=True,
                         preexec_fn=in_child)
+            except BaseException:   # not started (a watched folder refused: UnsafePath)
+                os.close(read_fd)
+                raise
             finally:
                 os.close(write_fd)
             self.control_fd = read_fd
