@@ -21,6 +21,7 @@ folders above a bind as 0700 when it runs as root, so each is made 0755 first.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import glob
 import os
@@ -33,7 +34,7 @@ import tempfile
 import sora
 
 from ..config import FunctionConfig
-from . import nofollow, seccomp
+from . import nofollow, seccomp, watched
 
 from .uids import sandbox_uid  # noqa: F401 - where the sandbox's users look for it
 
@@ -277,7 +278,18 @@ def wrap(argv: list[str], fn: FunctionConfig, secrets_dir: str | None = None) ->
     if not fn.writableFolder:
         read_only, folder = read_only + folder, []
     read_only += operator_file(fn)
-    return _bwrap(fn, read_only, folder, network=fn.network, env={"HOME": "/tmp"}) + argv
+    return _bwrap(fn, read_only, folder, network=fn.network, env={"HOME": "/tmp"},
+                  folder_fds=watched.binds(fn)) + argv
+
+
+@contextlib.contextmanager
+def passed_to(argv: list[str]):
+    """`argv` (a sandbox's command line) with its descriptor slots filled in (the seccomp
+    program's, each watched folder's: sora.isolation.watched), and the descriptors to pass the
+    child, closed once it is spawned. UnsafePath if a watched folder is a link."""
+    with seccomp.passed_to(argv) as (argv, filter_fds), \
+            watched.passed_to(argv) as (argv, folder_fds):
+        yield argv, (*filter_fds, *folder_fds)
 
 
 def operator_file(fn: FunctionConfig) -> list[tuple[str, str]]:
@@ -321,14 +333,17 @@ CONFINED_CAPS = ("CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FO
                  "CAP_FSETID")
 
 
-def confined(argv: list[str], paths: list[str]) -> list[str]:
+def confined(argv: list[str], paths: list[str],
+             bound_fds: list[tuple[int, str]] = ()) -> list[str]:
     """`argv`, a file tool Sora runs as root over folders the function can change (rsync,
     setfacl), in a mount namespace holding only the system's programs (read-only, and no
     `/etc` but the loader's cache) and `paths` (writable, each at its own path). rsync and
     setfacl do not follow links where they meet them (tests/unit/test_nofollow.py proves
     it), but they name files by path, so a link swapped in while they run (by another setup
     or a `writableFolder` instance of the same function) would be followed: here it can only
-    lead to those same folders or to the read-only programs, not to a key or a host file."""
+    lead to those same folders or to the read-only programs, not to a key or a host file.
+    `bound_fds` (descriptor, path): a folder opened without following links, bound writable
+    by its descriptor at `path` (pass the descriptors to the process)."""
     cmd = [program("bwrap"), "--die-with-parent", "--unshare-pid", "--unshare-ipc",
            "--unshare-uts", "--unshare-net", "--unshare-cgroup-try"]
     for path in SYSTEM_DIRS:
@@ -337,6 +352,8 @@ def confined(argv: list[str], paths: list[str]) -> list[str]:
     cmd += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache", "--dev", "/dev"]
     for path in paths:
         cmd += ["--bind", path, path]
+    for fd, path in bound_fds:
+        cmd += ["--bind-fd", str(fd), path]
     cmd += ["--cap-drop", "ALL"]
     for cap in CONFINED_CAPS:
         cmd += ["--cap-add", cap]
@@ -433,8 +450,12 @@ def remove_setup_homes(parent: str, function: str) -> None:
 
 
 def _bwrap(fn: FunctionConfig, read_only: list[tuple[str, str]],
-           writable: list[tuple[str, str]], *, network: bool, env: dict[str, str]) -> list[str]:
-    """bubblewrap's command line up to the `--` before the sandboxed command."""
+           writable: list[tuple[str, str]], *, network: bool, env: dict[str, str],
+           folder_fds: list[tuple[str, str, str]] = ()) -> list[str]:
+    """bubblewrap's command line up to the `--` before the sandboxed command. `folder_fds`:
+    (option, descriptor slot, destination) of the watched folders (sora.isolation.watched),
+    mounted after every other bind: one in the function folder goes over the folder's bind,
+    and its parents are the folder's own (no --dir is made through them)."""
     # No --new-session: the sandbox stays in the instance's process group, killed as one (its
     # stdio are pipes, not a terminal, so there is no terminal to inject keystrokes into).
     as_root = os.geteuid() == 0
@@ -469,6 +490,26 @@ def _bwrap(fn: FunctionConfig, read_only: list[tuple[str, str]],
         made.add(dest)   # what is mounted inside it (sora.yaml in its folder) needs no --dir
     for kind, source, dest in binds:
         cmd += [kind, source, dest]
+    bound = [dest for _, _, dest in binds]
+    for kind, slot, dest in folder_fds:
+        parent = os.path.dirname(dest)
+        chain = []
+        while parent not in ("/", "") and parent not in made and \
+                not _under(parent, [*bound, *SYSTEM_DIRS]):
+            chain.append(parent)
+            parent = os.path.dirname(parent)
+        for folder in reversed(chain):
+            cmd += ["--perms", "0755", "--dir", folder]
+            made.add(folder)
+        cmd += [kind, slot, dest]
+        bound.append(dest)
+    # What was mounted inside a watched folder's destination is mounted again over it: the
+    # function folder itself watched (`path: .`) would otherwise cover its sora.yaml's
+    # read-only bind, writable with `writable: true`.
+    for kind, source, dest in binds:
+        if any(dest != d and _under(dest, [d]) for _, _, d in folder_fds):
+            cmd += [kind, source, dest]
+    binds += list(folder_fds)
     mounted = [*SYSTEM_DIRS, *(dest for _, _, dest in binds)]
     for path in hidden_paths():   # after what it lies in
         if _under(path, mounted) and os.path.exists(path):

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 
 from ..config import ConfigError, FunctionConfig
-from ..isolation import sandbox, seccomp
+from ..isolation import sandbox
 from ..parent_death import die_with_parent
 from ..setup.run import setup_ran
 from . import runtime_for
@@ -100,7 +100,7 @@ def _run(argv: list[str], env: dict[str, str], cwd: str,
     read_fd, write_fd = os.pipe()
     env = {**env, "SORA_CONTROL_FD": str(write_fd)}
     try:
-        with seccomp.passed_to(argv) as (command, filter_fds):
+        with sandbox.passed_to(argv) as (command, filter_fds):
             proc = subprocess.Popen(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                     pass_fds=(write_fd, *filter_fds), start_new_session=True,

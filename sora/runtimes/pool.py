@@ -59,7 +59,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from .. import protocol as p
-from ..isolation import cgroups, seccomp
+from ..isolation import cgroups, sandbox
 from ..isolation.cgroups import InstanceGroup
 from ..parent_death import die_with_parent
 
@@ -244,7 +244,7 @@ class RuntimePool(threading.Thread):
         try:
             # Under the lock until its pid is listed, so the arbiter's orphan sweep never
             # mistakes it for an orphan.
-            with self._lock, seccomp.passed_to(argv) as (command, filter_fds):
+            with self._lock, sandbox.passed_to(argv) as (command, filter_fds):
                 proc = subprocess.Popen(
                     command, cwd="/", env=standby_environment(write_fd), stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,

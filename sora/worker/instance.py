@@ -37,7 +37,7 @@ import psutil
 from .. import protocol as p
 from ..config import FunctionConfig
 from ..parent_death import die_with_parent
-from ..isolation import sandbox, seccomp
+from ..isolation import sandbox
 from ..isolation.cgroups import InstanceGroup, join_in_child
 from ..isolation.secrets import SECRETS_DIR_ENV
 from ..runtimes.pool import PoolClient
@@ -124,12 +124,15 @@ class Instance:
                     die_with_parent()
                     join_in_child(procs)
 
-                with seccomp.passed_to(self.argv()) as (argv, filter_fds):
+                with sandbox.passed_to(self.argv()) as (argv, filter_fds):
                     self.proc = subprocess.Popen(
                         argv, cwd=self.fn.directory, env=env,
                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                         pass_fds=(write_fd, *filter_fds), start_new_session=True,
                         preexec_fn=in_child)
+            except BaseException:   # not started (a watched folder refused: UnsafePath)
+                os.close(read_fd)
+                raise
             finally:
                 os.close(write_fd)
             self.control_fd = read_fd

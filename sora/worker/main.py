@@ -35,7 +35,7 @@ from .instance import Instance, State
 from .logs import FunctionLog
 from .report import end_lines, start_line
 from ..runtimes import Runtime, runtime_for
-from ..isolation import cgroups, sandbox
+from ..isolation import cgroups, nofollow, sandbox, watched
 from .scaling import SCALE_OUT_WAIT, idle_expired, plan_scale_out
 from . import warmup
 from ..isolation.secrets import Secrets, declared_env_names, read_secrets
@@ -186,7 +186,15 @@ class Worker:
             index, self.next_index = self.next_index, self.next_index + 1
         inst = Instance(self.runtime, self.fn, index, self.log, self.pool,
                         self.secrets.environment(), self.cgroups.new(self.fn.memory))
-        inst.start()
+        try:
+            inst.start()
+        except nofollow.UnsafePath as exc:
+            # A watched folder became a link (or not a folder) since the worker's start: the
+            # instance does not start without its mount (sora.isolation.watched).
+            if inst.cgroup is not None:
+                inst.cgroup.remove()
+            raise BootError(p.error_body("Sora.ConfigError",
+                                         f"{self.fn.source}: {exc.strerror}")) from None
         if self.scale_out_at is not None:   # for the scale-out's summary (autoscale)
             self.scale_out_started += 1
             self.scale_out_pooled += isinstance(inst.proc, PooledProcess)
@@ -1020,6 +1028,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(fn.source, [f"runtime: {reason}"])
         if (reason := sandbox.grant_folder(fn)) is not None:
             raise ConfigError(fn.source, [f"writableFolder: {reason}"])
+        if (reason := watched.problem(fn) or watched.grant(fn, sandbox.confined)) is not None:
+            raise ConfigError(fn.source, [reason])
         keys = None
         if args.keys:
             try:

@@ -13,7 +13,7 @@ import tempfile
 import pytest
 
 from sora.config import load_function_config
-from sora.isolation import sandbox, seccomp
+from sora.isolation import sandbox
 
 NOBODY = 65534
 
@@ -40,7 +40,7 @@ def function_dir():
 
 
 def as_nobody(argv, cwd):
-    with seccomp.passed_to(argv) as (command, filter_fds):
+    with sandbox.passed_to(argv) as (command, filter_fds):   # seccomp, watched folders
         return subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
                                "--clear-groups", "--", *command], cwd=cwd, capture_output=True,
                               text=True, timeout=30, pass_fds=filter_fds)
