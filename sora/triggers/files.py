@@ -43,7 +43,7 @@ from dataclasses import dataclass
 
 from watchfiles._rust_notify import RustNotify
 
-from ..isolation import nofollow
+from ..isolation import nofollow, watched
 from ..store import file_seen, queue
 from ..store.file_seen import Seen
 from . import inotify_limits, settling, shapes
@@ -454,12 +454,22 @@ class FileWatcher:
         self._blocked_until = time.monotonic() + self._backoff
         self.detail = f"the function's event queue is full: {len(self.pending)} file(s) wait"
 
+    def _grant(self, fd: int) -> None:
+        """Let the sandboxed function read the file it is about to be told of (and with
+        `writable`, write it), whatever mode its dropper gave it: a file created 0600 masks
+        the folder's default ACL entry (sora.isolation.watched.grant_file)."""
+        try:
+            watched.grant_file(fd, self.fn, self.trigger.writable)
+        except OSError as exc:
+            log.warning("%s[%d]: could not let the function read %s: %s", self.fn.name,
+                        self.trigger.index, self.folder.path, exc)
+
     def _hash_all(self, changes: list["_Change"]) -> list:
         """Each file's MD5, or the exception that kept it from being read (on a thread)."""
         out: list = []
         for change in changes:
             try:
-                out.append(self.folder.md5(change.rel, change.current))
+                out.append(self.folder.md5(change.rel, change.current, self._grant))
             except (Changed, OSError) as exc:
                 out.append(exc)
         return out

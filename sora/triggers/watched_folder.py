@@ -19,7 +19,7 @@ import os
 import stat
 from dataclasses import dataclass
 
-from ..isolation import nofollow
+from ..isolation import nofollow, watched
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
@@ -82,11 +82,7 @@ def open_folder(path: str, function_directory: str | None = None) -> int:
         base, rel = function_directory, os.path.relpath(path, function_directory)
     else:
         base, rel = os.path.dirname(path) or "/", os.path.basename(path)
-    base_fd = os.open(base, _DIR_FLAGS)
-    try:
-        return nofollow.open_dir_beneath(base_fd, rel)
-    finally:
-        os.close(base_fd)
+    return watched.open_folder(base, rel)
 
 
 class WatchedFolder:
@@ -176,7 +172,7 @@ class WatchedFolder:
                 os.close(dir_fd)
         return result
 
-    def md5(self, relpath: str, expected: FileStat) -> str:
+    def md5(self, relpath: str, expected: FileStat, on_read=None) -> str:
         """The MD5 (hex) of the regular file `relpath`, opened without following a link,
         non-blocking (a fifo swapped in cannot hang us), checked regular on the descriptor.
         Changed if it is not the file `expected` describes (swapped, grown) before or while
@@ -193,6 +189,8 @@ class WatchedFolder:
                 digest.update(chunk)
             if FileStat.of(os.fstat(fd)) != expected:
                 raise Changed(relpath)
+            if on_read is not None:
+                on_read(fd)   # on the descriptor just checked: never a path
             return digest.hexdigest()
         finally:
             os.close(fd)

@@ -64,7 +64,8 @@ class FakeSink:
 
 
 def fn_of(directory):
-    return SimpleNamespace(name="fx", directory=str(directory), env={})
+    # isolation: none (sandboxed False): no ACL is granted (sora.isolation.watched.grant_file)
+    return SimpleNamespace(name="fx", directory=str(directory), env={}, sandboxed=False)
 
 
 def trigger_of(path, **kw):
@@ -387,11 +388,11 @@ def test_a_file_swapped_for_a_link_between_the_look_and_the_hash(inbox, sink, tm
     secret.write_text("root only")
     real_md5 = WatchedFolder.md5
 
-    def swap_then_hash(self, relpath, expected):
+    def swap_then_hash(self, relpath, expected, on_read=None):
         if relpath == "swap.csv":       # the attacker wins the race, every time
             os.unlink(inbox / relpath)
             os.symlink(secret, inbox / relpath)
-        return real_md5(self, relpath, expected)
+        return real_md5(self, relpath, expected, on_read)
     monkeypatch.setattr(WatchedFolder, "md5", swap_then_hash)
 
     async def body():
