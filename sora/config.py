@@ -989,6 +989,14 @@ class FunctionConfig:
         return tuple(t for t in self.trigger if isinstance(t, FileTrigger))
 
     @property
+    def data_dirs(self) -> tuple[str, ...]:
+        """Its file triggers' folders inside its own folder, relative to it: what is dropped
+        there is data, not code, so it neither makes a reload replace the function nor setup
+        run again (sora.supervisor.reload_plan.fingerprint, sora.setup.run.content_hash)."""
+        inside = (os.path.relpath(t.path, self.directory) for t in self.files)
+        return tuple(sorted({r for r in inside if r != "." and not r.startswith("..")}))
+
+    @property
     def entrypoint_path(self) -> str:
         return os.path.join(self.directory, self.entrypoint)
 

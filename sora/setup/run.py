@@ -60,7 +60,8 @@ HASHED_CONTENT_MAX = 64 << 20
 
 
 def content_hash(directory: str, excluded: set[str]) -> str:
-    """Hash of every file's relative path and content, leaving out the top-level `excluded`.
+    """Hash of every file's relative path and content, leaving out the relative paths `excluded`
+    (top-level names, or deeper folders such as a file trigger's `data/inbox`).
 
     The folder is the function's (setup's results are synced into it), and this runs as root
     in the arbiter loop: it walks by descriptors (os.fwalk) and opens each file relative to
@@ -77,11 +78,10 @@ def tree_digest(digest, directory: str, excluded: set[str]) -> None:
     the version store's CodeSha256 is this walk with SHA-256."""
     for root, dirs, files, root_fd in os.fwalk(directory, follow_symlinks=False):
         rel_root = os.path.relpath(root, directory)
-        if rel_root == ".":
-            dirs[:] = [d for d in dirs if d not in excluded and d not in _ALWAYS_SKIPPED]
-            files = [f for f in files if f not in excluded]
-        else:
-            dirs[:] = [d for d in dirs if d not in _ALWAYS_SKIPPED]
+        # `excluded`: relative paths (top-level names, or a file trigger's folder deeper in).
+        dirs[:] = [d for d in dirs if d not in _ALWAYS_SKIPPED and
+                   os.path.normpath(os.path.join(rel_root, d)) not in excluded]
+        files = [f for f in files if os.path.normpath(os.path.join(rel_root, f)) not in excluded]
         links = [d for d in dirs if os.path.islink(os.path.join(root, d))]
         dirs[:] = sorted(set(dirs) - set(links))   # fwalk would not enter them either
         for name in sorted(files + links):
@@ -247,7 +247,7 @@ class SetupRun:
             return None
         outputs = sorted(set(os.listdir(self.fn.directory)) - self.before)
         with open(self.cache_path, "w", encoding="utf-8") as fh:
-            json.dump({"hash": content_hash(self.fn.directory, set(outputs)),
+            json.dump({"hash": content_hash(self.fn.directory, {*outputs, *self.fn.data_dirs}),
                        "outputs": outputs}, fh)
         return self._finish(True, "")
 
@@ -300,7 +300,7 @@ def _matches(fn: FunctionConfig, cached: dict) -> bool:
     outputs = set(cached.get("outputs", []))
     return bool(cached.get("hash")) and \
         all(os.path.exists(os.path.join(fn.directory, o)) for o in outputs) and \
-        cached["hash"] == content_hash(fn.directory, outputs)
+        cached["hash"] == content_hash(fn.directory, {*outputs, *fn.data_dirs})
 
 
 def setup_ran(fn: FunctionConfig, state_dir: str | None) -> bool:

@@ -371,7 +371,7 @@ class Arbiter(Reloading):
                 log.info("function %s: setup %s", name, "unchanged, skipped" if outcome.skipped
                          else "done")
                 # What a reload compares the folder with (reload_plan.fingerprint).
-                self.fingerprints[name] = fingerprint(run.fn.directory)
+                self.fingerprints[name] = fingerprint(run.fn.directory, run.fn.data_dirs)
             for worker in workers:
                 if outcome.ok:
                     worker.spawn(now)

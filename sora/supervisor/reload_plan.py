@@ -44,13 +44,16 @@ class FunctionPlan:
     config: FunctionConfig | None = None  # the new config (ADD, SWITCH)
 
 
-def fingerprint(directory: str) -> str:
-    """A digest of the folder's entries' names and stat data (see the module docstring);
+def fingerprint(directory: str, data_dirs: tuple[str, ...] = ()) -> str:
+    """A digest of the folder's entries' names and stat data (see the module docstring),
+    leaving out its file triggers' folders (`data_dirs`, relative: FunctionConfig.data_dirs);
     "" when the folder cannot be read."""
     digest = hashlib.blake2b(digest_size=16)
     try:
         for root, dirs, files, root_fd in os.fwalk(directory, follow_symlinks=False):
-            dirs[:] = sorted(d for d in dirs if d not in _SKIPPED)
+            rel_root = os.path.relpath(root, directory)
+            dirs[:] = sorted(d for d in dirs if d not in _SKIPPED and
+                             os.path.normpath(os.path.join(rel_root, d)) not in data_dirs)
             for name in sorted(files + [d for d in dirs
                                         if os.path.islink(os.path.join(root, d))]):
                 try:
@@ -94,7 +97,7 @@ def plan_functions(serving: dict[str, FunctionConfig], fingerprints: dict[str, s
         if changed:
             plans[fn.name] = FunctionPlan(fn.name, SWITCH,
                                           "sora.yaml changed: " + ", ".join(changed), fn)
-        elif current_fingerprint(fn.directory) != fingerprints.get(fn.name):
+        elif current_fingerprint(fn.directory, fn.data_dirs) != fingerprints.get(fn.name):
             plans[fn.name] = FunctionPlan(fn.name, SWITCH, "its folder changed", fn)
         else:
             plans[fn.name] = FunctionPlan(fn.name, KEEP, "", fn)

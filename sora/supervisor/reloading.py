@@ -261,7 +261,7 @@ class Reloading:
         then a second reload waits for it rather than starting it over."""
         switch = self.switches.get(fn.name)
         return switch is not None and setup != "force" and switch.fn == fn and \
-            switch.planned == plan.fingerprint(fn.directory)
+            switch.planned == plan.fingerprint(fn.directory, fn.data_dirs)
 
     def begin_switch(self, fn: FunctionConfig, setup: str, adding: bool, why: str) -> None:
         name = fn.name
@@ -282,7 +282,7 @@ class Reloading:
             worker.generation = generation
             workers.append(worker)
         switch = self.switches[name] = Switch(fn, generation, adding, workers,
-                                              planned=plan.fingerprint(fn.directory))
+                                              planned=plan.fingerprint(fn.directory, fn.data_dirs))
         log.info("reload: function %s %s (%s): starting generation %d", name,
                  "added" if adding else "changed", why, generation)
         self.reload_states[name] = {"state": "starting", "generation": generation,
@@ -312,7 +312,7 @@ class Reloading:
                     if not outcome.ok:
                         self.fail_switch(name, f"setup failed: {outcome.reason}")
                         continue
-                switch.fingerprint = plan.fingerprint(switch.fn.directory)
+                switch.fingerprint = plan.fingerprint(switch.fn.directory, switch.fn.data_dirs)
                 for worker in switch.workers:
                     worker.spawn(now)
                 continue

@@ -200,3 +200,26 @@ def test_admin_requests_are_decoded_or_ignored():
 def test_a_request_to_no_supervisor_says_so(tmp_path):
     with pytest.raises(admin.AdminUnavailable):
         admin.request(str(tmp_path), "reload", {}, timeout=0.2)
+
+
+def test_files_dropped_into_a_watched_folder_inside_the_function_change_nothing(tmp_path):
+    """A file trigger's folder inside the function's is data: a reload does not replace the
+    function for what was dropped there, nor does setup's cache count it as changed code."""
+    from sora.config import load_function_config
+    from sora.setup.run import content_hash
+    folder = write_function(tmp_path, "f", {**CODE, "data/inbox/.keep": ""}, name="f",
+                            trigger=["http", {"file": {"path": "./data/inbox"}}])
+    fn = load_function_config(str(folder))
+    assert fn.data_dirs == ("data/inbox",)
+    before = plan.fingerprint(str(folder), fn.data_dirs)
+    hashed = content_hash(str(folder), set(fn.data_dirs))
+    plain, plain_hash = plan.fingerprint(str(folder)), content_hash(str(folder), set())
+    (folder / "data" / "inbox" / "report.csv").write_text("a,b\n")
+    assert plan.fingerprint(str(folder), fn.data_dirs) == before
+    assert content_hash(str(folder), set(fn.data_dirs)) == hashed
+    # Without the exclusion both see it (so the tests above can fail), and code still counts.
+    assert plan.fingerprint(str(folder)) != plain
+    assert content_hash(str(folder), set()) != plain_hash
+    (folder / "data" / "helper.js").write_text("module.exports = 1;\n")
+    assert plan.fingerprint(str(folder), fn.data_dirs) != before
+    assert content_hash(str(folder), set(fn.data_dirs)) != hashed
