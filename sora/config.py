@@ -166,12 +166,14 @@ def _path_list(value: Any) -> list[str]:
     return list(value)
 
 
-def _trigger(value: Any) -> list[str]:
+def _trigger_list(value: Any) -> list:
+    """The `trigger` field's outline: `http`, one trigger map, or a list of them. Each item is
+    checked, with its own field name, by `_triggers` once the function folder is known."""
     items = value if isinstance(value, list) else [value]
-    if not items or any(item != "http" for item in items):
-        raise _Invalid("'http' or a list holding 'http' (cron and file triggers are not "
-                       "supported yet)")
-    return ["http"]
+    if not items or not all(item == "http" or isinstance(item, dict) for item in items):
+        raise _Invalid(f"'http', {{schedule: EXPR, ...}}, {{file: {{path: FOLDER, ...}}}} or a "
+                       f"list of these")
+    return list(items)
 
 
 COLD_START_MODES = ("never", "always", "always-setup")
@@ -442,7 +444,11 @@ FUNCTION_SETTINGS = _settings(
             "one that changes it anyway fails, and the function with it)."),
     Setting("setupTimeout", _number_range(0, 24 * 3600), 600.0, "Seconds each setup command "
             "may run before it is killed and the function is marked failed."),
-    Setting("trigger", _trigger, ["http"], "How the function is invoked: `http`."),
+    Setting("trigger", _trigger_list, ["http"], "How the function is invoked: `http` (its "
+            "function URL), and/or schedules and watched folders, as a list: `[http, "
+            "{schedule: 'rate(5 minutes)'}, {file: {path: ./inbox}}]`. Without `http` the "
+            "function URL answers 404 and the Invoke API still reaches the function. Every "
+            "key is described in \"Triggers\" below."),
     Setting("timeout", _number_range(0, 900), 30.0, "Seconds an invocation may run; past it "
             "the caller gets 504 `Sora.Timeout` and the instance is replaced."),
     Setting("memory", _int_range(64, 10240), 256, "Memory in MB; reported to the function as "
@@ -637,6 +643,255 @@ class EventInvokeConfig:
     maxQueuedMB: int = EVENT_INVOKE_SETTINGS["maxQueuedMB"].default
 
 
+# --- triggers (`trigger:`): http, schedules, watched folders -----------------------------------
+
+FILE_EVENTS = ("created", "modified", "deleted")
+OVERLAP_MODES = ("forbid", "allow")
+MISSED_MODES = ("latest", "skip")
+SCHEDULE_KEYS = ("schedule", "timezone", "input", "enabled", "overlap", "missed")
+FILE_KEYS = ("path", "events", "pattern", "recursive", "debounceMs", "bucket", "writable",
+             "enabled")
+MAX_DEBOUNCE_MS = 60_000
+
+
+@dataclass(frozen=True)
+class HttpTrigger:
+    """The function URL (`/functions/NAME`)."""
+    kind: str = "http"
+    index: int = 0
+
+
+@dataclass(frozen=True)
+class ScheduleTrigger:
+    """`{schedule: EXPR, ...}`: fired by the trigger service (sora.triggers.schedule)."""
+    expression: str                 # as written: rate(...), cron(...), at(...), a 5-field line
+    index: int                      # position in the function's `trigger` list (0-based)
+    timezone: str = "UTC"           # IANA name, checked with zoneinfo at load
+    input: Any = None               # JSON value sent verbatim; None: the Scheduled Event
+    enabled: bool = True
+    overlap: str = "forbid"         # forbid | allow
+    missed: str = "latest"          # latest | skip
+    kind: str = "schedule"
+
+    @property
+    def key(self) -> str:
+        """Stable identity of its persisted state (last firing, rate anchor): a change of
+        expression or timezone starts afresh, a move in the list does not."""
+        return f"schedule:{self.expression}@{self.timezone}"
+
+
+@dataclass(frozen=True)
+class FileTrigger:
+    """`{file: {path: FOLDER, ...}}`: a watched folder (sora.triggers.files)."""
+    path: str                       # absolute, normalised, NOT resolved through links
+    index: int
+    events: tuple[str, ...] = ("created",)
+    pattern: str | None = None      # fnmatch on the file's name, e.g. "*.csv"
+    recursive: bool = False
+    debounceMs: int = 200
+    bucket: str | None = None       # the S3 event's bucket name; default the folder's name
+    writable: bool = False          # mount the folder writable into the function's sandbox
+    enabled: bool = True
+    kind: str = "file"
+
+    @property
+    def key(self) -> str:
+        return f"file:{self.path}|{self.pattern or '*'}|{int(self.recursive)}"
+
+    @property
+    def bucket_name(self) -> str:
+        return self.bucket or os.path.basename(self.path.rstrip(os.sep)) or "root"
+
+
+Trigger = HttpTrigger | ScheduleTrigger | FileTrigger
+TRIGGER_CLASSES = {"http": HttpTrigger, "schedule": ScheduleTrigger, "file": FileTrigger}
+
+
+def trigger_from_dict(entry: dict) -> Trigger:
+    """A trigger from its `dataclasses.asdict` form (the snapshot, MEMBERS): `kind` says which."""
+    entry = dict(entry)
+    cls = TRIGGER_CLASSES[entry["kind"]]
+    if cls is FileTrigger:
+        entry["events"] = tuple(entry["events"])
+    return cls(**entry)
+
+
+def _triggers(directory: str, items: list, problems: list[str]) -> tuple[Trigger, ...]:
+    """Each item of `trigger`, validated with its own field name (`trigger[1].schedule`)."""
+    out: list[Trigger] = []
+    for index, item in enumerate(items):
+        where = f"trigger[{index}]"
+        before = len(problems)
+        if item == "http":
+            trigger: Trigger | None = HttpTrigger(index=index)
+        elif "schedule" in item and "file" not in item:
+            trigger = _schedule_trigger(item, index, where, problems)
+        elif "file" in item and "schedule" not in item:
+            trigger = _file_trigger(directory, item, index, where, problems)
+        else:
+            problems.append(f"{where}: expected 'http', {{schedule: EXPR, ...}} or {{file: "
+                            f"{{path: FOLDER, ...}}}}, got {_show(item)}")
+            continue
+        if len(problems) > before or trigger is None:
+            continue
+        twin = next((t for t in out if t.kind == trigger.kind and
+                     getattr(t, "key", None) == getattr(trigger, "key", None)), None)
+        if twin is not None:
+            problems.append(f"{where}: expected each trigger once, got the same as "
+                            f"trigger[{twin.index}]")
+            continue
+        out.append(trigger)
+    return tuple(out)
+
+
+def _unknown_keys(item: dict, known: tuple[str, ...], where: str, problems: list[str]) -> bool:
+    unknown = [str(k) for k in item if k not in known]
+    for key in unknown:
+        guess = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+        hint = f"did you mean '{guess[0]}'?" if guess else f"known fields: {', '.join(known)}"
+        problems.append(f"{where}.{key}: unknown field; {hint}")
+    return bool(unknown)
+
+
+def _checked(where: str, value: Any, check: Callable[[Any], Any], problems: list[str]) -> Any:
+    try:
+        return check(value)
+    except _Invalid as exc:
+        problems.append(f"{where}: expected {exc}, got {_show(value)}")
+        return _MISSING
+
+
+def _schedule_trigger(item: dict, index: int, where: str,
+                      problems: list[str]) -> ScheduleTrigger | None:
+    from .triggers import schedule   # the trigger package imports nothing of config's at load
+    if _unknown_keys(item, SCHEDULE_KEYS, where, problems):
+        return None
+    timezone = item.get("timezone", "UTC")
+    try:
+        schedule.zone(timezone)
+    except ValueError as exc:
+        problems.append(f"{where}.timezone: {exc}")
+        return None
+    expression = item["schedule"]
+    if not isinstance(expression, str):
+        problems.append(f"{where}.schedule: expected a schedule expression (a string), got "
+                        f"{_show(expression)}")
+        return None
+    try:
+        schedule.parse(expression, timezone, anchor=0.0)
+    except ValueError as exc:
+        problems.append(f"{where}.schedule: {exc}")
+        return None
+    payload = item.get("input")
+    try:
+        json.dumps(payload, allow_nan=False)
+    except (TypeError, ValueError):
+        problems.append(f"{where}.input: expected a JSON value (YAML dates and the like "
+                        f"quoted as strings), got {_show(payload)}")
+        return None
+    enabled = _checked(f"{where}.enabled", item.get("enabled", True), _bool, problems)
+    overlap = _checked(f"{where}.overlap", item.get("overlap", "forbid"),
+                       _one_of(OVERLAP_MODES), problems)
+    missed = _checked(f"{where}.missed", item.get("missed", "latest"),
+                      _one_of(MISSED_MODES), problems)
+    if _MISSING in (enabled, overlap, missed):
+        return None
+    return ScheduleTrigger(expression=expression.strip(), index=index, timezone=timezone,
+                           input=payload, enabled=enabled, overlap=overlap, missed=missed)
+
+
+def _file_events(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(v in FILE_EVENTS for v in value):
+        raise _Invalid("a non-empty list of " + ", ".join(FILE_EVENTS))
+    return tuple(dict.fromkeys(value))
+
+
+def _file_pattern(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or "/" in value:
+        raise _Invalid("a file-name pattern without '/', such as '*.csv'")
+    return value
+
+
+def _bucket(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or "/" in value:
+        raise _Invalid("a bucket name (no '/')")
+    return value
+
+
+def _file_trigger(directory: str, item: dict, index: int, where: str,
+                  problems: list[str]) -> FileTrigger | None:
+    if _unknown_keys(item, ("file", "enabled"), where, problems):
+        return None
+    spec = item["file"]
+    if isinstance(spec, str):
+        spec = {"path": spec}
+    if not isinstance(spec, dict):
+        problems.append(f"{where}.file: expected {{path: FOLDER, events, pattern, recursive, "
+                        f"debounceMs, bucket, writable}}, got {_show(spec)}")
+        return None
+    where_file = f"{where}.file"
+    if _unknown_keys(spec, FILE_KEYS, where_file, problems):
+        return None
+    before = len(problems)
+    raw_path = spec.get("path")
+    if not isinstance(raw_path, str) or not raw_path.strip():
+        problems.append(f"{where_file}.path: required field is missing (expected a folder, "
+                        f"relative to the function folder or absolute), got {_show(raw_path)}")
+        return None
+    path = watched_path(directory, raw_path)
+    problem = _watchable(directory, path)
+    if problem:
+        problems.append(f"{where_file}.path: expected an existing folder ({problem}), got "
+                        f"{_show(raw_path)}")
+    values = {name: _checked(f"{where_file}.{name}", spec.get(name, default), check, problems)
+              for name, check, default in (
+                  ("events", _file_events, ["created"]), ("pattern", _file_pattern, None),
+                  ("recursive", _bool, False),
+                  ("debounceMs", _int_range(0, MAX_DEBOUNCE_MS), 200),
+                  ("bucket", _bucket, None), ("writable", _bool, False))}
+    enabled = [_checked(f"{w}.enabled", m["enabled"], _bool, problems)
+               for w, m in ((where, item), (where_file, spec)) if "enabled" in m]
+    if len(set(enabled)) > 1:
+        problems.append(f"{where_file}.enabled: expected the same value as {where}.enabled "
+                        f"(given twice), got {_show(spec['enabled'])}")
+    if len(problems) > before:
+        return None
+    return FileTrigger(path=path, index=index, enabled=enabled[0] if enabled else True,
+                       **values)
+
+
+def watched_path(directory: str, path: str) -> str:
+    """A file trigger's folder: relative ones joined to the function folder; normalised, not
+    resolved through links (the watcher and the sandbox walk it without following any)."""
+    return os.path.normpath(os.path.join(directory, os.path.expanduser(path)))
+
+
+def _watchable(directory: str, path: str) -> str | None:
+    """Why `path` cannot be watched, or None. A folder inside the function folder is reached
+    from it without following a link (setup, or the function with writableFolder, could have
+    put one there); one elsewhere is the operator's, checked as named."""
+    top = directory.rstrip(os.sep) + os.sep
+    if path == directory or path.startswith(top):
+        try:
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.close(nofollow.open_dir_beneath(fd, os.path.relpath(path, directory)))
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            return f"reached without a link from the function folder: {exc.strerror or exc}"
+        return None
+    if not os.path.isdir(path):
+        return "not found" if not os.path.lexists(path) else "not a folder"
+    return None
+
+
 @dataclass(frozen=True)
 class FunctionConfig:
     name: str
@@ -647,7 +902,7 @@ class FunctionConfig:
     runtime: str | None
     setup: list[str]
     setupTimeout: float
-    trigger: list[str]
+    trigger: tuple[Trigger, ...]
     timeout: float
     memory: int
     env: dict[str, str]
@@ -684,6 +939,21 @@ class FunctionConfig:
         if self.managed:
             return os.path.join(os.path.dirname(self.directory), MANAGED_CONFIG_FILE)
         return os.path.join(self.directory, FUNCTION_FILE)
+
+    @property
+    def http(self) -> bool:
+        """Reachable by its function URL (an `http` trigger); the Invoke API reaches it anyway."""
+        return any(t.kind == "http" for t in self.trigger)
+
+    @property
+    def schedules(self) -> tuple[ScheduleTrigger, ...]:
+        """Its schedule triggers, enabled or not (callers check `.enabled`)."""
+        return tuple(t for t in self.trigger if isinstance(t, ScheduleTrigger))
+
+    @property
+    def files(self) -> tuple[FileTrigger, ...]:
+        """Its file triggers, enabled or not (callers check `.enabled`)."""
+        return tuple(t for t in self.trigger if isinstance(t, FileTrigger))
 
     @property
     def entrypoint_path(self) -> str:
@@ -852,6 +1122,8 @@ def function_from_data(directory: str, path: str, data: Any, digest: str,
         _check_language(directory, values, problems)
     if not problems:
         _resolve_scaling(data, values, problems)
+    if "trigger" in values:
+        values["trigger"] = _triggers(directory, values["trigger"], problems)
     if problems:
         raise ConfigError(path, problems)
     if event_values["maxConcurrency"] is None:

@@ -17,7 +17,7 @@ import tempfile
 
 from . import protocol as p
 from .config import (BrokenFunction, ConfigError, EventInvokeConfig, FunctionConfig, HostConfig,
-                     SecretSpec, load_host_config)
+                     SecretSpec, load_host_config, trigger_from_dict)
 
 FILE_NAME = "functions.json"
 
@@ -71,4 +71,5 @@ def function_from_entry(entry: dict) -> FunctionConfig:
     entry = dict(entry)
     entry["eventInvoke"] = EventInvokeConfig(**entry["eventInvoke"])
     entry["secrets"] = tuple(SecretSpec(**spec) for spec in entry["secrets"])
+    entry["trigger"] = tuple(trigger_from_dict(t) for t in entry["trigger"])
     return FunctionConfig(**entry)

@@ -49,6 +49,7 @@ from ..function_table import FunctionTable
 from ..messaging.client import InvocationClient, BrokerTimeout, BrokerUnavailable, host_keys
 from ..hotpath import quiet_gc
 from ..store import queue
+from ..store.records import TRIGGER_KINDS
 from ..store.db import connect_queue
 
 log = logging.getLogger("sora.dispatcher")
@@ -71,6 +72,15 @@ NOT_TAKEN = {p.NO_CAPACITY: THROTTLED_DELAY, p.THROTTLED: THROTTLED_DELAY,
 WORKER_LOST_DELAY = 0.2
 # Answers that no retry can change.
 HOPELESS = {p.BAD_REQUEST: "InvalidEvent"}
+
+
+def meta_of(event: queue.Event) -> bytes:
+    """The trigger the worker records the run as: a scheduled or file trigger's firing (route
+    `schedule:N` / `file:N`, sora.triggers) as that route, any other event as `event`."""
+    kind, _, index = event.trigger.partition(":")
+    if kind in TRIGGER_KINDS and index.isdigit():
+        return event.trigger.encode()
+    return p.TRIGGER_EVENT
 
 
 def retry_delay(fn: FunctionConfig, attempts: int) -> float:
@@ -211,7 +221,7 @@ class Dispatcher:
         try:
             try:
                 status, body, *_ = await client.invoke(key, event.request_id.encode(),
-                                                       event.payload, wait, p.TRIGGER_EVENT)
+                                                       event.payload, wait, meta_of(event))
             except BrokerUnavailable:   # not sent (no control plane, no worker): not an attempt
                 status, body = p.UNAVAILABLE, p.error_body(
                     "Sora.BrokerUnavailable", "The host's control plane is not running")

@@ -33,7 +33,7 @@ from ..config import (ENV_NAME_RE, FUNCTION_NAME_RE, FunctionConfig, HostConfig,
 from ..deploy.store import ManagedStore, StoreError
 from ..deploy.zip_code import MB, ZipLimits, ZipRefused, check_zipped_size
 from ..function_table import FunctionTable
-from ..runtimes.base import DEFAULT_REGION
+from ..runtimes.base import ACCOUNT, DEFAULT_REGION
 from ..versions.api import VersionsApi
 from ..versions.store import VersionError
 from .errors import SoraError
@@ -42,7 +42,6 @@ from .requests import REQUEST_ID_HEADER, read_body, request_id_of
 
 log = logging.getLogger("sora.gateway.management")
 
-ACCOUNT = "000000000000"   # the account every Sora ARN names (as the runtimes' context does)
 LATEST = "$LATEST"
 # Lambda's runtime identifiers Sora runs, and the language each means.
 RUNTIMES = ((re.compile(r"^nodejs(18|20|22)\.x$"), "nodejs"),

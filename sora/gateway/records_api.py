@@ -142,8 +142,9 @@ class InvocationResource:
                             "503 with Retry-After), or it was pruned")
         if item is None:
             # An event that has not run yet, or only failed so far: its place in the queue.
+            shown = {k: event[k] for k in ("trigger", "triggerIndex") if k in event}
             item = {"requestId": request_id, "function": event["function"],
-                    "trigger": "event", "status": event["state"], "logs": records.log_lines(
+                    **shown, "status": event["state"], "logs": records.log_lines(
                         self.store.conn, event["function"], request_id=request_id)}
         if event is not None:
             item["event"] = event

@@ -8,6 +8,8 @@ import sys
 from ..config import HOST_ENV_PASSTHROUGH, ConfigError, FunctionConfig
 
 DEFAULT_REGION = "us-east-1"
+# The account every Sora ARN names (functions, schedule rules, the runtimes' context).
+ACCOUNT = "000000000000"
 
 
 class Runtime:

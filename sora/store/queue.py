@@ -13,6 +13,8 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
+from .records import TRIGGER_KINDS, trigger_fields
+
 EVENT_STATES = ("queued", "leased", "dead")
 
 
@@ -181,8 +183,12 @@ def _attempts(conn: sqlite3.Connection, event_id: int) -> list[dict]:
 
 def _event(conn: sqlite3.Connection, row: sqlite3.Row, payload: bool) -> dict:
     # An event runs as trigger `event`, as its invocation records say; the route that
-    # accepted it (`invoke`: the Invoke API, `http`: a function URL) is its `route`.
-    out = {"requestId": row["request_id"], "function": row["function"], "trigger": "event",
+    # accepted it (`invoke`: the Invoke API, `http`: a function URL) is its `route`. A
+    # scheduled or file trigger's firing (route `schedule:N` / `file:N`) runs as that trigger.
+    shown = trigger_fields(row["trigger"])
+    if shown["trigger"] not in TRIGGER_KINDS:
+        shown = {"trigger": "event"}
+    out = {"requestId": row["request_id"], "function": row["function"], **shown,
            "route": row["trigger"], "accepted": row["accepted"], "state": row["state"],
            "attempts": row["attempts"], "due": row["due"], "deadReason": row["dead_reason"],
            "errors": _attempts(conn, row["id"])}

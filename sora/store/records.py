@@ -116,9 +116,22 @@ def prune_to_size(conn: sqlite3.Connection, target: int, step: int,
     return removed
 
 
+TRIGGER_KINDS = ("schedule", "file")
+
+
+def trigger_fields(stored: str) -> dict:
+    """How a stored trigger shows: a scheduled or file trigger's firing is stored as its
+    route, `schedule:N` / `file:N` (N: its index in the function's `trigger` list), and shown
+    as `{"trigger": "schedule", "triggerIndex": N}`; any other as it is."""
+    kind, _, index = stored.partition(":")
+    if kind in TRIGGER_KINDS and index.isdigit():
+        return {"trigger": kind, "triggerIndex": int(index)}
+    return {"trigger": stored}
+
+
 def _invocation(row: sqlite3.Row) -> dict:
     return {"requestId": row["request_id"], "function": row["function"],
-            "version": row["version"], "trigger": row["trigger"], "start": row["start"],
+            "version": row["version"], **trigger_fields(row["trigger"]), "start": row["start"],
             "durationMs": round(row["duration_ms"], 3), "status": row["status"],
             "errorType": row["error_type"], "errorMessage": row["error_message"],
             "cold": bool(row["cold"]), **_reported(row)}

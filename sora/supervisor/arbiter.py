@@ -40,6 +40,7 @@ from ..config import FunctionConfig, HostConfig
 from ..hotpath import quiet_gc
 from ..protocol import events_socket
 from ..store.recorder import records_socket
+from ..triggers import control as triggers_control
 from ..config import ConfigError
 from ..runtimes import runtime_for
 from ..isolation import cgroups, sandbox, secrets
@@ -103,6 +104,10 @@ class Arbiter(Reloading):
         self.runtime_pool: RuntimePool | None = None
         self.recorder = Supervised("recorder", "recorder", self.recorder_launch())
         self.dispatcher = Supervised("dispatcher", "dispatcher", self.dispatcher_launch())
+        # Schedules and file watchers (sora.triggers.service): started and stopped with the
+        # dispatcher, on the main host only.
+        self.triggers = Supervised("triggers", "triggers", self.triggers_launch())
+        self._triggers_stale = False
         self._last_status = b""
         # The cgroup version whose limits instances run under ("v1", "v2"), or None.
         self.cgroups = cgroups.detect()
@@ -212,6 +217,11 @@ class Arbiter(Reloading):
         return Launch(argv, dict(os.environ), start_timeout=30.0,
                       start_retries=WORKER_START_RETRIES)
 
+    def triggers_launch(self) -> Launch:
+        argv = [sys.executable, "-m", "sora.triggers.service", "--config", self.config.path]
+        return Launch(argv, dict(os.environ), start_timeout=30.0,
+                      start_retries=WORKER_START_RETRIES)
+
     def workers_of(self, function: str) -> list[Supervised]:
         return [w for w in self.workers.values() if function_of(w) == function]
 
@@ -219,9 +229,31 @@ class Arbiter(Reloading):
         return listeners.ports(self.config)
 
     def services(self) -> list[Supervised]:
-        """The recorder and the dispatcher: a joined host has neither (the main host's
-        serve it)."""
-        return [] if self.joining else [self.dispatcher, self.recorder]
+        """The dispatcher, the trigger service and the recorder (last: it stops last): a
+        joined host has none (the main host's serve it)."""
+        return [] if self.joining else [self.dispatcher, self.triggers, self.recorder]
+
+    def first_stopped(self) -> list[Supervised]:
+        """The services stopped with the gateways: the dispatcher and the trigger service
+        take no new events, and what the dispatcher runs finishes while workers serve."""
+        return self.services()[:-1]
+
+    def last_stopped(self) -> list[Supervised]:
+        """The recorder: last, so it stores what the workers sent on their way out."""
+        return self.services()[-1:]
+
+    def write_snapshot(self) -> None:
+        """After a reload wrote the snapshot: the trigger service reads it again (SIGHUP),
+        so enabling or disabling a trigger needs no restart."""
+        super().write_snapshot()
+        if self.triggers not in self.services() or self.triggers.pid is None:
+            return   # one that starts later reads the new snapshot
+        if self.triggers.state is State.RUNNING:
+            self.triggers.signal(signal.SIGHUP)
+        else:
+            # Still starting: it may have read the former snapshot, and before its handler
+            # is installed SIGHUP would end it. Told once it is ready (manage).
+            self._triggers_stale = True
 
     def all_children(self) -> list[Supervised]:
         return [*self.gateways.values(), *self.services(), *self.worker_children()]
@@ -356,9 +388,13 @@ class Arbiter(Reloading):
                           child.launch.start_timeout)
                 child.signal(signal.SIGKILL)
         for child, socket_file in ((self.recorder, records_socket(self.state_dir)),
-                                   (self.dispatcher, events_socket(self.state_dir))):
+                                   (self.dispatcher, events_socket(self.state_dir)),
+                                   (self.triggers, triggers_control.socket_path(self.state_dir))):
             if child in self.services() and child.state is State.STARTING and child.pid and os.path.exists(socket_file):
                 child.mark_ready(now)
+                if child is self.triggers and self._triggers_stale:
+                    self._triggers_stale = False
+                    child.signal(signal.SIGHUP)
         for name, gateway in self.gateways.items():
             if gateway.state is State.STARTING and gateway.pid and \
                     os.path.exists(p.gateway_ready_path(self.state_dir, name)):
@@ -494,7 +530,8 @@ class Arbiter(Reloading):
                   "cgroups": self.cgroups, "functions": functions, "gateways": gateways}
         if not self.joining:
             status.update(recorder=self.recorder.describe(),
-                          dispatcher=self.dispatcher.describe())
+                          dispatcher=self.dispatcher.describe(),
+                          triggers=self.triggers.describe())
         return status
 
     def publish(self) -> None:
@@ -531,7 +568,7 @@ class Arbiter(Reloading):
                 child.to(State.STOPPED, why)
         # The dispatcher stops with the gateways: it takes no new events, and the events it
         # runs finish while the workers still serve.
-        self._stop_group([*self.gateways.values(), *self.services()[:1]])
+        self._stop_group([*self.gateways.values(), *self.first_stopped()])
         self.stop_phase = "gateways"
 
     def _stop_group(self, children) -> None:
@@ -548,10 +585,9 @@ class Arbiter(Reloading):
 
     def step_stop(self, now: float) -> bool:
         """Advance the stop; True once everything has exited."""
-        services = self.services()   # [dispatcher, recorder], or none on a joined host
-        group = {"gateways": [*self.gateways.values(), *services[:1]],
+        group = {"gateways": [*self.gateways.values(), *self.first_stopped()],
                  "workers": self.worker_children(),
-                 "recorder": services[1:]}[self.stop_phase]
+                 "recorder": self.last_stopped()}[self.stop_phase]
         alive = [c for c in group if c.pid is not None]
         for child in alive:
             if now >= child.stop_deadline:
@@ -567,7 +603,7 @@ class Arbiter(Reloading):
         if self.stop_phase == "workers":
             # Last, so it stores what the workers sent on their way out.
             self.stop_phase = "recorder"
-            self._stop_group(services[1:])
+            self._stop_group(self.last_stopped())
             return False
         return True
 
@@ -601,7 +637,8 @@ class Arbiter(Reloading):
         config_snapshot.write(config_snapshot.snapshot_path(self.state_dir),
                               self.config.functions, self.config.broken)
         # Socket files left by a host that was killed: readiness is told by their existence.
-        for socket_file in (records_socket(self.state_dir), events_socket(self.state_dir)):
+        for socket_file in (records_socket(self.state_dir), events_socket(self.state_dir),
+                            triggers_control.socket_path(self.state_dir)):
             remove_file(socket_file)
         for name in os.listdir(p.run_dir(self.state_dir)):
             if name.startswith("w-") and name.endswith(".sock"):   # workers' data endpoints

@@ -15,12 +15,12 @@ import os
 import uuid
 
 from ..config import FunctionConfig
+from ..runtimes.base import ACCOUNT
 from .aliases import AliasStore
 from .qualifier import LATEST, BadQualifier, check_alias_name
 from .store import VersionError, VersionStore
 
 REGION = "us-east-1"            # as the runtimes' ARNs (sora.runtimes.base.DEFAULT_REGION)
-ACCOUNT = "000000000000"
 # The Lambda runtime name shown for each language (what CreateFunction maps back from).
 RUNTIME_NAMES = {"nodejs": "nodejs20.x", "python": "python3.12", "provided": "provided.al2023"}
 PUBLISH_TIMEOUT = 600.0

@@ -2,7 +2,8 @@ import textwrap
 
 import pytest
 
-from sora.config import ConfigError, load_function_config, load_host_config, settings_markdown
+from sora.config import (ConfigError, HttpTrigger, load_function_config, load_host_config,
+                         settings_markdown)
 from sora.isolation.uids import hashed_uid, sandbox_uid
 
 
@@ -26,7 +27,7 @@ def test_valid_function_gets_defaults(tmp_path):
     assert fn.timeout == 30.0 and fn.memory == 256 and fn.env == {}
     assert fn.minInstances == 1 and fn.maxInstances >= 1 and fn.workers == 1
     assert fn.concurrency == fn.maxInstances and fn.idleTimeout == 300.0
-    assert fn.setup == ["npm install"] and fn.trigger == ["http"]
+    assert fn.setup == ["npm install"] and fn.trigger == (HttpTrigger(),) and fn.http
 
 
 def test_unknown_field_suggests_the_closest(tmp_path):
@@ -139,7 +140,7 @@ def test_yaml_syntax_error_has_line_and_column(tmp_path):
 
 
 def test_unsupported_trigger(tmp_path):
-    with pytest.raises(ConfigError, match="trigger: expected 'http'"):
+    with pytest.raises(ConfigError, match=r"trigger\[0\]: expected 'http', \{schedule"):
         load_function_config(_with(tmp_path, "trigger: http", "trigger: {cron: '* * * * *'}"))
 
 

@@ -1,0 +1,204 @@
+"""The scheduler: one asyncio loop fires every schedule of the host's functions on time.
+
+Each enabled schedule is an Entry with its next due time (wall clock, epoch seconds). The loop
+sleeps until the earliest one (at most MAX_SLEEP, and it reads the wall clock again at each
+wake, so a clock step or a suspend is caught up), then fires what is due.
+
+Exactly one firing per due time per host: the last due time handled (fired or skipped) is
+persisted in the same transaction that enqueues the firing (sora.store.triggers.fire with
+`once`), so a restart, even after kill -9, never fires a time twice. At start, and whenever a
+schedule comes back, what was missed since the last due time handled is dealt with by its
+`missed` policy: `latest` fires the most recent missed time once, `skip` records it as skipped.
+`overlap: forbid` skips a firing (recorded, reason Overlap) while the previous firing's event
+is still queued or running. A refused enqueue (the function's caps) is recorded as QueueFull.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import sqlite3
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Callable
+
+from ..store import triggers as store
+
+log = logging.getLogger("sora.triggers")
+
+MAX_SLEEP = 30.0        # a wake at least this often: the wall clock may have been stepped
+RETRY_AFTER = 1.0       # the store could not be written: try the same due time again
+
+
+def route_of(trigger) -> str:
+    return f"{trigger.kind}:{trigger.index}"
+
+
+@dataclass
+class Entry:
+    fn: object              # FunctionConfig
+    trigger: object         # ScheduleTrigger
+    schedule: object        # sora.triggers.schedule.Schedule
+    next_due: float | None  # None: never again (an at() that fired)
+    error: str | None = None
+
+
+def _default_parse(expression: str, timezone: str, anchor: float):
+    from .schedule import parse
+    return parse(expression, timezone, anchor=anchor)
+
+
+def _default_payload(fn, trigger, due: float, event_id: str) -> bytes:
+    from .shapes import function_region, scheduled_event
+    return scheduled_event(fn.name, trigger, due, function_region(fn), event_id)
+
+
+class Scheduler:
+    def __init__(self, sink, parse: Callable | None = None, payload: Callable | None = None,
+                 clock: Callable[[], float] = time.time):
+        self.sink = sink
+        self.parse = parse or _default_parse
+        self.payload = payload or _default_payload
+        self.clock = clock
+        self.entries: dict[tuple[str, str], Entry] = {}
+        self.errors: dict[tuple[str, int], str] = {}   # (function, index): why it cannot run
+        self.wake = asyncio.Event()
+        self.stopping = False
+        self.since = clock()
+        self.state = "starting"
+
+    # --- which schedules ------------------------------------------------------------------------
+    async def reconcile(self, functions) -> None:
+        """Run the enabled schedules of `functions` (FunctionConfigs): keep those unchanged,
+        start the new ones (dealing with what they missed), drop the others."""
+        wanted: dict[tuple[str, str], tuple] = {}
+        for fn in functions:
+            for trigger in getattr(fn, "schedules", ()):
+                if trigger.enabled:
+                    wanted[(fn.name, trigger.key)] = (fn, trigger)
+                else:
+                    try:
+                        await self.sink.call(lambda conn, f=fn.name, k=trigger.key: (
+                            store.set_paused(conn, f, k, True, self.clock())))
+                    except sqlite3.Error as exc:
+                        log.error("%s: could not note a disabled schedule: %s", fn.name, exc)
+        for ident in list(self.entries):
+            if ident not in wanted:
+                del self.entries[ident]
+        self.errors = {}
+        for ident, (fn, trigger) in wanted.items():
+            entry = self.entries.get(ident)
+            if entry is not None and entry.trigger == trigger:
+                entry.fn = fn   # its caps or region may have changed: no effect on times
+                continue
+            try:
+                self.entries[ident] = await self._start(fn, trigger)
+            except (ValueError, sqlite3.Error) as exc:
+                self.entries.pop(ident, None)
+                self.errors[(fn.name, trigger.index)] = str(exc)
+                log.error("%s %s (%s): cannot be scheduled: %s", fn.name, route_of(trigger),
+                          trigger.expression, exc)
+        self.state = "running"
+        self.wake.set()
+
+    async def _start(self, fn, trigger) -> Entry:
+        now = self.clock()
+        key = trigger.key
+        # Whole seconds: a rate() fires on them, so the event's `time` (to the second) is exact.
+        anchor = await self.sink.call(lambda conn: store.first_seen(conn, fn.name, key,
+                                                                    math.ceil(now)))
+        schedule = self.parse(trigger.expression, trigger.timezone, anchor)
+        st = await self.sink.call(lambda conn: store.state(conn, fn.name, key)) or {}
+        baseline = st.get("last_due") or anchor
+        if await self.sink.call(lambda conn: store.set_paused(conn, fn.name, key, False, now)):
+            # Enabled again: what it passed while disabled was not missed, it was off.
+            baseline = now
+        missed = schedule.latest_between(baseline, now) if baseline < now else None
+        next_due = schedule.next_after(max(baseline, now))
+        if missed is not None:
+            if trigger.missed == "latest":
+                log.info("%s %s: fired late for %s, missed while the host was down or the "
+                         "schedule was off", fn.name, route_of(trigger), _iso(missed))
+                next_due = missed
+            else:
+                await self.sink.skip(fn, trigger, route_of(trigger), missed, "Missed")
+        return Entry(fn, trigger, schedule, next_due)
+
+    # --- the loop -------------------------------------------------------------------------------
+    async def run(self) -> None:
+        while not self.stopping:
+            self.wake.clear()
+            now = self.clock()
+            for entry in list(self.entries.values()):
+                if entry.next_due is not None and entry.next_due <= now:
+                    await self._fire_due(entry)
+            now = self.clock()
+            dues = [e.next_due for e in self.entries.values() if e.next_due is not None]
+            timeout = MAX_SLEEP if not dues else min(max(min(dues) - now, 0.0), MAX_SLEEP)
+            try:
+                await asyncio.wait_for(self.wake.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.wake.set()
+
+    async def _fire_due(self, entry: Entry) -> None:
+        fn, trigger, due = entry.fn, entry.trigger, entry.next_due
+        route = route_of(trigger)
+        try:
+            await self._fire_one(fn, trigger, route, due)
+        except sqlite3.Error as exc:
+            # Not stored: the same due time is tried again (late rather than never).
+            log.error("%s %s: firing for %s not stored (%s); trying again", fn.name, route,
+                      _iso(due), exc)
+            entry.next_due = due + RETRY_AFTER if entry.next_due == due else entry.next_due
+            return
+        now = self.clock()
+        following = entry.schedule.next_after(due)
+        if following is not None and following <= now:
+            # The loop was held up past whole periods: the times between are missed.
+            latest = entry.schedule.latest_between(due, now)
+            if trigger.missed == "latest":
+                following = latest
+            else:
+                await self.sink.skip(fn, trigger, route, latest, "Missed")
+                following = entry.schedule.next_after(now)
+        entry.next_due = following
+
+    async def _fire_one(self, fn, trigger, route: str, due: float) -> None:
+        key = trigger.key
+        if trigger.overlap == "forbid":
+            def busy(conn):
+                st = store.state(conn, fn.name, key)
+                return st is not None and store.in_flight(conn, st["last_request_id"])
+            if await self.sink.call(busy):
+                log.info("%s %s: %s skipped, the previous firing is still queued or running "
+                         "(overlap: forbid)", fn.name, route, _iso(due))
+                await self.sink.skip(fn, trigger, route, due, "Overlap")
+                return
+        request_id = str(uuid.uuid4())
+        try:
+            await self.sink.fire(fn, trigger, route, self.payload(fn, trigger, due, request_id),
+                                 due, request_id=request_id, once=True)
+        except store.AlreadyFired:
+            log.info("%s %s: %s was fired already", fn.name, route, _iso(due))
+
+    async def fire_now(self, fn, trigger) -> str | None:
+        """A manual firing (`sora triggers fire`): enqueued now, whatever the overlap policy,
+        leaving the schedule's own times as they are."""
+        now = self.clock()
+        request_id = str(uuid.uuid4())
+        return await self.sink.fire(fn, trigger, route_of(trigger),
+                                    self.payload(fn, trigger, now, request_id), now,
+                                    request_id=request_id, advance=False)
+
+    def next_due(self, function: str, key: str) -> float | None:
+        entry = self.entries.get((function, key))
+        return entry.next_due if entry is not None else None
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))

@@ -1,0 +1,387 @@
+"""The triggers' store, the scheduler's decisions and the trigger service's control socket, on
+a real SQLite file with a controllable clock and a stand-in schedule (no host, no sleeping)."""
+import asyncio
+import dataclasses
+import json
+import math
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from sora.config import EventInvokeConfig
+from sora.events.dispatcher import meta_of
+from sora.store import queue, records, triggers as store
+from sora.triggers import control
+from sora.triggers.scheduler import Scheduler
+from sora.triggers.sink import Sink, connect
+
+
+@dataclasses.dataclass(frozen=True)
+class Sched:
+    expression: str
+    index: int = 0
+    timezone: str = "UTC"
+    input: object = None
+    enabled: bool = True
+    overlap: str = "forbid"
+    missed: str = "latest"
+    kind: str = "schedule"
+
+    @property
+    def key(self):
+        return f"schedule:{self.expression}@{self.timezone}"
+
+
+class Rate:
+    """rate(P seconds) anchored at `anchor`: fires at anchor + k·P, k >= 1."""
+
+    def __init__(self, period, anchor):
+        self.period, self.anchor = period, anchor
+
+    def next_after(self, after):
+        k = max(math.floor((after - self.anchor) / self.period) + 1, 1)
+        return self.anchor + k * self.period
+
+    def next_times(self, after, n=3):
+        out = []
+        for _ in range(n):
+            after = self.next_after(after)
+            out.append(after)
+        return out
+
+    def latest_between(self, after, until):
+        k = math.floor((until - self.anchor) / self.period)
+        t = self.anchor + k * self.period
+        return t if k >= 1 and t > after else None
+
+
+def rate_parse(expression, timezone, anchor):
+    return Rate(float(expression), anchor)
+
+
+def payload(fn, trigger, due, event_id):
+    return json.dumps({"id": event_id, "time": due}).encode()
+
+
+class Clock:
+    def __init__(self, t=1_000_000.0):
+        self.t = t
+
+    def __call__(self):
+        return self.t
+
+
+def fn_with(*schedules, name="fn", **invoke):
+    return SimpleNamespace(name=name, schedules=tuple(schedules), files=(),
+                           eventInvoke=EventInvokeConfig(**invoke))
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+@pytest.fixture
+def sink(tmp_path):
+    s = Sink(str(tmp_path))
+    yield s
+    s.close()
+
+
+def events_of(conn, fn="fn"):
+    return conn.execute("SELECT request_id, trigger, payload, state FROM events WHERE "
+                        "function = ? ORDER BY id", (fn,)).fetchall()
+
+
+# --- the store ------------------------------------------------------------------------------
+def test_fire_enqueues_and_records_in_one_transaction(tmp_path):
+    conn = connect(str(tmp_path))
+    seen = []
+    rid = store.fire(conn, "fn", "schedule:1", "k", b"{}", 100.0, 101.0, (10, 1 << 20),
+                     also=lambda c: seen.append(c.in_transaction))
+    assert seen == [True]   # the caller's update runs inside the same transaction
+    (row,) = events_of(conn)
+    assert (row["request_id"], row["trigger"], row["state"]) == (rid, "schedule:1", "queued")
+    st = store.state(conn, "fn", "k")
+    assert (st["last_due"], st["last_fired"], st["last_request_id"], st["last_outcome"]) == \
+        (100.0, 101.0, rid, "enqueued")
+    assert store.firings(conn, "fn", "k")[0]["requestId"] == rid
+    assert store.in_flight(conn, rid)
+    queue.ack(conn, queue.lease(conn, "fn", 1, 200.0, 30)[0].id)
+    assert not store.in_flight(conn, rid)
+
+
+def test_fire_refused_by_the_caps_stores_nothing(tmp_path):
+    conn = connect(str(tmp_path))
+    assert store.fire(conn, "fn", "schedule:0", "k", b"{}", 1.0, 1.0, (1, 1 << 20))
+    ran = []
+    assert store.fire(conn, "fn", "schedule:0", "k", b"{}", 2.0, 2.0, (1, 1 << 20),
+                      also=ran.append) is None
+    assert ran == [] and len(events_of(conn)) == 1
+    assert store.state(conn, "fn", "k")["last_due"] == 1.0
+    assert store.fire(conn, "fn", "schedule:0", "k", b"x" * 100, 3.0, 3.0, (10, 50)) is None
+
+
+def test_a_failing_also_rolls_the_firing_back(tmp_path):
+    conn = connect(str(tmp_path))
+
+    def boom(c):
+        raise RuntimeError("crash in the middle")
+    with pytest.raises(RuntimeError):
+        store.fire(conn, "fn", "file:0", "k", b"{}", 1.0, 1.0, None, also=boom)
+    assert events_of(conn) == [] and store.state(conn, "fn", "k") is None
+
+
+def test_once_refuses_a_due_time_already_handled(tmp_path):
+    conn = connect(str(tmp_path))
+    store.fire(conn, "fn", "schedule:0", "k", b"{}", 10.0, 10.0, None, once=True)
+    with pytest.raises(store.AlreadyFired):
+        store.fire(conn, "fn", "schedule:0", "k", b"{}", 10.0, 11.0, None, once=True)
+    store.skip(conn, "fn", "schedule:0", "k", 20.0, 20.0, "Overlap")
+    with pytest.raises(store.AlreadyFired):
+        store.fire(conn, "fn", "schedule:0", "k", b"{}", 20.0, 21.0, None, once=True)
+    assert len(events_of(conn)) == 1
+    # a manual firing leaves the schedule's own times alone
+    store.fire(conn, "fn", "schedule:0", "k", b"{}", 99.0, 99.0, None, advance=False)
+    assert store.state(conn, "fn", "k")["last_due"] == 20.0
+    assert [f["outcome"] for f in store.firings(conn, "fn", "k")] == \
+        ["enqueued", "skipped", "enqueued"]
+    assert store.firings(conn, "fn", "k")[1]["reason"] == "Overlap"
+
+
+def test_first_seen_is_persisted_once_and_history_is_bounded(tmp_path):
+    conn = connect(str(tmp_path))
+    assert store.first_seen(conn, "fn", "k", 5.0) == 5.0
+    assert store.first_seen(conn, "fn", "k", 9.0) == 5.0
+    for i in range(store.KEEP_FIRINGS + 20):
+        store.skip(conn, "fn", "schedule:0", "k", float(i), float(i), "Missed")
+    assert conn.execute("SELECT COUNT(*) FROM trigger_firings").fetchone()[0] == \
+        store.KEEP_FIRINGS
+    assert store.state(conn, "fn", "k")["first_seen"] == 5.0
+
+
+def test_readers_before_the_tables_exist(tmp_path):
+    from sora.store.db import connect_queue
+    conn = connect_queue(str(tmp_path))
+    assert store.state(conn, "fn", "k") is None and store.firings(conn, "fn", "k") == []
+
+
+# --- records and events show the trigger ----------------------------------------------------
+def test_records_and_events_show_the_trigger_and_its_index(tmp_path):
+    assert records.trigger_fields("schedule:2") == {"trigger": "schedule", "triggerIndex": 2}
+    assert records.trigger_fields("file:0") == {"trigger": "file", "triggerIndex": 0}
+    assert records.trigger_fields("event") == {"trigger": "event"}
+    assert records.trigger_fields("schedule:x") == {"trigger": "schedule:x"}
+    conn = connect(str(tmp_path))
+    rid = store.fire(conn, "fn", "file:3", "k", b"{}", 1.0, 1.0, None)
+    event = queue.find_event(conn, rid)
+    assert (event["trigger"], event["triggerIndex"], event["route"]) == ("file", 3, "file:3")
+    queue.enqueue(conn, [("r2", "fn", "invoke", b"{}", 1.0)])
+    assert queue.find_event(conn, "r2")["trigger"] == "event"
+    leased = {e.request_id: e for e in queue.lease(conn, "fn", 5, 10.0, 30)}
+    assert meta_of(leased[rid]) == b"file:3" and meta_of(leased["r2"]) == b"event"
+
+
+# --- the scheduler --------------------------------------------------------------------------
+def scheduler(sink, clock):
+    return Scheduler(sink, parse=rate_parse, payload=payload, clock=clock)
+
+
+def test_fires_each_due_time_once_and_carries_the_due_time(sink):
+    clock = Clock()
+    s = scheduler(sink, clock)
+    fn = fn_with(Sched("10", overlap="allow"))
+
+    async def go():
+        await s.reconcile([fn])
+        (entry,) = s.entries.values()
+        assert entry.next_due == clock.t + 10
+        for _ in range(3):
+            clock.t = entry.next_due + 0.01
+            await s._fire_due(entry)
+        return entry
+    entry = run(go())
+    conn = sink.conn_factory()
+    rows = events_of(conn)
+    assert [json.loads(r["payload"])["time"] for r in rows] == \
+        [1_000_010.0, 1_000_020.0, 1_000_030.0]
+    assert [json.loads(r["payload"])["id"] for r in rows] == [r["request_id"] for r in rows]
+    assert entry.next_due == 1_000_040.0
+
+
+def test_a_restart_never_fires_a_time_twice_and_fires_the_latest_missed_once(sink):
+    clock = Clock()
+    fn = fn_with(Sched("10", overlap="allow"))
+
+    async def first():
+        s = scheduler(sink, clock)
+        await s.reconcile([fn])
+        entry = next(iter(s.entries.values()))
+        clock.t += 10.5
+        await s._fire_due(entry)   # fires 1_000_010
+
+    async def after_restart(down):
+        clock.t += down
+        s = scheduler(sink, clock)
+        await s.reconcile([fn])
+        return next(iter(s.entries.values()))
+    run(first())
+    entry = run(after_restart(2.0))   # back before the next time: nothing missed
+    assert entry.next_due == 1_000_020.0
+    entry = run(after_restart(45.0))   # down past 20, 30, 40, 50: the latest (50) fires once
+    assert entry.next_due == 1_000_050.0
+    run(scheduler(sink, clock)._fire_due(entry))
+    entry = run(after_restart(0.5))
+    assert entry.next_due == 1_000_060.0
+    dues = [json.loads(r["payload"])["time"] for r in events_of(sink.conn_factory())]
+    assert dues == [1_000_010.0, 1_000_050.0]
+
+
+def test_missed_skip_records_the_skip_and_fires_none(sink):
+    clock = Clock()
+    fn = fn_with(Sched("10", missed="skip"))
+    run(scheduler(sink, clock).reconcile([fn]))
+    clock.t += 35
+
+    async def go():
+        s = scheduler(sink, clock)
+        await s.reconcile([fn])
+        return next(iter(s.entries.values()))
+    entry = run(go())
+    assert entry.next_due == 1_000_040.0
+    conn = sink.conn_factory()
+    assert events_of(conn) == []
+    (firing,) = store.firings(conn, "fn", fn.schedules[0].key)
+    assert (firing["outcome"], firing["reason"], firing["due"]) == \
+        ("skipped", "Missed", 1_000_030.0)
+
+
+def test_overlap_forbid_skips_while_the_last_firing_is_queued_or_running(sink):
+    clock = Clock()
+    fn = fn_with(Sched("10"))
+    s = scheduler(sink, clock)
+    conn = sink.conn_factory()
+
+    async def tick():
+        entry = next(iter(s.entries.values()))
+        clock.t = entry.next_due
+        await s._fire_due(entry)
+    run(s.reconcile([fn]))
+    run(tick())                       # 10: enqueued
+    run(tick())                       # 20: the first still queued -> skipped
+    (event,) = queue.lease(conn, "fn", 1, time.time(), 30)
+    run(tick())                       # 30: still running (leased) -> skipped
+    queue.ack(conn, event.id)
+    run(tick())                       # 40: done -> enqueued
+    outcomes = [(f["due"], f["outcome"], f["reason"]) for f in
+                reversed(store.firings(conn, "fn", fn.schedules[0].key))]
+    assert outcomes == [(1_000_010.0, "enqueued", None), (1_000_020.0, "skipped", "Overlap"),
+                        (1_000_030.0, "skipped", "Overlap"), (1_000_040.0, "enqueued", None)]
+
+
+def test_queue_full_is_recorded_as_a_skip(sink):
+    clock = Clock()
+    fn = fn_with(Sched("10", overlap="allow"), maxQueuedEvents=1)
+    s = scheduler(sink, clock)
+
+    async def go():
+        await s.reconcile([fn])
+        entry = next(iter(s.entries.values()))
+        for _ in range(2):
+            clock.t = entry.next_due
+            await s._fire_due(entry)
+    run(go())
+    conn = sink.conn_factory()
+    assert len(events_of(conn)) == 1
+    last = store.firings(conn, "fn", fn.schedules[0].key)[0]
+    assert (last["outcome"], last["reason"]) == ("skipped", "QueueFull")
+
+
+def test_disabled_does_nothing_and_re_enabled_resumes_without_catching_up(sink):
+    clock = Clock()
+    on = Sched("10", overlap="allow")
+    off = dataclasses.replace(on, enabled=False)
+    s = scheduler(sink, clock)
+    run(s.reconcile([fn_with(on)]))
+    run(s.reconcile([fn_with(off)]))
+    assert s.entries == {}
+    clock.t += 100   # what passes while disabled is not missed
+    s2 = scheduler(sink, clock)   # even across a restart
+    run(s2.reconcile([fn_with(off)]))
+    assert s2.entries == {}
+    run(s2.reconcile([fn_with(on)]))
+    (entry,) = s2.entries.values()
+    assert entry.next_due == 1_000_110.0
+    assert events_of(sink.conn_factory()) == []
+
+
+def test_a_bad_expression_is_an_error_in_status_not_a_crash(sink):
+    def parse(expression, timezone, anchor):
+        raise ValueError("expected rate(N unit), got nonsense")
+    s = Scheduler(sink, parse=parse, payload=payload)
+    run(s.reconcile([fn_with(Sched("x", index=2))]))
+    assert s.entries == {} and "expected rate" in s.errors[("fn", 2)]
+
+
+def test_the_loop_fires_on_time_with_the_real_clock(sink):
+    s = Scheduler(sink, parse=lambda e, tz, anchor: Rate(0.2, anchor), payload=payload)
+    fn = fn_with(Sched("0.2", overlap="allow"))
+
+    async def go():
+        await s.reconcile([fn])
+        task = asyncio.get_running_loop().create_task(s.run())
+        deadline = time.monotonic() + 5
+        conn = sink.conn_factory()
+        while len(events_of(conn)) < 3 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        s.stop()
+        await task
+        return [(json.loads(r["payload"])["time"], r) for r in events_of(conn)]
+    fired = run(go())
+    assert len(fired) >= 3
+    accepted = {r["request_id"]: r for r in sink.conn_factory().execute(
+        "SELECT request_id, accepted FROM events")}
+    for due, row in fired:
+        assert 0 <= accepted[row["request_id"]]["accepted"] - due < 0.2
+
+
+def test_manual_fire_ignores_overlap_and_keeps_the_schedule(sink):
+    clock = Clock()
+    fn = fn_with(Sched("10"))
+    s = scheduler(sink, clock)
+    run(s.reconcile([fn]))
+    ids = [run(s.fire_now(fn, fn.schedules[0])) for _ in range(2)]
+    assert all(ids) and len(set(ids)) == 2
+    assert store.state(sink.conn_factory(), "fn", fn.schedules[0].key)["last_due"] is None
+
+
+# --- the control socket ---------------------------------------------------------------------
+def test_control_request_and_answer(tmp_path):
+    import zmq
+    from sora import protocol as p
+    p.make_run_dir(str(tmp_path))
+    ctx = zmq.Context()
+    server = ctx.socket(zmq.ROUTER)
+    server.bind(control.endpoint(str(tmp_path)))
+
+    def answer():
+        ident, rid, op, body = server.recv_multipart()
+        server.send_multipart([ident, rid, json.dumps({"op": op.decode(),
+                                                       "body": json.loads(body)}).encode()])
+    t = threading.Thread(target=answer)
+    t.start()
+    assert control.request(str(tmp_path), "status", {"function": "f"}) == \
+        {"op": "status", "body": {"function": "f"}}
+    t.join()
+    t = threading.Thread(target=answer)
+    t.start()
+    assert run(control.request_async(str(tmp_path), "fire", {"index": 1})) == \
+        {"op": "fire", "body": {"index": 1}}
+    t.join()
+    with pytest.raises(control.TriggersUnavailable):
+        control.request(str(tmp_path), "status", timeout=0.2)
+    server.close(linger=0)
+    ctx.term()
+    with pytest.raises(control.TriggersUnavailable):
+        control.request(str(tmp_path / "nowhere"), "status")
