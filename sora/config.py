@@ -171,8 +171,8 @@ def _trigger_list(value: Any) -> list:
     checked, with its own field name, by `_triggers` once the function folder is known."""
     items = value if isinstance(value, list) else [value]
     if not items or not all(item == "http" or isinstance(item, dict) for item in items):
-        raise _Invalid(f"'http', {{schedule: EXPR, ...}}, {{file: {{path: FOLDER, ...}}}} or a "
-                       f"list of these")
+        raise _Invalid("'http', {schedule: EXPR, ...}, {file: {path: FOLDER, ...}} or a list "
+                       "of these")
     return list(items)
 
 
@@ -648,9 +648,6 @@ class EventInvokeConfig:
 FILE_EVENTS = ("created", "modified", "deleted")
 OVERLAP_MODES = ("forbid", "allow")
 MISSED_MODES = ("latest", "skip")
-SCHEDULE_KEYS = ("schedule", "timezone", "input", "enabled", "overlap", "missed")
-FILE_KEYS = ("path", "events", "pattern", "recursive", "debounceMs", "bucket", "writable",
-             "enabled")
 MAX_DEBOUNCE_MS = 60_000
 
 
@@ -707,8 +704,11 @@ Trigger = HttpTrigger | ScheduleTrigger | FileTrigger
 TRIGGER_CLASSES = {"http": HttpTrigger, "schedule": ScheduleTrigger, "file": FileTrigger}
 
 
-def trigger_from_dict(entry: dict) -> Trigger:
-    """A trigger from its `dataclasses.asdict` form (the snapshot, MEMBERS): `kind` says which."""
+def trigger_from_dict(entry: dict | str) -> Trigger:
+    """A trigger from its `dataclasses.asdict` form (the snapshot, MEMBERS): `kind` says which.
+    A joined host older than triggers sends the string "http"."""
+    if entry == "http":
+        return HttpTrigger()
     entry = dict(entry)
     cls = TRIGGER_CLASSES[entry["kind"]]
     if cls is FileTrigger:
@@ -761,43 +761,28 @@ def _checked(where: str, value: Any, check: Callable[[Any], Any], problems: list
         return _MISSING
 
 
-def _schedule_trigger(item: dict, index: int, where: str,
-                      problems: list[str]) -> ScheduleTrigger | None:
-    from .triggers import schedule   # the trigger package imports nothing of config's at load
-    if _unknown_keys(item, SCHEDULE_KEYS, where, problems):
-        return None
-    timezone = item.get("timezone", "UTC")
+def _expression(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _Invalid("a schedule expression: rate(...), cron(...), at(...) or a 5-field "
+                       "cron line")
+    return value.strip()
+
+
+def _timezone(value: Any) -> str:
+    from .triggers import schedule   # the trigger package imports config: only when used
     try:
-        schedule.zone(timezone)
-    except ValueError as exc:
-        problems.append(f"{where}.timezone: {exc}")
-        return None
-    expression = item["schedule"]
-    if not isinstance(expression, str):
-        problems.append(f"{where}.schedule: expected a schedule expression (a string), got "
-                        f"{_show(expression)}")
-        return None
+        schedule.zone(value)
+    except ValueError:
+        raise _Invalid("an IANA time zone name such as 'UTC' or 'Europe/Paris'") from None
+    return value
+
+
+def _json_value(value: Any) -> Any:
     try:
-        schedule.parse(expression, timezone, anchor=0.0)
-    except ValueError as exc:
-        problems.append(f"{where}.schedule: {exc}")
-        return None
-    payload = item.get("input")
-    try:
-        json.dumps(payload, allow_nan=False)
+        json.dumps(value, allow_nan=False)
     except (TypeError, ValueError):
-        problems.append(f"{where}.input: expected a JSON value (YAML dates and the like "
-                        f"quoted as strings), got {_show(payload)}")
-        return None
-    enabled = _checked(f"{where}.enabled", item.get("enabled", True), _bool, problems)
-    overlap = _checked(f"{where}.overlap", item.get("overlap", "forbid"),
-                       _one_of(OVERLAP_MODES), problems)
-    missed = _checked(f"{where}.missed", item.get("missed", "latest"),
-                      _one_of(MISSED_MODES), problems)
-    if _MISSING in (enabled, overlap, missed):
-        return None
-    return ScheduleTrigger(expression=expression.strip(), index=index, timezone=timezone,
-                           input=payload, enabled=enabled, overlap=overlap, missed=missed)
+        raise _Invalid("a JSON value (YAML dates and the like quoted as strings)") from None
+    return value
 
 
 def _file_events(value: Any) -> tuple[str, ...]:
@@ -809,19 +794,76 @@ def _file_events(value: Any) -> tuple[str, ...]:
 
 
 def _file_pattern(value: Any) -> str | None:
-    if value is None:
-        return None
     if not isinstance(value, str) or not value or "/" in value:
         raise _Invalid("a file-name pattern without '/', such as '*.csv'")
     return value
 
 
 def _bucket(value: Any) -> str | None:
-    if value is None:
-        return None
     if not isinstance(value, str) or not value.strip() or "/" in value:
         raise _Invalid("a bucket name (no '/')")
     return value
+
+
+SCHEDULE_TRIGGER_SETTINGS = _settings(
+    Setting("schedule", _expression, REQUIRED, "When it fires: `rate(N unit)` (minute(s), "
+            "hour(s), day(s); `second(s)` is Sora's extension for development; singular only "
+            "with 1, as EventBridge), `cron(min hour day-of-month month day-of-week year)` "
+            "(EventBridge's 6 fields), `at(yyyy-mm-ddThh:mm:ss)` (once), or a plain 5-field "
+            "cron line (`*/5 * * * *`). See \"Schedule expressions\" below."),
+    Setting("timezone", _timezone, "UTC", "IANA time zone the cron line or `at()` time is "
+            "read in (`Europe/Paris`). A local time skipped by a daylight-saving change does "
+            "not fire; one that repeats fires once, at its first occurrence. `rate()` ignores it."),
+    Setting("input", _json_value, None, "JSON sent to the function instead of EventBridge's "
+            "Scheduled Event, verbatim (as EventBridge's constant input)."),
+    Setting("enabled", _bool, True, "`false`: the schedule does nothing (it is still "
+            "validated, and shown)."),
+    Setting("overlap", _one_of(OVERLAP_MODES), "forbid", "`forbid`: a firing while the "
+            "previous firing's run is still queued or running is skipped (and recorded as "
+            "skipped); `allow`: every firing is queued."),
+    Setting("missed", _one_of(MISSED_MODES), "latest", "After the host was down: `latest` "
+            "runs the most recent missed time once; `skip` runs none. A time is never fired "
+            "twice, restart or not."),
+)
+
+FILE_TRIGGER_SETTINGS = _settings(
+    Setting("path", _nonempty_str, REQUIRED, "The folder watched: relative to the function "
+            "folder, or absolute. It must exist, and may not be inside Sora's `stateDir` nor "
+            "inside another function's folder (nor hold them). One inside the function folder "
+            "must be reached without a symbolic link. It is mounted into the function's "
+            "sandbox at the same path, read-only unless `writable`."),
+    Setting("events", _file_events, ["created"], "Which changes fire: any of `created`, "
+            "`modified` (both sent as S3's `ObjectCreated:Put`) and `deleted` "
+            "(`ObjectRemoved:Delete`). A file renamed into the folder is created."),
+    Setting("pattern", _file_pattern, None, "Only files whose name (not path) matches this "
+            "shell pattern (`*.csv`). Default: every file."),
+    Setting("recursive", _bool, False, "Also watch the subfolders; the event's key is then "
+            "the path relative to the watched folder (`2026/12/report.csv`)."),
+    Setting("debounceMs", _int_range(0, MAX_DEBOUNCE_MS), 200, "Milliseconds a file must "
+            "stay unchanged before its change fires: a file still being written fires once, "
+            "when complete (0 to 60000)."),
+    Setting("bucket", _bucket, None, "The event's `s3.bucket.name` (and its ARN). Default: "
+            "the folder's name."),
+    Setting("writable", _bool, False, "Mount the folder writable into the function's "
+            "sandbox, so it can move or delete the files it processed."),
+    Setting("enabled", _bool, None, "`false`: the watcher does nothing. May also sit beside "
+            "`file:` (`{file: {...}, enabled: false}`); default true."),
+)
+
+
+def _schedule_trigger(item: dict, index: int, where: str,
+                      problems: list[str]) -> ScheduleTrigger | None:
+    from .triggers import schedule
+    before = len(problems)
+    values = _validate_mapping(item, SCHEDULE_TRIGGER_SETTINGS, f"{where}.", problems)
+    if len(problems) > before:
+        return None
+    try:
+        schedule.parse(values["schedule"], values["timezone"], anchor=0.0)
+    except ValueError as exc:   # its message says what was expected and what it got
+        problems.append(f"{where}.schedule: {exc}")
+        return None
+    return ScheduleTrigger(expression=values.pop("schedule"), index=index, **values)
 
 
 def _file_trigger(directory: str, item: dict, index: int, where: str,
@@ -836,34 +878,25 @@ def _file_trigger(directory: str, item: dict, index: int, where: str,
                         f"debounceMs, bucket, writable}}, got {_show(spec)}")
         return None
     where_file = f"{where}.file"
-    if _unknown_keys(spec, FILE_KEYS, where_file, problems):
-        return None
     before = len(problems)
-    raw_path = spec.get("path")
-    if not isinstance(raw_path, str) or not raw_path.strip():
-        problems.append(f"{where_file}.path: required field is missing (expected a folder, "
-                        f"relative to the function folder or absolute), got {_show(raw_path)}")
+    values = _validate_mapping(spec, FILE_TRIGGER_SETTINGS, f"{where_file}.", problems)
+    outer = _checked(f"{where}.enabled", item["enabled"], _bool, problems) \
+        if "enabled" in item else None
+    if len(problems) > before:
         return None
-    path = watched_path(directory, raw_path)
+    if outer is not None and values["enabled"] is not None and outer != values["enabled"]:
+        problems.append(f"{where_file}.enabled: expected the same value as {where}.enabled "
+                        f"(given twice), got {_show(values['enabled'])}")
+        return None
+    enabled = next((v for v in (values.pop("enabled"), outer) if v is not None), True)
+    path = watched_path(directory, values.pop("path"))
     problem = _watchable(directory, path)
     if problem:
         problems.append(f"{where_file}.path: expected an existing folder ({problem}), got "
-                        f"{_show(raw_path)}")
-    values = {name: _checked(f"{where_file}.{name}", spec.get(name, default), check, problems)
-              for name, check, default in (
-                  ("events", _file_events, ["created"]), ("pattern", _file_pattern, None),
-                  ("recursive", _bool, False),
-                  ("debounceMs", _int_range(0, MAX_DEBOUNCE_MS), 200),
-                  ("bucket", _bucket, None), ("writable", _bool, False))}
-    enabled = [_checked(f"{w}.enabled", m["enabled"], _bool, problems)
-               for w, m in ((where, item), (where_file, spec)) if "enabled" in m]
-    if len(set(enabled)) > 1:
-        problems.append(f"{where_file}.enabled: expected the same value as {where}.enabled "
-                        f"(given twice), got {_show(spec['enabled'])}")
-    if len(problems) > before:
+                        f"{_show(spec['path'])}")
         return None
-    return FileTrigger(path=path, index=index, enabled=enabled[0] if enabled else True,
-                       **values)
+    values["events"] = tuple(values["events"])   # the default is the Setting's list
+    return FileTrigger(path=path, index=index, enabled=enabled, **values)
 
 
 def watched_path(directory: str, path: str) -> str:
@@ -1398,6 +1431,11 @@ def load_host_config(path: str, read_functions: bool = True) -> HostConfig:
             broken.append(BrokenFunction(fn.name, fn.directory, (
                 f"{path}: {what}: expected a path outside the function folder {fn.directory} "
                 f"(its sandbox would show it to the function), got {where}")))
+    for fn in list(functions):
+        problem = _watched_folder_problem(fn, protected, functions)
+        if problem:
+            functions.remove(fn)
+            broken.append(BrokenFunction(fn.name, fn.directory, problem))
     uids = assign_uids([fn.name for fn in functions])
     functions = [dataclasses.replace(fn, sandboxUid=uids[fn.name]) for fn in functions]
     _check_limits(path, limits, functions)
@@ -1440,6 +1478,28 @@ def _load_managed_functions(state_dir: str, functions: list[FunctionConfig],
             continue
         seen[fn.name] = fn.source
         functions.append(fn)
+
+
+def _watched_folder_problem(fn: FunctionConfig, protected: list[tuple[str, str]],
+                            functions: list[FunctionConfig]) -> str | None:
+    """Why a file trigger's folder may not be watched, or None. Only the host config knows
+    the state dir and every function: a watched folder inside the state dir or another
+    function's folder would hand this function their files (mounted into its sandbox, and
+    sent as events); one holding them would too, and would fire on Sora's own writes."""
+    others = [(f"functionPaths ({other.name})", other.directory) for other in functions
+              if other is not fn]
+    state_dir = dict(protected)["stateDir"]
+    for trigger in fn.files:
+        where = f"{fn.source}: trigger[{trigger.index}].file.path"
+        for what, folder in [("stateDir", state_dir)] + others:
+            if _own_files_inside(folder, [(what, trigger.path)]):
+                return (f"{where}: expected a folder outside {what} {folder}, got "
+                        f"{trigger.path}")
+        inside = _own_files_inside(trigger.path, protected + others)
+        if inside:
+            return (f"{where}: expected a folder that holds none of Sora's files nor another "
+                    f"function's folder, got {trigger.path} (holds {inside[0]}: {inside[1]})")
+    return None
 
 
 def _own_files_inside(directory: str, protected: list[tuple[str, str]]) -> tuple[str, str] | None:
@@ -1618,7 +1678,11 @@ def settings_markdown() -> str:
                             ("host-config.yaml `cluster:`", CLUSTER_SETTINGS),
                             ("host-config.yaml `managedFunctions:`", MANAGED_SETTINGS),
                             ("sora.yaml", FUNCTION_SETTINGS),
-                            ("sora.yaml `eventInvoke:`", EVENT_INVOKE_SETTINGS)):
+                            ("sora.yaml `eventInvoke:`", EVENT_INVOKE_SETTINGS),
+                            ("sora.yaml `trigger:` — a schedule (`- schedule: EXPR`)",
+                             SCHEDULE_TRIGGER_SETTINGS),
+                            ("sora.yaml `trigger:` — a watched folder (`- file: {...}`)",
+                             FILE_TRIGGER_SETTINGS)):
         out += [f"## {title}", "", "| field | default | description |", "|---|---|---|"]
         for s in settings.values():
             default = "required" if s.default is REQUIRED else (
@@ -1627,7 +1691,51 @@ def settings_markdown() -> str:
             doc = s.doc.replace("|", "\\|")
             out.append(f"| `{s.name}` | {default} | {doc} |")
         out.append("")
+    out.append(TRIGGERS_MARKDOWN)
     return "\n".join(out)
+
+
+TRIGGERS_MARKDOWN = """## Triggers
+
+`trigger` is `http` (the default: the function URL), or a list of triggers, in any order:
+
+```yaml
+trigger:
+  - http                                  # its function URL (leave it out: no URL, 404)
+  - schedule: cron(0 9 ? * MON-FRI *)     # weekdays at 09:00, Paris time
+    timezone: Europe/Paris
+  - schedule: rate(5 minutes)
+    input: {job: poll}                    # sent instead of the Scheduled Event
+    overlap: allow
+  - file: {path: ./inbox, pattern: "*.csv", events: [created, modified]}
+```
+
+Errors name the item: `trigger[1].schedule`, `trigger[2].file.path`. `sora validate` prints
+each schedule's next three fire times. Every firing is an asynchronous event of the function
+(retries, `maximumEventAge`, the dead-letter list and replay apply); a schedule sends
+EventBridge's Scheduled Event (`detail-type` "Scheduled Event", `source` "aws.events",
+`time` the due time in UTC, `resources` `[arn:aws:events:REGION:000000000000:rule/NAME-schedule-INDEX]`),
+a watched folder S3's event notification (`Records[0].s3.object.key` the file's path relative
+to the folder, URL-encoded as S3 encodes keys: `urllib.parse.unquote_plus` gives it back).
+A function without `http` is still reached by the Invoke API.
+
+### Schedule expressions
+
+| form | meaning |
+|---|---|
+| `rate(1 minute)`, `rate(5 minutes)`, `rate(1 hour)`, `rate(2 days)` | every N units, counted from when the schedule was first seen (kept across restarts). The unit is singular only with 1, as EventBridge. |
+| `rate(10 seconds)` | Sora's extension for development: EventBridge's rates start at 1 minute. |
+| `cron(0 12 * * ? *)` | EventBridge's six fields: minute, hour, day-of-month, month, day-of-week, year. `?` in exactly one of the two day fields. Day-of-week is 1-7 = SUN-SAT (or `SUN`..`SAT`); months 1-12 or `JAN`..`DEC`. `L`: the month's last day (day-of-month) or `6L` its last Friday; `L` alone in day-of-week is Saturday. `15W`: the weekday nearest the 15th, within the month; `LW`: the month's last weekday. `2#1`: the first Monday. Year: `*`, `2027`, `2027-2029`, `2027/2`, lists (1970-2199). |
+| `at(2026-12-01T09:00:00)` | once, at that local time in `timezone`; a time in the past never fires (`sora validate` shows no next time). |
+| `*/5 * * * *` | a plain 5-field Unix cron line (minute hour day-of-month month day-of-week; 0 or 7 = Sunday; with both day fields restricted, either matches, as cron). |
+
+Cron lines are matched by [cronsim](https://pypi.org/project/cronsim/) on the local wall clock
+of `timezone`. **Daylight saving:** a local time that does not exist (the hour skipped in
+spring: 02:30 on Europe/Paris's last Sunday of March) does not fire that day; a local time
+that happens twice (the hour repeated in autumn) fires once, at its first occurrence — a
+`*/20 * * * *` schedule fires at 02:00, 02:20, 02:40 (summer time) and next at 03:00 (winter
+time). `rate()` is a fixed period of real time, unaffected.
+"""
 
 
 if __name__ == "__main__":  # pragma: no cover - documentation generator

@@ -111,6 +111,8 @@ def _report_loaded(path: str, functions: list, state_dir: str | None, broken: li
     not with `load` false), so a syntax error or a missing handler is reported now, then
     print the lot."""
     from ..runtimes.load_check import LoadResult, check_functions
+    from ..triggers.describe import describe_all, line
+    now = time.time()
     valid = []
     checked = check_functions(functions, state_dir) if load else \
         [(fn, LoadResult(None, "not loaded: --no-load")) for fn in functions]
@@ -120,13 +122,17 @@ def _report_loaded(path: str, functions: list, state_dir: str | None, broken: li
             broken.append({**entry, "reason": loaded.reason})
         else:
             valid.append({**entry, "loaded": loaded.loaded is True,
-                          **({"note": loaded.reason} if loaded.reason else {})})
+                          **({"note": loaded.reason} if loaded.reason else {}),
+                          "triggers": describe_all(fn, now)})
     if as_json:
         emit_json({"valid": not broken, "path": path, "functions": valid, "broken": broken})
     else:
         for f in valid:
             note = f"  ({f['note']})" if "note" in f else ""
             print(f"ok      {f['name']:<24} {f['language']:<8} {f['directory']}{note}")
+            for trigger in f["triggers"]:
+                if trigger["kind"] != "http" or len(f["triggers"]) > 1:
+                    print(f"          {line(trigger)}")
         for b in broken:
             print(f"broken  {b['name']:<24} {b['reason']}")
         print(f"{path}: {len(valid)} function(s) valid, {len(broken)} broken")

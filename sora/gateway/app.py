@@ -107,7 +107,10 @@ class FunctionUrlResource(InvocationRoute):
     async def handle(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, name: str,
                      path: str = "") -> None:
         name, qualifier = split_name(name)
-        if not FUNCTION_NAME_RE.match(name):
+        fn = self.functions.get(name)
+        if not FUNCTION_NAME_RE.match(name) or fn is not None and not fn.http:
+            # A function without an `http` trigger has no URL (as a Lambda function without
+            # one): the same 404 as an unknown name; the Invoke API still reaches it.
             raise SoraError(404, "ResourceNotFoundException", f"Function not found: {name}")
         key, version = self.resolve(name, qualifier)
         if path and ("\x00" in path or ".." in path and ".." in path.split("/")):

@@ -306,3 +306,31 @@ def test_a_body_over_the_limit_is_read_and_dropped_before_the_413(over, drained)
         asyncio.run(read_body(req, limit, stall_timeout=1.0))
     assert refused.value.status == 413
     assert (req.rest == []) is drained
+
+
+# --- issue 18: a function without an `http` trigger ---
+
+def test_a_function_without_http_has_no_url_but_the_invoke_api_reaches_it(tmp_path,
+                                                                            monkeypatch):
+    fns = tmp_path / "fns"
+    write_function(fns, "nightly", {"index.js": "exports.handler = async (e) => e;"},
+                   name="nightly", auth="none", trigger=[{"schedule": "rate(1 day)"}])
+    make_app(tmp_path, monkeypatch)    # writes the host config with echo and public
+    spec = yaml.safe_load((tmp_path / "host-config.yaml").read_text())
+    spec["functionPaths"].append(str(fns / "nightly"))
+    (tmp_path / "host-config.yaml").write_text(yaml.safe_dump(spec))
+    config = load_host_config(str(tmp_path / "host-config.yaml"))
+    assert not config.function("nightly").http and config.function("echo").http
+    broker = FakeBroker()
+    app = gateway_app.create_app(config, broker)
+    for method in ("GET", "POST"):
+        r = falcon.testing.simulate_request(app, method, "/functions/nightly/any/path")
+        # What an unknown name gets (the control plane's NOT_FOUND), before any call is made.
+        assert r.status_code == 404 and r.json["errorType"] == "ResourceNotFoundException"
+        assert r.json["errorMessage"] == "Function not found: nightly"
+    assert broker.calls == []
+    r = falcon.testing.simulate_post(app, "/2015-03-31/functions/nightly/invocations",
+                                     body=b'{"x":1}')
+    assert r.status_code == 200, r.text
+    assert [call[0] for call in broker.calls] == ["nightly"]
+    assert falcon.testing.simulate_get(app, "/functions/echo").status_code == 200
