@@ -221,3 +221,28 @@ def test_csv_example_processes_a_dropped_file_and_moves_it(host):
     line = wait_for(lambda: logged(host, runs[0]["requestId"]), what="csv-inbox's log line")
     assert "orders of may.csv: 3 rows, amount total 49.75" in line
     assert (inbox / "notes.txt").is_file()
+
+
+def test_csv_example_ignores_a_link_dropped_into_its_inbox(host):
+    # Whoever drops files is not trusted: a link named like a CSV, pointing at a file only
+    # root may read, is skipped by the watcher (never read, hashed or sent), then a real file
+    # dropped after it runs: by then the link was seen, and it fired nothing.
+    inbox = host.base / "csv-inbox" / "inbox"
+    secret = host.base / "root-only.csv"
+    secret.write_text("order,amount\n1,1000000\n")
+    secret.chmod(0o600)
+    (inbox / "link.csv").symlink_to(secret)
+    (inbox / "after.csv.part").write_text("order,amount\n9,1\n")
+    (inbox / "after.csv.part").rename(inbox / "after.csv")
+    wait_for((inbox / "done" / "after.csv").is_file, 30, 0.1, "after.csv processed")
+    runs = wait_for(lambda: [r for r in invocations(host, "csv-inbox")
+                             if r["trigger"] == "file" and "after.csv" in
+                             logged(host, r["requestId"])], 20, 0.2, "after.csv's record")
+    assert runs[0]["status"] == "ok"
+    # Every run was for a real file and succeeded (one for the link would have failed: the
+    # function cannot open it, or would have logged its sum).
+    file_runs = [r for r in invocations(host, "csv-inbox") if r["trigger"] == "file"]
+    assert {r["status"] for r in file_runs} == {"ok"}
+    logs = "\n".join(logged(host, r["requestId"]) for r in file_runs)
+    assert "link.csv" not in logs and "1000000" not in logs
+    assert (inbox / "link.csv").is_symlink() and not (inbox / "done" / "link.csv").exists()
