@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import yaml
 
-from ..config import (FUNCTION_SETTINGS, LAMBDA_EXTENSIONS, ConfigError, FunctionConfig, load_function_config,
-                      load_host_config)
+from ..config import (FUNCTION_SETTINGS, LAMBDA_EXTENSIONS, ConfigError, FunctionConfig, HttpTrigger,
+                      load_function_config, load_host_config)
 from .function_zip import FunctionZip, Limits, ZipRefused, build_zip
 from .host import CliError
 
@@ -139,9 +139,14 @@ def read_folder(folder: str, name: str | None) -> tuple[FunctionConfig, str, lis
     except ConfigError as exc:
         raise CliError(f"configuration error\n{exc}", 2) from None
     return fn, name or fn.name, sorted(
-        key for key in set(given) - CARRIED_SETTINGS
-        if not (key in FUNCTION_SETTINGS and hasattr(fn, key) and
-                getattr(fn, key) == FUNCTION_SETTINGS[key].default))
+        key for key in set(given) - CARRIED_SETTINGS if not _is_default(fn, key))
+
+
+def _is_default(fn: FunctionConfig, key: str) -> bool:
+    if key == "trigger":   # parsed into trigger objects: the default is the one http trigger
+        return fn.trigger == (HttpTrigger(),)
+    return key in FUNCTION_SETTINGS and hasattr(fn, key) and \
+        getattr(fn, key) == FUNCTION_SETTINGS[key].default
 
 
 def host_limits(config_file: str | None) -> Limits:

@@ -437,7 +437,8 @@ class Arbiter(Reloading):
         lines = []
         for listener, port in self.listeners().items():
             for fn in self.config.functions:
-                lines.append(f"  {listener}://{shown}:{port}/functions/{fn.name}")
+                if fn.http:   # one without an http trigger has no URL (issue 18)
+                    lines.append(f"  {listener}://{shown}:{port}/functions/{fn.name}")
             lines.append(f"  {listener}://{shown}:{port}/healthz")
         waiting = [fn.name for fn in self.config.functions
                    if self.workers[fn.name].state not in (State.RUNNING, State.FATAL)]

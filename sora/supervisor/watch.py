@@ -72,6 +72,8 @@ class Folder:
     directory: str
     broken: bool = False
     writer_uid: int | None = None
+    # Its file triggers' folders inside it (issue 18): files dropped there are data, not code.
+    data_dirs: tuple[str, ...] = ()
 
 
 @dataclass
@@ -91,7 +93,8 @@ class Reload:
 
 
 def folders_of(config: HostConfig) -> list[Folder]:
-    return [*(Folder(fn.name, fn.directory, writer_uid=writer_uid(fn))
+    return [*(Folder(fn.name, fn.directory, writer_uid=writer_uid(fn),
+                     data_dirs=tuple(t.path for t in fn.files))
               for fn in config.functions),
             *(Folder(b.name, b.directory, broken=True) for b in config.broken)]
 
@@ -292,6 +295,8 @@ class Watcher:
             relative = os.path.relpath(path, folder.directory)
             if relative == "." or ignored(relative) or os.path.isdir(path):
                 continue   # a folder's own event: its files' events follow
+            if any(path.startswith(d.rstrip(os.sep) + os.sep) for d in folder.data_dirs):
+                continue   # a file for its file trigger, not a change of its code
             if folder.writer_uid is not None and owner(path) == folder.writer_uid:
                 continue   # the function's own write (writableFolder), not a code change
             if relative.split(os.sep, 1)[0] in self.outputs_of(folder.name) and \

@@ -206,6 +206,9 @@ class TriggerService:
             except sqlite3.Error as exc:
                 answer = {"error": f"the store could not be read or written: {exc}",
                           "errorType": "StoreUnavailable"}
+            except Exception as exc:   # noqa: BLE001 - the socket must keep answering
+                log.exception("control op %r failed", op)
+                answer = {"error": f"{type(exc).__name__}: {exc}", "errorType": "InternalError"}
             await sock.send_multipart([identity, request_id,
                                        json.dumps(answer, default=str).encode()])
 
@@ -239,7 +242,9 @@ class TriggerService:
                 times = [entry.next_due, *entry.schedule.next_times(entry.next_due, 2)]
                 out["next"] = [iso(t, trigger.timezone) for t in times]
         else:
-            out["path"] = trigger.path
+            out.update(path=trigger.path, watching={
+                "path": trigger.path, "pattern": trigger.pattern,
+                "recursive": trigger.recursive, "events": list(trigger.events)})
             run = self.watchers.get((fn.name, trigger.index))
             if run is not None:
                 out.update(run.status())
@@ -269,7 +274,13 @@ class TriggerService:
             if run is None or run.watcher is None:
                 return {"error": f"{function} trigger[{index}] is not watching (disabled or "
                                  f"failed)", "errorType": "ResourceConflictException"}
-            ids = list(await run.watcher.fire_now(key))
+            try:
+                ids = list(await run.watcher.fire_now(key))
+            except ValueError as exc:   # a key that is no regular file in the folder
+                return {"error": str(exc), "errorType": "InvalidParameterValueException"}
+            except Exception as exc:   # noqa: BLE001 - not watching yet, the folder gone
+                return {"error": f"{function} trigger[{index}]: {exc}",
+                        "errorType": "ResourceConflictException"}
         if not ids and trigger.kind == "schedule":
             return {"requestIds": [], "error": "the firing was not stored (QueueFull or "
                     "LowDisk)", "errorType": "TooManyRequestsException"}

@@ -208,3 +208,20 @@ def test_a_watched_folder_holding_another_function_breaks_the_function(tmp_path)
     make_fn(tmp_path, f"[{{file: {{path: {tmp_path / 'apps'}, recursive: true}}}}]")
     config = host(tmp_path, "fn, apps/other")
     assert "holds functionPaths (other)" in config.broken[0].reason
+
+
+def test_triggers_survive_members(tmp_path):
+    """A joined host's MEMBERS carry its functions' configs as `dataclasses.asdict`: the
+    main host's FunctionTable rebuilds their triggers (and reads an older host's "http")."""
+    from sora.function_table import FunctionTable
+    (tmp_path / "fn" / "inbox").mkdir(parents=True)
+    fn = load_function_config(make_fn(tmp_path, (
+        "[{schedule: 'rate(1 second)', input: {a: 1}}, {file: {path: inbox}}]")))
+    make_fn(tmp_path, "http", folder="local")
+    table = FunctionTable(host(tmp_path, "local"))
+    entry = json.loads(json.dumps(dataclasses.asdict(fn)))
+    older = {**json.loads(json.dumps(dataclasses.asdict(fn))), "name": "older",
+             "trigger": ["http"]}
+    table.update({"functions": {"fn": {"config": entry}, "older": {"config": older}}})
+    assert table.get("fn") == fn and not table.get("fn").http
+    assert table.get("older").trigger == (HttpTrigger(),) and table.get("older").http

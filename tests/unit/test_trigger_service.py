@@ -385,3 +385,72 @@ def test_control_request_and_answer(tmp_path):
     ctx.term()
     with pytest.raises(control.TriggersUnavailable):
         control.request(str(tmp_path / "nowhere"), "status")
+
+
+# --- the service's answers (no process: its parts on a real store) -------------------------
+@dataclasses.dataclass(frozen=True)
+class Watched:
+    path: str = "/srv/inbox"
+    index: int = 2
+    pattern: str | None = "*.csv"
+    recursive: bool = False
+    events: tuple = ("created",)
+    enabled: bool = True
+    kind: str = "file"
+
+    @property
+    def key(self):
+        return f"file:{self.path}|{self.pattern}|0"
+
+
+class FakeWatcher:
+    def __init__(self, fail=None):
+        self.fail = fail
+
+    def status(self):
+        return {"state": "active", "detail": None, "pending": 1, "seen": 4}
+
+    async def fire_now(self, key=None):
+        if self.fail:
+            raise self.fail
+        return ["r-" + (key or "scan")]
+
+
+def service_with(sink, fn, watcher):
+    from sora.triggers.service import TriggerService, WatcherRun
+    svc = TriggerService.__new__(TriggerService)
+    svc.config = SimpleNamespace(functions=[fn])
+    svc.sink = sink
+    svc.scheduler = Scheduler(sink, parse=rate_parse, payload=payload)
+    run_ = WatcherRun(fn, fn.files[0], sink)
+    run_.watcher = watcher
+    svc.watchers = {(fn.name, 2): run_}
+    return svc
+
+
+def test_status_and_fire_answers(sink):
+    fn = fn_with(Sched("10", index=1), Sched("20", index=3, enabled=False))
+    fn.files = (Watched(),)
+
+    async def go(watcher):
+        svc = service_with(sink, fn, watcher)
+        await svc.scheduler.reconcile([fn])
+        return svc, await svc.handle("status", {"function": "fn"}), \
+            await svc.handle("fire", {"function": "fn", "index": 2, "key": "a.csv"})
+    svc, status, fired = run(go(FakeWatcher()))
+    items = status["functions"]["fn"]
+    assert [(t["index"], t["kind"], t["state"]) for t in items] == \
+        [(1, "schedule", "active"), (2, "file", "active"), (3, "schedule", "disabled")]
+    assert len(items[0]["next"]) == 3 and items[2]["next"] == []
+    assert items[1]["watching"] == {"path": "/srv/inbox", "pattern": "*.csv",
+                                    "recursive": False, "events": ["created"]}
+    assert (items[1]["pending"], items[1]["seen"]) == (1, 4)
+    assert fired == {"requestIds": ["r-a.csv"]}
+    _, _, bad_key = run(go(FakeWatcher(ValueError("expected a regular file"))))
+    assert bad_key["errorType"] == "InvalidParameterValueException"
+    _, _, gone = run(go(FakeWatcher(RuntimeError("not watching yet"))))
+    assert gone["errorType"] == "ResourceConflictException"
+    # a schedule's manual firing, even a disabled one's
+    svc2 = service_with(sink, fn, FakeWatcher())
+    manual = run(svc2.handle("fire", {"function": "fn", "index": 3}))
+    assert len(manual["requestIds"]) == 1

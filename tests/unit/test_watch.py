@@ -261,3 +261,19 @@ def test_a_code_change_runs_setup_when_it_never_succeeded(folders, tmp_path):
     watcher.take({(Change.modified, edit(tmp_path / "api/index.js", "// edit\n"))}, folders)
     watcher.hand_over(lambda **kw: calls.append(kw))
     assert calls[0]["setup"] == "auto"
+
+
+def test_files_in_a_file_trigger_s_folder_are_data_not_code(tmp_path):
+    """Issue 18: a file dropped into the function's own watched folder (./inbox) is for its
+    file trigger; watch mode does not reload the function for it."""
+    directory = tmp_path / "csv"
+    (directory / "inbox").mkdir(parents=True)
+    (directory / "app.py").write_text("def handler(e, c):\n    return 1\n")
+    (tmp_path / "state/setup").mkdir(parents=True)
+    folder = Folder("csv", str(directory), data_dirs=(str(directory / "inbox"),))
+    watcher, woken = watcher_for([folder], tmp_path)
+    dropped = edit(directory / "inbox/orders 1.csv", "a,b\n")
+    assert watcher.take({(Change.added, dropped)}, [folder]) == []
+    code = edit(directory / "app.py", "def handler(e, c):\n    return 2\n")
+    [found] = watcher.take({(Change.modified, code)}, [folder])
+    assert found.function == "csv" and found.paths == ["app.py"]
