@@ -329,8 +329,11 @@ class CronSchedule:
 
     def _local_times(self, start: datetime, forward: bool) -> Iterator[datetime]:
         """Local (naive) times matching the line, the year and the day filter, strictly after
-        (or before) `start`, within HORIZON_YEARS."""
-        limit = start.year + (HORIZON_YEARS if forward else -HORIZON_YEARS)
+        (or before) `start`, within HORIZON_YEARS (or up to the year field's last year)."""
+        if self.years is not None:
+            limit = max(self.years) if forward else min(self.years)
+        else:
+            limit = start.year + (HORIZON_YEARS if forward else -HORIZON_YEARS)
         cursor = start
         while True:
             # CronSim skips past `start` itself; restarts below begin one second short.

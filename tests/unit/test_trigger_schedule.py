@@ -169,6 +169,7 @@ def test_latest_between_across_daylight_saving():
     ("cron(0 12 1 1 ? 2027/2)", (2026, 12, 1), ["2027-01-01T12:00:00+00:00",
                                                 "2029-01-01T12:00:00+00:00"]),
     ("cron(0 12 1 1 ? 2020)", (2026, 12, 1), []),
+    ("cron(0 12 1 1 ? 2199)", (2026, 12, 1), ["2199-01-01T12:00:00+00:00"]),   # past 50 years
 ])
 def test_eventbridge_cron(expression, after, expected):
     cron = schedule.parse(expression)
