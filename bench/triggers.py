@@ -90,6 +90,20 @@ def poll(predicate, timeout: float, what: str, interval: float = 0.1):
     raise SystemExit(f"timed out after {timeout}s waiting for {what}")
 
 
+def wait_count(count, target: int, stall: float, what: str) -> int:
+    """Poll count() until it reaches target or stops growing for `stall` seconds (then what
+    is missing is reported as lost, not waited for forever)."""
+    last, since = -1, time.monotonic()
+    while (now := count()) < target:
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since > stall:
+            print(f"  {what}: {now} of {target}, no more for {stall:.0f} s", flush=True)
+            break
+        time.sleep(0.2)
+    return now
+
+
 class Records:
     """The host's invocation records and log lines (`<stateDir>/sora.db`), read directly: the
     bench needs thousands of rows at a time, which the paged API would make slow to poll."""
@@ -196,6 +210,11 @@ class NodeWatch:
         self.reader.join(5)
 
 
+def rate(times: list[float], first: float) -> float:
+    """Events per second from `first` to the last of `times`."""
+    return len(times) / (max(times) - first) if times else 0.0
+
+
 def write_landed(path: Path, data: bytes) -> float:
     """Write the file under a name the pattern does not match, close it, rename it in (as a
     careful uploader does); returns when it landed, complete. (Written in place, fs.watch would
@@ -238,8 +257,8 @@ def bench_files(tmp: Path, files: int, burst: int, gap: float, debounce_ms: int)
             closed[name] = (write_landed(sora_inbox / name, data),
                             write_landed(node_inbox / name, data))
             time.sleep(gap)
-        poll(lambda: records.count("drop", "file") >= files, 60, f"{files} file invocations")
-        poll(lambda: len(watch.seen) >= files, 10, "Node's fs.watch")
+        wait_count(lambda: records.count("drop", "file"), files, 30, "file invocations")
+        wait_count(lambda: len(watch.seen), files, 10, "Node's fs.watch")
         invoked = records.keys("drop")
         result["file_sora"] = [(invoked[n][0] - c[0]) * 1000 for n, c in closed.items()
                                if n in invoked]
@@ -255,8 +274,8 @@ def bench_files(tmp: Path, files: int, burst: int, gap: float, debounce_ms: int)
             first = land(staging, inbox, names)
             landed = time.time() - first
             if side == "sora":
-                poll(lambda: records.count("drop", "file") >= files + burst, 900,
-                     f"{burst} burst invocations", interval=0.5)
+                wait_count(lambda: records.count("drop", "file"), files + burst, 60,
+                           "burst invocations")
                 # Time for anything extra (a file run twice) to show up in the count.
                 time.sleep(2)
                 invoked = records.keys("drop")
@@ -264,17 +283,15 @@ def bench_files(tmp: Path, files: int, burst: int, gap: float, debounce_ms: int)
                 made = [invoked[n][1] for n in names if n in invoked]
                 result["burst_sora"] = {"landed_s": landed, "invoked": len(starts),
                                         "extra": records.count("drop", "file") - files - burst,
-                                        "rate": len(starts) / (max(starts) - first),
-                                        "made_rate": len(made) / (max(made) - first)}
+                                        "rate": rate(starts, first),
+                                        "made_rate": rate(made, first)}
             else:
-                try:
-                    poll(lambda: sum(n in watch.seen for n in names) >= burst, 60,
-                         "Node's burst")
-                except SystemExit:
-                    pass   # fs.watch lost some (inotify's queue overflowed): counted below
+                # fs.watch may lose some (inotify's queue overflows): counted below.
+                wait_count(lambda: sum(n in watch.seen for n in names), burst, 10,
+                           "Node's burst")
                 seen = [watch.seen[n] for n in names if n in watch.seen]
                 result["burst_node"] = {"landed_s": landed, "invoked": len(seen), "extra": 0,
-                                        "rate": len(seen) / (max(seen) - first)}
+                                        "rate": rate(seen, first)}
     finally:
         watch.close()
         records.close()
