@@ -41,7 +41,12 @@ class Entry:
     trigger: object         # ScheduleTrigger
     schedule: object        # sora.triggers.schedule.Schedule
     next_due: float | None  # None: never again (an at() that fired)
-    error: str | None = None
+    retry_at: float | None = None   # the store failed: the same due time again from then
+
+    def wake_at(self) -> float | None:
+        if self.next_due is None:
+            return None
+        return self.next_due if self.retry_at is None else max(self.next_due, self.retry_at)
 
 
 def _default_parse(expression: str, timezone: str, anchor: float):
@@ -131,10 +136,11 @@ class Scheduler:
             self.wake.clear()
             now = self.clock()
             for entry in list(self.entries.values()):
-                if entry.next_due is not None and entry.next_due <= now:
+                at = entry.wake_at()
+                if at is not None and at <= now:
                     await self._fire_due(entry)
             now = self.clock()
-            dues = [e.next_due for e in self.entries.values() if e.next_due is not None]
+            dues = [at for e in self.entries.values() if (at := e.wake_at()) is not None]
             timeout = MAX_SLEEP if not dues else min(max(min(dues) - now, 0.0), MAX_SLEEP)
             try:
                 await asyncio.wait_for(self.wake.wait(), timeout)
@@ -154,8 +160,9 @@ class Scheduler:
             # Not stored: the same due time is tried again (late rather than never).
             log.error("%s %s: firing for %s not stored (%s); trying again", fn.name, route,
                       _iso(due), exc)
-            entry.next_due = due + RETRY_AFTER if entry.next_due == due else entry.next_due
+            entry.retry_at = self.clock() + RETRY_AFTER
             return
+        entry.retry_at = None
         now = self.clock()
         following = entry.schedule.next_after(due)
         if following is not None and following <= now:

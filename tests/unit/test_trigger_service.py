@@ -454,3 +454,32 @@ def test_status_and_fire_answers(sink):
     svc2 = service_with(sink, fn, FakeWatcher())
     manual = run(svc2.handle("fire", {"function": "fn", "index": 3}))
     assert len(manual["requestIds"]) == 1
+
+
+def test_a_firing_the_store_could_not_take_is_tried_again_for_the_same_due_time(sink):
+    import sqlite3
+    clock = Clock()
+    fn = fn_with(Sched("10", overlap="allow"))
+    s = scheduler(sink, clock)
+    real_fire, failures = sink.fire, [sqlite3.OperationalError("database is locked")]
+
+    async def flaky_fire(*args, **kwargs):
+        if failures:
+            raise failures.pop()
+        return await real_fire(*args, **kwargs)
+    sink.fire = flaky_fire
+
+    async def go():
+        await s.reconcile([fn])
+        entry = next(iter(s.entries.values()))
+        clock.t = entry.next_due + 0.1
+        await s._fire_due(entry)
+        assert (entry.next_due, entry.retry_at) == (1_000_010.0, clock.t + 1.0)
+        assert entry.wake_at() == clock.t + 1.0
+        clock.t += 1.0
+        await s._fire_due(entry)
+        return entry
+    entry = run(go())
+    assert entry.retry_at is None and entry.next_due == 1_000_020.0
+    (row,) = events_of(sink.conn_factory())
+    assert json.loads(row["payload"])["time"] == 1_000_010.0
