@@ -10,7 +10,7 @@ CERT := examples/certs/cert.pem
 API_KEY := examples/certs/api-key
 JS_SDK := tests/sdk/node_modules/.installed-stamp
 
-.PHONY: run test bench bench-floor bench-runtimes bench-events bench-scaling bench-hosts bench-reload check system-deps clean
+.PHONY: run test bench bench-floor bench-runtimes bench-events bench-scaling bench-hosts bench-reload bench-triggers check system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -115,6 +115,11 @@ bench-hosts: system-deps $(STAMP)
 # calls per second while a function switches to new code under load.
 bench-reload: system-deps $(STAMP)
 	$(BIN)/python bench/reload.py
+
+# Scheduled and file triggers: a schedule's firing delay, a file's delay to its invocation, and
+# 10,000 files at once, beside plain Node (setInterval, fs.watch) and serverless-offline.
+bench-triggers: system-deps $(STAMP)
+	$(BIN)/python bench/triggers.py
 
 clean:
 	rm -rf $(VENV) examples/.sora examples/certs examples/*/node_modules examples/*/.venv \

@@ -78,9 +78,9 @@ PEER_ENV = {"SLS_TELEMETRY_DISABLED": "1", "SLS_NOTIFICATIONS_MODE": "off",
             "SLS_DEPRECATION_DISABLE": "*", "SERVERLESS_PLATFORM_VENDOR": "aws"}
 
 
-def start_peer(port: int, lambda_port: int | None = None) -> subprocess.Popen | None:
-    """serverless-offline on the same handler, or None (with a reason) if it cannot run; its
-    Lambda Invoke API listens on `lambda_port`."""
+def peer_binary() -> Path | None:
+    """bench/peer's `serverless`, installed with npm the first time; None (said why) if that
+    failed."""
     binary = PEER / "node_modules" / ".bin" / "serverless"
     if not binary.exists():
         print("installing serverless-offline for the peer measurement (npm)...", flush=True)
@@ -89,6 +89,15 @@ def start_peer(port: int, lambda_port: int | None = None) -> subprocess.Popen | 
         if done.returncode != 0 or not binary.exists():
             print(f"peer skipped: npm install failed:\n{done.stderr[-2000:]}", flush=True)
             return None
+    return binary
+
+
+def start_peer(port: int, lambda_port: int | None = None) -> subprocess.Popen | None:
+    """serverless-offline on the same handler, or None (with a reason) if it cannot run; its
+    Lambda Invoke API listens on `lambda_port`."""
+    binary = peer_binary()
+    if binary is None:
+        return None
     return subprocess.Popen([str(binary), "offline", "start", "--httpPort", str(port),
                              "--lambdaPort", str(lambda_port or free_port())], cwd=PEER,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -111,15 +120,16 @@ def start_node(port: int) -> subprocess.Popen:
 
 def start_host(tmp: Path, port: int, gateway_workers: int,
                function_dirs: list[Path], python: str = sys.executable,
-               options: list[str] | None = None) -> subprocess.Popen:
+               options: list[str] | None = None,
+               extra: dict | None = None) -> subprocess.Popen:
     """A Sora host serving the given function folders on a free port; `python` may be another
     revision's interpreter (`export_revision`); `options` go to `sora-supervisor start`
-    (`--watch`)."""
+    (`--watch`); `extra`: more host-config.yaml settings (`records: {...}`)."""
     config = tmp / "host-config.yaml"
     config.write_text(json.dumps({
         "functionPaths": [str(d) for d in function_dirs],
         "server": {"httpPort": port, "bind": "127.0.0.1", "gatewayWorkers": gateway_workers},
-        "stateDir": str(tmp / "state")}))
+        "stateDir": str(tmp / "state"), **(extra or {})}))
     log = open(tmp / "supervisor.log", "wb")
     # Started in `tmp`: `python -m` puts the working directory first on sys.path, so started
     # in this checkout every revision's host would run this checkout's `sora`.

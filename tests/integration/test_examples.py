@@ -1,6 +1,8 @@
 """The shipped examples, each started from a copy by a real host: npm and pip dependencies
 installed by `setup`, an Express app behind serverless-http, Python on its own virtualenv, and
-`provided` functions in sh, Go, and AWS's own Node.js and Python runtime interface clients."""
+`provided` functions in sh, Go, and AWS's own Node.js and Python runtime interface clients;
+a Node function on a schedule and a Python function processing the CSV files dropped in a
+folder."""
 from __future__ import annotations
 
 import os
@@ -23,7 +25,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(func_only=True)]
 SETUP_BUDGET = 960
 
 EXAMPLES = ("hello", "uuid-npm", "express-api", "hello-python", "python-deps", "python-venv",
-            "shell-bootstrap", "go-hello", "python-ric", "node-ric")
+            "shell-bootstrap", "go-hello", "python-ric", "node-ric", "heartbeat-node",
+            "csv-inbox")
 
 
 def test_every_example_is_served_by_make_run():
@@ -43,6 +46,10 @@ def host(tmp_path_factory):
         shutil.copytree(ROOT / "examples" / name, base / name,
                         ignore=shutil.ignore_patterns("node_modules", "package-lock.json",
                                                       ".venv", "__pycache__"))
+    # The example beats every minute; here every second, so the test sees it fire (the
+    # handler is the example's, unchanged).
+    heartbeat = base / "heartbeat-node" / "sora.yaml"
+    heartbeat.write_text(heartbeat.read_text().replace("rate(1 minute)", "rate(1 second)"))
     h = SoraHost(base, dirs)
     h.start(wait_functions=[])   # serving; the examples' setups run meanwhile
     try:
@@ -167,3 +174,75 @@ def test_aws_runtime_interface_clients_work_unchanged(host, name):
     log_file = host.base / "state" / "logs" / f"{name}.log"
     wait_for(lambda: r.headers["X-Sora-Request-Id"] in log_file.read_text(),
              what=f"{name}'s log line")
+
+
+def invocations(host, name: str) -> list[dict]:
+    r = host.session.get(f"{host.url}/api/functions/{name}/invocations", timeout=10)
+    assert r.status_code == 200, r.text
+    return r.json()["invocations"]
+
+
+def logged(host, request_id: str) -> str:
+    return "\n".join(line["line"] for line in host.record(request_id)["logs"])
+
+
+def test_schedule_example_gets_eventbridges_scheduled_event(host):
+    # Two firings, each an invocation whose record says which trigger ran it.
+    fired = wait_for(lambda: (runs := [r for r in invocations(host, "heartbeat-node")
+                                       if r["trigger"] == "schedule"]) and len(runs) >= 2
+                     and runs, 30, 0.2, "two firings of heartbeat-node's schedule")
+    assert {r["triggerIndex"] for r in fired} == {1}
+    assert {r["status"] for r in fired} == {"ok"}
+    line = wait_for(lambda: logged(host, fired[0]["requestId"]), what="the heartbeat's log line")
+    assert "heartbeat at " in line and '"detail-type":"Scheduled Event"' in line
+    assert '"source":"aws.events"' in line
+    assert "arn:aws:events:" in line and ":rule/heartbeat-node-schedule-1" in line
+    # Its URL answers too (trigger `http` beside the schedule), with what this instance saw.
+    r = host.invoke("heartbeat-node")
+    assert r.status_code == 200 and json_of(r)["message"] == "heartbeat-node is alive"
+
+
+def test_csv_example_processes_a_dropped_file_and_moves_it(host):
+    inbox = host.base / "csv-inbox" / "inbox"
+    # Written under another name and renamed in, as a careful uploader does; a space in the
+    # name arrives URL-encoded in the S3 event, as S3 sends it.
+    partial = inbox / "orders of may.csv.part"
+    partial.write_text("order,amount\n1,12.50\n2,30\n3,7.25\n")
+    partial.rename(inbox / "orders of may.csv")
+    (inbox / "notes.txt").write_text("not a CSV: the pattern leaves it alone\n")
+    done = inbox / "done" / "orders of may.csv"
+    wait_for(done.is_file, 30, 0.1, "the CSV moved to inbox/done/")
+    assert not (inbox / "orders of may.csv").exists()
+    runs = wait_for(lambda: [r for r in invocations(host, "csv-inbox")
+                             if r["trigger"] == "file"], 20, 0.2, "csv-inbox's record")
+    # One run: moving the file to done/ (not watched: recursive is false) fired nothing, and
+    # neither did notes.txt nor the .part name (the pattern).
+    assert len(runs) == 1 and runs[0]["status"] == "ok" and runs[0]["triggerIndex"] == 0
+    line = wait_for(lambda: logged(host, runs[0]["requestId"]), what="csv-inbox's log line")
+    assert "orders of may.csv: 3 rows, amount total 49.75" in line
+    assert (inbox / "notes.txt").is_file()
+
+
+def test_csv_example_ignores_a_link_dropped_into_its_inbox(host):
+    # Whoever drops files is not trusted: a link named like a CSV, pointing at a file only
+    # root may read, is skipped by the watcher (never read, hashed or sent), then a real file
+    # dropped after it runs: by then the link was seen, and it fired nothing.
+    inbox = host.base / "csv-inbox" / "inbox"
+    secret = host.base / "root-only.csv"
+    secret.write_text("order,amount\n1,1000000\n")
+    secret.chmod(0o600)
+    (inbox / "link.csv").symlink_to(secret)
+    (inbox / "after.csv.part").write_text("order,amount\n9,1\n")
+    (inbox / "after.csv.part").rename(inbox / "after.csv")
+    wait_for((inbox / "done" / "after.csv").is_file, 30, 0.1, "after.csv processed")
+    runs = wait_for(lambda: [r for r in invocations(host, "csv-inbox")
+                             if r["trigger"] == "file" and "after.csv" in
+                             logged(host, r["requestId"])], 20, 0.2, "after.csv's record")
+    assert runs[0]["status"] == "ok"
+    # Every run was for a real file and succeeded (one for the link would have failed: the
+    # function cannot open it, or would have logged its sum).
+    file_runs = [r for r in invocations(host, "csv-inbox") if r["trigger"] == "file"]
+    assert {r["status"] for r in file_runs} == {"ok"}
+    logs = "\n".join(logged(host, r["requestId"]) for r in file_runs)
+    assert "link.csv" not in logs and "1000000" not in logs
+    assert (inbox / "link.csv").is_symlink() and not (inbox / "done" / "link.csv").exists()
