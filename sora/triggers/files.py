@@ -84,6 +84,7 @@ class FileWatcher:
         self._labels: dict[str, str] = {}          # /proc/self/fd/N -> relative folder
         self._unscanned: set[str] = set()          # new subfolders to scan once watched
         self._rewatch = False
+        self._undecodable_logged = False
         self._sequencer = 0
         self._backoff = 0.0
         self._blocked_until = 0.0
@@ -197,7 +198,12 @@ class FileWatcher:
         if old is not None:
             # What the old instance heard since it was last asked, before it goes: a change
             # in a folder both watch may be announced by the old one only.
-            leftover = old.watch(20, 5, 1, None)
+            try:
+                leftover = old.watch(20, 5, 1, None)
+            except RuntimeError as exc:
+                if not _undecodable(exc):
+                    raise
+                leftover = None        # broken by a name: the caller scans everything
             old.close()
             if isinstance(leftover, set):
                 now = time.monotonic()
@@ -219,7 +225,18 @@ class FileWatcher:
                                     time.monotonic(), under=rel)
                 self._unscanned.clear()
             timeout = TICK_MS if self.pending else IDLE_MS
-            changes = await asyncio.to_thread(self._notify.watch, 20, 5, timeout, self._stop)
+            try:
+                changes = await asyncio.to_thread(self._notify.watch, 20, 5, timeout,
+                                                  self._stop)
+            except RuntimeError as exc:
+                if not _undecodable(exc):
+                    raise
+                # A file dropped with a name that is not UTF-8: watchfiles cannot report it
+                # and its RustNotify fails from then on, the other changes it held lost. A
+                # new one, then a full scan finds them (the name itself is skipped: never
+                # opened, so reading it cannot break the new one).
+                await self._renotify_after(exc)
+                continue
             now = time.monotonic()
             if changes == "stop":
                 return
@@ -243,6 +260,16 @@ class FileWatcher:
                 self._merge(await asyncio.to_thread(self.folder.scan, self.trigger.recursive),
                             time.monotonic(), full=True)
             self._describe()
+
+    async def _renotify_after(self, exc: RuntimeError) -> None:
+        if not self._undecodable_logged:
+            self._undecodable_logged = True
+            log.warning("%s %s: a name in %s that is not UTF-8 (%s): watching again and "
+                        "scanning the folder", self.fn.name, self.route, self.trigger.path,
+                        exc)
+        self._make_notify()
+        self._merge(await asyncio.to_thread(self.folder.scan, self.trigger.recursive),
+                    time.monotonic(), full=True)
 
     def _matches(self, rel: str) -> bool:
         pattern = self.trigger.pattern
@@ -538,6 +565,11 @@ class _Change:
     entry: Seen | None = None     # what is remembered once done (None: forgotten)
     again: bool = False           # changed or unreadable while hashed: settle again
     sequencer: int = 0
+
+
+def _undecodable(exc: RuntimeError) -> bool:
+    """watchfiles' error for a path it cannot decode (a name that is not UTF-8)."""
+    return "Unable to decode path" in str(exc)
 
 
 def _shape(text: str) -> str:

@@ -68,6 +68,18 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
+NOT_UTF8 = "a name that is not valid UTF-8 (an S3 key must be)"
+
+
+def utf8(name: str) -> bool:
+    """Whether a name read from the folder (os's surrogateescape decoding) is valid UTF-8."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip("/") + "/")
 
@@ -157,6 +169,11 @@ class WatchedFolder:
                     listed = list(entries)
                 for item in listed:
                     rel = f"{folder}/{item.name}" if folder else item.name
+                    if not utf8(item.name):
+                        # An S3 key is UTF-8, and inotify's reports of such a name break
+                        # watchfiles (sora.triggers.files): never fired, never opened.
+                        result.skipped[rel] = NOT_UTF8
+                        continue
                     try:
                         st = item.stat(follow_symlinks=False)
                     except FileNotFoundError:

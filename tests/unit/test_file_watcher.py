@@ -526,3 +526,32 @@ def test_the_watched_folder_is_reached_without_links_below_the_function_folder(t
     (tmp_path / "drop" / "inbox").symlink_to(tmp_path / "roots" / "inbox")
     with pytest.raises(UnsafePath, match="symbolic link"):
         open_folder(str(tmp_path / "drop" / "inbox"), str(fn_dir))
+
+
+def test_a_name_that_is_not_utf8_is_skipped_and_does_not_break_the_watch(inbox, sink, caplog):
+    """watchfiles cannot decode such a name: its RustNotify raised from then on, which stopped
+    the watcher (state error, restarted with backoff, for every such file a dropper made), and
+    the file itself was retried forever (its key cannot be URL-encoded for S3)."""
+    async def body():
+        async with watching(inbox, sink) as watcher:
+            states = []
+            bad = os.fsencode(str(inbox)) + b"/bad\xff\xfe.csv"
+            os.close(os.open(bad, os.O_CREAT | os.O_WRONLY, 0o644))
+            (inbox / "new\nline.csv").write_text("x")
+
+            def fired():
+                states.append(watcher.state)
+                return len(sink.records()) == 1
+            await until(fired, what="the file next to it")
+            (inbox / "later.csv").write_text("x")
+            await until(lambda: states.append(watcher.state) or len(sink.records()) == 2,
+                        timeout=3.0, what="a file dropped after it, without a restart")
+            await quiet_for(watcher, 0.5)
+            assert [r["s3"]["object"]["key"] for r in sink.records()] == \
+                ["new%0Aline.csv", "later.csv"]
+            assert "error" not in states and watcher.state == "active"
+            assert "not valid UTF-8" in watcher.skipped["bad\udcff\udcfe.csv"]
+            assert watcher.pending == {}
+    with caplog.at_level(logging.WARNING, "sora.triggers.files"):
+        run(body())
+    assert not [r for r in caplog.records if "not enqueued" in r.getMessage()]
