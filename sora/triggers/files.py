@@ -31,7 +31,9 @@ as fast as the function drains its queue.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import fnmatch
+import functools
 import logging
 import os
 import re
@@ -90,6 +92,12 @@ class FileWatcher:
         self._blocked_until = 0.0
         self._batch = BATCH                        # changes per batch (1 after a refusal)
         self._stop = threading.Event()             # ends a RustNotify.watch in its thread
+        # Its own thread for what blocks (inotify waits, scans, hashes): on asyncio's shared
+        # default executor (a handful of threads), a few files that take an hour to hash (a
+        # dropped 16 TB sparse file uses no disk) held them all, and every other watcher
+        # stopped.
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix=f"sora-watch-{fn.name}-{trigger.index}")
         self._lock = asyncio.Lock()                # settling vs fire_now: one at a time
 
     # --- what the service asks ----------------------------------------------------------------
@@ -116,6 +124,12 @@ class FileWatcher:
         finally:
             self._stop.set()
             self._close()
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _blocking(self, func, *args):
+        """`func(*args)` on the watcher's own thread."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, functools.partial(func, *args))
 
     async def fire_now(self, key: str | None = None) -> list[str]:
         """A manual firing (`sora triggers fire`): with `key` (a path relative to the watched
@@ -134,7 +148,7 @@ class FileWatcher:
                 await self._apply([_Change(key.strip("/"), settling.CREATED, entry.stat, True)],
                                   fired)
                 return fired
-            self._merge(await asyncio.to_thread(self.folder.scan, self.trigger.recursive),
+            self._merge(await self._blocking(self.folder.scan, self.trigger.recursive),
                         time.monotonic(), full=True)
             return await self._settle(manual=True)
 
@@ -154,12 +168,12 @@ class FileWatcher:
         self.pending.clear()
         self.dirs = {""}
         if self.trigger.recursive:    # the folders to watch, before the watches exist
-            self.dirs |= set((await asyncio.to_thread(self.folder.scan, True)).dirs)
-        await asyncio.to_thread(inotify_limits.check, self.trigger.path, len(self.dirs), 2)
+            self.dirs |= set((await self._blocking(self.folder.scan, True)).dirs)
+        await self._blocking(inotify_limits.check, self.trigger.path, len(self.dirs), 2)
         self._make_notify()
         # The authoritative scan comes after the watches are in place: a file landing now is
         # found by the scan, or announced by a watch, or both (settling makes it fire once).
-        self._merge(await asyncio.to_thread(self.folder.scan, self.trigger.recursive),
+        self._merge(await self._blocking(self.folder.scan, self.trigger.recursive),
                     time.monotonic(), full=True)
         self._describe()
         log.info("%s %s: watching %s (%d folder(s)), %d file(s) seen before, %d to look at",
@@ -221,12 +235,12 @@ class FileWatcher:
                 self._make_notify()
                 for rel in sorted(self._unscanned):
                     if rel in self.dirs:
-                        self._merge(await asyncio.to_thread(self.folder.scan, True, rel),
+                        self._merge(await self._blocking(self.folder.scan, True, rel),
                                     time.monotonic(), under=rel)
                 self._unscanned.clear()
             timeout = TICK_MS if self.pending else IDLE_MS
             try:
-                changes = await asyncio.to_thread(self._notify.watch, 20, 5, timeout,
+                changes = await self._blocking(self._notify.watch, 20, 5, timeout,
                                                   self._stop)
             except RuntimeError as exc:
                 if not _undecodable(exc):
@@ -257,7 +271,7 @@ class FileWatcher:
                 if not self.folder.still_there(self.fn.directory):
                     raise WatcherError(f"{self.trigger.path} was moved, removed or replaced; "
                                        f"watching again once it is back")
-                self._merge(await asyncio.to_thread(self.folder.scan, self.trigger.recursive),
+                self._merge(await self._blocking(self.folder.scan, self.trigger.recursive),
                             time.monotonic(), full=True)
             self._describe()
 
@@ -268,7 +282,7 @@ class FileWatcher:
                         "scanning the folder", self.fn.name, self.route, self.trigger.path,
                         exc)
         self._make_notify()
-        self._merge(await asyncio.to_thread(self.folder.scan, self.trigger.recursive),
+        self._merge(await self._blocking(self.folder.scan, self.trigger.recursive),
                     time.monotonic(), full=True)
 
     def _matches(self, rel: str) -> bool:
@@ -405,7 +419,7 @@ class FileWatcher:
         name, key = self.fn.name, self.trigger.key
         to_hash = [c for c in batch if c.fires and c.verdict != settling.DELETED]
         if to_hash:
-            results = await asyncio.to_thread(self._hash_all, to_hash)
+            results = await self._blocking(self._hash_all, to_hash)
             for change, result in zip(to_hash, results):
                 if isinstance(result, str):
                     change.entry = Seen(change.current.size, change.current.mtime_ns, result)
@@ -496,7 +510,8 @@ class FileWatcher:
         out: list = []
         for change in changes:
             try:
-                out.append(self.folder.md5(change.rel, change.current, self._grant))
+                out.append(self.folder.md5(change.rel, change.current, self._grant,
+                                           stop=self._stop))
             except (Changed, OSError) as exc:
                 out.append(exc)
         return out

@@ -189,12 +189,13 @@ class WatchedFolder:
                 os.close(dir_fd)
         return result
 
-    def md5(self, relpath: str, expected: FileStat, on_read=None) -> str:
+    def md5(self, relpath: str, expected: FileStat, on_read=None, stop=None) -> str:
         """The MD5 (hex) of the regular file `relpath`, opened without following a link,
         non-blocking (a fifo swapped in cannot hang us), checked regular on the descriptor.
         Changed if it is not the file `expected` describes (swapped, grown) before or while
         it is read; nofollow.UnsafePath if it is no regular file now; FileNotFoundError if it
-        is gone."""
+        is gone. `stop` (a threading.Event) set: Changed at once (the watcher is stopping and
+        a huge file must not hold its thread, or the service's exit, for an hour)."""
         fd = nofollow.open_beneath(self.fd, relpath)
         try:
             st = nofollow.check_regular(fd)
@@ -204,6 +205,8 @@ class WatchedFolder:
             digest = hashlib.md5(usedforsecurity=False)
             while chunk := os.read(fd, 1 << 20):
                 digest.update(chunk)
+                if stop is not None and stop.is_set():
+                    raise Changed(relpath)
             if FileStat.of(os.fstat(fd)) != expected:
                 raise Changed(relpath)
             if on_read is not None:

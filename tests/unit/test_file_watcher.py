@@ -388,11 +388,11 @@ def test_a_file_swapped_for_a_link_between_the_look_and_the_hash(inbox, sink, tm
     secret.write_text("root only")
     real_md5 = WatchedFolder.md5
 
-    def swap_then_hash(self, relpath, expected, on_read=None):
+    def swap_then_hash(self, relpath, expected, on_read=None, **kw):
         if relpath == "swap.csv":       # the attacker wins the race, every time
             os.unlink(inbox / relpath)
             os.symlink(secret, inbox / relpath)
-        return real_md5(self, relpath, expected, on_read)
+        return real_md5(self, relpath, expected, on_read, **kw)
     monkeypatch.setattr(WatchedFolder, "md5", swap_then_hash)
 
     async def body():
@@ -555,3 +555,62 @@ def test_a_name_that_is_not_utf8_is_skipped_and_does_not_break_the_watch(inbox, 
     with caplog.at_level(logging.WARNING, "sora.triggers.files"):
         run(body())
     assert not [r for r in caplog.records if "not enqueued" in r.getMessage()]
+
+
+def test_files_that_take_forever_to_hash_do_not_starve_other_watchers(tmp_path, sink,
+                                                                       monkeypatch):
+    """A dropper's 16 TB sparse file (no disk used) takes an hour to hash. Hashed on asyncio's
+    shared default executor, a few of them held every thread: every other function's watcher
+    (whose inotify waits run there too) stopped. Each watcher has its own thread now."""
+    import concurrent.futures
+    import threading
+    release = threading.Event()
+    real_md5 = WatchedFolder.md5
+
+    def endless(self, relpath, expected, on_read=None, *args, **kw):
+        if relpath.startswith("huge"):
+            release.wait(30)                  # an hour, in a real folder
+        return real_md5(self, relpath, expected, on_read, *args, **kw)
+    monkeypatch.setattr(WatchedFolder, "md5", endless)
+    folders = []
+    for i in range(5):
+        folder = tmp_path / f"fn{i}" / "inbox"
+        folder.mkdir(parents=True)
+        folders.append(folder)
+
+    async def body():
+        asyncio.get_running_loop().set_default_executor(
+            concurrent.futures.ThreadPoolExecutor(4))
+        async with contextlib.AsyncExitStack() as stack:
+            for folder in folders:
+                await stack.enter_async_context(watching(folder, sink, debounceMs=50))
+            try:
+                for folder in folders[:4]:    # the hostile droppers
+                    (folder / "huge.bin").write_bytes(b"\0")
+                await asyncio.sleep(0.5)      # their hashes have started
+                (folders[4] / "small.csv").write_text("x")
+                await until(lambda: [r for r in sink.records()
+                                     if r["s3"]["object"]["key"] == "small.csv"],
+                            timeout=5.0, what="the other watcher's file")
+            finally:
+                release.set()
+    run(body())
+
+
+def test_a_stopping_watcher_does_not_finish_hashing_a_huge_sparse_file(inbox):
+    """A stop (SIGTERM of the service) ends the hash of a dropped sparse file at once, not an
+    hour later (the executor's thread would hold the process's exit)."""
+    import threading
+    from sora.triggers.watched_folder import Changed, open_folder
+    with open(inbox / "huge.bin", "wb") as fh:
+        fh.truncate(1 << 40)             # 1 TB, no disk used
+    folder = WatchedFolder(str(inbox), open_folder(str(inbox)))
+    stop = threading.Event()
+    stop.set()
+    started = time.monotonic()
+    try:
+        with pytest.raises(Changed):
+            folder.md5("huge.bin", FileStat.of(os.lstat(inbox / "huge.bin")), stop=stop)
+    finally:
+        folder.close()
+    assert time.monotonic() - started < 1.0
