@@ -63,6 +63,7 @@ RETRY_MAX_SECONDS = 30.0    # ... waiting twice as long each time up to this
 BACKOFF = (0.25, 5.0)       # the queue refused an event: first wait, longest wait
 SETTLE_ROUND_SECONDS = 1.0  # a settling round yields to the watch after this long
 MAX_SKIPPED = 1000          # skipped entries remembered (each logged once)
+WATCH_SHARE = 8             # a watcher takes at most 1/8 of the user's inotify watches
 BATCH = 64                  # settled changes hashed on one thread hop, commits queued at once
 
 
@@ -86,6 +87,7 @@ class FileWatcher:
         self._labels: dict[str, str] = {}          # /proc/self/fd/N -> relative folder
         self._unscanned: set[str] = set()          # new subfolders to scan once watched
         self._rewatch = False
+        self.unwatched = 0                         # subfolders beyond the cap: scanned only
         self._undecodable_logged = False
         self._sequencer = 0
         self._backoff = 0.0
@@ -169,7 +171,8 @@ class FileWatcher:
         self.dirs = {""}
         if self.trigger.recursive:    # the folders to watch, before the watches exist
             self.dirs |= set((await self._blocking(self.folder.scan, True)).dirs)
-        await self._blocking(inotify_limits.check, self.trigger.path, len(self.dirs), 2)
+        await self._blocking(inotify_limits.check, self.trigger.path,
+                             min(len(self.dirs), _watch_cap()), 2)
         self._make_notify()
         # The authoritative scan comes after the watches are in place: a file landing now is
         # found by the scan, or announced by a watch, or both (settling makes it fire once).
@@ -180,15 +183,19 @@ class FileWatcher:
                  name, self.route, self.trigger.path, len(self.dirs), len(self.seen),
                  len(self.pending))
 
-    def _make_notify(self) -> None:
+    def _make_notify(self, renew: bool = False) -> None:
         """A RustNotify with one watch per folder in `dirs` (replacing the current one after
         the new one watches). Each folder is opened without links; the watch goes on what was
         opened (its /proc/self/fd path), and the descriptors are closed once it is."""
-        _ensure_fd_room(len(self.dirs))
+        chosen = self._to_watch()
+        if not renew and self._notify is not None and \
+                set(chosen) == set(self._labels.values()):
+            return                     # new subfolders beyond the cap only: nothing to add
+        _ensure_fd_room(len(chosen))
         labels: dict[str, str] = {}
         fds: list[int] = []
         try:
-            for rel in sorted(self.dirs):
+            for rel in chosen:
                 try:
                     fd = self.folder.open_dir(rel)
                 except OSError:        # gone, or a link now: no longer watched
@@ -208,7 +215,9 @@ class FileWatcher:
                 os.close(fd)
         old, old_labels = self._notify, self._labels
         self._notify, self._labels = notify, labels
-        self.dirs = set(labels.values())
+        # Folders that could not be opened are no longer known; those beyond the cap are
+        # (the full scan finds what lands in them).
+        self.dirs = set(labels.values()) | (self.dirs - set(chosen))
         if old is not None:
             # What the old instance heard since it was last asked, before it goes: a change
             # in a folder both watch may be announced by the old one only.
@@ -225,6 +234,17 @@ class FileWatcher:
                     rel = _relpath(old_labels, path)
                     if rel:
                         self._note(rel, now)
+
+    def _to_watch(self) -> list[str]:
+        """The folders that get a watch: all, up to the cap (the shallowest first). inotify's
+        watches are counted per user, and the trigger service is one user for every
+        function: a dropper making 200,000 subfolders in a recursive folder would otherwise
+        take them all, and no other function's watcher (nor any other of root's inotify
+        users) could add one. Those beyond are found by the full scan every RESCAN_SECONDS."""
+        ordered = sorted(self.dirs, key=lambda rel: (rel.count("/") + bool(rel), rel))
+        cap = _watch_cap()
+        self.unwatched = max(0, len(ordered) - cap)
+        return ordered[:cap]
 
     # --- watching -------------------------------------------------------------------------------
     async def _watch(self) -> None:
@@ -281,7 +301,7 @@ class FileWatcher:
             log.warning("%s %s: a name in %s that is not UTF-8 (%s): watching again and "
                         "scanning the folder", self.fn.name, self.route, self.trigger.path,
                         exc)
-        self._make_notify()
+        self._make_notify(renew=True)
         self._merge(await self._blocking(self.folder.scan, self.trigger.recursive),
                     time.monotonic(), full=True)
 
@@ -549,6 +569,10 @@ class FileWatcher:
         self.detail = (f"watching {self.trigger.path}"
                        + (f" and {len(self.dirs) - 1} subfolder(s)" if len(self.dirs) > 1
                           else ""))
+        if self.unwatched:
+            self.detail += (f" ({self.unwatched} beyond the cap of {_watch_cap()} inotify "
+                            f"watches per watcher are scanned every {RESCAN_SECONDS:.0f}s; raise fs.inotify.max_user_watches to "
+                            f"watch them)")
 
     def _fail(self, exc: BaseException) -> None:
         text = str(exc) if isinstance(exc, (WatcherError, inotify_limits.InotifyLimit)) \
@@ -580,6 +604,16 @@ class _Change:
     entry: Seen | None = None     # what is remembered once done (None: forgotten)
     again: bool = False           # changed or unreadable while hashed: settle again
     sequencer: int = 0
+
+
+def _watch_cap() -> int:
+    """The most inotify watches one watcher takes: a share of fs.inotify.max_user_watches
+    (WATCH_SHARE), so one folder's subfolders cannot exhaust what all watchers share."""
+    try:
+        limit = inotify_limits.read_limits()[0]
+    except (OSError, ValueError):
+        limit = 8192                           # the kernel's historical default
+    return max(1, limit // WATCH_SHARE)
 
 
 def _undecodable(exc: RuntimeError) -> bool:

@@ -440,8 +440,8 @@ def test_a_watched_folder_moved_away_is_an_error_until_it_is_back(inbox, sink, m
 def test_too_few_inotify_watches_is_an_error_naming_the_sysctl(inbox, sink, monkeypatch):
     for name in ("a", "b", "c"):
         (inbox / name).mkdir()
-    monkeypatch.setattr(inotify_limits, "read_limits", lambda: (10, 128))
-    monkeypatch.setattr(inotify_limits, "read_usage", lambda: (8, 3))
+    monkeypatch.setattr(inotify_limits, "read_limits", lambda: (10 * files.WATCH_SHARE, 128))
+    monkeypatch.setattr(inotify_limits, "read_usage", lambda: (10 * files.WATCH_SHARE - 2, 3))
 
     async def body():
         async with watching(inbox, sink, recursive=True) as watcher:
@@ -614,3 +614,31 @@ def test_a_stopping_watcher_does_not_finish_hashing_a_huge_sparse_file(inbox):
     finally:
         folder.close()
     assert time.monotonic() - started < 1.0
+
+
+def test_a_flood_of_subfolders_takes_no_more_than_its_share_of_inotify_watches(inbox, sink,
+                                                                               monkeypatch):
+    """inotify's watches are counted per user, and every function's watcher is root's: a
+    dropper making 200,000 subfolders in a recursive folder took them all (no other watcher
+    could start or watch a new folder). A watcher takes a share (1/WATCH_SHARE of the limit);
+    files in the folders beyond it are found by the periodic full scan, none lost."""
+    monkeypatch.setattr(inotify_limits, "read_limits", lambda: (8 * files.WATCH_SHARE, 128))
+    monkeypatch.setattr(inotify_limits, "read_usage", lambda uid=None: (0, 0))
+    monkeypatch.setattr(files, "RESCAN_SECONDS", 1.0)
+    for i in range(6):
+        (inbox / f"before{i}").mkdir()
+
+    async def body():
+        async with watching(inbox, sink, recursive=True) as watcher:
+            assert watcher.state == "active", watcher.detail
+            for i in range(14):
+                (inbox / f"after{i:02}").mkdir()
+            await until(lambda: len(watcher.dirs) == 21, what="every subfolder known")
+            for i in range(14):
+                (inbox / f"after{i:02}" / "in.csv").write_text("x")
+            (inbox / "before0" / "in.csv").write_text("x")
+            await until(lambda: len(sink.records()) == 15, timeout=10.0,
+                        what="the files in every subfolder, watched or scanned")
+            assert len(watcher._labels) == 8            # the share, and no more
+            assert "13 beyond the cap of 8" in watcher.detail
+    run(body())
