@@ -51,7 +51,7 @@ from ..store.file_seen import Seen
 from . import inotify_limits, settling, shapes
 from .settling import Pending
 from .sink import caps_of
-from .watched_folder import Changed, WatchedFolder, open_folder
+from .watched_folder import TOO_LONG, Changed, WatchedFolder, open_folder, too_long
 
 log = logging.getLogger("sora.triggers.files")
 
@@ -318,6 +318,9 @@ class FileWatcher:
 
     def _note(self, rel: str, now: float) -> None:
         """A change was announced at `rel`: what is there now decides what to remember."""
+        if too_long(rel):              # no S3 key: neither fired nor walked into
+            self._skip(rel, TOO_LONG)
+            return
         entry = self.folder.entry(rel)
         if entry.kind == "file":
             if self._matches(rel):

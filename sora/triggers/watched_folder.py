@@ -80,6 +80,14 @@ def utf8(name: str) -> bool:
     return True
 
 
+MAX_KEY_BYTES = 1024     # S3's limit on an object key
+TOO_LONG = f"a path longer than an S3 key may be ({MAX_KEY_BYTES} bytes)"
+
+
+def too_long(relpath: str) -> bool:
+    return len(relpath.encode("utf-8", "surrogateescape")) > MAX_KEY_BYTES
+
+
 def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip("/") + "/")
 
@@ -173,6 +181,11 @@ class WatchedFolder:
                         # An S3 key is UTF-8, and inotify's reports of such a name break
                         # watchfiles (sora.triggers.files): never fired, never opened.
                         result.skipped[rel] = NOT_UTF8
+                        continue
+                    if too_long(rel):
+                        # Nor is a tree deeper than a key can name walked: a dropper's chain
+                        # of 100,000 nested folders cost O(depth²) opens and memory per scan.
+                        result.skipped[rel] = TOO_LONG
                         continue
                     try:
                         st = item.stat(follow_symlinks=False)

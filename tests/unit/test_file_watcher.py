@@ -642,3 +642,24 @@ def test_a_flood_of_subfolders_takes_no_more_than_its_share_of_inotify_watches(i
             assert len(watcher._labels) == 8            # the share, and no more
             assert "13 beyond the cap of 8" in watcher.detail
     run(body())
+
+
+def test_a_tree_deeper_than_an_s3_key_is_not_walked(inbox, sink):
+    """A dropper's chain of nested folders cost O(depth²) opens and memory per scan (each
+    path walked from the top, each kept whole), every RESCAN_SECONDS; no key longer than S3's
+    1024 bytes is fired and no folder whose path is is walked."""
+    deep = inbox
+    for _ in range(400):                 # "dd/" x 400: 1200 bytes
+        deep = deep / "dd"
+    deep.mkdir(parents=True)
+    (inbox / "dd" / "shallow.csv").write_text("x")
+    (deep / "bottom.csv").write_text("x")
+
+    async def body():
+        async with watching(inbox, sink, recursive=True) as watcher:
+            await until(lambda: sink.records(), what="the shallow file")
+            await quiet_for(watcher, 0.4)
+            assert [r["s3"]["object"]["key"] for r in sink.records()] == ["dd/shallow.csv"]
+            assert max(len(d) for d in watcher.dirs) <= 1024
+            assert any("longer than an S3 key" in why for why in watcher.skipped.values())
+    run(body())
