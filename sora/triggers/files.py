@@ -142,13 +142,16 @@ class FileWatcher:
             raise WatcherError("the watcher is not watching yet")
         async with self._lock:
             if key is not None:
-                entry = self.folder.entry(key.strip("/"))
-                if entry.kind != "file":
+                # The path as the scan names it ("./a.csv", "a//b.csv" are "a.csv", "a/b.csv"):
+                # else one file is remembered under two names, and its deletion fires twice.
+                rel = "/".join(part for part in key.split("/") if part not in ("", "."))
+                entry = self.folder.entry(rel) if rel else None
+                if entry is None or entry.kind != "file":
                     raise ValueError(f"expected a regular file beneath {self.trigger.path}, "
-                                     f"got {key!r} ({entry.why or entry.kind})")
+                                     f"got {key!r} "
+                                     f"({entry.why or entry.kind if entry else 'the folder'})")
                 fired: list[str] = []
-                await self._apply([_Change(key.strip("/"), settling.CREATED, entry.stat, True)],
-                                  fired)
+                await self._apply([_Change(rel, settling.CREATED, entry.stat, True)], fired)
                 return fired
             self._merge(await self._blocking(self.folder.scan, self.trigger.recursive),
                         time.monotonic(), full=True)

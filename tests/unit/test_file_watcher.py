@@ -663,3 +663,26 @@ def test_a_tree_deeper_than_an_s3_key_is_not_walked(inbox, sink):
             assert max(len(d) for d in watcher.dirs) <= 1024
             assert any("longer than an S3 key" in why for why in watcher.skipped.values())
     run(body())
+
+
+def test_a_fired_key_is_the_name_the_scan_uses_so_a_delete_fires_once(inbox, sink):
+    """`sora triggers fire fn 1 --key ./a.csv` remembered the file as "./a.csv" beside the
+    scan's "a.csv": the file was one, its deletion fired twice."""
+    async def body():
+        async with watching(inbox, sink) as watcher:
+            (inbox / "sub").mkdir()
+            (inbox / "a.csv").write_text("1")
+            await until(lambda: len(sink.records()) == 1, what="the created event")
+            assert len(await watcher.fire_now("./a.csv")) == 1
+            assert len(await watcher.fire_now(".//a.csv")) == 1
+            assert set(watcher.seen) == {"a.csv"}
+            (inbox / "a.csv").unlink()
+            await until(lambda: len(sink.records()) == 4, what="the deleted event")
+            await quiet_for(watcher, 0.4)
+            keys = [(r["eventName"], r["s3"]["object"]["key"]) for r in sink.records()]
+            assert keys == [("ObjectCreated:Put", "a.csv")] * 3 + \
+                [("ObjectRemoved:Delete", "a.csv")]
+            for key in (".", "./", "sub/."):
+                with pytest.raises(ValueError):
+                    await watcher.fire_now(key)
+    run(body())
