@@ -88,6 +88,17 @@ def too_long(relpath: str) -> bool:
     return len(relpath.encode("utf-8", "surrogateescape")) > MAX_KEY_BYTES
 
 
+HARD_LINK = ("a hard link, not read while fs.protected_hardlinks is off (it could be "
+             "another user's file the dropper cannot read: its size and MD5 would be told)")
+
+
+def hardlinks_unsafe() -> bool:
+    """Whether a hard link in the folder may be to a file its dropper cannot read: without
+    fs.protected_hardlinks = 1 anyone may link any file they can see (sora.isolation.watched.
+    hardlinks_problem). Asked only for a file with more than one link."""
+    return watched.hardlinks_problem() is not None
+
+
 def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip("/") + "/")
 
@@ -148,6 +159,8 @@ class WatchedFolder:
         finally:
             os.close(dir_fd)
         if stat.S_ISREG(st.st_mode):
+            if st.st_nlink > 1 and hardlinks_unsafe():
+                return Entry("other", why=HARD_LINK)
             return Entry("file", FileStat.of(st))
         if stat.S_ISDIR(st.st_mode):
             return Entry("dir")
@@ -191,7 +204,9 @@ class WatchedFolder:
                         st = item.stat(follow_symlinks=False)
                     except FileNotFoundError:
                         continue
-                    if stat.S_ISREG(st.st_mode):
+                    if stat.S_ISREG(st.st_mode) and st.st_nlink > 1 and hardlinks_unsafe():
+                        result.skipped[rel] = HARD_LINK
+                    elif stat.S_ISREG(st.st_mode):
                         result.files[rel] = FileStat.of(st)
                     elif stat.S_ISDIR(st.st_mode):
                         if recursive:
@@ -212,6 +227,8 @@ class WatchedFolder:
         fd = nofollow.open_beneath(self.fd, relpath)
         try:
             st = nofollow.check_regular(fd)
+            if st.st_nlink > 1 and hardlinks_unsafe():
+                raise nofollow.UnsafePath(errno.EMLINK, HARD_LINK)
             if FileStat.of(st) != expected:
                 raise Changed(relpath)
             os.set_blocking(fd, True)

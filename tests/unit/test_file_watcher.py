@@ -686,3 +686,32 @@ def test_a_fired_key_is_the_name_the_scan_uses_so_a_delete_fires_once(inbox, sin
                 with pytest.raises(ValueError):
                     await watcher.fire_now(key)
     run(body())
+
+
+def test_a_hard_link_is_not_hashed_while_hard_links_are_unprotected(inbox, sink, tmp_path,
+                                                                    monkeypatch):
+    """Without fs.protected_hardlinks anyone may hard-link a file they cannot read (root's
+    /etc/shadow) into the folder: the watcher (root) hashed it and told the function its size
+    and MD5. With the sysctl on, a link is only to a file its maker may read: hashed."""
+    from sora.triggers import watched_folder
+    secret = tmp_path / "shadow"
+    secret.write_text("root:$6$secret")
+    secret.chmod(0o600)
+    os.link(secret, inbox / "early.csv")
+    unsafe = [True]
+    monkeypatch.setattr(watched_folder, "hardlinks_unsafe", lambda: unsafe[0])
+
+    async def body():
+        async with watching(inbox, sink) as watcher:
+            os.link(secret, inbox / "linked.csv")
+            (inbox / "real.csv").write_text("ok")
+            await until(lambda: sink.records(), what="the real file")
+            await quiet_for(watcher, 0.4)
+            assert [r["s3"]["object"]["key"] for r in sink.records()] == ["real.csv"]
+            assert "hard link" in watcher.skipped["linked.csv"]
+            assert "hard link" in watcher.skipped["early.csv"]
+            with pytest.raises(ValueError):
+                await watcher.fire_now("linked.csv")
+            unsafe[0] = False
+            assert len(await watcher.fire_now("linked.csv")) == 1
+    run(body())
