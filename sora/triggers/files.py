@@ -176,7 +176,7 @@ class FileWatcher:
             self.dirs |= set((await self._blocking(self.folder.scan, True)).dirs)
         await self._blocking(inotify_limits.check, self.trigger.path,
                              min(len(self.dirs), _watch_cap()), 2)
-        self._make_notify()
+        await self._make_notify()
         # The authoritative scan comes after the watches are in place: a file landing now is
         # found by the scan, or announced by a watch, or both (settling makes it fire once).
         self._merge(await self._blocking(self.folder.scan, self.trigger.recursive),
@@ -186,14 +186,42 @@ class FileWatcher:
                  name, self.route, self.trigger.path, len(self.dirs), len(self.seen),
                  len(self.pending))
 
-    def _make_notify(self, renew: bool = False) -> None:
-        """A RustNotify with one watch per folder in `dirs` (replacing the current one after
-        the new one watches). Each folder is opened without links; the watch goes on what was
-        opened (its /proc/self/fd path), and the descriptors are closed once it is."""
+    async def _make_notify(self, renew: bool = False) -> None:
+        """A RustNotify with one watch per folder in `dirs` up to the cap (replacing the
+        current one after the new one watches; `renew`: even when it would watch the same).
+        Made on the watcher's thread: thousands of folders to open and watch took the event
+        loop, which every schedule and watcher shares, for a second each time a dropper made
+        one more subfolder."""
         chosen = self._to_watch()
         if not renew and self._notify is not None and \
                 set(chosen) == set(self._labels.values()):
             return                     # new subfolders beyond the cap only: nothing to add
+        notify, labels = await self._blocking(self._new_notify, chosen)
+        old, old_labels = self._notify, self._labels
+        self._notify, self._labels = notify, labels
+        # Folders that could not be opened are no longer known; those beyond the cap are
+        # (the full scan finds what lands in them).
+        self.dirs = set(labels.values()) | (self.dirs - set(chosen))
+        if old is not None:
+            # What the old instance heard since it was last asked, before it goes: a change
+            # in a folder both watch may be announced by the old one only.
+            try:
+                leftover = await self._blocking(old.watch, 20, 5, 1, None)
+            except RuntimeError as exc:
+                if not _undecodable(exc):
+                    raise
+                leftover = None        # broken by a name: the caller scans everything
+            old.close()
+            if isinstance(leftover, set):
+                now = time.monotonic()
+                for _, path in leftover:
+                    rel = _relpath(old_labels, path)
+                    if rel:
+                        self._note(rel, now)
+
+    def _new_notify(self, chosen: list[str]) -> tuple[RustNotify, dict[str, str]]:
+        """(on the watcher's thread) Each folder opened without links; the watch goes on what
+        was opened (its /proc/self/fd path), and the descriptors are closed once it is."""
         _ensure_fd_room(len(chosen))
         labels: dict[str, str] = {}
         fds: list[int] = []
@@ -216,27 +244,7 @@ class FileWatcher:
         finally:
             for fd in fds:
                 os.close(fd)
-        old, old_labels = self._notify, self._labels
-        self._notify, self._labels = notify, labels
-        # Folders that could not be opened are no longer known; those beyond the cap are
-        # (the full scan finds what lands in them).
-        self.dirs = set(labels.values()) | (self.dirs - set(chosen))
-        if old is not None:
-            # What the old instance heard since it was last asked, before it goes: a change
-            # in a folder both watch may be announced by the old one only.
-            try:
-                leftover = old.watch(20, 5, 1, None)
-            except RuntimeError as exc:
-                if not _undecodable(exc):
-                    raise
-                leftover = None        # broken by a name: the caller scans everything
-            old.close()
-            if isinstance(leftover, set):
-                now = time.monotonic()
-                for _, path in leftover:
-                    rel = _relpath(old_labels, path)
-                    if rel:
-                        self._note(rel, now)
+        return notify, labels
 
     def _to_watch(self) -> list[str]:
         """The folders that get a watch: all, up to the cap (the shallowest first). inotify's
@@ -255,7 +263,7 @@ class FileWatcher:
         while True:
             if self._rewatch:
                 self._rewatch = False
-                self._make_notify()
+                await self._make_notify()
                 for rel in sorted(self._unscanned):
                     if rel in self.dirs:
                         self._merge(await self._blocking(self.folder.scan, True, rel),
@@ -304,7 +312,7 @@ class FileWatcher:
             log.warning("%s %s: a name in %s that is not UTF-8 (%s): watching again and "
                         "scanning the folder", self.fn.name, self.route, self.trigger.path,
                         exc)
-        self._make_notify(renew=True)
+        await self._make_notify(renew=True)
         self._merge(await self._blocking(self.folder.scan, self.trigger.recursive),
                     time.monotonic(), full=True)
 

@@ -715,3 +715,40 @@ def test_a_hard_link_is_not_hashed_while_hard_links_are_unprotected(inbox, sink,
             unsafe[0] = False
             assert len(await watcher.fire_now("linked.csv")) == 1
     run(body())
+
+
+def test_watching_thousands_of_subfolders_does_not_hold_the_shared_event_loop(inbox, sink,
+                                                                             monkeypatch):
+    """Every schedule and watcher runs in the service's one event loop. Opening and watching
+    a recursive folder's subfolders (a second for tens of thousands) ran in it, again each
+    time a dropper made one more subfolder: schedules of every function fired late."""
+    real = files.RustNotify
+
+    def slow_rust_notify(*args):
+        time.sleep(0.5)                  # as 24,000 folders take
+        return real(*args)
+    monkeypatch.setattr(files, "RustNotify", slow_rust_notify)
+
+    async def body():
+        async with watching(inbox, sink, recursive=True) as watcher:
+            gaps = []
+
+            async def ticker():
+                last = time.monotonic()
+                while True:
+                    await asyncio.sleep(0.02)
+                    now = time.monotonic()
+                    gaps.append(now - last)
+                    last = now
+            ticking = asyncio.create_task(ticker())
+            try:
+                for i in range(3):
+                    (inbox / f"sub{i}").mkdir()
+                    await until(lambda: f"sub{i}" in watcher._labels.values(),
+                                what="the subfolder watched")
+                (inbox / "sub2" / "in.csv").write_text("x")
+                await until(lambda: sink.records(), what="a file in the new subfolder")
+            finally:
+                ticking.cancel()
+            assert max(gaps) < 0.3, max(gaps)
+    run(body())
