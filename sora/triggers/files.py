@@ -397,7 +397,8 @@ class FileWatcher:
                             self.fn.name, self.route, MAX_SKIPPED, self.trigger.path)
             return
         self.skipped[rel] = why
-        log.warning("%s %s: %s skipped in %s: %s", self.fn.name, self.route, rel,
+        # %r: a dropped name holding a newline must not forge a line of the service's log
+        log.warning("%s %s: %r skipped in %s: %s", self.fn.name, self.route, rel,
                     self.trigger.path, why)
 
     # --- settling and firing --------------------------------------------------------------------
@@ -490,7 +491,7 @@ class FileWatcher:
             if result is None:
                 refused = True
             elif isinstance(result, BaseException):
-                log.error("%s %s: %s not enqueued (%s); trying again in %.0fs", name,
+                log.error("%s %s: %r not enqueued (%s); trying again in %.0fs", name,
                           self.route, change.rel, result, RETRY_SECONDS)
                 pending = self.pending.get(change.rel)
                 if pending is not None:

@@ -752,3 +752,16 @@ def test_watching_thousands_of_subfolders_does_not_hold_the_shared_event_loop(in
                 ticking.cancel()
             assert max(gaps) < 0.3, max(gaps)
     run(body())
+
+
+def test_a_name_with_a_newline_does_not_forge_a_log_line(inbox, sink, caplog):
+    forged = "x.csv\n2026-12-07 00:00:00 [supervisor 1] ERROR forged"
+    os.mkfifo(inbox / forged)                # skipped, so logged with its name
+
+    async def body():
+        async with watching(inbox, sink) as watcher:
+            await until(lambda: forged in watcher.skipped, what="the fifo skipped")
+    with caplog.at_level(logging.WARNING, "sora.triggers.files"):
+        run(body())
+    lines = [r.getMessage() for r in caplog.records if "forged" in r.getMessage()]
+    assert lines and all("\n" not in line for line in lines)
