@@ -212,8 +212,8 @@ def test_links_and_fifos_dropped_in_fire_nothing_and_are_logged_once(host, folde
     time.sleep(1.0)       # what must NOT happen: a run for the link or the fifo
     assert not marks_for(folders, link) and not marks_for(folders, fifo)
     log = host.log(whole=True)
-    assert log.count(f"{link} skipped") == 1 and "symbolic link" in log
-    assert log.count(f"{fifo} skipped") == 1 and "a fifo" in log
+    assert log.count(f"'{link}' skipped") == 1 and "symbolic link" in log
+    assert log.count(f"'{fifo}' skipped") == 1 and "a fifo" in log
     # The content of /etc/shadow went nowhere: no event carries its MD5 or size.
     shadow = open("/etc/shadow", "rb").read()
     for path in folders["marks"].glob("*.json"):
