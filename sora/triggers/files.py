@@ -530,12 +530,12 @@ class FileWatcher:
         self._blocked_until = time.monotonic() + self._backoff
         self.detail = f"the function's event queue is full: {len(self.pending)} file(s) wait"
 
-    def _grant(self, fd: int) -> None:
+    def _grant(self, fd: int, folder: os.stat_result) -> None:
         """Let the sandboxed function read the file it is about to be told of (and with
         `writable`, write it), whatever mode its dropper gave it: a file created 0600 masks
         the folder's default ACL entry (sora.isolation.watched.grant_file)."""
         try:
-            watched.grant_file(fd, self.fn, self.trigger.writable)
+            watched.grant_file(fd, self.fn, self.trigger.writable, folder)
         except OSError as exc:
             log.warning("%s[%d]: could not let the function read %s: %s", self.fn.name,
                         self.trigger.index, self.folder.path, exc)

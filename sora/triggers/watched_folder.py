@@ -239,8 +239,12 @@ class WatchedFolder:
                     raise Changed(relpath)
             if FileStat.of(os.fstat(fd)) != expected:
                 raise Changed(relpath)
-            if on_read is not None:
-                on_read(fd)   # on the descriptor just checked: never a path
+            if on_read is not None:   # on the descriptors just checked: never a path
+                parent_fd = nofollow.open_dir_beneath(self.fd, os.path.dirname(relpath))
+                try:
+                    on_read(fd, os.fstat(parent_fd))
+                finally:
+                    os.close(parent_fd)
             return digest.hexdigest()
         finally:
             os.close(fd)
