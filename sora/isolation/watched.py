@@ -50,6 +50,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import pwd
 import shutil
 import stat
 import struct
@@ -289,18 +290,41 @@ def _acl_entries(fd: int, mode: int) -> list[tuple[int, int, int]]:
             (ACL_OTHER, mode & 7, ACL_UNDEFINED_ID)]
 
 
-def grant_file(fd: int, fn, writable: bool = False) -> bool:
+def may_create_in(uid: int, folder: os.stat_result) -> bool:
+    """Whether `uid` may have put a file into `folder` itself, by the folder's mode bits (its
+    owner, its group's members with group write, anyone with other write; root always). Its
+    ACL is not read: a uid only an ACL entry lets in is told no (the file is then not granted,
+    never granted wrongly)."""
+    if uid == 0 or uid == folder.st_uid or folder.st_mode & 0o002:
+        return True
+    if not folder.st_mode & 0o020:
+        return False
+    try:
+        user = pwd.getpwuid(uid)
+        return folder.st_gid in os.getgrouplist(user.pw_name, user.pw_gid)
+    except (KeyError, OSError):
+        return False
+
+
+def grant_file(fd: int, fn, writable: bool = False,
+               folder: os.stat_result | None = None) -> bool:
     """Give `fn`'s uid read (and with `writable`, write) access to the regular file open as
     `fd` (opened without following a link: `nofollow.open_beneath`), by its ACL, as setfacl
     would (the mask recomputed). For files dropped after the worker's start whose own mode
     masks the folder's default ACL entry (a file created 0600 gets a mask of none): the
     trigger service can call it on the descriptor it hashes before it fires. A file with
     another hard link is left as it is (its other name may be a file the dropper could not
-    read). Returns whether it changed anything; only as root, only a sandboxed function."""
+    read). Nor is a file whose owner could not have created it in `folder` (the stat of the
+    folder holding it): someone allowed to rename files out of another folder could move in
+    a file its owner keeps private (mode 0600, in a folder that dropper may write), and the
+    function would be given it. Returns whether it changed anything; only as root, only a
+    sandboxed function."""
     if not fn.sandboxed or os.geteuid() != 0:
         return False
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        return False
+    if folder is not None and not may_create_in(st.st_uid, folder):
         return False
     uid, perms = sandbox_uid(fn), 6 if writable else 4
     existing = _acl_entries(fd, st.st_mode)

@@ -31,7 +31,9 @@ as fast as the function drains its queue.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import fnmatch
+import functools
 import logging
 import os
 import re
@@ -49,7 +51,7 @@ from ..store.file_seen import Seen
 from . import inotify_limits, settling, shapes
 from .settling import Pending
 from .sink import caps_of
-from .watched_folder import Changed, WatchedFolder, open_folder
+from .watched_folder import TOO_LONG, Changed, WatchedFolder, open_folder, too_long
 
 log = logging.getLogger("sora.triggers.files")
 
@@ -61,6 +63,7 @@ RETRY_MAX_SECONDS = 30.0    # ... waiting twice as long each time up to this
 BACKOFF = (0.25, 5.0)       # the queue refused an event: first wait, longest wait
 SETTLE_ROUND_SECONDS = 1.0  # a settling round yields to the watch after this long
 MAX_SKIPPED = 1000          # skipped entries remembered (each logged once)
+WATCH_SHARE = 8             # a watcher takes at most 1/8 of the user's inotify watches
 BATCH = 64                  # settled changes hashed on one thread hop, commits queued at once
 
 
@@ -84,11 +87,19 @@ class FileWatcher:
         self._labels: dict[str, str] = {}          # /proc/self/fd/N -> relative folder
         self._unscanned: set[str] = set()          # new subfolders to scan once watched
         self._rewatch = False
+        self.unwatched = 0                         # subfolders beyond the cap: scanned only
+        self._undecodable_logged = False
         self._sequencer = 0
         self._backoff = 0.0
         self._blocked_until = 0.0
         self._batch = BATCH                        # changes per batch (1 after a refusal)
         self._stop = threading.Event()             # ends a RustNotify.watch in its thread
+        # Its own thread for what blocks (inotify waits, scans, hashes): on asyncio's shared
+        # default executor (a handful of threads), a few files that take an hour to hash (a
+        # dropped 16 TB sparse file uses no disk) held them all, and every other watcher
+        # stopped.
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix=f"sora-watch-{fn.name}-{trigger.index}")
         self._lock = asyncio.Lock()                # settling vs fire_now: one at a time
 
     # --- what the service asks ----------------------------------------------------------------
@@ -115,6 +126,12 @@ class FileWatcher:
         finally:
             self._stop.set()
             self._close()
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _blocking(self, func, *args):
+        """`func(*args)` on the watcher's own thread."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, functools.partial(func, *args))
 
     async def fire_now(self, key: str | None = None) -> list[str]:
         """A manual firing (`sora triggers fire`): with `key` (a path relative to the watched
@@ -125,15 +142,18 @@ class FileWatcher:
             raise WatcherError("the watcher is not watching yet")
         async with self._lock:
             if key is not None:
-                entry = self.folder.entry(key.strip("/"))
-                if entry.kind != "file":
+                # The path as the scan names it ("./a.csv", "a//b.csv" are "a.csv", "a/b.csv"):
+                # else one file is remembered under two names, and its deletion fires twice.
+                rel = "/".join(part for part in key.split("/") if part not in ("", "."))
+                entry = self.folder.entry(rel) if rel else None
+                if entry is None or entry.kind != "file":
                     raise ValueError(f"expected a regular file beneath {self.trigger.path}, "
-                                     f"got {key!r} ({entry.why or entry.kind})")
+                                     f"got {key!r} "
+                                     f"({entry.why or entry.kind if entry else 'the folder'})")
                 fired: list[str] = []
-                await self._apply([_Change(key.strip("/"), settling.CREATED, entry.stat, True)],
-                                  fired)
+                await self._apply([_Change(rel, settling.CREATED, entry.stat, True)], fired)
                 return fired
-            self._merge(await asyncio.to_thread(self.folder.scan, self.trigger.recursive),
+            self._merge(await self._blocking(self.folder.scan, self.trigger.recursive),
                         time.monotonic(), full=True)
             return await self._settle(manual=True)
 
@@ -153,27 +173,60 @@ class FileWatcher:
         self.pending.clear()
         self.dirs = {""}
         if self.trigger.recursive:    # the folders to watch, before the watches exist
-            self.dirs |= set((await asyncio.to_thread(self.folder.scan, True)).dirs)
-        await asyncio.to_thread(inotify_limits.check, self.trigger.path, len(self.dirs), 2)
-        self._make_notify()
+            self.dirs |= set((await self._blocking(self.folder.scan, True)).dirs)
+        await self._blocking(inotify_limits.check, self.trigger.path,
+                             min(len(self.dirs), _watch_cap()), 2)
+        await self._make_notify()
         # The authoritative scan comes after the watches are in place: a file landing now is
         # found by the scan, or announced by a watch, or both (settling makes it fire once).
-        self._merge(await asyncio.to_thread(self.folder.scan, self.trigger.recursive),
+        self._merge(await self._blocking(self.folder.scan, self.trigger.recursive),
                     time.monotonic(), full=True)
         self._describe()
         log.info("%s %s: watching %s (%d folder(s)), %d file(s) seen before, %d to look at",
                  name, self.route, self.trigger.path, len(self.dirs), len(self.seen),
                  len(self.pending))
 
-    def _make_notify(self) -> None:
-        """A RustNotify with one watch per folder in `dirs` (replacing the current one after
-        the new one watches). Each folder is opened without links; the watch goes on what was
-        opened (its /proc/self/fd path), and the descriptors are closed once it is."""
-        _ensure_fd_room(len(self.dirs))
+    async def _make_notify(self, renew: bool = False) -> None:
+        """A RustNotify with one watch per folder in `dirs` up to the cap (replacing the
+        current one after the new one watches; `renew`: even when it would watch the same).
+        Made on the watcher's thread: thousands of folders to open and watch took the event
+        loop, which every schedule and watcher shares, for a second each time a dropper made
+        one more subfolder."""
+        chosen = self._to_watch()
+        if not renew and self._notify is not None and \
+                set(chosen) == set(self._labels.values()):
+            return                     # new subfolders beyond the cap only: nothing to add
+        notify, labels = await self._blocking(self._new_notify, chosen)
+        old, old_labels = self._notify, self._labels
+        self._notify, self._labels = notify, labels
+        # Folders that could not be opened are no longer known; those beyond the cap are
+        # (the full scan finds what lands in them).
+        self.dirs = set(labels.values()) | (self.dirs - set(chosen))
+        if old is not None:
+            # What the old instance heard since it was last asked, before it goes: a change
+            # in a folder both watch may be announced by the old one only.
+            try:
+                leftover = await self._blocking(old.watch, 20, 5, 1, None)
+            except RuntimeError as exc:
+                if not _undecodable(exc):
+                    raise
+                leftover = None        # broken by a name: the caller scans everything
+            old.close()
+            if isinstance(leftover, set):
+                now = time.monotonic()
+                for _, path in leftover:
+                    rel = _relpath(old_labels, path)
+                    if rel:
+                        self._note(rel, now)
+
+    def _new_notify(self, chosen: list[str]) -> tuple[RustNotify, dict[str, str]]:
+        """(on the watcher's thread) Each folder opened without links; the watch goes on what
+        was opened (its /proc/self/fd path), and the descriptors are closed once it is."""
+        _ensure_fd_room(len(chosen))
         labels: dict[str, str] = {}
         fds: list[int] = []
         try:
-            for rel in sorted(self.dirs):
+            for rel in chosen:
                 try:
                     fd = self.folder.open_dir(rel)
                 except OSError:        # gone, or a link now: no longer watched
@@ -191,20 +244,18 @@ class FileWatcher:
         finally:
             for fd in fds:
                 os.close(fd)
-        old, old_labels = self._notify, self._labels
-        self._notify, self._labels = notify, labels
-        self.dirs = set(labels.values())
-        if old is not None:
-            # What the old instance heard since it was last asked, before it goes: a change
-            # in a folder both watch may be announced by the old one only.
-            leftover = old.watch(20, 5, 1, None)
-            old.close()
-            if isinstance(leftover, set):
-                now = time.monotonic()
-                for _, path in leftover:
-                    rel = _relpath(old_labels, path)
-                    if rel:
-                        self._note(rel, now)
+        return notify, labels
+
+    def _to_watch(self) -> list[str]:
+        """The folders that get a watch: all, up to the cap (the shallowest first). inotify's
+        watches are counted per user, and the trigger service is one user for every
+        function: a dropper making 200,000 subfolders in a recursive folder would otherwise
+        take them all, and no other function's watcher (nor any other of root's inotify
+        users) could add one. Those beyond are found by the full scan every RESCAN_SECONDS."""
+        ordered = sorted(self.dirs, key=lambda rel: (rel.count("/") + bool(rel), rel))
+        cap = _watch_cap()
+        self.unwatched = max(0, len(ordered) - cap)
+        return ordered[:cap]
 
     # --- watching -------------------------------------------------------------------------------
     async def _watch(self) -> None:
@@ -212,14 +263,25 @@ class FileWatcher:
         while True:
             if self._rewatch:
                 self._rewatch = False
-                self._make_notify()
+                await self._make_notify()
                 for rel in sorted(self._unscanned):
                     if rel in self.dirs:
-                        self._merge(await asyncio.to_thread(self.folder.scan, True, rel),
+                        self._merge(await self._blocking(self.folder.scan, True, rel),
                                     time.monotonic(), under=rel)
                 self._unscanned.clear()
             timeout = TICK_MS if self.pending else IDLE_MS
-            changes = await asyncio.to_thread(self._notify.watch, 20, 5, timeout, self._stop)
+            try:
+                changes = await self._blocking(self._notify.watch, 20, 5, timeout,
+                                                  self._stop)
+            except RuntimeError as exc:
+                if not _undecodable(exc):
+                    raise
+                # A file dropped with a name that is not UTF-8: watchfiles cannot report it
+                # and its RustNotify fails from then on, the other changes it held lost. A
+                # new one, then a full scan finds them (the name itself is skipped: never
+                # opened, so reading it cannot break the new one).
+                await self._renotify_after(exc)
+                continue
             now = time.monotonic()
             if changes == "stop":
                 return
@@ -240,9 +302,19 @@ class FileWatcher:
                 if not self.folder.still_there(self.fn.directory):
                     raise WatcherError(f"{self.trigger.path} was moved, removed or replaced; "
                                        f"watching again once it is back")
-                self._merge(await asyncio.to_thread(self.folder.scan, self.trigger.recursive),
+                self._merge(await self._blocking(self.folder.scan, self.trigger.recursive),
                             time.monotonic(), full=True)
             self._describe()
+
+    async def _renotify_after(self, exc: RuntimeError) -> None:
+        if not self._undecodable_logged:
+            self._undecodable_logged = True
+            log.warning("%s %s: a name in %s that is not UTF-8 (%s): watching again and "
+                        "scanning the folder", self.fn.name, self.route, self.trigger.path,
+                        exc)
+        await self._make_notify(renew=True)
+        self._merge(await self._blocking(self.folder.scan, self.trigger.recursive),
+                    time.monotonic(), full=True)
 
     def _matches(self, rel: str) -> bool:
         pattern = self.trigger.pattern
@@ -257,6 +329,9 @@ class FileWatcher:
 
     def _note(self, rel: str, now: float) -> None:
         """A change was announced at `rel`: what is there now decides what to remember."""
+        if too_long(rel):              # no S3 key: neither fired nor walked into
+            self._skip(rel, TOO_LONG)
+            return
         entry = self.folder.entry(rel)
         if entry.kind == "file":
             if self._matches(rel):
@@ -322,7 +397,8 @@ class FileWatcher:
                             self.fn.name, self.route, MAX_SKIPPED, self.trigger.path)
             return
         self.skipped[rel] = why
-        log.warning("%s %s: %s skipped in %s: %s", self.fn.name, self.route, rel,
+        # %r: a dropped name holding a newline must not forge a line of the service's log
+        log.warning("%s %s: %r skipped in %s: %s", self.fn.name, self.route, rel,
                     self.trigger.path, why)
 
     # --- settling and firing --------------------------------------------------------------------
@@ -378,7 +454,7 @@ class FileWatcher:
         name, key = self.fn.name, self.trigger.key
         to_hash = [c for c in batch if c.fires and c.verdict != settling.DELETED]
         if to_hash:
-            results = await asyncio.to_thread(self._hash_all, to_hash)
+            results = await self._blocking(self._hash_all, to_hash)
             for change, result in zip(to_hash, results):
                 if isinstance(result, str):
                     change.entry = Seen(change.current.size, change.current.mtime_ns, result)
@@ -415,7 +491,7 @@ class FileWatcher:
             if result is None:
                 refused = True
             elif isinstance(result, BaseException):
-                log.error("%s %s: %s not enqueued (%s); trying again in %.0fs", name,
+                log.error("%s %s: %r not enqueued (%s); trying again in %.0fs", name,
                           self.route, change.rel, result, RETRY_SECONDS)
                 pending = self.pending.get(change.rel)
                 if pending is not None:
@@ -454,12 +530,12 @@ class FileWatcher:
         self._blocked_until = time.monotonic() + self._backoff
         self.detail = f"the function's event queue is full: {len(self.pending)} file(s) wait"
 
-    def _grant(self, fd: int) -> None:
+    def _grant(self, fd: int, folder: os.stat_result) -> None:
         """Let the sandboxed function read the file it is about to be told of (and with
         `writable`, write it), whatever mode its dropper gave it: a file created 0600 masks
         the folder's default ACL entry (sora.isolation.watched.grant_file)."""
         try:
-            watched.grant_file(fd, self.fn, self.trigger.writable)
+            watched.grant_file(fd, self.fn, self.trigger.writable, folder)
         except OSError as exc:
             log.warning("%s[%d]: could not let the function read %s: %s", self.fn.name,
                         self.trigger.index, self.folder.path, exc)
@@ -469,7 +545,8 @@ class FileWatcher:
         out: list = []
         for change in changes:
             try:
-                out.append(self.folder.md5(change.rel, change.current, self._grant))
+                out.append(self.folder.md5(change.rel, change.current, self._grant,
+                                           stop=self._stop))
             except (Changed, OSError) as exc:
                 out.append(exc)
         return out
@@ -507,6 +584,10 @@ class FileWatcher:
         self.detail = (f"watching {self.trigger.path}"
                        + (f" and {len(self.dirs) - 1} subfolder(s)" if len(self.dirs) > 1
                           else ""))
+        if self.unwatched:
+            self.detail += (f" ({self.unwatched} beyond the cap of {_watch_cap()} inotify "
+                            f"watches per watcher are scanned every {RESCAN_SECONDS:.0f}s; raise fs.inotify.max_user_watches to "
+                            f"watch them)")
 
     def _fail(self, exc: BaseException) -> None:
         text = str(exc) if isinstance(exc, (WatcherError, inotify_limits.InotifyLimit)) \
@@ -538,6 +619,21 @@ class _Change:
     entry: Seen | None = None     # what is remembered once done (None: forgotten)
     again: bool = False           # changed or unreadable while hashed: settle again
     sequencer: int = 0
+
+
+def _watch_cap() -> int:
+    """The most inotify watches one watcher takes: a share of fs.inotify.max_user_watches
+    (WATCH_SHARE), so one folder's subfolders cannot exhaust what all watchers share."""
+    try:
+        limit = inotify_limits.read_limits()[0]
+    except (OSError, ValueError):
+        limit = 8192                           # the kernel's historical default
+    return max(1, limit // WATCH_SHARE)
+
+
+def _undecodable(exc: RuntimeError) -> bool:
+    """watchfiles' error for a path it cannot decode (a name that is not UTF-8)."""
+    return "Unable to decode path" in str(exc)
 
 
 def _shape(text: str) -> str:

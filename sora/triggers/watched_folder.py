@@ -68,6 +68,37 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
+NOT_UTF8 = "a name that is not valid UTF-8 (an S3 key must be)"
+
+
+def utf8(name: str) -> bool:
+    """Whether a name read from the folder (os's surrogateescape decoding) is valid UTF-8."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+MAX_KEY_BYTES = 1024     # S3's limit on an object key
+TOO_LONG = f"a path longer than an S3 key may be ({MAX_KEY_BYTES} bytes)"
+
+
+def too_long(relpath: str) -> bool:
+    return len(relpath.encode("utf-8", "surrogateescape")) > MAX_KEY_BYTES
+
+
+HARD_LINK = ("a hard link, not read while fs.protected_hardlinks is off (it could be "
+             "another user's file the dropper cannot read: its size and MD5 would be told)")
+
+
+def hardlinks_unsafe() -> bool:
+    """Whether a hard link in the folder may be to a file its dropper cannot read: without
+    fs.protected_hardlinks = 1 anyone may link any file they can see (sora.isolation.watched.
+    hardlinks_problem). Asked only for a file with more than one link."""
+    return watched.hardlinks_problem() is not None
+
+
 def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip("/") + "/")
 
@@ -128,6 +159,8 @@ class WatchedFolder:
         finally:
             os.close(dir_fd)
         if stat.S_ISREG(st.st_mode):
+            if st.st_nlink > 1 and hardlinks_unsafe():
+                return Entry("other", why=HARD_LINK)
             return Entry("file", FileStat.of(st))
         if stat.S_ISDIR(st.st_mode):
             return Entry("dir")
@@ -157,11 +190,23 @@ class WatchedFolder:
                     listed = list(entries)
                 for item in listed:
                     rel = f"{folder}/{item.name}" if folder else item.name
+                    if not utf8(item.name):
+                        # An S3 key is UTF-8, and inotify's reports of such a name break
+                        # watchfiles (sora.triggers.files): never fired, never opened.
+                        result.skipped[rel] = NOT_UTF8
+                        continue
+                    if too_long(rel):
+                        # Nor is a tree deeper than a key can name walked: a dropper's chain
+                        # of 100,000 nested folders cost O(depth²) opens and memory per scan.
+                        result.skipped[rel] = TOO_LONG
+                        continue
                     try:
                         st = item.stat(follow_symlinks=False)
                     except FileNotFoundError:
                         continue
-                    if stat.S_ISREG(st.st_mode):
+                    if stat.S_ISREG(st.st_mode) and st.st_nlink > 1 and hardlinks_unsafe():
+                        result.skipped[rel] = HARD_LINK
+                    elif stat.S_ISREG(st.st_mode):
                         result.files[rel] = FileStat.of(st)
                     elif stat.S_ISDIR(st.st_mode):
                         if recursive:
@@ -172,25 +217,34 @@ class WatchedFolder:
                 os.close(dir_fd)
         return result
 
-    def md5(self, relpath: str, expected: FileStat, on_read=None) -> str:
+    def md5(self, relpath: str, expected: FileStat, on_read=None, stop=None) -> str:
         """The MD5 (hex) of the regular file `relpath`, opened without following a link,
         non-blocking (a fifo swapped in cannot hang us), checked regular on the descriptor.
         Changed if it is not the file `expected` describes (swapped, grown) before or while
         it is read; nofollow.UnsafePath if it is no regular file now; FileNotFoundError if it
-        is gone."""
+        is gone. `stop` (a threading.Event) set: Changed at once (the watcher is stopping and
+        a huge file must not hold its thread, or the service's exit, for an hour)."""
         fd = nofollow.open_beneath(self.fd, relpath)
         try:
             st = nofollow.check_regular(fd)
+            if st.st_nlink > 1 and hardlinks_unsafe():
+                raise nofollow.UnsafePath(errno.EMLINK, HARD_LINK)
             if FileStat.of(st) != expected:
                 raise Changed(relpath)
             os.set_blocking(fd, True)
             digest = hashlib.md5(usedforsecurity=False)
             while chunk := os.read(fd, 1 << 20):
                 digest.update(chunk)
+                if stop is not None and stop.is_set():
+                    raise Changed(relpath)
             if FileStat.of(os.fstat(fd)) != expected:
                 raise Changed(relpath)
-            if on_read is not None:
-                on_read(fd)   # on the descriptor just checked: never a path
+            if on_read is not None:   # on the descriptors just checked: never a path
+                parent_fd = nofollow.open_dir_beneath(self.fd, os.path.dirname(relpath))
+                try:
+                    on_read(fd, os.fstat(parent_fd))
+                finally:
+                    os.close(parent_fd)
             return digest.hexdigest()
         finally:
             os.close(fd)

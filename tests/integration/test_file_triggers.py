@@ -212,8 +212,8 @@ def test_links_and_fifos_dropped_in_fire_nothing_and_are_logged_once(host, folde
     time.sleep(1.0)       # what must NOT happen: a run for the link or the fifo
     assert not marks_for(folders, link) and not marks_for(folders, fifo)
     log = host.log(whole=True)
-    assert log.count(f"{link} skipped") == 1 and "symbolic link" in log
-    assert log.count(f"{fifo} skipped") == 1 and "a fifo" in log
+    assert log.count(f"'{link}' skipped") == 1 and "symbolic link" in log
+    assert log.count(f"'{fifo}' skipped") == 1 and "a fifo" in log
     # The content of /etc/shadow went nowhere: no event carries its MD5 or size.
     shadow = open("/etc/shadow", "rb").read()
     for path in folders["marks"].glob("*.json"):
@@ -227,6 +227,29 @@ def test_healthz_and_the_service_report_the_watchers(host, folders):
     assert watcher["kind"] == "file" and watcher["state"] == "active"
     assert watcher["detail"] == f"watching {folders['inbox']}"
     assert watcher["seen"] >= 1 and "pending" in watcher
+
+
+def test_a_killed_trigger_service_is_started_again_and_loses_no_file(host, folders):
+    """kill -9 of the trigger service alone (a crash on a crafted name or event would end it
+    the same way): the supervisor starts it again, a file dropped while it was down runs once,
+    and the files it had already processed do not run again."""
+    import signal
+    before = unique()
+    (folders["inbox"] / before).write_text("before")
+    wait_for(lambda: marks_for(folders, before), what="the file before the kill")
+    pid = wait_for(lambda: host.health()["triggers"].get("pid"), what="the service's pid")
+    os.kill(pid, signal.SIGKILL)
+    during = f"during {unique()}"
+    (folders["inbox"] / during).write_text("during")
+    wait_for(lambda: host.health()["triggers"].get("pid") not in (None, pid) and
+             host.health()["triggers"]["scheduler"]["state"] == "running",
+             timeout=60, what="the service started again")
+    wait_for(lambda: marks_for(folders, during), timeout=30, what="the file dropped meanwhile")
+    deadline = time.monotonic() + 1.0   # a second firing would show within this
+    while time.monotonic() < deadline:
+        assert len(marks_for(folders, during)) == 1
+        assert len(marks_for(folders, before)) == 1
+        time.sleep(0.05)
 
 
 def test_files_that_arrive_while_the_host_is_down_run_once_it_is_back(tmp_path):

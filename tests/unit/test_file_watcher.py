@@ -388,11 +388,11 @@ def test_a_file_swapped_for_a_link_between_the_look_and_the_hash(inbox, sink, tm
     secret.write_text("root only")
     real_md5 = WatchedFolder.md5
 
-    def swap_then_hash(self, relpath, expected, on_read=None):
+    def swap_then_hash(self, relpath, expected, on_read=None, **kw):
         if relpath == "swap.csv":       # the attacker wins the race, every time
             os.unlink(inbox / relpath)
             os.symlink(secret, inbox / relpath)
-        return real_md5(self, relpath, expected, on_read)
+        return real_md5(self, relpath, expected, on_read, **kw)
     monkeypatch.setattr(WatchedFolder, "md5", swap_then_hash)
 
     async def body():
@@ -440,8 +440,8 @@ def test_a_watched_folder_moved_away_is_an_error_until_it_is_back(inbox, sink, m
 def test_too_few_inotify_watches_is_an_error_naming_the_sysctl(inbox, sink, monkeypatch):
     for name in ("a", "b", "c"):
         (inbox / name).mkdir()
-    monkeypatch.setattr(inotify_limits, "read_limits", lambda: (10, 128))
-    monkeypatch.setattr(inotify_limits, "read_usage", lambda: (8, 3))
+    monkeypatch.setattr(inotify_limits, "read_limits", lambda: (10 * files.WATCH_SHARE, 128))
+    monkeypatch.setattr(inotify_limits, "read_usage", lambda: (10 * files.WATCH_SHARE - 2, 3))
 
     async def body():
         async with watching(inbox, sink, recursive=True) as watcher:
@@ -526,3 +526,242 @@ def test_the_watched_folder_is_reached_without_links_below_the_function_folder(t
     (tmp_path / "drop" / "inbox").symlink_to(tmp_path / "roots" / "inbox")
     with pytest.raises(UnsafePath, match="symbolic link"):
         open_folder(str(tmp_path / "drop" / "inbox"), str(fn_dir))
+
+
+def test_a_name_that_is_not_utf8_is_skipped_and_does_not_break_the_watch(inbox, sink, caplog):
+    """watchfiles cannot decode such a name: its RustNotify raised from then on, which stopped
+    the watcher (state error, restarted with backoff, for every such file a dropper made), and
+    the file itself was retried forever (its key cannot be URL-encoded for S3)."""
+    async def body():
+        async with watching(inbox, sink) as watcher:
+            states = []
+            bad = os.fsencode(str(inbox)) + b"/bad\xff\xfe.csv"
+            os.close(os.open(bad, os.O_CREAT | os.O_WRONLY, 0o644))
+            (inbox / "new\nline.csv").write_text("x")
+
+            def fired():
+                states.append(watcher.state)
+                return len(sink.records()) == 1
+            await until(fired, what="the file next to it")
+            (inbox / "later.csv").write_text("x")
+            await until(lambda: states.append(watcher.state) or len(sink.records()) == 2,
+                        timeout=3.0, what="a file dropped after it, without a restart")
+            await quiet_for(watcher, 0.5)
+            assert [r["s3"]["object"]["key"] for r in sink.records()] == \
+                ["new%0Aline.csv", "later.csv"]
+            assert "error" not in states and watcher.state == "active"
+            assert "not valid UTF-8" in watcher.skipped["bad\udcff\udcfe.csv"]
+            assert watcher.pending == {}
+    with caplog.at_level(logging.WARNING, "sora.triggers.files"):
+        run(body())
+    assert not [r for r in caplog.records if "not enqueued" in r.getMessage()]
+
+
+def test_files_that_take_forever_to_hash_do_not_starve_other_watchers(tmp_path, sink,
+                                                                       monkeypatch):
+    """A dropper's 16 TB sparse file (no disk used) takes an hour to hash. Hashed on asyncio's
+    shared default executor, a few of them held every thread: every other function's watcher
+    (whose inotify waits run there too) stopped. Each watcher has its own thread now."""
+    import concurrent.futures
+    import threading
+    release = threading.Event()
+    real_md5 = WatchedFolder.md5
+
+    def endless(self, relpath, expected, on_read=None, *args, **kw):
+        if relpath.startswith("huge"):
+            release.wait(30)                  # an hour, in a real folder
+        return real_md5(self, relpath, expected, on_read, *args, **kw)
+    monkeypatch.setattr(WatchedFolder, "md5", endless)
+    folders = []
+    for i in range(5):
+        folder = tmp_path / f"fn{i}" / "inbox"
+        folder.mkdir(parents=True)
+        folders.append(folder)
+
+    async def body():
+        asyncio.get_running_loop().set_default_executor(
+            concurrent.futures.ThreadPoolExecutor(4))
+        async with contextlib.AsyncExitStack() as stack:
+            for folder in folders:
+                await stack.enter_async_context(watching(folder, sink, debounceMs=50))
+            try:
+                for folder in folders[:4]:    # the hostile droppers
+                    (folder / "huge.bin").write_bytes(b"\0")
+                await asyncio.sleep(0.5)      # their hashes have started
+                (folders[4] / "small.csv").write_text("x")
+                await until(lambda: [r for r in sink.records()
+                                     if r["s3"]["object"]["key"] == "small.csv"],
+                            timeout=5.0, what="the other watcher's file")
+            finally:
+                release.set()
+    run(body())
+
+
+def test_a_stopping_watcher_does_not_finish_hashing_a_huge_sparse_file(inbox):
+    """A stop (SIGTERM of the service) ends the hash of a dropped sparse file at once, not an
+    hour later (the executor's thread would hold the process's exit)."""
+    import threading
+    from sora.triggers.watched_folder import Changed, open_folder
+    with open(inbox / "huge.bin", "wb") as fh:
+        fh.truncate(1 << 40)             # 1 TB, no disk used
+    folder = WatchedFolder(str(inbox), open_folder(str(inbox)))
+    stop = threading.Event()
+    stop.set()
+    started = time.monotonic()
+    try:
+        with pytest.raises(Changed):
+            folder.md5("huge.bin", FileStat.of(os.lstat(inbox / "huge.bin")), stop=stop)
+    finally:
+        folder.close()
+    assert time.monotonic() - started < 1.0
+
+
+def test_a_flood_of_subfolders_takes_no_more_than_its_share_of_inotify_watches(inbox, sink,
+                                                                               monkeypatch):
+    """inotify's watches are counted per user, and every function's watcher is root's: a
+    dropper making 200,000 subfolders in a recursive folder took them all (no other watcher
+    could start or watch a new folder). A watcher takes a share (1/WATCH_SHARE of the limit);
+    files in the folders beyond it are found by the periodic full scan, none lost."""
+    monkeypatch.setattr(inotify_limits, "read_limits", lambda: (8 * files.WATCH_SHARE, 128))
+    monkeypatch.setattr(inotify_limits, "read_usage", lambda uid=None: (0, 0))
+    monkeypatch.setattr(files, "RESCAN_SECONDS", 1.0)
+    for i in range(6):
+        (inbox / f"before{i}").mkdir()
+
+    async def body():
+        async with watching(inbox, sink, recursive=True) as watcher:
+            assert watcher.state == "active", watcher.detail
+            for i in range(14):
+                (inbox / f"after{i:02}").mkdir()
+            await until(lambda: len(watcher.dirs) == 21, what="every subfolder known")
+            for i in range(14):
+                (inbox / f"after{i:02}" / "in.csv").write_text("x")
+            (inbox / "before0" / "in.csv").write_text("x")
+            await until(lambda: len(sink.records()) == 15, timeout=10.0,
+                        what="the files in every subfolder, watched or scanned")
+            assert len(watcher._labels) == 8            # the share, and no more
+            assert "13 beyond the cap of 8" in watcher.detail
+    run(body())
+
+
+def test_a_tree_deeper_than_an_s3_key_is_not_walked(inbox, sink):
+    """A dropper's chain of nested folders cost O(depth²) opens and memory per scan (each
+    path walked from the top, each kept whole), every RESCAN_SECONDS; no key longer than S3's
+    1024 bytes is fired and no folder whose path is is walked."""
+    deep = inbox
+    for _ in range(400):                 # "dd/" x 400: 1200 bytes
+        deep = deep / "dd"
+    deep.mkdir(parents=True)
+    (inbox / "dd" / "shallow.csv").write_text("x")
+    (deep / "bottom.csv").write_text("x")
+
+    async def body():
+        async with watching(inbox, sink, recursive=True) as watcher:
+            await until(lambda: sink.records(), what="the shallow file")
+            await quiet_for(watcher, 0.4)
+            assert [r["s3"]["object"]["key"] for r in sink.records()] == ["dd/shallow.csv"]
+            assert max(len(d) for d in watcher.dirs) <= 1024
+            assert any("longer than an S3 key" in why for why in watcher.skipped.values())
+    run(body())
+
+
+def test_a_fired_key_is_the_name_the_scan_uses_so_a_delete_fires_once(inbox, sink):
+    """`sora triggers fire fn 1 --key ./a.csv` remembered the file as "./a.csv" beside the
+    scan's "a.csv": the file was one, its deletion fired twice."""
+    async def body():
+        async with watching(inbox, sink) as watcher:
+            (inbox / "sub").mkdir()
+            (inbox / "a.csv").write_text("1")
+            await until(lambda: len(sink.records()) == 1, what="the created event")
+            assert len(await watcher.fire_now("./a.csv")) == 1
+            assert len(await watcher.fire_now(".//a.csv")) == 1
+            assert set(watcher.seen) == {"a.csv"}
+            (inbox / "a.csv").unlink()
+            await until(lambda: len(sink.records()) == 4, what="the deleted event")
+            await quiet_for(watcher, 0.4)
+            keys = [(r["eventName"], r["s3"]["object"]["key"]) for r in sink.records()]
+            assert keys == [("ObjectCreated:Put", "a.csv")] * 3 + \
+                [("ObjectRemoved:Delete", "a.csv")]
+            for key in (".", "./", "sub/."):
+                with pytest.raises(ValueError):
+                    await watcher.fire_now(key)
+    run(body())
+
+
+def test_a_hard_link_is_not_hashed_while_hard_links_are_unprotected(inbox, sink, tmp_path,
+                                                                    monkeypatch):
+    """Without fs.protected_hardlinks anyone may hard-link a file they cannot read (root's
+    /etc/shadow) into the folder: the watcher (root) hashed it and told the function its size
+    and MD5. With the sysctl on, a link is only to a file its maker may read: hashed."""
+    from sora.triggers import watched_folder
+    secret = tmp_path / "shadow"
+    secret.write_text("root:$6$secret")
+    secret.chmod(0o600)
+    os.link(secret, inbox / "early.csv")
+    unsafe = [True]
+    monkeypatch.setattr(watched_folder, "hardlinks_unsafe", lambda: unsafe[0])
+
+    async def body():
+        async with watching(inbox, sink) as watcher:
+            os.link(secret, inbox / "linked.csv")
+            (inbox / "real.csv").write_text("ok")
+            await until(lambda: sink.records(), what="the real file")
+            await quiet_for(watcher, 0.4)
+            assert [r["s3"]["object"]["key"] for r in sink.records()] == ["real.csv"]
+            assert "hard link" in watcher.skipped["linked.csv"]
+            assert "hard link" in watcher.skipped["early.csv"]
+            with pytest.raises(ValueError):
+                await watcher.fire_now("linked.csv")
+            unsafe[0] = False
+            assert len(await watcher.fire_now("linked.csv")) == 1
+    run(body())
+
+
+def test_watching_thousands_of_subfolders_does_not_hold_the_shared_event_loop(inbox, sink,
+                                                                             monkeypatch):
+    """Every schedule and watcher runs in the service's one event loop. Opening and watching
+    a recursive folder's subfolders (a second for tens of thousands) ran in it, again each
+    time a dropper made one more subfolder: schedules of every function fired late."""
+    real = files.RustNotify
+
+    def slow_rust_notify(*args):
+        time.sleep(1.0)                  # as 50,000 folders take
+        return real(*args)
+    monkeypatch.setattr(files, "RustNotify", slow_rust_notify)
+
+    async def body():
+        async with watching(inbox, sink, recursive=True) as watcher:
+            gaps = []
+
+            async def ticker():
+                last = time.monotonic()
+                while True:
+                    await asyncio.sleep(0.02)
+                    now = time.monotonic()
+                    gaps.append(now - last)
+                    last = now
+            ticking = asyncio.create_task(ticker())
+            try:
+                for i in range(3):
+                    (inbox / f"sub{i}").mkdir()
+                    await until(lambda: f"sub{i}" in watcher._labels.values(),
+                                what="the subfolder watched")
+                (inbox / "sub2" / "in.csv").write_text("x")
+                await until(lambda: sink.records(), what="a file in the new subfolder")
+            finally:
+                ticking.cancel()
+            assert max(gaps) < 0.5, max(gaps)
+    run(body())
+
+
+def test_a_name_with_a_newline_does_not_forge_a_log_line(inbox, sink, caplog):
+    forged = "x.csv\n2026-12-07 00:00:00 [supervisor 1] ERROR forged"
+    os.mkfifo(inbox / forged)                # skipped, so logged with its name
+
+    async def body():
+        async with watching(inbox, sink) as watcher:
+            await until(lambda: forged in watcher.skipped, what="the fifo skipped")
+    with caplog.at_level(logging.WARNING, "sora.triggers.files"):
+        run(body())
+    lines = [r.getMessage() for r in caplog.records if "forged" in r.getMessage()]
+    assert lines and all("\n" not in line for line in lines)

@@ -314,3 +314,31 @@ def test_a_file_dropped_0600_later_is_given_to_the_functions_uid_by_its_descript
         os.close(fd)
     assert str(uid) not in subprocess.run(["getfacl", "-n", str(layout / "not-theirs")],
                                           capture_output=True, text=True).stdout
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="needs root (files of another uid, an ACL)")
+def test_a_file_moved_in_whose_owner_could_not_have_put_it_there_is_not_granted(layout):
+    """A dropper allowed to rename files out of another folder moves in a file its owner keeps
+    private (0600): the watcher (root) gave the function's uid read access to it. A file is
+    granted only when its owner may create files in the folder holding it."""
+    drop = layout / "drop" / "inbox"
+    drop.chmod(0o755)                       # root's: uid 4242 cannot create files here
+    folder = make_function(layout, [{"file": {"path": str(drop)}}])
+    fn = load_function_config(folder)
+    uid = sandbox.sandbox_uid(fn)
+    moved = drop / "moved-in.csv"
+    moved.write_text("alice's private notes")
+    os.chown(moved, 4242, 4242)
+    moved.chmod(0o600)
+    fd = os.open(moved, os.O_RDONLY)
+    try:
+        assert not watched.grant_file(fd, fn, folder=os.stat(drop))
+        drop.chmod(0o777)                   # anyone may create here: it may be its owner's drop
+        assert watched.grant_file(fd, fn, folder=os.stat(drop))
+    finally:
+        os.close(fd)
+        drop.chmod(0o755)
+    assert f"user:{uid}:r--" in subprocess.run(["getfacl", "-n", "-c", str(moved)],
+                                               capture_output=True, text=True).stdout
+    assert watched.may_create_in(0, os.stat(drop))
+    assert watched.may_create_in(os.stat(drop).st_uid, os.stat(drop))
