@@ -184,9 +184,11 @@ def test_calls_spread_across_the_hosts(cluster):
     assert {name for name, fns in served.items() if "spread" in fns} == EVERY_HOST, served
     assert set(health["functions"]["spread"]["hosts"]) == EVERY_HOST, health["functions"]
     assert {netns.host_state(health, name) for name in EVERY_HOST} == {"joined"}
-    # Calls that take no time: every host takes some.
+    # Calls that take no time: all answered, by hosts that serve it (routing goes to the
+    # worker with the most free credits, which for instant calls may be the main host's
+    # every time on a loaded machine: seen as {'main': 176, 'h0': 3} in a full run).
     instant = _by_host(cluster, "/functions/spread", 90)
-    assert set(instant) == EVERY_HOST, instant
+    assert set(instant) <= EVERY_HOST and sum(instant.values()) >= 90, instant
     # Calls of 20 ms from 12 clients, more than one host's 2 instances can run: routing
     # (the worker with the most free credits) shares them about evenly.
     busy = _by_host(cluster, "/functions/spread?ms=20", 150)
