@@ -47,7 +47,7 @@ from .dev import cmd_dev
 from .host import CliError, Host, config_path
 from .manage import add_commands
 from .triggers import add_commands as add_trigger_commands
-from .output import emit_json, shown, table, terminal_width, trigger_label
+from .output import ago, emit_json, shown, table, terminal_width, trigger_label
 
 INVOKE_PATH = "/2015-03-31/functions/{}/invocations"
 
@@ -157,18 +157,6 @@ def is_cluster(hosts: dict) -> bool:
     """Whether `hosts` (/healthz's) shows more than this host alone: then `sora ls` shows each
     host and which hosts serve each function."""
     return len(hosts) > 1 or any(not info.get("local") for info in hosts.values())
-
-
-def ago(stamp, now: float) -> str:
-    """`lastHeard` (epoch seconds) as an age: `0.4s ago`, `3m ago`."""
-    if not isinstance(stamp, (int, float)):
-        return "-"
-    age = max(0.0, now - stamp)
-    if age < 60:
-        return f"{age:.1f}s ago"
-    if age < 3600:
-        return f"{age // 60:.0f}m ago"
-    return f"{age // 3600:.0f}h ago"
 
 
 def served(functions: dict) -> str:

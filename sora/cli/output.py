@@ -81,3 +81,18 @@ def trigger_label(item: dict) -> str | None:
     if trigger is None or index is None:
         return trigger
     return f"{trigger}:{index}"
+
+
+def ago(stamp, now: float) -> str:
+    """An epoch time (a host's `lastHeard`, a trigger's last firing) as its age: `0.4s ago`,
+    `3m ago`, `2h ago`, `5d ago`; `-` when there is none."""
+    if not isinstance(stamp, (int, float)):
+        return "-"
+    seconds = max(0.0, now - stamp)
+    if seconds < 60:
+        return f"{seconds:.1f}s ago"
+    if seconds < 3600:
+        return f"{seconds // 60:.0f}m ago"
+    if seconds < 86400:
+        return f"{seconds // 3600:.0f}h ago"
+    return f"{seconds // 86400:.0f}d ago"

@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 from ..config import FUNCTION_NAME_RE
 from .host import ApiError, CliError, Host
-from .output import emit_json, shown, table, terminal_width
+from .output import ago, emit_json, shown, table, terminal_width
 
 FIRE = "fire"
 FIRABLE = ("schedule", "file")
@@ -25,20 +25,6 @@ HEADERS = ["FUNCTION", "#", "KIND", "SCHEDULE / PATH", "STATE", "NEXT", "LAST FI
 
 
 # --- output ---------------------------------------------------------------------------------
-
-def age(stamp, now: float) -> str:
-    """An epoch time as its age: `0.4s ago`, `3m ago`, `2h ago`, `5d ago`."""
-    if not isinstance(stamp, (int, float)):
-        return "-"
-    seconds = max(0.0, now - stamp)
-    if seconds < 60:
-        return f"{seconds:.1f}s ago"
-    if seconds < 3600:
-        return f"{seconds // 60:.0f}m ago"
-    if seconds < 86400:
-        return f"{seconds // 3600:.0f}h ago"
-    return f"{seconds // 86400:.0f}d ago"
-
 
 def at_second(stamp) -> str | None:
     """A next fire time (ISO 8601 with its offset) to the second, for the table; a rate()
@@ -70,7 +56,7 @@ def firing(entry: dict, now: float) -> str:
     last = entry.get("lastFiring")
     if not isinstance(last, dict):
         return "-"
-    text = age(last.get("fired") or last.get("due"), now)
+    text = ago(last.get("fired") or last.get("due"), now)
     outcome = last.get("outcome")
     if outcome and outcome != "enqueued":
         text += f", {outcome}" + (f": {last['reason']}" if last.get("reason") else "")

@@ -10,6 +10,7 @@ import pytest
 from sora.cli import main as cli
 from sora.cli import triggers as T
 from sora.cli.host import ApiError, CliError, Response
+from sora.cli import output
 from sora.cli.output import trigger_label
 
 NOW = 1_800_000_000.0
@@ -100,11 +101,11 @@ def test_next_times_are_shown_to_the_second():
 
 
 def test_ages():
-    assert T.age(NOW - 0.44, NOW) == "0.4s ago"
-    assert T.age(NOW - 150, NOW) == "2m ago"
-    assert T.age(NOW - 7300, NOW) == "2h ago"
-    assert T.age(NOW - 3 * 86400, NOW) == "3d ago"
-    assert T.age(None, NOW) == "-"
+    assert output.ago(NOW - 0.44, NOW) == "0.4s ago"
+    assert output.ago(NOW - 150, NOW) == "2m ago"
+    assert output.ago(NOW - 7300, NOW) == "2h ago"
+    assert output.ago(NOW - 3 * 86400, NOW) == "3d ago"
+    assert output.ago(None, NOW) == "-"
 
 
 def test_triggers_of_one_function_and_json(host, capsys):
