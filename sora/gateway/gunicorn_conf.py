@@ -19,6 +19,7 @@ from sora.config import load_host_config
 # Imported under private names: gunicorn reads this module's public names as its settings
 # (`protocol` is one).
 from sora.gateway.reason_phrases import install as _install_reason_phrases
+from sora.gateway.request_tail import guard_request_tail
 from sora.gateway.slow_clients import guard_slow_clients
 from sora.hotpath import quiet_gc
 from sora.parent_death import die_with_parent
@@ -80,6 +81,7 @@ _install_reason_phrases()   # here, in the master: the workers it forks inherit 
 
 def post_worker_init(worker):
     guard_slow_clients(_server.headerTimeout)
+    guard_request_tail()
     quiet_gc()
     if _listen_fd:
         # Tells the supervisor this listener's gateway answers (protocol.gateway_ready_path).
