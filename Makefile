@@ -10,7 +10,7 @@ CERT := examples/certs/cert.pem
 API_KEY := examples/certs/api-key
 JS_SDK := tests/sdk/node_modules/.installed-stamp
 
-.PHONY: run test bench bench-floor bench-runtimes bench-events bench-scaling bench-hosts bench-reload bench-triggers check system-deps clean
+.PHONY: run test browser-deps bench bench-floor bench-runtimes bench-events bench-scaling bench-hosts bench-reload bench-triggers check system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,12 @@ system-deps:
 	  [ -z "$$missing" ] || { echo "installing build tools"; \
 	  $(call apt_install,autoconf automake libtool cmake g++ make); }
 
+# The dashboard's browser tests (tests/browser) drive Debian's Chromium with Playwright (from
+# the `test` extra), pointed at /usr/bin/chromium: Playwright's own browser download is not
+# used (and could not be fetched here). Only `make test` needs it; `make run` does not.
+browser-deps:
+	@test -x /usr/bin/chromium || { echo "installing Chromium"; $(call apt_install,chromium); }
+
 $(CERT):
 	mkdir -p examples/certs
 	openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 825 \
@@ -80,7 +86,7 @@ $(JS_SDK): tests/sdk/package.json
 	cd tests/sdk && npm install --no-audit --no-fund --no-package-lock --loglevel=error
 	touch $(JS_SDK)
 
-test: system-deps $(STAMP) $(JS_SDK)
+test: system-deps browser-deps $(STAMP) $(JS_SDK)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 # Benchmarks need wrk (load generator); installed where missing.

@@ -1,0 +1,128 @@
+"""The dashboard in a real browser: Debian's Chromium driven by Playwright, against a real host.
+
+One host and one browser for the whole module (starting either costs seconds); each test gets a
+fresh page in a logged-in browser context. Chromium is /usr/bin/chromium (the Makefile's
+browser-deps installs it); Playwright's own browser download is never used.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.support import served, write_function
+
+CHROMIUM = "/usr/bin/chromium"
+ADMIN_KEY = "browser-admin-0123456789abcdef"
+INVOKE_KEY = "browser-invoke-0123456789abcdef"
+
+# What a hostile function prints, returns and throws: if the dashboard put any of these into a
+# page as markup, the script (or the onerror handler) would set window.__pwned.
+SCRIPT_LINE = "<script>window.__pwned=1</script>"
+IMG_ERROR = '<img src=x onerror="window.__pwned=2">'
+
+# Logs one line naming the event's marker (the tests find their own line by it) and returns it.
+LOGGER = """
+exports.handler = async (event) => {
+  let body = {};
+  try { body = JSON.parse(event.body || '{}'); } catch (e) { body = event; }
+  const marker = body.marker || event.marker || 'none';
+  console.log('browser-test line ' + marker);
+  return { statusCode: 200, body: JSON.stringify({ marker, answer: 42 }) };
+};
+"""
+
+# Prints a <script> line and returns markup; with `throw` in its event, throws markup.
+HOSTILE = """
+exports.handler = async (event) => {
+  console.log('%s');
+  if (event.throw || (event.queryStringParameters || {}).throw) {
+    throw new Error('%s');
+  }
+  return { html: '%s', marker: event.marker || null };
+};
+""" % (SCRIPT_LINE, IMG_ERROR.replace("'", "\\'"), SCRIPT_LINE)
+
+# Fails while the flag file exists, so its events go to the dead-letter list
+# (maximumRetryAttempts: 0) and stay there until the test lets the replayed event succeed;
+# an always-failing function would put a replayed event straight back on the list, racing the
+# page's check that it left.
+FAILING = """
+const fs = require('fs');
+exports.handler = async (event) => {
+  if (fs.existsSync(process.env.FAIL_FLAG)) throw new RangeError('failing on purpose ' + event.marker);
+  return { ok: event.marker };
+};
+"""
+
+
+@pytest.fixture(scope="module")
+def fail_flag(tmp_path_factory) -> Path:
+    flag = tmp_path_factory.mktemp("flags") / "fail"
+    flag.touch()
+    return flag
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory, fail_flag):
+    base = tmp_path_factory.mktemp("browser-host")
+    fns = base / "fns"
+    dirs = [
+        write_function(fns, "logger", {"index.js": LOGGER}, name="logger"),
+        write_function(fns, "hostile", {"index.js": HOSTILE}, name="hostile"),
+        # `isolation: none`: it reads a flag file of the test's, which a sandbox would hide.
+        write_function(fns, "failing", {"index.js": FAILING}, name="failing",
+                       isolation="none", env={"FAIL_FLAG": str(fail_flag)},
+                       eventInvoke={"maximumRetryAttempts": 0}),
+    ]
+    yield from served(base, dirs, https=False, api_key=ADMIN_KEY, extra={
+        "auth": {"apiKeys": [
+            {"name": "ops", "key": ADMIN_KEY, "scopes": ["admin"]},
+            {"name": "caller", "key": INVOKE_KEY, "scopes": ["invoke"]},
+        ]}})
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"{CHROMIUM} is missing: `make browser-deps` installs Debian's chromium")
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-background-networking"])
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory) -> Path:
+    """Where each page's screenshot goes (the test run's temp dir)."""
+    return tmp_path_factory.mktemp("screenshots")
+
+
+@pytest.fixture
+def context(browser):
+    """A fresh browser context (no cookies): a new visitor."""
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    ctx.set_default_timeout(10_000)
+    yield ctx
+    ctx.close()
+
+
+def log_in(page, host) -> None:
+    page.goto(host.url + "/ui/login")
+    page.fill("form#login-form input[name=key]", ADMIN_KEY)
+    page.click("form#login-form button[type=submit]")
+    page.wait_for_url(host.url + "/ui/")
+
+
+@pytest.fixture
+def page(context, host):
+    """A page of a logged-in admin."""
+    page = context.new_page()
+    log_in(page, host)
+    return page
