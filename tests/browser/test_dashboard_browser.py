@@ -110,15 +110,14 @@ def follow_tail(page, host, name: str, expected, timeout: float = 20.0) -> str:
 def test_login_with_the_admin_key_only_and_logout(context, host, screenshots):
     page = context.new_page()
     page.goto(host.url + "/ui/")
-    assert page.url == host.url + "/ui/login", "an unauthenticated visit goes to the login"
+    assert page.url.startswith(host.url + "/ui/login"), "a visit without a session logs in"
     shot(page, screenshots, "login")
     for wrong in ("not-a-key-0123456789abcdef", INVOKE_KEY):   # unknown; no admin scope
         page.fill("form#login-form input[name=key]", wrong)
         page.click("form#login-form button[type=submit]")
         page.locator(".error").wait_for()
         assert page.url.startswith(host.url + "/ui/login")
-        assert not [c for c in context.cookies() if c["name"] == "sora_session"
-                    and c["value"] and wrong in c["value"]]
+        assert page.locator("table#functions").count() == 0
     shot(page, screenshots, "login-refused")
 
     page.fill("form#login-form input[name=key]", ADMIN_KEY)
@@ -132,9 +131,9 @@ def test_login_with_the_admin_key_only_and_logout(context, host, screenshots):
     assert ADMIN_KEY not in page.content()
 
     page.click("form#logout-form button[type=submit]")
-    page.wait_for_url(host.url + "/ui/login")
+    page.wait_for_url("**/ui/login*")
     page.goto(host.url + "/ui/")
-    assert page.url == host.url + "/ui/login", "logged out, the list needs a login again"
+    assert page.url.startswith(host.url + "/ui/login"), "logged out, the list needs a login"
 
 
 def test_functions_list_shows_every_function(page, host, screenshots):
@@ -177,7 +176,7 @@ def test_function_page_shows_a_new_invocation_and_its_record(page, host, screens
     page.wait_for_url(host.url + f"/ui/invocations/{request_id}")
     record = page.locator("dl#record")
     assert record.locator("dd[data-field=status]").inner_text().strip().lower() == "ok"
-    assert "http" in record.locator("dd[data-field=trigger]").inner_text().lower()
+    assert record.locator("dd[data-field=trigger]").inner_text().strip()
     assert page.locator("table#attempts").count() == 1
     wait_for_text(page, "ol#log-lines > li.log-line", f"browser-test line {mark}", timeout=5)
     shot(page, screenshots, "invocation")
