@@ -34,6 +34,11 @@ def _figures(durations: list[float], errors: int, cold: int) -> dict:
     return figures
 
 
+def empty() -> dict:
+    """The figures of a window without calls."""
+    return _figures([], 0, 0)
+
+
 def _group(rows) -> tuple[list[float], int, int]:
     durations, errors, cold = [], 0, 0
     for _start, duration, status, was_cold in rows:

@@ -1,11 +1,14 @@
 """sora.store.stats: the dashboard's and `sora top`'s figures over a temp store."""
 import itertools
+import json
 import math
 import sqlite3
 
 import pytest
+import yaml
 
 from sora.store import db, records, stats
+from tests.support import write_function
 
 T0 = 1_800_000_000.0
 _ids = itertools.count()
@@ -125,3 +128,85 @@ def test_an_older_store_gets_the_index_when_opened(tmp_path):
     names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
     assert "invocations_by_function_start" in names
     assert stats.summary(conn, T0, T0 + 1)["a"]["coldStarts"] == 1
+
+
+# GET /api/stats through falcon.testing, with a fake control plane.
+
+ADMIN = "admin-key-0123456789abcdef"
+INVOKER = "invoke-key-0123456789abcdef"
+
+
+class FakeStatusClient:
+    """A broker that answers STATUS with `health` and every invocation with nothing."""
+
+    def __init__(self, health):
+        self.health = health
+
+    async def status(self, request_id):
+        return json.dumps(self.health).encode()
+
+    def add_members_listener(self, listener):
+        pass
+
+    async def members_known(self, timeout=2.0):
+        return True
+
+
+@pytest.fixture
+def api(tmp_path):
+    from sora.config import load_host_config
+    from sora.gateway.app import create_app
+    fns = tmp_path / "fns"
+    dirs = [write_function(fns, name, {"index.js": "exports.handler = async (e) => e;"},
+                           name=name) for name in ("busy", "quiet")]
+    spec = {"functionPaths": [str(d) for d in dirs], "server": {"httpPort": 8080},
+            "stateDir": str(tmp_path / "state"),
+            "auth": {"apiKeys": [{"name": "ops", "key": ADMIN, "scopes": ["admin"]},
+                                 {"name": "app", "key": INVOKER, "scopes": ["invoke"]}]}}
+    (tmp_path / "host-config.yaml").write_text(yaml.safe_dump(spec))
+    health = {"status": "ok", "functions": {
+        "busy": {"state": "RUNNING", "instances": 3, "busy": 2, "idle": 1, "starting": 0,
+                 "queued": 4},
+        "quiet": {"state": "FATAL", "reason": "no such file", "instances": 0}}}
+    app = create_app(load_host_config(str(tmp_path / "host-config.yaml")),
+                     FakeStatusClient(health))
+    return app, db.connect(str(tmp_path / "state"))
+
+
+def get_stats(app, query="", key=ADMIN):
+    import falcon.testing
+    return falcon.testing.simulate_get(app, "/api/stats", query_string=query,
+                                       headers={"Authorization": f"Bearer {key}"} if key else {})
+
+
+def test_api_stats_merges_the_status_and_the_window_figures(api):
+    import time
+    app, conn = api
+    now = time.time()
+    add(conn, [("busy", now - 10, 5.0, "ok", True), ("busy", now - 20, 7.0, "error", False),
+               ("busy", now - 7200, 9.0, "ok", False), ("gone", now - 5, 1.0, "ok", False)])
+    answer = get_stats(app)
+    assert answer.status_code == 200, answer.text
+    body = answer.json
+    assert body["window"] == 3600 and abs(body["until"] - body["since"] - 3600) < 1e-6
+    assert set(body["functions"]) == {"busy", "quiet"}   # not a function the host lacks
+    busy = body["functions"]["busy"]
+    assert busy == {"state": "RUNNING", "instances": 3, "busy": 2, "idle": 1, "starting": 0,
+                    "queued": 4, "calls": 2, "errors": 1, "p50": 5.0, "p99": 7.0,
+                    "coldStarts": 1, "events": {"queued": 0, "leased": 0, "dead": 0}}
+    quiet = body["functions"]["quiet"]
+    assert quiet["calls"] == 0 and quiet["p50"] is None and quiet["reason"] == "no such file"
+    assert get_stats(app, "window=86400").json["functions"]["busy"]["calls"] == 3
+
+
+@pytest.mark.parametrize("window", ["0", "-5", "604801", "abc", "1e3"])
+def test_api_stats_refuses_a_window_out_of_range(api, window):
+    answer = get_stats(api[0], f"window={window}")
+    assert answer.status_code == 400
+    assert answer.json["errorType"] == "InvalidParameterValueException"
+
+
+def test_api_stats_is_admin_only(api):
+    app, _ = api
+    assert get_stats(app, key=None).status_code == 401
+    assert get_stats(app, key=INVOKER).status_code == 403
