@@ -30,6 +30,7 @@ from .function_url import build_event
 from . import dashboard, management_api
 from .invoke_api import InvokeApiError, InvokeResource, handle_invoke_api_error
 from .reload_api import ReloadResource
+from .stats_api import StatsResource
 from .triggers_api import (HEALTH_WAIT, ServiceDown, TriggerFireResource, TriggerService,
                            TriggersResource)
 from ..triggers.listing import health_summary
@@ -265,6 +266,7 @@ def create_app(config: HostConfig | None = None,
     management_api.add_routes(app, config, table)
     store = Store(config.stateDir)
     app.add_route("/api/functions", FunctionListResource(client, store))
+    app.add_route("/api/stats", StatsResource(client, store, config.stateDir))
     app.add_route("/api/functions/{name}/invocations",
                   InvocationListResource(store, config, table))
     app.add_route("/api/functions/{name}/logs", LogsResource(store, config, table))

@@ -14,7 +14,7 @@ import time
 
 from ...config import FUNCTION_NAME_RE
 from ...messaging.client import BrokerTimeout
-from ...store import queue, records
+from ...store import queue, records, stats
 from ...triggers import listing
 from ...versions.aliases import AliasStore
 from ...versions.store import VersionStore
@@ -22,11 +22,6 @@ from ..requests import request_id_of
 from ..triggers_api import ServiceDown
 from . import charts
 from .session import render, require_session
-
-try:   # E's queries (p19-stats); the pages show dashes until they are merged
-    from ...store import stats
-except ImportError:   # pragma: no cover - only before the merge
-    stats = None
 
 log = logging.getLogger("sora.gateway.dashboard")
 
@@ -37,14 +32,6 @@ RANGES = {"hour": (HOUR, 60), "day": (DAY, 96)}
 RECENT = 50                  # invocations listed on a function's page
 TRIGGER_WAIT = 1.0           # the trigger service answers in milliseconds; a page never waits long
 MAX_REQUEST_ID = 200
-
-
-def _summary(conn, since: float) -> dict:
-    return stats.summary(conn, since) if stats is not None else {}
-
-
-def _series(conn, name: str, since: float, until: float, buckets: int) -> list[dict]:
-    return stats.series(conn, name, since, until, buckets) if stats is not None else []
 
 
 def instances_of(info: dict) -> str:
@@ -133,7 +120,7 @@ class FunctionsPage(_Page):
         functions = (health or {}).get("functions") or {}
         names = sorted(functions)
         now = time.time()
-        summary = _summary(self.ctx.store.conn, now - HOUR)
+        summary = stats.summary(self.ctx.store.conn, now - HOUR)
         counts = queue.counts(self.ctx.store.queue)
         triggers = await self.trigger_entries(names)
         rows = []
@@ -186,7 +173,7 @@ class FunctionPage(_Page):
         span = _range(req)
         seconds, buckets = RANGES[span]
         now = time.time()
-        series = _series(conn, name, now - seconds, now, buckets)
+        series = stats.series(conn, name, now - seconds, now, buckets)
         health = await self.status(req)
         info = ((health or {}).get("functions") or {}).get(name) or {}
         fn = self.ctx.table.get(name)

@@ -319,11 +319,13 @@ async def read_form(req, limit: int = 1 << 20) -> dict:
     """An application/x-www-form-urlencoded body as {name: value} (a repeated name: a list
     of its values). Another content type, a body over `limit`: 4xx."""
     content_type = (req.content_type or "").split(";")[0].strip().lower()
+    body = await read_body(req, limit, current().config.server.bodyTimeout)
     if content_type != "application/x-www-form-urlencoded":
+        if not body:
+            return {}   # no form at all: the CSRF check refuses it (403)
         raise falcon.HTTPUnsupportedMediaType(
             description="expected an application/x-www-form-urlencoded form",
             headers=SECURITY_HEADERS)
-    body = await read_body(req, limit, current().config.server.bodyTimeout)
     try:
         pairs = urllib.parse.parse_qsl(body.decode("utf-8"), keep_blank_values=True,
                                        strict_parsing=False, max_num_fields=10_000)
