@@ -6,7 +6,10 @@ browser-deps installs it); Playwright's own browser download is never used.
 """
 from __future__ import annotations
 
+import math
 import os
+import random
+import time
 from pathlib import Path
 
 import pytest
@@ -22,9 +25,34 @@ def fail_flag(tmp_path_factory) -> Path:
     return flag
 
 
+def seed_history(state_dir: Path, name: str, now: float, count: int = 1500) -> None:
+    """A day of `name`'s records in the store before the host starts (through the recorder's
+    own write), busier in the last hours, with a few errors and cold starts: the charts and the
+    docs screenshot then have a shape to show. Their request ids start with `seeded-`."""
+    from sora.store import db, records
+    rng = random.Random(19)
+    rows = []
+    # Oldest first, as the recorder would have stored them (lists are in store order).
+    for i, ago in enumerate(sorted((86400 * (1 - math.sqrt(rng.random())) for _ in range(count)),
+                                   reverse=True)):   # denser towards now
+        cold = rng.random() < 0.02
+        status = rng.choices(("ok", "error", "timeout"), (95, 4, 1))[0]
+        duration = rng.lognormvariate(2.0, 0.6) + (120 if cold else 0)
+        rows.append((f"seeded-{i:05d}", name, "$LATEST", "http", now - 60 - ago, duration,
+                     status, None if status == "ok" else "Error", int(cold),
+                     None if status == "ok" else "seeded failure", 64,
+                     110.0 if cold else None))
+    conn = db.connect(str(state_dir))
+    try:
+        records.commit(conn, rows, [])
+    finally:
+        conn.close()
+
+
 @pytest.fixture(scope="module")
 def host(tmp_path_factory, fail_flag):
     base = tmp_path_factory.mktemp("browser-host")
+    seed_history(base / "state", "logger", time.time())
     fns = base / "fns"
     dirs = [
         write_function(fns, "logger", {"index.js": LOGGER}, name="logger"),

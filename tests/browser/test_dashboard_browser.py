@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
+import re
 import threading
 import time
 import uuid
@@ -152,8 +152,10 @@ def test_functions_list_shows_every_function(page, host, screenshots):
 
 
 def test_function_page_draws_its_charts(page, host, screenshots):
-    for _ in range(3):   # a few calls, so that the charts have a shape
-        invoke_http(host, "logger", marker())
+    """`logger` has a day of seeded records (conftest) and the calls made here: every chart has
+    marks, a title per bucket, and the calls chart's peak is not zero."""
+    for request_id in [invoke_http(host, "logger", marker()) for _ in range(3)]:
+        host.record(request_id)
     page.goto(host.url + "/ui/functions/logger")
     for metric in ("calls", "errors", "p50", "p99", "cold"):
         chart = page.locator(f"section#charts svg.chart[data-metric={metric}]")
@@ -162,11 +164,13 @@ def test_function_page_draws_its_charts(page, host, screenshots):
         assert chart.locator("title").count() >= 1, metric
         box = chart.bounding_box()
         assert box and box["width"] > 50 and box["height"] > 20, (metric, box)
+    titles = page.locator("svg.chart[data-metric=calls] title").all_text_contents()
+    peak = re.search(r"peak ([0-9.,]+)", " ".join(titles))
+    assert peak and float(peak.group(1).replace(",", "")) >= 1, titles[:3]
     shot(page, screenshots, "charts")
 
 
 def test_function_page_shows_a_new_invocation_and_its_record(page, host, screenshots):
-    invoke_http(host, "logger", marker())   # a call before, so the docs screenshot has data
     page.goto(host.url + "/ui/functions/logger")
     for link in ("a#logs-link", "a#dlq-link", "a#invoke-link"):
         assert page.locator(link).count() == 1, link
@@ -177,9 +181,9 @@ def test_function_page_shows_a_new_invocation_and_its_record(page, host, screens
     assert row.locator("td[data-field=status]").inner_text().strip().lower() == "ok"
     for field in ("duration", "cold", "trigger", "start"):
         assert row.locator(f"td[data-field={field}]").count() == 1, field
-    path = shot(page, screenshots, "function")
-    if os.environ.get("SORA_UPDATE_SCREENSHOT") == "1":
-        shutil.copyfile(path, DOCS_SCREENSHOT)
+    shot(page, screenshots, "function")
+    if os.environ.get("SORA_UPDATE_SCREENSHOT") == "1":   # the top of the page, as one sees it
+        page.screenshot(path=str(DOCS_SCREENSHOT), full_page=False)
 
     row.locator(f'a[href="/ui/invocations/{request_id}"]').first.click()
     page.wait_for_url(host.url + f"/ui/invocations/{request_id}")
