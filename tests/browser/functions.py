@@ -19,16 +19,18 @@ exports.handler = async (event) => {
 };
 """
 
-# Prints a <script> line and returns markup; with `throw` in its event, throws markup.
+# Prints a <script> line (with its event's marker after it, so a test can tell its own line
+# from those already on a page) and returns markup; with `throw` in its query, throws markup.
 HOSTILE = """
 exports.handler = async (event) => {
-  console.log('%s');
-  if (event.throw || (event.queryStringParameters || {}).throw) {
-    throw new Error('%s');
-  }
-  return { html: '%s', marker: event.marker || null };
+  let body = {};
+  try { body = JSON.parse(event.body || '{}'); } catch (e) { body = {}; }
+  const marker = body.marker || event.marker || 'none';
+  console.log('%s ' + marker);
+  if ((event.queryStringParameters || {}).throw) throw new Error('%s');
+  return { html: '%s', marker };
 };
-""" % (SCRIPT_LINE, IMG_ERROR.replace("'", "\\'"), SCRIPT_LINE)
+""" % (SCRIPT_LINE, IMG_ERROR, SCRIPT_LINE)
 
 # Fails while the flag file exists, so its events go to the dead-letter list
 # (maximumRetryAttempts: 0) and stay there until the test lets the replayed event succeed;

@@ -371,7 +371,7 @@ def test_hostile_output_is_shown_as_text_and_never_runs(page, host, screenshots)
     assert pwned(page) == "undefined"
 
     page.goto(host.url + "/ui/functions/hostile/logs")
-    follow_tail(page, host, "hostile", lambda m: SCRIPT_LINE)
+    follow_tail(page, host, "hostile", lambda m: f"{SCRIPT_LINE} {m}")
     assert page.locator("ol#log-tail script").count() == 0
     assert pwned(page) == "undefined"
     shot(page, screenshots, "logs-hostile")
