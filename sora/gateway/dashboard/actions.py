@@ -87,7 +87,7 @@ class _FunctionPage:
         """Whether the function is known; if not, the answer is the 404 page."""
         if FUNCTION_NAME_RE.match(name) and await self.functions.known(name):
             return True
-        render(resp, "not_found.html", status=404, what="function", name=name)
+        render(resp, "not_found.html", http_status=404, what="function", name=name)
         return False
 
 
@@ -313,7 +313,7 @@ class InvokeForm(_FunctionPage, InvocationRoute):
             result = await self.run(req, name, event, qualifier or None)
         except InvokeFailed as exc:
             status, error = exc.status, str(exc)
-        render(resp, "invoke.html", status=status, session=session, function=name,
+        render(resp, "invoke.html", http_status=status, session=session, function=name,
                event=event, qualifier=qualifier, result=result, error=error)
 
     async def run(self, req, name: str, event: str, qualifier: str | None) -> dict:
