@@ -8,6 +8,7 @@ import html
 import json
 import re
 import threading
+import time
 import uuid
 
 import psutil
@@ -333,3 +334,18 @@ def test_unknown_function_and_no_session(host, ui):
         r = requests.get(f"{host.url}/ui/functions/printer{path}", timeout=10,
                          allow_redirects=False)
         assert r.status_code == 303 and "/ui/login" in r.headers["Location"]
+
+
+def test_an_open_stream_does_not_hold_up_the_hosts_stop(host, ui):
+    """Last: it stops the module's host. A browser tab left on the logs page must not make a
+    graceful stop wait `gracefulTimeout` (10 s here)."""
+    stream = Stream(f"{host.url}/ui/functions/printer/logs/stream", ui)
+    try:
+        wait_for(lambda: stream.comments, what="the stream to open")
+        began = time.monotonic()
+        assert host.stop() == 0
+        assert time.monotonic() - began < 8
+        stream.thread.join(5)
+        assert not stream.thread.is_alive()   # the stream ended
+    finally:
+        stream.close()

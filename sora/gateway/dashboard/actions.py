@@ -35,6 +35,7 @@ from ...config import FUNCTION_NAME_RE
 from ...messaging.client import BrokerTimeout
 from ...store import queue, records
 from ..error_detail import FULL, START_REASONS
+from .. import draining
 from ..errors import SoraError
 from ..invocation_route import InvocationRoute
 from ..invoke_api import parse_function_name
@@ -48,9 +49,11 @@ FOLLOW_POLL = 0.25
 # An idle stream sends a comment this often, so proxies keep it open, and so the gateway learns
 # soon that the browser went away (Falcon notices a disconnect only when it sends something).
 HEARTBEAT_SECONDS = 5.0
-# A stream ends after this long; the browser's EventSource reconnects at once, resuming after
-# the last line it got (Last-Event-ID), and the reconnect checks the session again: a key
-# removed or changed stops a tail within this time, not at the cookie's expiry.
+# A stream ends after this long, or when its gateway process stops (a graceful stop would
+# otherwise wait `gracefulTimeout` for an open tab); the browser's EventSource reconnects at
+# once, resuming after the last line it got (Last-Event-ID), and the reconnect checks the
+# session again: a key removed or changed stops a tail within this time, not at the cookie's
+# expiry.
 STREAM_SECONDS = 300.0
 RECONNECT_MS = 1000
 TAIL_SHOWN = 200            # lines the logs page shows before it follows
@@ -134,7 +137,7 @@ class LogStream(_FunctionPage):
         # line exists; it also sets how soon EventSource reconnects.
         yield SSEvent(comment="tail", retry=RECONNECT_MS)
         started = quiet_since = time.monotonic()
-        while time.monotonic() - started < STREAM_SECONDS:
+        while time.monotonic() - started < STREAM_SECONDS and not draining.stopping():
             lines = records.log_lines(self.store.conn, name, after, None, LINES_PER_EVENT_BATCH)
             if lines:
                 after = lines[-1]["id"]
