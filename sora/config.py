@@ -308,6 +308,9 @@ SERVER_SETTINGS = _settings(
             "the function and the host wrote it (for development: `examples/` sets it). The "
             "Invoke API keeps Lambda's error payload whatever this says. Logs and `/healthz` "
             "keep every detail."),
+    Setting("dashboard", _bool, True, "The web dashboard at `/ui/` (server-rendered pages; "
+            "on a host with API keys, a login with an admin key). `false` leaves its routes "
+            "out: `/ui/` is then a 404."),
 )
 
 HOST_SETTINGS = _settings(
@@ -1027,6 +1030,7 @@ class ServerConfig:
     bodyTimeout: float = 30.0
     maxEventBytes: int = SERVER_SETTINGS["maxEventBytes"].default
     errorDetail: str = SERVER_SETTINGS["errorDetail"].default
+    dashboard: bool = SERVER_SETTINGS["dashboard"].default
 
 
 @dataclass(frozen=True)

@@ -27,9 +27,10 @@ from .invocation_route import RETRY_AFTER, InvocationRoute
 from .requests import REQUEST_ID_HEADER, read_body, request_id_of
 from ..function_response import BadFunctionResponse, map_result
 from .function_url import build_event
-from . import management_api
+from . import dashboard, management_api
 from .invoke_api import InvokeApiError, InvokeResource, handle_invoke_api_error
 from .reload_api import ReloadResource
+from .stats_api import StatsResource
 from .triggers_api import (HEALTH_WAIT, ServiceDown, TriggerFireResource, TriggerService,
                            TriggersResource)
 from ..triggers.listing import health_summary
@@ -265,6 +266,7 @@ def create_app(config: HostConfig | None = None,
     management_api.add_routes(app, config, table)
     store = Store(config.stateDir)
     app.add_route("/api/functions", FunctionListResource(client, store))
+    app.add_route("/api/stats", StatsResource(client, store, config.stateDir))
     app.add_route("/api/functions/{name}/invocations",
                   InvocationListResource(store, config, table))
     app.add_route("/api/functions/{name}/logs", LogsResource(store, config, table))
@@ -277,6 +279,8 @@ def create_app(config: HostConfig | None = None,
     app.add_route("/api/functions/{name}/triggers/{index}/fire",
                   TriggerFireResource(store, config, table, triggers))
     app.add_route("/api/reload", ReloadResource(config))
+    if config.server.dashboard:
+        dashboard.add_routes(app, config, client, store, table, triggers)
     app.add_error_handler(Exception, handle_unexpected)
     app.add_error_handler(falcon.HTTPError, handle_http_error)
     app.add_error_handler(SoraError, handle_sora_error)

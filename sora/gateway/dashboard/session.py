@@ -1,0 +1,360 @@
+"""The dashboard's login session and CSRF tokens, and rendering a page with its headers.
+
+A session is a signed cookie `sora_session` (HttpOnly, SameSite=Strict, Path=/ui/, Secure on
+HTTPS, 12 h), nothing stored server-side: `payload.signature`, both base64url, the payload
+`{"i": session id, "k": key name or "" (anonymous), "d": digest of the key's digest, "e":
+expiry}`, the signature HMAC-SHA256 over the payload with the host secret (`stateDir/
+ui-secret`, made once). On a host with keys only a session of an existing admin key counts,
+and only while that key is unchanged (its digest's digest still matches); on a host without
+keys every page is open, but an anonymous session is still issued, because the CSRF token
+is derived from its id.
+
+CSRF: every POST form carries `csrf` = HMAC(secret, "csrf:" + session id); a POST without it,
+with another session's, or with an `Origin` other than this host, is 403. SameSite=Strict
+already keeps the cookie off cross-site requests; the token also covers a same-site attacker
+(another port or subdomain of this host's name).
+
+Callers (this package's pages and C's actions.py) use the five functions of the design:
+`require_session`, `csrf_token`, `check_csrf`, `render`, `read_form`. They reach the
+dashboard's state (config, secret, templates) through `configure()`, called once by
+`add_routes`: a gateway process serves one app.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import time
+import urllib.parse
+from dataclasses import dataclass
+
+import falcon
+import jinja2
+
+from ...config import ApiKey, HostConfig, key_digest
+from ..requests import read_body
+
+log = logging.getLogger("sora.gateway.dashboard")
+
+COOKIE = "sora_session"
+COOKIE_PATH = "/ui/"
+# The login form's anonymous session, for its CSRF token (no login CSRF: a page elsewhere
+# cannot log a browser in with the attacker's key).
+LOGIN_COOKIE = "sora_login"
+LOGIN_SECONDS = 3600
+SESSION_SECONDS = 12 * 3600
+SECRET_FILE = "ui-secret"
+LOGIN_PATH = "/ui/login"
+MAX_COOKIE = 1024    # ours are ~200 bytes: a larger one is not ours, and not parsed
+
+# Every dashboard answer carries these (pages, redirects, static files, errors).
+SECURITY_HEADERS = {
+    "Content-Security-Policy": ("default-src 'self'; script-src 'self'; style-src 'self'; "
+                                "img-src 'self' data:; frame-ancestors 'none'; "
+                                "form-action 'self'"),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+    "X-Frame-Options": "DENY",
+}
+
+
+@dataclass(frozen=True)
+class Session:
+    id: str
+    key: str          # the admin key's name; "" for an anonymous session (host without keys)
+    expires: float
+
+    @property
+    def anonymous(self) -> bool:
+        return not self.key
+
+
+class Dashboard:
+    """What the session functions need: the host's keys, its secret, the templates."""
+
+    def __init__(self, config: HostConfig, secret: bytes | None = None):
+        self.config = config
+        self.keys: tuple[ApiKey, ...] = tuple(config.apiKeys)
+        self._secret = secret
+        self.templates = jinja2.Environment(
+            loader=jinja2.PackageLoader("sora.gateway.dashboard", "templates"),
+            # Every value in every template is escaped unless marked safe (only charts.py's
+            # SVG, built from numbers and escaped text, is).
+            autoescape=True, trim_blocks=True, lstrip_blocks=True)
+        self.templates.filters["when"] = format_time
+        self.templates.filters["ms"] = format_ms
+
+    @property
+    def secret(self) -> bytes:
+        """Read (or made) on first use: after the fork, when the state dir exists."""
+        if self._secret is None:
+            self._secret = load_secret(self.config.stateDir)
+        return self._secret
+
+    @property
+    def keyed(self) -> bool:
+        return bool(self.keys)
+
+    # --- signing ---------------------------------------------------------------------------
+    def _sign(self, payload: bytes) -> bytes:
+        return hmac.new(self.secret, payload, hashlib.sha256).digest()
+
+    def encode(self, session: Session, key: ApiKey | None) -> str:
+        payload = json.dumps({"i": session.id, "k": session.key,
+                              "d": key_check(key) if key else "",
+                              "e": int(session.expires)}, separators=(",", ":")).encode()
+        return f"{_b64(payload)}.{_b64(self._sign(payload))}"
+
+    def decode(self, cookie: str | None, now: float, login_form: bool = False
+               ) -> Session | None:
+        """The session a cookie holds, or None: unsigned, tampered, expired, or (host with
+        keys) not an existing admin key's as it is now. `login_form`: the login form's own
+        anonymous session (cookie LOGIN_COOKIE), which only carries its CSRF token."""
+        if not cookie or len(cookie) > MAX_COOKIE or cookie.count(".") != 1:
+            return None
+        body, signature = cookie.split(".")
+        try:
+            payload, given = _unb64(body), _unb64(signature)
+        except ValueError:
+            return None
+        if not hmac.compare_digest(self._sign(payload), given):
+            return None
+        try:
+            data = json.loads(payload)
+            session = Session(str(data["i"]), str(data["k"]), float(data["e"]))
+            check = str(data["d"])
+        except (ValueError, KeyError, TypeError):
+            return None
+        if session.expires <= now or not session.id:
+            return None
+        if login_form:
+            return session if session.anonymous else None
+        if self.keyed:
+            key = self.key_named(session.key)
+            if key is None or "admin" not in key.scopes or \
+                    not hmac.compare_digest(key_check(key), check):
+                return None   # anonymous, or a key since removed, changed or demoted
+        return session
+
+    def key_named(self, name: str) -> ApiKey | None:
+        return next((k for k in self.keys if k.name == name), None) if name else None
+
+    def identify(self, given: str) -> ApiKey | None:
+        """The key `given` is (compared by digest in constant time, against every key)."""
+        digest = key_digest(given)
+        found = None
+        for candidate in self.keys:
+            if hmac.compare_digest(candidate.digest, digest):
+                found = candidate
+        return found
+
+    def csrf(self, session: Session) -> str:
+        return _b64(self._sign(b"csrf:" + session.id.encode()))
+
+    # --- cookies ---------------------------------------------------------------------------
+    def new_session(self, key: ApiKey | None, now: float) -> Session:
+        return Session(secrets.token_urlsafe(16), key.name if key else "",
+                       now + SESSION_SECONDS)
+
+    def set_cookie(self, req, resp, session: Session, key: ApiKey | None) -> None:
+        resp.set_cookie(COOKIE, self.encode(session, key), max_age=SESSION_SECONDS,
+                        path=COOKIE_PATH, secure=req.scheme == "https", http_only=True,
+                        same_site="Strict")
+
+    def clear_cookie(self, req, resp) -> None:
+        resp.unset_cookie(COOKIE, path=COOKIE_PATH, same_site="Strict")
+
+
+def key_check(key: ApiKey) -> str:
+    """What a session keeps of its key: a digest of the key's digest (so the cookie tells
+    nothing of the key, and a changed key ends its sessions)."""
+    return hashlib.sha256(b"sora-ui-session:" + key.digest).hexdigest()[:32]
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(text.encode("ascii") + b"=" * (-len(text) % 4))
+    except (ValueError, UnicodeEncodeError) as exc:
+        raise ValueError("not base64url") from exc
+
+
+def load_secret(state_dir: str) -> bytes:
+    """The host's dashboard secret (`stateDir/ui-secret`, 0600), made by whichever gateway
+    process comes first: written whole to a temporary file, then linked into place, which
+    fails if another process linked its own first (then that one is read): no process ever
+    reads a half-written secret."""
+    path = os.path.join(state_dir, SECRET_FILE)
+    for _ in range(2):
+        try:
+            with open(path, "rb") as fh:
+                secret = fh.read()
+            if len(secret) >= 32:
+                return secret
+            raise ValueError(f"{path}: shorter than 32 bytes")
+        except FileNotFoundError:
+            pass
+        temp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}"
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(secrets.token_bytes(32))
+            try:
+                os.link(temp, path)
+            except FileExistsError:
+                pass   # another gateway process made it: read theirs
+        finally:
+            os.unlink(temp)
+    raise RuntimeError(f"{path}: could not be made")
+
+
+# --- the dashboard of this process (one app per gateway process) ------------------------------
+_dashboard: Dashboard | None = None
+
+
+def configure(dashboard: Dashboard) -> None:
+    global _dashboard
+    _dashboard = dashboard
+
+
+def current() -> Dashboard:
+    if _dashboard is None:
+        raise RuntimeError("sora.gateway.dashboard: add_routes() was not called")
+    return _dashboard
+
+
+def secure(resp) -> None:
+    """The security headers every dashboard answer carries."""
+    for name, value in SECURITY_HEADERS.items():
+        resp.set_header(name, value)
+
+
+def redirect(resp, location: str) -> None:
+    """303 See Other to a path of this dashboard."""
+    secure(resp)
+    resp.status = falcon.HTTP_303
+    resp.set_header("Location", location)
+
+
+async def require_session(req, resp) -> Session | None:
+    """The request's session; None when there is none to be had (host with keys and no valid
+    login: the answer is then a 303 to the login page and the caller returns). On a host
+    without keys an anonymous session is issued (its cookie set on this answer) when the
+    request has none. The session is also kept in `req.context.session` and
+    `resp.context.session`, where `render` finds it."""
+    ui = current()
+    now = time.time()
+    session = ui.decode(req.cookies.get(COOKIE), now)
+    if session is None:
+        if ui.keyed:
+            redirect(resp, LOGIN_PATH)
+            return None
+        session = ui.new_session(None, now)
+        ui.set_cookie(req, resp, session, None)
+    req.context.session = resp.context.session = session
+    return session
+
+
+def csrf_token(session: Session) -> str:
+    return current().csrf(session)
+
+
+def same_origin(req) -> bool:
+    """Whether the request's `Origin` (when it sends one) is this host as the client reached
+    it (its Host header): a browser sends Origin with every POST."""
+    origin = req.get_header("Origin")
+    if origin is None:
+        return True
+    host = req.get_header("Host")
+    parsed = urllib.parse.urlsplit(origin)
+    return bool(host) and parsed.scheme in ("http", "https") and \
+        parsed.netloc.lower() == host.lower() and parsed.scheme == req.scheme
+
+
+def forbidden(message: str) -> falcon.HTTPForbidden:
+    return falcon.HTTPForbidden(title="Forbidden", description=message,
+                                headers=SECURITY_HEADERS)
+
+
+def check_csrf(req, form: dict, session: Session | None) -> None:
+    """Raises 403 unless the form's `csrf` is this session's and the Origin is this host."""
+    if session is None:
+        raise forbidden("No dashboard session: reload the page")
+    if not same_origin(req):
+        log.warning("dashboard: 403 for %s %s: cross-origin POST", req.method, req.path)
+        raise forbidden("Cross-origin form posts are refused")
+    given = form.get("csrf")
+    if not isinstance(given, str) or not hmac.compare_digest(given.encode(),
+                                                              csrf_token(session).encode()):
+        log.warning("dashboard: 403 for %s %s: missing or wrong CSRF token", req.method,
+                    req.path)
+        raise forbidden("Missing or wrong CSRF token: reload the page and submit again")
+
+
+def render(resp, template: str, http_status: int = 200, **context) -> None:
+    """Render a template as the answer, with the security headers. The template gets
+    `session`, `csrf` (the token for its forms; "" without a session) and `keyed` (whether
+    logging out means anything) besides `context`."""
+    ui = current()
+    session = getattr(resp.context, "session", None)
+    context.setdefault("session", session)
+    context.setdefault("csrf", ui.csrf(session) if session is not None else "")
+    context.setdefault("keyed", ui.keyed)
+    body = ui.templates.get_template(template).render(**context)
+    secure(resp)
+    resp.status = http_status
+    resp.content_type = "text/html; charset=utf-8"
+    resp.data = body.encode("utf-8")
+
+
+async def read_form(req, limit: int = 1 << 20) -> dict:
+    """An application/x-www-form-urlencoded body as {name: value} (a repeated name: a list
+    of its values). Another content type, a body over `limit`: 4xx."""
+    content_type = (req.content_type or "").split(";")[0].strip().lower()
+    if content_type != "application/x-www-form-urlencoded":
+        raise falcon.HTTPUnsupportedMediaType(
+            description="expected an application/x-www-form-urlencoded form",
+            headers=SECURITY_HEADERS)
+    body = await read_body(req, limit, current().config.server.bodyTimeout)
+    try:
+        pairs = urllib.parse.parse_qsl(body.decode("utf-8"), keep_blank_values=True,
+                                       strict_parsing=False, max_num_fields=10_000)
+    except (UnicodeDecodeError, ValueError):
+        raise falcon.HTTPBadRequest(description="the form is not valid UTF-8 url-encoding",
+                                    headers=SECURITY_HEADERS) from None
+    form: dict = {}
+    for name, value in pairs:
+        if name in form:
+            previous = form[name]
+            form[name] = (previous if isinstance(previous, list) else [previous]) + [value]
+        else:
+            form[name] = value
+    return form
+
+
+# --- formatting filters for the templates ----------------------------------------------------
+def format_time(epoch) -> str:
+    if epoch is None:
+        return ""
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(epoch))) + "Z"
+    except (TypeError, ValueError, OverflowError):
+        return str(epoch)
+
+
+def format_ms(value) -> str:
+    if value is None:
+        return "–"
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return f"{value:.0f} ms" if value >= 100 else f"{value:.1f} ms"

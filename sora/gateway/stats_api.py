@@ -1,0 +1,102 @@
+"""`GET /api/stats?window=SECONDS`: each function's figures over the last `window` seconds
+(default an hour, at most 7 days) with what `/api/functions` says of it now; what `sora top`
+shows.
+
+    {"since": epoch s, "until": epoch s, "window": s,
+     "functions": {name: {"calls", "errors", "p50", "p99", "coldStarts",   # sora.store.stats
+                          "state", "reason"?, "instances", ...             # the status' item
+                          "busy", "idle", "starting", "queued",            # when workers say
+                          "events": {"queued", "leased", "dead"}}}}
+
+The functions are the host's (and its cluster's), as `/api/functions` lists them; records of a
+function the host no longer has are left out. Admin only (the default scope): the figures
+cover every function.
+
+The records are summed in a thread of this gateway process with its own SQLite connection: a
+week of a busy host's records takes a fraction of a second, which the event loop (and the
+invocations it serves) must not wait for.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import os
+import threading
+import time
+
+from ..messaging.client import BrokerTimeout, InvocationClient
+from ..store import queue, stats
+from ..store.db import connect
+from .errors import SoraError
+from .records_api import Store
+from .requests import request_id_of
+
+DEFAULT_WINDOW = 3600
+MAX_WINDOW = 7 * 86400
+
+
+class StatsReader:
+    """One thread per gateway process, opened on first use (after fork), with its own
+    connection to the records store."""
+
+    def __init__(self, state_dir: str):
+        self.state_dir = state_dir
+        self._pool = None
+        self._pid = -1
+        self._local = threading.local()
+
+    def _summary(self, since: float, until: float) -> dict[str, dict]:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = connect(self.state_dir)
+        return stats.summary(conn, since, until)
+
+    async def summary(self, since: float, until: float) -> dict[str, dict]:
+        if self._pid != os.getpid():
+            self._pool = concurrent.futures.ThreadPoolExecutor(1, "sora-stats")
+            self._pid = os.getpid()
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, self._summary, since, until)
+
+
+def _window(req) -> int:
+    value = req.get_param("window")
+    if value is None:
+        return DEFAULT_WINDOW
+    try:
+        window = int(value)
+    except ValueError:
+        window = 0
+    if not 1 <= window <= MAX_WINDOW:
+        raise SoraError(400, "InvalidParameterValueException",
+                        f"window: expected seconds from 1 to {MAX_WINDOW}, got {value!r}")
+    return window
+
+
+class StatsResource:
+    def __init__(self, client: InvocationClient, store: Store, state_dir: str):
+        self.client = client
+        self.store = store
+        self.reader = StatsReader(state_dir)
+
+    async def on_get(self, req, resp) -> None:
+        window = _window(req)
+        until = time.time()
+        since = until - window
+        figures = asyncio.ensure_future(self.reader.summary(since, until))
+        try:
+            health = json.loads(await self.client.status(request_id_of(req).encode()))
+        except BrokerTimeout:
+            figures.cancel()
+            raise SoraError(503, "Sora.BrokerUnavailable",
+                            "The supervisor's control plane did not answer") from None
+        counts = queue.counts(self.store.queue)
+        summed = await figures
+        functions = {}
+        for name, info in sorted(health.get("functions", {}).items()):
+            functions[name] = {**info, **summed.get(name, stats.empty()),
+                               "events": counts.get(name, dict.fromkeys(queue.EVENT_STATES, 0))}
+        resp.content_type = "application/json"
+        resp.data = json.dumps({"since": since, "until": until, "window": window,
+                                "functions": functions}).encode()

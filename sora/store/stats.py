@@ -1,0 +1,82 @@
+"""Figures over the invocation records: per function calls, errors, p50/p99 latency and cold
+starts over a time window (`summary`), and the same in equal time buckets for charts (`series`).
+
+What the dashboard's pages, `GET /api/stats` and `sora top` show. A record belongs to the
+window its `start` falls in. Errors are records whose status is not `ok` (error, timeout,
+crashed). Percentiles are exact, by nearest rank over the window's durations: the p-th is the
+ceil(p/100 * n)-th smallest of n, so p50 and p99 are durations some call really took.
+
+Each function's rows come from the covering index `invocations_by_function_start` (function,
+start, duration_ms, status, cold; sora.store.db), never from the table: a day of 100,000
+records is summed in ~0.1 s, an hour in a few ms (bench/dashboard.py). Sorting the durations
+in Python measured faster than SQLite's window functions (ROW_NUMBER() OVER ...) here.
+"""
+from __future__ import annotations
+
+import math
+import sqlite3
+import time
+
+PERCENTILES = (50, 99)
+
+_ROWS = ("SELECT start, duration_ms, status, cold FROM invocations "
+         "WHERE function = ? AND start >= ? AND start < ?")
+
+
+def _figures(durations: list[float], errors: int, cold: int) -> dict:
+    """One group's figures; `durations` is sorted here."""
+    durations.sort()
+    n = len(durations)
+    figures = {"calls": n, "errors": errors}
+    for p in PERCENTILES:
+        figures[f"p{p}"] = round(durations[math.ceil(n * p / 100) - 1], 3) if n else None
+    figures["coldStarts"] = cold
+    return figures
+
+
+def empty() -> dict:
+    """The figures of a window without calls."""
+    return _figures([], 0, 0)
+
+
+def _group(rows) -> tuple[list[float], int, int]:
+    durations, errors, cold = [], 0, 0
+    for _start, duration, status, was_cold in rows:
+        durations.append(duration)
+        errors += status != "ok"
+        cold += bool(was_cold)
+    return durations, errors, cold
+
+
+def summary(conn: sqlite3.Connection, since: float,
+            until: float | None = None) -> dict[str, dict]:
+    """{function: {"calls", "errors", "p50", "p99", "coldStarts"}} over [since, until)
+    (errors = status != 'ok'; p50/p99 in ms, None with no calls). Only the functions with
+    records in the window appear, by name; `until` None is now."""
+    if until is None:
+        until = time.time()
+    # DISTINCT walks the (function, id) index: a few ms for 100,000 records.
+    functions = [row[0] for row in conn.execute(
+        "SELECT DISTINCT function FROM invocations ORDER BY function")]
+    result = {}
+    for function in functions:
+        durations, errors, cold = _group(conn.execute(_ROWS, (function, since, until)))
+        if durations:
+            result[function] = _figures(durations, errors, cold)
+    return result
+
+
+def series(conn: sqlite3.Connection, function: str, since: float, until: float,
+           buckets: int) -> list[dict]:
+    """`buckets` equal time buckets of [since, until): [{"start", "calls", "errors", "p50",
+    "p99", "coldStarts"}], oldest first, empty buckets with zeros/None."""
+    if buckets < 1 or not until > since:
+        raise ValueError(f"series: expected buckets >= 1 and since < until, got {buckets} "
+                         f"buckets over [{since}, {until})")
+    width = (until - since) / buckets
+    grouped: list[list] = [[] for _ in range(buckets)]
+    for row in conn.execute(_ROWS, (function, since, until)):
+        # min(): a start just below `until` may round up to `buckets` in float division.
+        grouped[min(int((row[0] - since) / width), buckets - 1)].append(row)
+    return [{"start": since + i * width, **_figures(*_group(rows))}
+            for i, rows in enumerate(grouped)]
