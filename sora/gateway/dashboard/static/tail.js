@@ -21,7 +21,7 @@
 
   function append(line) {
     var item = document.createElement("li");
-    item.className = "log-line";
+    item.className = "log-line stream-" + String(line.stream).replace(/[^a-z]/g, "");
     item.setAttribute("data-id", String(line.id));
     item.setAttribute("data-stream-name", String(line.stream));
     var time = document.createElement("time");
@@ -38,11 +38,14 @@
     item.appendChild(link);
     item.appendChild(document.createTextNode(" "));
     item.appendChild(text);
-    var follow = window.innerHeight + window.scrollY >= document.body.scrollHeight - 40;
+    // Keep following the end only if the reader is there (not scrolled up to read).
+    var follow = list.scrollTop + list.clientHeight >= list.scrollHeight - 40;
     list.appendChild(item);
     while (list.children.length > KEEP) { list.removeChild(list.firstElementChild); }
-    if (follow) { window.scrollTo(0, document.body.scrollHeight); }
+    if (follow) { list.scrollTop = list.scrollHeight; }
   }
+
+  list.scrollTop = list.scrollHeight;   // a tail starts at its end
 
   var source = new EventSource(list.getAttribute("data-stream"));
   source.onopen = function () { say("Live: new lines appear as the function prints them."); };
