@@ -24,6 +24,9 @@
     sora triggers [NAME]                        schedules and file triggers: next fire times,
                                                 what they watch, last firing and its status
     sora triggers fire NAME [INDEX] [--key K]   enqueue a firing now
+    sora top [--interval 2] [--once]            a live view of each function's state,
+                                                instances, calls, errors, p50/p99, cold
+                                                starts and queues (q quits)
 
 Tables for people, `--json` for scripts. Exit status: 0 success, 1 the function or the API
 reported an error, 2 bad usage or configuration, 3 the host cannot be reached.
@@ -46,6 +49,7 @@ from ..config import (FUNCTION_FILE, LANGUAGES, ConfigError, load_function_confi
 from .dev import cmd_dev
 from .host import CliError, Host, config_path
 from .manage import add_commands
+from .top import add_commands as add_top_commands
 from .triggers import add_commands as add_trigger_commands
 from .output import ago, emit_json, shown, table, terminal_width, trigger_label
 
@@ -592,6 +596,7 @@ def parser() -> argparse.ArgumentParser:
                      "allow-list (default: its file name)")
     add_commands(command)
     add_trigger_commands(command)
+    add_top_commands(command)
     return top
 
 

@@ -8,7 +8,8 @@ ceil(p/100 * n)-th smallest of n, so p50 and p99 are durations some call really 
 
 Each function's rows come from the covering index `invocations_by_function_start` (function,
 start, duration_ms, status, cold; sora.store.db), never from the table: a day of 100,000
-records is summed in ~0.1 s, an hour in a few ms (bench/dashboard.py). Sorting the durations
+records is summed in ~0.1 s, an hour in a few ms (bench/dashboard.py), and the functions are
+found by one index seek each. Sorting the durations
 in Python measured faster than SQLite's window functions (ROW_NUMBER() OVER ...) here.
 """
 from __future__ import annotations
@@ -55,15 +56,24 @@ def summary(conn: sqlite3.Connection, since: float,
     records in the window appear, by name; `until` None is now."""
     if until is None:
         until = time.time()
-    # DISTINCT walks the (function, id) index: a few ms for 100,000 records.
-    functions = [row[0] for row in conn.execute(
-        "SELECT DISTINCT function FROM invocations ORDER BY function")]
     result = {}
-    for function in functions:
+    for function in functions(conn):
         durations, errors, cold = _group(conn.execute(_ROWS, (function, since, until)))
         if durations:
             result[function] = _figures(durations, errors, cold)
     return result
+
+
+def functions(conn: sqlite3.Connection) -> list[str]:
+    """The functions with records, by name: one index seek each, from the previous name to the
+    next (SELECT DISTINCT would walk every record's index entry: 5 ms for 100,000)."""
+    names = []
+    row = conn.execute("SELECT MIN(function) FROM invocations").fetchone()
+    while row[0] is not None:
+        names.append(row[0])
+        row = conn.execute("SELECT MIN(function) FROM invocations WHERE function > ?",
+                           (row[0],)).fetchone()
+    return names
 
 
 def series(conn: sqlite3.Connection, function: str, since: float, until: float,

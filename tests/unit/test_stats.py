@@ -210,3 +210,10 @@ def test_api_stats_is_admin_only(api):
     app, _ = api
     assert get_stats(app, key=None).status_code == 401
     assert get_stats(app, key=INVOKER).status_code == 403
+
+
+def test_functions_lists_each_name_once_in_order(conn):
+    assert stats.functions(conn) == []
+    add(conn, [("b", T0, 1.0, "ok", False), ("a", T0, 1.0, "ok", False),
+               ("b", T0 + 1, 1.0, "ok", False), ("a-b", T0, 1.0, "ok", False)])
+    assert stats.functions(conn) == ["a", "a-b", "b"]

@@ -269,14 +269,16 @@ def csrf_token(session: Session) -> str:
 
 def same_origin(req) -> bool:
     """Whether the request's `Origin` (when it sends one) is this host as the client reached
-    it (its Host header): a browser sends Origin with every POST."""
+    it (its Host header, host and port): a browser sends Origin with every POST. The scheme
+    is not compared: behind a proxy that ends TLS the page is https and the gateway sees
+    http, and no other site can be served from this host and port."""
     origin = req.get_header("Origin")
     if origin is None:
         return True
     host = req.get_header("Host")
     parsed = urllib.parse.urlsplit(origin)
     return bool(host) and parsed.scheme in ("http", "https") and \
-        parsed.netloc.lower() == host.lower() and parsed.scheme == req.scheme
+        parsed.netloc.lower() == host.lower()
 
 
 def forbidden(message: str) -> falcon.HTTPForbidden:
@@ -319,11 +321,13 @@ async def read_form(req, limit: int = 1 << 20) -> dict:
     """An application/x-www-form-urlencoded body as {name: value} (a repeated name: a list
     of its values). Another content type, a body over `limit`: 4xx."""
     content_type = (req.content_type or "").split(";")[0].strip().lower()
+    body = await read_body(req, limit, current().config.server.bodyTimeout)
     if content_type != "application/x-www-form-urlencoded":
+        if not body:
+            return {}   # no form at all: the CSRF check refuses it (403)
         raise falcon.HTTPUnsupportedMediaType(
             description="expected an application/x-www-form-urlencoded form",
             headers=SECURITY_HEADERS)
-    body = await read_body(req, limit, current().config.server.bodyTimeout)
     try:
         pairs = urllib.parse.parse_qsl(body.decode("utf-8"), keep_blank_values=True,
                                        strict_parsing=False, max_num_fields=10_000)
