@@ -204,3 +204,17 @@ def test_admin_key_header_is_not_a_session(tmp_path, monkeypatch):
     r = client.simulate_get("/ui/functions/echo/logs",
                             headers={"Authorization": f"Bearer {ADMIN}"})
     assert r.status_code == 303
+
+
+def test_a_form_never_reaches_another_functions_dead_letters(tmp_path, monkeypatch):
+    client, state = make(tmp_path, monkeypatch)
+    cookie = log_in(client)
+    bury(state, "old", "theirs", b"{}")
+    csrf = csrf_of(client.simulate_get("/ui/functions/echo/dlq", headers=cookie).text)
+    for action in ("replay", "discard"):
+        r = post(client, f"/ui/functions/echo/dlq/{action}", cookie, csrf=csrf,
+                 requestId="theirs")
+        assert r.status_code == 303 and r.cookies["sora_flash"].value == "nothing:0"
+    r = post(client, "/ui/functions/echo/dlq/replay", cookie, csrf=csrf, all="1")
+    assert r.cookies["sora_flash"].value == "replayed:0"
+    assert dead_ids(state, "old") == ["theirs"]

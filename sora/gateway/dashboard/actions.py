@@ -173,6 +173,8 @@ def _flash(req, resp) -> str | None:
     events = "event" if n == 1 else "events"
     if what == "nothing":
         return "No such dead letter: it was replayed or discarded already"
+    if n == 0:
+        return "No dead letters to replay"
     return f"{what.capitalize()} {n} {events}" + (
         "; they are queued and run again" if what == "replayed" else "")
 
