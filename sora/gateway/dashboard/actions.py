@@ -70,7 +70,8 @@ FLASH_RE = re.compile(r"^(replayed|discarded|nothing):(\d{1,6})$")
 def when(epoch: float | None) -> str:
     if epoch is None:
         return ""
-    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+    stamp = dt.datetime.fromtimestamp(epoch, dt.timezone.utc)
+    return stamp.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"   # to the millisecond
 
 
 def shorten(text: str, limit: int) -> tuple[str, bool]:
@@ -176,7 +177,7 @@ def _flash(req, resp) -> str | None:
     if n == 0:
         return "No dead letters to replay"
     return f"{what.capitalize()} {n} {events}" + (
-        "; they are queued and run again" if what == "replayed" else "")
+        ", queued to run again" if what == "replayed" else "")
 
 
 def _redirect_with_flash(req, resp, location: str, what: str, n: int) -> None:
