@@ -18,6 +18,7 @@ import ssl
 from sora.config import load_host_config
 # Imported under private names: gunicorn reads this module's public names as its settings
 # (`protocol` is one).
+from sora.gateway import draining as _draining
 from sora.gateway.reason_phrases import install as _install_reason_phrases
 from sora.gateway.request_tail import guard_request_tail
 from sora.gateway.slow_clients import guard_slow_clients
@@ -80,6 +81,7 @@ _install_reason_phrases()   # here, in the master: the workers it forks inherit 
 
 
 def post_worker_init(worker):
+    _draining.watch(worker)   # endless answers (the live log tail) end on a graceful stop
     guard_slow_clients(_server.headerTimeout)
     guard_request_tail()
     quiet_gc()

@@ -200,6 +200,14 @@ def log_lines(conn: sqlite3.Connection, function: str, after: int = 0,
     return [_line(r) for r in conn.execute(sql + " ORDER BY id LIMIT ?", (*args, limit))]
 
 
+def recent_log_lines(conn: sqlite3.Connection, function: str, limit: int) -> list[dict]:
+    """A function's last `limit` log lines, oldest first: what a live tail shows before it
+    follows (the dashboard's logs page), so the page is not empty until the next line."""
+    rows = conn.execute("SELECT * FROM log_lines WHERE function = ? ORDER BY id DESC LIMIT ?",
+                        (function, limit)).fetchall()
+    return [_line(r) for r in reversed(rows)]
+
+
 def last_log_id(conn: sqlite3.Connection, function: str) -> int:
     row = conn.execute("SELECT MAX(id) FROM log_lines WHERE function = ?",
                        (function,)).fetchone()

@@ -155,8 +155,10 @@ def test_csrf_tokens_are_per_session_and_checked(ui):
             s.check_csrf(request(), form, session)
 
 
-@pytest.mark.parametrize("origin", ["http://evil.example", "null", "https://127.0.0.1:8080",
-                                    "http://127.0.0.1:8081", "http://127.0.0.1:8080.evil"])
+@pytest.mark.parametrize("origin", ["http://evil.example", "null", "http://127.0.0.1",
+                                    "http://127.0.0.1:8081", "http://127.0.0.1:8080.evil",
+                                    "http://evil.example#127.0.0.1:8080", "file://",
+                                    "http://user@127.0.0.1:8080"])
 def test_a_cross_origin_post_is_refused_even_with_the_token(ui, origin):
     one, _ = login(ui)
     with pytest.raises(falcon.HTTPForbidden):
