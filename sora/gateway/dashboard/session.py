@@ -60,6 +60,11 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
     "X-Frame-Options": "DENY",
+    # A window another page opens on the dashboard gets no handle to it (not even a page of
+    # this origin: a function URL's HTML is served from it too), and no other site may load
+    # its answers as resources.
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
 }
 
 
