@@ -1,6 +1,6 @@
-"""The dashboard's Origin check as real browsers send it: Chromium posts the pages' own forms
-with `Origin: null` (their Referrer-Policy is no-referrer) and `Sec-Fetch-Site: same-origin`;
-tests/browser found every login refused before this was allowed."""
+"""The dashboard's Origin check as real browsers send it: under a no-referrer policy Chromium
+posts a page's own forms with `Origin: null` and `Sec-Fetch-Site: same-origin` (tests/browser
+found every login refused when the pages had that policy and this was not allowed)."""
 from __future__ import annotations
 
 from sora.gateway.dashboard.session import same_origin
