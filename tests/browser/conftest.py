@@ -62,7 +62,7 @@ def host(tmp_path_factory, fail_flag):
                        isolation="none", env={"FAIL_FLAG": str(fail_flag)},
                        eventInvoke={"maximumRetryAttempts": 0}),
     ]
-    yield from served(base, dirs, https=False, api_key=ADMIN_KEY, extra={
+    yield from served(base, dirs, https=True, api_key=ADMIN_KEY, extra={
         "auth": {"apiKeys": [
             {"name": "ops", "key": ADMIN_KEY, "scopes": ["admin"]},
             {"name": "caller", "key": INVOKE_KEY, "scopes": ["invoke"]},

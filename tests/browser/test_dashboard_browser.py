@@ -136,6 +136,25 @@ def test_login_with_the_admin_key_only_and_logout(context, host, screenshots):
     assert page.url.startswith(host.url + "/ui/login"), "logged out, the list needs a login"
 
 
+def test_login_over_https_sets_a_secure_cookie(browser, host, screenshots):
+    """Over HTTPS (the host's test certificate, self-signed) the session cookie is also
+    `Secure`, and the logged-in list is served there."""
+    ctx = browser.new_context(ignore_https_errors=True)
+    try:
+        page = ctx.new_page()
+        page.goto(host.https_url + "/ui/")
+        assert page.url.startswith(host.https_url + "/ui/login")
+        page.fill("form#login-form input[name=key]", ADMIN_KEY)
+        page.click("form#login-form button[type=submit]")
+        page.wait_for_url(host.https_url + "/ui/")
+        session = [c for c in ctx.cookies() if c["name"] == "sora_session"]
+        assert len(session) == 1 and session[0]["secure"] and session[0]["httpOnly"]
+        assert page.locator("table#functions tr[data-function=logger]").count() == 1
+        shot(page, screenshots, "functions-https")
+    finally:
+        ctx.close()
+
+
 def test_functions_list_shows_every_function(page, host, screenshots):
     table = page.locator("table#functions")
     for name in ("logger", "hostile", "failing"):
