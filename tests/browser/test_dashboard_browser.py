@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from tests.browser.functions import ADMIN_KEY, IMG_ERROR, INVOKE_KEY, SCRIPT_LINE
 from tests.support import ROOT, wait_for
@@ -100,7 +101,7 @@ def follow_tail(page, host, name: str, expected, timeout: float = 20.0) -> str:
         invoke_http(host, name, mark)
         try:
             wait_for_text(page, "ol#log-tail > li.log-line", expected(mark), timeout=3)
-        except Exception:   # noqa: BLE001 - Playwright's timeout; invoke again
+        except PlaywrightTimeout:   # not (yet) there: invoke again
             continue
         assert page.evaluate("window.__samePage") == 1, "the log page reloaded"
         return mark
@@ -114,7 +115,9 @@ def test_login_with_the_admin_key_only_and_logout(context, host, screenshots):
     shot(page, screenshots, "login")
     for wrong in ("not-a-key-0123456789abcdef", INVOKE_KEY):   # unknown; no admin scope
         page.fill("form#login-form input[name=key]", wrong)
-        page.click("form#login-form button[type=submit]")
+        with page.expect_navigation() as refused:
+            page.click("form#login-form button[type=submit]")
+        assert refused.value.status == 403, (wrong, refused.value.status)
         page.locator(".error").wait_for()
         assert page.url.startswith(host.url + "/ui/login")
         assert page.locator("table#functions").count() == 0
@@ -222,7 +225,7 @@ def test_range_and_status_filter(page, host, screenshots):
     if "status=error" not in page.url:
         try:   # a filter that submits itself on change has navigated by now
             page.wait_for_url("**status=error**", timeout=1000)
-        except Exception:   # noqa: BLE001 - it has a submit button instead: use the form
+        except PlaywrightTimeout:   # it has a submit button instead: use the form
             with page.expect_navigation():
                 page.locator("form#status-filter").evaluate("f => f.requestSubmit()")
     assert "status=error" in page.url
