@@ -108,10 +108,21 @@ def test_a_function_named_like_sql_is_only_a_name(conn):
     assert set(stats.summary(conn, T0, T0 + 1)) == {name, "other"}
 
 
-def test_queries_read_the_covering_index_only(conn):
-    plan = " ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + stats._ROWS,
+@pytest.mark.parametrize("query", [stats._ROWS, stats._COUNTS, stats._DURATIONS])
+def test_queries_read_the_covering_index_only(conn, query):
+    plan = " ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + query,
                                                    ("a", 0, 1)))
     assert "COVERING INDEX invocations_by_function_start" in plan
+
+
+def test_summary_leaves_no_transaction_open_nor_closes_the_callers(conn):
+    add(conn, [("a", T0, 1.0, "ok", False)])
+    stats.summary(conn, T0, T0 + 1)
+    assert not conn.in_transaction
+    conn.execute("BEGIN")
+    assert stats.summary(conn, T0, T0 + 1)["a"]["calls"] == 1
+    assert conn.in_transaction
+    conn.execute("COMMIT")
 
 
 def test_an_older_store_gets_the_index_when_opened(tmp_path):
