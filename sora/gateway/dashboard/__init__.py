@@ -45,15 +45,16 @@ class DashboardContext:
 def add_routes(app: falcon.asgi.App, config: HostConfig, client: InvocationClient,
                store: Store, table: FunctionTable,
                triggers: TriggerService | None = None) -> DashboardContext:
-    from .pages import FunctionPage, FunctionsPage, InvocationPage
+    from .pages import FunctionPage, FunctionsPage, InvocationPage, StatsThread
 
     ui = sessions.Dashboard(config)
     sessions.configure(ui)
     ctx = DashboardContext(config, client, store, table,
                            triggers or TriggerService(config.stateDir), ui)
     app.add_route("/ui", UiRootRedirect())
-    app.add_route("/ui/", FunctionsPage(ctx))
-    app.add_route("/ui/functions/{name}", FunctionPage(ctx))
+    figures = StatsThread(config.stateDir)   # one thread for both pages' queries
+    app.add_route("/ui/", FunctionsPage(ctx, figures))
+    app.add_route("/ui/functions/{name}", FunctionPage(ctx, figures))
     app.add_route("/ui/invocations/{request_id}", InvocationPage(ctx))
     app.add_route("/ui/login", LoginResource(ui))
     app.add_route("/ui/logout", LogoutResource(ui))

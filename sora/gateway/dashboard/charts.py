@@ -90,13 +90,14 @@ def chart(series: list[dict], metric: str, key: str, heading: str, unit: str, ki
              '</title>']
     # Grid and y labels: 0, half, top.
     for fraction in (0.0, 0.5, 1.0):
+        if kind == "bars" and (top * fraction) % 1:
+            continue   # counts are whole: no "0.5 calls" line
         y = y_of(top * fraction)
         parts.append(f'<line class="grid" x1="{LEFT}" y1="{y:.1f}" x2="{WIDTH - RIGHT}" '
                      f'y2="{y:.1f}"/>')
         parts.append(f'<text class="y-label" x="{LEFT - 6}" y="{y + 4:.1f}" '
-                     f'text-anchor="end">{escape(_number(top * fraction))}</text>')
-    parts.append(f'<text class="unit" x="4" y="{TOP + 4}" text-anchor="start">'
-                 f'{escape(unit)}</text>')
+                     f'text-anchor="end">{escape(_number(top * fraction))}'
+                     f'{" ms" if unit == "ms" and fraction else ""}</text>')
     # X labels: the start, the middle and the end of the range, in UTC.
     start = until - span
     for fraction, anchor in ((0.0, "start"), (0.5, "middle"), (1.0, "end")):

@@ -8,13 +8,18 @@ sora.store.stats (one grouped query each, not a scan per function).
 """
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import json
 import logging
+import os
+import threading
 import time
 
 from ...config import FUNCTION_NAME_RE
 from ...messaging.client import BrokerTimeout
-from ...store import queue, records
+from ...store import queue, records, stats
+from ...store.db import connect
 from ...triggers import listing
 from ...versions.aliases import AliasStore
 from ...versions.store import VersionStore
@@ -22,11 +27,6 @@ from ..requests import request_id_of
 from ..triggers_api import ServiceDown
 from . import charts
 from .session import render, require_session
-
-try:   # E's queries (p19-stats); the pages show dashes until they are merged
-    from ...store import stats
-except ImportError:   # pragma: no cover - only before the merge
-    stats = None
 
 log = logging.getLogger("sora.gateway.dashboard")
 
@@ -39,12 +39,31 @@ TRIGGER_WAIT = 1.0           # the trigger service answers in milliseconds; a pa
 MAX_REQUEST_ID = 200
 
 
-def _summary(conn, since: float) -> dict:
-    return stats.summary(conn, since) if stats is not None else {}
+class StatsThread:
+    """Runs the pages' figure queries (sora.store.stats) in one thread of the gateway process,
+    with that thread's own connection to the records store: a day's series of a busy function
+    takes tens of milliseconds, which the event loop serving invocations must not wait for.
+    Made on first use after the fork."""
 
+    def __init__(self, state_dir: str):
+        self.state_dir = state_dir
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pid = -1
+        self._local = threading.local()
 
-def _series(conn, name: str, since: float, until: float, buckets: int) -> list[dict]:
-    return stats.series(conn, name, since, until, buckets) if stats is not None else []
+    def _call(self, query, args):
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = connect(self.state_dir)
+        return query(conn, *args)
+
+    async def run(self, query, *args):
+        """query(conn, *args) in the thread."""
+        if self._pid != os.getpid():
+            self._pool = concurrent.futures.ThreadPoolExecutor(1, "sora-ui-stats")
+            self._pid = os.getpid()
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._call, query,
+                                                                args)
 
 
 def instances_of(info: dict) -> str:
@@ -87,8 +106,9 @@ def trigger_summary(entry: dict) -> dict:
 class _Page:
     auth_scope = "public"   # the session is checked here (session.py), not by API key
 
-    def __init__(self, ctx):
+    def __init__(self, ctx, figures: StatsThread | None = None):
         self.ctx = ctx
+        self.figures = figures or StatsThread(ctx.config.stateDir)
 
     async def status(self, req) -> dict | None:
         """The supervisor's STATUS (None when the control plane does not answer)."""
@@ -133,7 +153,7 @@ class FunctionsPage(_Page):
         functions = (health or {}).get("functions") or {}
         names = sorted(functions)
         now = time.time()
-        summary = _summary(self.ctx.store.conn, now - HOUR)
+        summary = await self.figures.run(stats.summary, now - HOUR)
         counts = queue.counts(self.ctx.store.queue)
         triggers = await self.trigger_entries(names)
         rows = []
@@ -186,7 +206,7 @@ class FunctionPage(_Page):
         span = _range(req)
         seconds, buckets = RANGES[span]
         now = time.time()
-        series = _series(conn, name, now - seconds, now, buckets)
+        series = await self.figures.run(stats.series, name, now - seconds, now, buckets)
         health = await self.status(req)
         info = ((health or {}).get("functions") or {}).get(name) or {}
         fn = self.ctx.table.get(name)

@@ -57,9 +57,18 @@ SECURITY_HEADERS = {
                                 "img-src 'self' data:; frame-ancestors 'none'; "
                                 "form-action 'self'"),
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # `same-origin`, not `no-referrer`: under no-referrer Chromium sends `Origin: null` on a
+    # page's own form posts, and over plain HTTP to a non-local address no Sec-Fetch-Site
+    # either, so the Origin check could not tell them from a foreign page's. Other sites
+    # still get no referrer.
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
     "X-Frame-Options": "DENY",
+    # A window another page opens on the dashboard gets no handle to it (not even a page of
+    # this origin: a function URL's HTML is served from it too), and no other site may load
+    # its answers as resources.
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
 }
 
 
@@ -269,14 +278,22 @@ def csrf_token(session: Session) -> str:
 
 def same_origin(req) -> bool:
     """Whether the request's `Origin` (when it sends one) is this host as the client reached
-    it (its Host header): a browser sends Origin with every POST."""
+    it (its Host header, host and port): a browser sends Origin with every POST. The scheme
+    is not compared: behind a proxy that ends TLS the page is https and the gateway sees
+    http, and no other site can be served from this host and port."""
     origin = req.get_header("Origin")
     if origin is None:
         return True
+    if origin == "null":
+        # A document of opaque origin (a sandboxed frame, a data: page), or a page of ours
+        # under a no-referrer policy: Chromium sends `Origin: null` on the latter's own form
+        # posts. The browser's Sec-Fetch-Site, which no page can set, tells a same-origin
+        # post apart; a null Origin from anywhere else is refused.
+        return req.get_header("Sec-Fetch-Site") == "same-origin"
     host = req.get_header("Host")
     parsed = urllib.parse.urlsplit(origin)
     return bool(host) and parsed.scheme in ("http", "https") and \
-        parsed.netloc.lower() == host.lower() and parsed.scheme == req.scheme
+        parsed.netloc.lower() == host.lower()
 
 
 def forbidden(message: str) -> falcon.HTTPForbidden:
@@ -319,11 +336,13 @@ async def read_form(req, limit: int = 1 << 20) -> dict:
     """An application/x-www-form-urlencoded body as {name: value} (a repeated name: a list
     of its values). Another content type, a body over `limit`: 4xx."""
     content_type = (req.content_type or "").split(";")[0].strip().lower()
+    body = await read_body(req, limit, current().config.server.bodyTimeout)
     if content_type != "application/x-www-form-urlencoded":
+        if not body:
+            return {}   # no form at all: the CSRF check refuses it (403)
         raise falcon.HTTPUnsupportedMediaType(
             description="expected an application/x-www-form-urlencoded form",
             headers=SECURITY_HEADERS)
-    body = await read_body(req, limit, current().config.server.bodyTimeout)
     try:
         pairs = urllib.parse.parse_qsl(body.decode("utf-8"), keep_blank_values=True,
                                        strict_parsing=False, max_num_fields=10_000)
