@@ -154,6 +154,9 @@ class FakeStatusClient:
         self.health = health
 
     async def status(self, request_id):
+        if self.health is None:
+            from sora.messaging.client import BrokerTimeout
+            raise BrokerTimeout()
         return json.dumps(self.health).encode()
 
     def add_members_listener(self, listener):
@@ -179,9 +182,9 @@ def api(tmp_path):
         "busy": {"state": "RUNNING", "instances": 3, "busy": 2, "idle": 1, "starting": 0,
                  "queued": 4},
         "quiet": {"state": "FATAL", "reason": "no such file", "instances": 0}}}
-    app = create_app(load_host_config(str(tmp_path / "host-config.yaml")),
-                     FakeStatusClient(health))
-    return app, db.connect(str(tmp_path / "state"))
+    client = FakeStatusClient(health)
+    app = create_app(load_host_config(str(tmp_path / "host-config.yaml")), client)
+    return app, db.connect(str(tmp_path / "state")), client
 
 
 def get_stats(app, query="", key=ADMIN):
@@ -192,7 +195,7 @@ def get_stats(app, query="", key=ADMIN):
 
 def test_api_stats_merges_the_status_and_the_window_figures(api):
     import time
-    app, conn = api
+    app, conn, _ = api
     now = time.time()
     add(conn, [("busy", now - 10, 5.0, "ok", True), ("busy", now - 20, 7.0, "error", False),
                ("busy", now - 7200, 9.0, "ok", False), ("gone", now - 5, 1.0, "ok", False)])
@@ -218,7 +221,7 @@ def test_api_stats_refuses_a_window_out_of_range(api, window):
 
 
 def test_api_stats_is_admin_only(api):
-    app, _ = api
+    app, _, _ = api
     assert get_stats(app, key=None).status_code == 401
     assert get_stats(app, key=INVOKER).status_code == 403
 
@@ -228,3 +231,10 @@ def test_functions_lists_each_name_once_in_order(conn):
     add(conn, [("b", T0, 1.0, "ok", False), ("a", T0, 1.0, "ok", False),
                ("b", T0 + 1, 1.0, "ok", False), ("a-b", T0, 1.0, "ok", False)])
     assert stats.functions(conn) == ["a", "a-b", "b"]
+
+
+def test_api_stats_without_the_control_plane_is_503(api):
+    app, _, client = api
+    client.health = None   # no answer in time
+    answer = get_stats(app)
+    assert answer.status_code == 503 and answer.json["errorType"] == "Sora.BrokerUnavailable"
