@@ -84,13 +84,17 @@ class StatsResource:
         window = _window(req)
         until = time.time()
         since = until - window
+        # Summed while the control plane is asked: the answer waits for the slower only.
         figures = asyncio.ensure_future(self.reader.summary(since, until))
+        health = None
         try:
             health = json.loads(await self.client.status(request_id_of(req).encode()))
         except BrokerTimeout:
-            figures.cancel()
             raise SoraError(503, "Sora.BrokerUnavailable",
                             "The supervisor's control plane did not answer") from None
+        finally:
+            if health is None:   # no answer to give: nothing waits for the figures
+                figures.cancel()
         counts = queue.counts(self.store.queue)
         summed = await figures
         functions = {}

@@ -9,19 +9,44 @@ ceil(p/100 * n)-th smallest of n, so p50 and p99 are durations some call really 
 Each function's rows come from the covering index `invocations_by_function_start` (function,
 start, duration_ms, status, cold; sora.store.db), never from the table: a day of 100,000
 records is summed in ~0.1 s, an hour in a few ms (bench/dashboard.py), and the functions are
-found by one index seek each. Sorting the durations
-in Python measured faster than SQLite's window functions (ROW_NUMBER() OVER ...) here.
+found by one index seek each. Sorting the durations in Python measured faster than SQLite's
+window functions (ROW_NUMBER() OVER ...) or ORDER BY ... LIMIT 1 OFFSET k per percentile.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import sqlite3
 import time
 
 PERCENTILES = (50, 99)
 
-_ROWS = ("SELECT start, duration_ms, status, cold FROM invocations "
-         "WHERE function = ? AND start >= ? AND start < ?")
+_WINDOW = "FROM invocations WHERE function = ? AND start >= ? AND start < ?"
+_COUNTS = f"SELECT COUNT(*), SUM(status != 'ok'), SUM(cold != 0) {_WINDOW}"
+_DURATIONS = f"SELECT duration_ms {_WINDOW}"
+_ROWS = f"SELECT start, duration_ms, status, cold {_WINDOW}"
+
+
+def _plain(conn: sqlite3.Connection) -> sqlite3.Cursor:
+    """A cursor giving tuples: the store's connections make sqlite3.Row objects, which cost
+    more than the rest of a summary's work per row."""
+    cursor = conn.cursor()
+    cursor.row_factory = None
+    return cursor
+
+
+@contextlib.contextmanager
+def _snapshot(conn: sqlite3.Connection):
+    """One read transaction over the queries of a summary (WAL: the recorder's commits go on
+    meanwhile), so a function's counts and durations are of the same records."""
+    if conn.in_transaction:
+        yield
+        return
+    conn.execute("BEGIN")
+    try:
+        yield
+    finally:
+        conn.execute("COMMIT")
 
 
 def _figures(durations: list[float], errors: int, cold: int) -> dict:
@@ -56,11 +81,17 @@ def summary(conn: sqlite3.Connection, since: float,
     records in the window appear, by name; `until` None is now."""
     if until is None:
         until = time.time()
+    cursor = _plain(conn)
     result = {}
-    for function in functions(conn):
-        durations, errors, cold = _group(conn.execute(_ROWS, (function, since, until)))
-        if durations:
-            result[function] = _figures(durations, errors, cold)
+    # Counted by SQLite, then only the durations fetched (in CPU time: 55 ms for a day of
+    # 100,000 records against 95 ms fetching status and cold too and counting in Python).
+    with _snapshot(conn):
+        for function in functions(conn):
+            args = (function, since, until)
+            calls, errors, cold = cursor.execute(_COUNTS, args).fetchone()
+            if calls:
+                durations = [row[0] for row in cursor.execute(_DURATIONS, args)]
+                result[function] = _figures(durations, errors, cold)
     return result
 
 
@@ -85,7 +116,7 @@ def series(conn: sqlite3.Connection, function: str, since: float, until: float,
                          f"buckets over [{since}, {until})")
     width = (until - since) / buckets
     grouped: list[list] = [[] for _ in range(buckets)]
-    for row in conn.execute(_ROWS, (function, since, until)):
+    for row in _plain(conn).execute(_ROWS, (function, since, until)):
         # min(): a start just below `until` may round up to `buckets` in float division.
         grouped[min(int((row[0] - since) / width), buckets - 1)].append(row)
     return [{"start": since + i * width, **_figures(*_group(rows))}

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration import functions as F
-from tests.support import served, wait_for, write_function
+from tests.support import SoraHost, wait_for, write_function
 
 pytestmark = pytest.mark.integration
 
@@ -23,17 +23,36 @@ INVOKER = "stats-invoke-key-0123456789"
 SORA = [str(Path(sys.executable).parent / "sora")]
 
 
+# A function whose load error (its FATAL reason, which `sora top` prints) is made of terminal
+# escapes: set the clipboard (OSC 52), clear the screen.
+HOSTILE = r"""
+throw new Error('\u001b]52;c;ZXZpbA==\u0007\u001b[2J\u001b[Hpwned');
+"""
+
+
 @pytest.fixture(scope="module")
 def host(tmp_path_factory):
     base = tmp_path_factory.mktemp("stats")
     fns = base / "fns"
     dirs = [write_function(fns, "tagged", {"index.js": F.TAGGED_PRINTER}, name="tagged",
                            eventInvoke={"maximumRetryAttempts": 0}),
-            write_function(fns, "idle", {"index.js": F.TAGGED_PRINTER}, name="idle")]
+            write_function(fns, "idle", {"index.js": F.TAGGED_PRINTER}, name="idle"),
+            write_function(fns, "hostile", {"index.js": HOSTILE}, name="hostile")]
     keys = {"auth": {"apiKeys": [{"name": "ops", "key": ADMIN, "scopes": ["admin"]},
                                  {"name": "app", "key": INVOKER,
                                   "scopes": ["invoke:tagged"]}]}}
-    yield from served(base, dirs, https=False, extra=keys, api_key=ADMIN)
+    host = SoraHost(base, dirs, https=False, extra=keys, api_key=ADMIN)
+    host.start(wait_functions=["tagged", "idle"])
+    yield host
+    assert host.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def hostile_fatal(host):
+    return wait_for(lambda: (h := host.health()) and
+                    h["functions"]["hostile"]["state"] == "FATAL" and
+                    "pwned" in h["functions"]["hostile"].get("reason", "") and h,
+                    timeout=60, what="hostile to go FATAL")
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +124,16 @@ def test_sora_top_once_and_json(host, called):
     assert refused.returncode == 1 and "Sora.Forbidden" in refused.stderr
 
 
-def test_sora_top_live_in_a_terminal_quits_on_q(host, called):
+def test_a_functions_escapes_never_reach_the_terminal(host, hostile_fatal):
+    once = sora("top", "--once", "--host", host.url, "--api-key", ADMIN)
+    assert once.returncode == 0, once.stderr
+    assert "\x1b" not in once.stdout and "\x07" not in once.stdout
+    assert "hostile: " in once.stdout and "\\x1b]52;c;ZXZpbA==\\x07" in once.stdout
+    item = host.session.get(f"{host.url}/api/stats", timeout=10).json()["functions"]["hostile"]
+    assert item["state"] == "FATAL" and item["calls"] == 0
+
+
+def test_sora_top_live_in_a_terminal_quits_on_q(host, called, hostile_fatal):
     master, slave = pty.openpty()
     proc = subprocess.Popen([*SORA, "top", "--host", host.url, "--api-key", ADMIN,
                              "--interval", "0.5"], stdin=slave, stdout=slave, stderr=slave,
@@ -126,6 +154,8 @@ def test_sora_top_live_in_a_terminal_quits_on_q(host, called):
             except OSError:   # the terminal's last process is gone
                 break
         assert seen.startswith(b"\x1b[?1049h") and seen.endswith(b"\x1b[?25h\x1b[?1049l")
+        # The hostile reason's escapes are shown as text (cut to the terminal's width).
+        assert b"hostile: " in seen and b"\x1b]52" not in seen and b"\x1b[2J" not in seen
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -108,10 +108,21 @@ def test_a_function_named_like_sql_is_only_a_name(conn):
     assert set(stats.summary(conn, T0, T0 + 1)) == {name, "other"}
 
 
-def test_queries_read_the_covering_index_only(conn):
-    plan = " ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + stats._ROWS,
+@pytest.mark.parametrize("query", [stats._ROWS, stats._COUNTS, stats._DURATIONS])
+def test_queries_read_the_covering_index_only(conn, query):
+    plan = " ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + query,
                                                    ("a", 0, 1)))
     assert "COVERING INDEX invocations_by_function_start" in plan
+
+
+def test_summary_leaves_no_transaction_open_nor_closes_the_callers(conn):
+    add(conn, [("a", T0, 1.0, "ok", False)])
+    stats.summary(conn, T0, T0 + 1)
+    assert not conn.in_transaction
+    conn.execute("BEGIN")
+    assert stats.summary(conn, T0, T0 + 1)["a"]["calls"] == 1
+    assert conn.in_transaction
+    conn.execute("COMMIT")
 
 
 def test_an_older_store_gets_the_index_when_opened(tmp_path):
@@ -143,6 +154,9 @@ class FakeStatusClient:
         self.health = health
 
     async def status(self, request_id):
+        if self.health is None:
+            from sora.messaging.client import BrokerTimeout
+            raise BrokerTimeout()
         return json.dumps(self.health).encode()
 
     def add_members_listener(self, listener):
@@ -168,9 +182,9 @@ def api(tmp_path):
         "busy": {"state": "RUNNING", "instances": 3, "busy": 2, "idle": 1, "starting": 0,
                  "queued": 4},
         "quiet": {"state": "FATAL", "reason": "no such file", "instances": 0}}}
-    app = create_app(load_host_config(str(tmp_path / "host-config.yaml")),
-                     FakeStatusClient(health))
-    return app, db.connect(str(tmp_path / "state"))
+    client = FakeStatusClient(health)
+    app = create_app(load_host_config(str(tmp_path / "host-config.yaml")), client)
+    return app, db.connect(str(tmp_path / "state")), client
 
 
 def get_stats(app, query="", key=ADMIN):
@@ -181,7 +195,7 @@ def get_stats(app, query="", key=ADMIN):
 
 def test_api_stats_merges_the_status_and_the_window_figures(api):
     import time
-    app, conn = api
+    app, conn, _ = api
     now = time.time()
     add(conn, [("busy", now - 10, 5.0, "ok", True), ("busy", now - 20, 7.0, "error", False),
                ("busy", now - 7200, 9.0, "ok", False), ("gone", now - 5, 1.0, "ok", False)])
@@ -207,7 +221,7 @@ def test_api_stats_refuses_a_window_out_of_range(api, window):
 
 
 def test_api_stats_is_admin_only(api):
-    app, _ = api
+    app, _, _ = api
     assert get_stats(app, key=None).status_code == 401
     assert get_stats(app, key=INVOKER).status_code == 403
 
@@ -217,3 +231,10 @@ def test_functions_lists_each_name_once_in_order(conn):
     add(conn, [("b", T0, 1.0, "ok", False), ("a", T0, 1.0, "ok", False),
                ("b", T0 + 1, 1.0, "ok", False), ("a-b", T0, 1.0, "ok", False)])
     assert stats.functions(conn) == ["a", "a-b", "b"]
+
+
+def test_api_stats_without_the_control_plane_is_503(api):
+    app, _, client = api
+    client.health = None   # no answer in time
+    answer = get_stats(app)
+    assert answer.status_code == 503 and answer.json["errorType"] == "Sora.BrokerUnavailable"
