@@ -308,6 +308,9 @@ SERVER_SETTINGS = _settings(
             "the function and the host wrote it (for development: `examples/` sets it). The "
             "Invoke API keeps Lambda's error payload whatever this says. Logs and `/healthz` "
             "keep every detail."),
+    Setting("metrics", _bool, True, "`GET /metrics` in the Prometheus text format (an admin "
+            "key or one with scope `metrics`; open on a host without keys). `false` turns it "
+            "off: the route answers 404 and nothing is counted."),
 )
 
 HOST_SETTINGS = _settings(
@@ -341,8 +344,9 @@ HOST_SETTINGS = _settings(
 AUTH_SETTINGS = _settings(
     Setting("apiKeys", _mapping_list, [], "The keys, each `{name, scopes, key | keyFile | "
             "keyEnv}`: `name` is what logs show (never the key); `scopes` a list of "
-            "`invoke` (every function), `invoke:<function>`, and `admin` (the records, logs, "
-            "dead-letter and health-detail routes, and every function); the key itself given "
+            "`invoke` (every function), `invoke:<function>`, `metrics` (`GET /metrics` only) "
+            "and `admin` (the records, logs, dead-letter and health-detail routes, /metrics, "
+            "and every function); the key itself given "
             "inline (`key`), in a file (`keyFile`, relative to this file) or in a host "
             "environment variable (`keyEnv`). Callers send it as `Authorization: Bearer <key>` "
             "or `X-Api-Key: <key>`, or sign with AWS Signature Version 4 as the AWS SDKs and "
@@ -406,7 +410,8 @@ MANAGED_SETTINGS = _settings(
 )
 
 # `invoke:<function>` names a function by the one function-name pattern.
-API_KEY_SCOPE_RE = re.compile(r"^(admin|invoke|invoke:" + FUNCTION_NAME_RE.pattern[1:-1] + r")$")
+API_KEY_SCOPE_RE = re.compile(r"^(admin|metrics|invoke|invoke:" +
+                              FUNCTION_NAME_RE.pattern[1:-1] + r")$")
 MIN_API_KEY_LENGTH = 16
 
 LIMITS_SETTINGS = _settings(
@@ -1027,6 +1032,7 @@ class ServerConfig:
     bodyTimeout: float = 30.0
     maxEventBytes: int = SERVER_SETTINGS["maxEventBytes"].default
     errorDetail: str = SERVER_SETTINGS["errorDetail"].default
+    metrics: bool = SERVER_SETTINGS["metrics"].default
 
 
 @dataclass(frozen=True)
@@ -1064,6 +1070,8 @@ class ApiKey:
             return True
         if scope == "invoke":
             return "invoke" in self.scopes or f"invoke:{function}" in self.scopes
+        if scope == "metrics":   # GET /metrics: a scraper's key needs nothing else
+            return "metrics" in self.scopes
         return False
 
 
@@ -1540,8 +1548,9 @@ def _api_keys(base: str, entries: list[dict], problems: list[str]) -> tuple[ApiK
         scopes = entry.get("scopes")
         if not isinstance(scopes, list) or not scopes or not all(
                 isinstance(sc, str) and API_KEY_SCOPE_RE.match(sc) for sc in scopes):
-            problems.append(f"{where}.scopes: expected a non-empty list of 'admin', 'invoke' "
-                            f"or 'invoke:<function name>', got {_show(scopes)}")
+            problems.append(f"{where}.scopes: expected a non-empty list of 'admin', "
+                            f"'metrics', 'invoke' or 'invoke:<function name>', got "
+                            f"{_show(scopes)}")
             continue
         sources = [k for k in ("key", "keyFile", "keyEnv") if entry.get(k) is not None]
         if len(sources) != 1:
