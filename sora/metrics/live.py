@@ -77,7 +77,8 @@ class LiveCollector:
 
         events = GaugeMetricFamily("sora_async_events", "Asynchronous events by state "
                                    "(queue.db).", labels=["function", "state"])
-        summed: dict[str, dict[str, float]] = {}
+        # Every function has its series (0 with no events), so a dashboard sees it from the start.
+        summed = {label: dict.fromkeys(EVENT_STATES, 0.0) for label in figures}
         for key, states in self.snapshot.events.items():
             per = summed.setdefault(function_label(key), dict.fromkeys(EVENT_STATES, 0.0))
             for state in EVENT_STATES:
