@@ -124,7 +124,9 @@ def _config_problem(name: str, config) -> str:
 
 
 def _number(value, kind, default):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+    # Not finite: JSON's 1e999 is inf, which int() cannot take.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or \
+            not math.isfinite(value):
         return default
     return kind(value)
 
