@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+from concurrent.futures import ThreadPoolExecutor
 
 import psutil
 import pytest
@@ -28,11 +29,21 @@ exports.handler = async (event) => {
 };
 """
 
+SLOW = """
+exports.handler = async () => {
+  await new Promise((resolve) => setTimeout(resolve, 400));
+  return { statusCode: 200, body: 'ok' };
+};
+"""
+
 
 @pytest.fixture(scope="module")
 def host(tmp_path_factory):
     base = tmp_path_factory.mktemp("metrics")
-    dirs = [write_function(base / "fns", "flaky", {"index.js": FLAKY}, name="flaky")]
+    dirs = [write_function(base / "fns", "flaky", {"index.js": FLAKY}, name="flaky"),
+            # One call at a time and none waiting: the others are refused (throttled).
+            write_function(base / "fns", "narrow", {"index.js": SLOW}, name="narrow",
+                           maxInstances=1, concurrency=1, maxQueued=0, timeout=1)]
     yield from served(base, dirs, https=False, api_key=ADMIN,
                       server={"gatewayWorkers": 2}, extra={"auth": {"apiKeys": [
                           {"name": "ops", "key": ADMIN, "scopes": ["admin"]},
@@ -57,8 +68,8 @@ def samples(text: str) -> dict[tuple, float]:
     return out
 
 
-def invocations(text: str, status: str) -> float:
-    key = ("sora_invocations_total", (("function", "flaky"), ("status", status),
+def invocations(text: str, status: str, function: str = "flaky") -> float:
+    key = ("sora_invocations_total", (("function", function), ("status", status),
                                       ("trigger", "http"), ("version", "$LATEST")))
     return samples(text).get(key, 0.0)
 
@@ -121,8 +132,32 @@ def test_counts_match_the_calls_across_gateway_workers_and_restarts(host):
     text = counted(host, 27, 9)
     assert http_count(text) == 36
     assert metric_files(host) == files
+    # The recorder too: what it had not committed is resent to the new one, counted once.
+    recorder = host.health()["recorder"]["pid"]
+    os.kill(recorder, signal.SIGKILL)
+    codes = [call(host) for _ in range(5)]
+    wait_for(lambda: (r := host.health()["recorder"])["state"] == "RUNNING" and
+             r["pid"] != recorder, what="a new recorder")
+    text = counted(host, 32, 9)
+    assert metric_files(host) == files
     # Counts stay put (nothing counted twice by a late resend).
-    assert invocations(scrape(host), "ok") == 27
+    assert invocations(scrape(host), "ok") == 32
+
+
+def test_throttled_calls_are_counted_by_the_gateway(host):
+    def one(_):
+        return requests.get(host.url + "/functions/narrow", timeout=30,
+                            headers={"Authorization": f"Bearer {INVOKE}"}).status_code
+    # 10 calls of 0.4 s at once, run one at a time: those not run in time are refused, 429
+    # (its queue full) or 503 (no instance within its timeout, 1 s), and never recorded.
+    with ThreadPoolExecutor(10) as pool:
+        codes = list(pool.map(one, range(10)))
+    refused = codes.count(429) + codes.count(503)
+    assert refused >= 1 and codes.count(200) + refused == 10, codes
+    wait_for(lambda: (t := scrape(host)) and
+             invocations(t, "throttled", "narrow") == refused and
+             invocations(t, "ok", "narrow") == 10 - refused, timeout=20,
+             what=f"{refused} throttled calls counted")
 
 
 def test_live_figures(host):
