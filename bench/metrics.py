@@ -9,7 +9,8 @@ rounds run, /metrics of the host that has it is scraped every `--scrape-interval
 Prometheus would (a scrape merges every slot's files and asks the supervisor for its status),
 and the scrape's own time is reported. First, in this process, what counting costs by itself
 (machine load hardly moves it, unlike the wrk figures): the gateway's ASGI wrapper per request
-and the recorder's counting per record, against the multiprocess files of a slot. Run with `make bench-metrics`, or:
+and the recorder's counting per record, against the multiprocess files of a slot. Run with
+`make bench-metrics`, or:
 
     .venv/bin/python bench/metrics.py [--rounds 5] [--duration 5] [--gateway-workers N]
 """
