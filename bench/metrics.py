@@ -12,7 +12,7 @@ and the scrape's own time is reported. First, in this process, what counting cos
 and the recorder's counting per record, against the multiprocess files of a slot. Run with
 `make bench-metrics`, or:
 
-    .venv/bin/python bench/metrics.py [--rounds 5] [--duration 5] [--gateway-workers N]
+    .venv/bin/python bench/metrics.py [--rounds 6] [--duration 5] [--gateway-workers N]
 """
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ from pathlib import Path
 
 from sora.config import default_gateway_workers
 
-from common import HELLO, copy_function, free_port, median, run_rounds, start_host, stop
+from common import (HELLO, copy_function, free_port, measure, median, start_host, stop,
+                    wait_http, wrk)
 
 ON, OFF = "metrics on", "metrics off"
 
@@ -96,10 +97,25 @@ def counting_cost(folder: str, n: int = 200_000) -> dict:
     return {"wrapper_us": counted_us - bare_us, "record_us": record_us}
 
 
+def alternating_rounds(urls: dict[str, str], rounds: int, duration: int) -> dict:
+    """Warm both up, then measure them in rounds whose order alternates (on, off; off, on;
+    ...): whichever goes first in a round is not always the same host."""
+    results: dict[str, list[dict]] = {name: [] for name in urls}
+    for url in urls.values():
+        wait_http(url)
+        wrk(url, 64, 3, 2)   # warm-up: JIT; the worker learns the function is fast
+    names = list(urls)
+    for i in range(rounds):
+        print(f"round {i + 1}/{rounds}", flush=True)
+        for name in (names if i % 2 == 0 else names[::-1]):
+            results[name].append(measure(name, urls[name], duration))
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=5, help="seconds per measurement")
-    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (median)")
+    parser.add_argument("--rounds", type=int, default=6, help="alternating rounds (median)")
     parser.add_argument("--gateway-workers", type=int, default=default_gateway_workers())
     parser.add_argument("--scrape-interval", type=float, default=5.0,
                         help="seconds between scrapes of /metrics during the rounds (0: none)")
@@ -129,7 +145,7 @@ def main() -> int:
             scraper = Scraper(f"http://127.0.0.1:{ports[ON]}/metrics", args.scrape_interval)
             scraper.start()
         try:
-            results = run_rounds(urls, [], args.rounds, args.duration)
+            results = alternating_rounds(urls, args.rounds, args.duration)
         finally:
             if scraper is not None:   # before the hosts stop: no scrape of a stopping host
                 scraper.done.set()

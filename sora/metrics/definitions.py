@@ -22,6 +22,7 @@ STATUSES = ("ok", "error", "timeout", "crashed", "throttled")
 TRIGGERS = ("http", "invoke", "event", "schedule", "file")
 VERSION_RE = re.compile(r"^(\$LATEST|[0-9]{1,9})$")
 OTHER = "other"
+CHILDREN_MAX = 10_000   # label children cached by raw values (beyond: looked up each time)
 
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                     10.0, 30.0, 60.0, 300.0, 900.0)
@@ -93,23 +94,35 @@ class SoraMetrics:
         self.http_requests = Counter(
             "sora_http_requests", "HTTP requests the gateway answered, by route template and "
             "status code.", ["route", "code"], registry=None)
+        # Label children by their raw values: a dict lookup per count rather than labels()'
+        # checks and the label functions; at most CHILDREN_MAX raw keys are kept.
         self._http_children: dict[tuple[str, int], object] = {}
+        self._record_children: dict[tuple, tuple] = {}
 
     def count_records(self, records: list[tuple]) -> None:
         """Count committed invocation records, as sora.store.recorder.parse makes them:
         (request id, function, version, trigger, start, duration ms, status, error type,
         cold, error message, max memory MB, init duration ms)."""
+        children = self._record_children
         for record in records:
-            function = function_label(record[1])
-            self.invocations.labels(function, version_label(record[2]),
-                                    trigger_label(record[3]),
-                                    status_label(record[6])).inc()
-            self.duration.labels(function).observe(max(0.0, record[5]) / 1000)
+            key = (record[1], record[2], record[3], record[6])
+            found = children.get(key)
+            if found is None:
+                function = function_label(record[1])
+                found = (self.invocations.labels(function, version_label(record[2]),
+                                                 trigger_label(record[3]),
+                                                 status_label(record[6])),
+                         self.duration.labels(function), self.cold_starts.labels(function),
+                         self.init_duration.labels(function))
+                if len(children) < CHILDREN_MAX:
+                    children[key] = found
+            found[0].inc()
+            found[1].observe(max(0.0, record[5]) / 1000)
             if record[8]:
-                self.cold_starts.labels(function).inc()
+                found[2].inc()
             init_ms = record[11] if len(record) > 11 else None
             if init_ms is not None:
-                self.init_duration.labels(function).observe(max(0.0, init_ms) / 1000)
+                found[3].observe(max(0.0, init_ms) / 1000)
 
     def count_throttled(self, key: str, trigger: str) -> None:
         """A call refused before it ran (its function's queue full, or no instance freed up

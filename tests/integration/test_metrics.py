@@ -194,9 +194,17 @@ def test_a_callers_path_cannot_inject_into_the_exposition(host):
                      timeout=10)
     assert r.status_code in (400, 404)
     requests.get(host.url + '/nowhere%22%0Asora_injected%201', timeout=10)
+    # Names and qualifiers a caller makes up grow no series: only what ran is counted.
+    invoke = {"Authorization": f"Bearer {INVOKE}"}
+    for i in range(10):
+        requests.get(f"{host.url}/functions/made-up-{i}", headers=invoke, timeout=10)
+        requests.post(f"{host.url}/2015-03-31/functions/flaky:{i + 7}/invocations",
+                      headers=invoke, data="{}", timeout=10)
     text = scrape(host)
     assert "sora_injected" not in text
-    samples(text)   # still well formed
+    counted_labels = {(dict(labels)["function"], dict(labels)["version"])
+                      for name, labels in samples(text) if name == "sora_invocations_total"}
+    assert counted_labels <= {("flaky", "$LATEST"), ("narrow", "$LATEST")}, counted_labels
     routes = {dict(labels).get("route") for name, labels in samples(text)
               if name == "sora_http_requests_total"}
     assert routes <= {"/functions/{name}", "/metrics", "/healthz", "/api/...", "other",
