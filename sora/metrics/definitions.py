@@ -131,9 +131,9 @@ class SoraMetrics:
         self.invocations.labels(function_label(name), version_label(qualifier or "$LATEST"),
                                 trigger_label(trigger), "throttled").inc()
 
-    def count_http(self, route: str, code: int) -> None:
+    def count_http(self, route: str, code: int, n: int = 1) -> None:
         child = self._http_children.get((route, code))
         if child is None:
             child = self._http_children[(route, code)] = \
                 self.http_requests.labels(route, str(code))
-        child.inc()
+        child.inc(n)

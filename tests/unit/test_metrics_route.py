@@ -99,6 +99,7 @@ def test_counted_app_counts_each_response_by_route_and_code(tmp_path):
     assert client.simulate_get("/functions/known").status_code == 200
     assert client.simulate_get("/nowhere").status_code == 404
     assert client.simulate_get("/functions/known/x").status_code == 200
+    app.flush()   # written once a second by the event loop, or at exit
     counts = {tuple(s.labels.values()): s.value for m in metrics.http_requests.collect()
               for s in m.samples if s.name.endswith("_total")}
     assert counts[("/functions/{name}", "200")] == 2
