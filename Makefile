@@ -10,7 +10,7 @@ CERT := examples/certs/cert.pem
 API_KEY := examples/certs/api-key
 JS_SDK := tests/sdk/node_modules/.installed-stamp
 
-.PHONY: run test browser-deps bench bench-floor bench-runtimes bench-events bench-scaling bench-hosts bench-reload bench-triggers bench-dashboard check system-deps clean
+.PHONY: run test browser-deps bench bench-floor bench-runtimes bench-events bench-scaling bench-hosts bench-reload bench-triggers bench-dashboard bench-metrics check system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -131,6 +131,11 @@ bench-triggers: system-deps $(STAMP)
 # over 20 loads of each page).
 bench-dashboard: system-deps $(STAMP)
 	$(BIN)/python bench/dashboard.py
+
+# What metrics cost on the invocation path: server.metrics true and false, same run.
+bench-metrics: system-deps $(STAMP)
+	@command -v wrk >/dev/null || { $(call apt_install,wrk); }
+	$(BIN)/python bench/metrics.py
 
 clean:
 	rm -rf $(VENV) examples/.sora examples/certs examples/*/node_modules examples/*/.venv \

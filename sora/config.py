@@ -311,6 +311,9 @@ SERVER_SETTINGS = _settings(
     Setting("dashboard", _bool, True, "The web dashboard at `/ui/` (server-rendered pages; "
             "on a host with API keys, a login with an admin key). `false` leaves its routes "
             "out: `/ui/` is then a 404."),
+    Setting("metrics", _bool, True, "`GET /metrics` in the Prometheus text format (an admin "
+            "key or one with scope `metrics`; open on a host without keys). `false` turns it "
+            "off: the route answers 404 and nothing is counted."),
 )
 
 HOST_SETTINGS = _settings(
@@ -344,8 +347,9 @@ HOST_SETTINGS = _settings(
 AUTH_SETTINGS = _settings(
     Setting("apiKeys", _mapping_list, [], "The keys, each `{name, scopes, key | keyFile | "
             "keyEnv}`: `name` is what logs show (never the key); `scopes` a list of "
-            "`invoke` (every function), `invoke:<function>`, and `admin` (the records, logs, "
-            "dead-letter and health-detail routes, and every function); the key itself given "
+            "`invoke` (every function), `invoke:<function>`, `metrics` (`GET /metrics` only) "
+            "and `admin` (the records, logs, dead-letter and health-detail routes, /metrics, "
+            "and every function); the key itself given "
             "inline (`key`), in a file (`keyFile`, relative to this file) or in a host "
             "environment variable (`keyEnv`). Callers send it as `Authorization: Bearer <key>` "
             "or `X-Api-Key: <key>`, or sign with AWS Signature Version 4 as the AWS SDKs and "
@@ -409,7 +413,8 @@ MANAGED_SETTINGS = _settings(
 )
 
 # `invoke:<function>` names a function by the one function-name pattern.
-API_KEY_SCOPE_RE = re.compile(r"^(admin|invoke|invoke:" + FUNCTION_NAME_RE.pattern[1:-1] + r")$")
+API_KEY_SCOPE_RE = re.compile(r"^(admin|metrics|invoke|invoke:" +
+                              FUNCTION_NAME_RE.pattern[1:-1] + r")$")
 MIN_API_KEY_LENGTH = 16
 
 LIMITS_SETTINGS = _settings(
@@ -1031,6 +1036,7 @@ class ServerConfig:
     maxEventBytes: int = SERVER_SETTINGS["maxEventBytes"].default
     errorDetail: str = SERVER_SETTINGS["errorDetail"].default
     dashboard: bool = SERVER_SETTINGS["dashboard"].default
+    metrics: bool = SERVER_SETTINGS["metrics"].default
 
 
 @dataclass(frozen=True)
@@ -1068,6 +1074,8 @@ class ApiKey:
             return True
         if scope == "invoke":
             return "invoke" in self.scopes or f"invoke:{function}" in self.scopes
+        if scope == "metrics":   # GET /metrics: a scraper's key needs nothing else
+            return "metrics" in self.scopes
         return False
 
 
@@ -1544,8 +1552,9 @@ def _api_keys(base: str, entries: list[dict], problems: list[str]) -> tuple[ApiK
         scopes = entry.get("scopes")
         if not isinstance(scopes, list) or not scopes or not all(
                 isinstance(sc, str) and API_KEY_SCOPE_RE.match(sc) for sc in scopes):
-            problems.append(f"{where}.scopes: expected a non-empty list of 'admin', 'invoke' "
-                            f"or 'invoke:<function name>', got {_show(scopes)}")
+            problems.append(f"{where}.scopes: expected a non-empty list of 'admin', "
+                            f"'metrics', 'invoke' or 'invoke:<function name>', got "
+                            f"{_show(scopes)}")
             continue
         sources = [k for k in ("key", "keyFile", "keyEnv") if entry.get(k) is not None]
         if len(sources) != 1:

@@ -29,7 +29,11 @@ The control plane (`control_endpoint`, a thread in the supervisor, no per-call w
         [READY, function, endpoint, instances]  its data endpoint is bound and its instances up
         [GROW, n]                           asks to start n more instances (autoscaling)
         [SHRINK, n]                         has stopped n idle instances
-        [HEARTBEAT, instances, held]        every interval; held: invocations running + waiting
+        [HEARTBEAT, instances, held, busy, idle, starting, queued]
+                                            every interval; held: invocations running +
+                                            waiting; busy/idle/starting: its instances by
+                                            state; queued: invocations waiting for one (what
+                                            /healthz, /api/functions and /metrics show)
         [DISCONNECT]                        it is stopping (a member until it has exited)
     control -> worker
         [GRANT, k]                          may start k (<= n) instances: the function's

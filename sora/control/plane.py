@@ -45,6 +45,8 @@ from .admin import AdminRequest
 log = logging.getLogger("sora.control")
 
 _HWM = 100_000
+# A function's live figures, summed over its workers from their heartbeats (status keys).
+FIGURES = ("busy", "idle", "starting", "queued")
 _plane_numbers = itertools.count()
 
 
@@ -56,6 +58,9 @@ class WorkerEntry:
     last_seen: float
     instances: int = 0   # running or starting, as granted (or reported at READY)
     held: int = 0        # invocations it holds, running or waiting (its last heartbeat)
+    # Its instances by state and the invocations waiting for one (its last heartbeat): what
+    # the status (so /healthz, /api/functions) and /metrics show per function.
+    figures: tuple[int, int, int, int] = (0, 0, 0, 0)   # busy, idle, starting, queued
     draining: bool = False   # it said DISCONNECT: it stops once it has answered what it holds
 
 
@@ -265,6 +270,7 @@ class ControlPlane(threading.Thread):
                          "state": states.get(name, {}).get("state"),
                          "instances": sum(w.instances for w in fe.workers),
                          "inFlight": sum(w.held for w in fe.workers),
+                         **_figures(fe.workers),
                          "workers": [self._local_worker(w) for w in fe.workers]}
             if name in self.configs:
                 out[name]["config"] = self.configs[name]
@@ -342,12 +348,16 @@ class ControlPlane(threading.Thread):
             elif identity in self.subscribers:
                 self.subscribers[identity] = now
             if cmd == p.HEARTBEAT:
-                if len(frames) == 4:   # a worker's: [HEARTBEAT, instances, held]
+                # A worker's: [HEARTBEAT, instances, held, busy, idle, starting, queued]
+                # (the four figures absent from a worker of an older Sora).
+                if len(frames) in (4, 8):
                     if worker is None:
                         # A worker we forgot (it fell silent, then came back): announce again.
                         self._send(identity, p.DISCONNECT)
                     else:
                         worker.held = _int(frames[3])
+                        if len(frames) == 8:
+                            worker.figures = tuple(_int(f) for f in frames[4:8])
                 elif identity not in self.subscribers:
                     self.subscribe(identity, now)   # a client the plane lost (it restarted)
             elif cmd == p.READY and len(frames) == 5:
@@ -493,6 +503,7 @@ class ControlPlane(threading.Thread):
                 continue
             info = functions.setdefault(name, {})
             info.update(load)
+            info.update(_figures(fe.workers))
             info["hosts"] = [self.host] if fe.workers else []
             if fe.workers:
                 here[name] = load
@@ -513,6 +524,8 @@ class ControlPlane(threading.Thread):
                 served[name] = load
                 for key in ("workers", "instances", "inFlight"):
                     info[key] = info.get(key, 0) + load[key]
+                for key in FIGURES:   # the host's own sums (sora.supervisor.hosts checks them)
+                    info[key] = info.get(key, 0) + _int(remote.get(key, 0))
                 info.setdefault("hosts", []).append(host)
                 if info.get("remote") and remote.get("state") == "RUNNING":
                     info["state"] = "RUNNING"
@@ -521,6 +534,9 @@ class ControlPlane(threading.Thread):
                            "lastHeard": heard.get(host, known.last_heard)
                            if known.state == "joined" else known.last_heard,
                            "functions": served}
+        for info in functions.values():   # every function shows them (0: nothing running)
+            for key in FIGURES:
+                info.setdefault(key, 0)
         return json.dumps({**self.status_snapshot, "functions": functions,
                            "versions": versions, "hosts": hosts}).encode()
 
@@ -602,6 +618,11 @@ def _int(frame) -> int:
         return int(frame)
     except (TypeError, ValueError):
         return 0
+
+
+def _figures(workers: list[WorkerEntry]) -> dict[str, int]:
+    """{"busy", "idle", "starting", "queued"} summed over a function's workers."""
+    return {key: sum(max(0, w.figures[i]) for w in workers) for i, key in enumerate(FIGURES)}
 
 
 def _remote_function(remote: dict) -> dict:

@@ -48,6 +48,7 @@ from ..config_snapshot import load_host_config_of_child
 from ..function_table import FunctionTable
 from ..messaging.client import InvocationClient, BrokerTimeout, BrokerUnavailable, host_keys
 from ..hotpath import quiet_gc
+from ..metrics import registry as metrics_registry
 from ..store import queue
 from ..store.records import TRIGGER_KINDS
 from ..store.db import connect_queue
@@ -68,6 +69,8 @@ NOT_READY_DELAY = 2.0        # the function is starting, backing off or failed
 NOT_TAKEN = {p.NO_CAPACITY: THROTTLED_DELAY, p.THROTTLED: THROTTLED_DELAY,
              p.UNAVAILABLE: NOT_READY_DELAY,
              p.NOT_FOUND: NOT_READY_DELAY}
+# Of those, a full queue or no instance in time: counted as `throttled` invocations.
+THROTTLING = (p.NO_CAPACITY, p.THROTTLED)
 # The worker holding the event was lost: it runs again elsewhere, not as a used-up attempt.
 WORKER_LOST_DELAY = 0.2
 # Answers that no retry can change.
@@ -89,6 +92,8 @@ def retry_delay(fn: FunctionConfig, attempts: int) -> float:
 
 
 class Dispatcher:
+    metrics = None   # its SoraMetrics once run() counts (server.metrics)
+
     def __init__(self, config: HostConfig, client: InvocationClient | None = None):
         self.config = config
         self.state_dir = config.stateDir
@@ -115,6 +120,8 @@ class Dispatcher:
         # may be lost by a power cut, never by a crash, and losing one only makes an event run
         # again; the events themselves were committed with FULL by the gateways.
         self.conn = connect_queue(self.state_dir, synchronous="NORMAL")
+        if self.config.server.metrics:   # its throttled events (sora.metrics.definitions)
+            self.metrics = metrics_registry.start(self.state_dir, "dispatcher")
         released = queue.release_leases(self.conn, time.time(), expired_only=False)
         if released:
             log.info("%d event(s) leased before a crash or stop are queued again", released)
@@ -256,6 +263,8 @@ class Dispatcher:
                             event.request_id, fn.name, message[:200])
                 queue.requeue(self.conn, event.id, due, attempt, counted=False)
         elif status in NOT_TAKEN:
+            if status in THROTTLING and self.metrics is not None:
+                self.metrics.count_throttled(event.function, meta_of(event).decode())
             due = now + NOT_TAKEN[status]
             if due > age_limit:
                 self._bury(event, "EventAgeExceeded", attempt)

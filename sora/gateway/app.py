@@ -31,6 +31,8 @@ from . import dashboard, management_api
 from .invoke_api import InvokeApiError, InvokeResource, handle_invoke_api_error
 from .reload_api import ReloadResource
 from .stats_api import StatsResource
+from .metrics_route import CountedApp, MetricsResource
+from ..metrics import registry as metrics_registry
 from .triggers_api import (HEALTH_WAIT, ServiceDown, TriggerFireResource, TriggerService,
                            TriggersResource)
 from ..triggers.listing import health_summary
@@ -242,6 +244,10 @@ class HealthResource:
 
 def create_app(config: HostConfig | None = None,
                client: InvocationClient | None = None) -> falcon.asgi.App:
+    # Counted only in a real gateway process (gunicorn's worker, config from $SORA_CONFIG):
+    # it takes a metric slot for its life (sora.metrics.registry); tests that build apps in
+    # their own process serve /metrics without counting.
+    counting = config is None
     if config is None:
         config = load_host_config_of_child(os.environ["SORA_CONFIG"])
     if client is None:
@@ -281,9 +287,14 @@ def create_app(config: HostConfig | None = None,
     app.add_route("/api/reload", ReloadResource(config))
     if config.server.dashboard:
         dashboard.add_routes(app, config, client, store, table, triggers)
+    if config.server.metrics:
+        app.add_route("/metrics", MetricsResource(client, store, config.stateDir))
     app.add_error_handler(Exception, handle_unexpected)
     app.add_error_handler(falcon.HTTPError, handle_http_error)
     app.add_error_handler(SoraError, handle_sora_error)
     app.add_error_handler(InvokeApiError, handle_invoke_api_error)
+    if counting and config.server.metrics:
+        listener = os.environ.get("SORA_LISTENER", "http")
+        return CountedApp(app, metrics_registry.start(config.stateDir, f"gateway-{listener}"))
     return app
 

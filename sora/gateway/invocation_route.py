@@ -10,6 +10,7 @@ from ..config import HostConfig
 from ..events.intake import EventIntake, EventNotStored, LowDisk, QueueFull
 from ..function_table import FunctionTable
 from ..messaging.client import InvocationClient, BrokerUnavailable
+from ..metrics import registry as metrics_registry
 from ..versions.qualifier import LATEST
 from ..versions.routing import Resolver
 from ..versions.store import VersionError
@@ -18,6 +19,8 @@ from .errors import SoraError
 
 log = logging.getLogger("sora.gateway")
 RETRY_AFTER = "1"
+# Answers of a call refused before it ran (no record is made): counted here as `throttled`.
+REFUSED = (p.THROTTLED, p.NO_CAPACITY)
 # While the disk is low: long enough for an operator (or pruning) to free space, short enough
 # that callers come back soon after.
 LOW_DISK_RETRY_AFTER = "10"
@@ -70,6 +73,8 @@ class InvocationRoute:
                             "connected now (lost or restarting)", {"Retry-After": RETRY_AFTER})
             raise error(503, error_type, f"The host does not know function {name} "
                         "yet (the supervisor is starting)", {"Retry-After": RETRY_AFTER})
+        if frames[0] in REFUSED and (metrics := metrics_registry.current()) is not None:
+            metrics.count_throttled(name, meta.partition(b"+")[0].decode())
         return frames
 
     async def accept_event(self, name: str, request_id: str, trigger: str, payload: bytes,

@@ -301,8 +301,15 @@ def parse(message: bytes, records: list[tuple], lines: list[tuple]) -> None:
 class Recorder:
     def __init__(self, state_dir: str, max_per_function: int, max_age_hours: float,
                  max_store_mb: int = RecordsConfig.maxStoreMB, min_free_mb: int = 0,
-                 cluster_listen: str | None = None, keys: KeyRing | None = None):
+                 cluster_listen: str | None = None, keys: KeyRing | None = None,
+                 metrics: bool = False):
         self.state_dir = state_dir
+        # Invocation metrics are counted here, from the records committed (every status, on
+        # every host of a cluster, off the invocation path): sora.metrics.definitions.
+        self.metrics = None
+        if metrics:
+            from ..metrics import registry
+            self.metrics = registry.start(state_dir, "recorder")
         # Also take joined hosts' records on tcp (cluster.listen's port + 1), CURVE.
         self.tcp_endpoint = records_endpoint_of(cluster_listen) if cluster_listen else None
         self.keys = keys
@@ -424,6 +431,10 @@ class Recorder:
                       len(lines), exc)
             return
         self.last_batch.update(taken)
+        if self.metrics is not None and records:
+            # After the commit: a batch is committed once (a resent one is not parsed again),
+            # so it is counted once; a recorder killed between the two loses that count.
+            self.metrics.count_records(records)
         for routing_id, key in replies.items():
             try:
                 sock.send_multipart([routing_id, b"%d" % self.last_batch.get(key, 0)],
@@ -483,6 +494,8 @@ def main(argv: list[str] | None = None) -> int:
                         "cluster.listen: also take other hosts' records on ADDR:PORT+1 (CURVE)")
     parser.add_argument("--keys", metavar="DIR", help="the CURVE keys folder (cluster.keys); "
                         "needed with --cluster-listen")
+    parser.add_argument("--metrics", action="store_true", help="count the records into the "
+                        "host's metrics folder (<state dir>/metrics, server.metrics)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s [recorder %(process)d] %(levelname)s %(message)s")
@@ -496,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--keys: {exc}")
     return Recorder(os.path.abspath(args.state_dir), args.max_per_function,
                     args.max_age_hours, args.max_store_mb, args.min_free_disk_mb,
-                    args.cluster_listen, keys).run()
+                    args.cluster_listen, keys, args.metrics).run()
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ import zmq
 
 from .. import protocol as p
 from .. import config_snapshot
+from ..metrics import registry as metrics_registry
 from ..config import FunctionConfig, HostConfig
 from ..hotpath import quiet_gc
 from ..protocol import events_socket
@@ -209,6 +210,8 @@ class Arbiter(Reloading):
         if self.config.cluster.listen:   # joined hosts' records, on listen's port + 1
             argv += ["--cluster-listen", self.config.cluster.listen,
                      "--keys", self.config.cluster.keys]
+        if self.config.server.metrics:
+            argv.append("--metrics")
         return Launch(argv, dict(os.environ), start_timeout=30.0,
                       start_retries=WORKER_START_RETRIES)
 
@@ -630,6 +633,7 @@ class Arbiter(Reloading):
     def prepare(self) -> None:
         p.make_run_dir(self.state_dir)
         self.lock_state_dir()
+        metrics_registry.reset(self.state_dir)   # counts start at zero with the host
         self.versions.store.remove_staging()   # what a killed publish left
         # Before anything starts or is announced: a taken port ends the start here, at once.
         if not self.joining:

@@ -37,7 +37,8 @@ _PLAIN = {name: kind for name, kind in typing.get_type_hints(FunctionConfig).ite
 
 def checked_members(host: str, members: dict, key: str) -> dict:
     """A joined host's members as the control plane takes them: {function: {"available",
-    "reason", "maxQueued", "maxWait", "state", "instances", "inFlight", "config"?,
+    "reason", "maxQueued", "maxWait", "state", "instances", "inFlight", "busy", "idle",
+    "starting", "queued", "config"?,
     "workers": [{"id", "endpoint", "host", "serverKey"}]}}, each worker's host and serverKey
     being `host` and `key` (the name it joined under, the key it authenticated with).
     Entries that are not what they should be are left out, and logged."""
@@ -55,6 +56,8 @@ def checked_members(host: str, members: dict, key: str) -> dict:
                  "state": str(info.get("state") or ""),
                  "instances": _number(info.get("instances"), int, 0),
                  "inFlight": _number(info.get("inFlight"), int, 0),
+                 **{key: _number(info.get(key), int, 0)
+                    for key in ("busy", "idle", "starting", "queued")},
                  "workers": []}
         config = info.get("config")
         if config is not None:
@@ -121,7 +124,9 @@ def _config_problem(name: str, config) -> str:
 
 
 def _number(value, kind, default):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+    # Not finite: JSON's 1e999 is inf, which int() cannot take.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or \
+            not math.isfinite(value):
         return default
     return kind(value)
 

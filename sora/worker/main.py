@@ -330,6 +330,13 @@ class Worker:
         """Invocations this worker holds: in its instances and waiting for one."""
         return sum(i.depth for i in self.instances) + len(self.pending)
 
+    def figures(self) -> list[bytes]:
+        """busy, idle, starting, queued: the heartbeat's live figures (once a second, off the
+        invocation path), which the status and /metrics sum per function."""
+        busy = sum(inst.state is State.BUSY for inst in self.instances)
+        return [str(busy).encode(), str(len(self.idle)).encode(),
+                str(self.starting()).encode(), str(len(self.pending)).encode()]
+
     def send(self, frames: list[bytes]) -> None:
         self.send_replies()   # in order: a reply is never overtaken by what followed it
         send_frames(self.sock, frames)
@@ -496,7 +503,7 @@ class Worker:
                 self.announce()
             else:
                 self.send([p.HEARTBEAT, str(self.instance_count()).encode(),
-                           str(self.held()).encode()])
+                           str(self.held()).encode(), *self.figures()])
         if now - self.last_client_beat >= p.HEARTBEAT_INTERVAL:
             self.last_client_beat = now
             silent_after = p.HEARTBEAT_INTERVAL * p.HEARTBEAT_LIVENESS

@@ -270,7 +270,7 @@ def test_api_key_errors_name_the_entry_and_field(tmp_path, monkeypatch):
     assert "short" not in text
     assert "auth.apiKeys[1].keyFile: expected a readable file holding the key" in text
     assert "auth.apiKeys[2].keyEnv: expected the name of a set environment variable" in text
-    assert "auth.apiKeys[3].scopes: expected a non-empty list of 'admin', 'invoke'" in text
+    assert "auth.apiKeys[3].scopes: expected a non-empty list of 'admin', 'metrics', 'invoke'" in text
     assert "auth.apiKeys[4]: expected exactly one of key, keyFile and keyEnv" in text
 
 

@@ -187,8 +187,8 @@ def test_status_shows_workers_instances_and_what_they_hold(plane):
     c.control.set_status({"status": "ok", "functions": {"fn": {"state": "RUNNING"}}})
     w1 = worker(endpoint, b"fn/1", instances=2)
     w2 = worker(endpoint, b"fn/2", instances=1)
-    w1.send_multipart([p.HEARTBEAT, b"2", b"5"])
-    w2.send_multipart([p.HEARTBEAT, b"1", b"3"])
+    w1.send_multipart([p.HEARTBEAT, b"2", b"5", b"2", b"0", b"0", b"3"])
+    w2.send_multipart([p.HEARTBEAT, b"1", b"3"])   # an older worker: no figures
     asker = zmq.Context.instance().socket(zmq.DEALER)
     asker.connect(endpoint)
     deadline = time.monotonic() + 5
@@ -202,7 +202,8 @@ def test_status_shows_workers_instances_and_what_they_hold(plane):
         time.sleep(0.02)
     assert status["status"] == "ok"
     assert status["functions"]["fn"] == {"state": "RUNNING", "inFlight": 8, "instances": 3,
-                                         "workers": 2, "hosts": ["main"]}
+                                         "workers": 2, "hosts": ["main"], "busy": 2,
+                                         "idle": 0, "starting": 0, "queued": 3}
     main = status["hosts"]["main"]
     assert main["local"] is True and main["state"] == "joined"
     assert main["functions"] == {"fn": {"workers": 2, "instances": 3, "inFlight": 8}}
