@@ -87,7 +87,7 @@ def assert_secure(r):
     assert r.headers["content-security-policy"] == s.SECURITY_HEADERS[
         "Content-Security-Policy"]
     assert r.headers["x-content-type-options"] == "nosniff"
-    assert r.headers["referrer-policy"] == "no-referrer"
+    assert r.headers["referrer-policy"] == "same-origin"
 
 
 def assert_escaped(text: str):

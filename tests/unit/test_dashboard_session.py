@@ -135,10 +135,12 @@ def test_the_secret_is_made_once_0600_and_shared(tmp_path):
     assert s.load_secret(str(tmp_path)) == secrets[0]
 
 
-def request(method="POST", origin=None, host="127.0.0.1:8080", scheme="http"):
+def request(method="POST", origin=None, host="127.0.0.1:8080", scheme="http", site=None):
     headers = {"Host": host}
     if origin is not None:
         headers["Origin"] = origin
+    if site is not None:
+        headers["Sec-Fetch-Site"] = site
     return SimpleNamespace(method=method, path="/ui/x", scheme=scheme,
                            get_header=lambda name: headers.get(name))
 
@@ -169,3 +171,12 @@ def test_the_csrf_token_is_not_the_session_id(ui):
     one, cookie = login(ui)
     token = s.csrf_token(one)
     assert one.id not in token and token not in cookie
+
+
+def test_a_null_origin_counts_only_when_the_browser_says_same_origin(ui):
+    one, _ = login(ui)
+    form = {"csrf": s.csrf_token(one)}
+    s.check_csrf(request(origin="null", site="same-origin"), form, one)
+    for site in (None, "cross-site", "same-site", "none"):
+        with pytest.raises(falcon.HTTPForbidden):
+            s.check_csrf(request(origin="null", site=site), form, one)
