@@ -46,11 +46,11 @@ def invoke_http(host, name: str, mark: str) -> str:
     return r.headers["X-Sora-Request-Id"]
 
 
-def send_event(host, name: str, mark: str) -> str:
+def send_event(host, name: str, mark: str, **event) -> str:
     """An asynchronous (Event) invocation through the Invoke API; its request id."""
     r = host.session.post(f"{host.url}/2015-03-31/functions/{name}/invocations",
                           headers={"X-Amz-Invocation-Type": "Event"},
-                          data=json.dumps({"marker": mark}), timeout=10)
+                          data=json.dumps({"marker": mark, **event}), timeout=10)
     assert r.status_code == 202, r.text
     return r.headers["x-amzn-RequestId"]
 
@@ -240,6 +240,15 @@ def test_range_and_status_filter(page, host, screenshots):
     assert page.locator("section#charts svg.chart").count() == 5
     shot(page, screenshots, "function-errors-day")
 
+    # The dead event's own page: its record and its failed attempt.
+    page.locator(f"table#invocations tr[data-request-id='{failing}'] a").first.click()
+    page.wait_for_url(host.url + f"/ui/invocations/{failing}")
+    assert page.locator("dl#record dd[data-field=status]").inner_text().strip() == "error"
+    assert page.locator("dl#record dd[data-field=errorType]").inner_text().strip() == \
+        "RangeError"
+    assert "failing on purpose" in page.locator("table#attempts").inner_text()
+    shot(page, screenshots, "invocation-dead-event")
+
 
 def test_log_line_arrives_live_on_the_logs_page(page, host, screenshots):
     page.goto(host.url + "/ui/functions/logger")
@@ -391,6 +400,15 @@ def test_hostile_output_is_shown_as_text_and_never_runs(page, host, screenshots)
     assert IMG_ERROR in message
     assert page.locator("dl#record img, dl#record script").count() == 0
     assert pwned(page) == "undefined"
+
+    # An event whose attempts failed with markup: its attempts table shows the messages.
+    queued = send_event(host, "hostile", "event", queryStringParameters={"throw": "1"})
+    page.goto(host.url + f"/ui/invocations/{queued}")
+    wait_for(lambda: page.reload() and IMG_ERROR in page.locator("table#attempts").inner_text(),
+             timeout=20, interval=0.5, what="the event's failed attempt on its page")
+    assert page.locator("table#attempts img, table#attempts script").count() == 0
+    assert pwned(page) == "undefined"
+    shot(page, screenshots, "invocation-hostile-event")
 
     page.goto(host.url + "/ui/functions/hostile/logs")
     follow_tail(page, host, "hostile", lambda m: f"{SCRIPT_LINE} {m}")
