@@ -325,7 +325,7 @@ async def require_session(req, resp) -> Session | None:
     refused = script_guard(req, session)
     if refused is not None:
         log.warning("dashboard: 403 for %s %s: %s (Sec-Fetch-Mode %.20r, Sec-Fetch-Dest %.20r)",
-                    req.method, req.path, "script request without the session's token",
+                    req.method, req.path, refused,
                     req.get_header("Sec-Fetch-Mode"), req.get_header("Sec-Fetch-Dest"))
         refuse(resp, refused)
         return None
