@@ -37,6 +37,11 @@ _HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 # or a Transfer-Encoding would let the function frame the connection's next response).
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer",
                         "transfer-encoding", "upgrade", "content-length"})
+# Headers that reach past the function's own URL into the rest of its origin, which is the
+# dashboard's too (/ui/): `Service-Worker-Allowed` would let a service worker served from
+# /functions/NAME/ claim scope `/`, and watch the admin's dashboard navigations (a worker's
+# requests pass the dashboard's Sec-Fetch guard as navigations). Dropped as well.
+DROPPED = HOP_BY_HOP | {"service-worker-allowed"}
 
 
 def _header(name: str, value: str) -> tuple[str, str]:
@@ -88,7 +93,7 @@ def map_result(result: bytes) -> HttpResult:
         raise BadFunctionResponse("headers must be an object of header names to values")
     has_type = False
     for name, val in headers.items():
-        if val is None or name.lower() in HOP_BY_HOP:
+        if val is None or name.lower() in DROPPED:
             continue
         if name.lower() == "content-type":
             has_type = True
@@ -100,7 +105,7 @@ def map_result(result: bytes) -> HttpResult:
         raise BadFunctionResponse("multiValueHeaders must be an object of header names to "
                                   "lists of values")
     for name, vals in multi.items():
-        if name.lower() in HOP_BY_HOP:
+        if name.lower() in DROPPED:
             continue
         for val in vals if isinstance(vals, list) else [vals]:
             out.headers.append(_header(name, str(val)))

@@ -199,3 +199,54 @@ def test_open_host_works_without_login(tmp_path_factory):
         for data in ({}, {"csrf": "wrong"}):
             assert browser.post(open_host.url + "/ui/logout", data=data,
                                 allow_redirects=False, timeout=10).status_code == 403
+
+
+def meta_csrf_of(text: str) -> str:
+    found = re.search(r'<meta name="sora-csrf" content="([^"]+)">', text)
+    assert found, text[:2000]
+    return found.group(1)
+
+
+SCRIPT = {"Sec-Fetch-Mode": "cors", "Sec-Fetch-Dest": "empty", "Sec-Fetch-Site": "same-origin"}
+NAVIGATE = {"Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document",
+            "Sec-Fetch-Site": "same-origin"}
+
+
+def test_a_scripts_request_needs_the_sessions_token(host):
+    """What a function's page on this origin would send (Sec-Fetch-Mode: cors) reads nothing
+    without the session's token; the dashboard's own scripts send it (header or query)."""
+    browser, _ = login(host.url, ADMIN)
+    token = meta_csrf_of(browser.get(host.url + "/ui/", timeout=10).text)
+    other, _ = login(host.url, ADMIN)
+    others_token = meta_csrf_of(other.get(host.url + "/ui/", timeout=10).text)
+    assert token != others_token
+    for path in ("/ui/", "/ui/functions/evil", "/ui/functions/evil/logs",
+                 "/ui/functions/evil/dlq", "/ui/invocations/x"):
+        def get(headers=None, **params):
+            return browser.get(host.url + path, headers=headers or {}, params=params,
+                               allow_redirects=False, timeout=10)
+        for refused in (get(SCRIPT), get({**SCRIPT, "X-Sora-CSRF": others_token}),
+                        get({**SCRIPT, "X-Sora-CSRF": "wrong"}),
+                        get(SCRIPT, csrf=others_token),
+                        get({**SCRIPT, "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "script"}),
+                        get({**NAVIGATE, "Sec-Fetch-Dest": "iframe"}),
+                        get({**SCRIPT, "Sec-Fetch-Dest": "embed", "X-Sora-CSRF": token})):
+            assert refused.status_code == 403, (path, refused.request.headers)
+            assert refused.headers["Content-Type"].startswith("text/plain"), path
+            assert "<" not in refused.text and "csrf" not in refused.text.lower()
+            assert "Content-Security-Policy" in refused.headers
+        for allowed in (get({**SCRIPT, "X-Sora-CSRF": token}), get(SCRIPT, csrf=token),
+                        get(NAVIGATE), get()):
+            assert allowed.status_code in (200, 404), (path, allowed.status_code)
+            assert allowed.headers["Content-Type"].startswith("text/html"), path
+    # The live tail's stream, as EventSource asks for it (token in the query).
+    stream = host.url + "/ui/functions/evil/logs/stream"
+    r = browser.get(stream, headers=SCRIPT, timeout=10)
+    assert r.status_code == 403
+    with browser.get(stream, headers=SCRIPT, params={"csrf": token}, stream=True,
+                     timeout=10) as r:
+        assert r.status_code == 200
+        assert r.headers["Content-Type"].startswith("text/event-stream")
+    # Without a session a script's request still only gets the login redirect.
+    r = requests.get(host.url + "/ui/", headers=SCRIPT, allow_redirects=False, timeout=10)
+    assert r.status_code == 303 and r.headers["Location"] == "/ui/login"

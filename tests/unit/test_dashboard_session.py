@@ -10,6 +10,7 @@ import threading
 from types import SimpleNamespace
 
 import falcon
+import falcon.testing
 import pytest
 
 from sora.config import ApiKey, key_digest
@@ -180,3 +181,33 @@ def test_a_null_origin_counts_only_when_the_browser_says_same_origin(ui):
     for site in (None, "cross-site", "same-site", "none"):
         with pytest.raises(falcon.HTTPForbidden):
             s.check_csrf(request(origin="null", site=site), form, one)
+
+
+def fetch_request(mode=None, dest=None, header=None, query=""):
+    headers = {name: value for name, value in (("Sec-Fetch-Mode", mode),
+                                               ("Sec-Fetch-Dest", dest),
+                                               ("X-Sora-CSRF", header)) if value is not None}
+    return falcon.testing.create_req(path="/ui/", headers=headers, query_string=query)
+
+
+def test_a_scripts_request_needs_the_sessions_token(ui):
+    """script_guard: what a function's page on this origin sends is refused without the token;
+    navigations and clients without Sec-Fetch headers pass."""
+    one, _ = login(ui)
+    two, _ = login(ui)
+    mine, other = s.csrf_token(one), s.csrf_token(two)
+    for allowed in (fetch_request(), fetch_request("navigate", "document"),
+                    fetch_request("cors", "empty", header=mine),
+                    fetch_request("cors", "empty", query="csrf=" + mine),
+                    fetch_request("same-origin", "empty", header=mine)):
+        assert s.script_guard(allowed, one) is None
+    for refused in (fetch_request("cors", "empty"), fetch_request("no-cors", "image"),
+                    fetch_request("cors", "empty", header=other),
+                    fetch_request("cors", "empty", query="csrf=" + other),
+                    fetch_request("cors", "empty", header=""),
+                    fetch_request("CORS", "empty", header=mine[:-1]),
+                    fetch_request("websocket", "websocket"),
+                    fetch_request("navigate", "iframe"), fetch_request("navigate", "frame"),
+                    fetch_request("no-cors", "embed", header=mine),
+                    fetch_request(None, "object")):
+        assert s.script_guard(refused, one), refused.headers

@@ -120,6 +120,15 @@ def test_hop_by_hop_and_framing_headers_are_dropped():
     assert out.headers == [("X-Kept", "1")] and out.body == b"hi"
 
 
+def test_a_service_worker_cannot_be_given_the_whole_origin():
+    """Service-Worker-Allowed would let a function's worker claim `/`, the dashboard's /ui/
+    included (it shares the origin): dropped, in either header form."""
+    out = map_result(json.dumps({"statusCode": 200, "headers": {
+        "Service-Worker-Allowed": "/", "Content-Type": "text/javascript"},
+        "multiValueHeaders": {"service-worker-allowed": ["/ui/"]}, "body": "x"}).encode())
+    assert out.headers == [("Content-Type", "text/javascript")]
+
+
 @pytest.mark.parametrize("raw", [b'{"statusCode":200,"body":NaN}',
                                  b'{"statusCode":200,"body":' + b"[" * 2000 + b"]" * 2000 + b"}"])
 def test_a_structured_response_that_is_not_strict_json_is_refused(raw):

@@ -14,6 +14,18 @@ with another session's, or with an `Origin` other than this host, is 403. SameSi
 already keeps the cookie off cross-site requests; the token also covers a same-site attacker
 (another port or subdomain of this host's name).
 
+Script requests (the guard, `script_guard`): a function's URL (/functions/NAME) is served from
+this same origin, so a page a function returns, opened by a logged-in admin, runs its script
+on the dashboard's origin, and its `fetch('/ui/...')` carries the session cookie (same site).
+Browsers mark every request with `Sec-Fetch-Mode` / `Sec-Fetch-Dest`, which no page's script
+can set: a dashboard page the admin opens is a navigation (`navigate`); a script's fetch, XHR
+or EventSource is not. So every route that reads the session (`require_session`: every /ui/
+route but the static files and the login page) refuses a non-navigation request that does not
+carry this session's CSRF token, in header `X-Sora-CSRF` (the pages' fetch) or query parameter
+`csrf` (EventSource cannot send headers), and refuses any request for a page to be put in a
+frame, embed or object. A request without Sec-Fetch headers (curl, an old browser) is let
+through: it cannot come from a page's script in a browser that sends them.
+
 Callers (this package's pages and C's actions.py) use the five functions of the design:
 `require_session`, `csrf_token`, `check_csrf`, `render`, `read_form`. They reach the
 dashboard's state (config, secret, templates) through `configure()`, called once by
@@ -253,9 +265,51 @@ def redirect(resp, location: str) -> None:
     resp.set_header("Location", location)
 
 
+# Sec-Fetch-Dest values of a request to embed the answer in another page: never a dashboard
+# page (frame-ancestors 'none' and X-Frame-Options already stop frames; this refuses the
+# request before anything is read).
+EMBEDDED = frozenset({"iframe", "frame", "embed", "object"})
+CSRF_HEADER = "X-Sora-CSRF"
+CSRF_PARAM = "csrf"   # in the query: EventSource sends no headers
+
+
+def refuse(resp, message: str) -> None:
+    """A plain-text 403 (no JSON body, no page content), with the security headers."""
+    secure(resp)
+    resp.status = falcon.HTTP_403
+    resp.content_type = "text/plain; charset=utf-8"
+    resp.data = (message + "\n").encode("utf-8")
+
+
+def script_guard(req, session: Session) -> str | None:
+    """Why this request must be refused (a sentence), or None to let it through.
+
+    A request whose `Sec-Fetch-Mode` is anything but `navigate` is a script's (fetch, XHR,
+    EventSource) or a subresource's (img, script): it must carry the session's CSRF token in
+    header X-Sora-CSRF or query parameter `csrf`. A page whose script the dashboard did not
+    write (a function's page on this origin) cannot read it: every page that shows it is
+    refused to it. The token in a query is not logged: the gateway writes no access log
+    (gunicorn_conf.py: accesslog = None) and the dashboard logs a refused request's path
+    (`req.path`, without its query), never its URL. A request without Sec-Fetch headers
+    (curl, the tests' HTTP clients, a browser too old to send them) is let through."""
+    dest = (req.get_header("Sec-Fetch-Dest") or "").lower()
+    if dest in EMBEDDED:
+        return "Dashboard pages are not shown inside other pages"
+    mode = (req.get_header("Sec-Fetch-Mode") or "").lower()
+    if not mode or mode == "navigate":
+        return None
+    given = req.get_header(CSRF_HEADER) or req.get_param(CSRF_PARAM)
+    if isinstance(given, str) and hmac.compare_digest(given.encode(),
+                                                      csrf_token(session).encode()):
+        return None
+    return "Script requests to the dashboard need its token: reload the page"
+
+
 async def require_session(req, resp) -> Session | None:
-    """The request's session; None when there is none to be had (host with keys and no valid
-    login: the answer is then a 303 to the login page and the caller returns). On a host
+    """The request's session; None when there is none to be had or it may not be used here:
+    host with keys and no valid login (the answer is then a 303 to the login page), or a
+    script's request without the session's token (`script_guard`: the answer is a 403); the
+    caller returns. On a host
     without keys an anonymous session is issued (its cookie set on this answer) when the
     request has none. The session is also kept in `req.context.session` and
     `resp.context.session`, where `render` finds it."""
@@ -268,6 +322,13 @@ async def require_session(req, resp) -> Session | None:
             return None
         session = ui.new_session(None, now)
         ui.set_cookie(req, resp, session, None)
+    refused = script_guard(req, session)
+    if refused is not None:
+        log.warning("dashboard: 403 for %s %s: %s (Sec-Fetch-Mode %.20r, Sec-Fetch-Dest %.20r)",
+                    req.method, req.path, refused,
+                    req.get_header("Sec-Fetch-Mode"), req.get_header("Sec-Fetch-Dest"))
+        refuse(resp, refused)
+        return None
     req.context.session = resp.context.session = session
     return session
 

@@ -6,11 +6,14 @@
   var box = document.getElementById("invocations-box");
   if (!box || !window.fetch || !window.DOMParser) { return; }
   var source = box.getAttribute("data-source");
+  // The session's token (base.html): the dashboard refuses a script's request without it.
+  var token = document.querySelector('meta[name="sora-csrf"]');
+  token = token ? token.getAttribute("content") : "";
   var busy = false;
   function refresh() {
     if (busy || document.hidden) { return; }
     busy = true;
-    fetch(source, { credentials: "same-origin", headers: { "Accept": "text/html" } })
+    fetch(source, { credentials: "same-origin", headers: { "Accept": "text/html", "X-Sora-CSRF": token } })
       .then(function (response) {
         if (!response.ok) { throw new Error("HTTP " + response.status); }
         return response.text();

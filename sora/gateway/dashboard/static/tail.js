@@ -47,7 +47,13 @@
 
   list.scrollTop = list.scrollHeight;   // a tail starts at its end
 
-  var source = new EventSource(list.getAttribute("data-stream"));
+  // The session's token (base.html) goes in the query: EventSource sends no headers, and the
+  // dashboard refuses a script's request without it. The gateway writes no access log.
+  var token = document.querySelector('meta[name="sora-csrf"]');
+  var url = list.getAttribute("data-stream");
+  url += (url.indexOf("?") < 0 ? "?" : "&") + "csrf=" +
+    encodeURIComponent(token ? token.getAttribute("content") : "");
+  var source = new EventSource(url);
   source.onopen = function () { say("Live: new lines appear as the function prints them."); };
   source.onmessage = function (event) {
     var line;
