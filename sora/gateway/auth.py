@@ -46,6 +46,19 @@ CREDENTIAL_HEADERS = frozenset({"authorization", API_KEY_HEADER.lower(),
                                 "x-amz-security-token"})
 
 
+def identify(keys: tuple[ApiKey, ...], given: str | None) -> ApiKey | None:
+    """The key `given` is: compared by its SHA-256 digest in constant time, against every key
+    (no early exit that would tell which one came close)."""
+    if not given:
+        return None
+    digest = key_digest(given)
+    found = None
+    for candidate in keys:
+        if hmac.compare_digest(candidate.digest, digest):
+            found = candidate
+    return found
+
+
 def presented_key(req: falcon.asgi.Request) -> str | None:
     key = req.get_header(API_KEY_HEADER)
     if key:
@@ -66,14 +79,7 @@ class Authorizer:
         self.body_timeout = body_timeout
 
     def identify(self, key: str | None) -> ApiKey | None:
-        if not key:
-            return None
-        digest = key_digest(key)
-        found = None
-        for candidate in self.keys:
-            if hmac.compare_digest(candidate.digest, digest):
-                found = candidate
-        return found
+        return identify(self.keys, key)
 
     async def process_resource(self, req, resp, resource, params) -> None:
         scope = getattr(resource, "auth_scope", "admin")

@@ -36,28 +36,41 @@ DEFAULT_WINDOW = 3600
 MAX_WINDOW = 7 * 86400
 
 
-class StatsReader:
-    """One thread per gateway process, opened on first use (after fork), with its own
-    connection to the records store."""
+class StatsThread:
+    """Runs figure queries (sora.store.stats) in one thread of the gateway process, with that
+    thread's own connection to the records store: a day's series of a busy function or a
+    week's summary takes tens to hundreds of milliseconds, which the event loop serving
+    invocations must not wait for. One per process and state dir (`shared`), for /api/stats
+    and the dashboard's pages alike; its thread is made on first use, after the fork."""
+
+    _shared: dict[str, "StatsThread"] = {}
+
+    @classmethod
+    def shared(cls, state_dir: str) -> "StatsThread":
+        thread = cls._shared.get(state_dir)
+        if thread is None:
+            thread = cls._shared[state_dir] = cls(state_dir)
+        return thread
 
     def __init__(self, state_dir: str):
         self.state_dir = state_dir
-        self._pool = None
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._pid = -1
         self._local = threading.local()
 
-    def _summary(self, since: float, until: float) -> dict[str, dict]:
+    def _call(self, query, args):
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._local.conn = connect(self.state_dir)
-        return stats.summary(conn, since, until)
+        return query(conn, *args)
 
-    async def summary(self, since: float, until: float) -> dict[str, dict]:
+    async def run(self, query, *args):
+        """query(conn, *args) in the thread."""
         if self._pid != os.getpid():
             self._pool = concurrent.futures.ThreadPoolExecutor(1, "sora-stats")
             self._pid = os.getpid()
-        return await asyncio.get_running_loop().run_in_executor(
-            self._pool, self._summary, since, until)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._call, query,
+                                                                args)
 
 
 def _window(req) -> int:
@@ -78,14 +91,14 @@ class StatsResource:
     def __init__(self, client: InvocationClient, store: Store, state_dir: str):
         self.client = client
         self.store = store
-        self.reader = StatsReader(state_dir)
+        self.figures = StatsThread.shared(state_dir)
 
     async def on_get(self, req, resp) -> None:
         window = _window(req)
         until = time.time()
         since = until - window
         # Summed while the control plane is asked: the answer waits for the slower only.
-        figures = asyncio.ensure_future(self.reader.summary(since, until))
+        figures = asyncio.ensure_future(self.figures.run(stats.summary, since, until))
         health = None
         try:
             health = json.loads(await self.client.status(request_id_of(req).encode()))

@@ -45,14 +45,15 @@ class DashboardContext:
 def add_routes(app: falcon.asgi.App, config: HostConfig, client: InvocationClient,
                store: Store, table: FunctionTable,
                triggers: TriggerService | None = None) -> DashboardContext:
-    from .pages import FunctionPage, FunctionsPage, InvocationPage, StatsThread
+    from ..stats_api import StatsThread
+    from .pages import FunctionPage, FunctionsPage, InvocationPage
 
     ui = sessions.Dashboard(config)
     sessions.configure(ui)
     ctx = DashboardContext(config, client, store, table,
                            triggers or TriggerService(config.stateDir), ui)
     app.add_route("/ui", UiRootRedirect())
-    figures = StatsThread(config.stateDir)   # one thread for both pages' queries
+    figures = StatsThread.shared(config.stateDir)   # /api/stats' thread too
     app.add_route("/ui/", FunctionsPage(ctx, figures))
     app.add_route("/ui/functions/{name}", FunctionPage(ctx, figures))
     app.add_route("/ui/invocations/{request_id}", InvocationPage(ctx))

@@ -94,6 +94,14 @@ class _FunctionPage:
         render(resp, "not_found.html", http_status=404, what="function", name=name)
         return False
 
+    async def session_for(self, req, resp, name: str):
+        """The caller's session when it has one and the function is known; else None, the
+        answer (the login redirect, the guard's 403 or the 404 page) already set."""
+        session = await require_session(req, resp)
+        if session is None or not await self.check_function(resp, name):
+            return None
+        return session
+
 
 # ---------------------------------------------------------------------------- live log tail
 
@@ -101,10 +109,8 @@ class LogsPage(_FunctionPage):
     auth_scope = "public"   # the session is checked here (session.require_session)
 
     async def on_get(self, req, resp, name: str) -> None:
-        session = await require_session(req, resp)
+        session = await self.session_for(req, resp, name)
         if session is None:
-            return
-        if not await self.check_function(resp, name):
             return
         lines = records.recent_log_lines(self.store.conn, name, TAIL_SHOWN)
         after = lines[-1]["id"] if lines else records.last_log_id(self.store.conn, name)
@@ -119,10 +125,8 @@ class LogStream(_FunctionPage):
     auth_scope = "public"
 
     async def on_get(self, req, resp, name: str) -> None:
-        session = await require_session(req, resp)
+        session = await self.session_for(req, resp, name)
         if session is None:
-            return
-        if not await self.check_function(resp, name):
             return
         # Where to start: after the id EventSource last got (a reconnect), else `after` (the
         # last line the page showed), else now.
@@ -192,10 +196,8 @@ class DeadLetterPage(_FunctionPage):
     auth_scope = "public"
 
     async def on_get(self, req, resp, name: str) -> None:
-        session = await require_session(req, resp)
+        session = await self.session_for(req, resp, name)
         if session is None:
-            return
-        if not await self.check_function(resp, name):
             return
         cursor = _cursor(req.get_param("cursor"))
         events, next_cursor = queue.dead_letters(self.store.queue, name, DEAD_LETTERS_SHOWN,
@@ -232,10 +234,8 @@ class DeadLetterReplay(_FunctionPage):
     auth_scope = "public"
 
     async def on_post(self, req, resp, name: str) -> None:
-        session = await require_session(req, resp)
+        session = await self.session_for(req, resp, name)
         if session is None:
-            return
-        if not await self.check_function(resp, name):
             return
         _, ids = await _form_ids(req, session)
         replayed = queue.replay(self.store.queue, name, ids, time.time())
@@ -247,10 +247,8 @@ class DeadLetterDiscard(_FunctionPage):
     auth_scope = "public"
 
     async def on_post(self, req, resp, name: str) -> None:
-        session = await require_session(req, resp)
+        session = await self.session_for(req, resp, name)
         if session is None:
-            return
-        if not await self.check_function(resp, name):
             return
         _, ids = await _form_ids(req, session)
         if ids is None:
@@ -294,19 +292,15 @@ class InvokeForm(_FunctionPage, InvocationRoute):
         InvocationRoute.__init__(self, ctx.client, ctx.config, None, ctx.table)
 
     async def on_get(self, req, resp, name: str) -> None:
-        session = await require_session(req, resp)
+        session = await self.session_for(req, resp, name)
         if session is None:
-            return
-        if not await self.check_function(resp, name):
             return
         render(resp, "invoke.html", session=session, function=name, event="{}",
                qualifier="", result=None, error=None)
 
     async def on_post(self, req, resp, name: str) -> None:
-        session = await require_session(req, resp)
+        session = await self.session_for(req, resp, name)
         if session is None:
-            return
-        if not await self.check_function(resp, name):
             return
         # URL-encoding makes a body up to three times its event's size.
         form = await read_form(req, 3 * self.max_body + 4096)

@@ -8,22 +8,18 @@ sora.store.stats (one grouped query each, not a scan per function).
 """
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import json
 import logging
-import os
-import threading
 import time
 
 from ...config import FUNCTION_NAME_RE
 from ...messaging.client import BrokerTimeout
 from ...store import queue, records, stats
-from ...store.db import connect
 from ...triggers import listing
 from ...versions.aliases import AliasStore
 from ...versions.store import VersionStore
 from ..requests import request_id_of
+from ..stats_api import StatsThread
 from ..triggers_api import ServiceDown
 from . import charts
 from .session import render, require_session
@@ -37,33 +33,6 @@ RANGES = {"hour": (HOUR, 60), "day": (DAY, 96)}
 RECENT = 50                  # invocations listed on a function's page
 TRIGGER_WAIT = 1.0           # the trigger service answers in milliseconds; a page never waits long
 MAX_REQUEST_ID = 200
-
-
-class StatsThread:
-    """Runs the pages' figure queries (sora.store.stats) in one thread of the gateway process,
-    with that thread's own connection to the records store: a day's series of a busy function
-    takes tens of milliseconds, which the event loop serving invocations must not wait for.
-    Made on first use after the fork."""
-
-    def __init__(self, state_dir: str):
-        self.state_dir = state_dir
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self._pid = -1
-        self._local = threading.local()
-
-    def _call(self, query, args):
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = connect(self.state_dir)
-        return query(conn, *args)
-
-    async def run(self, query, *args):
-        """query(conn, *args) in the thread."""
-        if self._pid != os.getpid():
-            self._pool = concurrent.futures.ThreadPoolExecutor(1, "sora-ui-stats")
-            self._pid = os.getpid()
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._call, query,
-                                                                args)
 
 
 def instances_of(info: dict) -> str:
@@ -108,7 +77,7 @@ class _Page:
 
     def __init__(self, ctx, figures: StatsThread | None = None):
         self.ctx = ctx
-        self.figures = figures or StatsThread(ctx.config.stateDir)
+        self.figures = figures or StatsThread.shared(ctx.config.stateDir)
 
     async def status(self, req) -> dict | None:
         """The supervisor's STATUS (None when the control plane does not answer)."""

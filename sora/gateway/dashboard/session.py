@@ -47,7 +47,8 @@ from dataclasses import dataclass
 import falcon
 import jinja2
 
-from ...config import ApiKey, HostConfig, key_digest
+from ...config import ApiKey, HostConfig
+from ..auth import identify
 from ..requests import read_body
 
 log = logging.getLogger("sora.gateway.dashboard")
@@ -166,13 +167,7 @@ class Dashboard:
         return next((k for k in self.keys if k.name == name), None) if name else None
 
     def identify(self, given: str) -> ApiKey | None:
-        """The key `given` is (compared by digest in constant time, against every key)."""
-        digest = key_digest(given)
-        found = None
-        for candidate in self.keys:
-            if hmac.compare_digest(candidate.digest, digest):
-                found = candidate
-        return found
+        return identify(self.keys, given)
 
     def csrf(self, session: Session) -> str:
         return _b64(self._sign(b"csrf:" + session.id.encode()))
