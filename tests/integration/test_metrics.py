@@ -105,15 +105,23 @@ def metric_files(host) -> set[str]:
 
 
 def test_counts_match_the_calls_across_gateway_workers_and_restarts(host):
-    codes = [call(host, fail=i % 4 == 0) for i in range(24)]
-    assert codes.count(200) == 18 and codes.count(502) == 6, codes
-    text = counted(host, 18, 6)
-    # Both gateway workers counted some: their slots' files are both there.
+    # Calls on new connections until both gateway workers have counted some (which worker
+    # accepts a connection is the kernel's choice: 24 in a row once all went to one).
+    codes = []
+    both = {"counter_gateway-http-0.db", "counter_gateway-http-1.db"}
+
+    def spread():
+        codes.append(call(host, fail=len(codes) % 4 == 0))
+        return len(codes) >= 24 and both <= metric_files(host)
+    wait_for(spread, timeout=60, what="both gateway workers to count calls")
+    ok, error = codes.count(200), codes.count(502)
+    assert ok + error == len(codes) and error == (len(codes) + 3) // 4, codes
+    text = counted(host, ok, error)
     files = metric_files(host)
-    assert {"counter_gateway-http-0.db", "counter_gateway-http-1.db",
-            "counter_recorder-0.db", "histogram_recorder-0.db"} <= files, files
+    assert both | {"counter_recorder-0.db", "histogram_recorder-0.db"} <= files, files
     values = samples(text)
-    assert values[("sora_invocation_duration_seconds_count", (("function", "flaky"),))] == 24
+    assert values[("sora_invocation_duration_seconds_count", (("function", "flaky"),))] == \
+        len(codes)
     assert values[("sora_cold_starts_total", (("function", "flaky"),))] >= 1
     assert values[("sora_function_up", (("function", "flaky"),))] == 1
     processes = {dict(labels)["process"] for name, labels in values
@@ -130,7 +138,8 @@ def test_counts_match_the_calls_across_gateway_workers_and_restarts(host):
     host.kill_worker("flaky")
     codes = [call(host, fail=i % 4 == 0) for i in range(12)]
     assert codes.count(200) == 9 and codes.count(502) == 3, codes
-    text = counted(host, 27, 9)
+    ok, error = ok + 9, error + 3
+    text = counted(host, ok, error)
     assert metric_files(host) == files
     # The recorder too: what it had not committed is resent to the new one, counted once.
     recorder = host.health()["recorder"]["pid"]
@@ -138,10 +147,10 @@ def test_counts_match_the_calls_across_gateway_workers_and_restarts(host):
     codes = [call(host) for _ in range(5)]
     wait_for(lambda: (r := host.health()["recorder"])["state"] == "RUNNING" and
              r["pid"] != recorder, what="a new recorder")
-    text = counted(host, 32, 9)
+    text = counted(host, ok + 5, error)
     assert metric_files(host) == files
     # Counts stay put (nothing counted twice by a late resend).
-    assert invocations(scrape(host), "ok") == 32
+    assert invocations(scrape(host), "ok") == ok + 5
 
 
 def test_throttled_calls_are_counted_by_the_gateway(host):
