@@ -17,7 +17,6 @@ wait for the writers); these routes are not on the invocation path.
 """
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import os
@@ -31,9 +30,9 @@ from ..store import queue, records
 from ..store.db import connect, connect_queue
 from ..messaging.client import InvocationClient, BrokerTimeout
 from .errors import SoraError
+from .log_follow import new_lines
 from .requests import read_body, request_id_of
 
-FOLLOW_POLL = 0.25
 MAX_LIMIT = 1000
 
 
@@ -226,12 +225,8 @@ class LogsResource(_FunctionRoute):
 
     async def _follow(self, name: str, after: int, request_id: str | None):
         # An empty line first, so the status and headers go out before any log line exists
-        # (NDJSON readers skip blank lines).
+        # (NDJSON readers skip blank lines). Ends when this gateway process stops: the
+        # client asks again with `after` (sora.gateway.log_follow).
         yield b"\n"
-        while True:
-            lines = records.log_lines(self.store.conn, name, after, request_id, MAX_LIMIT)
-            if lines:
-                after = lines[-1]["id"]
-                yield b"".join(json.dumps(line).encode() + b"\n" for line in lines)
-            else:
-                await asyncio.sleep(FOLLOW_POLL)
+        async for lines in new_lines(self.store, name, after, request_id, limit=MAX_LIMIT):
+            yield b"".join(json.dumps(line).encode() + b"\n" for line in lines)

@@ -12,6 +12,7 @@ import urllib.parse
 import pytest
 
 from sora import protocol as p
+from sora.gateway import log_follow
 from sora.gateway.dashboard import actions
 from sora.store import queue, records
 from sora.store.db import connect, connect_queue
@@ -179,7 +180,7 @@ def test_the_stream_yields_only_its_functions_lines_then_heartbeats(tmp_path, mo
                               ("echo", "r3", now, "stderr", "mine too")])
     conn.close()
     monkeypatch.setattr(actions, "HEARTBEAT_SECONDS", 0.05)
-    monkeypatch.setattr(actions, "FOLLOW_POLL", 0.01)
+    monkeypatch.setattr(log_follow, "FOLLOW_POLL", 0.01)
     monkeypatch.setattr(actions, "STREAM_SECONDS", 0.3)
     stream = client.app._router.find("/ui/functions/echo/logs/stream")[0]
 

@@ -19,7 +19,6 @@ so one function's page never shows another's lines or events.
 """
 from __future__ import annotations
 
-import asyncio
 import base64
 import datetime as dt
 import json
@@ -35,7 +34,7 @@ from ...config import FUNCTION_NAME_RE
 from ...messaging.client import BrokerTimeout
 from ...store import queue, records
 from ..error_detail import FULL, START_REASONS
-from .. import draining
+from ..log_follow import new_lines
 from ..errors import SoraError
 from ..invocation_route import InvocationRoute
 from ..invoke_api import parse_function_name
@@ -43,9 +42,7 @@ from ..requests import request_id_of
 from .session import (SECURITY_HEADERS, check_csrf, read_form, redirect, render,
                       require_session, secure)
 
-# The live tail reads the store as the logs API's `follow` does: a query every FOLLOW_POLL
-# seconds while nothing is new (one indexed lookup: (function, id)).
-FOLLOW_POLL = 0.25
+# The live tail reads the store with the logs API's `follow` loop (sora.gateway.log_follow).
 # An idle stream sends a comment this often, so proxies keep it open, and so the gateway learns
 # soon that the browser went away (Falcon notices a disconnect only when it sends something).
 HEARTBEAT_SECONDS = 5.0
@@ -141,20 +138,13 @@ class LogStream(_FunctionPage):
         # The first event goes out at once, so the browser sees the stream open before any
         # line exists; it also sets how soon EventSource reconnects.
         yield SSEvent(comment="tail", retry=RECONNECT_MS)
-        started = quiet_since = time.monotonic()
-        while time.monotonic() - started < STREAM_SECONDS and not draining.stopping():
-            lines = records.log_lines(self.store.conn, name, after, None, LINES_PER_EVENT_BATCH)
-            if lines:
-                after = lines[-1]["id"]
-                quiet_since = time.monotonic()
-                for line in lines:
-                    # `function` is always this page's: the query is filtered by it.
-                    yield SSEvent(data=json.dumps(line).encode(), event_id=str(line["id"]))
-                continue
-            if time.monotonic() - quiet_since >= HEARTBEAT_SECONDS:
-                quiet_since = time.monotonic()
+        async for lines in new_lines(self.store, name, after, limit=LINES_PER_EVENT_BATCH,
+                                     seconds=STREAM_SECONDS, heartbeat=HEARTBEAT_SECONDS):
+            if not lines:
                 yield SSEvent(comment="heartbeat")
-            await asyncio.sleep(FOLLOW_POLL)
+            for line in lines:
+                # `function` is always this page's: the query is filtered by it.
+                yield SSEvent(data=json.dumps(line).encode(), event_id=str(line["id"]))
 
 
 def _cursor(value: str | None) -> int | None:
