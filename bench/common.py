@@ -52,7 +52,8 @@ def wrk(url: str, connections: int, duration: int, threads: int,
     out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s",
                           "--latency", *extra, url], capture_output=True, text=True,
                          check=True).stdout
-    result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}
+    result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+              "requests": int(re.search(r"(\d+) requests in", out).group(1))}
     for pct in ("50", "99"):
         m = re.search(rf"^\s+{pct}%\s+(\S+)", out, re.M)
         result[f"p{pct}_ms"] = _ms(m.group(1))
@@ -67,7 +68,8 @@ def measure(name: str, url: str, duration: int) -> dict:
     c1 = wrk(url, 1, duration, 1)
     c64 = wrk(url, 64, duration, 2)
     row = {"target": name, "p50_ms": c1["p50_ms"], "p99_ms": c1["p99_ms"], "rps_c64": c64["rps"],
-           "errors": c64["non_2xx"] + c1["non_2xx"], "socket_errors": c64["socket_errors"]}
+           "errors": c64["non_2xx"] + c1["non_2xx"], "socket_errors": c64["socket_errors"],
+           "requests": c1["requests"] + c64["requests"]}
     print(f"  {name:<12} p50 {row['p50_ms']:.3f} ms  p99 {row['p99_ms']:.3f} ms  "
           f"{row['rps_c64']:>9.0f} req/s at c=64  errors {row['errors']}", flush=True)
     return row

@@ -8,10 +8,12 @@ every slot's counters (sora.metrics.exposition); the blocking part runs in a thr
 event loop that serves invocations.
 
 `CountedApp`: a thin ASGI wrapper around the Falcon app that counts each response by route
-template and status code (`sora_http_requests_total`). Not a Falcon middleware: that would add
-its calls to every request; this is one closure and a dict increment, the counts written to
-the slot's files once a second (FLUSH_EVERY) and at exit, off the request. A worker killed -9
-loses at most that second of HTTP counts (invocation counts come from the records).
+template and status code (`sora_http_requests_total`) when its status goes out (a request
+whose response never started, its client gone, is not counted). Not a Falcon middleware: that
+would add its calls to every request; this is one closure and a dict increment, with no
+coroutine of its own, the counts written to the slot's files once a second (FLUSH_EVERY) and
+at exit, off the request. A worker killed -9 loses at most that second of HTTP counts
+(invocation counts come from the records).
 """
 from __future__ import annotations
 
@@ -67,7 +69,7 @@ class MetricsResource:
 
 
 class CountedApp:
-    """The gateway's ASGI app with every HTTP response counted."""
+    """The gateway's ASGI app with every HTTP response counted, as its status goes out."""
 
     def __init__(self, app, metrics: SoraMetrics):
         self.app = app
@@ -79,26 +81,28 @@ class CountedApp:
     def __getattr__(self, name):
         return getattr(self.app, name)   # add_route, add_error_handler, ... (tests, B's pages)
 
-    async def __call__(self, scope, receive, send):
+    def __call__(self, scope, receive, send):
+        # Not a coroutine function, and `counted_send` none either: both hand back the
+        # app's (and the server's) own awaitable. An `async def` layer here stays on the
+        # request task's stack for the whole request, and every resumption of the task (each
+        # reply the request waits for) passes through its frame; measured 1.4 us per request
+        # with three waits, against 0.7 us this way (tests/unit/test_metrics_route.py checks
+        # no frame of ours is left on the stack).
         if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        code = 0   # no response started (the client went away, or the app failed)
+            return self.app(scope, receive, send)
+        route = route_of(scope["path"])
 
-        async def counted_send(message):
-            nonlocal code
+        def counted_send(message):
             if message["type"] == "http.response.start":
-                code = message["status"]
-            await send(message)
+                key = (route, message["status"])
+                pending = self.pending
+                pending[key] = pending.get(key, 0) + 1
+                if not self.flush_due:
+                    self.flush_due = True
+                    asyncio.get_running_loop().call_later(FLUSH_EVERY, self.flush)
+            return send(message)
 
-        try:
-            await self.app(scope, receive, counted_send)
-        finally:
-            key = (route_of(scope["path"]), code)
-            pending = self.pending
-            pending[key] = pending.get(key, 0) + 1
-            if not self.flush_due:
-                self.flush_due = True
-                asyncio.get_running_loop().call_later(FLUSH_EVERY, self.flush)
+        return self.app(scope, receive, counted_send)
 
     def flush(self) -> None:
         """Write the counts gathered since the last flush to the slot's files."""

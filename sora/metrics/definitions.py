@@ -13,6 +13,7 @@ else is counted under `other`, so no caller or function can grow the series with
 from __future__ import annotations
 
 import re
+from bisect import bisect_left
 
 from prometheus_client import Counter, Histogram
 
@@ -72,6 +73,26 @@ def route_of(path: str) -> str:
     return OTHER
 
 
+def observe_many(child, milliseconds: list[float]) -> None:
+    """What `child.observe(ms / 1000)` for each value would do, with one write per bucket
+    touched and one for the sum: the values are sorted into buckets here (bisect: a value
+    goes to the first bucket whose bound is >= it, as observe() does), then each bucket's
+    count is added at once. Uses the histogram child's `_upper_bounds`, `_buckets` and `_sum`
+    (prometheus_client's own fields; tests/unit/test_metrics_batching.py checks the result
+    against observe())."""
+    bounds = child._upper_bounds
+    counts: dict[int, int] = {}
+    total = 0.0
+    for ms in milliseconds:
+        seconds = max(0.0, ms) / 1000
+        total += seconds
+        i = bisect_left(bounds, seconds)
+        counts[i] = counts.get(i, 0) + 1
+    for i, n in counts.items():
+        child._buckets[i].inc(n)
+    child._sum.inc(total)
+
+
 class SoraMetrics:
     """The counters and histograms of one process (all of them: a process only writes files
     for the series it touches)."""
@@ -102,27 +123,53 @@ class SoraMetrics:
     def count_records(self, records: list[tuple]) -> None:
         """Count committed invocation records, as sora.store.recorder.parse makes them:
         (request id, function, version, trigger, start, duration ms, status, error type,
-        cold, error message, max memory MB, init duration ms)."""
-        children = self._record_children
+        cold, error message, max memory MB, init duration ms).
+
+        Summed over the batch first, then written once per series: each write to a
+        multiprocess value takes its lock and packs into its mmap'd file, and a histogram's
+        observe() walks its buckets in Python; per record that was ~5 us, in the recorder's
+        loop. Here a record costs a dict lookup and a list append, and a batch (one commit)
+        a handful of writes, so the counts still reach the files with the commit."""
+        per_series: dict[tuple, list] = {}
         for record in records:
             key = (record[1], record[2], record[3], record[6])
-            found = children.get(key)
-            if found is None:
-                function = function_label(record[1])
-                found = (self.invocations.labels(function, version_label(record[2]),
-                                                 trigger_label(record[3]),
-                                                 status_label(record[6])),
-                         self.duration.labels(function), self.cold_starts.labels(function),
-                         self.init_duration.labels(function))
-                if len(children) < CHILDREN_MAX:
-                    children[key] = found
-            found[0].inc()
-            found[1].observe(max(0.0, record[5]) / 1000)
+            entry = per_series.get(key)
+            if entry is None:
+                entry = per_series[key] = [0, [], 0, []]   # records, ms, cold, init ms
+            entry[0] += 1
+            entry[1].append(record[5])
             if record[8]:
-                found[2].inc()
-            init_ms = record[11] if len(record) > 11 else None
-            if init_ms is not None:
-                found[3].observe(max(0.0, init_ms) / 1000)
+                entry[2] += 1
+            if len(record) > 11 and record[11] is not None:
+                entry[3].append(record[11])
+        # The histograms and cold starts are per function: a function's series share them.
+        durations: dict[object, list[float]] = {}
+        inits: dict[object, list[float]] = {}
+        for key, (n, spans, cold, init_spans) in per_series.items():
+            invocations, duration, cold_starts, init_duration = self._record_children_of(key)
+            invocations.inc(n)
+            durations.setdefault(duration, []).extend(spans)
+            if cold:
+                cold_starts.inc(cold)
+            if init_spans:
+                inits.setdefault(init_duration, []).extend(init_spans)
+        for histograms in (durations, inits):
+            for child, spans in histograms.items():
+                observe_many(child, spans)
+
+    def _record_children_of(self, key: tuple) -> tuple:
+        """(invocations, duration, cold starts, init duration) children of a record's raw
+        (function, version, trigger, status)."""
+        found = self._record_children.get(key)
+        if found is None:
+            function = function_label(key[0])
+            found = (self.invocations.labels(function, version_label(key[1]),
+                                             trigger_label(key[2]), status_label(key[3])),
+                     self.duration.labels(function), self.cold_starts.labels(function),
+                     self.init_duration.labels(function))
+            if len(self._record_children) < CHILDREN_MAX:
+                self._record_children[key] = found
+        return found
 
     def count_throttled(self, key: str, trigger: str) -> None:
         """A call refused before it ran (its function's queue full, or no instance freed up

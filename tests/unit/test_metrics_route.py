@@ -104,3 +104,34 @@ def test_counted_app_counts_each_response_by_route_and_code(tmp_path):
               for s in m.samples if s.name.endswith("_total")}
     assert counts[("/functions/{name}", "200")] == 2
     assert counts[("other", "404")] == 1
+
+
+def test_counted_app_leaves_no_frame_of_its_own_on_the_request():
+    """CountedApp hands back the app's own coroutine, and the app's sends reach the server's
+    send as its own awaitable: no coroutine of CountedApp's is on the request task's stack
+    (every resumption of the task would pass through it), yet the response is counted."""
+    import asyncio
+    import inspect
+
+    async def app(scope, receive, send):
+        await asyncio.sleep(0)   # a wait, as for the worker's reply
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    sent = []
+
+    async def send(message):
+        sent.append(message["type"])
+
+    async def main():
+        counted = CountedApp(app, SoraMetrics())
+        call = counted({"type": "http", "path": "/functions/a"}, None, send)
+        assert call.cr_code is app.__code__
+        counted_send = call.cr_frame.f_locals["send"]
+        assert not inspect.iscoroutinefunction(counted_send)
+        await call
+        assert sent == ["http.response.start", "http.response.body"]
+        assert counted.pending == {("/functions/{name}", 201): 1}
+        counted.flush()
+
+    asyncio.run(main())
