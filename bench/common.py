@@ -64,12 +64,17 @@ def wrk(url: str, connections: int, duration: int, threads: int,
     return result
 
 
-def measure(name: str, url: str, duration: int) -> dict:
+def measure(name: str, url: str, duration: int, reading=None) -> dict:
+    """p50/p99 at concurrency 1, then requests per second at 64; `reading`: a function whose
+    results just before and after the c=64 run go in the row (`readings`, e.g. CPU times)."""
     c1 = wrk(url, 1, duration, 1)
+    before = reading() if reading else None
     c64 = wrk(url, 64, duration, 2)
     row = {"target": name, "p50_ms": c1["p50_ms"], "p99_ms": c1["p99_ms"], "rps_c64": c64["rps"],
            "errors": c64["non_2xx"] + c1["non_2xx"], "socket_errors": c64["socket_errors"],
-           "requests": c1["requests"] + c64["requests"]}
+           "requests_c64": c64["requests"]}
+    if reading:
+        row["readings"] = (before, reading())
     print(f"  {name:<12} p50 {row['p50_ms']:.3f} ms  p99 {row['p99_ms']:.3f} ms  "
           f"{row['rps_c64']:>9.0f} req/s at c=64  errors {row['errors']}", flush=True)
     return row

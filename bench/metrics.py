@@ -117,7 +117,9 @@ def alternating_rounds(urls: dict[str, str], roots: dict[str, int], rounds: int,
                        duration: int) -> tuple[dict, dict]:
     """Warm every host up, then measure them in rounds whose order rotates (on, off; off,
     on; ...): whichever goes first in a round is not always the same host. Around each
-    measurement, the CPU seconds each role of that host spent (bench/roles.py)."""
+    c=64 run, the CPU seconds each role of that host spent (bench/roles.py): at c=1 a
+    request costs more CPU than at 64 (fewer are batched per wake-up), so a figure over both
+    would move with the share of c=1 requests, i.e. with the c=64 throughput."""
     results: dict[str, list[dict]] = {name: [] for name in urls}
     cpu: dict[str, list[dict[str, float]]] = {name: [] for name in urls}
     for url in urls.values():
@@ -129,16 +131,17 @@ def alternating_rounds(urls: dict[str, str], roots: dict[str, int], rounds: int,
         shift = i % len(names)
         order = names[shift:] + names[:shift]
         for name in (order if i % 2 == 0 else order[::-1]):
-            before = cpu_by_pid(roots[name])
-            results[name].append(measure(name, urls[name], duration))
-            cpu[name].append(cpu_spent(before, cpu_by_pid(roots[name])))
+            row = measure(name, urls[name], duration,
+                          reading=lambda root=roots[name]: cpu_by_pid(root))
+            results[name].append(row)
+            cpu[name].append(cpu_spent(*row["readings"]))
     return results, cpu
 
 
 def cpu_per_request(results: list[dict], cpu: list[dict]) -> dict[str, float]:
-    """Microseconds of CPU per request of each role (= ms per 1,000 requests): all rounds'
-    CPU over all their requests."""
-    requests = sum(r["requests"] for r in results)
+    """Microseconds of CPU per request of each role (= ms per 1,000 requests) at c=64: all
+    rounds' CPU over all their requests."""
+    requests = sum(r["requests_c64"] for r in results)
     out = {role: sum(c.get(role, 0.0) for c in cpu) * 1e6 / requests for role in ROLES}
     out["total"] = sum(out.values())
     return out
@@ -149,7 +152,7 @@ def print_cpu_table(results: dict[str, list[dict]], cpu: dict[str, list[dict]]) 
     (ratio and difference) per role and in total."""
     per = {name: cpu_per_request(results[name], cpu[name]) for name in results}
     others = [name for name in per if name != OFF]
-    print("\nCPU ms per 1,000 requests (= us per request) by role, all rounds")
+    print("\nCPU ms per 1,000 requests (= us per request) by role at c=64, all rounds")
     print(f"{'role':<16}" + "".join(f" {name:>14}" for name in per) +
           "".join(f" {'/'.join((name, 'off')):>20} {'diff':>7}" for name in others))
     for role in (*ROLES, "total"):
