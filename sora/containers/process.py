@@ -58,6 +58,7 @@ class ContainerProcess:
         self.oom_killed = False
         self.error: str | None = None   # why no container could be made
         self.killed = False
+        self.spare = False   # taken started (a pre-started container), for the scale-out log
         self.attached = threading.Event()   # the thread made it (or failed to)
         self._lock = threading.Lock()
 

@@ -95,7 +95,9 @@ class ContainerFactory:
         """A runtime for a new instance: a running spare, else one being made now."""
         with self.cond:
             proc = self.spares.popleft() if self.spares else None
-            if proc is None:
+            if proc is not None:
+                proc.spare = True
+            else:
                 proc = self._new()
                 self.jobs.appendleft(("instance", proc))
             self._refill()

@@ -211,7 +211,8 @@ class Worker:
                                          f"{self.fn.source}: {exc.strerror}")) from None
         if self.scale_out_at is not None:   # for the scale-out's summary (autoscale)
             self.scale_out_started += 1
-            self.scale_out_pooled += isinstance(inst.proc, PooledProcess)
+            self.scale_out_pooled += isinstance(inst.proc, PooledProcess) or \
+                getattr(inst.proc, "spare", False)
         self.instances.append(inst)
         for fd, kind in ((inst.control_fd, "control"), (inst.log_fds[0], "log"),
                          (inst.log_fds[1], "log")):
