@@ -6,9 +6,10 @@ Warm, in alternating rounds (each figure the median over the rounds), with wrk:
   - concurrency 1: p50 / p99 latency;
   - concurrency 16: requests per second.
 Cold start, each a median of several client-side calls:
-  - Sora, container, a pre-started container taken (a copy of hello with `minInstances: 0`,
+  - Sora, container, a pre-started container taken (host-config.yaml `prestartedRuntimes`,
+    default 2) (a copy of hello with `minInstances: 0`,
     `idleTimeout: 0.5`, called once scaled to zero after its spares are up);
-  - Sora, container, `server.prestartedRuntimes: 0` (a second host): the call waits for
+  - Sora, container, `prestartedRuntimes: 0` (a second host): the call waits for
     container create + start + the first answer;
   - Sora, bubblewrap: the sandboxed copy, scaled to zero (a pre-started runtime taken);
   - a bare `docker run --rm --network none sora-test/node20 node -e ...` (the Docker CLI: it is
@@ -177,7 +178,8 @@ def run(args, socket: str, image: str) -> dict:
         (tmp / "b").mkdir()
         bare_port = free_port()
         host = start_host(tmp / "b", bare_port, args.gateway_workers, [functions[3]],
-                          extra=server_settings(bare_port, args, socket, prestartedRuntimes=0))
+                          extra={**server_settings(bare_port, args, socket),
+                                 "prestartedRuntimes": 0})
         try:
             wait_http(f"http://127.0.0.1:{bare_port}/healthz", timeout=120)
             cold_ms["container, create + start"] = show(
@@ -190,12 +192,13 @@ def run(args, socket: str, image: str) -> dict:
     return {"warm": warm, "cold_ms": cold_ms}
 
 
-def server_settings(port: int, args, socket: str, **more) -> dict:
+def server_settings(port: int, args, socket: str) -> dict:
     """host-config.yaml's `server` (start_host's `extra` replaces the one it writes): the
     engine's socket beside the port and gateway workers."""
-    return {"server": {"httpPort": port, "bind": "127.0.0.1",
-                       "gatewayWorkers": args.gateway_workers, "docker": {"socket": socket},
-                       **more}}
+    server = {"httpPort": port, "bind": "127.0.0.1", "gatewayWorkers": args.gateway_workers}
+    if socket != engines.SYSTEM_SOCKET:   # the default
+        server["docker"] = {"socket": socket}
+    return {"server": server}
 
 
 def report(results: dict) -> None:
