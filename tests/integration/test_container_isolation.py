@@ -86,6 +86,10 @@ def host(tmp_path_factory, docker_engine):
         write_function(fns, "cidle", {"index.js": PROBE}, name="cidle", isolation="container",
                        image=node_image, minInstances=0, idleTimeout=2),
         write_function(fns, "plain", {"index.js": PROBE}, name="plain"),
+        write_function(fns, "cfresh", {"index.js": PROBE}, name="cfresh", isolation="container",
+                       image=node_image, coldStart="always"),
+        write_function(fns, "cburst", {"index.js": PROBE}, name="cburst", isolation="container",
+                       image=node_image, maxInstances=4, concurrency=4),
     ]
     server = {}
     if docker_engine.socket != "/var/run/docker.sock":
@@ -98,9 +102,12 @@ def host(tmp_path_factory, docker_engine):
     # Stopped: not one container of this host's functions is left.
     left = docker_engine.client.containers.list(
         all=True, filters={"label": "sora.function"})
-    ours = [c.name for c in left if c.labels.get("sora.function") in ("cnode", "cpy", "cidle")
+    ours = [c.name for c in left if c.labels.get("sora.function") in FUNCTIONS
             and str(base) in json.dumps(c.attrs.get("Mounts", []))]
     assert ours == []
+
+
+FUNCTIONS = ("cnode", "cpy", "cidle", "cfresh", "cburst")
 
 
 def probe(host, name="cnode", **params):
@@ -212,7 +219,38 @@ def test_scale_to_zero_then_a_call_starts_one_again(host):
 
 
 def test_dead_containers_are_removed(host):
-    wait_for(lambda: all(c.status == "running" for name in ("cnode", "cpy", "cidle")
+    wait_for(lambda: all(c.status == "running" for name in FUNCTIONS
                          for c in host.engine.client.containers.list(
                              all=True, filters={"label": f"sora.function={name}"})),
              timeout=20, what="only running containers")
+
+
+def test_cold_start_always_gets_a_fresh_container_each_call(host):
+    streams = []
+    for _ in range(3):
+        r = host.invoke("cfresh")
+        assert r.status_code == 200, r.text
+        streams.append(json_of(r)["stream"])
+        assert host.record(r.headers["X-Sora-Request-Id"])["cold"] is True
+    assert len(set(streams)) == 3
+
+
+def test_autoscaling_starts_more_containers_for_a_burst(host):
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: host.invoke("cburst", params={"sleep": "700"}),
+                                range(8)))
+    assert all(r.status_code == 200 for r in answers)
+    assert host.function_state("cburst")["instances"] > 1
+
+
+def test_the_channel_cannot_be_changed_from_inside(host):
+    # Its FIFOs are the function's uid's, but the folder is bound read-only: no chmod, no
+    # new name, no removal; the host's side of it is root's.
+    assert probe(host, write="/run/sora/x")["code"] in ("EROFS", "EACCES")
+    assert probe(host, ls="/run/sora") == {"ok": False, "code": "EACCES"}
+    # What it writes on its own control FIFO is judged as any runtime's control line: text
+    # that is no message replaces the instance (Sora.ProtocolError), as for the other kinds.
+    r = host.invoke("cnode", params={"write": "/run/sora/control"})
+    assert r.status_code == 502 and json_of(r)["errorType"] == "Sora.ProtocolError"
+    assert probe(host)["uid"] != 0
