@@ -46,6 +46,7 @@ from ..config import ConfigError
 from ..runtimes import runtime_for
 from ..isolation import cgroups, sandbox, secrets
 from ..isolation.secrets import remove_leftovers as remove_secret_files
+from ..containers import channel
 from ..control.plane import ControlPlane
 from ..cluster.keys import load_keys
 from ..cluster.link import Uplink, uplink_for
@@ -290,6 +291,7 @@ class Arbiter(Reloading):
                 # (named by the function's name, a version's worker too)
                 remove_secret_files(split_key(function)[0], child.proc.pid)
                 cgroups.remove_leftovers(split_key(function)[0], child.proc.pid)
+                channel.remove_leftovers(p.run_dir(self.state_dir), child.proc.pid)
                 if code == p.EXIT_BOOT_ERROR:
                     why = "cannot boot: " + (p.take_boot_error(self.state_dir, function)
                                              or "the worker exited with a boot error")
@@ -656,6 +658,7 @@ class Arbiter(Reloading):
             if name.startswith("w-") and name.endswith(".sock"):   # workers' data endpoints
                 remove_file(os.path.join(p.run_dir(self.state_dir), name))
         cgroups.remove_orphaned_groups()   # and its cgroups
+        channel.remove_leftovers(p.run_dir(self.state_dir))   # and its containers' FIFOs
         ctypes.CDLL(None).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         self.install_signals()
         quiet_gc()  # the control plane thread shares this process

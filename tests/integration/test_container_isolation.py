@@ -8,11 +8,11 @@ root, no capability, no new privileges, a read-only root, no network with `netwo
 no other function's folder, no engine socket."""
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
 
+from sora.containers.spares import host_id
 from tests.images.build import ensure_image
 from tests.support import json_of, served, wait_for, write_function
 
@@ -86,6 +86,10 @@ def host(tmp_path_factory, docker_engine):
         write_function(fns, "cidle", {"index.js": PROBE}, name="cidle", isolation="container",
                        image=node_image, minInstances=0, idleTimeout=2),
         write_function(fns, "plain", {"index.js": PROBE}, name="plain"),
+        write_function(fns, "cfresh", {"index.js": PROBE}, name="cfresh", isolation="container",
+                       image=node_image, coldStart="always"),
+        write_function(fns, "cburst", {"index.js": PROBE}, name="cburst", isolation="container",
+                       image=node_image, maxInstances=4, concurrency=4),
     ]
     server = {}
     if docker_engine.socket != "/var/run/docker.sock":
@@ -93,14 +97,14 @@ def host(tmp_path_factory, docker_engine):
     gen = served(base, dirs, https=False, server=server)
     sora = next(gen)
     sora.fns, sora.engine = fns, docker_engine
+    sora.host_id = host_id(str(base / "state"))
     yield sora
     next(gen, None)
-    # Stopped: not one container of this host's functions is left.
-    left = docker_engine.client.containers.list(
-        all=True, filters={"label": "sora.function"})
-    ours = [c.name for c in left if c.labels.get("sora.function") in ("cnode", "cpy", "cidle")
-            and str(base) in json.dumps(c.attrs.get("Mounts", []))]
-    assert ours == []
+    # Stopped: not one container of this host is left.
+    assert ours(sora, all=True) == []
+
+
+FUNCTIONS = ("cnode", "cpy", "cidle", "cfresh", "cburst")
 
 
 def probe(host, name="cnode", **params):
@@ -109,8 +113,14 @@ def probe(host, name="cnode", **params):
     return json_of(r)
 
 
+def ours(host, all=False, **labels):
+    """This host's containers (of the functions named by `labels`)."""
+    wanted = [f"sora.host={host.host_id}", *(f"{k}={v}" for k, v in labels.items())]
+    return host.engine.client.containers.list(all=all, filters={"label": wanted})
+
+
 def containers_of(host, name):
-    return host.engine.client.containers.list(filters={"label": f"sora.function={name}"})
+    return ours(host, **{"sora.function": name})
 
 
 def test_node_and_python_functions_answer_in_containers(host):
@@ -212,7 +222,55 @@ def test_scale_to_zero_then_a_call_starts_one_again(host):
 
 
 def test_dead_containers_are_removed(host):
-    wait_for(lambda: all(c.status == "running" for name in ("cnode", "cpy", "cidle")
-                         for c in host.engine.client.containers.list(
-                             all=True, filters={"label": f"sora.function={name}"})),
+    wait_for(lambda: all(c.status == "running" for c in ours(host, all=True)),
              timeout=20, what="only running containers")
+
+
+def test_cold_start_always_gets_a_fresh_container_each_call(host):
+    streams = []
+    for _ in range(3):
+        r = host.invoke("cfresh")
+        assert r.status_code == 200, r.text
+        streams.append(json_of(r)["stream"])
+        assert host.record(r.headers["X-Sora-Request-Id"])["cold"] is True
+    assert len(set(streams)) == 3
+
+
+def test_autoscaling_starts_more_containers_for_a_burst(host):
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: host.invoke("cburst", params={"sleep": "700"}),
+                                range(8)))
+    assert all(r.status_code == 200 for r in answers)
+    assert host.function_state("cburst")["instances"] > 1
+
+
+def test_the_channel_cannot_be_changed_from_inside(host):
+    # Its FIFOs are the function's uid's, but the folder is bound read-only: no chmod, no
+    # new name, no removal; the host's side of it is root's.
+    assert probe(host, write="/run/sora/x")["code"] in ("EROFS", "EACCES")
+    assert probe(host, ls="/run/sora") == {"ok": False, "code": "EACCES"}
+    # What it writes on its own control FIFO is judged as any runtime's control line: text
+    # that is no message replaces the instance (Sora.ProtocolError), as for the other kinds.
+    r = host.invoke("cnode", params={"write": "/run/sora/control"})
+    assert r.status_code == 502 and json_of(r)["errorType"] == "Sora.ProtocolError"
+    assert probe(host)["uid"] != 0
+
+
+def test_a_killed_workers_channels_are_removed_and_its_containers_end(host):
+    assert probe(host, "cpy") is not None
+    old = host.function_state("cpy")["pid"]
+    folder = host.base / "state" / "run" / "containers"
+    assert any(p.name.startswith(f"{old}-") for p in folder.iterdir())
+    host.kill_worker("cpy")
+    wait_for(lambda: not any(p.name.startswith(f"{old}-") for p in folder.iterdir()),
+             timeout=10, what="the killed worker's channel folders removed")
+    # Its runtimes read the end of their requests FIFO and exit: none keeps running (the
+    # supervisor's sweep removes the containers themselves, sora.containers.engine).
+    wait_for(lambda: not ours(host, **{"sora.worker": old}), timeout=20,
+             what="the killed worker's containers ended")
+    assert probe(host, "cpy")["uid"] != 0
+    # Removing them is the supervisor's sweep (tests/integration/test_container_engine.py);
+    # what is left here is removed, so the end of the module finds none of this host's.
+    for container in ours(host, all=True, **{"sora.worker": old}):
+        container.remove(force=True)
