@@ -353,7 +353,8 @@ class Arbiter(Reloading):
     def start_functions(self) -> None:
         for fn in self.config.functions:
             run = SetupRun(fn, self.state_dir, force=fn.coldStart == "always-setup",
-                           withheld=secrets.declared_env_names(self.config.functions))
+                           withheld=secrets.declared_env_names(self.config.functions),
+                           docker_socket=self.config.server.docker.socket)
             self.setups[fn.name] = run
             for number in range(1, fn.workers + 1):
                 key = fn.name if number == 1 else f"{fn.name}#{number}"

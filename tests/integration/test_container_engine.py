@@ -8,11 +8,9 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import shutil
 import subprocess
 import tarfile
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import docker
@@ -48,22 +46,46 @@ def _libraries(path: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def sh_image(docker_engine):
-    """`sora-test/engine-sh:<hash>`: the host's dash, sleep, cat, ls and id with their
-    libraries, imported as an image (removed at the module's end)."""
-    files = {os.path.realpath(p) for tool in SH_TOOLS if os.path.exists(tool)
-             for p in (tool, *_libraries(os.path.realpath(tool)))}
+    """`sora-test/engine-sh:<hash>`, removed at the module's end."""
+    name = build_sh_image(docker_engine.client)
+    yield name
+    try:
+        docker_engine.client.images.remove(name, force=True)
+    except docker.errors.APIError:
+        pass
+
+
+def build_sh_image(client) -> str:
+    """The host's dash, sleep, cat, ls and id with their libraries, imported as an image."""
     buffer = io.BytesIO()
+    added: set[str] = set()
+
+    def add(tar, path: str) -> None:
+        # By its name with the folders' links resolved (merged /usr: /lib64 -> usr/lib64),
+        # a link kept as a link and its target added too (/lib64/ld-linux... -> ../lib/...).
+        name = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+        if name in added:
+            return
+        added.add(name)
+        if os.path.islink(name):
+            info = tarfile.TarInfo(name.lstrip("/"))
+            info.type, info.linkname = tarfile.SYMTYPE, os.readlink(name)
+            tar.addfile(info)
+            add(tar, os.path.join(os.path.dirname(name), os.readlink(name)))
+        else:
+            tar.add(name, arcname=name.lstrip("/"))
+
     with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for path in sorted(files):
-            tar.add(path, arcname=path.lstrip("/"))
-        # The names as the host has them: /bin, /lib... links into /usr (merged /usr), and
-        # the tools that are links to others (/bin/sh -> dash).
-        for link in ("/bin", "/lib", "/lib64", "/sbin", *SH_TOOLS):
-            if os.path.islink(link) and not any(
-                    link.startswith(top + "/") for top in ("/bin", "/lib") if os.path.islink(top)):
-                info = tarfile.TarInfo(link.lstrip("/"))
-                info.type, info.linkname = tarfile.SYMTYPE, os.readlink(link)
+        for top in ("/bin", "/lib", "/lib64", "/sbin"):   # merged /usr: links into it
+            if os.path.islink(top):
+                info = tarfile.TarInfo(top.lstrip("/"))
+                info.type, info.linkname = tarfile.SYMTYPE, os.readlink(top)
                 tar.addfile(info)
+        for tool in SH_TOOLS:
+            if os.path.exists(tool):
+                add(tar, tool)
+                for library in _libraries(os.path.realpath(tool)):
+                    add(tar, library)
         for folder in ("tmp", "var/run", "run", "home"):
             info = tarfile.TarInfo(folder)
             info.type, info.mode = tarfile.DIRTYPE, 0o1777 if folder == "tmp" else 0o755
@@ -71,14 +93,10 @@ def sh_image(docker_engine):
     data = buffer.getvalue()
     tag = hashlib.sha256(data).hexdigest()[:12]
     name = f"sora-test/engine-sh:{tag}"
-    docker_engine.client.api.import_image_from_data(
+    client.api.import_image_from_data(
         data, repository="sora-test/engine-sh", tag=tag,
         changes=['ENV PATH=/usr/bin:/bin', 'CMD ["/bin/sh"]'])
-    yield name
-    try:
-        docker_engine.client.images.remove(name, force=True)
-    except docker.errors.APIError:
-        pass
+    return name
 
 
 def host_containers(client, state_dir) -> list:
@@ -253,3 +271,81 @@ def test_a_clean_stop_leaves_no_container_of_the_host(sweeping_host, sh_image, d
     made.append(leftover(client, sh_image, tmp_path / "state", worker))
     assert host.stop() == 0
     assert host_containers(client, tmp_path / "state") == []
+
+
+SETUP_PROBE = [
+    'echo "uid=$(id -u) gid=$(id -g) home=$HOME pwd=$(pwd)" > made.txt',
+    # The attacker's setup: the engine's socket by its usual paths and variables.
+    'for p in /var/run/docker.sock /run/docker.sock /var/run/docker /run/docker '
+    '/run/containerd/containerd.sock /var/run/sora; do [ -e "$p" ] && echo "found $p"; done'
+    ' > probe.txt; [ -n "$DOCKER_HOST" ] && echo "DOCKER_HOST=$DOCKER_HOST" >> probe.txt;'
+    ' echo root > /root-file 2>/dev/null && echo "root file system writable" >> probe.txt;'
+    ' echo tmp > /tmp/t && echo "tmp writable" >> probe.txt; export -p > env.txt;'
+    ' cat /proc/self/mountinfo > mounts.txt; true',
+]
+
+
+def test_setup_runs_in_a_container_of_the_image(tmp_path, docker_engine, sh_image):
+    folder = boxed(tmp_path, sh_image, setup=SETUP_PROBE, minInstances=0,
+                   env={"GREETING": "hi"})
+    host = SoraHost(tmp_path, [folder, plain(tmp_path)], https=False,
+                    server={"docker": {"socket": docker_engine.socket}},
+                    env={"SORA_TEST_HIDDEN": "host-only", "npm_config_registry":
+                         "http://127.0.0.1:9/"})
+    host.start(wait_functions=["plain"])
+    try:
+        wait_for(lambda: (folder / "mounts.txt").exists(), timeout=60,
+                 what="setup's files synced back into the folder")
+        made = (folder / "made.txt").read_text().split()
+        owner = os.stat(folder).st_uid
+        assert made[0] != "uid=0" and made[0] == f"uid={host_uid(tmp_path)}"
+        assert made[2:] == ["home=/home/sora", "pwd=/var/task"]
+        assert os.stat(folder / "made.txt").st_uid == owner   # synced back as the owner's
+        assert (folder / "probe.txt").read_text() == "tmp writable\n"
+        env = (folder / "env.txt").read_text()
+        assert "GREETING='hi'" in env and "npm_config_registry=" in env
+        assert "SORA_TEST_HIDDEN" not in env and "SORA_RUN_ONCE_SPEC" not in env
+        mounts = (folder / "mounts.txt").read_text()
+        assert f"{tmp_path}/state/setup/boxed.folder /var/task " in mounts
+        assert f" {folder} " not in mounts and f"{folder}/" not in mounts
+        assert host_containers(docker_engine.client, tmp_path / "state") == []
+    finally:
+        assert host.stop() == 0
+    log = (tmp_path / "state" / "setup" / "boxed.log").read_text()
+    assert "$ (sora) copy the folder for the setup container" in log
+    assert "$ (sora) sync what setup made back into the folder" in log
+
+
+def host_uid(base) -> int:
+    """The uid the host gives `boxed` (its sandbox uid, one of its own)."""
+    from sora.config import load_host_config
+    return load_host_config(str(base / "host-config.yaml")).function("boxed").sandboxUid
+
+
+def test_setup_timeout_kills_its_container(tmp_path, docker_engine, sh_image):
+    folder = boxed(tmp_path, sh_image, setup=["echo started; sleep 120"], setupTimeout=3,
+                   minInstances=0)
+    host = SoraHost(tmp_path, [folder, plain(tmp_path)], https=False,
+                    server={"docker": {"socket": docker_engine.socket}})
+    host.start(wait_functions=["plain"])
+    try:
+        reason = wait_fatal(host, "boxed")
+        assert "setup command 'echo started; sleep 120' timed out after 3s" in reason
+        assert host_containers(docker_engine.client, tmp_path / "state") == []
+        assert "started" in (tmp_path / "state" / "setup" / "boxed.log").read_text()
+    finally:
+        assert host.stop() == 0
+
+
+def test_a_failed_setup_command_fails_the_function(tmp_path, docker_engine, sh_image):
+    folder = boxed(tmp_path, sh_image, setup=["echo to the log; exit 3"], minInstances=0)
+    host = SoraHost(tmp_path, [folder, plain(tmp_path)], https=False,
+                    server={"docker": {"socket": docker_engine.socket}})
+    host.start(wait_functions=["plain"])
+    try:
+        reason = wait_fatal(host, "boxed")
+        assert "setup command 'echo to the log; exit 3' failed with exit status 3" in reason
+        assert "to the log" in (tmp_path / "state" / "setup" / "boxed.log").read_text()
+        assert host_containers(docker_engine.client, tmp_path / "state") == []
+    finally:
+        assert host.stop() == 0
