@@ -46,6 +46,7 @@ from ..config import ConfigError
 from ..runtimes import runtime_for
 from ..isolation import cgroups, sandbox, secrets
 from ..isolation.secrets import remove_leftovers as remove_secret_files
+from ..containers import channel
 from ..control.plane import ControlPlane
 from ..cluster.keys import load_keys
 from ..cluster.link import Uplink, uplink_for
@@ -195,7 +196,8 @@ class Arbiter(Reloading):
         if warm_up:
             argv.append("--warm-up")
         if fn.containerized:   # the engine its instances run in (never shown to a function)
-            argv += ["--docker-socket", config.server.docker.socket]
+            argv += ["--docker-socket", config.server.docker.socket,
+                     "--prestarted-runtimes", str(config.prestartedRuntimes)]
             self.sweeps.use()
         return Launch(argv, dict(os.environ), start_timeout=max(30.0, fn.timeout) + 15,
                       start_retries=1 if warm_up else WORKER_START_RETRIES)
@@ -292,6 +294,7 @@ class Arbiter(Reloading):
                 # (named by the function's name, a version's worker too)
                 remove_secret_files(split_key(function)[0], child.proc.pid)
                 cgroups.remove_leftovers(split_key(function)[0], child.proc.pid)
+                channel.remove_leftovers(p.run_dir(self.state_dir), child.proc.pid)
                 self.sweeps.after_worker(child.proc.pid)   # its containers (killed -9)
                 if code == p.EXIT_BOOT_ERROR:
                     why = "cannot boot: " + (p.take_boot_error(self.state_dir, function)
@@ -660,6 +663,7 @@ class Arbiter(Reloading):
             if name.startswith("w-") and name.endswith(".sock"):   # workers' data endpoints
                 remove_file(os.path.join(p.run_dir(self.state_dir), name))
         cgroups.remove_orphaned_groups()   # and its cgroups
+        channel.remove_leftovers(p.run_dir(self.state_dir))   # and its containers' FIFOs
         # And its containers: no other supervisor has this stateDir (the lock above), so
         # every container labelled with this host's id is a leftover.
         self.sweeps.at_start()
@@ -707,6 +711,8 @@ class Arbiter(Reloading):
         kinds: list[tuple[list[str], int]] = []
         for fn in self.config.functions:
             runtime = runtime_for(fn.language)
+            if fn.isolation == "container":
+                continue  # its worker keeps its own pre-started containers (containers.spares)
             if fn.runtime is not None or not runtime.standby(fn):
                 continue  # a runtime of the function's own may be built by its setup
             try:
