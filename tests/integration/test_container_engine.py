@@ -1,8 +1,9 @@
-"""Engine handling for `isolation: container` (issue 20, point 4), against a real engine:
-a function whose engine does not answer, or whose image is missing, is reported broken with
-the reason while the others serve; containers Sora's workers and hosts leave (a worker or the
-whole host killed -9) are removed by label, and none of a host's remain after it stops; no
-function or setup ever reaches the engine's socket."""
+"""Engine handling for `isolation: container` (issue 20, point 4), against a real engine
+(the `docker_engine` fixture, tests/docker_engine.py): a function whose engine does not
+answer, or whose image is missing, is reported broken with the reason while the others serve;
+containers Sora's workers and hosts leave (a worker or the whole host killed -9) are removed
+by label, and none of a host's remain after it stops; setup runs in a container of the image;
+no function or setup ever reaches the engine's socket."""
 from __future__ import annotations
 
 import hashlib
@@ -11,31 +12,20 @@ import os
 import subprocess
 import tarfile
 import time
-from types import SimpleNamespace
 
 import docker
 import pytest
 
 from sora.containers import engine
+from tests.images.build import ensure_image
 from tests.integration import functions as F
-from tests.support import SoraHost, wait_for, write_function
+from tests.support import SoraHost, json_of, wait_for, write_function
 
 pytestmark = pytest.mark.integration
 
-SYSTEM_SOCKET = "/var/run/docker.sock"
 ABSENT_IMAGE = "sora-test/absent-image:0"
 # A shell and a few tools from the host, for leftovers that sleep and setups that probe.
 SH_TOOLS = ("/bin/sh", "/usr/bin/sh", "/usr/bin/dash", "/bin/sleep", "/bin/cat", "/bin/ls", "/usr/bin/id")
-
-
-@pytest.fixture(scope="module")
-def docker_engine():
-    """The engine at /var/run/docker.sock (D's session fixture `docker_engine` replaces this
-    module's once it lands)."""
-    client = docker.DockerClient(base_url=f"unix://{SYSTEM_SOCKET}", timeout=300)
-    assert client.ping(), f"no Docker engine answers at {SYSTEM_SOCKET}"
-    yield SimpleNamespace(socket=SYSTEM_SOCKET, client=client)
-    client.close()
 
 
 def _libraries(path: str) -> list[str]:
@@ -349,3 +339,99 @@ def test_a_failed_setup_command_fails_the_function(tmp_path, docker_engine, sh_i
         assert host_containers(docker_engine.client, tmp_path / "state") == []
     finally:
         assert host.stop() == 0
+
+
+# --- with real instances (sora.containers: B's instances, D's images) ---------------------------
+
+ATTACK = r"""
+const fs = require('fs');
+const net = require('net');
+const tryConnect = (path) => new Promise((resolve) => {
+  const s = net.connect({ path });
+  s.setTimeout(2000, () => { s.destroy(); resolve('TIMEOUT'); });
+  s.on('connect', () => { s.destroy(); resolve('CONNECTED'); });
+  s.on('error', (err) => resolve(err.code));
+});
+exports.handler = async (event) => {
+  const paths = (event.queryStringParameters || {}).paths.split(',');
+  const found = {};
+  for (const path of paths) found[path] = await tryConnect(path);
+  let mounts = '';
+  try { mounts = fs.readFileSync('/proc/self/mountinfo', 'utf8'); } catch (err) { mounts = err.code; }
+  return {
+    found,
+    env: Object.entries(process.env).filter(([k, v]) => /docker|containerd/i.test(k + v)),
+    mountsNamingTheEngine: mounts.split('\n').filter((l) => /docker\.sock|containerd/.test(l)),
+  };
+};
+"""
+
+
+def instance_host(base, docker_engine, **extra):
+    image = ensure_image(docker_engine.client, "sora-test/node20")
+    dirs = [write_function(base, "cnode", {"index.js": ATTACK}, name="cnode",
+                           isolation="container", image=image, minInstances=2, **extra),
+            plain(base)]
+    return SoraHost(base, dirs, https=False, server={"docker": {"socket": docker_engine.socket}})
+
+
+def of_worker(client, state_dir, pid, all=True) -> list:
+    return client.containers.list(all=all, filters={"label": [
+        f"sora.host={engine.host_id(str(state_dir))}", f"sora.worker={pid}"]})
+
+
+def test_instances_of_a_worker_killed_9_are_removed_and_replaced(tmp_path, docker_engine):
+    host = instance_host(tmp_path, docker_engine)
+    client = docker_engine.client
+    host.start()
+    try:
+        assert host.invoke("cnode", params={"paths": "/tmp"}).status_code == 200
+        old = host.function_state("cnode")["pid"]
+        before = of_worker(client, tmp_path / "state", old)
+        assert len(before) >= 2   # its two instances (and any pre-started spare)
+        new = host.kill_worker("cnode")["pid"]
+        wait_for(lambda: of_worker(client, tmp_path / "state", old) == [], timeout=30,
+                 what="the killed worker's containers removed")
+        assert host.invoke("cnode", params={"paths": "/tmp"}).status_code == 200
+        assert len(of_worker(client, tmp_path / "state", new, all=False)) >= 2
+    finally:
+        assert host.stop() == 0
+    assert host_containers(client, tmp_path / "state") == []
+
+
+def test_a_function_never_reaches_the_engine(tmp_path, docker_engine):
+    """The attacker's function: the engine's socket by every usual path, through the
+    container's root and pid 1's, by variables, and in its mounts."""
+    host = instance_host(tmp_path, docker_engine)
+    host.start()
+    paths = ["/var/run/docker.sock", "/run/docker.sock", "/var/run/docker/docker.sock",
+             "/run/containerd/containerd.sock", "/var/run/containerd/containerd.sock",
+             "/proc/1/root/var/run/docker.sock", "/proc/self/root/run/docker.sock",
+             docker_engine.socket, "/run/sora/docker.sock", "/tmp/docker.sock"]
+    try:
+        body = json_of(host.invoke("cnode", params={"paths": ",".join(paths)}))
+        assert set(body["found"].values()) <= {"ENOENT", "EACCES"}, body["found"]
+        assert body["env"] == [] and body["mountsNamingTheEngine"] == []
+    finally:
+        assert host.stop() == 0
+
+
+def test_a_host_killed_9_with_running_instances_then_started_leaves_none(tmp_path,
+                                                                         docker_engine):
+    host = instance_host(tmp_path, docker_engine)
+    client = docker_engine.client
+    host.start()
+    old = host.function_state("cnode")["pid"]
+    assert len(of_worker(client, tmp_path / "state", old, all=False)) >= 2
+    host.kill9()
+    # The engine's, not the host's: they outlive it.
+    assert of_worker(client, tmp_path / "state", old) != []
+    again = host.restarted()
+    again.start()
+    try:
+        assert of_worker(client, tmp_path / "state", old) == []
+        assert again.invoke("cnode", params={"paths": "/tmp"}).status_code == 200
+        assert "container(s) left by an earlier run of this host" in again.log()
+    finally:
+        assert again.stop() == 0
+    assert host_containers(client, tmp_path / "state") == []
