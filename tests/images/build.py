@@ -51,13 +51,16 @@ PASSWD = ("root:x:0:0:root:/root:/bin/sh\n"
 GROUP = "root:x:0:\nnogroup:x:65534:\n"
 NSSWITCH = "passwd: files\ngroup: files\nshadow: files\nhosts: files\n"
 
-_known: dict[tuple[str, str], str] = {}   # (engine, name) -> reference, for this process
+_known: dict[tuple[str, str], str] = {}   # (data root, name) -> reference, for this process
 
 
 def ensure_image(client: docker.DockerClient, name: str) -> str:
     """The reference of image `name` (one of the four above) in `client`'s engine, built first
     if the engine has none for the current inputs."""
-    key = (client.api.base_url, name)
+    # Which engine, by its data root (where its images are): not the client's URL (every Unix
+    # socket's is http+docker://localhost) nor the engine's ID (two dockerds on one machine
+    # share /etc/docker/key.json, so a test session's own would be taken for the system's).
+    key = (client.info()["DockerRootDir"], name)
     if key not in _known:
         _known[key] = _RECIPES[name](client)
     return _known[key]

@@ -24,7 +24,10 @@ def _fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 
 
-def test_own_dockerd_has_no_network_and_leaves_nothing(tmp_path):
+def test_own_dockerd_has_no_network_and_leaves_nothing(docker_engine):
+    # The session's engine first: ensure_image then builds for the own dockerd too (its
+    # per-process memory is per engine; every Unix socket's client has the same URL).
+    ensure_image(docker_engine.client, NODE20)
     fds_before = _fds()
     daemon = engines.OwnDaemon()
     try:
