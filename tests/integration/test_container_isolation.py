@@ -79,7 +79,7 @@ def host(tmp_path_factory, docker_engine):
     (base / "token.txt").write_text("s3cret-value-42")
     dirs = [
         write_function(fns, "cnode", {"index.js": PROBE}, name="cnode", isolation="container",
-                       image=node_image, memory=128, timeout=3, tmpSize=8, network=False),
+                       image=node_image, memory=128, timeout=10, tmpSize=8, network=False),
         write_function(fns, "cpy", {"app.py": PY}, name="cpy", language="python",
                        entrypoint="app.py", isolation="container", image=python_image,
                        secrets={"TOKEN": {"file": str(base / "token.txt")}}),
@@ -194,7 +194,7 @@ def test_memory_past_the_limit_is_out_of_memory_and_the_next_call_works(host):
 
 def test_timeout_kills_and_replaces_the_container(host):
     before = probe(host)["stream"]
-    r = host.invoke("cnode", params={"sleep": "10000"})
+    r = host.invoke("cnode", params={"sleep": "15000"})
     assert r.status_code == 504, r.text
     assert json_of(r)["errorType"] == "Sora.Timeout"
     after = probe(host)
