@@ -39,6 +39,7 @@ from ..runtimes.base import in_container
 from .logs import FunctionLog
 from .report import end_lines, start_line
 from ..runtimes import Runtime, runtime_for
+from ..containers import engine
 from ..isolation import cgroups, nofollow, sandbox, watched
 from .scaling import SCALE_OUT_WAIT, idle_expired, plan_scale_out
 from . import warmup
@@ -264,7 +265,8 @@ class Worker:
             return
         if self.fn.coldStart == "always-setup":
             # The fresh instance starts once a fresh setup has run (poll_setups).
-            run = SetupRun(self.fn, self.state_dir, force=True, withheld=self.setup_withheld)
+            run = SetupRun(self.fn, self.state_dir, force=True, withheld=self.setup_withheld,
+                           docker_socket=self.docker_socket)
             run.start()
             self.setups[inst.index] = run
         else:
@@ -1054,6 +1056,18 @@ def parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_engine(fn, socket: str) -> dict:
+    """A containerized function's engine and image, checked at its worker's start (the image's
+    Config returned): a boot error with the reason when no engine answers or the image is not
+    in it (the function is then reported broken, and the others serve)."""
+    try:
+        return engine.check(socket, fn.image)
+    except engine.ImageMissing as exc:
+        raise ConfigError(fn.source, [f"image: {exc}"]) from None
+    except engine.EngineUnavailable as exc:
+        raise ConfigError(fn.source, [f"isolation: container: {exc}"]) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -1068,6 +1082,8 @@ def main(argv: list[str] | None = None) -> int:
         if fn is None:
             raise ConfigError(args.functions, [f"expected the config of function "
                                                f"{args.name!r}, got none"])
+        if fn.containerized:   # first: without its engine and image nothing else can start
+            check_engine(fn, args.docker_socket)
         runtime = runtime_for(fn.language)
         runtime.prepare(fn)
         secrets = Secrets(fn, read_secrets(fn), args.state_dir)
