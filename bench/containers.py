@@ -55,20 +55,28 @@ def measure(url: str, duration: int) -> dict:
             "errors": c1["non_2xx"] + c16["non_2xx"]}
 
 
-def warm_rounds(urls: dict[str, str], rounds: int, duration: int) -> dict[str, dict]:
+def warm_rounds(urls: dict[str, str], rounds: int, duration: int) -> dict:
+    """Medians over the rounds, and the median of each round's container / sandbox ratios
+    (paired in time, so a burst of load from elsewhere weighs on both sides of a ratio). The
+    order of the targets turns each round."""
     results: dict[str, list[dict]] = {name: [] for name in urls}
     for url in urls.values():
         wait_http(url, timeout=120)
         wrk(url, 16, 3, 2)   # warm-up: JIT, and the worker learns the function is fast
+    names = list(urls)
     for i in range(rounds):
-        print(f"round {i + 1}/{rounds}", flush=True)
-        for name, url in urls.items():
-            row = measure(url, duration)
+        print(f"round {i + 1}/{rounds} (load {os.getloadavg()[0]:.1f})", flush=True)
+        for name in names[i % len(names):] + names[:i % len(names)]:
+            row = measure(urls[name], duration)
             results[name].append(row)
             print(f"  {name:<16} p50 {row['p50_ms']:.3f} ms  p99 {row['p99_ms']:.3f} ms  "
                   f"{row['rps_c16']:>8.0f} req/s at c=16  errors {row['errors']}", flush=True)
-    return {name: {key: statistics.median(r[key] for r in rows) for key in rows[0]}
-            for name, rows in results.items()}
+    medians = {name: {key: statistics.median(r[key] for r in rows) for key in rows[0]}
+               for name, rows in results.items()}
+    paired = {key: statistics.median(c[key] / b[key] for c, b in
+                                     zip(results[CONTAINER], results[SANDBOX]))
+              for key in ("p50_ms", "p99_ms", "rps_c16")}
+    return {"medians": medians, "paired_ratios": paired}
 
 
 def cold_calls(port: int, name: str, samples: int) -> list[float]:
@@ -130,12 +138,14 @@ def main() -> int:
     engine = engines.open_engine()
     try:
         image = ensure_image(engine.client, NODE20)
-        print(f"hello-world, {args.duration}s per point, {os.cpu_count()} cores, engine "
+        print(f"hello-world, {args.duration}s per point, {os.cpu_count()} cores (load "
+              f"{os.getloadavg()[0]:.1f}), engine "
               f"{engine.socket}{' (own dockerd)' if engine.own else ''}, image {image}",
               flush=True)
         results = run(args, engine.socket, image)
     finally:
         engines.close_engine(engine)
+    results["load_average"] = os.getloadavg()
     report(results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
@@ -202,7 +212,8 @@ def server_settings(port: int, args, socket: str) -> dict:
 
 
 def report(results: dict) -> None:
-    warm, cold = results["warm"], results["cold_ms"]
+    warm, cold = results["warm"]["medians"], results["cold_ms"]
+    paired = results["warm"]["paired_ratios"]
     print("\n| target | p50 (c=1) | p99 (c=1) | req/s (c=16) |")
     print("|---|---|---|---|")
     for name, row in warm.items():
@@ -217,12 +228,16 @@ def report(results: dict) -> None:
           f"({container['p50_ms'] - sandbox['p50_ms']:+.3f} ms), p99 "
           f"{container['p99_ms'] / sandbox['p99_ms']:.3f}x, req/s at c=16 "
           f"{container['rps_c16'] / sandbox['rps_c16']:.3f}x")
+    print(f"container / sandbox, warm, median of each round's ratio: p50 "
+          f"{paired['p50_ms']:.3f}x, p99 {paired['p99_ms']:.3f}x, req/s at c=16 "
+          f"{paired['rps_c16']:.3f}x")
     print(f"container / plain node, req/s at c=16: "
           f"{container['rps_c16'] / warm[NODE]['rps_c16']:.1%}")
     print(f"cold, container (spare taken) / bubblewrap: "
           f"{cold['container, spare taken'] / cold['bubblewrap']:.2f}x")
     print(f"cold, container (create + start) / docker run: "
           f"{cold['container, create + start'] / cold['docker run']:.2f}x")
+    print(f"load average at the end: {results['load_average'][0]:.1f}")
 
 
 if __name__ == "__main__":
