@@ -270,7 +270,6 @@ def test_a_killed_workers_channels_are_removed_and_its_containers_end(host):
     wait_for(lambda: not ours(host, **{"sora.worker": old}), timeout=20,
              what="the killed worker's containers ended")
     assert probe(host, "cpy")["uid"] != 0
-    # Removing them is the supervisor's sweep (tests/integration/test_container_engine.py);
-    # what is left here is removed, so the end of the module finds none of this host's.
-    for container in ours(host, all=True, **{"sora.worker": old}):
-        container.remove(force=True)
+    # And the supervisor's sweep removes them (sora/supervisor/container_sweeps.py).
+    wait_for(lambda: not ours(host, all=True, **{"sora.worker": old}), timeout=30,
+             what="the killed worker's containers removed")
