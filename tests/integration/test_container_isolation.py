@@ -273,3 +273,8 @@ def test_a_killed_workers_channels_are_removed_and_its_containers_end(host):
     # And the supervisor's sweep removes them (sora/supervisor/container_sweeps.py).
     wait_for(lambda: not ours(host, all=True, **{"sora.worker": old}), timeout=30,
              what="the killed worker's containers removed")
+
+
+def test_network_true_is_the_hosts_network(host):
+    # cburst keeps the default `network: true`: the host's network (no bridge on this engine).
+    assert probe(host, "cburst", connect=str(host.http_port)) == {"ok": True}
