@@ -131,6 +131,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (median)")
     parser.add_argument("--cold-samples", type=int, default=8)
     parser.add_argument("--gateway-workers", type=int, default=1)
+    parser.add_argument("--memory", type=int, default=128,
+                        help="every copy's `memory` (MB): a container's CPU share follows it")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     if not shutil.which("wrk"):
@@ -153,14 +155,15 @@ def main() -> int:
 
 
 def run(args, socket: str, image: str) -> dict:
-    container = {"isolation": "container", "image": image}
+    container = {"isolation": "container", "image": image, "memory": args.memory}
     cold = {"minInstances": 0, "idleTimeout": 0.5}
+    sandbox = {"isolation": "sandbox", "memory": args.memory}
     with tempfile.TemporaryDirectory(prefix="sora-bench-containers-") as tmp:
         tmp = Path(tmp)
         functions = [
-            copy_function(HELLO, tmp, name="hello-sandbox", isolation="sandbox"),
+            copy_function(HELLO, tmp, name="hello-sandbox", **sandbox),
             copy_function(HELLO, tmp, name="hello-container", **container),
-            copy_function(HELLO, tmp, name="hello-sandbox-cold", isolation="sandbox", **cold),
+            copy_function(HELLO, tmp, name="hello-sandbox-cold", **sandbox, **cold),
             copy_function(HELLO, tmp, name="hello-container-cold", **container, **cold)]
         port, node_port = free_port(), free_port()
         (tmp / "a").mkdir()

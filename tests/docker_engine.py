@@ -27,7 +27,8 @@ import docker
 import psutil
 
 SYSTEM_SOCKET = "/var/run/docker.sock"
-# SORA_TEST_DOCKER_SOCKET points the tests at another engine (one that answers there).
+# SORA_TEST_DOCKER_SOCKET points the tests at another engine (one that answers there); `own`
+# makes them start a dockerd of their own even where the system's answers.
 SOCKET_ENV = "SORA_TEST_DOCKER_SOCKET"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sora-tests"
 START_TIMEOUT = 60.0   # a first start on an empty data root takes a few seconds
@@ -79,11 +80,15 @@ def open_engine() -> DockerEngine:
     """The engine to test with: the one named by SORA_TEST_DOCKER_SOCKET or the system's when
     it answers, else a dockerd of our own (stop it with close_engine)."""
     wanted = os.environ.get(SOCKET_ENV)
+    if wanted == "own":   # the path of a machine with no engine running, tried on one with
+        wanted, own = None, True
+    else:
+        own = False
     if wanted:
         if not answers(wanted):
             raise EngineFailed(f"{SOCKET_ENV}={wanted}: no Docker engine answers there")
         return DockerEngine(wanted, connect(wanted))
-    if answers(SYSTEM_SOCKET):
+    if not own and answers(SYSTEM_SOCKET):
         return DockerEngine(SYSTEM_SOCKET, connect(SYSTEM_SOCKET))
     daemon = OwnDaemon()
     daemon.start()

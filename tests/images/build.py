@@ -223,14 +223,36 @@ IMAGES = tuple(_RECIPES)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--socket", default="/var/run/docker.sock")
+    parser.add_argument("--prune", action="store_true",
+                        help="then remove the four images' other tags (earlier inputs)")
     parser.add_argument("names", nargs="*", default=list(IMAGES))
     args = parser.parse_args()
     client = docker.DockerClient(base_url=f"unix://{args.socket}", timeout=900)
+    current = set()
     for name in args.names:
         started = time.monotonic()
         ref = ensure_image(client, name)
+        current.add(ref)
         print(f"{ref}  {time.monotonic() - started:.1f} s", flush=True)
+    if args.prune:
+        prune(client, current)
     client.close()
+
+
+def prune(client, keep: set[str]) -> None:
+    """Remove the tags of these images made for earlier inputs (a host that changed, an
+    earlier builder). Only by hand: another checkout's tests may use an older builder's tag;
+    an image a container still uses is left (the engine refuses)."""
+    for name in IMAGES:
+        for image in client.images.list(name=name):
+            for tag in image.tags:
+                if tag in keep or tag.endswith(":latest"):
+                    continue
+                try:
+                    client.images.remove(tag, noprune=False)
+                    print(f"removed {tag}", flush=True)
+                except docker.errors.APIError as exc:
+                    print(f"kept {tag}: {exc.explanation}", flush=True)
 
 
 if __name__ == "__main__":
