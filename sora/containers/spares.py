@@ -19,7 +19,6 @@ supervisor sweeps by its labels: sora.containers.engine).
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -31,7 +30,8 @@ from concurrent.futures import ThreadPoolExecutor
 from .. import protocol as p
 from ..config import FunctionConfig
 from ..isolation.uids import sandbox_uid
-from . import spec
+from . import engine, spec
+from .labels import host_id
 from .channel import Channel
 from .process import ContainerProcess
 
@@ -42,14 +42,6 @@ QUIET_AFTER_TAKE = 0.25
 DEFAULT_SOCKET = "/var/run/docker.sock"
 
 
-def host_id(state_dir: str) -> str:
-    try:
-        from .engine import host_id as engine_host_id
-    except ImportError:   # before the engine module: the same idea
-        return hashlib.sha256(os.path.abspath(state_dir).encode()).hexdigest()[:12]
-    return engine_host_id(state_dir)
-
-
 def api_client(socket: str):
     """A low-level client of the engine (one per thread that calls it)."""
     import docker
@@ -57,16 +49,9 @@ def api_client(socket: str):
 
 
 def image_config(socket: str, image: str) -> dict:
-    """The image's own config (Env, Entrypoint, Cmd...), or an error saying what is wrong."""
-    try:
-        from .engine import check
-    except ImportError:   # before the engine module: the same call
-        api = api_client(socket)
-        try:
-            return api.inspect_image(image).get("Config") or {}
-        finally:
-            api.close()
-    return check(socket, image)
+    """The image's own config (Env, Entrypoint, Cmd...); EngineUnavailable or ImageMissing
+    say what is wrong."""
+    return engine.check(socket, image)
 
 
 class ContainerFactory:

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from sora.containers.spares import host_id
+from sora.containers.labels import host_id
 from tests.images.build import ensure_image
 from tests.support import json_of, served, wait_for, write_function
 
