@@ -7,7 +7,9 @@ the host stopping) kill and remove the container first, then it exits 128 + the 
 The spec comes in the environment variable SORA_RUN_ONCE_SPEC (JSON, written by
 sora.setup.run from the operator's config; never the function's): `socket`, and the
 engine's create options `image`, `command`, `user`, `working_dir`, `environment`, `mounts`
-(source, target, read_only), `tmpfs`, `network_mode`, `labels`. The container's label
+(source, target, read_only), `tmpfs`, `network_mode`, `labels`; and `error_file`, where
+it writes why the container could not be run at all (no engine, no image: exit status 125),
+for the setup's reason (the log holds what the container wrote, which the function chose). The container's label
 `sora.worker` is this process's pid, so what a SIGKILL leaves is found and removed by the
 supervisor (sora.supervisor.container_sweeps, or the setup right after).
 
@@ -39,9 +41,12 @@ EXIT_ENGINE_ERROR = 125   # as `docker run`: the container could not be run at a
 class RunOnce:
     def __init__(self, spec: dict):
         self.spec = spec
-        self.engine = engine.client(spec["socket"])
+        self.engine = None
         self.container_id: str | None = None
         self.stop_signal: int | None = None
+
+    def connect(self) -> None:
+        self.engine = engine.client(self.spec["socket"])
 
     def on_signal(self, signum, _frame) -> None:
         self.stop_signal = signum   # handled by the loop (only queued here)
@@ -100,7 +105,7 @@ class RunOnce:
             time.sleep(POLL_INTERVAL)
 
     def remove(self) -> None:
-        if self.container_id is None:
+        if self.container_id is None or self.engine is None:
             return
         try:
             self.engine.api.remove_container(self.container_id, force=True, v=True)
@@ -114,9 +119,14 @@ def main() -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, runner.on_signal)
     try:
+        runner.connect()
         return runner.run()
     except (engine.EngineUnavailable, docker.errors.DockerException) as exc:
-        print(f"sora: the setup container could not run: {exc}", flush=True)
+        why = _reason(exc, spec["image"])
+        print(f"sora: the setup container could not run: {why}", flush=True)
+        if spec.get("error_file"):
+            with open(spec["error_file"], "w", encoding="utf-8") as fh:
+                fh.write(why)
         return EXIT_ENGINE_ERROR
     finally:
         # Masked while removing: a second SIGTERM must not leave the container behind.
@@ -125,6 +135,15 @@ def main() -> int:
             runner.remove()
         except (engine.EngineUnavailable, docker.errors.DockerException) as exc:
             print(f"sora: the setup container could not be removed: {exc}", flush=True)
+
+
+def _reason(exc: Exception, image: str) -> str:
+    """What the operator is told: the engine's own words for the usual two cases."""
+    if isinstance(exc, docker.errors.ImageNotFound):
+        return str(engine.ImageMissing(image))
+    if isinstance(exc, docker.errors.APIError):
+        return f"the engine refused: {exc.explanation or exc}"
+    return str(exc)
 
 
 if __name__ == "__main__":

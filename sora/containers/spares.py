@@ -19,30 +19,27 @@ supervisor sweeps by its labels: sora.containers.engine).
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
 import threading
+import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 
 from .. import protocol as p
 from ..config import FunctionConfig
 from ..isolation.uids import sandbox_uid
-from . import spec
+from . import engine, spec
+from .labels import host_id
 from .channel import Channel
 from .process import ContainerProcess
 
 log = logging.getLogger("sora.containers")
+# After a take, how long the thread leaves the CPU to the instances taken before it makes
+# spares or removes containers (the runtime pool waits as long: sora.runtimes.pool).
+QUIET_AFTER_TAKE = 0.25
 DEFAULT_SOCKET = "/var/run/docker.sock"
-
-
-def host_id(state_dir: str) -> str:
-    try:
-        from .engine import host_id as engine_host_id
-    except ImportError:   # before the engine module: the same idea
-        return hashlib.sha256(os.path.abspath(state_dir).encode()).hexdigest()[:12]
-    return engine_host_id(state_dir)
 
 
 def api_client(socket: str):
@@ -52,16 +49,9 @@ def api_client(socket: str):
 
 
 def image_config(socket: str, image: str) -> dict:
-    """The image's own config (Env, Entrypoint, Cmd...), or an error saying what is wrong."""
-    try:
-        from .engine import check
-    except ImportError:   # before the engine module: the same call
-        api = api_client(socket)
-        try:
-            return api.inspect_image(image).get("Config") or {}
-        finally:
-            api.close()
-    return check(socket, image)
+    """The image's own config (Env, Entrypoint, Cmd...); EngineUnavailable or ImageMissing
+    say what is wrong."""
+    return engine.check(socket, image)
 
 
 class ContainerFactory:
@@ -85,6 +75,7 @@ class ContainerFactory:
         self.jobs: deque[tuple[str, ContainerProcess]] = deque()
         self.cond = threading.Condition()
         self.stopping = False
+        self.quiet_from = 0.0   # spares and removals wait until then (take)
         self._status_api = None
         self.thread = threading.Thread(target=self._run, name=f"containers-{fn.name}",
                                        daemon=True)
@@ -94,6 +85,9 @@ class ContainerFactory:
     def take(self) -> ContainerProcess:
         """A runtime for a new instance: a running spare, else one being made now."""
         with self.cond:
+            # Spares and removals wait until takes pause: the engine's work (runc, dockerd:
+            # ~0.3 s of CPU per container) would compete with the instances just taken.
+            self.quiet_from = time.monotonic() + QUIET_AFTER_TAKE
             proc = self.spares.popleft() if self.spares else None
             if proc is not None:
                 proc.spare = True
@@ -151,8 +145,13 @@ class ContainerFactory:
         api = None
         while True:
             with self.cond:
-                while not self.jobs and not self.stopping:
-                    self.cond.wait()
+                while not self.stopping:
+                    if self.jobs and self.jobs[0][0] == "instance":
+                        break
+                    wait = self.quiet_from - time.monotonic()
+                    if self.jobs and wait <= 0:
+                        break
+                    self.cond.wait(wait if self.jobs else None)
                 if not self.jobs:
                     return
                 kind, proc = self.jobs.popleft()
@@ -161,6 +160,9 @@ class ContainerFactory:
                     api = api_client(self.socket)
                 except Exception as exc:   # (the docker package missing) said per instance
                     log.error("%s: no Docker engine client: %s", self.fn.name, exc)
+            if kind == "remove" and self.stopping:
+                self._remove_all(api, proc)
+                continue
             if kind == "remove":
                 self._remove(api, proc)
                 continue
@@ -206,6 +208,15 @@ class ContainerFactory:
     def _fail(self, proc: ContainerProcess, reason: str) -> None:
         log.error("%s: %s", self.fn.name, reason)
         proc.failed(b"INIT " + p.error_body("Sora.ContainerError", reason) + b"\n", reason)
+
+    def _remove_all(self, api, first: ContainerProcess) -> None:
+        """At the worker's stop: every container left to remove, a few at a time (each takes
+        the engine ~0.1-1 s; the supervisor's stop waits for the worker only so long)."""
+        with self.cond:
+            procs = [first, *(proc for kind, proc in self.jobs if kind == "remove")]
+            self.jobs = deque((kind, proc) for kind, proc in self.jobs if kind != "remove")
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda proc: self._remove(api, proc), procs))
 
     def _remove(self, api, proc: ContainerProcess) -> None:
         if proc.id is not None and api is not None:

@@ -24,6 +24,7 @@ import os
 from ..config import FunctionConfig
 from ..isolation.uids import sandbox_uid
 from .channel import WRAPPER, MOUNT_POINT
+from .labels import labels as engine_labels
 
 # Sora's runtime shims (the bootstrap files), mounted read-only into every container.
 RUNTIMES_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + "/runtimes"
@@ -47,12 +48,7 @@ def cpu_shares(memory_mb: int) -> int:
 
 
 def labels(fn: FunctionConfig, host_id: str, worker_pid: int) -> dict[str, str]:
-    """Sora's labels (sora.containers.engine.labels): how its sweeps find what it made."""
-    try:
-        from .engine import labels as engine_labels
-    except ImportError:   # before the engine module: the same labels
-        return {"sora.host": host_id, "sora.function": fn.name, "sora.worker": str(worker_pid),
-                "sora.role": "instance"}
+    """Sora's labels (sora.containers.labels): how its sweeps find what it made."""
     return engine_labels(host_id, fn.name, worker_pid, "instance")
 
 

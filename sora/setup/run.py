@@ -154,6 +154,7 @@ class SetupRun:
         # A step's container spec (isolation: container), by the step's index: its argv runs
         # sora.containers.run_once, which reads the spec from its environment.
         self.container_specs: dict[int, dict] = {}
+        self.error_path: str | None = None   # where run_once says why it could not run
         self.proc: subprocess.Popen | None = None
         self.index = -1
         self.deadline = 0.0
@@ -238,11 +239,13 @@ class SetupRun:
         environment = dict(sandbox.setup_environment(fn, self.withheld),
                            HOME=sandbox.SETUP_HOME)
         host = engine.host_id(self.state_dir)
+        self.error_path = os.path.join(self.setup_dir, f"{fn.name}.container-error")
+        _remove_file(self.error_path)   # an earlier run's
         steps = [("(sora) copy the folder for the setup container",
                   sandbox.folder_sync(fn.directory, self.copy_path, uid, uid))]
         for command in fn.setup:
             self.container_specs[len(steps)] = {
-                "socket": self.docker_socket, "image": fn.image,
+                "socket": self.docker_socket, "image": fn.image, "error_file": self.error_path,
                 "command": ["/bin/sh", "-c", command], "user": f"{uid}:{uid}",
                 "working_dir": fn.taskRoot, "environment": environment,
                 # Only Sora's own folders: the copy and this run's home (never the
@@ -312,6 +315,9 @@ class SetupRun:
                 f"{FUNCTION_FILE} ({changed}); it is the operator's file, read before setup, "
                 f"and setup must not write it (nothing of the changed file is used; restore "
                 f"it and restart)"), config_changed=True)
+        if code == run_once.EXIT_ENGINE_ERROR and (why := self._container_error()):
+            return self._finish(False, f"setup command {self.steps[self.index][0]!r} could "
+                                       f"not run in a container: {why}")
         if code != 0:
             return self._finish(False, f"setup command {self.steps[self.index][0]!r} failed "
                                        f"with exit status {code} (log: {self.log_path})")
@@ -323,6 +329,19 @@ class SetupRun:
             json.dump({"hash": content_hash(self.fn.directory, {*outputs, *self.fn.data_dirs}),
                        "outputs": outputs}, fh)
         return self._finish(True, "")
+
+    def _container_error(self) -> str | None:
+        """Why run_once could not run the step's container (no engine, no image), if it
+        said so (a file of Sora's setup folder, written by run_once only)."""
+        if self.index not in self.container_specs or self.error_path is None:
+            return None
+        try:
+            with open(self.error_path, encoding="utf-8") as fh:
+                return fh.read(2000).strip() or None
+        except OSError:
+            return None
+        finally:
+            _remove_file(self.error_path)
 
     def _changed_config(self) -> str | None:
         """How sora.yaml differs from the bytes the config was read from (None: it does not),
@@ -421,6 +440,13 @@ def _container_setup_problem() -> str | None:
         return ("expected bubblewrap (bwrap) on PATH: it confines the rsync that copies the "
                 "folder for the setup container (apt-get install bubblewrap)")
     return None
+
+
+def _remove_file(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _kill_group(pgid: int) -> None:

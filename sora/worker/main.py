@@ -83,7 +83,7 @@ class Worker:
                  advertise: str | None = None, records_endpoint: str | None = None,
                  records_server_key: bytes | None = None, max_body_bytes: int = 6 << 20,
                  warm_up: bool = False, docker_socket: str = DEFAULT_SOCKET,
-                 prestarted: int = 0):
+                 prestarted: int = 0, image_config: dict | None = None):
         """With `advertise` (and `keys`), the data endpoint is tcp on that address (CURVE);
         with `records_endpoint`, records go to that tcp recorder (the main host's, CURVE,
         its key `records_server_key`). With `warm_up` (a reload's new generation), at least
@@ -175,6 +175,7 @@ class Worker:
                                           f"the instances of {fn.name}")
         # isolation: container: the thread that makes the containers (start_containers).
         self.docker_socket, self.prestarted = docker_socket, prestarted
+        self.image_config = image_config   # engine.check's, from main()
         self.containers: ContainerFactory | None = None
         self.image_path = spec.DEFAULT_PATH
 
@@ -783,10 +784,12 @@ class Worker:
         """isolation: container: read the image's PATH and start the container thread, which
         makes the pre-started containers at once. An engine or image the worker cannot use is
         a boot error saying which (the supervisor checks both before the worker starts)."""
-        try:
-            config = image_config(self.docker_socket, self.fn.image)
-        except Exception as exc:
-            raise BootError(p.error_body("Sora.ContainerError", str(exc))) from None
+        config = self.image_config
+        if config is None:
+            try:
+                config = image_config(self.docker_socket, self.fn.image)
+            except Exception as exc:
+                raise BootError(p.error_body("Sora.ContainerError", str(exc))) from None
         for item in config.get("Env") or ():
             if item.startswith("PATH="):
                 self.image_path = item[5:]
@@ -1082,8 +1085,9 @@ def main(argv: list[str] | None = None) -> int:
         if fn is None:
             raise ConfigError(args.functions, [f"expected the config of function "
                                                f"{args.name!r}, got none"])
+        image = None
         if fn.containerized:   # first: without its engine and image nothing else can start
-            check_engine(fn, args.docker_socket)
+            image = check_engine(fn, args.docker_socket)
         runtime = runtime_for(fn.language)
         runtime.prepare(fn)
         secrets = Secrets(fn, read_secrets(fn), args.state_dir)
@@ -1119,5 +1123,5 @@ def main(argv: list[str] | None = None) -> int:
                     records_server_key=args.records_server_key.encode()
                     if args.records_server_key else None, max_body_bytes=args.max_body_bytes,
                     warm_up=args.warm_up, docker_socket=args.docker_socket,
-                    prestarted=args.prestarted_runtimes)
+                    prestarted=args.prestarted_runtimes, image_config=image)
     return worker.run()

@@ -435,3 +435,30 @@ def test_a_host_killed_9_with_running_instances_then_started_leaves_none(tmp_pat
     finally:
         assert again.stop() == 0
     assert host_containers(client, tmp_path / "state") == []
+
+
+def test_setup_without_an_engine_says_so(tmp_path):
+    socket = tmp_path / "nothing.sock"
+    folder = boxed(tmp_path, "sora-test/node20:1", setup=["echo never"], minInstances=0)
+    host = SoraHost(tmp_path, [folder, plain(tmp_path)], https=False,
+                    server={"docker": {"socket": str(socket)}})
+    host.start(wait_functions=["plain"])
+    try:
+        reason = wait_fatal(host, "boxed")
+        assert f"setup command 'echo never' could not run in a container: no Docker engine " \
+               f"answers at {socket}: nothing at that path" in reason
+    finally:
+        assert host.stop() == 0
+
+
+def test_setup_with_a_missing_image_names_it(tmp_path, docker_engine):
+    folder = boxed(tmp_path, ABSENT_IMAGE, setup=["echo never"], minInstances=0)
+    host = SoraHost(tmp_path, [folder, plain(tmp_path)], https=False,
+                    server={"docker": {"socket": docker_engine.socket}})
+    host.start(wait_functions=["plain"])
+    try:
+        reason = wait_fatal(host, "boxed")
+        assert f"could not run in a container: image '{ABSENT_IMAGE}' is not in the local " \
+               f"Docker engine" in reason
+    finally:
+        assert host.stop() == 0

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from sora.containers.spares import host_id
+from sora.containers.labels import host_id
 from tests.images.build import ensure_image
 from tests.support import json_of, served, wait_for, write_function
 
@@ -79,7 +79,7 @@ def host(tmp_path_factory, docker_engine):
     (base / "token.txt").write_text("s3cret-value-42")
     dirs = [
         write_function(fns, "cnode", {"index.js": PROBE}, name="cnode", isolation="container",
-                       image=node_image, memory=128, timeout=3, tmpSize=8, network=False),
+                       image=node_image, memory=128, timeout=10, tmpSize=8, network=False),
         write_function(fns, "cpy", {"app.py": PY}, name="cpy", language="python",
                        entrypoint="app.py", isolation="container", image=python_image,
                        secrets={"TOKEN": {"file": str(base / "token.txt")}}),
@@ -194,7 +194,7 @@ def test_memory_past_the_limit_is_out_of_memory_and_the_next_call_works(host):
 
 def test_timeout_kills_and_replaces_the_container(host):
     before = probe(host)["stream"]
-    r = host.invoke("cnode", params={"sleep": "10000"})
+    r = host.invoke("cnode", params={"sleep": "15000"})
     assert r.status_code == 504, r.text
     assert json_of(r)["errorType"] == "Sora.Timeout"
     after = probe(host)
@@ -270,7 +270,11 @@ def test_a_killed_workers_channels_are_removed_and_its_containers_end(host):
     wait_for(lambda: not ours(host, **{"sora.worker": old}), timeout=20,
              what="the killed worker's containers ended")
     assert probe(host, "cpy")["uid"] != 0
-    # Removing them is the supervisor's sweep (tests/integration/test_container_engine.py);
-    # what is left here is removed, so the end of the module finds none of this host's.
-    for container in ours(host, all=True, **{"sora.worker": old}):
-        container.remove(force=True)
+    # And the supervisor's sweep removes them (sora/supervisor/container_sweeps.py).
+    wait_for(lambda: not ours(host, all=True, **{"sora.worker": old}), timeout=30,
+             what="the killed worker's containers removed")
+
+
+def test_network_true_is_the_hosts_network(host):
+    # cburst keeps the default `network: true`: the host's network (no bridge on this engine).
+    assert probe(host, "cburst", connect=str(host.http_port)) == {"ok": True}
