@@ -35,14 +35,24 @@ def _libraries(path: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def sh_image(docker_engine):
-    """`sora-test/engine-sh:<hash>`, removed at the module's end."""
+def sh_images(docker_engine):
+    """The tags this module made, untagged at its end."""
+    made: set[str] = set()
+    yield made
+    for name in made:
+        try:
+            docker_engine.client.images.remove(name)
+        except docker.errors.APIError:
+            pass
+
+
+@pytest.fixture
+def sh_image(docker_engine, sh_images):
+    """`sora-test/engine-sh:<hash>-<pid>` (this session's own tag, so another session's end
+    never untags it under this one), made again if something removed it since."""
     name = build_sh_image(docker_engine.client)
-    yield name
-    try:
-        docker_engine.client.images.remove(name, force=True)
-    except docker.errors.APIError:
-        pass
+    sh_images.add(name)
+    return name
 
 
 def build_sh_image(client) -> str:
@@ -81,8 +91,13 @@ def build_sh_image(client) -> str:
             info.type, info.mode = tarfile.DIRTYPE, 0o1777 if folder == "tmp" else 0o755
             tar.addfile(info)
     data = buffer.getvalue()
-    tag = hashlib.sha256(data).hexdigest()[:12]
+    tag = f"{hashlib.sha256(data).hexdigest()[:12]}-{os.getpid()}"
     name = f"sora-test/engine-sh:{tag}"
+    try:
+        client.images.get(name)
+        return name
+    except docker.errors.ImageNotFound:
+        pass
     client.api.import_image_from_data(
         data, repository="sora-test/engine-sh", tag=tag,
         changes=['ENV PATH=/usr/bin:/bin', 'CMD ["/bin/sh"]'])
