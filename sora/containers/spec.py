@@ -9,8 +9,8 @@ What the container gets (docs/architecture.md, "Container instances"):
 - a read-only root file system, a private `/tmp` tmpfs of `tmpSize` MB (mode 1777);
 - no capability, `no-new-privileges`, the function's own unprivileged uid and gid (the one
   its sandbox would run as), Docker's default seccomp profile;
-- `memory` MB as its memory limit with swap off (memswap = memory), 512 pids, a CPU share
-  proportional to its memory (Lambda's model: 1,769 MB is one vCPU's worth);
+- `memory` MB as its memory limit with swap off (memswap = memory), 512 pids, a CPU share:
+  an ordinary process's up to 1,769 MB, then in proportion to memory (`cpu_shares`);
 - network mode `none`, or `host` with `network: true` (the engine here has no bridge);
 - read-only bind mounts of what it runs, by `mounts` (a missing source is an error, never a
   folder dockerd makes): the function folder at `taskRoot`, Sora's runtime shims at
@@ -31,10 +31,11 @@ RUNTIMES_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + "/r
 RUNTIMES_MOUNT = "/opt/sora/runtimes"
 SECRETS_MOUNT = "/run/sora-secrets"
 PIDS_LIMIT = 512
-# Lambda gives a function CPU in proportion to its memory: one vCPU at 1,769 MB. Docker's
-# cpu shares are relative weights (1024 is the default container's), so a 128 MB function
-# weighs 74 against a 1,769 MB one's 1024 when the CPUs are busy, and is not capped when
-# they are not.
+# Docker's cpu shares are relative weights against every other process of the host (1024 each,
+# a default container's). A bubblewrap instance has no weight of its own, so a container never
+# weighs less than one (a 128 MB function at Lambda's rate, 74, got half its sandboxed twin's
+# throughput on a busy host: the isolation kind must not change what a function gets). Above
+# 1,769 MB it weighs more, in proportion to its memory, as Lambda gives one vCPU per 1,769 MB.
 MB_PER_CPU = 1769
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -44,7 +45,7 @@ def task_root(fn: FunctionConfig) -> str:
 
 
 def cpu_shares(memory_mb: int) -> int:
-    return max(2, memory_mb * 1024 // MB_PER_CPU)
+    return max(1024, memory_mb * 1024 // MB_PER_CPU)
 
 
 def labels(fn: FunctionConfig, host_id: str, worker_pid: int) -> dict[str, str]:
