@@ -1,0 +1,1 @@
+"""Containers: running functions in a Docker engine (issue 20)."""
