@@ -132,3 +132,13 @@ def test_engine_socket_not_in_the_container(instance):
     one = instance(handler="app.engine")
     one.control_line()
     assert answer(one.invoke({}))[2] == []
+
+
+def test_worker_done_ends_the_container(instance):
+    """The worker closes the adapter's stdin when it is done with the instance: the adapter
+    kills the container through its init's pidfd, and exits once the init has."""
+    one = instance()
+    one.control_line()
+    one.adapter.stdin.close()
+    assert one.adapter.wait(10) == 1
+    assert one.container.wait(timeout=10)["StatusCode"] == 137   # SIGKILL
