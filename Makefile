@@ -10,7 +10,7 @@ CERT := examples/certs/cert.pem
 API_KEY := examples/certs/api-key
 JS_SDK := tests/sdk/node_modules/.installed-stamp
 
-.PHONY: run test browser-deps bench bench-floor bench-runtimes bench-events bench-scaling bench-hosts bench-reload bench-triggers bench-dashboard bench-metrics check system-deps clean
+.PHONY: run test browser-deps docker-deps bench-containers bench bench-floor bench-runtimes bench-events bench-scaling bench-hosts bench-reload bench-triggers bench-dashboard bench-metrics check system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,13 @@ system-deps:
 browser-deps:
 	@test -x /usr/bin/chromium || { echo "installing Chromium"; $(call apt_install,chromium); }
 
+# The container tests (issue 20) run against a real Docker engine: Debian's docker.io (dockerd,
+# containerd, runc). tests/docker_engine.py uses the engine at /var/run/docker.sock when one
+# answers there, else starts a dockerd of its own (no bridge, no iptables) for the session.
+# Only `make test` needs it; `make run` does not (only functions with `isolation: container` do).
+docker-deps:
+	@command -v dockerd >/dev/null || { echo "installing docker.io"; $(call apt_install,docker.io); }
+
 $(CERT):
 	mkdir -p examples/certs
 	openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 825 \
@@ -86,7 +93,7 @@ $(JS_SDK): tests/sdk/package.json
 	cd tests/sdk && npm install --no-audit --no-fund --no-package-lock --loglevel=error
 	touch $(JS_SDK)
 
-test: system-deps browser-deps $(STAMP) $(JS_SDK)
+test: system-deps browser-deps docker-deps $(STAMP) $(JS_SDK)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 # Benchmarks need wrk (load generator); installed where missing.

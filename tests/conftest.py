@@ -36,3 +36,17 @@ def hosts(_netns_session):
     for network in networks:
         left += network.teardown()
     assert not left, f"network namespaces left behind: {left}"
+
+
+@pytest.fixture(scope="session")
+def docker_engine():
+    """The Docker engine of the container tests (tests/docker_engine.py): the system's at
+    /var/run/docker.sock when it answers, else a dockerd of this session's own, stopped at the
+    session's end. `.socket` is for Sora's `server.docker.socket`, `.client` for the tests."""
+    from tests import docker_engine as engines
+    try:
+        engine = engines.open_engine()
+    except engines.EngineFailed as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield engine
+    engines.close_engine(engine)
