@@ -146,7 +146,9 @@ class Secrets:
         descriptor of the folder: no name is followed if it is a link."""
         if not self.values:
             return
-        owner = sandbox_uid(self.fn) if self.fixed_dir is not None else os.geteuid()
+        # A container's runtime reads them as the function's uid too (bound read-only).
+        owner = sandbox_uid(self.fn) if self.fixed_dir is not None or \
+            self.fn.isolation == "container" else os.geteuid()
         if self.fixed_dir is not None:
             self.directory = self.fixed_dir
         else:

@@ -34,7 +34,10 @@ class Runtime:
     def environment(self, fn: FunctionConfig) -> dict[str, str]:
         """The Lambda-standard variables plus the function's own `env`; nothing else of the
         host's environment but PATH and HOME."""
-        env = {key: os.environ[key] for key in HOST_ENV_PASSTHROUGH if key in os.environ}
+        if in_container(fn):   # the image's PATH (set by the instance), not the host's
+            env = {"HOME": "/tmp"}
+        else:
+            env = {key: os.environ[key] for key in HOST_ENV_PASSTHROUGH if key in os.environ}
         env.update({
             "AWS_REGION": DEFAULT_REGION,
             "AWS_DEFAULT_REGION": DEFAULT_REGION,
@@ -48,10 +51,34 @@ class Runtime:
             "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(fn.memory),
             "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{fn.name}",
             "AWS_EXECUTION_ENV": f"Sora_{self.name}",
-            "LAMBDA_TASK_ROOT": fn.directory,
+            "LAMBDA_TASK_ROOT": task_root(fn),
             "_HANDLER": f"{os.path.splitext(fn.entrypoint)[0]}.{fn.handler}",
         })
         return env
+
+
+# Where a container instance finds Sora's runtime shims (sora.containers.spec mounts them).
+CONTAINER_RUNTIMES = "/opt/sora/runtimes"
+RUNTIMES_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def in_container(fn: FunctionConfig) -> bool:
+    """`isolation: container`: the instance runs in a container of the function's image."""
+    return fn.isolation == "container"
+
+
+def task_root(fn: FunctionConfig) -> str:
+    """The function folder as its code sees it: `taskRoot` in a container, else itself."""
+    if in_container(fn):
+        return getattr(fn, "taskRoot", None) or "/var/task"
+    return fn.directory
+
+
+def shim_path(fn: FunctionConfig, path: str) -> str:
+    """A shim file of Sora's (`path`, on the host) as the instance sees it."""
+    if in_container(fn):
+        return CONTAINER_RUNTIMES + path[len(RUNTIMES_DIR):]
+    return path
 
 
 def find_interpreter(fn: FunctionConfig, default: str | None, what: str) -> str:

@@ -188,6 +188,13 @@ class Arbiter(Reloading):
                      "--records-server-key=" + cluster.controlPlaneKey.decode()]
         if warm_up:
             argv.append("--warm-up")
+        if fn.isolation == "container":   # the worker's container thread (B)
+            docker = getattr(config.server, "docker", None)
+            socket = docker.get("socket") if isinstance(docker, dict) else \
+                getattr(docker, "socket", None)
+            if socket:
+                argv += ["--docker-socket", socket]
+            argv += ["--prestarted-runtimes", str(config.prestartedRuntimes)]
         return Launch(argv, dict(os.environ), start_timeout=max(30.0, fn.timeout) + 15,
                       start_retries=1 if warm_up else WORKER_START_RETRIES)
 
@@ -693,6 +700,8 @@ class Arbiter(Reloading):
         kinds: list[tuple[list[str], int]] = []
         for fn in self.config.functions:
             runtime = runtime_for(fn.language)
+            if fn.isolation == "container":
+                continue  # its worker keeps its own pre-started containers (containers.spares)
             if fn.runtime is not None or not runtime.standby(fn):
                 continue  # a runtime of the function's own may be built by its setup
             try:

@@ -106,8 +106,21 @@ class Instance:
 
     # --- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
-        """Start the runtime: a pre-started one from the pool where the runtime can load a
-        function into one (sora.supervisor.runtime_pool), else a process of its own."""
+        """Start the runtime (`launch`) and watch its pipes."""
+        self.launch()
+        self.stdin_fd = self.proc.stdin.fileno()
+        os.set_blocking(self.control_fd, False)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            os.set_blocking(stream.fileno(), False)
+            self._log_bufs[stream.fileno()] = b""
+            self._pending_lines[stream.fileno()] = []
+        self.started = time.monotonic()
+        self.state = State.BOOTING
+        self.memory = PeakMemory(self.cgroup, self.proc.pid)
+
+    def launch(self) -> None:
+        """A pre-started runtime from the pool where the runtime can load a function into one
+        (sora.supervisor.runtime_pool), else a process of its own."""
         if not self.adopt():
             read_fd, write_fd = os.pipe()
             try:
@@ -136,15 +149,6 @@ class Instance:
             finally:
                 os.close(write_fd)
             self.control_fd = read_fd
-        self.stdin_fd = self.proc.stdin.fileno()
-        os.set_blocking(self.control_fd, False)
-        for stream in (self.proc.stdout, self.proc.stderr):
-            os.set_blocking(stream.fileno(), False)
-            self._log_bufs[stream.fileno()] = b""
-            self._pending_lines[stream.fileno()] = []
-        self.started = time.monotonic()
-        self.state = State.BOOTING
-        self.memory = PeakMemory(self.cgroup, self.proc.pid)
 
     def argv(self) -> list[str]:
         argv = self.runtime.argv(self.fn)
@@ -274,8 +278,10 @@ class Instance:
         code = self.proc.poll() if self.proc else None
         if code is None:
             return "still running"
-        if self.fn.sandboxed and code > 128:
-            code = 128 - code   # bubblewrap exits 128 + n when its child dies of signal n
+        if self.fn.isolation in ("sandbox", "container") and code > 128:
+            # bubblewrap exits 128 + n when its child dies of signal n; the engine says so of
+            # a container whose init died of it
+            code = 128 - code
         if code < 0:
             try:
                 return f"killed by signal {signal.Signals(-code).name}"

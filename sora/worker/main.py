@@ -32,6 +32,10 @@ from .tcp_endpoint import bind_tcp, max_request_bytes
 from ..runtimes.pool import PoolClient, PooledProcess
 from ..setup.run import SetupRun
 from .instance import Instance, State
+from .container_instance import ContainerInstance
+from ..containers import spec
+from ..containers.spares import DEFAULT_SOCKET, ContainerFactory, image_config
+from ..runtimes.base import in_container
 from .logs import FunctionLog
 from .report import end_lines, start_line
 from ..runtimes import Runtime, runtime_for
@@ -77,7 +81,8 @@ class Worker:
                  setup_withheld: frozenset[str] = frozenset(), keys: KeyRing | None = None,
                  advertise: str | None = None, records_endpoint: str | None = None,
                  records_server_key: bytes | None = None, max_body_bytes: int = 6 << 20,
-                 warm_up: bool = False):
+                 warm_up: bool = False, docker_socket: str = DEFAULT_SOCKET,
+                 prestarted: int = 0):
         """With `advertise` (and `keys`), the data endpoint is tcp on that address (CURVE);
         with `records_endpoint`, records go to that tcp recorder (the main host's, CURVE,
         its key `records_server_key`). With `warm_up` (a reload's new generation), at least
@@ -167,6 +172,10 @@ class Worker:
         self.scale_reason = ""
         self.cgroups = cgroups.GroupMaker(f"{fn.name}-{os.getpid()}-",
                                           f"the instances of {fn.name}")
+        # isolation: container: the thread that makes the containers (start_containers).
+        self.docker_socket, self.prestarted = docker_socket, prestarted
+        self.containers: ContainerFactory | None = None
+        self.image_path = spec.DEFAULT_PATH
 
     # --- signals: the handler only queues ------------------------------------------------------
     def _on_signal(self, signum, _frame) -> None:
@@ -184,8 +193,13 @@ class Worker:
     def spawn_instance(self, index: int | None = None) -> Instance:
         if index is None:
             index, self.next_index = self.next_index, self.next_index + 1
-        inst = Instance(self.runtime, self.fn, index, self.log, self.pool,
-                        self.secrets.environment(), self.cgroups.new(self.fn.memory))
+        if self.containers is not None:   # its container's own cgroup, not one of Sora's
+            inst = ContainerInstance(self.runtime, self.fn, index, self.log, None,
+                                     self.secrets.environment(), None,
+                                     containers=self.containers, path=self.image_path)
+        else:
+            inst = Instance(self.runtime, self.fn, index, self.log, self.pool,
+                            self.secrets.environment(), self.cgroups.new(self.fn.memory))
         try:
             inst.start()
         except nofollow.UnsafePath as exc:
@@ -197,7 +211,8 @@ class Worker:
                                          f"{self.fn.source}: {exc.strerror}")) from None
         if self.scale_out_at is not None:   # for the scale-out's summary (autoscale)
             self.scale_out_started += 1
-            self.scale_out_pooled += isinstance(inst.proc, PooledProcess)
+            self.scale_out_pooled += isinstance(inst.proc, PooledProcess) or \
+                getattr(inst.proc, "spare", False)
         self.instances.append(inst)
         for fd, kind in ((inst.control_fd, "control"), (inst.log_fds[0], "log"),
                          (inst.log_fds[1], "log")):
@@ -762,8 +777,29 @@ class Worker:
             if self.sock is not None:
                 self.send([p.DISCONNECT])
 
+    def start_containers(self) -> None:
+        """isolation: container: read the image's PATH and start the container thread, which
+        makes the pre-started containers at once. An engine or image the worker cannot use is
+        a boot error saying which (the supervisor checks both before the worker starts)."""
+        try:
+            config = image_config(self.docker_socket, self.fn.image)
+        except Exception as exc:
+            raise BootError(p.error_body("Sora.ContainerError", str(exc))) from None
+        for item in config.get("Env") or ():
+            if item.startswith("PATH="):
+                self.image_path = item[5:]
+        env = self.runtime.environment(self.fn)   # no secret: those come with the assignment
+        env.update({"PATH": self.image_path, "HOME": "/tmp", "SORA_STANDBY": "1",
+                    "SORA_CONTROL_FD": "3"})
+        self.containers = ContainerFactory(
+            self.fn, self.runtime.argv(self.fn), env, self.state_dir, self.docker_socket,
+            self.prestarted, self.secrets.directory)
+        self.containers.fill()
+
     def boot(self) -> None:
         """Start the instances and wait until each is ready (or the function cannot boot)."""
+        if in_container(self.fn):
+            self.start_containers()
         for _ in range(max(self.fn.minInstances, 1 if self.warm_up else 0)):
             self.spawn_instance()
         deadline = time.monotonic() + max(30.0, self.fn.timeout)
@@ -854,7 +890,7 @@ class Worker:
             self.connect()
             log.info("%s: worker %d ready with %d instance(s) at %s%s", self.fn.name,
                      os.getpid(), len(self.instances), self.data_endpoint,
-                     "" if self.fn.sandboxed else
+                     "" if self.fn.sandboxed or in_container(self.fn) else
                      "; isolation: none (instances run as Sora's user, without a sandbox)")
             timeout = 0.0
             while True:
@@ -928,6 +964,8 @@ class Worker:
             run.kill()
         for inst in list(self.instances):
             self.retire_instance(inst, kill=True)
+        if self.containers is not None:   # its spares, and every container removed
+            self.containers.close()
         self.pool.close()
         self.secrets.remove()
         self.send_replies()
@@ -1004,6 +1042,11 @@ def parser() -> argparse.ArgumentParser:
                                                    "main host's, CURVE)")
     parser.add_argument("--records-server-key", help="the z85 public key of that recorder's "
                                                      "host")
+    parser.add_argument("--docker-socket", default=DEFAULT_SOCKET,
+                        help="isolation: container: the engine's socket (server.docker.socket)")
+    parser.add_argument("--prestarted-runtimes", type=int, default=0,
+                        help="isolation: container: containers kept started ahead of need "
+                             "(server.prestartedRuntimes)")
     parser.add_argument("--warm-up", action="store_true",
                         help="start one instance (at least), let it load the module and answer "
                              "one warm-up call before READY: a reload's new generation (a load "
@@ -1059,5 +1102,6 @@ def main(argv: list[str] | None = None) -> int:
                     advertise=args.advertise, records_endpoint=args.records_endpoint,
                     records_server_key=args.records_server_key.encode()
                     if args.records_server_key else None, max_body_bytes=args.max_body_bytes,
-                    warm_up=args.warm_up)
+                    warm_up=args.warm_up, docker_socket=args.docker_socket,
+                    prestarted=args.prestarted_runtimes)
     return worker.run()

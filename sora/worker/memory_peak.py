@@ -48,7 +48,7 @@ class PeakMemory:
         try:
             root = psutil.Process(self.pid)
             pids = [root.pid, *(c.pid for c in root.children(recursive=True))]
-        except psutil.Error:
+        except (psutil.Error, ValueError):   # (ValueError: no pid yet, a container's)
             return
         for pid in pids:
             try:

@@ -11,7 +11,7 @@ import os
 import sys
 
 from ...config import FunctionConfig
-from ..base import Runtime, find_interpreter
+from ..base import Runtime, find_interpreter, in_container, shim_path
 
 BOOTSTRAP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bootstrap.py")
 
@@ -27,11 +27,20 @@ class PythonRuntime(Runtime):
         self.python = ""
 
     def prepare(self, fn: FunctionConfig) -> None:
+        if in_container(fn):   # the image's: a command on its PATH, or a path inside it
+            self.python = fn.runtime or "python3"
+            return
         self.python = find_interpreter(fn, default_python(), "a Python 3.8 or newer interpreter")
 
     def argv(self, fn: FunctionConfig) -> list[str]:
         # -s: no user site-packages (a host's ~/.local must not change what a function sees).
-        return [self.python, "-s", BOOTSTRAP]
+        return [self.python, "-s", shim_path(fn, BOOTSTRAP)]
+
+    def standby(self, fn: FunctionConfig) -> bool:
+        # Only in a container, where every instance starts this way (sora.containers.spares):
+        # the pool's pre-started runtimes are Node's. PYTHON* variables are read at start,
+        # so the container's own environment has the function's (ContainerInstance).
+        return in_container(fn)
 
     def environment(self, fn: FunctionConfig) -> dict[str, str]:
         env = super().environment(fn)

@@ -11,6 +11,7 @@ This file runs on the function's own interpreter (any Python 3.8 or newer) and i
 but the standard library, so the function's packages, not Sora's, are the ones it sees.
 """
 import io
+import itertools
 import json
 import logging
 import os
@@ -19,6 +20,31 @@ import sys
 import time
 import traceback
 
+
+
+def await_assignment():
+    """Standby (a container started ahead of need, sora.containers.spares): the interpreter
+    has started, no function is known yet. The first line on stdin names it:
+    {"cwd": folder, "env": {...}}; the process takes the function's folder and environment
+    (and nothing else of its own) and carries on as if it had been started for it. The
+    worker writes nothing more before this shim's READY, so the line comes alone; were
+    anything after it, it is kept for the request loop (EARLY_INPUT)."""
+    got = b""
+    while b"\n" not in got:
+        chunk = os.read(0, 1 << 16)
+        if not chunk:
+            sys.exit(0)   # the worker is gone
+        got += chunk
+    line, _, rest = got.partition(b"\n")
+    spec = json.loads(line)
+    os.chdir(spec["cwd"])
+    os.environ.clear()
+    os.environ.update(spec["env"])
+    return rest
+
+
+EARLY_INPUT = await_assignment() if os.environ.get("SORA_STANDBY") == "1" else b""
+os.environ.pop("SORA_STANDBY", None)
 CONTROL_FD = int(os.environ.pop("SORA_CONTROL_FD", "3"))
 ENTRYPOINT = os.environ.pop("SORA_ENTRYPOINT")
 HANDLER_NAME = os.environ.pop("_HANDLER_EXPORT", "handler")
@@ -204,6 +230,8 @@ def main():
     # Requests come on a private copy of stdin; the function's own stdin is empty, so nothing
     # it reads can swallow a request.
     requests = io.open(os.dup(0), "rb", buffering=1 << 16)
+    if EARLY_INPUT:   # (see await_assignment) whole lines: the worker writes whole lines
+        requests = itertools.chain(io.BytesIO(EARLY_INPUT), requests)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
