@@ -448,6 +448,12 @@ def die_with_parent():  # in the executable's process, between fork and exec
 def main_container():
     """Container mode: serve the container the worker started, until its init exits. It exits
     with status 1 then (its own status is the engine's to tell), or when it is killed."""
+    # Started without a preexec_fn (perhaps by the worker's container thread): the death
+    # signal is set here, then the parent checked, so a worker that died meanwhile is seen.
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    parent = os.environ.pop("SORA_PARENT_PID", "")
+    if parent and os.getppid() != int(parent):
+        return 1
     api = RuntimeApi()
     pidfd = CONTAINER_PIDFD if CONTAINER_PIDFD is not None else os.pidfd_open(CONTAINER_PID)
     return api.run(ContainerExit(pidfd), pidfd)
