@@ -55,6 +55,8 @@ LANGUAGES: dict[str, tuple[str, ...] | None] = {
     "python": (".py",),
     "provided": None,
 }
+# The language of a Lambda container image (`package: image`): its own entrypoint runs.
+IMAGE_LANGUAGE = "image"
 # What a `provided` function runs when it names no entrypoint, as on Lambda.
 PROVIDED_DEFAULT_ENTRYPOINT = "bootstrap"
 # Environment variables a function may see from the host even though the host's environment is
@@ -127,7 +129,8 @@ def _one_of(choices: tuple[str, ...], expected: str = "") -> Callable[[Any], str
     return check
 
 
-_language = _one_of(tuple(LANGUAGES))
+_language = _one_of((*LANGUAGES, "image"), "one of: " + ", ".join(LANGUAGES) +
+                   " (or image, with package: image)")
 
 
 def _relative_file(value: Any) -> str:
@@ -238,8 +241,40 @@ def _mapping_list(value: Any) -> list[dict]:
     return value
 
 
-_isolation = _one_of(("none", "sandbox"), "'sandbox' (bubblewrap: read-only system and "
-                     "folder, private /tmp and /proc, its own uid) or 'none'")
+_isolation = _one_of(("sandbox", "container", "none"), "'sandbox' (bubblewrap: read-only "
+                     "system and folder, private /tmp and /proc, its own uid), 'container' (a "
+                     "container of `image` in the local Docker engine) or 'none'")
+_package = _one_of(("zip", "image"), "'zip' (the function's code is its folder) or 'image' (a "
+                   "Lambda container image: the image's ENTRYPOINT and CMD run)")
+# A Docker image reference, NAME[:TAG][@DIGEST], NAME being [DOMAIN[:PORT]/]PATH as the
+# engine's reference grammar has it (lower-case path components).
+_IMAGE_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_IMAGE_DOMAIN = r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?" \
+                r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]+)?/)?"
+IMAGE_RE = re.compile(rf"^{_IMAGE_DOMAIN}{_IMAGE_COMPONENT}(?:/{_IMAGE_COMPONENT})*"
+                      r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$")
+# Where a container's own mounts are (sora.containers): a taskRoot may not be one of them,
+# nor a folder the kernel or the engine provides.
+TASK_ROOT_RESERVED = ("/tmp", "/run", "/opt/sora", "/proc", "/sys", "/dev", "/etc")
+DEFAULT_TASK_ROOT = "/var/task"
+
+
+def _image(value: Any) -> str:
+    if not isinstance(value, str) or len(value) > 255 or not IMAGE_RE.match(value):
+        raise _Invalid("an image name NAME[:TAG] as `docker images` lists it, such as "
+                       "'my-function:1' (lower-case name)")
+    return value
+
+
+def _task_root(value: Any) -> str:
+    if not isinstance(value, str) or not value.startswith("/") or "\n" in value:
+        raise _Invalid("an absolute path inside the container, such as '/var/task'")
+    norm = os.path.normpath(value)
+    if norm == "/" or ".." in value.split("/") or \
+            any(norm == r or norm.startswith(r + "/") for r in TASK_ROOT_RESERVED):
+        raise _Invalid("an absolute folder inside the container other than /, no '..', "
+                       "outside " + ", ".join(TASK_ROOT_RESERVED))
+    return norm
 
 
 def _bool(value: Any) -> bool:
@@ -314,6 +349,16 @@ SERVER_SETTINGS = _settings(
     Setting("metrics", _bool, True, "`GET /metrics` in the Prometheus text format (an admin "
             "key or one with scope `metrics`; open on a host without keys). `false` turns it "
             "off: the route answers 404 and nothing is counted."),
+    Setting("docker", _mapping, {}, "The Docker engine that `isolation: container` functions "
+            "run in (below)."),
+)
+
+DOCKER_SETTINGS = _settings(
+    Setting("socket", _path, "/var/run/docker.sock", "The Docker engine's Unix socket "
+            "(relative to the config file's folder, or absolute). Only Sora uses it: no "
+            "function ever sees it. A containerized function whose worker finds no engine "
+            "answering there is reported broken with the reason; the others serve. Not used "
+            "(no engine needed) when no function has `isolation: container`."),
 )
 
 HOST_SETTINGS = _settings(
@@ -428,8 +473,9 @@ LIMITS_SETTINGS = _settings(
 FUNCTION_SETTINGS = _settings(
     Setting("name", _function_name, REQUIRED, "Function name, used in URLs: lower-case letters, "
             "digits and dashes, at most 63 characters."),
-    Setting("language", _language, REQUIRED, "Runtime language: `nodejs`, `python`, or "
-            "`provided` (any language, through the AWS Lambda Runtime API)."),
+    Setting("language", _language, None, "Runtime language: `nodejs`, `python`, or "
+            "`provided` (any language, through the AWS Lambda Runtime API). Required, except "
+            "with `package: image` (then it is `image`: the image's own entrypoint runs)."),
     Setting("entrypoint", _relative_file, None, "File holding the handler, relative to the "
             "function folder: `.js`, `.cjs` or `.mjs` for nodejs and `.py` for python "
             "(optional when `handler` names the file, as on Lambda); for provided, the "
@@ -439,13 +485,18 @@ FUNCTION_SETTINGS = _settings(
             "then the function's name (`index.handler`, `src/app.handler`, Python's "
             "`app.lambda_handler`); the file is found as Lambda finds it (`.js`, `.mjs`, then "
             "`.cjs`; `.py`). With `entrypoint` set, just the name (`handler`; for nodejs, "
-            "dots reach into nested exports). For provided it is passed as-is in `_HANDLER`."),
+            "dots reach into nested exports). For provided it is passed as-is in `_HANDLER`. "
+            "With `package: image`, optional: it replaces the image's `CMD` (the handler "
+            "string its runtime interface client loads); without it the image's `CMD` runs."),
     Setting("runtime", _runtime, None, "Interpreter for nodejs or python: a command looked up "
             "on PATH (`python3.12`, `node`) or a path, relative to the function folder (such "
             "as a virtualenv made by `setup`: `.venv/bin/python`; when sandboxed, it must lead "
             "into the folder or to one of the host's interpreters) or absolute. Default: the "
             "Python Sora runs on (its base interpreter, never Sora's own virtualenv), or "
-            "`$SORA_NODE`, else `node` on PATH. Not used by provided."),
+            "`$SORA_NODE`, else `node` on PATH. Not used by provided. With `isolation: "
+            "container` it names the interpreter inside the image: a command on the image's "
+            "PATH, an absolute path in the image, or a path relative to the function folder "
+            "(mounted at `taskRoot`); default `node` or `python3`."),
     Setting("setup", _str_list, [], "Shell commands run in the function folder before it "
             "serves (e.g. `npm install`). Skipped when the folder is unchanged since the last "
             "successful setup. Setup may not change `sora.yaml` (read-only in its sandbox; "
@@ -460,7 +511,8 @@ FUNCTION_SETTINGS = _settings(
     Setting("timeout", _number_range(0, 900), 30.0, "Seconds an invocation may run; past it "
             "the caller gets 504 `Sora.Timeout` and the instance is replaced."),
     Setting("memory", _int_range(64, 10240), 256, "Memory in MB; reported to the function as "
-            "`memoryLimitInMB` and used as the runtime's heap limit."),
+            "`memoryLimitInMB` and used as the runtime's heap limit. With `isolation: "
+            "container`, also the container's memory limit (no swap)."),
     Setting("env", _env, {}, "Environment variables for the function. The host's environment "
             "does not reach the function, except `PATH` and `HOME`."),
     Setting("secrets", _secrets, (), "Secrets for this function only: `NAME: {file: PATH}` "
@@ -501,15 +553,36 @@ FUNCTION_SETTINGS = _settings(
             "`/tmp` of `tmpSize` MB, its own `/proc` "
             "and pid namespace, no other folder of the host, as an unprivileged uid of its own "
             "(a user namespace when Sora does not run as root). `none` is the explicit opt-out, "
-            "logged at each worker's start: it runs as the user Sora runs as."),
+            "logged at each worker's start: it runs as the user Sora runs as. `container` runs "
+            "each instance and each `setup` command in a container of `image` through the "
+            "Docker engine at `server.docker.socket`: read-only root file system, a private "
+            "`/tmp` of `tmpSize` MB, the function folder read-only at `taskRoot`, no "
+            "capabilities, no new privileges, the function's own uid, `memory` as its "
+            "limit."),
+    Setting("image", _image, None, "With `isolation: container` (required there) or `package: "
+            "image`: the image, `NAME[:TAG]`, as the local Docker engine lists it (`docker "
+            "images`; Sora pulls nothing). Checked when the function's worker starts: a "
+            "missing image or engine reports the function broken, with the reason."),
+    Setting("package", _package, "zip", "`zip` (default): the function's code is its folder. "
+            "`image`: a Lambda container image (Lambda's package type `Image`): the image's "
+            "`ENTRYPOINT` and `CMD` run, a runtime interface client talking to the Runtime "
+            "API Sora serves; implies `isolation: container`, `language` may be left out, "
+            "`handler` replaces `CMD`, `entrypoint` and `runtime` are not used."),
+    Setting("taskRoot", _task_root, DEFAULT_TASK_ROOT, "With `isolation: container`, where the "
+            "function folder is mounted (read-only) in the container, and "
+            "`LAMBDA_TASK_ROOT` (Lambda's `/var/task` by default)."),
     Setting("writableFolder", _bool, False, "With `isolation: sandbox`, `true` lets its "
             "instances write their function folder (when Sora runs as root, by giving the "
             "function's uid write access with a POSIX ACL; files it makes are that uid's). Its "
-            "`sora.yaml` stays read-only."),
+            "`sora.yaml` stays read-only. Not with `isolation: container`."),
     Setting("network", _bool, True, "With `isolation: sandbox`, `false` gives the instance "
-            "a network namespace of its own (loopback only)."),
-    Setting("tmpSize", _int_range(1, 10240), 512, "With `isolation: sandbox`, the size of "
-            "its private `/tmp` in MB (Lambda's ephemeral storage default: 512)."),
+            "a network namespace of its own (loopback only). With `isolation: container`, "
+            "`false` is the engine's network mode `none` (loopback only) and `true` the "
+            "host's network (Sora's engine needs no bridge network; setup always has the "
+            "host's)."),
+    Setting("tmpSize", _int_range(1, 10240), 512, "With `isolation: sandbox` or `container`, "
+            "the size of its private `/tmp` in MB (Lambda's ephemeral storage default: "
+            "512)."),
     Setting("auth", _auth_mode, "apiKey", "Who may call the function's URL when the host has "
             "API keys: `apiKey` (default: a key with an invoke scope for it) or `none` (public, "
             "like a Lambda function URL with auth type NONE). The Invoke API always needs a "
@@ -961,6 +1034,9 @@ class FunctionConfig:
     writableFolder: bool = False
     network: bool = True
     tmpSize: int = 512
+    image: str | None = None   # isolation: container, package: image
+    package: str = "zip"
+    taskRoot: str = DEFAULT_TASK_ROOT
     # SHA-256 of the sora.yaml bytes this config was read from: the operator's file as it was
     # before any setup ran, which setup is checked against (setup must not change it).
     sourceDigest: str = ""
@@ -1010,7 +1086,13 @@ class FunctionConfig:
 
     @property
     def sandboxed(self) -> bool:
+        """In a bubblewrap sandbox (isolation: sandbox)."""
         return self.isolation == "sandbox"
+
+    @property
+    def containerized(self) -> bool:
+        """In containers of `image` through the Docker engine (isolation: container)."""
+        return self.isolation == "container"
 
 
 @dataclass(frozen=True)
@@ -1019,6 +1101,11 @@ class BrokenFunction:
     name: str          # its declared name where readable, else the folder's name
     directory: str
     reason: str
+
+
+@dataclass(frozen=True)
+class DockerConfig:
+    socket: str = DOCKER_SETTINGS["socket"].default
 
 
 @dataclass(frozen=True)
@@ -1037,6 +1124,7 @@ class ServerConfig:
     errorDetail: str = SERVER_SETTINGS["errorDetail"].default
     dashboard: bool = SERVER_SETTINGS["dashboard"].default
     metrics: bool = SERVER_SETTINGS["metrics"].default
+    docker: DockerConfig = field(default_factory=DockerConfig)
 
 
 @dataclass(frozen=True)
@@ -1172,11 +1260,15 @@ def function_from_data(directory: str, path: str, data: Any, digest: str,
     event_values = _validate_mapping(values.get("eventInvoke") or {}, EVENT_INVOKE_SETTINGS,
                                      "eventInvoke.", problems)
     if not problems:
+        _check_package(data, values, problems)
+    if not problems and values["language"] != IMAGE_LANGUAGE:
         _check_language(directory, values, problems)
     if not problems:
         _resolve_scaling(data, values, problems)
     if "trigger" in values:
         values["trigger"] = _triggers(directory, values["trigger"], problems)
+    if not problems:
+        _check_container(values, problems)
     if problems:
         raise ConfigError(path, problems)
     if event_values["maxConcurrency"] is None:
@@ -1252,6 +1344,67 @@ def _resolve_scaling(data: dict, values: dict[str, Any], problems: list[str]) ->
         problems.append(f"concurrency: expected at least minInstances x workers "
                         f"({values['minInstances'] * values['workers']}), got "
                         f"{values['concurrency']}")
+
+
+def _check_package(data: dict, values: dict[str, Any], problems: list[str]) -> None:
+    """`package` and what follows from it: a Lambda container image (`package: image`) is
+    run by its own entrypoint, in a container; a zip (the folder) needs its language."""
+    given = {name for name, value in data.items() if value is not None}
+    if values["package"] == "zip":
+        if values["language"] is None:
+            problems.append("language: required field is missing ("
+                            + FUNCTION_SETTINGS["language"].doc.split(".")[0].lower()
+                            + ", unless package is image)")
+        elif values["language"] == IMAGE_LANGUAGE:
+            problems.append(f"language: expected one of: {', '.join(LANGUAGES)} with package: "
+                            f"zip (the default; a Lambda container image takes package: "
+                            f"image), got 'image'")
+        return
+    if values["language"] not in (None, IMAGE_LANGUAGE):
+        problems.append(f"language: expected no language with package: image (the image's "
+                        f"ENTRYPOINT runs, as for Lambda's Image package type), got "
+                        f"{_show(values['language'])}")
+    for name in ("entrypoint", "runtime"):
+        if name in given:
+            problems.append(f"{name}: expected no {name} with package: image (the image's "
+                            f"ENTRYPOINT and CMD run; `handler` replaces CMD), got "
+                            f"{_show(data[name])}")
+    if "isolation" in given and values["isolation"] != "container":
+        problems.append(f"isolation: expected 'container' (or none given) with package: "
+                        f"image, got {_show(values['isolation'])}")
+    values["language"] = IMAGE_LANGUAGE
+    values["isolation"] = "container"
+    values["entrypoint"] = ""
+    # Without `handler` the image's CMD runs: "" says so to the image runtime.
+    values["handler"] = values["handler"] if "handler" in given else ""
+
+
+def _check_container(values: dict[str, Any], problems: list[str]) -> None:
+    """The settings that only `isolation: container` takes, and those it cannot take yet."""
+    if values["isolation"] != "container":
+        for name, default in (("image", None), ("taskRoot", DEFAULT_TASK_ROOT)):
+            if values[name] != default:
+                problems.append(f"{name}: expected no {name} unless isolation is container "
+                                f"(it is {values['isolation']!r}), got {_show(values[name])}")
+        return
+    if values["image"] is None:
+        problems.append("image: required field is missing with isolation: container (the "
+                        "image the function runs in, NAME[:TAG], from `docker images`)")
+    if values["language"] == "provided":
+        problems.append("isolation: expected 'sandbox' or 'none' for language provided "
+                        "(containers run nodejs and python functions, and Lambda container "
+                        "images with package: image), got 'container'")
+    if values["writableFolder"]:
+        problems.append("writableFolder: expected false with isolation: container (the "
+                        "engine binds a folder by its path, following links, as root: a "
+                        "folder the function can write could be made to point anywhere), "
+                        "got true")
+    for trigger in values["trigger"]:
+        if isinstance(trigger, FileTrigger):
+            problems.append(f"trigger[{trigger.index}].file: expected no file trigger with "
+                            f"isolation: container (the engine binds a watched folder by its "
+                            f"path, following links, as root: a folder the function could "
+                            f"replace cannot be bound safely), got {_show(trigger.path)}")
 
 
 def _check_language(directory: str, values: dict[str, Any], problems: list[str]) -> None:
@@ -1382,6 +1535,11 @@ def load_host_config(path: str, read_functions: bool = True) -> HostConfig:
     auth_values = _validate_mapping(values.get("auth") or {}, AUTH_SETTINGS, "auth.", problems)
     api_keys = _api_keys(base, auth_values.get("apiKeys") or [], problems)
     cluster = _cluster(base, values.get("cluster") or {}, problems)
+    docker_values = _validate_mapping(server_values.get("docker") or {}, DOCKER_SETTINGS,
+                                      "server.docker.", problems) if server_values else {}
+    if docker_values:
+        docker_values["socket"] = _resolve(base, docker_values["socket"])
+        server_values["docker"] = DockerConfig(**docker_values)
     if server_values and not problems:
         if server_values["httpPort"] is None and server_values["httpsPort"] is None and \
                 not joining:
@@ -1445,12 +1603,14 @@ def load_host_config(path: str, read_functions: bool = True) -> HostConfig:
     for fn in list(functions):
         others = [(f"functionPaths ({other.name})", other.directory) for other in functions
                   if other is not fn]
-        if fn.sandboxed and (inside := _own_files_inside(fn.directory, protected + others)):
+        if (fn.sandboxed or fn.containerized) and \
+                (inside := _own_files_inside(fn.directory, protected + others)):
             what, where = inside
             functions.remove(fn)
             broken.append(BrokenFunction(fn.name, fn.directory, (
                 f"{path}: {what}: expected a path outside the function folder {fn.directory} "
-                f"(its sandbox would show it to the function), got {where}")))
+                f"(its {'container' if fn.containerized else 'sandbox'} would show it to the "
+                f"function), got {where}")))
     for fn in list(functions):
         problem = _watched_folder_problem(fn, protected, functions)
         if problem:
@@ -1691,6 +1851,7 @@ def settings_markdown() -> str:
     out = []
     for title, settings in (("host-config.yaml", HOST_SETTINGS),
                             ("host-config.yaml `server:`", SERVER_SETTINGS),
+                            ("host-config.yaml `server.docker:`", DOCKER_SETTINGS),
                             ("host-config.yaml `records:`", RECORDS_SETTINGS),
                             ("host-config.yaml `logs:`", LOGS_SETTINGS),
                             ("host-config.yaml `versions:`", VERSIONS_SETTINGS),

@@ -59,8 +59,8 @@ def test_provided_takes_no_runtime(tmp_path):
 
 
 def test_unknown_language_lists_the_known_ones(tmp_path):
-    with pytest.raises(ConfigError, match="language: expected one of: nodejs, python, provided, "
-                                          "got 'ruby'"):
+    with pytest.raises(ConfigError, match=r"language: expected one of: nodejs, python, provided "
+                                          r"\(or image, with package: image\), got 'ruby'"):
         load_function_config(folder(tmp_path, "name: fn\nlanguage: ruby\nentrypoint: a.rb\n"))
 
 
