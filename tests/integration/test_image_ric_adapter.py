@@ -1,4 +1,4 @@
-"""Lambda container images (`package: image`) with AWS's runtime interface clients, unchanged.
+"""The Runtime API adapter with AWS's runtime interface clients, unchanged, below the worker.
 
 D's images (tests/images): `sora-test/node-ric` (aws-lambda-ric 3.3.0, CMD index.handler) and
 `sora-test/python-ric` (awslambdaric, CMD app.handler), and one more built here FROM the Python
