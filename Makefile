@@ -144,6 +144,12 @@ bench-metrics: system-deps $(STAMP)
 	@command -v wrk >/dev/null || { $(call apt_install,wrk); }
 	$(BIN)/python bench/metrics.py
 
+# The same hello with isolation: sandbox and isolation: container (image sora-test/node20, built
+# on this machine) beside plain Node: warm p50/p99 and req/s, cold starts beside a bare `docker run`.
+bench-containers: system-deps docker-deps $(STAMP)
+	@command -v wrk >/dev/null || { $(call apt_install,wrk); }
+	$(BIN)/python bench/containers.py
+
 clean:
 	rm -rf $(VENV) examples/.sora examples/certs examples/*/node_modules examples/*/.venv \
 	  examples/go-hello/bootstrap tests/sdk/node_modules

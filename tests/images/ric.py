@@ -24,6 +24,7 @@ PYTHON_RIC = "awslambdaric"
 PYTHON_RIC_VERSION = "4.2.2"   # as examples/python-ric
 PYTHON_VERSION = "3.11"        # Debian's /usr/bin/python3.11, which sora-test/python3 carries
 NPM_BUILD_TIMEOUT = 1800
+NODE_RIC_RUNTIME = ("package.json", "bin", "dist", "LICENSE", "NOTICE", "THIRD-PARTY-LICENSES")
 
 
 def node_version(node: str) -> str:
@@ -32,11 +33,14 @@ def node_version(node: str) -> str:
 
 
 def node_ric(cache: Path, node: str) -> Path:
-    """A folder with node_modules/ holding aws-lambda-ric (built for `node`)."""
+    """A folder with node_modules/aws-lambda-ric: what of the package runs (bin/, dist/ with
+    the compiled rapid-client.node, package.json, licences), built for `node`."""
     key = f"{NODE_RIC}-{NODE_RIC_VERSION}-node-{node_version(node)}"
 
     def install(into: Path) -> None:
-        (into / "package.json").write_text(
+        build = into / "build"
+        build.mkdir()
+        (build / "package.json").write_text(
             '{"name": "sora-test-ric", "version": "1.0.0", "private": true, '
             f'"dependencies": {{"{NODE_RIC}": "{NODE_RIC_VERSION}"}}}}\n')
         npm = shutil.which("npm")
@@ -45,12 +49,24 @@ def node_ric(cache: Path, node: str) -> Path:
         # The install script compiles with node-gyp against this node's headers.
         env = {**os.environ, "PATH": f"{Path(node).parent}:{os.environ.get('PATH', '')}"}
         done = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--omit=dev",
-                               "--no-package-lock", "--loglevel=error"], cwd=into, env=env,
+                               "--no-package-lock", "--loglevel=error"], cwd=build, env=env,
                               capture_output=True, text=True, timeout=NPM_BUILD_TIMEOUT)
         if done.returncode != 0:
             raise RuntimeError(f"npm install {NODE_RIC}@{NODE_RIC_VERSION} failed:\n"
                                f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-        _prune_node_build(into / "node_modules" / NODE_RIC)
+        # At run time the client loads only its dist/ (node's own modules and the addon): the
+        # bundled sources of curl and aws-lambda-cpp (149 MB) and node-gyp stay out of images.
+        built = build / "node_modules" / NODE_RIC
+        kept = into / "node_modules" / NODE_RIC
+        kept.mkdir(parents=True)
+        for name in NODE_RIC_RUNTIME:
+            if (built / name).is_dir():
+                shutil.copytree(built / name, kept / name, symlinks=True)
+            elif (built / name).exists():
+                shutil.copy2(built / name, kept / name)
+        if not (kept / "dist" / "rapid-client.node").is_file():
+            raise RuntimeError(f"{NODE_RIC}'s native part was not built: {built}")
+        shutil.rmtree(build)
     return _cached(cache / "ric" / key, install)
 
 
@@ -64,14 +80,22 @@ def python_ric(cache: Path) -> Path:
             [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
              "--no-compile", "--target", str(into), "--only-binary=:all:",
              "--implementation", "cp", "--python-version", PYTHON_VERSION,
-             # pip expands a manylinux_2_N platform to every older one, down to manylinux1
-             "--platform", f"manylinux_{glibc}_x86_64",
+             *_platforms(glibc),
              f"{PYTHON_RIC}=={PYTHON_RIC_VERSION}"], capture_output=True, text=True, timeout=600)
         if done.returncode != 0:
             raise RuntimeError(f"pip install {PYTHON_RIC}=={PYTHON_RIC_VERSION} failed:\n"
                                f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
         shutil.rmtree(into / "bin", ignore_errors=True)   # console scripts for the host's python
     return _cached(cache / "ric" / key, install)
+
+
+def _platforms(glibc: str) -> list[str]:
+    """pip's --platform for every manylinux tag this glibc runs (pip does not expand a
+    manylinux_2_N platform to the older ones by itself)."""
+    major, minor = (int(n) for n in glibc.split("_"))
+    tags = [f"manylinux_{major}_{n}_x86_64" for n in range(minor, 4, -1)]
+    tags += ["manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64"]
+    return [arg for tag in tags for arg in ("--platform", tag)]
 
 
 def _cached(folder: Path, install) -> Path:
@@ -92,20 +116,3 @@ def _cached(folder: Path, install) -> Path:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return folder
-
-
-def _prune_node_build(package: Path) -> None:
-    """What the compile left that the runtime does not load: the bundled sources of curl and
-    aws-lambda-cpp and their build trees (most of the package's size)."""
-    for name in ("deps", "build/deps"):
-        shutil.rmtree(package / name, ignore_errors=True)
-    build = package / "build"
-    if build.is_dir():
-        for entry in build.iterdir():
-            if entry.name != "Release":
-                shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink()
-        release = build / "Release"
-        if release.is_dir():
-            for entry in release.iterdir():
-                if entry.is_dir():
-                    shutil.rmtree(entry, ignore_errors=True)
