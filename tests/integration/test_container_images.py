@@ -13,6 +13,8 @@ import json
 import tarfile
 import time
 
+import psutil
+
 import pytest
 
 from tests.images.build import NODE_RIC, PYTHON_RIC, ensure_image
@@ -96,6 +98,8 @@ def host(tmp_path_factory, docker_engine):
                                                   "LAMBDA_TASK_ROOT": "/elsewhere"}),
         image_fn("ihost-a", user, network=True),
         image_fn("ihost-b", user, network=True),
+        image_fn("iidle", python, minInstances=0, idleTimeout=2),
+        image_fn("ikill", node),
     ]
     server = {}
     if docker_engine.socket != "/var/run/docker.sock":
@@ -232,3 +236,48 @@ def test_cold_start_timing(host):
     warm.sort()
     print(f"ipy-other: call {first * 1000:.1f} ms, warm p50 {warm[10] * 1000:.1f} ms "
           f"(record {json.dumps(host.record(r.headers['X-Sora-Request-Id']).get('cold'))})")
+
+
+def adapters_of(function: str) -> list[int]:
+    """The Runtime API adapters serving `function` (by their environment)."""
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if any(a.endswith("runtime_api.py") for a in proc.info["cmdline"] or []) and \
+                    proc.environ().get("AWS_LAMBDA_FUNCTION_NAME") == function:
+                found.append(proc.pid)
+        except psutil.Error:
+            continue
+    return found
+
+
+def running_containers(host, function: str) -> list[str]:
+    return [c.name for c in host.engine.client.containers.list(
+        filters={"label": f"sora.function={function}"})]
+
+
+def test_scale_to_zero_then_a_cold_call_starts_one_again(host):
+    assert host.invoke("iidle").status_code == 200
+    wait_for(lambda: host.function_state("iidle")["instances"] == 0, timeout=20,
+             what="iidle scaled to zero")
+    # Its adapter is gone with its instance (the pre-started container waits, no adapter).
+    wait_for(lambda: adapters_of("iidle") == [], timeout=10, what="no adapter left")
+    r = host.invoke("iidle")
+    assert r.status_code == 200, r.text
+    record = host.record(r.headers["X-Sora-Request-Id"])
+    assert record["cold"] is True
+
+
+def test_kill9_of_the_worker_leaves_no_adapter_and_no_container(host):
+    assert host.invoke("ikill").status_code == 200
+    before = set(running_containers(host, "ikill"))
+    old_adapters = adapters_of("ikill")
+    assert before and old_adapters
+    host.kill_worker("ikill")
+    # The adapters die with the worker (their death signal); the engine's containers of the
+    # dead worker are swept by the supervisor.
+    wait_for(lambda: not set(old_adapters) & set(adapters_of("ikill")), timeout=10,
+             what="the dead worker's adapters gone")
+    wait_for(lambda: not before & set(running_containers(host, "ikill")), timeout=30,
+             what="the dead worker's containers removed")
+    assert host.invoke("ikill").status_code == 200
