@@ -52,6 +52,7 @@ from ..cluster.link import Uplink, uplink_for
 from .hosts import JoinedHosts
 from . import listeners
 from .child import Launch, State, Supervised, describe_exit
+from .container_sweeps import ContainerSweeps
 from .progress import FunctionProgress, StartupProgress
 from .reload_plan import fingerprint
 from .reloading import Reloading, function_of
@@ -123,6 +124,11 @@ class Arbiter(Reloading):
         # Watch mode (`start --watch`, `sora dev`): a saved file reloads its function (watch.py).
         self.watch = watch
         self.watcher: Watcher | None = None
+        # What containers of this host's workers and setups were left (container_sweeps.py):
+        # only once a function runs in containers (a host without any needs no engine).
+        self.sweeps = ContainerSweeps(config.server.docker.socket, self.state_dir)
+        if any(fn.containerized for fn in config.functions):
+            self.sweeps.use()
 
     # --- signals: handlers only queue -----------------------------------------------------------
     def _on_signal(self, signum, _frame) -> None:
@@ -188,13 +194,10 @@ class Arbiter(Reloading):
                      "--records-server-key=" + cluster.controlPlaneKey.decode()]
         if warm_up:
             argv.append("--warm-up")
-        if fn.isolation == "container":   # the worker's container thread (B)
-            docker = getattr(config.server, "docker", None)
-            socket = docker.get("socket") if isinstance(docker, dict) else \
-                getattr(docker, "socket", None)
-            if socket:
-                argv += ["--docker-socket", socket]
-            argv += ["--prestarted-runtimes", str(config.prestartedRuntimes)]
+        if fn.containerized:   # the engine its instances run in (never shown to a function)
+            argv += ["--docker-socket", config.server.docker.socket,
+                     "--prestarted-runtimes", str(config.prestartedRuntimes)]
+            self.sweeps.use()
         return Launch(argv, dict(os.environ), start_timeout=max(30.0, fn.timeout) + 15,
                       start_retries=1 if warm_up else WORKER_START_RETRIES)
 
@@ -290,6 +293,7 @@ class Arbiter(Reloading):
                 # (named by the function's name, a version's worker too)
                 remove_secret_files(split_key(function)[0], child.proc.pid)
                 cgroups.remove_leftovers(split_key(function)[0], child.proc.pid)
+                self.sweeps.after_worker(child.proc.pid)   # its containers (killed -9)
                 if code == p.EXIT_BOOT_ERROR:
                     why = "cannot boot: " + (p.take_boot_error(self.state_dir, function)
                                              or "the worker exited with a boot error")
@@ -656,6 +660,9 @@ class Arbiter(Reloading):
             if name.startswith("w-") and name.endswith(".sock"):   # workers' data endpoints
                 remove_file(os.path.join(p.run_dir(self.state_dir), name))
         cgroups.remove_orphaned_groups()   # and its cgroups
+        # And its containers: no other supervisor has this stateDir (the lock above), so
+        # every container labelled with this host's id is a leftover.
+        self.sweeps.at_start()
         ctypes.CDLL(None).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         self.install_signals()
         quiet_gc()  # the control plane thread shares this process
@@ -794,6 +801,7 @@ class Arbiter(Reloading):
         for run in self.setups.values():
             run.kill()
         self.versions.shutdown()
+        self.sweeps.at_stop()   # every worker and setup has exited
         if self.runtime_pool is not None:
             self.runtime_pool.stop()
             self.runtime_pool = None

@@ -41,6 +41,7 @@ from ..runtimes.base import in_container
 from .logs import FunctionLog
 from .report import end_lines, start_line
 from ..runtimes import Runtime, runtime_for
+from ..containers import engine
 from ..isolation import cgroups, nofollow, sandbox, watched
 from .scaling import SCALE_OUT_WAIT, idle_expired, plan_scale_out
 from . import warmup
@@ -1054,7 +1055,8 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--records-server-key", help="the z85 public key of that recorder's "
                                                      "host")
     parser.add_argument("--docker-socket", default=DEFAULT_SOCKET,
-                        help="isolation: container: the engine's socket (server.docker.socket)")
+                        help="the Docker engine's socket (server.docker.socket), for a "
+                             "function with isolation: container")
     parser.add_argument("--prestarted-runtimes", type=int, default=0,
                         help="isolation: container: containers kept started ahead of need "
                              "(server.prestartedRuntimes)")
@@ -1063,6 +1065,18 @@ def parser() -> argparse.ArgumentParser:
                              "one warm-up call before READY: a reload's new generation (a load "
                              "error, a warm-up timeout or exit is a boot error)")
     return parser
+
+
+def check_engine(fn, socket: str) -> dict:
+    """A containerized function's engine and image, checked at its worker's start (the image's
+    Config returned): a boot error with the reason when no engine answers or the image is not
+    in it (the function is then reported broken, and the others serve)."""
+    try:
+        return engine.check(socket, fn.image)
+    except engine.ImageMissing as exc:
+        raise ConfigError(fn.source, [f"image: {exc}"]) from None
+    except engine.EngineUnavailable as exc:
+        raise ConfigError(fn.source, [f"isolation: container: {exc}"]) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1079,6 +1093,8 @@ def main(argv: list[str] | None = None) -> int:
         if fn is None:
             raise ConfigError(args.functions, [f"expected the config of function "
                                                f"{args.name!r}, got none"])
+        if fn.containerized:   # first: without its engine and image nothing else can start
+            check_engine(fn, args.docker_socket)
         runtime = runtime_for(fn.language)
         runtime.prepare(fn)
         secrets = Secrets(fn, read_secrets(fn), args.state_dir)
