@@ -31,6 +31,8 @@ class Fn:
         self.handler = fields.pop("handler", "")
         self.network = fields.pop("network", False)
         self.taskRoot = "/var/task"
+        self.isolation = "container"
+        self.package = "image"
         self.entrypoint = ""
         self.directory = fields.pop("directory", "/nonexistent")
         assert not fields, fields
@@ -39,7 +41,7 @@ class Fn:
 class AdapterInstance:
     def __init__(self, client, image: str, fn: Fn, image_config: dict | None = None,
                  volumes: dict | None = None, user: str = "65534:65534"):
-        self.client, self.fn = client, fn
+        self.client, self.fn, self.user = client, fn, user
         self.runtime = ImageRuntime()
         config = image_config or client.images.get(image).attrs["Config"]
         self.channel = tempfile.mkdtemp(prefix="sora-test-channel-")
@@ -70,6 +72,7 @@ class AdapterInstance:
             raise
 
     def _start(self, fn: Fn, before) -> None:
+        user = self.user
         address = self.runtime.runtime_api_address(before)
         self.container.start()
         self.container.reload()
@@ -85,6 +88,7 @@ class AdapterInstance:
         env.update(self.runtime.adapter_environment(
             self.listener.fileno(), self.init_pid, self.pidfd, self.out_r, self.err_r))
         env["SORA_CONTROL_FD"] = str(control_w)
+        env["SORA_RUN_AS_UID"] = user.split(":")[0]   # as the worker starts it
         fds = (control_w, self.listener.fileno(), self.pidfd, self.out_r, self.err_r)
         self.adapter = subprocess.Popen(
             self.runtime.argv(fn), env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,

@@ -137,6 +137,11 @@ def test_answers_over_http_with_the_handler_from_cmd(host, name, message, handle
     second = host.invoke(name)
     assert second.status_code == 200
     assert host.record(second.headers["X-Sora-Request-Id"])["cold"] is False
+    # Its Runtime API adapter (on the host, reading the function's HTTP) is not root: it runs
+    # as the container's own uid.
+    adapters = adapters_of(name)
+    assert adapters
+    assert {psutil.Process(pid).uids().effective for pid in adapters} == {body["uid"]}
 
 
 @pytest.mark.parametrize("name", ["inode-other", "ipy-other"])

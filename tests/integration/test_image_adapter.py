@@ -142,3 +142,16 @@ def test_worker_done_ends_the_container(instance):
     one.adapter.stdin.close()
     assert one.adapter.wait(10) == 1
     assert one.container.wait(timeout=10)["StatusCode"] == 137   # SIGKILL
+
+
+def test_adapter_runs_as_the_containers_uid(instance):
+    """The worker is root; the adapter, which parses HTTP from the function's code, is not."""
+    import psutil
+    for network in (False, True):
+        one = instance(network=network)
+        assert one.control_line() == b"READY"
+        adapter = psutil.Process(one.adapter.pid)
+        assert adapter.uids().real == adapter.uids().effective == 65534
+        assert adapter.gids().effective == 65534
+        # And it still serves (and, on the host's network, still tells its peers apart).
+        assert answer(one.invoke({"who": "x"}))[0] == "R"

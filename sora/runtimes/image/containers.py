@@ -30,6 +30,7 @@ from ...config import FunctionConfig
 from ...containers import spec
 from ...containers.process import ContainerProcess
 from ...containers.spares import ContainerFactory
+from ...isolation.uids import sandbox_uid
 from . import ImageRuntime
 
 log = logging.getLogger("sora.containers")
@@ -73,6 +74,8 @@ class ImageContainerFactory(ContainerFactory):
                                             extra)
         super().__init__(fn, runtime.container_command(fn, image_config), env, state_dir,
                          socket, spares, secrets_dir)
+        # The container's user (sora.containers.spec), which the adapter becomes as well.
+        self.container_uid = sandbox_uid(fn) or 65534
 
     # --- on the worker's loop -----------------------------------------------------------------
     def adapter_for(self, proc: ContainerProcess, pipes: AdapterPipes) -> None:
@@ -192,6 +195,7 @@ class ImageContainerFactory(ContainerFactory):
                 proc.stderr.fileno()))
             env["SORA_CONTROL_FD"] = str(pipes.control_w)
             env["SORA_PARENT_PID"] = str(os.getpid())
+            env["SORA_RUN_AS_UID"] = str(self.container_uid)
             try:
                 pipes.popen = subprocess.Popen(
                     pipes.argv, env=env, stdin=pipes.stdin_r, stdout=pipes.stdout_w,

@@ -91,6 +91,7 @@ CONTAINER_OUTPUT = {fd: out for fd, out in ((inherited_fd("SORA_CONTAINER_STDOUT
                                             (inherited_fd("SORA_CONTAINER_STDERR_FD"), 2))
                     if fd is not None}
 EXECUTABLE = os.environ.pop("SORA_ENTRYPOINT", None)
+RUN_AS = inherited_fd("SORA_RUN_AS_UID")   # a uid: the same parsing
 FUNCTION_ARN = "arn:aws:lambda:%s:000000000000:function:%s" % (
     os.environ.get("AWS_REGION", "us-east-1"), os.environ.get("AWS_LAMBDA_FUNCTION_NAME"))
 if os.environ.get("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST") != "$LATEST":   # a version's
@@ -445,11 +446,27 @@ def die_with_parent():  # in the executable's process, between fork and exec
     ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
+def drop_privileges(uid):
+    """Become the container's own unprivileged uid (the worker, which starts the adapter, is
+    root): this process reads HTTP from the function's code. As that uid it can still do all
+    it needs: signal the container's init (the same uid), read its processes' /proc/<pid>/fd
+    for the peer check (the same uid, and they are not set-uid), and use the descriptors it
+    was given. The container's processes cannot reach it in turn: their pid namespace does not
+    show it. no_new_privs: nothing it could exec regains privileges."""
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+    ctypes.CDLL(None).prctl(38, 1, 0, 0, 0)   # PR_SET_NO_NEW_PRIVS
+
+
 def main_container():
     """Container mode: serve the container the worker started, until its init exits. It exits
     with status 1 then (its own status is the engine's to tell), or when it is killed."""
+    if RUN_AS is not None and os.geteuid() == 0 and RUN_AS != 0:
+        drop_privileges(RUN_AS)
     # Started without a preexec_fn (perhaps by the worker's container thread): the death
-    # signal is set here, then the parent checked, so a worker that died meanwhile is seen.
+    # signal is set here (after the uid changed, which clears it), then the parent checked,
+    # so a worker that died meanwhile is seen.
     ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
     parent = os.environ.pop("SORA_PARENT_PID", "")
     if parent and os.getppid() != int(parent):
