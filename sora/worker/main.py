@@ -34,7 +34,7 @@ from ..setup.run import SetupRun
 from .instance import Instance, State
 from .container_instance import ContainerInstance
 from ..runtimes.image.containers import ImageContainerFactory
-from ..runtimes.image.instance import ImageInstance
+from .image_instance import ImageInstance
 from ..containers import spec
 from ..containers.spares import DEFAULT_SOCKET, ContainerFactory, image_config
 from ..runtimes.base import in_container

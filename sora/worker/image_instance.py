@@ -14,10 +14,10 @@ import os
 import signal
 import subprocess
 
-from ...containers.process import ContainerGroup, ContainerProcess
-from ...worker.container_instance import ContainerInstance
-from ...worker.instance import Instance, State
-from .containers import AdapterPipes, ImageContainerFactory
+from ..containers.process import ContainerGroup, ContainerProcess
+from ..runtimes.image.containers import AdapterPipes, ImageContainerFactory
+from .container_instance import ContainerInstance
+from .instance import Instance, State
 
 
 class AdapterProcess:
