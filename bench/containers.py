@@ -6,9 +6,10 @@ Warm, in alternating rounds (each figure the median over the rounds), with wrk:
   - concurrency 1: p50 / p99 latency;
   - concurrency 16: requests per second.
 Cold start, each a median of several client-side calls:
-  - Sora, container, a pre-started container taken (a copy of hello with `minInstances: 0`,
+  - Sora, container, a pre-started container taken (host-config.yaml `prestartedRuntimes`,
+    default 2) (a copy of hello with `minInstances: 0`,
     `idleTimeout: 0.5`, called once scaled to zero after its spares are up);
-  - Sora, container, `server.prestartedRuntimes: 0` (a second host): the call waits for
+  - Sora, container, `prestartedRuntimes: 0` (a second host): the call waits for
     container create + start + the first answer;
   - Sora, bubblewrap: the sandboxed copy, scaled to zero (a pre-started runtime taken);
   - a bare `docker run --rm --network none sora-test/node20 node -e ...` (the Docker CLI: it is
@@ -54,20 +55,28 @@ def measure(url: str, duration: int) -> dict:
             "errors": c1["non_2xx"] + c16["non_2xx"]}
 
 
-def warm_rounds(urls: dict[str, str], rounds: int, duration: int) -> dict[str, dict]:
+def warm_rounds(urls: dict[str, str], rounds: int, duration: int) -> dict:
+    """Medians over the rounds, and the median of each round's container / sandbox ratios
+    (paired in time, so a burst of load from elsewhere weighs on both sides of a ratio). The
+    order of the targets turns each round."""
     results: dict[str, list[dict]] = {name: [] for name in urls}
     for url in urls.values():
         wait_http(url, timeout=120)
         wrk(url, 16, 3, 2)   # warm-up: JIT, and the worker learns the function is fast
+    names = list(urls)
     for i in range(rounds):
-        print(f"round {i + 1}/{rounds}", flush=True)
-        for name, url in urls.items():
-            row = measure(url, duration)
+        print(f"round {i + 1}/{rounds} (load {os.getloadavg()[0]:.1f})", flush=True)
+        for name in names[i % len(names):] + names[:i % len(names)]:
+            row = measure(urls[name], duration)
             results[name].append(row)
             print(f"  {name:<16} p50 {row['p50_ms']:.3f} ms  p99 {row['p99_ms']:.3f} ms  "
                   f"{row['rps_c16']:>8.0f} req/s at c=16  errors {row['errors']}", flush=True)
-    return {name: {key: statistics.median(r[key] for r in rows) for key in rows[0]}
-            for name, rows in results.items()}
+    medians = {name: {key: statistics.median(r[key] for r in rows) for key in rows[0]}
+               for name, rows in results.items()}
+    paired = {key: statistics.median(c[key] / b[key] for c, b in
+                                     zip(results[CONTAINER], results[SANDBOX]))
+              for key in ("p50_ms", "p99_ms", "rps_c16")}
+    return {"medians": medians, "paired_ratios": paired}
 
 
 def cold_calls(port: int, name: str, samples: int) -> list[float]:
@@ -122,6 +131,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (median)")
     parser.add_argument("--cold-samples", type=int, default=8)
     parser.add_argument("--gateway-workers", type=int, default=1)
+    parser.add_argument("--memory", type=int, default=128,
+                        help="every copy's `memory` (MB): a container's CPU share follows it")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     if not shutil.which("wrk"):
@@ -129,12 +140,14 @@ def main() -> int:
     engine = engines.open_engine()
     try:
         image = ensure_image(engine.client, NODE20)
-        print(f"hello-world, {args.duration}s per point, {os.cpu_count()} cores, engine "
+        print(f"hello-world, {args.duration}s per point, {os.cpu_count()} cores (load "
+              f"{os.getloadavg()[0]:.1f}), engine "
               f"{engine.socket}{' (own dockerd)' if engine.own else ''}, image {image}",
               flush=True)
         results = run(args, engine.socket, image)
     finally:
         engines.close_engine(engine)
+    results["load_average"] = os.getloadavg()
     report(results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
@@ -142,14 +155,15 @@ def main() -> int:
 
 
 def run(args, socket: str, image: str) -> dict:
-    container = {"isolation": "container", "image": image}
+    container = {"isolation": "container", "image": image, "memory": args.memory}
     cold = {"minInstances": 0, "idleTimeout": 0.5}
+    sandbox = {"isolation": "sandbox", "memory": args.memory}
     with tempfile.TemporaryDirectory(prefix="sora-bench-containers-") as tmp:
         tmp = Path(tmp)
         functions = [
-            copy_function(HELLO, tmp, name="hello-sandbox", isolation="sandbox"),
+            copy_function(HELLO, tmp, name="hello-sandbox", **sandbox),
             copy_function(HELLO, tmp, name="hello-container", **container),
-            copy_function(HELLO, tmp, name="hello-sandbox-cold", isolation="sandbox", **cold),
+            copy_function(HELLO, tmp, name="hello-sandbox-cold", **sandbox, **cold),
             copy_function(HELLO, tmp, name="hello-container-cold", **container, **cold)]
         port, node_port = free_port(), free_port()
         (tmp / "a").mkdir()
@@ -177,7 +191,8 @@ def run(args, socket: str, image: str) -> dict:
         (tmp / "b").mkdir()
         bare_port = free_port()
         host = start_host(tmp / "b", bare_port, args.gateway_workers, [functions[3]],
-                          extra=server_settings(bare_port, args, socket, prestartedRuntimes=0))
+                          extra={**server_settings(bare_port, args, socket),
+                                 "prestartedRuntimes": 0})
         try:
             wait_http(f"http://127.0.0.1:{bare_port}/healthz", timeout=120)
             cold_ms["container, create + start"] = show(
@@ -190,16 +205,18 @@ def run(args, socket: str, image: str) -> dict:
     return {"warm": warm, "cold_ms": cold_ms}
 
 
-def server_settings(port: int, args, socket: str, **more) -> dict:
+def server_settings(port: int, args, socket: str) -> dict:
     """host-config.yaml's `server` (start_host's `extra` replaces the one it writes): the
     engine's socket beside the port and gateway workers."""
-    return {"server": {"httpPort": port, "bind": "127.0.0.1",
-                       "gatewayWorkers": args.gateway_workers, "docker": {"socket": socket},
-                       **more}}
+    server = {"httpPort": port, "bind": "127.0.0.1", "gatewayWorkers": args.gateway_workers}
+    if socket != engines.SYSTEM_SOCKET:   # the default
+        server["docker"] = {"socket": socket}
+    return {"server": server}
 
 
 def report(results: dict) -> None:
-    warm, cold = results["warm"], results["cold_ms"]
+    warm, cold = results["warm"]["medians"], results["cold_ms"]
+    paired = results["warm"]["paired_ratios"]
     print("\n| target | p50 (c=1) | p99 (c=1) | req/s (c=16) |")
     print("|---|---|---|---|")
     for name, row in warm.items():
@@ -214,12 +231,16 @@ def report(results: dict) -> None:
           f"({container['p50_ms'] - sandbox['p50_ms']:+.3f} ms), p99 "
           f"{container['p99_ms'] / sandbox['p99_ms']:.3f}x, req/s at c=16 "
           f"{container['rps_c16'] / sandbox['rps_c16']:.3f}x")
+    print(f"container / sandbox, warm, median of each round's ratio: p50 "
+          f"{paired['p50_ms']:.3f}x, p99 {paired['p99_ms']:.3f}x, req/s at c=16 "
+          f"{paired['rps_c16']:.3f}x")
     print(f"container / plain node, req/s at c=16: "
           f"{container['rps_c16'] / warm[NODE]['rps_c16']:.1%}")
     print(f"cold, container (spare taken) / bubblewrap: "
           f"{cold['container, spare taken'] / cold['bubblewrap']:.2f}x")
     print(f"cold, container (create + start) / docker run: "
           f"{cold['container, create + start'] / cold['docker run']:.2f}x")
+    print(f"load average at the end: {results['load_average'][0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -120,6 +120,7 @@ class OwnDaemon:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
+        _stop_orphans(self.data_root)
         with open(self.log_path, "wb") as log:   # the child keeps its own copy of the fd
             self.process = subprocess.Popen(
                 [self.dockerd, "--bridge=none", "--iptables=false", "--ip-masq=false",
@@ -127,7 +128,9 @@ class OwnDaemon:
                  f"--exec-root={self.exec_root}", f"--pidfile={self.pidfile}",
                  f"--shutdown-timeout={SHUTDOWN_TIMEOUT}"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True)   # ^C in the terminal reaches pytest, not dockerd
+                # ^C in the terminal reaches pytest, not dockerd; if pytest dies (kill -9)
+                # dockerd is sent SIGTERM and stops cleanly rather than living on.
+                start_new_session=True, preexec_fn=_term_with_parent)
         deadline = time.monotonic() + START_TIMEOUT
         while not answers(self.socket, timeout=2):
             if self.process.poll() is not None:
@@ -179,6 +182,30 @@ class OwnDaemon:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+
+def _term_with_parent() -> None:
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _stop_orphans(data_root: Path) -> None:
+    """A dockerd an earlier test session started on this data root and did not stop (that
+    session was killed before PR_SET_PDEATHSIG could act, or dockerd ignored it): stopped, so
+    two daemons never share a data root. Found by its exact --data-root argument only."""
+    flag = f"--data-root={data_root}"
+    orphans = []
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        try:
+            if proc.info["name"] == "dockerd" and flag in (proc.info["cmdline"] or []):
+                proc.terminate()
+                orphans.append(proc)
+        except psutil.Error:
+            continue
+    _gone, alive = psutil.wait_procs(orphans, timeout=STOP_TIMEOUT)
+    for proc in alive:
+        proc.kill()
+    psutil.wait_procs(alive, timeout=10)
 
 
 def _take_data_root() -> tuple[Path, int]:

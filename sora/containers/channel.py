@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import stat
 
 MOUNT_POINT = "/run/sora"
 NAMES = ("requests", "control", "stdout", "stderr")
@@ -138,5 +137,31 @@ class Channel:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
-def is_fifo(path: str) -> bool:
-    return stat.S_ISFIFO(os.lstat(path).st_mode)
+def remove_leftovers(run_dir: str, worker_pid: int | None = None) -> int:
+    """Remove the channel folders a worker left (killed: its thread removed nothing), or
+    with no pid every one whose worker is gone (a host killed with -9). Only root reaches
+    the folder (`<run>/containers`, 0700); rmtree works by descriptors, following no link."""
+    base = base_dir(run_dir)
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return 0
+    removed = 0
+    for name in names:
+        owner = name.partition("-")[0]
+        if not owner.isdigit():
+            continue
+        if (int(owner) == worker_pid) if worker_pid is not None else not _alive(int(owner)):
+            shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

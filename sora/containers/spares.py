@@ -136,7 +136,10 @@ class ContainerFactory:
     def _new(self) -> ContainerProcess:
         self.count += 1
         name = f"{self.prefix}{self.count}"
-        return ContainerProcess(Channel(self.run_dir, name, self.uid), name, self.status_api)
+        # The channel is named by the worker's pid (channel.remove_leftovers finds a killed
+        # worker's), the container by the host's id too (two hosts may share one engine).
+        channel = Channel(self.run_dir, f"{os.getpid()}-{self.count}", self.uid)
+        return ContainerProcess(channel, name, self.status_api)
 
     def _refill(self) -> None:   # with self.cond held
         while not self.stopping and len(self.spares) + self.making < self.wanted:

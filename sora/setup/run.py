@@ -24,6 +24,18 @@ snapshot, sora.config_snapshot) and never reads it again; the sandbox mounts the
 file read-only over the copy's, the copy back leaves it out, and after every step its bytes
 are compared with those the config was read from. A setup that changed it anyway (one of
 `isolation: none`) fails, and the function with it, with a reason that names the file.
+
+A containerized function's setup (`isolation: container`) runs each command in a container of
+the function's image (sora.containers.run_once: one process per command that the poll loop
+waits on, the container removed when it ends, killed, or times out), as the function's uid,
+on the same copy of the folder made and synced back by the same confined rsync, mounted
+writable at the function's `taskRoot` (where its instances see the folder, so paths setup
+writes into files stay right), with the run's fresh home at SETUP_HOME, a private /tmp, the
+host's network, and the environment a sandboxed setup gets. The container never binds the
+function's own folder (the engine resolves a bind's source as root, following links): only
+the copy and the home, Sora's folders in its state dir that the function cannot replace.
+The copy's sora.yaml is not the operator's file: setup may write it, and is failed for it
+(the check after every step), nothing of it reaching the folder.
 """
 from __future__ import annotations
 
@@ -34,10 +46,12 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 
 from ..config import FUNCTION_FILE, MAX_CONFIG_BYTES, FunctionConfig, source_digest
+from ..containers import engine, run_once
 from ..isolation import nofollow, sandbox, seccomp
 from ..parent_death import die_with_parent
 
@@ -57,6 +71,9 @@ class SetupOutcome:
 # Files larger than this are hashed by size and modification time (read, a sparse file of
 # terabytes would hold the supervisor's loop for hours).
 HASHED_CONTENT_MAX = 64 << 20
+# How long a container step has to remove its container when the setup is stopped (its
+# timeout, the host's stop) before it is killed (and the container removed by label).
+CONTAINER_STOP_WAIT = 10.0
 
 
 def content_hash(directory: str, excluded: set[str]) -> str:
@@ -119,8 +136,11 @@ class SetupRun:
     """One function's setup, stepped by the arbiter loop: `poll()` returns None while it runs."""
 
     def __init__(self, fn: FunctionConfig, state_dir: str, force: bool = False,
-                 withheld: frozenset[str] = frozenset()):
+                 withheld: frozenset[str] = frozenset(),
+                 docker_socket: str = engine.DEFAULT_SOCKET):
         self.fn = fn
+        self.state_dir = state_dir
+        self.docker_socket = docker_socket   # server.docker.socket (isolation: container)
         self.force = force  # run even if the folder is unchanged since the last success
         self.withheld = withheld  # host variables declared as secrets: never given to setup
         directory = self.setup_dir = os.path.join(state_dir, "setup")
@@ -131,6 +151,9 @@ class SetupRun:
         self.home_path: str | None = None   # this run's own (sandboxed), made by _plan
         self.work_folder = fn.directory   # where the commands work: the folder, or its copy
         self.steps: list[tuple[str, list[str]]] = []   # (what the log calls it, argv)
+        # A step's container spec (isolation: container), by the step's index: its argv runs
+        # sora.containers.run_once, which reads the spec from its environment.
+        self.container_specs: dict[int, dict] = {}
         self.proc: subprocess.Popen | None = None
         self.index = -1
         self.deadline = 0.0
@@ -155,6 +178,9 @@ class SetupRun:
         if self.fn.sandboxed and (reason := sandbox.unavailable_reason()) is not None:
             self._finish(False, f"isolation: {reason}")
             return
+        if self.fn.containerized and (reason := _container_setup_problem()) is not None:
+            self._finish(False, f"setup: {reason}")
+            return
         self.before = set(os.listdir(self.fn.directory))
         self.steps = self._plan()
         self._log = open(self.log_path, "ab")
@@ -164,6 +190,8 @@ class SetupRun:
         """The commands to run, as argv: the user's, in the sandbox for a sandboxed function,
         between the two copies when Sora runs as root (see the module's docstring)."""
         fn = self.fn
+        if fn.containerized:
+            return self._plan_containers()
         if not fn.sandboxed:
             return [(command, ["/bin/sh", "-c", command]) for command in fn.setup]
         uid = sandbox.sandbox_uid(fn)
@@ -173,17 +201,8 @@ class SetupRun:
         if not as_root:   # the function's uid is Sora's: it works in the folder itself
             return [(c, sandbox.wrap_setup(c, fn, fn.directory, self.home_path))
                     for c in fn.setup]
-        # The copy is Sora's folder (made here, in Sora's setup folder), its content the
-        # function's: rsync only ever works in it confined (sandbox.folder_sync).
-        os.makedirs(self.copy_path, mode=0o700, exist_ok=True)
-        copy_fd = os.open(self.copy_path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
-                          | os.O_CLOEXEC)
-        try:
-            os.fchown(copy_fd, uid, uid)
-        finally:
-            os.close(copy_fd)
+        self._make_copy(uid)
         owner = os.stat(fn.directory)
-        self.work_folder = self.copy_path
         return [("(sora) copy the folder for the setup sandbox",
                  sandbox.folder_sync(fn.directory, self.copy_path, uid, uid)),
                 *[(c, sandbox.wrap_setup(c, fn, self.copy_path, self.home_path))
@@ -195,12 +214,64 @@ class SetupRun:
                                      # An edit saved while setup ran is not reverted.
                                      keep_newer=True))]
 
+    def _make_copy(self, uid: int) -> None:
+        """The folder's copy setup works on: Sora's folder (made here, in Sora's setup folder),
+        its content the function's, so rsync only ever works in it confined
+        (sandbox.folder_sync)."""
+        os.makedirs(self.copy_path, mode=0o700, exist_ok=True)
+        copy_fd = os.open(self.copy_path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                          | os.O_CLOEXEC)
+        try:
+            os.fchown(copy_fd, uid, uid)
+        finally:
+            os.close(copy_fd)
+        self.work_folder = self.copy_path
+
+    def _plan_containers(self) -> list[tuple[str, list[str]]]:
+        """Copy in, each command in a container of the function's image, copy back."""
+        fn = self.fn
+        uid = sandbox.sandbox_uid(fn)
+        sandbox.remove_setup_homes(self.setup_dir, fn.name)
+        self.home_path = sandbox.fresh_setup_home(self.setup_dir, fn.name, uid)
+        self._make_copy(uid)
+        owner = os.stat(fn.directory)
+        environment = dict(sandbox.setup_environment(fn, self.withheld),
+                           HOME=sandbox.SETUP_HOME)
+        host = engine.host_id(self.state_dir)
+        steps = [("(sora) copy the folder for the setup container",
+                  sandbox.folder_sync(fn.directory, self.copy_path, uid, uid))]
+        for command in fn.setup:
+            self.container_specs[len(steps)] = {
+                "socket": self.docker_socket, "image": fn.image,
+                "command": ["/bin/sh", "-c", command], "user": f"{uid}:{uid}",
+                "working_dir": fn.taskRoot, "environment": environment,
+                # Only Sora's own folders: the copy and this run's home (never the
+                # function's folder, and never the engine's socket).
+                "mounts": [{"source": self.copy_path, "target": fn.taskRoot},
+                           {"source": self.home_path, "target": sandbox.SETUP_HOME}],
+                "tmpfs": {"/tmp": f"size={fn.tmpSize}m,mode=1777"},
+                "network_mode": "host",   # as a sandboxed setup: it installs packages
+                # sora.worker: run_once adds its own pid.
+                "labels": {k: v for k, v in engine.labels(host, fn.name, 0, "setup").items()
+                           if k != "sora.worker"}}
+            # -I: run as root, it imports nothing from its working folder or PYTHON* settings.
+            steps.append((command, [sys.executable, "-I", "-m", "sora.containers.run_once"]))
+        steps.append(("(sora) sync what setup made back into the folder",
+                      sandbox.folder_sync(self.copy_path, fn.directory, owner.st_uid,
+                                          owner.st_gid, exclude=FUNCTION_FILE,
+                                          keep_newer=True)))
+        return steps
+
     def _next_command(self) -> None:
         self.index += 1
         label, argv = self.steps[self.index]
         self._log.write(f"$ {label}\n".encode())
         self._log.flush()
-        if self.fn.sandboxed:
+        if (spec := self.container_specs.get(self.index)) is not None:
+            # run_once's own environment: its spec (the container's environment is in it).
+            env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                   run_once.SPEC_ENV: json.dumps(spec)}
+        elif self.fn.sandboxed or self.fn.containerized:   # a confined rsync of the copy
             env = sandbox.without_loader_variables(   # set inside it (sandbox.LOADER_ENV)
                 sandbox.setup_environment(self.fn, self.withheld), self.fn)
             env["PATH"] = os.environ.get("PATH", "/usr/bin:/bin")   # for rsync and bwrap
@@ -209,7 +280,8 @@ class SetupRun:
             env.update(self.fn.env)
         with seccomp.passed_to(argv) as (command, filter_fds):
             self.proc = subprocess.Popen(
-                command, cwd=self.fn.directory, env=env,
+                # A container step works in Sora's setup folder, not the function's.
+                command, cwd=self.setup_dir if spec is not None else self.fn.directory, env=env,
                 stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
                 pass_fds=filter_fds, start_new_session=True,
                 preexec_fn=die_with_parent)   # dies with the supervisor
@@ -227,6 +299,7 @@ class SetupRun:
         code = self.proc.poll()
         if code is not None:
             _kill_group(self.proc.pid)  # stragglers the command left behind in its group
+            self._remove_step_container()   # a run_once killed by a signal
         if code is None:
             if time.monotonic() < self.deadline:
                 return None
@@ -282,11 +355,31 @@ class SetupRun:
         return self.outcome
 
     def kill(self) -> None:
-        """Kill the running command's whole process group (npm and whatever it started)."""
+        """Kill the running command's whole process group (npm and whatever it started). A
+        container step is asked first (SIGTERM: run_once kills and removes its container),
+        and killed if it does not end soon; what it could not remove is removed here."""
         if self.proc is not None and self.proc.returncode is None:
+            if self.index in self.container_specs:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(CONTAINER_STOP_WAIT)
+                except subprocess.TimeoutExpired:
+                    pass
             _kill_group(self.proc.pid)
             self.proc.wait()
+            self._remove_step_container()
         self._remove_home()
+
+    def _remove_step_container(self) -> None:
+        """A container step's container, if its run_once was killed before it removed it."""
+        if self.index not in self.container_specs or self.proc.returncode is None or \
+                self.proc.returncode >= 0:
+            return
+        try:
+            engine.remove_containers(self.docker_socket, engine.host_id(self.state_dir),
+                                     self.proc.pid)
+        except Exception:   # noqa: BLE001 - the host's stop sweeps what is left
+            pass
 
     def _remove_home(self) -> None:
         """This run's home goes with it (rmtree removes links, not what they point to)."""
@@ -316,6 +409,18 @@ def setup_ran(fn: FunctionConfig, state_dir: str | None) -> bool:
             return _matches(fn, json.load(fh))
     except (OSError, ValueError, AttributeError):
         return False
+
+
+def _container_setup_problem() -> str | None:
+    """Why a containerized function's setup cannot run here (None when it can): the copy of
+    its folder is made and synced back by rsync confined with bubblewrap, as root."""
+    if os.geteuid() != 0:
+        return ("a setup in a container needs Sora to run as root (its folder's copy is made "
+                "and synced back by a confined rsync, owned by the function's uid)")
+    if not sandbox.available():
+        return ("expected bubblewrap (bwrap) on PATH: it confines the rsync that copies the "
+                "folder for the setup container (apt-get install bubblewrap)")
+    return None
 
 
 def _kill_group(pgid: int) -> None:

@@ -46,6 +46,7 @@ from ..config import ConfigError
 from ..runtimes import runtime_for
 from ..isolation import cgroups, sandbox, secrets
 from ..isolation.secrets import remove_leftovers as remove_secret_files
+from ..containers import channel
 from ..control.plane import ControlPlane
 from ..cluster.keys import load_keys
 from ..cluster.link import Uplink, uplink_for
@@ -293,6 +294,7 @@ class Arbiter(Reloading):
                 # (named by the function's name, a version's worker too)
                 remove_secret_files(split_key(function)[0], child.proc.pid)
                 cgroups.remove_leftovers(split_key(function)[0], child.proc.pid)
+                channel.remove_leftovers(p.run_dir(self.state_dir), child.proc.pid)
                 self.sweeps.after_worker(child.proc.pid)   # its containers (killed -9)
                 if code == p.EXIT_BOOT_ERROR:
                     why = "cannot boot: " + (p.take_boot_error(self.state_dir, function)
@@ -354,7 +356,8 @@ class Arbiter(Reloading):
     def start_functions(self) -> None:
         for fn in self.config.functions:
             run = SetupRun(fn, self.state_dir, force=fn.coldStart == "always-setup",
-                           withheld=secrets.declared_env_names(self.config.functions))
+                           withheld=secrets.declared_env_names(self.config.functions),
+                           docker_socket=self.config.server.docker.socket)
             self.setups[fn.name] = run
             for number in range(1, fn.workers + 1):
                 key = fn.name if number == 1 else f"{fn.name}#{number}"
@@ -660,6 +663,7 @@ class Arbiter(Reloading):
             if name.startswith("w-") and name.endswith(".sock"):   # workers' data endpoints
                 remove_file(os.path.join(p.run_dir(self.state_dir), name))
         cgroups.remove_orphaned_groups()   # and its cgroups
+        channel.remove_leftovers(p.run_dir(self.state_dir))   # and its containers' FIFOs
         # And its containers: no other supervisor has this stateDir (the lock above), so
         # every container labelled with this host's id is a leftover.
         self.sweeps.at_start()

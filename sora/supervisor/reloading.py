@@ -293,7 +293,8 @@ class Reloading:
             run = SetupRun(fn, self.state_dir, force=setup == "force" or
                            fn.coldStart == "always-setup",
                            withheld=secrets.declared_env_names(
-                               [*self.config.functions, fn]))
+                               [*self.config.functions, fn]),
+                           docker_socket=self.config.server.docker.socket)
             switch.setup = run
             try:
                 run.start()

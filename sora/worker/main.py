@@ -270,7 +270,8 @@ class Worker:
             return
         if self.fn.coldStart == "always-setup":
             # The fresh instance starts once a fresh setup has run (poll_setups).
-            run = SetupRun(self.fn, self.state_dir, force=True, withheld=self.setup_withheld)
+            run = SetupRun(self.fn, self.state_dir, force=True, withheld=self.setup_withheld,
+                           docker_socket=self.docker_socket)
             run.start()
             self.setups[inst.index] = run
         else:

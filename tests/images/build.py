@@ -145,7 +145,7 @@ def _built(client, name: str, recipe: Path, base: str, copied: dict[str, Path]) 
         native.add_libraries_of(shared_objects(folder))
     recipe_files = sorted(p for p in recipe.rglob("*") if p.is_file())
     inputs = repr((base, [(str(p.relative_to(recipe)), p.read_bytes()) for p in recipe_files],
-                   [(k, str(v)) for k, v in sorted(copied.items())], native.files(),
+                   [(k, _listing(v)) for k, v in sorted(copied.items())], native.files(),
                    _recipe_source()))
     ref = f"{name}:{_digest(inputs)}"
     with _build_lock():
@@ -166,6 +166,13 @@ def _built(client, name: str, recipe: Path, base: str, copied: dict[str, Path]) 
                               for line in exc.build_log)
                 raise RuntimeError(f"docker build of {ref} failed: {exc}\n{log[-3000:]}") from exc
         return _tag_latest(client, ref)
+
+
+def _listing(folder: Path) -> list:
+    """A cached client folder as an input: its cache key (the folder's name: the client's and
+    the interpreter's versions) and its files' paths and sizes, not where the cache is."""
+    return [folder.parent.name if folder.name == "node_modules" else folder.name] + sorted(
+        (str(p.relative_to(folder)), p.lstat().st_size) for p in folder.rglob("*"))
 
 
 def _owned_by_root(info: tarfile.TarInfo) -> tarfile.TarInfo:

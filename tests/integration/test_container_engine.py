@@ -1,43 +1,31 @@
-"""Engine handling for `isolation: container` (issue 20, point 4), against a real engine:
-a function whose engine does not answer, or whose image is missing, is reported broken with
-the reason while the others serve; containers Sora's workers and hosts leave (a worker or the
-whole host killed -9) are removed by label, and none of a host's remain after it stops; no
-function or setup ever reaches the engine's socket."""
+"""Engine handling for `isolation: container` (issue 20, point 4), against a real engine
+(the `docker_engine` fixture, tests/docker_engine.py): a function whose engine does not
+answer, or whose image is missing, is reported broken with the reason while the others serve;
+containers Sora's workers and hosts leave (a worker or the whole host killed -9) are removed
+by label, and none of a host's remain after it stops; setup runs in a container of the image;
+no function or setup ever reaches the engine's socket."""
 from __future__ import annotations
 
 import hashlib
 import io
 import os
-import shutil
 import subprocess
 import tarfile
 import time
-from pathlib import Path
-from types import SimpleNamespace
 
 import docker
 import pytest
 
 from sora.containers import engine
+from tests.images.build import ensure_image
 from tests.integration import functions as F
-from tests.support import SoraHost, wait_for, write_function
+from tests.support import SoraHost, json_of, wait_for, write_function
 
 pytestmark = pytest.mark.integration
 
-SYSTEM_SOCKET = "/var/run/docker.sock"
 ABSENT_IMAGE = "sora-test/absent-image:0"
 # A shell and a few tools from the host, for leftovers that sleep and setups that probe.
 SH_TOOLS = ("/bin/sh", "/usr/bin/sh", "/usr/bin/dash", "/bin/sleep", "/bin/cat", "/bin/ls", "/usr/bin/id")
-
-
-@pytest.fixture(scope="module")
-def docker_engine():
-    """The engine at /var/run/docker.sock (D's session fixture `docker_engine` replaces this
-    module's once it lands)."""
-    client = docker.DockerClient(base_url=f"unix://{SYSTEM_SOCKET}", timeout=300)
-    assert client.ping(), f"no Docker engine answers at {SYSTEM_SOCKET}"
-    yield SimpleNamespace(socket=SYSTEM_SOCKET, client=client)
-    client.close()
 
 
 def _libraries(path: str) -> list[str]:
@@ -48,22 +36,46 @@ def _libraries(path: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def sh_image(docker_engine):
-    """`sora-test/engine-sh:<hash>`: the host's dash, sleep, cat, ls and id with their
-    libraries, imported as an image (removed at the module's end)."""
-    files = {os.path.realpath(p) for tool in SH_TOOLS if os.path.exists(tool)
-             for p in (tool, *_libraries(os.path.realpath(tool)))}
+    """`sora-test/engine-sh:<hash>`, removed at the module's end."""
+    name = build_sh_image(docker_engine.client)
+    yield name
+    try:
+        docker_engine.client.images.remove(name, force=True)
+    except docker.errors.APIError:
+        pass
+
+
+def build_sh_image(client) -> str:
+    """The host's dash, sleep, cat, ls and id with their libraries, imported as an image."""
     buffer = io.BytesIO()
+    added: set[str] = set()
+
+    def add(tar, path: str) -> None:
+        # By its name with the folders' links resolved (merged /usr: /lib64 -> usr/lib64),
+        # a link kept as a link and its target added too (/lib64/ld-linux... -> ../lib/...).
+        name = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+        if name in added:
+            return
+        added.add(name)
+        if os.path.islink(name):
+            info = tarfile.TarInfo(name.lstrip("/"))
+            info.type, info.linkname = tarfile.SYMTYPE, os.readlink(name)
+            tar.addfile(info)
+            add(tar, os.path.join(os.path.dirname(name), os.readlink(name)))
+        else:
+            tar.add(name, arcname=name.lstrip("/"))
+
     with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for path in sorted(files):
-            tar.add(path, arcname=path.lstrip("/"))
-        # The names as the host has them: /bin, /lib... links into /usr (merged /usr), and
-        # the tools that are links to others (/bin/sh -> dash).
-        for link in ("/bin", "/lib", "/lib64", "/sbin", *SH_TOOLS):
-            if os.path.islink(link) and not any(
-                    link.startswith(top + "/") for top in ("/bin", "/lib") if os.path.islink(top)):
-                info = tarfile.TarInfo(link.lstrip("/"))
-                info.type, info.linkname = tarfile.SYMTYPE, os.readlink(link)
+        for top in ("/bin", "/lib", "/lib64", "/sbin"):   # merged /usr: links into it
+            if os.path.islink(top):
+                info = tarfile.TarInfo(top.lstrip("/"))
+                info.type, info.linkname = tarfile.SYMTYPE, os.readlink(top)
                 tar.addfile(info)
+        for tool in SH_TOOLS:
+            if os.path.exists(tool):
+                add(tar, tool)
+                for library in _libraries(os.path.realpath(tool)):
+                    add(tar, library)
         for folder in ("tmp", "var/run", "run", "home"):
             info = tarfile.TarInfo(folder)
             info.type, info.mode = tarfile.DIRTYPE, 0o1777 if folder == "tmp" else 0o755
@@ -71,14 +83,10 @@ def sh_image(docker_engine):
     data = buffer.getvalue()
     tag = hashlib.sha256(data).hexdigest()[:12]
     name = f"sora-test/engine-sh:{tag}"
-    docker_engine.client.api.import_image_from_data(
+    client.api.import_image_from_data(
         data, repository="sora-test/engine-sh", tag=tag,
         changes=['ENV PATH=/usr/bin:/bin', 'CMD ["/bin/sh"]'])
-    yield name
-    try:
-        docker_engine.client.images.remove(name, force=True)
-    except docker.errors.APIError:
-        pass
+    return name
 
 
 def host_containers(client, state_dir) -> list:
@@ -252,4 +260,178 @@ def test_a_clean_stop_leaves_no_container_of_the_host(sweeping_host, sh_image, d
     worker = host.function_state("plain")["pid"]
     made.append(leftover(client, sh_image, tmp_path / "state", worker))
     assert host.stop() == 0
+    assert host_containers(client, tmp_path / "state") == []
+
+
+SETUP_PROBE = [
+    'echo "uid=$(id -u) gid=$(id -g) home=$HOME pwd=$(pwd)" > made.txt',
+    # The attacker's setup: the engine's socket by its usual paths and variables.
+    'for p in /var/run/docker.sock /run/docker.sock /var/run/docker /run/docker '
+    '/run/containerd/containerd.sock /var/run/sora; do [ -e "$p" ] && echo "found $p"; done'
+    ' > probe.txt; [ -n "$DOCKER_HOST" ] && echo "DOCKER_HOST=$DOCKER_HOST" >> probe.txt;'
+    ' echo root > /root-file 2>/dev/null && echo "root file system writable" >> probe.txt;'
+    ' echo tmp > /tmp/t && echo "tmp writable" >> probe.txt; export -p > env.txt;'
+    ' cat /proc/self/mountinfo > mounts.txt; true',
+]
+
+
+def test_setup_runs_in_a_container_of_the_image(tmp_path, docker_engine, sh_image):
+    folder = boxed(tmp_path, sh_image, setup=SETUP_PROBE, minInstances=0,
+                   env={"GREETING": "hi"})
+    host = SoraHost(tmp_path, [folder, plain(tmp_path)], https=False,
+                    server={"docker": {"socket": docker_engine.socket}},
+                    env={"SORA_TEST_HIDDEN": "host-only", "npm_config_registry":
+                         "http://127.0.0.1:9/"})
+    host.start(wait_functions=["plain"])
+    try:
+        wait_for(lambda: (folder / "mounts.txt").exists(), timeout=60,
+                 what="setup's files synced back into the folder")
+        made = (folder / "made.txt").read_text().split()
+        owner = os.stat(folder).st_uid
+        assert made[0] != "uid=0" and made[0] == f"uid={host_uid(tmp_path)}"
+        assert made[2:] == ["home=/home/sora", "pwd=/var/task"]
+        assert os.stat(folder / "made.txt").st_uid == owner   # synced back as the owner's
+        assert (folder / "probe.txt").read_text() == "tmp writable\n"
+        env = (folder / "env.txt").read_text()
+        assert "GREETING='hi'" in env and "npm_config_registry=" in env
+        assert "SORA_TEST_HIDDEN" not in env and "SORA_RUN_ONCE_SPEC" not in env
+        mounts = (folder / "mounts.txt").read_text()
+        assert f"{tmp_path}/state/setup/boxed.folder /var/task " in mounts
+        assert f" {folder} " not in mounts and f"{folder}/" not in mounts
+        assert host_containers(docker_engine.client, tmp_path / "state") == []
+    finally:
+        assert host.stop() == 0
+    log = (tmp_path / "state" / "setup" / "boxed.log").read_text()
+    assert "$ (sora) copy the folder for the setup container" in log
+    assert "$ (sora) sync what setup made back into the folder" in log
+
+
+def host_uid(base) -> int:
+    """The uid the host gives `boxed` (its sandbox uid, one of its own)."""
+    from sora.config import load_host_config
+    return load_host_config(str(base / "host-config.yaml")).function("boxed").sandboxUid
+
+
+def test_setup_timeout_kills_its_container(tmp_path, docker_engine, sh_image):
+    folder = boxed(tmp_path, sh_image, setup=["echo started; sleep 120"], setupTimeout=3,
+                   minInstances=0)
+    host = SoraHost(tmp_path, [folder, plain(tmp_path)], https=False,
+                    server={"docker": {"socket": docker_engine.socket}})
+    host.start(wait_functions=["plain"])
+    try:
+        reason = wait_fatal(host, "boxed")
+        assert "setup command 'echo started; sleep 120' timed out after 3s" in reason
+        assert host_containers(docker_engine.client, tmp_path / "state") == []
+        assert "started" in (tmp_path / "state" / "setup" / "boxed.log").read_text()
+    finally:
+        assert host.stop() == 0
+
+
+def test_a_failed_setup_command_fails_the_function(tmp_path, docker_engine, sh_image):
+    folder = boxed(tmp_path, sh_image, setup=["echo to the log; exit 3"], minInstances=0)
+    host = SoraHost(tmp_path, [folder, plain(tmp_path)], https=False,
+                    server={"docker": {"socket": docker_engine.socket}})
+    host.start(wait_functions=["plain"])
+    try:
+        reason = wait_fatal(host, "boxed")
+        assert "setup command 'echo to the log; exit 3' failed with exit status 3" in reason
+        assert "to the log" in (tmp_path / "state" / "setup" / "boxed.log").read_text()
+        assert host_containers(docker_engine.client, tmp_path / "state") == []
+    finally:
+        assert host.stop() == 0
+
+
+# --- with real instances (sora.containers: B's instances, D's images) ---------------------------
+
+ATTACK = r"""
+const fs = require('fs');
+const net = require('net');
+const tryConnect = (path) => new Promise((resolve) => {
+  const s = net.connect({ path });
+  s.setTimeout(2000, () => { s.destroy(); resolve('TIMEOUT'); });
+  s.on('connect', () => { s.destroy(); resolve('CONNECTED'); });
+  s.on('error', (err) => resolve(err.code));
+});
+exports.handler = async (event) => {
+  const paths = (event.queryStringParameters || {}).paths.split(',');
+  const found = {};
+  for (const path of paths) found[path] = await tryConnect(path);
+  let mounts = '';
+  try { mounts = fs.readFileSync('/proc/self/mountinfo', 'utf8'); } catch (err) { mounts = err.code; }
+  return {
+    found,
+    env: Object.entries(process.env).filter(([k, v]) => /docker|containerd/i.test(k + v)),
+    mountsNamingTheEngine: mounts.split('\n').filter((l) => /docker\.sock|containerd/.test(l)),
+  };
+};
+"""
+
+
+def instance_host(base, docker_engine, **extra):
+    image = ensure_image(docker_engine.client, "sora-test/node20")
+    dirs = [write_function(base, "cnode", {"index.js": ATTACK}, name="cnode",
+                           isolation="container", image=image, minInstances=2, **extra),
+            plain(base)]
+    return SoraHost(base, dirs, https=False, server={"docker": {"socket": docker_engine.socket}})
+
+
+def of_worker(client, state_dir, pid, all=True) -> list:
+    return client.containers.list(all=all, filters={"label": [
+        f"sora.host={engine.host_id(str(state_dir))}", f"sora.worker={pid}"]})
+
+
+def test_instances_of_a_worker_killed_9_are_removed_and_replaced(tmp_path, docker_engine):
+    host = instance_host(tmp_path, docker_engine)
+    client = docker_engine.client
+    host.start()
+    try:
+        assert host.invoke("cnode", params={"paths": "/tmp"}).status_code == 200
+        old = host.function_state("cnode")["pid"]
+        before = of_worker(client, tmp_path / "state", old)
+        assert len(before) >= 2   # its two instances (and any pre-started spare)
+        new = host.kill_worker("cnode")["pid"]
+        wait_for(lambda: of_worker(client, tmp_path / "state", old) == [], timeout=30,
+                 what="the killed worker's containers removed")
+        assert host.invoke("cnode", params={"paths": "/tmp"}).status_code == 200
+        assert len(of_worker(client, tmp_path / "state", new, all=False)) >= 2
+    finally:
+        assert host.stop() == 0
+    assert host_containers(client, tmp_path / "state") == []
+
+
+def test_a_function_never_reaches_the_engine(tmp_path, docker_engine):
+    """The attacker's function: the engine's socket by every usual path, through the
+    container's root and pid 1's, by variables, and in its mounts."""
+    host = instance_host(tmp_path, docker_engine)
+    host.start()
+    paths = ["/var/run/docker.sock", "/run/docker.sock", "/var/run/docker/docker.sock",
+             "/run/containerd/containerd.sock", "/var/run/containerd/containerd.sock",
+             "/proc/1/root/var/run/docker.sock", "/proc/self/root/run/docker.sock",
+             docker_engine.socket, "/run/sora/docker.sock", "/tmp/docker.sock"]
+    try:
+        body = json_of(host.invoke("cnode", params={"paths": ",".join(paths)}))
+        assert set(body["found"].values()) <= {"ENOENT", "EACCES"}, body["found"]
+        assert body["env"] == [] and body["mountsNamingTheEngine"] == []
+    finally:
+        assert host.stop() == 0
+
+
+def test_a_host_killed_9_with_running_instances_then_started_leaves_none(tmp_path,
+                                                                         docker_engine):
+    host = instance_host(tmp_path, docker_engine)
+    client = docker_engine.client
+    host.start()
+    old = host.function_state("cnode")["pid"]
+    assert len(of_worker(client, tmp_path / "state", old, all=False)) >= 2
+    host.kill9()
+    # The engine's, not the host's: they outlive it.
+    assert of_worker(client, tmp_path / "state", old) != []
+    again = host.restarted()
+    again.start()
+    try:
+        assert of_worker(client, tmp_path / "state", old) == []
+        assert again.invoke("cnode", params={"paths": "/tmp"}).status_code == 200
+        assert "container(s) left by an earlier run of this host" in again.log()
+    finally:
+        assert again.stop() == 0
     assert host_containers(client, tmp_path / "state") == []

@@ -8,11 +8,11 @@ root, no capability, no new privileges, a read-only root, no network with `netwo
 no other function's folder, no engine socket."""
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
 
+from sora.containers.spares import host_id
 from tests.images.build import ensure_image
 from tests.support import json_of, served, wait_for, write_function
 
@@ -97,14 +97,11 @@ def host(tmp_path_factory, docker_engine):
     gen = served(base, dirs, https=False, server=server)
     sora = next(gen)
     sora.fns, sora.engine = fns, docker_engine
+    sora.host_id = host_id(str(base / "state"))
     yield sora
     next(gen, None)
-    # Stopped: not one container of this host's functions is left.
-    left = docker_engine.client.containers.list(
-        all=True, filters={"label": "sora.function"})
-    ours = [c.name for c in left if c.labels.get("sora.function") in FUNCTIONS
-            and str(base) in json.dumps(c.attrs.get("Mounts", []))]
-    assert ours == []
+    # Stopped: not one container of this host is left.
+    assert ours(sora, all=True) == []
 
 
 FUNCTIONS = ("cnode", "cpy", "cidle", "cfresh", "cburst")
@@ -116,8 +113,14 @@ def probe(host, name="cnode", **params):
     return json_of(r)
 
 
+def ours(host, all=False, **labels):
+    """This host's containers (of the functions named by `labels`)."""
+    wanted = [f"sora.host={host.host_id}", *(f"{k}={v}" for k, v in labels.items())]
+    return host.engine.client.containers.list(all=all, filters={"label": wanted})
+
+
 def containers_of(host, name):
-    return host.engine.client.containers.list(filters={"label": f"sora.function={name}"})
+    return ours(host, **{"sora.function": name})
 
 
 def test_node_and_python_functions_answer_in_containers(host):
@@ -219,9 +222,7 @@ def test_scale_to_zero_then_a_call_starts_one_again(host):
 
 
 def test_dead_containers_are_removed(host):
-    wait_for(lambda: all(c.status == "running" for name in FUNCTIONS
-                         for c in host.engine.client.containers.list(
-                             all=True, filters={"label": f"sora.function={name}"})),
+    wait_for(lambda: all(c.status == "running" for c in ours(host, all=True)),
              timeout=20, what="only running containers")
 
 
@@ -254,3 +255,22 @@ def test_the_channel_cannot_be_changed_from_inside(host):
     r = host.invoke("cnode", params={"write": "/run/sora/control"})
     assert r.status_code == 502 and json_of(r)["errorType"] == "Sora.ProtocolError"
     assert probe(host)["uid"] != 0
+
+
+def test_a_killed_workers_channels_are_removed_and_its_containers_end(host):
+    assert probe(host, "cpy") is not None
+    old = host.function_state("cpy")["pid"]
+    folder = host.base / "state" / "run" / "containers"
+    assert any(p.name.startswith(f"{old}-") for p in folder.iterdir())
+    host.kill_worker("cpy")
+    wait_for(lambda: not any(p.name.startswith(f"{old}-") for p in folder.iterdir()),
+             timeout=10, what="the killed worker's channel folders removed")
+    # Its runtimes read the end of their requests FIFO and exit: none keeps running (the
+    # supervisor's sweep removes the containers themselves, sora.containers.engine).
+    wait_for(lambda: not ours(host, **{"sora.worker": old}), timeout=20,
+             what="the killed worker's containers ended")
+    assert probe(host, "cpy")["uid"] != 0
+    # Removing them is the supervisor's sweep (tests/integration/test_container_engine.py);
+    # what is left here is removed, so the end of the module finds none of this host's.
+    for container in ours(host, all=True, **{"sora.worker": old}):
+        container.remove(force=True)

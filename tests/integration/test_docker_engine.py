@@ -5,6 +5,10 @@ user on a read-only root with no network, from nothing but the host's own files.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import psutil
 import pytest
@@ -80,7 +84,6 @@ def test_base_image_runs_as_non_root_on_read_only_root(docker_engine, name, argv
 
 
 def test_base_images_are_the_hosts_interpreters(docker_engine):
-    import subprocess
     host_node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout
     ref = ensure_image(docker_engine.client, NODE20)
     assert docker_engine.client.containers.run(
@@ -91,3 +94,39 @@ def test_base_images_are_the_hosts_interpreters(docker_engine):
         network_mode="none", labels=LABELS).decode().split()
     # Debian's python3.11 (not the virtualenv's, not pyenv's), its library where it expects it
     assert out == ["/usr/bin/python3", "/usr"]
+
+
+CHILD = """
+import sys, time
+sys.path.insert(0, {root!r})
+from tests import docker_engine as engines
+daemon = engines.OwnDaemon()
+daemon.start()
+print(daemon.process.pid, daemon.run_dir, flush=True)
+time.sleep(600)
+"""
+
+
+def test_own_dockerd_stops_when_the_test_session_is_killed():
+    """kill -9 of the session that started a dockerd: the daemon is told to stop (parent-death
+    signal) and stops with its containerd; no daemon is left running."""
+    root = str(Path(__file__).resolve().parents[2])
+    session = subprocess.Popen([sys.executable, "-c", CHILD.format(root=root)],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        pid, run_dir = session.stdout.readline().split()
+        family = [psutil.Process(int(pid)), *psutil.Process(int(pid)).children(recursive=True)]
+    finally:
+        session.kill()
+        session.wait()
+        session.stdout.close()
+    _gone, alive = psutil.wait_procs(family, timeout=engines.STOP_TIMEOUT + 10)
+    assert alive == [], alive
+    for mount in reversed(engines._mounts_under((run_dir,))):
+        engines._detach(mount)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    daemon = engines.OwnDaemon()   # its data root is free again: the next start works
+    try:
+        daemon.start()
+    finally:
+        daemon.stop()
