@@ -54,6 +54,11 @@ def handler(event, context):
         return connect(int(q["connect"]))
     if "exit" in q:
         os._exit(int(q["exit"]))
+    if "mb" in q:
+        held = [bytearray(1 << 20) for _ in range(int(q["mb"]))]
+        for block in held:
+            block[::4096] = b"x" * len(block[::4096])   # touched: really resident
+        return {"held": len(held)}
     return {"env": dict(os.environ), "uid": os.getuid(), "cwd": os.getcwd(),
             "stream": context.log_stream_name,
             "engine": [p for p in ("/var/run/docker.sock", "/run/docker.sock")
@@ -100,6 +105,7 @@ def host(tmp_path_factory, docker_engine):
         image_fn("ihost-b", user, network=True),
         image_fn("iidle", python, minInstances=0, idleTimeout=2),
         image_fn("ikill", node),
+        image_fn("ioom", user, memory=96),
     ]
     server = {}
     if docker_engine.socket != "/var/run/docker.sock":
@@ -286,3 +292,12 @@ def test_kill9_of_the_worker_leaves_no_adapter_and_no_container(host):
     wait_for(lambda: not before & set(running_containers(host, "ikill")), timeout=30,
              what="the dead worker's containers removed")
     assert host.invoke("ikill").status_code == 200
+
+
+def test_memory_past_the_limit_is_out_of_memory_and_the_next_call_works(host):
+    before = call(host, "ioom")[1]["stream"]
+    r, body = call(host, "ioom", mb="200")
+    assert r.status_code == 502, r.text
+    assert body["errorType"] == "Sora.OutOfMemory" and "96 MB" in body["errorMessage"]
+    r, after = call(host, "ioom")
+    assert r.status_code == 200 and after["stream"] != before
