@@ -6,7 +6,8 @@ The image functions are D's test images, AWS's runtime interface clients unchang
 with `handler: <module>.other` (a small answer, like hello's). Their warm path is the worker's
 pipe to the Runtime API adapter and the adapter's loopback connection to the RIC.
 
-Warm, in alternating rounds (medians), with wrk: p50 / p99 at concurrency 1, req/s at 16.
+Warm, in alternating rounds (medians), with wrk: p50 / p99 at concurrency 1, req/s at 16 (the
+image functions have `maxInstances: 2`, see below).
 Cold start (client-side, medians): a scaled-to-zero image function whose pre-started container
 is taken (the adapter is forked beside it, the RIC starts and asks for its first event), and,
 on a second host with `prestartedRuntimes: 0`, container create + start + first answer.
@@ -71,8 +72,12 @@ def run(args, socket: str, images: dict[str, str]) -> None:
             copy_function(HELLO, tmp, name="hello-sandbox", isolation="sandbox"),
             copy_function(HELLO, tmp, name="hello-container", isolation="container",
                           image=images[NODE20]),
-            image_function(tmp, "image-node", images[NODE_RIC], "index.other"),
-            image_function(tmp, "image-python", images[PYTHON_RIC], "app.other"),
+            # At most 2 instances each: at c=16 they would scale out to 8 (each call costs
+            # more than hello's), and 8 x 256 MB of each would reach the host's memory limit,
+            # leaving the cold functions below no instance to start.
+            image_function(tmp, "image-node", images[NODE_RIC], "index.other", maxInstances=2),
+            image_function(tmp, "image-python", images[PYTHON_RIC], "app.other",
+                           maxInstances=2),
             image_function(tmp, "image-node-cold", images[NODE_RIC], "index.other", **cold),
             image_function(tmp, "image-python-cold", images[PYTHON_RIC], "app.other", **cold)]
         port = free_port()
@@ -89,6 +94,9 @@ def run(args, socket: str, images: dict[str, str]) -> None:
             for name in ("image-node-cold", "image-python-cold"):
                 show(f"{name}, a pre-started container taken",
                      cold_calls(port, name, args.cold_samples))
+        except BaseException:
+            print((tmp / "a" / "supervisor.log").read_text()[-6000:], flush=True)
+            raise
         finally:
             stop(host)
         (tmp / "b").mkdir()
