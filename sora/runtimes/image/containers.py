@@ -135,9 +135,14 @@ class ImageContainerFactory(ContainerFactory):
                 listener.close()
             return False   # killed meanwhile: attach killed it; removed next
         try:
+            if proc.pidfd < 0:   # it exited before it could be watched: nothing to serve
+                raise OSError(f"the container's command exited at once (docker logs "
+                              f"{proc.name})")
             if listener is None:
                 listener = self.runtime.api_listener_after(self.fn, proc.pid, proc.pidfd)
         except OSError as exc:   # it exited at once (its status says why), or no privilege
+            if listener is not None:
+                listener.close()
             proc.kill()
             self._fail(proc, f"could not serve the Runtime API in the container of image "
                              f"{self.fn.image!r}: {exc}")
