@@ -19,16 +19,17 @@ What the container gets (docs/architecture.md, "Container instances"):
 """
 from __future__ import annotations
 
-import os
 
 from ..config import FunctionConfig
 from ..isolation.uids import sandbox_uid
+from ..runtimes import base as runtimes_base
 from .channel import WRAPPER, MOUNT_POINT
 from .labels import labels as engine_labels
 
 # Sora's runtime shims (the bootstrap files), mounted read-only into every container.
-RUNTIMES_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + "/runtimes"
-RUNTIMES_MOUNT = "/opt/sora/runtimes"
+# Sora's runtime shims, bound read-only where the instance's argv looks for them
+# (runtimes.base.shim_path).
+RUNTIMES_DIR, RUNTIMES_MOUNT = runtimes_base.RUNTIMES_DIR, runtimes_base.CONTAINER_RUNTIMES
 SECRETS_MOUNT = "/run/sora-secrets"
 PIDS_LIMIT = 512
 # Docker's cpu shares are relative weights against every other process of the host (1024 each,
@@ -38,10 +39,6 @@ PIDS_LIMIT = 512
 # 1,769 MB it weighs more, in proportion to its memory, as Lambda gives one vCPU per 1,769 MB.
 MB_PER_CPU = 1769
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-
-def task_root(fn: FunctionConfig) -> str:
-    return getattr(fn, "taskRoot", None) or "/var/task"
 
 
 def cpu_shares(memory_mb: int) -> int:
@@ -55,7 +52,7 @@ def labels(fn: FunctionConfig, host_id: str, worker_pid: int) -> dict[str, str]:
 
 def mounts(fn: FunctionConfig, channel_dir: str, secrets_dir: str | None) -> list[dict]:
     """The bind mounts, all read-only (Docker's `Mounts` entries)."""
-    binds = [(fn.directory, task_root(fn)), (RUNTIMES_DIR, RUNTIMES_MOUNT),
+    binds = [(fn.directory, fn.taskRoot), (RUNTIMES_DIR, RUNTIMES_MOUNT),
              (channel_dir, MOUNT_POINT)]
     if secrets_dir is not None:
         binds.append((secrets_dir, SECRETS_MOUNT))

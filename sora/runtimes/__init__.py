@@ -6,6 +6,7 @@ logs — is shared by all runtimes in `sora.worker.instance`.
 from __future__ import annotations
 
 from .base import Runtime
+from .image import ImageRuntime
 from .nodejs import NodeRuntime
 from .provided import ProvidedRuntime
 from .python import PythonRuntime
@@ -14,6 +15,7 @@ RUNTIMES: dict[str, type[Runtime]] = {
     "nodejs": NodeRuntime,
     "python": PythonRuntime,
     "provided": ProvidedRuntime,
+    "image": ImageRuntime,
 }
 
 

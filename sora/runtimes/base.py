@@ -64,13 +64,13 @@ RUNTIMES_DIR = os.path.dirname(os.path.abspath(__file__))
 
 def in_container(fn: FunctionConfig) -> bool:
     """`isolation: container`: the instance runs in a container of the function's image."""
-    return fn.isolation == "container"
+    return fn.containerized
 
 
 def task_root(fn: FunctionConfig) -> str:
     """The function folder as its code sees it: `taskRoot` in a container, else itself."""
     if in_container(fn):
-        return getattr(fn, "taskRoot", None) or "/var/task"
+        return fn.taskRoot
     return fn.directory
 
 

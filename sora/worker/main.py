@@ -33,6 +33,8 @@ from ..runtimes.pool import PoolClient, PooledProcess
 from ..setup.run import SetupRun
 from .instance import Instance, State
 from .container_instance import ContainerInstance
+from ..runtimes.image.containers import ImageContainerFactory
+from .image_instance import ImageInstance
 from ..containers import spec
 from ..containers.spares import DEFAULT_SOCKET, ContainerFactory, image_config
 from ..runtimes.base import in_container
@@ -195,7 +197,10 @@ class Worker:
     def spawn_instance(self, index: int | None = None) -> Instance:
         if index is None:
             index, self.next_index = self.next_index, self.next_index + 1
-        if self.containers is not None:   # its container's own cgroup, not one of Sora's
+        if self.containers is not None and self.fn.package == "image":
+            inst = ImageInstance(self.runtime, self.fn, index, self.log, None, {}, None,
+                                 containers=self.containers, path=self.image_path)
+        elif self.containers is not None:   # its container's own cgroup, not one of Sora's
             inst = ContainerInstance(self.runtime, self.fn, index, self.log, None,
                                      self.secrets.environment(), None,
                                      containers=self.containers, path=self.image_path)
@@ -790,6 +795,12 @@ class Worker:
                 config = image_config(self.docker_socket, self.fn.image)
             except Exception as exc:
                 raise BootError(p.error_body("Sora.ContainerError", str(exc))) from None
+        if self.fn.package == "image":   # a Lambda container image
+            self.containers = ImageContainerFactory(
+                self.fn, self.runtime, config, self.state_dir, self.docker_socket,
+                self.prestarted, self.secrets.directory)
+            self.containers.fill()
+            return
         for item in config.get("Env") or ():
             if item.startswith("PATH="):
                 self.image_path = item[5:]
@@ -1048,7 +1059,8 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--records-server-key", help="the z85 public key of that recorder's "
                                                      "host")
     parser.add_argument("--docker-socket", default=DEFAULT_SOCKET,
-                        help="isolation: container: the engine's socket (server.docker.socket)")
+                        help="the Docker engine's socket (server.docker.socket), for a "
+                             "function with isolation: container")
     parser.add_argument("--prestarted-runtimes", type=int, default=0,
                         help="isolation: container: containers kept started ahead of need "
                              "(server.prestartedRuntimes)")

@@ -126,11 +126,19 @@ def holds(pid, link):
 class OwnPeers:
     """Tells the instance's own connections from anyone else's."""
 
-    def __init__(self, sandboxed):
+    def __init__(self, sandboxed, container_init=None):
         self.netlink = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC,
                                      NETLINK_SOCK_DIAG)
         self.netlink.settimeout(1.0)
         self.seq = 0
+        self.root_is_own = False   # whether the root process itself may connect
+        if container_init is not None:
+            # A container on the host's network (the adapter runs on the host, beside it):
+            # its processes are its init (host pid) and the init's descendants, all of the
+            # container's one uid (no capabilities, no new privileges: none can change it).
+            self.root, self.root_is_own = container_init, True
+            self.uid = os.stat("/proc/%d" % container_init).st_uid
+            return
         # In a sandbox the adapter is the child of bubblewrap's init (pid 1 of the sandbox's
         # pid namespace), whose descendants are all the sandbox has. Both signs are required:
         # were the adapter not in a pid namespace of its own, pid 1 would be the host's init.
@@ -150,4 +158,6 @@ class OwnPeers:
         link = "socket:[%d]" % inode
         me = os.getpid()
         # Newest first: a curl bootstrap's connection is its latest child's, not the shell's.
-        return any(holds(pid, link) for pid in reversed(descendants(self.root)) if pid != me)
+        if any(holds(pid, link) for pid in reversed(descendants(self.root)) if pid != me):
+            return True
+        return self.root_is_own and holds(self.root, link)

@@ -25,6 +25,23 @@ network can reach 127.0.0.1, so each accepted connection's peer must be a proces
 instance (`peers.py` beside this file says how and why), else it gets 403 and is closed. One
 GET .../next waits at a time: a second, while the first is still open, gets 409 and the first
 keeps its place (replacing it would let a newcomer take the next invocation).
+
+Container mode (a Lambda container image, `package: image`; SORA_CONTAINER_PID is set): the
+executable is the container, already started by the worker, so nothing is spawned here.
+- The listening socket is inherited (SORA_API_LISTEN_FD): with `network: false` the worker made
+  it inside the container's network namespace (`sora.containers.netns_listener`, 127.0.0.1:9001,
+  what the container's AWS_LAMBDA_RUNTIME_API names), with the host's network it is a loopback
+  port of the host, bound before the container was created so its address is in the
+  container's environment.
+- The container's end is a pidfd of its init (SORA_CONTAINER_PIDFD, inherited; else opened from
+  SORA_CONTAINER_PID): readable once the init has exited, and as the init of the container's
+  pid namespace its exit ends every process of the container. It is not this process's child,
+  so its exit status is not known here: the worker has it from the engine.
+- The container's stdout and stderr are FIFOs of its channel folder (`sora.containers.channel`);
+  their read ends are inherited (SORA_CONTAINER_STDOUT_FD, SORA_CONTAINER_STDERR_FD) and copied
+  to this process's own stdout and stderr. Before an end marker is written they are drained:
+  the runtime wrote an invocation's lines before it posted its outcome, so the marker follows
+  them, as it does when the runtime's output is this process's own.
 """
 import ctypes
 import json
@@ -57,8 +74,24 @@ REQUEST_ID = re.compile(rb'^\{"id":"([^"\\ ]+)"')   # of a line REQUEST_LINE doe
 MARKER = b"\x00SORA-END %s\n"
 ERROR_TYPE_HEADER = b"lambda-runtime-function-error-type"
 CONTROL_FD = int(os.environ.pop("SORA_CONTROL_FD", "3"))
-EXECUTABLE = os.environ.pop("SORA_ENTRYPOINT")
 SANDBOXED = os.environ.pop("SORA_SANDBOXED", "") == "1"
+
+
+def inherited_fd(name):
+    """An fd the worker passed, named by an environment variable, or None."""
+    value = os.environ.pop(name, "")
+    return int(value) if value else None
+
+
+CONTAINER_PID = inherited_fd("SORA_CONTAINER_PID")   # a pid, not an fd: the same parsing
+CONTAINER_PIDFD = inherited_fd("SORA_CONTAINER_PIDFD")
+CONTAINER_NETWORK = os.environ.pop("SORA_CONTAINER_NETWORK", "none")
+LISTEN_FD = inherited_fd("SORA_API_LISTEN_FD")
+CONTAINER_OUTPUT = {fd: out for fd, out in ((inherited_fd("SORA_CONTAINER_STDOUT_FD"), 1),
+                                            (inherited_fd("SORA_CONTAINER_STDERR_FD"), 2))
+                    if fd is not None}
+EXECUTABLE = os.environ.pop("SORA_ENTRYPOINT", None)
+RUN_AS = inherited_fd("SORA_RUN_AS_UID")   # a uid: the same parsing
 FUNCTION_ARN = "arn:aws:lambda:%s:000000000000:function:%s" % (
     os.environ.get("AWS_REGION", "us-east-1"), os.environ.get("AWS_LAMBDA_FUNCTION_NAME"))
 if os.environ.get("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST") != "$LATEST":   # a version's
@@ -156,13 +189,60 @@ class Connection:
             self.server.drop(self)
 
 
+class AnyPeer:
+    """The peer check of a container with no network (`network: false`): the listening socket
+    is in the container's own network namespace, where there is nothing but the container's
+    loopback and the container's processes. Nothing outside the container can connect: another
+    function's processes (sandboxed, unconfined or in another container) and the host's are in
+    other network namespaces, and entering this one takes CAP_SYS_ADMIN over it (root on the
+    host, trusted). So whoever connects is the container, and no /proc is read."""
+
+    def is_own(self, sock):
+        return True
+
+
+class ContainerExit:
+    """The container as the loop's child: its init's pidfd, signalled through the pidfd (never
+    by a pid that may have been reused)."""
+
+    def __init__(self, pidfd):
+        self.pidfd = pidfd
+
+    def send(self, sig):
+        try:
+            signal.pidfd_send_signal(self.pidfd, sig)
+        except (ProcessLookupError, PermissionError):
+            pass   # exited already (or, unprivileged, not ours: the worker kills it)
+
+    def terminate(self):
+        # The init of a pid namespace ignores the signals it has no handler for, even
+        # SIGTERM (the RICs set none): only SIGKILL ends it from outside.
+        self.send(signal.SIGKILL)
+
+    kill = terminate
+
+
 class RuntimeApi:
     def __init__(self):
         self.selector = selectors.DefaultSelector()
-        self.listener = socket.create_server(("127.0.0.1", 0))
+        if LISTEN_FD is not None:
+            self.listener = socket.socket(fileno=LISTEN_FD)
+        else:
+            self.listener = socket.create_server(("127.0.0.1", 0))
         self.listener.setblocking(False)
         self.selector.register(self.listener, selectors.EVENT_READ, "accept")
-        self.peers = OwnPeers(SANDBOXED)
+        if CONTAINER_PID is not None and CONTAINER_NETWORK == "none":
+            self.peers = AnyPeer()
+        elif CONTAINER_PID is not None:
+            # The host's network: any process on it can reach the port, so the peer must be
+            # one of the container's, which are its init and the init's descendants (its pid
+            # namespace reparents orphans to that init), as the host's /proc sees them.
+            self.peers = OwnPeers(False, container_init=CONTAINER_PID)
+        else:
+            self.peers = OwnPeers(SANDBOXED)
+        for fd in CONTAINER_OUTPUT:
+            os.set_blocking(fd, False)
+            self.selector.register(fd, selectors.EVENT_READ, "output")
         self.requests = deque()        # (id, timeout ms, event) not yet handed out
         self.stdin_buf = b""
         self.waiting = None            # a connection whose GET .../next is parked
@@ -299,6 +379,7 @@ class RuntimeApi:
             return
         self.current = None
         # The runtime printed this invocation's lines before it posted the outcome.
+        self.copy_output()
         marker = MARKER % request_id
         os.write(1, marker)
         os.write(2, marker)
@@ -309,10 +390,33 @@ class RuntimeApi:
             self.control(b"E %s %s" % (request_id, error_line(body, conn.error_type)))
         conn.send(http_response(202, b'{"status":"OK"}'))
 
+    # --- a container's output ----------------------------------------------------------------
+    def copy_output(self, fds=None):
+        """Copy what the container has written to its stdout and stderr FIFOs to this process's
+        own (all of it that is there now). A FIFO whose writers have all closed is done with,
+        but only when the selector says so: before the container has opened it for writing,
+        reading finds no writer either."""
+        for fd in fds or list(CONTAINER_OUTPUT):
+            while True:
+                try:
+                    chunk = os.read(fd, 1 << 16)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    if fds is not None:
+                        self.selector.unregister(fd)
+                        CONTAINER_OUTPUT.pop(fd, None)
+                        os.close(fd)
+                    break
+                write_all(CONTAINER_OUTPUT[fd], chunk)
+
     # --- the loop ----------------------------------------------------------------------------
-    def run(self, child):
+    def run(self, child, pidfd=None):
         self.child = child
-        pidfd = os.pidfd_open(child.pid)
+        if pidfd is None:
+            pidfd = os.pidfd_open(child.pid)
         self.selector.register(pidfd, selectors.EVENT_READ, "exit")
         os.set_blocking(0, False)
         self.selector.register(0, selectors.EVENT_READ, "stdin")
@@ -320,8 +424,14 @@ class RuntimeApi:
             for key, _ in self.selector.select():
                 what = key.data
                 if what == "exit":
+                    if isinstance(child, ContainerExit):
+                        # Every writer of its FIFOs is gone with it: what is left is its last.
+                        self.copy_output()
+                        return 1
                     return child.wait()
-                if what == "stdin":
+                if what == "output":
+                    self.copy_output([key.fd])
+                elif what == "stdin":
                     try:
                         self.read_stdin()
                     except BlockingIOError:
@@ -336,7 +446,39 @@ def die_with_parent():  # in the executable's process, between fork and exec
     ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
+def drop_privileges(uid):
+    """Become the container's own unprivileged uid (the worker, which starts the adapter, is
+    root): this process reads HTTP from the function's code. As that uid it can still do all
+    it needs: signal the container's init (the same uid), read its processes' /proc/<pid>/fd
+    for the peer check (the same uid, and they are not set-uid), and use the descriptors it
+    was given. The container's processes cannot reach it in turn: their pid namespace does not
+    show it. no_new_privs: nothing it could exec regains privileges."""
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+    ctypes.CDLL(None).prctl(38, 1, 0, 0, 0)   # PR_SET_NO_NEW_PRIVS
+
+
+def main_container():
+    """Container mode: serve the container the worker started, until its init exits. It exits
+    with status 1 then (its own status is the engine's to tell), or when it is killed."""
+    if RUN_AS is not None and os.geteuid() == 0 and RUN_AS != 0:
+        drop_privileges(RUN_AS)
+    # Started without a preexec_fn (perhaps by the worker's container thread): the death
+    # signal is set here (after the uid changed, which clears it), then the parent checked,
+    # so a worker that died meanwhile is seen.
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    parent = os.environ.pop("SORA_PARENT_PID", "")
+    if parent and os.getppid() != int(parent):
+        return 1
+    api = RuntimeApi()
+    pidfd = CONTAINER_PIDFD if CONTAINER_PIDFD is not None else os.pidfd_open(CONTAINER_PID)
+    return api.run(ContainerExit(pidfd), pidfd)
+
+
 def main():
+    if CONTAINER_PID is not None:
+        return main_container()
     api = RuntimeApi()
     env = dict(os.environ)
     env["AWS_LAMBDA_RUNTIME_API"] = api.address
