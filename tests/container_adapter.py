@@ -31,7 +31,7 @@ class Fn:
         self.handler = fields.pop("handler", "")
         self.network = fields.pop("network", False)
         self.taskRoot = "/var/task"
-        self.isolation = "container"
+        self.isolation, self.containerized = "container", True
         self.package = "image"
         self.entrypoint = ""
         self.directory = fields.pop("directory", "/nonexistent")

@@ -19,6 +19,7 @@ import select
 import signal
 import threading
 
+from ..isolation.cgroups import read_oom_kills
 from .channel import Channel
 
 CGROUP_ROOT = "/sys/fs/cgroup"
@@ -163,17 +164,9 @@ class ContainerGroup:
 
     def oom_kills(self) -> int:
         folder = self._dir()
-        if folder is not None:
-            name = "memory.events" if self.v2 else "memory.oom_control"
-            try:
-                with open(os.path.join(folder, name)) as fh:
-                    for line in fh:
-                        key, _, value = line.partition(" ")
-                        if key == "oom_kill":
-                            return int(value)
-            except OSError:
-                pass   # the engine removed it already
-        return int(self.proc.oom_killed)
+        kills = read_oom_kills(folder, self.v2) if folder is not None else None
+        # None: the engine removed the group already; its own OOM state says
+        return kills if kills is not None else int(self.proc.oom_killed)
 
     def remove(self) -> None:
         """The engine removes it with the container."""

@@ -48,6 +48,21 @@ def detect(root: str = ROOT) -> str | None:
 STANDBY_PREFIX = "_standby-"   # not a function name (those have no "_"): no clash
 
 
+
+def read_oom_kills(memory_dir: str, v2: bool) -> int | None:
+    """The `oom_kill` count of a memory cgroup folder (v2 `memory.events`, v1
+    `memory.oom_control`); None when it cannot be read (the group is gone)."""
+    name = "memory.events" if v2 else "memory.oom_control"
+    try:
+        with open(os.path.join(memory_dir, name)) as fh:
+            for line in fh:
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    return int(value)
+    except OSError:
+        pass
+    return None
+
 class InstanceGroup:
     """The cgroup(s) of one instance (or, with no memory limit, of a pre-started runtime)."""
 
@@ -103,17 +118,7 @@ class InstanceGroup:
                 fh.write(str(pid))
 
     def oom_kills(self) -> int:
-        path = self.dirs["memory"]
-        name = "memory.events" if self.version == "v2" else "memory.oom_control"
-        try:
-            with open(os.path.join(path, name)) as fh:
-                for line in fh:
-                    key, _, value = line.partition(" ")
-                    if key == "oom_kill":
-                        return int(value)
-        except OSError:
-            pass
-        return 0
+        return read_oom_kills(self.dirs["memory"], self.version == "v2") or 0
 
     def peak_memory_file(self) -> str:
         """The group's memory high-water mark, in bytes (Max Memory Used: sora.worker.

@@ -17,7 +17,7 @@ import subprocess
 from ..containers.process import ContainerGroup, ContainerProcess
 from ..runtimes.image.containers import AdapterPipes, ImageContainerFactory
 from .container_instance import ContainerInstance
-from .instance import Instance, State
+from .instance import Instance, State, describe_exit
 
 
 class AdapterProcess:
@@ -87,17 +87,7 @@ class ImageInstance(ContainerInstance):
 
     def exit_description(self) -> str:
         """The container's exit, as the engine tells it (the adapter's is always 1)."""
-        code = self.container.poll()
-        if code is None:
-            return "still running"
-        if code > 128:
-            code = 128 - code
-        if code < 0:
-            try:
-                return f"killed by signal {signal.Signals(-code).name}"
-            except ValueError:
-                return f"killed by signal {-code}"
-        return f"exit status {code}"
+        return describe_exit(self.container.poll(), wrapped=True)
 
     def kill(self) -> None:
         if self.proc is None or self.state is State.DEAD:

@@ -55,6 +55,22 @@ RAN_KEPT = 32
 ANSWER_HEAD = 64
 
 
+def describe_exit(code: int | None, wrapped: bool) -> str:
+    """An instance's exit status in words. `wrapped`: its process is bubblewrap, which exits
+    128 + n when its child dies of signal n, or a container, of which the engine says so when
+    its init died of it."""
+    if code is None:
+        return "still running"
+    if wrapped and code > 128:
+        code = 128 - code
+    if code < 0:
+        try:
+            return f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
+
+
 class State(enum.Enum):
     BOOTING = "booting"
     IDLE = "idle"
@@ -275,19 +291,8 @@ class Instance:
         return self.cgroup.oom_kills() > 0
 
     def exit_description(self) -> str:
-        code = self.proc.poll() if self.proc else None
-        if code is None:
-            return "still running"
-        if self.fn.isolation in ("sandbox", "container") and code > 128:
-            # bubblewrap exits 128 + n when its child dies of signal n; the engine says so of
-            # a container whose init died of it
-            code = 128 - code
-        if code < 0:
-            try:
-                return f"killed by signal {signal.Signals(-code).name}"
-            except ValueError:
-                return f"killed by signal {-code}"
-        return f"exit status {code}"
+        return describe_exit(self.proc.poll() if self.proc else None,
+                             self.fn.isolation in ("sandbox", "container"))
 
     # --- invocations ----------------------------------------------------------------------------
     @property

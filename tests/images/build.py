@@ -66,6 +66,23 @@ def ensure_image(client: docker.DockerClient, name: str) -> str:
     return _known[key]
 
 
+def build_from_texts(client: docker.DockerClient, tag: str, files: dict[str, str],
+                     buildargs: dict[str, str]) -> str:
+    """`docker build` of a context made of `files` (name -> text, a Dockerfile among them),
+    with no network (nothing is pulled here): a test's own image FROM one of ours."""
+    import io
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        for name, text in files.items():
+            raw = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(raw)
+            tar.addfile(info, io.BytesIO(raw))
+    client.images.build(fileobj=io.BytesIO(context.getvalue()), custom_context=True, tag=tag,
+                        buildargs=buildargs, rm=True, network_mode="none")
+    return tag
+
+
 def _node20(client) -> str:
     node = shutil.which("node")
     if node is None:

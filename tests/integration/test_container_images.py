@@ -8,16 +8,14 @@ beside the container); the containers have no network unless `network: true`.
 """
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 import time
 
 import psutil
 
 import pytest
 
-from tests.images.build import NODE_RIC, PYTHON_RIC, ensure_image
+from tests.images.build import NODE_RIC, PYTHON_RIC, build_from_texts, ensure_image
 from tests.support import json_of, served, wait_for, write_function
 
 pytestmark = pytest.mark.integration
@@ -68,16 +66,8 @@ NO_CODE = {"language": None, "entrypoint": None, "handler": None}
 
 
 def build_user_image(client, base: str, tag: str) -> str:
-    context = io.BytesIO()
-    with tarfile.open(fileobj=context, mode="w") as tar:
-        for name, text in (("Dockerfile", USER_DOCKERFILE), ("probe.py", PROBE)):
-            raw = text.encode()
-            info = tarfile.TarInfo(name)
-            info.size = len(raw)
-            tar.addfile(info, io.BytesIO(raw))
-    client.images.build(fileobj=io.BytesIO(context.getvalue()), custom_context=True, tag=tag,
-                        buildargs={"BASE": base}, rm=True, network_mode="none")
-    return tag
+    return build_from_texts(client, tag, {"Dockerfile": USER_DOCKERFILE, "probe.py": PROBE},
+                            {"BASE": base})
 
 
 @pytest.fixture(scope="module")

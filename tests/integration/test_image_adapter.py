@@ -9,7 +9,6 @@ import json
 import os
 import socket
 
-import docker
 import pytest
 
 from tests import host_usr_image
@@ -17,11 +16,10 @@ from tests.container_adapter import AdapterInstance, Fn
 
 
 @pytest.fixture(scope="module")
-def engine():
-    client = docker.DockerClient(base_url="unix:///var/run/docker.sock", timeout=60)
+def engine(docker_engine):
+    client = docker_engine.client
     host_usr_image.ensure_ric(client)
     yield client
-    client.close()
 
 
 @pytest.fixture

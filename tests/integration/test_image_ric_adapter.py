@@ -8,17 +8,15 @@ and no capability, the Runtime API adapter (`runtime_api.py` in container mode) 
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import socket
-import tarfile
 import time
 
 import pytest
 
 from tests.container_adapter import AdapterInstance, Fn
-from tests.images.build import NODE_RIC, PYTHON_RIC, ensure_image
+from tests.images.build import NODE_RIC, PYTHON_RIC, build_from_texts, ensure_image
 
 # A user's image FROM the Python RIC image: its own module and ENV, the CMD unchanged.
 USER_DOCKERFILE = """\
@@ -49,17 +47,9 @@ def engine(event, context):
 def images(docker_engine):
     client = docker_engine.client
     refs = {"node": ensure_image(client, NODE_RIC), "python": ensure_image(client, PYTHON_RIC)}
-    context = io.BytesIO()
-    with tarfile.open(fileobj=context, mode="w") as tar:
-        for name, text in (("Dockerfile", USER_DOCKERFILE), ("probe.py", PROBE)):
-            raw = text.encode()
-            info = tarfile.TarInfo(name)
-            info.size = len(raw)
-            tar.addfile(info, io.BytesIO(raw))
-    user_ref = f"sora-test/c-user-image:{os.getpid()}"
-    client.images.build(fileobj=io.BytesIO(context.getvalue()), custom_context=True,
-                        tag=user_ref, buildargs={"BASE": refs["python"]}, rm=True,
-                        network_mode="none")
+    user_ref = build_from_texts(client, f"sora-test/c-user-image:{os.getpid()}",
+                                {"Dockerfile": USER_DOCKERFILE, "probe.py": PROBE},
+                                {"BASE": refs["python"]})
     refs["user"] = user_ref
     yield refs
     client.images.remove(user_ref, force=True)

@@ -1,6 +1,6 @@
 """netns_listener: a socket made in a container's network namespace serves that container only.
 
-Real containers (the `docker` package against the engine at /var/run/docker.sock), with
+Real containers (the `docker` package against the session's engine, tests/docker_engine.py), with
 network none, as a non-root user with every capability dropped."""
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import threading
 import time
 import uuid
 
-import docker
 import pytest
 
 from sora.containers import netns_listener
@@ -32,11 +31,10 @@ print(s.makefile("rb").readline().decode().strip(), flush=True)
 
 
 @pytest.fixture(scope="module")
-def engine():
-    client = docker.DockerClient(base_url="unix:///var/run/docker.sock", timeout=60)
+def engine(docker_engine):
+    client = docker_engine.client
     host_usr_image.ensure(client)
     yield client
-    client.close()
 
 
 @pytest.fixture
