@@ -1578,6 +1578,9 @@ def load_host_config(path: str, read_functions: bool = True) -> HostConfig:
         protected.append(("server.sslKeyPath", server_values["sslKeyPath"]))
     if cluster.keys:
         protected.append(("cluster.keys", cluster.keys))
+    if isinstance(server_values.get("docker"), DockerConfig):
+        # In a function's folder it would be bound into that function's containers.
+        protected.append(("server.docker.socket", server_values["docker"].socket))
     protected += [(f"auth.apiKeys[{i}].keyFile", _resolve(base, entry["keyFile"]))
                   for i, entry in enumerate(auth_values.get("apiKeys") or [])
                   if isinstance(entry.get("keyFile"), str)]

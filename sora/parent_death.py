@@ -28,10 +28,10 @@ def _before_fork() -> None:
 os.register_at_fork(before=_before_fork)
 
 
-def die_with_parent(parent: int | None = None) -> None:
-    """SIGKILL this process when its parent dies; exit now if that has happened already.
-    `parent`: the pid it must have (default: the process that forked it). Runs in the child,
-    between fork and exec or just after a fork."""
-    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+def die_with_parent(parent: int | None = None, sig: int = signal.SIGKILL) -> None:
+    """Send `sig` (SIGKILL) to this process when its parent dies; exit now if that has
+    happened already. `parent`: the pid it must have (default: the process that forked it).
+    Runs in the child, between fork and exec or just after a fork."""
+    _libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
     if os.getppid() != (_forking_pid if parent is None else parent):
         os._exit(1)

@@ -8,6 +8,7 @@ there, refused, not allowed), or an image that is not in the local engine (named
 """
 from __future__ import annotations
 
+import logging
 import os
 import socket as socket_module
 import stat
@@ -23,6 +24,7 @@ from .labels import host_id, labels
 __all__ = ["DEFAULT_SOCKET", "EngineUnavailable", "ImageMissing", "client", "check", "forget",
            "host_id", "labels", "remove_containers", "shown_image", "unreachable_reason"]
 
+log = logging.getLogger("sora.containers")
 DEFAULT_SOCKET = "/var/run/docker.sock"
 # How long the diagnosis of an unreachable socket waits for a connection.
 _PROBE_TIMEOUT = 2.0
@@ -117,8 +119,10 @@ def remove_containers(socket: str, host_id: str, worker_pid: int | None = None) 
         except docker.errors.NotFound:
             pass
         except docker.errors.APIError as exc:
-            if exc.status_code != 409:   # 409: its removal is already under way
-                raise
+            # 409: its removal is already under way. Any other failure is logged and the sweep
+            # goes on: one container the engine cannot remove must not keep the rest.
+            if exc.status_code != 409:
+                log.warning("could not remove container %s: %s", container["Id"][:12], exc)
     return removed
 
 

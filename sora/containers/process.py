@@ -60,6 +60,7 @@ class ContainerProcess:
         self.error: str | None = None   # why no container could be made
         self.killed = False
         self.spare = False   # taken started (a pre-started container), for the scale-out log
+        self.taken = False   # handed to an instance, which closes the FIFO ends
         self.attached = threading.Event()   # the thread made it (or failed to)
         self._lock = threading.Lock()
 
@@ -136,11 +137,18 @@ class ContainerProcess:
         return self.wait(0.0)
 
     def close(self) -> None:
-        """The pidfd (the worker's files close the FIFO ends)."""
+        """The pidfd, and the FIFO ends of a container no instance took (a spare at the
+        worker's stop, one whose making failed): a taken one's are its instance's."""
         with self._lock:
             pidfd, self.pidfd = self.pidfd, -1
         if pidfd >= 0:
             os.close(pidfd)
+        if not self.taken:
+            for f in (self.stdin, self.stdout, self.stderr):
+                f.close()
+            if self.control_fd >= 0:
+                os.close(self.control_fd)
+                self.control_fd = -1
 
 
 class ContainerGroup:

@@ -61,9 +61,13 @@ class RunOnce:
             mounts=mounts, tmpfs=spec.get("tmpfs") or None,
             network_mode=spec.get("network_mode", "none"), read_only=True,
             cap_drop=["ALL"], security_opt=["no-new-privileges"], pids_limit=PIDS_LIMIT,
-            auto_remove=False, init=False)
+            auto_remove=False, init=False,
+            mem_limit=f"{spec['memory_mb']}m" if spec.get("memory_mb") else None,
+            memswap_limit=f"{spec['memory_mb']}m" if spec.get("memory_mb") else None)
         created = self.engine.api.create_container(
-            spec["image"], command=spec["command"], user=spec.get("user"),
+            # entrypoint []: the command itself, not arguments to the image's ENTRYPOINT (a
+            # Lambda image's is its runtime interface client)
+            spec["image"], command=spec["command"], entrypoint=[], user=spec.get("user"),
             working_dir=spec.get("working_dir"), environment=spec.get("environment") or {},
             labels=labels, host_config=host_config, stdin_open=False, tty=False,
             network_disabled=spec.get("network_mode") == "none")

@@ -57,10 +57,12 @@ def image_config(socket: str, image: str) -> dict:
 class ContainerFactory:
     def __init__(self, fn: FunctionConfig, argv: list[str], create_env: dict[str, str],
                  state_dir: str, socket: str = DEFAULT_SOCKET, spares: int = 0,
-                 secrets_dir: str | None = None):
+                 secrets_dir: str | None = None, image_volumes=()):
         """`argv` is the runtime's command inside the container (in standby mode),
-        `create_env` its environment at start (the function's own, no secret)."""
+        `create_env` its environment at start (the function's own, no secret),
+        `image_volumes` the VOLUMEs the image declares (each gets a capped tmpfs)."""
         self.fn, self.argv, self.create_env = fn, argv, create_env
+        self.image_volumes = tuple(image_volumes)
         self.socket = socket
         self.secrets_dir = secrets_dir
         self.run_dir = p.run_dir(state_dir)
@@ -94,6 +96,7 @@ class ContainerFactory:
             else:
                 proc = self._new()
                 self.jobs.appendleft(("instance", proc))
+            proc.taken = True   # its FIFO ends are the instance's to close from now on
             self._refill()
             self.cond.notify()
         return proc
@@ -184,7 +187,8 @@ class ContainerFactory:
             self._fail(proc, f"no Docker engine client at {self.socket}")
             return False
         options = spec.create_options(self.fn, self.argv, self.create_env, proc.channel.path,
-                                      self.secrets_dir, self.host_id, os.getpid(), proc.name)
+                                      self.secrets_dir, self.host_id, os.getpid(), proc.name,
+                                      self.image_volumes)
         name = options.pop("name")
         try:
             container_id = api.create_container_from_config(options, name)["Id"]
@@ -221,7 +225,7 @@ class ContainerFactory:
     def _remove(self, api, proc: ContainerProcess) -> None:
         if proc.id is not None and api is not None:
             try:
-                api.remove_container(proc.id, force=True)
+                api.remove_container(proc.id, force=True, v=True)
             except Exception as exc:
                 if getattr(getattr(exc, "response", None), "status_code", None) != 404:
                     log.warning("%s: could not remove container %s: %s", self.fn.name,

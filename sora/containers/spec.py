@@ -60,12 +60,21 @@ def mounts(fn: FunctionConfig, channel_dir: str, secrets_dir: str | None) -> lis
              "BindOptions": {"Propagation": "rprivate"}} for source, target in binds]
 
 
-def host_config(fn: FunctionConfig, channel_dir: str, secrets_dir: str | None) -> dict:
+def tmpfs(fn: FunctionConfig, image_volumes=()) -> dict[str, str]:
+    """/tmp, and a tmpfs of the same cap over each VOLUME the image declares: the engine would
+    otherwise give every container a writable anonymous volume on the host's disk, with no
+    size limit, past the read-only root (and keep it after the container)."""
+    options = f"rw,nosuid,nodev,size={fn.tmpSize}m,mode=1777"
+    return {path: options for path in ("/tmp", *sorted(image_volumes or ()))}
+
+
+def host_config(fn: FunctionConfig, channel_dir: str, secrets_dir: str | None,
+                image_volumes=()) -> dict:
     memory = fn.memory * 1024 * 1024
     return {
         "Mounts": mounts(fn, channel_dir, secrets_dir),
         "ReadonlyRootfs": True,
-        "Tmpfs": {"/tmp": f"rw,nosuid,nodev,size={fn.tmpSize}m,mode=1777"},
+        "Tmpfs": tmpfs(fn, image_volumes),
         "CapDrop": ["ALL"],
         "SecurityOpt": ["no-new-privileges"],
         "Memory": memory,
@@ -82,7 +91,7 @@ def host_config(fn: FunctionConfig, channel_dir: str, secrets_dir: str | None) -
 
 def create_options(fn: FunctionConfig, argv: list[str], env: dict[str, str],
                    channel_dir: str, secrets_dir: str | None, host_id: str,
-                   worker_pid: int, name: str) -> dict:
+                   worker_pid: int, name: str, image_volumes=()) -> dict:
     """The body of `POST /containers/create` (and its `name`): the wrapper shell opens the
     channel's FIFOs and execs `argv` (sora.containers.channel.WRAPPER)."""
     uid = sandbox_uid(fn)
@@ -100,5 +109,5 @@ def create_options(fn: FunctionConfig, argv: list[str], env: dict[str, str],
         "AttachStdin": False, "AttachStdout": False, "AttachStderr": False,
         "OpenStdin": False, "Tty": False,
         "NetworkDisabled": not fn.network,
-        "HostConfig": host_config(fn, channel_dir, secrets_dir),
+        "HostConfig": host_config(fn, channel_dir, secrets_dir, image_volumes),
     }

@@ -25,8 +25,11 @@ from .reason_phrases import phrase
 
 FULL, MESSAGE, NONE = "full", "message", "none"
 # Sora's own errors whose message is a start-up reason: config errors (file, field), setup
-# failures (the setup log's path), boot errors (the module's load error).
-START_REASONS = frozenset({"Sora.FunctionUnavailable", "Sora.ConfigError"})
+# failures (the setup log's path), boot errors (the module's load error), and a container the
+# engine could not make or start (its words name the host's folders, the engine's socket,
+# its storage: the operator reads them in /healthz and the log).
+START_REASONS = frozenset({"Sora.FunctionUnavailable", "Sora.ConfigError",
+                           "Sora.ContainerError"})
 # Lambda's function URLs answer an unhandled error with this text and 502.
 LAMBDA_URL_ERROR = b"Internal Server Error"
 

@@ -253,6 +253,8 @@ class SetupRun:
                 "mounts": [{"source": self.copy_path, "target": fn.taskRoot},
                            {"source": self.home_path, "target": sandbox.SETUP_HOME}],
                 "tmpfs": {"/tmp": f"size={fn.tmpSize}m,mode=1777"},
+                # Bounded, but room for a compiler: the function's memory, at least 2 GiB.
+                "memory_mb": max(fn.memory, SETUP_MEMORY_FLOOR_MB),
                 "network_mode": "host",   # as a sandboxed setup: it installs packages
                 # sora.worker: run_once adds its own pid.
                 "labels": {k: v for k, v in engine.labels(host, fn.name, 0, "setup").items()
@@ -287,7 +289,10 @@ class SetupRun:
                 command, cwd=self.setup_dir if spec is not None else self.fn.directory, env=env,
                 stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
                 pass_fds=filter_fds, start_new_session=True,
-                preexec_fn=die_with_parent)   # dies with the supervisor
+                # Dies with the supervisor (or the worker of an always-setup); a container
+                # step's run_once gets SIGTERM instead, on which it kills and removes its
+                # container (SIGKILL would leave that running until the host's next sweep).
+                preexec_fn=die_with_parent if spec is None else _die_with_parent_term)
         self.deadline = time.monotonic() + self.fn.setupTimeout
 
     @property
@@ -405,6 +410,13 @@ class SetupRun:
         if self.home_path is not None:
             shutil.rmtree(self.home_path, ignore_errors=True)
             self.home_path = None
+
+
+SETUP_MEMORY_FLOOR_MB = 2048
+
+
+def _die_with_parent_term() -> None:
+    die_with_parent(sig=signal.SIGTERM)
 
 
 def _matches(fn: FunctionConfig, cached: dict) -> bool:

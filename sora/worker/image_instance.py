@@ -55,7 +55,8 @@ class AdapterProcess:
     def kill(self) -> None:
         """The adapter's process group and the container (by its init's pidfd)."""
         self.pipes.killed = True
-        if self.pipes.popen is not None:
+        # Only while it has not been reaped: after that its pid may be another process's.
+        if self.pipes.popen is not None and self.pipes.popen.returncode is None:
             try:
                 os.killpg(self.pipes.popen.pid, signal.SIGKILL)
             except ProcessLookupError:

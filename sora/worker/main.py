@@ -809,7 +809,7 @@ class Worker:
                     "SORA_CONTROL_FD": "3"})
         self.containers = ContainerFactory(
             self.fn, self.runtime.argv(self.fn), env, self.state_dir, self.docker_socket,
-            self.prestarted, self.secrets.directory)
+            self.prestarted, self.secrets.directory, config.get("Volumes") or {})
         self.containers.fill()
 
     def boot(self) -> None:

@@ -8,9 +8,12 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
 
 import pytest
 
+from sora.containers import run_once
 from tests import host_usr_image
 from tests.container_adapter import AdapterInstance, Fn
 
@@ -153,3 +156,26 @@ def test_adapter_runs_as_the_containers_uid(instance):
         assert adapter.gids().effective == 65534
         # And it still serves (and, on the host's network, still tells its peers apart).
         assert answer(one.invoke({"who": "x"}))[0] == "R"
+
+
+
+def test_a_setup_command_runs_itself_not_as_arguments_of_the_images_entrypoint(engine,
+                                                                               docker_engine):
+    """A Lambda image's ENTRYPOINT is its runtime interface client: a setup command in a
+    container of it must run the command (entrypoint reset), within a memory limit."""
+    spec = {"socket": docker_engine.socket, "image": host_usr_image.RIC_IMAGE,
+            "command": ["/bin/sh", "-c", "echo ran-the-command; "
+                        "cat /sys/fs/cgroup/memory/memory.limit_in_bytes "
+                        "/sys/fs/cgroup/memory.max 2>/dev/null; true"],
+            "user": "65534:65534", "working_dir": "/tmp", "environment": {},
+            "mounts": [{"source": "/usr", "target": "/usr", "read_only": True}],
+            "tmpfs": {"/tmp": "size=16m,mode=1777"}, "network_mode": "none",
+            "memory_mb": 300, "labels": {"sora.host": "test-run-once", "sora.role": "setup"}}
+    out = subprocess.run([sys.executable, "-I", "-m", "sora.containers.run_once"],
+                         env={"PATH": "/usr/bin:/bin", run_once.SPEC_ENV: json.dumps(spec)},
+                         capture_output=True, timeout=120)
+    text = out.stdout.decode()
+    assert out.returncode == 0, text + out.stderr.decode()
+    assert "ran-the-command" in text
+    assert str(300 * 1024 * 1024) in text
+    assert not engine.containers.list(all=True, filters={"label": "sora.host=test-run-once"})

@@ -330,3 +330,17 @@ def test_gateway_workers_default_to_half_the_cores(tmp_path, monkeypatch, cores,
     cfg = load_host_config(host(tmp_path, "functionPaths: [a]\n"
                                           "server: {httpPort: 1, gatewayWorkers: 3}\n"))
     assert cfg.server.gatewayWorkers == 3
+
+
+def test_the_engine_socket_inside_a_function_folder_breaks_that_function(tmp_path):
+    """Its container binds the folder: the engine's socket there would be the function's."""
+    app = tmp_path / "app"
+    write(app / "index.js", "exports.handler = async () => 1;")
+    write(app / "sora.yaml", "name: here\nlanguage: nodejs\nentrypoint: index.js\n"
+                             "isolation: container\nimage: sora-test/node20\n")
+    config = load_host_config(write(tmp_path / "host-config.yaml", f"""
+        functionPaths: [app]
+        server: {{httpPort: 8080, docker: {{socket: {app}/docker.sock}}}}
+        """))
+    [broken] = config.broken
+    assert "server.docker.socket: expected a path outside the function folder" in broken.reason

@@ -124,3 +124,13 @@ def test_channel_follows_no_link(tmp_path):
     with pytest.raises(OSError):
         Channel(str(run), "7-1", 41234)
     assert os.listdir(elsewhere) == []
+
+
+def test_each_image_volume_is_a_capped_tmpfs_not_an_anonymous_volume():
+    """A VOLUME in the image would give every container a writable anonymous volume on the
+    host's disk, past the read-only root and with no size limit."""
+    opts = spec.create_options(function(), ["node"], {}, "/state/run/containers/7-1", None,
+                               "abc123", 7, "sora-abc123-hello-7-1", {"/data": {}, "/var/x": {}})
+    tmpfs = opts["HostConfig"]["Tmpfs"]
+    assert set(tmpfs) == {"/tmp", "/data", "/var/x"}
+    assert all("size=64m" in value for value in tmpfs.values())

@@ -173,3 +173,13 @@ def test_the_worker_checks_a_function_url_result_as_the_gateway_would():
     assert status == p.FUNCTION_ERROR
     assert json.loads(body)["errorType"] == "Sora.InvalidResponse"
     assert "teapot" in json.loads(body)["errorMessage"]
+
+
+def test_a_container_the_engine_could_not_make_is_not_described_to_callers():
+    """The engine's words name host folders (the secrets', its storage), its socket, a
+    worker's pid: the operator's, not a caller's."""
+    detail = ErrorDetail("message", [])
+    engine_text = ("could not start container: error mounting \"/dev/shm/sora-secrets-fn-12-x\" "
+                   "to rootfs at \"/var/lib/docker/overlay2/abc/merged/run/sora-secrets\"")
+    shown = detail.message("fn", "Sora.ContainerError", engine_text)
+    assert "/dev/shm" not in shown and "overlay2" not in shown and "fn" in shown

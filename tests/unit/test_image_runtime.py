@@ -78,3 +78,11 @@ def test_adapter_environment_names_the_container():
     assert ImageRuntime.adapter_environment(5, 1234, 6, 7, 8) == {
         "SORA_API_LISTEN_FD": "5", "SORA_CONTAINER_PID": "1234", "SORA_CONTAINER_PIDFD": "6",
         "SORA_CONTAINER_STDOUT_FD": "7", "SORA_CONTAINER_STDERR_FD": "8"}
+
+
+def test_a_working_dir_under_proc_or_not_plain_is_the_task_root():
+    """The image is not trusted: /proc/self/fd/N as WORKDIR is runc's CVE-2024-21626 shape."""
+    for bad in ("/proc/self/fd/7", "/sys/x", "/dev/shm", "relative", "/a/../proc", "/a//b"):
+        assert ImageRuntime.working_dir(fn(), {"WorkingDir": bad}) == "/var/task", bad
+    for good in ("/srv/app", "/", "/srv/app/"):
+        assert ImageRuntime.working_dir(fn(), {"WorkingDir": good}) == good

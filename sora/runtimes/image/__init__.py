@@ -120,7 +120,15 @@ class ImageRuntime(Runtime):
 
     @staticmethod
     def working_dir(fn: FunctionConfig, image_config: dict) -> str:
-        return image_config.get("WorkingDir") or fn.taskRoot
+        """The image's WORKDIR, if it is a plain folder path (the image is not trusted: a
+        WORKDIR under /proc, such as /proc/self/fd/N, is how runc's CVE-2024-21626 leaked a
+        host descriptor), else `taskRoot`."""
+        wanted = image_config.get("WorkingDir") or ""
+        plain = os.path.normpath(wanted)
+        if not wanted.startswith("/") or plain != (wanted.rstrip("/") or "/") or \
+                plain.split("/")[1] in ("proc", "sys", "dev"):
+            return fn.taskRoot
+        return wanted
 
     def container_environment(self, fn: FunctionConfig, image_config: dict,
                               runtime_api: str, extra: dict[str, str] | None = None,

@@ -34,7 +34,9 @@ from ...isolation.uids import sandbox_uid
 from . import ImageRuntime
 
 log = logging.getLogger("sora.containers")
-WRAPPER = ('exec </run/sora/requests; read go; '
+# `|| exit 1`: the end of `requests` before `go` (its worker died) ends the container; going
+# on would start the client and block opening stdout, which no reader will ever open.
+WRAPPER = ('exec </run/sora/requests; read go || exit 1; '
            'exec "$@" >/run/sora/stdout 2>/run/sora/stderr')
 GO = b"go\n"
 SECRETS_ENV = "SORA_SECRETS_DIR"
@@ -73,7 +75,7 @@ class ImageContainerFactory(ContainerFactory):
         env = runtime.container_environment(fn, image_config, runtime.runtime_api_address(None),
                                             extra)
         super().__init__(fn, runtime.container_command(fn, image_config), env, state_dir,
-                         socket, spares, secrets_dir)
+                         socket, spares, secrets_dir, (image_config.get("Volumes") or {}))
         # The container's user (sora.containers.spec), which the adapter becomes as well.
         self.container_uid = sandbox_uid(fn) or 65534
 
@@ -113,7 +115,7 @@ class ImageContainerFactory(ContainerFactory):
             env["AWS_LAMBDA_LOG_STREAM_NAME"] = proc.log_stream
             options = spec.create_options(self.fn, self.argv, env, proc.channel.path,
                                           self.secrets_dir, self.host_id, os.getpid(),
-                                          proc.name)
+                                          proc.name, self.image_volumes)
             options["Cmd"] = ["/bin/sh", "-c", WRAPPER, "sh", *self.argv]
             options["WorkingDir"] = self.runtime.working_dir(self.fn, self.image_config)
             # Only the channel (and the secrets): the image brings its own code and runtime.
