@@ -94,7 +94,7 @@ $(JS_SDK): tests/sdk/package.json
 	touch $(JS_SDK)
 
 test: system-deps browser-deps docker-deps $(STAMP) $(JS_SDK)
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25
 
 # Benchmarks need wrk (load generator); installed where missing.
 bench: system-deps $(STAMP)
