@@ -39,7 +39,6 @@ log = logging.getLogger("sora.containers")
 # After a take, how long the thread leaves the CPU to the instances taken before it makes
 # spares or removes containers (the runtime pool waits as long: sora.runtimes.pool).
 QUIET_AFTER_TAKE = 0.25
-DEFAULT_SOCKET = "/var/run/docker.sock"
 
 
 def api_client(socket: str):
@@ -48,15 +47,9 @@ def api_client(socket: str):
     return docker.APIClient(base_url=f"unix://{socket}", timeout=60)
 
 
-def image_config(socket: str, image: str) -> dict:
-    """The image's own config (Env, Entrypoint, Cmd...); EngineUnavailable or ImageMissing
-    say what is wrong."""
-    return engine.check(socket, image)
-
-
 class ContainerFactory:
     def __init__(self, fn: FunctionConfig, argv: list[str], create_env: dict[str, str],
-                 state_dir: str, socket: str = DEFAULT_SOCKET, spares: int = 0,
+                 state_dir: str, socket: str = engine.DEFAULT_SOCKET, spares: int = 0,
                  secrets_dir: str | None = None, image_volumes=()):
         """`argv` is the runtime's command inside the container (in standby mode),
         `create_env` its environment at start (the function's own, no secret),

@@ -36,7 +36,7 @@ from .container_instance import ContainerInstance
 from ..runtimes.image.containers import ImageContainerFactory
 from .image_instance import ImageInstance
 from ..containers import spec
-from ..containers.spares import DEFAULT_SOCKET, ContainerFactory, image_config
+from ..containers.spares import ContainerFactory
 from ..runtimes.base import in_container
 from .logs import FunctionLog
 from .report import end_lines, start_line
@@ -84,7 +84,7 @@ class Worker:
                  setup_withheld: frozenset[str] = frozenset(), keys: KeyRing | None = None,
                  advertise: str | None = None, records_endpoint: str | None = None,
                  records_server_key: bytes | None = None, max_body_bytes: int = 6 << 20,
-                 warm_up: bool = False, docker_socket: str = DEFAULT_SOCKET,
+                 warm_up: bool = False, docker_socket: str = engine.DEFAULT_SOCKET,
                  prestarted: int = 0, image_config: dict | None = None):
         """With `advertise` (and `keys`), the data endpoint is tcp on that address (CURVE);
         with `records_endpoint`, records go to that tcp recorder (the main host's, CURVE,
@@ -792,7 +792,7 @@ class Worker:
         config = self.image_config
         if config is None:
             try:
-                config = image_config(self.docker_socket, self.fn.image)
+                config = engine.check(self.docker_socket, self.fn.image)
             except Exception as exc:
                 raise BootError(p.error_body("Sora.ContainerError", str(exc))) from None
         if self.fn.package == "image":   # a Lambda container image
@@ -1058,7 +1058,7 @@ def parser() -> argparse.ArgumentParser:
                                                    "main host's, CURVE)")
     parser.add_argument("--records-server-key", help="the z85 public key of that recorder's "
                                                      "host")
-    parser.add_argument("--docker-socket", default=DEFAULT_SOCKET,
+    parser.add_argument("--docker-socket", default=engine.DEFAULT_SOCKET,
                         help="the Docker engine's socket (server.docker.socket), for a "
                              "function with isolation: container")
     parser.add_argument("--prestarted-runtimes", type=int, default=0,
