@@ -35,7 +35,7 @@ from pathlib import Path
 
 from common import HELLO, ROOT, copy_function, free_port, start_host, start_node, stop, \
     wait_http, wrk
-from startup import function_state
+from startup import wait_scaled_to_zero
 
 sys.path.insert(0, str(ROOT))   # the tests' engine fixture and image builder
 
@@ -84,11 +84,7 @@ def cold_calls(port: int, name: str, samples: int) -> list[float]:
     if any, have had SPARE_SETTLE seconds to come up)."""
     times = []
     for _ in range(samples):
-        deadline = time.monotonic() + 60
-        while function_state(port, name).get("instances") != 0:
-            if time.monotonic() > deadline:
-                raise SystemExit(f"{name} did not scale to zero")
-            time.sleep(0.05)
+        wait_scaled_to_zero(port, name)
         time.sleep(SPARE_SETTLE)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         start = time.perf_counter()

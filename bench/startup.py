@@ -65,16 +65,21 @@ def function_state(port: int, name: str) -> dict:
     return json.loads(conn.getresponse().read())["functions"][name]
 
 
+def wait_scaled_to_zero(port: int, name: str, timeout: float = 60.0) -> None:
+    """Until the function has no instance (its idleTimeout ended the last one)."""
+    deadline = time.monotonic() + timeout
+    while function_state(port, name).get("instances") != 0:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{name} did not scale to zero")
+        time.sleep(0.05)
+
+
 def sora_cold_ms(port: int, name: str, samples: int = 10) -> tuple[float, list[float]]:
     """Median client-side time of a call to a function scaled to zero, and every sample."""
     times = []
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     for _ in range(samples):
-        deadline = time.monotonic() + 60
-        while function_state(port, name).get("instances") != 0:
-            if time.monotonic() > deadline:
-                raise SystemExit(f"{name} did not scale to zero")
-            time.sleep(0.05)
+        wait_scaled_to_zero(port, name)
         time.sleep(0.3)  # the pool's replacement process has started by now
         start = time.perf_counter()
         conn.request("GET", f"/functions/{name}")
