@@ -299,7 +299,8 @@ STORE_URL_RE = re.compile(r"^postgres(ql)?://", re.IGNORECASE)
 def display_url(url: str) -> str:
     """`url` with the password of its user part and of a `password=` query parameter replaced
     by `***` (what every log line and error shows of a store URL)."""
-    shown = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/@?#:]*):[^/@?#]*@", r"\1:***@", url)
+    # Up to the authority's last "@": a password with an unencoded "@" is hidden whole.
+    shown = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/@?#:]*):[^/?#]*@", r"\1:***@", url)
     return re.sub(r"([?&]password=)[^&#]*", r"\1***", shown, flags=re.IGNORECASE)
 
 

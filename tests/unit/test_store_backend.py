@@ -215,5 +215,7 @@ def test_a_bad_store_names_file_field_and_expectation_never_the_password(tmp_pat
 def test_display_url_hides_every_password():
     assert display_url("postgresql://u:p%40ss@h:1/d") == "postgresql://u:***@h:1/d"
     assert display_url("postgresql://u@h/d") == "postgresql://u@h/d"
+    assert display_url("postgresql://u:p@ss@h/d") == "postgresql://u:***@h/d"
+    assert display_url("postgresql://:pw@h/d") == "postgresql://:***@h/d"
     assert display_url("postgresql://h/d?user=u&password=pw&sslmode=require") == \
         "postgresql://h/d?user=u&password=***&sslmode=require"
