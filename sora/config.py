@@ -1175,6 +1175,7 @@ class StoreConfig:
     kind: str = "sqlite"                       # sqlite | postgresql
     url: str | None = field(default=None, repr=False)
     poolSize: int = STORE_SETTINGS["poolSize"].default
+    urlEnv: str | None = None                  # the variable the URL was read from, if any
 
     @property
     def display_url(self) -> str:
@@ -1184,7 +1185,7 @@ class StoreConfig:
 
     def __repr__(self) -> str:
         return f"StoreConfig(kind={self.kind!r}, url={self.display_url!r}, " \
-            f"poolSize={self.poolSize})"
+            f"poolSize={self.poolSize}, urlEnv={self.urlEnv!r})"
 
 
 def _store(data: Any, problems: list[str], environ=os.environ) -> StoreConfig:
@@ -1231,7 +1232,8 @@ def _store(data: Any, problems: list[str], environ=os.environ) -> StoreConfig:
         problems.append(f"{where}: expected a postgresql:// URL "
                         f"(postgresql://USER:PASSWORD@HOST:PORT/DBNAME), got {shown!r}")
         return StoreConfig()
-    return StoreConfig(kind="postgresql", url=url_value, poolSize=values["poolSize"])
+    return StoreConfig(kind="postgresql", url=url_value, poolSize=values["poolSize"],
+                       urlEnv=values["urlEnv"])
 
 
 @dataclass(frozen=True)
@@ -1720,6 +1722,15 @@ def load_host_config(path: str, read_functions: bool = True) -> HostConfig:
         if problem:
             functions.remove(fn)
             broken.append(BrokenFunction(fn.name, fn.directory, problem))
+    for fn in list(functions):
+        # The store's URL (its password) is never a function's, not even by its own config.
+        taken = [spec.name for spec in fn.secrets if store.urlEnv and spec.env == store.urlEnv]
+        if taken:
+            functions.remove(fn)
+            broken.append(BrokenFunction(fn.name, fn.directory, (
+                f"{fn.source}: secrets.{taken[0]}.env: expected a variable other than "
+                f"{store.urlEnv}, the store's URL (host-config.yaml store.urlEnv), which no "
+                "function is given")))
     uids = assign_uids([fn.name for fn in functions])
     functions = [dataclasses.replace(fn, sandboxUid=uids[fn.name]) for fn in functions]
     _check_limits(path, limits, functions)
