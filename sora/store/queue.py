@@ -162,13 +162,16 @@ def lease(conn, function: str, limit: int, now: float, lease_seconds: float,
     until = now + lease_seconds
     if conn.dialect == "postgresql":
         with conn.transaction():
+            # The picked ids are materialized once: as an `IN (subquery)` the planner may
+            # run the subquery again per row, and with SKIP LOCKED each run picks more.
             rows = conn.execute(
+                "WITH picked AS MATERIALIZED (SELECT id FROM events WHERE function = ? AND "
+                "state = 'queued' AND due <= ? ORDER BY due LIMIT ? FOR UPDATE SKIP LOCKED) "
                 "UPDATE events SET state = 'leased', attempts = attempts + 1, "
-                "lease_until = ?, lease_owner = ? WHERE state = 'queued' AND id IN ("
-                "SELECT id FROM events WHERE function = ? AND state = 'queued' AND due <= ? "
-                "ORDER BY due LIMIT ? FOR UPDATE SKIP LOCKED) RETURNING id, request_id, "
-                "function, trigger, payload, accepted, attempts, due",
-                (until, owner, function, now, limit)).fetchall()
+                "lease_until = ?, lease_owner = ? FROM picked WHERE events.id = picked.id "
+                "RETURNING events.id, events.request_id, events.function, events.trigger, "
+                "events.payload, events.accepted, events.attempts, events.due",
+                (function, now, limit, until, owner)).fetchall()
         rows = sorted(rows, key=lambda row: (row["due"], row["id"]))
         return [Event(row["id"], row["request_id"], row["function"], row["trigger"],
                       bytes(row["payload"]), row["accepted"], row["attempts"], owner, until)
