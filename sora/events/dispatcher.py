@@ -162,8 +162,11 @@ class Dispatcher:
             self.wake.set()
 
     def _release_own_leases(self, now: float) -> None:
+        # A queue.db is this host's alone: every lease in it is of a dispatcher that is gone
+        # (whatever host name it ran under). A shared store: only this host's.
+        shared = self.conn.dialect == "postgresql"
         released = queue.release_leases(self.conn, now, expired_only=False,
-                                        host_id=backend.host_id(self.config))
+                                        host_id=backend.host_id(self.config) if shared else None)
         self.released = True
         if released:
             log.info("%d event(s) leased before a crash or stop are queued again", released)

@@ -99,7 +99,8 @@ def dispatcher(tmp_path, store_backend):
         "maximumEventAgeInSeconds: 100}\n")
     fn = load_function_config(str(fn_dir))
     config = type("C", (), {"stateDir": str(tmp_path), "functions": [fn], "broken": [],
-                            "knows": lambda self, n: n == "fn"})()
+                            "knows": lambda self, n: n == "fn",
+                            "cluster": type("K", (), {"listen": None})})()
     d = Dispatcher.__new__(Dispatcher)
     d.config, d.functions, d.conn = config, {"fn": fn}, connect(store_backend, tmp_path)
     return d, fn
@@ -134,6 +135,24 @@ def test_settle_by_answer(dispatcher):
     assert settle(d, fn, p.BAD_REQUEST)["deadReason"] == "InvalidEvent"
     accept(d.conn, "old", at=time.time() - 95)
     assert settle(d, fn, p.FUNCTION_ERROR)["deadReason"] == "EventAgeExceeded"
+
+
+def test_events_of_a_function_unknown_here_wait_on_a_shared_store(dispatcher):
+    """queue.db is the host's own: an event of a function it does not have is dead at once. A
+    PostgreSQL store is shared: another host may serve the function, so its events are left to
+    that host until older than the default event age."""
+    d, fn = dispatcher
+    now = time.time()
+    accept(d.conn, "elsewhere", fn="other")
+    accept(d.conn, "stale", fn="gone", at=now - EventInvokeConfig().maximumEventAgeInSeconds - 1)
+    for name in ("other", "gone"):
+        d._bury_orphans(name, now)
+    states = {rid: queue.find_event(d.conn, rid) for rid in ("elsewhere", "stale")}
+    if d.conn.dialect == "sqlite":
+        assert {e["deadReason"] for e in states.values()} == {"FunctionNotFound"}
+    else:
+        assert states["elsewhere"]["state"] == "queued"
+        assert states["stale"]["deadReason"] == "EventAgeExceeded"
 
 
 def test_intake_refuses_an_event_it_cannot_store(tmp_path, store_backend):
