@@ -67,11 +67,13 @@ def _lock_totals(conn, functions) -> dict[str, list[int]]:
     """PostgreSQL, inside a transaction: lock the functions' totals rows (made if missing) in
     name order and return them; another transaction adding events for them waits."""
     totals = {}
+    lock = "SELECT events, bytes FROM event_totals WHERE function = ? FOR UPDATE"
     for function in sorted(functions):
-        conn.execute("INSERT INTO event_totals (function, events, bytes) VALUES (?, 0, 0) "
-                     "ON CONFLICT (function) DO NOTHING", (function,))
-        row = conn.execute("SELECT events, bytes FROM event_totals WHERE function = ? "
-                           "FOR UPDATE", (function,)).fetchone()
+        row = conn.execute(lock, (function,)).fetchone()
+        if row is None:   # the function's first event: its row, made once for all hosts
+            conn.execute("INSERT INTO event_totals (function, events, bytes) VALUES (?, 0, 0) "
+                         "ON CONFLICT (function) DO NOTHING", (function,))
+            row = conn.execute(lock, (function,)).fetchone()
         totals[function] = [row[0], row[1]]
     return totals
 
@@ -110,9 +112,12 @@ def enqueue(conn, events: list[tuple[str, str, str, bytes, float]],
                     total[0] += 1
                     total[1] += len(payload)
         rows = [(*event, event[4]) for event, ok in zip(events, stored) if ok]
-        if rows:
-            conn.executemany("INSERT INTO events (request_id, function, trigger, payload, "
-                             "accepted, state, due) VALUES (?, ?, ?, ?, ?, 'queued', ?)", rows)
+        insert = ("INSERT INTO events (request_id, function, trigger, payload, accepted, "
+                  "state, due) VALUES (?, ?, ?, ?, ?, 'queued', ?)")
+        if len(rows) == 1:   # the usual commit when not under load: no executemany's setup
+            conn.execute(insert, rows[0])
+        elif rows:
+            conn.executemany(insert, rows)
     return stored
 
 
