@@ -67,6 +67,10 @@ IDLE_POLL = 1.0
 LEASE_MARGIN = 30.0          # a lease outlives the call's wait, so only a lost one expires
 LEASE_SWEEP_INTERVAL = 10.0
 STORE_RETRY = 0.5            # the store could not be reached: try again this much later
+# PostgreSQL: the longest wait for a pooled connection. The store's calls run on the event
+# loop (as SQLite's always did), so while the database is down each call holds the loop this
+# long, not the backend's default 5 s.
+STORE_WAIT_MS = 1000
 MAX_RETRY_DELAY = 300.0
 THROTTLED_DELAY = 0.5        # the function's queue was full: try again soon
 NOT_READY_DELAY = 2.0        # the function is starting, backing off or failed
@@ -207,8 +211,9 @@ class Dispatcher:
             # acknowledgements, retries) may be lost by a power cut, never by a crash, and
             # losing one only makes an event run again; the events themselves were committed
             # durably by the gateways.
+            wait = {"busy_ms": STORE_WAIT_MS} if self.config.store.kind == "postgresql" else {}
             self.conn = backend.connect(self.config.store, self.state_dir, "queue",
-                                        synchronous="NORMAL")
+                                        synchronous="NORMAL", **wait)
         if not self.released:
             self._release_own_leases(now)
         if sweep:
@@ -300,13 +305,18 @@ class Dispatcher:
         """Settle the run; while the store cannot be reached, try again until the lease is
         about to run out (then it runs again once the lease expires: nothing is lost)."""
         while True:
-            try:
-                self.settle(fn, event, status, body, start, duration_ms)
-                return
-            except backend.ERRORS as exc:
-                if time.time() + STORE_RETRY >= event.lease_until - 1.0:
-                    log.error("could not settle event %s: %s", event.request_id, exc)
+            if not self.store_down:   # while it is, the loop's looks find out when it is back
+                try:
+                    self.settle(fn, event, status, body, start, duration_ms)
                     return
+                except backend.ERRORS as exc:
+                    if not self.store_down:
+                        log.error("the event store cannot be reached (%s); trying again", exc)
+                    self.store_down = True
+            if time.time() + STORE_RETRY >= event.lease_until - 1.0:
+                log.error("could not settle event %s (the store cannot be reached); it runs "
+                          "again once its lease runs out", event.request_id)
+                return
             await asyncio.sleep(STORE_RETRY)
 
     def settle(self, fn: FunctionConfig, event: queue.Event, status: bytes, body: bytes,
