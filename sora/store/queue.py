@@ -121,12 +121,15 @@ def enqueue(conn, events: list[tuple[str, str, str, bytes, float]],
     return stored
 
 
-def stored_totals(conn, function: str, lock: bool = False) -> tuple[int, int]:
+def stored_totals(conn, function: str, lock: bool | None = None) -> tuple[int, int]:
     """How many events the function has stored (in any state), and their payloads' bytes.
 
-    `lock` (inside a transaction that then adds events, e.g. a trigger's firing): on
-    PostgreSQL the totals row stays locked until the transaction ends, so a cap checked with
-    these figures holds cluster-wide (SQLite's transaction holds the whole file already)."""
+    `lock` (by default: when called inside a transaction, which then adds events after
+    checking a cap, e.g. a trigger's firing): on PostgreSQL the totals row stays locked until
+    the transaction ends, so a cap checked with these figures holds cluster-wide (SQLite's
+    transaction holds the whole file already)."""
+    if lock is None:
+        lock = conn.in_transaction
     if lock and conn.dialect == "postgresql":
         return tuple(_lock_totals(conn, [function])[function])
     row = conn.execute("SELECT events, bytes FROM event_totals WHERE function = ?",

@@ -272,3 +272,28 @@ def test_gateways_together_cannot_pass_a_cap(tmp_path, store_backend):
     assert stored.count(True) == 50 and len(stored) == 80
     assert queue.stored_totals(conn, "capped") == (50, 500)
     assert queue.counts(conn)["capped"]["queued"] == 50
+
+
+def test_a_cap_checked_in_a_callers_transaction_holds_too(tmp_path, store_backend):
+    """A trigger's firing checks the cap itself, inside its own transaction (sora.store.
+    triggers.fire): stored_totals there holds the function's totals until it commits."""
+    connect(store_backend, tmp_path)
+    made = []
+
+    def firing_host(n):
+        mine = connect(store_backend, tmp_path)
+        for i in range(15):
+            with mine.transaction():
+                events, _ = queue.stored_totals(mine, "fired")
+                if events < 20:
+                    queue.enqueue(mine, [(f"f{n}.{i}", "fired", "schedule:0", b"{}",
+                                          time.time())])
+                    made.append(1)
+        mine.close()
+    threads = [threading.Thread(target=firing_host, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    conn = connect(store_backend, tmp_path)
+    assert len(made) == 20 and queue.stored_totals(conn, "fired") == (20, 40)
