@@ -9,13 +9,14 @@ import uuid
 
 import pytest
 
-from sora.config import StoreConfig
-from sora.store import backend
 from tests.integration import functions as F
+from tests.integration import store_backends
+from tests.integration.store_backends import queue_of, store_setting
 from tests.support import (SoraHost, json_of, lambda_client, served, wait_for,
                            write_function)
 
 pytestmark = pytest.mark.integration
+module_store = store_backends.module_store   # each test on both backends (one host each)
 
 
 @pytest.fixture(scope="module")
@@ -23,31 +24,8 @@ def marks(tmp_path_factory):
     return tmp_path_factory.mktemp("marks")
 
 
-def store_setting(store: StoreConfig) -> dict:
-    """host-config.yaml's `store:` for a store_backend."""
-    return {} if store.kind == "sqlite" else {"store": {"url": store.url, "poolSize": 4}}
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def events_store(request):
-    """The module's store (one host serves all its tests): SQLite, or a fresh PostgreSQL
-    database on the tests' server."""
-    if request.param == "sqlite":
-        yield StoreConfig()
-        return
-    server = request.getfixturevalue("postgres_server")
-    database = server.create_database()
-    yield StoreConfig(kind="postgresql", url=server.url(database), poolSize=4)
-    server.drop_database(database)
-
-
-def queue_of(host, store: StoreConfig):
-    """A connection to the host's queue (its queue.db, or the PostgreSQL store)."""
-    return backend.connect(store, str(host.base / "state"), "queue")
-
-
 @pytest.fixture(scope="module")
-def host(tmp_path_factory, marks, events_store):
+def host(tmp_path_factory, marks, module_store):
     base = tmp_path_factory.mktemp("events")
     fns = base / "fns"
     # `isolation: none`: the tests watch the events run through marks the sink leaves in a
@@ -63,7 +41,7 @@ def host(tmp_path_factory, marks, events_store):
                        env={"MARKS": str(marks)}, isolation="none",
                        eventInvoke={"maximumEventAgeInSeconds": 2, "retryDelaySeconds": 5}),
     ]
-    yield from served(base, dirs, https=False, extra=store_setting(events_store))
+    yield from served(base, dirs, https=False, extra=store_setting(module_store))
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +71,7 @@ def api(host, path, method="GET", **kwargs):
     return r.status_code, json_of(r)
 
 
-def test_event_through_boto3_runs_once_and_is_acknowledged(host, lam, marks, events_store):
+def test_event_through_boto3_runs_once_and_is_acknowledged(host, lam, marks, module_store):
     k = key()
     request_id = send(lam, "sink", {"key": k})
     wait_for(lambda: attempts(marks, k), what="the event to run")
@@ -105,7 +83,7 @@ def test_event_through_boto3_runs_once_and_is_acknowledged(host, lam, marks, eve
     assert rec["trigger"] == "event" and rec["function"] == "sink"
     # Acknowledged means deleted: no row is left that could be leased and run again.
     assert len(attempts(marks, k, "start")) == 1
-    db = queue_of(host, events_store)
+    db = queue_of(host, module_store)
     assert db.execute("SELECT COUNT(*) FROM events WHERE request_id = ?",
                       (request_id,)).fetchone()[0] == 0
     db.close()
@@ -198,7 +176,7 @@ def test_concurrency_per_function_is_bounded(host, lam, marks):
     assert overlap == 2  # maxConcurrency 2, though the function has 3 instances
 
 
-def test_an_event_that_cannot_be_stored_is_refused_not_accepted(host, events_store):
+def test_an_event_that_cannot_be_stored_is_refused_not_accepted(host, module_store):
     def refused():
         r = host.invoke("sink", method="POST", data="x",
                         headers={"X-Sora-Invocation-Type": "Event"})
@@ -206,7 +184,7 @@ def test_an_event_that_cannot_be_stored_is_refused_not_accepted(host, events_sto
         assert r.headers["Retry-After"] == "1"
         return json_of(r)
 
-    if events_store.kind == "sqlite":
+    if module_store.kind == "sqlite":
         lock = sqlite3.connect(host.base / "state" / "queue.db", isolation_level=None)
         lock.execute("BEGIN EXCLUSIVE")
         try:
@@ -218,7 +196,7 @@ def test_an_event_that_cannot_be_stored_is_refused_not_accepted(host, events_sto
             lock.close()
     else:
         # Another transaction holds the function's totals row past the intake's lock wait.
-        db = queue_of(host, events_store)
+        db = queue_of(host, module_store)
         with db.transaction():
             db.execute("INSERT INTO event_totals (function, events, bytes) VALUES "
                        "('sink', 0, 0) ON CONFLICT (function) DO NOTHING")
@@ -227,7 +205,7 @@ def test_an_event_that_cannot_be_stored_is_refused_not_accepted(host, events_sto
         db.close()
         assert body["errorType"] in ("Sora.StoreUnavailable", "Sora.EventNotStored")
         assert "lock" in body["errorMessage"]
-        assert events_store.url.split("@")[0].split(":")[-1] not in json.dumps(body)
+        assert module_store.url.split("@")[0].split(":")[-1] not in json.dumps(body)
     k = key()
     r = host.invoke("sink", method="POST", data=k, headers={"X-Sora-Invocation-Type": "Event"})
     assert r.status_code == 202
