@@ -17,6 +17,7 @@ import collections
 import concurrent.futures
 import http.client
 import json
+import re
 import threading
 import time
 import urllib.parse
@@ -316,6 +317,10 @@ def test_a_database_restart_under_load_gives_503s_then_resumes_by_itself(
         print(f"\n{statuses[202]} accepted, {statuses[503]} refused with 503; the first 503 "
               f"{first_503 - down_at:.1f} s after the stop, 202s again "
               f"{back_at - up_at:.1f} s after the start")
-        assert server.password not in host.log(whole=True)
+        log = host.log(whole=True)
+        assert server.password not in log
+        # The dispatcher waited the outage out (it did not exit and get restarted).
+        assert "the event store cannot be reached" in log and "the event store is back" in log
+        assert len(re.findall(r"dispatcher \d+ ready", log)) == 1, log[-3000:]
     finally:
         assert host.stop() == 0
