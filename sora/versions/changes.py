@@ -3,8 +3,9 @@
 The store is the truth (rows in sora.db or PostgreSQL); the call path keeps what it read per
 process and asks the store again only when:
 - this host changed the function (a publish, a prune, an alias moved, a deletion): every such
-  change replaces the function's marker file `<stateDir>/versions/<NAME>/.changed` (a new
-  inode), and readers stat it per call, so a change takes effect for the next call on the
+  change replaces the function's marker file `<stateDir>/versions/.changed/<NAME>` (a new
+  inode; beside the function's folder, so it outlives the function's deletion), and readers
+  stat it per call, so a change takes effect for the next call on the
   host that made it, in every process of that host (gateways, the dispatcher);
 - or a second (`RECHECK_S`) passed since the last check: then the reader asks the store's
   cheap revision of what it caches, and re-reads only if that differs. So a change made on
@@ -15,18 +16,19 @@ from __future__ import annotations
 import os
 import time
 
-MARKER = ".changed"
+MARKERS = ".changed"
 RECHECK_S = 1.0
 
 
 def marker_path(function_dir: str) -> str:
-    return os.path.join(function_dir, MARKER)
+    root, name = os.path.split(function_dir)
+    return os.path.join(root, MARKERS, name)
 
 
 def touch(function_dir: str) -> None:
     """Tell this host's readers the function changed (a fresh file replaces the marker)."""
-    os.makedirs(function_dir, mode=0o700, exist_ok=True)
     path = marker_path(function_dir)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     temporary = f"{path}.{os.getpid()}.{time.monotonic_ns()}"
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     os.close(fd)
