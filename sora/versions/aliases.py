@@ -25,13 +25,17 @@ RoutingConfig, RevisionId.
 from __future__ import annotations
 
 import json
+import logging
 import random
 import uuid
 from contextlib import contextmanager
 
+from ..store import backend
 from . import changes
 from .qualifier import BadQualifier, LATEST, check_alias_name, is_version
 from .store import VersionError, VersionStore, function_lock, lock_function
+
+log = logging.getLogger("sora.versions")
 
 MAX_ALIASES = 100   # per function (Lambda has no small limit; this bounds a read)
 
@@ -88,17 +92,25 @@ class AliasStore:
     # --- reading (cached per process; see the module docstring) -----------------------------
     def current(self) -> dict[str, dict]:
         """Every alias by name, read again if this host changed them or, at most once a
-        second, if the store's revision says another host did."""
+        second, if the store's revision says another host did. While the store cannot be
+        read, what was read last (if anything was) serves (sora.versions.changes)."""
         why = self._fresh.stale()
-        if why == "recheck" and not self._fresh.mark(self._revision()):
+        if why is None:
             return self._aliases
-        if why is not None:
+        try:
+            if why == "recheck" and not self._fresh.mark(self._revision()):
+                return self._aliases
             self._fresh.begin()
-            with self.conn.transaction():   # the rows and their revision, together
-                aliases = self._read()
-                revision = self._revision()
-            self._aliases = aliases
-            self._fresh.loaded_at(revision)
+            aliases, revision = self._read()
+        except backend.ERRORS as exc:
+            if not self._fresh.loaded:
+                raise
+            log.warning("aliases of %s: the store cannot be read (%s); the aliases read "
+                        "before keep serving", self.name, exc)
+            self._fresh.postpone()
+            return self._aliases
+        self._aliases = aliases
+        self._fresh.loaded_at(revision)
         return self._aliases
 
     def _revision(self) -> tuple:
@@ -106,16 +118,18 @@ class AliasStore:
                                 "function_aliases WHERE function = ?", (self.name,)).fetchone()
         return (int(row[0]), int(row[1]))
 
-    def _read(self) -> dict[str, dict]:
-        out = {}
+    def _read(self) -> tuple[dict[str, dict], tuple]:
+        """The aliases and their revision, from one statement (so they agree)."""
+        out, count, total = {}, 0, 0
         for row in self.conn.execute(
-                "SELECT name, document FROM function_aliases WHERE function = ?",
+                "SELECT name, document, revision FROM function_aliases WHERE function = ?",
                 (self.name,)):
+            count, total = count + 1, total + int(row[2])
             try:
                 out[row[0]] = json.loads(row[1])
             except ValueError:
                 continue
-        return out
+        return out, (count, total)
 
     def get(self, alias: str) -> dict | None:
         return self.current().get(alias)

@@ -10,6 +10,9 @@ process and asks the store again only when:
 - or a second (`RECHECK_S`) passed since the last check: then the reader asks the store's
   cheap revision of what it caches, and re-reads only if that differs. So a change made on
   another host sharing the database takes effect within a second.
+While the store cannot be read (a PostgreSQL restart), a reader that has read once keeps
+serving what it read and asks again every OUTAGE_RECHECK_S: calls by alias and version go on,
+and the store's outage costs one short wait per cache that often.
 """
 from __future__ import annotations
 
@@ -18,6 +21,9 @@ import time
 
 MARKERS = ".changed"
 RECHECK_S = 1.0
+# While the store cannot be read, what was read last keeps serving, and the store is asked
+# again after this (a call never waits on a down store more than once per this, per cache).
+OUTAGE_RECHECK_S = 5.0
 
 
 def marker_path(function_dir: str) -> str:
@@ -82,6 +88,12 @@ class Freshness:
     def begin(self) -> None:
         """Before a full read: the marker as it is now (a change during the read moves it
         again, so the next call reads once more)."""
+        self._stamp = stamp(self.function_dir)
+
+    def postpone(self) -> None:
+        """The store could not be read: keep what is cached, ask again in OUTAGE_RECHECK_S
+        (even if the marker moved meanwhile)."""
+        self._checked = self.clock() + OUTAGE_RECHECK_S - RECHECK_S
         self._stamp = stamp(self.function_dir)
 
     def invalidate(self) -> None:

@@ -19,13 +19,15 @@ from ..store import backend
 _local = threading.local()
 
 
-def store_connection(store: StoreConfig, state_dir: str):
-    """This thread's connection to `store` (for SQLite: `state_dir`'s sora.db)."""
-    key = (os.getpid(), store.kind, store.url, os.path.abspath(state_dir))
+def store_connection(store: StoreConfig, state_dir: str, busy_ms: int | None = None):
+    """This thread's connection to `store` (for SQLite: `state_dir`'s sora.db). `busy_ms`:
+    the longest wait for a pooled connection (the call path waits less than the default)."""
+    key = (os.getpid(), store.kind, store.url, os.path.abspath(state_dir), busy_ms)
     cache = getattr(_local, "connections", None)
     if cache is None:
         cache = _local.connections = {}
     conn = cache.get(key)
     if conn is None:
-        conn = cache[key] = backend.connect(store, state_dir, "records")
+        options = {"busy_ms": busy_ms} if busy_ms else {}
+        conn = cache[key] = backend.connect(store, state_dir, "records", **options)
     return conn

@@ -31,15 +31,25 @@ class _Numbers:
 
     def has(self, version: str) -> bool:
         if self.fresh.stale() is not None:
-            self.fresh.begin()
-            self.numbers = frozenset(self.store.numbers(self.name))
-            self.fresh.loaded_at(None)
+            try:
+                self.fresh.begin()
+                self.numbers = frozenset(self.store.numbers(self.name))
+                self.fresh.loaded_at(None)
+            except backend.ERRORS:
+                if not self.fresh.loaded:
+                    raise
+                self.fresh.postpone()   # the numbers read before serve (changes.py)
         return int(version) in self.numbers or self.store.exists(self.name, version)
+
+
+# The call path's longest wait for a store connection: a down store costs a call this, at
+# most once per OUTAGE_RECHECK_S per cache (sora.versions.changes), not the store's 5 s.
+CALL_PATH_WAIT_MS = 1000
 
 
 class Resolver:
     def __init__(self, state_dir: str, draw=random.random, store: StoreConfig | None = None):
-        self.store = VersionStore(state_dir, store)
+        self.store = VersionStore(state_dir, store, busy_ms=CALL_PATH_WAIT_MS)
         self.state_dir = state_dir
         self.draw = draw
         self._aliases: dict[str, AliasStore] = {}

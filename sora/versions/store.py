@@ -133,15 +133,17 @@ def version_config(fn: FunctionConfig, number: int, code: str) -> FunctionConfig
 
 
 class VersionStore:
-    def __init__(self, state_dir: str, store: StoreConfig | None = None):
+    def __init__(self, state_dir: str, store: StoreConfig | None = None,
+                 busy_ms: int | None = None):
         self.state_dir = state_dir
         self.store = store or StoreConfig()
+        self.busy_ms = busy_ms   # the longest wait for a connection (None: the store's)
         self.root = os.path.join(state_dir, VERSIONS_DIR)
 
     @property
     def conn(self):
         """This thread's connection to the store (sora.versions.connection)."""
-        return store_connection(self.store, self.state_dir)
+        return store_connection(self.store, self.state_dir, self.busy_ms)
 
     @property
     def carries_code(self) -> bool:

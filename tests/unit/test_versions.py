@@ -259,3 +259,14 @@ def test_names_that_are_not_function_names_name_no_path(store):
         with pytest.raises(VersionError):
             AliasStore(store.state_dir, bad, store)
     assert not os.path.exists(store.root)
+
+
+def test_dashboard_reads_versions_and_aliases_from_the_store(fn_dir, store):
+    from types import SimpleNamespace
+    from sora.gateway.dashboard.pages import versions_of
+    store.publish(load_function_config(str(fn_dir)))
+    AliasStore(store.state_dir, "fn", store).create("live", "1")
+    config = SimpleNamespace(stateDir=store.state_dir, store=store.store)
+    assert versions_of(config, "fn") == {
+        "versions": [1], "aliases": [{"name": "live", "version": "1", "weights": {}}]}
+    assert versions_of(config, "other") == {"versions": [], "aliases": []}

@@ -199,3 +199,39 @@ def test_store_errors_are_503_without_the_password(tmp_path):
     with pytest.raises(VersionError) as err:
         resolver.resolve("fn", "1")
     assert err.value.status == 503 and "s3cret-pw" not in str(err.value)
+
+
+def test_cached_aliases_keep_serving_while_the_store_is_down(tmp_path, fn,
+                                                             postgres_server_factory):
+    from sora.versions import changes
+    server = postgres_server_factory()
+    pg = StoreConfig(kind="postgresql", url=server.url(server.create_database()), poolSize=2)
+    host_a = VersionStore(str(tmp_path / "a"), pg)
+    host_a.publish(fn)
+    AliasStore(host_a.state_dir, "fn", host_a).create("live", "1")
+    resolver = Resolver(str(tmp_path / "b"), store=pg)
+    assert resolver.resolve("fn", "live") == ("fn:1", "1")
+    assert resolver.resolve("fn", "1") == ("fn:1", "1")
+    server.stop()
+    began = time.monotonic()
+    while time.monotonic() - began < changes.RECHECK_S * 2:   # past a recheck: still served
+        assert resolver.resolve("fn", "live") == ("fn:1", "1")
+        assert resolver.resolve("fn", "1") == ("fn:1", "1")
+    assert time.monotonic() - began < changes.RECHECK_S * 2 + 2.5   # waited once per cache
+    with pytest.raises(VersionError) as err:   # never read: answered 503 at once
+        resolver.resolve("other", "live")
+    assert err.value.status == 503 and server.password not in str(err.value)
+    server.start()
+    moved = False
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not moved:   # the pool reconnects by itself
+        try:
+            AliasStore(host_a.state_dir, "fn", host_a).update("live", "$LATEST")
+            moved = True
+        except Exception:   # noqa: BLE001 - the store still coming back
+            time.sleep(0.2)
+    assert moved
+    deadline = time.monotonic() + changes.OUTAGE_RECHECK_S + 5
+    while resolver.resolve("fn", "live") != ("fn", "$LATEST"):
+        assert time.monotonic() < deadline, "the resolver did not come back to the store"
+        time.sleep(0.05)
