@@ -235,3 +235,24 @@ def test_cached_aliases_keep_serving_while_the_store_is_down(tmp_path, fn,
     while resolver.resolve("fn", "live") != ("fn", "$LATEST"):
         assert time.monotonic() < deadline, "the resolver did not come back to the store"
         time.sleep(0.05)
+
+
+def test_a_copy_keeps_what_the_code_hash_counts(tmp_path, pg, monkeypatch):
+    """Large files count by size and mtime in CodeSha256: the tar keeps mtimes to the ns, so
+    another host's copy hashes the same; links and empty folders come through as they were."""
+    from sora.setup import run
+    monkeypatch.setattr(run, "HASHED_CONTENT_MAX", 16)
+    fn_dir = write_function(tmp_path, "big", {"index.js": HANDLER, "data/blob.bin": "x" * 100},
+                            name="big")
+    os.utime(fn_dir / "data" / "blob.bin", ns=(1_700_000_000_123_456_789,) * 2)
+    os.mkdir(fn_dir / "empty")
+    os.symlink("data/blob.bin", fn_dir / "inside-link")
+    host_a = VersionStore(str(tmp_path / "a"), pg)
+    record, _ = host_a.publish(load_function_config(str(fn_dir)))
+    copy = VersionStore(str(tmp_path / "b"), pg).ensure_local("big", "1").directory
+    assert os.stat(os.path.join(copy, "data", "blob.bin")).st_mtime_ns == \
+        1_700_000_000_123_456_789
+    assert os.path.isdir(os.path.join(copy, "empty"))
+    assert os.readlink(os.path.join(copy, "inside-link")) == "data/blob.bin"
+    assert record["CodeSha256"] == VersionStore(str(tmp_path / "b"), pg).get(
+        "big", "1")["CodeSha256"]
