@@ -6,12 +6,17 @@ supervisor's first start with the store (`import_files`, before anything reads v
 each becomes a row (`INSERT ... ON CONFLICT DO NOTHING`: a number another host's import or
 publish already holds keeps that host's version, and this host's copy is replaced by the
 row's on first use); on PostgreSQL the row carries the code as a tar of the existing copy.
-Then the marker file `<stateDir>/versions/.imported` says it is done: the files stay where
+Then a marker file says it is done for that store (`<stateDir>/versions/.imported-<id>`, the
+id a hash of `sqlite` or of the PostgreSQL URL without its password): the files stay where
 they are (a version's folder remains its local copy; aliases.json is no longer read), and a
-version pruned later is never imported again.
+version pruned later is never imported again. A host switched to another store imports its
+copies into that one at its first start there (each copy's version.json is the same record),
+rather than losing them as copies with no row; an alias of aliases.json naming a version the
+store does not have is left out.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -19,19 +24,25 @@ import random
 
 from ..config import FUNCTION_NAME_RE
 from . import code_tar
-from .qualifier import is_version
+from .qualifier import LATEST, is_version
 from .store import (CODE_DIR, VERSION_FILE, VersionStore, _created, _tree_size,
                     lock_function)
 
 log = logging.getLogger("sora.versions")
 
-MARKER = ".imported"
+MARKER_PREFIX = ".imported-"
 ALIASES_FILE = "aliases.json"
+
+
+def marker_path(store: VersionStore) -> str:
+    where = store.store.display_url if store.store.kind != "sqlite" else "sqlite"
+    return os.path.join(store.root, MARKER_PREFIX + hashlib.sha256(
+        where.encode()).hexdigest()[:16])
 
 
 def import_files(store: VersionStore) -> int:
     """Import the files once; returns how many versions and aliases became rows."""
-    marker = os.path.join(store.root, MARKER)
+    marker = marker_path(store)
     if os.path.exists(marker) or not os.path.isdir(store.root):
         _mark(marker)
         return 0
@@ -64,24 +75,29 @@ def _import_function(store: VersionStore, name: str, folder: str) -> int:
                      code_tar.pack(code) if store.carries_code else None,
                      record.get("CodeSize") or _tree_size(code)))
     aliases = (_read_json(os.path.join(folder, ALIASES_FILE)) or {}).get("aliases") or {}
-    documents = [(name, alias, json.dumps(doc), random.randint(1, 2**31 - 1))
-                 for alias, doc in sorted(aliases.items())
-                 if isinstance(doc, dict) and doc.get("FunctionVersion")]
-    if not rows and not documents:
+    if not rows and not aliases:
         return 0
     conn = store.conn
+    count = 0
     with conn.transaction():
         lock_function(conn, name)
         for row in rows:
-            conn.execute("INSERT INTO function_versions (function, version, config, "
-                         "code_sha256, settings_sha256, description, created, code, "
-                         "code_size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                         "ON CONFLICT (function, version) DO NOTHING", row)
-        for document in documents:
-            conn.execute("INSERT INTO function_aliases (function, name, document, revision) "
-                         "VALUES (?, ?, ?, ?) ON CONFLICT (function, name) DO NOTHING",
-                         document)
-    return len(rows) + len(documents)
+            count += conn.execute(
+                "INSERT INTO function_versions (function, version, config, code_sha256, "
+                "settings_sha256, description, created, code, code_size) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (function, version) DO NOTHING",
+                row).rowcount
+        present = {LATEST} | {str(r[0]) for r in conn.execute(
+            "SELECT version FROM function_versions WHERE function = ?", (name,))}
+        for alias, doc in sorted(aliases.items()):
+            if not isinstance(doc, dict) or not {doc.get("FunctionVersion"), *(doc.get(
+                    "RoutingConfig") or {}).get("AdditionalVersionWeights", {})} <= present:
+                continue   # names a version the store does not have
+            count += conn.execute(
+                "INSERT INTO function_aliases (function, name, document, revision) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (function, name) DO NOTHING",
+                (name, alias, json.dumps(doc), random.randint(1, 2**31 - 1))).rowcount
+    return count
 
 
 def _read_json(path: str) -> dict | None:

@@ -192,6 +192,19 @@ def test_files_of_an_older_sora_are_imported_once(tmp_path, store_backend, fn):
         assert other.ensure_local("fn", "1").directory.startswith(other.root)
 
 
+def test_a_host_switched_to_postgresql_brings_its_versions(tmp_path, pg, fn):
+    state = str(tmp_path / "state")
+    on_sqlite = VersionStore(state)
+    record, _ = on_sqlite.publish(fn)
+    AliasStore(state, "fn", on_sqlite).create("live", "1")
+    assert import_files(on_sqlite) == 0   # (its first start: nothing of an older Sora)
+    on_pg = VersionStore(state, pg)
+    assert import_files(on_pg) == 1   # the copy; aliases.json never existed
+    assert on_pg.drop_orphans() == []
+    assert on_pg.get("fn", "1")["CodeSha256"] == record["CodeSha256"]
+    assert VersionStore(str(tmp_path / "b"), pg).ensure_local("fn", "1").version == "1"
+
+
 def test_store_errors_are_503_without_the_password(tmp_path):
     url = "postgresql://sora:s3cret-pw@127.0.0.1:1/none"
     resolver = Resolver(str(tmp_path / "state"), store=StoreConfig(
