@@ -114,6 +114,8 @@ class Versions:
         if self._store_down:
             log.info("versions: the store %s can be read again", self.store.store.display_url)
         self._store_down = False
+        for key in [k for k, (at, _) in self.copy_failed.items() if now - at >= COPY_RETRY_S]:
+            del self.copy_failed[key]   # listed available again: its next call tries again
         self.stop_removed()
         self.forget_idle()
 
@@ -201,7 +203,9 @@ class Versions:
             except (VersionError, *backend.ERRORS, OSError) as exc:
                 log.error("function %s: version %s cannot be copied to this host: %s",
                           *split_key(key), exc)
-                self.copy_failed[key] = (now, str(exc))
+                # What callers see (the log has the details, which may name the store).
+                self.copy_failed[key] = (now, "its code could not be copied to this host "
+                                              "(the supervisor's log says why)")
                 return False
             return True
         failed = self.copy_failed.get(key)

@@ -156,3 +156,33 @@ def test_a_version_published_on_another_host_is_listed_copied_and_woken(tmp_path
             worker.signal(signal.SIGKILL)
         versions.shutdown()
 
+
+
+def test_a_version_whose_code_is_refused_is_unavailable_then_tried_again(tmp_path,
+                                                                          postgres_url):
+    import time
+    from sora.config import StoreConfig
+    from sora.supervisor.versions import COPY_RETRY_S
+    from sora.versions.store import VersionStore
+    store = StoreConfig(kind="postgresql", url=postgres_url, poolSize=2)
+    fn = load_function_config(str(write_function(
+        tmp_path, "k", {"index.js": "exports.handler = async () => 1;\n"}, name="k")))
+    host_a = VersionStore(str(tmp_path / "a"), store)
+    host_a.publish(fn)
+    host_a.conn.execute("UPDATE function_versions SET code = ?", (b"not a tar",))
+    arbiter = StandInArbiter(str(tmp_path / "b"), [fn], store)
+    versions = Versions(arbiter)
+    try:
+        versions.wake("k:1", 0.0)
+        deadline = time.monotonic() + 30
+        while "k:1" not in versions.copy_failed and time.monotonic() < deadline:
+            versions.step(time.monotonic())
+            time.sleep(0.01)
+        entry = versions.table()["k:1"]
+        assert not entry["available"] and "could not be copied" in entry["reason"]
+        assert postgres_url.split("@")[1] not in entry["reason"]   # nothing of the store's
+        assert not arbiter.workers
+        versions.refresh(time.monotonic() + COPY_RETRY_S, force=True)
+        assert versions.table()["k:1"]["available"]   # its next call tries again
+    finally:
+        versions.shutdown()
