@@ -331,7 +331,8 @@ class Versions:
         return {run.proc.pid for run in self.runs if run.hashing is None}
 
     def busy(self) -> bool:
-        return bool(self.runs)
+        """Publishes or copies in progress: the loop turns often until they are done."""
+        return bool(self.runs or self.copying)
 
     def shutdown(self) -> None:
         for run in self.runs:
