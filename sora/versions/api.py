@@ -6,9 +6,9 @@ AliasConfiguration for an alias), ready to be returned as JSON; every refusal is
 VersionError with Lambda's error type and HTTP status (`.status`, `.error_type`, `str()`).
 Aliases and listings are read and written here, in the caller's process (a gateway's), in
 the store (sora.versions.store: SQLite or the PostgreSQL database hosts share; an error of
-the store is a 503 ServiceException whose message shows no password); publishing copies a function's folder, which only the supervisor does
-(confined, without blocking its loop), so `publish_version` asks it over the admin channel
-(op `publish`) and waits for the answer.
+the store is a 503 ServiceException whose message shows no password); publishing copies a
+function's folder, which only the supervisor does (confined, without blocking its loop), so
+`publish_version` asks it over the admin channel (op `publish`) and waits for the answer.
 """
 from __future__ import annotations
 
