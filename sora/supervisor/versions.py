@@ -41,6 +41,7 @@ from ..store import backend
 from ..versions.api import configuration
 from ..versions.imports import import_files
 from ..versions.qualifier import LATEST, data_key, split_key
+from ..versions.routing import store_unavailable
 from ..versions.store import Staging, VersionError, VersionStore
 from .child import State, Supervised
 
@@ -295,6 +296,10 @@ class Versions:
                 record, new = run.hashing.result()
             except VersionError as exc:   # the CodeSha256 precondition
                 run.reply(exc.answer())
+                continue
+            except backend.ERRORS as exc:   # the version was not numbered: not published
+                self.store.discard(run.staging)
+                run.reply(store_unavailable(exc).answer())
                 continue
             except Exception as exc:   # noqa: BLE001 - told to the caller, not the loop's end
                 self.store.discard(run.staging)

@@ -108,7 +108,9 @@ class VersionsApi:
         if "error" in answer:
             error = answer["error"]
             status = {"ResourceNotFoundException": 404, "ResourceConflictException": 409,
-                      "PreconditionFailedException": 412}.get(error.get("type"), 400)
+                      "PreconditionFailedException": 412, "ServiceException": 500,
+                      "Sora.StoreError": 500, "Sora.StoreUnavailable": 503,
+                      }.get(error.get("type"), 400)
             raise VersionError(status, error.get("type", "ServiceException"),
                                error.get("message", ""))
         if "FunctionName" in answer and "Version" in answer:

@@ -11,6 +11,7 @@ host just published is found by its first call. A weighted alias picks per call.
 """
 from __future__ import annotations
 
+import logging
 import random
 
 from ..config import StoreConfig
@@ -41,6 +42,8 @@ class _Numbers:
                 self.fresh.postpone()   # the numbers read before serve (changes.py)
         return int(version) in self.numbers or self.store.exists(self.name, version)
 
+
+log = logging.getLogger("sora.versions")
 
 # The call path's longest wait for a store connection: a down store costs a call this, at
 # most once per OUTAGE_RECHECK_S per cache (sora.versions.changes), not the store's 5 s.
@@ -97,10 +100,14 @@ class Resolver:
 
 
 def store_unavailable(exc: Exception) -> VersionError:
-    """A store error as the caller's 503 (its message names the store without a password:
-    sora.store.backend scrubs it)."""
-    return VersionError(503, "ServiceException",
-                        f"the versions store cannot be read now: {exc}")
+    """A store error as the caller's answer, as the gateway answers its own (sora.gateway.app):
+    503 Sora.StoreUnavailable when it cannot be reached, else 500 Sora.StoreError; the
+    details (the store's URL, its password as ***) go to this host's log only."""
+    log.error("versions: the store failed: %s", exc)
+    if isinstance(exc, backend.StoreUnavailable):
+        return VersionError(503, "Sora.StoreUnavailable",
+                            "The store did not answer in time; try again")
+    return VersionError(500, "Sora.StoreError", "The store failed")
 
 
 def split_name(raw: str) -> tuple[str, str | None]:
