@@ -37,7 +37,7 @@ class InvocationRoute:
         self.body_timeout = config.server.bodyTimeout
         self.max_event = config.server.maxEventBytes
         self.error_detail = ErrorDetail.of(config, self.functions)
-        self.resolver = Resolver(config.stateDir)   # qualifiers: versions and aliases
+        self.resolver = Resolver(config.stateDir, store=config.store)   # versions and aliases
 
     def resolve(self, name: str, qualifier: str | None,
                 error: type[SoraError] = SoraError) -> tuple[str, str]:

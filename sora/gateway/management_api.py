@@ -550,7 +550,7 @@ class FunctionConfigurationResource(ManagementRoute):
 
 def versions_api(route: ManagementRoute, req) -> VersionsApi:
     """The versions' Python API (sora.versions.api), its ARNs in the caller's region."""
-    return VersionsApi(route.config.stateDir, region_of(req))
+    return VersionsApi(route.config.stateDir, region_of(req), store=route.config.store)
 
 
 def _version_error(exc: VersionError) -> ApiError:

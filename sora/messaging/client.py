@@ -73,6 +73,10 @@ _REFUSED_EVENTS = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_P
 # How long a caller that asks about a function this host does not have waits for the first
 # MEMBERS (a function of a joined host is known from there).
 FIRST_MEMBERS_WAIT = 2.0
+# A published version (`NAME:N`) MEMBERS does not list yet, because another host sharing the
+# store published it a moment ago: its calls wait this long for the arbiter to learn of it
+# (WAKE makes it read the store at once) before they are answered NOT_FOUND.
+UNLISTED_VERSION_WAIT = 5.0
 _WORKER_RECONNECT_IVL_MS = 100
 
 
@@ -170,8 +174,11 @@ class InvocationClient:
         self.workers: dict[str, _Worker] = {}
         # request id -> [future, deadline (loop time), function (None: a status call)]
         self._pending: dict[bytes, list] = {}
-        # Calls made before the first MEMBERS: (function, request id, frames, meta).
+        # Calls made before the first MEMBERS, or for a published version MEMBERS does not
+        # list yet (see _unlisted_version): (function, request id, frames, meta).
         self._early: list = []
+        # Such versions: key -> (loop time its calls stop waiting, when WAKE was last sent).
+        self._unlisted: dict[str, list[float]] = {}
         self._outbox: list = []  # (worker, frames) of this loop turn
         self._check_scheduled = False
         self._tick_handle: asyncio.TimerHandle | None = None
@@ -429,6 +436,8 @@ class InvocationClient:
                 self._dispatch_waiting(fn)
                 if fn.waiting and ":" in fn.name and all(w.draining for w in fn.workers):
                     self._wake(fn)   # its worker exited idle while calls waited
+        for key in [k for k in self._unlisted if k in self.functions]:
+            del self._unlisted[key]
         early, self._early = self._early, []
         for name, request_id, frames, meta in early:
             if request_id in self._pending:
@@ -546,6 +555,9 @@ class InvocationClient:
 
     def _route(self, name: str, request_id: bytes, frames: list[bytes], meta: bytes) -> None:
         fn = self.functions.get(name)
+        if fn is None and ":" in name and self._unlisted_version(name):
+            self._early.append((name, request_id, frames, meta))   # routed at MEMBERS
+            return
         if fn is None or fn.removed:
             self._resolve(request_id, self._not_found(name))
             return
@@ -563,6 +575,20 @@ class InvocationClient:
             self._resolve(request_id, [p.THROTTLED, p.error_body(
                 "TooManyRequestsException", f"Rate exceeded: function {name} is at its "
                 f"concurrency and {fn.max_queued} invocations are already waiting")])
+
+    def _unlisted_version(self, key: str) -> bool:
+        """Whether a call for the version `key`, which MEMBERS does not list, waits for it:
+        the caller found it in the store (sora.versions.routing), so another host may have
+        just published it; WAKE (once a second) has this host's arbiter read the store at
+        once. False once UNLISTED_VERSION_WAIT has passed: NOT_FOUND."""
+        now = self._loop.time()
+        entry = self._unlisted.setdefault(key, [now + UNLISTED_VERSION_WAIT, float("-inf")])
+        if now >= entry[0]:
+            return False
+        if now - entry[1] >= 1.0:
+            entry[1] = now
+            self._send_control([p.WAKE, key.encode()])
+        return True
 
     def _wake(self, fn: _Function) -> None:
         """Ask the control plane to start a published version's worker (once a second)."""
@@ -642,6 +668,14 @@ class InvocationClient:
                     f"{fn.max_wait:.2f} seconds")])
             if waiting and ":" in fn.name and all(w.draining for w in fn.workers):
                 self._wake(fn)   # a version's calls wait, its worker gone or going: again
+        if self._unlisted and self.members_version is not None:
+            # Versions still unlisted: WAKE again, or answer their calls once they waited out.
+            early, self._early = self._early, []
+            for key in [k for k, e in self._unlisted.items() if e[0] + 60 < now]:
+                del self._unlisted[key]   # forgotten: a later call waits again
+            for name, request_id, frames, meta in early:
+                if request_id in self._pending:
+                    self._route(name, request_id, frames, meta)
         self._ticks += 1
         if self._ticks % 2 == 0:   # every HEARTBEAT_INTERVAL
             self._beat()

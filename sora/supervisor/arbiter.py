@@ -665,7 +665,7 @@ class Arbiter(Reloading):
         self.lock_state_dir()
         self.prepare_store()
         metrics_registry.reset(self.state_dir)   # counts start at zero with the host
-        self.versions.store.remove_staging()   # what a killed publish left
+        self.versions.prepare()   # leftovers of a killed publish; files of an older Sora
         # Before anything starts or is announced: a taken port ends the start here, at once.
         if not self.joining:
             self.sockets = listeners.bind_all(self.config)

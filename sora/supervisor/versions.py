@@ -7,12 +7,22 @@
   alias names, and the answer is the version's FunctionConfiguration. A publish while the
   function's setup runs is refused (ResourceConflictException): the folder is half-made.
 - Version workers start on demand: a client that has a call for `NAME:N` and no worker for it
-  sends WAKE to the control plane, which tells the arbiter; the version's worker starts from
-  the version's own config (its `version.json`). Its instances scale to zero as any
-  function's (a version's config has minInstances 0).
+  sends WAKE to the control plane, which tells the arbiter; the arbiter first makes this
+  host's copy of the version current (`VersionStore.ensure_local`, on the publishing thread:
+  a version published on another host sharing the PostgreSQL store is extracted from its
+  row's tar on first use), then starts the worker, which reads the version's config from that
+  copy's `version.json`. Its instances scale to zero as any function's (a version's config
+  has minInstances 0).
 - The versions are listed in the control plane's table under their keys (`NAME:N`), without
-  a config (a client takes a version's settings from its function), re-read from the store
-  when a function's versions folder changed (a publish, a prune, a restart).
+  a config (a client takes a version's settings from its function). The arbiter polls the
+  store's versions (number, hashes, time: no config, no code) every REFRESH_EVERY seconds,
+  at once after its own publish, and on WAKE for a key it does not know: so a version
+  published on another host is listed within REFRESH_EVERY, and called at once by its key.
+  A version gone from the store (pruned or deleted on any host) has its worker retired and
+  this host's copy removed.
+- At start (`prepare`): staging folders a killed publish left are removed, the versions an
+  older Sora kept in files are imported into the store once (sora.versions.imports), and
+  copies of versions the store does not have are removed.
 """
 from __future__ import annotations
 
@@ -25,10 +35,13 @@ import subprocess
 import time
 
 from ..config import FunctionConfig
+from ..config_snapshot import function_from_entry
 from ..parent_death import die_with_parent
-from ..versions.aliases import AliasStore
+from ..store import backend
 from ..versions.api import configuration
+from ..versions.imports import import_files
 from ..versions.qualifier import LATEST, data_key, split_key
+from ..versions.routing import store_unavailable
 from ..versions.store import Staging, VersionError, VersionStore
 from .child import State, Supervised
 
@@ -36,6 +49,9 @@ log = logging.getLogger("sora.supervisor")
 
 PUBLISH_TIMEOUT = 600.0
 REFRESH_EVERY = 2.0
+# A version whose copy could not be made (its code refused, the store down): asked again
+# after this, not on every WAKE.
+COPY_RETRY_S = 10.0
 
 
 @dataclasses.dataclass
@@ -50,40 +66,82 @@ class PublishRun:
 class Versions:
     def __init__(self, arbiter):
         self.arbiter = arbiter
-        self.store = VersionStore(arbiter.state_dir)
+        self.store = VersionStore(arbiter.state_dir, arbiter.config.store)
         self.keep = arbiter.config.versions.keep
         self.configs: dict[str, FunctionConfig] = {}   # key NAME:N -> the version's config
-        self._seen: dict[str, int] = {}   # function -> its versions folder's mtime_ns
+        self._seen: dict[str, tuple] = {}   # key NAME:N -> its (CodeSha256, ConfigSha256, created)
         self._refreshed = float("-inf")
+        self._prepared = False
+        self._store_down = False
+        # Copies being made for a WAKE (key -> future), and those that failed (key -> when).
+        self.copying: dict[str, concurrent.futures.Future] = {}
+        self.copy_failed: dict[str, tuple[float, str]] = {}
         self.runs: list[PublishRun] = []
         self._hasher = concurrent.futures.ThreadPoolExecutor(1, "sora-publish")
 
     # --- what exists ------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """At start, before anything reads versions (see the module docstring); retried by
+        `refresh` while the store cannot be reached."""
+        self.store.remove_staging()   # what a killed publish left
+        try:
+            import_files(self.store)
+            dropped = self.store.drop_orphans()
+        except backend.ERRORS as exc:
+            log.warning("versions: the store %s cannot be read yet (%s); versions are listed "
+                        "once it can", self.store.store.display_url, exc)
+            return
+        if dropped:
+            log.info("versions: removed this host's copies of %s (not in the store)",
+                     ", ".join(dropped))
+        self._prepared = True
+
     def refresh(self, now: float, force: bool = False) -> None:
         if not force and now - self._refreshed < REFRESH_EVERY:
             return
         self._refreshed = now
-        for fn in self.arbiter.config.functions:
-            try:
-                mtime = os.stat(self.store.function_dir(fn.name)).st_mtime_ns
-            except FileNotFoundError:
-                mtime = 0
-            if not force and self._seen.get(fn.name) == mtime:
-                continue
-            self._seen[fn.name] = mtime
-            for key in [k for k in self.configs if split_key(k)[0] == fn.name]:
-                del self.configs[key]
-            for number in self.store.numbers(fn.name):
-                config = self.store.config(fn.name, number)
-                if config is not None:
-                    # The sandbox uid is this host's choice for the function, now.
-                    self.configs[data_key(fn.name, str(number))] = dataclasses.replace(
-                        config, sandboxUid=fn.sandboxUid)
-        for key in [k for k in self.configs
-                    if self.arbiter.config.function(split_key(k)[0]) is None]:
-            del self.configs[key]
+        if not self._prepared:
+            self.prepare()
+            if not self._prepared:
+                return
+        try:
+            self._read_store()
+        except backend.ERRORS as exc:
+            if not self._store_down:
+                log.warning("versions: the store %s cannot be read (%s); the versions "
+                            "listed stay as they were", self.store.store.display_url, exc)
+            self._store_down = True
+            return
+        if self._store_down:
+            log.info("versions: the store %s can be read again", self.store.store.display_url)
+        self._store_down = False
+        for key in [k for k, (at, _) in self.copy_failed.items() if now - at >= COPY_RETRY_S]:
+            del self.copy_failed[key]   # listed available again: its next call tries again
         self.stop_removed()
         self.forget_idle()
+
+    def _read_store(self) -> None:
+        summary = {data_key(name, str(number)): identity
+                   for (name, number), identity in self.store.summary().items()
+                   if self.arbiter.config.function(name) is not None}
+        for key in [k for k in self.configs if k not in summary]:
+            del self.configs[key]
+            del self._seen[key]
+            name, version = split_key(key)
+            self.store.drop_local(name, version)   # this host's copy of a removed version
+        for key, identity in summary.items():
+            if self._seen.get(key) == identity:
+                continue
+            name, version = split_key(key)
+            record = self.store.get(name, version)
+            if record is None:
+                continue   # removed since the summary
+            # The sandbox uid is this host's choice for the function, now.
+            self.configs[key] = dataclasses.replace(
+                function_from_entry(record["config"]),
+                sandboxUid=self.arbiter.config.function(name).sandboxUid)
+            self._seen[key] = identity
+            self.copy_failed.pop(key, None)
 
     def table(self) -> dict[str, dict]:
         """The control plane's entries of the versions (no `config`: see the docstring)."""
@@ -91,9 +149,12 @@ class Versions:
         for key, fn in self.configs.items():
             workers = self.arbiter.workers_of(key)
             fatal = workers and workers[0].state is State.FATAL
+            reason = workers[0].reason if fatal else ""
+            if key in self.copy_failed:   # its code could not be had on this host
+                fatal, reason = True, self.copy_failed[key][1]
             out[key] = {"maxQueued": fn.maxQueued, "maxWait": fn.timeout,
                         "concurrency": fn.concurrency, "memory": fn.memory,
-                        "available": not fatal, "reason": workers[0].reason if fatal else ""}
+                        "available": not fatal, "reason": reason}
         return out
 
     # --- version workers --------------------------------------------------------------------
@@ -104,15 +165,20 @@ class Versions:
                 del self.arbiter.workers[key]
 
     def wake(self, key: str, now: float) -> None:
-        """A client has a call for `key` and no worker: start it (once)."""
+        """A client has a call for `key` and no worker: make this host's copy current, then
+        start it (once)."""
         if key not in self.configs:
             self.refresh(now, force=True)
         fn = self.configs.get(key)
         self.forget_idle()
         if fn is None or self.arbiter.stopping:
+            self.copying.pop(key, None)
             return
         workers = self.arbiter.workers_of(key)
         if any(w.state is not State.STOPPING for w in workers):
+            self.copying.pop(key, None)
+            return
+        if not self._copy_ready(key, now):
             return
         # One exiting idle (draining) may still hold the key: the new one gets `KEY#n`.
         name = key if not workers else f"{key}#{len(self.arbiter.workers) + 2}"
@@ -123,6 +189,34 @@ class Versions:
         log.info("function %s: starting a worker for version %s (called)", fn.name,
                  fn.version)
         worker.spawn(now)
+
+    def _copy_ready(self, key: str, now: float) -> bool:
+        """Whether this host's copy of the version is current; if not, make it on the
+        publishing thread (a large copy never holds the loop): `step` wakes the key again
+        when it is done."""
+        future = self.copying.get(key)
+        if future is not None:
+            if not future.done():
+                return False
+            del self.copying[key]
+            try:
+                future.result()
+            except (VersionError, *backend.ERRORS, OSError) as exc:
+                log.error("function %s: version %s cannot be copied to this host: %s",
+                          *split_key(key), exc)
+                # What callers see (the log has the details, which may name the store).
+                self.copy_failed[key] = (now, "its code could not be copied to this host "
+                                              "(the supervisor's log says why)")
+                return False
+            return True
+        failed = self.copy_failed.get(key)
+        if failed is not None and now - failed[0] < COPY_RETRY_S:
+            return False
+        self.copy_failed.pop(key, None)
+        if self.store.has_local(*split_key(key), self._seen[key]):
+            return True
+        self.copying[key] = self._hasher.submit(self.store.ensure_local, *split_key(key))
+        return False
 
     def stop_removed(self) -> None:
         """Stop the workers of versions that no longer exist (pruned, or their function is
@@ -193,7 +287,7 @@ class Versions:
                     continue
                 run.proc.stderr.close()
                 self.arbiter._last_exit_at = now   # bubblewrap's init may be re-parented
-                run.hashing = self._hasher.submit(self.store.finish, run.staging)
+                run.hashing = self._hasher.submit(self._finish, run.staging)
                 continue
             if not run.hashing.done():
                 continue
@@ -203,31 +297,47 @@ class Versions:
             except VersionError as exc:   # the CodeSha256 precondition
                 run.reply(exc.answer())
                 continue
+            except backend.ERRORS as exc:   # the version was not numbered: not published
+                self.store.discard(run.staging)
+                run.reply(store_unavailable(exc).answer())
+                continue
             except Exception as exc:   # noqa: BLE001 - told to the caller, not the loop's end
                 self.store.discard(run.staging)
                 run.reply(VersionError(500, "ServiceException", f"publish failed: {exc}"
                                        ).answer())
                 continue
-            fn = run.staging.fn
-            if new:
-                log.info("function %s: published version %s (%s)", fn.name, record["Version"],
-                         record["CodeSha256"])
-                removed = self.store.prune(fn.name, self.keep,
-                                           AliasStore(self.arbiter.state_dir, fn.name,
-                                                      self.store).protected())
-                if removed:
-                    log.info("function %s: pruned version(s) %s (versions.keep: %d)", fn.name,
-                             ", ".join(map(str, removed)), self.keep)
             self.refresh(now, force=True)
             self.arbiter.publish()   # the version in MEMBERS before the caller hears of it
-            run.reply(configuration(self.store.config(fn.name, record["Version"]), record))
+            run.reply(configuration(function_from_entry(record["config"]), record))
+        for key, future in list(self.copying.items()):
+            if future.done():
+                self.wake(key, now)   # starts the worker, or notes why not
+
+    def _finish(self, staging: Staging) -> tuple[dict, bool]:
+        """On the publishing thread: number the copy, then prune past `versions.keep` (a
+        pruning that fails is logged: the version is published all the same)."""
+        record, new = self.store.finish(staging)
+        name = staging.fn.name
+        if new:
+            log.info("function %s: published version %s (%s)", name, record["Version"],
+                     record["CodeSha256"])
+            try:
+                removed = self.store.prune(name, self.keep)
+            except (*backend.ERRORS, OSError) as exc:
+                log.error("function %s: pruning old versions failed: %s", name, exc)
+                removed = []
+            if removed:
+                log.info("function %s: pruned version(s) %s (versions.keep: %d)", name,
+                         ", ".join(map(str, removed)), self.keep)
+        return record, new
 
     def pids(self) -> set[int]:
         """The copies running now: the arbiter's orphan sweep must leave them be."""
         return {run.proc.pid for run in self.runs if run.hashing is None}
 
     def busy(self) -> bool:
-        return bool(self.runs)
+        """Publishes or copies in progress: the loop turns often until they are done."""
+        return bool(self.runs or self.copying)
 
     def shutdown(self) -> None:
         for run in self.runs:

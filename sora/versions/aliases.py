@@ -1,14 +1,22 @@
-"""Aliases of a function: `<stateDir>/versions/<NAME>/aliases.json`.
+"""Aliases of a function: rows of the store (`function_aliases`: one per alias, its JSON
+document and a revision).
 
 An alias names a version and, optionally, one other version with a weight
 (`RoutingConfig.AdditionalVersionWeights`, 0.0 to 1.0, as Lambda): a call by the alias runs
-the other version with that probability, picked at random per call (`pick`). Every change
-rewrites the whole file and replaces it at once (os.replace), under the function's lock
-(store.function_lock, shared with publishing and pruning), so readers see the old aliases or
-the new ones, never half; each reader (a gateway process, the dispatcher) stats the file on
-every call by alias and re-reads it when it changed, so a moved alias takes effect for the
-next call. Each alias keeps the version it named before its last move (`PreviousVersion`),
-which is what `sora rollback` goes back to.
+the other version with that probability, picked at random per call (`pick`). Every change is
+one store transaction under the function's lock (sora.versions.store.lock_function: on
+PostgreSQL an advisory lock, so hosts sharing the database change a function's aliases and
+versions one at a time; the version an alias names is checked in the same transaction), so
+readers see the old aliases or the new ones, never half. Each change gives the row a new
+random revision; a function's aliases' revision is `(COUNT(*), SUM(revision))`, one indexed
+read.
+
+Readers (a gateway process, the dispatcher) keep the function's aliases per process and read
+them again when this host changed them (the marker file, stat'ed per call: the next call on
+this host sees a move) or, at most once a second, when the store's revision differs (a move on
+another host takes effect within a second) — sora.versions.changes. Each alias keeps the
+version it named before its last move (`PreviousVersion`), which is what `sora rollback` goes
+back to.
 
 Records are in Lambda's shape, so the management API returns them as they are (with the
 AliasArn added by the caller, which knows the region): Name, FunctionVersion, Description,
@@ -17,16 +25,19 @@ RoutingConfig, RevisionId.
 from __future__ import annotations
 
 import json
-import os
+import logging
 import random
-import tempfile
 import uuid
+from contextlib import contextmanager
 
+from ..store import backend
+from . import changes
 from .qualifier import BadQualifier, LATEST, check_alias_name, is_version
-from .store import VersionError, VersionStore, function_lock
+from .store import VersionError, VersionStore, function_lock, lock_function
 
-ALIASES_FILE = "aliases.json"
-MAX_ALIASES = 100   # per function (Lambda has no small limit; this bounds the file)
+log = logging.getLogger("sora.versions")
+
+MAX_ALIASES = 100   # per function (Lambda has no small limit; this bounds a read)
 
 
 def _bad(message: str) -> VersionError:
@@ -71,37 +82,61 @@ class AliasStore:
         self.name = name
         self.versions = versions or VersionStore(state_dir)
         self.folder = self.versions.function_dir(name)
-        self.path = os.path.join(self.folder, ALIASES_FILE)
-        self._seen: tuple | None = None   # the file's (inode, size, mtime) when last read
+        self._fresh = changes.Freshness(self.folder)
         self._aliases: dict[str, dict] = {}
 
-    # --- reading (per call: one stat) -------------------------------------------------------
+    @property
+    def conn(self):
+        return self.versions.conn
+
+    # --- reading (cached per process; see the module docstring) -----------------------------
     def current(self) -> dict[str, dict]:
-        """Every alias by name, re-read if the file changed since the last call."""
-        try:
-            st = os.stat(self.path)
-        except (FileNotFoundError, NotADirectoryError):
-            self._seen, self._aliases = None, {}
+        """Every alias by name, read again if this host changed them or, at most once a
+        second, if the store's revision says another host did. While the store cannot be
+        read, what was read last (if anything was) serves (sora.versions.changes)."""
+        why = self._fresh.stale()
+        if why is None:
             return self._aliases
-        seen = (st.st_ino, st.st_size, st.st_mtime_ns)
-        if seen != self._seen:
-            self._aliases = self._read()
-            self._seen = seen
+        try:
+            if why == "recheck" and not self._fresh.mark(self._revision()):
+                return self._aliases
+            self._fresh.begin()
+            aliases, revision = self._read()
+        except backend.ERRORS as exc:
+            if not self._fresh.loaded:
+                raise
+            log.warning("aliases of %s: the store cannot be read (%s); the aliases read "
+                        "before keep serving", self.name, exc)
+            self._fresh.postpone()
+            return self._aliases
+        self._aliases = aliases
+        self._fresh.loaded_at(revision)
         return self._aliases
 
-    def _read(self) -> dict[str, dict]:
-        try:
-            with open(self.path, encoding="utf-8") as fh:
-                data = json.load(fh)
-            return data.get("aliases", {}) if isinstance(data, dict) else {}
-        except (OSError, ValueError):
-            return {}
+    def _revision(self) -> tuple:
+        row = self.conn.execute("SELECT COUNT(*), COALESCE(SUM(revision), 0) FROM "
+                                "function_aliases WHERE function = ?", (self.name,)).fetchone()
+        return (int(row[0]), int(row[1]))
+
+    def _read(self) -> tuple[dict[str, dict], tuple]:
+        """The aliases and their revision, from one statement (so they agree)."""
+        out, count, total = {}, 0, 0
+        for row in self.conn.execute(
+                "SELECT name, document, revision FROM function_aliases WHERE function = ?",
+                (self.name,)):
+            count, total = count + 1, total + int(row[2])
+            try:
+                out[row[0]] = json.loads(row[1])
+            except ValueError:
+                continue
+        return out, (count, total)
 
     def get(self, alias: str) -> dict | None:
         return self.current().get(alias)
 
     def list(self) -> list[dict]:
-        return [self.current()[name] for name in sorted(self.current())]
+        current = self.current()
+        return [current[name] for name in sorted(current)]
 
     def resolve(self, alias: str, draw=random.random) -> str | None:
         """The version a call by `alias` runs now (None: no such alias)."""
@@ -116,33 +151,35 @@ class AliasStore:
             out.update(record.get("RoutingConfig", {}).get("AdditionalVersionWeights", {}))
         return out
 
-    # --- changing (under the function's lock, replaced at once) ------------------------------
+    # --- changing (one transaction under the function's lock) -------------------------------
     def create(self, alias: str, version: str, description: str = "",
                weights: dict | None = None) -> dict:
-        with function_lock(self.folder):
-            aliases = self._read()
-            self._check_name(alias)
-            if alias in aliases:
+        self._check_name(alias)
+        with self._changing():
+            if self._row(alias) is not None:
                 raise VersionError(409, "ResourceConflictException",
                                    f"Alias already exists: {self.name}:{alias}")
-            if len(aliases) >= MAX_ALIASES:
+            count = self.conn.execute("SELECT COUNT(*) FROM function_aliases WHERE "
+                                      "function = ?", (self.name,)).fetchone()[0]
+            if count >= MAX_ALIASES:
                 raise VersionError(400, "InvalidParameterValueException",
                                    f"expected at most {MAX_ALIASES} aliases per function")
             self._check_version(version)
             weights = check_weights(weights, version)
             self._check_versions(weights)
-            aliases[alias] = self._record(alias, version, description, weights, None)
-            self._write(aliases)
-            return aliases[alias]
+            record = self._record(alias, version, description, weights, None)
+            self.conn.execute("INSERT INTO function_aliases (function, name, document, "
+                              "revision) VALUES (?, ?, ?, ?)",
+                              (self.name, alias, json.dumps(record), _revision()))
+        return record
 
     def update(self, alias: str, version: str | None = None, description: str | None = None,
                weights: dict | None = None, revision_id: str | None = None) -> dict:
         """Move or change an alias; `weights` None keeps them, {} removes them. With
         `revision_id`, only if the alias is still at that revision (else 412 as Lambda's
         PreconditionFailedException)."""
-        with function_lock(self.folder):
-            aliases = self._read()
-            old = aliases.get(alias)
+        with self._changing():
+            old = self._row(alias)
             if old is None:
                 raise VersionError(404, "ResourceNotFoundException",
                                    f"Alias not found: {self.name}:{alias}")
@@ -159,19 +196,40 @@ class AliasStore:
             self._check_versions(weights)
             previous = old["FunctionVersion"] if new_version != old["FunctionVersion"] \
                 else old.get("PreviousVersion")
-            aliases[alias] = self._record(
+            record = self._record(
                 alias, new_version, old.get("Description", "") if description is None
                 else description, weights, previous)
-            self._write(aliases)
-            return aliases[alias]
+            self.conn.execute("UPDATE function_aliases SET document = ?, revision = ? "
+                              "WHERE function = ? AND name = ?",
+                              (json.dumps(record), _revision(), self.name, alias))
+        return record
 
     def delete(self, alias: str) -> None:
-        with function_lock(self.folder):
-            aliases = self._read()
-            if aliases.pop(alias, None) is None:
+        with self._changing():
+            gone = self.conn.execute("DELETE FROM function_aliases WHERE function = ? AND "
+                                     "name = ?", (self.name, alias)).rowcount
+            if not gone:
                 raise VersionError(404, "ResourceNotFoundException",
                                    f"Alias not found: {self.name}:{alias}")
-            self._write(aliases)
+
+    @contextmanager
+    def _changing(self):
+        """One change: this host's lock (the function's flock, as publishing and pruning
+        take it), the store's transaction and function lock; then this host's readers are
+        told (the marker) and this reader's cache is dropped."""
+        with function_lock(self.folder):
+            try:
+                with self.conn.transaction():
+                    lock_function(self.conn, self.name)
+                    yield
+                changes.touch(self.folder)
+            finally:
+                self._fresh.invalidate()
+
+    def _row(self, alias: str) -> dict | None:
+        row = self.conn.execute("SELECT document FROM function_aliases WHERE function = ? "
+                                "AND name = ?", (self.name, alias)).fetchone()
+        return json.loads(row[0]) if row else None
 
     def _check_name(self, alias: str) -> None:
         try:
@@ -201,19 +259,8 @@ class AliasStore:
             record["PreviousVersion"] = previous
         return record
 
-    def _write(self, aliases: dict[str, dict]) -> None:
-        os.makedirs(self.folder, mode=0o700, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(prefix=f".{ALIASES_FILE}.", dir=self.folder)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump({"aliases": aliases}, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(temporary, self.path)
-        except BaseException:
-            try:
-                os.unlink(temporary)
-            except FileNotFoundError:
-                pass
-            raise
-        self._seen = None   # read again on the next call
+
+def _revision() -> int:
+    """A changed row's revision: random, so the sum over a function's rows changes with any
+    change (a counter could come back to an old sum after a deletion)."""
+    return random.randint(1, 2**31 - 1)

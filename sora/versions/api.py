@@ -4,20 +4,25 @@
 Every answer is a dict with Lambda's field names (FunctionConfiguration for a version,
 AliasConfiguration for an alias), ready to be returned as JSON; every refusal is a
 VersionError with Lambda's error type and HTTP status (`.status`, `.error_type`, `str()`).
-Aliases and listings are read and written here, in the caller's process (a gateway's), under
-the function's lock; publishing copies a function's folder, which only the supervisor does
-(confined, without blocking its loop), so `publish_version` asks it over the admin channel
-(op `publish`) and waits for the answer.
+Aliases and listings are read and written here, in the caller's process (a gateway's), in
+the store (sora.versions.store: SQLite or the PostgreSQL database hosts share; an error of
+the store is a 503 ServiceException whose message shows no password); publishing copies a
+function's folder, which only the supervisor does (confined, without blocking its loop), so
+`publish_version` asks it over the admin channel (op `publish`) and waits for the answer.
 """
 from __future__ import annotations
 
+import functools
 import os
 import uuid
 
-from ..config import FunctionConfig
+from ..config import FunctionConfig, StoreConfig
+from ..config_snapshot import function_from_entry
 from ..runtimes.base import ACCOUNT
 from .aliases import AliasStore
+from ..store import backend
 from .qualifier import LATEST, BadQualifier, check_alias_name
+from .routing import store_unavailable
 from .store import VersionError, VersionStore
 
 REGION = "us-east-1"            # as the runtimes' ARNs (sora.runtimes.base.DEFAULT_REGION)
@@ -61,10 +66,22 @@ def configuration(fn: FunctionConfig, record: dict | None = None, region: str = 
     return out
 
 
+def _store_errors(method):
+    """A store error in `method` as a VersionError 503 (the management API's answer)."""
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except backend.ERRORS as exc:
+            raise store_unavailable(exc) from None
+    return wrapper
+
+
 class VersionsApi:
-    def __init__(self, state_dir: str, region: str = REGION, account: str = ACCOUNT):
+    def __init__(self, state_dir: str, region: str = REGION, account: str = ACCOUNT,
+                 store: StoreConfig | None = None):
         self.state_dir = state_dir
-        self.store = VersionStore(state_dir)
+        self.store = VersionStore(state_dir, store)
         self.region, self.account = region, account
 
     # --- versions ---------------------------------------------------------------------------
@@ -91,7 +108,9 @@ class VersionsApi:
         if "error" in answer:
             error = answer["error"]
             status = {"ResourceNotFoundException": 404, "ResourceConflictException": 409,
-                      "PreconditionFailedException": 412}.get(error.get("type"), 400)
+                      "PreconditionFailedException": 412, "ServiceException": 500,
+                      "Sora.StoreError": 500, "Sora.StoreUnavailable": 503,
+                      }.get(error.get("type"), 400)
             raise VersionError(status, error.get("type", "ServiceException"),
                                error.get("message", ""))
         if "FunctionName" in answer and "Version" in answer:
@@ -101,22 +120,25 @@ class VersionsApi:
                                                  self.region, self.account)
         return answer
 
+    @_store_errors
     def list_versions(self, latest: FunctionConfig) -> list[dict]:
         """ListVersionsByFunction's `Versions`: $LATEST first, then each published version."""
         out = [configuration(latest, None, self.region, self.account)]
         for record in self.store.records(latest.name):
-            fn = self.store.config(latest.name, record["Version"])
+            fn = function_from_entry(record["config"])
             out.append(configuration(fn, record, self.region, self.account))
         return out
 
+    @_store_errors
     def get_version(self, name: str, version: str) -> dict:
         record = self.store.get(name, version)
         if record is None:
             raise VersionError(404, "ResourceNotFoundException",
                                f"Function not found: {function_arn(name, version)}")
-        return configuration(self.store.config(name, version), record, self.region,
+        return configuration(function_from_entry(record["config"]), record, self.region,
                              self.account)
 
+    @_store_errors
     def delete_function(self, name: str) -> None:
         """DeleteFunction (of the whole function): its versions and aliases go with it."""
         self.store.remove_function(name)
@@ -138,11 +160,13 @@ class VersionsApi:
             out["PreviousVersion"] = record["PreviousVersion"]
         return out
 
+    @_store_errors
     def create_alias(self, name: str, alias: str, function_version: str,
                      description: str = "", routing_config: dict | None = None) -> dict:
         return self._alias_json(name, self._aliases(name).create(
             alias, function_version, description, _weights(routing_config)))
 
+    @_store_errors
     def get_alias(self, name: str, alias: str) -> dict:
         _check_alias(alias)
         record = self._aliases(name).get(alias)
@@ -151,6 +175,7 @@ class VersionsApi:
                                f"Alias not found: {function_arn(name, alias)}")
         return self._alias_json(name, record)
 
+    @_store_errors
     def update_alias(self, name: str, alias: str, function_version: str | None = None,
                      description: str | None = None, routing_config: dict | None = None,
                      revision_id: str | None = None) -> dict:
@@ -161,14 +186,17 @@ class VersionsApi:
         return self._alias_json(name, self._aliases(name).update(
             alias, function_version, description, weights, revision_id))
 
+    @_store_errors
     def delete_alias(self, name: str, alias: str) -> None:
         _check_alias(alias)
         self._aliases(name).delete(alias)
 
+    @_store_errors
     def list_aliases(self, name: str, function_version: str | None = None) -> list[dict]:
         return [self._alias_json(name, r) for r in self._aliases(name).list()
                 if function_version is None or r["FunctionVersion"] == function_version]
 
+    @_store_errors
     def previous_version(self, name: str, alias: str) -> str | None:
         """The version the alias named before its last move (`sora rollback`)."""
         record = self._aliases(name).get(alias)

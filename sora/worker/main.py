@@ -1092,8 +1092,9 @@ def main(argv: list[str] | None = None) -> int:
         name, version = split_key(args.name)
         if version == LATEST:
             fn = next((f for f in functions if f.name == name), None)
-        else:   # a published version: its own config, written by Sora when it published it
-            fn = VersionStore(args.state_dir).config(name, version)
+        else:   # a published version: its config from this host's copy (sora.versions.store:
+            # the arbiter made the copy current from the store before starting this worker)
+            fn = VersionStore(args.state_dir).local_config(name, version)
         if fn is None:
             raise ConfigError(args.functions, [f"expected the config of function "
                                                f"{args.name!r}, got none"])

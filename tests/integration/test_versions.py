@@ -1,7 +1,8 @@
 """Versions and aliases with real processes (issue 17, points 4 and 5): publish through the
 admin channel, invoke versions and aliases on function URLs and the Invoke API, weighted
 aliases, the version inside the function, pruning, a restart, and what a function or a caller
-may try against them."""
+may try against them. The module's host runs on each store backend (SQLite, and PostgreSQL on
+a database of the tests' server): its tests run once on each."""
 from __future__ import annotations
 
 import collections
@@ -10,6 +11,7 @@ import os
 
 import pytest
 
+from sora.config import StoreConfig
 from sora.control import admin
 from sora.versions.api import VersionsApi
 from sora.versions.store import VersionStore
@@ -33,16 +35,23 @@ exports.handler = async (event, context) => {
 """
 
 
-@pytest.fixture(scope="module")
-def host(tmp_path_factory):
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def host(request, tmp_path_factory):
+    store = database = None
+    if request.param == "postgresql":
+        server = request.getfixturevalue("postgres_server")
+        database = server.create_database()
+        store = StoreConfig(kind="postgresql", url=server.url(database), poolSize=4)
     base = tmp_path_factory.mktemp("versions")
     fn_dir = write_function(base / "fns", "ver", {"index.js": CODE % "A"}, name="ver")
-    host = SoraHost(base, [fn_dir], https=False, extra={"versions": {"keep": 3}})
+    host = SoraHost(base, [fn_dir], https=False, extra={"versions": {"keep": 3}}, store=store)
     host.fn_dir = fn_dir
     host.state_dir = str(base / "state")
     host.start()
     yield host
     assert host.stop() == 0
+    if database:
+        server.drop_database(database)
 
 
 def publish(host, description=""):
@@ -93,7 +102,7 @@ def test_versions_and_aliases(host):
     assert r.json()["code"] == "B" and r.headers["X-Amz-Executed-Version"] == "2"
 
     # An alias with weights: 1,000 calls within 5 % of the weight.
-    api = VersionsApi(host.state_dir)
+    api = VersionsApi(host.state_dir, store=host.store)
     live = api.create_alias("ver", "live", "1",
                             routing_config={"AdditionalVersionWeights": {"2": 0.3}})
     assert live["AliasArn"].endswith(":function:ver:live")
@@ -108,8 +117,8 @@ def test_versions_and_aliases(host):
 
 
 def test_a_version_cannot_change_its_own_code(host):
-    wait_for(lambda: VersionStore(host.state_dir).exists("ver", "1"), 60)
-    code = VersionStore(host.state_dir).config("ver", "1").directory
+    wait_for(lambda: VersionStore(host.state_dir, host.store).exists("ver", "1"), 60)
+    code = VersionStore(host.state_dir, host.store).config("ver", "1").directory
     before = open(os.path.join(code, "index.js")).read()
     body, _ = call(host, "1", params={"write": "1"})
     assert "wrote" not in body and body["refused"], body
@@ -144,12 +153,12 @@ def test_async_event_runs_on_its_version(host):
 
 
 def test_pruning_keeps_aliased_versions_and_a_restart_keeps_all(host):
-    api = VersionsApi(host.state_dir)
+    api = VersionsApi(host.state_dir, store=host.store)
     api.create_alias("ver", "old", "1")
     for code in "CDE":
         (host.fn_dir / "index.js").write_text(CODE % code)
         publish(host)
-    store = VersionStore(host.state_dir)
+    store = VersionStore(host.state_dir, host.store)
     # keep 3: 3, 4 and 5 by number, 1 and 2 by their aliases.
     assert store.numbers("ver") == [1, 2, 3, 4, 5]
     api.delete_alias("ver", "old")
@@ -167,8 +176,8 @@ def test_pruning_keeps_aliased_versions_and_a_restart_keeps_all(host):
         assert body["code"] == "B" and headers["X-Amz-Executed-Version"] == "2"
         body, _ = call(restarted, "6")
         assert body["code"] == "F" and body["ctx"] == "6"
-        listed = [v["Version"] for v in VersionsApi(host.state_dir).list_versions(
-            _latest(host))]
+        listed = [v["Version"] for v in VersionsApi(
+            host.state_dir, store=host.store).list_versions(_latest(host))]
         assert listed == ["$LATEST", "2", "4", "5", "6"]
     finally:
         host.proc, host._log = restarted.proc, restarted._log   # the fixture stops it

@@ -385,3 +385,32 @@ def test_status_is_asked_of_the_control_plane(cluster):
         client.close()
 
     asyncio.run(scenario())
+
+
+def test_a_version_members_does_not_list_yet_waits_for_it_with_wake(cluster, monkeypatch):
+    # Another host sharing the store published `fn:2` a moment ago: this host's arbiter has
+    # not listed it yet. The call waits (WAKE asks the arbiter to read the store) and goes
+    # to the version's worker once MEMBERS lists it; one never listed is NOT_FOUND after the
+    # wait.
+    import sora.messaging.client as client_module
+    monkeypatch.setattr(client_module, "UNLISTED_VERSION_WAIT", 1.0)
+
+    async def scenario():
+        client, _ = await started(cluster, [4])
+        call = asyncio.ensure_future(client.invoke("fn:2", b"v", b"{}", 10))
+        (_, cmd, key), = await receive(cluster.control, 1)
+        assert (cmd, key) == (p.WAKE, b"fn:2")
+        assert not call.done()
+        cluster.add_worker("fn:2", 9)
+        cluster.publish(fn={"workers": ["fn/1"]}, **{"fn:2": {"workers": ["fn:2/9"]}})
+        ident = await cluster.hello("fn:2/9", 1)
+        sock = cluster.workers["fn:2/9"][1]
+        (_, _, rid, _), = await receive(sock, 1)
+        sock.send_multipart([ident, p.REPLY, rid, p.OK, b"v2"])
+        assert await call == [p.OK, b"v2"]
+        began = time.monotonic()
+        status = (await client.invoke("fn:3", b"w", b"{}", 10))[0]
+        assert status == p.NOT_FOUND and 0.9 <= time.monotonic() - began < 3
+        client.close()
+
+    asyncio.run(scenario())

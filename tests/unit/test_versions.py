@@ -1,9 +1,9 @@
 """The version store, aliases and qualifiers (sora.versions), without a host: a real confined
-rsync copy (the test runs as root, as Sora does), no mocks."""
+rsync copy (the test runs as root, as Sora does), no mocks. Every test of the store runs on
+both backends (`store_backend`: SQLite, and PostgreSQL on a fresh database)."""
 from __future__ import annotations
 
 import collections
-import json
 import os
 import random
 import stat
@@ -26,8 +26,8 @@ def fn_dir(tmp_path):
 
 
 @pytest.fixture
-def store(tmp_path):
-    return VersionStore(str(tmp_path / "state"))
+def store(tmp_path, store_backend):
+    return VersionStore(str(tmp_path / "state"), store_backend)
 
 
 def test_qualifier_kinds():
@@ -154,7 +154,7 @@ def test_aliases_lifecycle(fn_dir, store):
         aliases.update("live", revision_id=live["RevisionId"])
     assert err.value.status == 412
     # Another reader (a gateway process) sees the move at its next call.
-    reader = AliasStore(store.state_dir, "fn")
+    reader = AliasStore(store.state_dir, "fn", VersionStore(store.state_dir, store.store))
     assert reader.get("live")["FunctionVersion"] == "2"
     aliases.update("live", "1", weights={})
     assert reader.get("live")["FunctionVersion"] == "1"
@@ -164,8 +164,7 @@ def test_aliases_lifecycle(fn_dir, store):
     assert reader.get("live") is None
     with pytest.raises(VersionError):
         aliases.delete("live")
-    data = json.load(open(aliases.path))
-    assert data == {"aliases": {}}
+    assert store.conn.execute("SELECT COUNT(*) FROM function_aliases").fetchone()[0] == 0
 
 
 def test_weights_checked():
@@ -191,7 +190,7 @@ def test_resolver_versions_aliases_and_refusals(fn_dir, store):
     fn = load_function_config(str(fn_dir))
     store.publish(fn)
     AliasStore(store.state_dir, "fn", store).create("live", "1")
-    resolver = Resolver(store.state_dir)
+    resolver = Resolver(store.state_dir, store=store.store)
     assert resolver.resolve("fn", None) == ("fn", "$LATEST")
     assert resolver.resolve("fn", "$LATEST") == ("fn", "$LATEST")
     assert resolver.resolve("fn", "1") == ("fn:1", "1")
@@ -210,7 +209,7 @@ def test_api_answers_in_lambdas_shape(fn_dir, store):
     from sora.versions.api import VersionsApi
     fn = load_function_config(str(fn_dir))
     store.publish(fn, "one")
-    api = VersionsApi(store.state_dir)
+    api = VersionsApi(store.state_dir, store=store.store)
     versions = api.list_versions(fn)
     assert [v["Version"] for v in versions] == ["$LATEST", "1"]
     one = versions[1]
@@ -260,3 +259,14 @@ def test_names_that_are_not_function_names_name_no_path(store):
         with pytest.raises(VersionError):
             AliasStore(store.state_dir, bad, store)
     assert not os.path.exists(store.root)
+
+
+def test_dashboard_reads_versions_and_aliases_from_the_store(fn_dir, store):
+    from types import SimpleNamespace
+    from sora.gateway.dashboard.pages import versions_of
+    store.publish(load_function_config(str(fn_dir)))
+    AliasStore(store.state_dir, "fn", store).create("live", "1")
+    config = SimpleNamespace(stateDir=store.state_dir, store=store.store)
+    assert versions_of(config, "fn") == {
+        "versions": [1], "aliases": [{"name": "live", "version": "1", "weights": {}}]}
+    assert versions_of(config, "other") == {"versions": [], "aliases": []}

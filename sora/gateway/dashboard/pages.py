@@ -48,12 +48,13 @@ def instances_of(info: dict) -> str:
     return "–"
 
 
-def versions_of(state_dir: str, name: str) -> dict:
-    """The function's published versions and aliases (sora.versions), when it has any."""
+def versions_of(config, name: str) -> dict:
+    """The function's published versions and aliases (sora.versions: the host's store),
+    when it has any."""
     try:
-        store = VersionStore(state_dir)
+        store = VersionStore(config.stateDir, config.store)
         numbers = store.numbers(name)
-        aliases = AliasStore(state_dir, name, store).list()
+        aliases = AliasStore(config.stateDir, name, store).list()
     except Exception:   # noqa: BLE001 - an unreadable store must not take the page down
         log.exception("dashboard: reading the versions of %s failed", name)
         return {"versions": [], "aliases": []}
@@ -134,7 +135,7 @@ class FunctionsPage(_Page):
                 "name": name, "state": info.get("state") or "?",
                 "reason": info.get("reason") or "", "language": info.get("language") or "",
                 "instances": instances_of(info),
-                **versions_of(self.ctx.config.stateDir, name),
+                **versions_of(self.ctx.config, name),
                 "triggers": [trigger_summary(t) for t in triggers.get(name, [])],
                 "calls": figures.get("calls", 0), "errors": figures.get("errors", 0),
                 "p50": figures.get("p50"), "p99": figures.get("p99"),
@@ -185,7 +186,7 @@ class FunctionPage(_Page):
                status=status, statuses=records.STATUSES, invocations=invocations,
                events=queue.counts(self.ctx.store.queue).get(name) or
                dict.fromkeys(queue.EVENT_STATES, 0),
-               **versions_of(self.ctx.config.stateDir, name))
+               **versions_of(self.ctx.config, name))
 
 
 class InvocationPage(_Page):
