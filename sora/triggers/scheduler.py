@@ -4,9 +4,14 @@ Each enabled schedule is an Entry with its next due time (wall clock, epoch seco
 sleeps until the earliest one (at most MAX_SLEEP, and it reads the wall clock again at each
 wake, so a clock step or a suspend is caught up), then fires what is due.
 
-Exactly one firing per due time per host: the last due time handled (fired or skipped) is
-persisted in the same transaction that enqueues the firing (sora.store.triggers.fire with
-`once`), so a restart, even after kill -9, never fires a time twice. At start, and whenever a
+Exactly one firing per due time: the last due time handled (fired or skipped) is persisted in
+the same transaction that enqueues the firing (sora.store.triggers.fire with `once`), so a
+restart, even after kill -9, never fires a time twice. On a store several hosts share
+(PostgreSQL), every host's scheduler runs the same schedules on the same times (a rate()'s
+anchor is the shared first_seen) and each due time is decided under the trigger's row lock:
+the first host fires or skips it, the others find it handled (AlreadyFired, logged at debug)
+and go on to the next time; so each time fires once cluster-wide, and a host going down leaves
+the others firing. At start, and whenever a
 schedule comes back, what was missed since the last due time handled is dealt with by its
 `missed` policy: `latest` fires the most recent missed time once, `skip` records it as skipped.
 `overlap: forbid` skips a firing (recorded, reason Overlap) while the previous firing's event
@@ -17,12 +22,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import sqlite3
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Callable
 
+from ..store import backend
 from ..store import triggers as store
 
 log = logging.getLogger("sora.triggers")
@@ -86,7 +91,7 @@ class Scheduler:
                     try:
                         await self.sink.call(lambda conn, f=fn.name, k=trigger.key: (
                             store.set_paused(conn, f, k, True, self.clock())))
-                    except sqlite3.Error as exc:
+                    except backend.ERRORS as exc:
                         log.error("%s: could not note a disabled schedule: %s", fn.name, exc)
         for ident in list(self.entries):
             if ident not in wanted:
@@ -99,7 +104,7 @@ class Scheduler:
                 continue
             try:
                 self.entries[ident] = await self._start(fn, trigger)
-            except (ValueError, sqlite3.Error) as exc:
+            except (ValueError, *backend.ERRORS) as exc:
                 self.entries.pop(ident, None)
                 self.errors[(fn.name, trigger.index)] = str(exc)
                 log.error("%s %s (%s): cannot be scheduled: %s", fn.name, route_of(trigger),
@@ -127,7 +132,7 @@ class Scheduler:
                          "schedule was off", fn.name, route_of(trigger), _iso(missed))
                 next_due = missed
             else:
-                await self.sink.skip(fn, trigger, route_of(trigger), missed, "Missed")
+                await self._skip(fn, trigger, route_of(trigger), missed, "Missed")
         return Entry(fn, trigger, schedule, next_due)
 
     # --- the loop -------------------------------------------------------------------------------
@@ -156,7 +161,7 @@ class Scheduler:
         route = route_of(trigger)
         try:
             await self._fire_one(fn, trigger, route, due)
-        except sqlite3.Error as exc:
+        except backend.ERRORS as exc:
             # Not stored: the same due time is tried again (late rather than never).
             log.error("%s %s: firing for %s not stored (%s); trying again", fn.name, route,
                       _iso(due), exc)
@@ -171,7 +176,7 @@ class Scheduler:
             if trigger.missed == "latest":
                 following = latest
             else:
-                await self.sink.skip(fn, trigger, route, latest, "Missed")
+                await self._skip(fn, trigger, route, latest, "Missed")
                 following = entry.schedule.next_after(now)
         entry.next_due = following
 
@@ -184,14 +189,25 @@ class Scheduler:
             if await self.sink.call(busy):
                 log.info("%s %s: %s skipped, the previous firing is still queued or running "
                          "(overlap: forbid)", fn.name, route, _iso(due))
-                await self.sink.skip(fn, trigger, route, due, "Overlap")
+                await self._skip(fn, trigger, route, due, "Overlap")
                 return
         request_id = str(uuid.uuid4())
         try:
             await self.sink.fire(fn, trigger, route, self.payload(fn, trigger, due, request_id),
                                  due, request_id=request_id, once=True)
         except store.AlreadyFired:
-            log.info("%s %s: %s was fired already", fn.name, route, _iso(due))
+            # Another host sharing the store decided this time first (or this process did,
+            # before a crash): its outcome stands.
+            log.debug("%s %s: %s was handled already", fn.name, route, _iso(due))
+
+    async def _skip(self, fn, trigger, route: str, due: float, reason: str) -> None:
+        """Record a scheduled time as skipped, unless it was handled already (by another host
+        sharing the store): one outcome per due time."""
+        try:
+            await self.sink.skip(fn, trigger, route, due, reason, once=True)
+        except store.AlreadyFired:
+            log.debug("%s %s: %s was handled already (not skipped here)", fn.name, route,
+                      _iso(due))
 
     async def fire_now(self, fn, trigger) -> str | None:
         """A manual firing (`sora triggers fire`): enqueued now, whatever the overlap policy,

@@ -1,5 +1,7 @@
 """The triggers' store, the scheduler's decisions and the trigger service's control socket, on
-a real SQLite file with a controllable clock and a stand-in schedule (no host, no sleeping)."""
+both store backends (a real SQLite file; a fresh PostgreSQL database), with a controllable clock
+and a stand-in schedule (no host, no sleeping); on PostgreSQL, two sinks (two hosts sharing the
+store) deciding the same due times at once fire each once."""
 import asyncio
 import dataclasses
 import json
@@ -12,7 +14,7 @@ import pytest
 
 from sora.config import EventInvokeConfig
 from sora.events.dispatcher import meta_of
-from sora.store import queue, records, triggers as store
+from sora.store import backend, queue, records, triggers as store
 from sora.triggers import control
 from sora.triggers.scheduler import Scheduler
 from sora.triggers.sink import Sink, connect
@@ -83,10 +85,17 @@ def run(coro):
 
 
 @pytest.fixture
-def sink(tmp_path):
-    s = Sink(str(tmp_path))
+def sink(tmp_path, store_backend):
+    s = Sink(str(tmp_path), store_config=store_backend)
     yield s
     s.close()
+
+
+@pytest.fixture
+def conn(tmp_path, store_backend):
+    c = connect(str(tmp_path), store_backend)
+    yield c
+    c.close()
 
 
 def events_of(conn, fn="fn"):
@@ -95,12 +104,12 @@ def events_of(conn, fn="fn"):
 
 
 # --- the store ------------------------------------------------------------------------------
-def test_fire_enqueues_and_records_in_one_transaction(tmp_path):
-    conn = connect(str(tmp_path))
+def test_fire_enqueues_and_records_in_one_transaction(conn):
     seen = []
     rid = store.fire(conn, "fn", "schedule:1", "k", b"{}", 100.0, 101.0, (10, 1 << 20),
-                     also=lambda c: seen.append(c.in_transaction))
-    assert seen == [True]   # the caller's update runs inside the same transaction
+                     also=lambda c: seen.append(c.execute(
+                         "SELECT COUNT(*) FROM events").fetchone()[0]))
+    assert seen == [1]   # the caller's update runs inside the same transaction
     (row,) = events_of(conn)
     assert (row["request_id"], row["trigger"], row["state"]) == (rid, "schedule:1", "queued")
     st = store.state(conn, "fn", "k")
@@ -112,8 +121,7 @@ def test_fire_enqueues_and_records_in_one_transaction(tmp_path):
     assert not store.in_flight(conn, rid)
 
 
-def test_fire_refused_by_the_caps_stores_nothing(tmp_path):
-    conn = connect(str(tmp_path))
+def test_fire_refused_by_the_caps_stores_nothing(conn):
     assert store.fire(conn, "fn", "schedule:0", "k", b"{}", 1.0, 1.0, (1, 1 << 20))
     ran = []
     assert store.fire(conn, "fn", "schedule:0", "k", b"{}", 2.0, 2.0, (1, 1 << 20),
@@ -123,8 +131,7 @@ def test_fire_refused_by_the_caps_stores_nothing(tmp_path):
     assert store.fire(conn, "fn", "schedule:0", "k", b"x" * 100, 3.0, 3.0, (10, 50)) is None
 
 
-def test_a_failing_also_rolls_the_firing_back(tmp_path):
-    conn = connect(str(tmp_path))
+def test_a_failing_also_rolls_the_firing_back(conn):
 
     def boom(c):
         raise RuntimeError("crash in the middle")
@@ -133,8 +140,7 @@ def test_a_failing_also_rolls_the_firing_back(tmp_path):
     assert events_of(conn) == [] and store.state(conn, "fn", "k") is None
 
 
-def test_once_refuses_a_due_time_already_handled(tmp_path):
-    conn = connect(str(tmp_path))
+def test_once_refuses_a_due_time_already_handled(conn):
     store.fire(conn, "fn", "schedule:0", "k", b"{}", 10.0, 10.0, None, once=True)
     with pytest.raises(store.AlreadyFired):
         store.fire(conn, "fn", "schedule:0", "k", b"{}", 10.0, 11.0, None, once=True)
@@ -148,10 +154,12 @@ def test_once_refuses_a_due_time_already_handled(tmp_path):
     assert [f["outcome"] for f in store.firings(conn, "fn", "k")] == \
         ["enqueued", "skipped", "enqueued"]
     assert store.firings(conn, "fn", "k")[1]["reason"] == "Overlap"
+    with pytest.raises(store.AlreadyFired):     # a skip of a time handled: not recorded
+        store.skip(conn, "fn", "schedule:0", "k", 20.0, 22.0, "Missed", once=True)
+    assert len(store.firings(conn, "fn", "k")) == 3
 
 
-def test_first_seen_is_persisted_once_and_history_is_bounded(tmp_path):
-    conn = connect(str(tmp_path))
+def test_first_seen_is_persisted_once_and_history_is_bounded(conn):
     assert store.first_seen(conn, "fn", "k", 5.0) == 5.0
     assert store.first_seen(conn, "fn", "k", 9.0) == 5.0
     for i in range(store.KEEP_FIRINGS + 20):
@@ -161,19 +169,12 @@ def test_first_seen_is_persisted_once_and_history_is_bounded(tmp_path):
     assert store.state(conn, "fn", "k")["first_seen"] == 5.0
 
 
-def test_readers_before_the_tables_exist(tmp_path):
-    from sora.store.db import connect_queue
-    conn = connect_queue(str(tmp_path))
-    assert store.state(conn, "fn", "k") is None and store.firings(conn, "fn", "k") == []
-
-
 # --- records and events show the trigger ----------------------------------------------------
-def test_records_and_events_show_the_trigger_and_its_index(tmp_path):
+def test_records_and_events_show_the_trigger_and_its_index(conn):
     assert records.trigger_fields("schedule:2") == {"trigger": "schedule", "triggerIndex": 2}
     assert records.trigger_fields("file:0") == {"trigger": "file", "triggerIndex": 0}
     assert records.trigger_fields("event") == {"trigger": "event"}
     assert records.trigger_fields("schedule:x") == {"trigger": "schedule:x"}
-    conn = connect(str(tmp_path))
     rid = store.fire(conn, "fn", "file:3", "k", b"{}", 1.0, 1.0, None)
     event = queue.find_event(conn, rid)
     assert (event["trigger"], event["triggerIndex"], event["route"]) == ("file", 3, "file:3")
@@ -457,11 +458,10 @@ def test_status_and_fire_answers(sink):
 
 
 def test_a_firing_the_store_could_not_take_is_tried_again_for_the_same_due_time(sink):
-    import sqlite3
     clock = Clock()
     fn = fn_with(Sched("10", overlap="allow"))
     s = scheduler(sink, clock)
-    real_fire, failures = sink.fire, [sqlite3.OperationalError("database is locked")]
+    real_fire, failures = sink.fire, [backend.StoreUnavailable("the store is down")]
 
     async def flaky_fire(*args, **kwargs):
         if failures:
@@ -483,3 +483,82 @@ def test_a_firing_the_store_could_not_take_is_tried_again_for_the_same_due_time(
     assert entry.retry_at is None and entry.next_due == 1_000_020.0
     (row,) = events_of(sink.conn_factory())
     assert json.loads(row["payload"])["time"] == 1_000_010.0
+
+
+# --- several hosts on one PostgreSQL store: each due time fires once cluster-wide -------------
+@pytest.fixture
+def two_hosts(tmp_path, postgres_url):
+    """Two hosts' sinks on one fresh PostgreSQL database: two connections, each on its sink's
+    own thread, as two trigger services sharing the store."""
+    from sora.config import StoreConfig
+    shared = StoreConfig(kind="postgresql", url=postgres_url)
+    sinks = [Sink(str(tmp_path / f"host{i}"), store_config=shared, host=f"host{i}")
+             for i in range(2)]
+    yield sinks
+    for s in sinks:
+        s.close()
+
+
+def test_two_sinks_firing_the_same_due_times_at_once_store_one_event_each(two_hosts):
+    trigger = Sched("10", overlap="allow")
+    fn = fn_with(trigger)
+    dues = [1_000_000.0 + 10 * k for k in range(1, 31)]
+
+    async def fire(sink, due):
+        try:
+            return await sink.fire(fn, trigger, "schedule:0", b"{}", due, once=True)
+        except store.AlreadyFired:
+            return None
+
+    async def go():
+        return [await asyncio.gather(*(fire(s, due) for s in two_hosts)) for due in dues]
+    outcomes = run(go())
+    assert all(sum(rid is not None for rid in pair) == 1 for pair in outcomes), outcomes
+    conn = two_hosts[0].conn_factory()
+    assert len(events_of(conn)) == len(dues)
+    history = store.firings(conn, "fn", trigger.key, limit=100)
+    assert sorted(f["due"] for f in history) == dues
+    assert {f["outcome"] for f in history} == {"enqueued"}
+    assert store.state(conn, "fn", trigger.key)["last_due"] == dues[-1]
+
+
+def test_two_schedulers_on_one_store_fire_skip_and_catch_up_once_per_due_time(two_hosts):
+    clock = Clock()
+    fn = fn_with(Sched("10"))                    # overlap: forbid, missed: latest
+    hosts = [scheduler(s, clock) for s in two_hosts]
+    conn = two_hosts[0].conn_factory()
+    key = fn.schedules[0].key
+
+    async def tick(drain: bool):
+        entries = [next(iter(h.entries.values())) for h in hosts]
+        assert entries[0].next_due == entries[1].next_due   # one anchor, shared
+        clock.t = entries[0].next_due + 0.01
+        await asyncio.gather(*(h._fire_due(e) for h, e in zip(hosts, entries)))
+        if drain:
+            for event in queue.lease(conn, "fn", 10, time.time(), 30):
+                queue.ack(conn, event.id)
+
+    async def go():
+        await asyncio.gather(*(h.reconcile([fn]) for h in hosts))
+        for _ in range(4):
+            await tick(drain=True)       # 10..40: each enqueued once
+        await tick(drain=False)          # 50: enqueued, left running
+        await tick(drain=True)           # 60: the 50 still in flight: one Overlap skip
+    run(go())
+    outcomes = [(f["due"], f["outcome"], f["reason"]) for f in
+                reversed(store.firings(conn, "fn", key, limit=100))]
+    assert outcomes == [(1_000_000.0 + 10 * k, "enqueued", None) for k in range(1, 6)] + \
+        [(1_000_060.0, "skipped", "Overlap")]
+    # both down past 70..100, both back at once: the latest missed time fires once
+    clock.t += 45
+
+    async def restart():
+        again = [scheduler(s, clock) for s in two_hosts]
+        await asyncio.gather(*(h.reconcile([fn]) for h in again))
+        entries = [next(iter(h.entries.values())) for h in again]
+        assert {e.next_due for e in entries} == {1_000_100.0}
+        await asyncio.gather(*(h._fire_due(e) for h, e in zip(again, entries)))
+    run(restart())
+    latest = store.firings(conn, "fn", key, limit=100)
+    assert [(f["due"], f["outcome"]) for f in latest[:2]] == \
+        [(1_000_100.0, "enqueued"), (1_000_060.0, "skipped")]
