@@ -1,4 +1,4 @@
-"""The triggers' state in queue.db: what each trigger fired, and when.
+"""The triggers' state in the store: what each trigger fired, and when.
 
 A trigger's firing is a row of the existing `events` table (its `trigger` column, the route,
 is `schedule:N` or `file:N`), so retries, the dead-letter list and replay are the queue's.

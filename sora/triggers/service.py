@@ -202,18 +202,24 @@ class TriggerService:
             if len(frames) != 4:
                 continue
             identity, request_id, op, body = frames
-            try:
-                answer = await self.handle(op.decode(), json.loads(body or b"{}"))
-            except (ValueError, TypeError, KeyError) as exc:
-                answer = {"error": f"bad request: {exc}", "errorType": "InvalidRequest"}
-            except backend.ERRORS as exc:
-                answer = {"error": f"the store could not be read or written: {exc}",
-                          "errorType": "StoreUnavailable"}
-            except Exception as exc:   # noqa: BLE001 - the socket must keep answering
-                log.exception("control op %r failed", op)
-                answer = {"error": f"{type(exc).__name__}: {exc}", "errorType": "InternalError"}
+            answer = await self.answer(op, body)
             await sock.send_multipart([identity, request_id,
                                        json.dumps(answer, default=str).encode()])
+
+    async def answer(self, op: bytes, body: bytes) -> dict:
+        """The answer to one request, an error included (the socket must keep answering). A
+        store error says what failed without the store URL's password (sora.store.backend's
+        errors show its display URL)."""
+        try:
+            return await self.handle(op.decode(), json.loads(body or b"{}"))
+        except (ValueError, TypeError, KeyError) as exc:
+            return {"error": f"bad request: {exc}", "errorType": "InvalidRequest"}
+        except backend.ERRORS as exc:
+            return {"error": f"the store could not be read or written: {exc}",
+                    "errorType": "StoreUnavailable"}
+        except Exception as exc:   # noqa: BLE001 - the socket must keep answering
+            log.exception("control op %r failed", op)
+            return {"error": f"{type(exc).__name__}: {exc}", "errorType": "InternalError"}
 
     async def handle(self, op: str, body: dict) -> dict:
         if op == "status":

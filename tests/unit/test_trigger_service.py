@@ -562,3 +562,33 @@ def test_two_schedulers_on_one_store_fire_skip_and_catch_up_once_per_due_time(tw
     latest = store.firings(conn, "fn", key, limit=100)
     assert [(f["due"], f["outcome"]) for f in latest[:2]] == \
         [(1_000_100.0, "enqueued"), (1_000_060.0, "skipped")]
+
+
+def test_a_store_that_is_down_is_a_clear_answer_without_the_password(tmp_path):
+    """The attacker's side of the control socket (and of `sora triggers`, the API and the
+    dashboard, which pass its answers on): the store's password is never in an error."""
+    from sora.config import StoreConfig
+    from tests.support import free_port
+    secret = "do-not-show-me-0123"
+    down = StoreConfig(kind="postgresql",
+                       url=f"postgresql://sora:{secret}@127.0.0.1:{free_port()}/sora")
+    s = Sink(str(tmp_path), store_config=down)
+    try:
+        fn = fn_with(Sched("10", index=1))
+        fn.files = ()
+        svc = service_with_no_watcher(s, fn)
+        answer = run(svc.answer(b"status", b'{"function": "fn"}'))
+    finally:
+        s.close()
+    assert answer["errorType"] == "StoreUnavailable", answer
+    assert secret not in json.dumps(answer) and "***" in answer["error"]
+
+
+def service_with_no_watcher(sink, fn):
+    from sora.triggers.service import TriggerService
+    svc = TriggerService.__new__(TriggerService)
+    svc.config = SimpleNamespace(functions=[fn])
+    svc.sink = sink
+    svc.scheduler = Scheduler(sink, parse=rate_parse, payload=payload)
+    svc.watchers = {}
+    return svc
