@@ -270,7 +270,7 @@ def create_app(config: HostConfig | None = None,
     app.add_route("/2015-03-31/functions/{name}/invocations",
                   InvokeResource(client, config, intake, table))
     management_api.add_routes(app, config, table)
-    store = Store(config.stateDir)
+    store = Store(config.stateDir, config.store)
     app.add_route("/api/functions", FunctionListResource(client, store))
     app.add_route("/api/stats", StatsResource(client, store, config.stateDir))
     app.add_route("/api/functions/{name}/invocations",
