@@ -190,7 +190,7 @@ def test_when_the_service_does_not_answer_the_stored_anchor_and_last_firing(host
     fn = next(f for f in host.config.functions if f.name == "echo")
     key = fn.schedules[0].key
     q, _ = connections(host.store, host.state_dir)
-    anchor = float(int(time.time()) - 3600 + 17)           # 17 s past a minute an hour ago
+    anchor = float(int(time.time()) // 60 * 60 - 3600 + 17)   # :17 past a minute, an hour ago
     trigger_store.first_seen(q, "echo", key, anchor)
     rid = trigger_store.fire(q, "echo", "schedule:1", key, b"{}", anchor + 60, anchor + 60,
                              None, once=True)
