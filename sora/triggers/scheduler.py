@@ -77,6 +77,9 @@ class Scheduler:
         self.stopping = False
         self.since = clock()
         self.state = "starting"
+        # Due times this scheduler found decided already: on a shared store, those another
+        # host fired or skipped first (status shows it: every host runs, one decides).
+        self.already_handled = 0
 
     # --- which schedules ------------------------------------------------------------------------
     async def reconcile(self, functions) -> None:
@@ -198,6 +201,7 @@ class Scheduler:
         except store.AlreadyFired:
             # Another host sharing the store decided this time first (or this process did,
             # before a crash): its outcome stands.
+            self.already_handled += 1
             log.debug("%s %s: %s was handled already", fn.name, route, _iso(due))
 
     async def _skip(self, fn, trigger, route: str, due: float, reason: str) -> None:
@@ -206,6 +210,7 @@ class Scheduler:
         try:
             await self.sink.skip(fn, trigger, route, due, reason, once=True)
         except store.AlreadyFired:
+            self.already_handled += 1
             log.debug("%s %s: %s was handled already (not skipped here)", fn.name, route,
                       _iso(due))
 

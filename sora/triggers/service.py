@@ -235,7 +235,8 @@ class TriggerService:
             if function is not None and fn.name != function:
                 continue
             functions[fn.name] = [await self.trigger_status(fn, t) for t in trigger_list(fn)]
-        return {"scheduler": {"state": self.scheduler.state, "since": self.scheduler.since},
+        return {"scheduler": {"state": self.scheduler.state, "since": self.scheduler.since,
+                              "alreadyHandled": self.scheduler.already_handled},
                 "functions": functions}
 
     async def trigger_status(self, fn, trigger) -> dict:
