@@ -155,7 +155,9 @@ def first_seen(conn, function: str, trigger_key: str, now: float) -> float:
 def set_paused(conn, function: str, trigger_key: str, paused: bool, now: float) -> bool:
     """Note that the trigger is disabled (`paused`) or running again; returns whether it was
     paused before. The times a disabled schedule passes are not missed: when it is enabled
-    again it starts from then (sora.triggers.scheduler), even across a restart."""
+    again it starts from then (sora.triggers.scheduler), even across a restart; and the last
+    due time handled moves up to `now`, so another host sharing the store, enabling it a
+    moment later (it finds it no longer paused), does not take those times as missed."""
     with conn.transaction():
         row = conn.execute("SELECT paused FROM trigger_state WHERE function = ? AND "
                            "trigger_key = ?", (function, trigger_key)).fetchone()
@@ -165,6 +167,10 @@ def set_paused(conn, function: str, trigger_key: str, paused: bool, now: float) 
                          "VALUES (?, ?, ?, ?) ON CONFLICT (function, trigger_key) DO UPDATE "
                          "SET paused = excluded.paused", (function, trigger_key, now,
                                                           int(paused)))
+        if was and not paused:
+            conn.execute(f"UPDATE trigger_state SET last_due = {_greatest(conn)}("
+                         "COALESCE(last_due, ?), ?) WHERE function = ? AND trigger_key = ?",
+                         (now, now, function, trigger_key))
     return was
 
 

@@ -593,3 +593,19 @@ def service_with_no_watcher(sink, fn):
     svc.scheduler = Scheduler(sink, parse=rate_parse, payload=payload)
     svc.watchers = {}
     return svc
+
+
+def test_a_schedule_enabled_again_on_two_hosts_misses_nothing_it_passed_while_off(two_hosts):
+    clock = Clock()
+    on = Sched("10", overlap="allow")
+    off = dataclasses.replace(on, enabled=False)
+    hosts = [scheduler(s, clock) for s in two_hosts]
+    for h in hosts:
+        run(h.reconcile([fn_with(on)]))
+    for h in hosts:                 # a reload with `enabled: false` on each host in turn
+        run(h.reconcile([fn_with(off)]))
+    clock.t += 100
+    for h in hosts:                 # and back: the second finds it enabled by the first
+        run(h.reconcile([fn_with(on)]))
+    assert [e.next_due for h in hosts for e in h.entries.values()] == [1_000_110.0] * 2
+    assert events_of(two_hosts[0].conn_factory()) == []
