@@ -159,6 +159,47 @@ def test_file_seen_marks_forgets_and_keeps_the_highest_sequencer(tmp_path, store
         file_seen.format_sequencer(256)
 
 
+def test_the_real_sink_on_each_store_fires_once_and_remembers_under_the_host(
+        inbox, tmp_path, store_backend):
+    """The trigger service's own Sink on both backends: the file's event in the queue, its
+    seen-state under this host's id, so a second watcher (a restart) fires nothing again and
+    another host's watcher of a folder at the same path starts from nothing."""
+    from sora.store import queue
+    from sora.triggers.sink import Sink
+    fn = SimpleNamespace(**vars(fn_of(inbox.parent)),
+                         eventInvoke=SimpleNamespace(maxQueuedEvents=100, maxQueuedMB=1))
+    (inbox / "a.csv").write_bytes(b"1,2\n")
+
+    async def watch(host, settle):
+        sink = Sink(str(tmp_path / host), store_config=store_backend, host=host)
+        try:
+            watcher = FileWatcher(fn, trigger_of(inbox), sink)
+            task = asyncio.create_task(watcher.run())
+            await until(lambda: watcher.detail.startswith("watching"), what="watching")
+            await asyncio.sleep(settle)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return await sink.call(lambda c: c.execute(
+                "SELECT payload FROM events WHERE function = 'fx' ORDER BY id").fetchall())
+        finally:
+            sink.close()
+
+    async def body():
+        first = await watch("h1", 0.6)
+        again = await watch("h1", 0.6)
+        other = await watch("h2", 0.6)
+        return first, again, other
+    first, again, other = asyncio.run(asyncio.wait_for(body(), 60))
+    keys = [json.loads(bytes(row[0]))["Records"][0]["s3"]["object"]["key"] for row in other]
+    shared = store_backend.kind == "postgresql"    # SQLite: each host its own queue.db
+    assert len(first) == len(again) == 1 and keys == ["a.csv"] * (2 if shared else 1)
+    conn = connect(str(tmp_path / "h1"), store_backend)
+    assert set(file_seen.seen(conn, "h1", "fx", trigger_of(inbox).key)) == {"a.csv"}
+    assert queue.stored_totals(conn, "fx")[0] == (2 if shared else 1)
+    conn.close()
+
+
 # --- what fires -----------------------------------------------------------------------------------
 def test_created_modified_deleted_fire_once_each_with_s3_fields(inbox, sink):
     async def body():
