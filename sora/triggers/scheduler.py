@@ -80,6 +80,11 @@ class Scheduler:
         # Due times this scheduler found decided already: on a shared store, those another
         # host fired or skipped first (status shows it: every host runs, one decides).
         self.already_handled = 0
+        # Schedules that could not start because the store did not answer (a PostgreSQL
+        # store down, or restarting, when the service started or reloaded): started again
+        # from the loop once it answers, not left off until the next reload.
+        self.unstarted: dict[tuple[str, str], tuple] = {}
+        self.start_retry_at: float | None = None
 
     # --- which schedules ------------------------------------------------------------------------
     async def reconcile(self, functions) -> None:
@@ -100,20 +105,53 @@ class Scheduler:
             if ident not in wanted:
                 del self.entries[ident]
         self.errors = {}
+        self.unstarted = {}
         for ident, (fn, trigger) in wanted.items():
             entry = self.entries.get(ident)
             if entry is not None and entry.trigger == trigger:
                 entry.fn = fn   # its caps or region may have changed: no effect on times
                 continue
+            self.entries.pop(ident, None)
             try:
                 self.entries[ident] = await self._start(fn, trigger)
-            except (ValueError, *backend.ERRORS) as exc:
-                self.entries.pop(ident, None)
+            except ValueError as exc:
                 self.errors[(fn.name, trigger.index)] = str(exc)
                 log.error("%s %s (%s): cannot be scheduled: %s", fn.name, route_of(trigger),
                           trigger.expression, exc)
+            except backend.ERRORS as exc:
+                self._not_started(ident, fn, trigger, exc)
         self.state = "running"
         self.wake.set()
+
+    def _not_started(self, ident, fn, trigger, exc: Exception) -> None:
+        if ident not in self.unstarted:
+            log.error("%s %s (%s): not started, the store could not be read or written (%s); "
+                      "trying again every %.0fs", fn.name, route_of(trigger),
+                      trigger.expression, exc, RETRY_AFTER)
+        self.unstarted[ident] = (fn, trigger)
+        self.errors[(fn.name, trigger.index)] = \
+            f"the store could not be read or written: {exc}; trying again"
+        self.start_retry_at = self.clock() + RETRY_AFTER
+
+    async def _start_unstarted(self) -> None:
+        """Start the schedules the store kept from starting; stop at the first that fails
+        again (the store is still down: the others would only wait for it too)."""
+        for ident, (fn, trigger) in list(self.unstarted.items()):
+            try:
+                entry = await self._start(fn, trigger)
+            except backend.ERRORS as exc:
+                self._not_started(ident, fn, trigger, exc)
+                return
+            except ValueError as exc:   # parsed before: not expected, but not to retry
+                del self.unstarted[ident]
+                self.errors[(fn.name, trigger.index)] = str(exc)
+                continue
+            del self.unstarted[ident]
+            self.errors.pop((fn.name, trigger.index), None)
+            self.entries[ident] = entry
+            log.info("%s %s (%s): started, the store answers again", fn.name,
+                     route_of(trigger), trigger.expression)
+        self.start_retry_at = None
 
     async def _start(self, fn, trigger) -> Entry:
         now = self.clock()
@@ -143,12 +181,16 @@ class Scheduler:
         while not self.stopping:
             self.wake.clear()
             now = self.clock()
+            if self.unstarted and (self.start_retry_at or 0) <= now:
+                await self._start_unstarted()
             for entry in list(self.entries.values()):
                 at = entry.wake_at()
                 if at is not None and at <= now:
                     await self._fire_due(entry)
             now = self.clock()
             dues = [at for e in self.entries.values() if (at := e.wake_at()) is not None]
+            if self.unstarted and self.start_retry_at is not None:
+                dues.append(self.start_retry_at)
             timeout = MAX_SLEEP if not dues else min(max(min(dues) - now, 0.0), MAX_SLEEP)
             try:
                 await asyncio.wait_for(self.wake.wait(), timeout)
@@ -165,11 +207,16 @@ class Scheduler:
         try:
             await self._fire_one(fn, trigger, route, due)
         except backend.ERRORS as exc:
-            # Not stored: the same due time is tried again (late rather than never).
-            log.error("%s %s: firing for %s not stored (%s); trying again", fn.name, route,
-                      _iso(due), exc)
+            # Not stored: the same due time is tried again (late rather than never); said
+            # once, not each second the store stays down.
+            (log.error if entry.retry_at is None else log.debug)(
+                "%s %s: firing for %s not stored (%s); trying again every %.0fs", fn.name,
+                route, _iso(due), exc, RETRY_AFTER)
             entry.retry_at = self.clock() + RETRY_AFTER
             return
+        if entry.retry_at is not None:
+            log.info("%s %s: firing for %s stored, the store answers again", fn.name, route,
+                     _iso(due))
         entry.retry_at = None
         now = self.clock()
         following = entry.schedule.next_after(due)

@@ -348,6 +348,34 @@ def test_the_loop_fires_on_time_with_the_real_clock(sink):
         assert 0 <= accepted[row["request_id"]]["accepted"] - due < 0.2
 
 
+def test_a_schedule_the_store_kept_from_starting_starts_once_it_answers(sink):
+    """A PostgreSQL store down when the service starts (or reloads): the schedule shows the
+    error, and the loop starts it by itself once the store answers, no reload needed."""
+    s = Scheduler(sink, parse=lambda e, tz, anchor: Rate(0.2, anchor), payload=payload)
+    fn = fn_with(Sched("0.2", overlap="allow"))
+    real_call, failures = sink.call, [2]
+
+    async def call(func):
+        if failures[0]:
+            failures[0] -= 1
+            raise backend.StoreUnavailable("store postgresql://sora:***@db/sora: down")
+        return await real_call(func)
+    sink.call = call
+
+    async def go():
+        await s.reconcile([fn])
+        assert s.entries == {} and "trying again" in s.errors[("fn", 0)]
+        task = asyncio.get_running_loop().create_task(s.run())
+        deadline = time.monotonic() + 8
+        while not await real_call(events_of) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        s.stop()
+        await task
+    run(go())
+    assert s.errors == {} and s.unstarted == {} and len(s.entries) == 1
+    assert events_of(sink.conn_factory())
+
+
 def test_manual_fire_ignores_overlap_and_keeps_the_schedule(sink):
     clock = Clock()
     fn = fn_with(Sched("10"))
