@@ -261,7 +261,7 @@ def create_app(config: HostConfig | None = None,
     authorizer = authorizer_for(config, table)
     app = falcon.asgi.App(middleware=[authorizer] if authorizer else [])
     app.req_options.strip_url_path_trailing_slash = False
-    intake = EventIntake(config.stateDir, config.minFreeDiskMB)
+    intake = EventIntake(config.stateDir, config.minFreeDiskMB, config.store)
     functions = FunctionUrlResource(client, config, intake, table)
     app.add_route("/functions/{name}", functions)
     app.add_route("/functions/{name}/{path:path}", functions)

@@ -1,5 +1,6 @@
 """Asynchronous invocations: durable acceptance, lease and acknowledgement, retries with
-backoff, the dead-letter list and replay, bounded concurrency, and survival of kill -9."""
+backoff, the dead-letter list and replay, bounded concurrency, and survival of kill -9; on
+both store backends (the host's SQLite queue.db, a PostgreSQL database)."""
 from __future__ import annotations
 
 import json
@@ -9,10 +10,13 @@ import uuid
 import pytest
 
 from tests.integration import functions as F
+from tests.integration import store_backends
+from tests.integration.store_backends import queue_of, store_setting
 from tests.support import (SoraHost, json_of, lambda_client, served, wait_for,
                            write_function)
 
 pytestmark = pytest.mark.integration
+module_store = store_backends.module_store   # each test on both backends (one host each)
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +25,7 @@ def marks(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def host(tmp_path_factory, marks):
+def host(tmp_path_factory, marks, module_store):
     base = tmp_path_factory.mktemp("events")
     fns = base / "fns"
     # `isolation: none`: the tests watch the events run through marks the sink leaves in a
@@ -37,7 +41,7 @@ def host(tmp_path_factory, marks):
                        env={"MARKS": str(marks)}, isolation="none",
                        eventInvoke={"maximumEventAgeInSeconds": 2, "retryDelaySeconds": 5}),
     ]
-    yield from served(base, dirs, https=False)
+    yield from served(base, dirs, https=False, extra=store_setting(module_store))
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +71,7 @@ def api(host, path, method="GET", **kwargs):
     return r.status_code, json_of(r)
 
 
-def test_event_through_boto3_runs_once_and_is_acknowledged(host, lam, marks):
+def test_event_through_boto3_runs_once_and_is_acknowledged(host, lam, marks, module_store):
     k = key()
     request_id = send(lam, "sink", {"key": k})
     wait_for(lambda: attempts(marks, k), what="the event to run")
@@ -79,9 +83,10 @@ def test_event_through_boto3_runs_once_and_is_acknowledged(host, lam, marks):
     assert rec["trigger"] == "event" and rec["function"] == "sink"
     # Acknowledged means deleted: no row is left that could be leased and run again.
     assert len(attempts(marks, k, "start")) == 1
-    db = sqlite3.connect(host.base / "state" / "queue.db")
+    db = queue_of(host, module_store)
     assert db.execute("SELECT COUNT(*) FROM events WHERE request_id = ?",
                       (request_id,)).fetchone()[0] == 0
+    db.close()
 
 
 def test_event_through_the_function_url_header(host, marks):
@@ -171,31 +176,48 @@ def test_concurrency_per_function_is_bounded(host, lam, marks):
     assert overlap == 2  # maxConcurrency 2, though the function has 3 instances
 
 
-def test_an_event_that_cannot_be_stored_is_refused_not_accepted(host):
-    lock = sqlite3.connect(host.base / "state" / "queue.db", isolation_level=None)
-    lock.execute("BEGIN EXCLUSIVE")
-    try:
+def test_an_event_that_cannot_be_stored_is_refused_not_accepted(host, module_store):
+    def refused():
         r = host.invoke("sink", method="POST", data="x",
                         headers={"X-Sora-Invocation-Type": "Event"})
         assert r.status_code == 503
-        body = json_of(r)
-        assert body["errorType"] == "Sora.EventNotStored" and "locked" in body["errorMessage"]
         assert r.headers["Retry-After"] == "1"
-    finally:
-        lock.execute("ROLLBACK")
-        lock.close()
+        return json_of(r)
+
+    if module_store.kind == "sqlite":
+        lock = sqlite3.connect(host.base / "state" / "queue.db", isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")
+        try:
+            body = refused()
+            assert body["errorType"] == "Sora.EventNotStored"
+            assert "locked" in body["errorMessage"]
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+    else:
+        # Another transaction holds the function's totals row past the intake's lock wait.
+        db = queue_of(host, module_store)
+        with db.transaction():
+            db.execute("INSERT INTO event_totals (function, events, bytes) VALUES "
+                       "('sink', 0, 0) ON CONFLICT (function) DO NOTHING")
+            db.execute("SELECT * FROM event_totals WHERE function = 'sink' FOR UPDATE")
+            body = refused()
+        db.close()
+        assert body["errorType"] in ("Sora.StoreUnavailable", "Sora.EventNotStored")
+        assert "lock" in body["errorMessage"]
+        assert module_store.url.split("@")[0].split(":")[-1] not in json.dumps(body)
     k = key()
     r = host.invoke("sink", method="POST", data=k, headers={"X-Sora-Invocation-Type": "Event"})
     assert r.status_code == 202
 
 
-def test_accepted_events_survive_kill_9_of_the_whole_host(tmp_path):
+def test_accepted_events_survive_kill_9_of_the_whole_host(tmp_path, store_backend):
     marks = tmp_path / "marks"
     marks.mkdir()
     d = write_function(tmp_path / "fns", "slow-sink", {"index.js": F.EVENT_SINK},
                        name="slow-sink", env={"MARKS": str(marks)}, isolation="none",
                        eventInvoke={"maxConcurrency": 1})
-    h = SoraHost(tmp_path, [d], https=False)
+    h = SoraHost(tmp_path, [d], https=False, extra=store_setting(store_backend))
     h.start()
     lam = lambda_client(h.url)
     keys = [key() for _ in range(5)]

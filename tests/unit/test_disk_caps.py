@@ -1,5 +1,11 @@
 """The disk caps' policies, without processes (issue 14 point 6): queue totals and caps, the
-store's pruning to a size, log rotation and the per-invocation allowance, free space."""
+store's pruning to a size, log rotation and the per-invocation allowance, free space.
+
+The queue's caps and the intake's refusals run on both store backends (store_backend). The
+rest is about files of the host's own disk and stays on SQLite: an old queue.db's totals
+counted once (a PostgreSQL store has no older files), pruning the records store to a size and
+its WAL (sora.db's size; a PostgreSQL server's disk is its operator's), log files, free
+space."""
 import asyncio
 import os
 import time
@@ -11,6 +17,7 @@ from sora.config import LogsConfig
 from sora.events.intake import EventIntake, LowDisk, QueueFull
 from sora.store import queue
 from sora.store.db import QUEUE_FILE, connect, connect_queue
+from tests.unit.test_queue import connect as connect_store
 from sora.store.free_space import FreeSpace
 from sora.store.records import commit, prune_to_size, store_bytes
 from sora.worker.logs import FunctionLog
@@ -20,8 +27,8 @@ def event(rid, fn="fn", payload=b"x" * 100):
     return (rid, fn, "invoke", payload, time.time())
 
 
-def test_enqueue_stores_only_what_fits_the_functions_caps(tmp_path):
-    conn = connect_queue(str(tmp_path))
+def test_enqueue_stores_only_what_fits_the_functions_caps(tmp_path, store_backend):
+    conn = connect_store(store_backend, tmp_path)
     caps = {"fn": (3, 250)}
     assert queue.enqueue(conn, [event("a"), event("b"), event("c", payload=b"y" * 60)],
                          caps) == [True, True, False]       # c: 260 bytes > 250
@@ -51,9 +58,9 @@ def test_a_queue_from_before_the_totals_is_counted_once(tmp_path):
     assert again.execute("PRAGMA user_version").fetchone()[0] == 1
 
 
-def test_intake_refuses_past_the_caps_and_while_the_disk_is_low(tmp_path):
+def test_intake_refuses_past_the_caps_and_while_the_disk_is_low(tmp_path, store_backend):
     async def scenario():
-        intake = EventIntake(str(tmp_path))
+        intake = EventIntake(str(tmp_path), store=store_backend)
         await intake.accept("r1", "fn", "invoke", b"{}", (1, 1 << 20))
         with pytest.raises(QueueFull):
             await intake.accept("r2", "fn", "invoke", b"{}", (1, 1 << 20))
@@ -65,7 +72,7 @@ def test_intake_refuses_past_the_caps_and_while_the_disk_is_low(tmp_path):
         return [r[0] for r in stored]
     (Path(tmp_path) / "run").mkdir()
     assert asyncio.run(scenario()) == ["r1"]
-    assert os.path.exists(tmp_path / QUEUE_FILE)
+    assert os.path.exists(tmp_path / QUEUE_FILE) == (store_backend.kind == "sqlite")
 
 
 def test_prune_to_size_removes_the_oldest_first(tmp_path):

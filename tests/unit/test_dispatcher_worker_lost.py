@@ -1,6 +1,7 @@
 """An asynchronous event whose worker was lost (WORKER_LOST: the worker died, fell silent, its
 host was cut off) runs again, at least once, whatever its retry policy: it is queued again at
-once, its attempt kept but not counted, until its age runs out (issue 16, point 5)."""
+once, its attempt kept but not counted, until its age runs out (issue 16, point 5). On both
+store backends."""
 import time
 
 import pytest
@@ -9,12 +10,11 @@ from sora import protocol as p
 from sora.config import load_function_config
 from sora.events.dispatcher import Dispatcher
 from sora.store import queue
-from sora.store.db import connect_queue
-from tests.unit.test_queue import accept, settle
+from tests.unit.test_queue import accept, connect, settle
 
 
 @pytest.fixture
-def dispatcher(tmp_path):
+def dispatcher(tmp_path, store_backend):
     fn_dir = tmp_path / "fn"
     fn_dir.mkdir()
     (fn_dir / "index.js").write_text("exports.handler = async () => 1;")
@@ -24,7 +24,7 @@ def dispatcher(tmp_path):
         "maximumEventAgeInSeconds: 100}\n")
     fn = load_function_config(str(fn_dir))
     d = Dispatcher.__new__(Dispatcher)
-    d.functions, d.conn = {"fn": fn}, connect_queue(str(tmp_path))
+    d.functions, d.conn = {"fn": fn}, connect(store_backend, tmp_path)
     return d, fn
 
 LOST = p.error_body("Sora.WorkerLost", "The worker running fn was lost (its connection dropped)")

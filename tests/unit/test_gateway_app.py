@@ -41,7 +41,7 @@ class FakeBroker:
 
 
 class FakeIntake:
-    def __init__(self, state_dir, min_free_disk_mb=0):
+    def __init__(self, state_dir, min_free_disk_mb=0, store=None):
         self.accepted: list[tuple[str, bytes]] = []
 
     async def accept(self, request_id, function, trigger, payload, caps=None):
