@@ -83,8 +83,10 @@ def _check_once(conn, function: str, trigger_key: str, due: float, now: float) -
 
 def _refused_by_caps(conn, function: str, size: int, caps: tuple[int, int]) -> bool:
     """The function's caps (most events, most payload bytes stored) leave no room for one more
-    event of `size` bytes: the queue's own check (sora.store.queue), the one intake uses."""
-    events, stored = queue.stored_totals(conn, function)
+    event of `size` bytes: the queue's own check (sora.store.queue). On PostgreSQL the
+    function's totals row stays locked until the firing commits, as intake holds it, so
+    gateways and trigger services of several hosts cannot pass a cap together."""
+    events, stored = queue.stored_totals(conn, function, lock=True)
     return events >= caps[0] or stored + size > caps[1]
 
 

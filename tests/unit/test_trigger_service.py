@@ -8,6 +8,7 @@ import json
 import math
 import threading
 import time
+from collections import Counter
 from types import SimpleNamespace
 
 import pytest
@@ -637,3 +638,23 @@ def test_a_schedule_enabled_again_on_two_hosts_misses_nothing_it_passed_while_of
         run(h.reconcile([fn_with(on)]))
     assert [e.next_due for h in hosts for e in h.entries.values()] == [1_000_110.0] * 2
     assert events_of(two_hosts[0].conn_factory()) == []
+
+
+def test_hosts_firing_together_cannot_pass_the_functions_cap(two_hosts):
+    """File firings (no `once`) of two hosts into one function capped at 12 events: the
+    firing's caps check holds the function's totals row (sora.store.queue.stored_totals with
+    lock), so together they store 12, and every other firing is a QueueFull skip."""
+    trigger = Watched()
+    fn = fn_with(maxQueuedEvents=12)
+
+    async def host(sink, n):
+        return [await sink.fire(fn, trigger, "file:2", b"{}", float(i)) for i in range(n)]
+
+    async def go():
+        return await asyncio.gather(*(host(s, 10) for s in two_hosts))
+    fired = [rid for ids in run(go()) for rid in ids]
+    assert sum(rid is not None for rid in fired) == 12
+    conn = two_hosts[0].conn_factory()
+    assert queue.stored_totals(conn, "fn") == (12, 24)
+    reasons = Counter(f["reason"] for f in store.firings(conn, "fn", trigger.key, limit=100))
+    assert reasons == {None: 12, "QueueFull": 8}
