@@ -813,3 +813,16 @@ def test_a_name_with_a_newline_does_not_forge_a_log_line(inbox, sink, caplog):
         run(body())
     lines = [r.getMessage() for r in caplog.records if "forged" in r.getMessage()]
     assert lines and all("\n" not in line for line in lines)
+
+
+def test_the_seen_state_is_kept_under_the_host_on_a_shared_store_only():
+    """SQLite: '' (queue.db is the host's own, and a queue.db from before the host column
+    migrates its rows as '': an upgrade fires no file again); PostgreSQL: the host's id."""
+    from sora.config import StoreConfig
+    from sora.triggers.sink import seen_host
+    cluster = SimpleNamespace(name="edge-1")
+    assert seen_host(SimpleNamespace(store=StoreConfig(), cluster=cluster,
+                                     stateDir="/srv/sora")) == ""
+    shared = StoreConfig(kind="postgresql", url="postgresql://sora@db/sora")
+    assert seen_host(SimpleNamespace(store=shared, cluster=cluster,
+                                     stateDir="/srv/sora")) == "edge-1"
