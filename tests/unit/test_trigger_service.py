@@ -10,6 +10,7 @@ import threading
 import time
 from collections import Counter
 from types import SimpleNamespace
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -658,3 +659,52 @@ def test_hosts_firing_together_cannot_pass_the_functions_cap(two_hosts):
     assert queue.stored_totals(conn, "fn") == (12, 24)
     reasons = Counter(f["reason"] for f in store.firings(conn, "fn", trigger.key, limit=100))
     assert reasons == {None: 12, "QueueFull": 8}
+
+
+def test_a_database_restart_makes_firings_late_never_lost_nor_twice(
+        tmp_path, postgres_server_factory, monkeypatch, caplog):
+    """PostgreSQL restarted under a running schedule (its own server): the time due while it
+    is down is tried again until stored, the latest missed one fires once, and firing goes on
+    by itself once it is back."""
+    from sora.config import StoreConfig
+    from sora.triggers import sink as sink_module
+    # A short wait for a pooled connection, so the store's being down is an error here (the
+    # service's 5 s would mostly wait a short restart out).
+    monkeypatch.setattr(sink_module, "BUSY_MS", 300)
+    caplog.set_level("INFO", logger="sora.triggers")
+    server = postgres_server_factory()
+    shared = StoreConfig(kind="postgresql", url=server.url(server.create_database()))
+    sink = Sink(str(tmp_path), store_config=shared)
+    s = Scheduler(sink, parse=lambda e, tz, anchor: Rate(0.5, anchor), payload=payload)
+    fn = fn_with(Sched("0.5", overlap="allow"))
+
+    async def go():
+        await s.reconcile([fn])
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(s.run())
+        await asyncio.sleep(1.2)
+        await loop.run_in_executor(None, lambda: server.restart(down_s=1.5))
+        back = time.time()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                dues = [json.loads(r["payload"])["time"] for r in await sink.call(events_of)]
+            except backend.ERRORS:
+                dues = []
+            if len([d for d in dues if d > back + 0.5]) >= 2:
+                break
+            await asyncio.sleep(0.1)
+        s.stop()
+        await task
+        return back, dues
+    try:
+        back, dues = run(go())
+    finally:
+        sink.close()
+        backend.close_pools(lambda url: url == shared.url)
+    assert dues == sorted(set(dues)), f"a due time fired twice: {dues}"
+    assert len([d for d in dues if d > back + 0.5]) >= 2, f"firing did not resume: {dues}"
+    said = [r.getMessage() for r in caplog.records if r.name == "sora.triggers"]
+    assert len([m for m in said if "not stored" in m]) == 1, said     # said once, not per try
+    assert any("the store answers again" in m for m in said), said
+    assert not any(urlsplit(shared.url).password in m for m in said)
