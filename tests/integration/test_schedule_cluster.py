@@ -98,7 +98,7 @@ def test_three_hosts_fire_each_due_time_once_and_go_on_when_one_stops(cluster):
         assert entry["state"] == "active" and len(entry["next"]) == 3, entry
     wait_for(lambda: max(runs_by_due(marks_dir), default=0) >= first + 5, timeout=30,
              what="six seconds of firings from three hosts")
-    hosts[0].stop()                        # ... and the other two go on without a gap
+    assert hosts[0].stop() == 0            # ... and the other two go on without a gap
     stopped = time.time()
     last = float(int(stopped) + 4)
     wait_for(lambda: all(float(t) in runs_by_due(marks_dir)
@@ -131,5 +131,8 @@ def test_three_hosts_fire_each_due_time_once_and_go_on_when_one_stops(cluster):
     for mark in marks(marks_dir).values():
         env = json.dumps(mark["env"])
         assert password not in env and "postgresql://" not in env
+    for host in hosts[1:]:
+        assert host.stop() == 0
     for host in hosts:
         assert password not in host.log(whole=True)
+        assert not host.leftover_processes(), host.leftover_processes()
