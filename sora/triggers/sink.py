@@ -28,7 +28,8 @@ from ..store.free_space import FreeSpace
 
 log = logging.getLogger("sora.triggers")
 
-# How long a commit may wait for queue.db's lock (gateways and the dispatcher write it too).
+# How long a commit may wait for queue.db's lock (gateways and the dispatcher write it too),
+# or, on PostgreSQL, for a pooled connection: a short database restart is waited out.
 BUSY_MS = 5000
 
 
