@@ -18,7 +18,8 @@ notification (inotify's queue overflows at 16384) costs latency, not a file: a f
 RESCAN_SECONDS finds what no notification announced. RustNotify is used rather than `awatch`
 because the watcher must know when its watches are in place, before it scans.
 
-What it remembers (sora.store.file_seen). A file is marked seen (size, mtime, eTag) in the
+What it remembers (sora.store.file_seen, under this host's id: a watched folder is one
+host's own, even on a store a cluster shares). A file is marked seen (size, mtime, eTag) in the
 same transaction that enqueues its event, so after a crash or a restart the start-up scan
 fires for exactly the files that arrived, changed or went away since, and not for the ones
 already processed. The S3 sequencer is a per-trigger counter, persisted with each event.
@@ -38,7 +39,6 @@ import logging
 import os
 import re
 import resource
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from watchfiles._rust_notify import RustNotify
 
 from ..isolation import nofollow, watched
-from ..store import file_seen, queue
+from ..store import backend, file_seen, queue
 from ..store.file_seen import Seen
 from . import inotify_limits, settling, shapes
 from .settling import Pending
@@ -118,7 +118,7 @@ class FileWatcher:
                     delay = RETRY_SECONDS          # it watched: the next error starts afresh
                     await self._watch()
                 except (WatcherError, inotify_limits.InotifyLimit, OSError, RuntimeError,
-                        sqlite3.Error) as exc:
+                        *backend.ERRORS) as exc:
                     self._fail(exc)
                 self._close()
                 await asyncio.sleep(delay)
@@ -164,11 +164,11 @@ class FileWatcher:
         self._stop.clear()
         self.folder = WatchedFolder(self.trigger.path,
                                     open_folder(self.trigger.path, self.fn.directory))
-        name, key = self.fn.name, self.trigger.key
+        name, key, host = self.fn.name, self.trigger.key, self.sink.host
 
         def load(conn):
-            file_seen.ensure(conn)
-            return file_seen.seen(conn, name, key), file_seen.last_sequencer(conn, name, key)
+            return (file_seen.seen(conn, host, name, key),
+                    file_seen.last_sequencer(conn, host, name, key))
         self.seen, self._sequencer = await self.sink.call(load)
         self.pending.clear()
         self.dirs = {""}
@@ -451,7 +451,7 @@ class FileWatcher:
         """Hash, remember and enqueue a batch of settled changes (hashes on one thread hop,
         the events' commits queued together on the sink's thread, in order). False when the
         queue refused some: they stay pending and the watcher backs off."""
-        name, key = self.fn.name, self.trigger.key
+        name, key, host = self.fn.name, self.trigger.key, self.sink.host
         to_hash = [c for c in batch if c.fires and c.verdict != settling.DELETED]
         if to_hash:
             results = await self._blocking(self._hash_all, to_hash)
@@ -473,10 +473,9 @@ class FileWatcher:
         quiet_ones = [c for c in batch if not c.fires and not c.again]
         if quiet_ones:                     # kinds the trigger does not fire for: remembered
             def write(conn):
-                with conn:
-                    conn.execute("BEGIN IMMEDIATE")
+                with conn.transaction():
                     for change in quiet_ones:
-                        _remember(conn, name, key, change)
+                        _remember(conn, host, name, key, change)
             await self.sink.call(write)
             for change in quiet_ones:
                 self._done(change)
@@ -553,11 +552,12 @@ class FileWatcher:
 
     async def _enqueue(self, change: "_Change") -> str | None:
         name, key, sequencer = self.fn.name, self.trigger.key, change.sequencer
+        host = self.sink.host
         entry = change.entry if change.verdict != settling.DELETED else None
 
         def also(conn):
-            _remember(conn, name, key, change)
-            file_seen.record_sequencer(conn, name, key, sequencer)
+            _remember(conn, host, name, key, change)
+            file_seen.record_sequencer(conn, host, name, key, sequencer)
         payload = shapes.s3_event(
             self.trigger, shapes.REMOVED if entry is None else shapes.CREATED, change.rel,
             entry.size if entry else None, entry.etag if entry else None,
@@ -652,11 +652,11 @@ def _relpath(labels: dict[str, str], path: str) -> str | None:
     return f"{folder}/{name}" if folder else name
 
 
-def _remember(conn, function: str, key: str, change: _Change) -> None:
+def _remember(conn, host: str, function: str, key: str, change: _Change) -> None:
     if change.verdict == settling.DELETED:
-        file_seen.forget(conn, function, key, change.rel)
+        file_seen.forget(conn, host, function, key, change.rel)
     else:
-        file_seen.mark(conn, function, key, change.rel, change.entry)
+        file_seen.mark(conn, host, function, key, change.rel, change.entry)
 
 
 def _ensure_fd_room(folders: int) -> None:

@@ -6,9 +6,10 @@ schedule and file trigger (design18 §5). This module adds what only the gateway
 
 - `http` triggers, which the service does not run, as entries of their own;
 - each last firing's run status, looked up by its request id: `queued`, `leased` or `dead`
-  while its event is in queue.db, then `ok`, `error`, `timeout` or `crashed` from its record;
+  while its event is in the queue (the host's store), then `ok`, `error`, `timeout` or
+  `crashed` from its record;
 - when the service does not answer: every trigger from the config, its next fire times computed
-  here (a rate() from the anchor the service persisted), its last firing from queue.db, and
+  here (a rate() from the anchor the service persisted), its last firing from the store, and
   state `down` (nothing fires while the service is down);
 - the summary /healthz shows.
 """

@@ -4,9 +4,14 @@ Each enabled schedule is an Entry with its next due time (wall clock, epoch seco
 sleeps until the earliest one (at most MAX_SLEEP, and it reads the wall clock again at each
 wake, so a clock step or a suspend is caught up), then fires what is due.
 
-Exactly one firing per due time per host: the last due time handled (fired or skipped) is
-persisted in the same transaction that enqueues the firing (sora.store.triggers.fire with
-`once`), so a restart, even after kill -9, never fires a time twice. At start, and whenever a
+Exactly one firing per due time: the last due time handled (fired or skipped) is persisted in
+the same transaction that enqueues the firing (sora.store.triggers.fire with `once`), so a
+restart, even after kill -9, never fires a time twice. On a store several hosts share
+(PostgreSQL), every host's scheduler runs the same schedules on the same times (a rate()'s
+anchor is the shared first_seen) and each due time is decided under the trigger's row lock:
+the first host fires or skips it, the others find it handled (AlreadyFired, logged at debug)
+and go on to the next time; so each time fires once cluster-wide, and a host going down leaves
+the others firing. At start, and whenever a
 schedule comes back, what was missed since the last due time handled is dealt with by its
 `missed` policy: `latest` fires the most recent missed time once, `skip` records it as skipped.
 `overlap: forbid` skips a firing (recorded, reason Overlap) while the previous firing's event
@@ -17,12 +22,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import sqlite3
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Callable
 
+from ..store import backend
 from ..store import triggers as store
 
 log = logging.getLogger("sora.triggers")
@@ -72,6 +77,14 @@ class Scheduler:
         self.stopping = False
         self.since = clock()
         self.state = "starting"
+        # Due times this scheduler found decided already: on a shared store, those another
+        # host fired or skipped first (status shows it: every host runs, one decides).
+        self.already_handled = 0
+        # Schedules that could not start because the store did not answer (a PostgreSQL
+        # store down, or restarting, when the service started or reloaded): started again
+        # from the loop once it answers, not left off until the next reload.
+        self.unstarted: dict[tuple[str, str], tuple] = {}
+        self.start_retry_at: float | None = None
 
     # --- which schedules ------------------------------------------------------------------------
     async def reconcile(self, functions) -> None:
@@ -86,26 +99,59 @@ class Scheduler:
                     try:
                         await self.sink.call(lambda conn, f=fn.name, k=trigger.key: (
                             store.set_paused(conn, f, k, True, self.clock())))
-                    except sqlite3.Error as exc:
+                    except backend.ERRORS as exc:
                         log.error("%s: could not note a disabled schedule: %s", fn.name, exc)
         for ident in list(self.entries):
             if ident not in wanted:
                 del self.entries[ident]
         self.errors = {}
+        self.unstarted = {}
         for ident, (fn, trigger) in wanted.items():
             entry = self.entries.get(ident)
             if entry is not None and entry.trigger == trigger:
                 entry.fn = fn   # its caps or region may have changed: no effect on times
                 continue
+            self.entries.pop(ident, None)
             try:
                 self.entries[ident] = await self._start(fn, trigger)
-            except (ValueError, sqlite3.Error) as exc:
-                self.entries.pop(ident, None)
+            except ValueError as exc:
                 self.errors[(fn.name, trigger.index)] = str(exc)
                 log.error("%s %s (%s): cannot be scheduled: %s", fn.name, route_of(trigger),
                           trigger.expression, exc)
+            except backend.ERRORS as exc:
+                self._not_started(ident, fn, trigger, exc)
         self.state = "running"
         self.wake.set()
+
+    def _not_started(self, ident, fn, trigger, exc: Exception) -> None:
+        if ident not in self.unstarted:
+            log.error("%s %s (%s): not started, the store could not be read or written (%s); "
+                      "trying again every %.0fs", fn.name, route_of(trigger),
+                      trigger.expression, exc, RETRY_AFTER)
+        self.unstarted[ident] = (fn, trigger)
+        self.errors[(fn.name, trigger.index)] = \
+            f"the store could not be read or written: {exc}; trying again"
+        self.start_retry_at = self.clock() + RETRY_AFTER
+
+    async def _start_unstarted(self) -> None:
+        """Start the schedules the store kept from starting; stop at the first that fails
+        again (the store is still down: the others would only wait for it too)."""
+        for ident, (fn, trigger) in list(self.unstarted.items()):
+            try:
+                entry = await self._start(fn, trigger)
+            except backend.ERRORS as exc:
+                self._not_started(ident, fn, trigger, exc)
+                return
+            except ValueError as exc:   # parsed before: not expected, but not to retry
+                del self.unstarted[ident]
+                self.errors[(fn.name, trigger.index)] = str(exc)
+                continue
+            del self.unstarted[ident]
+            self.errors.pop((fn.name, trigger.index), None)
+            self.entries[ident] = entry
+            log.info("%s %s (%s): started, the store answers again", fn.name,
+                     route_of(trigger), trigger.expression)
+        self.start_retry_at = None
 
     async def _start(self, fn, trigger) -> Entry:
         now = self.clock()
@@ -127,7 +173,7 @@ class Scheduler:
                          "schedule was off", fn.name, route_of(trigger), _iso(missed))
                 next_due = missed
             else:
-                await self.sink.skip(fn, trigger, route_of(trigger), missed, "Missed")
+                await self._skip(fn, trigger, route_of(trigger), missed, "Missed")
         return Entry(fn, trigger, schedule, next_due)
 
     # --- the loop -------------------------------------------------------------------------------
@@ -135,12 +181,16 @@ class Scheduler:
         while not self.stopping:
             self.wake.clear()
             now = self.clock()
+            if self.unstarted and (self.start_retry_at or 0) <= now:
+                await self._start_unstarted()
             for entry in list(self.entries.values()):
                 at = entry.wake_at()
                 if at is not None and at <= now:
                     await self._fire_due(entry)
             now = self.clock()
             dues = [at for e in self.entries.values() if (at := e.wake_at()) is not None]
+            if self.unstarted and self.start_retry_at is not None:
+                dues.append(self.start_retry_at)
             timeout = MAX_SLEEP if not dues else min(max(min(dues) - now, 0.0), MAX_SLEEP)
             try:
                 await asyncio.wait_for(self.wake.wait(), timeout)
@@ -156,12 +206,17 @@ class Scheduler:
         route = route_of(trigger)
         try:
             await self._fire_one(fn, trigger, route, due)
-        except sqlite3.Error as exc:
-            # Not stored: the same due time is tried again (late rather than never).
-            log.error("%s %s: firing for %s not stored (%s); trying again", fn.name, route,
-                      _iso(due), exc)
+        except backend.ERRORS as exc:
+            # Not stored: the same due time is tried again (late rather than never); said
+            # once, not each second the store stays down.
+            (log.error if entry.retry_at is None else log.debug)(
+                "%s %s: firing for %s not stored (%s); trying again every %.0fs", fn.name,
+                route, _iso(due), exc, RETRY_AFTER)
             entry.retry_at = self.clock() + RETRY_AFTER
             return
+        if entry.retry_at is not None:
+            log.info("%s %s: firing for %s stored, the store answers again", fn.name, route,
+                     _iso(due))
         entry.retry_at = None
         now = self.clock()
         following = entry.schedule.next_after(due)
@@ -171,7 +226,7 @@ class Scheduler:
             if trigger.missed == "latest":
                 following = latest
             else:
-                await self.sink.skip(fn, trigger, route, latest, "Missed")
+                await self._skip(fn, trigger, route, latest, "Missed")
                 following = entry.schedule.next_after(now)
         entry.next_due = following
 
@@ -184,14 +239,27 @@ class Scheduler:
             if await self.sink.call(busy):
                 log.info("%s %s: %s skipped, the previous firing is still queued or running "
                          "(overlap: forbid)", fn.name, route, _iso(due))
-                await self.sink.skip(fn, trigger, route, due, "Overlap")
+                await self._skip(fn, trigger, route, due, "Overlap")
                 return
         request_id = str(uuid.uuid4())
         try:
             await self.sink.fire(fn, trigger, route, self.payload(fn, trigger, due, request_id),
                                  due, request_id=request_id, once=True)
         except store.AlreadyFired:
-            log.info("%s %s: %s was fired already", fn.name, route, _iso(due))
+            # Another host sharing the store decided this time first (or this process did,
+            # before a crash): its outcome stands.
+            self.already_handled += 1
+            log.debug("%s %s: %s was handled already", fn.name, route, _iso(due))
+
+    async def _skip(self, fn, trigger, route: str, due: float, reason: str) -> None:
+        """Record a scheduled time as skipped, unless it was handled already (by another host
+        sharing the store): one outcome per due time."""
+        try:
+            await self.sink.skip(fn, trigger, route, due, reason, once=True)
+        except store.AlreadyFired:
+            self.already_handled += 1
+            log.debug("%s %s: %s was handled already (not skipped here)", fn.name, route,
+                      _iso(due))
 
     async def fire_now(self, fn, trigger) -> str | None:
         """A manual firing (`sora triggers fire`): enqueued now, whatever the overlap policy,

@@ -8,8 +8,10 @@ supervisor's snapshot (sora.config_snapshot), never from their folders, and runs
 - a FileWatcher (sora.triggers.files) per enabled file trigger;
 - the control socket (sora.triggers.control): `status` and `fire`.
 
-Every firing goes through the Sink (sora.triggers.sink) into the durable queue, where the
-dispatcher runs it like any asynchronous event. On SIGHUP (the supervisor sends it after each
+Every firing goes through the Sink (sora.triggers.sink) into the durable queue (the host's
+`store:`: queue.db, or the PostgreSQL database a cluster shares), where a dispatcher runs it
+like any asynchronous event. On a shared store every host runs the service and the same
+schedules; each due time fires once cluster-wide (sora.triggers.scheduler). On SIGHUP (the supervisor sends it after each
 reload wrote the snapshot) the snapshot is read again and schedules and watchers are
 reconciled: unchanged ones keep running, changed ones restart, disabled or removed ones stop.
 Signal handlers only set flags and wake the loop.
@@ -22,7 +24,6 @@ import datetime
 import json
 import logging
 import signal
-import sqlite3
 import sys
 import time
 import zoneinfo
@@ -33,10 +34,11 @@ import zmq.asyncio
 from ..config import ConfigError
 from ..config_snapshot import load_host_config_of_child
 from ..hotpath import quiet_gc
+from ..store import backend
 from ..store import triggers as store
 from . import control
 from .scheduler import Scheduler, route_of
-from .sink import Sink
+from .sink import Sink, seen_host
 
 log = logging.getLogger("sora.triggers")
 
@@ -114,7 +116,8 @@ class TriggerService:
         self.config_path = config_path
         self.config = load_host_config_of_child(config_path)
         self.state_dir = self.config.stateDir
-        self.sink = Sink(self.state_dir, self.config.minFreeDiskMB)
+        self.sink = Sink(self.state_dir, self.config.minFreeDiskMB, self.config.store,
+                         seen_host(self.config))
         self.scheduler = Scheduler(self.sink)
         self.watchers: dict[tuple[str, int], WatcherRun] = {}
         self.stopping = False
@@ -199,18 +202,24 @@ class TriggerService:
             if len(frames) != 4:
                 continue
             identity, request_id, op, body = frames
-            try:
-                answer = await self.handle(op.decode(), json.loads(body or b"{}"))
-            except (ValueError, TypeError, KeyError) as exc:
-                answer = {"error": f"bad request: {exc}", "errorType": "InvalidRequest"}
-            except sqlite3.Error as exc:
-                answer = {"error": f"the store could not be read or written: {exc}",
-                          "errorType": "StoreUnavailable"}
-            except Exception as exc:   # noqa: BLE001 - the socket must keep answering
-                log.exception("control op %r failed", op)
-                answer = {"error": f"{type(exc).__name__}: {exc}", "errorType": "InternalError"}
+            answer = await self.answer(op, body)
             await sock.send_multipart([identity, request_id,
                                        json.dumps(answer, default=str).encode()])
+
+    async def answer(self, op: bytes, body: bytes) -> dict:
+        """The answer to one request, an error included (the socket must keep answering). A
+        store error says what failed without the store URL's password (sora.store.backend's
+        errors show its display URL)."""
+        try:
+            return await self.handle(op.decode(), json.loads(body or b"{}"))
+        except (ValueError, TypeError, KeyError) as exc:
+            return {"error": f"bad request: {exc}", "errorType": "InvalidRequest"}
+        except backend.ERRORS as exc:
+            return {"error": f"the store could not be read or written: {exc}",
+                    "errorType": "StoreUnavailable"}
+        except Exception as exc:   # noqa: BLE001 - the socket must keep answering
+            log.exception("control op %r failed", op)
+            return {"error": f"{type(exc).__name__}: {exc}", "errorType": "InternalError"}
 
     async def handle(self, op: str, body: dict) -> dict:
         if op == "status":
@@ -226,7 +235,8 @@ class TriggerService:
             if function is not None and fn.name != function:
                 continue
             functions[fn.name] = [await self.trigger_status(fn, t) for t in trigger_list(fn)]
-        return {"scheduler": {"state": self.scheduler.state, "since": self.scheduler.since},
+        return {"scheduler": {"state": self.scheduler.state, "since": self.scheduler.since,
+                              "alreadyHandled": self.scheduler.already_handled},
                 "functions": functions}
 
     async def trigger_status(self, fn, trigger) -> dict:

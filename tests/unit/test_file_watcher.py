@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import shutil
-import sqlite3
 import time
 from types import SimpleNamespace
 
@@ -18,17 +17,20 @@ from sora.config import FileTrigger
 from sora.store import file_seen
 from sora.triggers import files, inotify_limits, settling
 from sora.triggers.files import FileWatcher
+from sora.triggers.sink import connect
 from sora.triggers.watched_folder import FileStat, WatchedFolder
 
 
 class FakeSink:
     """The trigger service's Sink as the watcher sees it: `call` and `fire` on a real SQLite
-    file; `fire` runs `also` in the transaction that stores the event, and refuses (None)
-    while `full` is set or the stored events reach `cap`."""
+    queue.db (the store's tables, and `fired` for what it enqueued); `fire` runs `also` in the
+    transaction that stores the event, and refuses (None) while `full` is set or the stored
+    events reach `cap`."""
+    host = ""
 
-    def __init__(self, path):
-        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.conn.execute("CREATE TABLE IF NOT EXISTS events (request_id TEXT, route TEXT, "
+    def __init__(self, state_dir):
+        self.conn = connect(str(state_dir))
+        self.conn.execute("CREATE TABLE IF NOT EXISTS fired (request_id TEXT, route TEXT, "
                           "payload BLOB)")
         self.full = False
         self.cap = None
@@ -39,15 +41,14 @@ class FakeSink:
         return func(self.conn)
 
     async def fire(self, fn, trigger, route, payload, due, also=None):
-        stored = self.conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+        stored = self.conn.execute("SELECT COUNT(*) FROM fired").fetchone()[0]
         if self.full or (self.cap is not None and stored >= self.cap):
             self.refused += 1
             return None
         self.n += 1
         request_id = f"req-{self.n}"
-        with self.conn:
-            self.conn.execute("BEGIN IMMEDIATE")
-            self.conn.execute("INSERT INTO events VALUES (?, ?, ?)", (request_id, route, payload))
+        with self.conn.transaction():
+            self.conn.execute("INSERT INTO fired VALUES (?, ?, ?)", (request_id, route, payload))
             if also is not None:
                 also(self.conn)
         return request_id
@@ -55,12 +56,12 @@ class FakeSink:
     def records(self):
         """The S3 records enqueued so far, in order."""
         return [json.loads(row[0])["Records"][0] for row in
-                self.conn.execute("SELECT payload FROM events ORDER BY rowid")]
+                self.conn.execute("SELECT payload FROM fired ORDER BY rowid")]
 
     def drain(self):
         """The function ran them: the queue is empty again."""
-        with self.conn:
-            self.conn.execute("DELETE FROM events")
+        with self.conn.transaction():
+            self.conn.execute("DELETE FROM fired")
 
 
 def fn_of(directory):
@@ -83,7 +84,7 @@ def inbox(tmp_path):
 
 @pytest.fixture
 def sink(tmp_path):
-    return FakeSink(tmp_path / "queue.db")
+    return FakeSink(tmp_path)
 
 
 async def until(predicate, timeout=8.0, what="condition"):
@@ -136,20 +137,67 @@ def test_look_waits_for_quiet_and_a_stable_stat():
     assert settling.look(gone, None, None, 0.2, 0.1) == settling.NOTHING
 
 
-def test_file_seen_marks_forgets_and_keeps_the_highest_sequencer(tmp_path):
-    conn = sqlite3.connect(tmp_path / "q.db", isolation_level=None)
-    file_seen.ensure(conn)
-    file_seen.mark(conn, "f", "k", "a.csv", file_seen.Seen(3, 4, "e"))
-    file_seen.mark(conn, "f", "k", "a.csv", file_seen.Seen(5, 6, "g"))
-    file_seen.mark(conn, "f", "other", "b.csv", file_seen.Seen(1, 1, None))
-    assert file_seen.seen(conn, "f", "k") == {"a.csv": file_seen.Seen(5, 6, "g")}
-    file_seen.forget(conn, "f", "k", "a.csv")
-    assert file_seen.seen(conn, "f", "k") == {}
-    file_seen.record_sequencer(conn, "f", "k", 7)
-    file_seen.record_sequencer(conn, "f", "k", 5)
-    assert file_seen.last_sequencer(conn, "f", "k") == 7
+def test_file_seen_marks_forgets_and_keeps_the_highest_sequencer(tmp_path, store_backend):
+    conn = connect(str(tmp_path), store_backend)
+    file_seen.mark(conn, "h", "f", "k", "a.csv", file_seen.Seen(3, 4, "e"))
+    file_seen.mark(conn, "h", "f", "k", "a.csv", file_seen.Seen(5, 6, "g"))
+    file_seen.mark(conn, "h", "f", "other", "b.csv", file_seen.Seen(1, 1, None))
+    assert file_seen.seen(conn, "h", "f", "k") == {"a.csv": file_seen.Seen(5, 6, "g")}
+    # a watched folder is one host's: another host's same trigger has its own rows
+    file_seen.mark(conn, "h2", "f", "k", "a.csv", file_seen.Seen(9, 9, "z"))
+    assert file_seen.seen(conn, "h", "f", "k") == {"a.csv": file_seen.Seen(5, 6, "g")}
+    file_seen.forget(conn, "h", "f", "k", "a.csv")
+    assert file_seen.seen(conn, "h", "f", "k") == {}
+    assert file_seen.seen(conn, "h2", "f", "k") == {"a.csv": file_seen.Seen(9, 9, "z")}
+    file_seen.record_sequencer(conn, "h", "f", "k", 7)
+    file_seen.record_sequencer(conn, "h", "f", "k", 5)
+    file_seen.record_sequencer(conn, "h2", "f", "k", 2)
+    assert file_seen.last_sequencer(conn, "h", "f", "k") == 7
+    assert file_seen.last_sequencer(conn, "h2", "f", "k") == 2
+    conn.close()
     assert file_seen.format_sequencer(10) < file_seen.format_sequencer(11) < \
         file_seen.format_sequencer(256)
+
+
+def test_the_real_sink_on_each_store_fires_once_and_remembers_under_the_host(
+        inbox, tmp_path, store_backend):
+    """The trigger service's own Sink on both backends: the file's event in the queue, its
+    seen-state under this host's id, so a second watcher (a restart) fires nothing again and
+    another host's watcher of a folder at the same path starts from nothing."""
+    from sora.store import queue
+    from sora.triggers.sink import Sink
+    fn = SimpleNamespace(**vars(fn_of(inbox.parent)),
+                         eventInvoke=SimpleNamespace(maxQueuedEvents=100, maxQueuedMB=1))
+    (inbox / "a.csv").write_bytes(b"1,2\n")
+
+    async def watch(host, settle):
+        sink = Sink(str(tmp_path / host), store_config=store_backend, host=host)
+        try:
+            watcher = FileWatcher(fn, trigger_of(inbox), sink)
+            task = asyncio.create_task(watcher.run())
+            await until(lambda: watcher.detail.startswith("watching"), what="watching")
+            await asyncio.sleep(settle)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return await sink.call(lambda c: c.execute(
+                "SELECT payload FROM events WHERE function = 'fx' ORDER BY id").fetchall())
+        finally:
+            sink.close()
+
+    async def body():
+        first = await watch("h1", 0.6)
+        again = await watch("h1", 0.6)
+        other = await watch("h2", 0.6)
+        return first, again, other
+    first, again, other = asyncio.run(asyncio.wait_for(body(), 60))
+    keys = [json.loads(bytes(row[0]))["Records"][0]["s3"]["object"]["key"] for row in other]
+    shared = store_backend.kind == "postgresql"    # SQLite: each host its own queue.db
+    assert len(first) == len(again) == 1 and keys == ["a.csv"] * (2 if shared else 1)
+    conn = connect(str(tmp_path / "h1"), store_backend)
+    assert set(file_seen.seen(conn, "h1", "fx", trigger_of(inbox).key)) == {"a.csv"}
+    assert queue.stored_totals(conn, "fx")[0] == (2 if shared else 1)
+    conn.close()
 
 
 # --- what fires -----------------------------------------------------------------------------------
@@ -765,3 +813,16 @@ def test_a_name_with_a_newline_does_not_forge_a_log_line(inbox, sink, caplog):
         run(body())
     lines = [r.getMessage() for r in caplog.records if "forged" in r.getMessage()]
     assert lines and all("\n" not in line for line in lines)
+
+
+def test_the_seen_state_is_kept_under_the_host_on_a_shared_store_only():
+    """SQLite: '' (queue.db is the host's own, and a queue.db from before the host column
+    migrates its rows as '': an upgrade fires no file again); PostgreSQL: the host's id."""
+    from sora.config import StoreConfig
+    from sora.triggers.sink import seen_host
+    cluster = SimpleNamespace(name="edge-1")
+    assert seen_host(SimpleNamespace(store=StoreConfig(), cluster=cluster,
+                                     stateDir="/srv/sora")) == ""
+    shared = StoreConfig(kind="postgresql", url="postgresql://sora@db/sora")
+    assert seen_host(SimpleNamespace(store=shared, cluster=cluster,
+                                     stateDir="/srv/sora")) == "edge-1"

@@ -3,7 +3,8 @@
 what is shown when it answers and when it does not, each last firing's run status from the
 queue and the records, the checks before a firing reaches the service, and who may call them
 (the attacker's tests: another function's key sees and fires nothing of this one's, a key path
-out of the folder is refused)."""
+out of the folder is refused). On both store backends: the last firings and run statuses come
+from the host's store, queue.db and sora.db or the PostgreSQL database."""
 from __future__ import annotations
 
 import json
@@ -18,7 +19,7 @@ from sora.function_table import FunctionTable
 from sora.gateway import app as gateway_app
 from sora.gateway import triggers_api
 from sora.gateway.triggers_api import ServiceDown, key_problem, refused_by_service
-from sora.store import db, queue, records
+from sora.store import backend, queue, records
 from sora.triggers import listing, schedule
 from tests.support import write_function
 from tests.unit.test_gateway_app import FakeBroker, FakeIntake
@@ -60,7 +61,7 @@ class Health(FakeBroker):
 
 
 @pytest.fixture
-def host(tmp_path, monkeypatch):
+def host(tmp_path, monkeypatch, store_backend):
     """A host with `echo` (http, a schedule, a file trigger) and `other` (http only), API keys
     for admin, for echo only and for other only, and the fake service."""
     fns = tmp_path / "fns"
@@ -74,7 +75,7 @@ def host(tmp_path, monkeypatch):
                  "enabled": False}]),
             write_function(fns, "other", handler, name="other")]
     spec = {"functionPaths": [str(d) for d in dirs], "server": {"httpPort": 8080},
-            "stateDir": str(tmp_path / "state"),
+            "stateDir": str(tmp_path / "state"), "store": store_setting(store_backend),
             "auth": {"apiKeys": [{"name": "ops", "key": ADMIN, "scopes": ["admin"]},
                                  {"name": "echo", "key": ECHO_KEY, "scopes": ["invoke:echo"]},
                                  {"name": "other", "key": OTHER_KEY,
@@ -89,8 +90,21 @@ def host(tmp_path, monkeypatch):
     client.broker = broker
     client.service = service
     client.state_dir = config.stateDir
+    client.store = config.store
+    client.config = config
     client.inbox = str(inbox)
     return client
+
+
+def store_setting(store) -> object:
+    """host-config.yaml's `store:` for a StoreConfig."""
+    return "sqlite" if store.kind == "sqlite" else {"url": store.url}
+
+
+def connections(store, state_dir: str):
+    """(the queue's, the records') connections to the store."""
+    return (backend.connect(store, state_dir, "queue"),
+            backend.connect(store, state_dir, "records"))
 
 
 def as_key(key):
@@ -103,9 +117,9 @@ def status_entry(index, kind, **extra):
 
 
 def test_the_services_entries_with_http_and_each_runs_status(host):
-    q = db.connect_queue(host.state_dir)
+    q, r = connections(host.store, host.state_dir)
     queue.enqueue(q, [("r-queued", "echo", "schedule:1", b"{}", time.time())])
-    records.commit(db.connect(host.state_dir), [
+    records.commit(r, [
         ("r-ok", "echo", "$LATEST", "schedule:1", time.time(), 3.0, "ok", None, 0, None, 60,
          None)], [])
     host.service.answers["status"] = {"scheduler": {"state": "running"}, "functions": {
@@ -167,6 +181,25 @@ def test_when_the_service_does_not_answer_the_config_and_local_next_times(host):
     assert files["watching"] == {"path": host.inbox, "pattern": "*.csv", "recursive": False,
                                  "events": ["created"]}
     assert paris["state"] == "disabled" and paris["next"] == []
+
+
+def test_when_the_service_does_not_answer_the_stored_anchor_and_last_firing(host):
+    """What a trigger service stored (on this host or, on a shared store, any other) shows:
+    the rate()'s anchor sets the next times, the last firing its run status."""
+    from sora.store import triggers as trigger_store
+    fn = next(f for f in host.config.functions if f.name == "echo")
+    key = fn.schedules[0].key
+    q, _ = connections(host.store, host.state_dir)
+    anchor = float(int(time.time()) // 60 * 60 - 3600 + 17)   # :17 past a minute, an hour ago
+    trigger_store.first_seen(q, "echo", key, anchor)
+    rid = trigger_store.fire(q, "echo", "schedule:1", key, b"{}", anchor + 60, anchor + 60,
+                             None, once=True)
+    body = host.simulate_get("/api/functions/echo/triggers", headers=as_key(ADMIN)).json
+    rate = body["triggers"][1]
+    assert rate["state"] == "down"
+    assert rate["next"][0][17:19] == "17"                  # anchored: :17 past each minute
+    assert rate["lastFiring"]["requestId"] == rid
+    assert (rate["lastFiring"]["due"], rate["lastFiring"]["status"]) == (anchor + 60, "queued")
 
 
 def test_an_unknown_function_is_a_404_in_json(host):
@@ -306,8 +339,8 @@ def test_the_services_refusals_and_their_statuses():
     assert refused_by_service({"error": "?"}).status == 400
 
 
-def test_run_status_prefers_the_queue_then_the_record(tmp_path):
-    q, r = db.connect_queue(str(tmp_path)), db.connect(str(tmp_path))
+def test_run_status_prefers_the_queue_then_the_record(tmp_path, store_backend):
+    q, r = connections(store_backend, str(tmp_path))
     assert listing.run_status(q, r, None) is None
     assert listing.run_status(q, r, "r-none") is None
     records.commit(r, [("r-1", "f", "$LATEST", "file:1", 1.0, 3.0, "timeout", "Sora.Timeout",
