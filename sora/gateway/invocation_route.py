@@ -106,20 +106,16 @@ class InvocationRoute:
             raise error(503, "Sora.LowDisk", (
                 "The host is low on disk space, so asynchronous events are not accepted "
                 "until space is freed"), {"Retry-After": LOW_DISK_RETRY_AFTER}) from None
-        except StoreDown as exc:
-            # The store's server is down or restarting: the pool reconnects by itself, so the
-            # caller tries again shortly. The text names the store by its display URL (no
-            # password); its host names are the operator's: shown under `full` only.
+        except (StoreDown, EventNotStored) as exc:
+            # StoreDown: the store's server is down or restarting; the pool reconnects by
+            # itself, so the caller tries again shortly. The text names the store by its
+            # display URL (no password), and an OSError's text names its file in the state
+            # dir: the log keeps it, the caller (on a function URL, anyone) gets it redacted
+            # but under `full`.
             log.warning("event for %s not stored: %s", name, exc)
-            reason = self.error_detail.for_caller(name, "Sora.StoreUnavailable", str(exc))
-            raise error(503, "Sora.StoreUnavailable", (
-                f"The event store cannot be reached, so the event was not accepted: {reason}"),
-                {"Retry-After": RETRY_AFTER}) from None
-        except EventNotStored as exc:
-            # An OSError's text names its file (in the state dir): the log keeps it, the
-            # caller (on a function URL, anyone) gets it redacted but under `full`.
-            log.warning("event for %s not stored: %s", name, exc)
-            reason = self.error_detail.for_caller(name, "Sora.EventNotStored", str(exc))
-            raise error(503, "Sora.EventNotStored", (
-                f"The event could not be stored, so it was not accepted: {reason}"),
-                {"Retry-After": RETRY_AFTER}) from None
+            error_type, what = (("Sora.StoreUnavailable", "The event store cannot be reached")
+                                if isinstance(exc, StoreDown) else
+                                ("Sora.EventNotStored", "The event could not be stored"))
+            reason = self.error_detail.for_caller(name, error_type, str(exc))
+            raise error(503, error_type, f"{what}, so the event was not accepted: {reason}",
+                        {"Retry-After": RETRY_AFTER}) from None

@@ -331,13 +331,11 @@ class PgConnection:
     def _error(self, exc: BaseException) -> StoreError:
         return wrap_error(exc, self.store)
 
-    def execute(self, sql: str, params: Iterable = ()) -> Result:
-        held = self._held
+    @contextlib.contextmanager
+    def _store_errors(self) -> Iterator[None]:
+        """psycopg's errors raised as StoreErrors (with the URL's password hidden)."""
         try:
-            if held is not None:
-                return _run(held, sql, params)
-            with _pool(self.store).connection(timeout=self.wait_s) as pg:
-                return _run(pg, sql, params)
+            yield
         except StoreError:
             raise
         except Exception as exc:
@@ -345,23 +343,27 @@ class PgConnection:
                 raise self._error(exc) from None
             raise
 
+    def _on_connection(self, run, transaction: bool = False):
+        """run(pg) on this thread's transaction's connection, else on a pooled one (in a
+        transaction of its own with `transaction`)."""
+        with self._store_errors():
+            held = self._held
+            if held is not None:
+                return run(held)
+            with _pool(self.store).connection(timeout=self.wait_s) as pg:
+                if not transaction:
+                    return run(pg)
+                with pg.transaction():
+                    return run(pg)
+
+    def execute(self, sql: str, params: Iterable = ()) -> Result:
+        return self._on_connection(lambda pg: _run(pg, sql, params))
+
     def executemany(self, sql: str, seq: Iterable) -> Result:
         seq = list(seq)
         if not seq:
             return Result([], 0)
-        held = self._held
-        try:
-            if held is not None:
-                return _run(held, sql, seq, many=True)
-            with _pool(self.store).connection(timeout=self.wait_s) as pg:
-                with pg.transaction():
-                    return _run(pg, sql, seq, many=True)
-        except StoreError:
-            raise
-        except Exception as exc:
-            if _is_psycopg(exc):
-                raise self._error(exc) from None
-            raise
+        return self._on_connection(lambda pg: _run(pg, sql, seq, many=True), transaction=True)
 
     def copy_rows(self, table: str, columns: tuple[str, ...], rows: Iterable) -> None:
         """PostgreSQL only: insert `rows` with COPY (one round trip for a whole batch; the
@@ -372,20 +374,7 @@ class PgConnection:
             with pg.cursor() as cursor, cursor.copy(statement) as copy:
                 for row in rows:
                     copy.write_row(row)
-        held = self._held
-        try:
-            if held is not None:
-                run(held)
-                return
-            with _pool(self.store).connection(timeout=self.wait_s) as pg:
-                with pg.transaction():
-                    run(pg)
-        except StoreError:
-            raise
-        except Exception as exc:
-            if _is_psycopg(exc):
-                raise self._error(exc) from None
-            raise
+        self._on_connection(run, transaction=True)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator["PgConnection"]:
@@ -394,7 +383,7 @@ class PgConnection:
         if self._held is not None:
             yield self
             return
-        try:
+        with self._store_errors():
             with _pool(self.store).connection(timeout=self.wait_s) as pg:
                 with pg.transaction():
                     self._local.conn = pg
@@ -402,12 +391,6 @@ class PgConnection:
                         yield self
                     finally:
                         self._local.conn = None
-        except StoreError:
-            raise
-        except Exception as exc:
-            if _is_psycopg(exc):
-                raise self._error(exc) from None
-            raise
 
     def commit(self) -> None:
         """Nothing to do: outside a transaction every statement is committed by itself."""

@@ -21,12 +21,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.integration import store_backends
 from tests.integration.store_backends import queue_of, store_setting
 from tests.support import SoraHost, json_of, served, wait_for, write_function
 
 pytestmark = pytest.mark.integration
-module_store = store_backends.module_store   # the host's store: SQLite, then PostgreSQL
 
 # Prints ~50 KB per write: for `ms` milliseconds, or `kb` kilobytes. Written with writeSync, so
 # the function waits for the worker to read (process.stdout would buffer in Node's memory).
@@ -105,7 +103,7 @@ class Sampler:
 
 
 @pytest.fixture(scope="module")
-def host(tmp_path_factory, module_store):
+def host(tmp_path_factory, module_store_backend):
     base = tmp_path_factory.mktemp("disk")
     fns = base / "fns"
     dirs = [write_function(fns, "flood", {"index.js": FLOOD}, name="flood", instances=2,
@@ -120,9 +118,9 @@ def host(tmp_path_factory, module_store):
         "logs": {"maxFileMB": LOG_FILE_MB, "keepFiles": KEEP_FILES},
         "records": {"maxStoreMB": STORE_MB, "maxLogBytesPerInvocation": PER_INVOCATION},
         "auth": {"apiKeys": [{"name": "admin", "key": API_KEY, "scopes": ["admin"]}]},
-        **store_setting(module_store)})
+        **store_setting(module_store_backend)})
     host = next(served_host)
-    host.store = module_store   # which backend the tests read the queue from
+    host.store = module_store_backend   # which backend the tests read the queue from
     yield host
     next(served_host, None)     # stops it and checks it stopped cleanly
 

@@ -10,13 +10,11 @@ import uuid
 import pytest
 
 from tests.integration import functions as F
-from tests.integration import store_backends
 from tests.integration.store_backends import queue_of, store_setting
 from tests.support import (SoraHost, json_of, lambda_client, served, wait_for,
                            write_function)
 
 pytestmark = pytest.mark.integration
-module_store = store_backends.module_store   # each test on both backends (one host each)
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +23,7 @@ def marks(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def host(tmp_path_factory, marks, module_store):
+def host(tmp_path_factory, marks, module_store_backend):
     base = tmp_path_factory.mktemp("events")
     fns = base / "fns"
     # `isolation: none`: the tests watch the events run through marks the sink leaves in a
@@ -41,7 +39,7 @@ def host(tmp_path_factory, marks, module_store):
                        env={"MARKS": str(marks)}, isolation="none",
                        eventInvoke={"maximumEventAgeInSeconds": 2, "retryDelaySeconds": 5}),
     ]
-    yield from served(base, dirs, https=False, extra=store_setting(module_store))
+    yield from served(base, dirs, https=False, extra=store_setting(module_store_backend))
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +69,7 @@ def api(host, path, method="GET", **kwargs):
     return r.status_code, json_of(r)
 
 
-def test_event_through_boto3_runs_once_and_is_acknowledged(host, lam, marks, module_store):
+def test_event_through_boto3_runs_once_and_is_acknowledged(host, lam, marks, module_store_backend):
     k = key()
     request_id = send(lam, "sink", {"key": k})
     wait_for(lambda: attempts(marks, k), what="the event to run")
@@ -83,7 +81,7 @@ def test_event_through_boto3_runs_once_and_is_acknowledged(host, lam, marks, mod
     assert rec["trigger"] == "event" and rec["function"] == "sink"
     # Acknowledged means deleted: no row is left that could be leased and run again.
     assert len(attempts(marks, k, "start")) == 1
-    db = queue_of(host, module_store)
+    db = queue_of(host, module_store_backend)
     assert db.execute("SELECT COUNT(*) FROM events WHERE request_id = ?",
                       (request_id,)).fetchone()[0] == 0
     db.close()
@@ -176,7 +174,7 @@ def test_concurrency_per_function_is_bounded(host, lam, marks):
     assert overlap == 2  # maxConcurrency 2, though the function has 3 instances
 
 
-def test_an_event_that_cannot_be_stored_is_refused_not_accepted(host, module_store):
+def test_an_event_that_cannot_be_stored_is_refused_not_accepted(host, module_store_backend):
     def refused():
         r = host.invoke("sink", method="POST", data="x",
                         headers={"X-Sora-Invocation-Type": "Event"})
@@ -184,7 +182,7 @@ def test_an_event_that_cannot_be_stored_is_refused_not_accepted(host, module_sto
         assert r.headers["Retry-After"] == "1"
         return json_of(r)
 
-    if module_store.kind == "sqlite":
+    if module_store_backend.kind == "sqlite":
         lock = sqlite3.connect(host.base / "state" / "queue.db", isolation_level=None)
         lock.execute("BEGIN EXCLUSIVE")
         try:
@@ -196,7 +194,7 @@ def test_an_event_that_cannot_be_stored_is_refused_not_accepted(host, module_sto
             lock.close()
     else:
         # Another transaction holds the function's totals row past the intake's lock wait.
-        db = queue_of(host, module_store)
+        db = queue_of(host, module_store_backend)
         with db.transaction():
             db.execute("INSERT INTO event_totals (function, events, bytes) VALUES "
                        "('sink', 0, 0) ON CONFLICT (function) DO NOTHING")
@@ -205,7 +203,7 @@ def test_an_event_that_cannot_be_stored_is_refused_not_accepted(host, module_sto
         db.close()
         assert body["errorType"] in ("Sora.StoreUnavailable", "Sora.EventNotStored")
         assert "lock" in body["errorMessage"]
-        assert module_store.url.split("@")[0].split(":")[-1] not in json.dumps(body)
+        assert module_store_backend.url.split("@")[0].split(":")[-1] not in json.dumps(body)
     k = key()
     r = host.invoke("sink", method="POST", data=k, headers={"X-Sora-Invocation-Type": "Event"})
     assert r.status_code == 202
