@@ -5,7 +5,6 @@ when one host stops the others go on firing without a gap. The attacker's side: 
 function never sees the store's URL or its password. Real time, polling with deadlines."""
 from __future__ import annotations
 
-import calendar
 import concurrent.futures
 import json
 import time
@@ -19,6 +18,7 @@ from sora.config import StoreConfig
 from sora.store import backend
 from sora.store import triggers as trigger_store
 from sora.triggers import control
+from tests.integration.test_schedule_triggers import due_of, marks_in
 from tests.support import SoraHost, wait_for, write_function
 
 pytestmark = pytest.mark.integration
@@ -38,26 +38,9 @@ exports.handler = async (event, context) => {
 """
 
 
-def due_of(event: dict) -> float:
-    return calendar.timegm(time.strptime(event["time"], "%Y-%m-%dT%H:%M:%SZ"))
-
-
-def marks(folder: Path) -> dict[str, dict]:
-    """request id -> what the run left (not a reload's warm-up call)."""
-    out = {}
-    for f in folder.glob("*.json"):
-        try:
-            mark = json.loads(f.read_text())
-        except ValueError:
-            continue   # being written
-        if mark["event"] != {"source": "sora.warmup"}:
-            out[f.stem] = mark
-    return out
-
-
 def runs_by_due(folder: Path) -> dict[float, set[str]]:
     out: dict[float, set[str]] = {}
-    for rid, mark in marks(folder).items():
+    for rid, mark in marks_in(folder).items():
         out.setdefault(due_of(mark["event"]), set()).add(rid)
     return out
 
@@ -128,7 +111,7 @@ def test_three_hosts_fire_each_due_time_once_and_go_on_when_one_stops(cluster):
     # The attacker's side: a scheduled function sees neither the store's URL nor its password.
     password = urlsplit(store.url).password
     assert password
-    for mark in marks(marks_dir).values():
+    for mark in marks_in(marks_dir).values():
         env = json.dumps(mark["env"])
         assert password not in env and "postgresql://" not in env
     for host in hosts[1:]:

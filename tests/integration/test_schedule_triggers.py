@@ -50,10 +50,14 @@ def marker(base: Path, name: str, triggers: list, env: dict | None = None, **con
 
 
 def marks_of(base: Path, name: str) -> dict[str, dict]:
+    return marks_in(base / "marks" / name)
+
+
+def marks_in(folder: Path) -> dict[str, dict]:
     """request id -> {"event", "start" (ms)} for each firing's run that started (not a
     reload's warm-up call, sora/worker/warmup.py)."""
     out = {}
-    for f in (base / "marks" / name).glob("*.json"):
+    for f in folder.glob("*.json"):
         try:
             mark = json.loads(f.read_text())
         except ValueError:
