@@ -61,6 +61,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -292,20 +293,38 @@ def _reported(fields: list[str]) -> tuple[int | None, float | None]:
     return (None if memory == "-" else int(memory)), (None if init == "-" else float(init))
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def storable(text: str) -> str:
+    """A function's text (its error's type and message, its log lines) as both stores keep
+    it: a NUL shown as `\\x00` (PostgreSQL's text has none: one made the whole batch fail, for
+    ever, with every other function's records in it) and a lone surrogate (a JSON `\\ud800`
+    in an errorMessage, which neither store can encode) as U+FFFD."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = _SURROGATE.sub("\ufffd", text)
+    return text
+
+
 def parse(message: bytes, records: list[tuple], lines: list[tuple]) -> None:
     for item in message.split(b"\n"):
         kind = item[:2]
         try:
             if kind == b"R\t":
-                f = item.decode("utf-8", "replace").split("\t")
+                f = storable(item.decode("utf-8", "replace")).split("\t")
                 records.append((f[1], f[2], f[3], f[4], float(f[5]), float(f[6]), f[7],
                                 None if f[8] == "-" else f[8], int(f[9]),
-                                None if len(f) < 11 or f[10] == "-" else json.loads(f[10]),
-                                *_reported(f[11:13])))
+                                None if len(f) < 11 or f[10] == "-" else
+                                storable(json.loads(f[10])), *_reported(f[11:13])))
             elif kind == b"L\t":
                 _, fn, rid, at, stream, text = item.split(b"\t", 5)
                 lines.append((fn.decode(), rid.decode(), float(at), stream.decode(),
-                              text.decode("utf-8", "replace")))
+                              storable(text.decode("utf-8", "replace"))))
         except (IndexError, ValueError):
             log.warning("ignored a malformed record line: %r", item[:200])
 
