@@ -247,21 +247,32 @@ _converted: dict[str, str] = {}
 
 
 def pg_sql(sql: str) -> str:
-    """`?` placeholders as psycopg's `%s`, and a literal `%` as `%%` (outside and inside
-    quoted strings: psycopg reads every `%` of a query given parameters); cached per string."""
+    """`?` placeholders as psycopg's `%s`, and a literal `%` as `%%` (everywhere: psycopg reads
+    every `%` of a query given parameters); a `?` inside a quoted string, a quoted identifier
+    or a `--` comment stays (an apostrophe in a comment does not start a string); cached per
+    string."""
     done = _converted.get(sql)
     if done is None:
-        out, quoted = [], False
-        for ch in sql:
-            if ch == "'":
-                quoted = not quoted
-                out.append(ch)
-            elif ch == "%":
+        out, closing, i = [], None, 0    # closing: what ends the quote/comment we are in
+        while i < len(sql):
+            ch = sql[i]
+            if ch == "%":
                 out.append("%%")
-            elif ch == "?" and not quoted:
+            elif closing is not None:
+                if ch == closing:
+                    closing = None
+                out.append(ch)
+            elif ch in "'\"":
+                closing = ch
+                out.append(ch)
+            elif ch == "-" and sql.startswith("--", i):
+                closing = "\n"
+                out.append(ch)
+            elif ch == "?":
                 out.append("%s")
             else:
                 out.append(ch)
+            i += 1
         done = _converted[sql] = "".join(out)
     return done
 

@@ -60,9 +60,12 @@ def pack(code: str) -> bytes:
     return out.getvalue()
 
 
-def unpack(data: bytes, dest: str) -> None:
+def unpack(data: bytes, dest: str, max_bytes: int | None = None) -> None:
     """Extract `data` (pack's tar) into the existing empty folder `dest`; UnsafeTar names
-    the first member refused (and may leave `dest` half-filled: the caller removes it)."""
+    the first member refused (and may leave `dest` half-filled: the caller removes it).
+    `max_bytes` (the row's code_size: what the publishing host measured of its copy): a tar
+    whose files add up to more is refused from its headers, before anything is written (a
+    few KB of gzip can expand to gigabytes on every host)."""
     dest = os.path.realpath(dest)
     try:
         tar = tarfile.open(fileobj=io.BytesIO(data), mode="r:*")
@@ -93,6 +96,10 @@ def unpack(data: bytes, dest: str) -> None:
                 plain.append(tarfile.data_filter(member, dest))
             except tarfile.FilterError as exc:
                 raise UnsafeTar(f"{ascii(member.name)}: {exc}") from None
+        total = sum(member.size for member in plain if member.isreg())
+        if max_bytes is not None and total > max_bytes:
+            raise UnsafeTar(f"its files hold {total} bytes; the version's code_size is "
+                            f"{max_bytes} bytes")
         for member in [*plain, *links.values()]:
             parts = os.path.normpath(member.name).split(os.sep)
             for depth in range(1, len(parts)):

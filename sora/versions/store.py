@@ -256,7 +256,8 @@ class VersionStore:
             if _same(_read_local(final), record):   # another process made it meanwhile
                 return function_from_entry(record["config"])
             row = self.conn.execute(
-                "SELECT code FROM function_versions WHERE function = ? AND version = ?",
+                "SELECT code, code_size FROM function_versions WHERE function = ? AND "
+                "version = ?",
                 (name, int(version))).fetchone()
             if row is None or row[0] is None:
                 raise VersionError(500, "ServiceException", (
@@ -268,7 +269,7 @@ class VersionStore:
                 code = os.path.join(staging, CODE_DIR)
                 os.mkdir(code, 0o755)
                 try:
-                    code_tar.unpack(bytes(row[0]), code)
+                    code_tar.unpack(bytes(row[0]), code, max_bytes=row[1])
                 except code_tar.UnsafeTar as exc:
                     raise VersionError(500, "ServiceException", (
                         f"version {version} of {name}: its code in the store was refused: "
