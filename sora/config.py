@@ -299,9 +299,12 @@ STORE_URL_RE = re.compile(r"^postgres(ql)?://", re.IGNORECASE)
 def display_url(url: str) -> str:
     """`url` with the password of its user part and of a `password=` query parameter replaced
     by `***` (what every log line and error shows of a store URL)."""
-    # Up to the authority's last "@": a password with an unencoded "@" is hidden whole.
-    shown = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/@?#:]*):[^/?#]*@", r"\1:***@", url)
-    return re.sub(r"([?&]password=)[^&#]*", r"\1***", shown, flags=re.IGNORECASE)
+    # Up to the URL's last "@": a password with an unencoded "@", "/", "?" or "#" is hidden
+    # whole (a "@" in a later parameter hides the host too: more than needed, never less).
+    shown = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/@?#:]*):.*@", r"\1:***@", url,
+                   flags=re.DOTALL)
+    # libpq's `sslpassword` (the client key's passphrase) is a secret too.
+    return re.sub(r"([?&](?:ssl)?password=)[^&#]*", r"\1***", shown, flags=re.IGNORECASE)
 
 
 def _store_setting(value: Any) -> Any:
@@ -1182,6 +1185,20 @@ class StoreConfig:
         """The URL with its password (and any `password=` parameter) as `***`; for SQLite,
         `sqlite` (the files' paths are shown by whoever opens them)."""
         return display_url(self.url) if self.url else self.kind
+
+    @property
+    def secret_files(self) -> list[str]:
+        """The files of the operator's that the URL names and libpq reads: the client key
+        (`sslkey`) and the password file (`passfile`). Every sandbox covers them
+        (sora.isolation.sandbox.hide), as it does the host's TLS key."""
+        if not self.url:
+            return []
+        from urllib.parse import parse_qs, urlsplit
+        try:
+            query = parse_qs(urlsplit(self.url).query)
+        except ValueError:
+            return []
+        return [path for name in ("sslkey", "passfile") for path in query.get(name, [])]
 
     def __repr__(self) -> str:
         return f"StoreConfig(kind={self.kind!r}, url={self.display_url!r}, " \

@@ -83,7 +83,8 @@ class Arbiter(Reloading):
     def __init__(self, config: HostConfig, joining: bool = False, watch: bool = False):
         self.config = config
         # The operator's secrets are no sandbox's to read, wherever they lie (sandbox.hide).
-        sandbox.hide([config.path, config.server.sslKeyPath, config.cluster.keys])
+        sandbox.hide([config.path, config.server.sslKeyPath, config.cluster.keys,
+                      *config.store.secret_files])
         # A joined host (`sora-supervisor join`): workers only, serving the main host.
         self.joining = joining
         self.joined_hosts: JoinedHosts | None = None   # the main host's, with cluster.listen

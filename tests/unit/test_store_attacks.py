@@ -80,3 +80,29 @@ def test_a_version_tar_larger_than_its_row_says_is_refused_before_writing(tmp_pa
     assert list(dest.iterdir()) == []
     code_tar.unpack(_tar([("index.js", b"x" * 10)]), str(dest), max_bytes=10)
     assert (dest / "index.js").read_bytes() == b"x" * 10
+
+
+@pytest.mark.parametrize("url, secret", [
+    ("postgresql://u:pw@h/db?sslpassword=k3ypass", "k3ypass"),
+    ("postgresql://u@h/db?sslmode=require&SSLPassword=k3ypass", "k3ypass"),
+    ("postgresql://u:p/ss@h/db", "p/ss"),          # an unencoded / in the password
+    ("postgresql://u:p?ss@h/db", "p?ss"),
+    ("postgresql://u:p#ss@h:5432/db", "p#ss"),
+])
+def test_display_url_hides_every_secret_of_the_url(url, secret):
+    """Logs and errors show display_url: a key's passphrase (libpq's sslpassword) and a
+    password holding a character a URL should have encoded were shown as they are."""
+    from sora.config import display_url
+    shown = display_url(url)
+    assert secret not in shown and "***" in shown, shown
+
+
+def test_the_store_url_files_are_hidden_from_every_sandbox():
+    """libpq reads a client key (`sslkey`) and a password file (`passfile`) named by the URL:
+    secrets of the operator's, like the host's TLS key, which every sandbox covers
+    (sandbox.hide) since a folder such as /etc is bound into it."""
+    from sora.config import StoreConfig
+    store = StoreConfig(kind="postgresql", url="postgresql://u@db/sora?sslmode=verify-full&"
+                        "sslkey=/etc/sora/pg.key&sslcert=/etc/sora/pg.crt&passfile=/etc/sora/pgpass")
+    assert set(store.secret_files) == {"/etc/sora/pg.key", "/etc/sora/pgpass"}
+    assert StoreConfig().secret_files == []
