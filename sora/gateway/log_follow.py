@@ -41,13 +41,21 @@ async def new_lines(store, name: str, after: int, request_id: str | None = None,
     keep-alive: a server learns that its client went away only when it sends something).
     Ends after `seconds` if given, and when the gateway process stops."""
     started = quiet_since = time.monotonic()
-    late = _LateLines(store.conn, name, request_id) \
-        if getattr(store.conn, "dialect", "sqlite") == "postgresql" else None
-    while not draining.stopping() and (seconds is None
-                                       or time.monotonic() - started < seconds):
-        lines = records.log_lines(store.conn, name, after, request_id, limit)
+    late: _LateLines | None = None
+
+    def poll(after: int) -> list[dict]:
+        nonlocal late
+        conn = store.conn
+        if late is None and getattr(conn, "dialect", "sqlite") == "postgresql":
+            late = _LateLines(conn, name, request_id)
+        lines = records.log_lines(conn, name, after, request_id, limit)
         if late is not None:
             lines = late.missed(after) + late.shown(lines)
+        return lines
+
+    while not draining.stopping() and (seconds is None
+                                       or time.monotonic() - started < seconds):
+        lines = await off_loop(store, poll, after)
         if lines:
             after = max(after, lines[-1]["id"])
             quiet_since = time.monotonic()
@@ -57,6 +65,17 @@ async def new_lines(store, name: str, after: int, request_id: str | None = None,
             quiet_since = time.monotonic()
             yield []
         await asyncio.sleep(FOLLOW_POLL)
+
+
+async def off_loop(store, call, *args):
+    """call(*args), a read of `store` (sora.gateway.records_api.Store): on PostgreSQL on a
+    thread, since a query there is a network round trip and, while the database is down,
+    waits up to the pool's wait, which on the event loop would stall every invocation this
+    gateway process serves; on SQLite (a local read, and sqlite3 connections stay on their
+    own thread) here."""
+    if getattr(getattr(store, "config", None), "kind", "sqlite") == "postgresql":
+        return await asyncio.to_thread(call, *args)
+    return call(*args)
 
 
 class _LateLines:

@@ -31,7 +31,7 @@ from ..store import queue, records
 from ..store import backend
 from ..messaging.client import InvocationClient, BrokerTimeout
 from .errors import SoraError
-from .log_follow import new_lines
+from .log_follow import new_lines, off_loop
 from .requests import read_body, request_id_of
 
 MAX_LIMIT = 1000
@@ -122,10 +122,11 @@ class InvocationListResource(_FunctionRoute):
         status = req.get_param("status")
         if status is not None and status not in records.STATUSES:
             raise _bad(f"status: expected one of {', '.join(records.STATUSES)}, got {status!r}")
-        items, cursor = records.list_invocations(
-            self.store.conn, name, status=status, since=_since(req),
-            limit=_int_param(req, "limit", 50, 1, MAX_LIMIT),
-            cursor=_int_param(req, "cursor", None, 1))
+        since = _since(req)
+        limit = _int_param(req, "limit", 50, 1, MAX_LIMIT)
+        cursor = _int_param(req, "cursor", None, 1)
+        items, cursor = await off_loop(self.store, lambda: records.list_invocations(
+            self.store.conn, name, status=status, since=since, limit=limit, cursor=cursor))
         _json(resp, {"invocations": items, "nextCursor": cursor})
 
 
@@ -134,6 +135,9 @@ class InvocationResource:
         self.store = store
 
     async def on_get(self, req, resp, request_id: str) -> None:
+        _json(resp, await off_loop(self.store, self._read, request_id))
+
+    def _read(self, request_id: str) -> dict:
         item = records.get_invocation(self.store.conn, request_id)
         event = queue.find_event(self.store.queue, request_id)
         if item is None and event is None:
@@ -149,7 +153,7 @@ class InvocationResource:
                         self.store.conn, event["function"], request_id=request_id)}
         if event is not None:
             item["event"] = event
-        _json(resp, item)
+        return item
 
 
 class FunctionListResource:
@@ -166,7 +170,7 @@ class FunctionListResource:
         except BrokerTimeout:
             raise SoraError(503, "Sora.BrokerUnavailable",
                             "The supervisor's control plane did not answer") from None
-        counts = queue.counts(self.store.queue)
+        counts = await off_loop(self.store, lambda: queue.counts(self.store.queue))
         functions = []
         for name, info in sorted(health.get("functions", {}).items()):
             events = counts.get(name, dict.fromkeys(queue.EVENT_STATES, 0))
@@ -178,15 +182,17 @@ class FunctionListResource:
 class DeadLetterResource(_FunctionRoute):
     async def on_get(self, req, resp, name: str) -> None:
         await self.check_function(name)
-        items, cursor = queue.dead_letters(self.store.queue, name,
-                                           _int_param(req, "limit", 50, 1, MAX_LIMIT),
-                                           _int_param(req, "cursor", None, 1))
+        limit = _int_param(req, "limit", 50, 1, MAX_LIMIT)
+        cursor = _int_param(req, "cursor", None, 1)
+        items, cursor = await off_loop(self.store, lambda: queue.dead_letters(
+            self.store.queue, name, limit, cursor))
         _json(resp, {"events": items, "nextCursor": cursor})
 
     async def on_delete(self, req, resp, name: str) -> None:
         await self.check_function(name)
         ids = req.get_param_as_list("requestId")
-        _json(resp, {"discarded": queue.discard(self.store.queue, name, ids)})
+        _json(resp, {"discarded": await off_loop(
+            self.store, lambda: queue.discard(self.store.queue, name, ids))})
 
 
 class DeadLetterReplayResource(_FunctionRoute):
@@ -203,7 +209,8 @@ class DeadLetterReplayResource(_FunctionRoute):
                                     not all(isinstance(i, str) for i in ids)):
                 raise _bad('body: expected {"requestIds": ["<request id>", ...]} or no body '
                            '(replay all)')
-        replayed = queue.replay(self.store.queue, name, ids, time.time())
+        replayed = await off_loop(self.store, lambda: queue.replay(
+            self.store.queue, name, ids, time.time()))
         _json(resp, {"replayed": replayed})
 
 
@@ -214,14 +221,15 @@ class LogsResource(_FunctionRoute):
         limit = _int_param(req, "limit", MAX_LIMIT, 1, MAX_LIMIT)
         follow = req.get_param_as_bool("follow") or False
         after = _int_param(req, "after", None, 0)
-        conn = self.store.conn
         if not follow:
-            lines = records.log_lines(conn, name, after or 0, request_id, limit)
+            lines = await off_loop(self.store, lambda: records.log_lines(
+                self.store.conn, name, after or 0, request_id, limit))
             _json(resp, {"lines": lines,
                          "cursor": lines[-1]["id"] if lines else (after or 0)})
             return
         # Follow: from `after` if given, else from now; one JSON object per line, as it comes.
-        start = after if after is not None else records.last_log_id(conn, name)
+        start = after if after is not None else await off_loop(
+            self.store, lambda: records.last_log_id(self.store.conn, name))
         resp.content_type = "application/x-ndjson"
         resp.stream = self._follow(name, start, request_id)
 

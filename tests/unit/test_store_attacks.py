@@ -106,3 +106,75 @@ def test_the_store_url_files_are_hidden_from_every_sandbox():
                         "sslkey=/etc/sora/pg.key&sslcert=/etc/sora/pg.crt&passfile=/etc/sora/pgpass")
     assert set(store.secret_files) == {"/etc/sora/pg.key", "/etc/sora/pgpass"}
     assert StoreConfig().secret_files == []
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _loop_stall_during(make_coro) -> float:
+    """The longest the event loop went without running a 20 ms ticker while `make_coro()` ran
+    (to its end or its error)."""
+    import asyncio
+
+    async def main():
+        gaps = []
+
+        async def ticker():
+            last = time.monotonic()
+            while True:
+                await asyncio.sleep(0.02)
+                now = time.monotonic()
+                gaps.append(now - last)
+                last = now
+        task = asyncio.create_task(ticker())
+        await asyncio.sleep(0.05)
+        try:
+            await asyncio.wait_for(make_coro(), 30)
+        except backend.StoreError:
+            pass
+        await asyncio.sleep(0.05)   # the ticker's turn after a stall: it records the gap
+        task.cancel()
+        return max(gaps)
+    return asyncio.run(main())
+
+
+@pytest.fixture
+def store_down(tmp_path, monkeypatch):
+    """A gateway's records Store over a PostgreSQL server that is not there (a database
+    restarting): each query waits for a pooled connection, here 1 s, then fails."""
+    from sora.config import StoreConfig
+    from sora.gateway.records_api import Store
+    monkeypatch.setattr(backend, "POOL_WAIT_S", 1.0)
+    config = StoreConfig(kind="postgresql", poolSize=1,
+                         url=f"postgresql://u:pw@127.0.0.1:{_free_port()}/db")
+    yield Store(str(tmp_path), config)
+    backend.close_pools(lambda url: url == config.url)
+
+
+def test_a_log_follower_never_holds_the_gateway_event_loop(store_down):
+    """A follower (the logs API's follow, the dashboard's live tail) polls the store 4 times
+    a second on the gateway process's event loop, which serves every invocation of that
+    process: on PostgreSQL a query is a network round trip, and while the database is down
+    each waited up to the pool's wait there, stalling every call the process served."""
+    from sora.gateway.log_follow import new_lines
+
+    async def follow():
+        async for _ in new_lines(store_down, "fn", 0, limit=10, seconds=3):
+            pass
+    assert _loop_stall_during(follow) < 0.5
+
+
+def test_the_records_api_never_holds_the_gateway_event_loop(store_down):
+    from sora.gateway import records_api
+
+    class Req:
+        def get_param(self, name):
+            return None
+
+    async def get():
+        await records_api.InvocationResource(store_down).on_get(Req(), object(), "rid")
+    assert _loop_stall_during(get) < 0.5
