@@ -97,6 +97,7 @@ class AliasStore:
         why = self._fresh.stale()
         if why is None:
             return self._aliases
+        self._fresh.check_up()
         try:
             if why == "recheck" and not self._fresh.mark(self._revision()):
                 return self._aliases
@@ -104,6 +105,7 @@ class AliasStore:
             aliases, revision = self._read()
         except backend.ERRORS as exc:
             if not self._fresh.loaded:
+                self._fresh.failed()
                 raise
             log.warning("aliases of %s: the store cannot be read (%s); the aliases read "
                         "before keep serving", self.name, exc)

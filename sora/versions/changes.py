@@ -61,6 +61,7 @@ class Freshness:
         self._checked = float("-inf")
         self.revision = None
         self.loaded = False
+        self._failed_until = float("-inf")
 
     def stale(self) -> str | None:
         """None: the cache holds; "local": this host changed it (re-read); "recheck": ask
@@ -95,6 +96,19 @@ class Freshness:
         (even if the marker moved meanwhile)."""
         self._checked = self.clock() + OUTAGE_RECHECK_S - RECHECK_S
         self._stamp = stamp(self.function_dir)
+
+    def failed(self) -> None:
+        """A read failed with nothing cached to serve: `check_up` refuses at once, without
+        asking the store, for RECHECK_S (on the call path a down store otherwise cost every
+        call its wait for a connection)."""
+        self._failed_until = self.clock() + RECHECK_S
+
+    def check_up(self) -> None:
+        """Raise StoreUnavailable if a read failed with nothing cached less than RECHECK_S
+        ago."""
+        if not self.loaded and self.clock() < self._failed_until:
+            from ..store.backend import StoreUnavailable
+            raise StoreUnavailable("the store could not be read a moment ago")
 
     def invalidate(self) -> None:
         self.loaded = False

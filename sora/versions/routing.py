@@ -7,12 +7,18 @@ per process and function (sora.versions.changes): a function's version numbers a
 aliases are read again when this host changed them (the next call sees it) or, at most once
 a second, when the store says they changed (another host's change). A version number the
 cache does not hold is asked of the store at once (one indexed read), so a version another
-host just published is found by its first call. A weighted alias picks per call.
+host just published is found by its first call, unless another missing number was asked
+within the second before (at most one such read per function per second: callers naming
+numbers that do not exist cannot make every call a store query); the recheck finds it within
+that second. While the store is down, a cache that has read nothing answers 503 at once for
+a second after a failed read instead of waiting for a connection per call. A weighted alias
+picks per call.
 """
 from __future__ import annotations
 
 import logging
 import random
+import time
 
 from ..config import StoreConfig
 from ..store import backend
@@ -25,22 +31,38 @@ from .store import VersionError, VersionStore
 class _Numbers:
     """One function's published version numbers, cached (see the module docstring)."""
 
-    def __init__(self, store: VersionStore, name: str):
-        self.store, self.name = store, name
-        self.fresh = changes.Freshness(store.function_dir(name))
+    def __init__(self, store: VersionStore, name: str, clock=time.monotonic):
+        self.store, self.name, self.clock = store, name, clock
+        self.fresh = changes.Freshness(store.function_dir(name), clock)
         self.numbers: frozenset[int] = frozenset()
+        self.missed_at = float("-inf")   # when a number the cache lacked was last asked
 
     def has(self, version: str) -> bool:
         if self.fresh.stale() is not None:
+            self.fresh.check_up()
             try:
                 self.fresh.begin()
                 self.numbers = frozenset(self.store.numbers(self.name))
                 self.fresh.loaded_at(None)
             except backend.ERRORS:
                 if not self.fresh.loaded:
+                    self.fresh.failed()
                     raise
                 self.fresh.postpone()   # the numbers read before serve (changes.py)
-        return int(version) in self.numbers or self.store.exists(self.name, version)
+        if int(version) in self.numbers:
+            return True
+        # A number the cache lacks: maybe one another host just published, so the store is
+        # asked, but at most once per RECHECK_S per function (a caller making numbers up,
+        # on a function URL anyone may call, cost a store query per call); in between, the
+        # numbers are read again by the recheck above within that second anyway.
+        now = self.clock()
+        if now - self.missed_at < changes.RECHECK_S:
+            return False
+        self.missed_at = now
+        if not self.store.exists(self.name, version):
+            return False
+        self.numbers = self.numbers | {int(version)}
+        return True
 
 
 log = logging.getLogger("sora.versions")

@@ -178,3 +178,46 @@ def test_the_records_api_never_holds_the_gateway_event_loop(store_down):
     async def get():
         await records_api.InvocationResource(store_down).on_get(Req(), object(), "rid")
     assert _loop_stall_during(get) < 0.5
+
+
+def test_a_caller_naming_versions_that_do_not_exist_costs_the_store_one_query_a_second(
+        tmp_path, postgres_url, monkeypatch):
+    """`/functions/NAME:N` (a function URL, `auth: none`: anyone) with a number the cache
+    lacks asked the store at once, on the gateway's event loop: one PostgreSQL round trip per
+    call for any number a caller makes up."""
+    from sora.config import StoreConfig
+    from sora.versions.routing import Resolver
+    from sora.versions.store import VersionError, VersionStore
+    asked = []
+    exists = VersionStore.exists
+    monkeypatch.setattr(VersionStore, "exists",
+                        lambda self, *a: asked.append(a) or exists(self, *a))
+    resolver = Resolver(str(tmp_path), store=StoreConfig(kind="postgresql", url=postgres_url))
+    for number in range(1000, 1020):
+        with pytest.raises(VersionError) as caught:
+            resolver.resolve("fn", str(number))
+        assert caught.value.status == 404
+    assert len(asked) <= 2, asked
+
+
+def test_calls_by_version_while_the_store_is_down_wait_for_it_once_not_per_call(
+        tmp_path, monkeypatch):
+    """A gateway that has not read a function's versions yet (just started) when the
+    database goes down: each call by version waited the call path's 1 s for a connection, on
+    the event loop, so a caller repeating one stalled the process for every function."""
+    from sora.config import StoreConfig
+    from sora.versions import routing
+    from sora.versions.store import VersionError
+    monkeypatch.setattr(routing, "CALL_PATH_WAIT_MS", 300)
+    config = StoreConfig(kind="postgresql", poolSize=1,
+                         url=f"postgresql://u:pw@127.0.0.1:{_free_port()}/db")
+    resolver = routing.Resolver(str(tmp_path), store=config)
+    began = time.monotonic()
+    try:
+        for _ in range(10):
+            with pytest.raises(VersionError) as caught:
+                resolver.resolve("fn", "3")
+            assert caught.value.status == 503
+    finally:
+        backend.close_pools(lambda url: url == config.url)
+    assert time.monotonic() - began < 1.5
