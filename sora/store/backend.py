@@ -137,6 +137,11 @@ class SqliteConnection(sqlite3.Connection):
 _pools: dict[tuple[int, str], Any] = {}
 _pools_lock = threading.Lock()
 _secrets: set[str] = set()          # passwords scrubbed from messages and psycopg's log lines
+# Every logger psycopg 3 and psycopg_pool log under: a logger's filter does not see its
+# children's records, so each has the scrubbing filter (psycopg_pool's scheduler logs a
+# failed task's error under its module's name).
+PSYCOPG_LOGGERS = ("psycopg", "psycopg.pool", "psycopg.pq", "psycopg.debug",
+                   "psycopg_pool", "psycopg_pool.sched", "psycopg_pool.sched_async")
 
 
 def _password_of(url: str) -> str | None:
@@ -185,7 +190,7 @@ def _pool(store: StoreConfig):
             secret = _password_of(store.url)
             if secret:
                 _secrets.add(secret)
-            for name in ("psycopg", "psycopg.pool"):
+            for name in PSYCOPG_LOGGERS:
                 logger = logging.getLogger(name)
                 if not any(isinstance(f, _ScrubFilter) for f in logger.filters):
                     logger.addFilter(_ScrubFilter())

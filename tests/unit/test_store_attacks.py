@@ -221,3 +221,21 @@ def test_calls_by_version_while_the_store_is_down_wait_for_it_once_not_per_call(
     finally:
         backend.close_pools(lambda url: url == config.url)
     assert time.monotonic() - began < 1.5
+
+
+@pytest.mark.parametrize("logger", ["psycopg", "psycopg.pool", "psycopg.pq",
+                                    "psycopg_pool.sched"])
+def test_every_psycopg_logger_is_scrubbed_of_the_password(postgres_url, logger, caplog,
+                                                          tmp_path):
+    """psycopg and psycopg_pool log under several names (the pool's scheduler logs a failed
+    task's error under its module's name): a filter on `psycopg` alone does not see a child
+    logger's records."""
+    import logging
+    from sora.config import StoreConfig
+    store = StoreConfig(kind="postgresql", url=postgres_url)
+    backend.connect(store, str(tmp_path), "records").execute("SELECT 1")
+    secret = backend._password_of(postgres_url)
+    assert secret
+    with caplog.at_level(logging.DEBUG):
+        logging.getLogger(logger).warning("failed: %s", postgres_url)
+    assert caplog.records and secret not in caplog.text
