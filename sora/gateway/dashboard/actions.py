@@ -34,7 +34,7 @@ from ...config import FUNCTION_NAME_RE
 from ...messaging.client import BrokerTimeout
 from ...store import queue, records
 from ..error_detail import FULL, START_REASONS
-from ..log_follow import new_lines
+from ..log_follow import new_lines, off_loop
 from ..errors import SoraError
 from ..invocation_route import InvocationRoute
 from ..invoke_api import parse_function_name
@@ -109,11 +109,15 @@ class LogsPage(_FunctionPage):
         session = await self.session_for(req, resp, name)
         if session is None:
             return
-        lines = records.recent_log_lines(self.store.conn, name, TAIL_SHOWN)
-        after = lines[-1]["id"] if lines else records.last_log_id(self.store.conn, name)
+        lines, after = await off_loop(self.store, self._tail, name)
         render(resp, "logs.html", session=session, function=name,
                lines=[{**line, "when": when(line["time"])} for line in lines],
                stream_url=f"/ui/functions/{name}/logs/stream?after={after}")
+
+
+    def _tail(self, name: str) -> tuple[list[dict], int]:
+        lines = records.recent_log_lines(self.store.conn, name, TAIL_SHOWN)
+        return lines, lines[-1]["id"] if lines else records.last_log_id(self.store.conn, name)
 
 
 class LogStream(_FunctionPage):
@@ -129,7 +133,8 @@ class LogStream(_FunctionPage):
         # last line the page showed), else now.
         after = _cursor(req.get_header("Last-Event-ID")) or _cursor(req.get_param("after"))
         if after is None:
-            after = records.last_log_id(self.store.conn, name)
+            after = await off_loop(self.store, lambda: records.last_log_id(self.store.conn,
+                                                                          name))
         secure(resp)   # no-store, nosniff, CSP, as every dashboard answer
         resp.set_header("X-Accel-Buffering", "no")   # nginx: pass each event on at once
         resp.sse = self.follow(name, after)
@@ -190,8 +195,8 @@ class DeadLetterPage(_FunctionPage):
         if session is None:
             return
         cursor = _cursor(req.get_param("cursor"))
-        events, next_cursor = queue.dead_letters(self.store.queue, name, DEAD_LETTERS_SHOWN,
-                                                 cursor or None)
+        events, next_cursor = await off_loop(self.store, lambda: queue.dead_letters(
+            self.store.queue, name, DEAD_LETTERS_SHOWN, cursor or None))
         shown = []
         for event in events:
             payload, cut = shorten(event.get("payload", ""), PAYLOAD_SHOWN)
@@ -228,7 +233,8 @@ class DeadLetterReplay(_FunctionPage):
         if session is None:
             return
         _, ids = await _form_ids(req, session)
-        replayed = queue.replay(self.store.queue, name, ids, time.time())
+        replayed = await off_loop(self.store, lambda: queue.replay(
+            self.store.queue, name, ids, time.time()))
         _redirect_with_flash(req, resp, f"/ui/functions/{name}/dlq",
                              "replayed" if replayed or ids is None else "nothing", len(replayed))
 
@@ -245,7 +251,8 @@ class DeadLetterDiscard(_FunctionPage):
             raise falcon.HTTPBadRequest(
                 description="Discard names its dead letters (requestId): there is no "
                 "discard-all", headers=SECURITY_HEADERS)
-        discarded = queue.discard(self.store.queue, name, ids)
+        discarded = await off_loop(self.store, lambda: queue.discard(self.store.queue, name,
+                                                                      ids))
         _redirect_with_flash(req, resp, f"/ui/functions/{name}/dlq",
                              "discarded" if discarded else "nothing", discarded)
 

@@ -19,6 +19,7 @@ from ...triggers import listing
 from ...versions.aliases import AliasStore
 from ...versions.store import VersionStore
 from ..requests import request_id_of
+from ..log_follow import off_loop
 from ..stats_api import StatsThread
 from ..triggers_api import ServiceDown
 from . import charts
@@ -99,17 +100,20 @@ class _Page:
             log.exception("dashboard: asking the trigger service failed")
             answer = None
         reported = (answer or {}).get("functions") or {}
-        out = {}
-        for name in names:
-            fn = self.ctx.table.get(name)
-            if fn is None:
-                out[name] = []
-            elif answer is None:
-                out[name] = listing.configured(fn, self.ctx.store.queue, now)
-            else:
-                out[name] = listing.merged(fn, reported.get(name) or [], self.ctx.store.queue,
-                                           now)
-        return out
+
+        def entries() -> dict[str, list]:
+            out = {}
+            for name in names:
+                fn = self.ctx.table.get(name)
+                if fn is None:
+                    out[name] = []
+                elif answer is None:
+                    out[name] = listing.configured(fn, self.ctx.store.queue, now)
+                else:
+                    out[name] = listing.merged(fn, reported.get(name) or [],
+                                               self.ctx.store.queue, now)
+            return out
+        return await off_loop(self.ctx.store, entries)
 
 
 class FunctionsPage(_Page):
@@ -124,7 +128,9 @@ class FunctionsPage(_Page):
         names = sorted(functions)
         now = time.time()
         summary = await self.figures.run(stats.summary, now - HOUR)
-        counts = queue.counts(self.ctx.store.queue)
+        counts, versions = await off_loop(self.ctx.store, lambda: (
+            queue.counts(self.ctx.store.queue),
+            {name: versions_of(self.ctx.config, name) for name in names}))
         triggers = await self.trigger_entries(names)
         rows = []
         for name in names:
@@ -135,7 +141,7 @@ class FunctionsPage(_Page):
                 "name": name, "state": info.get("state") or "?",
                 "reason": info.get("reason") or "", "language": info.get("language") or "",
                 "instances": instances_of(info),
-                **versions_of(self.ctx.config, name),
+                **versions[name],
                 "triggers": [trigger_summary(t) for t in triggers.get(name, [])],
                 "calls": figures.get("calls", 0), "errors": figures.get("errors", 0),
                 "p50": figures.get("p50"), "p99": figures.get("p99"),
@@ -168,8 +174,8 @@ class FunctionPage(_Page):
             render(resp, "not_found.html", http_status=404, what="function", name=name)
             return
         status = _status_filter(req)
-        conn = self.ctx.store.conn
-        invocations, _ = records.list_invocations(conn, name, status=status, limit=RECENT)
+        invocations, _ = await off_loop(self.ctx.store, lambda: records.list_invocations(
+            self.ctx.store.conn, name, status=status, limit=RECENT))
         if req.get_param("partial") == "invocations":
             render(resp, "invocations_table.html", name=name, invocations=invocations)
             return
@@ -180,13 +186,13 @@ class FunctionPage(_Page):
         health = await self.status(req)
         info = ((health or {}).get("functions") or {}).get(name) or {}
         fn = self.ctx.table.get(name)
+        events, versions = await off_loop(self.ctx.store, lambda: (
+            queue.counts(self.ctx.store.queue).get(name), versions_of(self.ctx.config, name)))
         render(resp, "function.html", name=name, info=info, instances=instances_of(info),
                language=info.get("language") or (fn.language if fn else ""),
                charts=charts.function_charts(series, seconds, now), range=span,
                status=status, statuses=records.STATUSES, invocations=invocations,
-               events=queue.counts(self.ctx.store.queue).get(name) or
-               dict.fromkeys(queue.EVENT_STATES, 0),
-               **versions_of(self.ctx.config, name))
+               events=events or dict.fromkeys(queue.EVENT_STATES, 0), **versions)
 
 
 class InvocationPage(_Page):
@@ -200,16 +206,20 @@ class InvocationPage(_Page):
             render(resp, "not_found.html", http_status=404, what="invocation",
                    name=request_id[:MAX_REQUEST_ID])
             return
-        item = records.get_invocation(self.ctx.store.conn, request_id)
-        event = queue.find_event(self.ctx.store.queue, request_id)
+        item, event = await off_loop(self.ctx.store, self._read, request_id)
         if item is None and event is None:
             render(resp, "not_found.html", http_status=404, what="invocation", name=request_id)
             return
-        if item is None:
+        render(resp, "invocation.html", item=item, event=event, logs=item.get("logs") or [])
+
+    def _read(self, request_id: str) -> tuple[dict | None, dict | None]:
+        item = records.get_invocation(self.ctx.store.conn, request_id)
+        event = queue.find_event(self.ctx.store.queue, request_id)
+        if item is None and event is not None:
             # An event that has not run yet, or only failed so far: its place in the queue.
             item = {"requestId": request_id, "function": event["function"],
                     "trigger": event.get("trigger"), "status": event["state"],
                     "logs": records.log_lines(self.ctx.store.conn, event["function"],
                                               request_id=request_id)}
-        render(resp, "invocation.html", item=item, event=event, logs=item.get("logs") or [])
+        return item, event
 
