@@ -17,6 +17,19 @@ from tests.support import SoraHost, served, wait_for, write_function
 pytestmark = pytest.mark.integration
 
 
+# A function's own text that no PostgreSQL text holds (a NUL) or no store encodes (a lone
+# surrogate, which JSON.stringify writes as \ud800): in its error's type and message and in
+# its output.
+ODD_TEXT = r"""
+exports.handler = async () => {
+  console.log('nul[\u0000] lone[\ud800] tab[\t] backslash-N[\\N]');
+  const error = new Error('nul[\u0000] lone[\ud800]');
+  error.name = 'Odd\u0000Error';
+  throw error;
+};
+"""
+
+
 @pytest.fixture(scope="module")
 def host(tmp_path_factory, module_store_backend):
     base = tmp_path_factory.mktemp("records")
@@ -28,6 +41,7 @@ def host(tmp_path_factory, module_store_backend):
                        language="python", entrypoint="app.py"),
         write_function(fns, "slow-printer", {"index.js": F.TAGGED_PRINTER},
                        name="slow-printer", timeout=20),
+        write_function(fns, "odd-text", {"index.js": ODD_TEXT}, name="odd-text"),
     ]
     yield from served(base, dirs, https=False, store=module_store_backend)
 
@@ -202,3 +216,18 @@ def test_retention_prunes_by_count(store_backend, tmp_path):
         assert api(h2, f"/invocations/{ids[0]}")[0] == 404
     finally:
         assert h2.stop() == 0
+
+
+def test_a_function_text_no_store_holds_is_recorded_and_holds_up_no_other_record(host):
+    """The attacker's: a NUL (PostgreSQL's text has none) or a lone surrogate in a function's
+    error or output made the recorder's whole batch fail for ever, every other function's
+    records in it (tests/unit/test_store_attacks.py has the unit test)."""
+    odd = host.invoke("odd-text")
+    ok = host.invoke("tagged")
+    assert odd.status_code == 502 and ok.status_code == 200
+    got = record(host, odd.headers["X-Sora-Request-Id"])
+    assert got["status"] == "error" and "\\x00" in got["errorMessage"]
+    assert "\ufffd" in got["errorMessage"]
+    assert got["errorType"].startswith("Odd")
+    assert any("backslash-N[\\N]" in line["line"] for line in got["logs"])
+    assert record(host, ok.headers["X-Sora-Request-Id"])["status"] == "ok"
