@@ -249,6 +249,9 @@ def _row_factory(cursor):
 
 
 _converted: dict[str, str] = {}
+# Statements kept translated at most (Sora's own are a few hundred): a statement made per call
+# would otherwise grow the cache for ever; past this it starts again.
+PG_SQL_CACHE = 2000
 
 
 def pg_sql(sql: str) -> str:
@@ -278,6 +281,8 @@ def pg_sql(sql: str) -> str:
             else:
                 out.append(ch)
             i += 1
+        if len(_converted) >= PG_SQL_CACHE:
+            _converted.clear()
         done = _converted[sql] = "".join(out)
     return done
 

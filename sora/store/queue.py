@@ -24,6 +24,7 @@ PostgreSQL database (on SQLite, `BEGIN IMMEDIATE` takes the whole file's write l
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from .records import TRIGGER_KINDS, trigger_fields
@@ -320,13 +321,20 @@ def dead_letters(conn, function: str, limit: int = 50,
     return [_event(conn, r, payload=True) for r in rows], (rows[-1]["id"] if more else None)
 
 
-def _dead(function: str, request_ids: list[str] | None) -> tuple[str, list]:
-    """The WHERE clause for a function's dead events: all of them, or those named."""
+def _dead(conn, function: str, request_ids: list[str] | None) -> tuple[str, list]:
+    """The WHERE clause for a function's dead events: all of them, or those named. The ids
+    go as one parameter (an array; SQLite: a JSON list), so the statement is one string
+    whatever their number: a placeholder per id failed past 32,766 (SQLite) or 65,535
+    (PostgreSQL) ids, a caller's 1 MB body holds more, and each count was a new statement."""
     where = "function = ? AND state = 'dead'"
     args: list = [function]
     if request_ids is not None:
-        where += f" AND request_id IN ({', '.join('?' * len(request_ids))})"
-        args += request_ids
+        if conn.dialect == "postgresql":
+            where += " AND request_id = ANY(?)"
+            args.append(list(request_ids))
+        else:
+            where += " AND request_id IN (SELECT value FROM json_each(?))"
+            args.append(json.dumps(list(request_ids)))
     return where, args
 
 
@@ -334,7 +342,7 @@ def replay(conn, function: str, request_ids: list[str] | None,
            now: float) -> list[str]:
     """Dead events (all of the function's, or those named) back to the queue, as if accepted
     now, with their retries restored; earlier attempts' errors are kept. Returns their ids."""
-    where, args = _dead(function, request_ids)
+    where, args = _dead(conn, function, request_ids)
     with conn.transaction():
         rows = conn.execute(f"SELECT id, request_id FROM events WHERE {where}", args).fetchall()
         if rows:
@@ -346,7 +354,7 @@ def replay(conn, function: str, request_ids: list[str] | None,
 
 def discard(conn, function: str, request_ids: list[str] | None) -> int:
     """Delete dead events (all of the function's, or those named) for good."""
-    where, args = _dead(function, request_ids)
+    where, args = _dead(conn, function, request_ids)
     with conn.transaction():
         conn.execute(f"DELETE FROM attempts WHERE event_id IN (SELECT id FROM events WHERE "
                      f"{where})", args)

@@ -239,3 +239,37 @@ def test_every_psycopg_logger_is_scrubbed_of_the_password(postgres_url, logger, 
     with caplog.at_level(logging.DEBUG):
         logging.getLogger(logger).warning("failed: %s", postgres_url)
     assert caplog.records and secret not in caplog.text
+
+
+def test_replay_and_discard_of_many_named_dead_letters_use_one_statement(tmp_path,
+                                                                         store_backend):
+    """A replay or discard naming request ids (the body of `POST .../dead-letters/replay`,
+    up to 1 MB: ~100,000 ids) was `IN (?, ?, ...)` with one placeholder per id: past 32,766
+    (SQLite) or 65,535 (PostgreSQL) the statement failed, and each distinct count was a new
+    statement string kept for ever in pg_sql's cache (memory a caller could grow)."""
+    from sora.store import queue
+    conn = backend.connect(store_backend, str(tmp_path), "queue")
+    now = time.time()
+    queue.enqueue(conn, [(rid, "fn", "invoke", b"{}", now) for rid in ("a", "b", "c")])
+    for event in queue.lease(conn, "fn", 3, now, 60):
+        queue.bury(conn, event.id, "RetriesExhausted", None)
+    cached = len(backend._converted)
+    names = [f"x{i}" for i in range(70_000)]
+    assert sorted(queue.replay(conn, "fn", names + ["a", "b"], now)) == ["a", "b"]
+    for event in queue.lease(conn, "fn", 3, now, 60):
+        queue.bury(conn, event.id, "RetriesExhausted", None)
+    assert queue.discard(conn, "fn", ["c", *names[:40_000]]) == 1
+    assert queue.replay(conn, "fn", [], now) == []
+    assert len(backend._converted) - cached <= 6
+    conn.close()
+
+
+def test_pg_sql_cache_is_bounded():
+    before = dict(backend._converted)
+    try:
+        for i in range(backend.PG_SQL_CACHE + 100):
+            backend.pg_sql(f"SELECT {i} WHERE a = ?")
+        assert len(backend._converted) <= backend.PG_SQL_CACHE
+    finally:
+        backend._converted.clear()
+        backend._converted.update(before)
