@@ -137,6 +137,10 @@ class FunctionUrlResource(InvocationRoute):
             # A function without an `http` trigger has no URL (as a Lambda function without
             # one): the same 404 as an unknown name; the Invoke API still reaches it.
             raise SoraError(404, "ResourceNotFoundException", f"Function not found: {name}")
+        if qualifier is not None and fn is None and not await self.functions.known(name):
+            # Before the qualifier is resolved: a version lookup is a store read, and the
+            # resolver keeps a cache per name (a caller's made-up names must not grow it).
+            raise SoraError(404, "ResourceNotFoundException", f"Function not found: {name}")
         key, version = self.resolve(name, qualifier)
         if path and ("\x00" in path or ".." in path and ".." in path.split("/")):
             # Decoded already (%2e%2e, %00): a function that maps its path to files must never

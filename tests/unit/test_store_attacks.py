@@ -273,3 +273,25 @@ def test_pg_sql_cache_is_bounded():
     finally:
         backend._converted.clear()
         backend._converted.update(before)
+
+
+def test_a_function_url_with_a_qualifier_of_an_unknown_name_reads_no_versions(
+        tmp_path, monkeypatch):
+    """`/functions/NAME:N` for a name no host serves went on to resolve the qualifier: a
+    store read per call (on the event loop) and a cache per made-up name, kept for ever by
+    the gateway process (memory any caller of a keyless host could grow). It is a 404
+    before any version is looked up."""
+    import falcon.testing
+    from sora.versions.routing import Resolver
+    from tests.unit.test_gateway_app import make_app
+    gateway = make_app(tmp_path, monkeypatch)
+    asked = []
+    monkeypatch.setattr(Resolver, "resolve",
+                        lambda self, name, qualifier: asked.append(name) or (name, "1"))
+    client = falcon.testing.TestClient(gateway.app)
+    for i in range(20):
+        answer = client.simulate_get(f"/functions/made-up-{i}:1")
+        assert answer.status_code == 404, answer.text
+    assert asked == []
+    assert client.simulate_get("/functions/echo:1").status_code == 200   # a known one is
+    assert asked == ["echo"]
