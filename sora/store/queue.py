@@ -151,9 +151,12 @@ def release_leases(conn, now: float, expired_only: bool = True,
         sql += " AND lease_until < ?"
         args = (now,)
     elif host_id is not None:
+        # `<host id>#<pid>`: the pid holds no `#`, so an owner with one more `#` after the
+        # prefix is another host's whose id starts with this one's and `#`.
+        mine = _like_prefix(f"{host_id}#")
         sql += (" AND (lease_until < ? OR lease_owner IS NULL OR "
-                "lease_owner LIKE ? ESCAPE '\\')")
-        args = (now, _like_prefix(f"{host_id}#"))
+                "(lease_owner LIKE ? ESCAPE '\\' AND lease_owner NOT LIKE ? ESCAPE '\\'))")
+        args = (now, mine, mine[:-1] + "%#%")
     with conn.transaction():
         return conn.execute(sql, args).rowcount
 

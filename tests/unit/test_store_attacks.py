@@ -295,3 +295,20 @@ def test_a_function_url_with_a_qualifier_of_an_unknown_name_reads_no_versions(
     assert asked == []
     assert client.simulate_get("/functions/echo:1").status_code == 200   # a known one is
     assert asked == ["echo"]
+
+
+def test_a_dispatcher_start_returns_its_own_host_leases_only_whatever_the_names(
+        tmp_path, store_backend):
+    """Lease owners are `<host id>#<pid>` and a starting dispatcher returned those matching
+    `<host id>#%`: a host whose id is another's followed by `#...` (state dirs /srv/a and
+    /srv/a#b on one machine) had its live leases returned by the other's start, and its
+    events run twice."""
+    from sora.store import queue
+    conn = backend.connect(store_backend, str(tmp_path), "queue")
+    now = time.time()
+    queue.enqueue(conn, [("e1", "fn", "invoke", b"{}", now), ("e2", "fn", "invoke", b"{}", now)])
+    queue.lease(conn, "fn", 1, now, 600, queue.lease_owner("h:/srv/a#b", 42))
+    queue.lease(conn, "fn", 1, now, 600, queue.lease_owner("h:/srv/a", 7))
+    assert queue.release_leases(conn, now, expired_only=False, host_id="h:/srv/a") == 1
+    assert queue.find_event(conn, "e1")["state"] == "leased"
+    conn.close()
