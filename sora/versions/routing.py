@@ -121,11 +121,25 @@ class Resolver:
         return data_key(name, version), version
 
 
+STORE_ERROR_LOG_INTERVAL = 10.0
+_last_logged = -STORE_ERROR_LOG_INTERVAL
+_unlogged = 0
+
+
 def store_unavailable(exc: Exception) -> VersionError:
     """A store error as the caller's answer, as the gateway answers its own (sora.gateway.app):
     503 Sora.StoreUnavailable when it cannot be reached, else 500 Sora.StoreError; the
     details (the store's URL, its password as ***) go to this host's log only."""
-    log.error("versions: the store failed: %s", exc)
+    # While the store is down every call by version or alias fails here: one line per
+    # STORE_ERROR_LOG_INTERVAL, with how many calls it stands for, not one per call.
+    global _last_logged, _unlogged
+    now = time.monotonic()
+    if now - _last_logged >= STORE_ERROR_LOG_INTERVAL:
+        more = f" ({_unlogged} more since the last line)" if _unlogged else ""
+        log.error("versions: the store failed: %s%s", exc, more)
+        _last_logged, _unlogged = now, 0
+    else:
+        _unlogged += 1
     if isinstance(exc, backend.StoreUnavailable):
         return VersionError(503, "Sora.StoreUnavailable",
                             "The store did not answer in time; try again")

@@ -312,3 +312,23 @@ def test_a_dispatcher_start_returns_its_own_host_leases_only_whatever_the_names(
     assert queue.release_leases(conn, now, expired_only=False, host_id="h:/srv/a") == 1
     assert queue.find_event(conn, "e1")["state"] == "leased"
     conn.close()
+
+
+def test_a_store_down_under_calls_by_version_logs_a_line_per_interval_not_per_call(caplog,
+                                                                                   monkeypatch):
+    """Every call by version or alias fails while the store is down: the log gets one line
+    per interval saying how many calls it stands for, not a line per call (a caller could
+    otherwise fill the host's log)."""
+    from sora.versions import routing
+    monkeypatch.setattr(routing, "_last_logged", -routing.STORE_ERROR_LOG_INTERVAL)
+    monkeypatch.setattr(routing, "_unlogged", 0)
+    down = backend.StoreUnavailable("postgresql://sora:***@db/sora: connection refused")
+    with caplog.at_level("ERROR", logger=routing.log.name):
+        answers = [routing.store_unavailable(down) for _ in range(500)]
+    assert {a.status for a in answers} == {503}
+    lines = [r for r in caplog.records if "the store failed" in r.getMessage()]
+    assert len(lines) == 1
+    monkeypatch.setattr(routing, "_last_logged", -routing.STORE_ERROR_LOG_INTERVAL)
+    with caplog.at_level("ERROR", logger=routing.log.name):
+        routing.store_unavailable(down)
+    assert "499 more since the last line" in caplog.records[-1].getMessage()
