@@ -559,7 +559,9 @@ def _version_error(exc: VersionError) -> ApiError:
 
 class VersionsResource(ManagementRoute):
     """`/2015-03-31/functions/{name}/versions`: PublishVersion (POST),
-    ListVersionsByFunction (GET). Functions from functionPaths publish too."""
+    ListVersionsByFunction (GET). Functions from functionPaths publish too. The versions'
+    and aliases' store reads and writes run off the event loop (on PostgreSQL each is a round
+    trip, up to the pool's wait while the database is down)."""
 
     async def on_post(self, req, resp, name: str) -> None:
         name, _ = parse_name(name)
@@ -597,7 +599,8 @@ class VersionsResource(ManagementRoute):
         self.require_known(name)
         latest = self.functions.get(name)
         try:
-            versions = versions_api(self, req).list_versions(latest) if latest else []
+            versions = (await asyncio.to_thread(versions_api(self, req).list_versions, latest)
+                        if latest else [])
         except VersionError as exc:
             raise _version_error(exc) from None
         # $LATEST as GetFunction shows it (a created function's own Runtime and fields).
@@ -630,8 +633,9 @@ class AliasesResource(ManagementRoute):
             raise ApiError(400, "InvalidParameterValueException",
                            "Name and FunctionVersion: required (strings)")
         try:
-            answer = versions_api(self, req).create_alias(
-                name, alias, version, _description(body), body.get("RoutingConfig"))
+            answer = await asyncio.to_thread(
+                versions_api(self, req).create_alias, name, alias, version,
+                _description(body), body.get("RoutingConfig"))
         except VersionError as exc:
             raise _version_error(exc) from None
         self.answer(req, resp, 201, answer)
@@ -640,8 +644,8 @@ class AliasesResource(ManagementRoute):
         name, _ = parse_name(name)
         self.require_known(name)
         try:
-            aliases = versions_api(self, req).list_aliases(name,
-                                                           req.get_param("FunctionVersion"))
+            aliases = await asyncio.to_thread(versions_api(self, req).list_aliases, name,
+                                              req.get_param("FunctionVersion"))
         except VersionError as exc:
             raise _version_error(exc) from None
         self.answer(req, resp, 200, _page(req, aliases, "Aliases", "Name"))
@@ -655,7 +659,7 @@ class AliasResource(ManagementRoute):
         name, _ = parse_name(name)
         self.require_known(name)
         try:
-            answer = versions_api(self, req).get_alias(name, alias)
+            answer = await asyncio.to_thread(versions_api(self, req).get_alias, name, alias)
         except VersionError as exc:
             raise _version_error(exc) from None
         self.answer(req, resp, 200, answer)
@@ -669,8 +673,9 @@ class AliasResource(ManagementRoute):
             raise ApiError(400, "InvalidParameterValueException",
                            "FunctionVersion: expected a string")
         try:
-            answer = versions_api(self, req).update_alias(
-                name, alias, version, _description(body) if "Description" in body else None,
+            answer = await asyncio.to_thread(
+                versions_api(self, req).update_alias, name, alias, version,
+                _description(body) if "Description" in body else None,
                 body.get("RoutingConfig"), body.get("RevisionId"))
         except VersionError as exc:
             raise _version_error(exc) from None
@@ -680,7 +685,7 @@ class AliasResource(ManagementRoute):
         name, _ = parse_name(name)
         self.require_known(name)
         try:
-            versions_api(self, req).delete_alias(name, alias)
+            await asyncio.to_thread(versions_api(self, req).delete_alias, name, alias)
         except VersionError as exc:
             raise _version_error(exc) from None
         self.answer(req, resp, 204, None)
