@@ -10,7 +10,7 @@ CERT := examples/certs/cert.pem
 API_KEY := examples/certs/api-key
 JS_SDK := tests/sdk/node_modules/.installed-stamp
 
-.PHONY: run test browser-deps docker-deps bench-containers bench bench-floor bench-runtimes bench-events bench-scaling bench-hosts bench-reload bench-triggers bench-dashboard bench-metrics check system-deps clean
+.PHONY: run test browser-deps docker-deps postgres-deps bench-containers bench bench-floor bench-runtimes bench-events bench-scaling bench-hosts bench-reload bench-triggers bench-dashboard bench-metrics check system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,16 @@ browser-deps:
 docker-deps:
 	@command -v dockerd >/dev/null || { echo "installing docker.io"; $(call apt_install,docker.io); }
 
+# The store's PostgreSQL backend (issue 21): the tests start servers of their own
+# (tests/postgres_server.py: initdb in a temp dir, a free port on 127.0.0.1), so they need
+# Debian's server binaries (/usr/lib/postgresql/N/bin), not a running server. psycopg (pure
+# Python) loads libpq5, which `make run` needs too where a host uses `store: {url: ...}`.
+postgres-deps:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || { \
+	  echo "installing postgresql"; $(call apt_install,postgresql); }
+	@/sbin/ldconfig -p | grep -q 'libpq\.so\.5 ' || { echo "installing libpq5"; \
+	  $(call apt_install,libpq5); }
+
 $(CERT):
 	mkdir -p examples/certs
 	openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 825 \
@@ -93,7 +103,7 @@ $(JS_SDK): tests/sdk/package.json
 	cd tests/sdk && npm install --no-audit --no-fund --no-package-lock --loglevel=error
 	touch $(JS_SDK)
 
-test: system-deps browser-deps docker-deps $(STAMP) $(JS_SDK)
+test: system-deps browser-deps docker-deps postgres-deps $(STAMP) $(JS_SDK)
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25
 
 # Benchmarks need wrk (load generator); installed where missing.

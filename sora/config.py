@@ -293,6 +293,21 @@ def _path(value: Any) -> str:
     return value
 
 
+STORE_URL_RE = re.compile(r"^postgres(ql)?://", re.IGNORECASE)
+
+
+def display_url(url: str) -> str:
+    """`url` with the password of its user part and of a `password=` query parameter replaced
+    by `***` (what every log line and error shows of a store URL)."""
+    shown = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/@?#:]*):[^/@?#]*@", r"\1:***@", url)
+    return re.sub(r"([?&]password=)[^&#]*", r"\1***", shown, flags=re.IGNORECASE)
+
+
+def _store_setting(value: Any) -> Any:
+    """`store:` is checked by `_store` (a value is never echoed: it may hold a password)."""
+    return value
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
@@ -384,6 +399,11 @@ HOST_SETTINGS = _settings(
     Setting("managedFunctions", _mapping, {}, "Functions created through the Lambda "
             "management API (`CreateFunction`, below): limits on their uploaded code."),
     Setting("versions", _mapping, {}, "Published versions of the functions (below)."),
+    Setting("store", _store_setting, "sqlite", "Where the shared state lives: invocation "
+            "records and log lines, the event queue and dead letters, triggers' state, "
+            "versions and aliases. `sqlite` (default): files in `stateDir` (`sora.db`, "
+            "`queue.db`), nothing to install, one host. A mapping (below) names a PostgreSQL "
+            "database that several hosts share."),
     Setting("prestartedRuntimes", _int_range(0, 64), 2, "Runtime processes of each kind "
             "(Node.js, by interpreter) kept started and ready to load any function, so a cold "
             "start skips the interpreter's own start-up. 0 turns this off."),
@@ -627,6 +647,18 @@ RECORDS_SETTINGS = _settings(
             "(`sora.db` with its write-ahead log); past it the oldest records and log lines "
             "are pruned first, and the log is checkpointed and truncated so it stays within "
             "an eighth of this (at most 64 MB)."),
+)
+
+STORE_SETTINGS = _settings(
+    Setting("url", _nonempty_str, None, "The database, `postgresql://USER:PASSWORD@HOST:PORT/"
+            "DBNAME` (libpq's URL; `?sslmode=require` and other parameters as libpq takes "
+            "them). Logs and errors show it with the password as `***`; no function ever sees "
+            "it. Give either `url` or `urlEnv`."),
+    Setting("urlEnv", _nonempty_str, None, "The name of a host environment variable holding "
+            "the URL (a Kubernetes Secret mapped into the environment), read at start."),
+    Setting("poolSize", _int_range(1, 100), 4, "Connections each Sora process keeps open "
+            "to the database at most (a pool, opened on first use): the gateways' workers, "
+            "the recorder, the dispatcher and the trigger service each have their own."),
 )
 
 VERSIONS_SETTINGS = _settings(
@@ -1136,6 +1168,72 @@ class RecordsConfig:
 
 
 @dataclass(frozen=True)
+class StoreConfig:
+    """host-config.yaml `store:`. `url` (PostgreSQL) holds the password: never in a repr, so
+    never in a log line or a traceback; what is shown is `display_url`."""
+    kind: str = "sqlite"                       # sqlite | postgresql
+    url: str | None = field(default=None, repr=False)
+    poolSize: int = STORE_SETTINGS["poolSize"].default
+
+    @property
+    def display_url(self) -> str:
+        """The URL with its password (and any `password=` parameter) as `***`; for SQLite,
+        `sqlite` (the files' paths are shown by whoever opens them)."""
+        return display_url(self.url) if self.url else self.kind
+
+    def __repr__(self) -> str:
+        return f"StoreConfig(kind={self.kind!r}, url={self.display_url!r}, " \
+            f"poolSize={self.poolSize})"
+
+
+def _store(data: Any, problems: list[str], environ=os.environ) -> StoreConfig:
+    """host-config.yaml `store:` as a StoreConfig; a PostgreSQL URL is checked for its shape
+    here (reaching the database is the store's first connection's business), and never echoed
+    with its password."""
+    if data == "sqlite":
+        return StoreConfig()
+    if not isinstance(data, dict):
+        if isinstance(data, str) and STORE_URL_RE.match(data):
+            problems.append("store: expected `sqlite` or a mapping {url: postgresql://...}, "
+                            f"got a URL string {display_url(data)!r} (put it under `url:`)")
+        else:
+            problems.append("store: expected `sqlite` or a mapping {url: postgresql://..., "
+                            f"poolSize: N}}, got {_show(data)}")
+        return StoreConfig()
+    before = len(problems)
+    url_value = data.get("url")
+    # The generic validator echoes a bad value: a URL string is checked here instead.
+    values = _validate_mapping({k: v for k, v in data.items() if k != "url"} |
+                               ({"url": None} if "url" in data else {}),
+                               STORE_SETTINGS, "store.", problems)
+    if len(problems) > before:
+        return StoreConfig()
+    if url_value is not None and values["urlEnv"] is not None:
+        problems.append("store: expected either url or urlEnv, got both")
+        return StoreConfig()
+    if url_value is None and values["urlEnv"] is None:
+        problems.append("store: expected url (postgresql://USER:PASSWORD@HOST:PORT/DBNAME) or "
+                        "urlEnv (the environment variable holding it)")
+        return StoreConfig()
+    where = "store.url"
+    if values["urlEnv"] is not None:
+        where = f"store.urlEnv ({values['urlEnv']})"
+        url_value = environ.get(values["urlEnv"])
+        if not url_value:
+            problems.append(f"{where}: expected the environment variable to hold a "
+                            "postgresql:// URL, got it unset or empty")
+            return StoreConfig()
+    if not isinstance(url_value, str) or not STORE_URL_RE.match(url_value) or \
+            any(c.isspace() for c in url_value):
+        shown = display_url(url_value) if isinstance(url_value, str) else \
+            type(url_value).__name__
+        problems.append(f"{where}: expected a postgresql:// URL "
+                        f"(postgresql://USER:PASSWORD@HOST:PORT/DBNAME), got {shown!r}")
+        return StoreConfig()
+    return StoreConfig(kind="postgresql", url=url_value, poolSize=values["poolSize"])
+
+
+@dataclass(frozen=True)
 class VersionsConfig:
     keep: int = VERSIONS_SETTINGS["keep"].default
 
@@ -1227,6 +1325,7 @@ class HostConfig:
     functions: list[FunctionConfig] = field(default_factory=list)
     broken: list[BrokenFunction] = field(default_factory=list)
     managedFunctions: ManagedFunctionsConfig = field(default_factory=ManagedFunctionsConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
 
     def function(self, name: str) -> FunctionConfig | None:
         return next((f for f in self.functions if f.name == name), None)
@@ -1535,6 +1634,7 @@ def load_host_config(path: str, read_functions: bool = True) -> HostConfig:
     auth_values = _validate_mapping(values.get("auth") or {}, AUTH_SETTINGS, "auth.", problems)
     api_keys = _api_keys(base, auth_values.get("apiKeys") or [], problems)
     cluster = _cluster(base, values.get("cluster") or {}, problems)
+    store = _store(values.get("store"), problems)
     docker_values = _validate_mapping(server_values.get("docker") or {}, DOCKER_SETTINGS,
                                       "server.docker.", problems) if server_values else {}
     if docker_values:
@@ -1630,7 +1730,8 @@ def load_host_config(path: str, read_functions: bool = True) -> HostConfig:
                       prestartedRuntimes=values["prestartedRuntimes"], apiKeys=api_keys,
                       cluster=cluster,
                       functions=functions, broken=broken,
-                      managedFunctions=ManagedFunctionsConfig(**managed_values))
+                      managedFunctions=ManagedFunctionsConfig(**managed_values),
+                      store=store)
 
 
 def _load_managed_functions(state_dir: str, functions: list[FunctionConfig],
@@ -1858,6 +1959,7 @@ def settings_markdown() -> str:
                             ("host-config.yaml `records:`", RECORDS_SETTINGS),
                             ("host-config.yaml `logs:`", LOGS_SETTINGS),
                             ("host-config.yaml `versions:`", VERSIONS_SETTINGS),
+                            ("host-config.yaml `store:` (PostgreSQL)", STORE_SETTINGS),
                             ("host-config.yaml `limits:`", LIMITS_SETTINGS),
                             ("host-config.yaml `auth:`", AUTH_SETTINGS),
                             ("host-config.yaml `cluster:`", CLUSTER_SETTINGS),

@@ -50,3 +50,13 @@ def docker_engine():
         pytest.fail(str(exc), pytrace=False)
     yield engine
     engines.close_engine(engine)
+
+
+# PostgreSQL servers of the tests' own (tests/postgres_server.py): `postgres_server`,
+# `postgres_url`, `store_backend` (sqlite / postgresql) and `postgres_server_factory`.
+from tests import postgres_server as _postgres  # noqa: E402
+
+postgres_server = _postgres.postgres_server
+postgres_url = _postgres.postgres_url
+store_backend = _postgres.store_backend
+postgres_server_factory = _postgres.postgres_server_factory

@@ -99,6 +99,15 @@ def write_function(base: Path, folder: str, files: dict[str, str], **config) -> 
     return directory
 
 
+def store_setting(store) -> str | dict:
+    """host-config.yaml's `store:` for a StoreConfig (or a setting given as it is)."""
+    if isinstance(store, (str, dict)):
+        return store
+    if store.kind == "sqlite":
+        return "sqlite"
+    return {"url": store.url, "poolSize": store.poolSize}
+
+
 class SoraHost:
     """A running supervisor with its gateways and workers."""
 
@@ -107,7 +116,7 @@ class SoraHost:
                  extra: dict | None = None, api_key: str | None = None,
                  fresh_connections: bool = False, prefix: list[str] | None = None,
                  address: str = "127.0.0.1", command: str = "start",
-                 options: list[str] | None = None):
+                 options: list[str] | None = None, store=None):
         self.base = base
         # A host in a network namespace (tests/netns.py) runs its supervisor under `prefix`
         # (nsenter ...), binds its gateway to `address` and is reached there; `command` is
@@ -128,10 +137,13 @@ class SoraHost:
                               sslKeyPath=str(key))
         server_cfg.update(server or {})
         self.config_path = base / "host-config.yaml"
+        # `store`: a StoreConfig (the `store_backend` fixture's) or host-config.yaml's mapping.
+        self.store = store
         self.config_path.write_text(yaml.safe_dump({
             "functionPaths": [str(d) for d in function_dirs],
             "server": server_cfg,
             "stateDir": str(base / "state"),
+            **({"store": store_setting(store)} if store is not None else {}),
             **(extra or {}),
         }))
         self.env = dict(os.environ, **(env or {}))

@@ -43,7 +43,8 @@ def test_a_queue_from_before_the_totals_is_counted_once(tmp_path):
     conn = connect_queue(str(tmp_path))
     queue.enqueue(conn, [event("a"), event("b", payload=b"12345")])
     conn.executescript("DROP TRIGGER event_totals_add; DROP TRIGGER event_totals_remove; "
-                       "DROP TABLE event_totals; PRAGMA user_version = 0;")
+                       "DROP TABLE event_totals; DROP TABLE sora_schema; "
+                       "PRAGMA user_version = 0;")
     conn.close()
     again = connect_queue(str(tmp_path))
     assert queue.stored_totals(again, "fn") == (2, 105)

@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 import yaml
 
-from sora.store import db, records, stats
+from sora.store import db, records, schema, stats
 from tests.support import write_function
 
 T0 = 1_800_000_000.0
@@ -127,7 +127,7 @@ def test_summary_leaves_no_transaction_open_nor_closes_the_callers(conn):
 
 def test_an_older_store_gets_the_index_when_opened(tmp_path):
     old = sqlite3.connect(db.db_path(str(tmp_path)))
-    old.executescript(db.SCHEMA.replace("CREATE INDEX IF NOT EXISTS invocations_by_function_start",
+    old.executescript(";\n".join(schema.ddl(schema.RECORDS_TABLES, "sqlite")).replace("CREATE INDEX IF NOT EXISTS invocations_by_function_start",
                                         "CREATE INDEX IF NOT EXISTS unused_here"))
     old.execute("DROP INDEX unused_here")
     old.execute("INSERT INTO invocations (request_id, function, version, trigger, start, "
