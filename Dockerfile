@@ -20,11 +20,12 @@ FROM ${BASE}
 # What Sora runs with, as the Makefile's system-deps lists it for a host: bubblewrap and
 # setpriv (util-linux, in every Debian base) for the sandbox, libseccomp2 for its seccomp
 # filter, rsync and acl (setfacl) for setup's copies and writable folders, curl for the
-# `provided` examples' shell bootstraps, libstdc++6 for Node.js. tini is PID 1: it forwards
-# SIGTERM to the supervisor and reaps what is re-parented to it.
+# `provided` examples' shell bootstraps, libstdc++6 for Node.js, libpq5 for psycopg (the
+# PostgreSQL store: psycopg 3 without its binary extra loads the system's libpq). tini is
+# PID 1: it forwards SIGTERM to the supervisor and reaps what is re-parented to it.
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      bubblewrap libseccomp2 rsync acl ca-certificates curl libstdc++6 tini \
+      bubblewrap libseccomp2 rsync acl ca-certificates curl libstdc++6 tini libpq5 \
  && rm -rf /var/lib/apt/lists/*
 
 COPY --from=node /usr/local/bin/node /usr/local/bin/node

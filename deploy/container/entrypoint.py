@@ -29,7 +29,7 @@ import sys
 
 TEMPLATE = os.environ.get("SORA_CONFIG_TEMPLATE", "/etc/sora/host-config.yaml")
 CONFIG = os.environ.get("SORA_CONFIG", "/var/lib/sora/host-config.yaml")
-KEYS_SOURCE = os.environ.get("SORA_KEYS_SOURCE", "/etc/sora/keys-secret")
+KEYS_SOURCE = os.environ.get("SORA_KEYS_SOURCE", "/run/secrets/sora/keys")
 KEYS = os.environ.get("SORA_KEYS", "/var/lib/sora/keys")
 SUPERVISOR = os.environ.get("SORA_SUPERVISOR", "/opt/sora/bin/sora-supervisor")
 

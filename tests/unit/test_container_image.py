@@ -45,7 +45,8 @@ def test_the_bases_are_arguments_with_the_official_defaults():
 
 def test_the_image_has_what_sora_runs_with():
     runs = " ".join(rest for word, rest in instructions() if word == "RUN")
-    for package in ("bubblewrap", "libseccomp2", "rsync", "acl", "tini", "ca-certificates"):
+    for package in ("bubblewrap", "libseccomp2", "rsync", "acl", "tini", "ca-certificates",
+                    "libpq5"):
         assert re.search(rf"\b{package}\b", runs), package
     assert "/opt/sora/bin/pip install" in runs and "python3 -m venv /opt/sora" in runs
     copies = [rest for word, rest in instructions() if word == "COPY"]

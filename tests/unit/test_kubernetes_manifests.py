@@ -344,7 +344,7 @@ def _pod_config(configmap: dict, tmp: Path, env: dict) -> Path:
     """The ConfigMap's template as the entrypoint renders it in a pod, its absolute paths moved
     under `tmp` (where the test made what the pod would have there)."""
     text = entrypoint.render(configmap["data"]["host-config.yaml"], env, "configmap")
-    for path in ("/srv/sora/functions", "/etc/sora/tls", "/var/lib/sora"):
+    for path in ("/srv/sora/functions", "/run/secrets/sora/tls", "/var/lib/sora"):
         text = text.replace(path, str(tmp) + path)
     config = tmp / "host-config.yaml"
     config.write_text(text)
@@ -358,7 +358,7 @@ def test_the_host_config_templates_load(tmp_path, monkeypatch):
     objects = render(KUBE / "base")
     functions = tmp_path / "srv/sora/functions"
     shutil.copytree(ROOT / "examples" / "hello", functions / "hello")
-    tls = tmp_path / "etc/sora/tls"
+    tls = tmp_path / "run/secrets/sora/tls"
     tls.mkdir(parents=True)
     (tls / "tls.crt").write_text("not parsed at load")
     (tls / "tls.key").write_text("not parsed at load")
@@ -389,3 +389,56 @@ def test_the_host_config_templates_load(tmp_path, monkeypatch):
             assert config.cluster.listen == "tcp://0.0.0.0:7100"
             assert config.server.httpPort == 8080
         assert config.cluster.name == env["POD_NAME"]
+
+
+# --- the attacker's view: what a function in a pod could reach -----------------------------
+
+# What every sandbox binds (read-only) from the image: the system (sora.isolation.sandbox's
+# SYSTEM_DIRS), Sora's virtualenv and the base image's Python and Node.js installations
+# (/opt/sora, /usr/local), and the functions' folders.
+SANDBOX_BINDS = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc", "/opt/sora",
+                 "/usr/local", "/srv/sora/functions")
+
+
+def test_sandbox_binds_cover_the_sandboxs_system_dirs():
+    from sora.isolation.sandbox import SYSTEM_DIRS
+    assert set(SYSTEM_DIRS) <= set(SANDBOX_BINDS)
+
+
+def _under(path: str, roots) -> bool:
+    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
+
+
+def test_no_secret_is_mounted_where_a_sandbox_binds(overlay):
+    """A Secret mounted under /etc (say) would be in every function's sandbox, readable as soon
+    as a mode or an fsGroup let the function's uid read it; under /run/secrets it is in none."""
+    name, objects = overlay
+    for workload, template in _pods(objects):
+        secret_volumes = {v["name"] for v in template["spec"].get("volumes", [])
+                          if "secret" in v}
+        for container in template["spec"]["containers"]:
+            for mount in container.get("volumeMounts", []):
+                if mount["name"] in secret_volumes and container["name"] == "sora":
+                    assert not _under(mount["mountPath"], SANDBOX_BINDS), \
+                        f"{name}: {workload['metadata']['name']} mounts Secret volume " \
+                        f"{mount['name']} at {mount['mountPath']}, inside what sandboxes bind"
+
+
+def test_the_store_url_reaches_sora_only_from_a_secret(overlay):
+    """The URL (with its password) is never in a ConfigMap, a plain env value or the rendered
+    config file: Sora reads it from the variable `store.urlEnv` names, set from a Secret."""
+    name, objects = overlay
+    for configmap in _named(objects, "ConfigMap").values():
+        text = configmap["data"]["host-config.yaml"]
+        store = yaml.safe_load(text).get("store", {})
+        assert "url" not in store and store.get("urlEnv") == "SORA_STORE_URL"
+        assert "postgresql://" not in text
+    for workload, template in _pods(objects):
+        for container in template["spec"]["containers"]:
+            for env in container.get("env", []):
+                if env["name"] == "SORA_STORE_URL":
+                    assert "value" not in env and "secretKeyRef" in env["valueFrom"]
+    for scaled in _named(objects, "ScaledObject").values():
+        for trigger in scaled["spec"]["triggers"]:
+            assert not {"connection", "password", "connectionFromEnv"} & \
+                set(trigger["metadata"]), "the scaler's connection belongs in a Secret"
