@@ -53,10 +53,12 @@ def docker_engine():
 
 
 # PostgreSQL servers of the tests' own (tests/postgres_server.py): `postgres_server`,
-# `postgres_url`, `store_backend` (sqlite / postgresql) and `postgres_server_factory`.
+# `postgres_url`, `store_backend` (sqlite / postgresql), `module_store_backend` and
+# `postgres_server_factory`.
 from tests import postgres_server as _postgres  # noqa: E402
 
 postgres_server = _postgres.postgres_server
 postgres_url = _postgres.postgres_url
 store_backend = _postgres.store_backend
+module_store_backend = _postgres.module_store_backend
 postgres_server_factory = _postgres.postgres_server_factory

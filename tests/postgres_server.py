@@ -5,10 +5,15 @@ touches a server it did not start (never the default port 5432).
 
 Fixtures (imported by tests/conftest.py):
 - `postgres_server` (session): one server for the whole run.
-- `postgres_url` (per test): a fresh database on it (`CREATE DATABASE t_<random>`, dropped
-  after the test), as a URL with a user and a password.
+- `postgres_url` (per test): a fresh, empty namespace on it, as a URL with a user and a
+  password: a schema `t_<random>` of the database `sora_tests`, made the connections'
+  search_path by the URL (`?options=-csearch_path%3Dt_...`), dropped after the test. Sora sees
+  an empty database; a schema costs ~20 ms where CREATE DATABASE costs ~500 ms (it copies and
+  syncs a template). The URL has a query already: add parameters with `&`.
 - `store_backend` (per test, parametrized `sqlite` / `postgresql`): a StoreConfig; for
   PostgreSQL on a fresh database. A test taking it runs once on each backend.
+- `module_store_backend` (per module, parametrized the same way): for a module-scoped host
+  fixture (one host per backend for the whole module).
 - `postgres_server_factory` (per test): `make()` starts a server of the test's own, which it
   may `stop()`, `start()` and `restart()` (a database restart under load); all are stopped at
   the test's end.
@@ -162,6 +167,29 @@ class PostgresServer:
             conn.execute(f"CREATE DATABASE {name}")
         return name
 
+    def create_namespace(self, database: str = "sora_tests") -> str:
+        """A fresh schema in `database` (made on first use); returns a URL whose connections
+        have it as their only search_path."""
+        with self.admin() as conn:
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
+                            (database,)).fetchone() is None:
+                conn.execute(f"CREATE DATABASE {database}")
+        name = f"t_{secrets.token_hex(6)}"
+        import psycopg
+        with psycopg.connect(self.url(database), autocommit=True) as conn:
+            conn.execute(f"CREATE SCHEMA {name}")
+        return f"{self.url(database)}?options=-csearch_path%3D{name}"
+
+    def drop_namespace(self, url: str) -> None:
+        from sora.store import backend
+        backend.close_pools(lambda pool_url: pool_url.startswith(url))
+        if self.running:
+            import psycopg
+            database, _, query = url.rpartition("/")[2].partition("?")
+            name = query.rpartition("%3D")[2]
+            with psycopg.connect(self.url(database), autocommit=True) as conn:
+                conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+
     def drop_database(self, name: str) -> None:
         """Drop it, closing what is still connected (this process's pools first)."""
         from sora.store import backend
@@ -183,19 +211,32 @@ def postgres_server():
 
 @pytest.fixture
 def postgres_url(postgres_server):
-    name = postgres_server.create_database()
-    yield postgres_server.url(name)
-    postgres_server.drop_database(name)
+    url = postgres_server.create_namespace()
+    yield url
+    postgres_server.drop_namespace(url)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store_backend(request):
-    """A StoreConfig: SQLite (the state dir's files), or PostgreSQL on a fresh database."""
+    """A StoreConfig: SQLite (the state dir's files), or PostgreSQL on a fresh namespace."""
     from sora.config import StoreConfig
     if request.param == "sqlite":
         return StoreConfig()
     url = request.getfixturevalue("postgres_url")
     return StoreConfig(kind="postgresql", url=url, poolSize=4)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def module_store_backend(request):
+    """store_backend for module-scoped fixtures: one namespace for the whole module."""
+    from sora.config import StoreConfig
+    if request.param == "sqlite":
+        yield StoreConfig()
+        return
+    server = request.getfixturevalue("postgres_server")
+    url = server.create_namespace()
+    yield StoreConfig(kind="postgresql", url=url, poolSize=4)
+    server.drop_namespace(url)
 
 
 @pytest.fixture

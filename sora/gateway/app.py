@@ -19,6 +19,7 @@ from ..config import FUNCTION_NAME_RE, HostConfig
 from ..config_snapshot import load_host_config_of_child
 from ..events.intake import EventIntake
 from ..function_table import FunctionTable
+from ..store import backend as store_backend
 from .auth import CREDENTIAL_HEADERS, authorizer_for, is_admin
 from ..messaging.client import InvocationClient, BrokerTimeout, host_keys
 from .error_detail import NONE, plain_text
@@ -63,6 +64,19 @@ async def handle_http_error(req, resp, ex: falcon.HTTPError, params) -> None:
     message = ex.description or ex.title
     _send_error(req, resp, ex.status_code, p.error_body(error_type, message),
                 dict(ex.headers or {}))
+
+
+async def handle_store_error(req, resp, ex: store_backend.StoreError, params) -> None:
+    """A store that cannot be reached (PostgreSQL down, restarting, its pool exhausted) is a
+    503 the caller may retry; the details (the store's URL, its password as ***) go to the
+    host's log only."""
+    log.error("%s %s: %s", req.method, req.path, ex)
+    if isinstance(ex, store_backend.StoreUnavailable):
+        _send_error(req, resp, 503, p.error_body(
+            "Sora.StoreUnavailable", "The store did not answer in time; try again"),
+            {"Retry-After": "1"})
+        return
+    _send_error(req, resp, 500, p.error_body("Sora.StoreError", "The store failed"))
 
 
 async def handle_unexpected(req, resp, ex: Exception, params) -> None:
@@ -270,7 +284,7 @@ def create_app(config: HostConfig | None = None,
     app.add_route("/2015-03-31/functions/{name}/invocations",
                   InvokeResource(client, config, intake, table))
     management_api.add_routes(app, config, table)
-    store = Store(config.stateDir)
+    store = Store(config.stateDir, config.store)
     app.add_route("/api/functions", FunctionListResource(client, store))
     app.add_route("/api/stats", StatsResource(client, store, config.stateDir))
     app.add_route("/api/functions/{name}/invocations",
@@ -292,6 +306,7 @@ def create_app(config: HostConfig | None = None,
     app.add_error_handler(Exception, handle_unexpected)
     app.add_error_handler(falcon.HTTPError, handle_http_error)
     app.add_error_handler(SoraError, handle_sora_error)
+    app.add_error_handler(store_backend.StoreError, handle_store_error)
     app.add_error_handler(InvokeApiError, handle_invoke_api_error)
     if counting and config.server.metrics:
         listener = os.environ.get("SORA_LISTENER", "http")

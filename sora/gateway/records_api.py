@@ -12,8 +12,9 @@
                                              them again, as if just accepted
     DELETE /api/functions/{name}/dlq         ?requestId= (repeatable) or all: discard them
 
-The store is read through one SQLite connection per file per gateway process (WAL: reads never
-wait for the writers); these routes are not on the invocation path.
+The store is read through one connection per part per gateway process (sora.store.backend:
+SQLite's WAL lets reads never wait for the writers; PostgreSQL's pool lends one per query);
+these routes are not on the invocation path.
 """
 from __future__ import annotations
 
@@ -24,10 +25,10 @@ import time
 
 import orjson
 
-from ..config import HostConfig
+from ..config import HostConfig, StoreConfig
 from ..function_table import FunctionTable
 from ..store import queue, records
-from ..store.db import connect, connect_queue
+from ..store import backend
 from ..messaging.client import InvocationClient, BrokerTimeout
 from .errors import SoraError
 from .log_follow import new_lines
@@ -39,26 +40,27 @@ MAX_LIMIT = 1000
 class Store:
     """The gateway process's connection to the store, opened on first use (after fork)."""
 
-    def __init__(self, state_dir: str):
+    def __init__(self, state_dir: str, config: StoreConfig | None = None):
         self.state_dir = state_dir
+        self.config = config or StoreConfig()
         self._conn = self._queue = None
         self._pid = -1
 
     def _open(self) -> None:
         if self._pid != os.getpid():
-            self._conn = connect(self.state_dir)
-            self._queue = connect_queue(self.state_dir)
+            self._conn = backend.connect(self.config, self.state_dir, "records")
+            self._queue = backend.connect(self.config, self.state_dir, "queue")
             self._pid = os.getpid()
 
     @property
     def conn(self):
-        """The records store (sora.db)."""
+        """The records store (SQLite: sora.db)."""
         self._open()
         return self._conn
 
     @property
     def queue(self):
-        """The event queue (queue.db)."""
+        """The event queue (SQLite: queue.db)."""
         self._open()
         return self._queue
 

@@ -12,7 +12,7 @@ The functions are the host's (and its cluster's), as `/api/functions` lists them
 function the host no longer has are left out. Admin only (the default scope): the figures
 cover every function.
 
-The records are summed in a thread of this gateway process with its own SQLite connection: a
+The records are summed in a thread of this gateway process with its own connection: a
 week of a busy host's records takes a fraction of a second, which the event loop (and the
 invocations it serves) must not wait for.
 """
@@ -26,8 +26,8 @@ import threading
 import time
 
 from ..messaging.client import BrokerTimeout, InvocationClient
-from ..store import queue, stats
-from ..store.db import connect
+from ..config import StoreConfig
+from ..store import backend, queue, stats
 from .errors import SoraError
 from .records_api import Store
 from .requests import request_id_of
@@ -46,14 +46,15 @@ class StatsThread:
     _shared: dict[str, "StatsThread"] = {}
 
     @classmethod
-    def shared(cls, state_dir: str) -> "StatsThread":
+    def shared(cls, state_dir: str, store: StoreConfig | None = None) -> "StatsThread":
         thread = cls._shared.get(state_dir)
         if thread is None:
-            thread = cls._shared[state_dir] = cls(state_dir)
+            thread = cls._shared[state_dir] = cls(state_dir, store)
         return thread
 
-    def __init__(self, state_dir: str):
+    def __init__(self, state_dir: str, store: StoreConfig | None = None):
         self.state_dir = state_dir
+        self.store = store or StoreConfig()
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._pid = -1
         self._local = threading.local()
@@ -61,7 +62,7 @@ class StatsThread:
     def _call(self, query, args):
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = self._local.conn = connect(self.state_dir)
+            conn = self._local.conn = backend.connect(self.store, self.state_dir, "records")
         return query(conn, *args)
 
     async def run(self, query, *args):
@@ -91,7 +92,7 @@ class StatsResource:
     def __init__(self, client: InvocationClient, store: Store, state_dir: str):
         self.client = client
         self.store = store
-        self.figures = StatsThread.shared(state_dir)
+        self.figures = StatsThread.shared(state_dir, store.config)
 
     async def on_get(self, req, resp) -> None:
         window = _window(req)

@@ -93,6 +93,18 @@ def connect(store: StoreConfig, state_dir: str, part: str, **sqlite_options) -> 
     return db.open_sqlite(state_dir, part, **sqlite_options)
 
 
+def prepare(store: StoreConfig, state_dir: str) -> None:
+    """At a host's start, before its children: create or migrate every part's schema (so an
+    older Sora refuses a newer store at once, with SchemaTooNew, rather than in each child's
+    log), then close what it opened (the children open their own, after the fork). Raises
+    SchemaTooNew, StoreUnavailable, sqlite3.Error."""
+    try:
+        for part in PARTS:
+            connect(store, state_dir, part).close()
+    finally:
+        close_pools()
+
+
 # --- SQLite -----------------------------------------------------------------------------------
 
 class SqliteConnection(sqlite3.Connection):

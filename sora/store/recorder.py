@@ -16,6 +16,15 @@ While the state dir is low on free space (`minFreeDiskMB`) the recorder reads no
 senders keep their batches (each at most UNACKED_MAX_BYTES, its oldest dropped beyond that) and
 send them again once space is back.
 
+On PostgreSQL (`store: {url: ...}`, read from the host config given with `--config`, never from
+the command line, which every process may read) the recorder commits the same batches through
+sora.store.backend. The size cap and the WAL's share are SQLite's (a delete does not make a
+PostgreSQL table smaller: pruning to a size would find it still too big and delete everything),
+so there records are kept within `records.maxPerFunction` and `maxAgeHours` only, and the
+state dir's free space is not asked (the records are not on its disk). While the database
+cannot be reached the recorder reads nothing (the senders keep their batches, as for a low
+disk) and tries again every STORE_RETRY seconds; the pool reconnects by itself.
+
 Nothing is lost when the recorder dies (`kill -9` under load lost what it had read and not yet
 committed, ~0.1 s of every worker's records): each message is a numbered batch that its
 sender keeps until the recorder acknowledges it, and the recorder acknowledges only after the
@@ -53,7 +62,6 @@ import json
 import logging
 import os
 import signal
-import sqlite3
 import sys
 import time
 from collections import deque
@@ -63,9 +71,10 @@ import zmq
 from .. import protocol as p
 from ..cluster.keys import (KeyRing, KeysError, client_socket, load_keys, server_socket,
                             start_authenticator)
-from ..config import RecordsConfig, records_endpoint_of
+from ..config import (ConfigError, RecordsConfig, StoreConfig, load_host_config,
+                      records_endpoint_of)
 from ..hotpath import ZERO_COPY_OVER, quiet_gc, recv_ready
-from .db import connect
+from . import backend
 from .free_space import FreeSpace
 from .records import commit, forget_senders, last_batches, prune, prune_to_size, store_bytes
 
@@ -99,6 +108,9 @@ SENDER_MEMORY_SECONDS = 86_400.0
 MAX_ERROR_MESSAGE = 4096
 # How long a stopping worker waits for the recorder to acknowledge its last batches.
 CLOSE_WAIT = 2.0
+
+# While the store cannot be opened or written (PostgreSQL down), how often to try again.
+STORE_RETRY = 1.0
 
 # The write-ahead log's share of `records.maxStoreMB` is an eighth, at most this.
 WAL_SHARE_MAX = 64 << 20
@@ -302,8 +314,10 @@ class Recorder:
     def __init__(self, state_dir: str, max_per_function: int, max_age_hours: float,
                  max_store_mb: int = RecordsConfig.maxStoreMB, min_free_mb: int = 0,
                  cluster_listen: str | None = None, keys: KeyRing | None = None,
-                 metrics: bool = False):
+                 metrics: bool = False, store: StoreConfig | None = None):
         self.state_dir = state_dir
+        self.store = store or StoreConfig()
+        self.sqlite = self.store.kind == "sqlite"
         # Invocation metrics are counted here, from the records committed (every status, on
         # every host of a cluster, off the invocation path): sora.metrics.definitions.
         self.metrics = None
@@ -325,8 +339,10 @@ class Recorder:
         self.db_limit = store - 2 * self.wal_limit
         self.commit_bytes = self.wal_limit // 4
         self.wal_path = os.path.join(state_dir, "sora.db-wal")
-        self.free_space = FreeSpace(state_dir, min_free_mb << 20,
+        # The records are on the state dir's disk only with SQLite.
+        self.free_space = FreeSpace(state_dir, min_free_mb << 20 if self.sqlite else 0,
                                     "invocation records and log lines wait with their senders")
+        self.store_down_until = 0.0
 
     def _on_signal(self, signum, _frame) -> None:
         self.signals.append(signum)  # only queue: the loop acts on it
@@ -334,14 +350,7 @@ class Recorder:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        conn = connect(self.state_dir)
-        conn.execute(f"PRAGMA journal_size_limit = {self.wal_limit}")
-        # This build zeroes every freed page (SECURE_DELETE), which writes each page pruning
-        # frees into the WAL; FAST zeroes only what costs no extra write.
-        conn.execute("PRAGMA secure_delete = FAST")
-        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-        conn.execute(f"PRAGMA wal_autocheckpoint = {max(16, self.wal_limit // 2 // page_size)}")
-        self.last_batch = last_batches(conn)
+        conn = self.open_store()
         ctx = zmq.Context()
         sock = ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.RCVHWM, SEND_HWM)
@@ -363,20 +372,24 @@ class Recorder:
         try:
             while not self.signals:
                 now = time.monotonic()
-                if now >= next_prune:
+                if conn is None and now >= self.store_down_until:
+                    conn = self.open_store()
+                if conn is not None and now >= next_prune:
                     self.prune(conn)
                     self.forget_senders(conn)
                     next_prune = now + PRUNE_INTERVAL
                 # A batching window, not a poll: committing on every message would make a
                 # transaction per worker loop turn. A stop signal is seen within it.
                 time.sleep(FLUSH_INTERVAL)
-                if self.free_space.low():
+                if conn is None or self.free_space.low() or \
+                        time.monotonic() < self.store_down_until:
                     continue   # nothing read, nothing acknowledged: the senders keep it
                 for each in sockets:
                     self.drain(each, conn)
-                self.keep_within_cap(conn)
+                if self.sqlite:
+                    self.keep_within_cap(conn)
             # Stopping: what the workers sent before they stopped is still committed.
-            if not self.free_space.low():
+            if conn is not None and not self.free_space.low():
                 for each in sockets:
                     self.drain(each, conn)
         finally:
@@ -385,10 +398,36 @@ class Recorder:
             if auth is not None:
                 auth.stop()
             ctx.term()
-            conn.close()
+            if conn is not None:
+                conn.close()
+            backend.close_pools()
         return 0
 
-    def drain(self, sock: zmq.Socket, conn: sqlite3.Connection) -> None:
+    def open_store(self):
+        """The store's records part, set up for the recorder; None (logged, tried again
+        after STORE_RETRY) while it cannot be reached. A schema newer than this Sora's
+        ends the recorder (SchemaTooNew: the supervisor refuses to start on one)."""
+        try:
+            conn = backend.connect(self.store, self.state_dir, "records")
+            if self.sqlite:
+                conn.execute(f"PRAGMA journal_size_limit = {self.wal_limit}")
+                # This build zeroes every freed page (SECURE_DELETE), which writes each page
+                # pruning frees into the WAL; FAST zeroes only what costs no extra write.
+                conn.execute("PRAGMA secure_delete = FAST")
+                page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+                conn.execute("PRAGMA wal_autocheckpoint = "
+                             f"{max(16, self.wal_limit // 2 // page_size)}")
+            self.last_batch = last_batches(conn)
+        except backend.SchemaTooNew:
+            raise
+        except backend.ERRORS as exc:
+            log.error("cannot open the records store (records wait with their senders; "
+                      "trying again every %.0f s): %s", STORE_RETRY, exc)
+            self.store_down_until = time.monotonic() + STORE_RETRY
+            return None
+        return conn
+
+    def drain(self, sock: zmq.Socket, conn: backend.Connection) -> None:
         """Commit what arrived, at most `commit_bytes` of it (the rest waits in the socket for
         the next turn: the WAL's size), then acknowledge to each sender its last batch
         committed."""
@@ -425,10 +464,12 @@ class Recorder:
             replies[routing_id] = key
         try:
             commit(conn, records, lines, taken)
-        except sqlite3.Error as exc:
+        except backend.ERRORS as exc:
             # Not acknowledged: the senders keep the batches and send them again.
             log.error("could not store %d record(s) and %d log line(s): %s", len(records),
                       len(lines), exc)
+            if isinstance(exc, backend.StoreUnavailable):
+                self.store_down_until = time.monotonic() + STORE_RETRY
             return
         self.last_batch.update(taken)
         if self.metrics is not None and records:
@@ -442,7 +483,7 @@ class Recorder:
             except zmq.ZMQError:
                 pass   # the sender is gone or far behind: it resends, and is told then
 
-    def keep_within_cap(self, conn: sqlite3.Connection) -> None:
+    def keep_within_cap(self, conn: backend.Connection) -> None:
         """The store within `records.maxStoreMB`: the oldest records pruned past the
         database's share, a little at a time, and the WAL truncated past its own (a reader
         may have held an automatic checkpoint back)."""
@@ -455,10 +496,10 @@ class Recorder:
                 log.info("records store at its size cap: pruned the oldest log lines and %d "
                          "invocation record(s)", removed)
             self.truncate_wal(conn)
-        except (OSError, sqlite3.Error) as exc:
+        except (OSError, *backend.ERRORS) as exc:
             log.error("could not keep the records store within its size: %s", exc)
 
-    def truncate_wal(self, conn: sqlite3.Connection) -> None:
+    def truncate_wal(self, conn: backend.Connection) -> None:
         try:
             wal = os.stat(self.wal_path).st_size
         except FileNotFoundError:
@@ -466,20 +507,20 @@ class Recorder:
         if wal > self.wal_limit:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
-    def prune(self, conn: sqlite3.Connection) -> None:
+    def prune(self, conn: backend.Connection) -> None:
         try:
             removed = prune(conn, self.max_per_function, self.max_age_seconds)
-        except sqlite3.Error as exc:
+        except backend.ERRORS as exc:
             log.error("could not prune invocation records: %s", exc)
             return
         if removed:
             log.info("pruned %d invocation record(s)", removed)
 
-    def forget_senders(self, conn: sqlite3.Connection) -> None:
+    def forget_senders(self, conn: backend.Connection) -> None:
         try:
             for key in forget_senders(conn, time.time() - SENDER_MEMORY_SECONDS):
                 self.last_batch.pop(key, None)
-        except sqlite3.Error as exc:
+        except backend.ERRORS as exc:
             log.error("could not forget old record senders: %s", exc)
 
 
@@ -496,6 +537,9 @@ def main(argv: list[str] | None = None) -> int:
                         "needed with --cluster-listen")
     parser.add_argument("--metrics", action="store_true", help="count the records into the "
                         "host's metrics folder (<state dir>/metrics, server.metrics)")
+    parser.add_argument("--config", metavar="PATH", help="the host config, for its `store:` "
+                        "(the URL of a PostgreSQL store is never put on a command line); "
+                        "default: SQLite in the state dir")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s [recorder %(process)d] %(levelname)s %(message)s")
@@ -507,9 +551,15 @@ def main(argv: list[str] | None = None) -> int:
             keys = load_keys(args.keys)
         except KeysError as exc:
             parser.error(f"--keys: {exc}")
+    store = None
+    if args.config:
+        try:
+            store = load_host_config(args.config, read_functions=False).store
+        except ConfigError as exc:
+            parser.error(str(exc))
     return Recorder(os.path.abspath(args.state_dir), args.max_per_function,
                     args.max_age_hours, args.max_store_mb, args.min_free_disk_mb,
-                    args.cluster_listen, keys, args.metrics).run()
+                    args.cluster_listen, keys, args.metrics, store).run()
 
 
 if __name__ == "__main__":

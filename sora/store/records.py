@@ -1,19 +1,30 @@
 """Invocation records: what the store holds, how it is pruned and read back.
 
-Workers do not write SQLite themselves: they send records and log lines to the recorder
+Workers do not write the store themselves: they send records and log lines to the recorder
 process (`sora.store.recorder`) in one message per loop turn, so the invocation path pays for a
 tuple and a formatted line, never for a database write or a lock.
+
+The same SQL serves both backends (sora.store.backend); where they differ it says so: a record
+stored again (an event's retry keeps its request id) replaces the old one and takes a new id
+(SQLite's INSERT OR REPLACE; on PostgreSQL a DELETE and an INSERT in the same transaction),
+and the store's size is measured by SQLite's pages only (`store_bytes`).
 """
 from __future__ import annotations
 
-import sqlite3
 import time
 from typing import Callable
+
+from .backend import Connection
 
 STATUSES = ("ok", "error", "timeout", "crashed")
 
 
-def commit(conn: sqlite3.Connection, records: list[tuple], lines: list[tuple],
+_INSERT_RECORD = ("INSERT INTO invocations (request_id, function, version, trigger, start, "
+                  "duration_ms, status, error_type, cold, error_message, max_memory_mb, "
+                  "init_duration_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+def commit(conn: Connection, records: list[tuple], lines: list[tuple],
            batches: dict[bytes, int] | None = None) -> None:
     """Write a batch in one transaction: record rows (request id, function, version, trigger,
     start, duration ms, status, error type, cold, error message, max memory used MB, init
@@ -22,44 +33,48 @@ def commit(conn: sqlite3.Connection, records: list[tuple], lines: list[tuple],
     from (`batches`: sender key -> seq), so that none of those batches is stored again."""
     if not records and not lines and not batches:
         return
-    with conn:
-        conn.execute("BEGIN IMMEDIATE")
+    with conn.transaction():
         if batches:
             now = time.time()
             conn.executemany("INSERT INTO record_senders (sender, last_batch, seen) "
                              "VALUES (?, ?, ?) ON CONFLICT (sender) DO UPDATE SET "
                              "last_batch = excluded.last_batch, seen = excluded.seen",
                              [(key.decode(), seq, now) for key, seq in batches.items()])
-        conn.executemany("INSERT INTO log_lines (function, request_id, time, stream, line) "
-                         "VALUES (?, ?, ?, ?, ?)", lines)
-        conn.executemany("INSERT OR REPLACE INTO invocations (request_id, function, version, "
-                         "trigger, start, duration_ms, status, error_type, cold, "
-                         "error_message, max_memory_mb, init_duration_ms) "
-                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", records)
+        if lines:
+            conn.executemany("INSERT INTO log_lines (function, request_id, time, stream, "
+                             "line) VALUES (?, ?, ?, ?, ?)", lines)
+        if not records:
+            return
+        if conn.dialect == "sqlite":
+            conn.executemany("INSERT OR REPLACE" + _INSERT_RECORD[6:], records)
+            return
+        # The last of each request id, as INSERT OR REPLACE would keep it.
+        latest = list({record[0]: record for record in records}.values())
+        conn.execute("DELETE FROM invocations WHERE request_id = ANY(?)",
+                     ([record[0] for record in latest],))
+        conn.executemany(_INSERT_RECORD, latest)
 
 
-def last_batches(conn: sqlite3.Connection) -> dict[bytes, int]:
+def last_batches(conn: Connection) -> dict[bytes, int]:
     """Sender key -> the last of its batches committed."""
     return {row[0].encode(): row[1] for row in
             conn.execute("SELECT sender, last_batch FROM record_senders")}
 
 
-def forget_senders(conn: sqlite3.Connection, before: float) -> list[bytes]:
+def forget_senders(conn: Connection, before: float) -> list[bytes]:
     """Forget the senders not heard from since `before`; returns their keys."""
-    with conn:
-        conn.execute("BEGIN IMMEDIATE")
+    with conn.transaction():
         return [row[0].encode() for row in conn.execute(
             "DELETE FROM record_senders WHERE seen < ? RETURNING sender", (before,))]
 
 
-def prune(conn: sqlite3.Connection, max_per_function: int, max_age_seconds: float) -> int:
+def prune(conn: Connection, max_per_function: int, max_age_seconds: float) -> int:
     """Keep at most `max_per_function` records per function and none older than the age;
     log lines go with their records, and any line older than the age goes too (lines printed
     outside an invocation). Returns how many records were removed."""
     cutoff = time.time() - max_age_seconds
     doomed = [("start < ?", (cutoff,))]
-    with conn:
-        conn.execute("BEGIN IMMEDIATE")
+    with conn.transaction():
         for (function,) in conn.execute("SELECT DISTINCT function FROM invocations").fetchall():
             row = conn.execute("SELECT id FROM invocations WHERE function = ? ORDER BY id DESC "
                                "LIMIT 1 OFFSET ?", (function, max_per_function)).fetchone()
@@ -74,17 +89,23 @@ def prune(conn: sqlite3.Connection, max_per_function: int, max_age_seconds: floa
     return removed
 
 
-def store_bytes(conn: sqlite3.Connection) -> int:
-    """Bytes of the store's pages in use (its file less the free pages it will reuse): two
-    header reads, no scan."""
+def store_bytes(conn: Connection) -> int:
+    """SQLite: bytes of the store's pages in use (its file less the free pages it will
+    reuse): two header reads, no scan. PostgreSQL: the records tables' size on disk with their
+    indexes and TOAST (pg_total_relation_size), which a delete does not lower (the space is
+    reused, not given back, until a VACUUM FULL): shown, never pruned to (sora.store.recorder
+    keeps records.maxStoreMB for SQLite only)."""
+    if conn.dialect == "postgresql":
+        return conn.execute("SELECT pg_total_relation_size('invocations') + "
+                            "pg_total_relation_size('log_lines')").fetchone()[0]
     page_size = conn.execute("PRAGMA page_size").fetchone()[0]
     pages = conn.execute("PRAGMA page_count").fetchone()[0]
     free = conn.execute("PRAGMA freelist_count").fetchone()[0]
     return (pages - free) * page_size
 
 
-def prune_to_size(conn: sqlite3.Connection, target: int, step: int,
-                  after_round: Callable[[sqlite3.Connection], None] | None = None,
+def prune_to_size(conn: Connection, target: int, step: int,
+                  after_round: Callable[[Connection], None] | None = None,
                   rounds: int = 32) -> int:
     """Delete the oldest log lines and records, oldest first, until the pages in use fit in
     `target` bytes. Each round deletes, of both tables, the oldest share of ids that the
@@ -98,8 +119,7 @@ def prune_to_size(conn: sqlite3.Connection, target: int, step: int,
         if used <= target:
             break
         share = min(1.0, min(used - target, step) / used + 0.01)
-        with conn:
-            conn.execute("BEGIN IMMEDIATE")
+        with conn.transaction():
             lo, hi = conn.execute("SELECT MIN(id), MAX(id) FROM invocations").fetchone()
             if lo is not None:
                 cut = lo + int((hi - lo + 1) * share)
@@ -129,7 +149,7 @@ def trigger_fields(stored: str) -> dict:
     return {"trigger": stored}
 
 
-def _invocation(row: sqlite3.Row) -> dict:
+def _invocation(row) -> dict:
     return {"requestId": row["request_id"], "function": row["function"],
             "version": row["version"], **trigger_fields(row["trigger"]), "start": row["start"],
             "durationMs": round(row["duration_ms"], 3), "status": row["status"],
@@ -137,7 +157,7 @@ def _invocation(row: sqlite3.Row) -> dict:
             "cold": bool(row["cold"]), **_reported(row)}
 
 
-def _reported(row: sqlite3.Row) -> dict:
+def _reported(row) -> dict:
     """The REPORT line's figures that the record keeps: Max Memory Used (not for an invocation
     no instance ran) and Init Duration (cold starts only)."""
     reported = {}
@@ -148,7 +168,7 @@ def _reported(row: sqlite3.Row) -> dict:
     return reported
 
 
-def list_invocations(conn: sqlite3.Connection, function: str, status: str | None = None,
+def list_invocations(conn: Connection, function: str, status: str | None = None,
                      since: float | None = None, limit: int = 50,
                      cursor: int | None = None) -> tuple[list[dict], int | None]:
     """Newest first; returns the page and the cursor of the next page (None at the end)."""
@@ -170,7 +190,7 @@ def list_invocations(conn: sqlite3.Connection, function: str, status: str | None
     return [_invocation(r) for r in rows], (rows[-1]["id"] if more else None)
 
 
-def get_invocation(conn: sqlite3.Connection, request_id: str) -> dict | None:
+def get_invocation(conn: Connection, request_id: str) -> dict | None:
     row = conn.execute("SELECT * FROM invocations WHERE request_id = ?",
                        (request_id,)).fetchone()
     if row is None:
@@ -184,12 +204,12 @@ def get_invocation(conn: sqlite3.Connection, request_id: str) -> dict | None:
     return result
 
 
-def _line(row: sqlite3.Row) -> dict:
+def _line(row) -> dict:
     return {"id": row["id"], "time": row["time"], "requestId": row["request_id"],
             "stream": row["stream"], "line": row["line"]}
 
 
-def log_lines(conn: sqlite3.Connection, function: str, after: int = 0,
+def log_lines(conn: Connection, function: str, after: int = 0,
               request_id: str | None = None, limit: int = 1000) -> list[dict]:
     """A function's log lines with ids above `after`, oldest first (the follow cursor)."""
     sql = "SELECT * FROM log_lines WHERE function = ? AND id > ?"
@@ -200,7 +220,19 @@ def log_lines(conn: sqlite3.Connection, function: str, after: int = 0,
     return [_line(r) for r in conn.execute(sql + " ORDER BY id LIMIT ?", (*args, limit))]
 
 
-def recent_log_lines(conn: sqlite3.Connection, function: str, limit: int) -> list[dict]:
+def log_lines_between(conn: Connection, function: str, low: int, high: int,
+                      request_id: str | None = None, limit: int = 10_000) -> list[dict]:
+    """A function's log lines with ids in (low, high], oldest first: what a follower reads
+    again behind its cursor (sora.gateway.log_follow) for lines committed late."""
+    sql = "SELECT * FROM log_lines WHERE function = ? AND id > ? AND id <= ?"
+    args: list = [function, low, high]
+    if request_id is not None:
+        sql += " AND request_id = ?"
+        args.append(request_id)
+    return [_line(r) for r in conn.execute(sql + " ORDER BY id LIMIT ?", (*args, limit))]
+
+
+def recent_log_lines(conn: Connection, function: str, limit: int) -> list[dict]:
     """A function's last `limit` log lines, oldest first: what a live tail shows before it
     follows (the dashboard's logs page), so the page is not empty until the next line."""
     rows = conn.execute("SELECT * FROM log_lines WHERE function = ? ORDER BY id DESC LIMIT ?",
@@ -208,13 +240,13 @@ def recent_log_lines(conn: sqlite3.Connection, function: str, limit: int) -> lis
     return [_line(r) for r in reversed(rows)]
 
 
-def last_log_id(conn: sqlite3.Connection, function: str) -> int:
+def last_log_id(conn: Connection, function: str) -> int:
     row = conn.execute("SELECT MAX(id) FROM log_lines WHERE function = ?",
                        (function,)).fetchone()
     return row[0] or 0
 
 
-def status_of(conn: sqlite3.Connection, request_id: str) -> str | None:
+def status_of(conn: Connection, request_id: str) -> str | None:
     """The recorded status of one invocation (ok, error, timeout, crashed), or None: what the
     triggers' listing shows for a firing's run, without reading its log lines."""
     row = conn.execute("SELECT status FROM invocations WHERE request_id = ?",

@@ -11,36 +11,50 @@ start, duration_ms, status, cold; sora.store.db), never from the table: a day of
 records is summed in ~0.1 s, an hour in a few ms (bench/dashboard.py), and the functions are
 found by one index seek each. Sorting the durations in Python measured faster than SQLite's
 window functions (ROW_NUMBER() OVER ...) or ORDER BY ... LIMIT 1 OFFSET k per percentile.
+
+On PostgreSQL (sora.store.backend) the same queries run (the counts written with CASE, which
+both dialects take), a summary's in one REPEATABLE READ transaction.
 """
 from __future__ import annotations
 
 import contextlib
 import math
-import sqlite3
 import time
+
+from .backend import Connection
 
 PERCENTILES = (50, 99)
 
 _WINDOW = "FROM invocations WHERE function = ? AND start >= ? AND start < ?"
-_COUNTS = f"SELECT COUNT(*), SUM(status != 'ok'), SUM(cold != 0) {_WINDOW}"
+_COUNTS = (f"SELECT COUNT(*), SUM(CASE WHEN status <> 'ok' THEN 1 ELSE 0 END), "
+           f"SUM(CASE WHEN cold <> 0 THEN 1 ELSE 0 END) {_WINDOW}")
 _DURATIONS = f"SELECT duration_ms {_WINDOW}"
 _ROWS = f"SELECT start, duration_ms, status, cold {_WINDOW}"
 
 
-def _plain(conn: sqlite3.Connection) -> sqlite3.Cursor:
-    """A cursor giving tuples: the store's connections make sqlite3.Row objects, which cost
-    more than the rest of a summary's work per row."""
+def _plain(conn: Connection):
+    """What runs a figure query: on SQLite a cursor giving tuples (the store's connections make
+    sqlite3.Row objects, which cost more than the rest of a summary's work per row); on
+    PostgreSQL the connection (its rows are tuples already)."""
+    if conn.dialect != "sqlite":
+        return conn
     cursor = conn.cursor()
     cursor.row_factory = None
     return cursor
 
 
 @contextlib.contextmanager
-def _snapshot(conn: sqlite3.Connection):
+def _snapshot(conn: Connection):
     """One read transaction over the queries of a summary (WAL: the recorder's commits go on
-    meanwhile), so a function's counts and durations are of the same records."""
+    meanwhile; PostgreSQL: REPEATABLE READ, one snapshot for every statement), so a
+    function's counts and durations are of the same records."""
     if conn.in_transaction:
         yield
+        return
+    if conn.dialect != "sqlite":
+        with conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            yield
         return
     conn.execute("BEGIN")
     try:
@@ -74,7 +88,7 @@ def _group(rows) -> tuple[list[float], int, int]:
     return durations, errors, cold
 
 
-def summary(conn: sqlite3.Connection, since: float,
+def summary(conn: Connection, since: float,
             until: float | None = None) -> dict[str, dict]:
     """{function: {"calls", "errors", "p50", "p99", "coldStarts"}} over [since, until)
     (errors = status != 'ok'; p50/p99 in ms, None with no calls). Only the functions with
@@ -95,7 +109,7 @@ def summary(conn: sqlite3.Connection, since: float,
     return result
 
 
-def functions(conn: sqlite3.Connection) -> list[str]:
+def functions(conn: Connection) -> list[str]:
     """The functions with records, by name: one index seek each, from the previous name to the
     next (SELECT DISTINCT would walk every record's index entry: 5 ms for 100,000)."""
     names = []
@@ -107,7 +121,7 @@ def functions(conn: sqlite3.Connection) -> list[str]:
     return names
 
 
-def series(conn: sqlite3.Connection, function: str, since: float, until: float,
+def series(conn: Connection, function: str, since: float, until: float,
            buckets: int) -> list[dict]:
     """`buckets` equal time buckets of [since, until): [{"start", "calls", "errors", "p50",
     "p99", "coldStarts"}], oldest first, empty buckets with zeros/None."""

@@ -40,6 +40,7 @@ from ..metrics import registry as metrics_registry
 from ..config import FunctionConfig, HostConfig
 from ..hotpath import quiet_gc
 from ..protocol import events_socket
+from ..store import backend as store_backend
 from ..store.recorder import records_socket
 from ..triggers import control as triggers_control
 from ..config import ConfigError
@@ -223,6 +224,7 @@ class Arbiter(Reloading):
                      "--keys", self.config.cluster.keys]
         if self.config.server.metrics:
             argv.append("--metrics")
+        argv += ["--config", self.config.path]   # its `store:` (never a URL on a command line)
         return Launch(argv, dict(os.environ), start_timeout=30.0,
                       start_retries=WORKER_START_RETRIES)
 
@@ -644,9 +646,24 @@ class Arbiter(Reloading):
         self._lock.write(str(os.getpid()))
         self._lock.flush()
 
+    def prepare_store(self) -> None:
+        """The store's schema created or migrated before any child opens it; a newer one
+        (SchemaTooNew) ends the start. A database that cannot be reached now is only
+        logged: each child opens it on its own, retrying, and serves once it answers."""
+        try:
+            store_backend.prepare(self.config.store, self.state_dir)
+        except store_backend.SchemaTooNew:
+            raise
+        except store_backend.ERRORS as exc:
+            log.warning("the store %s cannot be opened now (its users try again): %s",
+                        self.config.store.display_url, exc)
+        else:
+            log.info("store: %s", self.config.store.display_url)
+
     def prepare(self) -> None:
         p.make_run_dir(self.state_dir)
         self.lock_state_dir()
+        self.prepare_store()
         metrics_registry.reset(self.state_dir)   # counts start at zero with the host
         self.versions.store.remove_staging()   # what a killed publish left
         # Before anything starts or is announced: a taken port ends the start here, at once.

@@ -72,9 +72,10 @@ def start(args: argparse.Namespace) -> int:
         print(f"sora: configuration error\n{ConfigError(config.path, [START_REFUSES])}",
               file=sys.stderr)
         return EXIT_CONFIG_ERROR
+    from ..store.backend import SchemaTooNew
     try:
         return Arbiter(config, joining=joining, watch=getattr(args, "watch", False)).run()
-    except (StateDirBusy, ListenerUnavailable) as exc:
+    except (StateDirBusy, ListenerUnavailable, SchemaTooNew) as exc:
         print(f"sora: {exc}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
 

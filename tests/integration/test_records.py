@@ -1,4 +1,5 @@
-"""Invocation records and logs in the store, and the read APIs over them."""
+"""Invocation records and logs in the store, and the read APIs over them: on SQLite and on
+PostgreSQL (the module's host runs once on each, `module_store_backend`)."""
 from __future__ import annotations
 
 import json
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def host(tmp_path_factory):
+def host(tmp_path_factory, module_store_backend):
     base = tmp_path_factory.mktemp("records")
     fns = base / "fns"
     dirs = [
@@ -28,7 +29,7 @@ def host(tmp_path_factory):
         write_function(fns, "slow-printer", {"index.js": F.TAGGED_PRINTER},
                        name="slow-printer", timeout=20),
     ]
-    yield from served(base, dirs, https=False)
+    yield from served(base, dirs, https=False, store=module_store_backend)
 
 
 def api(host, path, **params):
@@ -59,6 +60,19 @@ def test_every_outcome_is_recorded_with_status_type_and_temperature(host):
     assert 900 < got["slow"]["durationMs"] < 5000
     # The timeout replaced its instance: the next call on a fresh instance is cold.
     assert any(r["cold"] for r in got.values())
+
+
+def test_records_are_in_the_configured_store_only(host, module_store_backend):
+    rid = host.invoke("tagged").headers["X-Sora-Request-Id"]
+    record(host, rid)
+    from sora.store import backend
+    state = str(host.base / "state")
+    conn = backend.connect(module_store_backend, state, "records")
+    assert conn.execute("SELECT function FROM invocations WHERE request_id = ?",
+                        (rid,)).fetchone()[0] == "tagged"
+    conn.close()
+    # On PostgreSQL no process of the host made a records file in the state dir.
+    assert (host.base / "state" / "sora.db").exists() == (module_store_backend.kind == "sqlite")
 
 
 def test_cold_then_warm_on_the_same_instance(host):
@@ -166,10 +180,10 @@ def test_follow_shows_lines_while_the_invocation_runs(host):
         [f"out {i} of {rid}" for i in range(3)] + [f"err {i} of {rid}" for i in range(3)])
 
 
-def test_retention_prunes_by_count(tmp_path):
+def test_retention_prunes_by_count(store_backend, tmp_path):
     fns = tmp_path / "fns"
     d = write_function(fns, "tagged", {"index.js": F.TAGGED_PRINTER}, name="tagged")
-    h = SoraHost(tmp_path, [d], https=False)
+    h = SoraHost(tmp_path, [d], https=False, store=store_backend)
     h.start()
     try:
         ids = [h.invoke("tagged").headers["X-Sora-Request-Id"] for _ in range(8)]

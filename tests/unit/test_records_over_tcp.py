@@ -1,29 +1,35 @@
 """Records of a joined host travel over tcp + CURVE to the main host's recorder (its
-cluster.listen's port + 1); a sender whose key is not on the allow-list is refused."""
+cluster.listen's port + 1); a sender whose key is not on the allow-list is refused. The
+recorder stores them in SQLite or PostgreSQL (`store_backend`: its host config's `store:`)."""
 import os
 import signal
 import subprocess
 import sys
 import time
 
+import yaml
 import zmq
 
 from sora.cluster import keys as k
-from sora.store.db import connect
+from sora.store import backend
 from sora.store.recorder import RecordSender
-from tests.support import free_port_pair, wait_for
+from tests.support import free_port_pair, store_setting, wait_for
 
 
-def stored(state):
-    conn = connect(state)
+def stored(state, store):
+    conn = backend.connect(store, state, "records")
     try:
         return [r[0] for r in conn.execute("SELECT request_id FROM invocations ORDER BY id")]
     finally:
         conn.close()
 
 
-def test_a_record_sent_over_tcp_is_stored_and_a_wrong_key_refused(tmp_path):
+def test_a_record_sent_over_tcp_is_stored_and_a_wrong_key_refused(store_backend, tmp_path):
     state = str(tmp_path / "state")
+    config = tmp_path / "host-config.yaml"     # for its store: (never a URL in argv)
+    config.write_text(yaml.safe_dump({"functionPaths": ["fn"], "server": {"httpPort": 8080},
+                                      "stateDir": state,
+                                      "store": store_setting(store_backend)}))
     os.makedirs(os.path.join(state, "run"))
     main = k.init_keys(str(tmp_path / "main"))
     joined = k.init_keys(str(tmp_path / "joined"))
@@ -34,7 +40,8 @@ def test_a_record_sent_over_tcp_is_stored_and_a_wrong_key_refused(tmp_path):
     with open(log_path, "wb") as log:
         recorder = subprocess.Popen(
             [sys.executable, "-m", "sora.store.recorder", "--state-dir", state,
-             "--cluster-listen", f"tcp://127.0.0.1:{port}", "--keys", main.directory],
+             "--cluster-listen", f"tcp://127.0.0.1:{port}", "--keys", main.directory,
+             "--config", str(config)],
             stderr=log)
     ctx = zmq.Context()
     senders = []
@@ -54,12 +61,12 @@ def test_a_record_sent_over_tcp_is_stored_and_a_wrong_key_refused(tmp_path):
             senders[0].flush()
             return not senders[0].unacked
         wait_for(acknowledged, timeout=10, what="the joined host's batch acknowledged")
-        assert stored(state) == ["from-joined"]
+        assert stored(state, store_backend) == ["from-joined"]
         wait_for(lambda: b"refused a connection from 127.0.0.1" in log_path.read_bytes(),
                  timeout=10, what="the stranger's refusal logged")
         assert stranger.public in log_path.read_bytes()
         senders[1].flush()
-        assert senders[1].unacked and stored(state) == ["from-joined"]
+        assert senders[1].unacked and stored(state, store_backend) == ["from-joined"]
     finally:
         for sender in senders:
             sender.close(wait=0)

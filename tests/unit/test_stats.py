@@ -1,4 +1,5 @@
-"""sora.store.stats: the dashboard's and `sora top`'s figures over a temp store."""
+"""sora.store.stats: the dashboard's and `sora top`'s figures over a temp store, SQLite and
+PostgreSQL (`store_backend`)."""
 import itertools
 import json
 import math
@@ -7,15 +8,20 @@ import sqlite3
 import pytest
 import yaml
 
-from sora.store import db, records, schema, stats
-from tests.support import write_function
+from sora.store import backend, db, records, schema, stats
+from tests.support import store_setting, write_function
 
 T0 = 1_800_000_000.0
 _ids = itertools.count()
 
 
 @pytest.fixture
-def conn(tmp_path):
+def conn(store_backend, tmp_path):
+    return backend.connect(store_backend, str(tmp_path), "records")
+
+
+@pytest.fixture
+def sqlite_conn(tmp_path):
     return db.connect(str(tmp_path))
 
 
@@ -109,8 +115,8 @@ def test_a_function_named_like_sql_is_only_a_name(conn):
 
 
 @pytest.mark.parametrize("query", [stats._ROWS, stats._COUNTS, stats._DURATIONS])
-def test_queries_read_the_covering_index_only(conn, query):
-    plan = " ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + query,
+def test_queries_read_the_covering_index_only(sqlite_conn, query):
+    plan = " ".join(row[3] for row in sqlite_conn.execute("EXPLAIN QUERY PLAN " + query,
                                                    ("a", 0, 1)))
     assert "COVERING INDEX invocations_by_function_start" in plan
 
@@ -119,10 +125,10 @@ def test_summary_leaves_no_transaction_open_nor_closes_the_callers(conn):
     add(conn, [("a", T0, 1.0, "ok", False)])
     stats.summary(conn, T0, T0 + 1)
     assert not conn.in_transaction
-    conn.execute("BEGIN")
-    assert stats.summary(conn, T0, T0 + 1)["a"]["calls"] == 1
-    assert conn.in_transaction
-    conn.execute("COMMIT")
+    with conn.transaction():
+        assert stats.summary(conn, T0, T0 + 1)["a"]["calls"] == 1
+        assert conn.in_transaction
+    assert not conn.in_transaction
 
 
 def test_an_older_store_gets_the_index_when_opened(tmp_path):
@@ -167,14 +173,14 @@ class FakeStatusClient:
 
 
 @pytest.fixture
-def api(tmp_path):
+def api(store_backend, tmp_path):
     from sora.config import load_host_config
     from sora.gateway.app import create_app
     fns = tmp_path / "fns"
     dirs = [write_function(fns, name, {"index.js": "exports.handler = async (e) => e;"},
                            name=name) for name in ("busy", "quiet")]
     spec = {"functionPaths": [str(d) for d in dirs], "server": {"httpPort": 8080},
-            "stateDir": str(tmp_path / "state"),
+            "stateDir": str(tmp_path / "state"), "store": store_setting(store_backend),
             "auth": {"apiKeys": [{"name": "ops", "key": ADMIN, "scopes": ["admin"]},
                                  {"name": "app", "key": INVOKER, "scopes": ["invoke"]}]}}
     (tmp_path / "host-config.yaml").write_text(yaml.safe_dump(spec))
@@ -184,7 +190,7 @@ def api(tmp_path):
         "quiet": {"state": "FATAL", "reason": "no such file", "instances": 0}}}
     client = FakeStatusClient(health)
     app = create_app(load_host_config(str(tmp_path / "host-config.yaml")), client)
-    return app, db.connect(str(tmp_path / "state")), client
+    return app, backend.connect(store_backend, str(tmp_path / "state"), "records"), client
 
 
 def get_stats(app, query="", key=ADMIN):

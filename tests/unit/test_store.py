@@ -1,4 +1,5 @@
-"""The store's wire format, commits, retention and queries, on a real SQLite file."""
+"""The store's wire format, commits, retention and queries, on a real SQLite file and a real
+PostgreSQL database (`store_backend`)."""
 import os
 import time
 
@@ -6,10 +7,14 @@ import zmq
 
 from sora.store import recorder as recorder_module
 from sora.store import records
-from sora.store.db import connect
+from sora.store import backend
 from sora.store.recorder import Recorder, RecordSender, parse, records_endpoint
 from sora.store.records import commit
 from tests.support import wait_for
+
+
+def connect(state, store):
+    return backend.connect(store, state, "records")
 
 
 def rec(rid, fn="fn", start=None, status="ok"):
@@ -111,21 +116,21 @@ def one_turn(sender, rid):
     sender.flush()
 
 
-def test_batches_are_acknowledged_after_commit_and_resent_until_then(tmp_path):
+def test_batches_are_acknowledged_after_commit_and_resent_until_then(store_backend, tmp_path):
     """A recorder killed between receiving and committing loses nothing: the sender resends
     what it did not acknowledge to the next one, and a batch resent after its commit (its
     acknowledgement lost) is acknowledged again, not stored twice."""
     state = str(tmp_path)
     (tmp_path / "run").mkdir()
     ctx = zmq.Context()
-    conn = connect(state)
+    conn = connect(state, store_backend)
     first = ctx.socket(zmq.ROUTER)
     first.bind(records_endpoint(state))
     sender = RecordSender(state, ctx)
     wait_connected(sender)
     one_turn(sender, "a")
     one_turn(sender, "b")
-    recorder = Recorder(state, 100, 1)
+    recorder = Recorder(state, 100, 1, store=store_backend)
     wait_for(lambda: first.poll(0) and recorder.drain(first, conn) is None and
              stored(conn)[0] == ["a", "b"], timeout=5)
     one_turn(sender, "c")   # received by the first recorder, never committed: it dies
@@ -139,7 +144,7 @@ def test_batches_are_acknowledged_after_commit_and_resent_until_then(tmp_path):
     second = second_ctx.socket(zmq.ROUTER)
     os.unlink(tmp_path / "run" / "records.sock")
     second.bind(records_endpoint(state))
-    recorder = Recorder(state, 100, 1)
+    recorder = Recorder(state, 100, 1, store=store_backend)
     recorder.last_batch = records.last_batches(conn)
     one_turn(sender, "e")
 
@@ -160,21 +165,21 @@ def test_batches_are_acknowledged_after_commit_and_resent_until_then(tmp_path):
     ctx.term()
 
 
-def test_a_sender_that_dropped_batches_is_not_waited_for(tmp_path, monkeypatch):
+def test_a_sender_that_dropped_batches_is_not_waited_for(store_backend, tmp_path, monkeypatch):
     """Past its bound a sender drops its oldest batches and says so: the recorder takes what
     follows instead of waiting forever for what will never come."""
     state = str(tmp_path)
     (tmp_path / "run").mkdir()
     monkeypatch.setattr(recorder_module, "UNACKED_MAX_BYTES", 200)
     ctx = zmq.Context()
-    conn = connect(state)
+    conn = connect(state, store_backend)
     sender = RecordSender(state, ctx)
     for i in range(10):   # no recorder yet
         one_turn(sender, f"r{i}")
     assert sender.dropped and sender.unacked[0][0] > 1
     router = ctx.socket(zmq.ROUTER)
     router.bind(records_endpoint(state))
-    recorder = Recorder(state, 100, 1)
+    recorder = Recorder(state, 100, 1, store=store_backend)
 
     settle(sender, recorder, router, conn)
     rows, _ = stored(conn)
@@ -184,18 +189,19 @@ def test_a_sender_that_dropped_batches_is_not_waited_for(tmp_path, monkeypatch):
     ctx.term()
 
 
-def test_commit_and_read_back_in_wal(tmp_path):
-    conn = connect(str(tmp_path))
+def test_commit_and_read_back_in_wal(store_backend, tmp_path):
+    conn = connect(str(tmp_path), store_backend)
     commit(conn, [rec(f"r{i}") for i in range(100)],
            [("fn", f"r{i}", time.time(), "stdout", f"line {i}") for i in range(100)])
     assert conn.execute("SELECT COUNT(*) FROM invocations").fetchone()[0] == 100
     got = records.get_invocation(conn, "r42")
     assert got["durationMs"] == 1.5 and [line["line"] for line in got["logs"]] == ["line 42"]
-    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    if store_backend.kind == "sqlite":
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-def test_prune_by_age_and_by_count_takes_the_lines_along(tmp_path):
-    conn = connect(str(tmp_path))
+def test_prune_by_age_and_by_count_takes_the_lines_along(store_backend, tmp_path):
+    conn = connect(str(tmp_path), store_backend)
     old = time.time() - 10 * 3600
     commit(conn, [rec(f"old{i}", start=old) for i in range(3)],
            [("fn", f"old{i}", time.time(), "stdout", "old line") for i in range(3)])
@@ -207,8 +213,8 @@ def test_prune_by_age_and_by_count_takes_the_lines_along(tmp_path):
     assert conn.execute("SELECT COUNT(*) FROM log_lines").fetchone()[0] == 0
 
 
-def test_listing_pages_newest_first(tmp_path):
-    conn = connect(str(tmp_path))
+def test_listing_pages_newest_first(store_backend, tmp_path):
+    conn = connect(str(tmp_path), store_backend)
     commit(conn, [rec(f"r{i}", status="error" if i == 2 else "ok") for i in range(5)], [])
     page, cursor = records.list_invocations(conn, "fn", limit=2)
     assert [p["requestId"] for p in page] == ["r4", "r3"] and cursor is not None
@@ -220,17 +226,18 @@ def test_listing_pages_newest_first(tmp_path):
     assert [p["requestId"] for p in errors] == ["r2"]
 
 
-def test_a_batch_that_could_not_be_committed_is_not_acknowledged(tmp_path, monkeypatch):
+def test_a_batch_that_could_not_be_committed_is_not_acknowledged(store_backend, tmp_path,
+                                                                monkeypatch):
     import sqlite3
     state = str(tmp_path)
     (tmp_path / "run").mkdir()
     ctx = zmq.Context()
-    conn = connect(state)
+    conn = connect(state, store_backend)
     router = ctx.socket(zmq.ROUTER)
     router.bind(records_endpoint(state))
     sender = RecordSender(state, ctx)
     wait_connected(sender)
-    recorder = Recorder(state, 100, 1)
+    recorder = Recorder(state, 100, 1, store=store_backend)
     real_commit = recorder_module.commit
 
     def disk_full(*args):
@@ -249,8 +256,8 @@ def test_a_batch_that_could_not_be_committed_is_not_acknowledged(tmp_path, monke
     ctx.term()
 
 
-def test_senders_unheard_for_long_are_forgotten(tmp_path):
-    conn = connect(str(tmp_path))
+def test_senders_unheard_for_long_are_forgotten(store_backend, tmp_path):
+    conn = connect(str(tmp_path), store_backend)
     commit(conn, [], [], {b"1.old": 7, b"2.new": 3})
     conn.execute("UPDATE record_senders SET seen = 0 WHERE sender = '1.old'")
     assert records.forget_senders(conn, time.time() - 60) == [b"1.old"]

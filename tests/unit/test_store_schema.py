@@ -104,7 +104,7 @@ def test_hosts_starting_together_migrate_once(postgres_url, tmp_path):
     errors, done = [], []
 
     def start(i):
-        store = StoreConfig(kind="postgresql", url=postgres_url + f"?application_name=h{i}")
+        store = StoreConfig(kind="postgresql", url=postgres_url + f"&application_name=h{i}")
         try:
             conn = backend.PgConnection(store)
             done.append(schema.ensure(conn, store.display_url))

@@ -53,7 +53,7 @@ def add_routes(app: falcon.asgi.App, config: HostConfig, client: InvocationClien
     ctx = DashboardContext(config, client, store, table,
                            triggers or TriggerService(config.stateDir), ui)
     app.add_route("/ui", UiRootRedirect())
-    figures = StatsThread.shared(config.stateDir)   # /api/stats' thread too
+    figures = StatsThread.shared(config.stateDir, config.store)   # /api/stats' thread too
     app.add_route("/ui/", FunctionsPage(ctx, figures))
     app.add_route("/ui/functions/{name}", FunctionPage(ctx, figures))
     app.add_route("/ui/invocations/{request_id}", InvocationPage(ctx))

@@ -77,7 +77,7 @@ class _Page:
 
     def __init__(self, ctx, figures: StatsThread | None = None):
         self.ctx = ctx
-        self.figures = figures or StatsThread.shared(ctx.config.stateDir)
+        self.figures = figures or StatsThread.shared(ctx.config.stateDir, ctx.config.store)
 
     async def status(self, req) -> dict | None:
         """The supervisor's STATUS (None when the control plane does not answer)."""
