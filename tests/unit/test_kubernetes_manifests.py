@@ -304,6 +304,21 @@ def test_services_ingress_budgets_and_scalers_select_what_exists(overlay):
                                 workload["spec"]["template"]["metadata"]["labels"])
                        for b in budgets.values()), \
                 f"{name}: no PDB for {workload['metadata']['name']}"
+    for policy_name, policy in _named(objects, "NetworkPolicy").items():
+        selectors = [policy["spec"]["podSelector"]["matchLabels"]] + \
+            [peer["podSelector"]["matchLabels"] for rule in policy["spec"].get("ingress", [])
+             for peer in rule.get("from", []) if "podSelector" in peer]
+        for selector in selectors:
+            assert any(_selects(selector, t["metadata"]["labels"]) for _, t in pods), \
+                f"{name}: NetworkPolicy {policy_name} selects no pod with {selector}"
+        target = [t for _, t in pods
+                  if _selects(policy["spec"]["podSelector"]["matchLabels"],
+                              t["metadata"]["labels"])]
+        declared = {p.get("name") for t in target for c in t["spec"]["containers"]
+                    for p in c.get("ports", [])}
+        for rule in policy["spec"].get("ingress", []):
+            for port in rule.get("ports", []):
+                assert port["port"] in declared, f"{name}: {policy_name}: port {port}"
     deployments = _named(objects, "Deployment")
     auths = _named(objects, "TriggerAuthentication")
     for scaled in _named(objects, "ScaledObject").values():
