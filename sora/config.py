@@ -299,7 +299,8 @@ STORE_URL_RE = re.compile(r"^postgres(ql)?://", re.IGNORECASE)
 def display_url(url: str) -> str:
     """`url` with the password of its user part and of a `password=` query parameter replaced
     by `***` (what every log line and error shows of a store URL)."""
-    shown = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/@?#:]*):[^/@?#]*@", r"\1:***@", url)
+    # Up to the authority's last "@": a password with an unencoded "@" is hidden whole.
+    shown = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/@?#:]*):[^/?#]*@", r"\1:***@", url)
     return re.sub(r"([?&]password=)[^&#]*", r"\1***", shown, flags=re.IGNORECASE)
 
 
@@ -1174,6 +1175,7 @@ class StoreConfig:
     kind: str = "sqlite"                       # sqlite | postgresql
     url: str | None = field(default=None, repr=False)
     poolSize: int = STORE_SETTINGS["poolSize"].default
+    urlEnv: str | None = None                  # the variable the URL was read from, if any
 
     @property
     def display_url(self) -> str:
@@ -1183,7 +1185,7 @@ class StoreConfig:
 
     def __repr__(self) -> str:
         return f"StoreConfig(kind={self.kind!r}, url={self.display_url!r}, " \
-            f"poolSize={self.poolSize})"
+            f"poolSize={self.poolSize}, urlEnv={self.urlEnv!r})"
 
 
 def _store(data: Any, problems: list[str], environ=os.environ) -> StoreConfig:
@@ -1230,7 +1232,8 @@ def _store(data: Any, problems: list[str], environ=os.environ) -> StoreConfig:
         problems.append(f"{where}: expected a postgresql:// URL "
                         f"(postgresql://USER:PASSWORD@HOST:PORT/DBNAME), got {shown!r}")
         return StoreConfig()
-    return StoreConfig(kind="postgresql", url=url_value, poolSize=values["poolSize"])
+    return StoreConfig(kind="postgresql", url=url_value, poolSize=values["poolSize"],
+                       urlEnv=values["urlEnv"])
 
 
 @dataclass(frozen=True)
@@ -1719,6 +1722,15 @@ def load_host_config(path: str, read_functions: bool = True) -> HostConfig:
         if problem:
             functions.remove(fn)
             broken.append(BrokenFunction(fn.name, fn.directory, problem))
+    for fn in list(functions):
+        # The store's URL (its password) is never a function's, not even by its own config.
+        taken = [spec.name for spec in fn.secrets if store.urlEnv and spec.env == store.urlEnv]
+        if taken:
+            functions.remove(fn)
+            broken.append(BrokenFunction(fn.name, fn.directory, (
+                f"{fn.source}: secrets.{taken[0]}.env: expected a variable other than "
+                f"{store.urlEnv}, the store's URL (host-config.yaml store.urlEnv), which no "
+                "function is given")))
     uids = assign_uids([fn.name for fn in functions])
     functions = [dataclasses.replace(fn, sandboxUid=uids[fn.name]) for fn in functions]
     _check_limits(path, limits, functions)

@@ -20,6 +20,10 @@ Fixtures (imported by tests/conftest.py):
 
 initdb refuses to run as root: as root the server runs as the `postgres` user (Debian's
 package makes it), or `nobody`.
+
+Each server's temp dir holds `owner`, the pid of the test process that made it. A run that was
+killed before its teardown leaves its server running; the next session stops (immediate) and
+removes the servers whose owner is dead (`sweep_dead_servers`), never one whose owner lives.
 """
 from __future__ import annotations
 
@@ -38,6 +42,7 @@ import pytest
 
 USER = "sora"
 START_WAIT_S = 60
+DIR_PREFIX = "sora-pg-"
 
 
 def pg_bin_dir() -> str | None:
@@ -86,7 +91,9 @@ class PostgresServer:
         self.bin = bin_dir
         self.prefix, uid, gid = _run_as()
         # Short: the Unix socket's path (dir + .s.PGSQL.PORT) must fit in 107 bytes.
-        self.dir = tempfile.mkdtemp(prefix="sora-pg-")
+        self.dir = tempfile.mkdtemp(prefix=DIR_PREFIX)
+        with open(os.path.join(self.dir, "owner"), "w") as f:
+            f.write(str(os.getpid()))
         if uid is not None:
             os.chown(self.dir, uid, gid)
         os.chmod(self.dir, 0o700)
@@ -199,8 +206,37 @@ class PostgresServer:
                 conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
+def sweep_dead_servers() -> list[str]:
+    """Stop and remove the servers of test processes that died before their teardown; returns
+    their dirs."""
+    swept = []
+    for folder in glob.glob(os.path.join(tempfile.gettempdir(), DIR_PREFIX + "*")):
+        try:
+            with open(os.path.join(folder, "owner")) as f:
+                owner = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        try:
+            os.kill(owner, 0)
+            continue                      # its owner lives: not ours to touch
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        bin_dir = pg_bin_dir()
+        data = os.path.join(folder, "data")
+        if bin_dir and os.path.exists(os.path.join(data, "postmaster.pid")):
+            prefix, _, _ = _run_as()
+            subprocess.run([*prefix, os.path.join(bin_dir, "pg_ctl"), "-D", data, "-m",
+                            "immediate", "-w", "stop"], capture_output=True, timeout=60)
+        shutil.rmtree(folder, ignore_errors=True)
+        swept.append(folder)
+    return swept
+
+
 @pytest.fixture(scope="session")
 def postgres_server():
+    sweep_dead_servers()
     try:
         server = PostgresServer().start()
     except RuntimeError as exc:

@@ -102,6 +102,9 @@ def test_a_function_never_sees_the_store_url_nor_its_password(postgres_server_fa
         wait_for(lambda: host.session.get(f"{host.url}/api/functions/snoop/invocations",
                                           timeout=10).status_code == 200, timeout=30,
                  what="the records API serving again by itself")
+        # The call made while the database was down is recorded once it is back (its batch
+        # waited with its worker).
+        assert host.record(again.headers["X-Sora-Request-Id"], timeout=30)["status"] == "ok"
     finally:
         assert host.stop() == 0
     whole_log = host.log(whole=True)

@@ -262,3 +262,25 @@ def test_senders_unheard_for_long_are_forgotten(store_backend, tmp_path):
     conn.execute("UPDATE record_senders SET seen = 0 WHERE sender = '1.old'")
     assert records.forget_senders(conn, time.time() - 60) == [b"1.old"]
     assert records.last_batches(conn) == {b"2.new": 3}
+
+
+def test_a_record_stored_again_replaces_the_old_one_as_the_newest(store_backend, tmp_path):
+    """An event's retry records under its request id again: the last record is kept, listed
+    as the newest; two of one id in a batch keep the later one."""
+    conn = connect(str(tmp_path), store_backend)
+    commit(conn, [rec("a"), rec("b", status="error")], [])
+    commit(conn, [rec("b", status="error"), rec("c"), rec("b")], [])
+    page, _ = records.list_invocations(conn, "fn")
+    assert [(p["requestId"], p["status"]) for p in page] == [("b", "ok"), ("c", "ok"),
+                                                             ("a", "ok")]
+
+
+def test_text_of_every_kind_comes_back_as_it_was(store_backend, tmp_path):
+    conn = connect(str(tmp_path), store_backend)
+    odd = "tab\there, back\\slash, quote ' \" , newline\nand \\N, unicode é 日本, %s ? %%"
+    row = rec("r1", status="error")[:9] + (odd, None, 12.5)
+    commit(conn, [row], [("fn", "r1", 1.5, "stderr", odd), ("fn", "r1", 2.5, "stdout", "")])
+    got = records.get_invocation(conn, "r1")
+    assert got["errorMessage"] == odd and got["initDurationMs"] == 12.5
+    assert "maxMemoryUsedMB" not in got
+    assert [line["line"] for line in got["logs"]] == [odd, ""]

@@ -181,6 +181,7 @@ def test_the_url_from_an_environment_variable(tmp_path, monkeypatch):
     monkeypatch.setenv("SORA_TEST_STORE_URL", "postgres://u:pw@db/x?sslmode=require")
     store = host_config(tmp_path, {"urlEnv": "SORA_TEST_STORE_URL"}).store
     assert store.url == "postgres://u:pw@db/x?sslmode=require" and store.poolSize == 4
+    assert store.urlEnv == "SORA_TEST_STORE_URL"
     monkeypatch.delenv("SORA_TEST_STORE_URL")
     with pytest.raises(ConfigError) as exc:
         host_config(tmp_path, {"urlEnv": "SORA_TEST_STORE_URL"})
@@ -215,5 +216,28 @@ def test_a_bad_store_names_file_field_and_expectation_never_the_password(tmp_pat
 def test_display_url_hides_every_password():
     assert display_url("postgresql://u:p%40ss@h:1/d") == "postgresql://u:***@h:1/d"
     assert display_url("postgresql://u@h/d") == "postgresql://u@h/d"
+    assert display_url("postgresql://u:p@ss@h/d") == "postgresql://u:***@h/d"
+    assert display_url("postgresql://:pw@h/d") == "postgresql://:***@h/d"
     assert display_url("postgresql://h/d?user=u&password=pw&sslmode=require") == \
         "postgresql://h/d?user=u&password=***&sslmode=require"
+
+
+def test_a_function_asking_for_the_stores_variable_as_a_secret_is_broken(tmp_path,
+                                                                       monkeypatch):
+    from tests.support import write_function
+    monkeypatch.setenv("SORA_TEST_STORE_URL", "postgresql://u:topsecret@db/x")
+    greedy = write_function(tmp_path / "fns", "greedy", {"index.js": "exports.handler = 1;"},
+                            name="greedy", secrets={"DB": {"env": "SORA_TEST_STORE_URL",
+                                                           "asEnv": True}})
+    fine = write_function(tmp_path / "fns", "fine", {"index.js": "exports.handler = 1;"},
+                          name="fine", secrets={"OTHER": {"env": "HOME"}})
+    path = tmp_path / "host-config.yaml"
+    path.write_text(yaml.safe_dump({"functionPaths": [str(greedy), str(fine)],
+                                    "server": {"httpPort": 8080},
+                                    "store": {"urlEnv": "SORA_TEST_STORE_URL"}}))
+    config = load_host_config(str(path))
+    assert [fn.name for fn in config.functions] == ["fine"]
+    (broken,) = config.broken
+    assert broken.name == "greedy" and "secrets.DB.env: expected a variable other than " \
+        "SORA_TEST_STORE_URL, the store's URL" in broken.reason
+    assert "topsecret" not in broken.reason

@@ -133,3 +133,32 @@ def test_a_store_of_large_numbers_and_bytes_keeps_them(store_backend, tmp_path):
                  (bytes(range(256)), 1765000000.123456, 1765000000.123456))
     row = conn.execute("SELECT payload, accepted FROM events").fetchone()
     assert bytes(row[0]) == bytes(range(256)) and row[1] == 1765000000.123456
+
+
+def test_an_older_sora_refuses_to_start_on_a_newer_store(store_backend, tmp_path):
+    """The supervisor migrates or checks the store before it starts anything: a newer schema
+    ends the start with exit 2 and the message, and no child was started."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.support import store_setting, write_function
+    state = tmp_path / "state"
+    conn = backend.connect(store_backend, str(state), "records")
+    schema.set_version(conn, schema.SCHEMA_VERSION + 1)
+    conn.close()
+    backend.close_pools()
+    fn = write_function(tmp_path / "fns", "hello", {"index.js": "exports.handler = 1;"},
+                        name="hello")
+    config = tmp_path / "host-config.yaml"
+    config.write_text(yaml.safe_dump({"functionPaths": [str(fn)], "server": {"httpPort": 1},
+                                      "stateDir": str(state),
+                                      "store": store_setting(store_backend)}))
+    done = subprocess.run([sys.executable, "-m", "sora.supervisor.cli", "start", "--config",
+                           str(config)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert f"the store's schema is version {schema.SCHEMA_VERSION + 1}; this Sora knows up " \
+        f"to {schema.SCHEMA_VERSION}" in done.stderr
+    if store_backend.kind == "postgresql":
+        assert backend._password_of(store_backend.url) not in done.stderr + done.stdout
