@@ -10,7 +10,7 @@ CERT := examples/certs/cert.pem
 API_KEY := examples/certs/api-key
 JS_SDK := tests/sdk/node_modules/.installed-stamp
 
-.PHONY: run test browser-deps docker-deps postgres-deps bench-containers bench bench-floor bench-runtimes bench-events bench-scaling bench-hosts bench-reload bench-triggers bench-dashboard bench-metrics check system-deps clean
+.PHONY: run test browser-deps docker-deps postgres-deps bench-containers bench bench-floor bench-runtimes bench-events bench-scaling bench-hosts bench-reload bench-triggers bench-dashboard bench-metrics bench-store check system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -159,6 +159,13 @@ bench-metrics: system-deps $(STAMP)
 bench-containers: system-deps docker-deps $(STAMP)
 	@command -v wrk >/dev/null || { $(call apt_install,wrk); }
 	$(BIN)/python bench/containers.py
+
+# The PostgreSQL store beside SQLite in one run (two hosts; a PostgreSQL server of the bench's
+# own, as the tests start theirs): async events accepted and run, the Invoke API, records
+# written per second, with the ratios.
+bench-store: system-deps postgres-deps $(STAMP)
+	@command -v wrk >/dev/null || { $(call apt_install,wrk); }
+	$(BIN)/python bench/store.py
 
 clean:
 	rm -rf $(VENV) examples/.sora examples/certs examples/*/node_modules examples/*/.venv \
