@@ -47,15 +47,15 @@ def events_left(url: str) -> int:
     return fn["events"]["queued"] + fn["events"]["leased"]
 
 
-def drain(url: str) -> tuple[float, int]:
+def drain(url: str, timeout: float = 900) -> tuple[float, int]:
     """Time the dispatcher running the backlog the rounds queued: (events/s, events)."""
     start, backlog = time.monotonic(), events_left(url)
-    deadline = start + 900
+    deadline = start + timeout
     while (left := events_left(url)) and time.monotonic() < deadline:
-        time.sleep(0.2)
+        time.sleep(0.1)
     if left:
-        raise SystemExit(f"{left} events still queued after 900 s")
-    return backlog / (time.monotonic() - start), backlog
+        raise SystemExit(f"{url}: {left} events still queued after {timeout:.0f} s")
+    return backlog / max(time.monotonic() - start, 1e-9), backlog
 
 
 def main() -> int:

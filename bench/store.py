@@ -36,10 +36,10 @@ import shutil
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 from common import (HELLO, ROOT, copy_function, free_port, start_host, stop, wait_http, wrk)
+from events import drain, lua   # bench/events.py: the wrk scripts and the backlog's timing
 
 sys.path.insert(0, str(ROOT))   # the tests' PostgreSQL server, as an importable helper
 
@@ -47,36 +47,8 @@ from sora.config import StoreConfig, default_gateway_workers  # noqa: E402
 from sora.store import backend, records  # noqa: E402
 from tests.postgres_server import PostgresServer  # noqa: E402
 
-LUA = """wrk.method = "POST"
-wrk.body = "{}"
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["X-Amz-Invocation-Type"] = "%s"
-"""
 INVOKE = "/2015-03-31/functions/hello/invocations"
 BACKENDS = ("sqlite", "postgresql")
-
-
-def lua(tmp: Path, kind: str) -> str:
-    path = tmp / f"{kind}.lua"
-    path.write_text(LUA % kind)
-    return str(path)
-
-
-def events_left(url: str) -> int:
-    with urllib.request.urlopen(url + "/api/functions", timeout=10) as r:
-        fn = next(f for f in json.load(r)["functions"] if f["name"] == "hello")
-    return fn["events"]["queued"] + fn["events"]["leased"]
-
-
-def drain(url: str, timeout: float = 600) -> tuple[float, int]:
-    """Wait for the host's dispatcher to run what is queued: (events/s, events)."""
-    start, backlog = time.monotonic(), events_left(url)
-    deadline = start + timeout
-    while (left := events_left(url)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if left:
-        raise SystemExit(f"{url}: {left} events still queued after {timeout:.0f} s")
-    return backlog / max(time.monotonic() - start, 1e-9), backlog
 
 
 def point(url: str, script: str, connections: int, duration: int) -> dict:
