@@ -6,7 +6,9 @@ the host's id and the worker's pid as labels (sora.containers.labels), so the su
 removes them by label:
 - at the host's start, before any worker starts: all of this host's (a crashed host's);
 - after a worker exits, any way: that worker's (a thread does it, the arbiter loop never
-  waits on the engine; its replacement has another pid, so nothing of it is touched);
+  waits on the engine; its replacement has another pid, so nothing of it is touched), and
+  again RESWEEP_AFTER later: a create the worker had sent when it was killed completes in
+  the engine (which finishes a request whose client is gone) after the first sweep;
 - at the host's stop, once every worker has exited: all of this host's.
 Only on a host that runs containers: a host without `isolation: container` never talks to an
 engine (it may have none). The host's id comes from its stateDir, so two hosts sharing an
@@ -14,15 +16,20 @@ engine never remove each other's containers.
 """
 from __future__ import annotations
 
+import heapq
 import logging
 import queue
 import threading
+import time
 
 from ..containers import engine
 
 log = logging.getLogger("sora.supervisor")
 # How long the stop waits for the sweeps of exited workers still queued before its own.
 STOP_WAIT = 10.0
+# When a dead worker's containers are swept again, in seconds after the first sweep: a
+# container create in flight at its death takes up to a few seconds on a loaded engine.
+RESWEEP_AFTER = (5.0, 15.0)
 
 
 class ContainerSweeps:
@@ -63,8 +70,22 @@ class ContainerSweeps:
         self._sweep(None, "at the host's stop")
 
     def _run(self) -> None:
-        while (pid := self._queue.get()) is not None:
+        again: list[tuple[float, int, int]] = []   # (when, worker pid, index in RESWEEP_AFTER)
+        while True:
+            wait = max(0.0, again[0][0] - time.monotonic()) if again else None
+            try:
+                pid = self._queue.get(timeout=wait)
+            except queue.Empty:
+                _, pid, done = heapq.heappop(again)
+                self._sweep(pid, f"left by worker {pid} (created as it died)")
+                if done + 1 < len(RESWEEP_AFTER):
+                    heapq.heappush(again, (time.monotonic() + RESWEEP_AFTER[done + 1]
+                                           - RESWEEP_AFTER[done], pid, done + 1))
+                continue
+            if pid is None:
+                return   # the host's stop sweeps everything of the host next
             self._sweep(pid, f"left by worker {pid}")
+            heapq.heappush(again, (time.monotonic() + RESWEEP_AFTER[0], pid, 0))
 
     def _sweep(self, worker_pid: int | None, what: str) -> None:
         try:

@@ -408,7 +408,9 @@ def test_instances_of_a_worker_killed_9_are_removed_and_replaced(tmp_path, docke
         wait_for(lambda: of_worker(client, tmp_path / "state", old) == [], timeout=30,
                  what="the killed worker's containers removed")
         assert host.invoke("cnode", params={"paths": "/tmp"}).status_code == 200
-        assert len(of_worker(client, tmp_path / "state", new, all=False)) >= 2
+        # The first call needs one instance; the second of minInstances may still be starting.
+        wait_for(lambda: len(of_worker(client, tmp_path / "state", new, all=False)) >= 2,
+                 timeout=30, what="the new worker's two instances running")
     finally:
         assert host.stop() == 0
     assert host_containers(client, tmp_path / "state") == []
